@@ -1,0 +1,91 @@
+//! Syntax of user ids and partition names.
+//!
+//! Both end up in certificate SANs, sled keys and file names, so they are
+//! restricted to a small lowercase ASCII alphabet with no separators that any
+//! of those places would interpret.
+
+use crate::IdentityError;
+
+pub const MAX_USER_ID_LEN: usize = 64;
+pub const MAX_PARTITION_LEN: usize = 32;
+
+/// The partitions every client knows by name; any other valid name also works.
+pub const STANDARD_PARTITIONS: [&str; 5] =
+    ["personal", "medical", "insurance", "prescriptions", "other"];
+
+/// A user id is `[a-z0-9][a-z0-9._-]{0,63}`.
+pub fn validate_user_id(id: &str) -> Result<(), IdentityError> {
+    let bytes = id.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= MAX_USER_ID_LEN
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes.iter().all(|&b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-'
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(IdentityError::InvalidUserId(truncate_for_error(id)))
+    }
+}
+
+/// A partition name is `[a-z0-9-]{1,32}`.
+pub fn validate_partition(partition: &str) -> Result<(), IdentityError> {
+    let ok = !partition.is_empty()
+        && partition.len() <= MAX_PARTITION_LEN
+        && partition
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(IdentityError::InvalidPartition(truncate_for_error(
+            partition,
+        )))
+    }
+}
+
+/// Hostile input can be megabytes long; error messages quote only its start.
+fn truncate_for_error(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids() {
+        for ok in ["a", "alice", "0", "dr.bob_2-x", &"a".repeat(64)] {
+            validate_user_id(ok).unwrap();
+        }
+        for bad in ["", "Alice", ".a", "-a", "_a", "a b", "a/b", "é", &"a".repeat(65)] {
+            assert!(validate_user_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn partitions() {
+        for ok in STANDARD_PARTITIONS {
+            validate_partition(ok).unwrap();
+        }
+        validate_partition(&"p".repeat(32)).unwrap();
+        for bad in ["", "Medical", "med.ical", "med_ical", "a/b", &"p".repeat(33)] {
+            assert!(validate_partition(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn long_input_is_truncated_in_errors() {
+        let err = validate_user_id(&"X".repeat(10_000)).unwrap_err();
+        assert!(err.to_string().len() < 300);
+    }
+}
