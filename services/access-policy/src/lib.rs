@@ -1,1 +1,1083 @@
+//! AccessPolicy domain logic: grants, access checks and a tamper-evident
+//! audit trail, persisted in sled.
+//!
+//! The gRPC layer lives elsewhere; this crate only decides and records. Time
+//! is always passed in (`now`, unix seconds) so every rule is testable, and
+//! every write returns only after `Db::flush`, i.e. once it is durable.
+//!
+//! # Check semantics
+//!
+//! A [`CheckQuery`] is allowed iff
+//! - the caller is the owner (`grantee_id == owner_id`, role `Patient`), or
+//! - a grant exists for (owner, partition, grantee) with the same role,
+//!   `not_before <= now`, `expires_at` absent or `now < expires_at`, the
+//!   epoch inside `[epoch_min, epoch_max]` (`epoch_max` absent = open ended),
+//!   and, when the record's creation time is given, `record_created_at >=
+//!   not_before` (so a grant can keep a new grantee from older records).
+//!
+//! The action does not change the rule; it is recorded in the audit entry.
+//! Every check, allowed or denied, is audited.
+//!
+//! # Storage layout (sled trees)
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `grants` | owner ‖ 0x00 ‖ partition ‖ 0x00 ‖ grantee | JSON grant (role as its name) |
+//! | `grants_by_grantee` | grantee ‖ 0x00 ‖ owner ‖ 0x00 ‖ partition | empty |
+//! | `audit` | seq as u64 BE (1, 2, …) | see below |
+//! | `audit_by_owner` | owner ‖ 0x00 ‖ seq u64 BE | empty |
+//!
+//! User ids and partition names never contain 0x00 (see
+//! `sesphr_identity::validate_user_id`), so the separators are unambiguous
+//! and `owner ‖ 0x00` is an exact prefix.
+//!
+//! # Audit chain
+//!
+//! Entry `seq` has `hash = SHA-256(prev_hash ‖ C)` where `prev_hash` is the
+//! previous entry's hash (32 zero bytes for entry 1) and `C` is the
+//! canonical encoding
+//!
+//! ```text
+//! seq u64 BE ‖ time i64 BE ‖
+//! for actor, action, owner_id, partition, subject, record_id, outcome, detail:
+//!     u32 BE byte length ‖ UTF-8 bytes
+//! ```
+//!
+//! The stored value is `0x01 (version) ‖ prev_hash ‖ hash ‖ C`. Sequence
+//! numbers are contiguous from 1, so a deleted entry shows as a gap, a
+//! reordered one as a key/seq mismatch or a broken link, an edited one as a
+//! hash mismatch. Rewriting the whole tail consistently is only detectable
+//! against a head published earlier: pass it to
+//! [`PolicyStore::verify_audit`].
+//!
+//! A grant or revoke and its audit entry commit in one sled transaction, so
+//! a crash never leaves a grant change without its entry.
 
+mod audit;
+mod time;
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use sesphr_identity::{IdentityError, Role, validate_partition, validate_user_id};
+use sled::Transactional;
+use sled::transaction::{
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
+    TransactionalTree,
+};
+
+pub use audit::GENESIS_HASH;
+pub use time::format_unix_time;
+
+/// Longest accepted audit field (bytes). Entries are kept forever, so a
+/// caller must not be able to bloat the log with megabyte strings.
+pub const MAX_AUDIT_FIELD_LEN: usize = 4096;
+
+/// Page size used when an [`AuditFilter`] asks for `limit == 0` (the
+/// protobuf default), and the largest page ever returned.
+pub const DEFAULT_AUDIT_PAGE: usize = 100;
+pub const MAX_AUDIT_PAGE: usize = 1000;
+
+/// Everything that can go wrong, shaped so each variant maps to one gRPC
+/// status code. Messages quote ids, never key material.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("storage error: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<IdentityError> for PolicyError {
+    fn from(e: IdentityError) -> Self {
+        PolicyError::InvalidArgument(e.to_string())
+    }
+}
+
+impl From<TransactionError<PolicyError>> for PolicyError {
+    fn from(e: TransactionError<PolicyError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => PolicyError::Storage(e),
+        }
+    }
+}
+
+/// Permission for one grantee to read one owner's partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub owner_id: String,
+    pub partition: String,
+    pub grantee_id: String,
+    /// The role the grantee must present (from its certificate) to use it.
+    pub grantee_role: Role,
+    pub epoch_min: u32,
+    /// `None` = every epoch from `epoch_min` on, including future ones.
+    pub epoch_max: Option<u32>,
+    pub not_before: i64,
+    pub expires_at: Option<i64>,
+    /// Set by the store to the `now` of the [`PolicyStore::grant`] call.
+    pub granted_at: i64,
+}
+
+impl Grant {
+    fn epoch_range(&self) -> String {
+        match self.epoch_max {
+            Some(max) => format!("{}..={max}", self.epoch_min),
+            None => format!("{}..", self.epoch_min),
+        }
+    }
+
+    /// One line for audit details.
+    fn describe(&self) -> String {
+        let until = match self.expires_at {
+            Some(t) => format!("until {}", format_unix_time(t)),
+            None => "with no expiry".to_owned(),
+        };
+        format!(
+            "role {}, epochs {}, from {} {until}",
+            self.grantee_role,
+            self.epoch_range(),
+            format_unix_time(self.not_before)
+        )
+    }
+}
+
+/// What the caller wants to do with a record or partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Read,
+    ReEncrypt,
+    List,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [Action::Read, Action::ReEncrypt, Action::List];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::ReEncrypt => "reencrypt",
+            Action::List => "list",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Action {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Action::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| {
+                PolicyError::InvalidArgument(format!(
+                    "unknown action {:?}: expected read, reencrypt or list",
+                    truncate(s)
+                ))
+            })
+    }
+}
+
+/// One access question. The grantee id and role come from the caller's
+/// verified certificate, never from a request field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckQuery {
+    pub owner_id: String,
+    pub partition: String,
+    pub grantee_id: String,
+    pub grantee_role: Role,
+    pub epoch: u32,
+    /// When known, lets a grant's `not_before` hide older records.
+    pub record_created_at: Option<i64>,
+    /// Only recorded in the audit entry.
+    pub record_id: Option<String>,
+    pub action: Action,
+}
+
+/// The answer to a [`CheckQuery`], with a reason a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub reason: String,
+}
+
+impl Decision {
+    fn allow(reason: impl Into<String>) -> Self {
+        Decision {
+            allowed: true,
+            reason: reason.into(),
+        }
+    }
+    fn deny(reason: impl Into<String>) -> Self {
+        Decision {
+            allowed: false,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Something worth a line in the audit trail. Empty strings are fine for
+/// fields that do not apply; `owner_id` and `partition`, when set, must be
+/// a valid user id / partition name so the per-owner view can find them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditEvent {
+    pub actor: String,
+    pub action: String,
+    pub owner_id: String,
+    pub partition: String,
+    pub subject: String,
+    pub record_id: String,
+    pub outcome: String,
+    pub detail: String,
+}
+
+/// A stored, hash-chained audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub time: i64,
+    pub actor: String,
+    pub action: String,
+    pub owner_id: String,
+    pub partition: String,
+    pub subject: String,
+    pub record_id: String,
+    pub outcome: String,
+    pub detail: String,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+impl AuditEntry {
+    fn from_parts(
+        seq: u64,
+        time: i64,
+        ev: AuditEvent,
+        prev_hash: [u8; 32],
+        hash: [u8; 32],
+    ) -> Self {
+        AuditEntry {
+            seq,
+            time,
+            actor: ev.actor,
+            action: ev.action,
+            owner_id: ev.owner_id,
+            partition: ev.partition,
+            subject: ev.subject,
+            record_id: ev.record_id,
+            outcome: ev.outcome,
+            detail: ev.detail,
+            prev_hash,
+            hash,
+        }
+    }
+
+    /// The event fields without chain data.
+    pub fn event(&self) -> AuditEvent {
+        AuditEvent {
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            owner_id: self.owner_id.clone(),
+            partition: self.partition.clone(),
+            subject: self.subject.clone(),
+            record_id: self.record_id.clone(),
+            outcome: self.outcome.clone(),
+            detail: self.detail.clone(),
+        }
+    }
+
+    /// Recomputes this entry's hash from its fields and `prev_hash`; lets a
+    /// client verify an exported page without trusting the server.
+    pub fn computed_hash(&self) -> [u8; 32] {
+        audit::recompute_hash(self)
+    }
+}
+
+/// Which audit entries to return: ascending seq strictly after `after_seq`,
+/// optionally only one owner's, at most `limit` (0 = [`DEFAULT_AUDIT_PAGE`],
+/// capped at [`MAX_AUDIT_PAGE`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditFilter {
+    pub owner_id: Option<String>,
+    pub after_seq: u64,
+    pub limit: usize,
+}
+
+/// Result of recomputing the audit chain.
+///
+/// When `ok` is false, `entries`, `head_seq` and `head_hash` describe the
+/// verified prefix (everything before `first_bad_seq`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditReport {
+    pub ok: bool,
+    pub entries: u64,
+    pub head_seq: u64,
+    pub head_hash: [u8; 32],
+    pub first_bad_seq: Option<u64>,
+    pub problem: Option<String>,
+}
+
+/// The in-memory end of the chain. Appends hold this lock for the whole
+/// transaction so sequence numbers are assigned without races.
+struct Head {
+    last: Option<(u64, [u8; 32])>,
+    /// Set when the stored tail failed its check on open: appending to a
+    /// chain we cannot vouch for would hide the damage, so appends refuse.
+    broken: Option<String>,
+}
+
+/// Grants and the audit trail. `Send + Sync`: share one behind an `Arc`.
+pub struct PolicyStore {
+    db: sled::Db,
+    grants: sled::Tree,
+    grants_by_grantee: sled::Tree,
+    audit: sled::Tree,
+    audit_by_owner: sled::Tree,
+    head: Mutex<Head>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredGrant {
+    owner_id: String,
+    partition: String,
+    grantee_id: String,
+    grantee_role: String,
+    epoch_min: u32,
+    epoch_max: Option<u32>,
+    not_before: i64,
+    expires_at: Option<i64>,
+    granted_at: i64,
+}
+
+fn encode_grant(g: &Grant) -> Result<Vec<u8>, PolicyError> {
+    let s = StoredGrant {
+        owner_id: g.owner_id.clone(),
+        partition: g.partition.clone(),
+        grantee_id: g.grantee_id.clone(),
+        grantee_role: g.grantee_role.as_str().to_owned(),
+        epoch_min: g.epoch_min,
+        epoch_max: g.epoch_max,
+        not_before: g.not_before,
+        expires_at: g.expires_at,
+        granted_at: g.granted_at,
+    };
+    serde_json::to_vec(&s).map_err(|e| PolicyError::Corrupt(format!("cannot encode grant: {e}")))
+}
+
+/// Decodes a stored grant and checks it is the one its key names, so a
+/// value copied under another key is reported rather than trusted.
+fn decode_grant(key: &[u8], v: &[u8]) -> Result<Grant, PolicyError> {
+    let label = String::from_utf8_lossy(key).replace('\0', "/");
+    let s: StoredGrant = serde_json::from_slice(v)
+        .map_err(|e| PolicyError::Corrupt(format!("grant {label}: {e}")))?;
+    let grantee_role = s
+        .grantee_role
+        .parse()
+        .map_err(|e| PolicyError::Corrupt(format!("grant {label}: {e}")))?;
+    if grant_key(&s.owner_id, &s.partition, &s.grantee_id) != key {
+        return Err(PolicyError::Corrupt(format!(
+            "grant stored under {label} names a different owner/partition/grantee"
+        )));
+    }
+    Ok(Grant {
+        owner_id: s.owner_id,
+        partition: s.partition,
+        grantee_id: s.grantee_id,
+        grantee_role,
+        epoch_min: s.epoch_min,
+        epoch_max: s.epoch_max,
+        not_before: s.not_before,
+        expires_at: s.expires_at,
+        granted_at: s.granted_at,
+    })
+}
+
+fn join3(a: &str, b: &str, c: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + b.len() + c.len() + 2);
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b.as_bytes());
+    k.push(0);
+    k.extend_from_slice(c.as_bytes());
+    k
+}
+
+fn grant_key(owner: &str, partition: &str, grantee: &str) -> Vec<u8> {
+    join3(owner, partition, grantee)
+}
+
+fn by_grantee_key(grantee: &str, owner: &str, partition: &str) -> Vec<u8> {
+    join3(grantee, owner, partition)
+}
+
+fn prefix(id: &str) -> Vec<u8> {
+    let mut k = id.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+/// Hostile strings can be huge; messages quote only their start.
+fn truncate(s: &str) -> &str {
+    const MAX: usize = 80;
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn check_field(name: &str, value: &str) -> Result<(), PolicyError> {
+    if value.len() > MAX_AUDIT_FIELD_LEN {
+        return Err(PolicyError::InvalidArgument(format!(
+            "{name} is {} bytes long; at most {MAX_AUDIT_FIELD_LEN} are accepted",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_actor(actor: &str) -> Result<(), PolicyError> {
+    if actor.is_empty() {
+        return Err(PolicyError::InvalidArgument(
+            "the actor of an audited operation must be named".into(),
+        ));
+    }
+    check_field("actor", actor)
+}
+
+fn validate_event(ev: &AuditEvent) -> Result<(), PolicyError> {
+    check_actor(&ev.actor)?;
+    if ev.action.is_empty() {
+        return Err(PolicyError::InvalidArgument(
+            "an audit event needs an action".into(),
+        ));
+    }
+    if !ev.owner_id.is_empty() {
+        validate_user_id(&ev.owner_id)?;
+    }
+    if !ev.partition.is_empty() {
+        validate_partition(&ev.partition)?;
+    }
+    for (name, v) in [
+        ("action", &ev.action),
+        ("subject", &ev.subject),
+        ("record_id", &ev.record_id),
+        ("outcome", &ev.outcome),
+        ("detail", &ev.detail),
+    ] {
+        check_field(name, v)?;
+    }
+    Ok(())
+}
+
+fn validate_grant(g: &Grant, now: i64) -> Result<(), PolicyError> {
+    validate_user_id(&g.owner_id)?;
+    validate_partition(&g.partition)?;
+    validate_user_id(&g.grantee_id)?;
+    if g.grantee_id == g.owner_id {
+        return Err(PolicyError::InvalidArgument(format!(
+            "{} cannot grant access to themselves: owners always have access",
+            g.owner_id
+        )));
+    }
+    if let Some(max) = g.epoch_max
+        && max < g.epoch_min
+    {
+        return Err(PolicyError::InvalidArgument(format!(
+            "epoch range {}..={max} is empty",
+            g.epoch_min
+        )));
+    }
+    if let Some(exp) = g.expires_at {
+        if exp <= g.not_before {
+            return Err(PolicyError::InvalidArgument(format!(
+                "grant would expire at {} before it starts at {}",
+                format_unix_time(exp),
+                format_unix_time(g.not_before)
+            )));
+        }
+        if exp <= now {
+            return Err(PolicyError::InvalidArgument(format!(
+                "grant would already be expired (expires_at {})",
+                format_unix_time(exp)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The rule from the crate docs, for a grant already known to match
+/// (owner, partition, grantee).
+fn evaluate(g: &Grant, q: &CheckQuery, now: i64) -> Decision {
+    if g.grantee_role != q.grantee_role {
+        return Decision::deny(format!(
+            "grant is for role {}, caller is {}",
+            g.grantee_role, q.grantee_role
+        ));
+    }
+    if now < g.not_before {
+        return Decision::deny(format!(
+            "grant not valid before {}",
+            format_unix_time(g.not_before)
+        ));
+    }
+    if let Some(exp) = g.expires_at
+        && now >= exp
+    {
+        return Decision::deny(format!("grant expired at {}", format_unix_time(exp)));
+    }
+    let in_range = q.epoch >= g.epoch_min && g.epoch_max.is_none_or(|max| q.epoch <= max);
+    if !in_range {
+        return Decision::deny(format!(
+            "epoch {} outside granted range {}",
+            q.epoch,
+            g.epoch_range()
+        ));
+    }
+    if let Some(created) = q.record_created_at
+        && created < g.not_before
+    {
+        return Decision::deny(format!(
+            "record created before not_before ({} < {})",
+            format_unix_time(created),
+            format_unix_time(g.not_before)
+        ));
+    }
+    match g.expires_at {
+        Some(exp) => Decision::allow(format!("granted until {}", format_unix_time(exp))),
+        None => Decision::allow("granted with no expiry"),
+    }
+}
+
+type Body<'a, R> = dyn Fn(
+        &TransactionalTree,
+        &TransactionalTree,
+    ) -> ConflictableTransactionResult<(R, AuditEvent), PolicyError>
+    + 'a;
+
+impl PolicyStore {
+    /// Opens (or creates) the store at `path` and recovers the audit head.
+    ///
+    /// The last audit entry's hash and its link to the one before are
+    /// checked; if they fail, the store still opens (so `verify_audit` and
+    /// reads work for investigation) but refuses every append with
+    /// [`PolicyError::Corrupt`].
+    pub fn open(path: &Path) -> Result<Self, PolicyError> {
+        let db = sled::Config::new().path(path).open()?;
+        let grants = db.open_tree("grants")?;
+        let grants_by_grantee = db.open_tree("grants_by_grantee")?;
+        let audit = db.open_tree("audit")?;
+        let audit_by_owner = db.open_tree("audit_by_owner")?;
+        let head = recover_head(&audit)?;
+        if let Some(problem) = &head.broken {
+            tracing::error!(
+                path = %path.display(),
+                %problem,
+                "audit log tail failed verification; refusing new audit entries"
+            );
+        } else {
+            tracing::debug!(path = %path.display(), head = ?head.last.map(|h| h.0), "policy store opened");
+        }
+        Ok(PolicyStore {
+            db,
+            grants,
+            grants_by_grantee,
+            audit,
+            audit_by_owner,
+            head: Mutex::new(head),
+        })
+    }
+
+    /// The current end of the audit chain, `(seq, hash)`, or `None` if
+    /// empty. Publishing it lets a later `verify_audit` detect a rewrite.
+    pub fn audit_head(&self) -> Option<(u64, [u8; 32])> {
+        self.lock_head().last
+    }
+
+    /// A poisoned lock only means another thread panicked; `Head` is updated
+    /// only after a successful commit, so its contents are still right.
+    fn lock_head(&self) -> MutexGuard<'_, Head> {
+        self.head.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `body` on the grant trees and appends the audit event it returns,
+    /// all in one transaction, then flushes.
+    fn transact<R>(&self, now: i64, body: &Body<'_, R>) -> Result<(R, AuditEntry), PolicyError> {
+        let mut head = self.lock_head();
+        if let Some(problem) = &head.broken {
+            return Err(PolicyError::Corrupt(format!(
+                "audit log is damaged, not appending: {problem}"
+            )));
+        }
+        let prev = head.last;
+        if prev.is_some_and(|(seq, _)| seq == u64::MAX) {
+            return Err(PolicyError::FailedPrecondition(
+                "audit log sequence numbers are exhausted".into(),
+            ));
+        }
+        let (r, entry) = (
+            &self.grants,
+            &self.grants_by_grantee,
+            &self.audit,
+            &self.audit_by_owner,
+        )
+            .transaction(|(g, bg, a, ao)| {
+                let (r, ev) = body(g, bg)?;
+                let entry = audit::next_entry(prev, now, ev);
+                a.insert(&audit::seq_key(entry.seq), audit::encode_value(&entry))?;
+                if !entry.owner_id.is_empty() {
+                    ao.insert(audit::owner_index_key(&entry.owner_id, entry.seq), &[])?;
+                }
+                Ok((r, entry))
+            })?;
+        // Committed (in memory at least): the head must move even if the
+        // flush below fails, or the next append would reuse this seq.
+        head.last = Some((entry.seq, entry.hash));
+        self.db.flush()?;
+        Ok((r, entry))
+    }
+
+    /// Creates or replaces the grant for (owner, partition, grantee) and
+    /// audits it as `grant`. Returns the stored grant (`granted_at = now`).
+    pub fn grant(&self, grant: Grant, actor: &str, now: i64) -> Result<Grant, PolicyError> {
+        check_actor(actor)?;
+        validate_grant(&grant, now)?;
+        let grant = Grant {
+            granted_at: now,
+            ..grant
+        };
+        let key = grant_key(&grant.owner_id, &grant.partition, &grant.grantee_id);
+        let idx = by_grantee_key(&grant.grantee_id, &grant.owner_id, &grant.partition);
+        let value = encode_grant(&grant)?;
+        let body = |g: &TransactionalTree, bg: &TransactionalTree| {
+            let old = g.insert(key.as_slice(), value.as_slice())?;
+            bg.insert(idx.as_slice(), &[])?;
+            let mut detail = grant.describe();
+            if let Some(old) = old {
+                match decode_grant(&key, &old) {
+                    Ok(old) => detail.push_str(&format!("; replaces {}", old.describe())),
+                    Err(_) => detail.push_str("; replaces an unreadable grant"),
+                }
+            }
+            Ok((
+                (),
+                AuditEvent {
+                    actor: actor.to_owned(),
+                    action: "grant".into(),
+                    owner_id: grant.owner_id.clone(),
+                    partition: grant.partition.clone(),
+                    subject: grant.grantee_id.clone(),
+                    record_id: String::new(),
+                    outcome: "ok".into(),
+                    detail,
+                },
+            ))
+        };
+        self.transact(now, &body)?;
+        Ok(grant)
+    }
+
+    /// Removes the grant for (owner, partition, grantee) and audits it as
+    /// `revoke`. `NotFound` if there is none.
+    pub fn revoke(
+        &self,
+        owner_id: &str,
+        partition: &str,
+        grantee_id: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<Grant, PolicyError> {
+        check_actor(actor)?;
+        validate_user_id(owner_id)?;
+        validate_partition(partition)?;
+        validate_user_id(grantee_id)?;
+        let key = grant_key(owner_id, partition, grantee_id);
+        let idx = by_grantee_key(grantee_id, owner_id, partition);
+        let body = |g: &TransactionalTree, bg: &TransactionalTree| {
+            let Some(old) = g.remove(key.as_slice())? else {
+                return Err(ConflictableTransactionError::Abort(PolicyError::NotFound(
+                    format!("no grant from {owner_id} to {grantee_id} on partition {partition}"),
+                )));
+            };
+            bg.remove(idx.as_slice())?;
+            let old = decode_grant(&key, &old).map_err(ConflictableTransactionError::Abort)?;
+            let ev = AuditEvent {
+                actor: actor.to_owned(),
+                action: "revoke".into(),
+                owner_id: owner_id.to_owned(),
+                partition: partition.to_owned(),
+                subject: grantee_id.to_owned(),
+                record_id: String::new(),
+                outcome: "ok".into(),
+                detail: format!("revoked {}", old.describe()),
+            };
+            Ok((old, ev))
+        };
+        let (old, _) = self.transact(now, &body)?;
+        Ok(old)
+    }
+
+    /// Decides `q` at time `now` and audits the decision as
+    /// `check:<action>` with outcome `allowed`/`denied` and the reason.
+    ///
+    /// The grant is read inside the audit transaction, so the log order is
+    /// the decision order: no "allowed" can follow the revoke it missed.
+    pub fn check(&self, q: &CheckQuery, actor: &str, now: i64) -> Result<Decision, PolicyError> {
+        check_actor(actor)?;
+        validate_user_id(&q.owner_id)?;
+        validate_partition(&q.partition)?;
+        validate_user_id(&q.grantee_id)?;
+        let record_id = q.record_id.clone().unwrap_or_default();
+        check_field("record_id", &record_id)?;
+        let is_owner = q.grantee_id == q.owner_id && q.grantee_role == Role::Patient;
+        let key = grant_key(&q.owner_id, &q.partition, &q.grantee_id);
+        let body = |g: &TransactionalTree, _bg: &TransactionalTree| {
+            let decision = if is_owner {
+                Decision::allow("owner has access to their own records")
+            } else {
+                match g.get(key.as_slice())? {
+                    None => Decision::deny(format!(
+                        "no grant from {} to {} on partition {}",
+                        q.owner_id, q.grantee_id, q.partition
+                    )),
+                    Some(v) => {
+                        let grant =
+                            decode_grant(&key, &v).map_err(ConflictableTransactionError::Abort)?;
+                        evaluate(&grant, q, now)
+                    }
+                }
+            };
+            let ev = AuditEvent {
+                actor: actor.to_owned(),
+                action: format!("check:{}", q.action),
+                owner_id: q.owner_id.clone(),
+                partition: q.partition.clone(),
+                subject: format!("{}/{}", q.grantee_role, q.grantee_id),
+                record_id: record_id.clone(),
+                outcome: if decision.allowed {
+                    "allowed"
+                } else {
+                    "denied"
+                }
+                .into(),
+                detail: format!("epoch {}: {}", q.epoch, decision.reason),
+            };
+            Ok((decision, ev))
+        };
+        let (decision, _) = self.transact(now, &body)?;
+        Ok(decision)
+    }
+
+    /// Every grant `owner_id` has given, ordered by partition then grantee.
+    /// Expired grants are included (the caller decides what to show).
+    pub fn grants_given(&self, owner_id: &str) -> Result<Vec<Grant>, PolicyError> {
+        validate_user_id(owner_id)?;
+        self.grants
+            .scan_prefix(prefix(owner_id))
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode_grant(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Every grant naming `grantee_id`, ordered by owner then partition.
+    pub fn grants_received(&self, grantee_id: &str) -> Result<Vec<Grant>, PolicyError> {
+        validate_user_id(grantee_id)?;
+        let mut out = Vec::new();
+        for kv in self.grants_by_grantee.scan_prefix(prefix(grantee_id)) {
+            let (k, _) = kv?;
+            let parts: Vec<&[u8]> = k.split(|&b| b == 0).collect();
+            let [grantee, owner, partition] = parts.as_slice() else {
+                return Err(PolicyError::Corrupt(format!(
+                    "grantee index key {} is malformed",
+                    hex::encode(&k)
+                )));
+            };
+            let key = [*owner, *partition, *grantee].join(&0u8);
+            // Index and grant change in one transaction; a missing grant here
+            // means a revoke committed between the two reads.
+            if let Some(v) = self.grants.get(&key)? {
+                out.push(decode_grant(&key, &v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends an event observed elsewhere (e.g. a denial at CloudStorage).
+    pub fn record_event(&self, event: AuditEvent, now: i64) -> Result<AuditEntry, PolicyError> {
+        validate_event(&event)?;
+        let body = |_: &TransactionalTree, _: &TransactionalTree| Ok(((), event.clone()));
+        let ((), entry) = self.transact(now, &body)?;
+        Ok(entry)
+    }
+
+    /// A page of the audit log; see [`AuditFilter`].
+    pub fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, PolicyError> {
+        let limit = match filter.limit {
+            0 => DEFAULT_AUDIT_PAGE,
+            n => n.min(MAX_AUDIT_PAGE),
+        };
+        let Some(start) = filter.after_seq.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        match &filter.owner_id {
+            None => {
+                for kv in self.audit.range(audit::seq_key(start)..).take(limit) {
+                    let (k, v) = kv?;
+                    out.push(audit::decode_value(audit::key_seq(&k)?, &v)?);
+                }
+            }
+            Some(owner) => {
+                validate_user_id(owner)?;
+                let pfx = audit::owner_index_prefix(owner);
+                for kv in self
+                    .audit_by_owner
+                    .range(audit::owner_index_key(owner, start)..)
+                    .take(limit)
+                {
+                    let (k, _) = kv?;
+                    let Some(seq_bytes) = k.strip_prefix(pfx.as_slice()) else {
+                        break; // past this owner's keys
+                    };
+                    let seq = audit::key_seq(seq_bytes)?;
+                    let v = self.audit.get(audit::seq_key(seq))?.ok_or_else(|| {
+                        PolicyError::Corrupt(format!(
+                            "owner index for {owner} names missing audit entry {seq}"
+                        ))
+                    })?;
+                    let e = audit::decode_value(seq, &v)?;
+                    if e.owner_id != *owner {
+                        return Err(PolicyError::Corrupt(format!(
+                            "owner index for {owner} names audit entry {seq} of another owner"
+                        )));
+                    }
+                    out.push(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Recomputes the whole chain from entry 1 and checks the per-owner
+    /// index against it. With `expected_head = Some((seq, hash))` (a head
+    /// published earlier), also checks that entry `seq` still exists with
+    /// that hash, which catches a consistently rewritten or truncated tail.
+    pub fn verify_audit(
+        &self,
+        expected_head: Option<(u64, [u8; 32])>,
+    ) -> Result<AuditReport, PolicyError> {
+        // Hold the append lock so the chain does not grow under us and the
+        // in-memory head can be compared with what is stored.
+        let head = self.lock_head();
+        let mut report = AuditReport {
+            ok: true,
+            entries: 0,
+            head_seq: 0,
+            head_hash: GENESIS_HASH,
+            first_bad_seq: None,
+            problem: None,
+        };
+        let fail = |r: &mut AuditReport, seq: u64, problem: String| {
+            r.ok = false;
+            r.first_bad_seq = Some(seq);
+            r.problem = Some(problem);
+        };
+        let mut owned_entries: u64 = 0;
+        for kv in self.audit.iter() {
+            let (k, v) = kv?;
+            let expected = report.head_seq.saturating_add(1);
+            let seq = match audit::key_seq(&k) {
+                Ok(s) => s,
+                Err(e) => {
+                    fail(&mut report, expected, e.to_string());
+                    break;
+                }
+            };
+            if seq != expected {
+                fail(
+                    &mut report,
+                    expected,
+                    format!("entry {expected} is missing (next stored entry is {seq})"),
+                );
+                break;
+            }
+            let e = match audit::decode_value(seq, &v) {
+                Ok(e) => e,
+                Err(err) => {
+                    fail(&mut report, seq, err.to_string());
+                    break;
+                }
+            };
+            if e.seq != seq {
+                fail(
+                    &mut report,
+                    seq,
+                    format!("entry stored as {seq} claims to be entry {}", e.seq),
+                );
+                break;
+            }
+            if e.prev_hash != report.head_hash {
+                fail(
+                    &mut report,
+                    seq,
+                    format!("entry {seq} does not link to entry {}", seq - 1),
+                );
+                break;
+            }
+            if audit::recompute_hash(&e) != e.hash {
+                fail(
+                    &mut report,
+                    seq,
+                    format!("entry {seq} was modified: its content does not match its hash"),
+                );
+                break;
+            }
+            if !e.owner_id.is_empty() {
+                owned_entries += 1;
+                if !self
+                    .audit_by_owner
+                    .contains_key(audit::owner_index_key(&e.owner_id, seq))?
+                {
+                    fail(
+                        &mut report,
+                        seq,
+                        format!("entry {seq} is missing from {}'s audit view", e.owner_id),
+                    );
+                    break;
+                }
+            }
+            report.entries += 1;
+            report.head_seq = seq;
+            report.head_hash = e.hash;
+        }
+        if !report.ok {
+            return Ok(report);
+        }
+        if let Some((seq, hash)) = expected_head {
+            if seq > report.head_seq {
+                report.ok = false;
+                report.first_bad_seq = Some(report.head_seq.saturating_add(1));
+                report.problem = Some(format!(
+                    "log ends at entry {} but entry {seq} was published earlier: entries were removed",
+                    report.head_seq
+                ));
+                return Ok(report);
+            }
+            let stored = self
+                .audit
+                .get(audit::seq_key(seq))?
+                .map(|v| audit::decode_value(seq, &v))
+                .transpose()?;
+            let matches = match (seq, stored) {
+                (0, _) => hash == GENESIS_HASH,
+                (_, Some(e)) => e.hash == hash,
+                (_, None) => false,
+            };
+            if !matches {
+                report.ok = false;
+                report.first_bad_seq = Some(seq.max(1));
+                report.problem = Some(format!(
+                    "entry {seq} no longer has the published hash {}: the log was rewritten",
+                    hex::encode(hash)
+                ));
+                return Ok(report);
+            }
+        }
+        if let Some((seq, hash)) = head.last
+            && (seq, hash) != (report.head_seq, report.head_hash)
+        {
+            report.ok = false;
+            report.first_bad_seq = Some(report.head_seq.saturating_add(1).min(seq));
+            report.problem = Some(format!(
+                "this server appended up to entry {seq}, but the stored log ends at {}",
+                report.head_seq
+            ));
+        }
+        // Each entry was found in the index above; equal counts mean the
+        // index also holds no extra keys (e.g. naming removed entries).
+        let index_len = self.audit_by_owner.len() as u64;
+        if report.ok && index_len != owned_entries {
+            report.ok = false;
+            report.problem = Some(format!(
+                "per-owner audit index has {index_len} entries, the log has {owned_entries}"
+            ));
+        }
+        Ok(report)
+    }
+}
+
+/// Reads the last audit entry and checks its hash and its link to the
+/// entry before, so a torn or edited tail is noticed at startup.
+fn recover_head(audit: &sled::Tree) -> Result<Head, PolicyError> {
+    let Some((k, v)) = audit.last()? else {
+        return Ok(Head {
+            last: None,
+            broken: None,
+        });
+    };
+    let check = || -> Result<(u64, [u8; 32]), String> {
+        let seq = audit::key_seq(&k).map_err(|e| e.to_string())?;
+        let e = audit::decode_value(seq, &v).map_err(|e| e.to_string())?;
+        if e.seq != seq {
+            return Err(format!("last entry stored as {seq} claims to be {}", e.seq));
+        }
+        if audit::recompute_hash(&e) != e.hash {
+            return Err(format!("last entry {seq} does not match its hash"));
+        }
+        let prev_hash = if seq == 1 {
+            GENESIS_HASH
+        } else {
+            let pv = audit
+                .get(audit::seq_key(seq - 1))
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("entry {} before the last one is missing", seq - 1))?;
+            audit::decode_value(seq - 1, &pv)
+                .map_err(|e| e.to_string())?
+                .hash
+        };
+        if e.prev_hash != prev_hash {
+            return Err(format!(
+                "last entry {seq} does not link to entry {}",
+                seq - 1
+            ));
+        }
+        Ok((seq, e.hash))
+    };
+    Ok(match check() {
+        Ok(last) => Head {
+            last: Some(last),
+            broken: None,
+        },
+        Err(problem) => Head {
+            last: None,
+            broken: Some(problem),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests;

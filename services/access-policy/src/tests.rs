@@ -1,0 +1,639 @@
+use std::sync::Arc;
+
+use super::*;
+
+const T0: i64 = 1_700_000_000;
+const DAY: i64 = 86_400;
+
+fn store() -> (tempfile::TempDir, PolicyStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = PolicyStore::open(dir.path()).unwrap();
+    (dir, s)
+}
+
+fn grant(grantee: &str, role: Role) -> Grant {
+    Grant {
+        owner_id: "alice".into(),
+        partition: "medical".into(),
+        grantee_id: grantee.into(),
+        grantee_role: role,
+        epoch_min: 0,
+        epoch_max: Some(2),
+        not_before: T0,
+        expires_at: Some(T0 + 30 * DAY),
+        granted_at: 0,
+    }
+}
+
+fn query(grantee: &str, role: Role, epoch: u32) -> CheckQuery {
+    CheckQuery {
+        owner_id: "alice".into(),
+        partition: "medical".into(),
+        grantee_id: grantee.into(),
+        grantee_role: role,
+        epoch,
+        record_created_at: None,
+        record_id: None,
+        action: Action::Read,
+    }
+}
+
+fn all_entries(s: &PolicyStore) -> Vec<AuditEntry> {
+    s.audit(&AuditFilter {
+        owner_id: None,
+        after_seq: 0,
+        limit: MAX_AUDIT_PAGE,
+    })
+    .unwrap()
+}
+
+/// Flips one letter of an entry's `detail` (the last bytes of the value)
+/// directly in sled, as an attacker with disk access would.
+fn tamper_detail(s: &PolicyStore, seq: u64) {
+    let mut v = s.audit.get(seq.to_be_bytes()).unwrap().unwrap().to_vec();
+    let last = v.len() - 1;
+    v[last] = if v[last] == b'x' { b'y' } else { b'x' };
+    s.audit.insert(seq.to_be_bytes(), v).unwrap();
+}
+
+#[test]
+fn store_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<PolicyStore>();
+}
+
+#[test]
+fn grant_then_check_allows_and_audits() {
+    let (_d, s) = store();
+    let g = s
+        .grant(grant("bob", Role::Doctor), "patient/alice", T0)
+        .unwrap();
+    assert_eq!(g.granted_at, T0);
+    let d = s
+        .check(
+            &query("bob", Role::Doctor, 1),
+            "service/cloud-storage",
+            T0 + 10,
+        )
+        .unwrap();
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.reason, "granted until 2023-12-14T22:13:20Z");
+
+    let log = all_entries(&s);
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].action, "grant");
+    assert_eq!(log[0].actor, "patient/alice");
+    assert_eq!(log[0].subject, "bob");
+    assert_eq!(log[1].action, "check:read");
+    assert_eq!(log[1].outcome, "allowed");
+    assert!(log[1].detail.contains("granted until"), "{}", log[1].detail);
+    assert_eq!(log[1].prev_hash, log[0].hash);
+    assert_eq!(s.audit_head(), Some((2, log[1].hash)));
+}
+
+#[test]
+fn every_denial_reason() {
+    let (_d, s) = store();
+    s.grant(grant("bob", Role::Doctor), "patient/alice", T0 - 10)
+        .unwrap();
+    let deny = |q: CheckQuery, now: i64| {
+        let d = s.check(&q, "service/srs", now).unwrap();
+        assert!(!d.allowed, "{q:?} allowed: {}", d.reason);
+        d.reason
+    };
+    assert_eq!(
+        deny(query("carol", Role::Doctor, 0), T0),
+        "no grant from alice to carol on partition medical"
+    );
+    assert_eq!(
+        deny(query("bob", Role::Nurse, 0), T0),
+        "grant is for role doctor, caller is nurse"
+    );
+    assert_eq!(
+        deny(query("bob", Role::Doctor, 0), T0 - 1),
+        "grant not valid before 2023-11-14T22:13:20Z"
+    );
+    assert_eq!(
+        deny(query("bob", Role::Doctor, 0), T0 + 30 * DAY),
+        "grant expired at 2023-12-14T22:13:20Z"
+    );
+    assert_eq!(
+        deny(query("bob", Role::Doctor, 3), T0),
+        "epoch 3 outside granted range 0..=2"
+    );
+    let mut q = query("bob", Role::Doctor, 0);
+    q.record_created_at = Some(T0 - 1);
+    assert!(deny(q.clone(), T0).starts_with("record created before not_before"));
+    q.record_created_at = Some(T0);
+    assert!(s.check(&q, "service/srs", T0).unwrap().allowed);
+    let mut other = query("bob", Role::Doctor, 0);
+    other.partition = "insurance".into();
+    assert!(deny(other, T0).starts_with("no grant"));
+
+    let denied = all_entries(&s)
+        .iter()
+        .filter(|e| e.outcome == "denied")
+        .count();
+    assert_eq!(denied, 7);
+}
+
+#[test]
+fn open_ended_epochs_and_expiry() {
+    let (_d, s) = store();
+    let mut g = grant("dave", Role::Family);
+    g.epoch_min = 2;
+    g.epoch_max = None;
+    g.expires_at = None;
+    s.grant(g, "patient/alice", T0).unwrap();
+    let d = s
+        .check(&query("dave", Role::Family, 1), "x", T0 + 1000 * DAY)
+        .unwrap();
+    assert_eq!(d.reason, "epoch 1 outside granted range 2..");
+    let d = s
+        .check(&query("dave", Role::Family, 99), "x", T0 + 1000 * DAY)
+        .unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.reason, "granted with no expiry");
+}
+
+#[test]
+fn owner_always_allowed_and_audited() {
+    let (_d, s) = store();
+    let mut q = query("alice", Role::Patient, 42);
+    q.action = Action::List;
+    let d = s.check(&q, "patient/alice", T0).unwrap();
+    assert!(d.allowed);
+    // Same id with another role is not the owner.
+    let d = s.check(&query("alice", Role::Doctor, 0), "x", T0).unwrap();
+    assert!(!d.allowed);
+    let log = all_entries(&s);
+    assert_eq!(log[0].action, "check:list");
+    assert_eq!(log[0].outcome, "allowed");
+    assert_eq!(log[1].outcome, "denied");
+}
+
+#[test]
+fn grant_validation() {
+    let (_d, s) = store();
+    let bad = |g: Grant| {
+        let e = s.grant(g, "patient/alice", T0).unwrap_err();
+        assert!(matches!(e, PolicyError::InvalidArgument(_)), "{e:?}");
+        e.to_string()
+    };
+    let mut g = grant("bob", Role::Doctor);
+    g.grantee_id = "alice".into();
+    assert!(bad(g).contains("themselves"));
+    let mut g = grant("bob", Role::Doctor);
+    g.owner_id = "Alice".into();
+    assert!(bad(g).contains("invalid user id"));
+    let mut g = grant("bob", Role::Doctor);
+    g.partition = "med/ical".into();
+    assert!(bad(g).contains("invalid partition"));
+    let mut g = grant("bob", Role::Doctor);
+    g.epoch_min = 3;
+    assert!(bad(g).contains("empty"));
+    let mut g = grant("bob", Role::Doctor);
+    g.expires_at = Some(g.not_before);
+    assert!(bad(g).contains("before it starts"));
+    let mut g = grant("bob", Role::Doctor);
+    g.not_before = T0 - 10 * DAY;
+    g.expires_at = Some(T0);
+    assert!(bad(g).contains("already be expired"));
+    let e = s.grant(grant("bob", Role::Doctor), "", T0).unwrap_err();
+    assert!(matches!(e, PolicyError::InvalidArgument(_)));
+    // A patient may grant another patient.
+    s.grant(grant("carol", Role::Patient), "patient/alice", T0)
+        .unwrap();
+    // Nothing invalid was audited.
+    assert_eq!(all_entries(&s).len(), 1);
+}
+
+#[test]
+fn grant_replaces_and_lists() {
+    let (_d, s) = store();
+    s.grant(grant("bob", Role::Doctor), "patient/alice", T0)
+        .unwrap();
+    let mut g2 = grant("bob", Role::Nurse);
+    g2.epoch_max = Some(5);
+    s.grant(g2.clone(), "patient/alice", T0 + 1).unwrap();
+    let mut g3 = grant("carol", Role::Pharmacist);
+    g3.partition = "prescriptions".into();
+    s.grant(g3, "patient/alice", T0 + 2).unwrap();
+    let mut g4 = grant("bob", Role::Doctor);
+    g4.owner_id = "erin".into();
+    s.grant(g4, "patient/erin", T0 + 3).unwrap();
+
+    let given = s.grants_given("alice").unwrap();
+    assert_eq!(given.len(), 2);
+    assert_eq!(given[0].grantee_id, "bob");
+    assert_eq!(given[0].grantee_role, Role::Nurse);
+    assert_eq!(given[0].epoch_max, Some(5));
+    assert_eq!(given[0].granted_at, T0 + 1);
+    assert_eq!(given[1].grantee_id, "carol");
+
+    let received = s.grants_received("bob").unwrap();
+    let owners: Vec<_> = received.iter().map(|g| g.owner_id.as_str()).collect();
+    assert_eq!(owners, ["alice", "erin"]);
+    assert!(s.grants_received("carol").unwrap().len() == 1);
+    assert!(s.grants_given("nobody").unwrap().is_empty());
+    assert!(s.grants_given("NOPE").is_err());
+
+    let log = all_entries(&s);
+    assert!(
+        log[1].detail.contains("replaces role doctor"),
+        "{}",
+        log[1].detail
+    );
+}
+
+#[test]
+fn revoke_removes_and_audits() {
+    let (_d, s) = store();
+    s.grant(grant("bob", Role::Doctor), "patient/alice", T0)
+        .unwrap();
+    let e = s
+        .revoke("alice", "medical", "carol", "patient/alice", T0)
+        .unwrap_err();
+    assert!(matches!(e, PolicyError::NotFound(_)), "{e:?}");
+    assert!(e.to_string().contains("carol"));
+    let old = s
+        .revoke("alice", "medical", "bob", "patient/alice", T0 + 5)
+        .unwrap();
+    assert_eq!(old.grantee_role, Role::Doctor);
+    assert!(s.grants_given("alice").unwrap().is_empty());
+    assert!(s.grants_received("bob").unwrap().is_empty());
+    let d = s
+        .check(&query("bob", Role::Doctor, 0), "x", T0 + 6)
+        .unwrap();
+    assert!(!d.allowed);
+    let log = all_entries(&s);
+    let actions: Vec<_> = log.iter().map(|e| e.action.as_str()).collect();
+    // The failed revoke left no entry.
+    assert_eq!(actions, ["grant", "revoke", "check:read"]);
+    assert!(s.verify_audit(None).unwrap().ok);
+}
+
+#[test]
+fn state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let head;
+    {
+        let s = PolicyStore::open(dir.path()).unwrap();
+        s.grant(grant("bob", Role::Doctor), "patient/alice", T0)
+            .unwrap();
+        s.check(&query("bob", Role::Doctor, 0), "x", T0 + 1)
+            .unwrap();
+        head = s.audit_head().unwrap();
+    }
+    let s = PolicyStore::open(dir.path()).unwrap();
+    assert_eq!(s.audit_head(), Some(head));
+    assert_eq!(s.grants_given("alice").unwrap().len(), 1);
+    let d = s
+        .check(&query("bob", Role::Doctor, 0), "x", T0 + 2)
+        .unwrap();
+    assert!(d.allowed);
+    let log = all_entries(&s);
+    assert_eq!(log.len(), 3);
+    assert_eq!(log[2].prev_hash, head.1);
+    let r = s.verify_audit(Some(head)).unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!((r.entries, r.head_seq), (3, 3));
+    assert_eq!(r.head_hash, log[2].hash);
+}
+
+#[test]
+fn record_event_and_filters() {
+    let (_d, s) = store();
+    for (i, owner) in ["alice", "bob", "alice", "", "alice"].iter().enumerate() {
+        let e = s
+            .record_event(
+                AuditEvent {
+                    actor: "service/cloud-storage".into(),
+                    action: "download".into(),
+                    owner_id: (*owner).into(),
+                    outcome: "denied".into(),
+                    detail: format!("event {i}"),
+                    ..Default::default()
+                },
+                T0 + i as i64,
+            )
+            .unwrap();
+        assert_eq!(e.seq, i as u64 + 1);
+        assert_eq!(e.time, T0 + i as i64);
+        assert_eq!(e.computed_hash(), e.hash);
+    }
+    let page = |owner: Option<&str>, after_seq, limit| {
+        s.audit(&AuditFilter {
+            owner_id: owner.map(Into::into),
+            after_seq,
+            limit,
+        })
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(page(None, 0, 0), [1, 2, 3, 4, 5]);
+    assert_eq!(page(None, 2, 2), [3, 4]);
+    assert_eq!(page(Some("alice"), 0, 10), [1, 3, 5]);
+    assert_eq!(page(Some("alice"), 1, 1), [3]);
+    assert_eq!(page(Some("alice"), 5, 10), Vec::<u64>::new());
+    assert_eq!(page(Some("bob"), 0, 10), [2]);
+    assert_eq!(page(Some("carol"), 0, 10), Vec::<u64>::new());
+    assert_eq!(page(None, u64::MAX, 10), Vec::<u64>::new());
+    assert!(
+        s.audit(&AuditFilter {
+            owner_id: Some("Bad Id".into()),
+            ..Default::default()
+        })
+        .is_err()
+    );
+
+    for bad in [
+        AuditEvent {
+            action: "x".into(),
+            ..Default::default()
+        },
+        AuditEvent {
+            actor: "a".into(),
+            ..Default::default()
+        },
+        AuditEvent {
+            actor: "a".into(),
+            action: "x".into(),
+            owner_id: "NOT VALID".into(),
+            ..Default::default()
+        },
+        AuditEvent {
+            actor: "a".into(),
+            action: "x".into(),
+            detail: "d".repeat(MAX_AUDIT_FIELD_LEN + 1),
+            ..Default::default()
+        },
+    ] {
+        let e = s.record_event(bad, T0).unwrap_err();
+        assert!(matches!(e, PolicyError::InvalidArgument(_)), "{e:?}");
+    }
+    assert!(s.verify_audit(None).unwrap().ok);
+}
+
+fn populated(n: u64) -> (tempfile::TempDir, PolicyStore) {
+    let (d, s) = store();
+    for i in 0..n {
+        s.record_event(
+            AuditEvent {
+                actor: "service/srs".into(),
+                action: "reencrypt".into(),
+                owner_id: "alice".into(),
+                outcome: "ok".into(),
+                detail: format!("n={i}"),
+                ..Default::default()
+            },
+            T0 + i as i64,
+        )
+        .unwrap();
+    }
+    (d, s)
+}
+
+#[test]
+fn verify_detects_edited_entry() {
+    let (_d, s) = populated(5);
+    assert!(s.verify_audit(None).unwrap().ok);
+    tamper_detail(&s, 3);
+    let r = s.verify_audit(None).unwrap();
+    assert!(!r.ok);
+    assert_eq!(r.first_bad_seq, Some(3));
+    assert_eq!((r.entries, r.head_seq), (2, 2));
+    assert!(r.problem.unwrap().contains("modified"));
+    // Reading the page still works; the forged text is visible but flagged.
+    assert_eq!(all_entries(&s).len(), 5);
+}
+
+#[test]
+fn verify_detects_edited_entry_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = PolicyStore::open(dir.path()).unwrap();
+        for i in 0..4 {
+            s.grant(
+                grant(&format!("user{i}"), Role::Doctor),
+                "patient/alice",
+                T0,
+            )
+            .unwrap();
+        }
+    }
+    {
+        // Edit entry 2 with sled directly while the service is down.
+        let db = sled::open(dir.path()).unwrap();
+        let t = db.open_tree("audit").unwrap();
+        let mut v = t.get(2u64.to_be_bytes()).unwrap().unwrap().to_vec();
+        let pos = v.len() - 3;
+        v[pos] ^= 0x01;
+        t.insert(2u64.to_be_bytes(), v).unwrap();
+        db.flush().unwrap();
+    }
+    let s = PolicyStore::open(dir.path()).unwrap();
+    let r = s.verify_audit(None).unwrap();
+    assert!(!r.ok);
+    assert_eq!(r.first_bad_seq, Some(2));
+}
+
+#[test]
+fn verify_detects_gap() {
+    let (_d, s) = populated(5);
+    s.audit.remove(3u64.to_be_bytes()).unwrap();
+    let r = s.verify_audit(None).unwrap();
+    assert!(!r.ok);
+    assert_eq!(r.first_bad_seq, Some(3));
+    assert!(r.problem.unwrap().contains("missing"));
+}
+
+#[test]
+fn verify_detects_reordering() {
+    let (_d, s) = populated(5);
+    let v2 = s.audit.get(2u64.to_be_bytes()).unwrap().unwrap();
+    let v3 = s.audit.get(3u64.to_be_bytes()).unwrap().unwrap();
+    s.audit.insert(2u64.to_be_bytes(), v3).unwrap();
+    s.audit.insert(3u64.to_be_bytes(), v2).unwrap();
+    let r = s.verify_audit(None).unwrap();
+    assert!(!r.ok);
+    assert_eq!(r.first_bad_seq, Some(2));
+}
+
+#[test]
+fn verify_detects_dropped_index_entry() {
+    let (_d, s) = populated(3);
+    s.audit_by_owner
+        .remove(audit::owner_index_key("alice", 2))
+        .unwrap();
+    let r = s.verify_audit(None).unwrap();
+    assert!(!r.ok);
+    assert_eq!(r.first_bad_seq, Some(2));
+}
+
+#[test]
+fn verify_detects_rewritten_tail_against_published_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let published;
+    {
+        let s = PolicyStore::open(dir.path()).unwrap();
+        for i in 0..4 {
+            s.record_event(
+                AuditEvent {
+                    actor: "a".into(),
+                    action: "x".into(),
+                    detail: format!("original {i}"),
+                    ..Default::default()
+                },
+                T0,
+            )
+            .unwrap();
+        }
+        published = s.audit_head().unwrap();
+        assert_eq!(published.0, 4);
+    }
+    {
+        // An insider truncates the log to 2 entries while the service is down.
+        let db = sled::open(dir.path()).unwrap();
+        let t = db.open_tree("audit").unwrap();
+        t.remove(3u64.to_be_bytes()).unwrap();
+        t.remove(4u64.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    {
+        // The truncated chain is internally consistent...
+        let s = PolicyStore::open(dir.path()).unwrap();
+        assert!(s.verify_audit(None).unwrap().ok);
+        // ...but not against the published head.
+        let r = s.verify_audit(Some(published)).unwrap();
+        assert!(!r.ok);
+        assert_eq!(r.first_bad_seq, Some(3));
+        assert!(r.problem.unwrap().contains("removed"));
+        // Then rewrites it with two different but well-chained entries.
+        for i in 0..2 {
+            s.record_event(
+                AuditEvent {
+                    actor: "a".into(),
+                    action: "x".into(),
+                    detail: format!("forged {i}"),
+                    ..Default::default()
+                },
+                T0,
+            )
+            .unwrap();
+        }
+        assert!(s.verify_audit(None).unwrap().ok);
+        let r = s.verify_audit(Some(published)).unwrap();
+        assert!(!r.ok, "{r:?}");
+        assert_eq!(r.first_bad_seq, Some(4));
+        assert!(r.problem.unwrap().contains("rewritten"));
+        // An honest earlier head still checks out.
+        let e2 = all_entries(&s)[1].clone();
+        assert!(s.verify_audit(Some((2, e2.hash))).unwrap().ok);
+    }
+}
+
+#[test]
+fn verify_notices_tail_removed_while_running() {
+    let (_d, s) = populated(3);
+    s.audit.remove(3u64.to_be_bytes()).unwrap();
+    let r = s.verify_audit(None).unwrap();
+    assert!(!r.ok);
+    assert!(r.problem.unwrap().contains("appended up to entry 3"));
+}
+
+#[test]
+fn damaged_tail_on_open_blocks_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = PolicyStore::open(dir.path()).unwrap();
+        s.grant(grant("bob", Role::Doctor), "patient/alice", T0)
+            .unwrap();
+        s.grant(grant("carol", Role::Doctor), "patient/alice", T0)
+            .unwrap();
+        tamper_detail(&s, 2);
+        s.db.flush().unwrap();
+    }
+    let s = PolicyStore::open(dir.path()).unwrap();
+    let e = s
+        .check(&query("bob", Role::Doctor, 0), "x", T0)
+        .unwrap_err();
+    assert!(matches!(e, PolicyError::Corrupt(_)), "{e:?}");
+    let e = s
+        .revoke("alice", "medical", "bob", "patient/alice", T0)
+        .unwrap_err();
+    assert!(matches!(e, PolicyError::Corrupt(_)), "{e:?}");
+    // The refused revoke changed nothing.
+    assert_eq!(s.grants_given("alice").unwrap().len(), 2);
+    let r = s.verify_audit(None).unwrap();
+    assert_eq!(r.first_bad_seq, Some(2));
+}
+
+#[test]
+fn garbage_in_trees_is_corrupt_not_panic() {
+    let (_d, s) = store();
+    s.grants
+        .insert(grant_key("alice", "medical", "bob"), &b"{not json"[..])
+        .unwrap();
+    assert!(matches!(
+        s.grants_given("alice"),
+        Err(PolicyError::Corrupt(_))
+    ));
+    assert!(matches!(
+        s.check(&query("bob", Role::Doctor, 0), "x", T0),
+        Err(PolicyError::Corrupt(_))
+    ));
+    s.grants.clear().unwrap();
+    // A valid grant copied under another key is rejected too.
+    let v = encode_grant(&grant("bob", Role::Doctor)).unwrap();
+    s.grants
+        .insert(grant_key("alice", "medical", "mallory"), v)
+        .unwrap();
+    assert!(matches!(
+        s.grants_given("alice"),
+        Err(PolicyError::Corrupt(_))
+    ));
+    s.audit.insert(b"short", &b"x"[..]).unwrap();
+    let r = s.verify_audit(None).unwrap();
+    assert!(!r.ok);
+    assert!(s.audit(&AuditFilter::default()).is_err());
+}
+
+#[test]
+fn concurrent_checks_keep_the_chain_contiguous() {
+    let (_d, s) = store();
+    let s = Arc::new(s);
+    s.grant(grant("bob", Role::Doctor), "patient/alice", T0)
+        .unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    let role = if i % 2 == 0 {
+                        Role::Doctor
+                    } else {
+                        Role::Nurse
+                    };
+                    s.check(&query("bob", role, t), "x", T0 + 1).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let r = s.verify_audit(None).unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.entries, 41);
+}
+
+#[test]
+fn action_names_round_trip() {
+    for a in Action::ALL {
+        assert_eq!(a.as_str().parse::<Action>().unwrap(), a);
+    }
+    assert!("write".parse::<Action>().is_err());
+}
