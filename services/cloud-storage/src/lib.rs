@@ -1,1 +1,764 @@
+//! CloudStorage domain logic: encrypted records (opaque ciphertext plus an
+//! opaque header) per owner and partition, persisted in sled.
+//!
+//! The service is untrusted with content: it never interprets the bytes it
+//! stores. What it must get right is that a record is either fully there or
+//! not there at all, that uploads stream in bounded memory, and that every
+//! acknowledged write is durable (`Db::flush` before returning `Ok`).
+//!
+//! # Storage layout (sled trees)
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `meta` | record_id | binary metadata, see `codec` (the commit point) |
+//! | `by_owner` | owner ‖ 0x00 ‖ record_id | empty |
+//! | `by_partition` | owner ‖ 0x00 ‖ partition ‖ 0x00 ‖ record_id | empty |
+//! | `chunks` | record_id ‖ 0x00 ‖ index u32 BE | chunk bytes |
+//! | `pending` | record_id | 1 byte: 1 = upload in progress, 2 = delete in progress |
+//!
+//! Ids never contain 0x00, so every `… ‖ 0x00` prefix is exact. Two owner
+//! indexes keep both list variants ordered by record id, so the page token
+//! can simply be the last record id returned.
+//!
+//! # Crash safety
+//!
+//! An upload first writes (and flushes) a `pending` marker, then streams
+//! chunks as they arrive, and finally inserts `meta` plus both index keys and
+//! removes the marker in one transaction: a record is visible only once
+//! complete. A delete removes `meta` and the index keys and sets the marker
+//! in one transaction, then removes the chunks. On [`RecordStore::open`],
+//! every record with a marker but no `meta` has its chunks swept.
 
+mod codec;
+
+use std::collections::HashSet;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use sesphr_identity::{IdentityError, validate_partition, validate_user_id};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use codec::StoredMeta;
+
+/// Longest record id accepted.
+pub const MAX_RECORD_ID_LEN: usize = 128;
+/// Page size used when `list` is asked for `limit == 0` (the protobuf
+/// default), and the largest page ever returned.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+pub const MAX_LIST_LIMIT: usize = 1000;
+
+const PENDING_UPLOAD: u8 = 1;
+const PENDING_DELETE: u8 = 2;
+
+/// Everything that can go wrong, shaped so each variant maps to one gRPC
+/// status code. Messages quote ids, never content.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("storage error: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<IdentityError> for StorageError {
+    fn from(e: IdentityError) -> Self {
+        StorageError::InvalidArgument(e.to_string())
+    }
+}
+
+impl From<TransactionError<StorageError>> for StorageError {
+    fn from(e: TransactionError<StorageError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StorageError::Storage(e),
+        }
+    }
+}
+
+/// What a client declares when it starts an upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecord {
+    pub record_id: String,
+    pub owner_id: String,
+    pub partition: String,
+    pub epoch: u32,
+    /// Opaque to the store (capsule, nonce prefix, segment size, …).
+    pub header: Vec<u8>,
+    /// Exact ciphertext length; the commit fails unless it matches, so a
+    /// cut-off stream can never become a record.
+    pub declared_size: u64,
+}
+
+/// A committed record's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMeta {
+    pub record_id: String,
+    pub owner_id: String,
+    pub partition: String,
+    pub epoch: u32,
+    pub created_at: i64,
+    pub size: u64,
+    pub header: Vec<u8>,
+}
+
+/// Upper bounds that keep one client from exhausting memory or disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    pub max_record_size: u64,
+    pub max_chunk_size: usize,
+    pub max_header_size: usize,
+}
+
+impl Default for StoreLimits {
+    /// 64 GiB records, 4 MiB chunks, 64 KiB headers.
+    fn default() -> Self {
+        StoreLimits {
+            max_record_size: 64 << 30,
+            max_chunk_size: 4 << 20,
+            max_header_size: 64 << 10,
+        }
+    }
+}
+
+/// A record id is `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`: wide enough for
+/// UUIDs, hex or base64url digests, and free of the 0x00 key separator.
+pub fn validate_record_id(id: &str) -> Result<(), StorageError> {
+    let b = id.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= MAX_RECORD_ID_LEN
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::InvalidArgument(format!(
+            "invalid record id {:?}: expected 1-{MAX_RECORD_ID_LEN} characters of [A-Za-z0-9._-], starting with a letter or digit",
+            truncate(id)
+        )))
+    }
+}
+
+/// Hostile strings can be huge; messages quote only their start.
+fn truncate(s: &str) -> &str {
+    const MAX: usize = 80;
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn join(parts: &[&str]) -> Vec<u8> {
+    parts.join("\0").into_bytes()
+}
+
+fn owner_key(owner: &str, record_id: &str) -> Vec<u8> {
+    join(&[owner, record_id])
+}
+
+fn partition_key(owner: &str, partition: &str, record_id: &str) -> Vec<u8> {
+    join(&[owner, partition, record_id])
+}
+
+// ---- chunk storage -------------------------------------------------------
+//
+// Everything that knows how content bytes are laid out is in these few
+// functions, so moving to content-addressed blobs changes only them (and
+// `StoredMeta`).
+
+fn chunk_prefix(record_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(record_id.len() + 5);
+    k.extend_from_slice(record_id.as_bytes());
+    k.push(0);
+    k
+}
+
+fn chunk_key(record_id: &str, index: u32) -> Vec<u8> {
+    let mut k = chunk_prefix(record_id);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn put_chunk(
+    chunks: &sled::Tree,
+    record_id: &str,
+    index: u32,
+    data: &[u8],
+) -> Result<(), StorageError> {
+    chunks.insert(chunk_key(record_id, index), data)?;
+    Ok(())
+}
+
+fn get_chunk(
+    chunks: &sled::Tree,
+    record_id: &str,
+    index: u32,
+) -> Result<Option<sled::IVec>, StorageError> {
+    Ok(chunks.get(chunk_key(record_id, index))?)
+}
+
+/// Removes every chunk of `record_id`; returns how many there were.
+fn remove_chunks(chunks: &sled::Tree, record_id: &str) -> Result<usize, StorageError> {
+    let mut n = 0;
+    // Keys only are needed, but sled has no key-only scan; batches keep the
+    // number of tree operations low for large records.
+    let mut batch = sled::Batch::default();
+    for kv in chunks.scan_prefix(chunk_prefix(record_id)) {
+        let (k, _) = kv?;
+        batch.remove(k);
+        n += 1;
+        if n % 1024 == 0 {
+            chunks.apply_batch(std::mem::take(&mut batch))?;
+        }
+    }
+    chunks.apply_batch(batch)?;
+    Ok(n)
+}
+
+// ---- store ---------------------------------------------------------------
+
+/// State shared by the store, its uploads and its readers.
+struct Shared {
+    db: sled::Db,
+    meta: sled::Tree,
+    by_owner: sled::Tree,
+    by_partition: sled::Tree,
+    chunks: sled::Tree,
+    pending: sled::Tree,
+    limits: StoreLimits,
+    /// Record ids with an upload or delete in flight: a second upload of
+    /// the same id must fail instead of interleaving chunks.
+    busy: Mutex<HashSet<String>>,
+}
+
+impl Shared {
+    /// A poisoned lock only means another thread panicked; the set is
+    /// always consistent between statements.
+    fn busy(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.busy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn load(&self, record_id: &str) -> Result<Option<StoredMeta>, StorageError> {
+        self.meta
+            .get(record_id.as_bytes())?
+            .map(|v| codec::decode(record_id.as_bytes(), &v))
+            .transpose()
+    }
+}
+
+/// Releases a `busy` reservation on every exit path of `delete`.
+struct Reservation<'a> {
+    shared: &'a Shared,
+    record_id: &'a str,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.shared.busy().remove(self.record_id);
+    }
+}
+
+/// Encrypted records. `Send + Sync`: share one behind an `Arc`.
+pub struct RecordStore {
+    shared: Arc<Shared>,
+}
+
+impl RecordStore {
+    /// Opens (or creates) the store at `path`, then sweeps the chunks of
+    /// uploads and deletes that a crash interrupted.
+    pub fn open(path: &Path, limits: StoreLimits) -> Result<Self, StorageError> {
+        if limits.max_chunk_size == 0 {
+            return Err(StorageError::InvalidArgument(
+                "max_chunk_size must be at least 1 byte".into(),
+            ));
+        }
+        let db = sled::Config::new().path(path).open()?;
+        let shared = Shared {
+            meta: db.open_tree("meta")?,
+            by_owner: db.open_tree("by_owner")?,
+            by_partition: db.open_tree("by_partition")?,
+            chunks: db.open_tree("chunks")?,
+            pending: db.open_tree("pending")?,
+            db,
+            limits,
+            busy: Mutex::new(HashSet::new()),
+        };
+        sweep(&shared)?;
+        Ok(RecordStore {
+            shared: Arc::new(shared),
+        })
+    }
+
+    pub fn limits(&self) -> StoreLimits {
+        self.shared.limits
+    }
+
+    /// Reserves `rec.record_id` and returns the handle to stream its
+    /// content into. Nothing is visible until [`Upload::commit`].
+    pub fn begin_upload(&self, rec: NewRecord) -> Result<Upload, StorageError> {
+        let limits = self.shared.limits;
+        validate_record_id(&rec.record_id)?;
+        validate_user_id(&rec.owner_id)?;
+        validate_partition(&rec.partition)?;
+        if rec.header.len() > limits.max_header_size {
+            return Err(StorageError::InvalidArgument(format!(
+                "record {}: header is {} bytes, at most {} are accepted",
+                rec.record_id,
+                rec.header.len(),
+                limits.max_header_size
+            )));
+        }
+        if rec.declared_size > limits.max_record_size {
+            return Err(StorageError::InvalidArgument(format!(
+                "record {}: declared size {} bytes exceeds the limit of {} bytes",
+                rec.record_id, rec.declared_size, limits.max_record_size
+            )));
+        }
+        {
+            let mut busy = self.shared.busy();
+            if busy.contains(&rec.record_id) {
+                return Err(StorageError::AlreadyExists(format!(
+                    "record {} is being uploaded or deleted right now",
+                    rec.record_id
+                )));
+            }
+            // Checked under the lock: commit inserts meta before it releases
+            // its reservation, so no window lets two uploads of one id in.
+            if self.shared.meta.contains_key(rec.record_id.as_bytes())? {
+                return Err(StorageError::AlreadyExists(format!(
+                    "record {} already exists",
+                    rec.record_id
+                )));
+            }
+            busy.insert(rec.record_id.clone());
+        }
+        // From here on, dropping `upload` undoes everything.
+        let upload = Upload {
+            shared: Arc::downgrade(&self.shared),
+            rec,
+            next_index: 0,
+            received: 0,
+            committed: false,
+        };
+        // Durable before any chunk is written, so a crash mid-upload always
+        // leaves the marker that lets `open` find the orphans.
+        self.shared
+            .pending
+            .insert(upload.rec.record_id.as_bytes(), &[PENDING_UPLOAD])?;
+        self.shared.db.flush()?;
+        Ok(upload)
+    }
+
+    /// The metadata of a committed record, if it exists.
+    pub fn get(&self, record_id: &str) -> Result<Option<RecordMeta>, StorageError> {
+        validate_record_id(record_id)?;
+        Ok(self.shared.load(record_id)?.map(|m| m.meta))
+    }
+
+    /// The record's content, chunk by chunk in upload order, read lazily so
+    /// memory stays bounded by one chunk. A missing record yields a single
+    /// `NotFound`; a record deleted while being read ends with `NotFound`.
+    pub fn chunks(
+        &self,
+        record_id: &str,
+    ) -> impl Iterator<Item = Result<sled::IVec, StorageError>> + Send + 'static {
+        let state = match validate_record_id(record_id).and_then(|()| self.shared.load(record_id)) {
+            Ok(Some(m)) => ReaderState::Reading {
+                meta: m,
+                index: 0,
+                bytes: 0,
+            },
+            Ok(None) => ReaderState::Failed(Some(StorageError::NotFound(format!(
+                "record {record_id} not found"
+            )))),
+            Err(e) => ReaderState::Failed(Some(e)),
+        };
+        ChunkReader {
+            shared: Arc::clone(&self.shared),
+            state,
+        }
+    }
+
+    /// One page of `owner_id`'s records (optionally one partition), ordered
+    /// by record id, starting after `after_record_id`. `limit` 0 means
+    /// [`DEFAULT_LIST_LIMIT`]; it is capped at [`MAX_LIST_LIMIT`]. Returns the
+    /// page and, if more records follow, the token (last id) for the next.
+    pub fn list(
+        &self,
+        owner_id: &str,
+        partition: Option<&str>,
+        after_record_id: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<RecordMeta>, Option<String>), StorageError> {
+        validate_user_id(owner_id)?;
+        if let Some(p) = partition {
+            validate_partition(p)?;
+        }
+        if let Some(a) = after_record_id {
+            validate_record_id(a)?;
+        }
+        let limit = match limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n => n.min(MAX_LIST_LIMIT),
+        };
+        let (tree, mut prefix) = match partition {
+            Some(p) => (&self.shared.by_partition, join(&[owner_id, p])),
+            None => (&self.shared.by_owner, owner_id.as_bytes().to_vec()),
+        };
+        prefix.push(0);
+        let start = match after_record_id {
+            Some(a) => {
+                let mut k = prefix.clone();
+                k.extend_from_slice(a.as_bytes());
+                Bound::Excluded(k)
+            }
+            None => Bound::Included(prefix.clone()),
+        };
+        let mut out = Vec::new();
+        let mut more = false;
+        for kv in tree.range((start, Bound::Unbounded)) {
+            let (k, _) = kv?;
+            let Some(id) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            if out.len() == limit {
+                more = true;
+                break;
+            }
+            let id = std::str::from_utf8(id).map_err(|_| {
+                StorageError::Corrupt(format!("index key of {owner_id} holds a non-UTF-8 id"))
+            })?;
+            // Index and meta change in one transaction; a missing meta here
+            // means a delete committed between the two reads.
+            match self.shared.load(id)? {
+                Some(m) if m.meta.owner_id == owner_id => out.push(m.meta),
+                Some(_) => {
+                    return Err(StorageError::Corrupt(format!(
+                        "index of {owner_id} lists record {id} of another owner"
+                    )));
+                }
+                None => {}
+            }
+        }
+        let token = if more {
+            out.last().map(|m| m.record_id.clone())
+        } else {
+            None
+        };
+        Ok((out, token))
+    }
+
+    /// Deletes `record_id` on behalf of `owner_id`. `NotFound` if there is
+    /// no such record, `PermissionDenied` if someone else owns it (the
+    /// message names only the requester, never the real owner).
+    pub fn delete(&self, owner_id: &str, record_id: &str) -> Result<RecordMeta, StorageError> {
+        validate_user_id(owner_id)?;
+        validate_record_id(record_id)?;
+        let shared = &*self.shared;
+        {
+            let mut busy = shared.busy();
+            if busy.contains(record_id) {
+                // An upload in progress is not a record yet; a second delete
+                // of a record already being deleted is a conflict.
+                return Err(if shared.meta.contains_key(record_id.as_bytes())? {
+                    StorageError::FailedPrecondition(format!(
+                        "record {record_id} is already being deleted"
+                    ))
+                } else {
+                    StorageError::NotFound(format!("record {record_id} not found"))
+                });
+            }
+            busy.insert(record_id.to_owned());
+        }
+        let _reservation = Reservation { shared, record_id };
+        let meta = (
+            &shared.meta,
+            &shared.by_owner,
+            &shared.by_partition,
+            &shared.pending,
+        )
+            .transaction(|(meta, by_owner, by_partition, pending)| {
+                let abort = ConflictableTransactionError::Abort;
+                let Some(v) = meta.get(record_id.as_bytes())? else {
+                    return Err(abort(StorageError::NotFound(format!(
+                        "record {record_id} not found"
+                    ))));
+                };
+                let m = codec::decode(record_id.as_bytes(), &v).map_err(abort)?;
+                if m.meta.owner_id != owner_id {
+                    return Err(abort(StorageError::PermissionDenied(format!(
+                        "record {record_id} does not belong to {owner_id}"
+                    ))));
+                }
+                meta.remove(record_id.as_bytes())?;
+                by_owner.remove(owner_key(owner_id, record_id))?;
+                by_partition.remove(partition_key(owner_id, &m.meta.partition, record_id))?;
+                pending.insert(record_id.as_bytes(), &[PENDING_DELETE])?;
+                Ok(m.meta)
+            })?;
+        remove_chunks(&shared.chunks, record_id)?;
+        shared.pending.remove(record_id.as_bytes())?;
+        shared.db.flush()?;
+        Ok(meta)
+    }
+}
+
+/// Removes the chunks of every upload or delete a crash interrupted.
+fn sweep(s: &Shared) -> Result<(), StorageError> {
+    let mut records = 0usize;
+    let mut chunks = 0usize;
+    for kv in s.pending.iter() {
+        let (k, _) = kv?;
+        let Ok(id) = std::str::from_utf8(&k) else {
+            tracing::warn!("dropping a pending marker with a non-UTF-8 record id");
+            s.pending.remove(&k)?;
+            continue;
+        };
+        // An upload marker never outlives its commit (same transaction), so
+        // a marker with meta present would only be left by a bug; keep the
+        // record in that case and drop the marker.
+        if !s.meta.contains_key(&k)? {
+            chunks += remove_chunks(&s.chunks, id)?;
+            records += 1;
+        }
+        s.pending.remove(&k)?;
+    }
+    if records > 0 {
+        s.db.flush()?;
+        tracing::info!(
+            records,
+            chunks,
+            "removed chunks of interrupted uploads and deletes"
+        );
+    }
+    Ok(())
+}
+
+/// An upload in progress. Owns the reservation of its record id: dropping it
+/// without [`Upload::commit`] removes the staged chunks and frees the id.
+///
+/// It holds only a weak reference to the store, so a forgotten or leaked
+/// upload never keeps the database open; its leftovers are then swept on
+/// the next open.
+pub struct Upload {
+    shared: Weak<Shared>,
+    rec: NewRecord,
+    next_index: u32,
+    received: u64,
+    committed: bool,
+}
+
+impl Upload {
+    pub fn record_id(&self) -> &str {
+        &self.rec.record_id
+    }
+
+    /// Bytes appended so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    pub fn declared_size(&self) -> u64 {
+        self.rec.declared_size
+    }
+
+    fn shared(&self) -> Result<Arc<Shared>, StorageError> {
+        self.shared.upgrade().ok_or_else(|| {
+            StorageError::FailedPrecondition(format!(
+                "record {}: the record store was closed during the upload",
+                self.rec.record_id
+            ))
+        })
+    }
+
+    /// Writes the next chunk straight to disk (not buffered in memory).
+    pub fn append(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
+        let shared = self.shared()?;
+        let id = &self.rec.record_id;
+        if chunk.is_empty() {
+            return Err(StorageError::InvalidArgument(format!(
+                "record {id}: empty chunk"
+            )));
+        }
+        if chunk.len() > shared.limits.max_chunk_size {
+            return Err(StorageError::InvalidArgument(format!(
+                "record {id}: chunk of {} bytes exceeds the limit of {} bytes",
+                chunk.len(),
+                shared.limits.max_chunk_size
+            )));
+        }
+        let total = self.received.saturating_add(chunk.len() as u64);
+        if total > self.rec.declared_size {
+            return Err(StorageError::InvalidArgument(format!(
+                "record {id}: {total} bytes received, more than the declared {}",
+                self.rec.declared_size
+            )));
+        }
+        if self.next_index == u32::MAX {
+            return Err(StorageError::InvalidArgument(format!(
+                "record {id}: too many chunks; send larger ones"
+            )));
+        }
+        put_chunk(&shared.chunks, id, self.next_index, chunk)?;
+        self.next_index += 1;
+        self.received = total;
+        Ok(())
+    }
+
+    /// Makes the record visible, atomically, once exactly `declared_size`
+    /// bytes have arrived; durable when this returns `Ok`. On error the
+    /// upload is discarded.
+    pub fn commit(mut self, now: i64) -> Result<RecordMeta, StorageError> {
+        let shared = self.shared()?;
+        let id = self.rec.record_id.clone();
+        if self.received != self.rec.declared_size {
+            return Err(StorageError::FailedPrecondition(format!(
+                "record {id}: received {} bytes but {} were declared",
+                self.received, self.rec.declared_size
+            )));
+        }
+        let stored = StoredMeta {
+            meta: RecordMeta {
+                record_id: id.clone(),
+                owner_id: self.rec.owner_id.clone(),
+                partition: self.rec.partition.clone(),
+                epoch: self.rec.epoch,
+                created_at: now,
+                size: self.received,
+                header: std::mem::take(&mut self.rec.header),
+            },
+            chunk_count: self.next_index,
+        };
+        let value = codec::encode(&stored);
+        let owner_k = owner_key(&stored.meta.owner_id, &id);
+        let partition_k = partition_key(&stored.meta.owner_id, &stored.meta.partition, &id);
+        (
+            &shared.meta,
+            &shared.by_owner,
+            &shared.by_partition,
+            &shared.pending,
+        )
+            .transaction(|(meta, by_owner, by_partition, pending)| {
+                if meta.get(id.as_bytes())?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(
+                        StorageError::AlreadyExists(format!("record {id} already exists")),
+                    ));
+                }
+                meta.insert(id.as_bytes(), value.as_slice())?;
+                by_owner.insert(owner_k.as_slice(), &[])?;
+                by_partition.insert(partition_k.as_slice(), &[])?;
+                pending.remove(id.as_bytes())?;
+                Ok(())
+            })?;
+        // The record is committed: from here on dropping must not touch it.
+        self.committed = true;
+        shared.busy().remove(&id);
+        shared.db.flush()?;
+        Ok(stored.meta)
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let Some(shared) = self.shared.upgrade() else {
+            // Store already gone: the pending marker stays and the next
+            // open sweeps the chunks.
+            return;
+        };
+        let id = &self.rec.record_id;
+        let cleanup = remove_chunks(&shared.chunks, id).and_then(|_| {
+            shared
+                .pending
+                .remove(id.as_bytes())
+                .map(drop)
+                .map_err(StorageError::from)
+        });
+        match cleanup {
+            Ok(()) => tracing::debug!(record_id = %id, "discarded uncommitted upload"),
+            // The marker is still there, so the next open retries.
+            Err(e) => {
+                tracing::warn!(record_id = %id, error = %e, "could not discard uncommitted upload")
+            }
+        }
+        shared.busy().remove(id);
+    }
+}
+
+enum ReaderState {
+    Reading {
+        meta: StoredMeta,
+        index: u32,
+        bytes: u64,
+    },
+    Failed(Option<StorageError>),
+}
+
+/// Lazy chunk iterator; holds the store alive (`'static`) while streaming.
+struct ChunkReader {
+    shared: Arc<Shared>,
+    state: ReaderState,
+}
+
+impl Iterator for ChunkReader {
+    type Item = Result<sled::IVec, StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (meta, index, bytes) = match &mut self.state {
+            ReaderState::Failed(e) => return e.take().map(Err),
+            ReaderState::Reading { meta, index, bytes } => (meta, index, bytes),
+        };
+        let id = &meta.meta.record_id;
+        if *index == meta.chunk_count {
+            if *bytes != meta.meta.size {
+                let e = StorageError::Corrupt(format!(
+                    "record {id}: chunks hold {} bytes, metadata says {}",
+                    bytes, meta.meta.size
+                ));
+                self.state = ReaderState::Failed(None);
+                return Some(Err(e));
+            }
+            self.state = ReaderState::Failed(None);
+            return None;
+        }
+        match get_chunk(&self.shared.chunks, id, *index) {
+            Ok(Some(c)) => {
+                *index += 1;
+                *bytes += c.len() as u64;
+                Some(Ok(c))
+            }
+            Ok(None) => {
+                let e = StorageError::NotFound(format!(
+                    "record {id} was deleted while being read (chunk {index} is gone)"
+                ));
+                self.state = ReaderState::Failed(None);
+                Some(Err(e))
+            }
+            Err(e) => {
+                self.state = ReaderState::Failed(None);
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,170 @@
+//! Binary encoding of stored record metadata.
+//!
+//! Binary rather than JSON because the header is opaque bytes of up to
+//! 64 KiB, which JSON would inflate about fourfold.
+//!
+//! Layout (version 1), all integers big-endian:
+//!
+//! ```text
+//! 0x01 ‖ str record_id ‖ str owner_id ‖ str partition ‖ u32 epoch ‖
+//! i64 created_at ‖ u64 size ‖ u32 chunk_count ‖ bytes header
+//! ```
+//!
+//! where `str`/`bytes` are `u32 length ‖ bytes`.
+
+use crate::{RecordMeta, StorageError};
+
+const VERSION: u8 = 1;
+
+/// What the `meta` tree holds: the public metadata plus what the store
+/// needs to read the content back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMeta {
+    pub meta: RecordMeta,
+    pub chunk_count: u32,
+}
+
+pub fn encode(m: &StoredMeta) -> Vec<u8> {
+    let r = &m.meta;
+    let mut out = Vec::with_capacity(
+        1 + 4 * 4
+            + r.record_id.len()
+            + r.owner_id.len()
+            + r.partition.len()
+            + 4
+            + 8
+            + 8
+            + 4
+            + r.header.len(),
+    );
+    out.push(VERSION);
+    for s in [&r.record_id, &r.owner_id, &r.partition] {
+        put_bytes(&mut out, s.as_bytes());
+    }
+    out.extend_from_slice(&r.epoch.to_be_bytes());
+    out.extend_from_slice(&r.created_at.to_be_bytes());
+    out.extend_from_slice(&r.size.to_be_bytes());
+    out.extend_from_slice(&m.chunk_count.to_be_bytes());
+    put_bytes(&mut out, &r.header);
+    out
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    // Every field is validated far below 4 GiB before it gets here.
+    let n = u32::try_from(b.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&n.to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+/// Decodes the value stored under `key`; anything malformed, or metadata
+/// naming another record than its key, is `Corrupt`.
+pub fn decode(key: &[u8], v: &[u8]) -> Result<StoredMeta, StorageError> {
+    let label = String::from_utf8_lossy(key);
+    let bad = |why: &str| StorageError::Corrupt(format!("metadata of record {label}: {why}"));
+    let mut r = Reader(v);
+    match r.take(1) {
+        Some([VERSION]) => {}
+        Some([other]) => return Err(bad(&format!("unknown version {other}"))),
+        _ => return Err(bad("empty value")),
+    }
+    let record_id = r.string().ok_or_else(|| bad("bad record_id"))?;
+    let owner_id = r.string().ok_or_else(|| bad("bad owner_id"))?;
+    let partition = r.string().ok_or_else(|| bad("bad partition"))?;
+    let epoch = r.u32().ok_or_else(|| bad("truncated epoch"))?;
+    let created_at = r.i64().ok_or_else(|| bad("truncated created_at"))?;
+    let size = r.u64().ok_or_else(|| bad("truncated size"))?;
+    let chunk_count = r.u32().ok_or_else(|| bad("truncated chunk count"))?;
+    let header = r.bytes().ok_or_else(|| bad("truncated header"))?.to_vec();
+    if !r.0.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    if record_id.as_bytes() != key {
+        return Err(bad("stored under the wrong key"));
+    }
+    Ok(StoredMeta {
+        meta: RecordMeta {
+            record_id,
+            owner_id,
+            partition,
+            epoch,
+            created_at,
+            size,
+            header,
+        },
+        chunk_count,
+    })
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = usize::try_from(self.u32()?).ok()?;
+        self.take(n)
+    }
+    fn string(&mut self) -> Option<String> {
+        String::from_utf8(self.bytes()?.to_vec()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StoredMeta {
+        StoredMeta {
+            meta: RecordMeta {
+                record_id: "r1".into(),
+                owner_id: "alice".into(),
+                partition: "medical".into(),
+                epoch: 7,
+                created_at: -5,
+                size: 1 << 40,
+                header: vec![0, 1, 2, 255],
+            },
+            chunk_count: 3,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = sample();
+        assert_eq!(decode(b"r1", &encode(&m)).unwrap(), m);
+    }
+
+    #[test]
+    fn rejects_truncation_trailing_and_wrong_key() {
+        let v = encode(&sample());
+        for cut in 0..v.len() {
+            assert!(decode(b"r1", &v[..cut]).is_err(), "cut {cut}");
+        }
+        let mut extra = v.clone();
+        extra.push(0);
+        assert!(decode(b"r1", &extra).is_err());
+        assert!(decode(b"r2", &v).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = decode(b"r1", &bytes);
+        }
+    }
+}

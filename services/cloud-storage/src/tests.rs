@@ -1,0 +1,474 @@
+use std::sync::Arc;
+
+use super::*;
+
+const T0: i64 = 1_700_000_000;
+
+fn store() -> (tempfile::TempDir, RecordStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    (dir, s)
+}
+
+fn rec(id: &str, owner: &str, partition: &str, size: u64) -> NewRecord {
+    NewRecord {
+        record_id: id.into(),
+        owner_id: owner.into(),
+        partition: partition.into(),
+        epoch: 1,
+        header: b"hdr".to_vec(),
+        declared_size: size,
+    }
+}
+
+/// Uploads `content` in chunks of `chunk` bytes and commits.
+fn put(s: &RecordStore, id: &str, owner: &str, partition: &str, content: &[u8]) -> RecordMeta {
+    let mut up = s
+        .begin_upload(rec(id, owner, partition, content.len() as u64))
+        .unwrap();
+    for c in content.chunks(3) {
+        up.append(c).unwrap();
+    }
+    up.commit(T0).unwrap()
+}
+
+fn read_all(s: &RecordStore, id: &str) -> Result<Vec<u8>, StorageError> {
+    let mut out = Vec::new();
+    for c in s.chunks(id) {
+        out.extend_from_slice(&c?);
+    }
+    Ok(out)
+}
+
+fn ids(page: &[RecordMeta]) -> Vec<&str> {
+    page.iter().map(|m| m.record_id.as_str()).collect()
+}
+
+#[test]
+fn types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<RecordStore>();
+    send::<Upload>();
+    fn iter_is_send_static<I: Iterator + Send + 'static>(_: I) {}
+    let (_d, s) = store();
+    iter_is_send_static(s.chunks("x"));
+}
+
+#[test]
+fn upload_commit_read_back() {
+    let (_d, s) = store();
+    let content: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    let mut up = s.begin_upload(rec("r1", "alice", "medical", 1000)).unwrap();
+    assert_eq!(up.record_id(), "r1");
+    // Not visible while uploading.
+    up.append(&content[..400]).unwrap();
+    assert!(s.get("r1").unwrap().is_none());
+    assert!(matches!(
+        s.chunks("r1").next(),
+        Some(Err(StorageError::NotFound(_)))
+    ));
+    up.append(&content[400..]).unwrap();
+    assert_eq!(up.received(), 1000);
+    let m = up.commit(T0).unwrap();
+    assert_eq!(
+        m,
+        RecordMeta {
+            record_id: "r1".into(),
+            owner_id: "alice".into(),
+            partition: "medical".into(),
+            epoch: 1,
+            created_at: T0,
+            size: 1000,
+            header: b"hdr".to_vec(),
+        }
+    );
+    assert_eq!(s.get("r1").unwrap(), Some(m));
+    let chunks: Vec<_> = s.chunks("r1").map(|c| c.unwrap().len()).collect();
+    assert_eq!(chunks, [400, 600]);
+    assert_eq!(read_all(&s, "r1").unwrap(), content);
+    assert!(s.shared.pending.is_empty());
+}
+
+#[test]
+fn empty_record_is_allowed() {
+    let (_d, s) = store();
+    let m = s
+        .begin_upload(rec("empty", "alice", "other", 0))
+        .unwrap()
+        .commit(T0)
+        .unwrap();
+    assert_eq!(m.size, 0);
+    assert_eq!(read_all(&s, "empty").unwrap(), b"");
+}
+
+#[test]
+fn dropped_upload_leaves_nothing() {
+    let (_d, s) = store();
+    {
+        let mut up = s.begin_upload(rec("r1", "alice", "medical", 10)).unwrap();
+        up.append(b"12345").unwrap();
+        assert_eq!(s.shared.chunks.len(), 1);
+    }
+    assert!(s.get("r1").unwrap().is_none());
+    assert!(s.shared.chunks.is_empty());
+    assert!(s.shared.pending.is_empty());
+    assert!(s.list("alice", None, None, 10).unwrap().0.is_empty());
+    // The id is free again.
+    put(&s, "r1", "alice", "medical", b"0123456789");
+}
+
+#[test]
+fn crash_mid_upload_is_swept_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+        put(&s, "kept", "alice", "medical", b"abcdef");
+        let mut up = s
+            .begin_upload(rec("torn", "alice", "medical", 100))
+            .unwrap();
+        for _ in 0..5 {
+            up.append(b"0123456789").unwrap();
+        }
+        s.shared.db.flush().unwrap();
+        // The process "dies": no Drop runs for the upload.
+        std::mem::forget(up);
+    }
+    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    assert!(s.get("torn").unwrap().is_none());
+    assert!(s.shared.pending.is_empty());
+    // Only the committed record's chunks remain.
+    let left: Vec<_> = s
+        .shared
+        .chunks
+        .iter()
+        .map(|kv| kv.unwrap().0.to_vec())
+        .collect();
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|k| k.starts_with(b"kept\0")));
+    assert_eq!(read_all(&s, "kept").unwrap(), b"abcdef");
+    put(&s, "torn", "alice", "medical", b"again");
+}
+
+#[test]
+fn crash_mid_delete_is_swept_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+        put(&s, "r1", "alice", "medical", b"abcdef");
+        // State right after the delete transaction, before chunk removal.
+        s.shared.meta.remove("r1").unwrap();
+        s.shared.by_owner.remove(owner_key("alice", "r1")).unwrap();
+        s.shared
+            .by_partition
+            .remove(partition_key("alice", "medical", "r1"))
+            .unwrap();
+        s.shared.pending.insert("r1", &[PENDING_DELETE]).unwrap();
+        s.shared.db.flush().unwrap();
+    }
+    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    assert!(s.shared.chunks.is_empty());
+    assert!(s.shared.pending.is_empty());
+}
+
+#[test]
+fn upload_outliving_its_store_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up;
+    {
+        let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+        up = s.begin_upload(rec("r1", "alice", "medical", 4)).unwrap();
+        up.append(b"ab").unwrap();
+    }
+    let e = up.append(b"cd").unwrap_err();
+    assert!(matches!(e, StorageError::FailedPrecondition(_)), "{e:?}");
+    drop(up);
+    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    assert!(s.shared.chunks.is_empty());
+}
+
+#[test]
+fn size_mismatch_and_chunk_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = StoreLimits {
+        max_record_size: 100,
+        max_chunk_size: 8,
+        max_header_size: 4,
+    };
+    let s = RecordStore::open(dir.path(), limits).unwrap();
+    assert_eq!(s.limits(), limits);
+
+    let mut up = s.begin_upload(rec("r1", "alice", "medical", 10)).unwrap();
+    let inv = |r: Result<(), StorageError>| {
+        assert!(matches!(r, Err(StorageError::InvalidArgument(_))), "{r:?}")
+    };
+    inv(up.append(b""));
+    inv(up.append(b"123456789"));
+    up.append(b"12345678").unwrap();
+    inv(up.append(b"abc")); // would be 11 > 10
+    let e = up.commit(T0).unwrap_err();
+    assert!(matches!(e, StorageError::FailedPrecondition(_)), "{e:?}");
+    assert!(e.to_string().contains("received 8 bytes but 10"), "{e}");
+    assert!(s.get("r1").unwrap().is_none());
+    assert!(s.shared.chunks.is_empty());
+
+    let e = s
+        .begin_upload(rec("r2", "alice", "medical", 101))
+        .err()
+        .unwrap();
+    assert!(matches!(e, StorageError::InvalidArgument(_)), "{e:?}");
+    let mut big_header = rec("r3", "alice", "medical", 1);
+    big_header.header = vec![0; 5];
+    assert!(matches!(
+        s.begin_upload(big_header).err().unwrap(),
+        StorageError::InvalidArgument(_)
+    ));
+    assert!(matches!(
+        RecordStore::open(
+            tempfile::tempdir().unwrap().path(),
+            StoreLimits {
+                max_chunk_size: 0,
+                ..limits
+            }
+        )
+        .err()
+        .unwrap(),
+        StorageError::InvalidArgument(_)
+    ));
+}
+
+#[test]
+fn bad_ids_are_invalid_argument() {
+    let (_d, s) = store();
+    for r in [
+        rec("", "alice", "medical", 1),
+        rec("a/b", "alice", "medical", 1),
+        rec("a\0b", "alice", "medical", 1),
+        rec(&"x".repeat(MAX_RECORD_ID_LEN + 1), "alice", "medical", 1),
+        rec("-r", "alice", "medical", 1),
+        rec("r1", "Alice", "medical", 1),
+        rec("r1", "alice", "Medical", 1),
+    ] {
+        let e = s.begin_upload(r.clone()).err().unwrap();
+        assert!(
+            matches!(e, StorageError::InvalidArgument(_)),
+            "{r:?}: {e:?}"
+        );
+    }
+    assert!(s.get("a/b").is_err());
+    assert!(s.list("alice", None, Some("a b"), 1).is_err());
+    assert!(s.delete("alice", "").is_err());
+    assert!(matches!(
+        s.chunks("no/no").next(),
+        Some(Err(StorageError::InvalidArgument(_)))
+    ));
+    // Record ids may use upper case (base64url, UUIDs).
+    put(&s, "Ab-9_x.Y", "alice", "medical", b"z");
+}
+
+#[test]
+fn duplicate_ids_are_rejected() {
+    let (_d, s) = store();
+    let up = s.begin_upload(rec("r1", "alice", "medical", 1)).unwrap();
+    let e = s
+        .begin_upload(rec("r1", "bob", "medical", 1))
+        .err()
+        .unwrap();
+    assert!(matches!(e, StorageError::AlreadyExists(_)), "{e:?}");
+    assert!(e.to_string().contains("being uploaded"));
+    drop(up);
+    put(&s, "r1", "alice", "medical", b"x");
+    let e = s
+        .begin_upload(rec("r1", "alice", "medical", 1))
+        .err()
+        .unwrap();
+    assert!(matches!(e, StorageError::AlreadyExists(_)), "{e:?}");
+    assert!(e.to_string().contains("already exists"));
+}
+
+#[test]
+fn concurrent_uploads_of_one_id_admit_one() {
+    let (_d, s) = store();
+    let s = Arc::new(s);
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                let mut up = s.begin_upload(rec("same", "alice", "medical", 2))?;
+                up.append(&[i, i])?;
+                up.commit(T0)
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(ok.len(), 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, StorageError::AlreadyExists(_)))
+    );
+    let content = read_all(&s, "same").unwrap();
+    assert_eq!(content.len(), 2);
+    assert_eq!(content[0], content[1]);
+}
+
+#[test]
+fn list_pages_and_filters() {
+    let (_d, s) = store();
+    for (id, p) in [
+        ("r05", "medical"),
+        ("r01", "insurance"),
+        ("r03", "medical"),
+        ("r02", "medical"),
+        ("r04", "insurance"),
+    ] {
+        put(&s, id, "alice", p, b"data");
+    }
+    put(&s, "r00", "bob", "medical", b"bob's");
+    put(&s, "r06", "alicea", "medical", b"prefix-sibling owner");
+
+    let (page, token) = s.list("alice", None, None, 2).unwrap();
+    assert_eq!(ids(&page), ["r01", "r02"]);
+    assert_eq!(token.as_deref(), Some("r02"));
+    let (page, token) = s.list("alice", None, token.as_deref(), 2).unwrap();
+    assert_eq!(ids(&page), ["r03", "r04"]);
+    let (page, token) = s.list("alice", None, token.as_deref(), 2).unwrap();
+    assert_eq!(ids(&page), ["r05"]);
+    assert_eq!(token, None);
+    // Exactly a full last page: no token.
+    let (page, token) = s.list("alice", None, Some("r03"), 2).unwrap();
+    assert_eq!(ids(&page), ["r04", "r05"]);
+    assert_eq!(token, None);
+
+    let (page, token) = s.list("alice", Some("medical"), None, 0).unwrap();
+    assert_eq!(ids(&page), ["r02", "r03", "r05"]);
+    assert_eq!(token, None);
+    let (page, token) = s.list("alice", Some("medical"), Some("r02"), 1).unwrap();
+    assert_eq!(ids(&page), ["r03"]);
+    assert_eq!(token.as_deref(), Some("r03"));
+    let (page, _) = s.list("alice", Some("insurance"), None, 10).unwrap();
+    assert_eq!(ids(&page), ["r01", "r04"]);
+    assert!(
+        s.list("alice", Some("other"), None, 10)
+            .unwrap()
+            .0
+            .is_empty()
+    );
+    assert!(s.list("carol", None, None, 10).unwrap().0.is_empty());
+    // A token need not name an existing record.
+    let (page, _) = s.list("alice", None, Some("r025"), 10).unwrap();
+    assert_eq!(ids(&page), ["r03", "r04", "r05"]);
+    let (page, _) = s.list("bob", None, None, 10).unwrap();
+    assert_eq!(page[0].header, b"hdr");
+}
+
+#[test]
+fn delete_checks_owner() {
+    let (_d, s) = store();
+    put(&s, "r1", "alice", "medical", b"secret bytes");
+    let e = s.delete("mallory", "r1").unwrap_err();
+    assert!(matches!(e, StorageError::PermissionDenied(_)), "{e:?}");
+    assert!(!e.to_string().contains("alice"), "{e}");
+    assert!(s.get("r1").unwrap().is_some());
+    let e = s.delete("alice", "r9").unwrap_err();
+    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+
+    let m = s.delete("alice", "r1").unwrap();
+    assert_eq!(m.size, 12);
+    assert!(s.get("r1").unwrap().is_none());
+    assert!(s.list("alice", None, None, 10).unwrap().0.is_empty());
+    assert!(
+        s.list("alice", Some("medical"), None, 10)
+            .unwrap()
+            .0
+            .is_empty()
+    );
+    assert!(s.shared.chunks.is_empty());
+    assert!(s.shared.pending.is_empty());
+    assert!(matches!(
+        s.delete("alice", "r1").unwrap_err(),
+        StorageError::NotFound(_)
+    ));
+    // Deleting an upload in progress finds nothing.
+    let _up = s.begin_upload(rec("r2", "alice", "medical", 1)).unwrap();
+    assert!(matches!(
+        s.delete("alice", "r2").unwrap_err(),
+        StorageError::NotFound(_)
+    ));
+    put(&s, "r1", "alice", "medical", b"new");
+}
+
+#[test]
+fn reading_a_record_deleted_midway_errors() {
+    let (_d, s) = store();
+    put(&s, "r1", "alice", "medical", b"abcdefghi");
+    let mut it = s.chunks("r1");
+    assert_eq!(&*it.next().unwrap().unwrap(), b"abc");
+    s.delete("alice", "r1").unwrap();
+    assert!(matches!(it.next(), Some(Err(StorageError::NotFound(_)))));
+    assert!(it.next().is_none());
+}
+
+#[test]
+fn reader_outlives_store_handle() {
+    let (_d, s) = store();
+    put(&s, "r1", "alice", "medical", b"abcdef");
+    let it = s.chunks("r1");
+    drop(s);
+    let bytes: Vec<u8> = it.flat_map(|c| c.unwrap().to_vec()).collect();
+    assert_eq!(bytes, b"abcdef");
+}
+
+#[test]
+fn records_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = {
+        let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+        put(&s, "r1", "alice", "medical", b"persistent")
+    };
+    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    assert_eq!(s.get("r1").unwrap(), Some(m));
+    assert_eq!(read_all(&s, "r1").unwrap(), b"persistent");
+    assert_eq!(
+        s.list("alice", Some("medical"), None, 5).unwrap().0.len(),
+        1
+    );
+    s.delete("alice", "r1").unwrap();
+    drop(s);
+    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    assert!(s.get("r1").unwrap().is_none());
+}
+
+#[test]
+fn corrupt_metadata_is_reported() {
+    let (_d, s) = store();
+    put(&s, "r1", "alice", "medical", b"abc");
+    s.shared.meta.insert("r1", &b"\x01garbage"[..]).unwrap();
+    assert!(matches!(s.get("r1"), Err(StorageError::Corrupt(_))));
+    assert!(matches!(
+        s.chunks("r1").next(),
+        Some(Err(StorageError::Corrupt(_)))
+    ));
+    assert!(matches!(
+        s.list("alice", None, None, 10),
+        Err(StorageError::Corrupt(_))
+    ));
+    assert!(matches!(
+        s.delete("alice", "r1"),
+        Err(StorageError::Corrupt(_))
+    ));
+
+    // A chunk gone missing behind the store's back.
+    put(&s, "r2", "alice", "medical", b"abcdef");
+    s.shared.chunks.remove(chunk_key("r2", 1)).unwrap();
+    assert!(read_all(&s, "r2").is_err());
+    // Chunks holding other bytes than the metadata says.
+    put(&s, "r3", "alice", "medical", b"abcdef");
+    s.shared
+        .chunks
+        .insert(chunk_key("r3", 1), &b"d"[..])
+        .unwrap();
+    assert!(matches!(read_all(&s, "r3"), Err(StorageError::Corrupt(_))));
+}
