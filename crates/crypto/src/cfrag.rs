@@ -1,0 +1,377 @@
+//! Re-encryption: capsule fragments (cfrags), their proof of correct
+//! re-encryption, and decapsulation from `t` cfrags.
+
+use core::fmt;
+
+use p256::elliptic_curve::{group::Group, ops::LinearCombination};
+use p256::{ProjectivePoint, Scalar};
+use rand_core::CryptoRng;
+use zeroize::Zeroize;
+
+use crate::arith::{self, POINT_LEN, Point, SCALAR_LEN};
+use crate::capsule::{Capsule, KemKey};
+use crate::dst;
+use crate::error::{Error, Result};
+use crate::keys::{PublicKey, SIGNATURE_LEN, SecretKey, Signature, VerifyingKey};
+use crate::kfrag::{self, KFRAG_ID_LEN, VerifiedKeyFrag};
+
+/// A capsule fragment: `E1 = rk E`, `V1 = rk V`, plus a non-interactive
+/// proof that they were computed with the share committed to in the
+/// owner-signed kfrag.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CapsuleFrag {
+    pub(crate) e1: Point,
+    pub(crate) v1: Point,
+    pub(crate) kfrag_id: [u8; KFRAG_ID_LEN],
+    pub(crate) precursor: Point,
+    pub(crate) proof: ReencryptionProof,
+}
+
+/// Chaum-Pedersen style proof that `log_E(E1) = log_V(V1) = log_U(U1)`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct ReencryptionProof {
+    pub(crate) e2: Point,
+    pub(crate) v2: Point,
+    /// `U1 = rk U`, the kfrag commitment.
+    pub(crate) u1: Point,
+    pub(crate) u2: Point,
+    pub(crate) z: Scalar,
+    pub(crate) kfrag_signature: Signature,
+}
+
+impl CapsuleFrag {
+    /// Length of [`CapsuleFrag::to_bytes`]:
+    /// `E1 || V1 || kfrag_id || precursor || E2 || V2 || U1 || U2 || z || kfrag_signature`.
+    pub const LEN: usize = 7 * POINT_LEN + KFRAG_ID_LEN + SCALAR_LEN + SIGNATURE_LEN;
+
+    /// Fixed-length encoding.
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        let mut at = 0;
+        for part in [
+            &self.e1.bytes[..],
+            &self.v1.bytes,
+            &self.kfrag_id,
+            &self.precursor.bytes,
+            &self.proof.e2.bytes,
+            &self.proof.v2.bytes,
+            &self.proof.u1.bytes,
+            &self.proof.u2.bytes,
+            &arith::scalar_to_bytes(&self.proof.z),
+            &self.proof.kfrag_signature.1,
+        ] {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        out
+    }
+
+    /// Decodes a cfrag; the result still has to be [verified](Self::verify).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        const W: &str = "cfrag";
+        if bytes.len() != Self::LEN {
+            return Err(Error::Malformed(W));
+        }
+        let mut rest = bytes;
+        let mut take = |n: usize| {
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            head
+        };
+        let e1 = Point::from_bytes(take(POINT_LEN), W)?;
+        let v1 = Point::from_bytes(take(POINT_LEN), W)?;
+        let kfrag_id: [u8; KFRAG_ID_LEN] = take(KFRAG_ID_LEN).try_into().expect("split length");
+        let precursor = Point::from_bytes(take(POINT_LEN), W)?;
+        let e2 = Point::from_bytes(take(POINT_LEN), W)?;
+        let v2 = Point::from_bytes(take(POINT_LEN), W)?;
+        let u1 = Point::from_bytes(take(POINT_LEN), W)?;
+        let u2 = Point::from_bytes(take(POINT_LEN), W)?;
+        let z = arith::scalar_from_bytes(take(SCALAR_LEN), W)?;
+        let kfrag_signature =
+            Signature::from_bytes(take(SIGNATURE_LEN)).map_err(|_| Error::Malformed(W))?;
+        Ok(Self {
+            e1,
+            v1,
+            kfrag_id,
+            precursor,
+            proof: ReencryptionProof {
+                e2,
+                v2,
+                u1,
+                u2,
+                z,
+                kfrag_signature,
+            },
+        })
+    }
+
+    /// The id of the kfrag this cfrag was produced with.
+    pub fn kfrag_id(&self) -> &[u8; KFRAG_ID_LEN] {
+        &self.kfrag_id
+    }
+
+    /// Checks the owner's kfrag signature (binding the commitment `U1`, the
+    /// precursor and both public keys) and the proof of re-encryption of
+    /// `capsule`. All inputs are public, so this runs in variable time.
+    pub fn verify(
+        self,
+        capsule: &Capsule,
+        verifying_key: &VerifyingKey,
+        owner_pk: &PublicKey,
+        grantee_pk: &PublicKey,
+    ) -> Result<VerifiedCapsuleFrag> {
+        let msg = kfrag::signature_message(
+            &self.kfrag_id,
+            &self.proof.u1,
+            &self.precursor,
+            owner_pk,
+            grantee_pk,
+        );
+        verifying_key.verify(&msg, &self.proof.kfrag_signature)?;
+
+        let p = &self.proof;
+        let h = proof_challenge(capsule, &self.e1, &self.v1, &p.e2, &p.v2, &p.u1, &p.u2);
+        let z = p.z;
+        let ok_e = capsule.e.proj().mul_vartime(&z) == p.e2.proj() + self.e1.proj().mul_vartime(&h);
+        let ok_v = capsule.v.proj().mul_vartime(&z) == p.v2.proj() + self.v1.proj().mul_vartime(&h);
+        let ok_u = arith::mul_u_vartime(&z) == p.u2.proj() + p.u1.proj().mul_vartime(&h);
+        if !(ok_e && ok_v && ok_u) {
+            return Err(Error::VerificationFailed);
+        }
+        Ok(VerifiedCapsuleFrag { cfrag: self })
+    }
+}
+
+impl fmt::Debug for CapsuleFrag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CapsuleFrag")
+            .field("e1", &self.e1)
+            .field("v1", &self.v1)
+            .field("kfrag_id", &arith::hex_string(&self.kfrag_id))
+            .field("precursor", &self.precursor)
+            .field("proof", &self.proof)
+            .finish()
+    }
+}
+
+/// A cfrag whose proof and kfrag signature have been checked (or that was
+/// just produced by [`reencrypt`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct VerifiedCapsuleFrag {
+    pub(crate) cfrag: CapsuleFrag,
+}
+
+impl VerifiedCapsuleFrag {
+    /// Same encoding as [`CapsuleFrag::to_bytes`].
+    pub fn to_bytes(&self) -> [u8; CapsuleFrag::LEN] {
+        self.cfrag.to_bytes()
+    }
+
+    /// Decodes and verifies in one step (see [`CapsuleFrag::verify`]).
+    pub fn from_bytes(
+        bytes: &[u8],
+        capsule: &Capsule,
+        verifying_key: &VerifyingKey,
+        owner_pk: &PublicKey,
+        grantee_pk: &PublicKey,
+    ) -> Result<Self> {
+        CapsuleFrag::from_bytes(bytes)?.verify(capsule, verifying_key, owner_pk, grantee_pk)
+    }
+
+    /// Drops the "verified" mark, e.g. to send the cfrag to the grantee.
+    pub fn unverify(self) -> CapsuleFrag {
+        self.cfrag
+    }
+}
+
+/// `h = H2S(CFRAG_PROOF_DST, E || E1 || E2 || V || V1 || V2 || U || U1 || U2)`.
+fn proof_challenge(
+    capsule: &Capsule,
+    e1: &Point,
+    v1: &Point,
+    e2: &Point,
+    v2: &Point,
+    u1: &Point,
+    u2: &Point,
+) -> Scalar {
+    let u = arith::generator_u();
+    arith::hash_to_scalar(
+        dst::CFRAG_PROOF_DST,
+        &[
+            &capsule.e.bytes,
+            &e1.bytes,
+            &e2.bytes,
+            &capsule.v.bytes,
+            &v1.bytes,
+            &v2.bytes,
+            &u.bytes,
+            &u1.bytes,
+            &u2.bytes,
+        ],
+    )
+}
+
+/// Re-encrypts `capsule` with one kfrag (run by a proxy).
+pub fn reencrypt(
+    rng: &mut (impl CryptoRng + ?Sized),
+    capsule: &Capsule,
+    kfrag: &VerifiedKeyFrag,
+) -> VerifiedCapsuleFrag {
+    let mut t = arith::random_nonzero_scalar(rng);
+    let out = reencrypt_with(&t, capsule, kfrag);
+    t.zeroize();
+    out
+}
+
+/// Deterministic core of [`reencrypt`] with the proof nonce `t` given.
+pub(crate) fn reencrypt_with(
+    t: &Scalar,
+    capsule: &Capsule,
+    kfrag: &VerifiedKeyFrag,
+) -> VerifiedCapsuleFrag {
+    let kfrag = &kfrag.kfrag;
+    let rk = &kfrag.rk;
+    let e = capsule.e.proj();
+    let v = capsule.v.proj();
+    let e1 = e * rk;
+    let v1 = v * rk;
+    let e2 = e * t;
+    let v2 = v * t;
+    let u2 = arith::mul_u(t);
+    let [e1, v1, e2, v2, u2] = Point::batch_from_projective(&[e1, v1, e2, v2, u2])
+        .expect("non-zero multiples of prime-order points are not the identity");
+    let u1 = kfrag.commitment;
+    let h = proof_challenge(capsule, &e1, &v1, &e2, &v2, &u1, &u2);
+    let z = *t + h * rk;
+    VerifiedCapsuleFrag {
+        cfrag: CapsuleFrag {
+            e1,
+            v1,
+            kfrag_id: kfrag.id,
+            precursor: kfrag.precursor,
+            proof: ReencryptionProof {
+                e2,
+                v2,
+                u1,
+                u2,
+                z,
+                kfrag_signature: kfrag.signature,
+            },
+        },
+    }
+}
+
+/// Recovers the KEM key as the grantee from at least `threshold` verified
+/// cfrags of `capsule` (all made with kfrags of the same
+/// [`generate_kfrags`](crate::generate_kfrags) call). Fewer cfrags, mixed
+/// kfrag sets, a different capsule or the wrong key all give the same opaque
+/// [`Error::DecryptionFailed`].
+pub fn decapsulate_reencrypted(
+    grantee_sk: &SecretKey,
+    owner_pk: &PublicKey,
+    capsule: &Capsule,
+    cfrags: &[VerifiedCapsuleFrag],
+) -> Result<KemKey> {
+    let first = cfrags.first().ok_or(Error::DecryptionFailed)?;
+    let precursor = first.cfrag.precursor;
+    if cfrags.iter().any(|c| c.cfrag.precursor != precursor) {
+        return Err(Error::DecryptionFailed);
+    }
+    let grantee_pk = grantee_sk.public_key();
+    let dh = precursor.proj() * grantee_sk.scalar;
+    let mut dh = Point::from_projective(&dh).ok_or(Error::DecryptionFailed)?;
+    let d = kfrag::shared_secret(&precursor, &grantee_pk, &dh);
+    let mut xs: Vec<Scalar> = cfrags
+        .iter()
+        .map(|c| kfrag::polynomial_arg(&precursor, &grantee_pk, &dh, &c.cfrag.kfrag_id))
+        .collect();
+    dh.bytes.zeroize();
+    let coefficients = lagrange_at_zero(&xs);
+    xs.zeroize();
+    let mut coefficients = coefficients.ok_or(Error::DecryptionFailed)?;
+    for c in &mut coefficients {
+        *c *= d;
+    }
+
+    // W = sum c_i E1_i = a E,  K = sum c_i (E1_i + V1_i) = a (E + V)
+    let w_terms: Vec<(ProjectivePoint, Scalar)> = cfrags
+        .iter()
+        .zip(&coefficients)
+        .map(|(c, l)| (c.cfrag.e1.proj(), *l))
+        .collect();
+    let k_terms: Vec<(ProjectivePoint, Scalar)> = cfrags
+        .iter()
+        .zip(&coefficients)
+        .map(|(c, l)| (c.cfrag.e1.proj() + c.cfrag.v1.proj(), *l))
+        .collect();
+    let w = ProjectivePoint::lincomb(&w_terms[..]);
+    let k = ProjectivePoint::lincomb(&k_terms[..]);
+    coefficients.zeroize();
+    drop(w_terms);
+    drop(k_terms);
+
+    // Check s * A == h W + (K - W), i.e. (h - 1) W - s A + K == 0. Only the
+    // public scalars h - 1 and s steer the variable-time combination.
+    let h = capsule.challenge();
+    let check = ProjectivePoint::lincomb_vartime(&[(w, h - Scalar::ONE), (owner_pk.proj(), -capsule.s)]) + k;
+    if !bool::from(check.is_identity()) {
+        return Err(Error::DecryptionFailed);
+    }
+    let shared = Point::from_projective(&k).ok_or(Error::DecryptionFailed)?;
+    Ok(KemKey::derive(&shared, capsule))
+}
+
+/// Lagrange coefficients at 0 for the points `xs`:
+/// `lambda_i = prod_{j != i} x_j / (x_j - x_i)`. `None` if two are equal.
+fn lagrange_at_zero(xs: &[Scalar]) -> Option<Vec<Scalar>> {
+    let n = xs.len();
+    let mut nums = Vec::with_capacity(n);
+    let mut dens = Vec::with_capacity(n);
+    for (i, xi) in xs.iter().enumerate() {
+        let mut num = Scalar::ONE;
+        let mut den = Scalar::ONE;
+        for (j, xj) in xs.iter().enumerate() {
+            if i != j {
+                num *= xj;
+                den *= *xj - xi;
+            }
+        }
+        nums.push(num);
+        dens.push(den);
+    }
+    // Batch inversion: one (constant-time) inversion for all denominators.
+    let mut prefix = Vec::with_capacity(n);
+    let mut acc = Scalar::ONE;
+    for den in &dens {
+        prefix.push(acc);
+        acc *= den;
+    }
+    let inv: Option<Scalar> = acc.invert().into();
+    let mut inv = inv?;
+    let mut out = vec![Scalar::ZERO; n];
+    for i in (0..n).rev() {
+        out[i] = nums[i] * inv * prefix[i];
+        inv *= dens[i];
+    }
+    nums.zeroize();
+    dens.zeroize();
+    prefix.zeroize();
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lagrange_interpolates() {
+        // f(x) = 5 + 3x + 2x^2, recover f(0) from 3 points.
+        let f = |x: u64| Scalar::from(5 + 3 * x + 2 * x * x);
+        let xs = [Scalar::from(2u64), Scalar::from(7u64), Scalar::from(11u64)];
+        let ys = [f(2), f(7), f(11)];
+        let l = lagrange_at_zero(&xs).unwrap();
+        let at0: Scalar = l.iter().zip(ys).map(|(l, y)| *l * y).sum();
+        assert_eq!(at0, Scalar::from(5u64));
+        assert!(lagrange_at_zero(&[Scalar::ONE, Scalar::ONE]).is_none());
+    }
+}

@@ -1,0 +1,34 @@
+//! Every domain-separation tag, HKDF salt and HKDF info string used by the
+//! crate, in one place. `docs/crypto.md` lists the same bytes; changing any
+//! of them is a breaking change of the wire format (bump the version tags).
+
+/// RFC 9380 `hash_to_curve` DST for the second generator `U`
+/// (suite `P256_XMD:SHA-256_SSWU_RO_`), message [`GENERATOR_U_MSG`].
+pub const GENERATOR_U_DST: &[u8] = b"SESPHR-V1-P256_XMD:SHA-256_SSWU_RO_GENERATOR-U";
+/// Message hashed to the curve to obtain `U`.
+pub const GENERATOR_U_MSG: &[u8] = b"U";
+
+/// Hash-to-scalar DST for the capsule challenge `h = H(E, V)`.
+pub const CAPSULE_DST: &[u8] = b"SESPHR-V1-H2S-CAPSULE";
+/// Hash-to-scalar DST for the non-interactive shared secret `d`.
+pub const SHARED_SECRET_DST: &[u8] = b"SESPHR-V1-H2S-SHARED-SECRET";
+/// Hash-to-scalar DST for the Shamir share index `x_i` of a kfrag.
+pub const POLYNOMIAL_ARG_DST: &[u8] = b"SESPHR-V1-H2S-POLYNOMIAL-ARG";
+/// Hash-to-scalar DST for the challenge of the proof of re-encryption.
+pub const CFRAG_PROOF_DST: &[u8] = b"SESPHR-V1-H2S-CFRAG-PROOF";
+
+/// Prefix of the message signed (ECDSA P-256/SHA-256) for every kfrag.
+pub const KFRAG_SIGNATURE_PREFIX: &[u8] = b"SESPHR-V1-KFRAG-SIGNATURE";
+
+/// HKDF-SHA256 `info` prefix deriving the 32-byte KEM key from the shared
+/// point (the capsule bytes follow).
+pub const KEM_KEY_INFO: &[u8] = b"SESPHR-V1-KEM-KEY";
+/// HKDF-SHA256 `info` deriving the AES-256-GCM record key from the KEM key.
+pub const DEM_KEY_INFO: &[u8] = b"SESPHR-V1-DEM-KEY-AES256GCM-STREAM-BE32";
+
+/// HKDF-SHA256 salt used to extract from the patient's master secret.
+pub const MASTER_SALT: &[u8] = b"SESPHR-V1-MASTER-SECRET";
+/// HKDF-SHA256 `info` prefix of a partition key (partition and epoch follow).
+pub const PARTITION_KEY_INFO: &[u8] = b"SESPHR-V1-PARTITION-KEY";
+/// HKDF-SHA256 `info` of the owner's kfrag-signing key.
+pub const SIGNING_KEY_INFO: &[u8] = b"SESPHR-V1-KFRAG-SIGNING-KEY";

@@ -1,0 +1,843 @@
+//! Record encryption: a self-describing header followed by AES-256-GCM
+//! STREAM segments (RustCrypto `aead-stream`, `StreamBE32`).
+//!
+//! ```text
+//! record  = header || segment_0 || ... || segment_k
+//! segment = AES-256-GCM(dem_key, nonce_i, aad = header bytes, plaintext_i) (ciphertext || 16-byte tag)
+//! nonce_i = nonce_prefix (7) || u32be(i) || last_flag (0x00, or 0x01 for segment_k)
+//! ```
+//!
+//! Every plaintext segment but the last is exactly `segment_size` bytes; the
+//! last one is `0..=segment_size` bytes. Memory use of every API here is
+//! bounded by a couple of segments, never by the record size.
+
+use core::fmt;
+use std::io::{self, Read, Write};
+
+use aead_stream::StreamPrimitive;
+use aes_gcm::{Aes256Gcm, KeyInit};
+use hkdf::Hkdf;
+use rand_core::CryptoRng;
+use sha2::Sha256;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::capsule::{Capsule, KemKey};
+use crate::dst;
+use crate::error::{Error, Result};
+use crate::master::validate_partition;
+
+/// First four bytes of every record.
+pub const MAGIC: [u8; 4] = *b"SPHR";
+/// The only record format version this crate writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+/// Default plaintext segment size: 1 MiB.
+pub const DEFAULT_SEGMENT_SIZE: u32 = 1 << 20;
+/// Smallest allowed segment size: 4 KiB.
+pub const MIN_SEGMENT_SIZE: u32 = 4 << 10;
+/// Largest allowed segment size: 16 MiB.
+pub const MAX_SEGMENT_SIZE: u32 = 16 << 20;
+/// Length of the STREAM nonce prefix.
+pub const NONCE_PREFIX_LEN: usize = 7;
+/// AES-GCM tag length, added to every segment.
+pub const TAG_LEN: usize = 16;
+/// Longest record id / owner id, in bytes.
+pub const MAX_ID_LEN: usize = 1024;
+/// Length of the fixed part of a header (`magic || version || header_len`).
+pub const HEADER_PREFIX_LEN: usize = 7;
+/// Upper bound on an encoded header's length.
+pub const MAX_HEADER_LEN: usize =
+    HEADER_PREFIX_LEN + 3 * 2 + 2 * MAX_ID_LEN + crate::MAX_PARTITION_LEN + 4 + 1 + Capsule::LEN + 4 + NONCE_PREFIX_LEN;
+
+/// Where the record's AES-256-GCM key comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DemKeySource {
+    /// `dem_key = HKDF-SHA256(kem_key, info = DEM_KEY_INFO)`, `kem_key` being
+    /// the key encapsulated in the header's capsule (byte `0x00`).
+    Kem = 0,
+    /// The key is supplied by the caller, e.g. a content-derived key wrapped
+    /// elsewhere (byte `0x01`). The header is still bound as AAD.
+    External = 1,
+}
+
+/// The record header. It is authenticated as the associated data of every
+/// segment, so changing any byte of it makes every segment fail.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RecordHeader {
+    record_id: Vec<u8>,
+    owner_id: Vec<u8>,
+    partition: String,
+    epoch: u32,
+    key_source: DemKeySource,
+    capsule: Capsule,
+    segment_size: u32,
+    nonce_prefix: [u8; NONCE_PREFIX_LEN],
+    encoded: Vec<u8>,
+}
+
+impl RecordHeader {
+    /// A header with a fresh random nonce prefix, the default segment size
+    /// (1 MiB) and [`DemKeySource::Kem`].
+    ///
+    /// `record_id` and `owner_id` are 1..=1024 bytes, `partition` 1..=255 bytes.
+    pub fn new(
+        rng: &mut (impl CryptoRng + ?Sized),
+        record_id: &[u8],
+        owner_id: &[u8],
+        partition: &str,
+        epoch: u32,
+        capsule: Capsule,
+    ) -> Result<Self> {
+        let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
+        rng.fill_bytes(&mut nonce_prefix);
+        Self::from_parts(
+            HeaderParts {
+                record_id: record_id.to_vec(),
+                owner_id: owner_id.to_vec(),
+                partition: partition.to_owned(),
+                epoch,
+                key_source: DemKeySource::Kem,
+                capsule,
+                segment_size: DEFAULT_SEGMENT_SIZE,
+            },
+            nonce_prefix,
+        )
+    }
+
+    /// The same header with another segment size (4 KiB..=16 MiB).
+    pub fn with_segment_size(self, segment_size: u32) -> Result<Self> {
+        let nonce_prefix = self.nonce_prefix;
+        let mut parts = self.into_parts();
+        parts.segment_size = segment_size;
+        Self::from_parts(parts, nonce_prefix)
+    }
+
+    /// The same header with another key source.
+    pub fn with_key_source(self, key_source: DemKeySource) -> Self {
+        let nonce_prefix = self.nonce_prefix;
+        let mut parts = self.into_parts();
+        parts.key_source = key_source;
+        Self::from_parts(parts, nonce_prefix).expect("only the key source changed")
+    }
+
+    fn into_parts(self) -> HeaderParts {
+        HeaderParts {
+            record_id: self.record_id,
+            owner_id: self.owner_id,
+            partition: self.partition,
+            epoch: self.epoch,
+            key_source: self.key_source,
+            capsule: self.capsule,
+            segment_size: self.segment_size,
+        }
+    }
+
+    pub(crate) fn from_parts(parts: HeaderParts, nonce_prefix: [u8; NONCE_PREFIX_LEN]) -> Result<Self> {
+        validate_id(&parts.record_id, "record id must be 1..=1024 bytes")?;
+        validate_id(&parts.owner_id, "owner id must be 1..=1024 bytes")?;
+        validate_partition(&parts.partition)?;
+        if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&parts.segment_size) {
+            return Err(Error::InvalidParameter("segment size must be 4 KiB..=16 MiB"));
+        }
+        let mut header = Self {
+            record_id: parts.record_id,
+            owner_id: parts.owner_id,
+            partition: parts.partition,
+            epoch: parts.epoch,
+            key_source: parts.key_source,
+            capsule: parts.capsule,
+            segment_size: parts.segment_size,
+            nonce_prefix,
+            encoded: Vec::new(),
+        };
+        header.encoded = header.encode();
+        Ok(header)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAX_HEADER_LEN);
+        out.extend_from_slice(&MAGIC);
+        out.push(FORMAT_VERSION);
+        out.extend_from_slice(&[0, 0]); // header_len, patched below
+        for field in [&self.record_id[..], &self.owner_id, self.partition.as_bytes()] {
+            let len = u16::try_from(field.len()).expect("validated field length");
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(field);
+        }
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        out.push(self.key_source as u8);
+        out.extend_from_slice(&self.capsule.to_bytes());
+        out.extend_from_slice(&self.segment_size.to_be_bytes());
+        out.extend_from_slice(&self.nonce_prefix);
+        let total = u16::try_from(out.len()).expect("header is shorter than 64 KiB");
+        out[5..7].copy_from_slice(&total.to_be_bytes());
+        out
+    }
+
+    /// The exact header bytes (also the AAD of every segment).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.encoded.clone()
+    }
+
+    /// The exact header bytes, borrowed.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.encoded
+    }
+
+    /// Decodes a header; `bytes` must be exactly one header (no trailing bytes).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        const W: &str = "record header";
+        let total = Self::declared_len(bytes)?;
+        if total != bytes.len() {
+            return Err(Error::Malformed(W));
+        }
+        let mut r = Cursor(&bytes[HEADER_PREFIX_LEN..]);
+        let record_id = r.field()?.to_vec();
+        let owner_id = r.field()?.to_vec();
+        let partition = std::str::from_utf8(r.field()?)
+            .map_err(|_| Error::Malformed(W))?
+            .to_owned();
+        let epoch = u32::from_be_bytes(r.array()?);
+        let key_source = match r.array::<1>()?[0] {
+            0 => DemKeySource::Kem,
+            1 => DemKeySource::External,
+            _ => return Err(Error::Malformed(W)),
+        };
+        let capsule = Capsule::from_bytes(r.take(Capsule::LEN)?).map_err(|_| Error::Malformed(W))?;
+        let segment_size = u32::from_be_bytes(r.array()?);
+        let nonce_prefix = r.array::<NONCE_PREFIX_LEN>()?;
+        if !r.0.is_empty() {
+            return Err(Error::Malformed(W));
+        }
+        let header = Self::from_parts(
+            HeaderParts {
+                record_id,
+                owner_id,
+                partition,
+                epoch,
+                key_source,
+                capsule,
+                segment_size,
+            },
+            nonce_prefix,
+        )
+        .map_err(|_| Error::Malformed(W))?;
+        debug_assert_eq!(header.encoded, bytes);
+        Ok(header)
+    }
+
+    /// Checks the 7-byte prefix (`magic || version || header_len`) and
+    /// returns the total header length it declares.
+    pub fn declared_len(prefix: &[u8]) -> Result<usize> {
+        const W: &str = "record header";
+        if prefix.len() < HEADER_PREFIX_LEN || prefix[..4] != MAGIC || prefix[4] != FORMAT_VERSION {
+            return Err(Error::Malformed(W));
+        }
+        let total = usize::from(u16::from_be_bytes([prefix[5], prefix[6]]));
+        if !(HEADER_PREFIX_LEN..=MAX_HEADER_LEN).contains(&total) {
+            return Err(Error::Malformed(W));
+        }
+        Ok(total)
+    }
+
+    /// Reads exactly one header from the start of a record stream.
+    pub fn read_from(reader: &mut impl Read) -> io::Result<Self> {
+        let mut buf = vec![0u8; HEADER_PREFIX_LEN];
+        reader.read_exact(&mut buf).map_err(truncated_header)?;
+        let total = Self::declared_len(&buf)?;
+        buf.resize(total, 0);
+        reader
+            .read_exact(&mut buf[HEADER_PREFIX_LEN..])
+            .map_err(truncated_header)?;
+        Ok(Self::from_bytes(&buf)?)
+    }
+
+    /// Record identifier.
+    pub fn record_id(&self) -> &[u8] {
+        &self.record_id
+    }
+    /// Owner (patient) identifier.
+    pub fn owner_id(&self) -> &[u8] {
+        &self.owner_id
+    }
+    /// Partition name.
+    pub fn partition(&self) -> &str {
+        &self.partition
+    }
+    /// Partition key epoch.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+    /// Where the DEM key comes from.
+    pub fn key_source(&self) -> DemKeySource {
+        self.key_source
+    }
+    /// The capsule encapsulating the KEM key under the partition key.
+    pub fn capsule(&self) -> &Capsule {
+        &self.capsule
+    }
+    /// Plaintext segment size in bytes.
+    pub fn segment_size(&self) -> u32 {
+        self.segment_size
+    }
+    /// STREAM nonce prefix.
+    pub fn nonce_prefix(&self) -> &[u8; NONCE_PREFIX_LEN] {
+        &self.nonce_prefix
+    }
+
+    fn segment_len(&self) -> usize {
+        self.segment_size as usize
+    }
+}
+
+impl fmt::Debug for RecordHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordHeader")
+            .field("record_id", &String::from_utf8_lossy(&self.record_id))
+            .field("owner_id", &String::from_utf8_lossy(&self.owner_id))
+            .field("partition", &self.partition)
+            .field("epoch", &self.epoch)
+            .field("key_source", &self.key_source)
+            .field("segment_size", &self.segment_size)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct HeaderParts {
+    pub(crate) record_id: Vec<u8>,
+    pub(crate) owner_id: Vec<u8>,
+    pub(crate) partition: String,
+    pub(crate) epoch: u32,
+    pub(crate) key_source: DemKeySource,
+    pub(crate) capsule: Capsule,
+    pub(crate) segment_size: u32,
+}
+
+fn validate_id(id: &[u8], msg: &'static str) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(Error::InvalidParameter(msg));
+    }
+    Ok(())
+}
+
+fn truncated_header(err: io::Error) -> io::Error {
+    if err.kind() == io::ErrorKind::UnexpectedEof {
+        Error::Malformed("record header").into()
+    } else {
+        err
+    }
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(Error::Malformed("record header"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        Ok(self.take(N)?.try_into().expect("took N bytes"))
+    }
+
+    fn field(&mut self) -> Result<&'a [u8]> {
+        let len = u16::from_be_bytes(self.array()?);
+        self.take(usize::from(len))
+    }
+}
+
+/// The 32-byte AES-256-GCM key of a record. Zeroized on drop; `Debug` is
+/// redacted.
+#[derive(Clone)]
+pub struct DemKey([u8; DemKey::LEN]);
+
+impl DemKey {
+    /// Key length in bytes.
+    pub const LEN: usize = 32;
+
+    /// `HKDF-SHA256(salt = "", IKM = kem_key, info = DEM_KEY_INFO)`.
+    pub fn from_kem_key(kem_key: &KemKey) -> Self {
+        let hk = Hkdf::<Sha256>::new(None, kem_key.as_bytes());
+        let mut okm = [0u8; Self::LEN];
+        hk.expand(dst::DEM_KEY_INFO, &mut okm)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        Self(okm)
+    }
+
+    /// Wraps 32 caller-supplied key bytes (for [`DemKeySource::External`]).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let arr: [u8; Self::LEN] = bytes.try_into().map_err(|_| Error::Malformed("DEM key"))?;
+        Ok(Self(arr))
+    }
+
+    /// A copy of the raw key bytes.
+    pub fn to_bytes(&self) -> Zeroizing<[u8; Self::LEN]> {
+        Zeroizing::new(self.0)
+    }
+
+    fn stream(&self, header: &RecordHeader) -> Stream {
+        let aead = Aes256Gcm::new(&self.0.into());
+        <Stream as aead_stream::NewStream<Aes256Gcm>>::from_aead(aead, &header.nonce_prefix.into())
+    }
+}
+
+impl Drop for DemKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for DemKey {}
+
+impl fmt::Debug for DemKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DemKey(<redacted>)")
+    }
+}
+
+type Stream = aead_stream::StreamBE32<Aes256Gcm>;
+
+fn key_for(header: &RecordHeader, source: DemKeySource, key: KeyRef<'_>) -> Result<DemKey> {
+    if header.key_source != source {
+        return Err(Error::InvalidParameter(
+            "key type does not match the header's key source",
+        ));
+    }
+    Ok(match key {
+        KeyRef::Kem(k) => DemKey::from_kem_key(k),
+        KeyRef::Dem(k) => k.clone(),
+    })
+}
+
+enum KeyRef<'a> {
+    Kem(&'a KemKey),
+    Dem(&'a DemKey),
+}
+
+/// Push-style record encryption, usable from async code: feed full
+/// segments with [`seal_segment`](Self::seal_segment), then the tail with
+/// [`seal_last`](Self::seal_last). Write [`RecordHeader::as_bytes`] first.
+pub struct RecordSealer {
+    header: RecordHeader,
+    stream: Stream,
+    position: u32,
+}
+
+impl RecordSealer {
+    /// Seals under the key encapsulated in the header's capsule
+    /// (requires [`DemKeySource::Kem`]).
+    pub fn new(header: RecordHeader, kem_key: &KemKey) -> Result<Self> {
+        let key = key_for(&header, DemKeySource::Kem, KeyRef::Kem(kem_key))?;
+        Ok(Self::with_key(header, &key))
+    }
+
+    /// Seals under an explicitly supplied key (requires
+    /// [`DemKeySource::External`]).
+    pub fn with_dem_key(header: RecordHeader, dem_key: &DemKey) -> Result<Self> {
+        let key = key_for(&header, DemKeySource::External, KeyRef::Dem(dem_key))?;
+        Ok(Self::with_key(header, &key))
+    }
+
+    fn with_key(header: RecordHeader, key: &DemKey) -> Self {
+        Self {
+            stream: key.stream(&header),
+            header,
+            position: 0,
+        }
+    }
+
+    /// The header to write before the first segment.
+    pub fn header(&self) -> &RecordHeader {
+        &self.header
+    }
+
+    /// Seals one non-last segment; `plaintext` must be exactly
+    /// `segment_size` bytes.
+    pub fn seal_segment(&mut self, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(plaintext.len() + TAG_LEN);
+        buf.extend_from_slice(plaintext);
+        self.seal_segment_in_place(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// In-place variant of [`seal_segment`](Self::seal_segment): `buf` holds
+    /// the plaintext and receives the ciphertext (16 bytes longer).
+    pub fn seal_segment_in_place(&mut self, buf: &mut Vec<u8>) -> Result<()> {
+        if buf.len() != self.header.segment_len() {
+            return Err(Error::InvalidParameter(
+                "non-last segments must be exactly segment_size bytes",
+            ));
+        }
+        if self.position == u32::MAX {
+            return Err(Error::InvalidParameter("record has too many segments"));
+        }
+        self.stream
+            .encrypt_in_place(self.position, false, &self.header.encoded, buf)
+            .map_err(|_| Error::InvalidParameter("segment encryption failed"))?;
+        self.position += 1;
+        Ok(())
+    }
+
+    /// Seals the last segment (`0..=segment_size` bytes) and ends the record.
+    pub fn seal_last(self, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(plaintext.len() + TAG_LEN);
+        buf.extend_from_slice(plaintext);
+        self.seal_last_in_place(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// In-place variant of [`seal_last`](Self::seal_last).
+    pub fn seal_last_in_place(self, buf: &mut Vec<u8>) -> Result<()> {
+        if buf.len() > self.header.segment_len() {
+            return Err(Error::InvalidParameter(
+                "the last segment must be at most segment_size bytes",
+            ));
+        }
+        self.stream
+            .encrypt_in_place(self.position, true, &self.header.encoded, buf)
+            .map_err(|_| Error::InvalidParameter("segment encryption failed"))
+    }
+}
+
+impl fmt::Debug for RecordSealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordSealer")
+            .field("header", &self.header)
+            .field("position", &self.position)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Push-style record decryption: [`push`](Self::push) ciphertext bytes (the
+/// segments, after the header) in chunks of any size and receive plaintext
+/// segments as soon as they are authenticated; [`finish`](Self::finish)
+/// authenticates the last segment and fails if the record was truncated.
+pub struct RecordOpener {
+    header: RecordHeader,
+    stream: Stream,
+    position: u32,
+    buf: Vec<u8>,
+    spare: Vec<u8>,
+    poisoned: bool,
+}
+
+impl RecordOpener {
+    /// Opens with the key encapsulated in the header's capsule (requires
+    /// [`DemKeySource::Kem`]).
+    pub fn new(header: RecordHeader, kem_key: &KemKey) -> Result<Self> {
+        let key = key_for(&header, DemKeySource::Kem, KeyRef::Kem(kem_key))?;
+        Ok(Self::with_key(header, &key))
+    }
+
+    /// Opens with an explicitly supplied key (requires
+    /// [`DemKeySource::External`]).
+    pub fn with_dem_key(header: RecordHeader, dem_key: &DemKey) -> Result<Self> {
+        let key = key_for(&header, DemKeySource::External, KeyRef::Dem(dem_key))?;
+        Ok(Self::with_key(header, &key))
+    }
+
+    fn with_key(header: RecordHeader, key: &DemKey) -> Self {
+        let cap = header.segment_len() + TAG_LEN + 1;
+        Self {
+            stream: key.stream(&header),
+            header,
+            position: 0,
+            buf: Vec::with_capacity(cap),
+            spare: Vec::new(),
+            poisoned: false,
+        }
+    }
+
+    /// The record's header.
+    pub fn header(&self) -> &RecordHeader {
+        &self.header
+    }
+
+    fn segment_ct_len(&self) -> usize {
+        self.header.segment_len() + TAG_LEN
+    }
+
+    /// Buffers `data` and returns every plaintext segment it completes.
+    /// A segment is only known not to be the last one once a byte of the
+    /// next arrives, so up to one segment stays buffered until then.
+    pub fn push(&mut self, mut data: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        while !data.is_empty() {
+            let want = self.segment_ct_len() + 1 - self.buf.len();
+            let n = want.min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if let Some(segment) = self.try_open_next()? {
+                out.push(segment);
+            }
+        }
+        Ok(out)
+    }
+
+    /// If more than one ciphertext segment is buffered, decrypts the first
+    /// (as a non-last segment) and returns its plaintext.
+    fn try_open_next(&mut self) -> Result<Option<Vec<u8>>> {
+        self.check_poison()?;
+        let seg = self.segment_ct_len();
+        if self.buf.len() <= seg {
+            return Ok(None);
+        }
+        let mut next = core::mem::take(&mut self.spare);
+        next.clear();
+        next.reserve(seg + 1);
+        next.extend_from_slice(&self.buf[seg..]);
+        self.buf.truncate(seg);
+        let mut segment = core::mem::replace(&mut self.buf, next);
+        if self.position == u32::MAX {
+            self.poisoned = true;
+            return Err(Error::DecryptionFailed);
+        }
+        if self
+            .stream
+            .decrypt_in_place(self.position, false, &self.header.encoded, &mut segment)
+            .is_err()
+        {
+            self.poisoned = true;
+            return Err(Error::DecryptionFailed);
+        }
+        self.position += 1;
+        Ok(Some(segment))
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        if self.poisoned {
+            Err(Error::DecryptionFailed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Authenticates and returns the last segment. Fails with
+    /// [`Error::Truncated`] if the record ended before its last segment.
+    pub fn finish(mut self) -> Result<Vec<u8>> {
+        self.check_poison()?;
+        let mut last = core::mem::take(&mut self.buf);
+        if last.len() < TAG_LEN {
+            return Err(Error::Truncated);
+        }
+        let probe = (last.len() == self.segment_ct_len()).then(|| last.clone());
+        if self
+            .stream
+            .decrypt_in_place(self.position, true, &self.header.encoded, &mut last)
+            .is_ok()
+        {
+            return Ok(last);
+        }
+        // A full segment that authenticates as a *non-last* segment means
+        // the record was cut at a segment boundary.
+        if let Some(mut probe) = probe
+            && self
+                .stream
+                .decrypt_in_place(self.position, false, &self.header.encoded, &mut probe)
+                .is_ok()
+        {
+            probe.zeroize();
+            return Err(Error::Truncated);
+        }
+        Err(Error::DecryptionFailed)
+    }
+}
+
+impl fmt::Debug for RecordOpener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordOpener")
+            .field("header", &self.header)
+            .field("position", &self.position)
+            .field("buffered", &self.buf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A [`Write`] adapter: writes the header, then seals everything written
+/// into segments. Call [`finish`](Self::finish) to seal the last segment;
+/// dropping the writer without it leaves a truncated (undecryptable) record.
+pub struct RecordWriter<W: Write> {
+    inner: W,
+    sealer: RecordSealer,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> RecordWriter<W> {
+    /// Writes the header to `inner` and returns the writer.
+    pub fn new(mut inner: W, sealer: RecordSealer) -> io::Result<Self> {
+        inner.write_all(sealer.header().as_bytes())?;
+        let cap = sealer.header().segment_len() + TAG_LEN;
+        Ok(Self {
+            inner,
+            sealer,
+            buf: Vec::with_capacity(cap),
+        })
+    }
+
+    /// Seals the last segment, flushes, and returns the inner writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        let mut buf = core::mem::take(&mut self.buf);
+        self.sealer.seal_last_in_place(&mut buf)?;
+        self.inner.write_all(&buf)?;
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for RecordWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let seg = self.sealer.header().segment_len();
+        if self.buf.len() == seg {
+            // More data follows a full segment: it is not the last one.
+            self.sealer.seal_segment_in_place(&mut self.buf)?;
+            self.inner.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        let n = (seg - self.buf.len()).min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> fmt::Debug for RecordWriter<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordWriter")
+            .field("sealer", &self.sealer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A [`Read`] adapter yielding the plaintext of a record whose header has
+/// already been read (see [`RecordHeader::read_from`]). Returns `Ok(0)` only
+/// after the last segment authenticated; truncation or tampering is an
+/// [`io::ErrorKind::InvalidData`] error wrapping [`Error`].
+pub struct RecordReader<R: Read> {
+    inner: R,
+    opener: Option<RecordOpener>,
+    plain: Vec<u8>,
+    pos: usize,
+}
+
+impl<R: Read> RecordReader<R> {
+    /// `inner` must be positioned just after the header.
+    pub fn new(inner: R, opener: RecordOpener) -> Self {
+        Self {
+            inner,
+            opener: Some(opener),
+            plain: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// Reads ciphertext until one plaintext segment is available or the
+    /// record ends.
+    fn refill(&mut self) -> io::Result<()> {
+        let Some(opener) = self.opener.as_mut() else {
+            return Ok(());
+        };
+        // Hand the drained plaintext buffer back for reuse.
+        let mut spare = core::mem::take(&mut self.plain);
+        spare.zeroize();
+        spare.clear();
+        opener.spare = spare;
+        self.pos = 0;
+
+        let target = opener.segment_ct_len() + 1;
+        let mut filled = opener.buf.len();
+        opener.buf.resize(target, 0);
+        let eof = loop {
+            if filled == target {
+                break Ok(false);
+            }
+            match self.inner.read(&mut opener.buf[filled..]) {
+                Ok(0) => break Ok(true),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        opener.buf.truncate(filled);
+        if eof? {
+            // EOF: the buffered bytes are the last segment.
+            let opener = self.opener.take().expect("checked above");
+            self.plain = opener.finish()?;
+        } else {
+            self.plain = opener
+                .try_open_next()?
+                .expect("a full segment and one more byte are buffered");
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for RecordReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        while self.pos == self.plain.len() {
+            if self.opener.is_none() {
+                return Ok(0);
+            }
+            self.refill()?;
+        }
+        let n = (self.plain.len() - self.pos).min(out.len());
+        out[..n].copy_from_slice(&self.plain[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl<R: Read> fmt::Debug for RecordReader<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordReader")
+            .field("opener", &self.opener)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Encrypts everything `input` yields into `output` (header first) with
+/// bounded memory. Returns the number of plaintext bytes.
+pub fn encrypt_record(
+    mut input: impl Read,
+    output: impl Write,
+    sealer: RecordSealer,
+) -> io::Result<u64> {
+    let mut writer = RecordWriter::new(output, sealer)?;
+    let n = io::copy(&mut input, &mut writer)?;
+    writer.finish()?;
+    Ok(n)
+}
+
+/// Decrypts a whole record from `input` into `output` with bounded memory.
+/// `open` receives the decoded header and returns the opener (typically
+/// after decapsulating `header.capsule()`). Returns the header.
+///
+/// Plaintext is written as each segment authenticates; if an error is
+/// returned, discard whatever was written.
+pub fn decrypt_record(
+    mut input: impl Read,
+    mut output: impl Write,
+    open: impl FnOnce(&RecordHeader) -> Result<RecordOpener>,
+) -> io::Result<RecordHeader> {
+    let header = RecordHeader::read_from(&mut input)?;
+    let opener = open(&header)?;
+    if opener.header() != &header {
+        return Err(Error::InvalidParameter("opener was built for another header").into());
+    }
+    let mut reader = RecordReader::new(input, opener);
+    io::copy(&mut reader, &mut output)?;
+    output.flush()?;
+    Ok(header)
+}

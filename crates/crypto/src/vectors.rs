@@ -1,0 +1,1 @@
+//! Deterministic test-vector generation (see `tests/vectors/`).
