@@ -1,1 +1,312 @@
+//! SRS (Setup and Re-encryption Server) domain logic: the directory of
+//! enrolled users and the stored re-encryption key fragments, persisted in
+//! sled, plus a per-identity rate limiter.
+//!
+//! Keys, certificates and kfrags are opaque bytes here; the root crate does
+//! the cryptography and the CA signing. The SRS never holds a secret key:
+//! users generate theirs client-side and register only public keys, and a
+//! kfrag set alone cannot decrypt anything.
+//!
+//! Every write returns only after `Db::flush`, i.e. once it is durable.
+//!
+//! # Storage layout (sled trees)
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `users` | user_id | binary user record (see `codec`) |
+//! | `kfrags` | owner ‖ 0x00 ‖ partition ‖ 0x00 ‖ grantee ‖ 0x00 ‖ epoch u32 BE | binary kfrag set |
+//!
+//! Ids never contain 0x00, so `owner ‖ 0x00 ‖ partition ‖ 0x00 ‖ grantee ‖
+//! 0x00` is an exact prefix: revoking all epochs of one grant is one scan.
 
+mod codec;
+mod ratelimit;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sesphr_identity::{IdentityError, Role, validate_partition, validate_user_id};
+
+pub use ratelimit::RateLimiter;
+
+/// Largest accepted public key (PRE or verifying), in bytes. P-256 points
+/// are 33 or 65 bytes; the slack allows other encodings.
+pub const MAX_PUBLIC_KEY_LEN: usize = 1024;
+/// Largest accepted DER certificate.
+pub const MAX_CERTIFICATE_LEN: usize = 64 << 10;
+/// Most kfrags in one set (the `n` of a t-of-n sharing).
+pub const MAX_KFRAGS: usize = 256;
+/// Largest accepted single kfrag.
+pub const MAX_KFRAG_LEN: usize = 4096;
+
+/// Everything that can go wrong, shaped so each variant maps to one gRPC
+/// status code. Messages quote ids, never key material.
+#[derive(Debug, thiserror::Error)]
+pub enum SrsError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("storage error: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<IdentityError> for SrsError {
+    fn from(e: IdentityError) -> Self {
+        SrsError::InvalidArgument(e.to_string())
+    }
+}
+
+/// An enrolled user: public keys only, plus the certificate the CA issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub user_id: String,
+    pub role: Role,
+    /// Public key others re-encrypt to (delegatee side of PRE).
+    pub pre_public_key: Vec<u8>,
+    /// Key that verifies this user's kfrag signatures.
+    pub verifying_key: Vec<u8>,
+    pub certificate_der: Vec<u8>,
+    pub enrolled_at: i64,
+}
+
+/// The re-encryption key fragments from one (owner, partition, epoch) key
+/// to one grantee.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KfragSet {
+    /// The partition epoch's public key the kfrags were made from.
+    pub delegating_public_key: Vec<u8>,
+    pub kfrags: Vec<Vec<u8>>,
+    pub stored_at: i64,
+}
+
+/// Users and kfrags. `Send + Sync`: share one behind an `Arc`.
+pub struct SrsStore {
+    db: sled::Db,
+    users: sled::Tree,
+    kfrags: sled::Tree,
+    /// `sled::Tree::len` walks the whole tree; the count is kept here
+    /// instead (users are never removed, so it only grows).
+    users_count: AtomicU64,
+}
+
+fn kfrag_prefix(owner: &str, partition: &str, grantee: &str) -> Vec<u8> {
+    let mut k = [owner, partition, grantee].join("\0").into_bytes();
+    k.push(0);
+    k
+}
+
+fn kfrag_key(owner: &str, partition: &str, grantee: &str, epoch: u32) -> Vec<u8> {
+    let mut k = kfrag_prefix(owner, partition, grantee);
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k
+}
+
+fn check_len(what: &str, b: &[u8], min: usize, max: usize) -> Result<(), SrsError> {
+    if b.len() < min || b.len() > max {
+        return Err(SrsError::InvalidArgument(if b.len() < min {
+            format!("{what} is missing")
+        } else {
+            format!("{what} is {} bytes, at most {max} are accepted", b.len())
+        }));
+    }
+    Ok(())
+}
+
+fn validate_grant_ids(owner: &str, partition: &str, grantee: &str) -> Result<(), SrsError> {
+    validate_user_id(owner)?;
+    validate_partition(partition)?;
+    validate_user_id(grantee)?;
+    Ok(())
+}
+
+impl SrsStore {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, SrsError> {
+        let db = sled::Config::new().path(path).open()?;
+        let users = db.open_tree("users")?;
+        let kfrags = db.open_tree("kfrags")?;
+        let users_count = AtomicU64::new(users.len() as u64);
+        Ok(SrsStore {
+            db,
+            users,
+            kfrags,
+            users_count,
+        })
+    }
+
+    /// Enrols a user. A user id is taken for good, whatever the role: a
+    /// second enrolment under the same id is `AlreadyExists`, so nobody can
+    /// replace someone else's public keys.
+    pub fn register_user(&self, user: UserRecord) -> Result<(), SrsError> {
+        validate_user_id(&user.user_id)?;
+        check_len(
+            "PRE public key",
+            &user.pre_public_key,
+            1,
+            MAX_PUBLIC_KEY_LEN,
+        )?;
+        check_len("verifying key", &user.verifying_key, 1, MAX_PUBLIC_KEY_LEN)?;
+        check_len("certificate", &user.certificate_der, 0, MAX_CERTIFICATE_LEN)?;
+        let value = codec::encode_user(&user);
+        let swapped =
+            self.users
+                .compare_and_swap(user.user_id.as_bytes(), None::<&[u8]>, Some(value))?;
+        if swapped.is_err() {
+            return Err(SrsError::AlreadyExists(format!(
+                "user id {} is already enrolled",
+                user.user_id
+            )));
+        }
+        self.users_count.fetch_add(1, Ordering::Relaxed);
+        self.db.flush()?;
+        tracing::debug!(user_id = %user.user_id, role = %user.role, "user enrolled");
+        Ok(())
+    }
+
+    pub fn user(&self, user_id: &str) -> Result<Option<UserRecord>, SrsError> {
+        validate_user_id(user_id)?;
+        self.users
+            .get(user_id.as_bytes())?
+            .map(|v| codec::decode_user(user_id.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Stores (replacing any previous) kfrags from `owner_id`'s partition
+    /// key at `epoch` to `grantee_id`.
+    pub fn put_kfrags(
+        &self,
+        owner_id: &str,
+        partition: &str,
+        epoch: u32,
+        grantee_id: &str,
+        set: KfragSet,
+    ) -> Result<(), SrsError> {
+        validate_grant_ids(owner_id, partition, grantee_id)?;
+        if owner_id == grantee_id {
+            return Err(SrsError::InvalidArgument(format!(
+                "{owner_id} cannot delegate to themselves"
+            )));
+        }
+        check_len(
+            "delegating public key",
+            &set.delegating_public_key,
+            1,
+            MAX_PUBLIC_KEY_LEN,
+        )?;
+        if set.kfrags.is_empty() || set.kfrags.len() > MAX_KFRAGS {
+            return Err(SrsError::InvalidArgument(format!(
+                "a kfrag set holds 1 to {MAX_KFRAGS} kfrags, not {}",
+                set.kfrags.len()
+            )));
+        }
+        for (i, k) in set.kfrags.iter().enumerate() {
+            check_len(&format!("kfrag {i}"), k, 1, MAX_KFRAG_LEN)?;
+        }
+        self.kfrags.insert(
+            kfrag_key(owner_id, partition, grantee_id, epoch),
+            codec::encode_kfrags(&set),
+        )?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn kfrags(
+        &self,
+        owner_id: &str,
+        partition: &str,
+        epoch: u32,
+        grantee_id: &str,
+    ) -> Result<Option<KfragSet>, SrsError> {
+        validate_grant_ids(owner_id, partition, grantee_id)?;
+        self.kfrags
+            .get(kfrag_key(owner_id, partition, grantee_id, epoch))?
+            .map(|v| {
+                codec::decode_kfrags(&format!("{owner_id}/{partition}/{grantee_id}@{epoch}"), &v)
+            })
+            .transpose()
+    }
+
+    /// The epochs for which kfrags to `grantee_id` are stored, ascending.
+    pub fn kfrag_epochs(
+        &self,
+        owner_id: &str,
+        partition: &str,
+        grantee_id: &str,
+    ) -> Result<Vec<u32>, SrsError> {
+        validate_grant_ids(owner_id, partition, grantee_id)?;
+        let prefix = kfrag_prefix(owner_id, partition, grantee_id);
+        let mut out = Vec::new();
+        for kv in self.kfrags.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            out.push(epoch_of(&k, prefix.len())?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes the kfrags to `grantee_id` for one epoch, or for every epoch
+    /// when `epoch` is `None` (revocation). Returns how many sets were
+    /// removed; removing nothing is not an error, so revocation is
+    /// idempotent.
+    pub fn delete_kfrags(
+        &self,
+        owner_id: &str,
+        partition: &str,
+        grantee_id: &str,
+        epoch: Option<u32>,
+    ) -> Result<usize, SrsError> {
+        validate_grant_ids(owner_id, partition, grantee_id)?;
+        let removed = match epoch {
+            Some(e) => usize::from(
+                self.kfrags
+                    .remove(kfrag_key(owner_id, partition, grantee_id, e))?
+                    .is_some(),
+            ),
+            None => {
+                // One atomic batch: a revocation never stops half way.
+                let mut batch = sled::Batch::default();
+                let mut n = 0;
+                for kv in self
+                    .kfrags
+                    .scan_prefix(kfrag_prefix(owner_id, partition, grantee_id))
+                {
+                    let (k, _) = kv?;
+                    batch.remove(k);
+                    n += 1;
+                }
+                self.kfrags.apply_batch(batch)?;
+                n
+            }
+        };
+        self.db.flush()?;
+        Ok(removed)
+    }
+
+    /// Number of enrolled users.
+    pub fn users_count(&self) -> Result<u64, SrsError> {
+        Ok(self.users_count.load(Ordering::Relaxed))
+    }
+}
+
+fn epoch_of(key: &[u8], prefix_len: usize) -> Result<u32, SrsError> {
+    key.get(prefix_len..)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| {
+            SrsError::Corrupt(format!(
+                "kfrag key {:?} does not end in a 4-byte epoch",
+                String::from_utf8_lossy(key)
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests;
