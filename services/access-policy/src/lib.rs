@@ -1039,8 +1039,16 @@ fn recover_head(audit: &sled::Tree) -> Result<Head, PolicyError> {
             broken: None,
         });
     };
+    // A sled error is an I/O problem, not a damaged log: it fails `open`.
+    let prev_value = match audit::key_seq(&k) {
+        Ok(seq) if seq > 1 => audit.get(audit::seq_key(seq - 1))?,
+        _ => None,
+    };
     let check = || -> Result<(u64, [u8; 32]), String> {
         let seq = audit::key_seq(&k).map_err(|e| e.to_string())?;
+        if seq == 0 {
+            return Err("an entry is stored under sequence number 0".into());
+        }
         let e = audit::decode_value(seq, &v).map_err(|e| e.to_string())?;
         if e.seq != seq {
             return Err(format!("last entry stored as {seq} claims to be {}", e.seq));
@@ -1051,11 +1059,10 @@ fn recover_head(audit: &sled::Tree) -> Result<Head, PolicyError> {
         let prev_hash = if seq == 1 {
             GENESIS_HASH
         } else {
-            let pv = audit
-                .get(audit::seq_key(seq - 1))
-                .map_err(|e| e.to_string())?
+            let pv = prev_value
+                .as_ref()
                 .ok_or_else(|| format!("entry {} before the last one is missing", seq - 1))?;
-            audit::decode_value(seq - 1, &pv)
+            audit::decode_value(seq - 1, pv)
                 .map_err(|e| e.to_string())?
                 .hash
         };

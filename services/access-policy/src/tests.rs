@@ -637,3 +637,41 @@ fn action_names_round_trip() {
     }
     assert!("write".parse::<Action>().is_err());
 }
+
+#[test]
+fn odd_tail_keys_on_open_do_not_panic() {
+    // Seq 0 is the last (only) key in the first case, "short" sorts after
+    // every 8-byte big-endian seq in the second.
+    for (key, first) in [(vec![0u8; 8], false), (b"short".to_vec(), true)] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = PolicyStore::open(dir.path()).unwrap();
+            if first {
+                s.record_event(
+                    AuditEvent {
+                        actor: "a".into(),
+                        action: "x".into(),
+                        ..Default::default()
+                    },
+                    T0,
+                )
+                .unwrap();
+            }
+            s.audit.insert(key, &b"junk"[..]).unwrap();
+            s.db.flush().unwrap();
+        }
+        let s = PolicyStore::open(dir.path()).unwrap();
+        let e = s
+            .record_event(
+                AuditEvent {
+                    actor: "a".into(),
+                    action: "x".into(),
+                    ..Default::default()
+                },
+                T0,
+            )
+            .unwrap_err();
+        assert!(matches!(e, PolicyError::Corrupt(_)), "{e:?}");
+        assert!(!s.verify_audit(None).unwrap().ok);
+    }
+}
