@@ -161,8 +161,7 @@ pub(crate) fn hash_to_scalar(dst: &[u8], parts: &[&[u8]]) -> Scalar {
 pub(crate) fn scalar_from_okm(okm: &[u8; 48]) -> Scalar {
     let wide = U384::from_be_slice(okm);
     let n_minus_1 = NistP256::ORDER_MINUS_ONE;
-    let modulus = NonZero::new(n_minus_1.resize::<{ U384::LIMBS }>())
-        .expect("n - 1 is not zero");
+    let modulus = NonZero::new(n_minus_1.resize::<{ U384::LIMBS }>()).expect("n - 1 is not zero");
     let reduced: U256 = wide.rem(&modulus).resize::<{ U256::LIMBS }>();
     let s = <Scalar as Reduce<U256>>::reduce(&reduced);
     s + Scalar::ONE
@@ -173,9 +172,8 @@ trait OrderMinusOne {
 }
 
 impl OrderMinusOne for NistP256 {
-    const ORDER_MINUS_ONE: U256 = U256::from_be_hex(
-        "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632550",
-    );
+    const ORDER_MINUS_ONE: U256 =
+        U256::from_be_hex("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632550");
 }
 
 /// The second generator `U`: RFC 9380 `hash_to_curve` (P256_XMD:SHA-256_SSWU_RO_)

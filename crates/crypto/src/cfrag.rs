@@ -313,7 +313,9 @@ pub fn decapsulate_reencrypted(
     // Check s * A == h W + (K - W), i.e. (h - 1) W - s A + K == 0. Only the
     // public scalars h - 1 and s steer the variable-time combination.
     let h = capsule.challenge();
-    let check = ProjectivePoint::lincomb_vartime(&[(w, h - Scalar::ONE), (owner_pk.proj(), -capsule.s)]) + k;
+    let check =
+        ProjectivePoint::lincomb_vartime(&[(w, h - Scalar::ONE), (owner_pk.proj(), -capsule.s)])
+            + k;
     if !bool::from(check.is_identity()) {
         return Err(Error::DecryptionFailed);
     }

@@ -41,9 +41,7 @@ impl From<Error> for std::io::Error {
     fn from(err: Error) -> Self {
         let kind = match err {
             Error::Malformed(_) | Error::Truncated => std::io::ErrorKind::InvalidData,
-            Error::VerificationFailed | Error::DecryptionFailed => {
-                std::io::ErrorKind::InvalidData
-            }
+            Error::VerificationFailed | Error::DecryptionFailed => std::io::ErrorKind::InvalidData,
             Error::InvalidParameter(_) => std::io::ErrorKind::InvalidInput,
         };
         std::io::Error::new(kind, err)

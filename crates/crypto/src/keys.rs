@@ -243,15 +243,18 @@ impl fmt::Debug for VerifyingKey {
 
 /// A decoded, structurally valid (low-s, `0 < r, s < n`) ECDSA signature.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Signature(pub(crate) p256::ecdsa::Signature, pub(crate) [u8; SIGNATURE_LEN]);
+pub(crate) struct Signature(
+    pub(crate) p256::ecdsa::Signature,
+    pub(crate) [u8; SIGNATURE_LEN],
+);
 
 impl Signature {
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let arr: [u8; SIGNATURE_LEN] = bytes
             .try_into()
             .map_err(|_| Error::Malformed("signature"))?;
-        let sig = p256::ecdsa::Signature::from_slice(&arr)
-            .map_err(|_| Error::Malformed("signature"))?;
+        let sig =
+            p256::ecdsa::Signature::from_slice(&arr).map_err(|_| Error::Malformed("signature"))?;
         // Only the low-s form is canonical.
         if sig.normalize_s() != sig {
             return Err(Error::Malformed("signature"));

@@ -165,7 +165,8 @@ pub(crate) fn signature_message(
     owner_pk: &PublicKey,
     grantee_pk: &PublicKey,
 ) -> Vec<u8> {
-    let mut msg = Vec::with_capacity(dst::KFRAG_SIGNATURE_PREFIX.len() + KFRAG_ID_LEN + 4 * POINT_LEN);
+    let mut msg =
+        Vec::with_capacity(dst::KFRAG_SIGNATURE_PREFIX.len() + KFRAG_ID_LEN + 4 * POINT_LEN);
     msg.extend_from_slice(dst::KFRAG_SIGNATURE_PREFIX);
     msg.extend_from_slice(id);
     msg.extend_from_slice(&commitment.bytes);
@@ -275,8 +276,8 @@ pub(crate) fn generate_kfrags_with(
     let owner_pk = owner_sk.public_key();
     let precursor = arith::mul_g(precursor_sk);
     let dh = grantee_pk.proj() * precursor_sk;
-    let [precursor, mut dh] =
-        Point::batch_from_projective(&[precursor, dh]).ok_or(Error::InvalidParameter(UNUSABLE_PRECURSOR))?;
+    let [precursor, mut dh] = Point::batch_from_projective(&[precursor, dh])
+        .ok_or(Error::InvalidParameter(UNUSABLE_PRECURSOR))?;
     let mut d = shared_secret(&precursor, grantee_pk, &dh);
     let d_inv: Option<Scalar> = d.invert().into();
     let mut d_inv = d_inv.ok_or(Error::InvalidParameter(UNUSABLE_PRECURSOR))?;

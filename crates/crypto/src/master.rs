@@ -66,12 +66,7 @@ impl MasterSecret {
         let len = u16::try_from(name.len())
             .expect("validated length fits in u16")
             .to_be_bytes();
-        let s = self.expand_scalar(&[
-            dst::PARTITION_KEY_INFO,
-            &len,
-            name,
-            &epoch.to_be_bytes(),
-        ]);
+        let s = self.expand_scalar(&[dst::PARTITION_KEY_INFO, &len, name, &epoch.to_be_bytes()]);
         let sk = SecretKey::from_scalar(s);
         let pk = sk.public_key();
         Ok((sk, pk))

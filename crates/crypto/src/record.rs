@@ -45,8 +45,15 @@ pub const MAX_ID_LEN: usize = 1024;
 /// Length of the fixed part of a header (`magic || version || header_len`).
 pub const HEADER_PREFIX_LEN: usize = 7;
 /// Upper bound on an encoded header's length.
-pub const MAX_HEADER_LEN: usize =
-    HEADER_PREFIX_LEN + 3 * 2 + 2 * MAX_ID_LEN + crate::MAX_PARTITION_LEN + 4 + 1 + Capsule::LEN + 4 + NONCE_PREFIX_LEN;
+pub const MAX_HEADER_LEN: usize = HEADER_PREFIX_LEN
+    + 3 * 2
+    + 2 * MAX_ID_LEN
+    + crate::MAX_PARTITION_LEN
+    + 4
+    + 1
+    + Capsule::LEN
+    + 4
+    + NONCE_PREFIX_LEN;
 
 /// Where the record's AES-256-GCM key comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -132,12 +139,17 @@ impl RecordHeader {
         }
     }
 
-    pub(crate) fn from_parts(parts: HeaderParts, nonce_prefix: [u8; NONCE_PREFIX_LEN]) -> Result<Self> {
+    pub(crate) fn from_parts(
+        parts: HeaderParts,
+        nonce_prefix: [u8; NONCE_PREFIX_LEN],
+    ) -> Result<Self> {
         validate_id(&parts.record_id, "record id must be 1..=1024 bytes")?;
         validate_id(&parts.owner_id, "owner id must be 1..=1024 bytes")?;
         validate_partition(&parts.partition)?;
         if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&parts.segment_size) {
-            return Err(Error::InvalidParameter("segment size must be 4 KiB..=16 MiB"));
+            return Err(Error::InvalidParameter(
+                "segment size must be 4 KiB..=16 MiB",
+            ));
         }
         let mut header = Self {
             record_id: parts.record_id,
@@ -159,7 +171,11 @@ impl RecordHeader {
         out.extend_from_slice(&MAGIC);
         out.push(FORMAT_VERSION);
         out.extend_from_slice(&[0, 0]); // header_len, patched below
-        for field in [&self.record_id[..], &self.owner_id, self.partition.as_bytes()] {
+        for field in [
+            &self.record_id[..],
+            &self.owner_id,
+            self.partition.as_bytes(),
+        ] {
             let len = u16::try_from(field.len()).expect("validated field length");
             out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(field);
@@ -203,7 +219,8 @@ impl RecordHeader {
             1 => DemKeySource::External,
             _ => return Err(Error::Malformed(W)),
         };
-        let capsule = Capsule::from_bytes(r.take(Capsule::LEN)?).map_err(|_| Error::Malformed(W))?;
+        let capsule =
+            Capsule::from_bytes(r.take(Capsule::LEN)?).map_err(|_| Error::Malformed(W))?;
         let segment_size = u32::from_be_bytes(r.array()?);
         let nonce_prefix = r.array::<NONCE_PREFIX_LEN>()?;
         if !r.0.is_empty() {
