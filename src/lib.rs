@@ -1,1 +1,21 @@
+//! SeSPHR: secure, patient-controlled sharing of Personal Health Records on an
+//! untrusted cloud, using proxy re-encryption.
+//!
+//! This crate is the root of the workspace: it owns the wire contract
+//! ([`proto`]), the mesh's identity and transport layer ([`tls`], [`pki`],
+//! [`auth`]), the gRPC handlers that put the domain crates under `services/`
+//! on the network ([`server`]), the daemon ([`daemon`]) and the client SDK.
+//! See `ARCHITECTURE.md` for where things live and which boundaries matter.
 
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod pki;
+pub mod proto;
+pub mod record;
+pub mod server;
+pub mod tls;
+
+pub use sesphr_crypto as crypto;
+pub use sesphr_identity as identity;

@@ -1,0 +1,419 @@
+//! Configuration: the `sesphrd serve` TOML file with `SESPHR_*` environment
+//! overrides, and the `mesh.toml` that `sesphrd dev` writes for clients.
+//!
+//! Every environment key is a documented constant below. Loading parses
+//! everything, collects every problem and fails once, so an operator sees all
+//! mistakes in one run (exit code 64, `EX_USAGE`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sesphr_identity::{DEFAULT_TRUST_DOMAIN, Service, validate_trust_domain};
+
+use crate::tls::TlsFiles;
+
+/// Trust domain of the mesh (`spiffe://<this>/...`).
+pub const ENV_TRUST_DOMAIN: &str = "SESPHR_TRUST_DOMAIN";
+/// gRPC (mTLS) listen address, e.g. `0.0.0.0:50051`.
+pub const ENV_LISTEN: &str = "SESPHR_LISTEN";
+/// Optional plaintext listen address serving only `grpc.health.v1` (probes).
+pub const ENV_HEALTH_LISTEN: &str = "SESPHR_HEALTH_LISTEN";
+/// Directory of the service's sled database.
+pub const ENV_DATA_DIR: &str = "SESPHR_DATA_DIR";
+/// PEM certificate of this service (SPIFFE URI SAN `.../service/<name>`).
+pub const ENV_TLS_CERT: &str = "SESPHR_TLS_CERT";
+/// PEM private key of this service.
+pub const ENV_TLS_KEY: &str = "SESPHR_TLS_KEY";
+/// PEM certificate of the mesh CA (trusted for peers and clients).
+pub const ENV_TLS_CA: &str = "SESPHR_TLS_CA";
+/// `https://host:port` of AccessPolicy (CloudStorage and SRS need it).
+pub const ENV_ACCESS_POLICY_ENDPOINT: &str = "SESPHR_ACCESS_POLICY_ENDPOINT";
+/// Deadline of every call to a peer service, in milliseconds.
+pub const ENV_PEER_TIMEOUT_MS: &str = "SESPHR_PEER_TIMEOUT_MS";
+/// SRS: PEM certificate of the CA (or intermediate) that signs user certificates.
+pub const ENV_ISSUER_CERT: &str = "SESPHR_ISSUER_CERT";
+/// SRS: PEM key of that CA.
+pub const ENV_ISSUER_KEY: &str = "SESPHR_ISSUER_KEY";
+/// SRS: file holding the enrollment token.
+pub const ENV_ENROLLMENT_TOKEN_FILE: &str = "SESPHR_ENROLLMENT_TOKEN_FILE";
+/// CloudStorage: largest accepted record, in bytes.
+pub const ENV_MAX_RECORD_BYTES: &str = "SESPHR_MAX_RECORD_BYTES";
+/// SRS: re-encryption requests per second per identity (burst = 4x).
+pub const ENV_REENCRYPT_RATE: &str = "SESPHR_REENCRYPT_RATE";
+
+pub const DEFAULT_PEER_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = 64 << 30;
+pub const DEFAULT_REENCRYPT_RATE: f64 = 2_000.0;
+
+/// Where configuration strings come from: the process environment in
+/// production, a map in tests (no global state).
+pub trait Strings {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct Env;
+
+impl Strings for Env {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Strings for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+/// The `sesphrd serve` configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    pub trust_domain: Option<String>,
+    pub listen: Option<String>,
+    pub health_listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub tls: TlsSection,
+    pub access_policy_endpoint: Option<String>,
+    pub peer_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub srs: SrsSection,
+    #[serde(default)]
+    pub cloud_storage: CloudStorageSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SrsSection {
+    pub issuer_cert: Option<PathBuf>,
+    pub issuer_key: Option<PathBuf>,
+    pub enrollment_token_file: Option<PathBuf>,
+    pub reencrypt_rate: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudStorageSection {
+    pub max_record_bytes: Option<u64>,
+}
+
+/// A complete, validated configuration of one service.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub service: Service,
+    pub trust_domain: String,
+    pub listen: SocketAddr,
+    pub health_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub tls: TlsFiles,
+    /// Required for CloudStorage and SRS.
+    pub access_policy_endpoint: Option<String>,
+    pub peer_timeout_ms: u64,
+    pub srs: Option<SrsSettings>,
+    pub max_record_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SrsSettings {
+    pub issuer_cert: PathBuf,
+    pub issuer_key: PathBuf,
+    pub enrollment_token_file: PathBuf,
+    pub reencrypt_rate: f64,
+}
+
+/// Every problem found in a configuration, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl ServeConfig {
+    /// Reads `path` (TOML), applies environment overrides, validates.
+    pub fn load(path: &Path, service: Service, env: &impl Strings) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        let file: ServeFile = toml::from_str(&text)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        Self::from_file(file, service, env)
+    }
+
+    pub fn from_file(
+        mut file: ServeFile,
+        service: Service,
+        env: &impl Strings,
+    ) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+        // Environment overrides the file.
+        let over = |key: &str, slot: &mut Option<String>| {
+            if let Some(v) = env.get(key) {
+                *slot = Some(v);
+            }
+        };
+        let over_path = |key: &str, slot: &mut Option<PathBuf>| {
+            if let Some(v) = env.get(key) {
+                *slot = Some(PathBuf::from(v));
+            }
+        };
+        over(ENV_TRUST_DOMAIN, &mut file.trust_domain);
+        over(ENV_LISTEN, &mut file.listen);
+        over(ENV_HEALTH_LISTEN, &mut file.health_listen);
+        over(ENV_ACCESS_POLICY_ENDPOINT, &mut file.access_policy_endpoint);
+        over_path(ENV_DATA_DIR, &mut file.data_dir);
+        over_path(ENV_TLS_CERT, &mut file.tls.cert);
+        over_path(ENV_TLS_KEY, &mut file.tls.key);
+        over_path(ENV_TLS_CA, &mut file.tls.ca);
+        over_path(ENV_ISSUER_CERT, &mut file.srs.issuer_cert);
+        over_path(ENV_ISSUER_KEY, &mut file.srs.issuer_key);
+        over_path(
+            ENV_ENROLLMENT_TOKEN_FILE,
+            &mut file.srs.enrollment_token_file,
+        );
+        let parse_num = |key: &str, errors: &mut Vec<String>| -> Option<String> {
+            let v = env.get(key)?;
+            if v.parse::<f64>().is_err() {
+                errors.push(format!("{key}={v:?} is not a number"));
+                return None;
+            }
+            Some(v)
+        };
+        if let Some(v) = parse_num(ENV_PEER_TIMEOUT_MS, &mut errors) {
+            file.peer_timeout_ms = v.parse().ok();
+        }
+        if let Some(v) = parse_num(ENV_MAX_RECORD_BYTES, &mut errors) {
+            file.cloud_storage.max_record_bytes = v.parse().ok();
+        }
+        if let Some(v) = parse_num(ENV_REENCRYPT_RATE, &mut errors) {
+            file.srs.reencrypt_rate = v.parse().ok();
+        }
+
+        let trust_domain = file
+            .trust_domain
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
+        if validate_trust_domain(&trust_domain).is_err() {
+            errors.push(format!(
+                "trust_domain {trust_domain:?} is not a valid DNS-like name"
+            ));
+        }
+        let addr =
+            |name: &str, v: Option<String>, errors: &mut Vec<String>| -> Option<SocketAddr> {
+                let v = v?;
+                match v.parse() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        errors.push(format!("{name} {v:?} is not an address like 0.0.0.0:50051"));
+                        None
+                    }
+                }
+            };
+        let listen = addr("listen", file.listen.clone(), &mut errors);
+        if file.listen.is_none() {
+            errors.push(format!("listen is required (or set {ENV_LISTEN})"));
+        }
+        let health_listen = addr("health_listen", file.health_listen, &mut errors);
+        if let (Some(l), Some(h)) = (listen, health_listen)
+            && l.port() == h.port()
+            && l.ip() == h.ip()
+        {
+            errors.push("health_listen must differ from listen".to_owned());
+        }
+        if file.data_dir.is_none() {
+            errors.push(format!("data_dir is required (or set {ENV_DATA_DIR})"));
+        }
+        // All-or-nothing TLS: a half-configured mTLS setup is refused.
+        fn require(errors: &mut Vec<String>, name: &str, env_key: &str, v: &Option<PathBuf>) {
+            if v.is_none() {
+                errors.push(format!("{name} is required (or set {env_key})"));
+            }
+        }
+        require(&mut errors, "tls.cert", ENV_TLS_CERT, &file.tls.cert);
+        require(&mut errors, "tls.key", ENV_TLS_KEY, &file.tls.key);
+        require(&mut errors, "tls.ca", ENV_TLS_CA, &file.tls.ca);
+        let needs_policy = matches!(service, Service::CloudStorage | Service::Srs);
+        match (&file.access_policy_endpoint, needs_policy) {
+            (None, true) => errors.push(format!(
+                "access_policy_endpoint is required for {service} (or set {ENV_ACCESS_POLICY_ENDPOINT})"
+            )),
+            (Some(e), true) if !e.starts_with("https://") => errors.push(format!(
+                "access_policy_endpoint {e:?} must start with https://"
+            )),
+            _ => {}
+        }
+        let srs = if service == Service::Srs {
+            require(
+                &mut errors,
+                "srs.issuer_cert",
+                ENV_ISSUER_CERT,
+                &file.srs.issuer_cert,
+            );
+            require(
+                &mut errors,
+                "srs.issuer_key",
+                ENV_ISSUER_KEY,
+                &file.srs.issuer_key,
+            );
+            require(
+                &mut errors,
+                "srs.enrollment_token_file",
+                ENV_ENROLLMENT_TOKEN_FILE,
+                &file.srs.enrollment_token_file,
+            );
+            let rate = file.srs.reencrypt_rate.unwrap_or(DEFAULT_REENCRYPT_RATE);
+            if !(rate.is_finite() && rate > 0.0) {
+                errors.push(format!("srs.reencrypt_rate {rate} must be > 0"));
+            }
+            Some((rate, file.srs.clone()))
+        } else {
+            None
+        };
+        let peer_timeout_ms = file.peer_timeout_ms.unwrap_or(DEFAULT_PEER_TIMEOUT_MS);
+        if peer_timeout_ms == 0 {
+            errors.push("peer_timeout_ms must be > 0".to_owned());
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let (Some(listen), Some(data_dir), Some(cert), Some(key), Some(ca)) = (
+            listen,
+            file.data_dir,
+            file.tls.cert,
+            file.tls.key,
+            file.tls.ca,
+        ) else {
+            unreachable!("missing values were reported above");
+        };
+        let srs = srs.map(|(rate, s)| SrsSettings {
+            issuer_cert: s.issuer_cert.unwrap_or_default(),
+            issuer_key: s.issuer_key.unwrap_or_default(),
+            enrollment_token_file: s.enrollment_token_file.unwrap_or_default(),
+            reencrypt_rate: rate,
+        });
+        Ok(ServeConfig {
+            service,
+            trust_domain,
+            listen,
+            health_listen,
+            data_dir,
+            tls: TlsFiles { cert, key, ca },
+            access_policy_endpoint: file.access_policy_endpoint,
+            peer_timeout_ms,
+            srs,
+            max_record_bytes: file
+                .cloud_storage
+                .max_record_bytes
+                .unwrap_or(DEFAULT_MAX_RECORD_BYTES),
+        })
+    }
+}
+
+/// What a client needs to reach a mesh: written by `sesphrd dev` as
+/// `DIR/mesh.toml`, read by `sesphr --mesh`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshFile {
+    pub trust_domain: String,
+    /// PEM file of the mesh CA.
+    pub ca: PathBuf,
+    /// Enrollment token (dev meshes only; production hands it out of band).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_token: Option<String>,
+    pub cloud_storage: String,
+    pub srs: String,
+    pub access_policy: String,
+}
+
+impl MeshFile {
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        let mut mesh: MeshFile = toml::from_str(&text)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        // A relative CA path is relative to the mesh file.
+        if mesh.ca.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            mesh.ca = dir.join(&mesh.ca);
+        }
+        Ok(mesh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const FULL: &str = r#"
+        listen = "0.0.0.0:50051"
+        health_listen = "0.0.0.0:8080"
+        data_dir = "/var/lib/sesphr"
+        access_policy_endpoint = "https://access-policy:50053"
+        [tls]
+        cert = "/tls/tls.crt"
+        key = "/tls/tls.key"
+        ca = "/tls/ca.crt"
+    "#;
+
+    #[test]
+    fn full_file_parses() {
+        let file: ServeFile = toml::from_str(FULL).unwrap();
+        let cfg = ServeConfig::from_file(file, Service::CloudStorage, &env(&[])).unwrap();
+        assert_eq!(cfg.listen.port(), 50051);
+        assert_eq!(cfg.health_listen.unwrap().port(), 8080);
+        assert_eq!(cfg.trust_domain, DEFAULT_TRUST_DOMAIN);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let file: ServeFile = toml::from_str(FULL).unwrap();
+        let e = env(&[
+            (ENV_LISTEN, "127.0.0.1:7000"),
+            (ENV_TRUST_DOMAIN, "example.org"),
+        ]);
+        let cfg = ServeConfig::from_file(file, Service::AccessPolicy, &e).unwrap();
+        assert_eq!(cfg.listen.port(), 7000);
+        assert_eq!(cfg.trust_domain, "example.org");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let file: ServeFile = toml::from_str("listen = \"nope\"\n[tls]\ncert = \"c\"").unwrap();
+        let e = env(&[(ENV_PEER_TIMEOUT_MS, "soon")]);
+        let errs = ServeConfig::from_file(file, Service::Srs, &e)
+            .unwrap_err()
+            .0;
+        let all = errs.join("\n");
+        for needle in [
+            "listen \"nope\"",
+            "data_dir is required",
+            "tls.key is required",
+            "tls.ca is required",
+            "access_policy_endpoint is required",
+            "srs.issuer_cert is required",
+            "SESPHR_PEER_TIMEOUT_MS",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<ServeFile>("lisen = \"0.0.0.0:1\"").is_err());
+    }
+}

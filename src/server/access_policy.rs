@@ -1,0 +1,342 @@
+//! `sesphr.v1.AccessPolicy` over `sesphr-access-policy`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use sesphr_access_policy::{
+    Action, AuditEntry as DomainEntry, AuditEvent, AuditFilter, CheckQuery, Grant, PolicyStore,
+};
+use sesphr_identity::{Identity, validate_partition, validate_user_id};
+use tonic::{Request, Response, Status};
+
+use super::status::invalid;
+use super::{blocking, unix_now};
+use crate::auth::{self, Rpc};
+use crate::proto::access_policy_server::AccessPolicy;
+use crate::proto::{self, AccessGrant};
+
+/// Most audit entries one `ListAudit` call returns.
+pub const MAX_AUDIT_PAGE: usize = 1000;
+
+pub struct AccessPolicyService {
+    store: Arc<PolicyStore>,
+    trust_domain: String,
+}
+
+impl AccessPolicyService {
+    pub fn new(store: Arc<PolicyStore>, trust_domain: String) -> Self {
+        Self {
+            store,
+            trust_domain,
+        }
+    }
+
+    /// [`auth::authorize`], with every refusal of an identified caller
+    /// written to the audit trail.
+    async fn authorize<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<Identity, Status> {
+        match auth::authorize(req, rpc, &self.trust_domain) {
+            Ok(id) => Ok(id),
+            Err(status) => {
+                if let Ok(Some(caller)) = auth::peer_identity(req, &self.trust_domain) {
+                    let store = self.store.clone();
+                    let event = AuditEvent {
+                        actor: caller.short(),
+                        action: format!("denied:{}", rpc.method()),
+                        owner_id: String::new(),
+                        partition: String::new(),
+                        subject: String::new(),
+                        record_id: String::new(),
+                        outcome: "denied".into(),
+                        detail: status.message().to_owned(),
+                    };
+                    let _ = blocking(move || store.record_event(event, unix_now())).await;
+                }
+                Err(status)
+            }
+        }
+    }
+}
+
+fn grant_to_proto(g: Grant) -> AccessGrant {
+    AccessGrant {
+        owner_id: g.owner_id,
+        partition: g.partition,
+        grantee_id: g.grantee_id,
+        grantee_role: proto::Role::from(g.grantee_role) as i32,
+        epoch_min: g.epoch_min,
+        epoch_max: g.epoch_max,
+        not_before: g.not_before,
+        expires_at: g.expires_at,
+        granted_at: g.granted_at,
+    }
+}
+
+fn role_from_wire(value: i32, field: &str) -> Result<sesphr_identity::Role, Status> {
+    proto::Role::try_from(value)
+        .ok()
+        .and_then(proto::Role::to_domain)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("{field} must be a known role, not {value}"))
+        })
+}
+
+fn entry_to_proto(e: DomainEntry) -> proto::AuditEntry {
+    proto::AuditEntry {
+        seq: e.seq,
+        time: e.time,
+        actor: e.actor,
+        action: e.action,
+        owner_id: e.owner_id,
+        partition: e.partition,
+        subject: e.subject,
+        record_id: e.record_id,
+        outcome: e.outcome,
+        detail: e.detail,
+        prev_hash: e.prev_hash.to_vec(),
+        hash: e.hash.to_vec(),
+    }
+}
+
+type AuditStream = Pin<Box<dyn Stream<Item = Result<proto::AuditEntry, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AccessPolicy for AccessPolicyService {
+    async fn grant(
+        &self,
+        req: Request<proto::GrantRequest>,
+    ) -> Result<Response<proto::GrantResponse>, Status> {
+        let caller = self.authorize(&req, Rpc::Grant).await?;
+        let owner = caller.as_patient().unwrap_or_default().to_owned();
+        let g = req
+            .into_inner()
+            .grant
+            .ok_or_else(|| Status::invalid_argument("grant is required"))?;
+        if !g.owner_id.is_empty() && g.owner_id != owner {
+            return Err(Status::permission_denied(format!(
+                "patient {owner} may only grant access to its own records, not {:?}'s",
+                g.owner_id
+            )));
+        }
+        validate_partition(&g.partition).map_err(invalid)?;
+        validate_user_id(&g.grantee_id).map_err(invalid)?;
+        let grant = Grant {
+            owner_id: owner,
+            partition: g.partition,
+            grantee_id: g.grantee_id,
+            grantee_role: role_from_wire(g.grantee_role, "grant.grantee_role")?,
+            epoch_min: g.epoch_min,
+            epoch_max: g.epoch_max,
+            not_before: g.not_before,
+            expires_at: g.expires_at,
+            granted_at: 0,
+        };
+        let store = self.store.clone();
+        let actor = caller.short();
+        let stored = blocking(move || store.grant(grant, &actor, unix_now())).await?;
+        tracing::info!(owner = %stored.owner_id, partition = %stored.partition, grantee = %stored.grantee_id, "grant recorded");
+        Ok(Response::new(proto::GrantResponse {
+            grant: Some(grant_to_proto(stored)),
+        }))
+    }
+
+    async fn revoke(
+        &self,
+        req: Request<proto::RevokeRequest>,
+    ) -> Result<Response<proto::RevokeResponse>, Status> {
+        let caller = self.authorize(&req, Rpc::Revoke).await?;
+        let owner = caller.as_patient().unwrap_or_default().to_owned();
+        let r = req.into_inner();
+        validate_partition(&r.partition).map_err(invalid)?;
+        validate_user_id(&r.grantee_id).map_err(invalid)?;
+        let store = self.store.clone();
+        let actor = caller.short();
+        let removed =
+            blocking(move || store.revoke(&owner, &r.partition, &r.grantee_id, &actor, unix_now()))
+                .await?;
+        tracing::info!(owner = %removed.owner_id, partition = %removed.partition, grantee = %removed.grantee_id, "grant revoked");
+        Ok(Response::new(proto::RevokeResponse {
+            grant: Some(grant_to_proto(removed)),
+        }))
+    }
+
+    async fn check(
+        &self,
+        req: Request<proto::CheckRequest>,
+    ) -> Result<Response<proto::CheckResponse>, Status> {
+        let caller = self.authorize(&req, Rpc::Check).await?;
+        let r = req.into_inner();
+        validate_user_id(&r.owner_id).map_err(invalid)?;
+        validate_partition(&r.partition).map_err(invalid)?;
+        validate_user_id(&r.grantee_id).map_err(invalid)?;
+        if !r.record_id.is_empty() {
+            validate_user_id(&r.record_id).map_err(invalid)?;
+        }
+        let action = match proto::CheckAction::try_from(r.action) {
+            Ok(proto::CheckAction::Read) => Action::Read,
+            Ok(proto::CheckAction::Reencrypt) => Action::ReEncrypt,
+            Ok(proto::CheckAction::List) => Action::List,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "action must be READ, REENCRYPT or LIST",
+                ));
+            }
+        };
+        let query = CheckQuery {
+            owner_id: r.owner_id,
+            partition: r.partition,
+            grantee_id: r.grantee_id,
+            grantee_role: role_from_wire(r.grantee_role, "grantee_role")?,
+            epoch: r.epoch,
+            record_created_at: r.record_created_at,
+            record_id: (!r.record_id.is_empty()).then_some(r.record_id),
+            action,
+        };
+        let store = self.store.clone();
+        let actor = caller.short();
+        let (decision, grant) = blocking(move || {
+            let decision = store.check(&query, &actor, unix_now())?;
+            let grant = if decision.allowed {
+                store
+                    .grants_received(&query.grantee_id)?
+                    .into_iter()
+                    .find(|g| g.owner_id == query.owner_id && g.partition == query.partition)
+            } else {
+                None
+            };
+            Ok::<_, sesphr_access_policy::PolicyError>((decision, grant))
+        })
+        .await?;
+        Ok(Response::new(proto::CheckResponse {
+            allowed: decision.allowed,
+            reason: decision.reason,
+            grant: grant.map(grant_to_proto),
+        }))
+    }
+
+    async fn list_grants(
+        &self,
+        req: Request<proto::ListGrantsRequest>,
+    ) -> Result<Response<proto::ListGrantsResponse>, Status> {
+        let caller = self.authorize(&req, Rpc::ListGrants).await?;
+        let (role, id) = caller
+            .as_user()
+            .map(|(r, id)| (r, id.to_owned()))
+            .ok_or_else(|| Status::permission_denied("only users have grants"))?;
+        let store = self.store.clone();
+        let (given, received) = blocking(move || {
+            let given = if role == sesphr_identity::Role::Patient {
+                store.grants_given(&id)?
+            } else {
+                Vec::new()
+            };
+            Ok::<_, sesphr_access_policy::PolicyError>((given, store.grants_received(&id)?))
+        })
+        .await?;
+        Ok(Response::new(proto::ListGrantsResponse {
+            given: given.into_iter().map(grant_to_proto).collect(),
+            received: received.into_iter().map(grant_to_proto).collect(),
+        }))
+    }
+
+    type ListAuditStream = AuditStream;
+
+    async fn list_audit(
+        &self,
+        req: Request<proto::ListAuditRequest>,
+    ) -> Result<Response<Self::ListAuditStream>, Status> {
+        let caller = self.authorize(&req, Rpc::ListAudit).await?;
+        let r = req.into_inner();
+        let limit = match r.limit as usize {
+            0 => MAX_AUDIT_PAGE,
+            n => n.min(MAX_AUDIT_PAGE),
+        };
+        // Operators see everything; a patient only entries about its records.
+        let owner_id = if caller.is_operator() {
+            None
+        } else {
+            Some(caller.as_patient().unwrap_or_default().to_owned())
+        };
+        let filter = AuditFilter {
+            owner_id,
+            after_seq: r.after_seq,
+            limit,
+        };
+        let store = self.store.clone();
+        let entries = blocking(move || store.audit(&filter)).await?;
+        let stream = futures::stream::iter(entries.into_iter().map(|e| Ok(entry_to_proto(e))));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn verify_audit(
+        &self,
+        req: Request<proto::VerifyAuditRequest>,
+    ) -> Result<Response<proto::VerifyAuditResponse>, Status> {
+        self.authorize(&req, Rpc::VerifyAudit).await?;
+        let r = req.into_inner();
+        let expected = match (r.expected_seq, r.expected_hash.len()) {
+            (0, 0) => None,
+            (seq, 32) if seq > 0 => {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(&r.expected_hash);
+                Some((seq, h))
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "expected_seq and expected_hash (32 bytes) go together",
+                ));
+            }
+        };
+        let store = self.store.clone();
+        let report = blocking(move || store.verify_audit(expected)).await?;
+        Ok(Response::new(proto::VerifyAuditResponse {
+            ok: report.ok,
+            entries: report.entries,
+            head_seq: report.head_seq,
+            head_hash: report.head_hash.to_vec(),
+            first_bad_seq: report.first_bad_seq,
+            problem: report.problem.unwrap_or_default(),
+        }))
+    }
+
+    async fn record_event(
+        &self,
+        req: Request<proto::RecordEventRequest>,
+    ) -> Result<Response<proto::RecordEventResponse>, Status> {
+        let caller = self.authorize(&req, Rpc::RecordEvent).await?;
+        let r = req.into_inner();
+        for (name, value) in [
+            ("action", &r.action),
+            ("owner_id", &r.owner_id),
+            ("partition", &r.partition),
+            ("subject", &r.subject),
+            ("record_id", &r.record_id),
+            ("outcome", &r.outcome),
+        ] {
+            if value.len() > 256 {
+                return Err(Status::invalid_argument(format!(
+                    "{name} is longer than 256 bytes"
+                )));
+            }
+        }
+        if r.action.is_empty() {
+            return Err(Status::invalid_argument("action is required"));
+        }
+        if r.detail.len() > 4096 {
+            return Err(Status::invalid_argument("detail is longer than 4096 bytes"));
+        }
+        let event = AuditEvent {
+            actor: caller.short(),
+            action: r.action,
+            owner_id: r.owner_id,
+            partition: r.partition,
+            subject: r.subject,
+            record_id: r.record_id,
+            outcome: r.outcome,
+            detail: r.detail,
+        };
+        let store = self.store.clone();
+        let entry = blocking(move || store.record_event(event, unix_now())).await?;
+        Ok(Response::new(proto::RecordEventResponse { seq: entry.seq }))
+    }
+}

@@ -1,0 +1,55 @@
+//! gRPC handlers: thin adapters that put the domain crates under `services/`
+//! on the network.
+//!
+//! Each handler reads like a routing table: [`crate::auth::authorize`],
+//! validate the request, convert it, call the domain store (on the blocking
+//! pool: sled flushes are fsyncs), convert back. Domain errors become gRPC
+//! statuses through the exhaustive `From` impls in [`status`].
+
+pub mod access_policy;
+pub mod cloud_storage;
+pub mod policy_client;
+pub mod srs;
+pub mod status;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tonic::Status;
+
+/// Current Unix time in seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs blocking store work (sled I/O, fsync, CPU-heavy crypto) off the
+/// async executor.
+pub async fn blocking<T, E>(f: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, Status>
+where
+    T: Send + 'static,
+    E: status::IntoStatus + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(status::IntoStatus::into_status),
+        Err(e) => {
+            tracing::error!(error = %e, "blocking task failed");
+            Err(Status::internal("internal error (task failed)"))
+        }
+    }
+}
+
+/// Rejects an empty or oversized string field with a message naming it.
+pub fn require_field(name: &str, value: &str, max: usize) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{name} is required")));
+    }
+    if value.len() > max {
+        return Err(Status::invalid_argument(format!(
+            "{name} is {} bytes long, at most {max} allowed",
+            value.len()
+        )));
+    }
+    Ok(())
+}

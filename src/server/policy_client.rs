@@ -1,0 +1,92 @@
+//! How CloudStorage and the SRS ask AccessPolicy.
+//!
+//! Every call carries a deadline. When AccessPolicy cannot be reached or does
+//! not answer in time, the asking service refuses the request with
+//! `UNAVAILABLE` — it fails closed, never open.
+
+use std::time::Duration;
+
+use sesphr_identity::Identity;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::proto::access_policy_client::AccessPolicyClient;
+use crate::proto::{CheckAction, CheckRequest, CheckResponse, RecordEventRequest};
+
+/// A client of AccessPolicy, authenticated as the calling service.
+#[derive(Clone, Debug)]
+pub struct PolicyClient {
+    inner: AccessPolicyClient<Channel>,
+    timeout: Duration,
+}
+
+/// What a check is about.
+pub struct CheckSubject<'a> {
+    pub owner_id: &'a str,
+    pub partition: &'a str,
+    pub epoch: u32,
+    pub record_created_at: Option<i64>,
+    pub record_id: &'a str,
+    pub action: CheckAction,
+}
+
+impl PolicyClient {
+    pub fn new(channel: Channel, timeout: Duration) -> Self {
+        Self {
+            inner: AccessPolicyClient::new(channel),
+            timeout,
+        }
+    }
+
+    /// Asks whether `grantee` may act on the subject. `Ok` carries the
+    /// decision (allowed or not, with the grant window); `Err` means no
+    /// decision could be had, and the caller must refuse.
+    pub async fn check(
+        &self,
+        grantee: &Identity,
+        subject: CheckSubject<'_>,
+    ) -> Result<CheckResponse, Status> {
+        let (role, grantee_id) = grantee.as_user().ok_or_else(|| {
+            Status::permission_denied(format!("{} is not a user", grantee.short()))
+        })?;
+        let mut req = tonic::Request::new(CheckRequest {
+            owner_id: subject.owner_id.to_owned(),
+            partition: subject.partition.to_owned(),
+            grantee_id: grantee_id.to_owned(),
+            grantee_role: crate::proto::Role::from(role) as i32,
+            epoch: subject.epoch,
+            record_created_at: subject.record_created_at,
+            record_id: subject.record_id.to_owned(),
+            action: subject.action as i32,
+        });
+        req.set_timeout(self.timeout);
+        self.inner
+            .clone()
+            .check(req)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(fail_closed)
+    }
+
+    /// Records an event (e.g. a denial) in the audit trail. Best effort: a
+    /// failure is logged, and never changes the answer already decided.
+    pub async fn record_event(&self, event: RecordEventRequest) {
+        let mut req = tonic::Request::new(event);
+        req.set_timeout(self.timeout);
+        if let Err(status) = self.inner.clone().record_event(req).await {
+            tracing::warn!(code = ?status.code(), message = status.message(), "could not record audit event");
+        }
+    }
+}
+
+/// Any failure to get a decision becomes `UNAVAILABLE` with a clear message.
+fn fail_closed(status: Status) -> Status {
+    tracing::warn!(code = ?status.code(), message = status.message(), "access policy check failed");
+    match status.code() {
+        Code::InvalidArgument => status,
+        _ => Status::unavailable(format!(
+            "access policy could not be asked ({}); refusing access",
+            status.message()
+        )),
+    }
+}

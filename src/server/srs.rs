@@ -1,0 +1,422 @@
+//! `sesphr.v1.Srs` over `sesphr-srs` and `sesphr-crypto`.
+//!
+//! The SRS handles public keys, key fragments and capsules only. It checks
+//! every kfrag it is given (so a grantee is never handed cfrags that cannot
+//! verify), asks AccessPolicy before every re-encryption, and rate-limits
+//! re-encryption per identity.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use sesphr_crypto as crypto;
+use sesphr_identity::{Identity, validate_partition, validate_user_id};
+use sesphr_srs::{KfragSet, RateLimiter, SrsStore, UserRecord};
+use subtle::ConstantTimeEq;
+use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
+
+use super::policy_client::{CheckSubject, PolicyClient};
+use super::status::invalid;
+use super::{blocking, unix_now};
+use crate::auth::{self, Rpc};
+use crate::pki::CertificateAuthority;
+use crate::proto::srs_server::Srs;
+use crate::proto::{self, CheckAction};
+
+/// Most kfrags (SRS shares) per grant, and capsules per ReEncrypt call.
+pub const MAX_KFRAGS: usize = 16;
+pub const MAX_CAPSULES: usize = 64;
+/// Largest CSR accepted.
+pub const MAX_CSR_BYTES: usize = 16 << 10;
+
+pub struct SrsService {
+    store: Arc<SrsStore>,
+    ca: Arc<CertificateAuthority>,
+    enrollment_token: Zeroizing<String>,
+    policy: PolicyClient,
+    trust_domain: String,
+    limiter: RateLimiter,
+}
+
+impl SrsService {
+    pub fn new(
+        store: Arc<SrsStore>,
+        ca: Arc<CertificateAuthority>,
+        enrollment_token: Zeroizing<String>,
+        policy: PolicyClient,
+        trust_domain: String,
+        reencrypt_rate: f64,
+    ) -> Self {
+        Self {
+            store,
+            ca,
+            enrollment_token,
+            policy,
+            trust_domain,
+            limiter: RateLimiter::new(reencrypt_rate, (reencrypt_rate * 4.0).max(1.0) as u32),
+        }
+    }
+
+    async fn authorize<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<Identity, Status> {
+        match auth::authorize(req, rpc, &self.trust_domain) {
+            Ok(id) => Ok(id),
+            Err(status) => {
+                if let Ok(Some(caller)) = auth::peer_identity(req, &self.trust_domain) {
+                    self.audit(&caller, rpc, "", "", "denied", status.message())
+                        .await;
+                }
+                Err(status)
+            }
+        }
+    }
+
+    async fn audit(
+        &self,
+        caller: &Identity,
+        rpc: Rpc,
+        owner_id: &str,
+        partition: &str,
+        outcome: &str,
+        detail: &str,
+    ) {
+        let action = if outcome == "denied" {
+            format!("denied:{}", rpc.method())
+        } else {
+            rpc.method().to_owned()
+        };
+        self.policy
+            .record_event(proto::RecordEventRequest {
+                action,
+                owner_id: owner_id.to_owned(),
+                partition: partition.to_owned(),
+                subject: caller.short(),
+                record_id: String::new(),
+                outcome: outcome.to_owned(),
+                detail: detail.to_owned(),
+            })
+            .await;
+    }
+
+    async fn user(&self, user_id: &str) -> Result<UserRecord, Status> {
+        let store = self.store.clone();
+        let id = user_id.to_owned();
+        blocking(move || store.user(&id))
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no enrolled user {user_id}")))
+    }
+}
+
+fn user_to_proto(u: UserRecord) -> proto::UserInfo {
+    let domain = match u.role.domain() {
+        sesphr_identity::Domain::Owner => "owner",
+        sesphr_identity::Domain::Private => "private",
+        sesphr_identity::Domain::Public => "public",
+    };
+    proto::UserInfo {
+        user_id: u.user_id,
+        role: proto::Role::from(u.role) as i32,
+        domain: domain.to_owned(),
+        pre_public_key: u.pre_public_key,
+        verifying_key: u.verifying_key,
+        enrolled_at: u.enrolled_at,
+    }
+}
+
+fn parse_public_key(bytes: &[u8], field: &str) -> Result<crypto::PublicKey, Status> {
+    crypto::PublicKey::from_bytes(bytes).map_err(|_| {
+        Status::invalid_argument(format!(
+            "{field} is not a valid P-256 public key (33-byte SEC1 compressed point)"
+        ))
+    })
+}
+
+fn parse_verifying_key(bytes: &[u8], field: &str) -> Result<crypto::VerifyingKey, Status> {
+    crypto::VerifyingKey::from_bytes(bytes).map_err(|_| {
+        Status::invalid_argument(format!(
+            "{field} is not a valid P-256 verifying key (33-byte SEC1 compressed point)"
+        ))
+    })
+}
+
+#[tonic::async_trait]
+impl Srs for SrsService {
+    async fn enroll(
+        &self,
+        req: Request<proto::EnrollRequest>,
+    ) -> Result<Response<proto::EnrollResponse>, Status> {
+        // Enrollment is the one RPC callers reach without a certificate: the
+        // token authenticates them instead.
+        self.authorize(&req, Rpc::Enroll).await?;
+        let r = req.into_inner();
+        let token_ok: bool = r
+            .enrollment_token
+            .as_bytes()
+            .ct_eq(self.enrollment_token.as_bytes())
+            .into();
+        if !token_ok {
+            return Err(Status::unauthenticated("enrollment token is not valid"));
+        }
+        validate_user_id(&r.user_id).map_err(invalid)?;
+        let role = proto::Role::try_from(r.role)
+            .ok()
+            .and_then(proto::Role::to_domain)
+            .ok_or_else(|| Status::invalid_argument("role must be set to a known role"))?;
+        parse_public_key(&r.pre_public_key, "pre_public_key")?;
+        parse_verifying_key(&r.verifying_key, "verifying_key")?;
+        if r.csr_der.is_empty() || r.csr_der.len() > MAX_CSR_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "csr_der must be 1 to {MAX_CSR_BYTES} bytes"
+            )));
+        }
+        let identity = Identity::user(&self.trust_domain, role, &r.user_id).map_err(invalid)?;
+        let ca = self.ca.clone();
+        let csr = r.csr_der;
+        let id = identity.clone();
+        let certificate_pem = blocking(move || {
+            ca.sign_csr(&csr, &id)
+                .map_err(|e| Status::invalid_argument(e.to_string()))
+        })
+        .await?;
+        let cert_der = {
+            use rustls::pki_types::{CertificateDer, pem::PemObject};
+            CertificateDer::from_pem_slice(certificate_pem.as_bytes())
+                .map_err(|_| Status::internal("issued certificate does not parse"))?
+                .to_vec()
+        };
+        let user = UserRecord {
+            user_id: r.user_id,
+            role,
+            pre_public_key: r.pre_public_key,
+            verifying_key: r.verifying_key,
+            certificate_der: cert_der,
+            enrolled_at: unix_now(),
+        };
+        let store = self.store.clone();
+        blocking(move || store.register_user(user)).await?;
+        tracing::info!(user = %identity, "user enrolled");
+        Ok(Response::new(proto::EnrollResponse {
+            certificate_pem,
+            ca_pem: self.ca.cert_pem().to_owned(),
+            spiffe_id: identity.to_string(),
+        }))
+    }
+
+    async fn get_user(
+        &self,
+        req: Request<proto::GetUserRequest>,
+    ) -> Result<Response<proto::UserInfo>, Status> {
+        self.authorize(&req, Rpc::GetUser).await?;
+        let user_id = req.into_inner().user_id;
+        validate_user_id(&user_id).map_err(invalid)?;
+        Ok(Response::new(user_to_proto(self.user(&user_id).await?)))
+    }
+
+    async fn put_kfrags(
+        &self,
+        req: Request<proto::PutKfragsRequest>,
+    ) -> Result<Response<proto::PutKfragsResponse>, Status> {
+        let caller = self.authorize(&req, Rpc::PutKfrags).await?;
+        let owner_id = caller.as_patient().unwrap_or_default().to_owned();
+        let r = req.into_inner();
+        validate_partition(&r.partition).map_err(invalid)?;
+        validate_user_id(&r.grantee_id).map_err(invalid)?;
+        if r.grantee_id == owner_id {
+            return Err(Status::invalid_argument(
+                "an owner needs no kfrags for itself",
+            ));
+        }
+        if r.kfrags.is_empty() || r.kfrags.len() > MAX_KFRAGS {
+            return Err(Status::invalid_argument(format!(
+                "send 1 to {MAX_KFRAGS} kfrags, not {}",
+                r.kfrags.len()
+            )));
+        }
+        let owner = self.user(&owner_id).await?;
+        let grantee = self.user(&r.grantee_id).await?;
+        let delegating = parse_public_key(&r.delegating_public_key, "delegating_public_key")?;
+        let verifying = parse_verifying_key(&owner.verifying_key, "registered verifying key")?;
+        let receiving = parse_public_key(&grantee.pre_public_key, "grantee's registered key")?;
+        for (i, bytes) in r.kfrags.iter().enumerate() {
+            let kfrag = crypto::KeyFrag::from_bytes(bytes)
+                .map_err(|_| Status::invalid_argument(format!("kfrag {i} is malformed")))?;
+            kfrag
+                .verify(&verifying, &delegating, &receiving)
+                .map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "kfrag {i} does not verify: it must be signed by {owner_id}'s registered \
+                         verifying key for grantee {} and this delegating key",
+                        r.grantee_id
+                    ))
+                })?;
+        }
+        let stored = r.kfrags.len() as u32;
+        let set = KfragSet {
+            delegating_public_key: r.delegating_public_key,
+            kfrags: r.kfrags,
+            stored_at: unix_now(),
+        };
+        let store = self.store.clone();
+        let (o, p, g, e) = (
+            owner_id.clone(),
+            r.partition.clone(),
+            r.grantee_id.clone(),
+            r.epoch,
+        );
+        blocking(move || store.put_kfrags(&o, &p, e, &g, set)).await?;
+        self.audit(
+            &caller,
+            Rpc::PutKfrags,
+            &owner_id,
+            &r.partition,
+            "ok",
+            &format!("{stored} kfrag(s) for {} epoch {}", r.grantee_id, r.epoch),
+        )
+        .await;
+        Ok(Response::new(proto::PutKfragsResponse { stored }))
+    }
+
+    async fn delete_kfrags(
+        &self,
+        req: Request<proto::DeleteKfragsRequest>,
+    ) -> Result<Response<proto::DeleteKfragsResponse>, Status> {
+        let caller = self.authorize(&req, Rpc::DeleteKfrags).await?;
+        let owner_id = caller.as_patient().unwrap_or_default().to_owned();
+        let r = req.into_inner();
+        validate_partition(&r.partition).map_err(invalid)?;
+        validate_user_id(&r.grantee_id).map_err(invalid)?;
+        let store = self.store.clone();
+        let (o, p, g) = (owner_id.clone(), r.partition.clone(), r.grantee_id.clone());
+        let removed = blocking(move || store.delete_kfrags(&o, &p, &g, r.epoch)).await?;
+        self.audit(
+            &caller,
+            Rpc::DeleteKfrags,
+            &owner_id,
+            &r.partition,
+            "ok",
+            &format!("{removed} kfrag set(s) of {} removed", r.grantee_id),
+        )
+        .await;
+        Ok(Response::new(proto::DeleteKfragsResponse {
+            removed: removed as u32,
+        }))
+    }
+
+    async fn re_encrypt(
+        &self,
+        req: Request<proto::ReEncryptRequest>,
+    ) -> Result<Response<proto::ReEncryptResponse>, Status> {
+        let caller = self.authorize(&req, Rpc::ReEncrypt).await?;
+        let (_, grantee_id) = caller.as_user().expect("authorize admits only users here");
+        let grantee_id = grantee_id.to_owned();
+        if !self.limiter.check(&caller.to_string(), Instant::now()) {
+            return Err(Status::resource_exhausted(format!(
+                "re-encryption rate limit reached for {}; retry shortly",
+                caller.short()
+            )));
+        }
+        let r = req.into_inner();
+        validate_user_id(&r.owner_id).map_err(invalid)?;
+        validate_partition(&r.partition).map_err(invalid)?;
+        if !r.record_id.is_empty() {
+            validate_user_id(&r.record_id).map_err(invalid)?;
+        }
+        if r.capsules.is_empty() || r.capsules.len() > MAX_CAPSULES {
+            return Err(Status::invalid_argument(format!(
+                "send 1 to {MAX_CAPSULES} capsules, not {}",
+                r.capsules.len()
+            )));
+        }
+        let capsules = r
+            .capsules
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                crypto::Capsule::from_bytes(c)
+                    .map_err(|_| Status::invalid_argument(format!("capsule {i} is malformed")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let decision = self
+            .policy
+            .check(
+                &caller,
+                CheckSubject {
+                    owner_id: &r.owner_id,
+                    partition: &r.partition,
+                    epoch: r.epoch,
+                    record_created_at: None,
+                    record_id: &r.record_id,
+                    action: CheckAction::Reencrypt,
+                },
+            )
+            .await?;
+        if !decision.allowed {
+            return Err(Status::permission_denied(format!(
+                "{} may not have {}'s {} partition re-encrypted: {}",
+                caller.short(),
+                r.owner_id,
+                r.partition,
+                decision.reason
+            )));
+        }
+        let store = self.store.clone();
+        let (o, p, e, g) = (
+            r.owner_id.clone(),
+            r.partition.clone(),
+            r.epoch,
+            grantee_id.clone(),
+        );
+        let set = blocking(move || store.kfrags(&o, &p, e, &g))
+            .await?
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "{} holds no re-encryption key for {}'s {} partition, epoch {}",
+                    caller.short(),
+                    r.owner_id,
+                    r.partition,
+                    r.epoch
+                ))
+            })?;
+        let shares = set.kfrags.len() as u32;
+        let delegating_public_key = set.delegating_public_key.clone();
+        let owner = self.user(&r.owner_id).await?;
+        let grantee = self.user(&grantee_id).await?;
+        let results = blocking(move || {
+            // Kfrags were verified when stored; verifying again costs little
+            // next to re-encryption and keeps a tampered database harmless.
+            let corrupt = || Status::data_loss("a stored kfrag does not verify");
+            let verifying =
+                crypto::VerifyingKey::from_bytes(&owner.verifying_key).map_err(|_| corrupt())?;
+            let delegating =
+                crypto::PublicKey::from_bytes(&set.delegating_public_key).map_err(|_| corrupt())?;
+            let receiving =
+                crypto::PublicKey::from_bytes(&grantee.pre_public_key).map_err(|_| corrupt())?;
+            let kfrags = set
+                .kfrags
+                .iter()
+                .map(|k| {
+                    crypto::KeyFrag::from_bytes(k)
+                        .and_then(|k| k.verify(&verifying, &delegating, &receiving))
+                        .map_err(|_| corrupt())
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut rng = rand::rng();
+            Ok::<_, Status>(
+                capsules
+                    .iter()
+                    .map(|capsule| proto::CapsuleFrags {
+                        cfrags: kfrags
+                            .iter()
+                            .map(|k| crypto::reencrypt(&mut rng, capsule, k).to_bytes().to_vec())
+                            .collect(),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await?;
+        Ok(Response::new(proto::ReEncryptResponse {
+            results,
+            delegating_public_key,
+            shares,
+        }))
+    }
+}
