@@ -185,7 +185,7 @@ impl VerifiedCapsuleFrag {
 }
 
 /// `h = H2S(CFRAG_PROOF_DST, E || E1 || E2 || V || V1 || V2 || U || U1 || U2)`.
-fn proof_challenge(
+pub(crate) fn proof_challenge(
     capsule: &Capsule,
     e1: &Point,
     v1: &Point,
@@ -325,7 +325,7 @@ pub fn decapsulate_reencrypted(
 
 /// Lagrange coefficients at 0 for the points `xs`:
 /// `lambda_i = prod_{j != i} x_j / (x_j - x_i)`. `None` if two are equal.
-fn lagrange_at_zero(xs: &[Scalar]) -> Option<Vec<Scalar>> {
+pub(crate) fn lagrange_at_zero(xs: &[Scalar]) -> Option<Vec<Scalar>> {
     let n = xs.len();
     let mut nums = Vec::with_capacity(n);
     let mut dens = Vec::with_capacity(n);
