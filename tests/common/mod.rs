@@ -1,0 +1,126 @@
+//! An in-process mesh for integration tests: the three real services on
+//! ephemeral loopback ports, a generated PKI and sled databases in a temp
+//! dir, and real mTLS gRPC clients.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sesphr::client::{self, MeshClients, Patient, Practitioner, Session};
+use sesphr::config::MeshFile;
+use sesphr::daemon::{DevMesh, DevOptions};
+use sesphr::identity::{Identity, Role};
+use sesphr::tls::TlsMaterial;
+use tempfile::TempDir;
+use zeroize::Zeroizing;
+
+/// How long a test waits for the mesh to come up.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub struct Sandbox {
+    pub mesh: DevMesh,
+    pub dir: TempDir,
+}
+
+impl Sandbox {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mesh = Self::start_in(dir.path().join("mesh")).await;
+        Sandbox { mesh, dir }
+    }
+
+    pub async fn start_in(data_dir: PathBuf) -> DevMesh {
+        let mesh = DevMesh::start(DevOptions::new(data_dir).ephemeral())
+            .await
+            .expect("mesh starts");
+        mesh.wait_ready(PATIENCE).await.expect("mesh ready");
+        mesh
+    }
+
+    /// Stops the mesh and starts it again on the same data directory (new
+    /// ports; the mesh file is rewritten).
+    pub async fn restart(self) -> Self {
+        let Sandbox { mesh, dir } = self;
+        mesh.shutdown().await.expect("clean shutdown");
+        let mesh = Self::start_in(dir.path().join("mesh")).await;
+        Sandbox { mesh, dir }
+    }
+
+    pub fn mesh_file(&self) -> MeshFile {
+        self.mesh.mesh.clone()
+    }
+
+    pub fn home(&self, user: &str) -> PathBuf {
+        self.dir.path().join("users").join(user)
+    }
+
+    pub async fn enroll(&self, user: &str, role: Role) {
+        let token = self.mesh.mesh.enrollment_token.clone().expect("dev token");
+        client::enroll(&self.mesh.mesh, &self.home(user), user, role, &token)
+            .await
+            .expect("enrollment succeeds");
+    }
+
+    pub async fn patient(&self, user: &str) -> Patient {
+        if !sesphr::client::Profile::exists(&self.home(user)) {
+            self.enroll(user, Role::Patient).await;
+        }
+        Patient::open(&self.mesh.mesh, &self.home(user)).expect("patient profile opens")
+    }
+
+    pub async fn practitioner(&self, user: &str, role: Role) -> Practitioner {
+        if !sesphr::client::Profile::exists(&self.home(user)) {
+            self.enroll(user, role).await;
+        }
+        Practitioner::open(&self.mesh.mesh, &self.home(user)).expect("profile opens")
+    }
+
+    pub fn session(&self, user: &str) -> Session {
+        Session::open(&self.mesh.mesh, &self.home(user)).expect("profile opens")
+    }
+
+    /// Clients authenticated with a certificate the mesh CA issues directly
+    /// for `identity` (no enrollment): for walking the authorization table.
+    pub fn clients_as(&self, identity: &Identity) -> MeshClients {
+        let ca = self.mesh.pki.load_ca().expect("CA loads");
+        let issued = ca.issue(identity, &[], &[]).expect("issue");
+        let tls = TlsMaterial::from_pem(
+            issued.cert_pem,
+            Zeroizing::new(issued.key_pem),
+            ca.cert_pem().to_owned(),
+        )
+        .expect("tls material");
+        MeshClients::connect(&self.mesh.mesh, &tls).expect("clients")
+    }
+
+    /// Clients with the dev operator identity.
+    pub fn operator(&self) -> MeshClients {
+        let tls = self.mesh.identity_tls("operator").expect("operator tls");
+        MeshClients::connect(&self.mesh.mesh, &tls).expect("clients")
+    }
+
+    pub async fn shutdown(self) {
+        self.mesh.shutdown().await.expect("clean shutdown");
+    }
+}
+
+/// Upload helper: bytes in memory.
+pub async fn upload(p: &Patient, partition: &str, data: &[u8]) -> sesphr::proto::RecordMeta {
+    p.upload(
+        partition,
+        std::io::Cursor::new(data.to_vec()),
+        data.len() as u64,
+        client::no_progress(),
+    )
+    .await
+    .expect("upload succeeds")
+}
+
+/// Download helper: returns plaintext or the client error.
+pub async fn download(s: &Session, record_id: &str) -> Result<Vec<u8>, client::ClientError> {
+    let mut out = Vec::new();
+    s.download(record_id, &mut out, client::no_progress())
+        .await
+        .map(|_| out)
+}
