@@ -1,0 +1,285 @@
+//! The `sesphrd serve` configurations shipped with the Kubernetes deployment
+//! (`deploy/k8s/base/<service>/sesphrd.toml`, turned into ConfigMaps by
+//! kustomize) parse, validate, and are accepted by the real daemon's
+//! `--check-config`; a broken one is refused with exit code 64.
+//!
+//! The TOMLs name the paths where the pods mount their certificates, which do
+//! not exist here: the daemon runs with `SESPHR_*` overrides pointing at a
+//! throwaway PKI, exactly as an operator would override a single key.
+//! `scripts/check-deploy.sh` checks the other side (that the manifests mount
+//! those paths and expose those ports).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sesphr::config::{
+    ENV_DATA_DIR, ENV_ENROLLMENT_TOKEN_FILE, ENV_ISSUER_CERT, ENV_ISSUER_KEY, ENV_PEER_TIMEOUT_MS,
+    ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ServeConfig, ServeFile,
+};
+use sesphr::identity::{Identity, Service};
+use sesphr::pki::CertificateAuthority;
+
+/// `sesphrd`'s exit code for a wrong configuration (`EX_USAGE`).
+const EXIT_USAGE: i32 = 64;
+const TRUST_DOMAIN: &str = "sesphr.local";
+const NAMESPACE: &str = "sesphr";
+const HEALTH_PORT: u16 = 8080;
+
+fn toml_path(service: Service) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/k8s/base")
+        .join(service.as_str())
+        .join("sesphrd.toml")
+}
+
+fn shipped(service: Service) -> ServeFile {
+    let path = toml_path(service);
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn grpc_port(service: Service) -> u16 {
+    match service {
+        Service::CloudStorage => 50051,
+        Service::Srs => 50052,
+        Service::AccessPolicy => 50053,
+    }
+}
+
+#[test]
+fn shipped_configs_parse_and_validate() {
+    for service in Service::ALL {
+        let name = service.as_str();
+        let cfg =
+            ServeConfig::from_file(shipped(service), service, &HashMap::<String, String>::new())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(cfg.service, service);
+        assert_eq!(cfg.trust_domain, TRUST_DOMAIN, "{name}");
+        assert_eq!(cfg.listen.port(), grpc_port(service), "{name}: listen");
+        assert_eq!(
+            cfg.health_listen.map(|a| a.port()),
+            Some(HEALTH_PORT),
+            "{name}: the kubelet probes the plaintext health port"
+        );
+        assert!(
+            cfg.data_dir.starts_with("/var/lib/sesphr"),
+            "{name}: data_dir must be on the volume mounted at /var/lib/sesphr"
+        );
+        for (key, path) in [
+            ("cert", &cfg.tls.cert),
+            ("key", &cfg.tls.key),
+            ("ca", &cfg.tls.ca),
+        ] {
+            assert!(
+                path.starts_with("/etc/sesphr/tls"),
+                "{name}: tls.{key} must come from the cert-manager Secret at /etc/sesphr/tls"
+            );
+        }
+        match service {
+            Service::CloudStorage | Service::Srs => assert_eq!(
+                cfg.access_policy_endpoint.as_deref(),
+                Some(format!("https://access-policy.{NAMESPACE}.svc:50053").as_str()),
+                "{name}"
+            ),
+            Service::AccessPolicy => assert_eq!(cfg.access_policy_endpoint, None),
+        }
+        match (&cfg.srs, service) {
+            (Some(srs), Service::Srs) => {
+                assert!(srs.issuer_cert.starts_with("/etc/sesphr/issuer"));
+                assert!(srs.issuer_key.starts_with("/etc/sesphr/issuer"));
+                assert!(
+                    srs.enrollment_token_file
+                        .starts_with("/etc/sesphr/enrollment")
+                );
+            }
+            (None, Service::CloudStorage | Service::AccessPolicy) => {}
+            (srs, _) => panic!("{name}: unexpected SRS settings {srs:?}"),
+        }
+    }
+}
+
+/// A CA and, per service, a certificate as cert-manager would issue it (both
+/// usages, SPIFFE URI SAN, the Services' DNS names), laid out like the
+/// mounted Secrets.
+struct ThrowawayPki {
+    dir: tempfile::TempDir,
+}
+
+impl ThrowawayPki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (ca, ca_key) = CertificateAuthority::generate(TRUST_DOMAIN).expect("CA");
+        let issuer = dir.path().join("issuer");
+        fs::create_dir_all(&issuer).unwrap();
+        fs::write(issuer.join("tls.crt"), ca.cert_pem()).unwrap();
+        fs::write(issuer.join("tls.key"), ca_key.as_bytes()).unwrap();
+        fs::write(dir.path().join("token"), "test-enrollment-token\n").unwrap();
+        for service in Service::ALL {
+            let name = service.as_str();
+            let dns = [
+                name.to_owned(),
+                format!("{name}.{NAMESPACE}.svc"),
+                format!("*.{name}-headless.{NAMESPACE}.svc"),
+            ];
+            let dns: Vec<&str> = dns.iter().map(String::as_str).collect();
+            let issued = ca
+                .issue(&Identity::service(TRUST_DOMAIN, service), &dns, &[])
+                .expect("service certificate");
+            let tls = dir.path().join(name).join("tls");
+            fs::create_dir_all(&tls).unwrap();
+            fs::write(tls.join("tls.crt"), issued.cert_pem.as_bytes()).unwrap();
+            fs::write(tls.join("tls.key"), issued.key_pem.as_bytes()).unwrap();
+            fs::write(tls.join("ca.crt"), ca.cert_pem()).unwrap();
+        }
+        Self { dir }
+    }
+
+    /// The `SESPHR_*` overrides that replace the pod's mounted paths.
+    fn env(&self, service: Service) -> Vec<(&'static str, PathBuf)> {
+        let root = self.dir.path();
+        let tls = root.join(service.as_str()).join("tls");
+        let mut env = vec![
+            (ENV_TLS_CERT, tls.join("tls.crt")),
+            (ENV_TLS_KEY, tls.join("tls.key")),
+            (ENV_TLS_CA, tls.join("ca.crt")),
+            (ENV_DATA_DIR, root.join(service.as_str()).join("db")),
+        ];
+        if service == Service::Srs {
+            env.push((ENV_ISSUER_CERT, root.join("issuer/tls.crt")));
+            env.push((ENV_ISSUER_KEY, root.join("issuer/tls.key")));
+            env.push((ENV_ENROLLMENT_TOKEN_FILE, root.join("token")));
+        }
+        env
+    }
+}
+
+/// `sesphrd serve --service S --config FILE --check-config`, with only the
+/// given `SESPHR_*` variables (none inherited from the test's environment).
+fn check_config(
+    service: Service,
+    config: &Path,
+    env: &[(&str, PathBuf)],
+    extra: &[(&str, &str)],
+) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sesphrd"));
+    cmd.args(["serve", "--service", service.as_str(), "--config"])
+        .arg(config)
+        .arg("--check-config");
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SESPHR_") {
+            cmd.env_remove(key);
+        }
+    }
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    for (key, value) in extra {
+        cmd.env(key, value);
+    }
+    cmd.output().expect("run sesphrd")
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn sesphrd_check_config_accepts_the_shipped_configs() {
+    let pki = ThrowawayPki::new();
+    for service in Service::ALL {
+        let out = check_config(service, &toml_path(service), &pki.env(service), &[]);
+        assert_eq!(out.status.code(), Some(0), "{service}: {}", describe(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("configuration of {service} is valid")),
+            "{service}: {}",
+            describe(&out)
+        );
+    }
+}
+
+#[test]
+fn sesphrd_check_config_reads_the_mounted_files() {
+    // Without the overrides the shipped paths (/etc/sesphr/tls/...) are
+    // missing on this machine: --check-config must notice, not pass.
+    if Path::new("/etc/sesphr/tls/tls.crt").exists() {
+        return;
+    }
+    for service in Service::ALL {
+        let out = check_config(service, &toml_path(service), &[], &[]);
+        assert!(!out.status.success(), "{service}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("/etc/sesphr/tls"),
+            "{service}: {}",
+            describe(&out)
+        );
+    }
+}
+
+#[test]
+fn sesphrd_check_config_refuses_broken_configs_with_exit_64() {
+    let pki = ThrowawayPki::new();
+    let scratch = tempfile::tempdir().expect("temp dir");
+    for service in Service::ALL {
+        let name = service.as_str();
+        let text = fs::read_to_string(toml_path(service)).unwrap();
+        let listen = format!("listen = \"0.0.0.0:{}\"", grpc_port(service));
+        assert!(
+            text.contains(&listen),
+            "{name}: expected `{listen}` in the shipped TOML"
+        );
+        let env = pki.env(service);
+        let broken = [
+            // A misspelt key (unknown keys are refused).
+            ("typo", format!("{text}\nlisten_adress = \"0.0.0.0:1\"\n")),
+            // A value that is no address.
+            (
+                "bad-listen",
+                text.replace(&listen, "listen = \"everywhere\""),
+            ),
+            // health_listen on the mTLS port.
+            (
+                "same-port",
+                text.replace("0.0.0.0:8080", &format!("0.0.0.0:{}", grpc_port(service))),
+            ),
+            // Not TOML at all.
+            ("syntax", format!("{text}\n[tls\n")),
+        ];
+        for (what, body) in broken {
+            let path = scratch.path().join(format!("{name}-{what}.toml"));
+            fs::write(&path, body).unwrap();
+            let out = check_config(service, &path, &env, &[]);
+            assert_eq!(
+                out.status.code(),
+                Some(EXIT_USAGE),
+                "{name} {what}: {}",
+                describe(&out)
+            );
+        }
+        // A broken environment override is refused the same way.
+        let out = check_config(
+            service,
+            &toml_path(service),
+            &env,
+            &[(ENV_PEER_TIMEOUT_MS, "soon")],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_USAGE),
+            "{name}: {}",
+            describe(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(ENV_PEER_TIMEOUT_MS),
+            "{name}: {}",
+            describe(&out)
+        );
+    }
+}
