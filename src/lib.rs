@@ -11,6 +11,8 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod demo;
+pub mod fhir;
 pub mod pki;
 pub mod proto;
 pub mod record;

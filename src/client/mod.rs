@@ -828,3 +828,26 @@ fn seal_stream(
     }
     Ok(())
 }
+
+impl Patient {
+    /// Splits a FHIR R4 Bundle into partitions and uploads one record (a
+    /// FHIR Bundle) per partition. Returns `(partition, record)` pairs.
+    pub async fn import_fhir(
+        &self,
+        bundle_json: &str,
+        map: &crate::fhir::PartitionMap,
+    ) -> Result<Vec<(String, RecordInfo)>, ClientError> {
+        let parts = crate::fhir::split_bundle(bundle_json, map)
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let mut out = Vec::with_capacity(parts.len());
+        for (partition, bundle) in parts {
+            let bytes = serde_json::to_vec_pretty(&bundle).expect("JSON serializes");
+            let len = bytes.len() as u64;
+            let rec = self
+                .upload(&partition, std::io::Cursor::new(bytes), len, no_progress())
+                .await?;
+            out.push((partition, rec));
+        }
+        Ok(out)
+    }
+}
