@@ -306,13 +306,14 @@ impl CloudStorage for CloudStorageService {
         let records = if is_owner {
             records
         } else {
-            // One LIST check per partition on this page; the returned grant
-            // window filters the individual records.
-            let mut grants: std::collections::HashMap<String, Option<proto::AccessGrant>> =
+            // One LIST check per (partition, epoch) on this page; the
+            // returned grant window filters the individual records.
+            let mut grants: std::collections::HashMap<(String, u32), Option<proto::AccessGrant>> =
                 Default::default();
             let mut visible = Vec::new();
             for m in records {
-                if !grants.contains_key(&m.partition) {
+                let key = (m.partition.clone(), m.epoch);
+                if !grants.contains_key(&key) {
                     let d = self
                         .policy
                         .check(
@@ -327,9 +328,9 @@ impl CloudStorage for CloudStorageService {
                             },
                         )
                         .await?;
-                    grants.insert(m.partition.clone(), d.grant.filter(|_| d.allowed));
+                    grants.insert(key.clone(), d.grant.filter(|_| d.allowed));
                 }
-                if let Some(Some(g)) = grants.get(&m.partition)
+                if let Some(Some(g)) = grants.get(&key)
                     && grant_covers(g, &m)
                 {
                     visible.push(m);
