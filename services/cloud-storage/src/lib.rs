@@ -119,15 +119,20 @@ pub struct StoreLimits {
     pub max_record_size: u64,
     pub max_chunk_size: usize,
     pub max_header_size: usize,
+    /// sled's page cache. sled defaults to 1 GiB, which would let the
+    /// server's memory grow with every record streamed through it; ciphertext
+    /// is read once per download, so a small cache loses little.
+    pub cache_bytes: u64,
 }
 
 impl Default for StoreLimits {
-    /// 64 GiB records, 4 MiB chunks, 64 KiB headers.
+    /// 64 GiB records, 4 MiB chunks, 64 KiB headers, a 16 MiB cache.
     fn default() -> Self {
         StoreLimits {
             max_record_size: 64 << 30,
             max_chunk_size: 4 << 20,
             max_header_size: 64 << 10,
+            cache_bytes: 16 << 20,
         }
     }
 }
@@ -288,7 +293,10 @@ impl RecordStore {
                 "max_chunk_size must be at least 1 byte".into(),
             ));
         }
-        let db = sled::Config::new().path(path).open()?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(limits.cache_bytes)
+            .open()?;
         let shared = Shared {
             meta: db.open_tree("meta")?,
             by_owner: db.open_tree("by_owner")?,
