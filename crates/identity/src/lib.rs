@@ -30,11 +30,15 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "sesphr.local";
 /// Errors from parsing identities, roles, ids and partition names.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
-    #[error("invalid user id {0:?}: expected 1-64 characters of [a-z0-9._-], starting with [a-z0-9]")]
+    #[error(
+        "invalid user id {0:?}: expected 1-64 characters of [a-z0-9._-], starting with [a-z0-9]"
+    )]
     InvalidUserId(String),
     #[error("invalid partition {0:?}: expected 1-32 characters of [a-z0-9-]")]
     InvalidPartition(String),
-    #[error("unknown role {0:?}: expected one of patient, doctor, nurse, pharmacist, insurer, researcher, family, friend, emergency")]
+    #[error(
+        "unknown role {0:?}: expected one of patient, doctor, nurse, pharmacist, insurer, researcher, family, friend, emergency"
+    )]
     UnknownRole(String),
     #[error("invalid service name {0:?}: expected cloud-storage, srs or access-policy")]
     InvalidService(String),

@@ -67,7 +67,17 @@ mod tests {
         for ok in ["a", "alice", "0", "dr.bob_2-x", &"a".repeat(64)] {
             validate_user_id(ok).unwrap();
         }
-        for bad in ["", "Alice", ".a", "-a", "_a", "a b", "a/b", "é", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "Alice",
+            ".a",
+            "-a",
+            "_a",
+            "a b",
+            "a/b",
+            "é",
+            &"a".repeat(65),
+        ] {
             assert!(validate_user_id(bad).is_err(), "{bad:?}");
         }
     }
@@ -78,7 +88,14 @@ mod tests {
             validate_partition(ok).unwrap();
         }
         validate_partition(&"p".repeat(32)).unwrap();
-        for bad in ["", "Medical", "med.ical", "med_ical", "a/b", &"p".repeat(33)] {
+        for bad in [
+            "",
+            "Medical",
+            "med.ical",
+            "med_ical",
+            "a/b",
+            &"p".repeat(33),
+        ] {
             assert!(validate_partition(bad).is_err(), "{bad:?}");
         }
     }
