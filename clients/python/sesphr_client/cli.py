@@ -1,0 +1,147 @@
+"""`python -m sesphr_client`: a small SeSPHR command line, mirroring the Rust `sesphr`.
+
+Machine-readable results go to stdout, messages to stderr; a failure exits 1
+with one readable line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import crypto
+from .client import (ClientError, MeshFile, Patient, Session, enroll, role_name, spiffe_id,
+                     write_atomically)
+
+
+def parse_time(s: str) -> int:
+    if s == "now":
+        return int(time.time())
+    try:
+        t = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise ClientError(f"{s!r} is not `now` or an RFC 3339 time like 2027-01-01T00:00:00Z") from None
+    if t.tzinfo is None:
+        raise ClientError(f"{s!r} has no time zone (RFC 3339 needs one, e.g. Z)")
+    return int(t.timestamp())
+
+
+def parse_duration(s: str) -> int:
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    num, unit = s[:-1], s[-1:]
+    if unit not in units or not num.isdigit() or int(num) <= 0:
+        raise ClientError(f"{s!r} is not a duration like 30d, 12h, 15m or 90s")
+    return int(num) * units[unit]
+
+
+def fmt_time(t: int) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sesphr-py", description="Share encrypted health records on a "
+                                "SeSPHR mesh (Python client)")
+    p.add_argument("--mesh", default=os.environ.get("SESPHR_MESH"),
+                   help="the mesh.toml (sesphrd dev writes DIR/mesh.toml); env SESPHR_MESH")
+    p.add_argument("--home", default=os.environ.get("SESPHR_HOME"),
+                   help="your profile directory; env SESPHR_HOME")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("enroll", help="create keys locally and get a client certificate")
+    e.add_argument("--id", required=True)
+    e.add_argument("--role", required=True)
+    e.add_argument("--token", default=os.environ.get("SESPHR_ENROLLMENT_TOKEN"),
+                   help="enrollment token (default: the one in the mesh file)")
+    u = sub.add_parser("upload", help="encrypt and upload a file; prints the record id")
+    u.add_argument("--partition", required=True)
+    u.add_argument("file", type=Path)
+    g = sub.add_parser("get", help="download and decrypt a record (to stdout without -o)")
+    g.add_argument("record_id")
+    g.add_argument("-o", "--output", type=Path)
+    gr = sub.add_parser("grant", help="grant a user access to one of your partitions")
+    gr.add_argument("--partition", required=True)
+    gr.add_argument("--to", required=True)
+    exp = gr.add_mutually_exclusive_group()
+    exp.add_argument("--expires", help="expiry as RFC 3339")
+    exp.add_argument("--for", dest="for_", help="expiry as a duration from now: 30d, 12h, 15m, 90s")
+    gr.add_argument("--not-before", help="records created before this stay closed: now or RFC 3339")
+    r = sub.add_parser("revoke", help="withdraw a grant")
+    r.add_argument("--partition", required=True)
+    r.add_argument("--from", dest="from_", required=True)
+    ls = sub.add_parser("ls", help="list records you may see")
+    ls.add_argument("--owner", default="")
+    ls.add_argument("--partition", default="")
+    sub.add_parser("grants", help="grants given and received")
+    return p
+
+
+def need(value, what: str):
+    if not value:
+        raise ClientError({"mesh": "no mesh: pass --mesh FILE or set SESPHR_MESH",
+                           "home": "no profile: pass --home DIR or set SESPHR_HOME"}[what])
+    return value
+
+
+def run(args) -> None:
+    mesh = MeshFile.load(need(args.mesh, "mesh"))
+    home = Path(need(args.home, "home"))
+    if args.command == "enroll":
+        token = args.token or mesh.enrollment_token
+        if not token:
+            raise ClientError("no enrollment token: pass --token or use a dev mesh file")
+        prof = enroll(mesh, home, args.id, args.role, token)
+        print(f"enrolled {prof.user_id} as {prof.role}", file=sys.stderr)
+        print(spiffe_id(prof.trust_domain, prof.role, prof.user_id))
+    elif args.command == "upload":
+        with Patient(mesh, home) as patient, open(args.file, "rb") as f:
+            length = os.fstat(f.fileno()).st_size
+            rec = patient.upload(args.partition, f, length)
+        print(f"stored {length} bytes in {args.partition} (epoch {rec.epoch})", file=sys.stderr)
+        print(rec.record_id)
+    elif args.command == "get":
+        with Session(mesh, home) as s:
+            if args.output:
+                write_atomically(args.output, s, args.record_id)
+            else:
+                s.download(args.record_id, sys.stdout.buffer)
+    elif args.command == "grant":
+        expires = (parse_time(args.expires) if args.expires
+                   else int(time.time()) + parse_duration(args.for_) if args.for_ else None)
+        not_before = parse_time(args.not_before) if args.not_before else None
+        with Patient(mesh, home) as patient:
+            g = patient.grant(args.partition, args.to, not_before=not_before, expires_at=expires)
+        extra = f", records from {fmt_time(g.not_before)}" if g.not_before else ""
+        extra += f", until {fmt_time(g.expires_at)}" if g.HasField("expires_at") else ""
+        print(f"granted {g.grantee_id} ({role_name(g.grantee_role)}) {g.partition} from epoch "
+              f"{g.epoch_min}{extra}", file=sys.stderr)
+    elif args.command == "revoke":
+        with Patient(mesh, home) as patient:
+            patient.revoke(args.partition, args.from_)
+        print(f"revoked {args.from_}'s access to {args.partition}", file=sys.stderr)
+    elif args.command == "ls":
+        with Session(mesh, home) as s:
+            for r in s.list(args.owner, args.partition):
+                print(f"{r.record_id}\t{r.owner_id}\t{r.partition}\t{r.epoch}\t"
+                      f"{fmt_time(r.created_at)}\t{r.ciphertext_size}")
+    elif args.command == "grants":
+        with Session(mesh, home) as s:
+            g = s.grants()
+        for direction, lst in (("given", g.given), ("received", g.received)):
+            for x in lst:
+                expires = fmt_time(x.expires_at) if x.HasField("expires_at") else "never"
+                print(f"{direction}\t{x.owner_id}\t{x.partition}\t{x.grantee_id}\t"
+                      f"{role_name(x.grantee_role)}\tepoch_min {x.epoch_min}\t"
+                      f"not_before {fmt_time(x.not_before)}\texpires {expires}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ClientError, crypto.CryptoError, OSError) as e:
+        print(f"sesphr-py: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,220 @@
+"""Interoperability against a real `sesphrd dev` mesh: Rust CLI ↔ Python client.
+
+(1) a record the Rust CLI uploads as patient is read by a Python grantee;
+(2) a record the Python client uploads and grants is read by the Rust CLI;
+(3) the Python client is refused without a grant, after revocation, without
+a client certificate and with a certificate of another CA.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from sesphr_client import crypto
+from sesphr_client.client import (ClientError, MeshFile, Patient, Session, cs_pb, secure_channel,
+                                  srs_pb2, srs_pb2_grpc, ap_pb, ap_grpc, cs_grpc)
+
+SEG = crypto.DEFAULT_SEGMENT_SIZE
+
+
+def test_rust_patient_upload_read_by_python_grantee(mesh, tmp_path):
+    mesh.rust("alice", "enroll", "--id", "alice", "--role", "patient")
+    mesh.py("bob", "enroll", "--id", "bob", "--role", "doctor")
+    mesh.rust("alice", "grant", "--partition", "medical", "--to", "bob")
+    # 2.5 segments: two full non-last segments and a short last one.
+    data = os.urandom(2 * SEG + SEG // 2)
+    src = tmp_path / "labs.bin"
+    src.write_bytes(data)
+    rid = mesh.rust("alice", "upload", "--partition", "medical", str(src)).stdout.decode().strip()
+
+    out = tmp_path / "labs.out"
+    mesh.py("bob", "get", rid, "-o", str(out))
+    assert out.read_bytes() == data
+    # Same through the library, and stdout of the CLI.
+    with Session(MeshFile.load(mesh.mesh_file), mesh.home("bob")) as bob:
+        assert bob.get(rid) == data
+        assert [r.record_id for r in bob.list(owner="alice")] == [rid]
+    assert mesh.py("bob", "get", rid).stdout == data
+
+    # After a key rotation by the Rust CLI, new records use epoch 1 and the
+    # Python grantee still reads them (rotation hands it kfrags for epoch 1).
+    assert mesh.rust("alice", "rotate", "--partition", "medical").stdout.decode().strip() == "1"
+    small = tmp_path / "note.txt"
+    small.write_bytes(b"epoch one")
+    rid1 = mesh.rust("alice", "upload", "--partition", "medical", str(small)).stdout.decode().strip()
+    assert mesh.py("bob", "get", rid1).stdout == b"epoch one"
+    with Session(MeshFile.load(mesh.mesh_file), mesh.home("bob")) as bob:
+        assert {r.record_id: r.epoch for r in bob.list(owner="alice")} == {rid: 0, rid1: 1}
+
+
+def test_python_patient_upload_and_grant_read_by_rust_grantee(mesh, tmp_path):
+    mesh.py("carol", "enroll", "--id", "carol", "--role", "patient")
+    mesh.rust("dave", "enroll", "--id", "dave", "--role", "nurse")
+    # Exactly two segments: the last one is full and sealed as last.
+    data = os.urandom(2 * SEG)
+    src = tmp_path / "scan.bin"
+    src.write_bytes(data)
+    rid = mesh.py("carol", "upload", "--partition", "medical", str(src)).stdout.decode().strip()
+    mesh.py("carol", "grant", "--partition", "medical", "--to", "dave", "--for", "1d")
+
+    out = tmp_path / "scan.out"
+    mesh.rust("dave", "get", rid, "-o", str(out))
+    assert out.read_bytes() == data
+    # The profile the Python client enrolled works with the Rust CLI (owner path).
+    assert mesh.rust("carol", "get", rid).stdout == data
+    grants = mesh.rust("carol", "grants").stdout.decode()
+    assert "given\tcarol\tmedical\tdave\tnurse" in grants
+
+    # An empty record, and a Python upload after a Rust rotation of the same
+    # profile (epochs.toml is shared): encrypted under epoch 1.
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    rid_empty = mesh.py("carol", "upload", "--partition", "medical", str(empty)).stdout.decode().strip()
+    assert mesh.rust("dave", "get", rid_empty).stdout == b""
+    mesh.rust("carol", "rotate", "--partition", "medical")
+    with Patient(MeshFile.load(mesh.mesh_file), mesh.home("carol")) as carol:
+        meta = carol.upload_bytes("medical", b"after rotation")
+        assert meta.epoch == 1
+    assert mesh.rust("dave", "get", meta.record_id).stdout == b"after rotation"
+
+
+@pytest.fixture(scope="module")
+def shared(mesh):
+    """A Python patient with one record, and a Python practitioner without a grant."""
+    mesh.py("erin", "enroll", "--id", "erin", "--role", "patient")
+    mesh.py("frank", "enroll", "--id", "frank", "--role", "friend")
+    meshfile = MeshFile.load(mesh.mesh_file)
+    with Patient(meshfile, mesh.home("erin")) as erin:
+        rid = erin.upload_bytes("personal", b"diary").record_id
+    return meshfile, rid
+
+
+def reencrypt_request(rid: str):
+    # Any valid capsule will do: the SRS checks the grant before looking at it.
+    capsule, _ = crypto.encapsulate(crypto.KeyPair.random().public)
+    return srs_pb2.ReEncryptRequest(owner_id="erin", partition="personal", epoch=0,
+                                    capsules=[capsule.to_bytes()], record_id=rid)
+
+
+def test_refused_without_grant(mesh, shared):
+    meshfile, rid = shared
+    with Session(meshfile, mesh.home("frank")) as frank:
+        with pytest.raises(ClientError) as err:
+            frank.get(rid)
+        assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as rpc:
+            frank.srs.ReEncrypt(reencrypt_request(rid), timeout=30)
+        assert rpc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert frank.list(owner="erin") == []
+    proc = mesh.py("frank", "get", rid, ok=False)
+    assert proc.returncode == 1
+    assert b"permission denied" in proc.stderr
+
+
+def test_refused_after_revocation(mesh, shared):
+    meshfile, rid = shared
+    mesh.py("erin", "grant", "--partition", "personal", "--to", "frank")
+    assert mesh.py("frank", "get", rid).stdout == b"diary"
+    mesh.py("erin", "revoke", "--partition", "personal", "--from", "frank")
+    with Session(meshfile, mesh.home("frank")) as frank:
+        with pytest.raises(ClientError) as err:
+            frank.get(rid)
+        assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as rpc:
+            frank.srs.ReEncrypt(reencrypt_request(rid), timeout=30)
+        assert rpc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with Patient(meshfile, mesh.home("erin")) as erin:
+        assert [g.grantee_id for g in erin.grants().given] == []
+
+
+def calls(meshfile: MeshFile, key: bytes | None, cert: bytes | None, rid: str):
+    """One call to each service over a channel with the given client identity."""
+    ca = meshfile.ca.read_bytes()
+    results = {}
+    with secure_channel(meshfile.cloud_storage, ca, key, cert) as ch:
+        stub = cs_grpc.CloudStorageStub(ch)
+        results["CloudStorage/GetRecord"] = _code(lambda: list(stub.GetRecord(
+            cs_pb.GetRecordRequest(record_id=rid), timeout=30)))
+        results["CloudStorage/ListRecords"] = _code(lambda: stub.ListRecords(
+            cs_pb.ListRecordsRequest(), timeout=30))
+    with secure_channel(meshfile.srs, ca, key, cert) as ch:
+        stub = srs_pb2_grpc.SrsStub(ch)
+        results["Srs/GetUser"] = _code(lambda: stub.GetUser(srs_pb2.GetUserRequest(user_id="erin"),
+                                                            timeout=30))
+        results["Srs/ReEncrypt"] = _code(lambda: stub.ReEncrypt(reencrypt_request(rid), timeout=30))
+    with secure_channel(meshfile.access_policy, ca, key, cert) as ch:
+        results["AccessPolicy/ListGrants"] = _code(lambda: ap_grpc.AccessPolicyStub(ch).ListGrants(
+            ap_pb.ListGrantsRequest(), timeout=30))
+    return results
+
+
+def _code(fn) -> grpc.StatusCode:
+    try:
+        fn()
+        return grpc.StatusCode.OK
+    except grpc.RpcError as e:
+        return e.code()
+
+
+def test_refused_without_client_certificate(mesh, shared):
+    meshfile, rid = shared
+    codes = calls(meshfile, None, None, rid)
+    # CloudStorage and AccessPolicy demand a certificate in the TLS handshake;
+    # the SRS lets certificate-less callers reach Enroll only.
+    assert codes == {
+        "CloudStorage/GetRecord": grpc.StatusCode.UNAVAILABLE,
+        "CloudStorage/ListRecords": grpc.StatusCode.UNAVAILABLE,
+        "Srs/GetUser": grpc.StatusCode.UNAUTHENTICATED,
+        "Srs/ReEncrypt": grpc.StatusCode.UNAUTHENTICATED,
+        "AccessPolicy/ListGrants": grpc.StatusCode.UNAVAILABLE,
+    }
+
+
+def foreign_identity(tmp_path, spiffe: str) -> tuple[bytes, bytes]:
+    """A CA the mesh does not trust, and a client certificate it issues for `spiffe`."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not the mesh CA")])
+    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(hours=1))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "frank")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe)]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = lambda k: k.private_bytes(serialization.Encoding.PEM,  # noqa: E731
+                                    serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return pem(key), cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_refused_with_certificate_of_another_ca(mesh, shared, tmp_path):
+    meshfile, rid = shared
+    # The owner's own identity, forged under another CA.
+    key, cert = foreign_identity(tmp_path, "spiffe://sesphr.local/patient/erin")
+    codes = calls(meshfile, key, cert, rid)
+    assert set(codes) == {"CloudStorage/GetRecord", "CloudStorage/ListRecords", "Srs/GetUser",
+                          "Srs/ReEncrypt", "AccessPolicy/ListGrants"}
+    # Every listener, the SRS's included, rejects a certificate it cannot verify
+    # in the TLS handshake.
+    assert set(codes.values()) == {grpc.StatusCode.UNAVAILABLE}, codes
+    # The genuine identity still works, so the refusals above are about the certificate.
+    with Patient(meshfile, mesh.home("erin")) as erin:
+        assert erin.get(rid) == b"diary"
