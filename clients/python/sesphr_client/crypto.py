@@ -658,8 +658,10 @@ class RecordOpener:
         try:
             return self._open(rest, self._index, last=True)
         except DecryptionFailed:
-            # A record cut at a segment boundary ends with a segment sealed as
-            # non-last: report that as truncation.
+            # A record cut at a segment boundary ends with a full segment sealed
+            # as non-last: report that as truncation.
+            if len(rest) != self._full:
+                raise
             try:
                 self._open(rest, self._index, last=False)
             except DecryptionFailed:
