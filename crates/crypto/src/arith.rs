@@ -14,16 +14,16 @@ use p256::elliptic_curve::{
     Field, PrimeField,
     array::{Array, typenum::U48},
     bigint::{NonZero, U256, U384},
-    group::{Curve as _, Group, GroupEncoding},
-    ops::{MulByGeneratorVartime, Reduce},
-    subtle::{Choice, ConditionallySelectable, ConstantTimeEq},
+    group::GroupEncoding,
+    ops::Reduce,
 };
-use p256::{AffinePoint, FieldBytes, NistP256, ProjectivePoint, Scalar};
+use p256::{AffinePoint, FieldBytes, NistP256, Scalar};
 use rand_core::CryptoRng;
 use sha2::Sha256;
 use zeroize::Zeroize;
 
 use crate::dst;
+use crate::ec::{self, Affine, FixedBaseTable, Jacobian};
 use crate::error::{Error, Result};
 
 /// Length of a SEC1 compressed point.
@@ -35,44 +35,32 @@ pub const SCALAR_LEN: usize = 32;
 /// so that hashing and serialising never recompute the (costly) affine form.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Point {
-    pub(crate) affine: AffinePoint,
+    pub(crate) affine: Affine,
     pub(crate) bytes: [u8; POINT_LEN],
 }
 
 impl Point {
-    /// `None` for the identity, which has no 33-byte encoding.
-    pub(crate) fn from_affine(affine: AffinePoint) -> Option<Self> {
-        if bool::from(affine.is_identity()) {
-            return None;
+    pub(crate) fn from_affine(affine: Affine) -> Self {
+        Self {
+            affine,
+            bytes: affine.to_compressed(),
         }
-        let enc = affine.to_bytes();
-        let mut bytes = [0u8; POINT_LEN];
-        bytes.copy_from_slice(&enc);
-        Some(Self { affine, bytes })
     }
 
-    pub(crate) fn from_projective(p: &ProjectivePoint) -> Option<Self> {
-        Self::from_affine(p.to_affine())
+    /// `None` for the identity, which has no 33-byte encoding.
+    pub(crate) fn from_jacobian(p: &Jacobian) -> Option<Self> {
+        p.to_affine().map(Self::from_affine)
     }
 
-    /// Normalises several points with a single field inversion.
-    pub(crate) fn batch_from_projective<const N: usize>(
-        points: &[ProjectivePoint; N],
-    ) -> Option<[Self; N]> {
-        let mut affine = [AffinePoint::IDENTITY; N];
-        ProjectivePoint::batch_normalize(points, &mut affine);
-        let mut out = [Self::placeholder(); N];
+    /// Normalises several points with a single field inversion; `None` if
+    /// any is the identity.
+    pub(crate) fn batch_from_jacobian<const N: usize>(points: &[Jacobian; N]) -> Option<[Self; N]> {
+        let affine = ec::batch_to_affine(points);
+        let mut out = [Self::from_affine(Affine::default()); N];
         for (slot, a) in out.iter_mut().zip(affine) {
-            *slot = Self::from_affine(a)?;
+            *slot = Self::from_affine(a?);
         }
         Some(out)
-    }
-
-    fn placeholder() -> Self {
-        Self {
-            affine: AffinePoint::GENERATOR,
-            bytes: [0u8; POINT_LEN],
-        }
     }
 
     /// Decodes a SEC1 compressed point (tag `0x02`/`0x03`, x < p, on the
@@ -83,9 +71,11 @@ impl Point {
             return Err(Error::Malformed(what));
         }
         let repr = Array::from(arr);
-        let affine: Option<AffinePoint> = AffinePoint::from_bytes(&repr).into();
-        let affine = affine.ok_or(Error::Malformed(what))?;
-        let point = Self::from_affine(affine).ok_or(Error::Malformed(what))?;
+        let p256_point: Option<AffinePoint> = AffinePoint::from_bytes(&repr).into();
+        let affine = p256_point
+            .and_then(|p| Affine::from_p256(&p))
+            .ok_or(Error::Malformed(what))?;
+        let point = Self::from_affine(affine);
         // Canonical: re-encoding must give the same bytes.
         if point.bytes != arr {
             return Err(Error::Malformed(what));
@@ -93,8 +83,8 @@ impl Point {
         Ok(point)
     }
 
-    pub(crate) fn proj(&self) -> ProjectivePoint {
-        ProjectivePoint::from(self.affine)
+    pub(crate) fn jac(&self) -> Jacobian {
+        Jacobian::from(self.affine)
     }
 }
 
@@ -186,174 +176,47 @@ pub(crate) fn generator_u() -> &'static Point {
             &[dst::GENERATOR_U_DST],
         )
         .expect("valid DST");
-        Point::from_projective(&p).expect("hash_to_curve output is not the identity")
+        let affine =
+            Affine::from_p256(&p.to_affine()).expect("hash_to_curve output is not the identity");
+        Point::from_affine(affine)
     });
     &U
 }
 
-// ---------------------------------------------------------------------------
-// Fixed-base multiplication
-// ---------------------------------------------------------------------------
-
-/// Window width of the fixed-base tables (signed digits in [-2^(W-1), 2^(W-1)]).
-const W: usize = 6;
-/// Number of table entries per window: multiples 1..=2^(W-1).
-const ENTRIES: usize = 1 << (W - 1);
-/// Number of signed radix-2^W digits needed for a 256-bit scalar.
-const DIGITS: usize = 256usize.div_ceil(W) + 1;
-
-/// Precomputed affine multiples `j * 2^(W*i) * B` for `j = 1..=2^(W-1)` and
-/// every window `i`: a fixed-base scalar multiplication is then `DIGITS`
-/// mixed additions and no doublings.
-pub(crate) struct FixedBaseTable {
-    windows: Vec<[AffinePoint; ENTRIES]>,
-}
-
-impl FixedBaseTable {
-    fn new(base: ProjectivePoint) -> Self {
-        let mut proj = Vec::with_capacity(DIGITS * ENTRIES);
-        let mut window_base = base;
-        for _ in 0..DIGITS {
-            let mut acc = window_base;
-            for _ in 0..ENTRIES {
-                proj.push(acc);
-                acc += window_base;
-            }
-            // acc = (ENTRIES + 1) * window_base; next base is 2^W * window_base.
-            for _ in 0..W {
-                window_base = window_base.double();
-            }
-        }
-        let mut affine = vec![AffinePoint::IDENTITY; proj.len()];
-        ProjectivePoint::batch_normalize(&proj, &mut affine);
-        let windows = affine
-            .chunks_exact(ENTRIES)
-            .map(|c| {
-                let mut w = [AffinePoint::IDENTITY; ENTRIES];
-                w.copy_from_slice(c);
-                w
-            })
-            .collect();
-        Self { windows }
-    }
-
-    /// Constant-time `k * B`.
-    pub(crate) fn mul(&self, k: &Scalar) -> ProjectivePoint {
-        let digits = signed_digits(k);
-        let mut acc = ProjectivePoint::IDENTITY;
-        for (window, &d) in self.windows.iter().zip(digits.iter()) {
-            acc += select_ct(window, d);
-        }
-        acc
-    }
-
-    /// Variable-time `k * B` (public `k` only).
-    pub(crate) fn mul_vartime(&self, k: &Scalar) -> ProjectivePoint {
-        let digits = signed_digits(k);
-        let mut acc = ProjectivePoint::IDENTITY;
-        for (window, &d) in self.windows.iter().zip(digits.iter()) {
-            if d != 0 {
-                let p = window[usize::from(d.unsigned_abs()) - 1];
-                if d < 0 {
-                    acc += -p;
-                } else {
-                    acc += p;
-                }
-            }
-        }
-        acc
-    }
-}
-
-/// Constant-time signed recoding: `k = sum d_i 2^(W i)`, `d_i` in
-/// `[-2^(W-1), 2^(W-1))` except the top digit which absorbs the final carry.
-fn signed_digits(k: &Scalar) -> [i8; DIGITS] {
-    let repr = k.to_repr();
-    // little-endian bytes
-    let mut le = [0u8; 33];
-    for (i, b) in repr.iter().rev().enumerate() {
-        le[i] = *b;
-    }
-    let mut digits = [0i8; DIGITS];
-    let mut carry: i16 = 0;
-    for (i, digit) in digits.iter_mut().enumerate() {
-        let bit = i * W;
-        let byte = bit / 8;
-        let shift = bit % 8;
-        let lo = u16::from(le[byte]);
-        let hi = if byte + 1 < le.len() {
-            u16::from(le[byte + 1])
-        } else {
-            0
-        };
-        let window = ((lo | (hi << 8)) >> shift) & ((1 << W) - 1);
-        #[allow(clippy::cast_possible_wrap)]
-        let v = window as i16 + carry;
-        carry = (v + (1 << (W - 1))) >> W;
-        #[allow(clippy::cast_possible_truncation)]
-        {
-            *digit = (v - (carry << W)) as i8;
-        }
-    }
-    le.zeroize();
-    digits
-}
-
-/// Constant-time selection of `d * entry` (`d` may be negative or zero).
-fn select_ct(window: &[AffinePoint; ENTRIES], d: i8) -> AffinePoint {
-    #[allow(clippy::cast_sign_loss)]
-    let neg = Choice::from(((d as u8) >> 7) & 1);
-    let abs = u8::conditional_select(&(d as u8), &(d.wrapping_neg() as u8), neg);
-    let mut out = AffinePoint::IDENTITY;
-    for (j, p) in window.iter().enumerate() {
-        #[allow(clippy::cast_possible_truncation)]
-        let hit = abs.ct_eq(&((j + 1) as u8));
-        out.conditional_assign(p, hit);
-    }
-    let negated = -out;
-    out.conditional_assign(&negated, neg);
-    out
-}
-
 fn g_table() -> &'static FixedBaseTable {
     static T: LazyLock<FixedBaseTable> =
-        LazyLock::new(|| FixedBaseTable::new(ProjectivePoint::GENERATOR));
+        LazyLock::new(|| FixedBaseTable::new(&Affine::generator()));
     &T
 }
 
 fn u_table() -> &'static FixedBaseTable {
     static T: LazyLock<FixedBaseTable> =
-        LazyLock::new(|| FixedBaseTable::new(generator_u().proj()));
+        LazyLock::new(|| FixedBaseTable::new(&generator_u().affine));
     &T
 }
 
 /// Constant-time `k * G`.
-pub(crate) fn mul_g(k: &Scalar) -> ProjectivePoint {
-    g_table().mul(k)
+pub(crate) fn mul_g(k: &Scalar) -> Jacobian {
+    g_table().mul_ct(k)
 }
 
-/// Variable-time `k * G`.
-pub(crate) fn mul_g_vartime(k: &Scalar) -> ProjectivePoint {
+/// Variable-time `k * G` (public `k` only).
+pub(crate) fn mul_g_vartime(k: &Scalar) -> Jacobian {
     g_table().mul_vartime(k)
 }
 
 /// Constant-time `k * U`.
-pub(crate) fn mul_u(k: &Scalar) -> ProjectivePoint {
-    u_table().mul(k)
+pub(crate) fn mul_u(k: &Scalar) -> Jacobian {
+    u_table().mul_ct(k)
 }
 
-/// Variable-time `k * U`.
-pub(crate) fn mul_u_vartime(k: &Scalar) -> ProjectivePoint {
+/// Variable-time `k * U` (public `k` only).
+pub(crate) fn mul_u_vartime(k: &Scalar) -> Jacobian {
     u_table().mul_vartime(k)
 }
 
-/// Variable-time `a * G + b * P` (public scalars only).
-#[allow(dead_code)]
-pub(crate) fn mul_g_add_vartime(a: &Scalar, b: &Scalar, p: &ProjectivePoint) -> ProjectivePoint {
-    ProjectivePoint::mul_by_generator_and_mul_add_vartime(a, b, p)
-}
-
-/// Forces the lazily computed tables (e.g. before timing something).
+/// Computes the lazily built fixed-base tables for `G` and `U` now (about a
+/// millisecond), e.g. before timing or serving requests.
 pub fn warm_up() {
     let _ = g_table();
     let _ = u_table();
@@ -362,13 +225,24 @@ pub fn warm_up() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use p256::ProjectivePoint;
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
+
+    fn p256_of(j: &Jacobian) -> ProjectivePoint {
+        match Point::from_jacobian(j) {
+            None => ProjectivePoint::IDENTITY,
+            Some(p) => {
+                let a: Option<AffinePoint> = AffinePoint::from_bytes(&p.bytes.into()).into();
+                ProjectivePoint::from(a.unwrap())
+            }
+        }
+    }
 
     #[test]
     fn fixed_base_matches_generic() {
         let mut rng = ChaCha20Rng::seed_from_u64(1);
-        let u = generator_u().proj();
+        let u = p256_of(&generator_u().jac());
         let mut edge = vec![
             Scalar::ZERO,
             Scalar::ONE,
@@ -382,10 +256,10 @@ mod tests {
             edge.push(random_nonzero_scalar(&mut rng));
         }
         for k in edge {
-            assert_eq!(mul_g(&k), ProjectivePoint::GENERATOR * k);
-            assert_eq!(mul_g_vartime(&k), ProjectivePoint::GENERATOR * k);
-            assert_eq!(mul_u(&k), u * k);
-            assert_eq!(mul_u_vartime(&k), u * k);
+            assert_eq!(p256_of(&mul_g(&k)), ProjectivePoint::GENERATOR * k);
+            assert_eq!(p256_of(&mul_g_vartime(&k)), ProjectivePoint::GENERATOR * k);
+            assert_eq!(p256_of(&mul_u(&k)), u * k);
+            assert_eq!(p256_of(&mul_u_vartime(&k)), u * k);
         }
     }
 

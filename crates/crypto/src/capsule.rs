@@ -3,14 +3,15 @@
 use core::fmt;
 
 use hkdf::Hkdf;
+use p256::Scalar;
 use p256::elliptic_curve::subtle::ConstantTimeEq;
-use p256::{ProjectivePoint, Scalar};
 use rand_core::CryptoRng;
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::arith::{self, POINT_LEN, Point, SCALAR_LEN};
 use crate::dst;
+use crate::ec;
 use crate::error::{Error, Result};
 use crate::keys::{PublicKey, SecretKey};
 
@@ -61,8 +62,9 @@ impl Capsule {
     /// `s G == V + h E` (all public: variable time).
     fn is_valid(&self) -> bool {
         let h = self.challenge();
-        let lhs = arith::mul_g_vartime(&self.s) - self.e.proj().mul_vartime(&h);
-        lhs == self.v.proj()
+        let lhs = arith::mul_g_vartime(&self.s)
+            .add_vartime(&ec::lincomb_vartime(&[self.e.affine], &[-h]));
+        bool::from(lhs.ct_eq(&self.v.jac()))
     }
 }
 
@@ -150,9 +152,9 @@ pub(crate) fn encapsulate_with(r: &Scalar, u: &Scalar, owner_pk: &PublicKey) -> 
     let e = arith::mul_g(r);
     let v = arith::mul_g(u);
     let mut ru = *r + u;
-    let shared = owner_pk.proj() * ru;
+    let shared = ec::mul_ct(owner_pk.affine(), &ru);
     ru.zeroize();
-    let [e, v, shared] = Point::batch_from_projective(&[e, v, shared])
+    let [e, v, shared] = Point::batch_from_jacobian(&[e, v, shared])
         .expect("non-zero multiples of a prime-order point are not the identity");
     let h = arith::hash_to_scalar(dst::CAPSULE_DST, &[&e.bytes, &v.bytes]);
     let s = *u + *r * h;
@@ -163,7 +165,9 @@ pub(crate) fn encapsulate_with(r: &Scalar, u: &Scalar, owner_pk: &PublicKey) -> 
 
 /// Recovers the KEM key with the owner's secret key: `K = a (E + V)`.
 pub fn decapsulate_original(owner_sk: &SecretKey, capsule: &Capsule) -> Result<KemKey> {
-    let k: ProjectivePoint = (capsule.e.proj() + capsule.v.proj()) * owner_sk.scalar;
-    let shared = Point::from_projective(&k).ok_or(Error::DecryptionFailed)?;
+    let sum = capsule.e.jac().add_affine_vartime(&capsule.v.affine);
+    let sum = sum.to_affine().ok_or(Error::DecryptionFailed)?;
+    let k = ec::mul_ct(&sum, &owner_sk.scalar);
+    let shared = Point::from_jacobian(&k).ok_or(Error::DecryptionFailed)?;
     Ok(KemKey::derive(&shared, capsule))
 }

@@ -3,14 +3,15 @@
 
 use core::fmt;
 
-use p256::elliptic_curve::{group::Group, ops::LinearCombination};
-use p256::{ProjectivePoint, Scalar};
+use p256::Scalar;
 use rand_core::CryptoRng;
+use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
 use crate::arith::{self, POINT_LEN, Point, SCALAR_LEN};
 use crate::capsule::{Capsule, KemKey};
 use crate::dst;
+use crate::ec::{self, Affine, CombTable, Jacobian};
 use crate::error::{Error, Result};
 use crate::keys::{PublicKey, SIGNATURE_LEN, SecretKey, Signature, VerifyingKey};
 use crate::kfrag::{self, KFRAG_ID_LEN, VerifiedKeyFrag};
@@ -131,11 +132,7 @@ impl CapsuleFrag {
 
         let p = &self.proof;
         let h = proof_challenge(capsule, &self.e1, &self.v1, &p.e2, &p.v2, &p.u1, &p.u2);
-        let z = p.z;
-        let ok_e = capsule.e.proj().mul_vartime(&z) == p.e2.proj() + self.e1.proj().mul_vartime(&h);
-        let ok_v = capsule.v.proj().mul_vartime(&z) == p.v2.proj() + self.v1.proj().mul_vartime(&h);
-        let ok_u = arith::mul_u_vartime(&z) == p.u2.proj() + p.u1.proj().mul_vartime(&h);
-        if !(ok_e && ok_v && ok_u) {
+        if !proof_holds(capsule, &self, &h) {
             return Err(Error::VerificationFailed);
         }
         Ok(VerifiedCapsuleFrag { cfrag: self })
@@ -182,6 +179,42 @@ impl VerifiedCapsuleFrag {
     pub fn unverify(self) -> CapsuleFrag {
         self.cfrag
     }
+}
+
+/// Checks `z E = E2 + h E1`, `z V = V2 + h V1` and `z U = U2 + h U1` at
+/// once, as `(zE - E2 - hE1) + r1 (zV - V2 - hV1) + r2 (zU - U2 - hU1) = 0`
+/// with 128-bit weights `r1, r2` derived by hashing `h` (which covers
+/// every point) and `z`. A cfrag that fails any single equation passes the
+/// combined one with probability about 2^-128 per hash evaluation. Public
+/// data only: variable time.
+fn proof_holds(capsule: &Capsule, cfrag: &CapsuleFrag, h: &Scalar) -> bool {
+    let p = &cfrag.proof;
+    let z = p.z;
+    let mut hasher = Sha256::new();
+    hasher.update(b"SESPHR-V1-CFRAG-BATCH-WEIGHTS");
+    hasher.update(arith::scalar_to_bytes(h));
+    hasher.update(arith::scalar_to_bytes(&z));
+    let digest: [u8; 32] = hasher.finalize().into();
+    let r1 = Scalar::from(u128::from_be_bytes(
+        digest[..16].try_into().expect("16 bytes"),
+    ));
+    let r2 = Scalar::from(u128::from_be_bytes(
+        digest[16..].try_into().expect("16 bytes"),
+    ));
+    let points = [
+        capsule.e.affine,
+        capsule.v.affine,
+        cfrag.e1.affine.neg(),
+        cfrag.v1.affine.neg(),
+        p.u1.affine.neg(),
+        p.v2.affine.neg(),
+        p.u2.affine.neg(),
+    ];
+    let scalars = [z, z * r1, *h, *h * r1, *h * r2, r1, r2];
+    let sum = ec::lincomb_vartime(&points, &scalars)
+        .add_vartime(&arith::mul_u_vartime(&(z * r2)))
+        .add_affine_vartime(&p.e2.affine.neg());
+    bool::from(sum.is_identity())
 }
 
 /// `h = H2S(CFRAG_PROOF_DST, E || E1 || E2 || V || V1 || V2 || U || U1 || U2)`.
@@ -231,14 +264,15 @@ pub(crate) fn reencrypt_with(
 ) -> VerifiedCapsuleFrag {
     let kfrag = &kfrag.kfrag;
     let rk = &kfrag.rk;
-    let e = capsule.e.proj();
-    let v = capsule.v.proj();
-    let e1 = e * rk;
-    let v1 = v * rk;
-    let e2 = e * t;
-    let v2 = v * t;
+    // One comb table per capsule point serves both scalars.
+    let e = CombTable::new(&capsule.e.affine);
+    let v = CombTable::new(&capsule.v.affine);
+    let e1 = e.mul_ct(rk);
+    let v1 = v.mul_ct(rk);
+    let e2 = e.mul_ct(t);
+    let v2 = v.mul_ct(t);
     let u2 = arith::mul_u(t);
-    let [e1, v1, e2, v2, u2] = Point::batch_from_projective(&[e1, v1, e2, v2, u2])
+    let [e1, v1, e2, v2, u2] = Point::batch_from_jacobian(&[e1, v1, e2, v2, u2])
         .expect("non-zero multiples of prime-order points are not the identity");
     let u1 = kfrag.commitment;
     let h = proof_challenge(capsule, &e1, &v1, &e2, &v2, &u1, &u2);
@@ -278,8 +312,8 @@ pub fn decapsulate_reencrypted(
         return Err(Error::DecryptionFailed);
     }
     let grantee_pk = grantee_sk.public_key();
-    let dh = precursor.proj() * grantee_sk.scalar;
-    let mut dh = Point::from_projective(&dh).ok_or(Error::DecryptionFailed)?;
+    let dh = ec::mul_ct(&precursor.affine, &grantee_sk.scalar);
+    let mut dh = Point::from_jacobian(&dh).ok_or(Error::DecryptionFailed)?;
     let d = kfrag::shared_secret(&precursor, &grantee_pk, &dh);
     let mut xs: Vec<Scalar> = cfrags
         .iter()
@@ -294,32 +328,32 @@ pub fn decapsulate_reencrypted(
     }
 
     // W = sum c_i E1_i = a E,  K = sum c_i (E1_i + V1_i) = a (E + V)
-    let w_terms: Vec<(ProjectivePoint, Scalar)> = cfrags
+    let e1s: Vec<Affine> = cfrags.iter().map(|c| c.cfrag.e1.affine).collect();
+    let sums: Vec<Jacobian> = cfrags
         .iter()
-        .zip(&coefficients)
-        .map(|(c, l)| (c.cfrag.e1.proj(), *l))
+        .map(|c| c.cfrag.e1.jac().add_affine_vartime(&c.cfrag.v1.affine))
         .collect();
-    let k_terms: Vec<(ProjectivePoint, Scalar)> = cfrags
-        .iter()
-        .zip(&coefficients)
-        .map(|(c, l)| (c.cfrag.e1.proj() + c.cfrag.v1.proj(), *l))
-        .collect();
-    let w = ProjectivePoint::lincomb(&w_terms[..]);
-    let k = ProjectivePoint::lincomb(&k_terms[..]);
+    let qs = ec::batch_to_affine(&sums)
+        .into_iter()
+        .collect::<Option<Vec<Affine>>>()
+        .ok_or(Error::DecryptionFailed)?;
+    let w = ec::lincomb_ct(&e1s, &coefficients);
+    let k = ec::lincomb_ct(&qs, &coefficients);
     coefficients.zeroize();
-    drop(w_terms);
-    drop(k_terms);
+    let [w, k] = Point::batch_from_jacobian(&[w, k]).ok_or(Error::DecryptionFailed)?;
 
-    // Check s * A == h W + (K - W), i.e. (h - 1) W - s A + K == 0. Only the
+    // Check s A = h W + (K - W), i.e. (h - 1) W - s A + K = 0. Only the
     // public scalars h - 1 and s steer the variable-time combination.
     let h = capsule.challenge();
-    let check =
-        ProjectivePoint::lincomb_vartime(&[(w, h - Scalar::ONE), (owner_pk.proj(), -capsule.s)])
-            + k;
+    let check = ec::lincomb_vartime(
+        &[w.affine, owner_pk.affine().neg()],
+        &[h - Scalar::ONE, capsule.s],
+    )
+    .add_affine_vartime(&k.affine);
     if !bool::from(check.is_identity()) {
         return Err(Error::DecryptionFailed);
     }
-    let shared = Point::from_projective(&k).ok_or(Error::DecryptionFailed)?;
+    let shared = k;
     Ok(KemKey::derive(&shared, capsule))
 }
 

@@ -2,13 +2,15 @@
 
 use core::fmt;
 
-use p256::ecdsa::signature::{Signer as _, Verifier as _};
-use p256::elliptic_curve::{Field, subtle::ConstantTimeEq};
-use p256::{ProjectivePoint, Scalar};
+use p256::ecdsa::signature::Signer as _;
+use p256::elliptic_curve::{Field, ops::Reduce, subtle::ConstantTimeEq};
+use p256::{FieldBytes, Scalar};
 use rand_core::CryptoRng;
+use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::arith::{self, POINT_LEN, Point, SCALAR_LEN};
+use crate::ec::{self, Affine};
 use crate::error::{Error, Result};
 
 /// A PRE secret key: a non-zero scalar `a` modulo the P-256 order.
@@ -39,7 +41,7 @@ impl SecretKey {
     pub fn public_key(&self) -> PublicKey {
         let p = arith::mul_g(&self.scalar);
         PublicKey {
-            point: Point::from_projective(&p).expect("non-zero scalar times G is not the identity"),
+            point: Point::from_jacobian(&p).expect("non-zero scalar times G is not the identity"),
         }
     }
 
@@ -100,8 +102,8 @@ impl PublicKey {
         })
     }
 
-    pub(crate) fn proj(&self) -> ProjectivePoint {
-        self.point.proj()
+    pub(crate) fn affine(&self) -> &Affine {
+        &self.point.affine
     }
 }
 
@@ -162,10 +164,10 @@ impl SigningKey {
 
     /// The public half, given to proxies and grantees.
     pub fn verifying_key(&self) -> VerifyingKey {
-        let affine = *self.inner.verifying_key().as_affine();
+        let affine = Affine::from_p256(self.inner.verifying_key().as_affine())
+            .expect("verifying key is not the identity");
         VerifyingKey {
-            inner: *self.inner.verifying_key(),
-            point: Point::from_affine(affine).expect("verifying key is not the identity"),
+            point: Point::from_affine(affine),
         }
     }
 
@@ -191,7 +193,6 @@ impl fmt::Debug for SigningKey {
 /// Public key verifying kfrag signatures, SEC1 compressed (33 bytes).
 #[derive(Clone, Copy)]
 pub struct VerifyingKey {
-    inner: p256::ecdsa::VerifyingKey,
     point: Point,
 }
 
@@ -206,18 +207,32 @@ impl VerifyingKey {
 
     /// Decodes a SEC1 compressed point; rejects the identity and invalid points.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let point = Point::from_bytes(bytes, "verifying key")?;
-        let inner = p256::ecdsa::VerifyingKey::from_affine(point.affine)
-            .map_err(|_| Error::Malformed("verifying key"))?;
-        Ok(Self { inner, point })
+        Ok(Self {
+            point: Point::from_bytes(bytes, "verifying key")?,
+        })
     }
 
-    /// Verifies a 64-byte `r || s` signature over `message`. High-s
-    /// signatures are rejected so that every signature has one encoding.
+    /// ECDSA verification (FIPS 186-5, SHA-256) of a decoded signature
+    /// (`0 < r, s < n`, low s: checked when decoding). Everything here is
+    /// public, so it runs in variable time on this crate's fast
+    /// multi-scalar multiplication.
     pub(crate) fn verify(&self, message: &[u8], signature: &Signature) -> Result<()> {
-        self.inner
-            .verify(message, &signature.0)
-            .map_err(|_| Error::VerificationFailed)
+        let digest = Sha256::digest(message);
+        let e = <Scalar as Reduce<FieldBytes>>::reduce(&FieldBytes::from(<[u8; 32]>::from(digest)));
+        let (r, s) = (signature.r(), signature.s());
+        let w: Option<Scalar> = s.invert_vartime().into();
+        let w = w.ok_or(Error::VerificationFailed)?;
+        let u1 = e * w;
+        let u2 = r * w;
+        let point = arith::mul_g_vartime(&u1)
+            .add_vartime(&ec::lincomb_vartime(&[self.point.affine], &[u2]));
+        let point = point.to_affine().ok_or(Error::VerificationFailed)?;
+        let x = <Scalar as Reduce<FieldBytes>>::reduce(&point.x_bytes());
+        if x == r {
+            Ok(())
+        } else {
+            Err(Error::VerificationFailed)
+        }
     }
 }
 
@@ -265,10 +280,60 @@ impl Signature {
     pub(crate) fn from_array(arr: [u8; SIGNATURE_LEN]) -> Self {
         Self::from_bytes(&arr).expect("freshly produced signature is canonical")
     }
+
+    fn r(&self) -> Scalar {
+        *self.0.r().as_ref()
+    }
+
+    fn s(&self) -> Scalar {
+        *self.0.s().as_ref()
+    }
 }
 
 impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&arith::hex_string(&self.1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p256::ecdsa::signature::Verifier as _;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::{RngCore, SeedableRng};
+
+    /// The in-crate ECDSA verification agrees with `p256`'s.
+    #[test]
+    fn ecdsa_verification_matches_p256() {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        for i in 0..40 {
+            let sk = SigningKey::generate(&mut rng);
+            let vk = sk.verifying_key();
+            let reference = p256::ecdsa::VerifyingKey::from_sec1_bytes(&vk.to_bytes()).unwrap();
+            let mut msg = vec![0u8; i * 7];
+            rng.fill_bytes(&mut msg);
+            let sig_bytes = sk.sign(&msg);
+            let sig = Signature::from_bytes(&sig_bytes).unwrap();
+            assert!(vk.verify(&msg, &sig).is_ok());
+            assert!(reference.verify(&msg, &sig.0).is_ok());
+            // Deterministic (RFC 6979) and low-s.
+            assert_eq!(sk.sign(&msg), sig_bytes);
+            // Wrong message, wrong key.
+            let mut other = msg.clone();
+            other.push(1);
+            assert!(vk.verify(&other, &sig).is_err());
+            let vk2 = SigningKey::generate(&mut rng).verifying_key();
+            assert!(vk2.verify(&msg, &sig).is_err());
+            // Random (structurally valid) signatures: both reject.
+            let mut random = [0u8; SIGNATURE_LEN];
+            rng.fill_bytes(&mut random);
+            random[0] &= 0x7f;
+            random[32] &= 0x7f;
+            if let Ok(s) = Signature::from_bytes(&random) {
+                assert!(vk.verify(&msg, &s).is_err());
+                assert!(reference.verify(&msg, &s.0).is_err());
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::arith::{self, POINT_LEN, Point, SCALAR_LEN};
 use crate::dst;
+use crate::ec;
 use crate::error::{Error, Result};
 use crate::keys::{PublicKey, SIGNATURE_LEN, SecretKey, Signature, SigningKey, VerifyingKey};
 
@@ -87,7 +88,7 @@ impl KeyFrag {
     ) -> Result<VerifiedKeyFrag> {
         // rk is the proxy's secret: constant-time multiplication.
         let expected = arith::mul_u(&self.rk);
-        if expected != self.commitment.proj() {
+        if !bool::from(expected.ct_eq(&self.commitment.jac())) {
             return Err(Error::VerificationFailed);
         }
         let msg = signature_message(
@@ -275,8 +276,8 @@ pub(crate) fn generate_kfrags_with(
     check_threshold(coefficients.len() + 1, ids.len())?;
     let owner_pk = owner_sk.public_key();
     let precursor = arith::mul_g(precursor_sk);
-    let dh = grantee_pk.proj() * precursor_sk;
-    let [precursor, mut dh] = Point::batch_from_projective(&[precursor, dh])
+    let dh = ec::mul_ct(grantee_pk.affine(), precursor_sk);
+    let [precursor, mut dh] = Point::batch_from_jacobian(&[precursor, dh])
         .ok_or(Error::InvalidParameter(UNUSABLE_PRECURSOR))?;
     let mut d = shared_secret(&precursor, grantee_pk, &dh);
     let d_inv: Option<Scalar> = d.invert().into();
@@ -305,16 +306,12 @@ pub(crate) fn generate_kfrags_with(
     }
 
     let commitments: Vec<_> = shares.iter().map(|(_, rk)| arith::mul_u(rk)).collect();
-    let mut affine = vec![p256::AffinePoint::IDENTITY; commitments.len()];
-    <p256::ProjectivePoint as p256::elliptic_curve::group::Curve>::batch_normalize(
-        &commitments,
-        &mut affine,
-    );
+    let affine = ec::batch_to_affine(&commitments);
 
     let mut kfrags = Vec::with_capacity(shares.len());
     for ((id, rk), commitment) in shares.iter().zip(affine) {
         let commitment =
-            Point::from_affine(commitment).expect("non-zero share times U is not the identity");
+            Point::from_affine(commitment.expect("non-zero share times U is not the identity"));
         let msg = signature_message(id, &commitment, &precursor, &owner_pk, grantee_pk);
         let signature = Signature::from_array(signer.sign(&msg));
         kfrags.push(VerifiedKeyFrag {

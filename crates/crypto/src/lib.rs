@@ -77,6 +77,7 @@ mod arith;
 mod capsule;
 mod cfrag;
 pub mod dst;
+mod ec;
 mod error;
 mod keys;
 mod kfrag;

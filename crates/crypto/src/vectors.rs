@@ -43,8 +43,8 @@ pub fn encapsulate_with(
 ) -> Result<(Capsule, KemKey, [u8; 33], [u8; 32])> {
     let (r, u) = (scalar(r)?, scalar(u)?);
     let (capsule, key) = capsule::encapsulate_with(&r, &u, owner_pk);
-    let shared =
-        Point::from_projective(&(owner_pk.proj() * (r + u))).ok_or(Error::DecryptionFailed)?;
+    let shared = Point::from_jacobian(&crate::ec::mul_ct(owner_pk.affine(), &(r + u)))
+        .ok_or(Error::DecryptionFailed)?;
     Ok((
         capsule,
         key,
@@ -59,8 +59,9 @@ pub fn precursor_values(
     grantee_pk: &PublicKey,
 ) -> Result<([u8; 33], [u8; 33], [u8; 32])> {
     let x = scalar(precursor_sk)?;
-    let precursor = Point::from_projective(&arith::mul_g(&x)).ok_or(Error::DecryptionFailed)?;
-    let dh = Point::from_projective(&(grantee_pk.proj() * x)).ok_or(Error::DecryptionFailed)?;
+    let precursor = Point::from_jacobian(&arith::mul_g(&x)).ok_or(Error::DecryptionFailed)?;
+    let dh = Point::from_jacobian(&crate::ec::mul_ct(grantee_pk.affine(), &x))
+        .ok_or(Error::DecryptionFailed)?;
     let d = kfrag::shared_secret(&precursor, grantee_pk, &dh);
     Ok((precursor.bytes, dh.bytes, arith::scalar_to_bytes(&d)))
 }
