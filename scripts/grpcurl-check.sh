@@ -9,8 +9,13 @@
 # binary); it is installed into target/grpcurl, hash-pinned. The mesh runs in
 # a temporary directory on loopback with free ports and is always stopped.
 #
-# Every grpcurl command below is also, verbatim, in clients/python/GRPCURL.md
-# (and in README.md if that shows any): the script fails when they differ.
+# Every grpcurl command below is also, verbatim, in clients/python/GRPCURL.md,
+# and every grpcurl command README.md shows is one of them: the script fails
+# when the documentation and what it runs drift apart.
+#
+# The commands are single-quoted on purpose: they are compared with the
+# documentation as written and only then evaluated.
+# shellcheck disable=SC2016,SC2034
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

@@ -178,8 +178,9 @@ def test_refused_without_client_certificate(mesh, shared):
     }
 
 
-def foreign_identity(tmp_path, spiffe: str) -> tuple[bytes, bytes]:
-    """A CA the mesh does not trust, and a client certificate it issues for `spiffe`."""
+def foreign_identity(spiffe: str) -> tuple[bytes, bytes]:
+    """A CA the mesh does not trust, and a client certificate it issues for `spiffe`:
+    (key PEM, certificate chain PEM)."""
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not the mesh CA")])
@@ -202,13 +203,14 @@ def foreign_identity(tmp_path, spiffe: str) -> tuple[bytes, bytes]:
             .sign(ca_key, hashes.SHA256()))
     pem = lambda k: k.private_bytes(serialization.Encoding.PEM,  # noqa: E731
                                     serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return pem(key), cert.public_bytes(serialization.Encoding.PEM)
+    chain = cert.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(serialization.Encoding.PEM)
+    return pem(key), chain
 
 
-def test_refused_with_certificate_of_another_ca(mesh, shared, tmp_path):
+def test_refused_with_certificate_of_another_ca(mesh, shared):
     meshfile, rid = shared
     # The owner's own identity, forged under another CA.
-    key, cert = foreign_identity(tmp_path, "spiffe://sesphr.local/patient/erin")
+    key, cert = foreign_identity("spiffe://sesphr.local/patient/erin")
     codes = calls(meshfile, key, cert, rid)
     assert set(codes) == {"CloudStorage/GetRecord", "CloudStorage/ListRecords", "Srs/GetUser",
                           "Srs/ReEncrypt", "AccessPolicy/ListGrants"}
