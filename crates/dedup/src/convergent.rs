@@ -113,8 +113,9 @@ pub struct ContentKey([u8; CONTENT_KEY_LEN]);
 impl ContentKey {
     /// Wraps 32 raw key bytes (e.g. after [`unwrap_content_key`]).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let arr: [u8; CONTENT_KEY_LEN] =
-            bytes.try_into().map_err(|_| Error::Malformed("content key"))?;
+        let arr: [u8; CONTENT_KEY_LEN] = bytes
+            .try_into()
+            .map_err(|_| Error::Malformed("content key"))?;
         Ok(Self(arr))
     }
 

@@ -100,10 +100,7 @@ impl ServerKey {
             .map_err(|_| Error::InvalidParameter("key info must be at most 65535 bytes"))?;
         let info_len = info_len.to_be_bytes();
         for counter in 0u8..=255 {
-            let sk = hash_to_scalar(
-                &[seed, &info_len, info, &[counter]],
-                &[DERIVE_KEY_PAIR_DST],
-            );
+            let sk = hash_to_scalar(&[seed, &info_len, info, &[counter]], &[DERIVE_KEY_PAIR_DST]);
             if !bool::from(sk.is_zero()) {
                 return Ok(Self { sk });
             }
@@ -329,7 +326,7 @@ fn random_nonzero_scalar(rng: &mut (impl CryptoRng + ?Sized)) -> Scalar {
     loop {
         let mut wide = [0u8; 64];
         rng.fill_bytes(&mut wide);
-        let s = Scalar::from_uniform_bytes(&wide.into());
+        let s = Scalar::from_uniform_bytes(&wide);
         wide.zeroize();
         if !bool::from(s.is_zero()) {
             return s;
@@ -348,8 +345,14 @@ mod tests {
         ctx.extend_from_slice(b"-P256-SHA256");
         assert_eq!(CONTEXT_STRING, &ctx[..]);
         assert_eq!(HASH_TO_GROUP_DST, &[b"HashToGroup-", &ctx[..]].concat()[..]);
-        assert_eq!(HASH_TO_SCALAR_DST, &[b"HashToScalar-", &ctx[..]].concat()[..]);
-        assert_eq!(DERIVE_KEY_PAIR_DST, &[b"DeriveKeyPair", &ctx[..]].concat()[..]);
+        assert_eq!(
+            HASH_TO_SCALAR_DST,
+            &[b"HashToScalar-", &ctx[..]].concat()[..]
+        );
+        assert_eq!(
+            DERIVE_KEY_PAIR_DST,
+            &[b"DeriveKeyPair", &ctx[..]].concat()[..]
+        );
     }
 
     #[test]

@@ -370,9 +370,7 @@ impl Challenge {
             return Err(Error::InvalidParameter("a blob has at least one leaf"));
         }
         if !(1..=MAX_CHALLENGE_LEAVES).contains(&k) {
-            return Err(Error::InvalidParameter(
-                "a challenge names 1..=1024 leaves",
-            ));
+            return Err(Error::InvalidParameter("a challenge names 1..=1024 leaves"));
         }
         Ok(Self {
             indices: derive_indices(&nonce, leaf_count, k),
@@ -451,8 +449,8 @@ impl Challenge {
             indices.push(r.u64()?);
         }
         r.end()?;
-        let challenge =
-            Self::from_nonce(nonce, leaf_count, count, issued_at).map_err(|_| Error::Malformed(W))?;
+        let challenge = Self::from_nonce(nonce, leaf_count, count, issued_at)
+            .map_err(|_| Error::Malformed(W))?;
         if challenge.indices != indices {
             return Err(Error::Malformed(W));
         }
