@@ -283,11 +283,11 @@ check_doc() {
     mapfile -t shown < <(doc_commands "$f" 'grpcurl ')
     mapfile -t defs < <(doc_commands "$f" 'OP=|NOCERT=|OTHER=')
     for line in "${shown[@]}"; do
-        printf '%s\n' "${ALL_COMMANDS[@]}" | grep -qxF -- "$line" ||
+        grep -qxF -- "$line" <<<"$(printf '%s\n' "${ALL_COMMANDS[@]}")" ||
             { bad "$name shows a command this script does not run: $line"; problems=1; }
     done
     for line in "${defs[@]}"; do
-        printf '%s\n' "${DEFINITIONS[@]}" | grep -qxF -- "$line" ||
+        grep -qxF -- "$line" <<<"$(printf '%s\n' "${DEFINITIONS[@]}")" ||
             { bad "$name defines differently: $line"; problems=1; }
     done
     if [ "$exhaustive" = yes ]; then
@@ -295,7 +295,9 @@ check_doc() {
             grep -qxF -- "$c" "$f" || { bad "$name lacks: $c"; problems=1; }
         done
     fi
-    [ "$problems" -eq 0 ] && ok "$name: ${#shown[@]} grpcurl commands, all run here"
+    if [ "$problems" -eq 0 ]; then
+        ok "$name: ${#shown[@]} grpcurl commands, all run here"
+    fi
 }
 check_doc "$DOC" yes
 check_doc "$ROOT/README.md" no
