@@ -625,12 +625,57 @@ impl RecordOpener {
         Ok(Some(segment))
     }
 
+    /// Reads from `reader` until a full ciphertext segment plus one byte
+    /// are buffered (returns `false`) or the reader ends (returns `true`).
+    fn fill_from(&mut self, reader: &mut impl Read) -> io::Result<bool> {
+        let want = self.segment_ct_len() + 1 - self.buf.len();
+        let want_u64 = u64::try_from(want).expect("segment fits in u64");
+        let n = reader.take(want_u64).read_to_end(&mut self.buf)?;
+        Ok(n < want)
+    }
+
     fn check_poison(&self) -> Result<()> {
         if self.poisoned {
             Err(Error::DecryptionFailed)
         } else {
             Ok(())
         }
+    }
+
+    /// Opens one whole non-last ciphertext segment (`segment_size + 16`
+    /// bytes) in place, for transports that frame segments themselves.
+    /// Do not mix with [`push`](Self::push).
+    pub fn open_segment_in_place(&mut self, buf: &mut Vec<u8>) -> Result<()> {
+        self.check_poison()?;
+        if !self.buf.is_empty() || buf.len() != self.segment_ct_len() {
+            return Err(Error::InvalidParameter(
+                "in-place opening takes exactly one full segment and no pushed bytes",
+            ));
+        }
+        if self.position == u32::MAX
+            || self
+                .stream
+                .decrypt_in_place(self.position, false, &self.header.encoded, buf)
+                .is_err()
+        {
+            self.poisoned = true;
+            return Err(Error::DecryptionFailed);
+        }
+        self.position += 1;
+        Ok(())
+    }
+
+    /// Opens the last ciphertext segment in place and ends the record.
+    pub fn open_last_in_place(mut self, buf: &mut Vec<u8>) -> Result<()> {
+        self.check_poison()?;
+        if !self.buf.is_empty() {
+            return Err(Error::InvalidParameter(
+                "in-place opening takes exactly one full segment and no pushed bytes",
+            ));
+        }
+        self.buf = core::mem::take(buf);
+        *buf = self.finish()?;
+        Ok(())
     }
 
     /// Authenticates and returns the last segment. Fails with
@@ -764,28 +809,9 @@ impl<R: Read> RecordReader<R> {
             return Ok(());
         };
         // Hand the drained plaintext buffer back for reuse.
-        let mut spare = core::mem::take(&mut self.plain);
-        spare.zeroize();
-        spare.clear();
-        opener.spare = spare;
+        opener.spare = core::mem::take(&mut self.plain);
         self.pos = 0;
-
-        let target = opener.segment_ct_len() + 1;
-        let mut filled = opener.buf.len();
-        opener.buf.resize(target, 0);
-        let eof = loop {
-            if filled == target {
-                break Ok(false);
-            }
-            match self.inner.read(&mut opener.buf[filled..]) {
-                Ok(0) => break Ok(true),
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
-            }
-        };
-        opener.buf.truncate(filled);
-        if eof? {
+        if opener.fill_from(&mut self.inner)? {
             // EOF: the buffered bytes are the last segment.
             let opener = self.opener.take().expect("checked above");
             self.plain = opener.finish()?;
@@ -828,13 +854,34 @@ impl<R: Read> fmt::Debug for RecordReader<R> {
 /// bounded memory. Returns the number of plaintext bytes.
 pub fn encrypt_record(
     mut input: impl Read,
-    output: impl Write,
-    sealer: RecordSealer,
+    mut output: impl Write,
+    mut sealer: RecordSealer,
 ) -> io::Result<u64> {
-    let mut writer = RecordWriter::new(output, sealer)?;
-    let n = io::copy(&mut input, &mut writer)?;
-    writer.finish()?;
-    Ok(n)
+    output.write_all(sealer.header().as_bytes())?;
+    let seg = sealer.header().segment_len();
+    let want = u64::try_from(seg + 1).expect("segment fits in u64");
+    let mut buf = Vec::with_capacity(seg + TAG_LEN + 1);
+    let mut carry: Option<u8> = None;
+    let mut total = 0u64;
+    loop {
+        buf.clear();
+        buf.extend(carry.take());
+        let have = buf.len() as u64;
+        (&mut input).take(want - have).read_to_end(&mut buf)?;
+        if buf.len() == seg + 1 {
+            // More plaintext follows this segment: it is not the last one.
+            carry = buf.pop();
+            sealer.seal_segment_in_place(&mut buf)?;
+            output.write_all(&buf)?;
+            total += seg as u64;
+        } else {
+            total += buf.len() as u64;
+            sealer.seal_last_in_place(&mut buf)?;
+            output.write_all(&buf)?;
+            output.flush()?;
+            return Ok(total);
+        }
+    }
 }
 
 /// Decrypts a whole record from `input` into `output` with bounded memory.
@@ -849,12 +896,20 @@ pub fn decrypt_record(
     open: impl FnOnce(&RecordHeader) -> Result<RecordOpener>,
 ) -> io::Result<RecordHeader> {
     let header = RecordHeader::read_from(&mut input)?;
-    let opener = open(&header)?;
+    let mut opener = open(&header)?;
     if opener.header() != &header {
         return Err(Error::InvalidParameter("opener was built for another header").into());
     }
-    let mut reader = RecordReader::new(input, opener);
-    io::copy(&mut reader, &mut output)?;
-    output.flush()?;
-    Ok(header)
+    loop {
+        if opener.fill_from(&mut input)? {
+            output.write_all(&opener.finish()?)?;
+            output.flush()?;
+            return Ok(header);
+        }
+        let segment = opener
+            .try_open_next()?
+            .expect("a full segment and one more byte are buffered");
+        output.write_all(&segment)?;
+        opener.spare = segment;
+    }
 }

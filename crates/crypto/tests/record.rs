@@ -352,3 +352,46 @@ proptest! {
         prop_assert_eq!(open_push(&f, &record, rchunk).unwrap(), data);
     }
 }
+
+#[test]
+fn in_place_segment_api() {
+    let f = fixture(11, MIN_SEGMENT_SIZE);
+    let data = plaintext(2 * SEG + 9, 11);
+    let record = seal_push(&f, &data);
+    let h = f.header.as_bytes().len();
+    let seg_ct = SEG + TAG_LEN;
+    let mut opener = RecordOpener::new(f.header.clone(), &f.key).unwrap();
+    let mut out = Vec::new();
+    for k in 0..2 {
+        let mut buf = record[h + k * seg_ct..h + (k + 1) * seg_ct].to_vec();
+        opener.open_segment_in_place(&mut buf).unwrap();
+        out.extend_from_slice(&buf);
+    }
+    let mut last = record[h + 2 * seg_ct..].to_vec();
+    opener.open_last_in_place(&mut last).unwrap();
+    out.extend_from_slice(&last);
+    assert_eq!(out, data);
+
+    // A non-last segment presented as last is a truncation; a wrong size is refused.
+    let opener = RecordOpener::new(f.header.clone(), &f.key).unwrap();
+    let mut first = record[h..h + seg_ct].to_vec();
+    assert!(matches!(
+        opener.open_last_in_place(&mut first),
+        Err(Error::Truncated)
+    ));
+    let mut opener = RecordOpener::new(f.header.clone(), &f.key).unwrap();
+    let mut short = record[h..h + seg_ct - 1].to_vec();
+    assert!(matches!(
+        opener.open_segment_in_place(&mut short),
+        Err(Error::InvalidParameter(_))
+    ));
+    // A tampered segment poisons the opener.
+    let mut bad = record[h..h + seg_ct].to_vec();
+    bad[3] ^= 1;
+    assert!(matches!(
+        opener.open_segment_in_place(&mut bad),
+        Err(Error::DecryptionFailed)
+    ));
+    let mut good = record[h..h + seg_ct].to_vec();
+    assert!(opener.open_segment_in_place(&mut good).is_err());
+}
