@@ -5,3 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo test --workspace --locked
+
+# Kubernetes manifests: rendered and validated offline (tools go to target/).
+bash scripts/check-deploy.sh

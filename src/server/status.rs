@@ -58,6 +58,7 @@ impl IntoStatus for sesphr_cloud_storage::StorageError {
                 Status::data_loss(format!("stored record data is corrupt: {m}"))
             }
             E::Storage(e) => storage_failure("record", &e),
+            E::Io(m) => storage_failure("record object", &m),
         }
     }
 }
