@@ -264,13 +264,24 @@ pub(crate) fn reencrypt_with(
 ) -> VerifiedCapsuleFrag {
     let kfrag = &kfrag.kfrag;
     let rk = &kfrag.rk;
-    // One comb table per capsule point serves both scalars.
+    // Every capsule is valid, V = s G - h E, so multiples of V come from
+    // one comb table for E plus fixed-base multiples of G:
+    //   k V = (k s) G + (-k h) E.
+    // Four scalars then share a single table (see ec::CombTable).
+    let h_capsule = capsule.challenge();
     let e = CombTable::new(&capsule.e.affine);
-    let v = CombTable::new(&capsule.v.affine);
+    let times_v = |k: &Scalar| {
+        let mut ks = *k * capsule.s;
+        let mut kh = -(*k * h_capsule);
+        let out = arith::mul_g(&ks).add_complete_ct(&e.mul_ct(&kh));
+        ks.zeroize();
+        kh.zeroize();
+        out
+    };
     let e1 = e.mul_ct(rk);
-    let v1 = v.mul_ct(rk);
+    let v1 = times_v(rk);
     let e2 = e.mul_ct(t);
-    let v2 = v.mul_ct(t);
+    let v2 = times_v(t);
     let u2 = arith::mul_u(t);
     let [e1, v1, e2, v2, u2] = Point::batch_from_jacobian(&[e1, v1, e2, v2, u2])
         .expect("non-zero multiples of prime-order points are not the identity");

@@ -321,6 +321,37 @@ impl Jacobian {
         }
     }
 
+    /// Constant-time `self + other` for all inputs ("add-2007-bl" plus a
+    /// selected doubling and identity fix-ups).
+    pub(crate) fn add_complete_ct(&self, other: &Self) -> Self {
+        let z1z1 = self.z.square();
+        let z2z2 = other.z.square();
+        let u1 = self.x * z2z2;
+        let u2 = other.x * z1z1;
+        let s1 = self.y * other.z * z2z2;
+        let s2 = other.y * self.z * z1z1;
+        let h = u2 - u1;
+        let r = (s2 - s1).double();
+        let i = h.double().square();
+        let j = h * i;
+        let v = u1 * i;
+        let x3 = r.square() - j - v.double();
+        let y3 = r * (v - x3) - (s1 * j).double();
+        let z3 = ((self.z + other.z).square() - z1z1 - z2z2) * h;
+        let mut out = Self {
+            x: x3,
+            y: y3,
+            z: z3,
+        };
+        let id1 = self.is_identity();
+        let id2 = other.is_identity();
+        let same = h.is_zero() & r.is_zero() & !id1 & !id2;
+        out.conditional_assign(&self.double(), same);
+        out.conditional_assign(other, id1);
+        out.conditional_assign(self, id2);
+        out
+    }
+
     /// Constant-time equality (identity == identity).
     pub(crate) fn ct_eq(&self, other: &Self) -> Choice {
         let z1z1 = self.z.square();
@@ -716,8 +747,10 @@ fn small_multiples(points: &[Affine]) -> Vec<[Raw; 8]> {
         .collect()
 }
 
-/// Constant-time `sum k_i P_i` (secret scalars, public points). Uses
-/// complete additions, so it is correct whatever relations the points have.
+/// Constant-time `sum k_i P_i` (secret scalars, public points), Straus with
+/// signed radix-16 digits and shared doublings. Uses complete additions (a
+/// selected doubling covers accumulator `==` entry), so it is correct
+/// whatever relations the points and scalars have.
 pub(crate) fn lincomb_ct(points: &[Affine], scalars: &[Scalar]) -> Jacobian {
     debug_assert_eq!(points.len(), scalars.len());
     let tables = small_multiples(points);
@@ -853,6 +886,24 @@ mod tests {
                 p.double().double() + q
             );
             assert_eq!(to_p256(&pd.add_vartime(&pd)), (p.double() + q).double());
+            assert_eq!(
+                to_p256(&pd.add_complete_ct(&pj.double())),
+                p.double().double() + q
+            );
+            assert_eq!(to_p256(&pd.add_complete_ct(&pd)), (p.double() + q).double());
+            assert_eq!(
+                to_p256(&pd.add_complete_ct(&Jacobian::IDENTITY)),
+                p.double() + q
+            );
+            assert_eq!(
+                to_p256(&Jacobian::IDENTITY.add_complete_ct(&pd)),
+                p.double() + q
+            );
+            let minus = Jacobian::from(from_p256(&-(p.double() + q)));
+            assert_eq!(
+                to_p256(&pd.add_complete_ct(&minus)),
+                ProjectivePoint::IDENTITY
+            );
             assert!(bool::from(
                 pd.ct_eq(&Jacobian::from(from_p256(&(p.double() + q))))
             ));
