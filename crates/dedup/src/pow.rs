@@ -546,6 +546,12 @@ pub struct Proof {
 
 impl Proof {
     /// The encoding described in the module docs.
+    ///
+    /// # Panics
+    ///
+    /// If a hand-built proof exceeds the encoding's field widths (a leaf of
+    /// more than 65535 bytes, a path of more than 255 hashes, 2^32 leaves);
+    /// proofs from [`ProofBuilder`] or [`Proof::from_bytes`] never do.
     pub fn to_bytes(&self) -> Vec<u8> {
         let size: usize = self
             .leaves
