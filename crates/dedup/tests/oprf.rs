@@ -121,3 +121,13 @@ fn identity_and_off_curve_points_are_rejected() {
     unc[0] = 4;
     assert!(oprf::blind_evaluate(&key, &unc).is_err());
 }
+
+#[test]
+fn hash_to_scalar_uses_the_suite_dst() {
+    // Independent value from reference/sesphr_dedup_ref.py:
+    // OS2IP(expand_message_xmd(b"abc", "HashToScalar-" || contextString, 48)) mod n.
+    assert_eq!(
+        hex::encode(oprf::hash_to_scalar_bytes(b"abc")),
+        "bd9ecb903f45dbb76687a2c49939a5dc732d78684a22c0b5bc75a4b8f65d49cb"
+    );
+}
