@@ -336,7 +336,12 @@ impl DevMesh {
     /// the three ports and starts the services.
     pub async fn start(opts: DevOptions) -> Result<Self, ServeError> {
         tls::install_crypto_provider();
-        let dir = &opts.data_dir;
+        // mesh.toml names files by absolute path, so clients may run from
+        // any directory.
+        let dir = &std::path::absolute(&opts.data_dir).map_err(|source| ServeError::Io {
+            path: opts.data_dir.clone(),
+            source,
+        })?;
         std::fs::create_dir_all(dir).map_err(|source| ServeError::Io {
             path: dir.clone(),
             source,

@@ -21,3 +21,21 @@ pub mod tls;
 
 pub use sesphr_crypto as crypto;
 pub use sesphr_identity as identity;
+
+/// An error and its causes on one line, each cause once (many errors already
+/// quote their source in their own message). For command-line reports.
+pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut next = Some(e);
+    while let Some(cause) = next {
+        let msg = cause.to_string();
+        if !out.contains(&msg) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&msg);
+        }
+        next = cause.source();
+    }
+    out.replace('\n', " ")
+}

@@ -132,9 +132,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error chain on one line.
 fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").replace('\n', " ")
+    sesphr::error_line(e.as_ref())
 }
 
 fn mesh_file(path: &Option<PathBuf>) -> anyhow::Result<MeshFile> {

@@ -90,7 +90,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("sesphrd: {e:#}");
+            eprintln!("sesphrd: {}", sesphr::error_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }
