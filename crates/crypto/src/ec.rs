@@ -200,7 +200,9 @@ impl Jacobian {
         self.z.is_zero()
     }
 
-    /// `2P`, "dbl-2001-b" for `a = -3` (3M + 5S). Complete for a
+    /// `2P`: "dbl-2001-b" for `a = -3` with `Z3 = 2 Y Z` and
+    /// `8 gamma^2 = 2 (2 gamma)^2` (4M + 4S, fewer field additions, which
+    /// cost about a third of a multiplication in `p256`). Complete for a
     /// prime-order group: the identity (Z = 0) maps to Z = 0.
     pub(crate) fn double(&self) -> Self {
         let delta = self.z.square();
@@ -210,8 +212,8 @@ impl Jacobian {
         let alpha = t.double() + t;
         let beta4 = beta.double().double();
         let x3 = alpha.square() - beta4.double();
-        let z3 = (self.y + self.z).square() - gamma - delta;
-        let gamma_sq8 = gamma.square().double().double().double();
+        let z3 = (self.y * self.z).double();
+        let gamma_sq8 = gamma.double().square().double();
         let y3 = alpha * (beta4 - x3) - gamma_sq8;
         Self {
             x: x3,
@@ -220,23 +222,22 @@ impl Jacobian {
         }
     }
 
-    /// Raw "madd-2007-bl" mixed addition (7M + 4S). Also returns `H` and
-    /// `r`: the result is wrong when `self` is the identity or `self == q`
-    /// (`H = r = 0`); `self == -q` correctly gives the identity.
+    /// Raw "madd-2004-hmv" mixed addition (8M + 3S, only 7 field
+    /// additions). Also returns `H` and `r`: the result is wrong when `self`
+    /// is the identity or `self == q` (`H = r = 0`); `self == -q` correctly
+    /// gives the identity.
     #[inline(always)]
     fn madd_raw(&self, q: &Affine) -> (Self, Fe, Fe) {
         let z1z1 = self.z.square();
-        let u2 = q.x * z1z1;
-        let s2 = q.y * self.z * z1z1;
-        let h = u2 - self.x;
+        let z1z1z1 = z1z1 * self.z;
+        let h = z1z1 * q.x - self.x;
+        let r = z1z1z1 * q.y - self.y;
+        let z3 = self.z * h;
         let hh = h.square();
-        let i = hh.double().double();
-        let j = h * i;
-        let r = (s2 - self.y).double();
-        let v = self.x * i;
-        let x3 = r.square() - j - v.double();
-        let y3 = r * (v - x3) - (self.y * j).double();
-        let z3 = (self.z + h).square() - z1z1 - hh;
+        let hhh = hh * h;
+        let v = hh * self.x;
+        let x3 = r.square() - v.double() - hhh;
+        let y3 = (v - x3) * r - hhh * self.y;
         (
             Self {
                 x: x3,
