@@ -269,7 +269,7 @@ pub(crate) fn reencrypt_with(
     //   k V = (k s) G + (-k h) E.
     // Four scalars then share a single table (see ec::CombTable).
     let h_capsule = capsule.challenge();
-    let e = CombTable::new(&capsule.e.affine);
+    let e = CombTable::<5>::new(&capsule.e.affine);
     let times_v = |k: &Scalar| {
         let mut ks = *k * capsule.s;
         let mut kh = -(*k * h_capsule);

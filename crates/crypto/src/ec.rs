@@ -623,35 +623,41 @@ impl FixedBaseTable {
 // Variable-base, constant-time: comb
 // ---------------------------------------------------------------------------
 
-/// A 4-teeth comb table for a public base `P`: entry `b` (1..=15) is
-/// `sum_{j: bit j of b} 2^(64 j) P`. Multiplication is then 64 doublings and
-/// 64 mixed additions, and several scalars on the same base share the
-/// table (192 doublings to build).
+/// A comb table with `TEETH` teeth for a public base `P`: with spacing
+/// `d = ceil(256 / TEETH)`, entry `b` is `sum_{j: bit j of b} 2^(d j) P`.
+/// Multiplication is then `d` doublings and `d` mixed additions, and
+/// several scalars on the same base share the table (`(TEETH - 1) d`
+/// doublings to build). 4 teeth suit one or two scalars, 5 teeth four.
 ///
 /// Exception-freeness of [`CombTable::mul_ct`] for `k` in `[0, n)`: write
-/// `k = sum_j 2^(64 j) k_j`. Before the step for bit `i` the (doubled)
-/// accumulator is `2a P` where `2a` has 64-bit lanes `2 floor(k_j / 2^(i+1))`,
-/// and the entry is `c P` with lanes `bit_i(k_j)`. As integers `2a = c`
-/// only if both are 0 (identity, handled), `2a < 2^255 < n` for `i >= 1`,
-/// and for `i = 0`, `2a = k - c`, so `2a - c = ±n` or `2a + c = n` would
-/// need `k >= n`. Hence the accumulator never equals `±` the entry.
-pub(crate) struct CombTable {
-    entries: [Raw; 15],
+/// `k = sum_j 2^(d j) k_j` (`d`-bit lanes, the top lane shorter since
+/// `k < 2^256`). Before the step for bit `i` the (doubled) accumulator is
+/// `2a P` where `2a` has lanes `2 floor(k_j / 2^(i+1))`, and the entry is
+/// `c P` with lanes `bit_i(k_j)`. As integers `2a = c` only if both are 0
+/// (identity, handled), `2a < 2^(256-i) <= 2^255 < n` for `i >= 1`, and for
+/// `i = 0`, `2a = k - c`, so `2a - c = ±n` or `2a + c = n` would need
+/// `k >= n`. Hence the accumulator never equals `±` the entry.
+pub(crate) struct CombTable<const TEETH: usize> {
+    entries: Vec<Raw>,
 }
 
-impl CombTable {
+impl<const TEETH: usize> CombTable<TEETH> {
+    /// Bits per tooth (lane width).
+    const SPACING: usize = 256usize.div_ceil(TEETH);
+
     /// Builds the table (variable time: the base is public).
     pub(crate) fn new(base: &Affine) -> Self {
-        let mut teeth = [Jacobian::from(*base); 4];
-        for j in 1..4 {
+        let mut teeth = [Jacobian::from(*base); TEETH];
+        for j in 1..TEETH {
             let mut p = teeth[j - 1];
-            for _ in 0..64 {
+            for _ in 0..Self::SPACING {
                 p = p.double();
             }
             teeth[j] = p;
         }
-        let mut jac = [Jacobian::IDENTITY; 16];
-        for b in 1..16usize {
+        let size = 1usize << TEETH;
+        let mut jac = vec![Jacobian::IDENTITY; size];
+        for b in 1..size {
             let low = b & b.wrapping_neg();
             let j = low.trailing_zeros() as usize;
             jac[b] = if b == low {
@@ -660,27 +666,36 @@ impl CombTable {
                 jac[b & (b - 1)].add_vartime(&teeth[j])
             };
         }
-        let affine = batch_to_affine(&jac[1..]);
-        let mut entries = [Raw::default(); 15];
-        for (slot, a) in entries.iter_mut().zip(affine) {
-            *slot = Raw::from_affine(
-                &a.expect("distinct small combinations of 2^(64j) P are not the identity"),
-            );
-        }
+        let entries = batch_to_affine(&jac[1..])
+            .into_iter()
+            .map(|a| {
+                Raw::from_affine(
+                    &a.expect("distinct small combinations of 2^(d j) P are not the identity"),
+                )
+            })
+            .collect();
         Self { entries }
     }
 
     /// Constant-time `k * P`.
     pub(crate) fn mul_ct(&self, k: &Scalar) -> Jacobian {
         let l = limbs(k);
+        let bit = |pos: usize| -> u64 {
+            if pos < 256 {
+                (l[pos / 64] >> (pos % 64)) & 1
+            } else {
+                0
+            }
+        };
         let mut acc = Jacobian::IDENTITY;
-        for i in (0..64).rev() {
+        for i in (0..Self::SPACING).rev() {
             acc = acc.double();
+            let mut b = 0u64;
+            for j in 0..TEETH {
+                b |= bit(j * Self::SPACING + i) << j;
+            }
             #[allow(clippy::cast_possible_truncation)]
-            let b = (((l[0] >> i) & 1)
-                | (((l[1] >> i) & 1) << 1)
-                | (((l[2] >> i) & 1) << 2)
-                | (((l[3] >> i) & 1) << 3)) as u8;
+            let b = b as u8;
             let sel = select_raw(&self.entries, b).to_affine();
             acc = acc.add_affine_ct(&sel, b.ct_eq(&0));
         }
@@ -690,7 +705,7 @@ impl CombTable {
 
 /// Constant-time `k * P` for a public base.
 pub(crate) fn mul_ct(p: &Affine, k: &Scalar) -> Jacobian {
-    CombTable::new(p).mul_ct(k)
+    CombTable::<4>::new(p).mul_ct(k)
 }
 
 // ---------------------------------------------------------------------------
@@ -918,13 +933,17 @@ mod tests {
         let base = ProjectivePoint::GENERATOR * crate::arith::random_nonzero_scalar(&mut rng);
         let ba = from_p256(&base);
         let fixed = FixedBaseTable::new(&ba);
-        let comb = CombTable::new(&ba);
+        let comb = CombTable::<4>::new(&ba);
+        let comb5 = CombTable::<5>::new(&ba);
+        let comb3 = CombTable::<3>::new(&ba);
         let ks = scalars(&mut rng);
         for k in &ks {
             let expect = base * k;
             assert_eq!(to_p256(&fixed.mul_ct(k)), expect);
             assert_eq!(to_p256(&fixed.mul_vartime(k)), expect);
             assert_eq!(to_p256(&comb.mul_ct(k)), expect);
+            assert_eq!(to_p256(&comb5.mul_ct(k)), expect);
+            assert_eq!(to_p256(&comb3.mul_ct(k)), expect);
             assert_eq!(to_p256(&lincomb_vartime(&[ba], &[*k])), expect);
             assert_eq!(to_p256(&lincomb_ct(&[ba], &[*k])), expect);
         }
@@ -998,8 +1017,8 @@ mod timing {
         let k = crate::arith::random_nonzero_scalar(&mut rng);
         let k2 = crate::arith::random_nonzero_scalar(&mut rng);
         let g = Affine::generator();
-        let p = CombTable::new(&g).mul_ct(&k).to_affine().unwrap();
-        let q = CombTable::new(&g).mul_ct(&k2).to_affine().unwrap();
+        let p = mul_ct(&g, &k).to_affine().unwrap();
+        let q = mul_ct(&g, &k2).to_affine().unwrap();
         let pj = Jacobian::from(p).double();
         time("fe mul", 1_000_000, || {
             black_box(black_box(p.x) * black_box(q.x));
@@ -1025,12 +1044,19 @@ mod timing {
         time("jac add vartime", 200_000, || {
             black_box(black_box(pj).add_vartime(&pj.double()));
         });
-        time("comb build", 2_000, || {
-            black_box(CombTable::new(black_box(&p)));
+        time("comb4 build", 2_000, || {
+            black_box(CombTable::<4>::new(black_box(&p)));
         });
-        let comb = CombTable::new(&p);
-        time("comb mul_ct", 2_000, || {
+        let comb = CombTable::<4>::new(&p);
+        time("comb4 mul_ct", 2_000, || {
             black_box(comb.mul_ct(black_box(&k)));
+        });
+        time("comb5 build", 2_000, || {
+            black_box(CombTable::<5>::new(black_box(&p)));
+        });
+        let comb5 = CombTable::<5>::new(&p);
+        time("comb5 mul_ct", 2_000, || {
+            black_box(comb5.mul_ct(black_box(&k)));
         });
         time("fixed G mul_ct", 5_000, || {
             black_box(crate::arith::mul_g(black_box(&k)));
