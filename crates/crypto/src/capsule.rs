@@ -4,7 +4,7 @@ use core::fmt;
 
 use hkdf::Hkdf;
 use p256::Scalar;
-use p256::elliptic_curve::subtle::ConstantTimeEq;
+use p256::elliptic_curve::{Field, subtle::ConstantTimeEq};
 use rand_core::CryptoRng;
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
@@ -141,6 +141,10 @@ impl fmt::Debug for KemKey {
 pub fn encapsulate(rng: &mut (impl CryptoRng + ?Sized), owner_pk: &PublicKey) -> (Capsule, KemKey) {
     let mut r = arith::random_nonzero_scalar(rng);
     let mut u = arith::random_nonzero_scalar(rng);
+    // r + u = 0 would give K = identity (probability 2^-256).
+    while bool::from((r + u).is_zero()) {
+        u = arith::random_nonzero_scalar(rng);
+    }
     let out = encapsulate_with(&r, &u, owner_pk);
     r.zeroize();
     u.zeroize();
@@ -154,12 +158,13 @@ pub(crate) fn encapsulate_with(r: &Scalar, u: &Scalar, owner_pk: &PublicKey) -> 
     let mut ru = *r + u;
     let shared = ec::mul_ct(owner_pk.affine(), &ru);
     ru.zeroize();
-    let [e, v, shared] = Point::batch_from_jacobian(&[e, v, shared])
+    let [e, v, mut shared] = Point::batch_from_jacobian(&[e, v, shared])
         .expect("non-zero multiples of a prime-order point are not the identity");
     let h = arith::hash_to_scalar(dst::CAPSULE_DST, &[&e.bytes, &v.bytes]);
     let s = *u + *r * h;
     let capsule = Capsule { e, v, s };
     let key = KemKey::derive(&shared, &capsule);
+    shared.bytes.zeroize();
     (capsule, key)
 }
 
@@ -168,6 +173,8 @@ pub fn decapsulate_original(owner_sk: &SecretKey, capsule: &Capsule) -> Result<K
     let sum = capsule.e.jac().add_affine_vartime(&capsule.v.affine);
     let sum = sum.to_affine().ok_or(Error::DecryptionFailed)?;
     let k = ec::mul_ct(&sum, &owner_sk.scalar);
-    let shared = Point::from_jacobian(&k).ok_or(Error::DecryptionFailed)?;
-    Ok(KemKey::derive(&shared, capsule))
+    let mut shared = Point::from_jacobian(&k).ok_or(Error::DecryptionFailed)?;
+    let key = KemKey::derive(&shared, capsule);
+    shared.bytes.zeroize();
+    Ok(key)
 }

@@ -325,7 +325,7 @@ pub fn decapsulate_reencrypted(
     let grantee_pk = grantee_sk.public_key();
     let dh = ec::mul_ct(&precursor.affine, &grantee_sk.scalar);
     let mut dh = Point::from_jacobian(&dh).ok_or(Error::DecryptionFailed)?;
-    let d = kfrag::shared_secret(&precursor, &grantee_pk, &dh);
+    let mut d = kfrag::shared_secret(&precursor, &grantee_pk, &dh);
     let mut xs: Vec<Scalar> = cfrags
         .iter()
         .map(|c| kfrag::polynomial_arg(&precursor, &grantee_pk, &dh, &c.cfrag.kfrag_id))
@@ -337,6 +337,7 @@ pub fn decapsulate_reencrypted(
     for c in &mut coefficients {
         *c *= d;
     }
+    d.zeroize();
 
     // W = sum c_i E1_i = a E,  K = sum c_i (E1_i + V1_i) = a (E + V)
     let e1s: Vec<Affine> = cfrags.iter().map(|c| c.cfrag.e1.affine).collect();
@@ -364,8 +365,10 @@ pub fn decapsulate_reencrypted(
     if !bool::from(check.is_identity()) {
         return Err(Error::DecryptionFailed);
     }
-    let shared = k;
-    Ok(KemKey::derive(&shared, capsule))
+    let mut shared = k;
+    let key = KemKey::derive(&shared, capsule);
+    shared.bytes.zeroize();
+    Ok(key)
 }
 
 /// Lagrange coefficients at 0 for the points `xs`:
