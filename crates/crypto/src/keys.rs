@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 #[derive(Clone)]
 pub struct SecretKey {
     pub(crate) scalar: Scalar,
+    /// `a * G`, computed once when the key is created or decoded.
+    public: PublicKey,
 }
 
 impl SecretKey {
@@ -27,22 +29,21 @@ impl SecretKey {
 
     /// A fresh random secret key.
     pub fn generate(rng: &mut (impl CryptoRng + ?Sized)) -> Self {
-        Self {
-            scalar: arith::random_nonzero_scalar(rng),
-        }
+        Self::from_scalar(arith::random_nonzero_scalar(rng))
     }
 
     pub(crate) fn from_scalar(scalar: Scalar) -> Self {
         debug_assert!(!bool::from(scalar.is_zero()));
-        Self { scalar }
+        let p = arith::mul_g(&scalar);
+        let public = PublicKey {
+            point: Point::from_jacobian(&p).expect("non-zero scalar times G is not the identity"),
+        };
+        Self { scalar, public }
     }
 
     /// The matching public key `a * G`.
     pub fn public_key(&self) -> PublicKey {
-        let p = arith::mul_g(&self.scalar);
-        PublicKey {
-            point: Point::from_jacobian(&p).expect("non-zero scalar times G is not the identity"),
-        }
+        self.public
     }
 
     /// Big-endian 32-byte encoding. Handle with care.
@@ -52,9 +53,10 @@ impl SecretKey {
 
     /// Decodes a canonical, non-zero 32-byte big-endian scalar.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        Ok(Self {
-            scalar: arith::nonzero_scalar_from_bytes(bytes, "secret key")?,
-        })
+        Ok(Self::from_scalar(arith::nonzero_scalar_from_bytes(
+            bytes,
+            "secret key",
+        )?))
     }
 }
 
