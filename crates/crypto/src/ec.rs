@@ -715,16 +715,17 @@ pub(crate) fn mul_ct(p: &Affine, k: &Scalar) -> Jacobian {
 /// Odd multiples `P, 3P, ..., (2m-1)P` of each point, batch-normalised
 /// (variable time: points are public).
 fn odd_multiples(points: &[Affine], m: usize) -> Vec<Vec<Affine>> {
+    // 2P for every point, normalised together (one inversion in all).
+    let doubles: Vec<Jacobian> = points.iter().map(|p| Jacobian::from(*p).double()).collect();
+    let doubles = batch_to_affine(&doubles);
     let mut jac = Vec::with_capacity(points.len() * m);
-    for p in points {
-        let p2 = Jacobian::from(*p).double().to_affine();
+    for (p, p2) in points.iter().zip(&doubles) {
         let mut acc = Jacobian::from(*p);
         jac.push(acc);
         for _ in 1..m {
-            acc = match &p2 {
-                Some(p2) => acc.add_affine_vartime(p2),
-                None => acc,
-            };
+            if let Some(p2) = p2 {
+                acc = acc.add_affine_vartime(p2);
+            }
             jac.push(acc);
         }
     }
