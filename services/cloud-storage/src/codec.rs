@@ -3,18 +3,22 @@
 //! Binary rather than JSON because the header is opaque bytes of up to
 //! 64 KiB, which JSON would inflate about fourfold.
 //!
-//! Layout (version 1), all integers big-endian:
+//! Layout (version 2), all integers big-endian:
 //!
 //! ```text
-//! 0x01 ‖ str record_id ‖ str owner_id ‖ str partition ‖ u32 epoch ‖
-//! i64 created_at ‖ u64 size ‖ u32 chunk_count ‖ bytes header
+//! 0x02 ‖ str record_id ‖ str owner_id ‖ str partition ‖ u32 epoch ‖
+//! i64 created_at ‖ u64 size ‖ u32 chunk_count ‖ bytes header ‖
+//! u8 has_blob ‖ [ blob_id (32) ‖ bytes wrapped_key ‖ bytes blob_key ]
 //! ```
 //!
-//! where `str`/`bytes` are `u32 length ‖ bytes`.
+//! where `str`/`bytes` are `u32 length ‖ bytes`. Version 1 is the same
+//! without the blob part (records stored before deduplication existed);
+//! it is still read.
 
-use crate::{RecordMeta, StorageError};
+use crate::{BlobRef, RecordMeta, StorageError};
 
-const VERSION: u8 = 1;
+const VERSION_1: u8 = 1;
+const VERSION: u8 = 2;
 
 /// What the `meta` tree holds: the public metadata plus what the store
 /// needs to read the content back.
@@ -22,6 +26,9 @@ const VERSION: u8 = 1;
 pub struct StoredMeta {
     pub meta: RecordMeta,
     pub chunk_count: u32,
+    /// The key of the record's blob in the `blobs` tree (the dedup scope in
+    /// force when it was linked), for deduplicated records.
+    pub blob_key: Option<Vec<u8>>,
 }
 
 pub fn encode(m: &StoredMeta) -> Vec<u8> {
@@ -46,6 +53,15 @@ pub fn encode(m: &StoredMeta) -> Vec<u8> {
     out.extend_from_slice(&r.size.to_be_bytes());
     out.extend_from_slice(&m.chunk_count.to_be_bytes());
     put_bytes(&mut out, &r.header);
+    match (&r.blob, &m.blob_key) {
+        (Some(b), Some(key)) => {
+            out.push(1);
+            out.extend_from_slice(&b.blob_id);
+            put_bytes(&mut out, &b.wrapped_key);
+            put_bytes(&mut out, key);
+        }
+        _ => out.push(0),
+    }
     out
 }
 
@@ -62,11 +78,11 @@ pub fn decode(key: &[u8], v: &[u8]) -> Result<StoredMeta, StorageError> {
     let label = String::from_utf8_lossy(key);
     let bad = |why: &str| StorageError::Corrupt(format!("metadata of record {label}: {why}"));
     let mut r = Reader(v);
-    match r.take(1) {
-        Some([VERSION]) => {}
+    let version = match r.take(1) {
+        Some([v @ (VERSION_1 | VERSION)]) => *v,
         Some([other]) => return Err(bad(&format!("unknown version {other}"))),
         _ => return Err(bad("empty value")),
-    }
+    };
     let record_id = r.string().ok_or_else(|| bad("bad record_id"))?;
     let owner_id = r.string().ok_or_else(|| bad("bad owner_id"))?;
     let partition = r.string().ok_or_else(|| bad("bad partition"))?;
@@ -75,6 +91,28 @@ pub fn decode(key: &[u8], v: &[u8]) -> Result<StoredMeta, StorageError> {
     let size = r.u64().ok_or_else(|| bad("truncated size"))?;
     let chunk_count = r.u32().ok_or_else(|| bad("truncated chunk count"))?;
     let header = r.bytes().ok_or_else(|| bad("truncated header"))?.to_vec();
+    let (blob, blob_key) = if version == VERSION_1 {
+        (None, None)
+    } else {
+        match r.take(1) {
+            Some([0]) => (None, None),
+            Some([1]) => {
+                let id = r.take(32).ok_or_else(|| bad("truncated blob id"))?;
+                let wrapped = r.bytes().ok_or_else(|| bad("truncated wrapped key"))?;
+                let key = r.bytes().ok_or_else(|| bad("truncated blob key"))?;
+                let mut blob_id = [0u8; 32];
+                blob_id.copy_from_slice(id);
+                (
+                    Some(BlobRef {
+                        blob_id,
+                        wrapped_key: wrapped.to_vec(),
+                    }),
+                    Some(key.to_vec()),
+                )
+            }
+            _ => return Err(bad("bad blob flag")),
+        }
+    };
     if !r.0.is_empty() {
         return Err(bad("trailing bytes"));
     }
@@ -90,8 +128,10 @@ pub fn decode(key: &[u8], v: &[u8]) -> Result<StoredMeta, StorageError> {
             created_at,
             size,
             header,
+            blob,
         },
         chunk_count,
+        blob_key,
     })
 }
 
@@ -138,9 +178,31 @@ mod tests {
                 created_at: -5,
                 size: 1 << 40,
                 header: vec![0, 1, 2, 255],
+                blob: None,
             },
             chunk_count: 3,
+            blob_key: None,
         }
+    }
+
+    fn sample_with_blob() -> StoredMeta {
+        let mut m = sample();
+        m.meta.blob = Some(BlobRef {
+            blob_id: [7; 32],
+            wrapped_key: vec![9; 60],
+        });
+        m.blob_key = Some(vec![7; 32]);
+        m
+    }
+
+    #[test]
+    fn blob_round_trip_and_version_1_still_reads() {
+        let m = sample_with_blob();
+        assert_eq!(decode(b"r1", &encode(&m)).unwrap(), m);
+        let mut v1 = encode(&sample());
+        v1[0] = VERSION_1;
+        v1.pop(); // version 1 has no blob flag
+        assert_eq!(decode(b"r1", &v1).unwrap(), sample());
     }
 
     #[test]
@@ -151,7 +213,7 @@ mod tests {
 
     #[test]
     fn rejects_truncation_trailing_and_wrong_key() {
-        let v = encode(&sample());
+        let v = encode(&sample_with_blob());
         for cut in 0..v.len() {
             assert!(decode(b"r1", &v[..cut]).is_err(), "cut {cut}");
         }

@@ -36,6 +36,7 @@
 //! then removes the object. On [`RecordStore::open`], every object without
 //! `meta` (marker or not) is swept.
 
+mod blobs;
 mod codec;
 
 use std::collections::HashSet;
@@ -49,7 +50,10 @@ use sesphr_identity::{IdentityError, validate_partition, validate_user_id};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
+use blobs::{BlobDir, blob_key};
+pub use blobs::{BlobInfo, DedupScope};
 use codec::StoredMeta;
+use sha2::{Digest, Sha256};
 
 /// Longest record id accepted.
 pub const MAX_RECORD_ID_LEN: usize = 128;
@@ -123,6 +127,18 @@ pub struct RecordMeta {
     pub created_at: i64,
     pub size: u64,
     pub header: Vec<u8>,
+    /// Set for deduplicated records: the content lives in a shared blob.
+    pub blob: Option<BlobRef>,
+}
+
+/// A record's link to a deduplicated blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRef {
+    /// SHA-256 of the ciphertext blob.
+    pub blob_id: [u8; 32],
+    /// The blob's content key, wrapped under the record's own key (opaque
+    /// here).
+    pub wrapped_key: Vec<u8>,
 }
 
 /// Upper bounds that keep one client from exhausting memory or disk.
@@ -135,6 +151,8 @@ pub struct StoreLimits {
     /// server's memory grow with every record streamed through it; ciphertext
     /// is read once per download, so a small cache loses little.
     pub cache_bytes: u64,
+    /// Which uploads share a deduplicated blob.
+    pub dedup_scope: DedupScope,
 }
 
 impl Default for StoreLimits {
@@ -145,6 +163,7 @@ impl Default for StoreLimits {
             max_chunk_size: 4 << 20,
             max_header_size: 64 << 10,
             cache_bytes: 16 << 20,
+            dedup_scope: DedupScope::Global,
         }
     }
 }
@@ -260,6 +279,16 @@ impl Objects {
     }
 }
 
+/// Wrapped content keys are small; anything large is not one.
+fn check_wrapped_key(record_id: &str, blob: &BlobRef) -> Result<(), StorageError> {
+    if blob.wrapped_key.is_empty() || blob.wrapped_key.len() > 1024 {
+        return Err(StorageError::InvalidArgument(format!(
+            "record {record_id}: wrapped content key must be 1 to 1024 bytes"
+        )));
+    }
+    Ok(())
+}
+
 fn io_error(path: &Path, e: std::io::Error) -> StorageError {
     StorageError::Io(format!("{}: {e}", path.display()))
 }
@@ -273,6 +302,8 @@ struct Shared {
     by_owner: sled::Tree,
     by_partition: sled::Tree,
     objects: Objects,
+    blob_meta: sled::Tree,
+    blob_files: BlobDir,
     pending: sled::Tree,
     limits: StoreLimits,
     /// Record ids with an upload or delete in flight: a second upload of
@@ -330,6 +361,8 @@ impl RecordStore {
             by_owner: db.open_tree("by_owner")?,
             by_partition: db.open_tree("by_partition")?,
             objects: Objects::open(path.join("objects"))?,
+            blob_meta: db.open_tree("blobs")?,
+            blob_files: BlobDir::open(path.join("blobs"))?,
             pending: db.open_tree("pending")?,
             db,
             limits,
@@ -348,6 +381,20 @@ impl RecordStore {
     /// Reserves `rec.record_id` and returns the handle to stream its
     /// content into. Nothing is visible until [`Upload::commit`].
     pub fn begin_upload(&self, rec: NewRecord) -> Result<Upload, StorageError> {
+        self.begin(rec, None)
+    }
+
+    /// Like [`begin_upload`](Self::begin_upload) for a deduplicated record
+    /// whose blob is not stored yet: the content streamed in is the blob.
+    /// [`Upload::commit`] checks it hashes to `blob.blob_id`, stores it once
+    /// (or, if an equal blob appeared meanwhile, links to that one) and
+    /// computes the Merkle root later ownership proofs are checked against.
+    pub fn begin_blob_upload(&self, rec: NewRecord, blob: BlobRef) -> Result<Upload, StorageError> {
+        check_wrapped_key(&rec.record_id, &blob)?;
+        self.begin(rec, Some(blob))
+    }
+
+    fn check_new(&self, rec: &NewRecord) -> Result<(), StorageError> {
         let limits = self.shared.limits;
         validate_record_id(&rec.record_id)?;
         validate_user_id(&rec.owner_id)?;
@@ -366,28 +413,40 @@ impl RecordStore {
                 rec.record_id, rec.declared_size, limits.max_record_size
             )));
         }
-        {
-            let mut busy = self.shared.busy();
-            if busy.contains(&rec.record_id) {
-                return Err(StorageError::AlreadyExists(format!(
-                    "record {} is being uploaded or deleted right now",
-                    rec.record_id
-                )));
-            }
-            // Checked under the lock: commit inserts meta before it releases
-            // its reservation, so no window lets two uploads of one id in.
-            if self.shared.meta.contains_key(rec.record_id.as_bytes())? {
-                return Err(StorageError::AlreadyExists(format!(
-                    "record {} already exists",
-                    rec.record_id
-                )));
-            }
-            busy.insert(rec.record_id.clone());
+        Ok(())
+    }
+
+    /// Marks `record_id` busy, unless it exists or is busy already.
+    fn reserve(&self, record_id: &str) -> Result<(), StorageError> {
+        let mut busy = self.shared.busy();
+        if busy.contains(record_id) {
+            return Err(StorageError::AlreadyExists(format!(
+                "record {record_id} is being uploaded or deleted right now"
+            )));
         }
+        // Checked under the lock: commit inserts meta before it releases
+        // its reservation, so no window lets two uploads of one id in.
+        if self.shared.meta.contains_key(record_id.as_bytes())? {
+            return Err(StorageError::AlreadyExists(format!(
+                "record {record_id} already exists"
+            )));
+        }
+        busy.insert(record_id.to_owned());
+        Ok(())
+    }
+
+    fn begin(&self, rec: NewRecord, blob: Option<BlobRef>) -> Result<Upload, StorageError> {
+        self.check_new(&rec)?;
+        self.reserve(&rec.record_id)?;
         // From here on, dropping `upload` undoes everything.
         let mut upload = Upload {
             shared: Arc::downgrade(&self.shared),
             rec,
+            blob: blob.map(|r| BlobUpload {
+                r,
+                sha: Sha256::new(),
+                merkle: sesphr_dedup::pow::MerkleBuilder::new(),
+            }),
             file: None,
             next_index: 0,
             received: 0,
@@ -399,8 +458,103 @@ impl RecordStore {
             .pending
             .insert(upload.rec.record_id.as_bytes(), &[PENDING_UPLOAD])?;
         self.shared.db.flush()?;
-        upload.file = Some(self.shared.objects.create(&upload.rec.record_id)?);
+        let id = &upload.rec.record_id;
+        upload.file = Some(if upload.blob.is_some() {
+            self.shared.blob_files.create_staging(id)?
+        } else {
+            self.shared.objects.create(id)?
+        });
         Ok(upload)
+    }
+
+    /// The blob `blob_id` as `owner_id` may see it under the dedup scope.
+    pub fn blob(
+        &self,
+        owner_id: &str,
+        blob_id: &[u8; 32],
+    ) -> Result<Option<BlobInfo>, StorageError> {
+        validate_user_id(owner_id)?;
+        let key = blob_key(self.shared.limits.dedup_scope, owner_id, blob_id);
+        self.shared
+            .blob_meta
+            .get(&key)?
+            .map(|v| BlobInfo::decode(&v))
+            .transpose()
+    }
+
+    /// Creates a record that shares an already stored blob (after the
+    /// caller proved it holds the blob). Durable when this returns.
+    pub fn link_blob(
+        &self,
+        rec: NewRecord,
+        blob: BlobRef,
+        now: i64,
+    ) -> Result<RecordMeta, StorageError> {
+        check_wrapped_key(&rec.record_id, &blob)?;
+        self.check_new(&rec)?;
+        self.reserve(&rec.record_id)?;
+        let shared = &*self.shared;
+        let _reservation = Reservation {
+            shared,
+            record_id: &rec.record_id,
+        };
+        let key = blob_key(shared.limits.dedup_scope, &rec.owner_id, &blob.blob_id);
+        let id = rec.record_id.clone();
+        let meta = (
+            &shared.meta,
+            &shared.by_owner,
+            &shared.by_partition,
+            &shared.blob_meta,
+        )
+            .transaction(|(meta, by_owner, by_partition, blobs)| {
+                let abort = ConflictableTransactionError::Abort;
+                if meta.get(id.as_bytes())?.is_some() {
+                    return Err(abort(StorageError::AlreadyExists(format!(
+                        "record {id} already exists"
+                    ))));
+                }
+                let Some(v) = blobs.get(&key)? else {
+                    return Err(abort(StorageError::NotFound(format!(
+                        "record {id}: the blob to link is no longer stored; upload it"
+                    ))));
+                };
+                let mut info = BlobInfo::decode(&v).map_err(abort)?;
+                info.refcount += 1;
+                blobs.insert(key.as_slice(), info.encode())?;
+                let stored = StoredMeta {
+                    meta: RecordMeta {
+                        record_id: id.clone(),
+                        owner_id: rec.owner_id.clone(),
+                        partition: rec.partition.clone(),
+                        epoch: rec.epoch,
+                        created_at: now,
+                        size: info.size,
+                        header: rec.header.clone(),
+                        blob: Some(blob.clone()),
+                    },
+                    chunk_count: 0,
+                    blob_key: Some(key.clone()),
+                };
+                meta.insert(id.as_bytes(), codec::encode(&stored))?;
+                by_owner.insert(owner_key(&rec.owner_id, &id), &[])?;
+                by_partition.insert(partition_key(&rec.owner_id, &rec.partition, &id), &[])?;
+                Ok(stored.meta)
+            })?;
+        shared.db.flush()?;
+        Ok(meta)
+    }
+
+    /// Bytes of ciphertext on disk (record objects and blobs), for
+    /// measuring deduplication.
+    pub fn stored_bytes(&self) -> Result<u64, StorageError> {
+        let mut total = self.shared.blob_files.bytes()?;
+        for id in self.shared.objects.ids()? {
+            let path = self.shared.objects.path(&id);
+            total += std::fs::metadata(&path)
+                .map_err(|e| io_error(&path, e))?
+                .len();
+        }
+        Ok(total)
     }
 
     /// The metadata of a committed record, if it exists.
@@ -417,7 +571,10 @@ impl RecordStore {
         record_id: &str,
     ) -> impl Iterator<Item = Result<sled::IVec, StorageError>> + Send + 'static {
         let state = match validate_record_id(record_id).and_then(|()| self.shared.load(record_id)) {
-            Ok(Some(m)) => match self.shared.objects.open_read(record_id) {
+            Ok(Some(m)) => match match &m.blob_key {
+                Some(key) => self.shared.blob_files.open_read(key),
+                None => self.shared.objects.open_read(record_id),
+            } {
                 Ok(Some(file)) => ReaderState::Reading {
                     meta: m,
                     file,
@@ -528,13 +685,14 @@ impl RecordStore {
             busy.insert(record_id.to_owned());
         }
         let _reservation = Reservation { shared, record_id };
-        let meta = (
+        let (meta, freed_blob) = (
             &shared.meta,
             &shared.by_owner,
             &shared.by_partition,
             &shared.pending,
+            &shared.blob_meta,
         )
-            .transaction(|(meta, by_owner, by_partition, pending)| {
+            .transaction(|(meta, by_owner, by_partition, pending, blobs)| {
                 let abort = ConflictableTransactionError::Abort;
                 let Some(v) = meta.get(record_id.as_bytes())? else {
                     return Err(abort(StorageError::NotFound(format!(
@@ -550,10 +708,34 @@ impl RecordStore {
                 meta.remove(record_id.as_bytes())?;
                 by_owner.remove(owner_key(owner_id, record_id))?;
                 by_partition.remove(partition_key(owner_id, &m.meta.partition, record_id))?;
-                pending.insert(record_id.as_bytes(), &[PENDING_DELETE])?;
-                Ok(m.meta)
+                let mut freed = None;
+                match &m.blob_key {
+                    // The last reference frees the blob.
+                    Some(key) => {
+                        if let Some(v) = blobs.get(key)? {
+                            let mut info = BlobInfo::decode(&v).map_err(abort)?;
+                            info.refcount = info.refcount.saturating_sub(1);
+                            if info.refcount == 0 {
+                                blobs.remove(key.as_slice())?;
+                                freed = Some(key.clone());
+                            } else {
+                                blobs.insert(key.as_slice(), info.encode())?;
+                            }
+                        }
+                    }
+                    None => {
+                        pending.insert(record_id.as_bytes(), &[PENDING_DELETE])?;
+                    }
+                }
+                Ok((m.meta, freed))
             })?;
-        shared.objects.remove(record_id)?;
+        if let Some(key) = freed_blob {
+            // A crash before this leaves a file no metadata names; `open`
+            // sweeps it.
+            BlobDir::remove_file(&shared.blob_files.path(&key))?;
+        } else {
+            shared.objects.remove(record_id)?;
+        }
         shared.pending.remove(record_id.as_bytes())?;
         shared.db.flush()?;
         Ok(meta)
@@ -586,6 +768,24 @@ fn sweep(s: &Shared) -> Result<(), StorageError> {
             records += 1;
         }
     }
+    // Staged blob uploads never survive a restart; published blobs that no
+    // metadata names were freed or never committed.
+    let (staged, published) = s.blob_files.listing()?;
+    for path in staged {
+        BlobDir::remove_file(&path)?;
+        records += 1;
+    }
+    let mut live = HashSet::new();
+    for kv in s.blob_meta.iter() {
+        let (k, _) = kv?;
+        live.insert(blobs::file_name(&k));
+    }
+    for (name, path) in published {
+        if !live.contains(&name) {
+            BlobDir::remove_file(&path)?;
+            records += 1;
+        }
+    }
     if records > 0 {
         s.db.flush()?;
         tracing::info!(
@@ -594,6 +794,13 @@ fn sweep(s: &Shared) -> Result<(), StorageError> {
         );
     }
     Ok(())
+}
+
+/// What a blob upload computes while the bytes stream through.
+struct BlobUpload {
+    r: BlobRef,
+    sha: Sha256,
+    merkle: sesphr_dedup::pow::MerkleBuilder,
 }
 
 /// An upload in progress. Owns the reservation of its record id: dropping it
@@ -605,6 +812,7 @@ fn sweep(s: &Shared) -> Result<(), StorageError> {
 pub struct Upload {
     shared: Weak<Shared>,
     rec: NewRecord,
+    blob: Option<BlobUpload>,
     file: Option<File>,
     next_index: u32,
     received: u64,
@@ -662,7 +870,14 @@ impl Upload {
                 "record {id}: too many chunks; send larger ones"
             )));
         }
-        let path = shared.objects.path(id);
+        let path = match &self.blob {
+            Some(_) => shared.blob_files.staging(id),
+            None => shared.objects.path(id),
+        };
+        if let Some(b) = &mut self.blob {
+            b.sha.update(chunk);
+            b.merkle.update(chunk);
+        }
         let file = self.file.as_mut().ok_or_else(|| {
             StorageError::FailedPrecondition(format!("record {id}: upload closed"))
         })?;
@@ -689,6 +904,9 @@ impl Upload {
             file.sync_all()
                 .map_err(|e| io_error(&shared.objects.path(&id), e))?;
         }
+        if let Some(blob) = self.blob.take() {
+            return self.commit_blob(&shared, blob, now);
+        }
         let stored = StoredMeta {
             meta: RecordMeta {
                 record_id: id.clone(),
@@ -698,8 +916,10 @@ impl Upload {
                 created_at: now,
                 size: self.received,
                 header: std::mem::take(&mut self.rec.header),
+                blob: None,
             },
             chunk_count: self.next_index,
+            blob_key: None,
         };
         let value = codec::encode(&stored);
         let owner_k = owner_key(&stored.meta.owner_id, &id);
@@ -730,6 +950,99 @@ impl Upload {
     }
 }
 
+impl Upload {
+    fn commit_blob(
+        mut self,
+        shared: &Shared,
+        blob: BlobUpload,
+        now: i64,
+    ) -> Result<RecordMeta, StorageError> {
+        let id = self.rec.record_id.clone();
+        let digest: [u8; 32] = blob.sha.finalize().into();
+        if digest != blob.r.blob_id {
+            BlobDir::remove_file(&shared.blob_files.staging(&id))?;
+            return Err(StorageError::InvalidArgument(format!(
+                "record {id}: the uploaded blob does not hash to the blob id it was announced with"
+            )));
+        }
+        let tree = blob.merkle.finish();
+        let key = blob_key(
+            shared.limits.dedup_scope,
+            &self.rec.owner_id,
+            &blob.r.blob_id,
+        );
+        // Publish the bytes before any metadata can name them. If an equal
+        // blob is already stored, the bytes are identical (same hash).
+        if shared.blob_meta.get(&key)?.is_none() {
+            shared.blob_files.publish(&id, &key)?;
+        }
+        let fresh = BlobInfo {
+            blob_id: blob.r.blob_id,
+            size: self.received,
+            root: *tree.root(),
+            leaf_count: tree.leaf_count(),
+            refcount: 1,
+        };
+        let stored = StoredMeta {
+            meta: RecordMeta {
+                record_id: id.clone(),
+                owner_id: self.rec.owner_id.clone(),
+                partition: self.rec.partition.clone(),
+                epoch: self.rec.epoch,
+                created_at: now,
+                size: self.received,
+                header: std::mem::take(&mut self.rec.header),
+                blob: Some(blob.r.clone()),
+            },
+            chunk_count: 0,
+            blob_key: Some(key.clone()),
+        };
+        let value = codec::encode(&stored);
+        let owner_k = owner_key(&stored.meta.owner_id, &id);
+        let partition_k = partition_key(&stored.meta.owner_id, &stored.meta.partition, &id);
+        let committed = (
+            &shared.meta,
+            &shared.by_owner,
+            &shared.by_partition,
+            &shared.pending,
+            &shared.blob_meta,
+        )
+            .transaction(|(meta, by_owner, by_partition, pending, blobs)| {
+                let abort = ConflictableTransactionError::Abort;
+                if meta.get(id.as_bytes())?.is_some() {
+                    return Err(abort(StorageError::AlreadyExists(format!(
+                        "record {id} already exists"
+                    ))));
+                }
+                let info = match blobs.get(&key)? {
+                    Some(v) => {
+                        let mut info = BlobInfo::decode(&v).map_err(abort)?;
+                        info.refcount += 1;
+                        info
+                    }
+                    None => fresh.clone(),
+                };
+                blobs.insert(key.as_slice(), info.encode())?;
+                meta.insert(id.as_bytes(), value.as_slice())?;
+                by_owner.insert(owner_k.as_slice(), &[])?;
+                by_partition.insert(partition_k.as_slice(), &[])?;
+                pending.remove(id.as_bytes())?;
+                Ok(())
+            });
+        if let Err(e) = committed {
+            // Unreferenced published bytes are swept on the next open.
+            BlobDir::remove_file(&shared.blob_files.staging(&id))?;
+            return Err(e.into());
+        }
+        self.committed = true;
+        // Left over only if an equal blob was stored first.
+        BlobDir::remove_file(&shared.blob_files.staging(&id))?;
+        shared.busy().remove(&id);
+        shared.db.flush()?;
+        Ok(stored.meta)
+    }
+}
+
 impl Drop for Upload {
     fn drop(&mut self) {
         if self.committed {
@@ -742,7 +1055,12 @@ impl Drop for Upload {
         };
         let id = &self.rec.record_id;
         self.file = None;
-        let cleanup = shared.objects.remove(id).and_then(|_| {
+        let removed = if self.blob.is_some() {
+            BlobDir::remove_file(&shared.blob_files.staging(id))
+        } else {
+            shared.objects.remove(id)
+        };
+        let cleanup = removed.and_then(|_| {
             shared
                 .pending
                 .remove(id.as_bytes())

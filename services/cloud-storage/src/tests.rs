@@ -1,6 +1,8 @@
 use std::sync::Arc;
 
 use super::*;
+use sha2::{Digest, Sha256};
+use std::path::Path;
 
 const T0: i64 = 1_700_000_000;
 
@@ -81,6 +83,7 @@ fn upload_commit_read_back() {
             created_at: T0,
             size: 1000,
             header: b"hdr".to_vec(),
+            blob: None,
         }
     );
     assert_eq!(s.get("r1").unwrap(), Some(m));
@@ -477,4 +480,148 @@ fn objects(s: &RecordStore) -> Vec<String> {
     let mut ids = s.shared.objects.ids().unwrap();
     ids.sort();
     ids
+}
+
+// ---- deduplicated blobs ---------------------------------------------------
+
+fn blob_ref(content: &[u8]) -> BlobRef {
+    BlobRef {
+        blob_id: Sha256::digest(content).into(),
+        wrapped_key: vec![0xaa; 60],
+    }
+}
+
+fn put_blob(s: &RecordStore, id: &str, owner: &str, content: &[u8]) -> RecordMeta {
+    let mut up = s
+        .begin_blob_upload(
+            rec(id, owner, "medical", content.len() as u64),
+            blob_ref(content),
+        )
+        .unwrap();
+    for c in content.chunks(5000) {
+        up.append(c).unwrap();
+    }
+    up.commit(T0).unwrap()
+}
+
+fn blob_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("blobs"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_file())
+        .count()
+}
+
+#[test]
+fn equal_blobs_are_stored_once_and_freed_with_the_last_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    let content = vec![7u8; 20_000];
+    let first = put_blob(&s, "r1", "alice", &content);
+    assert_eq!(first.blob, Some(blob_ref(&content)));
+    let id = blob_ref(&content).blob_id;
+    let info = s
+        .blob("bob", &id)
+        .unwrap()
+        .expect("global scope: bob sees it");
+    assert_eq!((info.size, info.refcount, info.leaf_count), (20_000, 1, 5));
+    let tree = sesphr_dedup::pow::MerkleTree::from_bytes(&content);
+    assert_eq!(&info.root, tree.root());
+
+    s.link_blob(rec("r2", "bob", "medical", 0), blob_ref(&content), T0)
+        .unwrap();
+    // An equal upload racing in is linked too, not stored twice.
+    put_blob(&s, "r3", "carol", &content);
+    assert_eq!(s.blob("x", &id).unwrap().unwrap().refcount, 3);
+    assert_eq!(blob_files(dir.path()), 1);
+    for r in ["r1", "r2", "r3"] {
+        assert_eq!(read_all(&s, r).unwrap(), content, "{r}");
+    }
+    s.delete("alice", "r1").unwrap();
+    s.delete("bob", "r2").unwrap();
+    assert_eq!(read_all(&s, "r3").unwrap(), content);
+    assert_eq!(blob_files(dir.path()), 1);
+    s.delete("carol", "r3").unwrap();
+    assert!(s.blob("x", &id).unwrap().is_none());
+    assert_eq!(blob_files(dir.path()), 0);
+    let err = s
+        .link_blob(rec("r4", "dave", "medical", 0), blob_ref(&content), T0)
+        .unwrap_err();
+    assert!(matches!(err, StorageError::NotFound(_)), "{err}");
+}
+
+#[test]
+fn a_blob_that_does_not_hash_to_its_id_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    let mut up = s
+        .begin_blob_upload(rec("r1", "alice", "medical", 4), blob_ref(b"real"))
+        .unwrap();
+    up.append(b"fake").unwrap();
+    assert!(matches!(
+        up.commit(T0),
+        Err(StorageError::InvalidArgument(_))
+    ));
+    assert!(s.get("r1").unwrap().is_none());
+    assert_eq!(blob_files(dir.path()), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("blobs/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn per_owner_scope_keeps_owners_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = StoreLimits {
+        dedup_scope: DedupScope::PerOwner,
+        ..StoreLimits::default()
+    };
+    let s = RecordStore::open(dir.path(), limits).unwrap();
+    let content = b"same file".to_vec();
+    put_blob(&s, "r1", "alice", &content);
+    let id = blob_ref(&content).blob_id;
+    assert!(s.blob("alice", &id).unwrap().is_some());
+    assert!(s.blob("bob", &id).unwrap().is_none());
+    put_blob(&s, "r2", "bob", &content);
+    assert_eq!(blob_files(dir.path()), 2);
+}
+
+#[test]
+fn crashes_around_a_blob_commit_leave_no_orphan_and_no_dangling_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = vec![3u8; 9000];
+    {
+        let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+        put_blob(&s, "kept", "alice", &content);
+        // Crash mid-upload of another blob.
+        let mut up = s
+            .begin_blob_upload(rec("torn", "bob", "medical", 100), blob_ref(&[1; 100]))
+            .unwrap();
+        up.append(&[1; 50]).unwrap();
+        std::mem::forget(up);
+        // Crash after a blob was published but before its metadata
+        // committed: a file no metadata names.
+        std::fs::write(dir.path().join("blobs").join("ff".repeat(32)), b"orphan").unwrap();
+    }
+    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    assert!(s.get("torn").unwrap().is_none());
+    assert_eq!(
+        blob_files(dir.path()),
+        1,
+        "only the referenced blob remains"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("blobs/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(read_all(&s, "kept").unwrap(), content);
+    let info = s
+        .blob("alice", &blob_ref(&content).blob_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.refcount, 1);
 }
