@@ -270,18 +270,15 @@ pub(crate) fn reencrypt_with(
     // Four scalars then share a single table (see ec::CombTable).
     let h_capsule = capsule.challenge();
     let e = CombTable::<5>::new(&capsule.e.affine);
-    let times_v = |k: &Scalar| {
-        let mut ks = *k * capsule.s;
-        let mut kh = -(*k * h_capsule);
-        let out = arith::mul_g(&ks).add_complete_ct(&e.mul_ct(&kh));
-        ks.zeroize();
-        kh.zeroize();
-        out
-    };
-    let e1 = e.mul_ct(rk);
-    let v1 = times_v(rk);
-    let e2 = e.mul_ct(t);
-    let v2 = times_v(t);
+    let mut scalars = [*rk, *t, -(*rk * h_capsule), -(*t * h_capsule)];
+    let [e1, e2, rk_h_e, t_h_e] = e.mul_many_ct(&scalars);
+    let mut rk_s = *rk * capsule.s;
+    let mut t_s = *t * capsule.s;
+    let v1 = arith::mul_g(&rk_s).add_complete_ct(&rk_h_e);
+    let v2 = arith::mul_g(&t_s).add_complete_ct(&t_h_e);
+    scalars.zeroize();
+    rk_s.zeroize();
+    t_s.zeroize();
     let u2 = arith::mul_u(t);
     let [e1, v1, e2, v2, u2] = Point::batch_from_jacobian(&[e1, v1, e2, v2, u2])
         .expect("non-zero multiples of prime-order points are not the identity");

@@ -703,6 +703,35 @@ impl<const TEETH: usize> CombTable<TEETH> {
     }
 }
 
+impl<const TEETH: usize> CombTable<TEETH> {
+    /// Constant-time `k_j * P` for several scalars at once; the
+    /// independent accumulators are interleaved, which lets the CPU overlap
+    /// their field operations.
+    pub(crate) fn mul_many_ct<const N: usize>(&self, ks: &[Scalar; N]) -> [Jacobian; N] {
+        let l: [[u64; 4]; N] = core::array::from_fn(|j| limbs(&ks[j]));
+        let mut acc = [Jacobian::IDENTITY; N];
+        for i in (0..Self::SPACING).rev() {
+            for j in 0..N {
+                acc[j] = acc[j].double();
+            }
+            for j in 0..N {
+                let mut b = 0u64;
+                for t in 0..TEETH {
+                    let pos = t * Self::SPACING + i;
+                    if pos < 256 {
+                        b |= ((l[j][pos / 64] >> (pos % 64)) & 1) << t;
+                    }
+                }
+                #[allow(clippy::cast_possible_truncation)]
+                let b = b as u8;
+                let sel = select_raw(&self.entries, b).to_affine();
+                acc[j] = acc[j].add_affine_ct(&sel, b.ct_eq(&0));
+            }
+        }
+        acc
+    }
+}
+
 /// Constant-time `k * P` for a public base.
 pub(crate) fn mul_ct(p: &Affine, k: &Scalar) -> Jacobian {
     CombTable::<4>::new(p).mul_ct(k)
@@ -945,6 +974,9 @@ mod tests {
             assert_eq!(to_p256(&comb.mul_ct(k)), expect);
             assert_eq!(to_p256(&comb5.mul_ct(k)), expect);
             assert_eq!(to_p256(&comb3.mul_ct(k)), expect);
+            let [a, b] = comb5.mul_many_ct(&[*k, -*k]);
+            assert_eq!(to_p256(&a), expect);
+            assert_eq!(to_p256(&b), -expect);
             assert_eq!(to_p256(&lincomb_vartime(&[ba], &[*k])), expect);
             assert_eq!(to_p256(&lincomb_ct(&[ba], &[*k])), expect);
         }

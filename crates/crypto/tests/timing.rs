@@ -171,3 +171,26 @@ fn reencrypt_loop() {
         black_box(ours::reencrypt(&mut rng, &capsule, &kfrags[0]));
     }
 }
+
+#[test]
+#[ignore = "profiling aid"]
+fn decapsulate_loop() {
+    ours::warm_up();
+    let mut rng = ChaCha20Rng::seed_from_u64(1);
+    let owner = ours::SecretKey::generate(&mut rng);
+    let grantee = ours::SecretKey::generate(&mut rng);
+    let signer = ours::SigningKey::generate(&mut rng);
+    let (capsule, _) = ours::encapsulate(&mut rng, &owner.public_key());
+    let kfrags =
+        ours::generate_kfrags(&mut rng, &owner, &grantee.public_key(), &signer, 2, 3).unwrap();
+    let cfrags: Vec<_> = kfrags
+        .iter()
+        .map(|k| ours::reencrypt(&mut rng, &capsule, k))
+        .collect();
+    for _ in 0..2000 {
+        black_box(
+            ours::decapsulate_reencrypted(&grantee, &owner.public_key(), &capsule, &cfrags[..2])
+                .unwrap(),
+        );
+    }
+}
