@@ -711,8 +711,8 @@ impl<const TEETH: usize> CombTable<TEETH> {
         let l: [[u64; 4]; N] = core::array::from_fn(|j| limbs(&ks[j]));
         let mut acc = [Jacobian::IDENTITY; N];
         for i in (0..Self::SPACING).rev() {
-            for j in 0..N {
-                acc[j] = acc[j].double();
+            for a in &mut acc {
+                *a = a.double();
             }
             for j in 0..N {
                 let mut b = 0u64;
