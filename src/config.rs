@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sesphr_identity::{DEFAULT_TRUST_DOMAIN, Service, validate_trust_domain};
 
+use crate::limits::Limits;
 use crate::tls::TlsFiles;
 
 /// Trust domain of the mesh (`spiffe://<this>/...`).
@@ -42,6 +43,14 @@ pub const ENV_ENROLLMENT_TOKEN_FILE: &str = "SESPHR_ENROLLMENT_TOKEN_FILE";
 pub const ENV_MAX_RECORD_BYTES: &str = "SESPHR_MAX_RECORD_BYTES";
 /// SRS: re-encryption requests per second per identity (burst = 4x).
 pub const ENV_REENCRYPT_RATE: &str = "SESPHR_REENCRYPT_RATE";
+/// Expensive calls per second per identity, every service (`limits.rate_per_identity`).
+pub const ENV_RATE_PER_IDENTITY: &str = "SESPHR_RATE_PER_IDENTITY";
+/// Expensive calls an idle identity may start at once (`limits.burst_per_identity`).
+pub const ENV_BURST_PER_IDENTITY: &str = "SESPHR_BURST_PER_IDENTITY";
+/// Expensive calls one identity may have open at once (`limits.max_streams_per_identity`).
+pub const ENV_MAX_STREAMS_PER_IDENTITY: &str = "SESPHR_MAX_STREAMS_PER_IDENTITY";
+/// HTTP/2 streams per connection (`limits.max_concurrent_streams`).
+pub const ENV_MAX_CONCURRENT_STREAMS: &str = "SESPHR_MAX_CONCURRENT_STREAMS";
 
 pub const DEFAULT_PEER_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_MAX_RECORD_BYTES: u64 = 64 << 30;
@@ -84,6 +93,8 @@ pub struct ServeFile {
     pub srs: SrsSection,
     #[serde(default)]
     pub cloud_storage: CloudStorageSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -109,6 +120,62 @@ pub struct CloudStorageSection {
     pub max_record_bytes: Option<u64>,
 }
 
+/// Per-identity limits (see [`crate::limits`]); unset keys keep the defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub rate_per_identity: Option<f64>,
+    pub burst_per_identity: Option<u32>,
+    pub max_streams_per_identity: Option<u32>,
+    pub max_concurrent_streams: Option<u32>,
+}
+
+impl LimitsSection {
+    /// Applies the `SESPHR_*` overrides, then fills in defaults.
+    pub fn resolve(mut self, env: &impl Strings, errors: &mut Vec<String>) -> Limits {
+        fn num<T: std::str::FromStr>(
+            env: &impl Strings,
+            key: &str,
+            slot: &mut Option<T>,
+            errors: &mut Vec<String>,
+        ) {
+            if let Some(v) = env.get(key) {
+                match v.parse() {
+                    Ok(n) => *slot = Some(n),
+                    Err(_) => errors.push(format!("{key}={v:?} is not a valid number")),
+                }
+            }
+        }
+        num(env, ENV_RATE_PER_IDENTITY, &mut self.rate_per_identity, errors);
+        num(env, ENV_BURST_PER_IDENTITY, &mut self.burst_per_identity, errors);
+        num(
+            env,
+            ENV_MAX_STREAMS_PER_IDENTITY,
+            &mut self.max_streams_per_identity,
+            errors,
+        );
+        num(
+            env,
+            ENV_MAX_CONCURRENT_STREAMS,
+            &mut self.max_concurrent_streams,
+            errors,
+        );
+        let d = Limits::default();
+        let limits = Limits {
+            rate: self.rate_per_identity.unwrap_or(d.rate),
+            burst: self.burst_per_identity.unwrap_or(d.burst),
+            max_streams_per_identity: self
+                .max_streams_per_identity
+                .unwrap_or(d.max_streams_per_identity),
+            max_concurrent_streams: self
+                .max_concurrent_streams
+                .unwrap_or(d.max_concurrent_streams),
+        };
+        errors.extend(limits.problems());
+        limits
+    }
+}
+
 /// A complete, validated configuration of one service.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -123,6 +190,7 @@ pub struct ServeConfig {
     pub peer_timeout_ms: u64,
     pub srs: Option<SrsSettings>,
     pub max_record_bytes: u64,
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -276,6 +344,7 @@ impl ServeConfig {
         } else {
             None
         };
+        let limits = file.limits.clone().resolve(env, &mut errors);
         let peer_timeout_ms = file.peer_timeout_ms.unwrap_or(DEFAULT_PEER_TIMEOUT_MS);
         if peer_timeout_ms == 0 {
             errors.push("peer_timeout_ms must be > 0".to_owned());
@@ -312,6 +381,7 @@ impl ServeConfig {
                 .cloud_storage
                 .max_record_bytes
                 .unwrap_or(DEFAULT_MAX_RECORD_BYTES),
+            limits,
         })
     }
 }
@@ -410,6 +480,30 @@ mod tests {
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn limits_from_file_and_env() {
+        let text = format!("{FULL}\n[limits]\nrate_per_identity = 5.5\nmax_streams_per_identity = 3\n");
+        let file: ServeFile = toml::from_str(&text).unwrap();
+        let e = env(&[(ENV_MAX_CONCURRENT_STREAMS, "32")]);
+        let cfg = ServeConfig::from_file(file, Service::CloudStorage, &e).unwrap();
+        assert_eq!(cfg.limits.rate, 5.5);
+        assert_eq!(cfg.limits.max_streams_per_identity, 3);
+        assert_eq!(cfg.limits.max_concurrent_streams, 32);
+        assert_eq!(cfg.limits.burst, crate::limits::DEFAULT_BURST);
+
+        let file: ServeFile = toml::from_str(FULL).unwrap();
+        let e = env(&[
+            (ENV_RATE_PER_IDENTITY, "0"),
+            (ENV_BURST_PER_IDENTITY, "many"),
+        ]);
+        let all = ServeConfig::from_file(file, Service::CloudStorage, &e)
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(all.contains("rate_per_identity 0 must be > 0"), "{all}");
+        assert!(all.contains("SESPHR_BURST_PER_IDENTITY"), "{all}");
     }
 
     #[test]

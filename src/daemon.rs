@@ -25,6 +25,7 @@ use zeroize::Zeroizing;
 
 use crate::auth::{self, Rpc};
 use crate::config::{MeshFile, ServeConfig};
+use crate::limits::{Limited, Limits};
 use crate::pki::{CertificateAuthority, DevPki, PkiError};
 use crate::proto::{self, service_names};
 use crate::server::access_policy::AccessPolicyService;
@@ -90,6 +91,8 @@ pub struct ServiceParams {
     pub peer_timeout: Duration,
     pub srs: Option<SrsParams>,
     pub max_record_bytes: u64,
+    /// Per-identity rate and concurrency limits.
+    pub limits: Limits,
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -131,6 +134,7 @@ impl ServiceParams {
             peer_timeout: Duration::from_millis(cfg.peer_timeout_ms),
             srs,
             max_record_bytes: cfg.max_record_bytes,
+            limits: cfg.limits,
         })
     }
 }
@@ -182,7 +186,7 @@ pub async fn run_service(
         .tls_config(p.tls.server_config(require_client_cert))
         .map_err(|source| ServeError::Transport { service, source })?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .max_concurrent_streams(Some(256));
+        .max_concurrent_streams(Some(p.limits.max_concurrent_streams));
     let policy = || -> Result<PolicyClient, ServeError> {
         let endpoint = p
             .access_policy_endpoint
@@ -211,7 +215,10 @@ pub async fn run_service(
                 .map_err(|e| store_err(service, &store_dir)(e.to_string()))?;
             let svc = AccessPolicyService::new(Arc::new(store), td.clone());
             health.set_serving::<proto::access_policy_server::AccessPolicyServer<AccessPolicyService>>().await;
-            router.add_service(proto::access_policy_server::AccessPolicyServer::new(svc))
+            router.add_service(Limited::new(
+                proto::access_policy_server::AccessPolicyServer::new(svc),
+                p.limits,
+            ))
         }
         Service::CloudStorage => {
             let limits = sesphr_cloud_storage::StoreLimits {
@@ -222,11 +229,12 @@ pub async fn run_service(
                 .map_err(|e| store_err(service, &store_dir)(e.to_string()))?;
             let svc = CloudStorageService::new(Arc::new(store), policy()?, td.clone());
             health.set_serving::<proto::cloud_storage_server::CloudStorageServer<CloudStorageService>>().await;
-            router.add_service(
+            router.add_service(Limited::new(
                 proto::cloud_storage_server::CloudStorageServer::new(svc)
                     .max_decoding_message_size(MAX_CHUNK_BYTES + (64 << 10))
                     .max_encoding_message_size(MAX_CHUNK_BYTES + (64 << 10)),
-            )
+                p.limits,
+            ))
         }
         Service::Srs => {
             let srs = p.srs.ok_or(ServeError::MissingSrsSettings)?;
@@ -243,7 +251,10 @@ pub async fn run_service(
             health
                 .set_serving::<proto::srs_server::SrsServer<SrsService>>()
                 .await;
-            router.add_service(proto::srs_server::SrsServer::new(svc))
+            router.add_service(Limited::new(
+                proto::srs_server::SrsServer::new(svc),
+                p.limits,
+            ))
         }
     };
     let addr = p.listener.local_addr().ok();
@@ -302,6 +313,8 @@ pub struct DevOptions {
     pub base_port: u16,
     pub host: IpAddr,
     pub trust_domain: String,
+    /// Per-identity limits of every service.
+    pub limits: Limits,
 }
 
 impl DevOptions {
@@ -311,6 +324,7 @@ impl DevOptions {
             base_port: DEV_BASE_PORT,
             host: IpAddr::from([127, 0, 0, 1]),
             trust_domain: sesphr_identity::DEFAULT_TRUST_DOMAIN.to_owned(),
+            limits: Limits::default(),
         }
     }
 
@@ -408,6 +422,7 @@ impl DevMesh {
                 peer_timeout: Duration::from_millis(crate::config::DEFAULT_PEER_TIMEOUT_MS),
                 srs,
                 max_record_bytes: crate::config::DEFAULT_MAX_RECORD_BYTES,
+                limits: opts.limits,
             };
             let mut rx = stop_rx.clone();
             let task = tokio::spawn(run_service(params, async move {

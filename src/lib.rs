@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod fhir;
+pub mod limits;
 pub mod pki;
 pub mod proto;
 pub mod record;
