@@ -41,6 +41,10 @@ pub const ENV_ISSUER_KEY: &str = "SESPHR_ISSUER_KEY";
 pub const ENV_ENROLLMENT_TOKEN_FILE: &str = "SESPHR_ENROLLMENT_TOKEN_FILE";
 /// CloudStorage: largest accepted record, in bytes.
 pub const ENV_MAX_RECORD_BYTES: &str = "SESPHR_MAX_RECORD_BYTES";
+/// CloudStorage: which uploads share a deduplicated blob: `global` (equal
+/// files of all owners are stored once; the cloud learns that two owners
+/// hold the same file) or `per-owner`.
+pub const ENV_DEDUP_SCOPE: &str = "SESPHR_DEDUP_SCOPE";
 /// SRS: re-encryption requests per second per identity (burst = 4x).
 pub const ENV_REENCRYPT_RATE: &str = "SESPHR_REENCRYPT_RATE";
 /// Expensive calls per second per identity, every service (`limits.rate_per_identity`).
@@ -118,6 +122,7 @@ pub struct SrsSection {
 #[serde(deny_unknown_fields)]
 pub struct CloudStorageSection {
     pub max_record_bytes: Option<u64>,
+    pub dedup_scope: Option<String>,
 }
 
 /// Per-identity limits (see [`crate::limits`]); unset keys keep the defaults.
@@ -146,8 +151,18 @@ impl LimitsSection {
                 }
             }
         }
-        num(env, ENV_RATE_PER_IDENTITY, &mut self.rate_per_identity, errors);
-        num(env, ENV_BURST_PER_IDENTITY, &mut self.burst_per_identity, errors);
+        num(
+            env,
+            ENV_RATE_PER_IDENTITY,
+            &mut self.rate_per_identity,
+            errors,
+        );
+        num(
+            env,
+            ENV_BURST_PER_IDENTITY,
+            &mut self.burst_per_identity,
+            errors,
+        );
         num(
             env,
             ENV_MAX_STREAMS_PER_IDENTITY,
@@ -191,6 +206,7 @@ pub struct ServeConfig {
     pub srs: Option<SrsSettings>,
     pub max_record_bytes: u64,
     pub limits: Limits,
+    pub dedup_scope: sesphr_cloud_storage::DedupScope,
 }
 
 #[derive(Debug, Clone)]
@@ -260,6 +276,9 @@ impl ServeConfig {
         }
         if let Some(v) = parse_num(ENV_MAX_RECORD_BYTES, &mut errors) {
             file.cloud_storage.max_record_bytes = v.parse().ok();
+        }
+        if let Some(v) = env.get(ENV_DEDUP_SCOPE) {
+            file.cloud_storage.dedup_scope = Some(v);
         }
         if let Some(v) = parse_num(ENV_REENCRYPT_RATE, &mut errors) {
             file.srs.reencrypt_rate = v.parse().ok();
@@ -345,6 +364,13 @@ impl ServeConfig {
             None
         };
         let limits = file.limits.clone().resolve(env, &mut errors);
+        let dedup_scope = match file.cloud_storage.dedup_scope.as_deref() {
+            None => Default::default(),
+            Some(s) => s.parse().unwrap_or_else(|e: String| {
+                errors.push(format!("cloud_storage.dedup_scope: {e}"));
+                Default::default()
+            }),
+        };
         let peer_timeout_ms = file.peer_timeout_ms.unwrap_or(DEFAULT_PEER_TIMEOUT_MS);
         if peer_timeout_ms == 0 {
             errors.push("peer_timeout_ms must be > 0".to_owned());
@@ -382,6 +408,7 @@ impl ServeConfig {
                 .max_record_bytes
                 .unwrap_or(DEFAULT_MAX_RECORD_BYTES),
             limits,
+            dedup_scope,
         })
     }
 }
@@ -484,7 +511,8 @@ mod tests {
 
     #[test]
     fn limits_from_file_and_env() {
-        let text = format!("{FULL}\n[limits]\nrate_per_identity = 5.5\nmax_streams_per_identity = 3\n");
+        let text =
+            format!("{FULL}\n[limits]\nrate_per_identity = 5.5\nmax_streams_per_identity = 3\n");
         let file: ServeFile = toml::from_str(&text).unwrap();
         let e = env(&[(ENV_MAX_CONCURRENT_STREAMS, "32")]);
         let cfg = ServeConfig::from_file(file, Service::CloudStorage, &e).unwrap();

@@ -93,6 +93,8 @@ pub struct ServiceParams {
     pub max_record_bytes: u64,
     /// Per-identity rate and concurrency limits.
     pub limits: Limits,
+    /// CloudStorage: which uploads share a deduplicated blob.
+    pub dedup_scope: sesphr_cloud_storage::DedupScope,
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -135,6 +137,7 @@ impl ServiceParams {
             srs,
             max_record_bytes: cfg.max_record_bytes,
             limits: cfg.limits,
+            dedup_scope: cfg.dedup_scope,
         })
     }
 }
@@ -223,6 +226,7 @@ pub async fn run_service(
         Service::CloudStorage => {
             let limits = sesphr_cloud_storage::StoreLimits {
                 max_record_size: p.max_record_bytes,
+                dedup_scope: p.dedup_scope,
                 ..Default::default()
             };
             let store = sesphr_cloud_storage::RecordStore::open(&store_dir, limits)
@@ -247,7 +251,8 @@ pub async fn run_service(
                 policy()?,
                 td.clone(),
                 srs.reencrypt_rate,
-            );
+            )
+            .map_err(|e| store_err(service, &store_dir)(e.to_string()))?;
             health
                 .set_serving::<proto::srs_server::SrsServer<SrsService>>()
                 .await;
@@ -315,6 +320,8 @@ pub struct DevOptions {
     pub trust_domain: String,
     /// Per-identity limits of every service.
     pub limits: Limits,
+    /// CloudStorage's dedup scope.
+    pub dedup_scope: sesphr_cloud_storage::DedupScope,
 }
 
 impl DevOptions {
@@ -325,6 +332,7 @@ impl DevOptions {
             host: IpAddr::from([127, 0, 0, 1]),
             trust_domain: sesphr_identity::DEFAULT_TRUST_DOMAIN.to_owned(),
             limits: Limits::default(),
+            dedup_scope: Default::default(),
         }
     }
 
@@ -423,6 +431,7 @@ impl DevMesh {
                 srs,
                 max_record_bytes: crate::config::DEFAULT_MAX_RECORD_BYTES,
                 limits: opts.limits,
+                dedup_scope: opts.dedup_scope,
             };
             let mut rx = stop_rx.clone();
             let task = tokio::spawn(run_service(params, async move {

@@ -1,6 +1,7 @@
 //! What CloudStorage may check about an encrypted record without reading it.
 
 use sesphr_crypto::RecordHeader;
+use sesphr_crypto::record::DemKeySource;
 use tonic::Status;
 
 /// Rejects an upload whose encoded record header does not parse or names
@@ -14,6 +15,7 @@ pub fn check_header_matches(
     record_id: &str,
     partition: &str,
     epoch: u32,
+    deduplicated: bool,
 ) -> Result<(), Status> {
     let header = RecordHeader::from_bytes(header_bytes)
         .map_err(|e| Status::invalid_argument(format!("record_header does not parse: {e}")))?;
@@ -31,6 +33,18 @@ pub fn check_header_matches(
     }
     if header.partition() != partition {
         return Err(mismatch("partition", header.partition(), partition));
+    }
+    let expected = if deduplicated {
+        DemKeySource::External
+    } else {
+        DemKeySource::Kem
+    };
+    if header.key_source() != expected {
+        return Err(Status::invalid_argument(if deduplicated {
+            "a deduplicated record's header must use an external key (its content key is wrapped)"
+        } else {
+            "a record with ciphertext chunks must take its key from its capsule (key_source 0)"
+        }));
     }
     if header.epoch() != epoch {
         return Err(mismatch(

@@ -33,6 +33,14 @@ async fn call(c: &MeshClients, rpc: Rpc) -> Result<(), Status> {
             .delete_record(proto::DeleteRecordRequest::default())
             .await
             .map(drop),
+        Rpc::QueryBlob => cloud
+            .query_blob(proto::QueryBlobRequest::default())
+            .await
+            .map(drop),
+        Rpc::EvaluateContentKey => srs
+            .evaluate_content_key(proto::EvaluateContentKeyRequest::default())
+            .await
+            .map(drop),
         Rpc::Enroll => srs.enroll(proto::EnrollRequest::default()).await.map(drop),
         Rpc::GetUser => srs
             .get_user(proto::GetUserRequest::default())

@@ -131,11 +131,22 @@ fn the_cli_contract_end_to_end() {
     let file = m.path().join("note.txt");
     write(&file, b"blood pressure 120/80\n");
 
-    let id = m.ok(
+    let up = m.sesphr(
         "alice",
         &["upload", "--partition", "medical", file.to_str().unwrap()],
     );
+    assert!(up.status.success());
+    assert!(String::from_utf8_lossy(&up.stderr).contains("stored (new)"));
+    let id = String::from_utf8(up.stdout).unwrap();
     let id = id.trim();
+    // The same file again is deduplicated, and still a record of its own.
+    let again = m.sesphr(
+        "alice",
+        &["upload", "--partition", "medical", file.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("stored (deduplicated)"), "{stderr}");
+    assert_ne!(String::from_utf8(again.stdout).unwrap().trim(), id);
     assert_eq!(id.lines().count(), 1, "upload prints the record id alone");
     assert!(m.ok("alice", &["ls"]).contains(id));
     assert_eq!(

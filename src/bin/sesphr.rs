@@ -241,12 +241,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| file.display().to_string())?
                 .len();
             let (cb, bar) = progress(len, "encrypting + uploading");
-            let rec = patient.upload(&partition, f, len, cb).await;
+            let rec = patient.upload_dedup(&partition, f, len, cb).await;
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
-            let rec = rec?;
-            eprintln!("stored {} bytes in {partition} (epoch {})", len, rec.epoch);
+            let (rec, stored) = rec?;
+            eprintln!(
+                "stored ({stored}): {len} bytes in {partition}, epoch {}",
+                rec.epoch
+            );
             println!("{}", rec.record_id);
         }
         Command::ImportFhir { bundle, map } => {

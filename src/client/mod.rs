@@ -8,6 +8,7 @@
 //! the certificate the SRS issued at [`enroll`]ment. Secret keys never leave
 //! the client; memory is bounded by a few segments, not by record size.
 
+mod dedup;
 mod profile;
 
 use std::io::{Read, Write};
@@ -26,6 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::Channel;
 
+pub use dedup::Stored;
 pub use profile::Profile;
 
 use crate::config::MeshFile;
@@ -414,6 +416,9 @@ impl Session {
             ));
         }
         let key = self.record_key(&meta, &header).await?;
+        if !meta.blob_id.is_empty() {
+            return dedup::download_blob(meta, header, &key, stream, out, progress).await;
+        }
         let mut opener = RecordOpener::new(header, &key)?;
         let mut done = 0u64;
         let write = |out: &mut (dyn Write + Send), seg: &[u8]| {
@@ -590,6 +595,7 @@ impl Patient {
                 epoch,
                 record_header: header.to_bytes(),
                 ciphertext_size: ciphertext_len(len, seg),
+                ..Default::default()
             })),
         };
         let sealer = RecordSealer::new(header, &kem_key)?;

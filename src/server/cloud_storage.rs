@@ -8,8 +8,12 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use futures::{Stream, StreamExt};
-use sesphr_cloud_storage::{NewRecord, RecordMeta, RecordStore};
+use sesphr_cloud_storage::{BlobRef, NewRecord, RecordMeta, RecordStore};
+use sesphr_dedup::pow::{Challenge, DEFAULT_CHALLENGE_TTL_SECS, Proof};
 use sesphr_identity::{Identity, validate_partition, validate_user_id};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,11 +35,16 @@ pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 /// Chunks read ahead of a slow downloader (bounds server memory per stream).
 const DOWNLOAD_READ_AHEAD: usize = 4;
+/// Outstanding proof-of-ownership challenges kept at most.
+const MAX_OPEN_CHALLENGES: usize = 10_000;
 
 pub struct CloudStorageService {
     store: Arc<RecordStore>,
     policy: PolicyClient,
     trust_domain: String,
+    /// Issued proof-of-ownership challenges by (owner, blob id): single use,
+    /// expiring. Kept in memory: a restart only means asking again.
+    challenges: Mutex<HashMap<(String, [u8; 32]), Challenge>>,
 }
 
 impl CloudStorageService {
@@ -44,7 +53,55 @@ impl CloudStorageService {
             store,
             policy,
             trust_domain,
+            challenges: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn challenges(&self) -> std::sync::MutexGuard<'_, HashMap<(String, [u8; 32]), Challenge>> {
+        self.challenges.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Issues a fresh challenge for `owner` and `blob`, replacing any
+    /// earlier one (only the latest can be answered).
+    fn issue_challenge(
+        &self,
+        owner: &str,
+        blob_id: [u8; 32],
+        leaf_count: u64,
+    ) -> Result<Challenge, Status> {
+        let now = unix_now() as u64;
+        let challenge = Challenge::generate(&mut rand::rng(), leaf_count, now)
+            .map_err(|e| Status::internal(format!("cannot issue a challenge: {e}")))?;
+        let mut open = self.challenges();
+        if open.len() >= MAX_OPEN_CHALLENGES {
+            open.retain(|_, c| !c.is_expired(now, DEFAULT_CHALLENGE_TTL_SECS));
+            if open.len() >= MAX_OPEN_CHALLENGES {
+                return Err(Status::resource_exhausted(
+                    "too many open ownership challenges; retry shortly",
+                ));
+            }
+        }
+        open.insert((owner.to_owned(), blob_id), challenge.clone());
+        Ok(challenge)
+    }
+
+    /// Takes (single use) the challenge issued to `owner` for `blob`.
+    fn take_challenge(&self, owner: &str, blob_id: [u8; 32]) -> Result<Challenge, Status> {
+        let challenge = self
+            .challenges()
+            .remove(&(owner.to_owned(), blob_id))
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "no open ownership challenge for this blob: call QueryBlob first \
+                     (challenges are single-use)",
+                )
+            })?;
+        if challenge.is_expired(unix_now() as u64, DEFAULT_CHALLENGE_TTL_SECS) {
+            return Err(Status::failed_precondition(format!(
+                "the ownership challenge expired ({DEFAULT_CHALLENGE_TTL_SECS} s); call QueryBlob again"
+            )));
+        }
+        Ok(challenge)
     }
 
     async fn authorize<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<Identity, Status> {
@@ -95,6 +152,49 @@ impl CloudStorageService {
     }
 }
 
+impl CloudStorageService {
+    /// Links a new record to a stored blob once the caller answered its
+    /// ownership challenge; no ciphertext travels.
+    async fn link_by_proof(
+        &self,
+        caller: &Identity,
+        owner: &str,
+        new: NewRecord,
+        blob: BlobRef,
+        proof: &[u8],
+        mut stream: Streaming<proto::PutRecordRequest>,
+    ) -> Result<Response<proto::PutRecordResponse>, Status> {
+        if stream.message().await?.is_some() {
+            return Err(Status::invalid_argument(
+                "no chunks may follow an ownership proof: the blob is already stored",
+            ));
+        }
+        let challenge = self.take_challenge(owner, blob.blob_id)?;
+        let proof = Proof::from_bytes(proof).map_err(|e| {
+            Status::invalid_argument(format!("ownership_proof does not parse: {e}"))
+        })?;
+        let store = self.store.clone();
+        let (o, id) = (owner.to_owned(), blob.blob_id);
+        let info = blocking(move || store.blob(&o, &id))
+            .await?
+            .ok_or_else(|| Status::not_found("the blob is no longer stored; upload it"))?;
+        if let Err(e) = sesphr_dedup::verify(&info.root, info.leaf_count, &challenge, &proof) {
+            let status = Status::permission_denied(format!(
+                "proof of ownership failed ({e}): the caller does not hold this blob"
+            ));
+            self.audit_denial(caller, Rpc::PutRecord, owner, &new.record_id, &status)
+                .await;
+            return Err(status);
+        }
+        let store = self.store.clone();
+        let meta = blocking(move || store.link_blob(new, blob, unix_now())).await?;
+        tracing::info!(record = %meta.record_id, owner = %meta.owner_id, "record linked to a stored blob");
+        Ok(Response::new(proto::PutRecordResponse {
+            record: Some(meta_to_proto(meta)),
+        }))
+    }
+}
+
 fn truncate(s: &str) -> &str {
     let mut end = s.len().min(80);
     while !s.is_char_boundary(end) {
@@ -112,7 +212,19 @@ fn meta_to_proto(m: RecordMeta) -> proto::RecordMeta {
         created_at: m.created_at,
         ciphertext_size: m.size,
         record_header: m.header,
+        blob_id: m
+            .blob
+            .as_ref()
+            .map(|b| b.blob_id.to_vec())
+            .unwrap_or_default(),
+        wrapped_content_key: m.blob.map(|b| b.wrapped_key).unwrap_or_default(),
     }
+}
+
+fn blob_id_from(bytes: &[u8]) -> Result<[u8; 32], Status> {
+    bytes.try_into().map_err(|_| {
+        Status::invalid_argument(format!("blob_id must be 32 bytes, not {}", bytes.len()))
+    })
 }
 
 /// Whether a grant (as returned by a LIST check) covers a stored record.
@@ -156,23 +268,54 @@ impl CloudStorage for CloudStorageService {
                 "record_header must be 1 to {MAX_HEADER_BYTES} bytes"
             )));
         }
+        let deduplicated = !header.blob_id.is_empty();
         crate::record::check_header_matches(
             &header.record_header,
             &owner,
             &header.record_id,
             &header.partition,
             header.epoch,
+            deduplicated,
         )?;
+        let stray = !header.wrapped_content_key.is_empty() || !header.ownership_proof.is_empty();
+        if !deduplicated && stray {
+            return Err(Status::invalid_argument(
+                "wrapped_content_key and ownership_proof belong to deduplicated records (set blob_id)",
+            ));
+        }
+        let blob = if deduplicated {
+            if header.wrapped_content_key.len() != sesphr_dedup::convergent::WRAPPED_KEY_LEN {
+                return Err(Status::invalid_argument(format!(
+                    "wrapped_content_key must be {} bytes",
+                    sesphr_dedup::convergent::WRAPPED_KEY_LEN
+                )));
+            }
+            Some(BlobRef {
+                blob_id: blob_id_from(&header.blob_id)?,
+                wrapped_key: header.wrapped_content_key,
+            })
+        } else {
+            None
+        };
+        let proof = header.ownership_proof;
         let new = NewRecord {
             record_id: header.record_id,
-            owner_id: owner,
+            owner_id: owner.clone(),
             partition: header.partition,
             epoch: header.epoch,
             header: header.record_header,
             declared_size: header.ciphertext_size,
         };
+        if let Some(blob) = blob.clone().filter(|_| !proof.is_empty()) {
+            return self
+                .link_by_proof(&caller, &owner, new, blob, &proof, stream)
+                .await;
+        }
         let store = self.store.clone();
-        let mut upload = blocking(move || store.begin_upload(new)).await?;
+        let mut upload = match blob {
+            Some(blob) => blocking(move || store.begin_blob_upload(new, blob)).await?,
+            None => blocking(move || store.begin_upload(new)).await?,
+        };
         // Chunks go to the store as they arrive; nothing is visible until
         // commit, and dropping `upload` on any error removes what was staged.
         while let Some(msg) = stream.message().await? {
@@ -374,5 +517,26 @@ impl CloudStorage for CloudStorageService {
                 Err(status)
             }
         }
+    }
+
+    async fn query_blob(
+        &self,
+        req: Request<proto::QueryBlobRequest>,
+    ) -> Result<Response<proto::QueryBlobResponse>, Status> {
+        let caller = self.authorize(&req, Rpc::QueryBlob).await?;
+        let owner = caller.as_patient().unwrap_or_default().to_owned();
+        let blob_id = blob_id_from(&req.into_inner().blob_id)?;
+        let store = self.store.clone();
+        let o = owner.clone();
+        let info = blocking(move || store.blob(&o, &blob_id)).await?;
+        let Some(info) = info else {
+            return Ok(Response::new(proto::QueryBlobResponse::default()));
+        };
+        let challenge = self.issue_challenge(&owner, blob_id, info.leaf_count)?;
+        Ok(Response::new(proto::QueryBlobResponse {
+            exists: true,
+            challenge: challenge.to_bytes(),
+            blob_size: info.size,
+        }))
     }
 }

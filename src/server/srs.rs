@@ -29,8 +29,18 @@ pub const MAX_CAPSULES: usize = 64;
 /// Largest CSR accepted.
 pub const MAX_CSR_BYTES: usize = 16 << 10;
 
+/// OPRF evaluations per second per identity (burst: 4x). Uploading a file
+/// takes one; the limit is what stops a compromised CloudStorage, or a
+/// patient, from brute-forcing predictable files through the SRS.
+pub const DEFAULT_CONTENT_KEY_RATE: f64 = 50.0;
+
+/// The OPRF key's derivation info (its seed is a per-mesh secret).
+const OPRF_KEY_INFO: &[u8] = b"SeSPHR dedup content keys";
+
 pub struct SrsService {
     store: Arc<SrsStore>,
+    oprf_key: sesphr_dedup::ServerKey,
+    content_key_limiter: RateLimiter,
     ca: Arc<CertificateAuthority>,
     enrollment_token: Zeroizing<String>,
     policy: PolicyClient,
@@ -46,15 +56,27 @@ impl SrsService {
         policy: PolicyClient,
         trust_domain: String,
         reencrypt_rate: f64,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, sesphr_srs::SrsError> {
+        let mut fresh = [0u8; 32];
+        rand::fill(&mut fresh);
+        let seed = zeroize::Zeroizing::new(store.service_secret("dedup-oprf-seed", fresh)?);
+        fresh.iter_mut().for_each(|b| *b = 0);
+        let oprf_key = sesphr_dedup::ServerKey::derive(&seed, OPRF_KEY_INFO).map_err(|e| {
+            sesphr_srs::SrsError::Corrupt(format!("OPRF key cannot be derived: {e}"))
+        })?;
+        Ok(Self {
             store,
+            oprf_key,
+            content_key_limiter: RateLimiter::new(
+                DEFAULT_CONTENT_KEY_RATE,
+                (DEFAULT_CONTENT_KEY_RATE * 4.0) as u32,
+            ),
             ca,
             enrollment_token,
             policy,
             trust_domain,
             limiter: RateLimiter::new(reencrypt_rate, (reencrypt_rate * 4.0).max(1.0) as u32),
-        }
+        })
     }
 
     async fn authorize<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<Identity, Status> {
@@ -418,6 +440,31 @@ impl Srs for SrsService {
             results,
             delegating_public_key,
             shares,
+        }))
+    }
+
+    async fn evaluate_content_key(
+        &self,
+        req: Request<proto::EvaluateContentKeyRequest>,
+    ) -> Result<Response<proto::EvaluateContentKeyResponse>, Status> {
+        let caller = self.authorize(&req, Rpc::EvaluateContentKey).await?;
+        if !self
+            .content_key_limiter
+            .check(&caller.to_string(), Instant::now())
+        {
+            return Err(Status::resource_exhausted(format!(
+                "content-key rate limit reached for {}; retry shortly",
+                caller.short()
+            )));
+        }
+        let blinded = req.into_inner().blinded_element;
+        let evaluated = sesphr_dedup::blind_evaluate(&self.oprf_key, &blinded).map_err(|_| {
+            Status::invalid_argument(
+                "blinded_element is not a valid P-256 point (33-byte SEC1 compressed)",
+            )
+        })?;
+        Ok(Response::new(proto::EvaluateContentKeyResponse {
+            evaluated_element: evaluated.to_vec(),
         }))
     }
 }

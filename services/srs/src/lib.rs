@@ -294,6 +294,26 @@ impl SrsStore {
     pub fn users_count(&self) -> Result<u64, SrsError> {
         Ok(self.users_count.load(Ordering::Relaxed))
     }
+
+    /// The 32-byte service secret called `name`, created from `fresh` the
+    /// first time it is asked for (atomically and durably, so concurrent
+    /// first calls and restarts all see one value). The dedup OPRF key seed
+    /// lives here.
+    pub fn service_secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32], SrsError> {
+        let key = format!("secret/{name}");
+        let secrets = self.db.open_tree("secrets")?;
+        let stored =
+            match secrets.compare_and_swap(key.as_bytes(), None::<&[u8]>, Some(&fresh[..]))? {
+                Ok(()) => {
+                    self.db.flush()?;
+                    fresh.to_vec()
+                }
+                Err(e) => e.current.map(|v| v.to_vec()).unwrap_or_default(),
+            };
+        stored
+            .try_into()
+            .map_err(|_| SrsError::Corrupt(format!("service secret {name} is not 32 bytes")))
+    }
 }
 
 fn epoch_of(key: &[u8], prefix_len: usize) -> Result<u32, SrsError> {
@@ -306,6 +326,26 @@ fn epoch_of(key: &[u8], prefix_len: usize) -> Result<u32, SrsError> {
                 String::from_utf8_lossy(key)
             ))
         })
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn a_service_secret_is_created_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let s = SrsStore::open(dir.path()).unwrap();
+            let a = s.service_secret("oprf", [1; 32]).unwrap();
+            assert_eq!(s.service_secret("oprf", [2; 32]).unwrap(), a);
+            a
+        };
+        let s = SrsStore::open(dir.path()).unwrap();
+        assert_eq!(s.service_secret("oprf", [3; 32]).unwrap(), first);
+        assert_eq!(first, [1; 32]);
+        assert_eq!(s.service_secret("other", [4; 32]).unwrap(), [4; 32]);
+    }
 }
 
 #[cfg(test)]
