@@ -7,6 +7,7 @@ order: enroll, upload, get, grant, revoke, list, grants.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
@@ -334,16 +335,33 @@ class Session:
                     or meta.record_id != record_id):
                 raise ClientError("verification failed: record header does not match the record "
                                   "CloudStorage served")
-            if header.key_source != 0:
-                raise ClientError("record uses an external DEM key, which this client cannot open")
-            opener = crypto.RecordOpener(header, crypto.dem_key(self._record_key(meta, header)))
+            blob_hash = None
+            if meta.blob_id:
+                # A deduplicated record: the capsule's key unwraps the
+                # blob's content key (crates/dedup/README.md).
+                if header.key_source != 1:
+                    raise ClientError("verification failed: a deduplicated record must use an "
+                                      "external key")
+                kem_key = self._record_key(meta, header)
+                opener = crypto.BlobOpener(crypto.unwrap_content_key(
+                    kem_key, meta.wrapped_content_key, meta.record_header))
+                blob_hash = hashlib.sha256()
+            elif header.key_source != 0:
+                raise ClientError("verification failed: a record with its own ciphertext must take "
+                                  "its key from its capsule")
+            else:
+                opener = crypto.RecordOpener(header, crypto.dem_key(self._record_key(meta, header)))
             for msg in stream:
                 if msg.WhichOneof("part") != "chunk":
                     raise ClientError("verification failed: CloudStorage sent metadata twice")
+                if blob_hash is not None:
+                    blob_hash.update(msg.chunk)
                 for seg in opener.push(msg.chunk):
                     out.write(seg)
             out.write(opener.finish())
             out.flush()
+            if blob_hash is not None and blob_hash.digest() != meta.blob_id:
+                raise ClientError("verification failed: the blob does not match its id")
             return meta
         except grpc.RpcError as e:
             raise _rpc("CloudStorage", e) from None

@@ -669,6 +669,66 @@ class RecordOpener:
             raise Truncated("record ended before its last segment") from None
 
 
+# --- Deduplicated records (crates/dedup/README.md §2) ------------------------
+
+BLOB_MAGIC = b"SPHB"
+BLOB_HEADER_LEN = 9
+WRAPPED_KEY_LEN = 60
+
+
+def unwrap_content_key(kem_key: bytes, wrapped: bytes, aad: bytes) -> bytes:
+    """The blob's content key, wrapped under the record's KEM key."""
+    if len(wrapped) != WRAPPED_KEY_LEN:
+        raise Malformed("wrapped content key must be 60 bytes")
+    key = hkdf(kem_key, b"SeSPHR-v1 content key wrap", 32)
+    try:
+        return AESGCM(key).decrypt(wrapped[:12], wrapped[12:], aad)
+    except InvalidTag:
+        raise DecryptionFailed("wrapped content key does not authenticate") from None
+
+
+class _BlobHeader:
+    """Adapts a blob header to RecordOpener: same STREAM, other key and AAD."""
+
+    def __init__(self, raw: bytes, content_key: bytes):
+        if len(raw) != BLOB_HEADER_LEN or raw[:4] != BLOB_MAGIC or raw[4] != 1:
+            raise Malformed("blob header")
+        (self.segment_size,) = struct.unpack(">I", raw[5:9])
+        if not 4096 <= self.segment_size <= 16 << 20:
+            raise Malformed("blob segment size out of range")
+        self._raw = raw
+        self.key = hkdf(content_key, b"SeSPHR-v1 blob key" + raw, 32)
+        self.nonce_prefix = hkdf(content_key, b"SeSPHR-v1 blob nonce prefix" + raw, 7)
+
+    def to_bytes(self) -> bytes:
+        return self._raw
+
+
+class BlobOpener:
+    """Push a deduplicated blob as it arrives; get authenticated plaintext."""
+
+    def __init__(self, content_key: bytes):
+        self._ck = content_key
+        self._head = bytearray()
+        self._inner: RecordOpener | None = None
+
+    def push(self, data: bytes) -> list[bytes]:
+        if self._inner is None:
+            need = BLOB_HEADER_LEN - len(self._head)
+            self._head += data[:need]
+            data = data[need:]
+            if len(self._head) < BLOB_HEADER_LEN:
+                return []
+            header = _BlobHeader(bytes(self._head), self._ck)
+            self._inner = RecordOpener(header, header.key)
+        return self._inner.push(data)
+
+    def finish(self) -> bytes:
+        if self._inner is None:
+            raise Truncated("blob ended inside its header")
+        return self._inner.finish()
+
+
 def open_record(record: bytes, key: bytes | None = None, kem_key: bytes | None = None):
     """Decrypts a whole record (header || segments). Returns (header, plaintext)."""
     header = RecordHeader.from_bytes(record[:RecordHeader.read_length(record[:7])])
