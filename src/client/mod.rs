@@ -27,7 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::Channel;
 
-pub use dedup::Stored;
+pub use dedup::{Stored, blob_len as dedup_blob_len};
 pub use profile::Profile;
 
 use crate::config::MeshFile;
