@@ -188,13 +188,20 @@ fn progress(len: u64, verb: &str) -> (Progress, Option<ProgressBar>) {
     if !std::io::stderr().is_terminal() {
         return (client::no_progress(), None);
     }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(
+    // Downloads learn their size only from the first message: a byte
+    // counter instead of a bar.
+    let (bar, template) = if len == 0 {
+        (ProgressBar::no_length(), "{msg} {bytes} {bytes_per_sec}")
+    } else {
+        (
+            ProgressBar::new(len),
             "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
         )
-        .expect("valid template")
-        .progress_chars("=> "),
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar.set_message(verb.to_owned());
     let b = bar.clone();
