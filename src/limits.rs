@@ -75,7 +75,10 @@ impl Limits {
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         if !(self.rate.is_finite() && self.rate > 0.0) {
-            out.push(format!("limits.rate_per_identity {} must be > 0", self.rate));
+            out.push(format!(
+                "limits.rate_per_identity {} must be > 0",
+                self.rate
+            ));
         }
         if self.burst == 0 {
             out.push("limits.burst_per_identity must be >= 1".to_owned());

@@ -60,9 +60,8 @@ impl PolicyClient {
             action: subject.action as i32,
         });
         req.set_timeout(self.timeout);
-        self.inner
-            .clone()
-            .check(req)
+        let mut inner = self.inner.clone();
+        self.bounded(inner.check(req))
             .await
             .map(|r| r.into_inner())
             .map_err(fail_closed)
@@ -73,9 +72,29 @@ impl PolicyClient {
     pub async fn record_event(&self, event: RecordEventRequest) {
         let mut req = tonic::Request::new(event);
         req.set_timeout(self.timeout);
-        if let Err(status) = self.inner.clone().record_event(req).await {
+        let mut inner = self.inner.clone();
+        if let Err(status) = self.bounded(inner.record_event(req)).await {
             tracing::warn!(code = ?status.code(), message = status.message(), "could not record audit event");
         }
+    }
+}
+
+impl PolicyClient {
+    /// The deadline, enforced here too: `grpc-timeout` bounds only calls on
+    /// an established connection, not a peer that accepts TCP and then
+    /// never completes the TLS handshake.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "no answer within {} ms",
+                    self.timeout.as_millis()
+                )))
+            })
     }
 }
 

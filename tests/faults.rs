@@ -1,0 +1,435 @@
+//! Faults: a peer that is down or hangs, and a disk that fills up.
+//!
+//! The three services run individually in this process
+//! (`daemon::run_service`), so AccessPolicy can be stopped, replaced by a
+//! listener that never answers, and started again on the same port while
+//! CloudStorage and the SRS keep running. CloudStorage's data directory can
+//! sit on a small tmpfs of its own to run out of space for real.
+//! (Crash durability — kill -9 mid-burst — is `tests/durability.rs`.)
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{download, upload};
+use sesphr::client::{self, ClientError, Patient, Practitioner};
+use sesphr::config::MeshFile;
+use sesphr::daemon::{self, ServeError, ServiceParams, SrsParams};
+use sesphr::identity::{Role, Service};
+use sesphr::limits::Limits;
+use sesphr::pki::DevPki;
+use sesphr::proto;
+use sesphr::tls::{TlsFiles, TlsMaterial};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::Code;
+use zeroize::Zeroizing;
+
+const TD: &str = "sesphr.local";
+/// Deadline of every inter-service call in these meshes.
+const PEER_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+struct Running {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+struct Mesh {
+    pki: DevPki,
+    policy_url: String,
+    file: MeshFile,
+}
+
+impl Mesh {
+    fn new(dir: &Path) -> Self {
+        sesphr::tls::install_crypto_provider();
+        let pki = DevPki::ensure(&dir.join("pki"), TD).unwrap();
+        Mesh {
+            pki,
+            policy_url: String::new(),
+            file: MeshFile {
+                trust_domain: TD.into(),
+                ca: dir.join("pki/ca.pem"),
+                enrollment_token: None,
+                cloud_storage: String::new(),
+                srs: String::new(),
+                access_policy: String::new(),
+            },
+        }
+    }
+
+    /// Starts `service` on `addr` (port 0: any) with its data in `data_dir`.
+    async fn start(&self, service: Service, addr: SocketAddr, data_dir: PathBuf) -> Running {
+        let name = service.as_str();
+        let tls = TlsMaterial::load(&TlsFiles {
+            cert: self.pki.cert(name),
+            key: self.pki.key(name),
+            ca: self.pki.ca_cert(),
+        })
+        .unwrap();
+        let token = std::fs::read_to_string(self.pki.enrollment_token()).unwrap();
+        let srs = (service == Service::Srs).then(|| SrsParams {
+            ca: self.pki.load_ca().unwrap(),
+            enrollment_token: Zeroizing::new(token.trim().to_owned()),
+            reencrypt_rate: sesphr::config::DEFAULT_REENCRYPT_RATE,
+        });
+        let listener = daemon::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let params = ServiceParams {
+            service,
+            trust_domain: TD.into(),
+            listener,
+            health_listener: None,
+            tls,
+            data_dir,
+            access_policy_endpoint: Some(self.policy_url.clone()),
+            peer_timeout: PEER_TIMEOUT,
+            srs,
+            max_record_bytes: sesphr::config::DEFAULT_MAX_RECORD_BYTES,
+            limits: Limits::default(),
+            dedup_scope: Default::default(),
+        };
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(daemon::run_service(params, async move {
+            let _ = rx.await;
+        }));
+        Running { addr, stop, task }
+    }
+
+    async fn enroll(&self, home: &Path, id: &str, role: Role) {
+        let token = std::fs::read_to_string(self.pki.enrollment_token()).unwrap();
+        client::enroll(&self.file, home, id, role, token.trim())
+            .await
+            .unwrap();
+    }
+}
+
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Retries `f` until it succeeds (a restarted peer is reached again after
+/// the channel's reconnect back-off), at most `patience`.
+async fn eventually<T, F, Fut>(patience: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("did not recover within {patience:?}: {e}"),
+        }
+    }
+}
+
+/// Every way a grantee reads: all refused with UNAVAILABLE and a message
+/// that says AccessPolicy could not be asked, within the peer deadline.
+async fn assert_fails_closed(bob: &Practitioner, record: &proto::RecordMeta, what: &str) {
+    let started = Instant::now();
+    let err = download(bob, &record.record_id)
+        .await
+        .expect_err("a grantee's read must be refused while AccessPolicy is unreachable");
+    eprintln!("{what}: download refused after {:?}", started.elapsed());
+    assert_eq!(err.code(), Some(Code::Unavailable), "{what}: {err}");
+    assert!(
+        err.to_string().contains("access policy could not be asked")
+            && err.to_string().contains("refusing access"),
+        "{what}: {err}"
+    );
+    let header = sesphr::crypto::RecordHeader::from_bytes(&record.record_header).unwrap();
+    let reenc = bob
+        .session
+        .clients
+        .srs
+        .clone()
+        .re_encrypt(proto::ReEncryptRequest {
+            owner_id: record.owner_id.clone(),
+            partition: record.partition.clone(),
+            epoch: record.epoch,
+            capsules: vec![header.capsule().to_bytes().to_vec()],
+            record_id: record.record_id.clone(),
+        })
+        .await
+        .expect_err("the SRS must not re-encrypt without asking AccessPolicy");
+    eprintln!(
+        "{what}: reencrypt refused after {:?}: {reenc:?}",
+        started.elapsed()
+    );
+    assert_eq!(reenc.code(), Code::Unavailable, "{what}: {reenc:?}");
+    assert!(
+        reenc.message().contains("access policy could not be asked"),
+        "{what}: {reenc:?}"
+    );
+    let listed = bob.list(Some(&record.owner_id), None).await;
+    let err = listed.expect_err("listing another owner's records needs AccessPolicy");
+    assert_eq!(err.code(), Some(Code::Unavailable), "{what}: {err}");
+    // Three refusals, each bounded by the 1 s peer deadline (plus slack for
+    // a loaded machine).
+    let took = started.elapsed();
+    assert!(
+        took < PEER_TIMEOUT * 3 + Duration::from_secs(6),
+        "{what}: refusals took {took:?}"
+    );
+    eprintln!("{what}: refused (UNAVAILABLE) in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_policy_down_or_hung_fails_closed_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mesh = Mesh::new(tmp.path());
+    let policy = mesh
+        .start(Service::AccessPolicy, any_port(), tmp.path().join("policy"))
+        .await;
+    let policy_addr = policy.addr;
+    mesh.policy_url = format!("https://{policy_addr}");
+    let cloud = mesh
+        .start(Service::CloudStorage, any_port(), tmp.path().join("cloud"))
+        .await;
+    let srs = mesh
+        .start(Service::Srs, any_port(), tmp.path().join("srs"))
+        .await;
+    mesh.file.cloud_storage = format!("https://{}", cloud.addr);
+    mesh.file.srs = format!("https://{}", srs.addr);
+    mesh.file.access_policy = mesh.policy_url.clone();
+
+    let homes = tmp.path().join("users");
+    mesh.enroll(&homes.join("alice"), "alice", Role::Patient)
+        .await;
+    mesh.enroll(&homes.join("bob"), "bob", Role::Doctor).await;
+    let alice = Patient::open(&mesh.file, &homes.join("alice")).unwrap();
+    let bob = Practitioner::open(&mesh.file, &homes.join("bob")).unwrap();
+    let rec = upload(&alice, "medical", b"allergic to penicillin").await;
+    alice
+        .grant("medical", "bob", Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        download(&bob, &rec.record_id).await.unwrap(),
+        b"allergic to penicillin"
+    );
+
+    // 1. AccessPolicy stopped: connections are refused.
+    policy.stop().await;
+    assert_fails_closed(&bob, &rec, "AccessPolicy down").await;
+    // The owner needs no decision to read her own record.
+    assert_eq!(
+        download(&alice, &rec.record_id).await.unwrap(),
+        b"allergic to penicillin"
+    );
+
+    // 2. AccessPolicy hung: its port accepts connections and never answers
+    // (not even the TLS handshake). Only deadlines end the wait.
+    let hung = std::net::TcpListener::bind(policy_addr).unwrap();
+    hung.set_nonblocking(true).unwrap();
+    let (stop_hung, hung_stopped) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        // Bounded: at most 60 s, until told to stop.
+        for _ in 0..6_000 {
+            if hung_stopped.try_recv().is_ok() {
+                break;
+            }
+            if let Ok((sock, _)) = hung.accept() {
+                held.push(sock);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        held.len()
+    });
+    assert_fails_closed(&bob, &rec, "AccessPolicy hung").await;
+    stop_hung.send(()).unwrap();
+    let held = holder.join().unwrap();
+    assert!(held > 0, "the services never tried the hung peer");
+
+    // 3. AccessPolicy back on the same port, same data: reads work again.
+    let policy = mesh
+        .start(
+            Service::AccessPolicy,
+            policy_addr,
+            tmp.path().join("policy"),
+        )
+        .await;
+    let started = Instant::now();
+    let back = eventually(Duration::from_secs(20), || download(&bob, &rec.record_id)).await;
+    assert_eq!(back, b"allergic to penicillin");
+    eprintln!(
+        "recovered {:?} after AccessPolicy restarted",
+        started.elapsed()
+    );
+    // The refusals above could not reach the audit trail (AccessPolicy was
+    // away; the services logged them); the chain still verifies.
+    assert!(alice.verify_audit().await.unwrap().ok);
+
+    cloud.stop().await;
+    srs.stop().await;
+    policy.stop().await;
+}
+
+/// A small tmpfs mounted for the test's lifetime (needs root), or `None`.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, bytes: u64) -> Option<Self> {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={bytes}"))
+            .arg("tmpfs")
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(path.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn objects_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Uploading `len` bytes of `fill`, expecting a clean refusal.
+async fn upload_refused(alice: &Patient, len: usize, what: &str) -> ClientError {
+    let data = vec![0x5a; len];
+    let err = alice
+        .upload(
+            "medical",
+            std::io::Cursor::new(data),
+            len as u64,
+            client::no_progress(),
+        )
+        .await
+        .expect_err(what);
+    eprintln!("{what}: {err}");
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_refuses_the_write_and_leaves_no_partial_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cloud_dir = tmp.path().join("cloud");
+    // 24 MiB for CloudStorage alone; without root (no mount), the object
+    // directory is made read-only instead, which fails the same code path.
+    let tmpfs = Tmpfs::mount(&cloud_dir, 24 << 20);
+    if tmpfs.is_none() {
+        eprintln!(
+            "cannot mount a tmpfs here (not root?): simulating with a read-only object directory"
+        );
+    }
+    let mut mesh = Mesh::new(tmp.path());
+    let policy = mesh
+        .start(Service::AccessPolicy, any_port(), tmp.path().join("policy"))
+        .await;
+    mesh.policy_url = format!("https://{}", policy.addr);
+    let cloud = mesh
+        .start(Service::CloudStorage, any_port(), cloud_dir.clone())
+        .await;
+    let srs = mesh
+        .start(Service::Srs, any_port(), tmp.path().join("srs"))
+        .await;
+    mesh.file.cloud_storage = format!("https://{}", cloud.addr);
+    mesh.file.srs = format!("https://{}", srs.addr);
+    mesh.file.access_policy = mesh.policy_url.clone();
+    let homes = tmp.path().join("users");
+    mesh.enroll(&homes.join("alice"), "alice", Role::Patient)
+        .await;
+    let alice = Patient::open(&mesh.file, &homes.join("alice")).unwrap();
+    let first = vec![1u8; 4 << 20];
+    let kept = upload(&alice, "medical", &first).await;
+    let objects = cloud_dir.join("objects");
+    let before = objects_in(&objects);
+
+    let storage_error = |err: &ClientError, what: &str| {
+        assert_eq!(err.code(), Some(Code::Internal), "{what}: {err}");
+        assert!(
+            err.to_string()
+                .contains("storage error; the operation was not applied"),
+            "{what}: {err}"
+        );
+    };
+    match &tmpfs {
+        Some(_) => {
+            // The object file runs into ENOSPC mid-stream.
+            let err = upload_refused(&alice, 40 << 20, "40 MiB upload onto a 24 MiB disk").await;
+            storage_error(&err, "object write");
+            assert_eq!(objects_in(&objects), before, "a partial object was left");
+            // sled itself cannot write: the disk is filled to the last byte
+            // by another tenant, so even the small pending marker fails.
+            let filler = cloud_dir.join("filler");
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let block = vec![0u8; 1 << 20];
+            for _ in 0..64 {
+                if std::io::Write::write_all(&mut f, &block).is_err() {
+                    break;
+                }
+            }
+            let _ = std::io::Write::write_all(&mut f, &[0u8; 4096]);
+            drop(f);
+            let err = upload_refused(&alice, 10, "upload onto a full disk").await;
+            storage_error(&err, "full disk");
+            std::fs::remove_file(&filler).unwrap();
+        }
+        None => {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&objects, std::fs::Permissions::from_mode(0o500)).unwrap();
+            let err =
+                upload_refused(&alice, 1 << 20, "upload into a read-only object directory").await;
+            storage_error(&err, "read-only objects");
+            std::fs::set_permissions(&objects, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+    }
+    // Nothing partial is visible, the earlier record is intact, and once
+    // there is space again uploads work (the store was not wedged).
+    let listed = alice.list(None, None).await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|r| r.record_id.as_str())
+            .collect::<Vec<_>>(),
+        [kept.record_id.as_str()],
+        "only the acknowledged record is listed"
+    );
+    assert_eq!(objects_in(&objects), before, "a partial object was left");
+    assert_eq!(download(&alice, &kept.record_id).await.unwrap(), first);
+    let after = upload(&alice, "medical", b"space again").await;
+    assert_eq!(
+        download(&alice, &after.record_id).await.unwrap(),
+        b"space again"
+    );
+    cloud.stop().await;
+    srs.stop().await;
+    policy.stop().await;
+    drop(tmpfs);
+}
