@@ -1,7 +1,9 @@
 //! The `sesphr` and `sesphrd` binaries as a user runs them: `sesphrd dev` in
 //! its own process, the CLI against it, exit codes and one-line errors.
 
-use std::io::{BufRead, BufReader, Read};
+mod common;
+
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -22,27 +24,7 @@ impl DevProcess {
     }
 
     fn start_in(dir: TempDir) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sesphrd"))
-            .args(["dev", "--data-dir"])
-            .arg(dir.path().join("mesh"))
-            .args(["--base-port", "0"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sesphrd starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(path) = line.strip_prefix("mesh file: ") {
-                    let _ = tx.send(PathBuf::from(path));
-                }
-            }
-        });
-        let mesh = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("sesphrd dev reports its mesh file");
+        let (child, mesh) = common::process::start_sesphrd(&dir.path().join("mesh"));
         DevProcess {
             child,
             dir: Some(dir),

@@ -3,40 +3,16 @@
 //! acknowledged write must be there, nothing half-written may be visible, and
 //! the audit chain must still verify. Several seeds.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sesphr::client::{self, Patient, Session};
 use sesphr::config::MeshFile;
 use sesphr::identity::Role;
 
-/// Starts `sesphrd dev` on `dir` (free ports); returns the child and mesh file.
-fn start(dir: &Path) -> (Child, PathBuf) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sesphrd"))
-        .args(["dev", "--data-dir"])
-        .arg(dir)
-        .args(["--base-port", "0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sesphrd starts");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(p) = line.strip_prefix("mesh file: ") {
-                let _ = tx.send(PathBuf::from(p));
-            }
-        }
-    });
-    let mesh = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("sesphrd reports its mesh file");
-    (child, mesh)
-}
+use common::process::start_sesphrd as start;
 
 /// A tiny deterministic generator (the seed fixes the kill point).
 struct Lcg(u64);

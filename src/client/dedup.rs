@@ -14,7 +14,6 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
-use rand::RngCore;
 use sesphr_crypto::record::DemKeySource;
 use sesphr_crypto::{self as crypto, KemKey, RecordHeader};
 use sesphr_dedup::pow::{Challenge, ProofBuilder};
@@ -189,24 +188,11 @@ impl Patient {
             .into_inner();
 
         // The record's own key wraps the content key.
-        let epoch = self.profile.current_epoch(partition)?;
-        let (_, pk) = self.master.partition_keys(partition, epoch)?;
-        let mut rng = rand::rng();
-        let (capsule, kem_key) = crypto::encapsulate(&mut rng, &pk);
-        let mut id = [0u8; 16];
-        rng.fill_bytes(&mut id);
-        let record_id = hex::encode(id);
-        let header = RecordHeader::new(
-            &mut rng,
-            record_id.as_bytes(),
-            self.user_id().as_bytes(),
-            partition,
-            epoch,
-            capsule,
-        )?
-        .with_key_source(DemKeySource::External);
+        let fresh = self.new_record(partition)?;
+        let (record_id, epoch, kem_key) = (fresh.record_id, fresh.epoch, fresh.kem_key);
+        let header = fresh.header.with_key_source(DemKeySource::External);
         let wrapped = sesphr_dedup::wrap_content_key(
-            &mut rng,
+            &mut rand::rng(),
             kem_key.as_bytes(),
             &content_key,
             header.as_bytes(),

@@ -549,7 +549,40 @@ fn check_partition(p: &str) -> Result<(), ClientError> {
     validate_partition(p).map_err(|e| ClientError::Invalid(e.to_string()))
 }
 
+/// A fresh record of a partition: its id, the current key epoch, its header
+/// (with a new capsule) and the key that capsule encapsulates.
+struct NewRecordKeys {
+    record_id: String,
+    epoch: u32,
+    header: RecordHeader,
+    kem_key: KemKey,
+}
+
 impl Patient {
+    fn new_record(&self, partition: &str) -> Result<NewRecordKeys, ClientError> {
+        let epoch = self.profile.current_epoch(partition)?;
+        let (_, pk) = self.master.partition_keys(partition, epoch)?;
+        let mut rng = rand::rng();
+        let (capsule, kem_key) = crypto::encapsulate(&mut rng, &pk);
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        let record_id = hex::encode(id);
+        let header = RecordHeader::new(
+            &mut rng,
+            record_id.as_bytes(),
+            self.user_id().as_bytes(),
+            partition,
+            epoch,
+            capsule,
+        )?;
+        Ok(NewRecordKeys {
+            record_id,
+            epoch,
+            header,
+            kem_key,
+        })
+    }
+
     pub fn open(mesh: &MeshFile, home: &Path) -> Result<Self, ClientError> {
         let session = Session::open(mesh, home)?;
         if session.profile.role() != Role::Patient {
@@ -572,21 +605,12 @@ impl Patient {
         progress: Progress,
     ) -> Result<RecordInfo, ClientError> {
         check_partition(partition)?;
-        let epoch = self.profile.current_epoch(partition)?;
-        let (_, pk) = self.master.partition_keys(partition, epoch)?;
-        let mut rng = rand::rng();
-        let (capsule, kem_key) = crypto::encapsulate(&mut rng, &pk);
-        let mut id = [0u8; 16];
-        rng.fill_bytes(&mut id);
-        let record_id = hex::encode(id);
-        let header = RecordHeader::new(
-            &mut rng,
-            record_id.as_bytes(),
-            self.user_id().as_bytes(),
-            partition,
+        let NewRecordKeys {
+            record_id,
             epoch,
-            capsule,
-        )?;
+            header,
+            kem_key,
+        } = self.new_record(partition)?;
         let seg = header.segment_size() as u64;
         let first = proto::PutRecordRequest {
             part: Some(put_record_request::Part::Header(proto::RecordUpload {
