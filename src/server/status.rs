@@ -24,63 +24,40 @@ impl IntoStatus for Status {
     }
 }
 
-impl IntoStatus for sesphr_access_policy::PolicyError {
-    fn into_status(self) -> Status {
-        let e = self;
-        use sesphr_access_policy::PolicyError as E;
-        match e {
-            E::InvalidArgument(m) => Status::invalid_argument(m),
-            E::NotFound(m) => Status::not_found(m),
-            E::AlreadyExists(m) => Status::already_exists(m),
-            E::PermissionDenied(m) => Status::permission_denied(m),
-            E::FailedPrecondition(m) => Status::failed_precondition(m),
-            E::Corrupt(m) => {
-                tracing::error!(problem = %m, "access policy data corrupt");
-                Status::data_loss(format!("access policy data is corrupt: {m}"))
-            }
-            E::Storage(e) => storage_failure("access policy", &e),
-        }
-    }
+fn corrupt(what: &str, problem: String) -> Status {
+    tracing::error!(%problem, "{what} data corrupt");
+    Status::data_loss(format!("{what} data is corrupt: {problem}"))
 }
 
-impl IntoStatus for sesphr_cloud_storage::StorageError {
-    fn into_status(self) -> Status {
-        let e = self;
-        use sesphr_cloud_storage::StorageError as E;
-        match e {
-            E::InvalidArgument(m) => Status::invalid_argument(m),
-            E::NotFound(m) => Status::not_found(m),
-            E::AlreadyExists(m) => Status::already_exists(m),
-            E::PermissionDenied(m) => Status::permission_denied(m),
-            E::FailedPrecondition(m) => Status::failed_precondition(m),
-            E::Corrupt(m) => {
-                tracing::error!(problem = %m, "record store data corrupt");
-                Status::data_loss(format!("stored record data is corrupt: {m}"))
+/// The domain crates share one error vocabulary; each may add variants,
+/// listed after the service name (the match stays exhaustive).
+macro_rules! into_status {
+    ($error:path, $what:literal $(, $extra:pat => $status:expr)* $(,)?) => {
+        impl IntoStatus for $error {
+            fn into_status(self) -> Status {
+                use $error as E;
+                match self {
+                    E::InvalidArgument(m) => Status::invalid_argument(m),
+                    E::NotFound(m) => Status::not_found(m),
+                    E::AlreadyExists(m) => Status::already_exists(m),
+                    E::PermissionDenied(m) => Status::permission_denied(m),
+                    E::FailedPrecondition(m) => Status::failed_precondition(m),
+                    E::Corrupt(m) => corrupt($what, m),
+                    E::Storage(e) => storage_failure($what, &e),
+                    $($extra => $status,)*
+                }
             }
-            E::Storage(e) => storage_failure("record", &e),
-            E::Io(m) => storage_failure("record object", &m),
         }
-    }
+    };
 }
 
-impl IntoStatus for sesphr_srs::SrsError {
-    fn into_status(self) -> Status {
-        let e = self;
-        use sesphr_srs::SrsError as E;
-        match e {
-            E::InvalidArgument(m) => Status::invalid_argument(m),
-            E::NotFound(m) => Status::not_found(m),
-            E::AlreadyExists(m) => Status::already_exists(m),
-            E::PermissionDenied(m) => Status::permission_denied(m),
-            E::FailedPrecondition(m) => Status::failed_precondition(m),
-            E::Corrupt(m) => {
-                tracing::error!(problem = %m, "SRS data corrupt");
-                Status::data_loss(format!("SRS data is corrupt: {m}"))
-            }
-            E::Storage(e) => storage_failure("SRS", &e),
-        }
-    }
-}
+into_status!(sesphr_access_policy::PolicyError, "access policy");
+into_status!(sesphr_srs::SrsError, "SRS");
+into_status!(
+    sesphr_cloud_storage::StorageError,
+    "record store",
+    E::Io(m) => storage_failure("record object", &m),
+);
 
 /// Bad ids and names in requests are the caller's mistake.
 pub fn invalid(e: IdentityError) -> Status {
