@@ -10,6 +10,40 @@
 //! Every plaintext segment but the last is exactly `segment_size` bytes; the
 //! last one is `0..=segment_size` bytes. Memory use of every API here is
 //! bounded by a couple of segments, never by the record size.
+//!
+//! ```
+//! use sesphr_crypto::rand_core::{OsRng, TryRngCore};
+//! use sesphr_crypto::{
+//!     decapsulate_original, decrypt_record, encapsulate, encrypt_record, RecordHeader,
+//!     RecordOpener, RecordSealer, SecretKey,
+//! };
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let mut rng = OsRng.unwrap_err();
+//! let owner = SecretKey::generate(&mut rng);
+//! let (capsule, kem_key) = encapsulate(&mut rng, &owner.public_key());
+//! let header = RecordHeader::new(&mut rng, b"rec-1", b"patient-1", "medical", 0, capsule)?;
+//!
+//! let plaintext = vec![7u8; 3_000_000];
+//! let mut record = Vec::new();
+//! encrypt_record(&plaintext[..], &mut record, RecordSealer::new(header, &kem_key)?)?;
+//!
+//! let mut out = Vec::new();
+//! decrypt_record(&record[..], &mut out, |h| {
+//!     let key = decapsulate_original(&owner, h.capsule())?;
+//!     RecordOpener::new(h.clone(), &key)
+//! })?;
+//! assert_eq!(out, plaintext);
+//!
+//! // A truncated record fails.
+//! record.truncate(record.len() - 1);
+//! assert!(decrypt_record(&record[..], std::io::sink(), |h| {
+//!     RecordOpener::new(h.clone(), &decapsulate_original(&owner, h.capsule())?)
+//! })
+//! .is_err());
+//! # Ok(())
+//! # }
+//! ```
 
 use core::fmt;
 use std::io::{self, Read, Write};
