@@ -302,3 +302,66 @@ async fn service_identities_cannot_impersonate_users() {
     assert!(err.message().contains("may not call"), "{}", err.message());
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plaintext_health_port_answers_health_only() {
+    use sesphr::daemon::{ServiceParams, bind, run_service};
+    sesphr::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = sesphr::pki::DevPki::ensure(&dir.path().join("pki"), TD).unwrap();
+    let tls = TlsMaterial::load(&sesphr::tls::TlsFiles {
+        cert: pki.cert("access-policy"),
+        key: pki.key("access-policy"),
+        ca: pki.ca_cert(),
+    })
+    .unwrap();
+    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let health = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let health_addr = health.local_addr().unwrap();
+    let params = ServiceParams {
+        service: Service::AccessPolicy,
+        trust_domain: TD.into(),
+        listener,
+        health_listener: Some(health),
+        tls,
+        data_dir: dir.path().join("access-policy"),
+        access_policy_endpoint: None,
+        peer_timeout: Duration::from_secs(5),
+        srs: None,
+        max_record_bytes: 1 << 30,
+        limits: Default::default(),
+        dedup_scope: Default::default(),
+    };
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run_service(params, async move {
+        let _ = rx.await;
+    }));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{health_addr}"))
+        .unwrap()
+        .connect_lazy();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let mut status = None;
+    for _ in 0..100 {
+        match health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service_names::ACCESS_POLICY.into(),
+            })
+            .await
+        {
+            Ok(r) => {
+                status = Some(r.into_inner().status);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(status, Some(1), "SERVING on the plaintext health port");
+    // Nothing else is served there.
+    let err = sesphr::proto::access_policy_client::AccessPolicyClient::new(channel)
+        .verify_audit(proto::VerifyAuditRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
