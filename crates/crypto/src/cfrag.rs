@@ -336,19 +336,37 @@ pub fn decapsulate_reencrypted(
     }
     d.zeroize();
 
-    // W = sum c_i E1_i = a E,  K = sum c_i (E1_i + V1_i) = a (E + V)
-    let e1s: Vec<Affine> = cfrags.iter().map(|c| c.cfrag.e1.affine).collect();
-    let sums: Vec<Jacobian> = cfrags
+    // W = sum c_i E1_i = a E,  K = sum c_i (E1_i + V1_i) = a (E + V).
+    // Cfrags with equal (E1, V1) (equal shares: every share is equal when
+    // t = 1) are merged first, so the incomplete additions below never see
+    // repeated points (see ec::lincomb_many_validated_ct).
+    let mut merged: Vec<(&CapsuleFrag, Scalar)> = Vec::with_capacity(cfrags.len());
+    for (c, l) in cfrags.iter().zip(&coefficients) {
+        let c = &c.cfrag;
+        match merged
+            .iter_mut()
+            .find(|(m, _)| m.e1.bytes == c.e1.bytes && m.v1.bytes == c.v1.bytes)
+        {
+            Some((_, acc)) => *acc += l,
+            None => merged.push((c, *l)),
+        }
+    }
+    coefficients.zeroize();
+    let mut scalars: Vec<Scalar> = merged.iter().map(|(_, l)| *l).collect();
+    let e1s: Vec<Affine> = merged.iter().map(|(c, _)| c.e1.affine).collect();
+    let sums: Vec<Jacobian> = merged
         .iter()
-        .map(|c| c.cfrag.e1.jac().add_affine_vartime(&c.cfrag.v1.affine))
+        .map(|(c, _)| c.e1.jac().add_affine_vartime(&c.v1.affine))
         .collect();
+    for (_, l) in &mut merged {
+        l.zeroize();
+    }
     let qs = ec::batch_to_affine(&sums)
         .into_iter()
         .collect::<Option<Vec<Affine>>>()
         .ok_or(Error::DecryptionFailed)?;
-    let w = ec::lincomb_ct(&e1s, &coefficients);
-    let k = ec::lincomb_ct(&qs, &coefficients);
-    coefficients.zeroize();
+    let [w, k] = ec::lincomb_many_validated_ct([&e1s[..], &qs[..]], &scalars);
+    scalars.zeroize();
     let [w, k] = Point::batch_from_jacobian(&[w, k]).ok_or(Error::DecryptionFailed)?;
 
     // Check s A = h W + (K - W), i.e. (h - 1) W - s A + K = 0. Only the

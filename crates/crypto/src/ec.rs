@@ -796,21 +796,68 @@ fn small_multiples(points: &[Affine]) -> Vec<[Raw; 8]> {
 /// Constant-time `sum k_i P_i` (secret scalars, public points), Straus with
 /// signed radix-16 digits and shared doublings. Uses complete additions (a
 /// selected doubling covers accumulator `==` entry), so it is correct
-/// whatever relations the points and scalars have.
+/// whatever relations the points and scalars have. (Kept as the reference
+/// for the validated variant and for the timing comparison.)
+#[cfg(test)]
 pub(crate) fn lincomb_ct(points: &[Affine], scalars: &[Scalar]) -> Jacobian {
-    debug_assert_eq!(points.len(), scalars.len());
-    let tables = small_multiples(points);
+    let [out] = straus_ct::<true, 1>([points], scalars);
+    out
+}
+
+/// Constant-time `sum_i k_i P_{j,i}` for `N` point sets sharing the same
+/// secret scalars (one table batch, one recoding, interleaved
+/// accumulators), with *incomplete* additions: identity operands are
+/// handled, but if a partial sum equals the entry being added the result is
+/// a wrong point (never a different timing or a panic).
+///
+/// Use only where (a) the points of a set are pairwise distinct (merge
+/// equal points and add their scalars first), (b) nobody who cannot already
+/// make the operation fail can steer the scalars or relate the points, and
+/// (c) the result is validated afterwards. Decapsulation qualifies: the
+/// scalars `d * lambda_i` are hash outputs known only to the grantee and
+/// the owner; the owner could contrive a collision (e.g. shares with
+/// `rk_2 = 2 rk_1`) but could as well hand out bad kfrags; and the final
+/// check against the owner's key rejects a wrong result. With an honest
+/// owner a collision needs a ~2^-250 coincidence per step.
+pub(crate) fn lincomb_many_validated_ct<const N: usize>(
+    point_sets: [&[Affine]; N],
+    scalars: &[Scalar],
+) -> [Jacobian; N] {
+    straus_ct::<false, N>(point_sets, scalars)
+}
+
+fn straus_ct<const COMPLETE: bool, const N: usize>(
+    point_sets: [&[Affine]; N],
+    scalars: &[Scalar],
+) -> [Jacobian; N] {
+    let t = scalars.len();
+    let all: Vec<Affine> = point_sets
+        .iter()
+        .flat_map(|set| {
+            debug_assert_eq!(set.len(), t);
+            set.iter().copied()
+        })
+        .collect();
+    let tables = small_multiples(&all);
     let digits: Vec<[i8; 65]> = scalars.iter().map(radix16).collect();
-    let mut acc = Jacobian::IDENTITY;
+    let mut acc = [Jacobian::IDENTITY; N];
     for i in (0..65).rev() {
         if i != 64 {
-            for _ in 0..4 {
-                acc = acc.double();
+            for a in &mut acc {
+                for _ in 0..4 {
+                    *a = a.double();
+                }
             }
         }
-        for (table, d) in tables.iter().zip(&digits) {
-            let (sel, is_zero) = select_signed(table, d[i]);
-            acc = acc.add_affine_complete_ct(&sel, is_zero);
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (table, d) in tables[j * t..(j + 1) * t].iter().zip(&digits) {
+                let (sel, is_zero) = select_signed(table, d[i]);
+                *a = if COMPLETE {
+                    a.add_affine_complete_ct(&sel, is_zero)
+                } else {
+                    a.add_affine_ct(&sel, is_zero)
+                };
+            }
         }
     }
     acc
@@ -995,6 +1042,17 @@ mod tests {
             let expect: ProjectivePoint = pts.iter().zip(w).map(|(p, k)| *p * k).sum();
             assert_eq!(to_p256(&lincomb_vartime(&aff, w)), expect);
             assert_eq!(to_p256(&lincomb_ct(&aff, w)), expect);
+            // Unrelated points and scalars: the validated variant agrees.
+            if w.iter()
+                .all(|k| bool::from(!p256::elliptic_curve::Field::is_zero(k)))
+            {
+                let rev: Vec<Affine> = aff.iter().rev().copied().collect();
+                let expect_rev: ProjectivePoint =
+                    pts.iter().rev().zip(w).map(|(p, k)| *p * k).sum();
+                let [a, b] = lincomb_many_validated_ct([&aff[..], &rev[..]], w);
+                assert_eq!(to_p256(&a), expect);
+                assert_eq!(to_p256(&b), expect_rev);
+            }
         }
         // Points and scalars crafted so that partial sums collide.
         let two = [ba, ba];

@@ -264,6 +264,9 @@ fn threshold_one_works_with_a_single_cfrag() {
         let key = decapsulate_reencrypted(&s.grantee_sk, &s.owner_pk, &s.capsule, &[*c]).unwrap();
         assert_eq!(key, s.key);
     }
+    // All shares are equal when t = 1; passing all of them must still work.
+    let key = decapsulate_reencrypted(&s.grantee_sk, &s.owner_pk, &s.capsule, &s.cfrags).unwrap();
+    assert_eq!(key, s.key);
 }
 
 #[test]
