@@ -8,6 +8,7 @@
 
 pub mod access_policy;
 pub mod cloud_storage;
+pub mod kfrag_cache;
 pub mod policy_client;
 pub mod srs;
 pub mod status;

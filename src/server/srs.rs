@@ -15,6 +15,7 @@ use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
+use super::kfrag_cache::{self, VerifiedKfrags};
 use super::policy_client::{CheckSubject, PolicyClient};
 use super::status::invalid;
 use super::{blocking, unix_now};
@@ -46,6 +47,7 @@ pub struct SrsService {
     policy: PolicyClient,
     trust_domain: String,
     limiter: RateLimiter,
+    verified: Arc<VerifiedKfrags>,
 }
 
 impl SrsService {
@@ -76,6 +78,7 @@ impl SrsService {
             policy,
             trust_domain,
             limiter: RateLimiter::new(reencrypt_rate, (reencrypt_rate * 4.0).max(1.0) as u32),
+            verified: Arc::new(VerifiedKfrags::new(kfrag_cache::DEFAULT_CAPACITY)),
         })
     }
 
@@ -403,25 +406,17 @@ impl Srs for SrsService {
         let delegating_public_key = set.delegating_public_key.clone();
         let owner = self.user(&r.owner_id).await?;
         let grantee = self.user(&grantee_id).await?;
+        let verified = self.verified.clone();
         let results = blocking(move || {
-            // Kfrags were verified when stored; verifying again costs little
-            // next to re-encryption and keeps a tampered database harmless.
-            let corrupt = || Status::data_loss("a stored kfrag does not verify");
-            let verifying =
-                crypto::VerifyingKey::from_bytes(&owner.verifying_key).map_err(|_| corrupt())?;
-            let delegating =
-                crypto::PublicKey::from_bytes(&set.delegating_public_key).map_err(|_| corrupt())?;
-            let receiving =
-                crypto::PublicKey::from_bytes(&grantee.pre_public_key).map_err(|_| corrupt())?;
-            let kfrags = set
-                .kfrags
-                .iter()
-                .map(|k| {
-                    crypto::KeyFrag::from_bytes(k)
-                        .and_then(|k| k.verify(&verifying, &delegating, &receiving))
-                        .map_err(|_| corrupt())
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            // Kfrags were verified when stored; they are verified again
+            // (once per distinct stored set, see `kfrag_cache`) so that a
+            // tampered database stays harmless.
+            let kfrags = verified.get_or_verify(
+                &set.kfrags,
+                &set.delegating_public_key,
+                &owner.verifying_key,
+                &grantee.pre_public_key,
+            )?;
             let mut rng = rand::rng();
             Ok::<_, Status>(
                 capsules
