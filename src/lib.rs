@@ -8,6 +8,7 @@
 //! See `ARCHITECTURE.md` for where things live and which boundaries matter.
 
 pub mod auth;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod daemon;
