@@ -4,12 +4,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+cargo test --workspace --locked 2>&1 | tee -a "$log"
 
 # Another language and a generic tool against a real mesh; both reuse the
 # binaries cargo test just built and install their tools into target/.
-bash clients/python/run-tests.sh
-bash scripts/grpcurl-check.sh
+bash clients/python/run-tests.sh 2>&1 | tee -a "$log"
+bash scripts/grpcurl-check.sh 2>&1 | tee -a "$log"
 
 # Kubernetes manifests: rendered and validated offline (tools go to target/).
 bash scripts/check-deploy.sh
+
+# One closing line for the whole suite (any failure above already stopped
+# the script with a non-zero exit).
+cargo_passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+python_passed=$(grep -Eo '^== python client: [0-9]+ tests ran' "$log" | awk '{print $4}' | tail -1)
+grpcurl_passed=$(grep -Eo '^grpcurl-check: [0-9]+ passed' "$log" | awk '{print $2}' | tail -1)
+echo "rust ${cargo_passed}, python ${python_passed:-0}, grpcurl ${grpcurl_passed:-0}"
+echo "summary: $((cargo_passed + ${python_passed:-0} + ${grpcurl_passed:-0})) passed, 0 failed"
