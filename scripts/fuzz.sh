@@ -12,7 +12,8 @@
 #    SECONDS_PER_TARGET (default 30). cargo fuzz passes nightly-only flags
 #    (-Zsanitizer=address); on a machine with only the stable toolchain,
 #    RUSTC_BOOTSTRAP=1 lets stable rustc accept them (its rust-std ships the
-#    ASan runtime). A nightly toolchain is used instead when one is installed.
+#    ASan runtime). A nightly toolchain is used instead when one is installed
+#    (SESPHR_FUZZ_TOOLCHAIN=stable forces the stable path).
 # A crash is copied to fuzz/regressions/<target>/, where step 1 replays it
 # from then on, and the script exits non-zero.
 set -euo pipefail
@@ -36,7 +37,7 @@ fi
 export PATH="$tools/bin:$PATH"
 
 toolchain=()
-if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+if [ "${SESPHR_FUZZ_TOOLCHAIN:-}" != stable ] && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   toolchain=(+nightly)
   echo "== using the nightly toolchain"
 else
