@@ -186,6 +186,75 @@ async fn status_ok<T: std::fmt::Debug>(
     call.await.map(|v| format!("{v:?}"))
 }
 
+/// A deduplicated upload's first message (header key from outside).
+fn dedup_header(
+    owner: &str,
+    record_id: &str,
+    blob_id: Vec<u8>,
+    ownership_proof: Vec<u8>,
+    size: u64,
+) -> proto::PutRecordRequest {
+    let header = RecordHeader::from_bytes(&header_bytes(owner, record_id, "medical", 0))
+        .unwrap()
+        .with_key_source(crypto::record::DemKeySource::External);
+    proto::PutRecordRequest {
+        part: Some(put_record_request::Part::Header(proto::RecordUpload {
+            record_id: record_id.to_owned(),
+            partition: "medical".into(),
+            epoch: 0,
+            record_header: header.to_bytes(),
+            ciphertext_size: size,
+            blob_id,
+            wrapped_content_key: vec![0; sesphr_dedup::convergent::WRAPPED_KEY_LEN],
+            ownership_proof,
+        })),
+    }
+}
+
+/// Answers CloudStorage's ownership challenge for `content` the way the
+/// SDK does (content key from the SRS's OPRF, blob sealed, Merkle proof).
+async fn ownership_proof(c: &MeshClients, content: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut h = sesphr_dedup::Sha256Hasher::new();
+    h.update(content);
+    let digest = h.finalize();
+    let (state, blinded) = sesphr_dedup::blind(&mut rand::rng(), &digest).unwrap();
+    let evaluated = c
+        .srs
+        .clone()
+        .evaluate_content_key(proto::EvaluateContentKeyRequest {
+            blinded_element: blinded.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .evaluated_element;
+    let output = sesphr_dedup::finalize(state, &digest, &evaluated).unwrap();
+    let key = sesphr_dedup::content_key(&output);
+    let sealer = sesphr_dedup::BlobSealer::new(&key);
+    let header = sealer.header_bytes().to_vec();
+    let mut body = content.to_vec();
+    sealer.seal_last_in_place(&mut body).unwrap();
+    let mut blob = sesphr_dedup::Sha256Hasher::new();
+    blob.update(&header);
+    blob.update(&body);
+    let blob_id = blob.finalize().to_vec();
+    let query = c
+        .cloud
+        .clone()
+        .query_blob(proto::QueryBlobRequest {
+            blob_id: blob_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(query.exists, "the blob is stored");
+    let challenge = sesphr_dedup::pow::Challenge::from_bytes(&query.challenge).unwrap();
+    let mut builder = sesphr_dedup::pow::ProofBuilder::new(&challenge);
+    builder.update(&header).unwrap();
+    builder.update(&body).unwrap();
+    (blob_id, builder.finish().unwrap().to_bytes())
+}
+
 /// What must not change: the victim's records and every grant.
 #[derive(Debug, PartialEq)]
 struct Snapshot {
@@ -237,6 +306,32 @@ async fn hostile_requests_are_refused_without_side_effects() {
         download(&bob, &medical.record_id).await.unwrap(),
         b"blood type 0+"
     );
+    // A deduplicated record, then a second one linked by a proof of
+    // ownership that an eavesdropper captures for replaying below.
+    let shared_scan = b"x-ray of the left knee".to_vec();
+    let (scan, _) = alice
+        .upload_dedup(
+            "medical",
+            std::io::Cursor::new(shared_scan.clone()),
+            shared_scan.len() as u64,
+            client::no_progress(),
+        )
+        .await
+        .unwrap();
+    let (blob_id, captured_proof) = ownership_proof(&alice.session.clients, &shared_scan).await;
+    assert_eq!(blob_id, scan.blob_id);
+    put(
+        &alice.session.clients,
+        vec![dedup_header(
+            "alice",
+            "scan2",
+            blob_id.clone(),
+            captured_proof.clone(),
+            scan.ciphertext_size,
+        )],
+    )
+    .await
+    .expect("a fresh proof links the record");
 
     let snapshot = || async {
         let records = alice
@@ -1110,6 +1205,152 @@ async fn hostile_requests_are_refused_without_side_effects() {
             "ReEncrypt: invalid owner id",
             Refused(Code::InvalidArgument, "user id"),
             reencrypt(bc, reenc("ALICE!", "medical", 0, vec![med_capsule.clone()])),
+        ),
+        // ---- deduplication (CloudStorage.QueryBlob, Srs.EvaluateContentKey) ----
+        case(
+            "QueryBlob: blob id of 5 bytes",
+            Refused(Code::InvalidArgument, "blob_id must be 32 bytes, not 5"),
+            status_ok(async {
+                mc.cloud
+                    .clone()
+                    .query_blob(proto::QueryBlobRequest {
+                        blob_id: vec![1; 5],
+                    })
+                    .await
+            }),
+        ),
+        case(
+            "QueryBlob: practitioner",
+            Refused(Code::PermissionDenied, "may not call"),
+            status_ok(async {
+                bc.cloud
+                    .clone()
+                    .query_blob(proto::QueryBlobRequest {
+                        blob_id: blob_id.clone(),
+                    })
+                    .await
+            }),
+        ),
+        case(
+            "EvaluateContentKey: not a curve point",
+            Refused(
+                Code::InvalidArgument,
+                "blinded_element is not a valid P-256 point",
+            ),
+            status_ok(async {
+                mc.srs
+                    .clone()
+                    .evaluate_content_key(proto::EvaluateContentKeyRequest {
+                        blinded_element: vec![7; 33],
+                    })
+                    .await
+            }),
+        ),
+        case(
+            "EvaluateContentKey: practitioner",
+            Refused(Code::PermissionDenied, "may not call"),
+            status_ok(async {
+                bc.srs
+                    .clone()
+                    .evaluate_content_key(proto::EvaluateContentKeyRequest::default())
+                    .await
+            }),
+        ),
+        case(
+            "PutRecord: ownership proof without blob id",
+            Refused(Code::InvalidArgument, "belong to deduplicated records"),
+            put(
+                mc,
+                vec![header_msg(
+                    "d0",
+                    "medical",
+                    0,
+                    header_bytes("mallory", "d0", "medical", 0),
+                    10,
+                )]
+                .into_iter()
+                .map(|mut m| {
+                    if let Some(put_record_request::Part::Header(h)) = &mut m.part {
+                        h.ownership_proof = vec![1; 8];
+                    }
+                    m
+                })
+                .collect(),
+            ),
+        ),
+        case(
+            "PutRecord: replayed proof without asking for a challenge",
+            Refused(Code::FailedPrecondition, "no open ownership challenge"),
+            put(
+                mc,
+                vec![dedup_header(
+                    "mallory",
+                    "d1",
+                    blob_id.clone(),
+                    captured_proof.clone(),
+                    scan.ciphertext_size,
+                )],
+            ),
+        ),
+        case(
+            "PutRecord: replayed proof against a fresh challenge",
+            Refused(Code::PermissionDenied, "proof of ownership failed"),
+            async {
+                mc.cloud
+                    .clone()
+                    .query_blob(proto::QueryBlobRequest {
+                        blob_id: blob_id.clone(),
+                    })
+                    .await?;
+                put(
+                    mc,
+                    vec![dedup_header(
+                        "mallory",
+                        "d2",
+                        blob_id.clone(),
+                        captured_proof.clone(),
+                        scan.ciphertext_size,
+                    )],
+                )
+                .await
+            },
+        ),
+        case(
+            "PutRecord: the owner replaying her used proof",
+            Refused(Code::FailedPrecondition, "challenges are single-use"),
+            put(
+                ac,
+                vec![dedup_header(
+                    "alice",
+                    "d3",
+                    blob_id.clone(),
+                    captured_proof.clone(),
+                    scan.ciphertext_size,
+                )],
+            ),
+        ),
+        case(
+            "PutRecord: garbage proof",
+            Refused(Code::InvalidArgument, "ownership_proof does not parse"),
+            async {
+                mc.cloud
+                    .clone()
+                    .query_blob(proto::QueryBlobRequest {
+                        blob_id: blob_id.clone(),
+                    })
+                    .await?;
+                put(
+                    mc,
+                    vec![dedup_header(
+                        "mallory",
+                        "d4",
+                        blob_id.clone(),
+                        vec![0xEE; 40],
+                        scan.ciphertext_size,
+                    )],
+                )
+                .await
+            },
         ),
         // ---- AccessPolicy ----
         case(
