@@ -379,6 +379,7 @@ async fn disk_full_refuses_the_write_and_leaves_no_partial_record() {
             "{what}: {err}"
         );
     };
+    let mut sled_failed = false;
     match &tmpfs {
         Some(_) => {
             // The object file runs into ENOSPC mid-stream.
@@ -399,6 +400,26 @@ async fn disk_full_refuses_the_write_and_leaves_no_partial_record() {
             drop(f);
             let err = upload_refused(&alice, 10, "upload onto a full disk").await;
             storage_error(&err, "full disk");
+            // Each refused upload still leaves a few bytes in sled's log
+            // (its pending marker); soon sled itself cannot write.
+            for _ in 0..300 {
+                let err = alice
+                    .upload(
+                        "medical",
+                        std::io::Cursor::new(vec![1u8; 10]),
+                        10,
+                        client::no_progress(),
+                    )
+                    .await
+                    .expect_err("no space");
+                storage_error(&err, "full disk");
+                if err.to_string().contains("record store storage error") {
+                    eprintln!("sled ran out of space: {err}");
+                    sled_failed = true;
+                    break;
+                }
+            }
+            assert!(sled_failed, "sled never failed to write");
             std::fs::remove_file(&filler).unwrap();
         }
         None => {
@@ -410,8 +431,7 @@ async fn disk_full_refuses_the_write_and_leaves_no_partial_record() {
             std::fs::set_permissions(&objects, std::fs::Permissions::from_mode(0o700)).unwrap();
         }
     }
-    // Nothing partial is visible, the earlier record is intact, and once
-    // there is space again uploads work (the store was not wedged).
+    // Reads go on, nothing partial is visible, the earlier record is intact.
     let listed = alice.list(None, None).await.unwrap();
     assert_eq!(
         listed
@@ -423,6 +443,38 @@ async fn disk_full_refuses_the_write_and_leaves_no_partial_record() {
     );
     assert_eq!(objects_in(&objects), before, "a partial object was left");
     assert_eq!(download(&alice, &kept.record_id).await.unwrap(), first);
+    // sled 0.34 refuses every write after an I/O error until the database
+    // is reopened: with space free again, writes still fail (cleanly) until
+    // CloudStorage restarts, which is what an orchestrator does. After the
+    // restart the store is whole and takes writes.
+    let (cloud, alice) = if sled_failed {
+        let r = alice
+            .upload(
+                "medical",
+                std::io::Cursor::new(b"too early".to_vec()),
+                9,
+                client::no_progress(),
+            )
+            .await;
+        eprintln!(
+            "with space again, before a restart: {:?}",
+            r.map(|m| m.record_id)
+        );
+        cloud.stop().await;
+        let cloud = mesh
+            .start(Service::CloudStorage, any_port(), cloud_dir.clone())
+            .await;
+        mesh.file.cloud_storage = format!("https://{}", cloud.addr);
+        let alice = Patient::open(&mesh.file, &homes.join("alice")).unwrap();
+        let listed = alice.list(None, None).await.unwrap();
+        assert!(
+            listed.iter().any(|r| r.record_id == kept.record_id) && listed.len() <= 2,
+            "after the restart: {listed:?}"
+        );
+        (cloud, alice)
+    } else {
+        (cloud, alice)
+    };
     let after = upload(&alice, "medical", b"space again").await;
     assert_eq!(
         download(&alice, &after.record_id).await.unwrap(),
