@@ -106,6 +106,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let mut opts = DevOptions::new(data_dir);
             opts.base_port = base_port;
             opts.trust_domain = trust_domain;
+            // The same SESPHR_* limit and dedup variables as `serve`.
+            let mut errors = Vec::new();
+            opts.limits = sesphr::config::LimitsSection::default().resolve(&Env, &mut errors);
+            if let Some(scope) = std::env::var(sesphr::config::ENV_DEDUP_SCOPE)
+                .ok()
+                .filter(|s| !s.is_empty())
+            {
+                match scope.parse() {
+                    Ok(s) => opts.dedup_scope = s,
+                    Err(e) => errors.push(format!("{}: {e}", sesphr::config::ENV_DEDUP_SCOPE)),
+                }
+            }
+            if !errors.is_empty() {
+                eprintln!("sesphrd: {}", sesphr::config::ConfigErrors(errors));
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
             let mesh = DevMesh::start(opts).await?;
             mesh.wait_ready(std::time::Duration::from_secs(30))
                 .await
