@@ -194,23 +194,11 @@ impl AccessPolicy for AccessPolicyService {
         };
         let store = self.store.clone();
         let actor = caller.short();
-        let (decision, grant) = blocking(move || {
-            let decision = store.check(&query, &actor, unix_now())?;
-            let grant = if decision.allowed {
-                store
-                    .grants_received(&query.grantee_id)?
-                    .into_iter()
-                    .find(|g| g.owner_id == query.owner_id && g.partition == query.partition)
-            } else {
-                None
-            };
-            Ok::<_, sesphr_access_policy::PolicyError>((decision, grant))
-        })
-        .await?;
+        let decision = blocking(move || store.check(&query, &actor, unix_now())).await?;
         Ok(Response::new(proto::CheckResponse {
             allowed: decision.allowed,
             reason: decision.reason,
-            grant: grant.map(grant_to_proto),
+            grant: decision.grant.map(grant_to_proto),
         }))
     }
 

@@ -218,6 +218,9 @@ pub struct CheckQuery {
 pub struct Decision {
     pub allowed: bool,
     pub reason: String,
+    /// The grant that allowed it (none for owners and denials): its window
+    /// lets a caller filter many records with one check.
+    pub grant: Option<Grant>,
 }
 
 impl Decision {
@@ -225,12 +228,14 @@ impl Decision {
         Decision {
             allowed: true,
             reason: reason.into(),
+            grant: None,
         }
     }
     fn deny(reason: impl Into<String>) -> Self {
         Decision {
             allowed: false,
             reason: reason.into(),
+            grant: None,
         }
     }
 }
@@ -765,7 +770,11 @@ impl PolicyStore {
                     Some(v) => {
                         let grant =
                             decode_grant(&key, &v).map_err(ConflictableTransactionError::Abort)?;
-                        evaluate(&grant, q, now)
+                        let mut decision = evaluate(&grant, q, now);
+                        if decision.allowed {
+                            decision.grant = Some(grant);
+                        }
+                        decision
                     }
                 }
             };

@@ -78,6 +78,7 @@ fn grant_then_check_allows_and_audits() {
         .unwrap();
     assert!(d.allowed, "{d:?}");
     assert_eq!(d.reason, "granted until 2023-12-14T22:13:20Z");
+    assert_eq!(d.grant.as_ref(), Some(&g), "an allow carries its grant");
 
     let log = all_entries(&s);
     assert_eq!(log.len(), 2);
@@ -163,6 +164,7 @@ fn owner_always_allowed_and_audited() {
     q.action = Action::List;
     let d = s.check(&q, "patient/alice", T0).unwrap();
     assert!(d.allowed);
+    assert!(d.grant.is_none(), "owners need no grant");
     // Same id with another role is not the owner.
     let d = s.check(&query("alice", Role::Doctor, 0), "x", T0).unwrap();
     assert!(!d.allowed);
