@@ -138,12 +138,7 @@ impl CloudStorageService {
     }
 
     async fn meta(&self, record_id: String) -> Result<RecordMeta, Status> {
-        validate_user_id(&record_id).map_err(|_| {
-            Status::invalid_argument(format!(
-                "record_id {:?} is not a valid record id",
-                truncate(&record_id)
-            ))
-        })?;
+        check_record_id(&record_id)?;
         let store = self.store.clone();
         let id = record_id.clone();
         blocking(move || store.get(&id))
@@ -193,6 +188,16 @@ impl CloudStorageService {
             record: Some(meta_to_proto(meta)),
         }))
     }
+}
+
+/// Record ids share the user-id syntax (they name files and sled keys).
+fn check_record_id(record_id: &str) -> Result<(), Status> {
+    validate_user_id(record_id).map_err(|_| {
+        Status::invalid_argument(format!(
+            "record_id {:?} is not a valid record id ([a-z0-9][a-z0-9._-]{{0,63}})",
+            truncate(record_id)
+        ))
+    })
 }
 
 fn truncate(s: &str) -> &str {
@@ -256,12 +261,7 @@ impl CloudStorage for CloudStorageService {
             }
             None => return Err(Status::invalid_argument("empty PutRecord stream")),
         };
-        validate_user_id(&header.record_id).map_err(|_| {
-            Status::invalid_argument(format!(
-                "record_id {:?} is not a valid record id ([a-z0-9][a-z0-9._-]{{0,63}})",
-                truncate(&header.record_id)
-            ))
-        })?;
+        check_record_id(&header.record_id)?;
         validate_partition(&header.partition).map_err(invalid)?;
         if header.record_header.is_empty() || header.record_header.len() > MAX_HEADER_BYTES {
             return Err(Status::invalid_argument(format!(
@@ -494,12 +494,7 @@ impl CloudStorage for CloudStorageService {
         let caller = self.authorize(&req, Rpc::DeleteRecord).await?;
         let owner = caller.as_patient().unwrap_or_default().to_owned();
         let record_id = req.into_inner().record_id;
-        validate_user_id(&record_id).map_err(|_| {
-            Status::invalid_argument(format!(
-                "record_id {:?} is not a valid record id",
-                truncate(&record_id)
-            ))
-        })?;
+        check_record_id(&record_id)?;
         let store = self.store.clone();
         let (o, id) = (owner.clone(), record_id.clone());
         match blocking(move || store.delete(&o, &id)).await {
