@@ -19,10 +19,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::policy_client::{CheckSubject, PolicyClient};
+use super::policy_client::{AuditAbout, CheckSubject, PolicyClient};
 use super::status::{IntoStatus, invalid};
 use super::{blocking, unix_now};
-use crate::auth::{self, Rpc};
+use crate::auth::Rpc;
 use crate::proto::cloud_storage_server::CloudStorage;
 use crate::proto::{self, CheckAction, get_record_response, put_record_request};
 
@@ -105,15 +105,7 @@ impl CloudStorageService {
     }
 
     async fn authorize<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<Identity, Status> {
-        match auth::authorize(req, rpc, &self.trust_domain) {
-            Ok(id) => Ok(id),
-            Err(status) => {
-                if let Ok(Some(caller)) = auth::peer_identity(req, &self.trust_domain) {
-                    self.audit_denial(&caller, rpc, "", "", &status).await;
-                }
-                Err(status)
-            }
-        }
+        self.policy.authorize(req, rpc, &self.trust_domain).await
     }
 
     async fn audit_denial(
@@ -124,16 +116,13 @@ impl CloudStorageService {
         record_id: &str,
         status: &Status,
     ) {
+        let about = AuditAbout {
+            owner_id,
+            record_id,
+            ..Default::default()
+        };
         self.policy
-            .record_event(proto::RecordEventRequest {
-                action: format!("denied:{}", rpc.method()),
-                owner_id: owner_id.to_owned(),
-                partition: String::new(),
-                subject: caller.short(),
-                record_id: record_id.to_owned(),
-                outcome: "denied".into(),
-                detail: status.message().to_owned(),
-            })
+            .audit(caller, rpc, about, "denied", status.message())
             .await;
     }
 

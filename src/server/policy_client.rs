@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use sesphr_identity::Identity;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::{Code, Request, Status};
+
+use crate::auth::{self, Rpc};
 
 use crate::proto::access_policy_client::AccessPolicyClient;
 use crate::proto::{CheckAction, CheckRequest, CheckResponse, RecordEventRequest};
@@ -77,6 +79,66 @@ impl PolicyClient {
             tracing::warn!(code = ?status.code(), message = status.message(), "could not record audit event");
         }
     }
+
+    /// Audits that `caller` called `rpc` with `outcome`; a `"denied"`
+    /// outcome is recorded as the event `denied:<rpc>`.
+    pub async fn audit(
+        &self,
+        caller: &Identity,
+        rpc: Rpc,
+        about: AuditAbout<'_>,
+        outcome: &str,
+        detail: &str,
+    ) {
+        let action = if outcome == "denied" {
+            format!("denied:{}", rpc.method())
+        } else {
+            rpc.method().to_owned()
+        };
+        self.record_event(RecordEventRequest {
+            action,
+            owner_id: about.owner_id.to_owned(),
+            partition: about.partition.to_owned(),
+            subject: caller.short(),
+            record_id: about.record_id.to_owned(),
+            outcome: outcome.to_owned(),
+            detail: detail.to_owned(),
+        })
+        .await;
+    }
+
+    /// [`auth::authorize`] for a service other than AccessPolicy: every
+    /// refusal of an identified caller is audited here.
+    pub async fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        rpc: Rpc,
+        trust_domain: &str,
+    ) -> Result<Identity, Status> {
+        let status = match auth::authorize(req, rpc, trust_domain) {
+            Ok(id) => return Ok(id),
+            Err(status) => status,
+        };
+        if let Ok(Some(caller)) = auth::peer_identity(req, trust_domain) {
+            self.audit(
+                &caller,
+                rpc,
+                AuditAbout::default(),
+                "denied",
+                status.message(),
+            )
+            .await;
+        }
+        Err(status)
+    }
+}
+
+/// Whose data an audited event is about (empty where it does not apply).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuditAbout<'a> {
+    pub owner_id: &'a str,
+    pub partition: &'a str,
+    pub record_id: &'a str,
 }
 
 impl PolicyClient {

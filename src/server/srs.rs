@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use super::kfrag_cache::{self, VerifiedKfrags};
-use super::policy_client::{CheckSubject, PolicyClient};
+use super::policy_client::{AuditAbout, CheckSubject, PolicyClient};
 use super::status::invalid;
 use super::{blocking, unix_now};
 use crate::auth::{self, Rpc};
@@ -83,43 +83,24 @@ impl SrsService {
     }
 
     async fn authorize<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<Identity, Status> {
-        match auth::authorize(req, rpc, &self.trust_domain) {
-            Ok(id) => Ok(id),
-            Err(status) => {
-                if let Ok(Some(caller)) = auth::peer_identity(req, &self.trust_domain) {
-                    self.audit(&caller, rpc, "", "", "denied", status.message())
-                        .await;
-                }
-                Err(status)
-            }
-        }
+        self.policy.authorize(req, rpc, &self.trust_domain).await
     }
 
-    async fn audit(
+    /// Audits a kfrag change the SRS made for an owner.
+    async fn audit_kfrags(
         &self,
         caller: &Identity,
         rpc: Rpc,
         owner_id: &str,
         partition: &str,
-        outcome: &str,
         detail: &str,
     ) {
-        let action = if outcome == "denied" {
-            format!("denied:{}", rpc.method())
-        } else {
-            rpc.method().to_owned()
+        let about = AuditAbout {
+            owner_id,
+            partition,
+            ..Default::default()
         };
-        self.policy
-            .record_event(proto::RecordEventRequest {
-                action,
-                owner_id: owner_id.to_owned(),
-                partition: partition.to_owned(),
-                subject: caller.short(),
-                record_id: String::new(),
-                outcome: outcome.to_owned(),
-                detail: detail.to_owned(),
-            })
-            .await;
+        self.policy.audit(caller, rpc, about, "ok", detail).await;
     }
 
     async fn user(&self, user_id: &str) -> Result<UserRecord, Status> {
@@ -289,12 +270,11 @@ impl Srs for SrsService {
             r.epoch,
         );
         blocking(move || store.put_kfrags(&o, &p, e, &g, set)).await?;
-        self.audit(
+        self.audit_kfrags(
             &caller,
             Rpc::PutKfrags,
             &owner_id,
             &r.partition,
-            "ok",
             &format!("{stored} kfrag(s) for {} epoch {}", r.grantee_id, r.epoch),
         )
         .await;
@@ -313,12 +293,11 @@ impl Srs for SrsService {
         let store = self.store.clone();
         let (o, p, g) = (owner_id.clone(), r.partition.clone(), r.grantee_id.clone());
         let removed = blocking(move || store.delete_kfrags(&o, &p, &g, r.epoch)).await?;
-        self.audit(
+        self.audit_kfrags(
             &caller,
             Rpc::DeleteKfrags,
             &owner_id,
             &r.partition,
-            "ok",
             &format!("{removed} kfrag set(s) of {} removed", r.grantee_id),
         )
         .await;
