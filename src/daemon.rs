@@ -231,7 +231,8 @@ pub async fn run_service(
             };
             let store = sesphr_cloud_storage::RecordStore::open(&store_dir, limits)
                 .map_err(|e| store_err(service, &store_dir)(e.to_string()))?;
-            let svc = CloudStorageService::new(Arc::new(store), policy()?, td.clone());
+            let svc = CloudStorageService::new(Arc::new(store), policy()?, td.clone())
+                .map_err(|e| store_err(service, &store_dir)(e.to_string()))?;
             health.set_serving::<proto::cloud_storage_server::CloudStorageServer<CloudStorageService>>().await;
             router.add_service(Limited::new(
                 proto::cloud_storage_server::CloudStorageServer::new(svc)

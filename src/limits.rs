@@ -19,7 +19,7 @@
 //! only) are counted per remote IP address.
 //!
 //! `max_concurrent_streams` is the HTTP/2 setting of each connection.
-//! Cheap calls (health, reflection, `GetUser`, `ListGrants`, …) are not
+//! Cheap calls (health, reflection, `ListGrants`, …) are not
 //! counted. The SRS additionally keeps its own `ReEncrypt` bucket
 //! (`reencrypt_rate`).
 
@@ -102,6 +102,7 @@ pub const EXPENSIVE: &[&str] = &[
     "/sesphr.v1.CloudStorage/DeleteRecord",
     "/sesphr.v1.CloudStorage/QueryBlob",
     "/sesphr.v1.Srs/Enroll",
+    "/sesphr.v1.Srs/GetUser",
     "/sesphr.v1.Srs/PutKfrags",
     "/sesphr.v1.Srs/DeleteKfrags",
     "/sesphr.v1.Srs/ReEncrypt",

@@ -358,7 +358,7 @@ async fn hostile_requests_are_refused_without_side_effects() {
     };
     let before = snapshot().await;
     let audit_before = alice.audit().await.unwrap().len();
-    let objects_dir = s.dir.path().join("mesh/cloud-storage/objects");
+    let objects_dir = s.dir.path().join("mesh/cloud-storage/records");
     let objects = || {
         std::fs::read_dir(&objects_dir)
             .map(|d| d.count())

@@ -37,7 +37,7 @@ async fn upload(p: &Patient, data: &[u8]) -> (proto::RecordMeta, Stored) {
 }
 
 fn blob_files(s: &Sandbox) -> usize {
-    let dir = s.dir.path().join("mesh/cloud-storage/blobs");
+    let dir = s.dir.path().join("mesh/cloud-storage/blobs.v2");
     std::fs::read_dir(dir)
         .unwrap()
         .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_file())

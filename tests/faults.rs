@@ -368,7 +368,7 @@ async fn disk_full_refuses_the_write_and_leaves_no_partial_record() {
     let alice = Patient::open(&mesh.file, &homes.join("alice")).unwrap();
     let first = vec![1u8; 4 << 20];
     let kept = upload(&alice, "medical", &first).await;
-    let objects = cloud_dir.join("objects");
+    let objects = cloud_dir.join("records");
     let before = objects_in(&objects);
 
     let storage_error = |err: &ClientError, what: &str| {

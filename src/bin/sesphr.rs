@@ -90,12 +90,17 @@ enum Command {
         #[arg(long)]
         not_before: Option<String>,
     },
-    /// Withdraw a grant.
+    /// Withdraw a grant, then rotate the partition so that records written
+    /// from now on are under a key the revoked user never had a path to.
     Revoke {
         #[arg(long)]
         partition: String,
         #[arg(long)]
         from: String,
+        /// Keep the current key epoch. Until the next rotation, the SRS
+        /// together with the revoked user could still open new records.
+        #[arg(long)]
+        no_rotate: bool,
     },
     /// Move a partition to a new key epoch for later uploads.
     Rotate {
@@ -364,11 +369,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default()
             );
         }
-        Command::Revoke { partition, from } => {
+        Command::Revoke {
+            partition,
+            from,
+            no_rotate,
+        } => {
             let mesh = mesh_file(&cli.mesh)?;
             let patient = Patient::open(&mesh, home(&cli.home)?)?;
             patient.revoke(&partition, &from).await?;
-            eprintln!("revoked {from}'s access to {partition}");
+            if no_rotate {
+                eprintln!(
+                    "revoked {from}'s access to {partition} (not rotated: run `sesphr rotate --partition {partition}` before writing records {from} must not read)"
+                );
+            } else {
+                let epoch = patient.rotate(&partition).await.with_context(|| {
+                    format!(
+                        "revoked {from}'s access to {partition}, but the rotation failed; run `sesphr rotate --partition {partition}`"
+                    )
+                })?;
+                eprintln!(
+                    "revoked {from}'s access to {partition}; new records use key epoch {epoch}"
+                );
+            }
         }
         Command::Rotate { partition } => {
             let mesh = mesh_file(&cli.mesh)?;

@@ -508,7 +508,9 @@ pub fn ciphertext_len(len: u64, seg: u64) -> u64 {
 #[derive(Debug, Clone, Default)]
 pub struct GrantOptions {
     /// Records created before this time stay closed (backward access
-    /// control); also withholds kfrags for older key epochs.
+    /// control). The partition is rotated first and the grantee gets kfrags
+    /// for the new epoch only, so older records are closed cryptographically
+    /// too, not only by the services' checks.
     pub not_before: Option<i64>,
     pub expires_at: Option<i64>,
 }
@@ -662,7 +664,17 @@ impl Patient {
             return Err(ClientError::Invalid("you already own your records".into()));
         }
         let grantee = self.lookup(grantee_id).await?;
-        let current = self.profile.current_epoch(partition)?;
+        // With `not_before`, the grantee gets kfrags for a fresh epoch only:
+        // every record written before the grant is under a key it has no
+        // path to, so the SRS cannot re-encrypt one for it even if the
+        // grantee holds its ciphertext (from an earlier grant, or a cloud
+        // insider). CloudStorage and AccessPolicy still check the record's
+        // creation time too.
+        let current = if opts.not_before.is_some() {
+            self.rotate(partition).await?
+        } else {
+            self.profile.current_epoch(partition)?
+        };
         let epoch_min = if opts.not_before.is_some() {
             current
         } else {

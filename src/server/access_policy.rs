@@ -198,6 +198,7 @@ impl AccessPolicy for AccessPolicyService {
         Ok(Response::new(proto::CheckResponse {
             allowed: decision.allowed,
             reason: decision.reason,
+            caller_reason: decision.caller_reason,
             grant: decision.grant.map(grant_to_proto),
         }))
     }

@@ -7,13 +7,15 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
-use sesphr_cloud_storage::{BlobRef, NewRecord, RecordMeta, RecordStore};
-use sesphr_dedup::pow::{Challenge, DEFAULT_CHALLENGE_TTL_SECS, Proof};
+use sesphr_cloud_storage::{
+    BlobRef, ChallengeBook, ChallengePolicy, Cursor, NewRecord, PageTokens, RecordMeta,
+    RecordStore, TokenScope, Window,
+};
+use sesphr_dedup::pow::Proof;
+use sesphr_srs::RateLimiter;
 use sesphr_identity::{Identity, validate_partition, validate_user_id};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -35,73 +37,41 @@ pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 /// Chunks read ahead of a slow downloader (bounds server memory per stream).
 const DOWNLOAD_READ_AHEAD: usize = 4;
-/// Outstanding proof-of-ownership challenges kept at most.
-const MAX_OPEN_CHALLENGES: usize = 10_000;
+/// Partitions one non-owner `ListRecords` call asks AccessPolicy about; a
+/// listing of an owner with more continues through the page token.
+const MAX_PARTITIONS_PER_LIST: usize = 64;
+/// `QueryBlob` calls per second per identity (burst: 4x). Each one is an
+/// audited existence probe of somebody's file (under `global` scope).
+pub const DEFAULT_BLOB_QUERY_RATE: f64 = 50.0;
 
 pub struct CloudStorageService {
     store: Arc<RecordStore>,
     policy: PolicyClient,
     trust_domain: String,
-    /// Issued proof-of-ownership challenges by (owner, blob id): single use,
-    /// expiring. Kept in memory: a restart only means asking again.
-    challenges: Mutex<HashMap<(String, [u8; 32]), Challenge>>,
+    /// Open proof-of-ownership challenges and how often each was drawn.
+    challenges: ChallengeBook,
+    page_tokens: PageTokens,
+    blob_queries: RateLimiter,
 }
 
 impl CloudStorageService {
-    pub fn new(store: Arc<RecordStore>, policy: PolicyClient, trust_domain: String) -> Self {
-        Self {
+    pub fn new(
+        store: Arc<RecordStore>,
+        policy: PolicyClient,
+        trust_domain: String,
+    ) -> Result<Self, sesphr_cloud_storage::StorageError> {
+        let page_tokens = PageTokens::new(&*store.secret("list-page-tokens")?);
+        Ok(Self {
             store,
             policy,
             trust_domain,
-            challenges: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn challenges(&self) -> std::sync::MutexGuard<'_, HashMap<(String, [u8; 32]), Challenge>> {
-        self.challenges.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Issues a fresh challenge for `owner` and `blob`, replacing any
-    /// earlier one (only the latest can be answered).
-    fn issue_challenge(
-        &self,
-        owner: &str,
-        blob_id: [u8; 32],
-        leaf_count: u64,
-    ) -> Result<Challenge, Status> {
-        let now = unix_now() as u64;
-        let challenge = Challenge::generate(&mut rand::rng(), leaf_count, now)
-            .map_err(|e| Status::internal(format!("cannot issue a challenge: {e}")))?;
-        let mut open = self.challenges();
-        if open.len() >= MAX_OPEN_CHALLENGES {
-            open.retain(|_, c| !c.is_expired(now, DEFAULT_CHALLENGE_TTL_SECS));
-            if open.len() >= MAX_OPEN_CHALLENGES {
-                return Err(Status::resource_exhausted(
-                    "too many open ownership challenges; retry shortly",
-                ));
-            }
-        }
-        open.insert((owner.to_owned(), blob_id), challenge.clone());
-        Ok(challenge)
-    }
-
-    /// Takes (single use) the challenge issued to `owner` for `blob`.
-    fn take_challenge(&self, owner: &str, blob_id: [u8; 32]) -> Result<Challenge, Status> {
-        let challenge = self
-            .challenges()
-            .remove(&(owner.to_owned(), blob_id))
-            .ok_or_else(|| {
-                Status::failed_precondition(
-                    "no open ownership challenge for this blob: call QueryBlob first \
-                     (challenges are single-use)",
-                )
-            })?;
-        if challenge.is_expired(unix_now() as u64, DEFAULT_CHALLENGE_TTL_SECS) {
-            return Err(Status::failed_precondition(format!(
-                "the ownership challenge expired ({DEFAULT_CHALLENGE_TTL_SECS} s); call QueryBlob again"
-            )));
-        }
-        Ok(challenge)
+            challenges: ChallengeBook::new(ChallengePolicy::default()),
+            page_tokens,
+            blob_queries: RateLimiter::new(
+                DEFAULT_BLOB_QUERY_RATE,
+                (DEFAULT_BLOB_QUERY_RATE * 4.0) as u32,
+            ),
+        })
     }
 
     async fn authorize<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<Identity, Status> {
@@ -153,7 +123,10 @@ impl CloudStorageService {
                 "no chunks may follow an ownership proof: the blob is already stored",
             ));
         }
-        let challenge = self.take_challenge(owner, blob.blob_id)?;
+        let challenge = self
+            .challenges
+            .take(owner, blob.blob_id, unix_now() as u64)
+            .map_err(IntoStatus::into_status)?;
         let proof = Proof::from_bytes(proof).map_err(|e| {
             Status::invalid_argument(format!("ownership_proof does not parse: {e}"))
         })?;
@@ -173,9 +146,82 @@ impl CloudStorageService {
         let store = self.store.clone();
         let meta = blocking(move || store.link_blob(new, blob, unix_now())).await?;
         tracing::info!(record = %meta.record_id, owner = %meta.owner_id, "record linked to a stored blob");
+        let about = AuditAbout {
+            owner_id: owner,
+            partition: &meta.partition,
+            record_id: &meta.record_id,
+        };
+        self.policy
+            .audit(caller, Rpc::PutRecord, about, "ok", "linked to a stored blob by proof of ownership")
+            .await;
         Ok(Response::new(proto::PutRecordResponse {
             record: Some(meta_to_proto(meta)),
         }))
+    }
+}
+
+impl CloudStorageService {
+    /// What a non-owner may list of `owner`'s records: one LIST check per
+    /// partition (the grant's window then filters its records), so no
+    /// record, partition or token of a partition without a grant is ever
+    /// touched for this caller.
+    async fn list_granted(
+        &self,
+        caller: &Identity,
+        owner: &str,
+        partition: Option<String>,
+        from: Option<Cursor>,
+        page: usize,
+    ) -> Result<(Vec<RecordMeta>, Option<Cursor>), Status> {
+        let mut partitions = match partition {
+            Some(p) => vec![p],
+            None => {
+                let store = self.store.clone();
+                let o = owner.to_owned();
+                let start = from.as_ref().map(|c| c.partition.clone()).unwrap_or_default();
+                blocking(move || store.partitions(&o, &start, MAX_PARTITIONS_PER_LIST + 1)).await?
+            }
+        };
+        // The first partition this call will not ask about, if any.
+        let resume = (partitions.len() > MAX_PARTITIONS_PER_LIST)
+            .then(|| partitions.pop())
+            .flatten();
+        let mut windows = Vec::new();
+        for p in partitions {
+            let d = self
+                .policy
+                .check(
+                    caller,
+                    CheckSubject {
+                        owner_id: owner,
+                        partition: &p,
+                        epoch: 0,
+                        record_created_at: None,
+                        record_id: "",
+                        action: CheckAction::List,
+                    },
+                )
+                .await?;
+            if let Some(g) = d.grant.filter(|_| d.allowed) {
+                let window = Window {
+                    epoch_min: g.epoch_min,
+                    epoch_max: g.epoch_max,
+                    not_before: g.not_before,
+                };
+                windows.push((p, window));
+            }
+        }
+        let store = self.store.clone();
+        let o = owner.to_owned();
+        let (records, next) =
+            blocking(move || store.list_visible(&o, &windows, from.as_ref(), page)).await?;
+        let next = next.or_else(|| {
+            resume.map(|partition| Cursor {
+                partition,
+                record_id: String::new(),
+            })
+        });
+        Ok((records, next))
     }
 }
 
@@ -219,13 +265,6 @@ fn blob_id_from(bytes: &[u8]) -> Result<[u8; 32], Status> {
     bytes.try_into().map_err(|_| {
         Status::invalid_argument(format!("blob_id must be 32 bytes, not {}", bytes.len()))
     })
-}
-
-/// Whether a grant (as returned by a LIST check) covers a stored record.
-fn grant_covers(grant: &proto::AccessGrant, m: &RecordMeta) -> bool {
-    m.epoch >= grant.epoch_min
-        && grant.epoch_max.is_none_or(|max| m.epoch <= max)
-        && m.created_at >= grant.not_before
 }
 
 type ByteStream = Pin<Box<dyn Stream<Item = Result<proto::GetRecordResponse, Status>> + Send>>;
@@ -361,7 +400,7 @@ impl CloudStorage for CloudStorageService {
                     "{} may not read record {}: {}",
                     caller.short(),
                     meta.record_id,
-                    decision.reason
+                    decision.caller_reason
                 )));
             }
         }
@@ -400,7 +439,9 @@ impl CloudStorage for CloudStorageService {
     ) -> Result<Response<proto::ListRecordsResponse>, Status> {
         let caller = self.authorize(&req, Rpc::ListRecords).await?;
         let r = req.into_inner();
-        let (_, caller_id) = caller.as_user().expect("authorize admits only users here");
+        let Some((_, caller_id)) = caller.as_user() else {
+            return Err(Status::permission_denied("only users list records"));
+        };
         let owner = if r.owner_id.is_empty() {
             caller_id.to_owned()
         } else {
@@ -422,57 +463,43 @@ impl CloudStorage for CloudStorageService {
             }
             n => n,
         };
-        let after = if r.page_token.is_empty() {
+        let caller_name = caller.to_string();
+        let scope = TokenScope {
+            caller: &caller_name,
+            owner_id: &owner,
+            partition: partition.as_deref(),
+        };
+        // Tokens are sealed: a position in an index names record ids and
+        // partitions the caller may not be allowed to see.
+        let from = if r.page_token.is_empty() {
             None
         } else {
-            validate_user_id(&r.page_token).map_err(|_| {
-                Status::invalid_argument("page_token is not one this server issued")
-            })?;
-            Some(r.page_token)
+            Some(
+                self.page_tokens
+                    .open(&scope, &r.page_token)
+                    .map_err(IntoStatus::into_status)?,
+            )
         };
-        let is_owner = caller.as_patient() == Some(owner.as_str());
-        let store = self.store.clone();
-        let (o, p) = (owner.clone(), partition.clone());
-        let (records, next) =
-            blocking(move || store.list(&o, p.as_deref(), after.as_deref(), page)).await?;
-        let records = if is_owner {
-            records
+        let (records, next) = if caller.as_patient() == Some(owner.as_str()) {
+            let store = self.store.clone();
+            let (o, p) = (owner.clone(), partition.clone());
+            let after = from.map(|c| c.record_id);
+            let (records, last) =
+                blocking(move || store.list(&o, p.as_deref(), after.as_deref(), page)).await?;
+            let next = last.map(|record_id| Cursor {
+                partition: String::new(),
+                record_id,
+            });
+            (records, next)
         } else {
-            // One LIST check per (partition, epoch) on this page; the
-            // returned grant window filters the individual records.
-            let mut grants: std::collections::HashMap<(String, u32), Option<proto::AccessGrant>> =
-                Default::default();
-            let mut visible = Vec::new();
-            for m in records {
-                let key = (m.partition.clone(), m.epoch);
-                if !grants.contains_key(&key) {
-                    let d = self
-                        .policy
-                        .check(
-                            &caller,
-                            CheckSubject {
-                                owner_id: &owner,
-                                partition: &m.partition,
-                                epoch: m.epoch,
-                                record_created_at: None,
-                                record_id: "",
-                                action: CheckAction::List,
-                            },
-                        )
-                        .await?;
-                    grants.insert(key.clone(), d.grant.filter(|_| d.allowed));
-                }
-                if let Some(Some(g)) = grants.get(&key)
-                    && grant_covers(g, &m)
-                {
-                    visible.push(m);
-                }
-            }
-            visible
+            self.list_granted(&caller, &owner, partition.clone(), from, page)
+                .await?
         };
         Ok(Response::new(proto::ListRecordsResponse {
             records: records.into_iter().map(meta_to_proto).collect(),
-            next_page_token: next.unwrap_or_default(),
+            next_page_token: next
+                .map(|c| self.page_tokens.seal(&scope, &c))
+                .unwrap_or_default(),
         }))
     }
 
@@ -495,7 +522,13 @@ impl CloudStorage for CloudStorageService {
             }
             Err(status) => {
                 if status.code() == tonic::Code::PermissionDenied {
-                    self.audit_denial(&caller, Rpc::DeleteRecord, "", &record_id, &status)
+                    // Attributed to the record's owner, so she sees the
+                    // attempt in her own view of the audit trail.
+                    let owner = match self.meta(record_id.clone()).await {
+                        Ok(m) => m.owner_id,
+                        Err(_) => String::new(),
+                    };
+                    self.audit_denial(&caller, Rpc::DeleteRecord, &owner, &record_id, &status)
                         .await;
                 }
                 Err(status)
@@ -510,13 +543,41 @@ impl CloudStorage for CloudStorageService {
         let caller = self.authorize(&req, Rpc::QueryBlob).await?;
         let owner = caller.as_patient().unwrap_or_default().to_owned();
         let blob_id = blob_id_from(&req.into_inner().blob_id)?;
+        if !self.blob_queries.check(&caller.to_string(), Instant::now()) {
+            return Err(Status::resource_exhausted(format!(
+                "blob query rate limit reached for {}; retry shortly",
+                caller.short()
+            )));
+        }
         let store = self.store.clone();
         let o = owner.clone();
         let info = blocking(move || store.blob(&o, &blob_id)).await?;
+        // Every probe is audited under the caller: under `global` scope the
+        // answer says whether anyone stored this file (docs/dedup.md).
+        let about = AuditAbout {
+            owner_id: &owner,
+            ..Default::default()
+        };
+        let probe = |hit: bool| {
+            format!(
+                "blob {}: {}",
+                hex::encode(&blob_id[..8]),
+                if hit { "stored" } else { "not stored" }
+            )
+        };
         let Some(info) = info else {
+            self.policy
+                .audit(&caller, Rpc::QueryBlob, about, "probe", &probe(false))
+                .await;
             return Ok(Response::new(proto::QueryBlobResponse::default()));
         };
-        let challenge = self.issue_challenge(&owner, blob_id, info.leaf_count)?;
+        self.policy
+            .audit(&caller, Rpc::QueryBlob, about, "probe", &probe(true))
+            .await;
+        let challenge = self
+            .challenges
+            .issue(&owner, blob_id, info.leaf_count, unix_now() as u64)
+            .map_err(IntoStatus::into_status)?;
         Ok(Response::new(proto::QueryBlobResponse {
             exists: true,
             challenge: challenge.to_bytes(),

@@ -90,6 +90,20 @@ impl PolicyClient {
         outcome: &str,
         detail: &str,
     ) {
+        self.audit_subject(caller.short(), rpc, about, outcome, detail)
+            .await;
+    }
+
+    /// [`audit`](Self::audit) for a caller named otherwise than by a
+    /// certificate (e.g. `anonymous@192.0.2.7` at enrollment).
+    pub async fn audit_subject(
+        &self,
+        subject: String,
+        rpc: Rpc,
+        about: AuditAbout<'_>,
+        outcome: &str,
+        detail: &str,
+    ) {
         let action = if outcome == "denied" {
             format!("denied:{}", rpc.method())
         } else {
@@ -99,7 +113,7 @@ impl PolicyClient {
             action,
             owner_id: about.owner_id.to_owned(),
             partition: about.partition.to_owned(),
-            subject: caller.short(),
+            subject,
             record_id: about.record_id.to_owned(),
             outcome: outcome.to_owned(),
             detail: detail.to_owned(),

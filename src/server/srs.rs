@@ -5,7 +5,8 @@
 //! verify), asks AccessPolicy before every re-encryption, and rate-limits
 //! re-encryption per identity.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sesphr_crypto as crypto;
@@ -35,6 +36,12 @@ pub const MAX_CSR_BYTES: usize = 16 << 10;
 /// patient, from brute-forcing predictable files through the SRS.
 pub const DEFAULT_CONTENT_KEY_RATE: f64 = 50.0;
 
+/// A directory lookup of one user by another is audited once per this many
+/// seconds (clients look owners up on every read).
+const LOOKUP_AUDIT_WINDOW_SECS: i64 = 3600;
+/// (caller, user) lookups remembered for that.
+const MAX_REMEMBERED_LOOKUPS: usize = 100_000;
+
 /// The OPRF key's derivation info (its seed is a per-mesh secret).
 const OPRF_KEY_INFO: &[u8] = b"SeSPHR dedup content keys";
 
@@ -48,6 +55,33 @@ pub struct SrsService {
     trust_domain: String,
     limiter: RateLimiter,
     verified: Arc<VerifiedKfrags>,
+    lookups: AuditedLookups,
+}
+
+/// Which directory lookups were audited lately, so a client that looks an
+/// owner up on every read adds one entry an hour, not one a read.
+struct AuditedLookups(Mutex<HashMap<(String, String), i64>>);
+
+impl AuditedLookups {
+    /// Whether `(caller, user)` is due an audit entry at `now`.
+    fn due(&self, caller: &str, user: &str, now: i64) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (caller.to_owned(), user.to_owned());
+        if seen
+            .get(&key)
+            .is_some_and(|&at| now - at < LOOKUP_AUDIT_WINDOW_SECS)
+        {
+            return false;
+        }
+        if seen.len() >= MAX_REMEMBERED_LOOKUPS {
+            seen.retain(|_, at| now - *at < LOOKUP_AUDIT_WINDOW_SECS);
+        }
+        // Full of fresh entries: audit every lookup rather than forget one.
+        if seen.len() < MAX_REMEMBERED_LOOKUPS {
+            seen.insert(key, now);
+        }
+        true
+    }
 }
 
 impl SrsService {
@@ -62,7 +96,7 @@ impl SrsService {
         let mut fresh = [0u8; 32];
         rand::fill(&mut fresh);
         let seed = zeroize::Zeroizing::new(store.service_secret("dedup-oprf-seed", fresh)?);
-        fresh.iter_mut().for_each(|b| *b = 0);
+        zeroize::Zeroize::zeroize(&mut fresh);
         let oprf_key = sesphr_dedup::ServerKey::derive(&seed, OPRF_KEY_INFO).map_err(|e| {
             sesphr_srs::SrsError::Corrupt(format!("OPRF key cannot be derived: {e}"))
         })?;
@@ -79,6 +113,7 @@ impl SrsService {
             trust_domain,
             limiter: RateLimiter::new(reencrypt_rate, (reencrypt_rate * 4.0).max(1.0) as u32),
             verified: Arc::new(VerifiedKfrags::new(kfrag_cache::DEFAULT_CAPACITY)),
+            lookups: AuditedLookups(Mutex::new(HashMap::new())),
         })
     }
 
@@ -103,58 +138,11 @@ impl SrsService {
         self.policy.audit(caller, rpc, about, "ok", detail).await;
     }
 
-    async fn user(&self, user_id: &str) -> Result<UserRecord, Status> {
-        let store = self.store.clone();
-        let id = user_id.to_owned();
-        blocking(move || store.user(&id))
-            .await?
-            .ok_or_else(|| Status::not_found(format!("no enrolled user {user_id}")))
-    }
-}
-
-fn user_to_proto(u: UserRecord) -> proto::UserInfo {
-    let domain = match u.role.domain() {
-        sesphr_identity::Domain::Owner => "owner",
-        sesphr_identity::Domain::Private => "private",
-        sesphr_identity::Domain::Public => "public",
-    };
-    proto::UserInfo {
-        user_id: u.user_id,
-        role: proto::Role::from(u.role) as i32,
-        domain: domain.to_owned(),
-        pre_public_key: u.pre_public_key,
-        verifying_key: u.verifying_key,
-        enrolled_at: u.enrolled_at,
-    }
-}
-
-fn parse_public_key(bytes: &[u8], field: &str) -> Result<crypto::PublicKey, Status> {
-    crypto::PublicKey::from_bytes(bytes).map_err(|_| {
-        Status::invalid_argument(format!(
-            "{field} is not a valid P-256 public key (33-byte SEC1 compressed point)"
-        ))
-    })
-}
-
-fn parse_verifying_key(bytes: &[u8], field: &str) -> Result<crypto::VerifyingKey, Status> {
-    crypto::VerifyingKey::from_bytes(bytes).map_err(|_| {
-        Status::invalid_argument(format!(
-            "{field} is not a valid P-256 verifying key (33-byte SEC1 compressed point)"
-        ))
-    })
-}
-
-#[tonic::async_trait]
-impl Srs for SrsService {
-    async fn enroll(
+    /// Enrollment proper: the token, the request, the certificate.
+    async fn enroll_checked(
         &self,
-        req: Request<proto::EnrollRequest>,
+        r: proto::EnrollRequest,
     ) -> Result<Response<proto::EnrollResponse>, Status> {
-        // Enrollment is the one RPC callers reach without a certificate: the
-        // token authenticates them instead. A certificate, if presented, must
-        // still be one of ours.
-        auth::peer_identity(&req, &self.trust_domain)?;
-        let r = req.into_inner();
         let token_ok: bool = r
             .enrollment_token
             .as_bytes()
@@ -208,16 +196,112 @@ impl Srs for SrsService {
         }))
     }
 
+    async fn user(&self, user_id: &str) -> Result<UserRecord, Status> {
+        let store = self.store.clone();
+        let id = user_id.to_owned();
+        blocking(move || store.user(&id))
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no enrolled user {user_id}")))
+    }
+}
+
+fn user_to_proto(u: UserRecord) -> proto::UserInfo {
+    let domain = match u.role.domain() {
+        sesphr_identity::Domain::Owner => "owner",
+        sesphr_identity::Domain::Private => "private",
+        sesphr_identity::Domain::Public => "public",
+    };
+    proto::UserInfo {
+        user_id: u.user_id,
+        role: proto::Role::from(u.role) as i32,
+        domain: domain.to_owned(),
+        pre_public_key: u.pre_public_key,
+        verifying_key: u.verifying_key,
+        enrolled_at: u.enrolled_at,
+    }
+}
+
+fn parse_public_key(bytes: &[u8], field: &str) -> Result<crypto::PublicKey, Status> {
+    crypto::PublicKey::from_bytes(bytes).map_err(|_| {
+        Status::invalid_argument(format!(
+            "{field} is not a valid P-256 public key (33-byte SEC1 compressed point)"
+        ))
+    })
+}
+
+fn parse_verifying_key(bytes: &[u8], field: &str) -> Result<crypto::VerifyingKey, Status> {
+    crypto::VerifyingKey::from_bytes(bytes).map_err(|_| {
+        Status::invalid_argument(format!(
+            "{field} is not a valid P-256 verifying key (33-byte SEC1 compressed point)"
+        ))
+    })
+}
+
+#[tonic::async_trait]
+impl Srs for SrsService {
+    async fn enroll(
+        &self,
+        req: Request<proto::EnrollRequest>,
+    ) -> Result<Response<proto::EnrollResponse>, Status> {
+        // Enrollment is the one RPC callers reach without a certificate: the
+        // token authenticates them instead. A certificate, if presented, must
+        // still be one of ours.
+        let presented = auth::peer_identity(&req, &self.trust_domain)?;
+        let peer = match (&presented, req.remote_addr()) {
+            (Some(id), _) => id.short(),
+            (None, Some(addr)) => format!("anonymous@{}", addr.ip()),
+            (None, None) => "anonymous".to_owned(),
+        };
+        let r = req.into_inner();
+        let user_id = r.user_id.clone();
+        let result = self.enroll_checked(r).await;
+        // Attributed to the id asked for, so its holder sees attempts on it.
+        let about = AuditAbout {
+            owner_id: if validate_user_id(&user_id).is_ok() {
+                &user_id
+            } else {
+                ""
+            },
+            ..Default::default()
+        };
+        match &result {
+            Ok(resp) => {
+                let detail = format!("enrolled as {}", resp.get_ref().spiffe_id);
+                self.policy
+                    .audit_subject(peer, Rpc::Enroll, about, "ok", &detail)
+                    .await
+            }
+            Err(status) => {
+                self.policy
+                    .audit_subject(peer, Rpc::Enroll, about, "denied", status.message())
+                    .await
+            }
+        }
+        result
+    }
+
     async fn get_user(
         &self,
         req: Request<proto::GetUserRequest>,
     ) -> Result<Response<proto::UserInfo>, Status> {
-        self.authorize(&req, Rpc::GetUser).await?;
+        let caller = self.authorize(&req, Rpc::GetUser).await?;
         let user_id = req.into_inner().user_id;
         validate_user_id(&user_id).map_err(invalid)?;
-        Ok(Response::new(user_to_proto(self.user(&user_id).await?)))
+        let found = self.user(&user_id).await;
+        let caller_name = caller.short();
+        let is_self = caller.as_user().is_some_and(|(_, id)| id == user_id);
+        if caller.as_service().is_none() && !is_self && self.lookups.due(&caller_name, &user_id, unix_now()) {
+            let about = AuditAbout {
+                owner_id: &user_id,
+                ..Default::default()
+            };
+            let detail = if found.is_ok() { "found" } else { "not enrolled" };
+            self.policy
+                .audit(&caller, Rpc::GetUser, about, "probe", detail)
+                .await;
+        }
+        Ok(Response::new(user_to_proto(found?)))
     }
-
     async fn put_kfrags(
         &self,
         req: Request<proto::PutKfragsRequest>,
@@ -360,7 +444,7 @@ impl Srs for SrsService {
                 caller.short(),
                 r.owner_id,
                 r.partition,
-                decision.reason
+                decision.caller_reason
             )));
         }
         let store = self.store.clone();
@@ -437,6 +521,16 @@ impl Srs for SrsService {
                 "blinded_element is not a valid P-256 point (33-byte SEC1 compressed)",
             )
         })?;
+        // The evaluation is blind (the SRS cannot tell which file), but how
+        // often an identity asks is worth knowing: a burst of them is what a
+        // brute-force of a guessable file looks like.
+        let about = AuditAbout {
+            owner_id: caller.as_patient().unwrap_or_default(),
+            ..Default::default()
+        };
+        self.policy
+            .audit(&caller, Rpc::EvaluateContentKey, about, "probe", "content key evaluated")
+            .await;
         Ok(Response::new(proto::EvaluateContentKeyResponse {
             evaluated_element: evaluated.to_vec(),
         }))

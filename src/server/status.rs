@@ -57,6 +57,7 @@ into_status!(
     sesphr_cloud_storage::StorageError,
     "record store",
     E::Io(m) => storage_failure("record object", &m),
+    E::Exhausted(m) => Status::resource_exhausted(m),
 );
 
 /// Bad ids and names in requests are the caller's mistake.

@@ -217,7 +217,12 @@ pub struct CheckQuery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
+    /// The whole reason, for the audit trail (the owner sees it).
     pub reason: String,
+    /// What the service that asked may tell its caller: it says nothing
+    /// about the record (partition, epoch, creation time) that the caller
+    /// could not learn from its own grant.
+    pub caller_reason: String,
     /// The grant that allowed it (none for owners and denials): its window
     /// lets a caller filter many records with one check.
     pub grant: Option<Grant>,
@@ -225,16 +230,32 @@ pub struct Decision {
 
 impl Decision {
     fn allow(reason: impl Into<String>) -> Self {
+        let reason = reason.into();
         Decision {
             allowed: true,
-            reason: reason.into(),
+            caller_reason: reason.clone(),
+            reason,
             grant: None,
         }
     }
+    /// A denial about the caller's own grant (its role, validity window):
+    /// the caller may hear all of it.
     fn deny(reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Decision {
+            allowed: false,
+            caller_reason: reason.clone(),
+            reason,
+            grant: None,
+        }
+    }
+    /// A denial whose full reason describes the record; the caller hears
+    /// only `caller_reason`.
+    fn deny_telling(reason: impl Into<String>, caller_reason: &str) -> Self {
         Decision {
             allowed: false,
             reason: reason.into(),
+            caller_reason: caller_reason.to_owned(),
             grant: None,
         }
     }
@@ -533,6 +554,9 @@ fn validate_grant(g: &Grant, now: i64) -> Result<(), PolicyError> {
     Ok(())
 }
 
+/// What a grantee hears when its grant exists but leaves the record out.
+const NOT_COVERED: &str = "the grant does not cover it";
+
 /// The rule from the crate docs, for a grant already known to match
 /// (owner, partition, grantee).
 fn evaluate(g: &Grant, q: &CheckQuery, now: i64) -> Decision {
@@ -553,22 +577,30 @@ fn evaluate(g: &Grant, q: &CheckQuery, now: i64) -> Decision {
     {
         return Decision::deny(format!("grant expired at {}", format_unix_time(exp)));
     }
+    // A LIST check asks about the partition as a whole: the asking service
+    // filters each record by the returned grant's window.
     let in_range = q.epoch >= g.epoch_min && g.epoch_max.is_none_or(|max| q.epoch <= max);
-    if !in_range {
-        return Decision::deny(format!(
-            "epoch {} outside granted range {}",
-            q.epoch,
-            g.epoch_range()
-        ));
+    if !in_range && q.action != Action::List {
+        return Decision::deny_telling(
+            format!(
+                "epoch {} outside granted range {}",
+                q.epoch,
+                g.epoch_range()
+            ),
+            NOT_COVERED,
+        );
     }
     if let Some(created) = q.record_created_at
         && created < g.not_before
     {
-        return Decision::deny(format!(
-            "record created before not_before ({} < {})",
-            format_unix_time(created),
-            format_unix_time(g.not_before)
-        ));
+        return Decision::deny_telling(
+            format!(
+                "record created before not_before ({} < {})",
+                format_unix_time(created),
+                format_unix_time(g.not_before)
+            ),
+            NOT_COVERED,
+        );
     }
     match g.expires_at {
         Some(exp) => Decision::allow(format!("granted until {}", format_unix_time(exp))),
@@ -763,10 +795,13 @@ impl PolicyStore {
                 Decision::allow("owner has access to their own records")
             } else {
                 match g.get(key.as_slice())? {
-                    None => Decision::deny(format!(
-                        "no grant from {} to {} on partition {}",
-                        q.owner_id, q.grantee_id, q.partition
-                    )),
+                    None => Decision::deny_telling(
+                        format!(
+                            "no grant from {} to {} on partition {}",
+                            q.owner_id, q.grantee_id, q.partition
+                        ),
+                        "no grant covers it",
+                    ),
                     Some(v) => {
                         let grant =
                             decode_grant(&key, &v).map_err(ConflictableTransactionError::Abort)?;

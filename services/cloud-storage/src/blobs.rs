@@ -1,17 +1,12 @@
 //! Deduplicated ciphertext blobs: stored once, reference-counted, with the
 //! Merkle root that proofs of ownership are checked against.
 //!
-//! A blob lives in `blobs/<name>` beside the sled database; its
-//! [`BlobInfo`] (size, Merkle root, leaf count, reference count) lives in
-//! the `blobs` tree under its *blob key*. The key depends on the dedup scope:
-//! the blob id alone (`global`: equal files of different owners are stored
-//! once) or `owner ‖ 0x00 ‖ blob id` (`per-owner`: the cloud never learns
-//! that two owners hold the same file). An upload is staged in
-//! `blobs/tmp/<record_id>` and renamed into place before the metadata
-//! transaction that makes it visible.
-
-use std::fs::File;
-use std::path::{Path, PathBuf};
+//! A blob's [`BlobInfo`] (size, Merkle root, leaf count, reference count)
+//! lives in the `blobs` tree under its [`BlobKey`], which depends on the dedup
+//! scope: the blob id alone (`global`: equal files of different owners are
+//! stored once) or the blob id within one owner's files (`per-owner`: the
+//! cloud never learns that two owners hold the same file). Where its bytes
+//! live on disk is the [`layout`](crate::layout)'s business.
 
 use crate::StorageError;
 
@@ -83,125 +78,94 @@ impl BlobInfo {
     }
 }
 
-/// The tree key of a blob under a scope.
-pub(crate) fn blob_key(scope: DedupScope, owner_id: &str, blob_id: &[u8; 32]) -> Vec<u8> {
-    match scope {
-        DedupScope::Global => blob_id.to_vec(),
-        DedupScope::PerOwner => {
-            let mut k = Vec::with_capacity(owner_id.len() + 33);
-            k.extend_from_slice(owner_id.as_bytes());
-            k.push(0);
-            k.extend_from_slice(blob_id);
-            k
+/// Where a blob is filed: by its id alone (`global` scope) or by its id
+/// within one owner's files (`per-owner`). A typed value, so the scope is
+/// never read back out of id bytes: a blob id is SHA-256 of client-chosen
+/// bytes and may hold any byte, 0x00 and `/` included.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct BlobKey {
+    owner: Option<String>,
+    blob_id: [u8; 32],
+}
+
+impl BlobKey {
+    /// The key of `blob_id` for `owner_id` under `scope`.
+    pub(crate) fn new(scope: DedupScope, owner_id: &str, blob_id: &[u8; 32]) -> Self {
+        BlobKey {
+            owner: match scope {
+                DedupScope::Global => None,
+                DedupScope::PerOwner => Some(owner_id.to_owned()),
+            },
+            blob_id: *blob_id,
         }
     }
-}
 
-/// The file name of a blob key: hex for global keys, `owner.hex` otherwise
-/// (owner ids are `[a-z0-9._-]`, so names stay unambiguous).
-pub(crate) fn file_name(key: &[u8]) -> String {
-    match key.iter().position(|&b| b == 0) {
-        Some(i) => format!(
-            "{}.{}",
-            String::from_utf8_lossy(&key[..i]),
-            hex(&key[i + 1..])
-        ),
-        None => hex(key),
+    /// The key in the `blobs` tree: the blob id (`global`) or
+    /// `owner ‖ 0x00 ‖ blob id` (`per-owner`). Owner ids never contain 0x00.
+    pub(crate) fn tree_key(&self) -> Vec<u8> {
+        match &self.owner {
+            None => self.blob_id.to_vec(),
+            Some(owner) => {
+                let mut k = Vec::with_capacity(owner.len() + 33);
+                k.extend_from_slice(owner.as_bytes());
+                k.push(0);
+                k.extend_from_slice(&self.blob_id);
+                k
+            }
+        }
+    }
+
+    /// Reads a tree key back. The blob id is always the last 32 bytes, so
+    /// 0x00 bytes inside it cannot shift the split.
+    pub(crate) fn from_tree_key(key: &[u8]) -> Result<Self, StorageError> {
+        let bad = || StorageError::Corrupt(format!("malformed blob key {}", hex(key)));
+        let split = key.len().checked_sub(32).ok_or_else(bad)?;
+        let mut blob_id = [0u8; 32];
+        blob_id.copy_from_slice(&key[split..]);
+        let owner = match split {
+            0 => None,
+            1 => return Err(bad()),
+            n => {
+                if key[n - 1] != 0 {
+                    return Err(bad());
+                }
+                let owner = std::str::from_utf8(&key[..n - 1]).map_err(|_| bad())?;
+                sesphr_identity::validate_user_id(owner).map_err(|_| bad())?;
+                Some(owner.to_owned())
+            }
+        };
+        Ok(BlobKey { owner, blob_id })
+    }
+
+    /// The blob's file name: lowercase hex only (`<blob id>` or
+    /// `<owner>-<blob id>`, each hex-encoded), so no id byte can ever become
+    /// a path separator, a parent reference or an absolute path.
+    pub(crate) fn file_name(&self) -> String {
+        match &self.owner {
+            None => hex(&self.blob_id),
+            Some(owner) => format!("{}-{}", hex(owner.as_bytes()), hex(&self.blob_id)),
+        }
+    }
+
+    /// The name the first storage layout gave this blob, if it was a plain
+    /// file name there (used once, to migrate old stores).
+    pub(crate) fn legacy_file_name(&self) -> Option<String> {
+        let key = self.tree_key();
+        let name = match key.iter().position(|&b| b == 0) {
+            Some(i) => format!(
+                "{}.{}",
+                String::from_utf8_lossy(&key[..i]),
+                hex(&key[i + 1..])
+            ),
+            None => hex(&key),
+        };
+        let plain = !name.is_empty() && name != "." && name != ".." && !name.contains('/');
+        plain.then_some(name)
     }
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Staged uploads, and published blobs as (file name, path).
-pub(crate) type Listing = (Vec<PathBuf>, Vec<(String, PathBuf)>);
-
-/// The blob directory.
-pub(crate) struct BlobDir {
-    dir: PathBuf,
-    tmp: PathBuf,
-}
-
-fn io(path: &Path, e: std::io::Error) -> StorageError {
-    StorageError::Io(format!("{}: {e}", path.display()))
-}
-
-impl BlobDir {
-    pub(crate) fn open(dir: PathBuf) -> Result<Self, StorageError> {
-        let tmp = dir.join("tmp");
-        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-        Ok(Self { dir, tmp })
-    }
-
-    pub(crate) fn path(&self, key: &[u8]) -> PathBuf {
-        self.dir.join(file_name(key))
-    }
-
-    pub(crate) fn staging(&self, record_id: &str) -> PathBuf {
-        self.tmp.join(record_id)
-    }
-
-    pub(crate) fn create_staging(&self, record_id: &str) -> Result<File, StorageError> {
-        let path = self.staging(record_id);
-        File::create(&path).map_err(|e| io(&path, e))
-    }
-
-    /// Moves a staged upload into place (durably).
-    pub(crate) fn publish(&self, record_id: &str, key: &[u8]) -> Result<(), StorageError> {
-        let from = self.staging(record_id);
-        let to = self.path(key);
-        std::fs::rename(&from, &to).map_err(|e| io(&to, e))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io(&self.dir, e))
-    }
-
-    pub(crate) fn remove_file(path: &Path) -> Result<bool, StorageError> {
-        match std::fs::remove_file(path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io(path, e)),
-        }
-    }
-
-    pub(crate) fn open_read(&self, key: &[u8]) -> Result<Option<File>, StorageError> {
-        let path = self.path(key);
-        match File::open(&path) {
-            Ok(f) => Ok(Some(f)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(&path, e)),
-        }
-    }
-
-    /// Staged files, and published files by name.
-    pub(crate) fn listing(&self) -> Result<Listing, StorageError> {
-        let mut staged = Vec::new();
-        for e in std::fs::read_dir(&self.tmp).map_err(|e| io(&self.tmp, e))? {
-            staged.push(e.map_err(|e| io(&self.tmp, e))?.path());
-        }
-        let mut published = Vec::new();
-        for e in std::fs::read_dir(&self.dir).map_err(|e| io(&self.dir, e))? {
-            let e = e.map_err(|e| io(&self.dir, e))?;
-            if e.path() == self.tmp {
-                continue;
-            }
-            if let Some(name) = e.file_name().to_str() {
-                published.push((name.to_owned(), e.path()));
-            }
-        }
-        Ok((staged, published))
-    }
-
-    /// Bytes of all published blobs.
-    pub(crate) fn bytes(&self) -> Result<u64, StorageError> {
-        let (_, published) = self.listing()?;
-        let mut total = 0;
-        for (_, path) in published {
-            total += std::fs::metadata(&path).map_err(|e| io(&path, e))?.len();
-        }
-        Ok(total)
-    }
 }
 
 #[cfg(test)]
@@ -225,15 +189,53 @@ mod tests {
     #[test]
     fn keys_and_names() {
         let id = [0xab; 32];
+        let global = BlobKey::new(DedupScope::Global, "alice", &id);
+        assert_eq!(global.file_name(), "ab".repeat(32));
+        assert_eq!(global.tree_key(), id.to_vec());
+        let owned = BlobKey::new(DedupScope::PerOwner, "alice", &id);
         assert_eq!(
-            file_name(&blob_key(DedupScope::Global, "alice", &id)),
-            "ab".repeat(32)
-        );
-        assert_eq!(
-            file_name(&blob_key(DedupScope::PerOwner, "alice", &id)),
-            format!("alice.{}", "ab".repeat(32))
+            owned.file_name(),
+            format!("{}-{}", hex(b"alice"), "ab".repeat(32))
         );
         assert!("per-owner".parse::<DedupScope>().is_ok());
         assert!("nope".parse::<DedupScope>().is_err());
+    }
+
+    /// Blob ids are hashes of client-chosen bytes: any byte can appear,
+    /// 0x00 and `/` included, and none of them may reach a file name.
+    #[test]
+    fn hostile_blob_ids_give_plain_hex_names_and_round_trip() {
+        let mut hostile = [0u8; 32];
+        hostile[..4].copy_from_slice(b"/../");
+        hostile[4] = 0;
+        let mut slash_first = [b'/'; 32];
+        slash_first[3] = 0;
+        for id in [hostile, slash_first, [0; 32], [0xff; 32]] {
+            for scope in [DedupScope::Global, DedupScope::PerOwner] {
+                let key = BlobKey::new(scope, "alice", &id);
+                let name = key.file_name();
+                assert!(
+                    name.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'),
+                    "{name}"
+                );
+                assert_eq!(BlobKey::from_tree_key(&key.tree_key()).unwrap(), key);
+            }
+        }
+        // A legacy name with a separator is never used as a path.
+        let key = BlobKey::new(DedupScope::Global, "alice", &slash_first);
+        assert_eq!(key.legacy_file_name(), None);
+    }
+
+    #[test]
+    fn malformed_tree_keys_are_refused() {
+        for k in [
+            &b""[..],
+            &[1u8; 31][..],
+            &[0u8; 33][..],
+            &[b'a'; 34][..],
+            &[b"A\0"[..].to_vec(), vec![1; 32]].concat()[..],
+        ] {
+            assert!(BlobKey::from_tree_key(k).is_err(), "{k:?}");
+        }
     }
 }

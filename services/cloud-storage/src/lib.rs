@@ -16,8 +16,8 @@
 //! | `by_partition` | owner ‖ 0x00 ‖ partition ‖ 0x00 ‖ record_id | empty |
 //! | `pending` | record_id | 1 byte: 1 = upload in progress, 2 = delete in progress |
 //!
-//! Ciphertext lives in `objects/<record_id>`, one append-only file per
-//! record. sled 0.34 keeps every value it writes in memory (measured: 200 MiB
+//! Ciphertext lives in files beside sled's directory (see [`layout`]): one
+//! append-only object file per record, one file per deduplicated blob. sled 0.34 keeps every value it writes in memory (measured: 200 MiB
 //! of 1 MiB values left ~220 MiB resident whatever the cache capacity) and
 //! writes each large value ~2.5× to disk, so bulk bytes stay out of it; sled
 //! holds everything that must change atomically (metadata, indexes, markers).
@@ -37,7 +37,10 @@
 //! `meta` (marker or not) is swept.
 
 mod blobs;
+mod challenges;
 mod codec;
+mod layout;
+mod page_token;
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -50,9 +53,12 @@ use sesphr_identity::{IdentityError, validate_partition, validate_user_id};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use blobs::{BlobDir, blob_key};
+use blobs::BlobKey;
+use layout::{Layout, io_error};
 pub use blobs::{BlobInfo, DedupScope};
+pub use challenges::{ChallengeBook, ChallengePolicy};
 use codec::StoredMeta;
+pub use page_token::{Cursor, PageTokens, TokenScope};
 use sha2::{Digest, Sha256};
 
 /// Longest record id accepted.
@@ -84,6 +90,9 @@ pub enum StorageError {
     /// The object directory could not be read or written.
     #[error("object store: {0}")]
     Io(String),
+    /// A per-caller allowance is used up for now.
+    #[error("{0}")]
+    Exhausted(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }
@@ -130,6 +139,28 @@ pub struct RecordMeta {
     /// Set for deduplicated records: the content lives in a shared blob.
     pub blob: Option<BlobRef>,
 }
+
+/// Which of an owner's records in one partition a grantee may see: the
+/// window of the grant AccessPolicy returned for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub epoch_min: u32,
+    pub epoch_max: Option<u32>,
+    /// Records created earlier stay hidden (backward access control).
+    pub not_before: i64,
+}
+
+impl Window {
+    pub fn covers(&self, m: &RecordMeta) -> bool {
+        m.epoch >= self.epoch_min
+            && self.epoch_max.is_none_or(|max| m.epoch <= max)
+            && m.created_at >= self.not_before
+    }
+}
+
+/// Index entries one [`RecordStore::list_visible`] call looks at, at most,
+/// per record it may return.
+pub const SCAN_PER_RESULT: usize = 10;
 
 /// A record's link to a deduplicated blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,64 +252,6 @@ fn partition_key(owner: &str, partition: &str, record_id: &str) -> Vec<u8> {
 /// Bytes per item yielded by [`RecordStore::chunks`].
 const READ_CHUNK: usize = 1 << 20;
 
-/// The directory of object files.
-struct Objects {
-    dir: PathBuf,
-}
-
-impl Objects {
-    fn open(dir: PathBuf) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
-        Ok(Self { dir })
-    }
-
-    /// Record ids are `[A-Za-z0-9][A-Za-z0-9._-]*`: safe file names.
-    fn path(&self, record_id: &str) -> PathBuf {
-        self.dir.join(record_id)
-    }
-
-    /// A fresh, empty object file for an upload (replacing any leftover).
-    fn create(&self, record_id: &str) -> Result<File, StorageError> {
-        let path = self.path(record_id);
-        let f = File::create(&path).map_err(|e| io_error(&path, e))?;
-        // Make the directory entry durable too.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_error(&self.dir, e))?;
-        Ok(f)
-    }
-
-    fn open_read(&self, record_id: &str) -> Result<Option<File>, StorageError> {
-        let path = self.path(record_id);
-        match File::open(&path) {
-            Ok(f) => Ok(Some(f)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_error(&path, e)),
-        }
-    }
-
-    /// Removes the object of `record_id`; returns whether there was one.
-    fn remove(&self, record_id: &str) -> Result<bool, StorageError> {
-        let path = self.path(record_id);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_error(&path, e)),
-        }
-    }
-
-    fn ids(&self) -> Result<Vec<String>, StorageError> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(|e| io_error(&self.dir, e))? {
-            let entry = entry.map_err(|e| io_error(&self.dir, e))?;
-            if let Some(name) = entry.file_name().to_str() {
-                out.push(name.to_owned());
-            }
-        }
-        Ok(out)
-    }
-}
-
 /// Wrapped content keys are small; anything large is not one.
 fn check_wrapped_key(record_id: &str, blob: &BlobRef) -> Result<(), StorageError> {
     if blob.wrapped_key.is_empty() || blob.wrapped_key.len() > 1024 {
@@ -289,10 +262,6 @@ fn check_wrapped_key(record_id: &str, blob: &BlobRef) -> Result<(), StorageError
     Ok(())
 }
 
-fn io_error(path: &Path, e: std::io::Error) -> StorageError {
-    StorageError::Io(format!("{}: {e}", path.display()))
-}
-
 // ---- store ---------------------------------------------------------------
 
 /// State shared by the store, its uploads and its readers.
@@ -301,9 +270,8 @@ struct Shared {
     meta: sled::Tree,
     by_owner: sled::Tree,
     by_partition: sled::Tree,
-    objects: Objects,
+    files: Layout,
     blob_meta: sled::Tree,
-    blob_files: BlobDir,
     pending: sled::Tree,
     limits: StoreLimits,
     /// Record ids with an upload or delete in flight: a second upload of
@@ -316,6 +284,14 @@ impl Shared {
     /// always consistent between statements.
     fn busy(&self) -> MutexGuard<'_, HashSet<String>> {
         self.busy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where a committed record's ciphertext is: its own object or a blob.
+    fn content_path(&self, m: &StoredMeta) -> Result<PathBuf, StorageError> {
+        Ok(match &m.blob_key {
+            Some(key) => self.files.blob_path(&BlobKey::from_tree_key(key)?),
+            None => self.files.record_path(&m.meta.record_id),
+        })
     }
 
     fn load(&self, record_id: &str) -> Result<Option<StoredMeta>, StorageError> {
@@ -352,22 +328,25 @@ impl RecordStore {
                 "max_chunk_size must be at least 1 byte".into(),
             ));
         }
+        let (files, legacy) = Layout::prepare(path)?;
         let db = sled::Config::new()
-            .path(path)
+            .path(&files.metadata)
             .cache_capacity(limits.cache_bytes)
             .open()?;
         let shared = Shared {
             meta: db.open_tree("meta")?,
             by_owner: db.open_tree("by_owner")?,
             by_partition: db.open_tree("by_partition")?,
-            objects: Objects::open(path.join("objects"))?,
+            files,
             blob_meta: db.open_tree("blobs")?,
-            blob_files: BlobDir::open(path.join("blobs"))?,
             pending: db.open_tree("pending")?,
             db,
             limits,
             busy: Mutex::new(HashSet::new()),
         };
+        if let Some(legacy) = legacy {
+            migrate(&shared, legacy)?;
+        }
         sweep(&shared)?;
         Ok(RecordStore {
             shared: Arc::new(shared),
@@ -460,9 +439,9 @@ impl RecordStore {
         self.shared.db.flush()?;
         let id = &upload.rec.record_id;
         upload.file = Some(if upload.blob.is_some() {
-            self.shared.blob_files.create_staging(id)?
+            self.shared.files.create_staging(id)?
         } else {
-            self.shared.objects.create(id)?
+            self.shared.files.create_record(id)?
         });
         Ok(upload)
     }
@@ -474,10 +453,10 @@ impl RecordStore {
         blob_id: &[u8; 32],
     ) -> Result<Option<BlobInfo>, StorageError> {
         validate_user_id(owner_id)?;
-        let key = blob_key(self.shared.limits.dedup_scope, owner_id, blob_id);
+        let key = BlobKey::new(self.shared.limits.dedup_scope, owner_id, blob_id);
         self.shared
             .blob_meta
-            .get(&key)?
+            .get(key.tree_key())?
             .map(|v| BlobInfo::decode(&v))
             .transpose()
     }
@@ -498,7 +477,7 @@ impl RecordStore {
             shared,
             record_id: &rec.record_id,
         };
-        let key = blob_key(shared.limits.dedup_scope, &rec.owner_id, &blob.blob_id);
+        let key = BlobKey::new(shared.limits.dedup_scope, &rec.owner_id, &blob.blob_id).tree_key();
         let id = rec.record_id.clone();
         let meta = (
             &shared.meta,
@@ -547,9 +526,9 @@ impl RecordStore {
     /// Bytes of ciphertext on disk (record objects and blobs), for
     /// measuring deduplication.
     pub fn stored_bytes(&self) -> Result<u64, StorageError> {
-        let mut total = self.shared.blob_files.bytes()?;
-        for id in self.shared.objects.ids()? {
-            let path = self.shared.objects.path(&id);
+        let files = &self.shared.files;
+        let mut total = 0;
+        for (_, path) in files.record_files()?.into_iter().chain(files.blob_files()?) {
             total += std::fs::metadata(&path)
                 .map_err(|e| io_error(&path, e))?
                 .len();
@@ -571,10 +550,7 @@ impl RecordStore {
         record_id: &str,
     ) -> impl Iterator<Item = Result<sled::IVec, StorageError>> + Send + 'static {
         let state = match validate_record_id(record_id).and_then(|()| self.shared.load(record_id)) {
-            Ok(Some(m)) => match match &m.blob_key {
-                Some(key) => self.shared.blob_files.open_read(key),
-                None => self.shared.objects.open_read(record_id),
-            } {
+            Ok(Some(m)) => match self.shared.content_path(&m).and_then(|p| Layout::open_read(&p)) {
                 Ok(Some(file)) => ReaderState::Reading {
                     meta: m,
                     file,
@@ -662,6 +638,127 @@ impl RecordStore {
         Ok((out, token))
     }
 
+    /// The partitions that hold records of `owner_id`, in order, starting at
+    /// `from` (inclusive), at most `max`. One index seek per partition.
+    pub fn partitions(
+        &self,
+        owner_id: &str,
+        from: &str,
+        max: usize,
+    ) -> Result<Vec<String>, StorageError> {
+        validate_user_id(owner_id)?;
+        let mut prefix = owner_id.as_bytes().to_vec();
+        prefix.push(0);
+        let mut start = [prefix.as_slice(), from.as_bytes()].concat();
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(kv) = self.shared.by_partition.range(start.clone()..).next() else {
+                break;
+            };
+            let (k, _) = kv?;
+            let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let end = rest.iter().position(|&b| b == 0).ok_or_else(|| {
+                StorageError::Corrupt(format!("partition index key of {owner_id} is malformed"))
+            })?;
+            let partition = std::str::from_utf8(&rest[..end]).map_err(|_| {
+                StorageError::Corrupt(format!("partition index of {owner_id} is not UTF-8"))
+            })?;
+            out.push(partition.to_owned());
+            // Partition names never hold 0x00 or 0x01: skip to the next one.
+            start = [prefix.as_slice(), partition.as_bytes(), &[1]].concat();
+        }
+        Ok(out)
+    }
+
+    /// One page of what a grantee may see of `owner_id`'s records: those in
+    /// the listed partitions (ascending) that their window covers, in
+    /// (partition, record id) order, starting at `from` (inclusive).
+    ///
+    /// The returned cursor is set only when a further *visible* record
+    /// follows (it points at that record), or when the scan budget of
+    /// [`SCAN_PER_RESULT`] entries per requested record ran out first; so a
+    /// caller who may see nothing more learns nothing from it.
+    pub fn list_visible(
+        &self,
+        owner_id: &str,
+        windows: &[(String, Window)],
+        from: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<(Vec<RecordMeta>, Option<Cursor>), StorageError> {
+        validate_user_id(owner_id)?;
+        let limit = match limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n => n.min(MAX_LIST_LIMIT),
+        };
+        let mut budget = limit.saturating_mul(SCAN_PER_RESULT).max(1000);
+        let mut out = Vec::new();
+        for (partition, window) in windows {
+            validate_partition(partition)?;
+            let prefix = [owner_id.as_bytes(), &[0], partition.as_bytes(), &[0]].concat();
+            let start = match from {
+                Some(c) if c.partition == *partition => {
+                    [prefix.as_slice(), c.record_id.as_bytes()].concat()
+                }
+                Some(c) if c.partition > *partition => continue,
+                _ => prefix.clone(),
+            };
+            for kv in self.shared.by_partition.range(start..) {
+                let (k, _) = kv?;
+                let Some(id) = k.strip_prefix(prefix.as_slice()) else {
+                    break;
+                };
+                let id = std::str::from_utf8(id).map_err(|_| {
+                    StorageError::Corrupt(format!("index key of {owner_id} holds a non-UTF-8 id"))
+                })?;
+                let here = || Cursor {
+                    partition: partition.clone(),
+                    record_id: id.to_owned(),
+                };
+                if budget == 0 {
+                    return Ok((out, Some(here())));
+                }
+                budget -= 1;
+                let Some(m) = self.shared.load(id)? else {
+                    continue; // deleted between the two reads
+                };
+                if m.meta.owner_id != owner_id {
+                    return Err(StorageError::Corrupt(format!(
+                        "index of {owner_id} lists record {id} of another owner"
+                    )));
+                }
+                if window.covers(&m.meta) {
+                    if out.len() == limit {
+                        return Ok((out, Some(here())));
+                    }
+                    out.push(m.meta);
+                }
+            }
+        }
+        Ok((out, None))
+    }
+
+    /// A 32-byte secret of this store, made on first use and kept.
+    pub fn secret(&self, name: &str) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
+        let secrets = self.shared.db.open_tree("secrets")?;
+        let mut fresh = zeroize::Zeroizing::new([0u8; 32]);
+        rand::fill(&mut fresh[..]);
+        let stored = match secrets.compare_and_swap(name.as_bytes(), None::<&[u8]>, Some(&fresh[..]))? {
+            Ok(()) => {
+                self.shared.db.flush()?;
+                fresh.to_vec()
+            }
+            Err(e) => e.current.map(|v| v.to_vec()).unwrap_or_default(),
+        };
+        let stored = zeroize::Zeroizing::new(stored);
+        let key: [u8; 32] = stored
+            .as_slice()
+            .try_into()
+            .map_err(|_| StorageError::Corrupt(format!("store secret {name} is not 32 bytes")))?;
+        Ok(zeroize::Zeroizing::new(key))
+    }
+
     /// Deletes `record_id` on behalf of `owner_id`. `NotFound` if there is
     /// no such record, `PermissionDenied` if someone else owns it (the
     /// message names only the requester, never the real owner).
@@ -732,9 +829,9 @@ impl RecordStore {
         if let Some(key) = freed_blob {
             // A crash before this leaves a file no metadata names; `open`
             // sweeps it.
-            BlobDir::remove_file(&shared.blob_files.path(&key))?;
+            Layout::remove(&shared.files.blob_path(&BlobKey::from_tree_key(&key)?))?;
         } else {
-            shared.objects.remove(record_id)?;
+            Layout::remove(&shared.files.record_path(record_id))?;
         }
         shared.pending.remove(record_id.as_bytes())?;
         shared.db.flush()?;
@@ -742,8 +839,27 @@ impl RecordStore {
     }
 }
 
+/// Moves a first-layout store's ciphertext files to their new names.
+fn migrate(s: &Shared, legacy: layout::Legacy) -> Result<(), StorageError> {
+    let mut record_ids = Vec::new();
+    for kv in s.meta.iter() {
+        let (k, _) = kv?;
+        match std::str::from_utf8(&k) {
+            Ok(id) => record_ids.push(id.to_owned()),
+            Err(_) => tracing::warn!("a record id in the metadata is not UTF-8"),
+        }
+    }
+    let mut blob_keys = Vec::new();
+    for kv in s.blob_meta.iter() {
+        let (k, _) = kv?;
+        blob_keys.push(BlobKey::from_tree_key(&k)?);
+    }
+    legacy.finish(&s.files, &record_ids, &blob_keys)
+}
+
 /// Removes the objects of every upload or delete a crash interrupted, and
-/// any object that has no metadata.
+/// any file that no metadata names. Only the store's own directories are
+/// looked at, never sled's.
 fn sweep(s: &Shared) -> Result<(), StorageError> {
     let mut records = 0usize;
     for kv in s.pending.iter() {
@@ -757,32 +873,35 @@ fn sweep(s: &Shared) -> Result<(), StorageError> {
         // a marker with meta present would only be left by a bug; keep the
         // record in that case and drop the marker.
         if !s.meta.contains_key(&k)? {
-            s.objects.remove(id)?;
+            Layout::remove(&s.files.record_path(id))?;
             records += 1;
         }
         s.pending.remove(&k)?;
     }
-    for id in s.objects.ids()? {
-        if !s.meta.contains_key(id.as_bytes())? {
-            s.objects.remove(&id)?;
+    for (name, path) in s.files.record_files()? {
+        let live = match Layout::record_id_of(&name) {
+            Some(id) => s.meta.contains_key(id.as_bytes())?,
+            None => false,
+        };
+        if !live {
+            Layout::remove(&path)?;
             records += 1;
         }
     }
     // Staged blob uploads never survive a restart; published blobs that no
     // metadata names were freed or never committed.
-    let (staged, published) = s.blob_files.listing()?;
-    for path in staged {
-        BlobDir::remove_file(&path)?;
+    for path in s.files.staged_files()? {
+        Layout::remove(&path)?;
         records += 1;
     }
     let mut live = HashSet::new();
     for kv in s.blob_meta.iter() {
         let (k, _) = kv?;
-        live.insert(blobs::file_name(&k));
+        live.insert(BlobKey::from_tree_key(&k)?.file_name());
     }
-    for (name, path) in published {
+    for (name, path) in s.files.blob_files()? {
         if !live.contains(&name) {
-            BlobDir::remove_file(&path)?;
+            Layout::remove(&path)?;
             records += 1;
         }
     }
@@ -871,8 +990,8 @@ impl Upload {
             )));
         }
         let path = match &self.blob {
-            Some(_) => shared.blob_files.staging(id),
-            None => shared.objects.path(id),
+            Some(_) => shared.files.staging_path(id),
+            None => shared.files.record_path(id),
         };
         if let Some(b) = &mut self.blob {
             b.sha.update(chunk);
@@ -902,7 +1021,7 @@ impl Upload {
         // The bytes are durable before the record becomes visible.
         if let Some(file) = self.file.take() {
             file.sync_all()
-                .map_err(|e| io_error(&shared.objects.path(&id), e))?;
+                .map_err(|e| io_error(&shared.files.record_path(&id), e))?;
         }
         if let Some(blob) = self.blob.take() {
             return self.commit_blob(&shared, blob, now);
@@ -960,21 +1079,22 @@ impl Upload {
         let id = self.rec.record_id.clone();
         let digest: [u8; 32] = blob.sha.finalize().into();
         if digest != blob.r.blob_id {
-            BlobDir::remove_file(&shared.blob_files.staging(&id))?;
+            Layout::remove(&shared.files.staging_path(&id))?;
             return Err(StorageError::InvalidArgument(format!(
                 "record {id}: the uploaded blob does not hash to the blob id it was announced with"
             )));
         }
         let tree = blob.merkle.finish();
-        let key = blob_key(
+        let blob_key = BlobKey::new(
             shared.limits.dedup_scope,
             &self.rec.owner_id,
             &blob.r.blob_id,
         );
+        let key = blob_key.tree_key();
         // Publish the bytes before any metadata can name them. If an equal
         // blob is already stored, the bytes are identical (same hash).
         if shared.blob_meta.get(&key)?.is_none() {
-            shared.blob_files.publish(&id, &key)?;
+            shared.files.publish_blob(&id, &blob_key)?;
         }
         let fresh = BlobInfo {
             blob_id: blob.r.blob_id,
@@ -1031,12 +1151,12 @@ impl Upload {
             });
         if let Err(e) = committed {
             // Unreferenced published bytes are swept on the next open.
-            BlobDir::remove_file(&shared.blob_files.staging(&id))?;
+            Layout::remove(&shared.files.staging_path(&id))?;
             return Err(e.into());
         }
         self.committed = true;
         // Left over only if an equal blob was stored first.
-        BlobDir::remove_file(&shared.blob_files.staging(&id))?;
+        Layout::remove(&shared.files.staging_path(&id))?;
         shared.busy().remove(&id);
         shared.db.flush()?;
         Ok(stored.meta)
@@ -1055,11 +1175,11 @@ impl Drop for Upload {
         };
         let id = &self.rec.record_id;
         self.file = None;
-        let removed = if self.blob.is_some() {
-            BlobDir::remove_file(&shared.blob_files.staging(id))
+        let removed = Layout::remove(&if self.blob.is_some() {
+            shared.files.staging_path(id)
         } else {
-            shared.objects.remove(id)
-        };
+            shared.files.record_path(id)
+        });
         let cleanup = removed.and_then(|_| {
             shared
                 .pending

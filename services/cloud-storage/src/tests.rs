@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use super::*;
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const T0: i64 = 1_700_000_000;
 
@@ -464,20 +464,27 @@ fn corrupt_metadata_is_reported() {
 
     // An object gone missing behind the store's back.
     put(&s, "r2", "alice", "medical", b"abcdef");
-    std::fs::remove_file(s.shared.objects.path("r2")).unwrap();
+    std::fs::remove_file(s.shared.files.record_path("r2")).unwrap();
     assert!(matches!(read_all(&s, "r2"), Err(StorageError::Corrupt(_))));
     // Objects shorter or longer than the metadata says.
     put(&s, "r3", "alice", "medical", b"abcdef");
-    std::fs::write(s.shared.objects.path("r3"), b"abc").unwrap();
+    std::fs::write(s.shared.files.record_path("r3"), b"abc").unwrap();
     assert!(matches!(read_all(&s, "r3"), Err(StorageError::Corrupt(_))));
     put(&s, "r4", "alice", "medical", b"abcdef");
-    std::fs::write(s.shared.objects.path("r4"), b"abcdefg").unwrap();
+    std::fs::write(s.shared.files.record_path("r4"), b"abcdefg").unwrap();
     assert!(matches!(read_all(&s, "r4"), Err(StorageError::Corrupt(_))));
 }
 
 /// Ids of the object files present, sorted.
 fn objects(s: &RecordStore) -> Vec<String> {
-    let mut ids = s.shared.objects.ids().unwrap();
+    let mut ids: Vec<String> = s
+        .shared
+        .files
+        .record_files()
+        .unwrap()
+        .into_iter()
+        .map(|(name, _)| Layout::record_id_of(&name).expect("a hex name"))
+        .collect();
     ids.sort();
     ids
 }
@@ -505,7 +512,7 @@ fn put_blob(s: &RecordStore, id: &str, owner: &str, content: &[u8]) -> RecordMet
 }
 
 fn blob_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir.join("blobs"))
+    std::fs::read_dir(dir.join("blobs.v2"))
         .unwrap()
         .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_file())
         .count()
@@ -564,7 +571,7 @@ fn a_blob_that_does_not_hash_to_its_id_is_refused_and_leaves_nothing() {
     assert!(s.get("r1").unwrap().is_none());
     assert_eq!(blob_files(dir.path()), 0);
     assert_eq!(
-        std::fs::read_dir(dir.path().join("blobs/tmp"))
+        std::fs::read_dir(dir.path().join("staging"))
             .unwrap()
             .count(),
         0
@@ -603,7 +610,7 @@ fn crashes_around_a_blob_commit_leave_no_orphan_and_no_dangling_reference() {
         std::mem::forget(up);
         // Crash after a blob was published but before its metadata
         // committed: a file no metadata names.
-        std::fs::write(dir.path().join("blobs").join("ff".repeat(32)), b"orphan").unwrap();
+        std::fs::write(dir.path().join("blobs.v2").join("ff".repeat(32)), b"orphan").unwrap();
     }
     let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
     assert!(s.get("torn").unwrap().is_none());
@@ -613,7 +620,7 @@ fn crashes_around_a_blob_commit_leave_no_orphan_and_no_dangling_reference() {
         "only the referenced blob remains"
     );
     assert_eq!(
-        std::fs::read_dir(dir.path().join("blobs/tmp"))
+        std::fs::read_dir(dir.path().join("staging"))
             .unwrap()
             .count(),
         0
@@ -624,4 +631,198 @@ fn crashes_around_a_blob_commit_leave_no_orphan_and_no_dangling_reference() {
         .unwrap()
         .unwrap();
     assert_eq!(info.refcount, 1);
+}
+
+// ---- on-disk names (hostile ids) ------------------------------------------
+
+/// Grinds content whose SHA-256 starts with `prefix`, as an attacker does
+/// offline; two bytes take ~65k hashes.
+fn ground_blob(prefix: &[u8]) -> Vec<u8> {
+    for i in 0u64..(1 << 24) {
+        let content = format!("ground content {i}").into_bytes();
+        if Sha256::digest(&content).starts_with(prefix) {
+            return content;
+        }
+    }
+    panic!("no content found for the prefix");
+}
+
+/// Every file the store has under `dir`, relative to it.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out
+}
+
+/// A blob id that starts with `/` and then 0x00 once made the store write the
+/// blob at `/.<hex>`: outside its directory, at the file system's root.
+#[test]
+fn a_blob_id_ground_to_an_absolute_path_stays_inside_the_store() {
+    let content = ground_blob(b"/\0");
+    let id: [u8; 32] = Sha256::digest(&content).into();
+    let escaped = PathBuf::from(format!("/.{}", blobs::hex(&id[2..])));
+    for scope in [DedupScope::Global, DedupScope::PerOwner] {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StoreLimits {
+            dedup_scope: scope,
+            ..StoreLimits::default()
+        };
+        let s = RecordStore::open(dir.path(), limits).unwrap();
+        put_blob(&s, "r1", "alice", &content);
+        assert!(!escaped.exists(), "the blob escaped to {escaped:?}");
+        assert_eq!(read_all(&s, "r1").unwrap(), content);
+        for f in files_under(dir.path()) {
+            let name = f.file_name().unwrap().to_str().unwrap();
+            assert!(
+                !name.contains(".."),
+                "{f:?}: a file name derived from raw id bytes"
+            );
+        }
+        drop(s);
+        let s = RecordStore::open(dir.path(), limits).unwrap();
+        assert_eq!(read_all(&s, "r1").unwrap(), content, "after a restart");
+        s.delete("alice", "r1").unwrap();
+        assert_eq!(blob_files(dir.path()), 0);
+    }
+}
+
+/// Honest users were hit too: a blob id with `/` before its first 0x00
+/// failed with an I/O error.
+#[test]
+fn a_blob_id_with_a_slash_before_its_first_zero_uploads() {
+    let content = ground_blob(b"a/");
+    let dir = tempfile::tempdir().unwrap();
+    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    put_blob(&s, "r1", "alice", &content);
+    assert_eq!(read_all(&s, "r1").unwrap(), content);
+    assert_eq!(blob_files(dir.path()), 1);
+}
+
+fn rec_with_header(id: &str, header_len: usize) -> NewRecord {
+    NewRecord {
+        header: vec![0x42; header_len],
+        ..rec(id, "alice", "medical", 3)
+    }
+}
+
+/// sled keeps large values in `blobs/` under its own directory; the store's
+/// blobs once lived there too, and the startup sweep removed whatever it did
+/// not know, sled's files included.
+#[test]
+fn sleds_own_files_survive_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    // Values over ~128 KiB go to sled's blob files (a fraction of its
+    // segment size); allow headers that large to make sure some do.
+    let limits = StoreLimits {
+        max_header_size: 512 << 10,
+        ..StoreLimits::default()
+    };
+    let big = 300 << 10;
+    {
+        let s = RecordStore::open(dir.path(), limits).unwrap();
+        for i in 0..8 {
+            let mut up = s.begin_upload(rec_with_header(&format!("r{i}"), big)).unwrap();
+            up.append(b"abc").unwrap();
+            up.commit(T0).unwrap();
+        }
+    }
+    // The scenario does make sled keep values in its own blob files.
+    let sled_blobs = std::fs::read_dir(dir.path().join("metadata/blobs"))
+        .unwrap()
+        .count();
+    assert!(sled_blobs > 0, "sled stored no blob: the test proves nothing");
+    for _ in 0..2 {
+        let s = RecordStore::open(dir.path(), limits).unwrap();
+        for i in 0..8 {
+            let m = s.get(&format!("r{i}")).unwrap().expect("record kept");
+            assert_eq!(m.header.len(), big);
+            assert_eq!(read_all(&s, &m.record_id).unwrap(), b"abc");
+        }
+    }
+    // Nothing of ours is inside sled's directory.
+    for f in files_under(&dir.path().join("metadata")) {
+        let name = f.to_string_lossy();
+        assert!(!name.contains("records") && !name.contains("staging"), "{name}");
+    }
+}
+
+/// A store written in the first layout (sled at the root, `objects/<id>`,
+/// `blobs/<hex>` or `blobs/<owner>.<hex>` beside sled's own blob files) opens
+/// with every record and blob intact.
+#[test]
+fn a_first_layout_store_is_moved_and_keeps_everything() {
+    for scope in [DedupScope::Global, DedupScope::PerOwner] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let limits = StoreLimits {
+            dedup_scope: scope,
+            ..StoreLimits::default()
+        };
+        let big = limits.max_header_size - 1;
+        let blob = vec![9u8; 12_000];
+        {
+            let s = RecordStore::open(root, limits).unwrap();
+            put(&s, "plain", "alice", "medical", b"plain bytes");
+            put_blob(&s, "deduped", "alice", &blob);
+            for i in 0..6 {
+                let mut up = s.begin_upload(rec_with_header(&format!("big{i}"), big)).unwrap();
+                up.append(b"abc").unwrap();
+                up.commit(T0).unwrap();
+            }
+        }
+        // Rewrite the directory into the first layout.
+        for (name, path) in layout_entries(&root.join("metadata")) {
+            std::fs::rename(path, root.join(name)).unwrap();
+        }
+        std::fs::remove_dir(root.join("metadata")).unwrap_or(());
+        std::fs::create_dir_all(root.join("objects")).unwrap();
+        for (name, path) in layout_entries(&root.join("records")) {
+            let id = Layout::record_id_of(&name).unwrap();
+            std::fs::rename(path, root.join("objects").join(id)).unwrap();
+        }
+        std::fs::remove_dir(root.join("records")).unwrap();
+        std::fs::create_dir_all(root.join("blobs/tmp")).unwrap();
+        let key = BlobKey::new(scope, "alice", &blob_ref(&blob).blob_id);
+        std::fs::rename(
+            root.join("blobs.v2").join(key.file_name()),
+            root.join("blobs").join(key.legacy_file_name().unwrap()),
+        )
+        .unwrap();
+        std::fs::write(root.join("blobs/tmp/torn"), b"staged").unwrap();
+        for d in ["blobs.v2", "staging"] {
+            std::fs::remove_dir(root.join(d)).unwrap();
+        }
+        assert!(root.join("conf").exists(), "sled's files are at the root now");
+
+        let s = RecordStore::open(root, limits).unwrap();
+        assert_eq!(read_all(&s, "plain").unwrap(), b"plain bytes");
+        assert_eq!(read_all(&s, "deduped").unwrap(), blob);
+        for i in 0..6 {
+            assert_eq!(read_all(&s, &format!("big{i}")).unwrap(), b"abc");
+        }
+        assert!(!root.join("objects").exists() && !root.join("blobs").exists());
+        drop(s);
+        let s = RecordStore::open(root, limits).unwrap();
+        assert_eq!(read_all(&s, "deduped").unwrap(), blob, "{scope:?}");
+    }
+}
+
+fn layout_entries(dir: &Path) -> Vec<(String, PathBuf)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().into_string().unwrap(), e.path())
+        })
+        .collect()
 }
