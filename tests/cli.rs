@@ -173,9 +173,20 @@ fn the_cli_contract_end_to_end() {
         "no partial output after a refusal"
     );
 
+    // The revoke rotated the partition (to epoch 1); rotating again gives 2.
     assert_eq!(
         m.ok("alice", &["rotate", "--partition", "medical"]).trim(),
-        "1"
+        "2"
+    );
+    // `--no-rotate` keeps the epoch.
+    m.ok("alice", &["grant", "--partition", "medical", "--to", "bob"]);
+    m.ok(
+        "alice",
+        &["revoke", "--partition", "medical", "--from", "bob", "--no-rotate"],
+    );
+    assert_eq!(
+        m.ok("alice", &["rotate", "--partition", "medical"]).trim(),
+        "3"
     );
     let audit = m.ok("alice", &["audit", "--verify"]);
     for action in ["grant", "revoke", "check:read", "check:reencrypt"] {

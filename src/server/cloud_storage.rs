@@ -143,6 +143,7 @@ impl CloudStorageService {
                 .await;
             return Err(status);
         }
+        self.challenges.proved(owner, blob.blob_id);
         let store = self.store.clone();
         let meta = blocking(move || store.link_blob(new, blob, unix_now())).await?;
         tracing::info!(record = %meta.record_id, owner = %meta.owner_id, "record linked to a stored blob");

@@ -9,7 +9,8 @@
 //! - at most [`ChallengePolicy::max_per_window`] challenges are issued per
 //!   [`ChallengePolicy::window_secs`], counting answered, failed and expired
 //!   ones alike;
-//! - a challenge is answered at most once.
+//! - a challenge is answered at most once;
+//! - a correct answer starts the count afresh: the caller holds the blob.
 //!
 //! Kept in memory and bounded ([`ChallengePolicy::max_entries`]): a restart
 //! forgets open challenges, which only means an honest client asks again.
@@ -136,6 +137,12 @@ impl ChallengeBook {
         Ok(challenge)
     }
 
+    /// `caller` answered for `blob_id` correctly: it holds the blob, so its
+    /// count starts afresh (redraws only matter to those who cannot answer).
+    pub fn proved(&self, caller: &str, blob_id: [u8; 32]) {
+        self.lock().remove(&(caller.to_owned(), blob_id));
+    }
+
     /// Takes the open challenge of `caller` for `blob_id` to check an answer
     /// against: single use, whatever the answer turns out to be.
     pub fn take(&self, caller: &str, blob_id: [u8; 32], now: u64) -> Result<Challenge, StorageError> {
@@ -199,6 +206,12 @@ mod tests {
         assert!(matches!(err, StorageError::Exhausted(_)), "{err}");
         // The next window allows a new draw.
         assert!(book.issue("mallory", BLOB, 1000, T + p.window_secs).is_ok());
+        // A correct answer starts the count afresh.
+        book.proved("mallory", BLOB);
+        for _ in 0..p.max_per_window {
+            book.issue("mallory", BLOB, 1000, now).unwrap();
+            book.take("mallory", BLOB, now).unwrap();
+        }
     }
 
     #[test]
