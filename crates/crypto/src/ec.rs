@@ -11,7 +11,9 @@
 //! - constant-time routines handle identity operands with conditional
 //!   selects, and either use algorithms whose additions provably never see
 //!   `P == Q` for scalars in `[0, n)` (comb, fixed-base windows; see the
-//!   comments) or fall back to a selected doubling ([`Jacobian::add_affine_complete_ct`]);
+//!   comments) or fall back to a selected doubling ([`Jacobian::add_affine_complete_ct`]),
+//!   which the multi-scalar [`lincomb_many_validated_ct`] needs for its last
+//!   digit even with one point;
 //! - variable-time routines (public data only) branch on every case.
 
 use p256::elliptic_curve::{
@@ -523,8 +525,12 @@ const FB_DIGITS: usize = 256usize.div_ceil(FB_W) + 1;
 /// Exception-freeness of [`FixedBaseTable::mul_ct`] for `k` in `[0, n)`:
 /// before window `i` the accumulator is `a B` with `|a| <= 32 (2^(6i) - 1) / 63`
 /// and the added entry is `e B` with `2^(6i) <= |e| <= 32 * 2^(6i)`; so
-/// `a != ±e` as integers and `|a| + |e| < n` for every window that can be
-/// non-zero, hence `aB != ±eB`.
+/// `a != ±e` as integers and, for windows `i <= 41`, `|a| + |e| < n`, hence
+/// `aB != ±eB`. The top non-zero window `i = 42` (bits 252..=255 plus the
+/// carry, `|e| <= 2^256`) is the last, so `a + e = k`: `a = -e (mod n)`
+/// means `k = 0`, and `a = e (mod n)` means `k = 2a` (impossible, as
+/// `|a| < |e|`) or `k = n + 2a` with `e = n + a = d 2^252`, which no
+/// `d <= 16` with `|a| < 2^252 / 1.9` satisfies.
 pub(crate) struct FixedBaseTable {
     windows: Vec<[Affine; FB_ENTRIES]>,
     raw: Vec<[Raw; FB_ENTRIES]>,
@@ -806,11 +812,24 @@ pub(crate) fn lincomb_ct(points: &[Affine], scalars: &[Scalar]) -> Jacobian {
 
 /// Constant-time `sum_i k_i P_{j,i}` for `N` point sets sharing the same
 /// secret scalars (one table batch, one recoding, interleaved
-/// accumulators), with *incomplete* additions: identity operands are
-/// handled, but if a partial sum equals the entry being added the result is
-/// a wrong point (never a different timing or a panic).
+/// accumulators), with *incomplete* additions for every digit but the
+/// last: identity operands are handled, but if a partial sum equals the
+/// entry being added the result is a wrong point (never a different timing
+/// or a panic).
 ///
-/// Use only where (a) the points of a set are pairwise distinct (merge
+/// For a single point (or when all but one scalar are zero) this cannot
+/// happen, whatever `k` in `[0, n)`: write `k = 16 a + sum_{m <= i} d_m 16^m`
+/// (`|d_m| <= 8`). Before digit `i >= 1` the accumulator is `16a P` with
+/// `|16 a| < n / 16 + 9` and the entry `d_i P`, so `16 a = ±d_i (mod n)`
+/// only as integers, i.e. `a = d_i = 0` (identity, handled). At the last
+/// digit `16 a = k - d_0`, and `k - d_0 = d_0 (mod n)` holds for
+/// `k = n + 2 d_0` (e.g. `n - 2`, where the accumulator `-P` meets the
+/// entry `-P`): the last digit therefore uses the complete addition (one
+/// selected doubling per point, instead of one per point and digit as in
+/// `lincomb_ct`).
+/// `k - d_0 = -d_0` means `k = 0` (identity, handled).
+///
+/// With several points, use only where (a) the points of a set are pairwise distinct (merge
 /// equal points and add their scalars first), (b) nobody who cannot already
 /// make the operation fail can steer the scalars or relate the points, and
 /// (c) the result is validated afterwards. Decapsulation qualifies: the
@@ -852,7 +871,9 @@ fn straus_ct<const COMPLETE: bool, const N: usize>(
         for (j, a) in acc.iter_mut().enumerate() {
             for (table, d) in tables[j * t..(j + 1) * t].iter().zip(&digits) {
                 let (sel, is_zero) = select_signed(table, d[i]);
-                *a = if COMPLETE {
+                // The last digit needs the complete addition even for one
+                // point (see `lincomb_many_validated_ct`); `i` is public.
+                *a = if COMPLETE || i == 0 {
                     a.add_affine_complete_ct(&sel, is_zero)
                 } else {
                     a.add_affine_ct(&sel, is_zero)
@@ -1064,6 +1085,114 @@ mod tests {
                 to_p256(&lincomb_ct(&two, &[*k, -*k])),
                 ProjectivePoint::IDENTITY
             );
+        }
+    }
+
+    /// Scalars next to 0 and to the group order `n`, where the accumulator
+    /// of a recoded scalar multiplication can meet the added entry (e.g.
+    /// `n - 2`: the accumulator before the last digit `-1` is `-P`).
+    fn edge_scalars() -> Vec<Scalar> {
+        let mut v = Vec::new();
+        for m in 0u64..=40 {
+            v.push(Scalar::from(m));
+            v.push(-Scalar::from(m));
+        }
+        // Around every multiple of 2^32 of the recoding windows' weights.
+        let mut pow = Scalar::ONE;
+        for _ in 0..256 {
+            for d in [Scalar::ZERO, Scalar::ONE, -Scalar::ONE] {
+                v.push(pow + d);
+                v.push(-pow + d);
+            }
+            pow = pow.double();
+        }
+        v
+    }
+
+    #[test]
+    fn validated_lincomb_single_point_n_minus_2() {
+        // One point, k = n - 2: the result must be -2P, not the identity.
+        let p = ProjectivePoint::GENERATOR * Scalar::from(7u64);
+        let k = -Scalar::from(2u64);
+        let [r] = lincomb_many_validated_ct([&[from_p256(&p)][..]], &[k]);
+        assert_eq!(to_p256(&r), p * k);
+        assert_eq!(to_p256(&r), -p.double());
+    }
+
+    #[test]
+    fn ct_routines_handle_edge_scalars() {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let base = ProjectivePoint::GENERATOR * crate::arith::random_nonzero_scalar(&mut rng);
+        let ba = from_p256(&base);
+        let fixed = FixedBaseTable::new(&ba);
+        let comb3 = CombTable::<3>::new(&ba);
+        let comb4 = CombTable::<4>::new(&ba);
+        let comb5 = CombTable::<5>::new(&ba);
+        for k in edge_scalars() {
+            let expect = base * k;
+            assert_eq!(to_p256(&fixed.mul_ct(&k)), expect, "fixed {k:?}");
+            assert_eq!(to_p256(&fixed.mul_vartime(&k)), expect, "fixed vt {k:?}");
+            assert_eq!(to_p256(&comb3.mul_ct(&k)), expect, "comb3 {k:?}");
+            assert_eq!(to_p256(&comb4.mul_ct(&k)), expect, "comb4 {k:?}");
+            assert_eq!(to_p256(&comb5.mul_ct(&k)), expect, "comb5 {k:?}");
+            let [a, b] = comb5.mul_many_ct(&[k, -k]);
+            assert_eq!(to_p256(&a), expect, "comb5 many {k:?}");
+            assert_eq!(to_p256(&b), -expect, "comb5 many neg {k:?}");
+            assert_eq!(
+                to_p256(&lincomb_ct(&[ba], &[k])),
+                expect,
+                "lincomb_ct {k:?}"
+            );
+            assert_eq!(
+                to_p256(&lincomb_vartime(&[ba], &[k])),
+                expect,
+                "lincomb_vartime {k:?}"
+            );
+            let [v] = lincomb_many_validated_ct([&[ba][..]], &[k]);
+            assert_eq!(to_p256(&v), expect, "validated {k:?}");
+        }
+    }
+
+    #[test]
+    fn validated_lincomb_several_points_edge_scalars() {
+        // Pairwise distinct, unrelated points (the routine's precondition)
+        // with scalars drawn from the edge cases, zeros included: a set in
+        // which all but one scalar is zero is the one-point case again.
+        let mut rng = ChaCha20Rng::seed_from_u64(8);
+        let edges = edge_scalars();
+        let pick = |rng: &mut ChaCha20Rng| {
+            let mut b = [0u8; 4];
+            rand_core::RngCore::fill_bytes(rng, &mut b);
+            let i = u32::from_le_bytes(b) as usize;
+            if i.is_multiple_of(4) {
+                crate::arith::random_nonzero_scalar(rng)
+            } else {
+                edges[i % edges.len()]
+            }
+        };
+        for t in 1..=4 {
+            for round in 0..40u32 {
+                let pts: Vec<ProjectivePoint> = (0..2 * t)
+                    .map(|_| {
+                        ProjectivePoint::GENERATOR * crate::arith::random_nonzero_scalar(&mut rng)
+                    })
+                    .collect();
+                let aff: Vec<Affine> = pts.iter().map(from_p256).collect();
+                let mut ks: Vec<Scalar> = (0..t).map(|_| pick(&mut rng)).collect();
+                if round.is_multiple_of(3) {
+                    // Only one non-zero scalar.
+                    for k in ks.iter_mut().skip(1) {
+                        *k = Scalar::ZERO;
+                    }
+                }
+                let expect = |set: &[ProjectivePoint]| -> ProjectivePoint {
+                    set.iter().zip(&ks).map(|(p, k)| *p * k).sum()
+                };
+                let [a, b] = lincomb_many_validated_ct([&aff[..t], &aff[t..]], &ks);
+                assert_eq!(to_p256(&a), expect(&pts[..t]), "t={t} {ks:?}");
+                assert_eq!(to_p256(&b), expect(&pts[t..]), "t={t} {ks:?}");
+                assert_eq!(to_p256(&lincomb_ct(&aff[..t], &ks)), expect(&pts[..t]));
+            }
         }
     }
 
