@@ -15,6 +15,13 @@
 //!   which the multi-scalar [`lincomb_many_validated_ct`] needs for its last
 //!   digit even with one point;
 //! - variable-time routines (public data only) branch on every case.
+//!
+//! Secrets: the constant-time routines zeroize what they leave behind
+//! that depends on the secret scalar (limbs, recoded digits, the selected
+//! table entries, selected doublings, inversion temporaries); the result
+//! itself belongs to the caller, who wraps it in `Zeroizing` when it is
+//! secret. Field temporaries inside the formulas are overwritten by the
+//! next operation and are not tracked.
 
 use p256::elliptic_curve::{
     PrimeField,
@@ -23,12 +30,14 @@ use p256::elliptic_curve::{
     subtle::{Choice, ConditionallySelectable, ConstantTimeEq},
 };
 use p256::{AffinePoint, FieldBytes, NistP256, Scalar};
+use zeroize::{Zeroize, Zeroizing};
 
 /// The P-256 base field element type of `p256`.
 pub(crate) type Fe = <NistP256 as FieldArithmetic>::FieldElement;
 
-/// An affine point that is never the identity.
-#[derive(Clone, Copy, Debug)]
+/// An affine point that is never the identity (except once zeroized, when
+/// both coordinates are 0).
+#[derive(Clone, Copy, Debug, Zeroize)]
 pub(crate) struct Affine {
     pub(crate) x: Fe,
     pub(crate) y: Fe,
@@ -76,7 +85,8 @@ impl Affine {
     pub(crate) fn to_compressed(self) -> [u8; 33] {
         let mut out = [0u8; 33];
         out[0] = 0x02 | self.y.is_odd().unwrap_u8();
-        out[1..].copy_from_slice(&self.x.to_repr());
+        let x = Zeroizing::new(self.x.to_repr());
+        out[1..].copy_from_slice(&x);
         out
     }
 
@@ -101,7 +111,7 @@ impl Affine {
 /// so that constant-time table lookups are a few masked word operations
 /// instead of field-element selects. The all-zero entry stands for the
 /// identity.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, Zeroize)]
 pub(crate) struct Raw([u64; 8]);
 
 impl Raw {
@@ -121,15 +131,15 @@ impl Raw {
     /// Constant-time conversion back (the words come from a valid point or
     /// are all zero).
     fn to_affine(self) -> Affine {
-        let mut x = FieldBytes::default();
-        let mut y = FieldBytes::default();
+        let mut x = Zeroizing::new(FieldBytes::default());
+        let mut y = Zeroizing::new(FieldBytes::default());
         for i in 0..4 {
             x[8 * i..8 * i + 8].copy_from_slice(&self.0[i].to_be_bytes());
             y[8 * i..8 * i + 8].copy_from_slice(&self.0[4 + i].to_be_bytes());
         }
         Affine {
-            x: Fe::from_repr(x).unwrap_or(Fe::ZERO),
-            y: Fe::from_repr(y).unwrap_or(Fe::ZERO),
+            x: Fe::from_repr(*x).unwrap_or(Fe::ZERO),
+            y: Fe::from_repr(*y).unwrap_or(Fe::ZERO),
         }
     }
 }
@@ -138,16 +148,16 @@ impl Raw {
 /// is read and masked.
 #[inline(always)]
 fn select_raw(entries: &[Raw], idx: u8) -> Raw {
-    let mut out = [0u64; 8];
+    let mut out = Raw::default();
     for (j, e) in entries.iter().enumerate() {
         #[allow(clippy::cast_possible_truncation)]
         let hit = idx.ct_eq(&((j + 1) as u8));
         let mask = u64::from(hit.unwrap_u8()).wrapping_neg();
-        for (o, w) in out.iter_mut().zip(e.0.iter()) {
+        for (o, w) in out.0.iter_mut().zip(e.0.iter()) {
             *o |= w & mask;
         }
     }
-    Raw(out)
+    out
 }
 
 /// Constant-time signed lookup: `|d| * P` from `entries[|d| - 1]`, negated
@@ -158,13 +168,15 @@ fn select_signed(entries: &[Raw], d: i8) -> (Affine, Choice) {
     let neg = Choice::from(((d as u8) >> 7) & 1);
     #[allow(clippy::cast_sign_loss)]
     let abs = u8::conditional_select(&(d as u8), &(d.wrapping_neg() as u8), neg);
-    let mut a = select_raw(entries, abs).to_affine();
+    let raw = Zeroizing::new(select_raw(entries, abs));
+    let mut a = raw.to_affine();
     a.conditional_negate(neg);
     (a, abs.ct_eq(&0))
 }
 
-/// A point in Jacobian coordinates `(X/Z^2, Y/Z^3)`; the identity has `Z = 0`.
-#[derive(Clone, Copy, Debug)]
+/// A point in Jacobian coordinates `(X/Z^2, Y/Z^3)`; the identity has `Z = 0`
+/// (so a zeroized value is the identity).
+#[derive(Clone, Copy, Debug, Zeroize)]
 pub(crate) struct Jacobian {
     x: Fe,
     y: Fe,
@@ -266,7 +278,7 @@ impl Jacobian {
     /// (costs an extra doubling).
     pub(crate) fn add_affine_complete_ct(&self, q: &Affine, q_is_identity: Choice) -> Self {
         let (mut out, h, r) = self.madd_raw(q);
-        let dbl = self.double();
+        let dbl = Zeroizing::new(self.double());
         let same = h.is_zero() & r.is_zero() & !self.is_identity();
         out.conditional_assign(&dbl, same);
         out.conditional_assign(&Self::from(*q), self.is_identity());
@@ -349,7 +361,8 @@ impl Jacobian {
         let id1 = self.is_identity();
         let id2 = other.is_identity();
         let same = h.is_zero() & r.is_zero() & !id1 & !id2;
-        out.conditional_assign(&self.double(), same);
+        let dbl = Zeroizing::new(self.double());
+        out.conditional_assign(&dbl, same);
         out.conditional_assign(other, id1);
         out.conditional_assign(self, id2);
         out
@@ -368,11 +381,11 @@ impl Jacobian {
 
     /// Constant-time conversion; `None` for the identity.
     pub(crate) fn to_affine(self) -> Option<Affine> {
-        let zinv = self.z.invert().into_option()?;
-        let zinv2 = zinv.square();
+        let zinv = Zeroizing::new(self.z.invert().into_option()?);
+        let zinv2 = Zeroizing::new(zinv.square());
         Some(Affine {
-            x: self.x * zinv2,
-            y: self.y * zinv2 * zinv,
+            x: self.x * *zinv2,
+            y: self.y * *zinv2 * *zinv,
         })
     }
 }
@@ -381,25 +394,25 @@ impl Jacobian {
 /// Identities come back as `None`; the control flow does not depend on
 /// which points are the identity.
 pub(crate) fn batch_to_affine(points: &[Jacobian]) -> Vec<Option<Affine>> {
-    let mut prefix = Vec::with_capacity(points.len());
-    let mut acc = Fe::ONE;
+    let mut prefix: Zeroizing<Vec<Fe>> = Zeroizing::new(Vec::with_capacity(points.len()));
+    let mut acc = Zeroizing::new(Fe::ONE);
     for p in points {
-        prefix.push(acc);
+        prefix.push(*acc);
         let z = Fe::conditional_select(&p.z, &Fe::ONE, p.is_identity());
-        acc *= z;
+        *acc *= z;
     }
-    let mut inv = acc.invert().unwrap_or(Fe::ZERO);
+    let mut inv = Zeroizing::new(acc.invert().unwrap_or(Fe::ZERO));
     let mut out = vec![None; points.len()];
     for i in (0..points.len()).rev() {
         let p = &points[i];
         let is_id = p.is_identity();
         let z = Fe::conditional_select(&p.z, &Fe::ONE, is_id);
-        let zinv = inv * prefix[i];
-        inv *= z;
-        let zinv2 = zinv.square();
+        let zinv = Zeroizing::new(*inv * prefix[i]);
+        *inv *= z;
+        let zinv2 = Zeroizing::new(zinv.square());
         let a = Affine {
-            x: p.x * zinv2,
-            y: p.y * zinv2 * zinv,
+            x: p.x * *zinv2,
+            y: p.y * *zinv2 * *zinv,
         };
         out[i] = if bool::from(is_id) { None } else { Some(a) };
     }
@@ -411,22 +424,24 @@ pub(crate) fn batch_to_affine(points: &[Jacobian]) -> Vec<Option<Affine>> {
 // ---------------------------------------------------------------------------
 
 /// Little-endian 64-bit limbs of a canonical scalar.
+/// The caller zeroizes the result when `k` is secret.
 fn limbs(k: &Scalar) -> [u64; 4] {
-    let repr = k.to_repr();
+    let repr = Zeroizing::new(k.to_repr());
     let mut out = [0u64; 4];
     for (i, limb) in out.iter_mut().enumerate() {
         let start = 32 - 8 * (i + 1);
-        let mut b = [0u8; 8];
+        let mut b = Zeroizing::new([0u8; 8]);
         b.copy_from_slice(&repr[start..start + 8]);
-        *limb = u64::from_be_bytes(b);
+        *limb = u64::from_be_bytes(*b);
     }
     out
 }
 
 /// Signed radix-16 digits in `[-8, 8)` (top digit absorbs the carry):
-/// `k = sum d_i 16^i`, 65 digits. Constant-time.
+/// `k = sum d_i 16^i`, 65 digits. Constant-time; the caller zeroizes the
+/// digits.
 fn radix16(k: &Scalar) -> [i8; 65] {
-    let l = limbs(k);
+    let l = Zeroizing::new(limbs(k));
     let mut d = [0i8; 65];
     for (i, digit) in d.iter_mut().take(64).enumerate() {
         #[allow(clippy::cast_possible_truncation)]
@@ -572,8 +587,9 @@ impl FixedBaseTable {
         Self { windows, raw }
     }
 
+    /// The caller zeroizes the digits when `k` is secret.
     fn digits(k: &Scalar) -> [i8; FB_DIGITS] {
-        let l = limbs(k);
+        let l = Zeroizing::new(limbs(k));
         let bit = |i: usize| -> u64 {
             if i >= 256 {
                 0
@@ -601,10 +617,12 @@ impl FixedBaseTable {
 
     /// Constant-time `k * B`.
     pub(crate) fn mul_ct(&self, k: &Scalar) -> Jacobian {
-        let digits = Self::digits(k);
+        let digits = Zeroizing::new(Self::digits(k));
         let mut acc = Jacobian::IDENTITY;
+        let mut sel = Zeroizing::new(Affine::default());
         for (window, &d) in self.raw.iter().zip(digits.iter()) {
-            let (sel, is_zero) = select_signed(window, d);
+            let is_zero;
+            (*sel, is_zero) = select_signed(window, d);
             acc = acc.add_affine_ct(&sel, is_zero);
         }
         acc
@@ -685,7 +703,7 @@ impl<const TEETH: usize> CombTable<TEETH> {
 
     /// Constant-time `k * P`.
     pub(crate) fn mul_ct(&self, k: &Scalar) -> Jacobian {
-        let l = limbs(k);
+        let l = Zeroizing::new(limbs(k));
         let bit = |pos: usize| -> u64 {
             if pos < 256 {
                 (l[pos / 64] >> (pos % 64)) & 1
@@ -694,6 +712,8 @@ impl<const TEETH: usize> CombTable<TEETH> {
             }
         };
         let mut acc = Jacobian::IDENTITY;
+        let mut raw = Zeroizing::new(Raw::default());
+        let mut sel = Zeroizing::new(Affine::default());
         for i in (0..Self::SPACING).rev() {
             acc = acc.double();
             let mut b = 0u64;
@@ -702,7 +722,8 @@ impl<const TEETH: usize> CombTable<TEETH> {
             }
             #[allow(clippy::cast_possible_truncation)]
             let b = b as u8;
-            let sel = select_raw(&self.entries, b).to_affine();
+            *raw = select_raw(&self.entries, b);
+            *sel = raw.to_affine();
             acc = acc.add_affine_ct(&sel, b.ct_eq(&0));
         }
         acc
@@ -714,8 +735,10 @@ impl<const TEETH: usize> CombTable<TEETH> {
     /// independent accumulators are interleaved, which lets the CPU overlap
     /// their field operations.
     pub(crate) fn mul_many_ct<const N: usize>(&self, ks: &[Scalar; N]) -> [Jacobian; N] {
-        let l: [[u64; 4]; N] = core::array::from_fn(|j| limbs(&ks[j]));
+        let l: Zeroizing<[[u64; 4]; N]> = Zeroizing::new(core::array::from_fn(|j| limbs(&ks[j])));
         let mut acc = [Jacobian::IDENTITY; N];
+        let mut raw = Zeroizing::new(Raw::default());
+        let mut sel = Zeroizing::new(Affine::default());
         for i in (0..Self::SPACING).rev() {
             for a in &mut acc {
                 *a = a.double();
@@ -730,7 +753,8 @@ impl<const TEETH: usize> CombTable<TEETH> {
                 }
                 #[allow(clippy::cast_possible_truncation)]
                 let b = b as u8;
-                let sel = select_raw(&self.entries, b).to_affine();
+                *raw = select_raw(&self.entries, b);
+                *sel = raw.to_affine();
                 acc[j] = acc[j].add_affine_ct(&sel, b.ct_eq(&0));
             }
         }
@@ -749,12 +773,17 @@ pub(crate) fn mul_ct(p: &Affine, k: &Scalar) -> Jacobian {
 
 /// Odd multiples `P, 3P, ..., (2m-1)P` of each point, batch-normalised
 /// (variable time: points are public).
+///
+/// The points may be secret with public scalars (`W` in decapsulation), so
+/// the intermediate multiples are zeroized and the caller zeroizes the
+/// tables.
 fn odd_multiples(points: &[Affine], m: usize) -> Vec<Vec<Affine>> {
     // 2P for every point, normalised together (one inversion in all).
-    let doubles: Vec<Jacobian> = points.iter().map(|p| Jacobian::from(*p).double()).collect();
-    let doubles = batch_to_affine(&doubles);
-    let mut jac = Vec::with_capacity(points.len() * m);
-    for (p, p2) in points.iter().zip(&doubles) {
+    let doubles: Zeroizing<Vec<Jacobian>> =
+        Zeroizing::new(points.iter().map(|p| Jacobian::from(*p).double()).collect());
+    let doubles = Zeroizing::new(batch_to_affine(&doubles));
+    let mut jac = Zeroizing::new(Vec::with_capacity(points.len() * m));
+    for (p, p2) in points.iter().zip(doubles.iter()) {
         let mut acc = Jacobian::from(*p);
         jac.push(acc);
         for _ in 1..m {
@@ -764,7 +793,7 @@ fn odd_multiples(points: &[Affine], m: usize) -> Vec<Vec<Affine>> {
             jac.push(acc);
         }
     }
-    let affine = batch_to_affine(&jac);
+    let affine = Zeroizing::new(batch_to_affine(&jac));
     affine
         .chunks(m)
         .map(|c| c.iter().map(|a| a.unwrap_or_default()).collect())
@@ -858,8 +887,9 @@ fn straus_ct<const COMPLETE: bool, const N: usize>(
         })
         .collect();
     let tables = small_multiples(&all);
-    let digits: Vec<[i8; 65]> = scalars.iter().map(radix16).collect();
+    let digits: Zeroizing<Vec<[i8; 65]>> = Zeroizing::new(scalars.iter().map(radix16).collect());
     let mut acc = [Jacobian::IDENTITY; N];
+    let mut sel = Zeroizing::new(Affine::default());
     for i in (0..65).rev() {
         if i != 64 {
             for a in &mut acc {
@@ -869,8 +899,9 @@ fn straus_ct<const COMPLETE: bool, const N: usize>(
             }
         }
         for (j, a) in acc.iter_mut().enumerate() {
-            for (table, d) in tables[j * t..(j + 1) * t].iter().zip(&digits) {
-                let (sel, is_zero) = select_signed(table, d[i]);
+            for (table, d) in tables[j * t..(j + 1) * t].iter().zip(digits.iter()) {
+                let is_zero;
+                (*sel, is_zero) = select_signed(table, d[i]);
                 // The last digit needs the complete addition even for one
                 // point (see `lincomb_many_validated_ct`); `i` is public.
                 *a = if COMPLETE || i == 0 {
@@ -884,12 +915,12 @@ fn straus_ct<const COMPLETE: bool, const N: usize>(
     acc
 }
 
-/// Variable-time `sum k_i P_i` (public scalars and points), Straus with
-/// width-5 NAF.
+/// Variable-time `sum k_i P_i` (public scalars; the points may be secret,
+/// see [`odd_multiples`]), Straus with width-5 NAF.
 pub(crate) fn lincomb_vartime(points: &[Affine], scalars: &[Scalar]) -> Jacobian {
     debug_assert_eq!(points.len(), scalars.len());
     const W: u32 = 5;
-    let tables = odd_multiples(points, 1 << (W - 2));
+    let tables = Zeroizing::new(odd_multiples(points, 1 << (W - 2)));
     let nafs: Vec<[i8; 257]> = scalars.iter().map(|k| wnaf(k, W)).collect();
     let top = nafs
         .iter()
@@ -1194,6 +1225,23 @@ mod tests {
                 assert_eq!(to_p256(&lincomb_ct(&aff[..t], &ks)), expect(&pts[..t]));
             }
         }
+    }
+
+    #[test]
+    fn zeroize_clears_every_coordinate() {
+        let zero = FieldBytes::default();
+        let mut j = Jacobian::from(Affine::generator()).double();
+        let mut a = j.to_affine().unwrap();
+        let mut r = Raw::from_affine(&a);
+        assert!(j.z.to_repr() != zero && a.x.to_repr() != zero && r.0 != [0; 8]);
+        j.zeroize();
+        a.zeroize();
+        r.zeroize();
+        for c in [j.x, j.y, j.z, a.x, a.y] {
+            assert_eq!(c.to_repr(), zero);
+        }
+        assert_eq!(r.0, [0u64; 8]);
+        assert!(bool::from(j.is_identity()));
     }
 
     #[test]
