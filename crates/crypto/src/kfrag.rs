@@ -36,13 +36,15 @@ impl KeyFrag {
     /// `id (32) || rk (32) || precursor (33) || commitment (33) || signature (64)`.
     pub const LEN: usize = KFRAG_ID_LEN + SCALAR_LEN + 2 * POINT_LEN + SIGNATURE_LEN;
 
-    /// Fixed-length encoding (contains the secret share).
-    pub fn to_bytes(&self) -> [u8; Self::LEN] {
-        let mut out = [0u8; Self::LEN];
+    /// Fixed-length encoding. It contains the secret share, so it comes
+    /// zeroized on drop (`Zeroizing` derefs to the array).
+    pub fn to_bytes(&self) -> Zeroizing<[u8; Self::LEN]> {
+        let mut out = Zeroizing::new([0u8; Self::LEN]);
+        let rk = Zeroizing::new(arith::scalar_to_bytes(&self.rk));
         let mut at = 0;
         for part in [
             &self.id[..],
-            &arith::scalar_to_bytes(&self.rk),
+            &rk[..],
             &self.precursor.bytes,
             &self.commitment.bytes,
             &self.signature.1,
@@ -131,8 +133,8 @@ pub struct VerifiedKeyFrag {
 }
 
 impl VerifiedKeyFrag {
-    /// Same encoding as [`KeyFrag::to_bytes`].
-    pub fn to_bytes(&self) -> [u8; KeyFrag::LEN] {
+    /// Same encoding as [`KeyFrag::to_bytes`] (zeroized on drop).
+    pub fn to_bytes(&self) -> Zeroizing<[u8; KeyFrag::LEN]> {
         self.kfrag.to_bytes()
     }
 
