@@ -20,7 +20,7 @@ use p256::elliptic_curve::{
 use p256::{AffinePoint, FieldBytes, NistP256, Scalar};
 use rand_core::CryptoRng;
 use sha2::Sha256;
-use zeroize::Zeroize;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::dst;
 use crate::ec::{self, Affine, FixedBaseTable, Jacobian};
@@ -33,7 +33,9 @@ pub const SCALAR_LEN: usize = 32;
 
 /// A non-identity curve point together with its SEC1 compressed encoding,
 /// so that hashing and serialising never recompute the (costly) affine form.
-#[derive(Clone, Copy, PartialEq, Eq)]
+///
+/// `Copy`, for public points; a secret point is a [`SecretPoint`].
+#[derive(Clone, Copy, PartialEq, Eq, Zeroize)]
 pub(crate) struct Point {
     pub(crate) affine: Affine,
     pub(crate) bytes: [u8; POINT_LEN],
@@ -54,11 +56,15 @@ impl Point {
 
     /// Normalises several points with a single field inversion; `None` if
     /// any is the identity.
+    ///
+    /// The intermediate affine forms are zeroized; if some of `points` are
+    /// secret, the caller wraps the result in `Zeroizing` and moves the
+    /// secret ones out with [`SecretPoint::take`].
     pub(crate) fn batch_from_jacobian<const N: usize>(points: &[Jacobian; N]) -> Option<[Self; N]> {
-        let affine = ec::batch_to_affine(points);
+        let affine = Zeroizing::new(ec::batch_to_affine(points));
         let mut out = [Self::from_affine(Affine::default()); N];
-        for (slot, a) in out.iter_mut().zip(affine) {
-            *slot = Self::from_affine(a?);
+        for (slot, a) in out.iter_mut().zip(affine.iter()) {
+            *slot = Self::from_affine((*a)?);
         }
         Some(out)
     }
@@ -85,6 +91,40 @@ impl Point {
 
     pub(crate) fn jac(&self) -> Jacobian {
         Jacobian::from(self.affine)
+    }
+}
+
+/// A secret point (a Diffie-Hellman value, the KEM point `K`, or `W`):
+/// not `Copy`, so it is never duplicated implicitly, and zeroized
+/// (coordinates and encoding) on drop.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub(crate) struct SecretPoint(Point);
+
+impl SecretPoint {
+    /// `None` for the identity.
+    pub(crate) fn from_jacobian(p: &Jacobian) -> Option<Self> {
+        Point::from_jacobian(p).map(Self)
+    }
+
+    /// Moves a secret point out of `slot`, zeroizing the slot.
+    pub(crate) fn take(slot: &mut Point) -> Self {
+        let out = Self(*slot);
+        slot.zeroize();
+        out
+    }
+}
+
+impl core::ops::Deref for SecretPoint {
+    type Target = Point;
+
+    fn deref(&self) -> &Point {
+        &self.0
+    }
+}
+
+impl core::fmt::Debug for SecretPoint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SecretPoint(<redacted>)")
     }
 }
 
@@ -149,12 +189,13 @@ pub(crate) fn hash_to_scalar(dst: &[u8], parts: &[&[u8]]) -> Scalar {
 /// Derives a non-zero scalar from 48 uniformly random bytes as in
 /// FIPS 186-5 A.2.1 ("extra random bits"): `OS2IP(bytes) mod (n - 1) + 1`.
 pub(crate) fn scalar_from_okm(okm: &[u8; 48]) -> Scalar {
-    let wide = U384::from_be_slice(okm);
+    let wide = Zeroizing::new(U384::from_be_slice(okm));
     let n_minus_1 = NistP256::ORDER_MINUS_ONE;
     let modulus = NonZero::new(n_minus_1.resize::<{ U384::LIMBS }>()).expect("n - 1 is not zero");
-    let reduced: U256 = wide.rem(&modulus).resize::<{ U256::LIMBS }>();
-    let s = <Scalar as Reduce<U256>>::reduce(&reduced);
-    s + Scalar::ONE
+    let rem = Zeroizing::new(wide.rem(&modulus));
+    let reduced: Zeroizing<U256> = Zeroizing::new(rem.resize::<{ U256::LIMBS }>());
+    let s = Zeroizing::new(<Scalar as Reduce<U256>>::reduce(&reduced));
+    *s + Scalar::ONE
 }
 
 trait OrderMinusOne {
@@ -261,6 +302,52 @@ mod tests {
             assert_eq!(p256_of(&mul_u(&k)), u * k);
             assert_eq!(p256_of(&mul_u_vartime(&k)), u * k);
         }
+    }
+
+    fn assert_zeroize_on_drop<T: ZeroizeOnDrop>() {}
+
+    #[test]
+    fn secret_types_zeroize_on_drop() {
+        assert_zeroize_on_drop::<SecretPoint>();
+        assert_zeroize_on_drop::<crate::SecretKey>();
+        assert_zeroize_on_drop::<crate::SigningKey>();
+        assert_zeroize_on_drop::<crate::KeyFrag>();
+        assert_zeroize_on_drop::<crate::KemKey>();
+        assert_zeroize_on_drop::<crate::MasterSecret>();
+        assert_zeroize_on_drop::<Zeroizing<[u8; crate::KeyFrag::LEN]>>();
+    }
+
+    fn assert_point_cleared(p: &Point) {
+        assert_eq!(p.bytes, [0u8; POINT_LEN]);
+        assert_eq!(p.affine.x.to_repr(), FieldBytes::default());
+        assert_eq!(p.affine.y.to_repr(), FieldBytes::default());
+    }
+
+    #[test]
+    fn zeroize_clears_points() {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let k = random_nonzero_scalar(&mut rng);
+        let mut p = Point::from_jacobian(&mul_g(&k)).unwrap();
+        assert_ne!(p.bytes, [0u8; POINT_LEN]);
+        let mut slot = p;
+        p.zeroize();
+        assert_point_cleared(&p);
+
+        // take() leaves nothing in the slot and keeps the point.
+        let expect = slot;
+        let mut secret = SecretPoint::take(&mut slot);
+        assert_point_cleared(&slot);
+        assert!(*secret == expect);
+        assert_eq!(format!("{secret:?}"), "SecretPoint(<redacted>)");
+        // What drop runs: no coordinate or encoding byte survives.
+        secret.zeroize();
+        assert_point_cleared(&secret);
+
+        let mut secret = SecretPoint::from_jacobian(&mul_u(&k)).unwrap();
+        assert!(secret.affine.x.to_repr() != FieldBytes::default());
+        secret.zeroize();
+        assert_point_cleared(&secret);
+        assert!(SecretPoint::from_jacobian(&Jacobian::IDENTITY).is_none());
     }
 
     #[test]

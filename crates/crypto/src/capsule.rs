@@ -9,7 +9,7 @@ use rand_core::CryptoRng;
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::arith::{self, POINT_LEN, Point, SCALAR_LEN};
+use crate::arith::{self, POINT_LEN, Point, SCALAR_LEN, SecretPoint};
 use crate::dst;
 use crate::ec;
 use crate::error::{Error, Result};
@@ -105,12 +105,16 @@ impl KemKey {
     }
 
     /// `HKDF-SHA256(salt = "", IKM = SEC1c(K), info = KEM_KEY_INFO || capsule)`.
-    pub(crate) fn derive(shared: &Point, capsule: &Capsule) -> Self {
-        let hk = Hkdf::<Sha256>::new(None, &shared.bytes);
-        let mut okm = [0u8; Self::LEN];
-        hk.expand_multi_info(&[dst::KEM_KEY_INFO, &capsule.to_bytes()], &mut okm)
+    ///
+    /// The PRK is zeroized. (The HMAC state keyed with it inside
+    /// `hkdf::Hkdf` is not: that needs `hmac`'s `zeroize` feature.)
+    pub(crate) fn derive(shared: &SecretPoint, capsule: &Capsule) -> Self {
+        let (mut prk, hk) = Hkdf::<Sha256>::extract(None, &shared.bytes);
+        prk.zeroize();
+        let mut okm = Self([0u8; Self::LEN]);
+        hk.expand_multi_info(&[dst::KEM_KEY_INFO, &capsule.to_bytes()], &mut okm.0)
             .expect("32 bytes is a valid HKDF-SHA256 output length");
-        Self(okm)
+        okm
     }
 }
 
@@ -155,16 +159,19 @@ pub fn encapsulate(rng: &mut (impl CryptoRng + ?Sized), owner_pk: &PublicKey) ->
 pub(crate) fn encapsulate_with(r: &Scalar, u: &Scalar, owner_pk: &PublicKey) -> (Capsule, KemKey) {
     let e = arith::mul_g(r);
     let v = arith::mul_g(u);
-    let mut ru = *r + u;
-    let shared = ec::mul_ct(owner_pk.affine(), &ru);
-    ru.zeroize();
-    let [e, v, mut shared] = Point::batch_from_jacobian(&[e, v, shared])
-        .expect("non-zero multiples of a prime-order point are not the identity");
+    let ru = Zeroizing::new(*r + u);
+    let shared = Zeroizing::new(ec::mul_ct(owner_pk.affine(), &ru));
+    let jac = Zeroizing::new([e, v, *shared]);
+    let mut points = Zeroizing::new(
+        Point::batch_from_jacobian(&jac)
+            .expect("non-zero multiples of a prime-order point are not the identity"),
+    );
+    let shared = SecretPoint::take(&mut points[2]);
+    let [e, v, _] = *points;
     let h = arith::hash_to_scalar(dst::CAPSULE_DST, &[&e.bytes, &v.bytes]);
     let s = *u + *r * h;
     let capsule = Capsule { e, v, s };
     let key = KemKey::derive(&shared, &capsule);
-    shared.bytes.zeroize();
     (capsule, key)
 }
 
@@ -172,9 +179,7 @@ pub(crate) fn encapsulate_with(r: &Scalar, u: &Scalar, owner_pk: &PublicKey) -> 
 pub fn decapsulate_original(owner_sk: &SecretKey, capsule: &Capsule) -> Result<KemKey> {
     let sum = capsule.e.jac().add_affine_vartime(&capsule.v.affine);
     let sum = sum.to_affine().ok_or(Error::DecryptionFailed)?;
-    let k = ec::mul_ct(&sum, &owner_sk.scalar);
-    let mut shared = Point::from_jacobian(&k).ok_or(Error::DecryptionFailed)?;
-    let key = KemKey::derive(&shared, capsule);
-    shared.bytes.zeroize();
-    Ok(key)
+    let k = Zeroizing::new(ec::mul_ct(&sum, &owner_sk.scalar));
+    let shared = SecretPoint::from_jacobian(&k).ok_or(Error::DecryptionFailed)?;
+    Ok(KemKey::derive(&shared, capsule))
 }

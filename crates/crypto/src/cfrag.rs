@@ -6,9 +6,9 @@ use core::fmt;
 use p256::Scalar;
 use rand_core::CryptoRng;
 use sha2::{Digest, Sha256};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
-use crate::arith::{self, POINT_LEN, Point, SCALAR_LEN};
+use crate::arith::{self, POINT_LEN, Point, SCALAR_LEN, SecretPoint};
 use crate::capsule::{Capsule, KemKey};
 use crate::dst;
 use crate::ec::{self, Affine, CombTable, Jacobian};
@@ -320,14 +320,14 @@ pub fn decapsulate_reencrypted(
         return Err(Error::DecryptionFailed);
     }
     let grantee_pk = grantee_sk.public_key();
-    let dh = ec::mul_ct(&precursor.affine, &grantee_sk.scalar);
-    let mut dh = Point::from_jacobian(&dh).ok_or(Error::DecryptionFailed)?;
+    let dh = Zeroizing::new(ec::mul_ct(&precursor.affine, &grantee_sk.scalar));
+    let dh = SecretPoint::from_jacobian(&dh).ok_or(Error::DecryptionFailed)?;
     let mut d = kfrag::shared_secret(&precursor, &grantee_pk, &dh);
     let mut xs: Vec<Scalar> = cfrags
         .iter()
         .map(|c| kfrag::polynomial_arg(&precursor, &grantee_pk, &dh, &c.cfrag.kfrag_id))
         .collect();
-    dh.bytes.zeroize();
+    drop(dh);
     let coefficients = lagrange_at_zero(&xs);
     xs.zeroize();
     let mut coefficients = coefficients.ok_or(Error::DecryptionFailed)?;
@@ -365,9 +365,11 @@ pub fn decapsulate_reencrypted(
         .into_iter()
         .collect::<Option<Vec<Affine>>>()
         .ok_or(Error::DecryptionFailed)?;
-    let [w, k] = ec::lincomb_many_validated_ct([&e1s[..], &qs[..]], &scalars);
+    let wk = Zeroizing::new(ec::lincomb_many_validated_ct([&e1s[..], &qs[..]], &scalars));
     scalars.zeroize();
-    let [w, k] = Point::batch_from_jacobian(&[w, k]).ok_or(Error::DecryptionFailed)?;
+    let mut wk = Zeroizing::new(Point::batch_from_jacobian(&wk).ok_or(Error::DecryptionFailed)?);
+    let w = SecretPoint::take(&mut wk[0]);
+    let k = SecretPoint::take(&mut wk[1]);
 
     // Check s A = h W + (K - W), i.e. (h - 1) W - s A + K = 0. Only the
     // public scalars h - 1 and s steer the variable-time combination.
@@ -380,10 +382,7 @@ pub fn decapsulate_reencrypted(
     if !bool::from(check.is_identity()) {
         return Err(Error::DecryptionFailed);
     }
-    let mut shared = k;
-    let key = KemKey::derive(&shared, capsule);
-    shared.bytes.zeroize();
-    Ok(key)
+    Ok(KemKey::derive(&k, capsule))
 }
 
 /// Lagrange coefficients at 0 for the points `xs`:

@@ -11,8 +11,17 @@
 //! - constant-time routines handle identity operands with conditional
 //!   selects, and either use algorithms whose additions provably never see
 //!   `P == Q` for scalars in `[0, n)` (comb, fixed-base windows; see the
-//!   comments) or fall back to a selected doubling ([`Jacobian::add_affine_complete_ct`]);
+//!   comments) or fall back to a selected doubling ([`Jacobian::add_affine_complete_ct`]),
+//!   which the multi-scalar [`lincomb_many_validated_ct`] needs for its last
+//!   digit even with one point;
 //! - variable-time routines (public data only) branch on every case.
+//!
+//! Secrets: the constant-time routines zeroize what they leave behind
+//! that depends on the secret scalar (limbs, recoded digits, the selected
+//! table entries, selected doublings, inversion temporaries); the result
+//! itself belongs to the caller, who wraps it in `Zeroizing` when it is
+//! secret. Field temporaries inside the formulas are overwritten by the
+//! next operation and are not tracked.
 
 use p256::elliptic_curve::{
     PrimeField,
@@ -21,12 +30,14 @@ use p256::elliptic_curve::{
     subtle::{Choice, ConditionallySelectable, ConstantTimeEq},
 };
 use p256::{AffinePoint, FieldBytes, NistP256, Scalar};
+use zeroize::{Zeroize, Zeroizing};
 
 /// The P-256 base field element type of `p256`.
 pub(crate) type Fe = <NistP256 as FieldArithmetic>::FieldElement;
 
-/// An affine point that is never the identity.
-#[derive(Clone, Copy, Debug)]
+/// An affine point that is never the identity (except once zeroized, when
+/// both coordinates are 0).
+#[derive(Clone, Copy, Debug, Zeroize)]
 pub(crate) struct Affine {
     pub(crate) x: Fe,
     pub(crate) y: Fe,
@@ -74,7 +85,8 @@ impl Affine {
     pub(crate) fn to_compressed(self) -> [u8; 33] {
         let mut out = [0u8; 33];
         out[0] = 0x02 | self.y.is_odd().unwrap_u8();
-        out[1..].copy_from_slice(&self.x.to_repr());
+        let x = Zeroizing::new(self.x.to_repr());
+        out[1..].copy_from_slice(&x);
         out
     }
 
@@ -99,7 +111,7 @@ impl Affine {
 /// so that constant-time table lookups are a few masked word operations
 /// instead of field-element selects. The all-zero entry stands for the
 /// identity.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, Zeroize)]
 pub(crate) struct Raw([u64; 8]);
 
 impl Raw {
@@ -119,15 +131,15 @@ impl Raw {
     /// Constant-time conversion back (the words come from a valid point or
     /// are all zero).
     fn to_affine(self) -> Affine {
-        let mut x = FieldBytes::default();
-        let mut y = FieldBytes::default();
+        let mut x = Zeroizing::new(FieldBytes::default());
+        let mut y = Zeroizing::new(FieldBytes::default());
         for i in 0..4 {
             x[8 * i..8 * i + 8].copy_from_slice(&self.0[i].to_be_bytes());
             y[8 * i..8 * i + 8].copy_from_slice(&self.0[4 + i].to_be_bytes());
         }
         Affine {
-            x: Fe::from_repr(x).unwrap_or(Fe::ZERO),
-            y: Fe::from_repr(y).unwrap_or(Fe::ZERO),
+            x: Fe::from_repr(*x).unwrap_or(Fe::ZERO),
+            y: Fe::from_repr(*y).unwrap_or(Fe::ZERO),
         }
     }
 }
@@ -136,16 +148,16 @@ impl Raw {
 /// is read and masked.
 #[inline(always)]
 fn select_raw(entries: &[Raw], idx: u8) -> Raw {
-    let mut out = [0u64; 8];
+    let mut out = Raw::default();
     for (j, e) in entries.iter().enumerate() {
         #[allow(clippy::cast_possible_truncation)]
         let hit = idx.ct_eq(&((j + 1) as u8));
         let mask = u64::from(hit.unwrap_u8()).wrapping_neg();
-        for (o, w) in out.iter_mut().zip(e.0.iter()) {
+        for (o, w) in out.0.iter_mut().zip(e.0.iter()) {
             *o |= w & mask;
         }
     }
-    Raw(out)
+    out
 }
 
 /// Constant-time signed lookup: `|d| * P` from `entries[|d| - 1]`, negated
@@ -156,13 +168,15 @@ fn select_signed(entries: &[Raw], d: i8) -> (Affine, Choice) {
     let neg = Choice::from(((d as u8) >> 7) & 1);
     #[allow(clippy::cast_sign_loss)]
     let abs = u8::conditional_select(&(d as u8), &(d.wrapping_neg() as u8), neg);
-    let mut a = select_raw(entries, abs).to_affine();
+    let raw = Zeroizing::new(select_raw(entries, abs));
+    let mut a = raw.to_affine();
     a.conditional_negate(neg);
     (a, abs.ct_eq(&0))
 }
 
-/// A point in Jacobian coordinates `(X/Z^2, Y/Z^3)`; the identity has `Z = 0`.
-#[derive(Clone, Copy, Debug)]
+/// A point in Jacobian coordinates `(X/Z^2, Y/Z^3)`; the identity has `Z = 0`
+/// (so a zeroized value is the identity).
+#[derive(Clone, Copy, Debug, Zeroize)]
 pub(crate) struct Jacobian {
     x: Fe,
     y: Fe,
@@ -264,7 +278,7 @@ impl Jacobian {
     /// (costs an extra doubling).
     pub(crate) fn add_affine_complete_ct(&self, q: &Affine, q_is_identity: Choice) -> Self {
         let (mut out, h, r) = self.madd_raw(q);
-        let dbl = self.double();
+        let dbl = Zeroizing::new(self.double());
         let same = h.is_zero() & r.is_zero() & !self.is_identity();
         out.conditional_assign(&dbl, same);
         out.conditional_assign(&Self::from(*q), self.is_identity());
@@ -347,7 +361,8 @@ impl Jacobian {
         let id1 = self.is_identity();
         let id2 = other.is_identity();
         let same = h.is_zero() & r.is_zero() & !id1 & !id2;
-        out.conditional_assign(&self.double(), same);
+        let dbl = Zeroizing::new(self.double());
+        out.conditional_assign(&dbl, same);
         out.conditional_assign(other, id1);
         out.conditional_assign(self, id2);
         out
@@ -366,11 +381,11 @@ impl Jacobian {
 
     /// Constant-time conversion; `None` for the identity.
     pub(crate) fn to_affine(self) -> Option<Affine> {
-        let zinv = self.z.invert().into_option()?;
-        let zinv2 = zinv.square();
+        let zinv = Zeroizing::new(self.z.invert().into_option()?);
+        let zinv2 = Zeroizing::new(zinv.square());
         Some(Affine {
-            x: self.x * zinv2,
-            y: self.y * zinv2 * zinv,
+            x: self.x * *zinv2,
+            y: self.y * *zinv2 * *zinv,
         })
     }
 }
@@ -379,25 +394,25 @@ impl Jacobian {
 /// Identities come back as `None`; the control flow does not depend on
 /// which points are the identity.
 pub(crate) fn batch_to_affine(points: &[Jacobian]) -> Vec<Option<Affine>> {
-    let mut prefix = Vec::with_capacity(points.len());
-    let mut acc = Fe::ONE;
+    let mut prefix: Zeroizing<Vec<Fe>> = Zeroizing::new(Vec::with_capacity(points.len()));
+    let mut acc = Zeroizing::new(Fe::ONE);
     for p in points {
-        prefix.push(acc);
+        prefix.push(*acc);
         let z = Fe::conditional_select(&p.z, &Fe::ONE, p.is_identity());
-        acc *= z;
+        *acc *= z;
     }
-    let mut inv = acc.invert().unwrap_or(Fe::ZERO);
+    let mut inv = Zeroizing::new(acc.invert().unwrap_or(Fe::ZERO));
     let mut out = vec![None; points.len()];
     for i in (0..points.len()).rev() {
         let p = &points[i];
         let is_id = p.is_identity();
         let z = Fe::conditional_select(&p.z, &Fe::ONE, is_id);
-        let zinv = inv * prefix[i];
-        inv *= z;
-        let zinv2 = zinv.square();
+        let zinv = Zeroizing::new(*inv * prefix[i]);
+        *inv *= z;
+        let zinv2 = Zeroizing::new(zinv.square());
         let a = Affine {
-            x: p.x * zinv2,
-            y: p.y * zinv2 * zinv,
+            x: p.x * *zinv2,
+            y: p.y * *zinv2 * *zinv,
         };
         out[i] = if bool::from(is_id) { None } else { Some(a) };
     }
@@ -409,22 +424,24 @@ pub(crate) fn batch_to_affine(points: &[Jacobian]) -> Vec<Option<Affine>> {
 // ---------------------------------------------------------------------------
 
 /// Little-endian 64-bit limbs of a canonical scalar.
+/// The caller zeroizes the result when `k` is secret.
 fn limbs(k: &Scalar) -> [u64; 4] {
-    let repr = k.to_repr();
+    let repr = Zeroizing::new(k.to_repr());
     let mut out = [0u64; 4];
     for (i, limb) in out.iter_mut().enumerate() {
         let start = 32 - 8 * (i + 1);
-        let mut b = [0u8; 8];
+        let mut b = Zeroizing::new([0u8; 8]);
         b.copy_from_slice(&repr[start..start + 8]);
-        *limb = u64::from_be_bytes(b);
+        *limb = u64::from_be_bytes(*b);
     }
     out
 }
 
 /// Signed radix-16 digits in `[-8, 8)` (top digit absorbs the carry):
-/// `k = sum d_i 16^i`, 65 digits. Constant-time.
+/// `k = sum d_i 16^i`, 65 digits. Constant-time; the caller zeroizes the
+/// digits.
 fn radix16(k: &Scalar) -> [i8; 65] {
-    let l = limbs(k);
+    let l = Zeroizing::new(limbs(k));
     let mut d = [0i8; 65];
     for (i, digit) in d.iter_mut().take(64).enumerate() {
         #[allow(clippy::cast_possible_truncation)]
@@ -523,8 +540,12 @@ const FB_DIGITS: usize = 256usize.div_ceil(FB_W) + 1;
 /// Exception-freeness of [`FixedBaseTable::mul_ct`] for `k` in `[0, n)`:
 /// before window `i` the accumulator is `a B` with `|a| <= 32 (2^(6i) - 1) / 63`
 /// and the added entry is `e B` with `2^(6i) <= |e| <= 32 * 2^(6i)`; so
-/// `a != ±e` as integers and `|a| + |e| < n` for every window that can be
-/// non-zero, hence `aB != ±eB`.
+/// `a != ±e` as integers and, for windows `i <= 41`, `|a| + |e| < n`, hence
+/// `aB != ±eB`. The top non-zero window `i = 42` (bits 252..=255 plus the
+/// carry, `|e| <= 2^256`) is the last, so `a + e = k`: `a = -e (mod n)`
+/// means `k = 0`, and `a = e (mod n)` means `k = 2a` (impossible, as
+/// `|a| < |e|`) or `k = n + 2a` with `e = n + a = d 2^252`, which no
+/// `d <= 16` with `|a| < 2^252 / 1.9` satisfies.
 pub(crate) struct FixedBaseTable {
     windows: Vec<[Affine; FB_ENTRIES]>,
     raw: Vec<[Raw; FB_ENTRIES]>,
@@ -566,8 +587,9 @@ impl FixedBaseTable {
         Self { windows, raw }
     }
 
+    /// The caller zeroizes the digits when `k` is secret.
     fn digits(k: &Scalar) -> [i8; FB_DIGITS] {
-        let l = limbs(k);
+        let l = Zeroizing::new(limbs(k));
         let bit = |i: usize| -> u64 {
             if i >= 256 {
                 0
@@ -595,10 +617,12 @@ impl FixedBaseTable {
 
     /// Constant-time `k * B`.
     pub(crate) fn mul_ct(&self, k: &Scalar) -> Jacobian {
-        let digits = Self::digits(k);
+        let digits = Zeroizing::new(Self::digits(k));
         let mut acc = Jacobian::IDENTITY;
+        let mut sel = Zeroizing::new(Affine::default());
         for (window, &d) in self.raw.iter().zip(digits.iter()) {
-            let (sel, is_zero) = select_signed(window, d);
+            let is_zero;
+            (*sel, is_zero) = select_signed(window, d);
             acc = acc.add_affine_ct(&sel, is_zero);
         }
         acc
@@ -679,7 +703,7 @@ impl<const TEETH: usize> CombTable<TEETH> {
 
     /// Constant-time `k * P`.
     pub(crate) fn mul_ct(&self, k: &Scalar) -> Jacobian {
-        let l = limbs(k);
+        let l = Zeroizing::new(limbs(k));
         let bit = |pos: usize| -> u64 {
             if pos < 256 {
                 (l[pos / 64] >> (pos % 64)) & 1
@@ -688,6 +712,8 @@ impl<const TEETH: usize> CombTable<TEETH> {
             }
         };
         let mut acc = Jacobian::IDENTITY;
+        let mut raw = Zeroizing::new(Raw::default());
+        let mut sel = Zeroizing::new(Affine::default());
         for i in (0..Self::SPACING).rev() {
             acc = acc.double();
             let mut b = 0u64;
@@ -696,7 +722,8 @@ impl<const TEETH: usize> CombTable<TEETH> {
             }
             #[allow(clippy::cast_possible_truncation)]
             let b = b as u8;
-            let sel = select_raw(&self.entries, b).to_affine();
+            *raw = select_raw(&self.entries, b);
+            *sel = raw.to_affine();
             acc = acc.add_affine_ct(&sel, b.ct_eq(&0));
         }
         acc
@@ -708,8 +735,10 @@ impl<const TEETH: usize> CombTable<TEETH> {
     /// independent accumulators are interleaved, which lets the CPU overlap
     /// their field operations.
     pub(crate) fn mul_many_ct<const N: usize>(&self, ks: &[Scalar; N]) -> [Jacobian; N] {
-        let l: [[u64; 4]; N] = core::array::from_fn(|j| limbs(&ks[j]));
+        let l: Zeroizing<[[u64; 4]; N]> = Zeroizing::new(core::array::from_fn(|j| limbs(&ks[j])));
         let mut acc = [Jacobian::IDENTITY; N];
+        let mut raw = Zeroizing::new(Raw::default());
+        let mut sel = Zeroizing::new(Affine::default());
         for i in (0..Self::SPACING).rev() {
             for a in &mut acc {
                 *a = a.double();
@@ -724,7 +753,8 @@ impl<const TEETH: usize> CombTable<TEETH> {
                 }
                 #[allow(clippy::cast_possible_truncation)]
                 let b = b as u8;
-                let sel = select_raw(&self.entries, b).to_affine();
+                *raw = select_raw(&self.entries, b);
+                *sel = raw.to_affine();
                 acc[j] = acc[j].add_affine_ct(&sel, b.ct_eq(&0));
             }
         }
@@ -743,12 +773,17 @@ pub(crate) fn mul_ct(p: &Affine, k: &Scalar) -> Jacobian {
 
 /// Odd multiples `P, 3P, ..., (2m-1)P` of each point, batch-normalised
 /// (variable time: points are public).
+///
+/// The points may be secret with public scalars (`W` in decapsulation), so
+/// the intermediate multiples are zeroized and the caller zeroizes the
+/// tables.
 fn odd_multiples(points: &[Affine], m: usize) -> Vec<Vec<Affine>> {
     // 2P for every point, normalised together (one inversion in all).
-    let doubles: Vec<Jacobian> = points.iter().map(|p| Jacobian::from(*p).double()).collect();
-    let doubles = batch_to_affine(&doubles);
-    let mut jac = Vec::with_capacity(points.len() * m);
-    for (p, p2) in points.iter().zip(&doubles) {
+    let doubles: Zeroizing<Vec<Jacobian>> =
+        Zeroizing::new(points.iter().map(|p| Jacobian::from(*p).double()).collect());
+    let doubles = Zeroizing::new(batch_to_affine(&doubles));
+    let mut jac = Zeroizing::new(Vec::with_capacity(points.len() * m));
+    for (p, p2) in points.iter().zip(doubles.iter()) {
         let mut acc = Jacobian::from(*p);
         jac.push(acc);
         for _ in 1..m {
@@ -758,7 +793,7 @@ fn odd_multiples(points: &[Affine], m: usize) -> Vec<Vec<Affine>> {
             jac.push(acc);
         }
     }
-    let affine = batch_to_affine(&jac);
+    let affine = Zeroizing::new(batch_to_affine(&jac));
     affine
         .chunks(m)
         .map(|c| c.iter().map(|a| a.unwrap_or_default()).collect())
@@ -806,11 +841,24 @@ pub(crate) fn lincomb_ct(points: &[Affine], scalars: &[Scalar]) -> Jacobian {
 
 /// Constant-time `sum_i k_i P_{j,i}` for `N` point sets sharing the same
 /// secret scalars (one table batch, one recoding, interleaved
-/// accumulators), with *incomplete* additions: identity operands are
-/// handled, but if a partial sum equals the entry being added the result is
-/// a wrong point (never a different timing or a panic).
+/// accumulators), with *incomplete* additions for every digit but the
+/// last: identity operands are handled, but if a partial sum equals the
+/// entry being added the result is a wrong point (never a different timing
+/// or a panic).
 ///
-/// Use only where (a) the points of a set are pairwise distinct (merge
+/// For a single point (or when all but one scalar are zero) this cannot
+/// happen, whatever `k` in `[0, n)`: write `k = 16 a + sum_{m <= i} d_m 16^m`
+/// (`|d_m| <= 8`). Before digit `i >= 1` the accumulator is `16a P` with
+/// `|16 a| < n / 16 + 9` and the entry `d_i P`, so `16 a = ±d_i (mod n)`
+/// only as integers, i.e. `a = d_i = 0` (identity, handled). At the last
+/// digit `16 a = k - d_0`, and `k - d_0 = d_0 (mod n)` holds for
+/// `k = n + 2 d_0` (e.g. `n - 2`, where the accumulator `-P` meets the
+/// entry `-P`): the last digit therefore uses the complete addition (one
+/// selected doubling per point, instead of one per point and digit as in
+/// `lincomb_ct`).
+/// `k - d_0 = -d_0` means `k = 0` (identity, handled).
+///
+/// With several points, use only where (a) the points of a set are pairwise distinct (merge
 /// equal points and add their scalars first), (b) nobody who cannot already
 /// make the operation fail can steer the scalars or relate the points, and
 /// (c) the result is validated afterwards. Decapsulation qualifies: the
@@ -839,8 +887,9 @@ fn straus_ct<const COMPLETE: bool, const N: usize>(
         })
         .collect();
     let tables = small_multiples(&all);
-    let digits: Vec<[i8; 65]> = scalars.iter().map(radix16).collect();
+    let digits: Zeroizing<Vec<[i8; 65]>> = Zeroizing::new(scalars.iter().map(radix16).collect());
     let mut acc = [Jacobian::IDENTITY; N];
+    let mut sel = Zeroizing::new(Affine::default());
     for i in (0..65).rev() {
         if i != 64 {
             for a in &mut acc {
@@ -850,9 +899,12 @@ fn straus_ct<const COMPLETE: bool, const N: usize>(
             }
         }
         for (j, a) in acc.iter_mut().enumerate() {
-            for (table, d) in tables[j * t..(j + 1) * t].iter().zip(&digits) {
-                let (sel, is_zero) = select_signed(table, d[i]);
-                *a = if COMPLETE {
+            for (table, d) in tables[j * t..(j + 1) * t].iter().zip(digits.iter()) {
+                let is_zero;
+                (*sel, is_zero) = select_signed(table, d[i]);
+                // The last digit needs the complete addition even for one
+                // point (see `lincomb_many_validated_ct`); `i` is public.
+                *a = if COMPLETE || i == 0 {
                     a.add_affine_complete_ct(&sel, is_zero)
                 } else {
                     a.add_affine_ct(&sel, is_zero)
@@ -863,12 +915,12 @@ fn straus_ct<const COMPLETE: bool, const N: usize>(
     acc
 }
 
-/// Variable-time `sum k_i P_i` (public scalars and points), Straus with
-/// width-5 NAF.
+/// Variable-time `sum k_i P_i` (public scalars; the points may be secret,
+/// see [`odd_multiples`]), Straus with width-5 NAF.
 pub(crate) fn lincomb_vartime(points: &[Affine], scalars: &[Scalar]) -> Jacobian {
     debug_assert_eq!(points.len(), scalars.len());
     const W: u32 = 5;
-    let tables = odd_multiples(points, 1 << (W - 2));
+    let tables = Zeroizing::new(odd_multiples(points, 1 << (W - 2)));
     let nafs: Vec<[i8; 257]> = scalars.iter().map(|k| wnaf(k, W)).collect();
     let top = nafs
         .iter()
@@ -1065,6 +1117,131 @@ mod tests {
                 ProjectivePoint::IDENTITY
             );
         }
+    }
+
+    /// Scalars next to 0 and to the group order `n`, where the accumulator
+    /// of a recoded scalar multiplication can meet the added entry (e.g.
+    /// `n - 2`: the accumulator before the last digit `-1` is `-P`).
+    fn edge_scalars() -> Vec<Scalar> {
+        let mut v = Vec::new();
+        for m in 0u64..=40 {
+            v.push(Scalar::from(m));
+            v.push(-Scalar::from(m));
+        }
+        // Around every multiple of 2^32 of the recoding windows' weights.
+        let mut pow = Scalar::ONE;
+        for _ in 0..256 {
+            for d in [Scalar::ZERO, Scalar::ONE, -Scalar::ONE] {
+                v.push(pow + d);
+                v.push(-pow + d);
+            }
+            pow = pow.double();
+        }
+        v
+    }
+
+    #[test]
+    fn validated_lincomb_single_point_n_minus_2() {
+        // One point, k = n - 2: the result must be -2P, not the identity.
+        let p = ProjectivePoint::GENERATOR * Scalar::from(7u64);
+        let k = -Scalar::from(2u64);
+        let [r] = lincomb_many_validated_ct([&[from_p256(&p)][..]], &[k]);
+        assert_eq!(to_p256(&r), p * k);
+        assert_eq!(to_p256(&r), -p.double());
+    }
+
+    #[test]
+    fn ct_routines_handle_edge_scalars() {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let base = ProjectivePoint::GENERATOR * crate::arith::random_nonzero_scalar(&mut rng);
+        let ba = from_p256(&base);
+        let fixed = FixedBaseTable::new(&ba);
+        let comb3 = CombTable::<3>::new(&ba);
+        let comb4 = CombTable::<4>::new(&ba);
+        let comb5 = CombTable::<5>::new(&ba);
+        for k in edge_scalars() {
+            let expect = base * k;
+            assert_eq!(to_p256(&fixed.mul_ct(&k)), expect, "fixed {k:?}");
+            assert_eq!(to_p256(&fixed.mul_vartime(&k)), expect, "fixed vt {k:?}");
+            assert_eq!(to_p256(&comb3.mul_ct(&k)), expect, "comb3 {k:?}");
+            assert_eq!(to_p256(&comb4.mul_ct(&k)), expect, "comb4 {k:?}");
+            assert_eq!(to_p256(&comb5.mul_ct(&k)), expect, "comb5 {k:?}");
+            let [a, b] = comb5.mul_many_ct(&[k, -k]);
+            assert_eq!(to_p256(&a), expect, "comb5 many {k:?}");
+            assert_eq!(to_p256(&b), -expect, "comb5 many neg {k:?}");
+            assert_eq!(
+                to_p256(&lincomb_ct(&[ba], &[k])),
+                expect,
+                "lincomb_ct {k:?}"
+            );
+            assert_eq!(
+                to_p256(&lincomb_vartime(&[ba], &[k])),
+                expect,
+                "lincomb_vartime {k:?}"
+            );
+            let [v] = lincomb_many_validated_ct([&[ba][..]], &[k]);
+            assert_eq!(to_p256(&v), expect, "validated {k:?}");
+        }
+    }
+
+    #[test]
+    fn validated_lincomb_several_points_edge_scalars() {
+        // Pairwise distinct, unrelated points (the routine's precondition)
+        // with scalars drawn from the edge cases, zeros included: a set in
+        // which all but one scalar is zero is the one-point case again.
+        let mut rng = ChaCha20Rng::seed_from_u64(8);
+        let edges = edge_scalars();
+        let pick = |rng: &mut ChaCha20Rng| {
+            let mut b = [0u8; 4];
+            rand_core::RngCore::fill_bytes(rng, &mut b);
+            let i = u32::from_le_bytes(b) as usize;
+            if i.is_multiple_of(4) {
+                crate::arith::random_nonzero_scalar(rng)
+            } else {
+                edges[i % edges.len()]
+            }
+        };
+        for t in 1..=4 {
+            for round in 0..40u32 {
+                let pts: Vec<ProjectivePoint> = (0..2 * t)
+                    .map(|_| {
+                        ProjectivePoint::GENERATOR * crate::arith::random_nonzero_scalar(&mut rng)
+                    })
+                    .collect();
+                let aff: Vec<Affine> = pts.iter().map(from_p256).collect();
+                let mut ks: Vec<Scalar> = (0..t).map(|_| pick(&mut rng)).collect();
+                if round.is_multiple_of(3) {
+                    // Only one non-zero scalar.
+                    for k in ks.iter_mut().skip(1) {
+                        *k = Scalar::ZERO;
+                    }
+                }
+                let expect = |set: &[ProjectivePoint]| -> ProjectivePoint {
+                    set.iter().zip(&ks).map(|(p, k)| *p * k).sum()
+                };
+                let [a, b] = lincomb_many_validated_ct([&aff[..t], &aff[t..]], &ks);
+                assert_eq!(to_p256(&a), expect(&pts[..t]), "t={t} {ks:?}");
+                assert_eq!(to_p256(&b), expect(&pts[t..]), "t={t} {ks:?}");
+                assert_eq!(to_p256(&lincomb_ct(&aff[..t], &ks)), expect(&pts[..t]));
+            }
+        }
+    }
+
+    #[test]
+    fn zeroize_clears_every_coordinate() {
+        let zero = FieldBytes::default();
+        let mut j = Jacobian::from(Affine::generator()).double();
+        let mut a = j.to_affine().unwrap();
+        let mut r = Raw::from_affine(&a);
+        assert!(j.z.to_repr() != zero && a.x.to_repr() != zero && r.0 != [0; 8]);
+        j.zeroize();
+        a.zeroize();
+        r.zeroize();
+        for c in [j.x, j.y, j.z, a.x, a.y] {
+            assert_eq!(c.to_repr(), zero);
+        }
+        assert_eq!(r.0, [0u64; 8]);
+        assert!(bool::from(j.is_identity()));
     }
 
     #[test]

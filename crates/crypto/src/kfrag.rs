@@ -5,9 +5,9 @@ use core::fmt;
 use p256::Scalar;
 use p256::elliptic_curve::Field;
 use rand_core::CryptoRng;
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::arith::{self, POINT_LEN, Point, SCALAR_LEN};
+use crate::arith::{self, POINT_LEN, Point, SCALAR_LEN, SecretPoint};
 use crate::dst;
 use crate::ec;
 use crate::error::{Error, Result};
@@ -36,13 +36,15 @@ impl KeyFrag {
     /// `id (32) || rk (32) || precursor (33) || commitment (33) || signature (64)`.
     pub const LEN: usize = KFRAG_ID_LEN + SCALAR_LEN + 2 * POINT_LEN + SIGNATURE_LEN;
 
-    /// Fixed-length encoding (contains the secret share).
-    pub fn to_bytes(&self) -> [u8; Self::LEN] {
-        let mut out = [0u8; Self::LEN];
+    /// Fixed-length encoding. It contains the secret share, so it comes
+    /// zeroized on drop (`Zeroizing` derefs to the array).
+    pub fn to_bytes(&self) -> Zeroizing<[u8; Self::LEN]> {
+        let mut out = Zeroizing::new([0u8; Self::LEN]);
+        let rk = Zeroizing::new(arith::scalar_to_bytes(&self.rk));
         let mut at = 0;
         for part in [
             &self.id[..],
-            &arith::scalar_to_bytes(&self.rk),
+            &rk[..],
             &self.precursor.bytes,
             &self.commitment.bytes,
             &self.signature.1,
@@ -131,8 +133,8 @@ pub struct VerifiedKeyFrag {
 }
 
 impl VerifiedKeyFrag {
-    /// Same encoding as [`KeyFrag::to_bytes`].
-    pub fn to_bytes(&self) -> [u8; KeyFrag::LEN] {
+    /// Same encoding as [`KeyFrag::to_bytes`] (zeroized on drop).
+    pub fn to_bytes(&self) -> Zeroizing<[u8; KeyFrag::LEN]> {
         self.kfrag.to_bytes()
     }
 
@@ -276,9 +278,13 @@ pub(crate) fn generate_kfrags_with(
     check_threshold(coefficients.len() + 1, ids.len())?;
     let owner_pk = owner_sk.public_key();
     let precursor = arith::mul_g(precursor_sk);
-    let dh = ec::mul_ct(grantee_pk.affine(), precursor_sk);
-    let [precursor, mut dh] = Point::batch_from_jacobian(&[precursor, dh])
-        .ok_or(Error::InvalidParameter(UNUSABLE_PRECURSOR))?;
+    let dh = Zeroizing::new(ec::mul_ct(grantee_pk.affine(), precursor_sk));
+    let jac = Zeroizing::new([precursor, *dh]);
+    let mut points = Zeroizing::new(
+        Point::batch_from_jacobian(&jac).ok_or(Error::InvalidParameter(UNUSABLE_PRECURSOR))?,
+    );
+    let dh = SecretPoint::take(&mut points[1]);
+    let precursor = points[0];
     let mut d = shared_secret(&precursor, grantee_pk, &dh);
     let d_inv: Option<Scalar> = d.invert().into();
     let mut d_inv = d_inv.ok_or(Error::InvalidParameter(UNUSABLE_PRECURSOR))?;
@@ -331,7 +337,6 @@ pub(crate) fn generate_kfrags_with(
     poly.zeroize();
     d.zeroize();
     d_inv.zeroize();
-    dh.bytes.zeroize();
     Ok(kfrags)
 }
 

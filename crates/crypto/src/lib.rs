@@ -35,7 +35,7 @@
 //! let kfrags = generate_kfrags(&mut rng, &owner_sk, &grantee_pk, &signer, 2, 3)?;
 //!
 //! // Each proxy checks its kfrag came from the owner for this grantee...
-//! let kfrag = KeyFrag::from_bytes(&kfrags[0].to_bytes())?
+//! let kfrag = KeyFrag::from_bytes(&*kfrags[0].to_bytes())?
 //!     .verify(&verifying_key, &owner_pk, &grantee_pk)?;
 //! // ...and re-encrypts the capsule, with a proof of correct re-encryption.
 //! let cfrag0 = reencrypt(&mut rng, &capsule, &kfrag);

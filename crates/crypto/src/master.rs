@@ -47,14 +47,17 @@ impl MasterSecret {
         Zeroizing::new(self.0)
     }
 
-    fn expand_scalar(&self, info: &[&[u8]]) -> p256::Scalar {
-        let hk = Hkdf::<Sha256>::new(Some(dst::MASTER_SALT), &self.0);
-        let mut okm = [0u8; 48];
-        hk.expand_multi_info(info, &mut okm)
+    /// HKDF-SHA256 of the master secret into a scalar; the caller zeroizes
+    /// the result. The PRK and the output keying material are zeroized.
+    /// (The HMAC state keyed with the PRK inside `hkdf::Hkdf` is not: that
+    /// needs `hmac`'s `zeroize` feature.)
+    fn expand_scalar(&self, info: &[&[u8]]) -> Zeroizing<p256::Scalar> {
+        let (mut prk, hk) = Hkdf::<Sha256>::extract(Some(dst::MASTER_SALT), &self.0);
+        prk.zeroize();
+        let mut okm = Zeroizing::new([0u8; 48]);
+        hk.expand_multi_info(info, &mut okm[..])
             .expect("48 bytes is a valid HKDF-SHA256 output length");
-        let s = arith::scalar_from_okm(&okm);
-        okm.zeroize();
-        s
+        Zeroizing::new(arith::scalar_from_okm(&okm))
     }
 
     /// The PRE key pair of `(partition, epoch)`.
@@ -67,14 +70,14 @@ impl MasterSecret {
             .expect("validated length fits in u16")
             .to_be_bytes();
         let s = self.expand_scalar(&[dst::PARTITION_KEY_INFO, &len, name, &epoch.to_be_bytes()]);
-        let sk = SecretKey::from_scalar(s);
+        let sk = SecretKey::from_scalar(*s);
         let pk = sk.public_key();
         Ok((sk, pk))
     }
 
     /// The owner's kfrag-signing key (`info = SIGNING_KEY_INFO`).
     pub fn signing_key(&self) -> SigningKey {
-        SigningKey::from_scalar(self.expand_scalar(&[dst::SIGNING_KEY_INFO]))
+        SigningKey::from_scalar(*self.expand_scalar(&[dst::SIGNING_KEY_INFO]))
     }
 }
 

@@ -215,7 +215,7 @@ fn fixture_encodings_round_trip() {
     assert_eq!(VerifyingKey::from_bytes(&vk.to_bytes()).unwrap(), *vk);
     assert_eq!(Capsule::from_bytes(&capsule.to_bytes()).unwrap(), *capsule);
     assert_eq!(
-        KeyFrag::from_bytes(&kfrag.to_bytes()).unwrap(),
+        KeyFrag::from_bytes(&*kfrag.to_bytes()).unwrap(),
         kfrag.clone().unverify()
     );
     assert_eq!(
@@ -339,7 +339,7 @@ fn non_canonical_scalars_are_rejected() {
         assert!(Capsule::from_bytes(&c).is_err());
         let mut k = kfrag.to_bytes();
         k[32..64].copy_from_slice(&bad);
-        assert!(KeyFrag::from_bytes(&k).is_err());
+        assert!(KeyFrag::from_bytes(&*k).is_err());
         let mut f = cfrag.to_bytes();
         let z_at = 7 * 33 + 32;
         f[z_at..z_at + 32].copy_from_slice(&bad);
@@ -348,7 +348,7 @@ fn non_canonical_scalars_are_rejected() {
     // rk = 0 is rejected.
     let mut k = kfrag.to_bytes();
     k[32..64].copy_from_slice(&[0u8; 32]);
-    assert!(KeyFrag::from_bytes(&k).is_err());
+    assert!(KeyFrag::from_bytes(&*k).is_err());
     // Signatures: r or s zero, >= n, or high s are rejected.
     let sig_at = KeyFrag::LEN - 64;
     let good = kfrag.to_bytes();
@@ -384,10 +384,10 @@ fn non_canonical_scalars_are_rejected() {
     high[32..].copy_from_slice(&n_minus_s);
     variants.push(high);
     for v in variants {
-        let mut k = good;
+        let mut k = good.clone();
         k[sig_at..].copy_from_slice(&v);
         assert!(
-            KeyFrag::from_bytes(&k)
+            KeyFrag::from_bytes(&*k)
                 .and_then(|k| k.verify(vk, pk, pk))
                 .is_err()
         );

@@ -118,8 +118,9 @@ proptest! {
         let other = SecretKey::generate(&mut rng).public_key();
         let other_vk = SigningKey::generate(&mut rng).verifying_key();
         for k in &s.kfrags {
-            let bytes = k.to_bytes();
-            let decoded = KeyFrag::from_bytes(&bytes).unwrap();
+            // The encoding holds the secret share: it comes zeroized on drop.
+            let bytes: zeroize::Zeroizing<[u8; KeyFrag::LEN]> = k.to_bytes();
+            let decoded = KeyFrag::from_bytes(&*bytes).unwrap();
             prop_assert_eq!(decoded.clone().verify(&s.vk, &s.owner_pk, &s.grantee_pk).unwrap(), k.clone());
             prop_assert!(decoded.clone().verify(&s.vk, &s.owner_pk, &other).is_err());
             prop_assert!(decoded.clone().verify(&s.vk, &other, &s.grantee_pk).is_err());
@@ -179,7 +180,7 @@ proptest! {
         let s = setup(&mut rng, 2, 2);
         let mut bytes = s.kfrags[0].to_bytes();
         bytes[pos] ^= 1 << bit;
-        let res = KeyFrag::from_bytes(&bytes).and_then(|k| k.verify(&s.vk, &s.owner_pk, &s.grantee_pk));
+        let res = KeyFrag::from_bytes(&*bytes).and_then(|k| k.verify(&s.vk, &s.owner_pk, &s.grantee_pk));
         prop_assert!(res.is_err());
     }
 
