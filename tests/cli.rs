@@ -182,7 +182,14 @@ fn the_cli_contract_end_to_end() {
     m.ok("alice", &["grant", "--partition", "medical", "--to", "bob"]);
     m.ok(
         "alice",
-        &["revoke", "--partition", "medical", "--from", "bob", "--no-rotate"],
+        &[
+            "revoke",
+            "--partition",
+            "medical",
+            "--from",
+            "bob",
+            "--no-rotate",
+        ],
     );
     assert_eq!(
         m.ok("alice", &["rotate", "--partition", "medical"]).trim(),

@@ -93,9 +93,12 @@ async fn a_blob_id_ground_to_a_path_is_stored_inside_the_store() {
     // `a/` before any 0x00: the first layout failed this honest upload.
     let slash = ground(b"a/");
     for (record, content) in [("m1", &to_root), ("m2", &slash)] {
-        put(&mallory.session.clients, raw_blob_upload("mallory", record, content))
-            .await
-            .unwrap_or_else(|e| panic!("{record}: {e:?}"));
+        put(
+            &mallory.session.clients,
+            raw_blob_upload("mallory", record, content),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{record}: {e:?}"));
         let mut stream = mallory
             .session
             .clients
@@ -182,7 +185,11 @@ async fn page_tokens_reveal_nothing_a_caller_may_not_see() {
             break;
         }
         // Opaque: no record id or partition inside, plain or hex.
-        for id in medical.iter().map(|m| &m.record_id).chain([&insurance.record_id]) {
+        for id in medical
+            .iter()
+            .map(|m| &m.record_id)
+            .chain([&insurance.record_id])
+        {
             assert!(!page.next_page_token.contains(id.as_str()));
             assert!(!page.next_page_token.contains(&hex::encode(id)));
         }
@@ -281,7 +288,8 @@ async fn ownership_challenges_cannot_be_redrawn() {
         assert!(err.message().contains("ownership_proof"), "{err:?}");
     }
     assert!(
-        challenges.len() <= sesphr_cloud_storage::ChallengePolicy::default().max_per_window as usize,
+        challenges.len()
+            <= sesphr_cloud_storage::ChallengePolicy::default().max_per_window as usize,
         "{} distinct challenges drawn",
         challenges.len()
     );
@@ -289,7 +297,9 @@ async fn ownership_challenges_cannot_be_redrawn() {
     // The probes are in mallory's own audit view.
     let trail = mallory.session.audit().await.unwrap();
     assert!(
-        trail.iter().any(|e| e.action.ends_with("/QueryBlob") && e.outcome == "probe"),
+        trail
+            .iter()
+            .any(|e| e.action.ends_with("/QueryBlob") && e.outcome == "probe"),
         "{trail:?}"
     );
     s.shutdown().await;
@@ -402,7 +412,10 @@ async fn refusals_and_probes_reach_the_victims_audit_view() {
     let trail = alice.session.audit().await.unwrap();
     let delete = trail
         .iter()
-        .find(|e| e.action.ends_with("denied:sesphr.v1.CloudStorage/DeleteRecord"))
+        .find(|e| {
+            e.action
+                .ends_with("denied:sesphr.v1.CloudStorage/DeleteRecord")
+        })
         .unwrap_or_else(|| panic!("no DeleteRecord refusal in alice's view: {trail:?}"));
     assert!(delete.subject.contains("mallory"), "{delete:?}");
     assert_eq!(delete.record_id, rec.record_id);
@@ -437,11 +450,9 @@ async fn refusals_and_probes_reach_the_victims_audit_view() {
         "{enroll:?}"
     );
     assert!(
-        enroll
-            .iter()
-            .any(|e| e.action == "sesphr.v1.Srs/Enroll"
-                && e.owner_id == "alice"
-                && e.outcome == "ok"),
+        enroll.iter().any(|e| e.action == "sesphr.v1.Srs/Enroll"
+            && e.owner_id == "alice"
+            && e.outcome == "ok"),
         "{enroll:?}"
     );
     s.shutdown().await;

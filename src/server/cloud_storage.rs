@@ -15,8 +15,8 @@ use sesphr_cloud_storage::{
     RecordStore, TokenScope, Window,
 };
 use sesphr_dedup::pow::Proof;
-use sesphr_srs::RateLimiter;
 use sesphr_identity::{Identity, validate_partition, validate_user_id};
+use sesphr_srs::RateLimiter;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -153,7 +153,13 @@ impl CloudStorageService {
             record_id: &meta.record_id,
         };
         self.policy
-            .audit(caller, Rpc::PutRecord, about, "ok", "linked to a stored blob by proof of ownership")
+            .audit(
+                caller,
+                Rpc::PutRecord,
+                about,
+                "ok",
+                "linked to a stored blob by proof of ownership",
+            )
             .await;
         Ok(Response::new(proto::PutRecordResponse {
             record: Some(meta_to_proto(meta)),
@@ -179,7 +185,10 @@ impl CloudStorageService {
             None => {
                 let store = self.store.clone();
                 let o = owner.to_owned();
-                let start = from.as_ref().map(|c| c.partition.clone()).unwrap_or_default();
+                let start = from
+                    .as_ref()
+                    .map(|c| c.partition.clone())
+                    .unwrap_or_default();
                 blocking(move || store.partitions(&o, &start, MAX_PARTITIONS_PER_LIST + 1)).await?
             }
         };

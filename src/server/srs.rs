@@ -290,12 +290,19 @@ impl Srs for SrsService {
         let found = self.user(&user_id).await;
         let caller_name = caller.short();
         let is_self = caller.as_user().is_some_and(|(_, id)| id == user_id);
-        if caller.as_service().is_none() && !is_self && self.lookups.due(&caller_name, &user_id, unix_now()) {
+        if caller.as_service().is_none()
+            && !is_self
+            && self.lookups.due(&caller_name, &user_id, unix_now())
+        {
             let about = AuditAbout {
                 owner_id: &user_id,
                 ..Default::default()
             };
-            let detail = if found.is_ok() { "found" } else { "not enrolled" };
+            let detail = if found.is_ok() {
+                "found"
+            } else {
+                "not enrolled"
+            };
             self.policy
                 .audit(&caller, Rpc::GetUser, about, "probe", detail)
                 .await;
@@ -529,7 +536,13 @@ impl Srs for SrsService {
             ..Default::default()
         };
         self.policy
-            .audit(&caller, Rpc::EvaluateContentKey, about, "probe", "content key evaluated")
+            .audit(
+                &caller,
+                Rpc::EvaluateContentKey,
+                about,
+                "probe",
+                "content key evaluated",
+            )
             .await;
         Ok(Response::new(proto::EvaluateContentKeyResponse {
             evaluated_element: evaluated.to_vec(),

@@ -677,3 +677,62 @@ fn odd_tail_keys_on_open_do_not_panic() {
         assert!(!s.verify_audit(None).unwrap().ok);
     }
 }
+
+/// A denial tells the asking service's caller only what its own grant says;
+/// the record's epoch and creation time stay in the owner's audit entry.
+#[test]
+fn caller_reasons_name_nothing_about_the_record() {
+    let (_d, s) = store();
+    s.grant(grant("bob", Role::Doctor), "patient/alice", T0)
+        .unwrap();
+    let now = T0 + DAY;
+    let nobody = s
+        .check(&query("mallory", Role::Doctor, 0), "svc", now)
+        .unwrap();
+    assert!(!nobody.allowed);
+    assert_eq!(nobody.caller_reason, "no grant covers it");
+    assert!(nobody.reason.contains("medical"), "{}", nobody.reason);
+    let old = CheckQuery {
+        record_created_at: Some(T0 - DAY),
+        ..query("bob", Role::Doctor, 1)
+    };
+    let out_of_range = query("bob", Role::Doctor, 7);
+    for q in [old, out_of_range] {
+        let d = s.check(&q, "svc", now).unwrap();
+        assert!(!d.allowed);
+        assert_eq!(d.caller_reason, "the grant does not cover it");
+        assert_ne!(
+            d.reason, d.caller_reason,
+            "the owner's entry keeps the detail"
+        );
+    }
+    // Facts of the caller's own grant are its to hear.
+    let late = s
+        .check(&query("bob", Role::Doctor, 1), "svc", T0 + 31 * DAY)
+        .unwrap();
+    assert!(
+        late.caller_reason.contains("expired"),
+        "{}",
+        late.caller_reason
+    );
+}
+
+/// A LIST check is about the partition: the epoch range is applied by the
+/// asking service to each record through the returned grant.
+#[test]
+fn list_checks_return_the_grant_whatever_the_epoch() {
+    let (_d, s) = store();
+    s.grant(grant("bob", Role::Doctor), "patient/alice", T0)
+        .unwrap();
+    let q = CheckQuery {
+        action: Action::List,
+        ..query("bob", Role::Doctor, 99)
+    };
+    let d = s.check(&q, "svc", T0 + DAY).unwrap();
+    assert!(d.allowed, "{}", d.reason);
+    assert_eq!(d.grant.unwrap().epoch_max, Some(2));
+    let read = s
+        .check(&query("bob", Role::Doctor, 99), "svc", T0 + DAY)
+        .unwrap();
+    assert!(!read.allowed, "a READ of epoch 99 stays out of range");
+}

@@ -57,7 +57,10 @@ struct Entry {
 impl Entry {
     fn live(&self, now: u64, p: &ChallengePolicy) -> bool {
         now < self.window_start.saturating_add(p.window_secs)
-            || self.open.as_ref().is_some_and(|c| !c.is_expired(now, p.ttl_secs))
+            || self
+                .open
+                .as_ref()
+                .is_some_and(|c| !c.is_expired(now, p.ttl_secs))
     }
 }
 
@@ -145,7 +148,12 @@ impl ChallengeBook {
 
     /// Takes the open challenge of `caller` for `blob_id` to check an answer
     /// against: single use, whatever the answer turns out to be.
-    pub fn take(&self, caller: &str, blob_id: [u8; 32], now: u64) -> Result<Challenge, StorageError> {
+    pub fn take(
+        &self,
+        caller: &str,
+        blob_id: [u8; 32],
+        now: u64,
+    ) -> Result<Challenge, StorageError> {
         let ttl = self.policy.ttl_secs;
         let challenge = self
             .lock()
@@ -202,7 +210,9 @@ mod tests {
         let err = book.issue("mallory", BLOB, 1000, now).unwrap_err();
         assert!(matches!(err, StorageError::Exhausted(_)), "{err}");
         // Waiting out a challenge's expiry does not help either.
-        let err = book.issue("mallory", BLOB, 1000, now + p.ttl_secs + 1).unwrap_err();
+        let err = book
+            .issue("mallory", BLOB, 1000, now + p.ttl_secs + 1)
+            .unwrap_err();
         assert!(matches!(err, StorageError::Exhausted(_)), "{err}");
         // The next window allows a new draw.
         assert!(book.issue("mallory", BLOB, 1000, T + p.window_secs).is_ok());
@@ -242,6 +252,9 @@ mod tests {
             Err(StorageError::Exhausted(_))
         ));
         // Once the old ones are past their window and expiry, room returns.
-        assert!(book.issue("mallory", [9; 32], 10, T + p.window_secs + 1).is_ok());
+        assert!(
+            book.issue("mallory", [9; 32], 10, T + p.window_secs + 1)
+                .is_ok()
+        );
     }
 }

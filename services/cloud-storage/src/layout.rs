@@ -74,7 +74,9 @@ fn entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, StorageError> {
         let e = e.map_err(|e| io_error(dir, e))?;
         match e.file_name().into_string() {
             Ok(name) => out.push((name, e.path())),
-            Err(name) => tracing::warn!(?name, dir = %dir.display(), "ignoring a file whose name is not UTF-8"),
+            Err(name) => {
+                tracing::warn!(?name, dir = %dir.display(), "ignoring a file whose name is not UTF-8")
+            }
         }
     }
     Ok(out)
@@ -186,7 +188,10 @@ impl Layout {
 
     /// Staged blob uploads.
     pub(crate) fn staged_files(&self) -> Result<Vec<PathBuf>, StorageError> {
-        Ok(entries(&self.staging)?.into_iter().map(|(_, p)| p).collect())
+        Ok(entries(&self.staging)?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect())
     }
 
     /// The record id a record file name stands for, if it is one of ours.
@@ -197,7 +202,7 @@ impl Layout {
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

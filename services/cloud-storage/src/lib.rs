@@ -54,10 +54,10 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use blobs::BlobKey;
-use layout::{Layout, io_error};
 pub use blobs::{BlobInfo, DedupScope};
 pub use challenges::{ChallengeBook, ChallengePolicy};
 use codec::StoredMeta;
+use layout::{Layout, io_error};
 pub use page_token::{Cursor, PageTokens, TokenScope};
 use sha2::{Digest, Sha256};
 
@@ -550,7 +550,11 @@ impl RecordStore {
         record_id: &str,
     ) -> impl Iterator<Item = Result<sled::IVec, StorageError>> + Send + 'static {
         let state = match validate_record_id(record_id).and_then(|()| self.shared.load(record_id)) {
-            Ok(Some(m)) => match self.shared.content_path(&m).and_then(|p| Layout::open_read(&p)) {
+            Ok(Some(m)) => match self
+                .shared
+                .content_path(&m)
+                .and_then(|p| Layout::open_read(&p))
+            {
                 Ok(Some(file)) => ReaderState::Reading {
                     meta: m,
                     file,
@@ -744,13 +748,14 @@ impl RecordStore {
         let secrets = self.shared.db.open_tree("secrets")?;
         let mut fresh = zeroize::Zeroizing::new([0u8; 32]);
         rand::fill(&mut fresh[..]);
-        let stored = match secrets.compare_and_swap(name.as_bytes(), None::<&[u8]>, Some(&fresh[..]))? {
-            Ok(()) => {
-                self.shared.db.flush()?;
-                fresh.to_vec()
-            }
-            Err(e) => e.current.map(|v| v.to_vec()).unwrap_or_default(),
-        };
+        let stored =
+            match secrets.compare_and_swap(name.as_bytes(), None::<&[u8]>, Some(&fresh[..]))? {
+                Ok(()) => {
+                    self.shared.db.flush()?;
+                    fresh.to_vec()
+                }
+                Err(e) => e.current.map(|v| v.to_vec()).unwrap_or_default(),
+            };
         let stored = zeroize::Zeroizing::new(stored);
         let key: [u8; 32] = stored
             .as_slice()

@@ -141,7 +141,11 @@ mod tests {
         // Another caller, filter or server key: refused.
         assert!(tokens.open(&scope("mallory", None), &t).is_err());
         assert!(tokens.open(&scope("bob", Some("medical")), &t).is_err());
-        assert!(PageTokens::new(&[6; 32]).open(&scope("bob", None), &t).is_err());
+        assert!(
+            PageTokens::new(&[6; 32])
+                .open(&scope("bob", None), &t)
+                .is_err()
+        );
         // Edited, cut or garbage tokens: refused with one clear message.
         let mut edited = t.clone().into_bytes();
         edited[30] = if edited[30] == b'0' { b'1' } else { b'0' };
@@ -154,7 +158,10 @@ mod tests {
             "a".repeat(5000),
         ] {
             let err = tokens.open(&scope("bob", None), &bad).unwrap_err();
-            assert!(err.to_string().contains("not one this server issued"), "{err}");
+            assert!(
+                err.to_string().contains("not one this server issued"),
+                "{err}"
+            );
         }
         // Two seals of one position differ (fresh nonce).
         assert_ne!(tokens.seal(&scope("bob", None), &cursor), t);

@@ -731,7 +731,9 @@ fn sleds_own_files_survive_restarts() {
     {
         let s = RecordStore::open(dir.path(), limits).unwrap();
         for i in 0..8 {
-            let mut up = s.begin_upload(rec_with_header(&format!("r{i}"), big)).unwrap();
+            let mut up = s
+                .begin_upload(rec_with_header(&format!("r{i}"), big))
+                .unwrap();
             up.append(b"abc").unwrap();
             up.commit(T0).unwrap();
         }
@@ -740,7 +742,10 @@ fn sleds_own_files_survive_restarts() {
     let sled_blobs = std::fs::read_dir(dir.path().join("metadata/blobs"))
         .unwrap()
         .count();
-    assert!(sled_blobs > 0, "sled stored no blob: the test proves nothing");
+    assert!(
+        sled_blobs > 0,
+        "sled stored no blob: the test proves nothing"
+    );
     for _ in 0..2 {
         let s = RecordStore::open(dir.path(), limits).unwrap();
         for i in 0..8 {
@@ -752,7 +757,10 @@ fn sleds_own_files_survive_restarts() {
     // Nothing of ours is inside sled's directory.
     for f in files_under(&dir.path().join("metadata")) {
         let name = f.to_string_lossy();
-        assert!(!name.contains("records") && !name.contains("staging"), "{name}");
+        assert!(
+            !name.contains("records") && !name.contains("staging"),
+            "{name}"
+        );
     }
 }
 
@@ -775,7 +783,9 @@ fn a_first_layout_store_is_moved_and_keeps_everything() {
             put(&s, "plain", "alice", "medical", b"plain bytes");
             put_blob(&s, "deduped", "alice", &blob);
             for i in 0..6 {
-                let mut up = s.begin_upload(rec_with_header(&format!("big{i}"), big)).unwrap();
+                let mut up = s
+                    .begin_upload(rec_with_header(&format!("big{i}"), big))
+                    .unwrap();
                 up.append(b"abc").unwrap();
                 up.commit(T0).unwrap();
             }
@@ -802,7 +812,10 @@ fn a_first_layout_store_is_moved_and_keeps_everything() {
         for d in ["blobs.v2", "staging"] {
             std::fs::remove_dir(root.join(d)).unwrap();
         }
-        assert!(root.join("conf").exists(), "sled's files are at the root now");
+        assert!(
+            root.join("conf").exists(),
+            "sled's files are at the root now"
+        );
 
         let s = RecordStore::open(root, limits).unwrap();
         assert_eq!(read_all(&s, "plain").unwrap(), b"plain bytes");
