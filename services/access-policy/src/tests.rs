@@ -6,9 +6,27 @@ use super::*;
 const T0: i64 = 1_700_000_000;
 const DAY: i64 = 86_400;
 
+/// sled's background threads can hold a just-closed database's lock file
+/// for a moment; under load a reopen waits for them (bounded).
+fn retry_lock<T, E: std::fmt::Debug>(mut open: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match open() {
+            Ok(v) => return v,
+            Err(e)
+                if Instant::now() < deadline
+                    && format!("{e:?}").contains("could not acquire lock") =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("open failed: {e:?}"),
+        }
+    }
+}
+
 fn store() -> (tempfile::TempDir, PolicyStore) {
     let dir = tempfile::tempdir().unwrap();
-    let s = PolicyStore::open(dir.path()).unwrap();
+    let s = retry_lock(|| PolicyStore::open(dir.path()));
     (dir, s)
 }
 
@@ -281,14 +299,14 @@ fn state_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let head;
     {
-        let s = PolicyStore::open(dir.path()).unwrap();
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
         s.grant(grant("bob", Role::Doctor), "patient/alice", T0)
             .unwrap();
         s.check(&query("bob", Role::Doctor, 0), "x", T0 + 1)
             .unwrap();
         head = s.audit_head().unwrap();
     }
-    let s = PolicyStore::open(dir.path()).unwrap();
+    let s = retry_lock(|| PolicyStore::open(dir.path()));
     assert_eq!(s.audit_head(), Some(head));
     assert_eq!(s.grants_given("alice").unwrap().len(), 1);
     let d = s
@@ -418,7 +436,7 @@ fn verify_detects_edited_entry() {
 fn verify_detects_edited_entry_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let s = PolicyStore::open(dir.path()).unwrap();
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
         for i in 0..4 {
             s.grant(
                 grant(&format!("user{i}"), Role::Doctor),
@@ -430,7 +448,7 @@ fn verify_detects_edited_entry_after_reopen() {
     }
     {
         // Edit entry 2 with sled directly while the service is down.
-        let db = sled::open(dir.path()).unwrap();
+        let db = retry_lock(|| sled::open(dir.path()));
         let t = db.open_tree("audit").unwrap();
         let mut v = t.get(2u64.to_be_bytes()).unwrap().unwrap().to_vec();
         let pos = v.len() - 3;
@@ -438,7 +456,7 @@ fn verify_detects_edited_entry_after_reopen() {
         t.insert(2u64.to_be_bytes(), v).unwrap();
         db.flush().unwrap();
     }
-    let s = PolicyStore::open(dir.path()).unwrap();
+    let s = retry_lock(|| PolicyStore::open(dir.path()));
     let r = s.verify_audit(None).unwrap();
     assert!(!r.ok);
     assert_eq!(r.first_bad_seq, Some(2));
@@ -482,7 +500,7 @@ fn verify_detects_rewritten_tail_against_published_head() {
     let dir = tempfile::tempdir().unwrap();
     let published;
     {
-        let s = PolicyStore::open(dir.path()).unwrap();
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
         for i in 0..4 {
             s.record_event(
                 AuditEvent {
@@ -500,7 +518,7 @@ fn verify_detects_rewritten_tail_against_published_head() {
     }
     {
         // An insider truncates the log to 2 entries while the service is down.
-        let db = sled::open(dir.path()).unwrap();
+        let db = retry_lock(|| sled::open(dir.path()));
         let t = db.open_tree("audit").unwrap();
         t.remove(3u64.to_be_bytes()).unwrap();
         t.remove(4u64.to_be_bytes()).unwrap();
@@ -508,7 +526,7 @@ fn verify_detects_rewritten_tail_against_published_head() {
     }
     {
         // The truncated chain is internally consistent...
-        let s = PolicyStore::open(dir.path()).unwrap();
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
         assert!(s.verify_audit(None).unwrap().ok);
         // ...but not against the published head.
         let r = s.verify_audit(Some(published)).unwrap();
@@ -552,7 +570,7 @@ fn verify_notices_tail_removed_while_running() {
 fn damaged_tail_on_open_blocks_appends() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let s = PolicyStore::open(dir.path()).unwrap();
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
         s.grant(grant("bob", Role::Doctor), "patient/alice", T0)
             .unwrap();
         s.grant(grant("carol", Role::Doctor), "patient/alice", T0)
@@ -560,7 +578,7 @@ fn damaged_tail_on_open_blocks_appends() {
         tamper_detail(&s, 2);
         s.db.flush().unwrap();
     }
-    let s = PolicyStore::open(dir.path()).unwrap();
+    let s = retry_lock(|| PolicyStore::open(dir.path()));
     let e = s
         .check(&query("bob", Role::Doctor, 0), "x", T0)
         .unwrap_err();
@@ -649,7 +667,7 @@ fn odd_tail_keys_on_open_do_not_panic() {
     for (key, first) in [(vec![0u8; 8], false), (b"short".to_vec(), true)] {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = PolicyStore::open(dir.path()).unwrap();
+            let s = retry_lock(|| PolicyStore::open(dir.path()));
             if first {
                 s.record_event(
                     AuditEvent {
@@ -664,7 +682,7 @@ fn odd_tail_keys_on_open_do_not_panic() {
             s.audit.insert(key, &b"junk"[..]).unwrap();
             s.db.flush().unwrap();
         }
-        let s = PolicyStore::open(dir.path()).unwrap();
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
         let e = s
             .record_event(
                 AuditEvent {
@@ -823,14 +841,14 @@ fn denied_events_are_budgeted_per_refused_subject_not_per_relaying_service() {
 fn dropping_the_store_writes_pending_aggregates() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let s = PolicyStore::open(dir.path()).unwrap();
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
         for _ in 0..200 {
             s.check(&query("mallory", Role::Patient, 0), "service/srs", T0)
                 .unwrap();
         }
         assert!(s.pending_coalesced() > 0);
     }
-    let s = PolicyStore::open(dir.path()).unwrap();
+    let s = retry_lock(|| PolicyStore::open(dir.path()));
     let counted: u64 = owner_view(&s, "alice")
         .iter()
         .map(|e| coalesced_count(e).unwrap_or(1))
