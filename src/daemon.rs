@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use sesphr_identity::{Identity, Service};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
@@ -32,6 +32,7 @@ use crate::server::access_policy::AccessPolicyService;
 use crate::server::cloud_storage::{CloudStorageService, MAX_CHUNK_BYTES};
 use crate::server::policy_client::PolicyClient;
 use crate::server::srs::SrsService;
+use crate::server::unix_now;
 use crate::tls::{self, TlsError, TlsFiles, TlsMaterial};
 
 /// Default ports of `sesphrd dev`: CloudStorage, SRS, AccessPolicy.
@@ -199,6 +200,7 @@ pub async fn run_service(
         Ok(PolicyClient::new(channel, p.peer_timeout))
     };
     let store_dir = p.data_dir.clone();
+    let mut policy_store = None;
     let router = builder
         .add_service(InterceptedService::new(
             health_service.clone(),
@@ -216,7 +218,9 @@ pub async fn run_service(
         Service::AccessPolicy => {
             let store = sesphr_access_policy::PolicyStore::open(&store_dir)
                 .map_err(|e| store_err(service, &store_dir)(e.to_string()))?;
-            let svc = AccessPolicyService::new(Arc::new(store), td.clone());
+            let store = Arc::new(store);
+            policy_store = Some(store.clone());
+            let svc = AccessPolicyService::new(store, td.clone());
             health.set_serving::<proto::access_policy_server::AccessPolicyServer<AccessPolicyService>>().await;
             router.add_service(Limited::new(
                 proto::access_policy_server::AccessPolicyServer::new(svc),
@@ -280,6 +284,10 @@ pub async fn run_service(
                 .await
         })
     });
+    let flusher = policy_store.clone().map(|store| {
+        let (stop, stopped) = oneshot::channel::<()>();
+        (stop, tokio::spawn(flush_coalesced(store, stopped)))
+    });
     tracing::info!(%service, addr = ?addr, "serving");
     let result = router
         .serve_with_incoming_shutdown(incoming, async move {
@@ -290,8 +298,44 @@ pub async fn run_service(
     if let Some(task) = health_task {
         let _ = task.await;
     }
+    if let Some((stop, task)) = flusher {
+        // Not aborted: a flush in progress finishes before the store closes.
+        let _ = stop.send(());
+        let _ = task.await;
+    }
+    if let Some(store) = policy_store {
+        // Counts still pending are written before the store closes.
+        let written =
+            tokio::task::spawn_blocking(move || store.flush_all_coalesced(unix_now())).await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(error = %e, "could not write coalesced audit entries at shutdown");
+        }
+    }
     tracing::info!(%service, "stopped");
     result.map_err(|source| ServeError::Transport { service, source })
+}
+
+/// Writes AccessPolicy's coalesced refusal entries as they fall due (see
+/// `sesphr_access_policy::coalesce`), until `stop` fires.
+async fn flush_coalesced(
+    store: Arc<sesphr_access_policy::PolicyStore>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut tick = tokio::time::interval(sesphr_access_policy::coalesce::FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => return,
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.flush_coalesced(unix_now())).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!(entries = n, "coalesced audit entries written"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not write coalesced audit entries"),
+            Err(e) => tracing::error!(error = %e, "coalesced audit flush task failed"),
+        }
+    }
 }
 
 /// A running service task.

@@ -2,12 +2,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use sesphr_access_policy::{
     Action, AuditEntry as DomainEntry, AuditEvent, AuditFilter, CheckQuery, Grant, PolicyStore,
 };
 use sesphr_identity::{Identity, validate_partition, validate_user_id};
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use super::status::invalid;
@@ -19,9 +21,17 @@ use crate::proto::{self, AccessGrant};
 /// Most audit entries one `ListAudit` call returns.
 pub const MAX_AUDIT_PAGE: usize = 1000;
 
+/// Audit verifications that may run at once in this process: each walks
+/// the whole chain, so more would only share the CPU with everyone else.
+pub const MAX_CONCURRENT_VERIFICATIONS: usize = 1;
+/// How long a `VerifyAudit` call waits for a running one to finish before
+/// it is refused with `RESOURCE_EXHAUSTED`.
+pub const VERIFY_QUEUE_WAIT: Duration = Duration::from_secs(2);
+
 pub struct AccessPolicyService {
     store: Arc<PolicyStore>,
     trust_domain: String,
+    verifications: Arc<Semaphore>,
 }
 
 impl AccessPolicyService {
@@ -29,6 +39,7 @@ impl AccessPolicyService {
         Self {
             store,
             trust_domain,
+            verifications: Arc::new(Semaphore::new(MAX_CONCURRENT_VERIFICATIONS)),
         }
     }
 
@@ -252,7 +263,22 @@ impl AccessPolicy for AccessPolicyService {
             limit,
         };
         let store = self.store.clone();
-        let entries = blocking(move || store.audit(&filter)).await?;
+        let reader = caller.short();
+        let entries = blocking(move || {
+            let entries = store.audit(&filter)?;
+            // Best effort: a log that refuses appends must stay readable.
+            if let Err(e) = store.record_audit_listing(
+                &reader,
+                filter.owner_id.as_deref(),
+                filter.after_seq,
+                entries.len(),
+                unix_now(),
+            ) {
+                tracing::warn!(error = %e, %reader, "could not audit an audit listing");
+            }
+            Ok::<_, sesphr_access_policy::PolicyError>(entries)
+        })
+        .await?;
         let stream = futures::stream::iter(entries.into_iter().map(|e| Ok(entry_to_proto(e))));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -261,7 +287,7 @@ impl AccessPolicy for AccessPolicyService {
         &self,
         req: Request<proto::VerifyAuditRequest>,
     ) -> Result<Response<proto::VerifyAuditResponse>, Status> {
-        self.authorize(&req, Rpc::VerifyAudit).await?;
+        let caller = self.authorize(&req, Rpc::VerifyAudit).await?;
         let r = req.into_inner();
         let expected = match (r.expected_seq, r.expected_hash.len()) {
             (0, 0) => None,
@@ -276,16 +302,58 @@ impl AccessPolicy for AccessPolicyService {
                 ));
             }
         };
+        let permit = tokio::time::timeout(
+            VERIFY_QUEUE_WAIT,
+            self.verifications.clone().acquire_owned(),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            tracing::warn!(caller = %caller.short(), "audit verification refused: one is already running");
+            Status::resource_exhausted(format!(
+                "another audit verification is running and did not finish within {} s; \
+                 retry later",
+                VERIFY_QUEUE_WAIT.as_secs()
+            ))
+        })?;
         let store = self.store.clone();
-        let report = blocking(move || store.verify_audit(expected)).await?;
-        Ok(Response::new(proto::VerifyAuditResponse {
-            ok: report.ok,
-            entries: report.entries,
-            head_seq: report.head_seq,
-            head_hash: report.head_hash.to_vec(),
-            first_bad_seq: report.first_bad_seq,
-            problem: report.problem.unwrap_or_default(),
-        }))
+        // Operators get the global report; a patient only what concerns
+        // her own entries.
+        match caller.as_patient().map(str::to_owned) {
+            Some(owner) => {
+                let report = blocking(move || {
+                    // Held by the walk itself, so a caller that goes away
+                    // does not free the slot while it still runs.
+                    let _permit = permit;
+                    store.verify_audit_for(&owner, expected)
+                })
+                .await?;
+                Ok(Response::new(proto::VerifyAuditResponse {
+                    ok: report.ok,
+                    entries: report.entries,
+                    head_seq: report.head_seq,
+                    head_hash: report.head_hash.to_vec(),
+                    first_bad_seq: None,
+                    problem: report.problem.unwrap_or_default(),
+                }))
+            }
+            _ => {
+                let report = blocking(move || {
+                    let _permit = permit;
+                    store.verify_audit(expected)
+                })
+                .await?;
+                Ok(Response::new(proto::VerifyAuditResponse {
+                    ok: report.ok,
+                    entries: report.entries,
+                    head_seq: report.head_seq,
+                    head_hash: report.head_hash.to_vec(),
+                    first_bad_seq: report.first_bad_seq,
+                    problem: report.problem.unwrap_or_default(),
+                }))
+            }
+        }
     }
 
     async fn record_event(
@@ -326,6 +394,10 @@ impl AccessPolicy for AccessPolicyService {
         };
         let store = self.store.clone();
         let entry = blocking(move || store.record_event(event, unix_now())).await?;
-        Ok(Response::new(proto::RecordEventResponse { seq: entry.seq }))
+        // 0: a refusal over its identity's budget, counted into a coalesced
+        // entry written later.
+        Ok(Response::new(proto::RecordEventResponse {
+            seq: entry.map_or(0, |e| e.seq),
+        }))
     }
 }

@@ -16,7 +16,9 @@
 //!   not_before` (so a grant can keep a new grantee from older records).
 //!
 //! The action does not change the rule; it is recorded in the audit entry.
-//! Every check, allowed or denied, is audited.
+//! Every check, allowed or denied, is audited; repeated denials of one
+//! identity beyond its budget are coalesced into one entry with a count
+//! (see [`coalesce`]).
 //!
 //! # Storage layout (sled trees)
 //!
@@ -52,14 +54,25 @@
 //!
 //! A grant or revoke and its audit entry commit in one sled transaction, so
 //! a crash never leaves a grant change without its entry.
+//!
+//! # Concurrency
+//!
+//! Appends hold the append lock only to assign sequence numbers and commit
+//! the sled transaction; the fsync (`Db::flush`) runs after the lock is
+//! released, so concurrent appends share flushes (group commit), and each
+//! call still returns only once its own entries are durable. Verification
+//! snapshots the head under the lock and walks the immutable prefix without
+//! it.
 
 mod audit;
+pub mod coalesce;
 mod time;
 
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sesphr_identity::{IdentityError, Role, validate_partition, validate_user_id};
@@ -70,6 +83,7 @@ use sled::transaction::{
 };
 
 pub use audit::GENESIS_HASH;
+pub use coalesce::RefusalLimits;
 pub use time::format_unix_time;
 
 /// Longest accepted audit field (bytes). Entries are kept forever, so a
@@ -362,13 +376,66 @@ pub struct AuditReport {
     pub problem: Option<String>,
 }
 
-/// The in-memory end of the chain. Appends hold this lock for the whole
-/// transaction so sequence numbers are assigned without races.
+/// What [`PolicyStore::verify_audit_for`] tells one owner: whether the log
+/// verifies, and only what concerns her own entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerAuditReport {
+    pub ok: bool,
+    /// Her entries in the verified log.
+    pub entries: u64,
+    /// Her last entry (seq, hash), `(0, GENESIS_HASH)` if none: a head she
+    /// can publish and pass back later.
+    pub head_seq: u64,
+    pub head_hash: [u8; 32],
+    /// A message that names nothing of other users (details are logged).
+    pub problem: Option<String>,
+}
+
+/// The in-memory end of the chain and the coalescing state. Appends hold
+/// this lock while they assign sequence numbers and commit, not while they
+/// flush.
 struct Head {
     last: Option<(u64, [u8; 32])>,
     /// Set when the stored tail failed its check on open: appending to a
     /// chain we cannot vouch for would hide the damage, so appends refuse.
     broken: Option<String>,
+    refusals: coalesce::Coalescer,
+    reads: coalesce::Coalescer,
+}
+
+impl Head {
+    fn new(last: Option<(u64, [u8; 32])>, broken: Option<String>) -> Self {
+        Head {
+            last,
+            broken,
+            refusals: coalesce::Coalescer::new(RefusalLimits::REFUSALS),
+            reads: coalesce::Coalescer::new(RefusalLimits::AUDIT_READS),
+        }
+    }
+
+    fn appendable(&self) -> Result<(), PolicyError> {
+        if let Some(problem) = &self.broken {
+            return Err(PolicyError::Corrupt(format!(
+                "audit log is damaged, not appending: {problem}"
+            )));
+        }
+        if self.last.is_some_and(|(seq, _)| seq == u64::MAX) {
+            return Err(exhausted());
+        }
+        Ok(())
+    }
+}
+
+fn exhausted() -> PolicyError {
+    PolicyError::FailedPrecondition("audit log sequence numbers are exhausted".into())
+}
+
+/// Unix seconds, for the one place without a caller-supplied time (drop).
+fn system_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Grants and the audit trail. `Send + Sync`: share one behind an `Arc`.
@@ -462,7 +529,7 @@ fn prefix(id: &str) -> Vec<u8> {
 }
 
 /// Hostile strings can be huge; messages quote only their start.
-fn truncate(s: &str) -> &str {
+pub(crate) fn truncate(s: &str) -> &str {
     const MAX: usize = 80;
     if s.len() <= MAX {
         return s;
@@ -614,6 +681,19 @@ type Body<'a, R> = dyn Fn(
     ) -> ConflictableTransactionResult<(R, AuditEvent), PolicyError>
     + 'a;
 
+type MultiBody<'a, R> = dyn Fn(
+        &TransactionalTree,
+        &TransactionalTree,
+    ) -> ConflictableTransactionResult<(R, Vec<AuditEvent>), PolicyError>
+    + 'a;
+
+/// How many of an owner's entries a verification saw, and her last one.
+#[derive(Default)]
+struct OwnerStats {
+    entries: u64,
+    last: Option<(u64, [u8; 32])>,
+}
+
 impl PolicyStore {
     /// Opens (or creates) the store at `path` and recovers the audit head.
     ///
@@ -622,12 +702,18 @@ impl PolicyStore {
     /// reads work for investigation) but refuses every append with
     /// [`PolicyError::Corrupt`].
     pub fn open(path: &Path) -> Result<Self, PolicyError> {
+        Self::open_with(path, RefusalLimits::REFUSALS)
+    }
+
+    /// [`PolicyStore::open`] with another refusal budget (see [`coalesce`]).
+    pub fn open_with(path: &Path, refusals: RefusalLimits) -> Result<Self, PolicyError> {
         let db = sled::Config::new().path(path).open()?;
         let grants = db.open_tree("grants")?;
         let grants_by_grantee = db.open_tree("grants_by_grantee")?;
         let audit = db.open_tree("audit")?;
         let audit_by_owner = db.open_tree("audit_by_owner")?;
-        let head = recover_head(&audit)?;
+        let mut head = recover_head(&audit)?;
+        head.refusals = coalesce::Coalescer::new(refusals);
         if let Some(problem) = &head.broken {
             tracing::error!(
                 path = %path.display(),
@@ -660,40 +746,108 @@ impl PolicyStore {
     }
 
     /// Runs `body` on the grant trees and appends the audit event it returns,
-    /// all in one transaction, then flushes.
+    /// all in one transaction, then flushes (after releasing the lock).
     fn transact<R>(&self, now: i64, body: &Body<'_, R>) -> Result<(R, AuditEntry), PolicyError> {
         let mut head = self.lock_head();
-        if let Some(problem) = &head.broken {
-            return Err(PolicyError::Corrupt(format!(
-                "audit log is damaged, not appending: {problem}"
-            )));
-        }
+        let (r, entries) = self.commit_locked(&mut head, now, &|g, bg| {
+            let (r, ev) = body(g, bg)?;
+            Ok((r, vec![ev]))
+        })?;
+        drop(head);
+        self.db.flush()?;
+        let entry = entries
+            .into_iter()
+            .next()
+            .ok_or_else(|| PolicyError::Corrupt("an append produced no entry".into()))?;
+        Ok((r, entry))
+    }
+
+    /// Under the append lock: runs `body` on the grant trees and appends the
+    /// events it returns, in one sled transaction, and moves the head. Does
+    /// not flush: the caller releases the lock, then flushes before it
+    /// acknowledges anything.
+    fn commit_locked<R>(
+        &self,
+        head: &mut Head,
+        now: i64,
+        body: &MultiBody<'_, R>,
+    ) -> Result<(R, Vec<AuditEntry>), PolicyError> {
+        head.appendable()?;
         let prev = head.last;
-        if prev.is_some_and(|(seq, _)| seq == u64::MAX) {
-            return Err(PolicyError::FailedPrecondition(
-                "audit log sequence numbers are exhausted".into(),
-            ));
-        }
-        let (r, entry) = (
+        let (r, entries) = (
             &self.grants,
             &self.grants_by_grantee,
             &self.audit,
             &self.audit_by_owner,
         )
             .transaction(|(g, bg, a, ao)| {
-                let (r, ev) = body(g, bg)?;
-                let entry = audit::next_entry(prev, now, ev);
-                a.insert(&audit::seq_key(entry.seq), audit::encode_value(&entry))?;
-                if !entry.owner_id.is_empty() {
-                    ao.insert(audit::owner_index_key(&entry.owner_id, entry.seq), &[])?;
+                let (r, events) = body(g, bg)?;
+                let mut prev = prev;
+                let mut entries = Vec::with_capacity(events.len());
+                for ev in events {
+                    if prev.is_some_and(|(seq, _)| seq == u64::MAX) {
+                        return Err(ConflictableTransactionError::Abort(exhausted()));
+                    }
+                    let entry = audit::next_entry(prev, now, ev);
+                    a.insert(&audit::seq_key(entry.seq), audit::encode_value(&entry))?;
+                    if !entry.owner_id.is_empty() {
+                        ao.insert(audit::owner_index_key(&entry.owner_id, entry.seq), &[])?;
+                    }
+                    prev = Some((entry.seq, entry.hash));
+                    entries.push(entry);
                 }
-                Ok((r, entry))
+                Ok((r, entries))
             })?;
         // Committed (in memory at least): the head must move even if the
-        // flush below fails, or the next append would reuse this seq.
-        head.last = Some((entry.seq, entry.hash));
+        // flush fails, or the next append would reuse these seqs.
+        if let Some(e) = entries.last() {
+            head.last = Some((e.seq, e.hash));
+        }
+        Ok((r, entries))
+    }
+
+    /// Appends `events` (if any) and releases the lock, then flushes.
+    fn append_events(
+        &self,
+        mut head: MutexGuard<'_, Head>,
+        now: i64,
+        events: Vec<AuditEvent>,
+    ) -> Result<Vec<AuditEntry>, PolicyError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ((), entries) = self.commit_locked(&mut head, now, &|_, _| Ok(((), events.clone())))?;
+        drop(head);
         self.db.flush()?;
-        Ok((r, entry))
+        Ok(entries)
+    }
+
+    /// Writes the coalesced entries that are due (see [`coalesce`]): the
+    /// server calls this about once per [`coalesce::FLUSH_INTERVAL`].
+    /// Returns how many entries were appended.
+    pub fn flush_coalesced(&self, now: i64) -> Result<usize, PolicyError> {
+        self.flush_coalesced_inner(now, false)
+    }
+
+    /// Writes every pending coalesced entry, due or not (shutdown).
+    pub fn flush_all_coalesced(&self, now: i64) -> Result<usize, PolicyError> {
+        self.flush_coalesced_inner(now, true)
+    }
+
+    fn flush_coalesced_inner(&self, now: i64, force: bool) -> Result<usize, PolicyError> {
+        let at = Instant::now();
+        let mut head = self.lock_head();
+        head.appendable()?;
+        let mut events = head.refusals.flush(at, force);
+        events.extend(head.reads.flush(at, force));
+        let n = self.append_events(head, now, events)?.len();
+        Ok(n)
+    }
+
+    /// Refusals and reads counted but not yet written.
+    pub fn pending_coalesced(&self) -> u64 {
+        let head = self.lock_head();
+        head.refusals.pending_events() + head.reads.pending_events()
     }
 
     /// Creates or replaces the grant for (owner, partition, grantee) and
@@ -778,9 +932,13 @@ impl PolicyStore {
 
     /// Decides `q` at time `now` and audits the decision as
     /// `check:<action>` with outcome `allowed`/`denied` and the reason.
+    /// Denials are charged to the grantee's refusal budget and, over it,
+    /// counted into one coalesced entry (see [`coalesce`]); the decision is
+    /// the same either way.
     ///
-    /// The grant is read inside the audit transaction, so the log order is
-    /// the decision order: no "allowed" can follow the revoke it missed.
+    /// The grant is read under the append lock, which every grant change
+    /// holds while it commits, so the log order is the decision order: no
+    /// "allowed" can follow the revoke it missed.
     pub fn check(&self, q: &CheckQuery, actor: &str, now: i64) -> Result<Decision, PolicyError> {
         check_actor(actor)?;
         validate_user_id(&q.owner_id)?;
@@ -790,47 +948,52 @@ impl PolicyStore {
         check_field("record_id", &record_id)?;
         let is_owner = q.grantee_id == q.owner_id && q.grantee_role == Role::Patient;
         let key = grant_key(&q.owner_id, &q.partition, &q.grantee_id);
-        let body = |g: &TransactionalTree, _bg: &TransactionalTree| {
-            let decision = if is_owner {
-                Decision::allow("owner has access to their own records")
-            } else {
-                match g.get(key.as_slice())? {
-                    None => Decision::deny_telling(
-                        format!(
-                            "no grant from {} to {} on partition {}",
-                            q.owner_id, q.grantee_id, q.partition
-                        ),
-                        "no grant covers it",
+        let at = Instant::now();
+        let mut head = self.lock_head();
+        head.appendable()?;
+        let decision = if is_owner {
+            Decision::allow("owner has access to their own records")
+        } else {
+            match self.grants.get(key.as_slice())? {
+                None => Decision::deny_telling(
+                    format!(
+                        "no grant from {} to {} on partition {}",
+                        q.owner_id, q.grantee_id, q.partition
                     ),
-                    Some(v) => {
-                        let grant =
-                            decode_grant(&key, &v).map_err(ConflictableTransactionError::Abort)?;
-                        let mut decision = evaluate(&grant, q, now);
-                        if decision.allowed {
-                            decision.grant = Some(grant);
-                        }
-                        decision
+                    "no grant covers it",
+                ),
+                Some(v) => {
+                    let grant = decode_grant(&key, &v)?;
+                    let mut decision = evaluate(&grant, q, now);
+                    if decision.allowed {
+                        decision.grant = Some(grant);
                     }
+                    decision
                 }
-            };
-            let ev = AuditEvent {
-                actor: actor.to_owned(),
-                action: format!("check:{}", q.action),
-                owner_id: q.owner_id.clone(),
-                partition: q.partition.clone(),
-                subject: format!("{}/{}", q.grantee_role, q.grantee_id),
-                record_id: record_id.clone(),
-                outcome: if decision.allowed {
-                    "allowed"
-                } else {
-                    "denied"
-                }
-                .into(),
-                detail: format!("epoch {}: {}", q.epoch, decision.reason),
-            };
-            Ok((decision, ev))
+            }
         };
-        let (decision, _) = self.transact(now, &body)?;
+        let ev = AuditEvent {
+            actor: actor.to_owned(),
+            action: format!("check:{}", q.action),
+            owner_id: q.owner_id.clone(),
+            partition: q.partition.clone(),
+            subject: format!("{}/{}", q.grantee_role, q.grantee_id),
+            record_id,
+            outcome: if decision.allowed {
+                "allowed"
+            } else {
+                "denied"
+            }
+            .into(),
+            detail: format!("epoch {}: {}", q.epoch, decision.reason),
+        };
+        let events = if decision.allowed {
+            vec![ev]
+        } else {
+            let who = coalesce::refused_identity(&ev).to_owned();
+            head.refusals.admit(&who, ev, now, at)
+        };
+        self.append_events(head, now, events)?;
         Ok(decision)
     }
 
@@ -871,11 +1034,62 @@ impl PolicyStore {
     }
 
     /// Appends an event observed elsewhere (e.g. a denial at CloudStorage).
-    pub fn record_event(&self, event: AuditEvent, now: i64) -> Result<AuditEntry, PolicyError> {
+    ///
+    /// A refusal (outcome `denied` or action `denied:*`) is charged to the
+    /// refused identity's budget (the `subject`, else the `actor`); over
+    /// budget it is counted into a coalesced entry written later, and
+    /// `None` is returned. Anything else is always appended.
+    pub fn record_event(
+        &self,
+        event: AuditEvent,
+        now: i64,
+    ) -> Result<Option<AuditEntry>, PolicyError> {
         validate_event(&event)?;
-        let body = |_: &TransactionalTree, _: &TransactionalTree| Ok(((), event.clone()));
-        let ((), entry) = self.transact(now, &body)?;
-        Ok(entry)
+        let at = Instant::now();
+        let mut head = self.lock_head();
+        head.appendable()?;
+        let events = if coalesce::is_refusal(&event) {
+            let who = coalesce::refused_identity(&event).to_owned();
+            head.refusals.admit(&who, event.clone(), now, at)
+        } else {
+            vec![event.clone()]
+        };
+        let individual = events.first() == Some(&event);
+        let entries = self.append_events(head, now, events)?;
+        Ok(entries.into_iter().next().filter(|_| individual))
+    }
+
+    /// Audits that `reader` listed audit entries (`owner`'s view, or the
+    /// whole log for `None`). The entry names no owner, so listing one's own
+    /// view does not add to it; beyond a small per-reader budget, listings
+    /// are counted into one entry a minute.
+    pub fn record_audit_listing(
+        &self,
+        reader: &str,
+        owner: Option<&str>,
+        after_seq: u64,
+        returned: usize,
+        now: i64,
+    ) -> Result<(), PolicyError> {
+        check_actor(reader)?;
+        let scope = match owner {
+            Some(o) => format!("{}'s view", truncate(o)),
+            None => "the whole log".to_owned(),
+        };
+        let ev = AuditEvent {
+            actor: reader.to_owned(),
+            action: "list_audit".into(),
+            subject: reader.to_owned(),
+            outcome: "ok".into(),
+            detail: format!("listed {returned} entries of {scope} after entry {after_seq}"),
+            ..Default::default()
+        };
+        let at = Instant::now();
+        let mut head = self.lock_head();
+        head.appendable()?;
+        let events = head.reads.admit(reader, ev, now, at);
+        self.append_events(head, now, events)?;
+        Ok(())
     }
 
     /// A page of the audit log; see [`AuditFilter`].
@@ -930,13 +1144,81 @@ impl PolicyStore {
     /// index against it. With `expected_head = Some((seq, hash))` (a head
     /// published earlier), also checks that entry `seq` still exists with
     /// that hash, which catches a consistently rewritten or truncated tail.
+    ///
+    /// The head is read under the append lock, then the chain up to it is
+    /// walked without the lock (entries never change once written), so
+    /// appends go on meanwhile; entries appended during the walk are left
+    /// for the next verification.
     pub fn verify_audit(
         &self,
         expected_head: Option<(u64, [u8; 32])>,
     ) -> Result<AuditReport, PolicyError> {
-        // Hold the append lock so the chain does not grow under us and the
-        // in-memory head can be compared with what is stored.
-        let head = self.lock_head();
+        Ok(self.verify_walk(expected_head, None)?.0)
+    }
+
+    /// [`PolicyStore::verify_audit`] for one owner: the same walk of the
+    /// whole chain, but the answer tells her only whether it verifies and
+    /// about her own entries (how many, her last one), never the global
+    /// count or where another user's entry failed; the full report is
+    /// logged for operators. `expected_own` must be one of her own entries
+    /// with the hash she was shown, or the report is not ok.
+    pub fn verify_audit_for(
+        &self,
+        owner_id: &str,
+        expected_own: Option<(u64, [u8; 32])>,
+    ) -> Result<OwnerAuditReport, PolicyError> {
+        validate_user_id(owner_id)?;
+        let (report, own) = self.verify_walk(None, Some(owner_id))?;
+        let (head_seq, head_hash) = own.last.unwrap_or((0, GENESIS_HASH));
+        let mut out = OwnerAuditReport {
+            ok: report.ok,
+            entries: own.entries,
+            head_seq,
+            head_hash,
+            problem: None,
+        };
+        if !report.ok {
+            tracing::error!(
+                asked_by = %owner_id,
+                first_bad_seq = ?report.first_bad_seq,
+                problem = report.problem.as_deref().unwrap_or(""),
+                "audit log failed verification"
+            );
+            out.problem = Some(
+                "the audit log failed verification; an operator's VerifyAudit shows where".into(),
+            );
+            return Ok(out);
+        }
+        if let Some((seq, hash)) = expected_own {
+            let stored = if seq > report.head_seq {
+                None
+            } else {
+                self.audit
+                    .get(audit::seq_key(seq))?
+                    .map(|v| audit::decode_value(seq, &v))
+                    .transpose()?
+            };
+            let matches = stored.is_some_and(|e| e.owner_id == owner_id && e.hash == hash);
+            if !matches {
+                out.ok = false;
+                out.problem = Some(format!(
+                    "entry {seq} with hash {} is not in {owner_id}'s audit view: \
+                     it was removed or rewritten, or was never hers",
+                    hex::encode(hash)
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    fn verify_walk(
+        &self,
+        expected_head: Option<(u64, [u8; 32])>,
+        owner: Option<&str>,
+    ) -> Result<(AuditReport, OwnerStats), PolicyError> {
+        // Only the head is read under the lock; a damaged store (no head)
+        // appends nothing, so walking all of it is safe.
+        let snapshot = self.lock_head().last;
         let mut report = AuditReport {
             ok: true,
             entries: 0,
@@ -945,13 +1227,18 @@ impl PolicyStore {
             first_bad_seq: None,
             problem: None,
         };
+        let mut own = OwnerStats::default();
         let fail = |r: &mut AuditReport, seq: u64, problem: String| {
             r.ok = false;
             r.first_bad_seq = Some(seq);
             r.problem = Some(problem);
         };
         let mut owned_entries: u64 = 0;
-        for kv in self.audit.iter() {
+        let walk = match snapshot {
+            Some((seq, _)) => self.audit.range(..=audit::seq_key(seq)),
+            None => self.audit.range::<&[u8], _>(..),
+        };
+        for kv in walk {
             let (k, v) = kv?;
             let expected = report.head_seq.saturating_add(1);
             let seq = match audit::key_seq(&k) {
@@ -1013,13 +1300,17 @@ impl PolicyStore {
                     );
                     break;
                 }
+                if owner == Some(e.owner_id.as_str()) {
+                    own.entries += 1;
+                    own.last = Some((seq, e.hash));
+                }
             }
             report.entries += 1;
             report.head_seq = seq;
             report.head_hash = e.hash;
         }
         if !report.ok {
-            return Ok(report);
+            return Ok((report, own));
         }
         if let Some((seq, hash)) = expected_head {
             if seq > report.head_seq {
@@ -1029,7 +1320,7 @@ impl PolicyStore {
                     "log ends at entry {} but entry {seq} was published earlier: entries were removed",
                     report.head_seq
                 ));
-                return Ok(report);
+                return Ok((report, own));
             }
             let stored = self
                 .audit
@@ -1048,10 +1339,10 @@ impl PolicyStore {
                     "entry {seq} no longer has the published hash {}: the log was rewritten",
                     hex::encode(hash)
                 ));
-                return Ok(report);
+                return Ok((report, own));
             }
         }
-        if let Some((seq, hash)) = head.last
+        if let Some((seq, hash)) = snapshot
             && (seq, hash) != (report.head_seq, report.head_hash)
         {
             report.ok = false;
@@ -1060,17 +1351,62 @@ impl PolicyStore {
                 "this server appended up to entry {seq}, but the stored log ends at {}",
                 report.head_seq
             ));
+            return Ok((report, own));
         }
-        // Each entry was found in the index above; equal counts mean the
-        // index also holds no extra keys (e.g. naming removed entries).
-        let index_len = self.audit_by_owner.len() as u64;
-        if report.ok && index_len != owned_entries {
+        // Nothing may be stored past the head this server appended up to.
+        // Head and stored tail are read together under the lock (appends
+        // commit under it), so a concurrent append is not mistaken for one.
+        {
+            let head = self.lock_head();
+            if let (Some((seq, _)), Some((k, _))) = (head.last, self.audit.last()?) {
+                let stored = audit::key_seq(&k).unwrap_or(u64::MAX);
+                if stored != seq {
+                    report.ok = false;
+                    report.first_bad_seq = Some(seq.saturating_add(1).min(stored));
+                    report.problem = Some(format!(
+                        "this server appended up to entry {seq}, but the stored log ends at {stored}"
+                    ));
+                    return Ok((report, own));
+                }
+            }
+        }
+        // Each walked entry was found in the index above; equal counts mean
+        // the index holds no extra keys up to the head (e.g. naming removed
+        // entries). Keys past the head belong to later appends.
+        let mut index_len: u64 = 0;
+        for kv in self.audit_by_owner.iter() {
+            let (k, _) = kv?;
+            let seq = k
+                .len()
+                .checked_sub(8)
+                .filter(|&i| i > 0)
+                .and_then(|i| audit::key_seq(&k[i..]).ok());
+            match seq {
+                Some(seq) if seq > report.head_seq => {}
+                _ => index_len += 1,
+            }
+        }
+        if index_len != owned_entries {
             report.ok = false;
             report.problem = Some(format!(
                 "per-owner audit index has {index_len} entries, the log has {owned_entries}"
             ));
         }
-        Ok(report)
+        Ok((report, own))
+    }
+}
+
+impl Drop for PolicyStore {
+    /// Best effort: writes the coalesced entries still pending, so a clean
+    /// shutdown loses no count. The server also does this explicitly.
+    fn drop(&mut self) {
+        let pending = self.pending_coalesced();
+        if pending == 0 {
+            return;
+        }
+        if let Err(e) = self.flush_all_coalesced(system_now()) {
+            tracing::warn!(error = %e, pending, "could not write coalesced audit entries on close");
+        }
     }
 }
 
@@ -1078,10 +1414,7 @@ impl PolicyStore {
 /// entry before, so a torn or edited tail is noticed at startup.
 fn recover_head(audit: &sled::Tree) -> Result<Head, PolicyError> {
     let Some((k, v)) = audit.last()? else {
-        return Ok(Head {
-            last: None,
-            broken: None,
-        });
+        return Ok(Head::new(None, None));
     };
     // A sled error is an I/O problem, not a damaged log: it fails `open`.
     let prev_value = match audit::key_seq(&k) {
@@ -1119,14 +1452,8 @@ fn recover_head(audit: &sled::Tree) -> Result<Head, PolicyError> {
         Ok((seq, e.hash))
     };
     Ok(match check() {
-        Ok(last) => Head {
-            last: Some(last),
-            broken: None,
-        },
-        Err(problem) => Head {
-            last: None,
-            broken: Some(problem),
-        },
+        Ok(last) => Head::new(Some(last), None),
+        Err(problem) => Head::new(None, Some(problem)),
     })
 }
 

@@ -1,13 +1,32 @@
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::*;
 
 const T0: i64 = 1_700_000_000;
 const DAY: i64 = 86_400;
 
+/// sled's background threads can hold a just-closed database's lock file
+/// for a moment; under load a reopen waits for them (bounded).
+fn retry_lock<T, E: std::fmt::Debug>(mut open: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match open() {
+            Ok(v) => return v,
+            Err(e)
+                if Instant::now() < deadline
+                    && format!("{e:?}").contains("could not acquire lock") =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("open failed: {e:?}"),
+        }
+    }
+}
+
 fn store() -> (tempfile::TempDir, PolicyStore) {
     let dir = tempfile::tempdir().unwrap();
-    let s = PolicyStore::open(dir.path()).unwrap();
+    let s = retry_lock(|| PolicyStore::open(dir.path()));
     (dir, s)
 }
 
@@ -280,14 +299,14 @@ fn state_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let head;
     {
-        let s = PolicyStore::open(dir.path()).unwrap();
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
         s.grant(grant("bob", Role::Doctor), "patient/alice", T0)
             .unwrap();
         s.check(&query("bob", Role::Doctor, 0), "x", T0 + 1)
             .unwrap();
         head = s.audit_head().unwrap();
     }
-    let s = PolicyStore::open(dir.path()).unwrap();
+    let s = retry_lock(|| PolicyStore::open(dir.path()));
     assert_eq!(s.audit_head(), Some(head));
     assert_eq!(s.grants_given("alice").unwrap().len(), 1);
     let d = s
@@ -319,7 +338,8 @@ fn record_event_and_filters() {
                 },
                 T0 + i as i64,
             )
-            .unwrap();
+            .unwrap()
+            .expect("within the refusal budget: written individually");
         assert_eq!(e.seq, i as u64 + 1);
         assert_eq!(e.time, T0 + i as i64);
         assert_eq!(e.computed_hash(), e.hash);
@@ -416,7 +436,7 @@ fn verify_detects_edited_entry() {
 fn verify_detects_edited_entry_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let s = PolicyStore::open(dir.path()).unwrap();
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
         for i in 0..4 {
             s.grant(
                 grant(&format!("user{i}"), Role::Doctor),
@@ -428,7 +448,7 @@ fn verify_detects_edited_entry_after_reopen() {
     }
     {
         // Edit entry 2 with sled directly while the service is down.
-        let db = sled::open(dir.path()).unwrap();
+        let db = retry_lock(|| sled::open(dir.path()));
         let t = db.open_tree("audit").unwrap();
         let mut v = t.get(2u64.to_be_bytes()).unwrap().unwrap().to_vec();
         let pos = v.len() - 3;
@@ -436,7 +456,7 @@ fn verify_detects_edited_entry_after_reopen() {
         t.insert(2u64.to_be_bytes(), v).unwrap();
         db.flush().unwrap();
     }
-    let s = PolicyStore::open(dir.path()).unwrap();
+    let s = retry_lock(|| PolicyStore::open(dir.path()));
     let r = s.verify_audit(None).unwrap();
     assert!(!r.ok);
     assert_eq!(r.first_bad_seq, Some(2));
@@ -480,7 +500,7 @@ fn verify_detects_rewritten_tail_against_published_head() {
     let dir = tempfile::tempdir().unwrap();
     let published;
     {
-        let s = PolicyStore::open(dir.path()).unwrap();
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
         for i in 0..4 {
             s.record_event(
                 AuditEvent {
@@ -498,7 +518,7 @@ fn verify_detects_rewritten_tail_against_published_head() {
     }
     {
         // An insider truncates the log to 2 entries while the service is down.
-        let db = sled::open(dir.path()).unwrap();
+        let db = retry_lock(|| sled::open(dir.path()));
         let t = db.open_tree("audit").unwrap();
         t.remove(3u64.to_be_bytes()).unwrap();
         t.remove(4u64.to_be_bytes()).unwrap();
@@ -506,7 +526,7 @@ fn verify_detects_rewritten_tail_against_published_head() {
     }
     {
         // The truncated chain is internally consistent...
-        let s = PolicyStore::open(dir.path()).unwrap();
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
         assert!(s.verify_audit(None).unwrap().ok);
         // ...but not against the published head.
         let r = s.verify_audit(Some(published)).unwrap();
@@ -550,7 +570,7 @@ fn verify_notices_tail_removed_while_running() {
 fn damaged_tail_on_open_blocks_appends() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let s = PolicyStore::open(dir.path()).unwrap();
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
         s.grant(grant("bob", Role::Doctor), "patient/alice", T0)
             .unwrap();
         s.grant(grant("carol", Role::Doctor), "patient/alice", T0)
@@ -558,7 +578,7 @@ fn damaged_tail_on_open_blocks_appends() {
         tamper_detail(&s, 2);
         s.db.flush().unwrap();
     }
-    let s = PolicyStore::open(dir.path()).unwrap();
+    let s = retry_lock(|| PolicyStore::open(dir.path()));
     let e = s
         .check(&query("bob", Role::Doctor, 0), "x", T0)
         .unwrap_err();
@@ -647,7 +667,7 @@ fn odd_tail_keys_on_open_do_not_panic() {
     for (key, first) in [(vec![0u8; 8], false), (b"short".to_vec(), true)] {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = PolicyStore::open(dir.path()).unwrap();
+            let s = retry_lock(|| PolicyStore::open(dir.path()));
             if first {
                 s.record_event(
                     AuditEvent {
@@ -662,7 +682,7 @@ fn odd_tail_keys_on_open_do_not_panic() {
             s.audit.insert(key, &b"junk"[..]).unwrap();
             s.db.flush().unwrap();
         }
-        let s = PolicyStore::open(dir.path()).unwrap();
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
         let e = s
             .record_event(
                 AuditEvent {
@@ -735,4 +755,330 @@ fn list_checks_return_the_grant_whatever_the_epoch() {
         .check(&query("bob", Role::Doctor, 99), "svc", T0 + DAY)
         .unwrap();
     assert!(!read.allowed, "a READ of epoch 99 stays out of range");
+}
+
+/// The leading count of a coalesced entry's detail ("N further ...").
+fn coalesced_count(e: &AuditEntry) -> Option<u64> {
+    let (n, rest) = e.detail.split_once(' ')?;
+    rest.starts_with("further ").then(|| n.parse().ok())?
+}
+
+fn owner_view(s: &PolicyStore, owner: &str) -> Vec<AuditEntry> {
+    let mut out = Vec::new();
+    loop {
+        let page = s
+            .audit(&AuditFilter {
+                owner_id: Some(owner.into()),
+                after_seq: out.last().map_or(0, |e: &AuditEntry| e.seq),
+                limit: MAX_AUDIT_PAGE,
+            })
+            .unwrap();
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
+#[test]
+fn a_flood_of_refusals_is_coalesced_into_the_owners_view() {
+    use coalesce::{REFUSAL_BURST, REFUSALS_PER_SEC};
+    let (_d, s) = store();
+    s.grant(grant("bob", Role::Doctor), "patient/alice", T0)
+        .unwrap();
+    let before = s.audit_head().unwrap().0;
+    let started = Instant::now();
+    let (mut denied, mut allowed) = (0u64, 0u64);
+    for i in 0..5_000 {
+        // Bounded: without coalescing every refusal costs an fsync.
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        let d = s
+            .check(
+                &query("mallory", Role::Patient, 1),
+                "service/cloud-storage",
+                T0 + 10,
+            )
+            .unwrap();
+        assert!(!d.allowed, "the decision is unchanged");
+        denied += 1;
+        if i % 50 == 0 {
+            let d = s
+                .check(
+                    &query("bob", Role::Doctor, 1),
+                    "service/cloud-storage",
+                    T0 + 10,
+                )
+                .unwrap();
+            assert!(d.allowed);
+            allowed += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    let added = s.audit_head().unwrap().0 - before;
+    eprintln!(
+        "{denied} refusals and {allowed} allowed checks in {elapsed:?} added {added} entries"
+    );
+    assert_eq!(denied, 5_000, "only {denied} refusals in {elapsed:?}");
+    // Burst, refill over the run, a due aggregate or two, the allowed ones.
+    let bound = u64::from(REFUSAL_BURST)
+        + (REFUSALS_PER_SEC * elapsed.as_secs_f64()).ceil() as u64
+        + 2
+        + allowed;
+    assert!(
+        added <= bound && added - allowed <= 250,
+        "5,000 refusals in {elapsed:?} added {added} entries (bound {bound})"
+    );
+    assert!(s.pending_coalesced() > 0);
+    s.flush_all_coalesced(T0 + 11).unwrap();
+    assert_eq!(s.pending_coalesced(), 0);
+
+    // Alice sees every refusal: individually or counted in a coalesced entry.
+    let view = owner_view(&s, "alice");
+    let mallory: Vec<_> = view
+        .iter()
+        .filter(|e| e.subject == "patient/mallory")
+        .collect();
+    assert!(
+        mallory
+            .iter()
+            .all(|e| e.outcome == "denied" && e.action == "check:read")
+    );
+    let individual = mallory
+        .iter()
+        .filter(|e| coalesced_count(e).is_none())
+        .count() as u64;
+    let counted: u64 = mallory.iter().filter_map(|e| coalesced_count(e)).sum();
+    assert_eq!(individual + counted, 5_000, "{individual} + {counted}");
+    let agg = mallory
+        .iter()
+        .find(|e| coalesced_count(e).is_some())
+        .unwrap();
+    assert!(
+        agg.detail
+            .contains("further refusals of check:read by patient/mallory between"),
+        "{}",
+        agg.detail
+    );
+    // Allowed checks are never coalesced.
+    let bob_allowed = view
+        .iter()
+        .filter(|e| e.subject == "doctor/bob" && e.outcome == "allowed")
+        .count() as u64;
+    assert_eq!(bob_allowed, allowed);
+    assert!(s.verify_audit(None).unwrap().ok);
+}
+
+#[test]
+fn denied_events_are_budgeted_per_refused_subject_not_per_relaying_service() {
+    let (_d, s) = store();
+    let ev = |subject: &str| AuditEvent {
+        actor: "service/cloud-storage".into(),
+        action: "denied:sesphr.v1.CloudStorage/GetRecord".into(),
+        owner_id: "alice".into(),
+        subject: subject.into(),
+        outcome: "denied".into(),
+        detail: "no".into(),
+        ..Default::default()
+    };
+    let mut written = 0;
+    for _ in 0..500 {
+        written += s.record_event(ev("patient/mallory"), T0).unwrap().is_some() as u32;
+    }
+    assert!(written <= coalesce::REFUSAL_BURST + 10, "{written}");
+    // Another user relayed by the same service still gets her own budget.
+    assert!(s.record_event(ev("patient/carol"), T0).unwrap().is_some());
+    // Not a refusal: always written.
+    let mut ok = ev("patient/mallory");
+    ok.action = "download".into();
+    ok.outcome = "ok".into();
+    assert!(s.record_event(ok, T0).unwrap().is_some());
+}
+
+#[test]
+fn dropping_the_store_writes_pending_aggregates() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
+        for _ in 0..200 {
+            s.check(&query("mallory", Role::Patient, 0), "service/srs", T0)
+                .unwrap();
+        }
+        assert!(s.pending_coalesced() > 0);
+    }
+    let s = retry_lock(|| PolicyStore::open(dir.path()));
+    let counted: u64 = owner_view(&s, "alice")
+        .iter()
+        .map(|e| coalesced_count(e).unwrap_or(1))
+        .sum();
+    assert_eq!(counted, 200);
+    assert!(s.verify_audit(None).unwrap().ok);
+}
+
+/// Appends `n` entries of `owner` in large transactions (no fsync each).
+fn bulk_append(s: &PolicyStore, n: usize, owner: &str) {
+    for chunk in 0..n.div_ceil(1000) {
+        let events: Vec<AuditEvent> = (0..1000.min(n - chunk * 1000))
+            .map(|i| AuditEvent {
+                actor: "service/srs".into(),
+                action: "reencrypt".into(),
+                owner_id: owner.into(),
+                outcome: "ok".into(),
+                detail: format!("bulk {chunk}/{i}"),
+                ..Default::default()
+            })
+            .collect();
+        let mut head = s.lock_head();
+        s.commit_locked(&mut head, T0, &|_, _| Ok(((), events.clone())))
+            .unwrap();
+    }
+    s.db.flush().unwrap();
+}
+
+#[test]
+fn verification_does_not_block_appends() {
+    let (_d, s) = store();
+    let s = Arc::new(s);
+    // Grow the log until one verification takes long enough to measure
+    // against (bounded).
+    let mut alone = Duration::ZERO;
+    let mut size = 0;
+    for step in [20_000, 40_000, 80_000, 160_000] {
+        bulk_append(&s, step, "alice");
+        size += step;
+        let t = Instant::now();
+        assert!(s.verify_audit(None).unwrap().ok);
+        alone = t.elapsed();
+        if alone >= Duration::from_millis(400) {
+            break;
+        }
+    }
+    eprintln!("verifying {size} entries takes {alone:?}");
+    let v = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            let r = s.verify_audit(None);
+            (r, Instant::now())
+        })
+    };
+    std::thread::sleep(alone / 10);
+    let mut slowest = Duration::ZERO;
+    for i in 0..5 {
+        let t = Instant::now();
+        s.record_event(
+            AuditEvent {
+                actor: "service/srs".into(),
+                action: "reencrypt".into(),
+                owner_id: "bob".into(),
+                outcome: "ok".into(),
+                detail: format!("during verification {i}"),
+                ..Default::default()
+            },
+            T0,
+        )
+        .unwrap()
+        .unwrap();
+        slowest = slowest.max(t.elapsed());
+    }
+    let appended = Instant::now();
+    let (r, verified) = v.join().unwrap();
+    let r = r.unwrap();
+    eprintln!("slowest append during verification: {slowest:?}");
+    assert!(r.ok, "{r:?}");
+    assert!(
+        appended < verified,
+        "the appends waited for the verification (slowest {slowest:?}, verification {alone:?})"
+    );
+    // The concurrent verification saw a consistent prefix; the next sees all.
+    assert!(r.head_seq >= size as u64);
+    let r = s.verify_audit(None).unwrap();
+    assert_eq!(r.head_seq, size as u64 + 5);
+}
+
+#[test]
+fn an_owner_learns_only_about_her_own_entries() {
+    let (_d, s) = store();
+    bulk_append(&s, 30, "bob");
+    s.grant(grant("carol", Role::Nurse), "patient/alice", T0)
+        .unwrap();
+    bulk_append(&s, 7, "");
+    let global = s.verify_audit(None).unwrap();
+    assert_eq!(global.entries, 38);
+    let mine = s.verify_audit_for("alice", None).unwrap();
+    assert!(mine.ok);
+    assert_eq!(mine.entries, 1, "{mine:?}");
+    assert_eq!(mine.head_seq, 31);
+    let own = owner_view(&s, "alice");
+    assert_eq!(mine.head_hash, own[0].hash);
+    // Her published head checks out; someone else's entry does not.
+    assert!(
+        s.verify_audit_for("alice", Some((31, own[0].hash)))
+            .unwrap()
+            .ok
+    );
+    let bobs = owner_view(&s, "bob");
+    let r = s
+        .verify_audit_for("alice", Some((1, bobs[0].hash)))
+        .unwrap();
+    assert!(!r.ok);
+    assert!(
+        s.verify_audit_for("alice", Some((1_000, [1; 32])))
+            .unwrap()
+            .problem
+            .is_some()
+    );
+    // A broken chain says so, without naming where.
+    assert_eq!(s.verify_audit_for("dave", None).unwrap().entries, 0);
+    tamper_detail(&s, 3);
+    let r = s.verify_audit_for("alice", None).unwrap();
+    assert!(!r.ok);
+    let problem = r.problem.unwrap();
+    assert!(!problem.contains('3'), "{problem}");
+}
+
+#[test]
+fn audit_listings_are_audited_without_flooding() {
+    let (_d, s) = store();
+    let before = s.audit_head().map_or(0, |h| h.0);
+    for i in 0..200 {
+        s.record_audit_listing("patient/alice", Some("alice"), i, 10, T0)
+            .unwrap();
+    }
+    let added = s.audit_head().unwrap().0 - before;
+    assert_eq!(added, u64::from(coalesce::AUDIT_READ_BURST));
+    // Listing her own view adds nothing to it.
+    assert!(owner_view(&s, "alice").is_empty());
+    s.flush_all_coalesced(T0 + 1).unwrap();
+    let all = all_entries(&s);
+    let last = all.last().unwrap();
+    assert_eq!(last.action, "list_audit");
+    assert_eq!(coalesced_count(last), Some(200 - 3), "{}", last.detail);
+    assert!(s.verify_audit(None).unwrap().ok);
+}
+
+/// Existence probes (`QueryBlob`, content-key evaluations, directory
+/// lookups) share the refusal budget: a flood of them is counted, not
+/// written one by one, and every one is accounted for.
+#[test]
+fn probes_share_the_refusal_budget() {
+    let (_d, s) = store();
+    let probe = AuditEvent {
+        actor: "service/cloud-storage".into(),
+        action: "sesphr.v1.CloudStorage/QueryBlob".into(),
+        owner_id: "mallory".into(),
+        subject: "patient/mallory".into(),
+        outcome: "probe".into(),
+        detail: "blob 0011223344556677: not stored".into(),
+        ..Default::default()
+    };
+    for _ in 0..1000 {
+        s.record_event(probe.clone(), T0).unwrap();
+    }
+    s.flush_all_coalesced(T0 + 5).unwrap();
+    let all = all_entries(&s);
+    assert!(all.len() < 200, "{} entries for 1000 probes", all.len());
+    let accounted: u64 = all.iter().map(|e| coalesced_count(e).unwrap_or(1)).sum();
+    assert_eq!(accounted, 1000);
+    assert!(all.iter().any(|e| e.detail.contains("further probes")));
 }
