@@ -240,6 +240,27 @@ async fn an_idle_http2_connection_is_closed_but_not_one_with_an_open_stream() {
         "access-policy: connection closed {:?} after its Watch stream ended",
         at.duration_since(ended)
     );
+
+    // A tonic client whose connection was closed as idle reconnects on its
+    // next call.
+    let operator = mesh.identity_tls("operator").unwrap();
+    let channel = tls::channel(
+        &mesh.mesh.access_policy,
+        operator.client_config(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let mut client = HealthClient::new(channel);
+    for round in 0..2 {
+        let req = HealthCheckRequest {
+            service: service_names::ACCESS_POLICY.into(),
+        };
+        client
+            .check(req)
+            .await
+            .unwrap_or_else(|e| panic!("call {round} after an idle close: {e:?}"));
+        tokio::time::sleep(SHORT + SHORT / 2).await;
+    }
     mesh.shutdown().await.unwrap();
 }
 
