@@ -192,9 +192,8 @@ impl Gate {
     /// Admits `stream` under the caps, or closes it.
     fn admit(self: &Arc<Self>, stream: TcpStream) -> Option<Conn> {
         let info = stream.connect_info();
-        let Some(ip) = info.remote_addr().map(|a| a.ip()) else {
-            return None;
-        };
+        // Without a peer address there is nothing to count it under.
+        let ip = info.remote_addr().map(|a| a.ip())?;
         let mut st = self.state();
         let per_peer = st.per_peer.get(&ip).copied().unwrap_or(0);
         let why = if st.total >= self.limits.max_connections {
