@@ -345,6 +345,11 @@ impl Daemon {
             .arg(data_dir)
             .args(["--base-port", "0"])
             .env("RUST_LOG", "error")
+            // Every bench client connects from 127.0.0.1: one peer address
+            // holds all the connections the per-peer cap would otherwise
+            // spread over many hosts.
+            .env(crate::config::ENV_MAX_CONNECTIONS_PER_PEER, "4096")
+            .env(crate::config::ENV_MAX_CONNECTIONS, "4096")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

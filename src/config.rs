@@ -14,6 +14,7 @@ use sesphr_identity::{DEFAULT_TRUST_DOMAIN, Service, validate_trust_domain};
 
 use crate::limits::Limits;
 use crate::tls::TlsFiles;
+use crate::transport::TransportLimits;
 
 /// Trust domain of the mesh (`spiffe://<this>/...`).
 pub const ENV_TRUST_DOMAIN: &str = "SESPHR_TRUST_DOMAIN";
@@ -55,6 +56,29 @@ pub const ENV_BURST_PER_IDENTITY: &str = "SESPHR_BURST_PER_IDENTITY";
 pub const ENV_MAX_STREAMS_PER_IDENTITY: &str = "SESPHR_MAX_STREAMS_PER_IDENTITY";
 /// HTTP/2 streams per connection (`limits.max_concurrent_streams`).
 pub const ENV_MAX_CONCURRENT_STREAMS: &str = "SESPHR_MAX_CONCURRENT_STREAMS";
+/// Every listener: milliseconds a TLS handshake may take
+/// (`transport.handshake_timeout_ms`, default 5000).
+pub const ENV_HANDSHAKE_TIMEOUT_MS: &str = "SESPHR_HANDSHAKE_TIMEOUT_MS";
+/// Every listener: milliseconds from the handshake (or accept, on the health
+/// port) to the first request (`transport.preface_timeout_ms`, default 5000).
+pub const ENV_PREFACE_TIMEOUT_MS: &str = "SESPHR_PREFACE_TIMEOUT_MS";
+/// Every listener: milliseconds a connection may stay open without a stream
+/// (`transport.idle_timeout_ms`, default 10000).
+pub const ENV_IDLE_TIMEOUT_MS: &str = "SESPHR_IDLE_TIMEOUT_MS";
+/// Every listener: HTTP/2 ping after this many milliseconds of silence
+/// (`transport.keepalive_interval_ms`, default 10000).
+pub const ENV_KEEPALIVE_INTERVAL_MS: &str = "SESPHR_KEEPALIVE_INTERVAL_MS";
+/// Every listener: milliseconds a ping may wait for its answer before the
+/// connection is dropped (`transport.keepalive_timeout_ms`, default 10000).
+pub const ENV_KEEPALIVE_TIMEOUT_MS: &str = "SESPHR_KEEPALIVE_TIMEOUT_MS";
+/// Every listener: connections from one IP address
+/// (`transport.max_connections_per_peer`, default 64).
+pub const ENV_MAX_CONNECTIONS_PER_PEER: &str = "SESPHR_MAX_CONNECTIONS_PER_PEER";
+/// Every listener: connections in all (`transport.max_connections`, default 512).
+pub const ENV_MAX_CONNECTIONS: &str = "SESPHR_MAX_CONNECTIONS";
+/// Plaintext health port: open `Watch` streams
+/// (`transport.max_health_watches`, default 16).
+pub const ENV_MAX_HEALTH_WATCHES: &str = "SESPHR_MAX_HEALTH_WATCHES";
 
 pub const DEFAULT_PEER_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_MAX_RECORD_BYTES: u64 = 64 << 30;
@@ -99,6 +123,8 @@ pub struct ServeFile {
     pub cloud_storage: CloudStorageSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub transport: TransportSection,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -125,6 +151,96 @@ pub struct CloudStorageSection {
     pub dedup_scope: Option<String>,
 }
 
+/// Sets `slot` from the environment variable `key`, if set.
+fn num<T: std::str::FromStr>(
+    env: &impl Strings,
+    key: &str,
+    slot: &mut Option<T>,
+    errors: &mut Vec<String>,
+) {
+    if let Some(v) = env.get(key) {
+        match v.parse() {
+            Ok(n) => *slot = Some(n),
+            Err(_) => errors.push(format!("{key}={v:?} is not a valid number")),
+        }
+    }
+}
+
+/// Connection limits of every listener (see [`crate::transport`]); unset
+/// keys keep the defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSection {
+    pub handshake_timeout_ms: Option<u64>,
+    pub preface_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub keepalive_interval_ms: Option<u64>,
+    pub keepalive_timeout_ms: Option<u64>,
+    pub max_connections_per_peer: Option<u32>,
+    pub max_connections: Option<u32>,
+    pub max_health_watches: Option<u32>,
+}
+
+impl TransportSection {
+    /// Applies the `SESPHR_*` overrides, then fills in defaults.
+    pub fn resolve(mut self, env: &impl Strings, errors: &mut Vec<String>) -> TransportLimits {
+        num(
+            env,
+            ENV_HANDSHAKE_TIMEOUT_MS,
+            &mut self.handshake_timeout_ms,
+            errors,
+        );
+        num(
+            env,
+            ENV_PREFACE_TIMEOUT_MS,
+            &mut self.preface_timeout_ms,
+            errors,
+        );
+        num(env, ENV_IDLE_TIMEOUT_MS, &mut self.idle_timeout_ms, errors);
+        num(
+            env,
+            ENV_KEEPALIVE_INTERVAL_MS,
+            &mut self.keepalive_interval_ms,
+            errors,
+        );
+        num(
+            env,
+            ENV_KEEPALIVE_TIMEOUT_MS,
+            &mut self.keepalive_timeout_ms,
+            errors,
+        );
+        num(
+            env,
+            ENV_MAX_CONNECTIONS_PER_PEER,
+            &mut self.max_connections_per_peer,
+            errors,
+        );
+        num(env, ENV_MAX_CONNECTIONS, &mut self.max_connections, errors);
+        num(
+            env,
+            ENV_MAX_HEALTH_WATCHES,
+            &mut self.max_health_watches,
+            errors,
+        );
+        let d = TransportLimits::default();
+        let ms = |v: Option<u64>, default| v.map_or(default, std::time::Duration::from_millis);
+        let t = TransportLimits {
+            handshake_timeout: ms(self.handshake_timeout_ms, d.handshake_timeout),
+            preface_timeout: ms(self.preface_timeout_ms, d.preface_timeout),
+            idle_timeout: ms(self.idle_timeout_ms, d.idle_timeout),
+            keepalive_interval: ms(self.keepalive_interval_ms, d.keepalive_interval),
+            keepalive_timeout: ms(self.keepalive_timeout_ms, d.keepalive_timeout),
+            max_connections_per_peer: self
+                .max_connections_per_peer
+                .unwrap_or(d.max_connections_per_peer),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_health_watches: self.max_health_watches.unwrap_or(d.max_health_watches),
+        };
+        errors.extend(t.problems());
+        t
+    }
+}
+
 /// Per-identity limits (see [`crate::limits`]); unset keys keep the defaults.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -138,19 +254,6 @@ pub struct LimitsSection {
 impl LimitsSection {
     /// Applies the `SESPHR_*` overrides, then fills in defaults.
     pub fn resolve(mut self, env: &impl Strings, errors: &mut Vec<String>) -> Limits {
-        fn num<T: std::str::FromStr>(
-            env: &impl Strings,
-            key: &str,
-            slot: &mut Option<T>,
-            errors: &mut Vec<String>,
-        ) {
-            if let Some(v) = env.get(key) {
-                match v.parse() {
-                    Ok(n) => *slot = Some(n),
-                    Err(_) => errors.push(format!("{key}={v:?} is not a valid number")),
-                }
-            }
-        }
         num(
             env,
             ENV_RATE_PER_IDENTITY,
@@ -207,6 +310,8 @@ pub struct ServeConfig {
     pub max_record_bytes: u64,
     pub limits: Limits,
     pub dedup_scope: sesphr_cloud_storage::DedupScope,
+    /// Connection limits of every listener.
+    pub transport: TransportLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -364,6 +469,7 @@ impl ServeConfig {
             None
         };
         let limits = file.limits.clone().resolve(env, &mut errors);
+        let transport = file.transport.clone().resolve(env, &mut errors);
         let dedup_scope = match file.cloud_storage.dedup_scope.as_deref() {
             None => Default::default(),
             Some(s) => s.parse().unwrap_or_else(|e: String| {
@@ -409,6 +515,7 @@ impl ServeConfig {
                 .unwrap_or(DEFAULT_MAX_RECORD_BYTES),
             limits,
             dedup_scope,
+            transport,
         })
     }
 }
@@ -532,6 +639,35 @@ mod tests {
             .join("\n");
         assert!(all.contains("rate_per_identity 0 must be > 0"), "{all}");
         assert!(all.contains("SESPHR_BURST_PER_IDENTITY"), "{all}");
+    }
+
+    #[test]
+    fn transport_limits_from_file_and_env() {
+        let text = format!("{FULL}\n[transport]\nidle_timeout_ms = 2500\nmax_connections = 9\n");
+        let e = env(&[
+            (ENV_MAX_CONNECTIONS_PER_PEER, "3"),
+            (ENV_HANDSHAKE_TIMEOUT_MS, "750"),
+        ]);
+        let file: ServeFile = toml::from_str(&text).unwrap();
+        let t = ServeConfig::from_file(file, Service::AccessPolicy, &e)
+            .unwrap()
+            .transport;
+        assert_eq!(t.idle_timeout, std::time::Duration::from_millis(2500));
+        assert_eq!(t.handshake_timeout, std::time::Duration::from_millis(750));
+        assert_eq!((t.max_connections, t.max_connections_per_peer), (9, 3));
+        assert_eq!(t.preface_timeout, crate::transport::DEFAULT_PREFACE_TIMEOUT);
+
+        let file: ServeFile = toml::from_str(FULL).unwrap();
+        let e = env(&[(ENV_IDLE_TIMEOUT_MS, "0"), (ENV_MAX_HEALTH_WATCHES, "lots")]);
+        let all = ServeConfig::from_file(file, Service::AccessPolicy, &e)
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(
+            all.contains("transport.idle_timeout_ms must be > 0"),
+            "{all}"
+        );
+        assert!(all.contains("SESPHR_MAX_HEALTH_WATCHES"), "{all}");
     }
 
     #[test]

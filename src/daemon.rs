@@ -18,8 +18,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 use zeroize::Zeroizing;
 
@@ -34,6 +32,7 @@ use crate::server::policy_client::PolicyClient;
 use crate::server::srs::SrsService;
 use crate::server::unix_now;
 use crate::tls::{self, TlsError, TlsFiles, TlsMaterial};
+use crate::transport::{self, Gate, TrackStreamsLayer, TransportLimits, WatchCap};
 
 /// Default ports of `sesphrd dev`: CloudStorage, SRS, AccessPolicy.
 pub const DEV_BASE_PORT: u16 = 50051;
@@ -96,6 +95,8 @@ pub struct ServiceParams {
     pub limits: Limits,
     /// CloudStorage: which uploads share a deduplicated blob.
     pub dedup_scope: sesphr_cloud_storage::DedupScope,
+    /// Connection caps and timeouts of both listeners.
+    pub transport: TransportLimits,
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -139,6 +140,7 @@ impl ServiceParams {
             max_record_bytes: cfg.max_record_bytes,
             limits: cfg.limits,
             dedup_scope: cfg.dedup_scope,
+            transport: cfg.transport,
         })
     }
 }
@@ -186,10 +188,14 @@ pub async fn run_service(
         .expect("embedded descriptor sets are valid");
     let td = p.trust_domain.clone();
     let require_client_cert = service != Service::Srs;
-    let mut builder = Server::builder()
-        .tls_config(p.tls.server_config(require_client_cert))
-        .map_err(|source| ServeError::Transport { service, source })?
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+    let server_tls = p.tls.rustls_server_config(require_client_cert)?;
+    // Connections are accepted, capped and handshaken by `transport`, which
+    // also closes those that stay without a request.
+    let gate = Gate::new(service.as_str(), p.transport);
+    let mut builder = p
+        .transport
+        .server()
+        .layer(TrackStreamsLayer::new(gate.clone()))
         .max_concurrent_streams(Some(p.limits.max_concurrent_streams));
     let policy = || -> Result<PolicyClient, ServeError> {
         let endpoint = p
@@ -268,16 +274,20 @@ pub async fn run_service(
         }
     };
     let addr = p.listener.local_addr().ok();
-    let incoming = TcpIncoming::from(p.listener).with_nodelay(Some(true));
+    let incoming = transport::incoming_tls(p.listener, gate, server_tls);
     let (stop_tx, stop_rx) = watch::channel(false);
     // The plaintext health port serves grpc.health.v1 only (for kubelet
-    // probes, which cannot present client certificates).
+    // probes, which cannot present client certificates), with the same
+    // connection caps and timeouts and a bound on open Watch streams.
     let health_task = p.health_listener.map(|listener| {
         let mut rx = stop_rx.clone();
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let gate = Gate::new(format!("{service} health"), p.transport);
+        let incoming = transport::incoming_plain(listener, gate.clone());
+        let mut server = p.transport.server().layer(TrackStreamsLayer::new(gate));
+        let health = WatchCap::new(health_service, p.transport.max_health_watches);
         tokio::spawn(async move {
-            Server::builder()
-                .add_service(health_service)
+            server
+                .add_service(health)
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = rx.wait_for(|stop| *stop).await;
                 })
@@ -367,6 +377,8 @@ pub struct DevOptions {
     pub limits: Limits,
     /// CloudStorage's dedup scope.
     pub dedup_scope: sesphr_cloud_storage::DedupScope,
+    /// Connection caps and timeouts of every listener.
+    pub transport: TransportLimits,
 }
 
 impl DevOptions {
@@ -378,6 +390,7 @@ impl DevOptions {
             trust_domain: sesphr_identity::DEFAULT_TRUST_DOMAIN.to_owned(),
             limits: Limits::default(),
             dedup_scope: Default::default(),
+            transport: TransportLimits::default(),
         }
     }
 
@@ -477,6 +490,7 @@ impl DevMesh {
                 max_record_bytes: crate::config::DEFAULT_MAX_RECORD_BYTES,
                 limits: opts.limits,
                 dedup_scope: opts.dedup_scope,
+                transport: opts.transport,
             };
             let mut rx = stop_rx.clone();
             let task = tokio::spawn(run_service(params, async move {

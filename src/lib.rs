@@ -20,6 +20,7 @@ pub mod proto;
 pub mod record;
 pub mod server;
 pub mod tls;
+pub mod transport;
 
 pub use sesphr_crypto as crypto;
 pub use sesphr_identity as identity;

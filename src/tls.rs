@@ -1,13 +1,17 @@
 //! Mutual TLS for every listener and every outgoing call.
 //!
-//! tonic's rustls integration does the handshake and verifies peers against
-//! the mesh CA; this module loads the PEM material once, validates it at
-//! startup (all three files or nothing) and builds server and client configs.
+//! Clients use tonic's rustls integration; the servers' listeners do the
+//! handshake themselves (`crate::transport`, which bounds it in time) with the
+//! rustls config built here. Either way peers are verified against the mesh
+//! CA. This module loads the PEM material once, validates it at startup (all
+//! three files or nothing) and builds server and client configs.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls::server::WebPkiClientVerifier;
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
 };
@@ -29,6 +33,8 @@ pub enum TlsError {
     NoKey { path: PathBuf },
     #[error("invalid endpoint {uri:?}: {why}")]
     BadEndpoint { uri: String, why: String },
+    #[error("server TLS configuration: {0}")]
+    ServerConfig(String),
 }
 
 /// Installs ring as rustls' process-wide crypto provider (idempotent).
@@ -121,6 +127,39 @@ impl TlsMaterial {
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
             .client_auth_optional(!require_client_cert)
             .timeout(Duration::from_secs(10))
+    }
+
+    /// The rustls config of a listener that does its own handshakes: this
+    /// identity, client certificates verified against the mesh CA (optional
+    /// only if `require_client_cert` is false, as in [`Self::server_config`]),
+    /// ALPN `h2` only.
+    pub fn rustls_server_config(
+        &self,
+        require_client_cert: bool,
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let bad = |e: &dyn std::fmt::Display| TlsError::ServerConfig(e.to_string());
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(&e))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| bad(&e))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(ca.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+        }
+        let verifier = WebPkiClientVerifier::builder(Arc::new(roots));
+        let verifier = if require_client_cert {
+            verifier
+        } else {
+            verifier.allow_unauthenticated()
+        }
+        .build()
+        .map_err(|e| bad(&e))?;
+        let mut config = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| bad(&e))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
     }
 
     /// Client side, presenting this identity.

@@ -98,6 +98,7 @@ impl Mesh {
             max_record_bytes: sesphr::config::DEFAULT_MAX_RECORD_BYTES,
             limits: Limits::default(),
             dedup_scope: Default::default(),
+            transport: Default::default(),
         };
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(daemon::run_service(params, async move {

@@ -106,9 +106,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let mut opts = DevOptions::new(data_dir);
             opts.base_port = base_port;
             opts.trust_domain = trust_domain;
-            // The same SESPHR_* limit and dedup variables as `serve`.
+            // The same SESPHR_* limit, transport and dedup variables as `serve`.
             let mut errors = Vec::new();
             opts.limits = sesphr::config::LimitsSection::default().resolve(&Env, &mut errors);
+            opts.transport = sesphr::config::TransportSection::default().resolve(&Env, &mut errors);
             if let Some(scope) = std::env::var(sesphr::config::ENV_DEDUP_SCOPE)
                 .ok()
                 .filter(|s| !s.is_empty())
