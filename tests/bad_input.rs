@@ -787,6 +787,62 @@ async fn hostile_requests_are_refused_without_side_effects() {
                 },
             ),
         ),
+        case(
+            "ListRecords: a non-grantee walking page tokens gets none",
+            Accepted("0 records, token \"\""),
+            async {
+                let mut summary = String::new();
+                for partition in ["", "medical", "insurance", "personal"] {
+                    let r = mc
+                        .cloud
+                        .clone()
+                        .list_records(proto::ListRecordsRequest {
+                            owner_id: "alice".into(),
+                            partition: partition.into(),
+                            page_size: 1,
+                            page_token: String::new(),
+                        })
+                        .await?
+                        .into_inner();
+                    summary = format!("{} records, token {:?}", r.records.len(), r.next_page_token);
+                    if !r.records.is_empty() || !r.next_page_token.is_empty() {
+                        break;
+                    }
+                }
+                Ok(summary)
+            },
+        ),
+        case(
+            "ListRecords: the owner's page token replayed by another patient",
+            Refused(Code::InvalidArgument, "not one this server issued"),
+            async {
+                let token = ac
+                    .cloud
+                    .clone()
+                    .list_records(proto::ListRecordsRequest {
+                        page_size: 1,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner()
+                    .next_page_token;
+                list(
+                    mc,
+                    proto::ListRecordsRequest {
+                        owner_id: "alice".into(),
+                        page_size: 1,
+                        page_token: token,
+                        ..Default::default()
+                    },
+                )
+                .await
+            },
+        ),
+        case(
+            "GetRecord: a non-grantee's denial names nothing of the record",
+            Refused(Code::PermissionDenied, "no grant covers it"),
+            get(mc, &insurance.record_id),
+        ),
         // ---- CloudStorage.DeleteRecord ----
         case(
             "DeleteRecord: another patient's record",
