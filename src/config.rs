@@ -161,7 +161,13 @@ fn num<T: std::str::FromStr>(
     if let Some(v) = env.get(key) {
         match v.parse() {
             Ok(n) => *slot = Some(n),
-            Err(_) => errors.push(format!("{key}={v:?} is not a valid number")),
+            Err(_) => errors.push(format!(
+                "{key}={v:?} is not a valid {}",
+                std::any::type_name::<T>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("number")
+            )),
         }
     }
 }
@@ -368,26 +374,29 @@ impl ServeConfig {
             ENV_ENROLLMENT_TOKEN_FILE,
             &mut file.srs.enrollment_token_file,
         );
-        let parse_num = |key: &str, errors: &mut Vec<String>| -> Option<String> {
-            let v = env.get(key)?;
-            if v.parse::<f64>().is_err() {
-                errors.push(format!("{key}={v:?} is not a number"));
-                return None;
-            }
-            Some(v)
-        };
-        if let Some(v) = parse_num(ENV_PEER_TIMEOUT_MS, &mut errors) {
-            file.peer_timeout_ms = v.parse().ok();
-        }
-        if let Some(v) = parse_num(ENV_MAX_RECORD_BYTES, &mut errors) {
-            file.cloud_storage.max_record_bytes = v.parse().ok();
-        }
+        // Each value parses as its own type: `-1`, `1e9` or `1.5` for a
+        // count of bytes or milliseconds is an error, never a default.
+        num(
+            env,
+            ENV_PEER_TIMEOUT_MS,
+            &mut file.peer_timeout_ms,
+            &mut errors,
+        );
+        num(
+            env,
+            ENV_MAX_RECORD_BYTES,
+            &mut file.cloud_storage.max_record_bytes,
+            &mut errors,
+        );
         if let Some(v) = env.get(ENV_DEDUP_SCOPE) {
             file.cloud_storage.dedup_scope = Some(v);
         }
-        if let Some(v) = parse_num(ENV_REENCRYPT_RATE, &mut errors) {
-            file.srs.reencrypt_rate = v.parse().ok();
-        }
+        num(
+            env,
+            ENV_REENCRYPT_RATE,
+            &mut file.srs.reencrypt_rate,
+            &mut errors,
+        );
 
         let trust_domain = file
             .trust_domain
@@ -614,6 +623,35 @@ mod tests {
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    /// Values that parse as a float but not as the whole number a key
+    /// takes once fell back to the default in silence.
+    #[test]
+    fn numbers_that_are_not_whole_are_errors_not_defaults() {
+        for key in [
+            ENV_PEER_TIMEOUT_MS,
+            ENV_MAX_RECORD_BYTES,
+            ENV_IDLE_TIMEOUT_MS,
+        ] {
+            for bad in ["-1", "1e9", "1.5", " 5", ""] {
+                let file: ServeFile = toml::from_str(FULL).unwrap();
+                let e = env(&[(key, bad)]);
+                let all = ServeConfig::from_file(file, Service::CloudStorage, &e)
+                    .err()
+                    .unwrap_or_else(|| panic!("{key}={bad:?} was accepted"))
+                    .0
+                    .join("\n");
+                assert!(
+                    all.contains(&format!("{key}={bad:?} is not a valid u64")),
+                    "{all}"
+                );
+            }
+        }
+        let file: ServeFile = toml::from_str(FULL).unwrap();
+        let e = env(&[(ENV_PEER_TIMEOUT_MS, "1500"), (ENV_REENCRYPT_RATE, "1.5")]);
+        let cfg = ServeConfig::from_file(file, Service::CloudStorage, &e).unwrap();
+        assert_eq!(cfg.peer_timeout_ms, 1500);
     }
 
     #[test]

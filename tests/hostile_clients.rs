@@ -294,6 +294,14 @@ async fn ownership_challenges_cannot_be_redrawn() {
         challenges.len()
     );
     assert!(refused >= 45, "only {refused} refusals");
+    // The content-key evaluation alice's upload needed is in her view.
+    let alices = alice.session.audit().await.unwrap();
+    assert!(
+        alices
+            .iter()
+            .any(|e| e.action.ends_with("/EvaluateContentKey") && e.outcome == "probe"),
+        "{alices:?}"
+    );
     // The probes are in mallory's own audit view.
     let trail = mallory.session.audit().await.unwrap();
     assert!(
@@ -455,5 +463,54 @@ async fn refusals_and_probes_reach_the_victims_audit_view() {
             && e.outcome == "ok"),
         "{enroll:?}"
     );
+    s.shutdown().await;
+}
+
+/// `GetUser` was cheap and unlimited: 5,000 concurrent calls in 0.4 s. It is
+/// an expensive call now (per-identity concurrency and rate), and a flood
+/// of lookups of one user leaves one entry in her view, not thousands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_lookup_flood_is_limited_and_leaves_one_entry() {
+    let s = Sandbox::start().await;
+    let alice = s.patient("alice").await;
+    let bob = s.practitioner("bob", Role::Doctor).await;
+    let mallory = s.patient("mallory").await;
+    let calls = (0..600).map(|_| {
+        let srs = mallory.session.clients.srs.clone();
+        async move {
+            srs.clone()
+                .get_user(proto::GetUserRequest {
+                    user_id: "alice".into(),
+                })
+                .await
+                .map(drop)
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let exhausted = results
+        .iter()
+        .filter(|r| matches!(r, Err(e) if e.code() == Code::ResourceExhausted))
+        .count();
+    for r in &results {
+        if let Err(e) = r {
+            assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+        }
+    }
+    assert!(exhausted > 0, "600 concurrent lookups were all served");
+    // Others are not affected.
+    bob.clients
+        .srs
+        .clone()
+        .get_user(proto::GetUserRequest {
+            user_id: "alice".into(),
+        })
+        .await
+        .unwrap();
+    let trail = alice.session.audit().await.unwrap();
+    let by_mallory = trail
+        .iter()
+        .filter(|e| e.action.ends_with("/GetUser") && e.subject.contains("mallory"))
+        .count();
+    assert_eq!(by_mallory, 1, "{trail:?}");
     s.shutdown().await;
 }
