@@ -89,6 +89,59 @@ impl Rpc {
     }
 }
 
+/// What a call costs the server: whether the per-identity limits of
+/// [`crate::limits`] count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cost {
+    /// Answered from memory or one small read.
+    Cheap,
+    /// Streams record bytes, fsyncs, checks signatures or proofs, walks the
+    /// audit log, probes someone's data, or asks AccessPolicy.
+    Expensive,
+}
+
+impl Rpc {
+    /// The cost class of each RPC. An exhaustive match: a new RPC does not
+    /// compile until someone decides whether it is limited.
+    pub fn cost(self) -> Cost {
+        match self {
+            Rpc::PutRecord
+            | Rpc::GetRecord
+            | Rpc::ListRecords
+            | Rpc::DeleteRecord
+            | Rpc::QueryBlob
+            | Rpc::Enroll
+            | Rpc::GetUser
+            | Rpc::PutKfrags
+            | Rpc::DeleteKfrags
+            | Rpc::ReEncrypt
+            | Rpc::EvaluateContentKey
+            | Rpc::Grant
+            | Rpc::Revoke
+            | Rpc::ListAudit
+            | Rpc::VerifyAudit => Cost::Expensive,
+            // Check and RecordEvent are called by services only (exempt);
+            // ListGrants is one prefix scan; health and reflection are
+            // served from memory.
+            Rpc::Check | Rpc::ListGrants | Rpc::RecordEvent | Rpc::Health | Rpc::Reflection => {
+                Cost::Cheap
+            }
+        }
+    }
+
+    /// The RPC an HTTP/2 request path (`/package.Service/Method`) names.
+    pub fn from_path(path: &str) -> Option<Rpc> {
+        let method = path.strip_prefix('/')?;
+        Rpc::ALL.into_iter().find(|rpc| match rpc {
+            // Whole services: every method under the prefix.
+            Rpc::Health | Rpc::Reflection => method
+                .strip_prefix(rpc.method())
+                .is_some_and(|rest| rest.starts_with('/') || rest.starts_with('.')),
+            _ => method == rpc.method(),
+        })
+    }
+}
+
 impl fmt::Display for Rpc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.method())
@@ -225,10 +278,18 @@ pub fn authorize<T>(req: &Request<T>, rpc: Rpc, trust_domain: &str) -> Result<Id
 /// Renders the table as Markdown (for `ARCHITECTURE.md`; a test keeps the
 /// document in sync with the code).
 pub fn table_markdown() -> String {
-    let mut out = String::from("| RPC | allowed callers |\n|---|---|\n");
+    let mut out = String::from("| RPC | allowed callers | cost |\n|---|---|---|\n");
     for (rpc, callers) in ALLOWED {
         let names: Vec<String> = callers.iter().map(|c| c.to_string()).collect();
-        out.push_str(&format!("| `{}` | {} |\n", rpc.method(), names.join(", ")));
+        let cost = match rpc.cost() {
+            Cost::Cheap => "cheap",
+            Cost::Expensive => "limited",
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {cost} |\n",
+            rpc.method(),
+            names.join(", ")
+        ));
     }
     out
 }
@@ -244,6 +305,37 @@ mod tests {
             assert_eq!(rows, 1, "{rpc}");
         }
         assert_eq!(ALLOWED.len(), Rpc::ALL.len());
+    }
+
+    /// Every method the protos define is in the table, so none can be served
+    /// unclassified (unauthorized or unlimited).
+    #[test]
+    fn every_proto_method_is_a_table_row() {
+        use prost::Message;
+        let set =
+            prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut methods = 0;
+        for file in &set.file {
+            for service in &file.service {
+                for m in &service.method {
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), m.name());
+                    let rpc = Rpc::from_path(&path).unwrap_or_else(|| panic!("{path} has no row"));
+                    assert_eq!(format!("/{}", rpc.method()), path);
+                    methods += 1;
+                }
+            }
+        }
+        assert_eq!(methods, Rpc::ALL.len() - 2, "health and reflection aside");
+        assert_eq!(
+            Rpc::from_path("/grpc.health.v1.Health/Watch"),
+            Some(Rpc::Health)
+        );
+        assert_eq!(
+            Rpc::from_path("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            Some(Rpc::Reflection)
+        );
+        assert_eq!(Rpc::from_path("/sesphr.v1.Srs/ReEncryptMore"), None);
+        assert_eq!(Rpc::from_path("sesphr.v1.Srs/ReEncrypt"), None);
     }
 
     #[test]

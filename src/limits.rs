@@ -19,8 +19,9 @@
 //! only) are counted per remote IP address.
 //!
 //! `max_concurrent_streams` is the HTTP/2 setting of each connection.
-//! Cheap calls (health, reflection, `ListGrants`, …) are not
-//! counted. The SRS additionally keeps its own `ReEncrypt` bucket
+//! Which RPCs are counted is the `cost` column of the one RPC table
+//! ([`crate::auth::Rpc::cost`]); cheap calls (health, reflection,
+//! `ListGrants`, …) are not counted. The SRS additionally keeps its own `ReEncrypt` bucket
 //! (`reencrypt_rate`).
 
 use std::collections::HashMap;
@@ -31,6 +32,8 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use sesphr_identity::{Principal, identity_from_cert_der};
+
+use crate::auth::{Cost, Rpc};
 use sesphr_srs::RateLimiter;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
@@ -92,26 +95,6 @@ impl Limits {
         out
     }
 }
-
-/// The RPCs whose cost justifies counting: streams of record bytes, fsyncs,
-/// signature and proof checks, audit chain walks.
-pub const EXPENSIVE: &[&str] = &[
-    "/sesphr.v1.CloudStorage/PutRecord",
-    "/sesphr.v1.CloudStorage/GetRecord",
-    "/sesphr.v1.CloudStorage/ListRecords",
-    "/sesphr.v1.CloudStorage/DeleteRecord",
-    "/sesphr.v1.CloudStorage/QueryBlob",
-    "/sesphr.v1.Srs/Enroll",
-    "/sesphr.v1.Srs/GetUser",
-    "/sesphr.v1.Srs/PutKfrags",
-    "/sesphr.v1.Srs/DeleteKfrags",
-    "/sesphr.v1.Srs/ReEncrypt",
-    "/sesphr.v1.Srs/EvaluateContentKey",
-    "/sesphr.v1.AccessPolicy/Grant",
-    "/sesphr.v1.AccessPolicy/Revoke",
-    "/sesphr.v1.AccessPolicy/ListAudit",
-    "/sesphr.v1.AccessPolicy/VerifyAudit",
-];
 
 /// Shared state of one service's limits.
 struct State {
@@ -247,7 +230,9 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let path = req.uri().path();
-        let slot = if EXPENSIVE.contains(&path) {
+        // The cost class comes from the one RPC table (`auth::Rpc::cost`).
+        let expensive = Rpc::from_path(path).is_some_and(|rpc| rpc.cost() == Cost::Expensive);
+        let slot = if expensive {
             match caller_key(&req).map(|key| self.state.admit(key, path)) {
                 Some(Ok(slot)) => Some(slot),
                 Some(Err(status)) => return Box::pin(async move { Ok(status.into_http()) }),
