@@ -444,7 +444,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let r = s.verify_audit().await?;
                 if r.ok {
                     eprintln!(
-                        "audit chain verifies: {} entries, head #{} {}",
+                        "audit chain verifies: {} entries about you, your latest #{} {}",
                         r.entries,
                         r.head_seq,
                         hex::encode(&r.head_hash)
