@@ -181,7 +181,7 @@ impl AccessPolicy for AccessPolicyService {
         validate_partition(&r.partition).map_err(invalid)?;
         validate_user_id(&r.grantee_id).map_err(invalid)?;
         if !r.record_id.is_empty() {
-            validate_user_id(&r.record_id).map_err(invalid)?;
+            sesphr_identity::validate_record_id(&r.record_id).map_err(invalid)?;
         }
         let action = match proto::CheckAction::try_from(r.action) {
             Ok(proto::CheckAction::Read) => Action::Read,

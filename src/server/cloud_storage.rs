@@ -15,7 +15,7 @@ use sesphr_cloud_storage::{
     RecordStore, TokenScope, Window,
 };
 use sesphr_dedup::pow::Proof;
-use sesphr_identity::{Identity, validate_partition, validate_user_id};
+use sesphr_identity::{Identity, validate_partition, validate_record_id, validate_user_id};
 use sesphr_srs::RateLimiter;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -235,22 +235,8 @@ impl CloudStorageService {
     }
 }
 
-/// Record ids share the user-id syntax (they name files and sled keys).
 fn check_record_id(record_id: &str) -> Result<(), Status> {
-    validate_user_id(record_id).map_err(|_| {
-        Status::invalid_argument(format!(
-            "record_id {:?} is not a valid record id ([a-z0-9][a-z0-9._-]{{0,63}})",
-            truncate(record_id)
-        ))
-    })
-}
-
-fn truncate(s: &str) -> &str {
-    let mut end = s.len().min(80);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    validate_record_id(record_id).map_err(invalid)
 }
 
 fn meta_to_proto(m: RecordMeta) -> proto::RecordMeta {

@@ -414,7 +414,7 @@ impl Srs for SrsService {
         validate_user_id(&r.owner_id).map_err(invalid)?;
         validate_partition(&r.partition).map_err(invalid)?;
         if !r.record_id.is_empty() {
-            validate_user_id(&r.record_id).map_err(invalid)?;
+            sesphr_identity::validate_record_id(&r.record_id).map_err(invalid)?;
         }
         if r.capsules.is_empty() || r.capsules.len() > MAX_CAPSULES {
             return Err(Status::invalid_argument(format!(

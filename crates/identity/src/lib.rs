@@ -21,7 +21,8 @@ mod names;
 
 pub use cert::identity_from_cert_der;
 pub use names::{
-    MAX_PARTITION_LEN, MAX_USER_ID_LEN, STANDARD_PARTITIONS, validate_partition, validate_user_id,
+    MAX_PARTITION_LEN, MAX_RECORD_ID_LEN, MAX_USER_ID_LEN, STANDARD_PARTITIONS, validate_partition,
+    validate_record_id, validate_user_id,
 };
 
 /// The trust domain used by `sesphrd dev` when none is configured.
@@ -36,6 +37,10 @@ pub enum IdentityError {
     InvalidUserId(String),
     #[error("invalid partition {0:?}: expected 1-32 characters of [a-z0-9-]")]
     InvalidPartition(String),
+    #[error(
+        "{0:?} is not a valid record id: expected 1-128 characters of [A-Za-z0-9._-], starting with a letter or digit"
+    )]
+    InvalidRecordId(String),
     #[error(
         "unknown role {0:?}: expected one of patient, doctor, nurse, pharmacist, insurer, researcher, family, friend, emergency"
     )]

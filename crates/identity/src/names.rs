@@ -1,4 +1,5 @@
-//! Syntax of user ids and partition names.
+//! Syntax of user ids, record ids and partition names: each is written here
+//! once, and every service and client checks it through these functions.
 //!
 //! Both end up in certificate SANs, sled keys and file names, so they are
 //! restricted to a small lowercase ASCII alphabet with no separators that any
@@ -8,6 +9,7 @@ use crate::IdentityError;
 
 pub const MAX_USER_ID_LEN: usize = 64;
 pub const MAX_PARTITION_LEN: usize = 32;
+pub const MAX_RECORD_ID_LEN: usize = 128;
 
 /// The partitions every client knows by name; any other valid name also works.
 pub const STANDARD_PARTITIONS: [&str; 5] =
@@ -26,6 +28,23 @@ pub fn validate_user_id(id: &str) -> Result<(), IdentityError> {
         Ok(())
     } else {
         Err(IdentityError::InvalidUserId(truncate_for_error(id)))
+    }
+}
+
+/// A record id is `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`: wide enough for
+/// UUIDs, hex or base64url digests, free of the 0x00 key separator and of
+/// path separators (file names are derived from ids through hex anyway).
+pub fn validate_record_id(id: &str) -> Result<(), IdentityError> {
+    let b = id.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= MAX_RECORD_ID_LEN
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(IdentityError::InvalidRecordId(truncate_for_error(id)))
     }
 }
 
@@ -79,6 +98,30 @@ mod tests {
             &"a".repeat(65),
         ] {
             assert!(validate_user_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn record_ids() {
+        for ok in ["r1", "Ab-9_x.Y", "0123abcd", &"x".repeat(MAX_RECORD_ID_LEN)] {
+            assert!(validate_record_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-r",
+            ".r",
+            "a/b",
+            "../x",
+            "a\0b",
+            "a b",
+            "é",
+            &"x".repeat(MAX_RECORD_ID_LEN + 1),
+        ] {
+            let e = validate_record_id(bad).unwrap_err();
+            assert!(
+                e.to_string().contains("not a valid record id"),
+                "{bad:?}: {e}"
+            );
         }
     }
 

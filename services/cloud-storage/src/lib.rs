@@ -50,6 +50,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use sesphr_identity::{IdentityError, validate_partition, validate_user_id};
+pub use sesphr_identity::{MAX_RECORD_ID_LEN, validate_record_id};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
@@ -61,8 +62,6 @@ use layout::{Layout, io_error};
 pub use page_token::{Cursor, PageTokens, TokenScope};
 use sha2::{Digest, Sha256};
 
-/// Longest record id accepted.
-pub const MAX_RECORD_ID_LEN: usize = 128;
 /// Page size used when `list` is asked for `limit == 0` (the protobuf
 /// default), and the largest page ever returned.
 pub const DEFAULT_LIST_LIMIT: usize = 100;
@@ -197,38 +196,6 @@ impl Default for StoreLimits {
             dedup_scope: DedupScope::Global,
         }
     }
-}
-
-/// A record id is `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`: wide enough for
-/// UUIDs, hex or base64url digests, and free of the 0x00 key separator.
-pub fn validate_record_id(id: &str) -> Result<(), StorageError> {
-    let b = id.as_bytes();
-    let ok = !b.is_empty()
-        && b.len() <= MAX_RECORD_ID_LEN
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(StorageError::InvalidArgument(format!(
-            "invalid record id {:?}: expected 1-{MAX_RECORD_ID_LEN} characters of [A-Za-z0-9._-], starting with a letter or digit",
-            truncate(id)
-        )))
-    }
-}
-
-/// Hostile strings can be huge; messages quote only their start.
-fn truncate(s: &str) -> &str {
-    const MAX: usize = 80;
-    if s.len() <= MAX {
-        return s;
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 fn join(parts: &[&str]) -> Vec<u8> {
@@ -549,7 +516,10 @@ impl RecordStore {
         &self,
         record_id: &str,
     ) -> impl Iterator<Item = Result<sled::IVec, StorageError>> + Send + 'static {
-        let state = match validate_record_id(record_id).and_then(|()| self.shared.load(record_id)) {
+        let state = match validate_record_id(record_id)
+            .map_err(StorageError::from)
+            .and_then(|()| self.shared.load(record_id))
+        {
             Ok(Some(m)) => match self
                 .shared
                 .content_path(&m)
