@@ -27,12 +27,13 @@ use crate::limits::{Limited, Limits};
 use crate::pki::{CertificateAuthority, DevPki, PkiError};
 use crate::proto::{self, service_names};
 use crate::server::access_policy::AccessPolicyService;
-use crate::server::cloud_storage::{CloudStorageService, MAX_CHUNK_BYTES};
+use crate::server::cloud_storage::CloudStorageService;
 use crate::server::policy_client::PolicyClient;
 use crate::server::srs::SrsService;
 use crate::server::unix_now;
 use crate::tls::{self, TlsError, TlsFiles, TlsMaterial};
 use crate::transport::{self, Gate, TrackStreamsLayer, TransportLimits, WatchCap};
+use sesphr_cloud_storage::MAX_CHUNK_BYTES;
 
 /// Default ports of `sesphrd dev`: CloudStorage, SRS, AccessPolicy.
 pub const DEV_BASE_PORT: u16 = 50051;

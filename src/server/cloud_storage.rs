@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use sesphr_cloud_storage::{
-    BlobRef, ChallengeBook, ChallengePolicy, Cursor, NewRecord, PageTokens, RecordMeta,
-    RecordStore, TokenScope, Window,
+    BlobRef, ChallengeBook, ChallengePolicy, Cursor, DEFAULT_LIST_LIMIT as DEFAULT_PAGE,
+    MAX_LIST_LIMIT as MAX_PAGE, NewRecord, PageTokens, RecordMeta, RecordStore, TokenScope, Window,
 };
 use sesphr_dedup::pow::Proof;
 use sesphr_identity::{Identity, validate_partition, validate_record_id, validate_user_id};
@@ -28,13 +28,6 @@ use crate::auth::Rpc;
 use crate::proto::cloud_storage_server::CloudStorage;
 use crate::proto::{self, CheckAction, get_record_response, put_record_request};
 
-/// Largest ciphertext chunk in one `PutRecord` message.
-pub const MAX_CHUNK_BYTES: usize = 4 << 20;
-/// Largest encoded record header.
-pub const MAX_HEADER_BYTES: usize = 64 << 10;
-/// Default and largest `ListRecords` page.
-pub const DEFAULT_PAGE: usize = 100;
-pub const MAX_PAGE: usize = 1000;
 /// Chunks read ahead of a slow downloader (bounds server memory per stream).
 const DOWNLOAD_READ_AHEAD: usize = 4;
 /// Partitions one non-owner `ListRecords` call asks AccessPolicy about; a
@@ -287,9 +280,11 @@ impl CloudStorage for CloudStorageService {
         };
         check_record_id(&header.record_id)?;
         validate_partition(&header.partition).map_err(invalid)?;
-        if header.record_header.is_empty() || header.record_header.len() > MAX_HEADER_BYTES {
+        let limits = self.store.limits();
+        if header.record_header.is_empty() || header.record_header.len() > limits.max_header_size {
             return Err(Status::invalid_argument(format!(
-                "record_header must be 1 to {MAX_HEADER_BYTES} bytes"
+                "record_header must be 1 to {} bytes",
+                limits.max_header_size
             )));
         }
         let deduplicated = !header.blob_id.is_empty();
@@ -352,10 +347,11 @@ impl CloudStorage for CloudStorageService {
                 }
                 None => return Err(Status::invalid_argument("empty PutRecord message")),
             };
-            if chunk.len() > MAX_CHUNK_BYTES {
+            if chunk.len() > limits.max_chunk_size {
                 return Err(Status::invalid_argument(format!(
-                    "chunk of {} bytes exceeds {MAX_CHUNK_BYTES}",
-                    chunk.len()
+                    "chunk of {} bytes exceeds {}",
+                    chunk.len(),
+                    limits.max_chunk_size
                 )));
             }
             upload = blocking(move || upload.append(&chunk).map(|()| upload)).await?;

@@ -25,8 +25,8 @@ use crate::pki::CertificateAuthority;
 use crate::proto::srs_server::Srs;
 use crate::proto::{self, CheckAction};
 
-/// Most kfrags (SRS shares) per grant, and capsules per ReEncrypt call.
-pub const MAX_KFRAGS: usize = 16;
+pub use sesphr_srs::MAX_KFRAGS;
+/// Most capsules per ReEncrypt call.
 pub const MAX_CAPSULES: usize = 64;
 /// Largest CSR accepted.
 pub const MAX_CSR_BYTES: usize = 16 << 10;

@@ -92,7 +92,7 @@ pub const MAX_AUDIT_FIELD_LEN: usize = 4096;
 
 /// Page size used when an [`AuditFilter`] asks for `limit == 0` (the
 /// protobuf default), and the largest page ever returned.
-pub const DEFAULT_AUDIT_PAGE: usize = 100;
+pub const DEFAULT_AUDIT_PAGE: usize = MAX_AUDIT_PAGE;
 pub const MAX_AUDIT_PAGE: usize = 1000;
 
 /// Everything that can go wrong, shaped so each variant maps to one gRPC

@@ -66,6 +66,10 @@ use sha2::{Digest, Sha256};
 /// default), and the largest page ever returned.
 pub const DEFAULT_LIST_LIMIT: usize = 100;
 pub const MAX_LIST_LIMIT: usize = 1000;
+/// Largest ciphertext chunk of one upload message, by default.
+pub const MAX_CHUNK_BYTES: usize = 4 << 20;
+/// Largest encoded record header, by default.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
 
 const PENDING_UPLOAD: u8 = 1;
 const PENDING_DELETE: u8 = 2;
@@ -190,8 +194,8 @@ impl Default for StoreLimits {
     fn default() -> Self {
         StoreLimits {
             max_record_size: 64 << 30,
-            max_chunk_size: 4 << 20,
-            max_header_size: 64 << 10,
+            max_chunk_size: MAX_CHUNK_BYTES,
+            max_header_size: MAX_HEADER_BYTES,
             cache_bytes: 16 << 20,
             dedup_scope: DedupScope::Global,
         }

@@ -35,7 +35,7 @@ pub const MAX_PUBLIC_KEY_LEN: usize = 1024;
 /// Largest accepted DER certificate.
 pub const MAX_CERTIFICATE_LEN: usize = 64 << 10;
 /// Most kfrags in one set (the `n` of a t-of-n sharing).
-pub const MAX_KFRAGS: usize = 256;
+pub const MAX_KFRAGS: usize = 16;
 /// Largest accepted single kfrag.
 pub const MAX_KFRAG_LEN: usize = 4096;
 
