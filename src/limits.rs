@@ -26,7 +26,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -34,6 +33,7 @@ use std::time::Instant;
 use sesphr_identity::{Principal, identity_from_cert_der};
 
 use crate::auth::{Cost, Rpc};
+use crate::transport::Holding;
 use sesphr_srs::RateLimiter;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
@@ -245,36 +245,10 @@ where
             let resp = inner.call(req).await?;
             Ok(match slot {
                 // Held until the response body is sent in full or dropped.
-                Some(slot) => resp.map(|body| Body::new(Counted { body, _slot: slot })),
+                Some(slot) => resp.map(|body| Body::new(Holding::new(body, slot))),
                 None => resp,
             })
         })
-    }
-}
-
-/// A response body that holds its call's in-flight slot.
-struct Counted {
-    body: Body,
-    _slot: Slot,
-}
-
-impl http_body::Body for Counted {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
     }
 }
 

@@ -560,10 +560,20 @@ where
 
 // ---- stream tracking ----------------------------------------------------------
 
-/// A response body that holds a guard until it ends or is dropped.
-struct Holding<G> {
+/// A response body that holds a guard until it ends or is dropped (an open
+/// stream's count here, an in-flight slot in [`crate::limits`]).
+pub(crate) struct Holding<G> {
     body: Body,
     _guard: G,
+}
+
+impl<G> Holding<G> {
+    pub(crate) fn new(body: Body, guard: G) -> Self {
+        Holding {
+            body,
+            _guard: guard,
+        }
+    }
 }
 
 impl<G: Send + Unpin + 'static> http_body::Body for Holding<G> {

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use common::{Sandbox, download, upload};
+use common::{Sandbox, dedup_header, download, upload};
 use futures::StreamExt;
 use sesphr::client::{self, MeshClients, receiving_keys};
 use sesphr::crypto::{self, MasterSecret, PublicKey, RecordHeader};
@@ -184,31 +184,6 @@ async fn status_ok<T: std::fmt::Debug>(
     call: impl Future<Output = Result<T, Status>>,
 ) -> Result<String, Status> {
     call.await.map(|v| format!("{v:?}"))
-}
-
-/// A deduplicated upload's first message (header key from outside).
-fn dedup_header(
-    owner: &str,
-    record_id: &str,
-    blob_id: Vec<u8>,
-    ownership_proof: Vec<u8>,
-    size: u64,
-) -> proto::PutRecordRequest {
-    let header = RecordHeader::from_bytes(&header_bytes(owner, record_id, "medical", 0))
-        .unwrap()
-        .with_key_source(crypto::record::DemKeySource::External);
-    proto::PutRecordRequest {
-        part: Some(put_record_request::Part::Header(proto::RecordUpload {
-            record_id: record_id.to_owned(),
-            partition: "medical".into(),
-            epoch: 0,
-            record_header: header.to_bytes(),
-            ciphertext_size: size,
-            blob_id,
-            wrapped_content_key: vec![0; sesphr_dedup::convergent::WRAPPED_KEY_LEN],
-            ownership_proof,
-        })),
-    }
 }
 
 /// Answers CloudStorage's ownership challenge for `content` the way the

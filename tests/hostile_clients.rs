@@ -7,58 +7,22 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{Sandbox, download, upload};
+use common::{Sandbox, dedup_header, download, upload};
 use futures::StreamExt;
 use sesphr::client::{self, GrantOptions, MeshClients};
-use sesphr::crypto::{self, RecordHeader};
+use sesphr::crypto::RecordHeader;
 use sesphr::identity::Role;
 use sesphr::proto::{self, put_record_request};
 use sesphr::server::unix_now;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 
-/// A deduplicated upload's first message for `owner`'s record (any record
-/// key: the server cannot tell).
-fn dedup_header(
-    owner: &str,
-    record_id: &str,
-    blob_id: Vec<u8>,
-    size: u64,
-    ownership_proof: Vec<u8>,
-) -> proto::PutRecordRequest {
-    let mut rng = rand::rng();
-    let pk = crypto::SecretKey::generate(&mut rng).public_key();
-    let (capsule, _) = crypto::encapsulate(&mut rng, &pk);
-    let header = RecordHeader::new(
-        &mut rng,
-        record_id.as_bytes(),
-        owner.as_bytes(),
-        "medical",
-        0,
-        capsule,
-    )
-    .unwrap()
-    .with_key_source(crypto::record::DemKeySource::External);
-    proto::PutRecordRequest {
-        part: Some(put_record_request::Part::Header(proto::RecordUpload {
-            record_id: record_id.to_owned(),
-            partition: "medical".into(),
-            epoch: 0,
-            record_header: header.to_bytes(),
-            ciphertext_size: size,
-            blob_id,
-            wrapped_content_key: vec![0; sesphr_dedup::convergent::WRAPPED_KEY_LEN],
-            ownership_proof,
-        })),
-    }
-}
-
 /// A new blob's upload: bytes whose SHA-256 is the blob id (the server
 /// checks nothing else about a new blob).
 fn raw_blob_upload(owner: &str, record_id: &str, content: &[u8]) -> Vec<proto::PutRecordRequest> {
     let blob_id = Sha256::digest(content).to_vec();
     vec![
-        dedup_header(owner, record_id, blob_id, content.len() as u64, Vec::new()),
+        dedup_header(owner, record_id, blob_id, Vec::new(), content.len() as u64),
         proto::PutRecordRequest {
             part: Some(put_record_request::Part::Chunk(content.to_vec().into())),
         },
@@ -278,8 +242,8 @@ async fn ownership_challenges_cannot_be_redrawn() {
                 "mallory",
                 &format!("steal{round}"),
                 scan.blob_id.clone(),
-                scan.ciphertext_size,
                 vec![0xEE; 40],
+                scan.ciphertext_size,
             )],
         )
         .await

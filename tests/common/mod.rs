@@ -126,3 +126,43 @@ pub async fn download(s: &Session, record_id: &str) -> Result<Vec<u8>, client::C
         .await
         .map(|_| out)
 }
+
+/// A deduplicated upload's first message for `owner`'s record on the
+/// `medical` partition, with a header made for a random key (the server
+/// cannot tell) and an all-zero wrapped content key.
+pub fn dedup_header(
+    owner: &str,
+    record_id: &str,
+    blob_id: Vec<u8>,
+    ownership_proof: Vec<u8>,
+    size: u64,
+) -> sesphr::proto::PutRecordRequest {
+    use sesphr::crypto;
+    let mut rng = rand::rng();
+    let pk = crypto::SecretKey::generate(&mut rng).public_key();
+    let (capsule, _) = crypto::encapsulate(&mut rng, &pk);
+    let header = crypto::RecordHeader::new(
+        &mut rng,
+        record_id.as_bytes(),
+        owner.as_bytes(),
+        "medical",
+        0,
+        capsule,
+    )
+    .expect("a header")
+    .with_key_source(crypto::record::DemKeySource::External);
+    sesphr::proto::PutRecordRequest {
+        part: Some(sesphr::proto::put_record_request::Part::Header(
+            sesphr::proto::RecordUpload {
+                record_id: record_id.to_owned(),
+                partition: "medical".into(),
+                epoch: 0,
+                record_header: header.to_bytes(),
+                ciphertext_size: size,
+                blob_id,
+                wrapped_content_key: vec![0; sesphr_dedup::convergent::WRAPPED_KEY_LEN],
+                ownership_proof,
+            },
+        )),
+    }
+}
