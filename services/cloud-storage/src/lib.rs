@@ -202,6 +202,15 @@ impl Default for StoreLimits {
     }
 }
 
+/// A listing's page size: 0 (the protobuf default) is
+/// [`DEFAULT_LIST_LIMIT`], anything larger is capped at [`MAX_LIST_LIMIT`].
+fn page_limit(limit: usize) -> usize {
+    match limit {
+        0 => DEFAULT_LIST_LIMIT,
+        n => n.min(MAX_LIST_LIMIT),
+    }
+}
+
 fn join(parts: &[&str]) -> Vec<u8> {
     parts.join("\0").into_bytes()
 }
@@ -565,10 +574,7 @@ impl RecordStore {
         if let Some(a) = after_record_id {
             validate_record_id(a)?;
         }
-        let limit = match limit {
-            0 => DEFAULT_LIST_LIMIT,
-            n => n.min(MAX_LIST_LIMIT),
-        };
+        let limit = page_limit(limit);
         let (tree, mut prefix) = match partition {
             Some(p) => (&self.shared.by_partition, join(&[owner_id, p])),
             None => (&self.shared.by_owner, owner_id.as_bytes().to_vec()),
@@ -666,10 +672,7 @@ impl RecordStore {
         limit: usize,
     ) -> Result<(Vec<RecordMeta>, Option<Cursor>), StorageError> {
         validate_user_id(owner_id)?;
-        let limit = match limit {
-            0 => DEFAULT_LIST_LIMIT,
-            n => n.min(MAX_LIST_LIMIT),
-        };
+        let limit = page_limit(limit);
         let mut budget = limit.saturating_mul(SCAN_PER_RESULT).max(1000);
         let mut out = Vec::new();
         for (partition, window) in windows {
