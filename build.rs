@@ -1,4 +1,4 @@
-//! Compiles `proto/sesphr/v1/*.proto` into tonic client and server stubs and
+//! Compiles `proto/sesphr/v1/*.proto` into tonic client and/or server stubs and
 //! writes the file descriptor set that server reflection serves.
 //!
 //! protox is a pure-Rust protobuf compiler, so no `protoc` has to be installed.
@@ -27,9 +27,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set();
     std::fs::write(out_dir.join("sesphr_descriptor.bin"), fds.encode_to_vec())?;
 
+    // The `client` and `server` features choose which stubs exist, so the
+    // client SDK does not compile server stubs and vice versa.
+    let feature = |name: &str| std::env::var_os(format!("CARGO_FEATURE_{name}")).is_some();
     tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
+        .build_client(feature("CLIENT"))
+        .build_server(feature("SERVER"))
         // Ciphertext chunks are passed along without copying.
         .bytes(".sesphr.v1.PutRecordRequest.chunk")
         .bytes(".sesphr.v1.GetRecordResponse.chunk")

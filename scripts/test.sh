@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
+# The integration tests run the `sesphr` and `sesphrd` binaries, which live
+# in other crates than the tests: build every binary first.
+cargo build --workspace --bins --locked 2>&1 | tee -a "$log"
 cargo test --workspace --locked 2>&1 | tee -a "$log"
 
 # Another language and a generic tool against a real mesh; both reuse the

@@ -1,44 +1,13 @@
-//! SeSPHR: secure, patient-controlled sharing of Personal Health Records on an
-//! untrusted cloud, using proxy re-encryption.
+//! The SeSPHR wire contract: the generated `sesphr.v1` stubs ([`proto`];
+//! client stubs with the `client` feature, server stubs with `server`), the
+//! descriptor set reflection serves, and the one table of every RPC
+//! ([`rpc`]) that authorization, limits, audit and the docs read.
 //!
-//! This crate is the root of the workspace: it owns the wire contract
-//! ([`proto`]), the mesh's identity and transport layer ([`tls`], [`pki`],
-//! [`auth`]), the gRPC handlers that put the domain crates under `services/`
-//! on the network ([`server`]), the daemon ([`daemon`]) and the client SDK.
-//! See `ARCHITECTURE.md` for where things live and which boundaries matter.
+//! This is the API crate of the workspace (in the manner of linkerd2-proxy's
+//! `-api` crates): it knows no store, no TLS and no service logic. See
+//! `ARCHITECTURE.md` for the crates around it.
 
-pub mod auth;
-pub mod bench;
-pub mod client;
-pub mod config;
-pub mod daemon;
-pub mod demo;
-pub mod fhir;
-pub mod limits;
-pub mod pki;
 pub mod proto;
-pub mod record;
-pub mod server;
-pub mod tls;
-pub mod transport;
+pub mod rpc;
 
-pub use sesphr_crypto as crypto;
-pub use sesphr_identity as identity;
-
-/// An error and its causes on one line, each cause once (many errors already
-/// quote their source in their own message). For command-line reports.
-pub fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = String::new();
-    let mut next = Some(e);
-    while let Some(cause) = next {
-        let msg = cause.to_string();
-        if !out.contains(&msg) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&msg);
-        }
-        next = cause.source();
-    }
-    out.replace('\n', " ")
-}
+pub use rpc::{CallerClass, Cost, Rpc, RpcSpec, RpcTable};

@@ -1,8 +1,8 @@
 //! The generated `sesphr.v1` stubs (compiled by the root `build.rs` from
 //! `proto/`) and the file descriptor set served by reflection.
 //!
-//! Only this module and the handlers in [`crate::server`] / the client SDK
-//! know prost types; domain crates never see them.
+//! Only the services' `grpc` adapters, the mesh crate and the client SDK
+//! know prost types; domain logic never sees them.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -16,6 +16,8 @@ pub mod service_names {
     pub const CLOUD_STORAGE: &str = "sesphr.v1.CloudStorage";
     pub const SRS: &str = "sesphr.v1.Srs";
     pub const ACCESS_POLICY: &str = "sesphr.v1.AccessPolicy";
+    /// Every service of the mesh.
+    pub const ALL: [&str; 3] = [CLOUD_STORAGE, SRS, ACCESS_POLICY];
 }
 
 impl From<sesphr_identity::Role> for Role {

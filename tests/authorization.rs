@@ -1,14 +1,15 @@
-//! Walks the authorization table (`sesphr::auth::ALLOWED`) against live
+//! Walks the authorization table (`sesphr::rpc::TABLE`) against live
 //! servers: every RPC, called by every kind of identity, is refused with
 //! "may not call" exactly when the table says so.
 
-mod common;
+use crate::common;
 
 use common::Sandbox;
-use sesphr::auth::{Rpc, is_allowed};
-use sesphr::client::MeshClients;
-use sesphr::identity::{Identity, Role, Service};
 use sesphr::proto;
+use sesphr::rpc::Rpc;
+use sesphr_client::MeshClients;
+use sesphr_identity::{Identity, Role, Service};
+use sesphr_mesh::auth::is_allowed;
 use tonic::{Code, Status};
 
 const TD: &str = "sesphr.local";
@@ -131,7 +132,7 @@ fn architecture_md_prints_the_enforced_table() {
     let printed = &doc[start + "<!-- authz-table:start -->\n".len()..end];
     assert_eq!(
         printed,
-        sesphr::auth::table_markdown(),
-        "ARCHITECTURE.md is out of date: paste sesphr::auth::table_markdown() between the markers"
+        sesphr::rpc::table_markdown(),
+        "ARCHITECTURE.md is out of date: paste sesphr::rpc::table_markdown() between the markers"
     );
 }

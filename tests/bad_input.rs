@@ -9,7 +9,7 @@
 // cases meaning what they say when they do.
 #![allow(clippy::needless_update)]
 
-mod common;
+use crate::common;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use common::{Sandbox, dedup_header, download, upload};
 use futures::StreamExt;
-use sesphr::client::{self, MeshClients, receiving_keys};
-use sesphr::crypto::{self, MasterSecret, PublicKey, RecordHeader};
-use sesphr::daemon::{DevMesh, DevOptions};
-use sesphr::identity::{Identity, Role};
-use sesphr::limits::Limits;
 use sesphr::proto::{self, put_record_request};
-use sesphr::tls;
+use sesphr_client::{self as client, MeshClients, receiving_keys};
+use sesphr_crypto::{self as crypto, MasterSecret, PublicKey, RecordHeader};
+use sesphr_identity::{Identity, Role};
+use sesphr_mesh::limits::Limits;
+use sesphr_mesh::tls;
+use sesphr_server::daemon::{DevMesh, DevOptions};
 use tonic::{Code, Status};
 
 /// What a case must produce.
@@ -168,7 +168,7 @@ async fn enroll(srs_url: &str, ca_pem: &str, req: proto::EnrollRequest) -> Resul
 fn enroll_request(token: &str, user_id: &str, role: proto::Role) -> proto::EnrollRequest {
     let master = MasterSecret::generate(&mut rand::rng());
     let (_, pk) = receiving_keys(&master).unwrap();
-    let (csr_der, _) = sesphr::pki::make_csr().unwrap();
+    let (csr_der, _) = sesphr_mesh::pki::make_csr().unwrap();
     proto::EnrollRequest {
         enrollment_token: token.to_owned(),
         user_id: user_id.to_owned(),
@@ -265,7 +265,7 @@ async fn hostile_requests_are_refused_without_side_effects() {
         .await
         .unwrap();
     // dave's grant expires in two seconds; the cases below run after that.
-    let expires = sesphr::server::unix_now() + 2;
+    let expires = sesphr_mesh::unix_now() + 2;
     alice
         .grant(
             "personal",
@@ -340,7 +340,7 @@ async fn hostile_requests_are_refused_without_side_effects() {
             .unwrap_or(0)
     };
     let objects_before = objects();
-    while sesphr::server::unix_now() <= expires {
+    while sesphr_mesh::unix_now() <= expires {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -377,7 +377,7 @@ async fn hostile_requests_are_refused_without_side_effects() {
         }
     };
     // Kfrags alice really signed, for bob: valid bytes in the wrong hands.
-    let alice_master = sesphr::client::Profile::load(&s.home("alice"))
+    let alice_master = sesphr_client::Profile::load(&s.home("alice"))
         .unwrap()
         .master_secret()
         .unwrap();

@@ -1,7 +1,7 @@
 //! The `sesphr` and `sesphrd` binaries as a user runs them: `sesphrd dev` in
 //! its own process, the CLI against it, exit codes and one-line errors.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -41,7 +41,7 @@ impl DevProcess {
     }
 
     fn sesphr(&self, user: &str, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_sesphr"))
+        Command::new(common::bin("sesphr"))
             .args(args)
             .env("SESPHR_MESH", &self.mesh)
             .env("SESPHR_HOME", self.home(user))
@@ -223,7 +223,7 @@ fn fhir_import_and_clear_errors() {
         assert_eq!(v["resourceType"], "Bundle", "{partition}");
         for e in v["entry"].as_array().unwrap() {
             let ty = e["resource"]["resourceType"].as_str().unwrap();
-            let map = sesphr::fhir::PartitionMap::default();
+            let map = sesphr_client::fhir::PartitionMap::default();
             assert_eq!(map.partition_of(ty), *partition);
         }
     }
@@ -261,7 +261,7 @@ fn fhir_import_and_clear_errors() {
 
 #[test]
 fn demo_passes() {
-    let out = Command::new(env!("CARGO_BIN_EXE_sesphr"))
+    let out = Command::new(common::bin("sesphr"))
         .arg("demo")
         .env_remove("SESPHR_MESH")
         .output()
@@ -303,7 +303,7 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 
 /// Runs `sesphr` while sampling its peak RSS; returns (output, peak KiB).
 fn sesphr_measured(m: &DevProcess, user: &str, args: &[&str]) -> (Output, u64) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sesphr"))
+    let mut child = Command::new(common::bin("sesphr"))
         .args(args)
         .env("SESPHR_MESH", &m.mesh)
         .env("SESPHR_HOME", m.home(user))

@@ -2,14 +2,14 @@
 //! proofs of ownership that a partial holder cannot pass, single-use
 //! challenges, and blobs freed with their last record.
 
-mod common;
+use crate::common;
 
 use common::{Sandbox, download};
-use sesphr::client::{self, Patient, Stored};
-use sesphr::crypto::RecordHeader;
-use sesphr::crypto::record::DemKeySource;
-use sesphr::identity::Role;
 use sesphr::proto::{self, put_record_request};
+use sesphr_client::{self as client, Patient, Stored};
+use sesphr_crypto::RecordHeader;
+use sesphr_crypto::record::DemKeySource;
+use sesphr_identity::Role;
 use tonic::Code;
 
 /// Incompressible, reproducible content.
@@ -120,9 +120,9 @@ fn link_request(
     proof: Vec<u8>,
 ) -> proto::PutRecordRequest {
     let mut rng = rand::rng();
-    let m = sesphr::crypto::MasterSecret::generate(&mut rng);
+    let m = sesphr_crypto::MasterSecret::generate(&mut rng);
     let (_, pk) = m.partition_keys("imaging", 0).unwrap();
-    let (capsule, _) = sesphr::crypto::encapsulate(&mut rng, &pk);
+    let (capsule, _) = sesphr_crypto::encapsulate(&mut rng, &pk);
     let header = RecordHeader::new(
         &mut rng,
         record_id.as_bytes(),
@@ -332,9 +332,9 @@ async fn ownership_proofs_cannot_be_faked_replayed_or_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_owner_scope_stores_one_copy_per_owner() {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = sesphr::daemon::DevOptions::new(dir.path().join("mesh")).ephemeral();
+    let mut opts = sesphr_server::daemon::DevOptions::new(dir.path().join("mesh")).ephemeral();
     opts.dedup_scope = sesphr_cloud_storage::DedupScope::PerOwner;
-    let mesh = sesphr::daemon::DevMesh::start(opts).await.unwrap();
+    let mesh = sesphr_server::daemon::DevMesh::start(opts).await.unwrap();
     mesh.wait_ready(common::PATIENCE).await.unwrap();
     let s = Sandbox { mesh, dir };
     let data = content(50_000, 4);

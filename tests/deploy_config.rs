@@ -14,12 +14,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use sesphr::config::{
+use sesphr_identity::{Identity, Service};
+use sesphr_mesh::pki::CertificateAuthority;
+use sesphr_server::config::{
     ENV_DATA_DIR, ENV_ENROLLMENT_TOKEN_FILE, ENV_ISSUER_CERT, ENV_ISSUER_KEY, ENV_PEER_TIMEOUT_MS,
     ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ServeConfig, ServeFile,
 };
-use sesphr::identity::{Identity, Service};
-use sesphr::pki::CertificateAuthority;
 
 /// `sesphrd`'s exit code for a wrong configuration (`EX_USAGE`).
 const EXIT_USAGE: i32 = 64;
@@ -163,7 +163,7 @@ fn check_config(
     env: &[(&str, PathBuf)],
     extra: &[(&str, &str)],
 ) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sesphrd"));
+    let mut cmd = Command::new(crate::common::bin("sesphrd"));
     cmd.args(["serve", "--service", service.as_str(), "--config"])
         .arg(config)
         .arg("--check-config");

@@ -3,14 +3,14 @@
 //! acknowledged write must be there, nothing half-written may be visible, and
 //! the audit chain must still verify. Several seeds.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sesphr::client::{self, Patient, Session};
-use sesphr::config::MeshFile;
-use sesphr::identity::Role;
+use sesphr_client::MeshFile;
+use sesphr_client::{self as client, Patient, Session};
+use sesphr_identity::Role;
 
 use common::process::start_sesphrd as start;
 

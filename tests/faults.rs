@@ -7,21 +7,21 @@
 //! sit on a small tmpfs of its own to run out of space for real.
 //! (Crash durability — kill -9 mid-burst — is `tests/durability.rs`.)
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{download, upload};
-use sesphr::client::{self, ClientError, Patient, Practitioner};
-use sesphr::config::MeshFile;
-use sesphr::daemon::{self, ServeError, ServiceParams, SrsParams};
-use sesphr::identity::{Role, Service};
-use sesphr::limits::Limits;
-use sesphr::pki::DevPki;
 use sesphr::proto;
-use sesphr::tls::{TlsFiles, TlsMaterial};
+use sesphr_client::MeshFile;
+use sesphr_client::{self as client, ClientError, Patient, Practitioner};
+use sesphr_identity::{Role, Service};
+use sesphr_mesh::limits::Limits;
+use sesphr_mesh::pki::DevPki;
+use sesphr_mesh::tls::{TlsFiles, TlsMaterial};
+use sesphr_server::daemon::{self, ServeError, ServiceParams, SrsParams};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Code;
@@ -52,7 +52,7 @@ struct Mesh {
 
 impl Mesh {
     fn new(dir: &Path) -> Self {
-        sesphr::tls::install_crypto_provider();
+        sesphr_mesh::tls::install_crypto_provider();
         let pki = DevPki::ensure(&dir.join("pki"), TD).unwrap();
         Mesh {
             pki,
@@ -81,7 +81,7 @@ impl Mesh {
         let srs = (service == Service::Srs).then(|| SrsParams {
             ca: self.pki.load_ca().unwrap(),
             enrollment_token: Zeroizing::new(token.trim().to_owned()),
-            reencrypt_rate: sesphr::config::DEFAULT_REENCRYPT_RATE,
+            reencrypt_rate: sesphr_server::config::DEFAULT_REENCRYPT_RATE,
         });
         let listener = daemon::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -95,7 +95,7 @@ impl Mesh {
             access_policy_endpoint: Some(self.policy_url.clone()),
             peer_timeout: PEER_TIMEOUT,
             srs,
-            max_record_bytes: sesphr::config::DEFAULT_MAX_RECORD_BYTES,
+            max_record_bytes: sesphr_server::config::DEFAULT_MAX_RECORD_BYTES,
             limits: Limits::default(),
             dedup_scope: Default::default(),
             transport: Default::default(),
@@ -153,7 +153,7 @@ async fn assert_fails_closed(bob: &Practitioner, record: &proto::RecordMeta, wha
             && err.to_string().contains("refusing access"),
         "{what}: {err}"
     );
-    let header = sesphr::crypto::RecordHeader::from_bytes(&record.record_header).unwrap();
+    let header = sesphr_crypto::RecordHeader::from_bytes(&record.record_header).unwrap();
     let reenc = bob
         .session
         .clients
@@ -414,7 +414,7 @@ async fn disk_full_refuses_the_write_and_leaves_no_partial_record() {
                     .await
                     .expect_err("no space");
                 storage_error(&err, "full disk");
-                if err.to_string().contains("record store storage error") {
+                if err.to_string().contains("database storage error") {
                     eprintln!("sled ran out of space: {err}");
                     sled_failed = true;
                     break;

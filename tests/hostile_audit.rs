@@ -4,16 +4,16 @@
 //! the victim sees), and a storm of `VerifyAudit` calls over a large log
 //! must not stall another user's reads. Every loop is bounded in time.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Sandbox, download, upload};
 use futures::StreamExt;
-use sesphr::client::MeshClients;
-use sesphr::identity::Role;
 use sesphr::proto;
+use sesphr_client::MeshClients;
+use sesphr_identity::Role;
 use sha2::{Digest, Sha256};
 use tonic::Code;
 

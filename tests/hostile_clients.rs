@@ -3,17 +3,17 @@
 //! challenges, replaying old capsules after a `not_before` grant, and the
 //! audit trail each of these leaves.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 
 use common::{Sandbox, dedup_header, download, upload};
 use futures::StreamExt;
-use sesphr::client::{self, GrantOptions, MeshClients};
-use sesphr::crypto::RecordHeader;
-use sesphr::identity::Role;
 use sesphr::proto::{self, put_record_request};
-use sesphr::server::unix_now;
+use sesphr_client::{self as client, GrantOptions, MeshClients};
+use sesphr_crypto::RecordHeader;
+use sesphr_identity::Role;
+use sesphr_mesh::unix_now;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 
@@ -368,9 +368,9 @@ async fn refusals_and_probes_reach_the_victims_audit_view() {
         ..Default::default()
     };
     let ca_pem = std::fs::read_to_string(&s.mesh.mesh.ca).unwrap();
-    let ch = sesphr::tls::channel(
+    let ch = sesphr_mesh::tls::channel(
         &s.mesh.mesh.srs,
-        sesphr::tls::anonymous_client_config(&ca_pem),
+        sesphr_mesh::tls::anonymous_client_config(&ca_pem),
         std::time::Duration::from_secs(10),
     )
     .unwrap();

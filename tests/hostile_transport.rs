@@ -5,18 +5,18 @@
 //! working. The meshes here use 1 s timeouts so the whole file runs in
 //! seconds; everything is loopback.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sesphr::daemon::{DevMesh, DevOptions, ServiceParams, bind, run_service};
-use sesphr::identity::Service;
 use sesphr::proto::service_names;
-use sesphr::tls::{self, TlsMaterial};
-use sesphr::transport::TransportLimits;
+use sesphr_identity::Service;
+use sesphr_mesh::tls::{self, TlsMaterial};
+use sesphr_mesh::transport::TransportLimits;
+use sesphr_server::daemon::{DevMesh, DevOptions, ServiceParams, bind, run_service};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -177,11 +177,11 @@ async fn tls_without_a_certificate_and_no_preface_is_closed_within_the_preface_t
     // Enrollment itself still works on the same listener.
     let token = mesh.mesh.enrollment_token.clone().unwrap();
     let home = dir.path().join("alice");
-    sesphr::client::enroll(
+    sesphr_client::enroll(
         &mesh.mesh,
         &home,
         "alice",
-        sesphr::identity::Role::Patient,
+        sesphr_identity::Role::Patient,
         &token,
     )
     .await
@@ -353,10 +353,10 @@ async fn connections_over_the_per_peer_cap_are_closed_at_once_and_clients_still_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_port_bounds_watch_streams_and_closes_silent_sockets() {
     const WATCHES: u32 = 3;
-    sesphr::tls::install_crypto_provider();
+    sesphr_mesh::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let pki = sesphr::pki::DevPki::ensure(&dir.path().join("pki"), TD).unwrap();
-    let tls = TlsMaterial::load(&sesphr::tls::TlsFiles {
+    let pki = sesphr_mesh::pki::DevPki::ensure(&dir.path().join("pki"), TD).unwrap();
+    let tls = TlsMaterial::load(&sesphr_mesh::tls::TlsFiles {
         cert: pki.cert("access-policy"),
         key: pki.key("access-policy"),
         ca: pki.ca_cert(),

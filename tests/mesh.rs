@@ -1,15 +1,15 @@
 //! The mesh end to end: mTLS identity, health, reflection, restarts and the
 //! tamper-evident audit trail, against real servers on loopback.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use common::{Sandbox, download, upload};
-use sesphr::identity::{Identity, Role, Service};
-use sesphr::pki::CertificateAuthority;
 use sesphr::proto::{self, service_names};
-use sesphr::tls::{self, TlsMaterial};
+use sesphr_identity::{Identity, Role, Service};
+use sesphr_mesh::pki::CertificateAuthority;
+use sesphr_mesh::tls::{self, TlsMaterial};
 use tonic::Code;
 use zeroize::Zeroizing;
 
@@ -271,17 +271,17 @@ async fn editing_an_audit_entry_in_sled_is_detected() {
 async fn enrollment_needs_the_token_and_a_free_id() {
     let s = Sandbox::start().await;
     let mesh = s.mesh_file();
-    let err = sesphr::client::enroll(&mesh, &s.home("eve"), "eve", Role::Patient, "wrong")
+    let err = sesphr_client::enroll(&mesh, &s.home("eve"), "eve", Role::Patient, "wrong")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(Code::Unauthenticated), "{err}");
     s.enroll("alice", Role::Patient).await;
     let token = mesh.enrollment_token.clone().unwrap();
-    let err = sesphr::client::enroll(&mesh, &s.home("alice2"), "alice", Role::Doctor, &token)
+    let err = sesphr_client::enroll(&mesh, &s.home("alice2"), "alice", Role::Doctor, &token)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(Code::AlreadyExists), "{err}");
-    let err = sesphr::client::enroll(&mesh, &s.home("bad"), "Bad Id", Role::Doctor, &token)
+    let err = sesphr_client::enroll(&mesh, &s.home("bad"), "Bad Id", Role::Doctor, &token)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("invalid user id"), "{err}");
@@ -305,11 +305,11 @@ async fn service_identities_cannot_impersonate_users() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plaintext_health_port_answers_health_only() {
-    use sesphr::daemon::{ServiceParams, bind, run_service};
-    sesphr::tls::install_crypto_provider();
+    use sesphr_server::daemon::{ServiceParams, bind, run_service};
+    sesphr_mesh::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let pki = sesphr::pki::DevPki::ensure(&dir.path().join("pki"), TD).unwrap();
-    let tls = TlsMaterial::load(&sesphr::tls::TlsFiles {
+    let pki = sesphr_mesh::pki::DevPki::ensure(&dir.path().join("pki"), TD).unwrap();
+    let tls = TlsMaterial::load(&sesphr_mesh::tls::TlsFiles {
         cert: pki.cert("access-policy"),
         key: pki.key("access-policy"),
         ca: pki.ca_cert(),

@@ -2,19 +2,19 @@
 //! partition isolation, revocation, backward access control, expiry, and the
 //! cryptographic checks a grantee makes.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use common::{Sandbox, download, upload};
-use sesphr::client::GrantOptions;
-use sesphr::crypto;
-use sesphr::identity::Role;
 use sesphr::proto;
-use sesphr::server::unix_now;
+use sesphr_client::GrantOptions;
+use sesphr_crypto as crypto;
+use sesphr_identity::Role;
+use sesphr_mesh::unix_now;
 use tonic::Code;
 
-fn denied(r: Result<Vec<u8>, sesphr::client::ClientError>) -> bool {
+fn denied(r: Result<Vec<u8>, sesphr_client::ClientError>) -> bool {
     matches!(r, Err(e) if e.code() == Some(Code::PermissionDenied))
 }
 
@@ -79,14 +79,14 @@ async fn a_grant_on_medical_opens_nothing_else_even_when_services_are_asked_dire
     let vk = crypto::VerifyingKey::from_bytes(&owner.verifying_key).unwrap();
     let medical_pk = crypto::PublicKey::from_bytes(&resp.delegating_public_key).unwrap();
     let bob_master = bob.profile.master_secret().unwrap();
-    let (_, bob_pk) = sesphr::client::receiving_keys(&bob_master).unwrap();
+    let (_, bob_pk) = sesphr_client::receiving_keys(&bob_master).unwrap();
     let cfrag = crypto::CapsuleFrag::from_bytes(&resp.results[0].cfrags[0]).unwrap();
     // The proof is about the capsule given, so it verifies against the
     // medical key, and decapsulation must still not yield the insurance key.
     let verified = cfrag
         .verify(header.capsule(), &vk, &medical_pk, &bob_pk)
         .unwrap();
-    let (bob_sk, _) = sesphr::client::receiving_keys(&bob_master).unwrap();
+    let (bob_sk, _) = sesphr_client::receiving_keys(&bob_master).unwrap();
     let wrong =
         crypto::decapsulate_reencrypted(&bob_sk, &medical_pk, header.capsule(), &[verified]);
     let (alice_ins_sk, _) = {
@@ -186,7 +186,7 @@ async fn a_grantee_key_alone_cannot_open_a_record_and_bad_kfrags_are_refused() {
         .unwrap();
     let header = crypto::RecordHeader::from_bytes(&rec.record_header).unwrap();
     let bob_master = bob.profile.master_secret().unwrap();
-    let (bob_sk, _) = sesphr::client::receiving_keys(&bob_master).unwrap();
+    let (bob_sk, _) = sesphr_client::receiving_keys(&bob_master).unwrap();
     let (alice_sk, _) = alice
         .profile
         .master_secret()

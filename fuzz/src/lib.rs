@@ -172,10 +172,10 @@ pub fn fhir_bundle(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(parts) = sesphr::fhir::split_bundle(text, &sesphr::fhir::PartitionMap::default()) {
+    if let Ok(parts) = sesphr_client::fhir::split_bundle(text, &sesphr_client::fhir::PartitionMap::default()) {
         for (partition, bundle) in parts {
             assert!(
-                sesphr::identity::validate_partition(&partition).is_ok(),
+                sesphr_identity::validate_partition(&partition).is_ok(),
                 "split produced an invalid partition name {partition:?}"
             );
             assert_eq!(bundle["resourceType"], "Bundle");

@@ -6,14 +6,37 @@
 
 pub mod process;
 
+/// A binary of this workspace (`sesphr`, `sesphrd`), built by the same
+/// `cargo` run into the same target directory as this test binary.
+///
+/// Integration tests of the root crate cannot name another crate's binaries
+/// (`CARGO_BIN_EXE_*` covers the own package only), so `scripts/test.sh`
+/// builds every binary before `cargo test`; running `cargo test` alone after
+/// a change wants `cargo build --bins` first.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test binary> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sesphr::client::{self, MeshClients, Patient, Practitioner, Session};
-use sesphr::config::MeshFile;
-use sesphr::daemon::{DevMesh, DevOptions};
-use sesphr::identity::{Identity, Role};
-use sesphr::tls::TlsMaterial;
+use sesphr_client::MeshFile;
+use sesphr_client::{self as client, MeshClients, Patient, Practitioner, Session};
+use sesphr_identity::{Identity, Role};
+use sesphr_mesh::tls::TlsMaterial;
+use sesphr_server::daemon::{DevMesh, DevOptions};
 use tempfile::TempDir;
 use zeroize::Zeroizing;
 
@@ -65,14 +88,14 @@ impl Sandbox {
     }
 
     pub async fn patient(&self, user: &str) -> Patient {
-        if !sesphr::client::Profile::exists(&self.home(user)) {
+        if !sesphr_client::Profile::exists(&self.home(user)) {
             self.enroll(user, Role::Patient).await;
         }
         Patient::open(&self.mesh.mesh, &self.home(user)).expect("patient profile opens")
     }
 
     pub async fn practitioner(&self, user: &str, role: Role) -> Practitioner {
-        if !sesphr::client::Profile::exists(&self.home(user)) {
+        if !sesphr_client::Profile::exists(&self.home(user)) {
             self.enroll(user, role).await;
         }
         Practitioner::open(&self.mesh.mesh, &self.home(user)).expect("profile opens")
@@ -137,7 +160,7 @@ pub fn dedup_header(
     ownership_proof: Vec<u8>,
     size: u64,
 ) -> sesphr::proto::PutRecordRequest {
-    use sesphr::crypto;
+    use sesphr_crypto as crypto;
     let mut rng = rand::rng();
     let pk = crypto::SecretKey::generate(&mut rng).public_key();
     let (capsule, _) = crypto::encapsulate(&mut rng, &pk);

@@ -9,7 +9,7 @@ use std::time::Duration;
 /// Starts `sesphrd dev` on `data_dir` with free loopback ports; returns the
 /// child once it printed its mesh file (and that file's path).
 pub fn start_sesphrd(data_dir: &Path) -> (Child, PathBuf) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sesphrd"))
+    let mut child = Command::new(super::bin("sesphrd"))
         .args(["dev", "--data-dir"])
         .arg(data_dir)
         .args(["--base-port", "0"])

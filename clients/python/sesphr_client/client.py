@@ -1,4 +1,4 @@
-"""The SeSPHR flows over gRPC + mTLS, mirroring the Rust SDK (src/client).
+"""The SeSPHR flows over gRPC + mTLS, mirroring the Rust SDK (crates/client).
 
 Same `mesh.toml`, same profile directory (a profile enrolled here works
 with the Rust `sesphr` CLI and vice versa), same wire calls in the same

@@ -16,10 +16,14 @@
 use std::fmt;
 use std::str::FromStr;
 
+mod caller;
 mod cert;
+mod ids;
 mod names;
 
+pub use caller::Caller;
 pub use cert::identity_from_cert_der;
+pub use ids::{PartitionName, RecordId, UserId};
 pub use names::{
     MAX_PARTITION_LEN, MAX_RECORD_ID_LEN, MAX_USER_ID_LEN, STANDARD_PARTITIONS, validate_partition,
     validate_record_id, validate_user_id,

@@ -5,7 +5,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::{AuditEntry, AuditEvent, PolicyError};
+use crate::{AuditEntry, AuditEvent, DomainError};
 
 /// `prev_hash` of entry 1.
 pub const GENESIS_HASH: [u8; 32] = [0u8; 32];
@@ -73,9 +73,9 @@ pub fn seq_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
 
-pub fn key_seq(key: &[u8]) -> Result<u64, PolicyError> {
+pub fn key_seq(key: &[u8]) -> Result<u64, DomainError> {
     let arr: [u8; 8] = key.try_into().map_err(|_| {
-        PolicyError::Corrupt(format!(
+        DomainError::Corrupt(format!(
             "audit key {} is not an 8-byte sequence number",
             hex::encode(key)
         ))
@@ -99,8 +99,8 @@ pub fn encode_value(e: &AuditEntry) -> Vec<u8> {
 
 /// Parses a stored value; any malformation is `Corrupt`, never a panic.
 /// `key_seq` only labels error messages.
-pub fn decode_value(key_seq: u64, v: &[u8]) -> Result<AuditEntry, PolicyError> {
-    let bad = |why: &str| PolicyError::Corrupt(format!("audit entry {key_seq}: {why}"));
+pub fn decode_value(key_seq: u64, v: &[u8]) -> Result<AuditEntry, DomainError> {
+    let bad = |why: &str| DomainError::Corrupt(format!("audit entry {key_seq}: {why}"));
     let mut r = Reader { buf: v };
     let version = r.u8().ok_or_else(|| bad("empty value"))?;
     if version != VALUE_VERSION {

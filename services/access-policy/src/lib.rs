@@ -66,6 +66,7 @@
 
 mod audit;
 pub mod coalesce;
+pub mod grpc;
 mod time;
 
 use std::fmt;
@@ -75,11 +76,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use sesphr_identity::{IdentityError, Role, validate_partition, validate_user_id};
+use sesphr_identity::{Role, validate_partition, validate_user_id};
 use sled::Transactional;
 use sled::transaction::{
-    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
-    TransactionalTree,
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionalTree,
 };
 
 pub use audit::GENESIS_HASH;
@@ -95,40 +95,8 @@ pub const MAX_AUDIT_FIELD_LEN: usize = 4096;
 pub const DEFAULT_AUDIT_PAGE: usize = MAX_AUDIT_PAGE;
 pub const MAX_AUDIT_PAGE: usize = 1000;
 
-/// Everything that can go wrong, shaped so each variant maps to one gRPC
-/// status code. Messages quote ids, never key material.
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    PermissionDenied(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("storage error: {0}")]
-    Storage(#[from] sled::Error),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-}
-
-impl From<IdentityError> for PolicyError {
-    fn from(e: IdentityError) -> Self {
-        PolicyError::InvalidArgument(e.to_string())
-    }
-}
-
-impl From<TransactionError<PolicyError>> for PolicyError {
-    fn from(e: TransactionError<PolicyError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => PolicyError::Storage(e),
-        }
-    }
-}
+/// The shared error vocabulary of the services (`sesphr-domain`).
+pub use sesphr_domain::DomainError;
 
 /// Permission for one grantee to read one owner's partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,13 +165,13 @@ impl fmt::Display for Action {
 }
 
 impl FromStr for Action {
-    type Err = PolicyError;
+    type Err = DomainError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Action::ALL
             .into_iter()
             .find(|a| a.as_str() == s)
             .ok_or_else(|| {
-                PolicyError::InvalidArgument(format!(
+                DomainError::Malformed(format!(
                     "unknown action {:?}: expected read, reencrypt or list",
                     truncate(s)
                 ))
@@ -413,9 +381,9 @@ impl Head {
         }
     }
 
-    fn appendable(&self) -> Result<(), PolicyError> {
+    fn appendable(&self) -> Result<(), DomainError> {
         if let Some(problem) = &self.broken {
-            return Err(PolicyError::Corrupt(format!(
+            return Err(DomainError::Corrupt(format!(
                 "audit log is damaged, not appending: {problem}"
             )));
         }
@@ -426,8 +394,8 @@ impl Head {
     }
 }
 
-fn exhausted() -> PolicyError {
-    PolicyError::FailedPrecondition("audit log sequence numbers are exhausted".into())
+fn exhausted() -> DomainError {
+    DomainError::Conflict("audit log sequence numbers are exhausted".into())
 }
 
 /// Unix seconds, for the one place without a caller-supplied time (drop).
@@ -461,7 +429,7 @@ struct StoredGrant {
     granted_at: i64,
 }
 
-fn encode_grant(g: &Grant) -> Result<Vec<u8>, PolicyError> {
+fn encode_grant(g: &Grant) -> Result<Vec<u8>, DomainError> {
     let s = StoredGrant {
         owner_id: g.owner_id.clone(),
         partition: g.partition.clone(),
@@ -473,21 +441,21 @@ fn encode_grant(g: &Grant) -> Result<Vec<u8>, PolicyError> {
         expires_at: g.expires_at,
         granted_at: g.granted_at,
     };
-    serde_json::to_vec(&s).map_err(|e| PolicyError::Corrupt(format!("cannot encode grant: {e}")))
+    serde_json::to_vec(&s).map_err(|e| DomainError::Corrupt(format!("cannot encode grant: {e}")))
 }
 
 /// Decodes a stored grant and checks it is the one its key names, so a
 /// value copied under another key is reported rather than trusted.
-fn decode_grant(key: &[u8], v: &[u8]) -> Result<Grant, PolicyError> {
+fn decode_grant(key: &[u8], v: &[u8]) -> Result<Grant, DomainError> {
     let label = String::from_utf8_lossy(key).replace('\0', "/");
     let s: StoredGrant = serde_json::from_slice(v)
-        .map_err(|e| PolicyError::Corrupt(format!("grant {label}: {e}")))?;
+        .map_err(|e| DomainError::Corrupt(format!("grant {label}: {e}")))?;
     let grantee_role = s
         .grantee_role
         .parse()
-        .map_err(|e| PolicyError::Corrupt(format!("grant {label}: {e}")))?;
+        .map_err(|e| DomainError::Corrupt(format!("grant {label}: {e}")))?;
     if grant_key(&s.owner_id, &s.partition, &s.grantee_id) != key {
-        return Err(PolicyError::Corrupt(format!(
+        return Err(DomainError::Corrupt(format!(
             "grant stored under {label} names a different owner/partition/grantee"
         )));
     }
@@ -541,9 +509,9 @@ pub(crate) fn truncate(s: &str) -> &str {
     &s[..end]
 }
 
-fn check_field(name: &str, value: &str) -> Result<(), PolicyError> {
+fn check_field(name: &str, value: &str) -> Result<(), DomainError> {
     if value.len() > MAX_AUDIT_FIELD_LEN {
-        return Err(PolicyError::InvalidArgument(format!(
+        return Err(DomainError::Malformed(format!(
             "{name} is {} bytes long; at most {MAX_AUDIT_FIELD_LEN} are accepted",
             value.len()
         )));
@@ -551,19 +519,19 @@ fn check_field(name: &str, value: &str) -> Result<(), PolicyError> {
     Ok(())
 }
 
-fn check_actor(actor: &str) -> Result<(), PolicyError> {
+fn check_actor(actor: &str) -> Result<(), DomainError> {
     if actor.is_empty() {
-        return Err(PolicyError::InvalidArgument(
+        return Err(DomainError::Malformed(
             "the actor of an audited operation must be named".into(),
         ));
     }
     check_field("actor", actor)
 }
 
-fn validate_event(ev: &AuditEvent) -> Result<(), PolicyError> {
+fn validate_event(ev: &AuditEvent) -> Result<(), DomainError> {
     check_actor(&ev.actor)?;
     if ev.action.is_empty() {
-        return Err(PolicyError::InvalidArgument(
+        return Err(DomainError::Malformed(
             "an audit event needs an action".into(),
         ));
     }
@@ -585,12 +553,12 @@ fn validate_event(ev: &AuditEvent) -> Result<(), PolicyError> {
     Ok(())
 }
 
-fn validate_grant(g: &Grant, now: i64) -> Result<(), PolicyError> {
+fn validate_grant(g: &Grant, now: i64) -> Result<(), DomainError> {
     validate_user_id(&g.owner_id)?;
     validate_partition(&g.partition)?;
     validate_user_id(&g.grantee_id)?;
     if g.grantee_id == g.owner_id {
-        return Err(PolicyError::InvalidArgument(format!(
+        return Err(DomainError::Malformed(format!(
             "{} cannot grant access to themselves: owners always have access",
             g.owner_id
         )));
@@ -598,21 +566,21 @@ fn validate_grant(g: &Grant, now: i64) -> Result<(), PolicyError> {
     if let Some(max) = g.epoch_max
         && max < g.epoch_min
     {
-        return Err(PolicyError::InvalidArgument(format!(
+        return Err(DomainError::Malformed(format!(
             "epoch range {}..={max} is empty",
             g.epoch_min
         )));
     }
     if let Some(exp) = g.expires_at {
         if exp <= g.not_before {
-            return Err(PolicyError::InvalidArgument(format!(
+            return Err(DomainError::Malformed(format!(
                 "grant would expire at {} before it starts at {}",
                 format_unix_time(exp),
                 format_unix_time(g.not_before)
             )));
         }
         if exp <= now {
-            return Err(PolicyError::InvalidArgument(format!(
+            return Err(DomainError::Malformed(format!(
                 "grant would already be expired (expires_at {})",
                 format_unix_time(exp)
             )));
@@ -678,13 +646,13 @@ fn evaluate(g: &Grant, q: &CheckQuery, now: i64) -> Decision {
 type Body<'a, R> = dyn Fn(
         &TransactionalTree,
         &TransactionalTree,
-    ) -> ConflictableTransactionResult<(R, AuditEvent), PolicyError>
+    ) -> ConflictableTransactionResult<(R, AuditEvent), DomainError>
     + 'a;
 
 type MultiBody<'a, R> = dyn Fn(
         &TransactionalTree,
         &TransactionalTree,
-    ) -> ConflictableTransactionResult<(R, Vec<AuditEvent>), PolicyError>
+    ) -> ConflictableTransactionResult<(R, Vec<AuditEvent>), DomainError>
     + 'a;
 
 /// How many of an owner's entries a verification saw, and her last one.
@@ -700,13 +668,13 @@ impl PolicyStore {
     /// The last audit entry's hash and its link to the one before are
     /// checked; if they fail, the store still opens (so `verify_audit` and
     /// reads work for investigation) but refuses every append with
-    /// [`PolicyError::Corrupt`].
-    pub fn open(path: &Path) -> Result<Self, PolicyError> {
+    /// [`DomainError::Corrupt`].
+    pub fn open(path: &Path) -> Result<Self, DomainError> {
         Self::open_with(path, RefusalLimits::REFUSALS)
     }
 
     /// [`PolicyStore::open`] with another refusal budget (see [`coalesce`]).
-    pub fn open_with(path: &Path, refusals: RefusalLimits) -> Result<Self, PolicyError> {
+    pub fn open_with(path: &Path, refusals: RefusalLimits) -> Result<Self, DomainError> {
         let db = sled::Config::new().path(path).open()?;
         let grants = db.open_tree("grants")?;
         let grants_by_grantee = db.open_tree("grants_by_grantee")?;
@@ -747,7 +715,7 @@ impl PolicyStore {
 
     /// Runs `body` on the grant trees and appends the audit event it returns,
     /// all in one transaction, then flushes (after releasing the lock).
-    fn transact<R>(&self, now: i64, body: &Body<'_, R>) -> Result<(R, AuditEntry), PolicyError> {
+    fn transact<R>(&self, now: i64, body: &Body<'_, R>) -> Result<(R, AuditEntry), DomainError> {
         let mut head = self.lock_head();
         let (r, entries) = self.commit_locked(&mut head, now, &|g, bg| {
             let (r, ev) = body(g, bg)?;
@@ -758,7 +726,7 @@ impl PolicyStore {
         let entry = entries
             .into_iter()
             .next()
-            .ok_or_else(|| PolicyError::Corrupt("an append produced no entry".into()))?;
+            .ok_or_else(|| DomainError::Corrupt("an append produced no entry".into()))?;
         Ok((r, entry))
     }
 
@@ -771,7 +739,7 @@ impl PolicyStore {
         head: &mut Head,
         now: i64,
         body: &MultiBody<'_, R>,
-    ) -> Result<(R, Vec<AuditEntry>), PolicyError> {
+    ) -> Result<(R, Vec<AuditEntry>), DomainError> {
         head.appendable()?;
         let prev = head.last;
         let (r, entries) = (
@@ -812,7 +780,7 @@ impl PolicyStore {
         mut head: MutexGuard<'_, Head>,
         now: i64,
         events: Vec<AuditEvent>,
-    ) -> Result<Vec<AuditEntry>, PolicyError> {
+    ) -> Result<Vec<AuditEntry>, DomainError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
@@ -825,16 +793,16 @@ impl PolicyStore {
     /// Writes the coalesced entries that are due (see [`coalesce`]): the
     /// server calls this about once per [`coalesce::FLUSH_INTERVAL`].
     /// Returns how many entries were appended.
-    pub fn flush_coalesced(&self, now: i64) -> Result<usize, PolicyError> {
+    pub fn flush_coalesced(&self, now: i64) -> Result<usize, DomainError> {
         self.flush_coalesced_inner(now, false)
     }
 
     /// Writes every pending coalesced entry, due or not (shutdown).
-    pub fn flush_all_coalesced(&self, now: i64) -> Result<usize, PolicyError> {
+    pub fn flush_all_coalesced(&self, now: i64) -> Result<usize, DomainError> {
         self.flush_coalesced_inner(now, true)
     }
 
-    fn flush_coalesced_inner(&self, now: i64, force: bool) -> Result<usize, PolicyError> {
+    fn flush_coalesced_inner(&self, now: i64, force: bool) -> Result<usize, DomainError> {
         let at = Instant::now();
         let mut head = self.lock_head();
         head.appendable()?;
@@ -852,7 +820,7 @@ impl PolicyStore {
 
     /// Creates or replaces the grant for (owner, partition, grantee) and
     /// audits it as `grant`. Returns the stored grant (`granted_at = now`).
-    pub fn grant(&self, grant: Grant, actor: &str, now: i64) -> Result<Grant, PolicyError> {
+    pub fn grant(&self, grant: Grant, actor: &str, now: i64) -> Result<Grant, DomainError> {
         check_actor(actor)?;
         validate_grant(&grant, now)?;
         let grant = Grant {
@@ -899,7 +867,7 @@ impl PolicyStore {
         grantee_id: &str,
         actor: &str,
         now: i64,
-    ) -> Result<Grant, PolicyError> {
+    ) -> Result<Grant, DomainError> {
         check_actor(actor)?;
         validate_user_id(owner_id)?;
         validate_partition(partition)?;
@@ -908,7 +876,7 @@ impl PolicyStore {
         let idx = by_grantee_key(grantee_id, owner_id, partition);
         let body = |g: &TransactionalTree, bg: &TransactionalTree| {
             let Some(old) = g.remove(key.as_slice())? else {
-                return Err(ConflictableTransactionError::Abort(PolicyError::NotFound(
+                return Err(ConflictableTransactionError::Abort(DomainError::Unknown(
                     format!("no grant from {owner_id} to {grantee_id} on partition {partition}"),
                 )));
             };
@@ -939,7 +907,7 @@ impl PolicyStore {
     /// The grant is read under the append lock, which every grant change
     /// holds while it commits, so the log order is the decision order: no
     /// "allowed" can follow the revoke it missed.
-    pub fn check(&self, q: &CheckQuery, actor: &str, now: i64) -> Result<Decision, PolicyError> {
+    pub fn check(&self, q: &CheckQuery, actor: &str, now: i64) -> Result<Decision, DomainError> {
         check_actor(actor)?;
         validate_user_id(&q.owner_id)?;
         validate_partition(&q.partition)?;
@@ -999,7 +967,7 @@ impl PolicyStore {
 
     /// Every grant `owner_id` has given, ordered by partition then grantee.
     /// Expired grants are included (the caller decides what to show).
-    pub fn grants_given(&self, owner_id: &str) -> Result<Vec<Grant>, PolicyError> {
+    pub fn grants_given(&self, owner_id: &str) -> Result<Vec<Grant>, DomainError> {
         validate_user_id(owner_id)?;
         self.grants
             .scan_prefix(prefix(owner_id))
@@ -1011,14 +979,14 @@ impl PolicyStore {
     }
 
     /// Every grant naming `grantee_id`, ordered by owner then partition.
-    pub fn grants_received(&self, grantee_id: &str) -> Result<Vec<Grant>, PolicyError> {
+    pub fn grants_received(&self, grantee_id: &str) -> Result<Vec<Grant>, DomainError> {
         validate_user_id(grantee_id)?;
         let mut out = Vec::new();
         for kv in self.grants_by_grantee.scan_prefix(prefix(grantee_id)) {
             let (k, _) = kv?;
             let parts: Vec<&[u8]> = k.split(|&b| b == 0).collect();
             let [grantee, owner, partition] = parts.as_slice() else {
-                return Err(PolicyError::Corrupt(format!(
+                return Err(DomainError::Corrupt(format!(
                     "grantee index key {} is malformed",
                     hex::encode(&k)
                 )));
@@ -1043,7 +1011,7 @@ impl PolicyStore {
         &self,
         event: AuditEvent,
         now: i64,
-    ) -> Result<Option<AuditEntry>, PolicyError> {
+    ) -> Result<Option<AuditEntry>, DomainError> {
         validate_event(&event)?;
         let at = Instant::now();
         let mut head = self.lock_head();
@@ -1070,7 +1038,7 @@ impl PolicyStore {
         after_seq: u64,
         returned: usize,
         now: i64,
-    ) -> Result<(), PolicyError> {
+    ) -> Result<(), DomainError> {
         check_actor(reader)?;
         let scope = match owner {
             Some(o) => format!("{}'s view", truncate(o)),
@@ -1093,7 +1061,7 @@ impl PolicyStore {
     }
 
     /// A page of the audit log; see [`AuditFilter`].
-    pub fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, PolicyError> {
+    pub fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, DomainError> {
         let limit = match filter.limit {
             0 => DEFAULT_AUDIT_PAGE,
             n => n.min(MAX_AUDIT_PAGE),
@@ -1123,13 +1091,13 @@ impl PolicyStore {
                     };
                     let seq = audit::key_seq(seq_bytes)?;
                     let v = self.audit.get(audit::seq_key(seq))?.ok_or_else(|| {
-                        PolicyError::Corrupt(format!(
+                        DomainError::Corrupt(format!(
                             "owner index for {owner} names missing audit entry {seq}"
                         ))
                     })?;
                     let e = audit::decode_value(seq, &v)?;
                     if e.owner_id != *owner {
-                        return Err(PolicyError::Corrupt(format!(
+                        return Err(DomainError::Corrupt(format!(
                             "owner index for {owner} names audit entry {seq} of another owner"
                         )));
                     }
@@ -1152,7 +1120,7 @@ impl PolicyStore {
     pub fn verify_audit(
         &self,
         expected_head: Option<(u64, [u8; 32])>,
-    ) -> Result<AuditReport, PolicyError> {
+    ) -> Result<AuditReport, DomainError> {
         Ok(self.verify_walk(expected_head, None)?.0)
     }
 
@@ -1166,7 +1134,7 @@ impl PolicyStore {
         &self,
         owner_id: &str,
         expected_own: Option<(u64, [u8; 32])>,
-    ) -> Result<OwnerAuditReport, PolicyError> {
+    ) -> Result<OwnerAuditReport, DomainError> {
         validate_user_id(owner_id)?;
         let (report, own) = self.verify_walk(None, Some(owner_id))?;
         let (head_seq, head_hash) = own.last.unwrap_or((0, GENESIS_HASH));
@@ -1215,7 +1183,7 @@ impl PolicyStore {
         &self,
         expected_head: Option<(u64, [u8; 32])>,
         owner: Option<&str>,
-    ) -> Result<(AuditReport, OwnerStats), PolicyError> {
+    ) -> Result<(AuditReport, OwnerStats), DomainError> {
         // Only the head is read under the lock; a damaged store (no head)
         // appends nothing, so walking all of it is safe.
         let snapshot = self.lock_head().last;
@@ -1412,7 +1380,7 @@ impl Drop for PolicyStore {
 
 /// Reads the last audit entry and checks its hash and its link to the
 /// entry before, so a torn or edited tail is noticed at startup.
-fn recover_head(audit: &sled::Tree) -> Result<Head, PolicyError> {
+fn recover_head(audit: &sled::Tree) -> Result<Head, DomainError> {
     let Some((k, v)) = audit.last()? else {
         return Ok(Head::new(None, None));
     };

@@ -198,7 +198,10 @@ fn grant_validation() {
     let (_d, s) = store();
     let bad = |g: Grant| {
         let e = s.grant(g, "patient/alice", T0).unwrap_err();
-        assert!(matches!(e, PolicyError::InvalidArgument(_)), "{e:?}");
+        assert!(
+            matches!(e, DomainError::Malformed(_) | DomainError::BadName(_)),
+            "{e:?}"
+        );
         e.to_string()
     };
     let mut g = grant("bob", Role::Doctor);
@@ -221,7 +224,7 @@ fn grant_validation() {
     g.expires_at = Some(T0);
     assert!(bad(g).contains("already be expired"));
     let e = s.grant(grant("bob", Role::Doctor), "", T0).unwrap_err();
-    assert!(matches!(e, PolicyError::InvalidArgument(_)));
+    assert!(matches!(e, DomainError::Malformed(_)));
     // A patient may grant another patient.
     s.grant(grant("carol", Role::Patient), "patient/alice", T0)
         .unwrap();
@@ -275,7 +278,7 @@ fn revoke_removes_and_audits() {
     let e = s
         .revoke("alice", "medical", "carol", "patient/alice", T0)
         .unwrap_err();
-    assert!(matches!(e, PolicyError::NotFound(_)), "{e:?}");
+    assert!(matches!(e, DomainError::Unknown(_)), "{e:?}");
     assert!(e.to_string().contains("carol"));
     let old = s
         .revoke("alice", "medical", "bob", "patient/alice", T0 + 5)
@@ -394,7 +397,10 @@ fn record_event_and_filters() {
         },
     ] {
         let e = s.record_event(bad, T0).unwrap_err();
-        assert!(matches!(e, PolicyError::InvalidArgument(_)), "{e:?}");
+        assert!(
+            matches!(e, DomainError::Malformed(_) | DomainError::BadName(_)),
+            "{e:?}"
+        );
     }
     assert!(s.verify_audit(None).unwrap().ok);
 }
@@ -582,11 +588,11 @@ fn damaged_tail_on_open_blocks_appends() {
     let e = s
         .check(&query("bob", Role::Doctor, 0), "x", T0)
         .unwrap_err();
-    assert!(matches!(e, PolicyError::Corrupt(_)), "{e:?}");
+    assert!(matches!(e, DomainError::Corrupt(_)), "{e:?}");
     let e = s
         .revoke("alice", "medical", "bob", "patient/alice", T0)
         .unwrap_err();
-    assert!(matches!(e, PolicyError::Corrupt(_)), "{e:?}");
+    assert!(matches!(e, DomainError::Corrupt(_)), "{e:?}");
     // The refused revoke changed nothing.
     assert_eq!(s.grants_given("alice").unwrap().len(), 2);
     let r = s.verify_audit(None).unwrap();
@@ -601,11 +607,11 @@ fn garbage_in_trees_is_corrupt_not_panic() {
         .unwrap();
     assert!(matches!(
         s.grants_given("alice"),
-        Err(PolicyError::Corrupt(_))
+        Err(DomainError::Corrupt(_))
     ));
     assert!(matches!(
         s.check(&query("bob", Role::Doctor, 0), "x", T0),
-        Err(PolicyError::Corrupt(_))
+        Err(DomainError::Corrupt(_))
     ));
     s.grants.clear().unwrap();
     // A valid grant copied under another key is rejected too.
@@ -615,7 +621,7 @@ fn garbage_in_trees_is_corrupt_not_panic() {
         .unwrap();
     assert!(matches!(
         s.grants_given("alice"),
-        Err(PolicyError::Corrupt(_))
+        Err(DomainError::Corrupt(_))
     ));
     s.audit.insert(b"short", &b"x"[..]).unwrap();
     let r = s.verify_audit(None).unwrap();
@@ -693,7 +699,7 @@ fn odd_tail_keys_on_open_do_not_panic() {
                 T0,
             )
             .unwrap_err();
-        assert!(matches!(e, PolicyError::Corrupt(_)), "{e:?}");
+        assert!(matches!(e, DomainError::Corrupt(_)), "{e:?}");
         assert!(!s.verify_audit(None).unwrap().ok);
     }
 }
@@ -883,10 +889,17 @@ fn denied_events_are_budgeted_per_refused_subject_not_per_relaying_service() {
         ..Default::default()
     };
     let mut written = 0;
+    let started = std::time::Instant::now();
     for _ in 0..500 {
         written += s.record_event(ev("patient/mallory"), T0).unwrap().is_some() as u32;
     }
-    assert!(written <= coalesce::REFUSAL_BURST + 10, "{written}");
+    // The budget refills in real time while the (fsyncing) loop runs.
+    let refilled = (started.elapsed().as_secs_f64() * coalesce::REFUSALS_PER_SEC).ceil() as u32;
+    assert!(
+        written <= coalesce::REFUSAL_BURST + refilled + 1,
+        "{written} written, {refilled} refilled"
+    );
+    assert!(written < 500, "refusals are budgeted");
     // Another user relayed by the same service still gets her own budget.
     assert!(s.record_event(ev("patient/carol"), T0).unwrap().is_some());
     // Not a refusal: always written.

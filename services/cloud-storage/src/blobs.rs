@@ -8,7 +8,7 @@
 //! cloud never learns that two owners hold the same file). Where its bytes
 //! live on disk is the [`layout`](crate::layout)'s business.
 
-use crate::StorageError;
+use crate::DomainError;
 
 /// Which uploads share a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -57,8 +57,8 @@ impl BlobInfo {
         out
     }
 
-    pub(crate) fn decode(v: &[u8]) -> Result<Self, StorageError> {
-        let bad = || StorageError::Corrupt("malformed blob metadata".into());
+    pub(crate) fn decode(v: &[u8]) -> Result<Self, DomainError> {
+        let bad = || DomainError::Corrupt("malformed blob metadata".into());
         if v.len() != 89 || v[0] != INFO_VERSION {
             return Err(bad());
         }
@@ -117,8 +117,8 @@ impl BlobKey {
 
     /// Reads a tree key back. The blob id is always the last 32 bytes, so
     /// 0x00 bytes inside it cannot shift the split.
-    pub(crate) fn from_tree_key(key: &[u8]) -> Result<Self, StorageError> {
-        let bad = || StorageError::Corrupt(format!("malformed blob key {}", hex(key)));
+    pub(crate) fn from_tree_key(key: &[u8]) -> Result<Self, DomainError> {
+        let bad = || DomainError::Corrupt(format!("malformed blob key {}", hex(key)));
         let split = key.len().checked_sub(32).ok_or_else(bad)?;
         let mut blob_id = [0u8; 32];
         blob_id.copy_from_slice(&key[split..]);

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 
 use sesphr_dedup::pow::{Challenge, DEFAULT_CHALLENGE_TTL_SECS};
 
-use crate::StorageError;
+use crate::DomainError;
 
 /// How often challenges may be drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,14 +98,14 @@ impl ChallengeBook {
         blob_id: [u8; 32],
         leaf_count: u64,
         now: u64,
-    ) -> Result<Challenge, StorageError> {
+    ) -> Result<Challenge, DomainError> {
         let p = self.policy;
         let mut entries = self.lock();
         let key = (caller.to_owned(), blob_id);
         if !entries.contains_key(&key) && entries.len() >= p.max_entries {
             entries.retain(|_, e| e.live(now, &p));
             if entries.len() >= p.max_entries {
-                return Err(StorageError::Exhausted(
+                return Err(DomainError::UsedUp(
                     "too many ownership challenges are open; retry shortly".into(),
                 ));
             }
@@ -127,14 +127,14 @@ impl ChallengeBook {
         }
         if entry.issued >= p.max_per_window {
             let retry = entry.window_start.saturating_add(p.window_secs) - now;
-            return Err(StorageError::Exhausted(format!(
+            return Err(DomainError::UsedUp(format!(
                 "{} ownership challenges for this blob were issued to you in the last {} s; \
                  retry in {retry} s or upload the file instead",
                 p.max_per_window, p.window_secs
             )));
         }
         let challenge = Challenge::generate(&mut rand::rng(), leaf_count, now)
-            .map_err(|e| StorageError::InvalidArgument(format!("cannot issue a challenge: {e}")))?;
+            .map_err(|e| DomainError::Malformed(format!("cannot issue a challenge: {e}")))?;
         entry.issued += 1;
         entry.open = Some(challenge.clone());
         Ok(challenge)
@@ -153,21 +153,21 @@ impl ChallengeBook {
         caller: &str,
         blob_id: [u8; 32],
         now: u64,
-    ) -> Result<Challenge, StorageError> {
+    ) -> Result<Challenge, DomainError> {
         let ttl = self.policy.ttl_secs;
         let challenge = self
             .lock()
             .get_mut(&(caller.to_owned(), blob_id))
             .and_then(|e| e.open.take())
             .ok_or_else(|| {
-                StorageError::FailedPrecondition(
+                DomainError::Conflict(
                     "no open ownership challenge for this blob: call QueryBlob first \
                      (challenges are single-use)"
                         .into(),
                 )
             })?;
         if challenge.is_expired(now, ttl) {
-            return Err(StorageError::FailedPrecondition(format!(
+            return Err(DomainError::Conflict(format!(
                 "the ownership challenge expired ({ttl} s); call QueryBlob again"
             )));
         }
@@ -208,12 +208,12 @@ mod tests {
             now += 1;
         }
         let err = book.issue("mallory", BLOB, 1000, now).unwrap_err();
-        assert!(matches!(err, StorageError::Exhausted(_)), "{err}");
+        assert!(matches!(err, DomainError::UsedUp(_)), "{err}");
         // Waiting out a challenge's expiry does not help either.
         let err = book
             .issue("mallory", BLOB, 1000, now + p.ttl_secs + 1)
             .unwrap_err();
-        assert!(matches!(err, StorageError::Exhausted(_)), "{err}");
+        assert!(matches!(err, DomainError::UsedUp(_)), "{err}");
         // The next window allows a new draw.
         assert!(book.issue("mallory", BLOB, 1000, T + p.window_secs).is_ok());
         // A correct answer starts the count afresh.
@@ -249,7 +249,7 @@ mod tests {
         }
         assert!(matches!(
             book.issue("mallory", [9; 32], 10, T),
-            Err(StorageError::Exhausted(_))
+            Err(DomainError::UsedUp(_))
         ));
         // Once the old ones are past their window and expiry, room returns.
         assert!(

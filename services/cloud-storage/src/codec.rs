@@ -15,7 +15,8 @@
 //! without the blob part (records stored before deduplication existed);
 //! it is still read.
 
-use crate::{BlobRef, RecordMeta, StorageError};
+use crate::{BlobRef, DomainError, RecordMeta};
+use sesphr_domain::codec::Reader;
 
 const VERSION_1: u8 = 1;
 const VERSION: u8 = 2;
@@ -74,10 +75,10 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 
 /// Decodes the value stored under `key`; anything malformed, or metadata
 /// naming another record than its key, is `Corrupt`.
-pub fn decode(key: &[u8], v: &[u8]) -> Result<StoredMeta, StorageError> {
+pub fn decode(key: &[u8], v: &[u8]) -> Result<StoredMeta, DomainError> {
     let label = String::from_utf8_lossy(key);
-    let bad = |why: &str| StorageError::Corrupt(format!("metadata of record {label}: {why}"));
-    let mut r = Reader(v);
+    let bad = |why: &str| DomainError::Corrupt(format!("metadata of record {label}: {why}"));
+    let mut r = Reader::new(v);
     let version = match r.take(1) {
         Some([v @ (VERSION_1 | VERSION)]) => *v,
         Some([other]) => return Err(bad(&format!("unknown version {other}"))),
@@ -113,7 +114,7 @@ pub fn decode(key: &[u8], v: &[u8]) -> Result<StoredMeta, StorageError> {
             _ => return Err(bad("bad blob flag")),
         }
     };
-    if !r.0.is_empty() {
+    if r.end().is_err() {
         return Err(bad("trailing bytes"));
     }
     if record_id.as_bytes() != key {
@@ -133,35 +134,6 @@ pub fn decode(key: &[u8], v: &[u8]) -> Result<StoredMeta, StorageError> {
         chunk_count,
         blob_key,
     })
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Some(head)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let n = usize::try_from(self.u32()?).ok()?;
-        self.take(n)
-    }
-    fn string(&mut self) -> Option<String> {
-        String::from_utf8(self.bytes()?.to_vec()).ok()
-    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::StorageError;
+use crate::DomainError;
 use crate::blobs::{BlobKey, hex};
 
 /// The directories of one store.
@@ -43,8 +43,8 @@ pub(crate) struct Legacy {
     blobs: PathBuf,
 }
 
-pub(crate) fn io_error(path: &Path, e: std::io::Error) -> StorageError {
-    StorageError::Io(format!("{}: {e}", path.display()))
+pub(crate) fn io_error(path: &Path, e: std::io::Error) -> DomainError {
+    DomainError::files(format!("{}: {e}", path.display()))
 }
 
 /// sled's files at the root of a first-layout store.
@@ -58,17 +58,17 @@ fn is_sled_blob(name: &str) -> bool {
     !name.is_empty() && name.len() < 64 && name.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+fn sync_dir(dir: &Path) -> Result<(), DomainError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_error(dir, e))
 }
 
-fn rename(from: &Path, to: &Path) -> Result<(), StorageError> {
+fn rename(from: &Path, to: &Path) -> Result<(), DomainError> {
     std::fs::rename(from, to).map_err(|e| io_error(from, e))
 }
 
-fn entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, StorageError> {
+fn entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, DomainError> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
         let e = e.map_err(|e| io_error(dir, e))?;
@@ -86,7 +86,7 @@ impl Layout {
     /// Creates the layout under `root`, first moving a first-layout store's
     /// sled files into `metadata/` (resumable: a crash part-way leaves
     /// `metadata.partial/`, which the next start completes).
-    pub(crate) fn prepare(root: &Path) -> Result<(Self, Option<Legacy>), StorageError> {
+    pub(crate) fn prepare(root: &Path) -> Result<(Self, Option<Legacy>), DomainError> {
         std::fs::create_dir_all(root).map_err(|e| io_error(root, e))?;
         let layout = Layout {
             metadata: root.join("metadata"),
@@ -141,26 +141,26 @@ impl Layout {
 
     /// A fresh, empty object file for an upload (replacing any leftover),
     /// with its directory entry durable.
-    pub(crate) fn create_record(&self, record_id: &str) -> Result<File, StorageError> {
+    pub(crate) fn create_record(&self, record_id: &str) -> Result<File, DomainError> {
         let path = self.record_path(record_id);
         let f = File::create(&path).map_err(|e| io_error(&path, e))?;
         sync_dir(&self.records)?;
         Ok(f)
     }
 
-    pub(crate) fn create_staging(&self, record_id: &str) -> Result<File, StorageError> {
+    pub(crate) fn create_staging(&self, record_id: &str) -> Result<File, DomainError> {
         let path = self.staging_path(record_id);
         File::create(&path).map_err(|e| io_error(&path, e))
     }
 
     /// Moves a staged blob upload into place (durably).
-    pub(crate) fn publish_blob(&self, record_id: &str, key: &BlobKey) -> Result<(), StorageError> {
+    pub(crate) fn publish_blob(&self, record_id: &str, key: &BlobKey) -> Result<(), DomainError> {
         rename(&self.staging_path(record_id), &self.blob_path(key))?;
         sync_dir(&self.blobs)
     }
 
     /// Removes a file; returns whether there was one.
-    pub(crate) fn remove(path: &Path) -> Result<bool, StorageError> {
+    pub(crate) fn remove(path: &Path) -> Result<bool, DomainError> {
         match std::fs::remove_file(path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -168,7 +168,7 @@ impl Layout {
         }
     }
 
-    pub(crate) fn open_read(path: &Path) -> Result<Option<File>, StorageError> {
+    pub(crate) fn open_read(path: &Path) -> Result<Option<File>, DomainError> {
         match File::open(path) {
             Ok(f) => Ok(Some(f)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -177,17 +177,17 @@ impl Layout {
     }
 
     /// Record object files as (name, path).
-    pub(crate) fn record_files(&self) -> Result<Vec<(String, PathBuf)>, StorageError> {
+    pub(crate) fn record_files(&self) -> Result<Vec<(String, PathBuf)>, DomainError> {
         entries(&self.records)
     }
 
     /// Published blob files as (name, path).
-    pub(crate) fn blob_files(&self) -> Result<Vec<(String, PathBuf)>, StorageError> {
+    pub(crate) fn blob_files(&self) -> Result<Vec<(String, PathBuf)>, DomainError> {
         entries(&self.blobs)
     }
 
     /// Staged blob uploads.
-    pub(crate) fn staged_files(&self) -> Result<Vec<PathBuf>, StorageError> {
+    pub(crate) fn staged_files(&self) -> Result<Vec<PathBuf>, DomainError> {
         Ok(entries(&self.staging)?
             .into_iter()
             .map(|(_, p)| p)
@@ -222,7 +222,7 @@ impl Legacy {
         layout: &Layout,
         record_ids: &[String],
         blob_keys: &[BlobKey],
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), DomainError> {
         let mut moved = 0usize;
         if self.objects.is_dir() {
             for id in record_ids {

@@ -39,6 +39,8 @@
 mod blobs;
 mod challenges;
 mod codec;
+pub mod grpc;
+mod header_check;
 mod layout;
 mod page_token;
 
@@ -49,10 +51,10 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use sesphr_identity::{IdentityError, validate_partition, validate_user_id};
 pub use sesphr_identity::{MAX_RECORD_ID_LEN, validate_record_id};
+use sesphr_identity::{validate_partition, validate_user_id};
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::ConflictableTransactionError;
 
 use blobs::BlobKey;
 pub use blobs::{BlobInfo, DedupScope};
@@ -74,46 +76,8 @@ pub const MAX_HEADER_BYTES: usize = 64 << 10;
 const PENDING_UPLOAD: u8 = 1;
 const PENDING_DELETE: u8 = 2;
 
-/// Everything that can go wrong, shaped so each variant maps to one gRPC
-/// status code. Messages quote ids, never content.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    PermissionDenied(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("storage error: {0}")]
-    Storage(#[from] sled::Error),
-    /// The object directory could not be read or written.
-    #[error("object store: {0}")]
-    Io(String),
-    /// A per-caller allowance is used up for now.
-    #[error("{0}")]
-    Exhausted(String),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-}
-
-impl From<IdentityError> for StorageError {
-    fn from(e: IdentityError) -> Self {
-        StorageError::InvalidArgument(e.to_string())
-    }
-}
-
-impl From<TransactionError<StorageError>> for StorageError {
-    fn from(e: TransactionError<StorageError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StorageError::Storage(e),
-        }
-    }
-}
+/// The shared error vocabulary of the services (`sesphr-domain`).
+pub use sesphr_domain::DomainError;
 
 /// What a client declares when it starts an upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,9 +197,9 @@ fn partition_key(owner: &str, partition: &str, record_id: &str) -> Vec<u8> {
 const READ_CHUNK: usize = 1 << 20;
 
 /// Wrapped content keys are small; anything large is not one.
-fn check_wrapped_key(record_id: &str, blob: &BlobRef) -> Result<(), StorageError> {
+fn check_wrapped_key(record_id: &str, blob: &BlobRef) -> Result<(), DomainError> {
     if blob.wrapped_key.is_empty() || blob.wrapped_key.len() > 1024 {
-        return Err(StorageError::InvalidArgument(format!(
+        return Err(DomainError::Malformed(format!(
             "record {record_id}: wrapped content key must be 1 to 1024 bytes"
         )));
     }
@@ -267,14 +231,14 @@ impl Shared {
     }
 
     /// Where a committed record's ciphertext is: its own object or a blob.
-    fn content_path(&self, m: &StoredMeta) -> Result<PathBuf, StorageError> {
+    fn content_path(&self, m: &StoredMeta) -> Result<PathBuf, DomainError> {
         Ok(match &m.blob_key {
             Some(key) => self.files.blob_path(&BlobKey::from_tree_key(key)?),
             None => self.files.record_path(&m.meta.record_id),
         })
     }
 
-    fn load(&self, record_id: &str) -> Result<Option<StoredMeta>, StorageError> {
+    fn load(&self, record_id: &str) -> Result<Option<StoredMeta>, DomainError> {
         self.meta
             .get(record_id.as_bytes())?
             .map(|v| codec::decode(record_id.as_bytes(), &v))
@@ -302,9 +266,9 @@ pub struct RecordStore {
 impl RecordStore {
     /// Opens (or creates) the store at `path`, then sweeps the chunks of
     /// uploads and deletes that a crash interrupted.
-    pub fn open(path: &Path, limits: StoreLimits) -> Result<Self, StorageError> {
+    pub fn open(path: &Path, limits: StoreLimits) -> Result<Self, DomainError> {
         if limits.max_chunk_size == 0 {
-            return Err(StorageError::InvalidArgument(
+            return Err(DomainError::Malformed(
                 "max_chunk_size must be at least 1 byte".into(),
             ));
         }
@@ -339,7 +303,7 @@ impl RecordStore {
 
     /// Reserves `rec.record_id` and returns the handle to stream its
     /// content into. Nothing is visible until [`Upload::commit`].
-    pub fn begin_upload(&self, rec: NewRecord) -> Result<Upload, StorageError> {
+    pub fn begin_upload(&self, rec: NewRecord) -> Result<Upload, DomainError> {
         self.begin(rec, None)
     }
 
@@ -348,18 +312,18 @@ impl RecordStore {
     /// [`Upload::commit`] checks it hashes to `blob.blob_id`, stores it once
     /// (or, if an equal blob appeared meanwhile, links to that one) and
     /// computes the Merkle root later ownership proofs are checked against.
-    pub fn begin_blob_upload(&self, rec: NewRecord, blob: BlobRef) -> Result<Upload, StorageError> {
+    pub fn begin_blob_upload(&self, rec: NewRecord, blob: BlobRef) -> Result<Upload, DomainError> {
         check_wrapped_key(&rec.record_id, &blob)?;
         self.begin(rec, Some(blob))
     }
 
-    fn check_new(&self, rec: &NewRecord) -> Result<(), StorageError> {
+    fn check_new(&self, rec: &NewRecord) -> Result<(), DomainError> {
         let limits = self.shared.limits;
         validate_record_id(&rec.record_id)?;
         validate_user_id(&rec.owner_id)?;
         validate_partition(&rec.partition)?;
         if rec.header.len() > limits.max_header_size {
-            return Err(StorageError::InvalidArgument(format!(
+            return Err(DomainError::Malformed(format!(
                 "record {}: header is {} bytes, at most {} are accepted",
                 rec.record_id,
                 rec.header.len(),
@@ -367,7 +331,7 @@ impl RecordStore {
             )));
         }
         if rec.declared_size > limits.max_record_size {
-            return Err(StorageError::InvalidArgument(format!(
+            return Err(DomainError::Malformed(format!(
                 "record {}: declared size {} bytes exceeds the limit of {} bytes",
                 rec.record_id, rec.declared_size, limits.max_record_size
             )));
@@ -376,17 +340,17 @@ impl RecordStore {
     }
 
     /// Marks `record_id` busy, unless it exists or is busy already.
-    fn reserve(&self, record_id: &str) -> Result<(), StorageError> {
+    fn reserve(&self, record_id: &str) -> Result<(), DomainError> {
         let mut busy = self.shared.busy();
         if busy.contains(record_id) {
-            return Err(StorageError::AlreadyExists(format!(
+            return Err(DomainError::Exists(format!(
                 "record {record_id} is being uploaded or deleted right now"
             )));
         }
         // Checked under the lock: commit inserts meta before it releases
         // its reservation, so no window lets two uploads of one id in.
         if self.shared.meta.contains_key(record_id.as_bytes())? {
-            return Err(StorageError::AlreadyExists(format!(
+            return Err(DomainError::Exists(format!(
                 "record {record_id} already exists"
             )));
         }
@@ -394,7 +358,7 @@ impl RecordStore {
         Ok(())
     }
 
-    fn begin(&self, rec: NewRecord, blob: Option<BlobRef>) -> Result<Upload, StorageError> {
+    fn begin(&self, rec: NewRecord, blob: Option<BlobRef>) -> Result<Upload, DomainError> {
         self.check_new(&rec)?;
         self.reserve(&rec.record_id)?;
         // From here on, dropping `upload` undoes everything.
@@ -431,7 +395,7 @@ impl RecordStore {
         &self,
         owner_id: &str,
         blob_id: &[u8; 32],
-    ) -> Result<Option<BlobInfo>, StorageError> {
+    ) -> Result<Option<BlobInfo>, DomainError> {
         validate_user_id(owner_id)?;
         let key = BlobKey::new(self.shared.limits.dedup_scope, owner_id, blob_id);
         self.shared
@@ -448,7 +412,7 @@ impl RecordStore {
         rec: NewRecord,
         blob: BlobRef,
         now: i64,
-    ) -> Result<RecordMeta, StorageError> {
+    ) -> Result<RecordMeta, DomainError> {
         check_wrapped_key(&rec.record_id, &blob)?;
         self.check_new(&rec)?;
         self.reserve(&rec.record_id)?;
@@ -468,12 +432,12 @@ impl RecordStore {
             .transaction(|(meta, by_owner, by_partition, blobs)| {
                 let abort = ConflictableTransactionError::Abort;
                 if meta.get(id.as_bytes())?.is_some() {
-                    return Err(abort(StorageError::AlreadyExists(format!(
+                    return Err(abort(DomainError::Exists(format!(
                         "record {id} already exists"
                     ))));
                 }
                 let Some(v) = blobs.get(&key)? else {
-                    return Err(abort(StorageError::NotFound(format!(
+                    return Err(abort(DomainError::Unknown(format!(
                         "record {id}: the blob to link is no longer stored; upload it"
                     ))));
                 };
@@ -505,7 +469,7 @@ impl RecordStore {
 
     /// Bytes of ciphertext on disk (record objects and blobs), for
     /// measuring deduplication.
-    pub fn stored_bytes(&self) -> Result<u64, StorageError> {
+    pub fn stored_bytes(&self) -> Result<u64, DomainError> {
         let files = &self.shared.files;
         let mut total = 0;
         for (_, path) in files.record_files()?.into_iter().chain(files.blob_files()?) {
@@ -517,7 +481,7 @@ impl RecordStore {
     }
 
     /// The metadata of a committed record, if it exists.
-    pub fn get(&self, record_id: &str) -> Result<Option<RecordMeta>, StorageError> {
+    pub fn get(&self, record_id: &str) -> Result<Option<RecordMeta>, DomainError> {
         validate_record_id(record_id)?;
         Ok(self.shared.load(record_id)?.map(|m| m.meta))
     }
@@ -528,9 +492,9 @@ impl RecordStore {
     pub fn chunks(
         &self,
         record_id: &str,
-    ) -> impl Iterator<Item = Result<sled::IVec, StorageError>> + Send + 'static {
+    ) -> impl Iterator<Item = Result<sled::IVec, DomainError>> + Send + 'static {
         let state = match validate_record_id(record_id)
-            .map_err(StorageError::from)
+            .map_err(DomainError::from)
             .and_then(|()| self.shared.load(record_id))
         {
             Ok(Some(m)) => match self
@@ -543,12 +507,12 @@ impl RecordStore {
                     file,
                     bytes: 0,
                 },
-                Ok(None) => ReaderState::Failed(Some(StorageError::Corrupt(format!(
+                Ok(None) => ReaderState::Failed(Some(DomainError::Corrupt(format!(
                     "record {record_id}: its ciphertext object is missing"
                 )))),
                 Err(e) => ReaderState::Failed(Some(e)),
             },
-            Ok(None) => ReaderState::Failed(Some(StorageError::NotFound(format!(
+            Ok(None) => ReaderState::Failed(Some(DomainError::Unknown(format!(
                 "record {record_id} not found"
             )))),
             Err(e) => ReaderState::Failed(Some(e)),
@@ -566,7 +530,7 @@ impl RecordStore {
         partition: Option<&str>,
         after_record_id: Option<&str>,
         limit: usize,
-    ) -> Result<(Vec<RecordMeta>, Option<String>), StorageError> {
+    ) -> Result<(Vec<RecordMeta>, Option<String>), DomainError> {
         validate_user_id(owner_id)?;
         if let Some(p) = partition {
             validate_partition(p)?;
@@ -600,14 +564,14 @@ impl RecordStore {
                 break;
             }
             let id = std::str::from_utf8(id).map_err(|_| {
-                StorageError::Corrupt(format!("index key of {owner_id} holds a non-UTF-8 id"))
+                DomainError::Corrupt(format!("index key of {owner_id} holds a non-UTF-8 id"))
             })?;
             // Index and meta change in one transaction; a missing meta here
             // means a delete committed between the two reads.
             match self.shared.load(id)? {
                 Some(m) if m.meta.owner_id == owner_id => out.push(m.meta),
                 Some(_) => {
-                    return Err(StorageError::Corrupt(format!(
+                    return Err(DomainError::Corrupt(format!(
                         "index of {owner_id} lists record {id} of another owner"
                     )));
                 }
@@ -629,7 +593,7 @@ impl RecordStore {
         owner_id: &str,
         from: &str,
         max: usize,
-    ) -> Result<Vec<String>, StorageError> {
+    ) -> Result<Vec<String>, DomainError> {
         validate_user_id(owner_id)?;
         let mut prefix = owner_id.as_bytes().to_vec();
         prefix.push(0);
@@ -644,10 +608,10 @@ impl RecordStore {
                 break;
             };
             let end = rest.iter().position(|&b| b == 0).ok_or_else(|| {
-                StorageError::Corrupt(format!("partition index key of {owner_id} is malformed"))
+                DomainError::Corrupt(format!("partition index key of {owner_id} is malformed"))
             })?;
             let partition = std::str::from_utf8(&rest[..end]).map_err(|_| {
-                StorageError::Corrupt(format!("partition index of {owner_id} is not UTF-8"))
+                DomainError::Corrupt(format!("partition index of {owner_id} is not UTF-8"))
             })?;
             out.push(partition.to_owned());
             // Partition names never hold 0x00 or 0x01: skip to the next one.
@@ -670,7 +634,7 @@ impl RecordStore {
         windows: &[(String, Window)],
         from: Option<&Cursor>,
         limit: usize,
-    ) -> Result<(Vec<RecordMeta>, Option<Cursor>), StorageError> {
+    ) -> Result<(Vec<RecordMeta>, Option<Cursor>), DomainError> {
         validate_user_id(owner_id)?;
         let limit = page_limit(limit);
         let mut budget = limit.saturating_mul(SCAN_PER_RESULT).max(1000);
@@ -691,7 +655,7 @@ impl RecordStore {
                     break;
                 };
                 let id = std::str::from_utf8(id).map_err(|_| {
-                    StorageError::Corrupt(format!("index key of {owner_id} holds a non-UTF-8 id"))
+                    DomainError::Corrupt(format!("index key of {owner_id} holds a non-UTF-8 id"))
                 })?;
                 let here = || Cursor {
                     partition: partition.clone(),
@@ -705,7 +669,7 @@ impl RecordStore {
                     continue; // deleted between the two reads
                 };
                 if m.meta.owner_id != owner_id {
-                    return Err(StorageError::Corrupt(format!(
+                    return Err(DomainError::Corrupt(format!(
                         "index of {owner_id} lists record {id} of another owner"
                     )));
                 }
@@ -721,7 +685,7 @@ impl RecordStore {
     }
 
     /// A 32-byte secret of this store, made on first use and kept.
-    pub fn secret(&self, name: &str) -> Result<zeroize::Zeroizing<[u8; 32]>, StorageError> {
+    pub fn secret(&self, name: &str) -> Result<zeroize::Zeroizing<[u8; 32]>, DomainError> {
         let secrets = self.shared.db.open_tree("secrets")?;
         let mut fresh = zeroize::Zeroizing::new([0u8; 32]);
         rand::fill(&mut fresh[..]);
@@ -737,14 +701,14 @@ impl RecordStore {
         let key: [u8; 32] = stored
             .as_slice()
             .try_into()
-            .map_err(|_| StorageError::Corrupt(format!("store secret {name} is not 32 bytes")))?;
+            .map_err(|_| DomainError::Corrupt(format!("store secret {name} is not 32 bytes")))?;
         Ok(zeroize::Zeroizing::new(key))
     }
 
     /// Deletes `record_id` on behalf of `owner_id`. `NotFound` if there is
     /// no such record, `PermissionDenied` if someone else owns it (the
     /// message names only the requester, never the real owner).
-    pub fn delete(&self, owner_id: &str, record_id: &str) -> Result<RecordMeta, StorageError> {
+    pub fn delete(&self, owner_id: &str, record_id: &str) -> Result<RecordMeta, DomainError> {
         validate_user_id(owner_id)?;
         validate_record_id(record_id)?;
         let shared = &*self.shared;
@@ -754,11 +718,9 @@ impl RecordStore {
                 // An upload in progress is not a record yet; a second delete
                 // of a record already being deleted is a conflict.
                 return Err(if shared.meta.contains_key(record_id.as_bytes())? {
-                    StorageError::FailedPrecondition(format!(
-                        "record {record_id} is already being deleted"
-                    ))
+                    DomainError::Conflict(format!("record {record_id} is already being deleted"))
                 } else {
-                    StorageError::NotFound(format!("record {record_id} not found"))
+                    DomainError::Unknown(format!("record {record_id} not found"))
                 });
             }
             busy.insert(record_id.to_owned());
@@ -774,13 +736,13 @@ impl RecordStore {
             .transaction(|(meta, by_owner, by_partition, pending, blobs)| {
                 let abort = ConflictableTransactionError::Abort;
                 let Some(v) = meta.get(record_id.as_bytes())? else {
-                    return Err(abort(StorageError::NotFound(format!(
+                    return Err(abort(DomainError::Unknown(format!(
                         "record {record_id} not found"
                     ))));
                 };
                 let m = codec::decode(record_id.as_bytes(), &v).map_err(abort)?;
                 if m.meta.owner_id != owner_id {
-                    return Err(abort(StorageError::PermissionDenied(format!(
+                    return Err(abort(DomainError::NotEntitled(format!(
                         "record {record_id} does not belong to {owner_id}"
                     ))));
                 }
@@ -822,7 +784,7 @@ impl RecordStore {
 }
 
 /// Moves a first-layout store's ciphertext files to their new names.
-fn migrate(s: &Shared, legacy: layout::Legacy) -> Result<(), StorageError> {
+fn migrate(s: &Shared, legacy: layout::Legacy) -> Result<(), DomainError> {
     let mut record_ids = Vec::new();
     for kv in s.meta.iter() {
         let (k, _) = kv?;
@@ -842,7 +804,7 @@ fn migrate(s: &Shared, legacy: layout::Legacy) -> Result<(), StorageError> {
 /// Removes the objects of every upload or delete a crash interrupted, and
 /// any file that no metadata names. Only the store's own directories are
 /// looked at, never sled's.
-fn sweep(s: &Shared) -> Result<(), StorageError> {
+fn sweep(s: &Shared) -> Result<(), DomainError> {
     let mut records = 0usize;
     for kv in s.pending.iter() {
         let (k, _) = kv?;
@@ -934,9 +896,9 @@ impl Upload {
         self.rec.declared_size
     }
 
-    fn shared(&self) -> Result<Arc<Shared>, StorageError> {
+    fn shared(&self) -> Result<Arc<Shared>, DomainError> {
         self.shared.upgrade().ok_or_else(|| {
-            StorageError::FailedPrecondition(format!(
+            DomainError::Conflict(format!(
                 "record {}: the record store was closed during the upload",
                 self.rec.record_id
             ))
@@ -944,16 +906,14 @@ impl Upload {
     }
 
     /// Writes the next chunk straight to disk (not buffered in memory).
-    pub fn append(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
+    pub fn append(&mut self, chunk: &[u8]) -> Result<(), DomainError> {
         let shared = self.shared()?;
         let id = &self.rec.record_id;
         if chunk.is_empty() {
-            return Err(StorageError::InvalidArgument(format!(
-                "record {id}: empty chunk"
-            )));
+            return Err(DomainError::Malformed(format!("record {id}: empty chunk")));
         }
         if chunk.len() > shared.limits.max_chunk_size {
-            return Err(StorageError::InvalidArgument(format!(
+            return Err(DomainError::Malformed(format!(
                 "record {id}: chunk of {} bytes exceeds the limit of {} bytes",
                 chunk.len(),
                 shared.limits.max_chunk_size
@@ -961,13 +921,13 @@ impl Upload {
         }
         let total = self.received.saturating_add(chunk.len() as u64);
         if total > self.rec.declared_size {
-            return Err(StorageError::InvalidArgument(format!(
+            return Err(DomainError::Malformed(format!(
                 "record {id}: {total} bytes received, more than the declared {}",
                 self.rec.declared_size
             )));
         }
         if self.next_index == u32::MAX {
-            return Err(StorageError::InvalidArgument(format!(
+            return Err(DomainError::Malformed(format!(
                 "record {id}: too many chunks; send larger ones"
             )));
         }
@@ -979,9 +939,10 @@ impl Upload {
             b.sha.update(chunk);
             b.merkle.update(chunk);
         }
-        let file = self.file.as_mut().ok_or_else(|| {
-            StorageError::FailedPrecondition(format!("record {id}: upload closed"))
-        })?;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| DomainError::Conflict(format!("record {id}: upload closed")))?;
         file.write_all(chunk).map_err(|e| io_error(&path, e))?;
         self.next_index += 1;
         self.received = total;
@@ -991,11 +952,11 @@ impl Upload {
     /// Makes the record visible, atomically, once exactly `declared_size`
     /// bytes have arrived; durable when this returns `Ok`. On error the
     /// upload is discarded.
-    pub fn commit(mut self, now: i64) -> Result<RecordMeta, StorageError> {
+    pub fn commit(mut self, now: i64) -> Result<RecordMeta, DomainError> {
         let shared = self.shared()?;
         let id = self.rec.record_id.clone();
         if self.received != self.rec.declared_size {
-            return Err(StorageError::FailedPrecondition(format!(
+            return Err(DomainError::Conflict(format!(
                 "record {id}: received {} bytes but {} were declared",
                 self.received, self.rec.declared_size
             )));
@@ -1033,9 +994,9 @@ impl Upload {
         )
             .transaction(|(meta, by_owner, by_partition, pending)| {
                 if meta.get(id.as_bytes())?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(
-                        StorageError::AlreadyExists(format!("record {id} already exists")),
-                    ));
+                    return Err(ConflictableTransactionError::Abort(DomainError::Exists(
+                        format!("record {id} already exists"),
+                    )));
                 }
                 meta.insert(id.as_bytes(), value.as_slice())?;
                 by_owner.insert(owner_k.as_slice(), &[])?;
@@ -1057,12 +1018,12 @@ impl Upload {
         shared: &Shared,
         blob: BlobUpload,
         now: i64,
-    ) -> Result<RecordMeta, StorageError> {
+    ) -> Result<RecordMeta, DomainError> {
         let id = self.rec.record_id.clone();
         let digest: [u8; 32] = blob.sha.finalize().into();
         if digest != blob.r.blob_id {
             Layout::remove(&shared.files.staging_path(&id))?;
-            return Err(StorageError::InvalidArgument(format!(
+            return Err(DomainError::Malformed(format!(
                 "record {id}: the uploaded blob does not hash to the blob id it was announced with"
             )));
         }
@@ -1112,7 +1073,7 @@ impl Upload {
             .transaction(|(meta, by_owner, by_partition, pending, blobs)| {
                 let abort = ConflictableTransactionError::Abort;
                 if meta.get(id.as_bytes())?.is_some() {
-                    return Err(abort(StorageError::AlreadyExists(format!(
+                    return Err(abort(DomainError::Exists(format!(
                         "record {id} already exists"
                     ))));
                 }
@@ -1167,7 +1128,7 @@ impl Drop for Upload {
                 .pending
                 .remove(id.as_bytes())
                 .map(drop)
-                .map_err(StorageError::from)
+                .map_err(DomainError::from)
         });
         match cleanup {
             Ok(()) => tracing::debug!(record_id = %id, "discarded uncommitted upload"),
@@ -1186,7 +1147,7 @@ enum ReaderState {
         file: File,
         bytes: u64,
     },
-    Failed(Option<StorageError>),
+    Failed(Option<DomainError>),
 }
 
 /// Lazy reader of a record's object. The open file keeps the content
@@ -1197,7 +1158,7 @@ struct ChunkReader {
 }
 
 impl Iterator for ChunkReader {
-    type Item = Result<sled::IVec, StorageError>;
+    type Item = Result<sled::IVec, DomainError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let (meta, file, bytes) = match &mut self.state {
@@ -1212,7 +1173,7 @@ impl Iterator for ChunkReader {
             let extra = file.read(&mut probe).map(|n| n > 0).unwrap_or(true);
             self.state = ReaderState::Failed(None);
             return extra.then(|| {
-                Err(StorageError::Corrupt(format!(
+                Err(DomainError::Corrupt(format!(
                     "record {id}: object is longer than its metadata says"
                 )))
             });
@@ -1226,11 +1187,11 @@ impl Iterator for ChunkReader {
             Err(e) => {
                 self.state = ReaderState::Failed(None);
                 Some(Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    StorageError::Corrupt(format!(
+                    DomainError::Corrupt(format!(
                         "record {id}: object is shorter than its metadata says"
                     ))
                 } else {
-                    StorageError::Io(format!("record {id}: {e}"))
+                    DomainError::files(format!("record {id}: {e}"))
                 }))
             }
         }

@@ -14,7 +14,7 @@
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit};
 
-use crate::StorageError;
+use crate::DomainError;
 
 const AAD_LABEL: &[u8] = b"sesphr list token v1";
 const NONCE_LEN: usize = 12;
@@ -80,9 +80,9 @@ impl PageTokens {
         hex::encode(out)
     }
 
-    pub fn open(&self, scope: &TokenScope<'_>, token: &str) -> Result<Cursor, StorageError> {
+    pub fn open(&self, scope: &TokenScope<'_>, token: &str) -> Result<Cursor, DomainError> {
         let bad = || {
-            StorageError::InvalidArgument(
+            DomainError::Malformed(
                 "page_token is not one this server issued for this listing and caller".into(),
             )
         };

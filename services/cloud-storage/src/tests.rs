@@ -34,7 +34,7 @@ fn put(s: &RecordStore, id: &str, owner: &str, partition: &str, content: &[u8]) 
     up.commit(T0).unwrap()
 }
 
-fn read_all(s: &RecordStore, id: &str) -> Result<Vec<u8>, StorageError> {
+fn read_all(s: &RecordStore, id: &str) -> Result<Vec<u8>, DomainError> {
     let mut out = Vec::new();
     for c in s.chunks(id) {
         out.extend_from_slice(&c?);
@@ -68,7 +68,7 @@ fn upload_commit_read_back() {
     assert!(s.get("r1").unwrap().is_none());
     assert!(matches!(
         s.chunks("r1").next(),
-        Some(Err(StorageError::NotFound(_)))
+        Some(Err(DomainError::Unknown(_)))
     ));
     up.append(&content[400..]).unwrap();
     assert_eq!(up.received(), 1000);
@@ -178,7 +178,7 @@ fn upload_outliving_its_store_fails_cleanly() {
         up.append(b"ab").unwrap();
     }
     let e = up.append(b"cd").unwrap_err();
-    assert!(matches!(e, StorageError::FailedPrecondition(_)), "{e:?}");
+    assert!(matches!(e, DomainError::Conflict(_)), "{e:?}");
     drop(up);
     let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
     assert!(objects(&s).is_empty());
@@ -197,15 +197,18 @@ fn size_mismatch_and_chunk_limits() {
     assert_eq!(s.limits(), limits);
 
     let mut up = s.begin_upload(rec("r1", "alice", "medical", 10)).unwrap();
-    let inv = |r: Result<(), StorageError>| {
-        assert!(matches!(r, Err(StorageError::InvalidArgument(_))), "{r:?}")
+    let inv = |r: Result<(), DomainError>| {
+        assert!(
+            matches!(r, Err(DomainError::Malformed(_) | DomainError::BadName(_))),
+            "{r:?}"
+        )
     };
     inv(up.append(b""));
     inv(up.append(b"123456789"));
     up.append(b"12345678").unwrap();
     inv(up.append(b"abc")); // would be 11 > 10
     let e = up.commit(T0).unwrap_err();
-    assert!(matches!(e, StorageError::FailedPrecondition(_)), "{e:?}");
+    assert!(matches!(e, DomainError::Conflict(_)), "{e:?}");
     assert!(e.to_string().contains("received 8 bytes but 10"), "{e}");
     assert!(s.get("r1").unwrap().is_none());
     assert!(objects(&s).is_empty());
@@ -214,12 +217,15 @@ fn size_mismatch_and_chunk_limits() {
         .begin_upload(rec("r2", "alice", "medical", 101))
         .err()
         .unwrap();
-    assert!(matches!(e, StorageError::InvalidArgument(_)), "{e:?}");
+    assert!(
+        matches!(e, DomainError::Malformed(_) | DomainError::BadName(_)),
+        "{e:?}"
+    );
     let mut big_header = rec("r3", "alice", "medical", 1);
     big_header.header = vec![0; 5];
     assert!(matches!(
         s.begin_upload(big_header).err().unwrap(),
-        StorageError::InvalidArgument(_)
+        DomainError::Malformed(_)
     ));
     assert!(matches!(
         RecordStore::open(
@@ -231,7 +237,7 @@ fn size_mismatch_and_chunk_limits() {
         )
         .err()
         .unwrap(),
-        StorageError::InvalidArgument(_)
+        DomainError::Malformed(_)
     ));
 }
 
@@ -249,7 +255,7 @@ fn bad_ids_are_invalid_argument() {
     ] {
         let e = s.begin_upload(r.clone()).err().unwrap();
         assert!(
-            matches!(e, StorageError::InvalidArgument(_)),
+            matches!(e, DomainError::Malformed(_) | DomainError::BadName(_)),
             "{r:?}: {e:?}"
         );
     }
@@ -258,7 +264,7 @@ fn bad_ids_are_invalid_argument() {
     assert!(s.delete("alice", "").is_err());
     assert!(matches!(
         s.chunks("no/no").next(),
-        Some(Err(StorageError::InvalidArgument(_)))
+        Some(Err(DomainError::Malformed(_) | DomainError::BadName(_)))
     ));
     // Record ids may use upper case (base64url, UUIDs).
     put(&s, "Ab-9_x.Y", "alice", "medical", b"z");
@@ -272,7 +278,7 @@ fn duplicate_ids_are_rejected() {
         .begin_upload(rec("r1", "bob", "medical", 1))
         .err()
         .unwrap();
-    assert!(matches!(e, StorageError::AlreadyExists(_)), "{e:?}");
+    assert!(matches!(e, DomainError::Exists(_)), "{e:?}");
     assert!(e.to_string().contains("being uploaded"));
     drop(up);
     put(&s, "r1", "alice", "medical", b"x");
@@ -280,7 +286,7 @@ fn duplicate_ids_are_rejected() {
         .begin_upload(rec("r1", "alice", "medical", 1))
         .err()
         .unwrap();
-    assert!(matches!(e, StorageError::AlreadyExists(_)), "{e:?}");
+    assert!(matches!(e, DomainError::Exists(_)), "{e:?}");
     assert!(e.to_string().contains("already exists"));
 }
 
@@ -305,7 +311,7 @@ fn concurrent_uploads_of_one_id_admit_one() {
         results
             .iter()
             .filter_map(|r| r.as_ref().err())
-            .all(|e| matches!(e, StorageError::AlreadyExists(_)))
+            .all(|e| matches!(e, DomainError::Exists(_)))
     );
     let content = read_all(&s, "same").unwrap();
     assert_eq!(content.len(), 2);
@@ -367,11 +373,11 @@ fn delete_checks_owner() {
     let (_d, s) = store();
     put(&s, "r1", "alice", "medical", b"secret bytes");
     let e = s.delete("mallory", "r1").unwrap_err();
-    assert!(matches!(e, StorageError::PermissionDenied(_)), "{e:?}");
+    assert!(matches!(e, DomainError::NotEntitled(_)), "{e:?}");
     assert!(!e.to_string().contains("alice"), "{e}");
     assert!(s.get("r1").unwrap().is_some());
     let e = s.delete("alice", "r9").unwrap_err();
-    assert!(matches!(e, StorageError::NotFound(_)), "{e:?}");
+    assert!(matches!(e, DomainError::Unknown(_)), "{e:?}");
 
     let m = s.delete("alice", "r1").unwrap();
     assert_eq!(m.size, 12);
@@ -387,13 +393,13 @@ fn delete_checks_owner() {
     assert!(s.shared.pending.is_empty());
     assert!(matches!(
         s.delete("alice", "r1").unwrap_err(),
-        StorageError::NotFound(_)
+        DomainError::Unknown(_)
     ));
     // Deleting an upload in progress finds nothing.
     let _up = s.begin_upload(rec("r2", "alice", "medical", 1)).unwrap();
     assert!(matches!(
         s.delete("alice", "r2").unwrap_err(),
-        StorageError::NotFound(_)
+        DomainError::Unknown(_)
     ));
     put(&s, "r1", "alice", "medical", b"new");
 }
@@ -409,7 +415,7 @@ fn a_reader_finishes_a_record_deleted_meanwhile() {
     assert!(it.next().is_none());
     assert!(matches!(
         s.chunks("r1").next(),
-        Some(Err(StorageError::NotFound(_)))
+        Some(Err(DomainError::Unknown(_)))
     ));
 }
 
@@ -448,31 +454,31 @@ fn corrupt_metadata_is_reported() {
     let (_d, s) = store();
     put(&s, "r1", "alice", "medical", b"abc");
     s.shared.meta.insert("r1", &b"\x01garbage"[..]).unwrap();
-    assert!(matches!(s.get("r1"), Err(StorageError::Corrupt(_))));
+    assert!(matches!(s.get("r1"), Err(DomainError::Corrupt(_))));
     assert!(matches!(
         s.chunks("r1").next(),
-        Some(Err(StorageError::Corrupt(_)))
+        Some(Err(DomainError::Corrupt(_)))
     ));
     assert!(matches!(
         s.list("alice", None, None, 10),
-        Err(StorageError::Corrupt(_))
+        Err(DomainError::Corrupt(_))
     ));
     assert!(matches!(
         s.delete("alice", "r1"),
-        Err(StorageError::Corrupt(_))
+        Err(DomainError::Corrupt(_))
     ));
 
     // An object gone missing behind the store's back.
     put(&s, "r2", "alice", "medical", b"abcdef");
     std::fs::remove_file(s.shared.files.record_path("r2")).unwrap();
-    assert!(matches!(read_all(&s, "r2"), Err(StorageError::Corrupt(_))));
+    assert!(matches!(read_all(&s, "r2"), Err(DomainError::Corrupt(_))));
     // Objects shorter or longer than the metadata says.
     put(&s, "r3", "alice", "medical", b"abcdef");
     std::fs::write(s.shared.files.record_path("r3"), b"abc").unwrap();
-    assert!(matches!(read_all(&s, "r3"), Err(StorageError::Corrupt(_))));
+    assert!(matches!(read_all(&s, "r3"), Err(DomainError::Corrupt(_))));
     put(&s, "r4", "alice", "medical", b"abcdef");
     std::fs::write(s.shared.files.record_path("r4"), b"abcdefg").unwrap();
-    assert!(matches!(read_all(&s, "r4"), Err(StorageError::Corrupt(_))));
+    assert!(matches!(read_all(&s, "r4"), Err(DomainError::Corrupt(_))));
 }
 
 /// Ids of the object files present, sorted.
@@ -553,7 +559,7 @@ fn equal_blobs_are_stored_once_and_freed_with_the_last_record() {
     let err = s
         .link_blob(rec("r4", "dave", "medical", 0), blob_ref(&content), T0)
         .unwrap_err();
-    assert!(matches!(err, StorageError::NotFound(_)), "{err}");
+    assert!(matches!(err, DomainError::Unknown(_)), "{err}");
 }
 
 #[test]
@@ -564,10 +570,7 @@ fn a_blob_that_does_not_hash_to_its_id_is_refused_and_leaves_nothing() {
         .begin_blob_upload(rec("r1", "alice", "medical", 4), blob_ref(b"real"))
         .unwrap();
     up.append(b"fake").unwrap();
-    assert!(matches!(
-        up.commit(T0),
-        Err(StorageError::InvalidArgument(_))
-    ));
+    assert!(matches!(up.commit(T0), Err(DomainError::Malformed(_))));
     assert!(s.get("r1").unwrap().is_none());
     assert_eq!(blob_files(dir.path()), 0);
     assert_eq!(

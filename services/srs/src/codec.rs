@@ -11,7 +11,8 @@
 //!           i64 stored_at
 //! ```
 
-use crate::{KfragSet, SrsError, UserRecord};
+use crate::{DomainError, KfragSet, UserRecord};
+use sesphr_domain::codec::Reader;
 
 const VERSION: u8 = 1;
 
@@ -44,11 +45,11 @@ pub fn encode_user(u: &UserRecord) -> Vec<u8> {
 
 /// Decodes the user stored under `key`; a record naming another user than
 /// its key is `Corrupt`.
-pub fn decode_user(key: &[u8], v: &[u8]) -> Result<UserRecord, SrsError> {
+pub fn decode_user(key: &[u8], v: &[u8]) -> Result<UserRecord, DomainError> {
     let label = String::from_utf8_lossy(key);
-    let bad = |why: &str| SrsError::Corrupt(format!("user {label}: {why}"));
-    let mut r = Reader(v);
-    r.version().map_err(|w| bad(&w))?;
+    let bad = |why: &str| DomainError::Corrupt(format!("user {label}: {why}"));
+    let mut r = Reader::new(v);
+    r.version(VERSION).map_err(|w| bad(&w))?;
     let user_id = r.string().ok_or_else(|| bad("bad user id"))?;
     let role = r.string().ok_or_else(|| bad("bad role"))?;
     let role = role.parse().map_err(|_| bad("unknown role"))?;
@@ -96,10 +97,10 @@ pub fn encode_kfrags(s: &KfragSet) -> Vec<u8> {
 }
 
 /// `label` only names the set in error messages.
-pub fn decode_kfrags(label: &str, v: &[u8]) -> Result<KfragSet, SrsError> {
-    let bad = |why: &str| SrsError::Corrupt(format!("kfrags {label}: {why}"));
-    let mut r = Reader(v);
-    r.version().map_err(|w| bad(&w))?;
+pub fn decode_kfrags(label: &str, v: &[u8]) -> Result<KfragSet, DomainError> {
+    let bad = |why: &str| DomainError::Corrupt(format!("kfrags {label}: {why}"));
+    let mut r = Reader::new(v);
+    r.version(VERSION).map_err(|w| bad(&w))?;
     let delegating_public_key = r
         .bytes()
         .ok_or_else(|| bad("truncated delegating key"))?
@@ -120,46 +121,6 @@ pub fn decode_kfrags(label: &str, v: &[u8]) -> Result<KfragSet, SrsError> {
         kfrags,
         stored_at,
     })
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Some(head)
-    }
-    fn version(&mut self) -> Result<(), String> {
-        match self.take(1) {
-            Some([VERSION]) => Ok(()),
-            Some([v]) => Err(format!("unknown version {v}")),
-            _ => Err("empty value".into()),
-        }
-    }
-    fn end(&self) -> Result<(), String> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err("trailing bytes".into())
-        }
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let n = usize::try_from(self.u32()?).ok()?;
-        self.take(n)
-    }
-    fn string(&mut self) -> Option<String> {
-        String::from_utf8(self.bytes()?.to_vec()).ok()
-    }
 }
 
 #[cfg(test)]

@@ -20,14 +20,13 @@
 //! 0x00` is an exact prefix: revoking all epochs of one grant is one scan.
 
 mod codec;
-mod ratelimit;
+pub mod grpc;
+pub mod kfrag_cache;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sesphr_identity::{IdentityError, Role, validate_partition, validate_user_id};
-
-pub use ratelimit::RateLimiter;
+use sesphr_identity::{Role, validate_partition, validate_user_id};
 
 /// Largest accepted public key (PRE or verifying), in bytes. P-256 points
 /// are 33 or 65 bytes; the slack allows other encodings.
@@ -39,31 +38,8 @@ pub const MAX_KFRAGS: usize = 16;
 /// Largest accepted single kfrag.
 pub const MAX_KFRAG_LEN: usize = 4096;
 
-/// Everything that can go wrong, shaped so each variant maps to one gRPC
-/// status code. Messages quote ids, never key material.
-#[derive(Debug, thiserror::Error)]
-pub enum SrsError {
-    #[error("{0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    PermissionDenied(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("storage error: {0}")]
-    Storage(#[from] sled::Error),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-}
-
-impl From<IdentityError> for SrsError {
-    fn from(e: IdentityError) -> Self {
-        SrsError::InvalidArgument(e.to_string())
-    }
-}
+/// The shared error vocabulary of the services (`sesphr-domain`).
+pub use sesphr_domain::DomainError;
 
 /// An enrolled user: public keys only, plus the certificate the CA issued.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,9 +86,9 @@ fn kfrag_key(owner: &str, partition: &str, grantee: &str, epoch: u32) -> Vec<u8>
     k
 }
 
-fn check_len(what: &str, b: &[u8], min: usize, max: usize) -> Result<(), SrsError> {
+fn check_len(what: &str, b: &[u8], min: usize, max: usize) -> Result<(), DomainError> {
     if b.len() < min || b.len() > max {
-        return Err(SrsError::InvalidArgument(if b.len() < min {
+        return Err(DomainError::Malformed(if b.len() < min {
             format!("{what} is missing")
         } else {
             format!("{what} is {} bytes, at most {max} are accepted", b.len())
@@ -121,7 +97,7 @@ fn check_len(what: &str, b: &[u8], min: usize, max: usize) -> Result<(), SrsErro
     Ok(())
 }
 
-fn validate_grant_ids(owner: &str, partition: &str, grantee: &str) -> Result<(), SrsError> {
+fn validate_grant_ids(owner: &str, partition: &str, grantee: &str) -> Result<(), DomainError> {
     validate_user_id(owner)?;
     validate_partition(partition)?;
     validate_user_id(grantee)?;
@@ -130,7 +106,7 @@ fn validate_grant_ids(owner: &str, partition: &str, grantee: &str) -> Result<(),
 
 impl SrsStore {
     /// Opens (or creates) the store at `path`.
-    pub fn open(path: &Path) -> Result<Self, SrsError> {
+    pub fn open(path: &Path) -> Result<Self, DomainError> {
         let db = sled::Config::new().path(path).open()?;
         let users = db.open_tree("users")?;
         let kfrags = db.open_tree("kfrags")?;
@@ -146,7 +122,7 @@ impl SrsStore {
     /// Enrols a user. A user id is taken for good, whatever the role: a
     /// second enrolment under the same id is `AlreadyExists`, so nobody can
     /// replace someone else's public keys.
-    pub fn register_user(&self, user: UserRecord) -> Result<(), SrsError> {
+    pub fn register_user(&self, user: UserRecord) -> Result<(), DomainError> {
         validate_user_id(&user.user_id)?;
         check_len(
             "PRE public key",
@@ -161,7 +137,7 @@ impl SrsStore {
             self.users
                 .compare_and_swap(user.user_id.as_bytes(), None::<&[u8]>, Some(value))?;
         if swapped.is_err() {
-            return Err(SrsError::AlreadyExists(format!(
+            return Err(DomainError::Exists(format!(
                 "user id {} is already enrolled",
                 user.user_id
             )));
@@ -172,7 +148,7 @@ impl SrsStore {
         Ok(())
     }
 
-    pub fn user(&self, user_id: &str) -> Result<Option<UserRecord>, SrsError> {
+    pub fn user(&self, user_id: &str) -> Result<Option<UserRecord>, DomainError> {
         validate_user_id(user_id)?;
         self.users
             .get(user_id.as_bytes())?
@@ -189,10 +165,10 @@ impl SrsStore {
         epoch: u32,
         grantee_id: &str,
         set: KfragSet,
-    ) -> Result<(), SrsError> {
+    ) -> Result<(), DomainError> {
         validate_grant_ids(owner_id, partition, grantee_id)?;
         if owner_id == grantee_id {
-            return Err(SrsError::InvalidArgument(format!(
+            return Err(DomainError::Malformed(format!(
                 "{owner_id} cannot delegate to themselves"
             )));
         }
@@ -203,7 +179,7 @@ impl SrsStore {
             MAX_PUBLIC_KEY_LEN,
         )?;
         if set.kfrags.is_empty() || set.kfrags.len() > MAX_KFRAGS {
-            return Err(SrsError::InvalidArgument(format!(
+            return Err(DomainError::Malformed(format!(
                 "a kfrag set holds 1 to {MAX_KFRAGS} kfrags, not {}",
                 set.kfrags.len()
             )));
@@ -225,7 +201,7 @@ impl SrsStore {
         partition: &str,
         epoch: u32,
         grantee_id: &str,
-    ) -> Result<Option<KfragSet>, SrsError> {
+    ) -> Result<Option<KfragSet>, DomainError> {
         validate_grant_ids(owner_id, partition, grantee_id)?;
         self.kfrags
             .get(kfrag_key(owner_id, partition, grantee_id, epoch))?
@@ -241,7 +217,7 @@ impl SrsStore {
         owner_id: &str,
         partition: &str,
         grantee_id: &str,
-    ) -> Result<Vec<u32>, SrsError> {
+    ) -> Result<Vec<u32>, DomainError> {
         validate_grant_ids(owner_id, partition, grantee_id)?;
         let prefix = kfrag_prefix(owner_id, partition, grantee_id);
         let mut out = Vec::new();
@@ -262,7 +238,7 @@ impl SrsStore {
         partition: &str,
         grantee_id: &str,
         epoch: Option<u32>,
-    ) -> Result<usize, SrsError> {
+    ) -> Result<usize, DomainError> {
         validate_grant_ids(owner_id, partition, grantee_id)?;
         let removed = match epoch {
             Some(e) => usize::from(
@@ -291,7 +267,7 @@ impl SrsStore {
     }
 
     /// Number of enrolled users.
-    pub fn users_count(&self) -> Result<u64, SrsError> {
+    pub fn users_count(&self) -> Result<u64, DomainError> {
         Ok(self.users_count.load(Ordering::Relaxed))
     }
 
@@ -299,7 +275,7 @@ impl SrsStore {
     /// first time it is asked for (atomically and durably, so concurrent
     /// first calls and restarts all see one value). The dedup OPRF key seed
     /// lives here.
-    pub fn service_secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32], SrsError> {
+    pub fn service_secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32], DomainError> {
         let key = format!("secret/{name}");
         let secrets = self.db.open_tree("secrets")?;
         let stored =
@@ -312,16 +288,16 @@ impl SrsStore {
             };
         stored
             .try_into()
-            .map_err(|_| SrsError::Corrupt(format!("service secret {name} is not 32 bytes")))
+            .map_err(|_| DomainError::Corrupt(format!("service secret {name} is not 32 bytes")))
     }
 }
 
-fn epoch_of(key: &[u8], prefix_len: usize) -> Result<u32, SrsError> {
+fn epoch_of(key: &[u8], prefix_len: usize) -> Result<u32, DomainError> {
     key.get(prefix_len..)
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
         .map(u32::from_be_bytes)
         .ok_or_else(|| {
-            SrsError::Corrupt(format!(
+            DomainError::Corrupt(format!(
                 "kfrag key {:?} does not end in a 4-byte epoch",
                 String::from_utf8_lossy(key)
             ))

@@ -1,0 +1,475 @@
+//! `sesphr`: the SeSPHR command line for patients and practitioners.
+//!
+//! Machine-readable results go to stdout; progress and messages to stderr.
+//! A failure exits non-zero with one readable line.
+
+mod demo;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use sesphr_client::{self as client, GrantOptions, MeshFile, Patient, Progress, Session};
+use sesphr_identity::Role;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+#[derive(Parser)]
+#[command(
+    name = "sesphr",
+    version,
+    about = "Share encrypted health records on a SeSPHR mesh"
+)]
+struct Cli {
+    /// The mesh.toml of the mesh (`sesphrd dev` writes DIR/mesh.toml).
+    #[arg(long, env = "SESPHR_MESH", global = true)]
+    mesh: Option<PathBuf>,
+    /// Your profile directory (keys, certificate).
+    #[arg(long, env = "SESPHR_HOME", global = true)]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enrol with the mesh: create keys locally and get a client certificate.
+    Enroll {
+        #[arg(long)]
+        id: String,
+        /// patient, doctor, nurse, pharmacist, insurer, researcher, family,
+        /// friend (family/friend = private domain, the rest public domain).
+        #[arg(long)]
+        role: String,
+        /// Enrollment token (default: the one in the mesh file).
+        #[arg(long, env = "SESPHR_ENROLLMENT_TOKEN")]
+        token: Option<String>,
+    },
+    /// Encrypt and upload a file; prints the new record id.
+    Upload {
+        #[arg(long)]
+        partition: String,
+        file: PathBuf,
+    },
+    /// Split a FHIR R4 Bundle into partitions and upload one record each.
+    ImportFhir {
+        bundle: PathBuf,
+        /// JSON object overriding the resource type → partition map.
+        #[arg(long)]
+        map: Option<PathBuf>,
+    },
+    /// List records you may see.
+    Ls {
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        partition: Option<String>,
+    },
+    /// Download and decrypt a record (to stdout without -o).
+    Get {
+        record_id: String,
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
+    /// Grant a user access to one of your partitions.
+    Grant {
+        #[arg(long)]
+        partition: String,
+        #[arg(long)]
+        to: String,
+        /// Expiry as RFC 3339 (e.g. 2027-01-01T00:00:00Z).
+        #[arg(long, conflicts_with = "for_")]
+        expires: Option<String>,
+        /// Expiry as a duration from now: 30d, 12h, 15m, 90s.
+        #[arg(long = "for")]
+        for_: Option<String>,
+        /// Records created before this stay closed: `now` or RFC 3339.
+        #[arg(long)]
+        not_before: Option<String>,
+    },
+    /// Withdraw a grant, then rotate the partition so that records written
+    /// from now on are under a key the revoked user never had a path to.
+    Revoke {
+        #[arg(long)]
+        partition: String,
+        #[arg(long)]
+        from: String,
+        /// Keep the current key epoch. Until the next rotation, the SRS
+        /// together with the revoked user could still open new records.
+        #[arg(long)]
+        no_rotate: bool,
+    },
+    /// Move a partition to a new key epoch for later uploads.
+    Rotate {
+        #[arg(long)]
+        partition: String,
+    },
+    /// Grants given and received.
+    Grants,
+    /// Your audit trail.
+    Audit {
+        /// Also recompute the hash chain.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Run the whole story on an in-process mesh (or on --mesh).
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sesphr: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sesphr: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    client::error_line(e.as_ref())
+}
+
+fn mesh_file(path: &Option<PathBuf>) -> anyhow::Result<MeshFile> {
+    let path = path.as_ref().ok_or_else(|| {
+        anyhow!("no mesh: pass --mesh FILE or set SESPHR_MESH (sesphrd dev writes DIR/mesh.toml)")
+    })?;
+    Ok(MeshFile::load(path)?)
+}
+
+fn home(path: &Option<PathBuf>) -> anyhow::Result<&Path> {
+    path.as_deref()
+        .ok_or_else(|| anyhow!("no profile: pass --home DIR or set SESPHR_HOME"))
+}
+
+fn parse_time(s: &str) -> anyhow::Result<i64> {
+    if s == "now" {
+        return Ok(client::unix_now());
+    }
+    let t = OffsetDateTime::parse(s, &Rfc3339).with_context(|| {
+        format!("{s:?} is not `now` or an RFC 3339 time like 2027-01-01T00:00:00Z")
+    })?;
+    Ok(t.unix_timestamp())
+}
+
+fn parse_duration(s: &str) -> anyhow::Result<i64> {
+    let (num, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: i64 = num
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| anyhow!("{s:?} is not a duration like 30d, 12h, 15m or 90s"))?;
+    let secs = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => bail!("{s:?} is not a duration like 30d, 12h, 15m or 90s"),
+    };
+    n.checked_mul(secs)
+        .ok_or_else(|| anyhow!("{s:?} is too long"))
+}
+
+fn fmt_time(t: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// A progress bar on stderr when it is a terminal; nothing otherwise.
+fn progress(len: u64, verb: &str) -> (Progress, Option<ProgressBar>) {
+    if !std::io::stderr().is_terminal() {
+        return (client::no_progress(), None);
+    }
+    // Downloads learn their size only from the first message: a byte
+    // counter instead of a bar.
+    let (bar, template) = if len == 0 {
+        (ProgressBar::no_length(), "{msg} {bytes} {bytes_per_sec}")
+    } else {
+        (
+            ProgressBar::new(len),
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(verb.to_owned());
+    let b = bar.clone();
+    (Arc::new(move |n| b.set_position(n)), Some(bar))
+}
+
+fn role_name(r: i32) -> String {
+    sesphr::proto::Role::try_from(r)
+        .ok()
+        .and_then(sesphr::proto::Role::to_domain)
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let stdout = std::io::stdout();
+    match cli.command {
+        Command::Enroll { id, role, token } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let role: Role = role.parse()?;
+            let token = token
+                .or_else(|| mesh.enrollment_token.clone())
+                .ok_or_else(|| {
+                    anyhow!("no enrollment token: pass --token or use a dev mesh file")
+                })?;
+            let profile = client::enroll(&mesh, home(&cli.home)?, &id, role, &token).await?;
+            eprintln!(
+                "enrolled {} ({} domain)",
+                profile.identity,
+                match role.domain() {
+                    sesphr_identity::Domain::Owner => "owner",
+                    sesphr_identity::Domain::Private => "private",
+                    sesphr_identity::Domain::Public => "public",
+                }
+            );
+            println!("{}", profile.identity);
+        }
+        Command::Upload { partition, file } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let patient = Patient::open(&mesh, home(&cli.home)?)?;
+            let f = std::fs::File::open(&file).with_context(|| file.display().to_string())?;
+            let len = f
+                .metadata()
+                .with_context(|| file.display().to_string())?
+                .len();
+            let (cb, bar) = progress(len, "encrypting + uploading");
+            let rec = patient.upload_dedup(&partition, f, len, cb).await;
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            let (rec, stored) = rec?;
+            eprintln!(
+                "stored ({stored}): {len} bytes in {partition}, epoch {}",
+                rec.epoch
+            );
+            println!("{}", rec.record_id);
+        }
+        Command::ImportFhir { bundle, map } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let patient = Patient::open(&mesh, home(&cli.home)?)?;
+            let text =
+                std::fs::read_to_string(&bundle).with_context(|| bundle.display().to_string())?;
+            let map = match map {
+                Some(p) => client::fhir::PartitionMap::with_overrides(
+                    &std::fs::read_to_string(&p).with_context(|| p.display().to_string())?,
+                )?,
+                None => Default::default(),
+            };
+            for (partition, rec) in patient.import_fhir(&text, &map).await? {
+                println!("{partition} {}", rec.record_id);
+            }
+        }
+        Command::Ls { owner, partition } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let s = Session::open(&mesh, home(&cli.home)?)?;
+            let mut out = stdout.lock();
+            for r in s.list(owner.as_deref(), partition.as_deref()).await? {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    r.record_id,
+                    r.owner_id,
+                    r.partition,
+                    r.epoch,
+                    fmt_time(r.created_at),
+                    r.ciphertext_size
+                )?;
+            }
+        }
+        Command::Get { record_id, output } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let s = Session::open(&mesh, home(&cli.home)?)?;
+            let (cb, bar) = progress(0, "downloading + decrypting");
+            match output {
+                Some(path) => {
+                    // Plaintext lands under a temporary name and is renamed
+                    // only once the whole record authenticated.
+                    let dir = path
+                        .parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .unwrap_or(Path::new("."));
+                    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+                        .with_context(|| dir.display().to_string())?;
+                    let res = s.download(&record_id, tmp.as_file_mut(), cb).await;
+                    if let Some(bar) = bar {
+                        bar.finish_and_clear();
+                    }
+                    res?;
+                    tmp.persist(&path)
+                        .with_context(|| path.display().to_string())?;
+                }
+                None => {
+                    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+                    let res = s.download(&record_id, &mut out, cb).await;
+                    if let Some(bar) = bar {
+                        bar.finish_and_clear();
+                    }
+                    res?;
+                }
+            }
+        }
+        Command::Grant {
+            partition,
+            to,
+            expires,
+            for_,
+            not_before,
+        } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let patient = Patient::open(&mesh, home(&cli.home)?)?;
+            let expires_at = match (expires, for_) {
+                (Some(t), _) => Some(parse_time(&t)?),
+                (None, Some(d)) => Some(client::unix_now() + parse_duration(&d)?),
+                (None, None) => None,
+            };
+            let not_before = not_before.map(|t| parse_time(&t)).transpose()?;
+            let g = patient
+                .grant(
+                    &partition,
+                    &to,
+                    GrantOptions {
+                        not_before,
+                        expires_at,
+                    },
+                )
+                .await?;
+            eprintln!(
+                "granted {} ({}) {} from epoch {}{}{}",
+                g.grantee_id,
+                role_name(g.grantee_role),
+                g.partition,
+                g.epoch_min,
+                if g.not_before > 0 {
+                    format!(", records from {}", fmt_time(g.not_before))
+                } else {
+                    String::new()
+                },
+                g.expires_at
+                    .map(|e| format!(", until {}", fmt_time(e)))
+                    .unwrap_or_default()
+            );
+        }
+        Command::Revoke {
+            partition,
+            from,
+            no_rotate,
+        } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let patient = Patient::open(&mesh, home(&cli.home)?)?;
+            patient.revoke(&partition, &from).await?;
+            if no_rotate {
+                eprintln!(
+                    "revoked {from}'s access to {partition} (not rotated: run `sesphr rotate --partition {partition}` before writing records {from} must not read)"
+                );
+            } else {
+                let epoch = patient.rotate(&partition).await.with_context(|| {
+                    format!(
+                        "revoked {from}'s access to {partition}, but the rotation failed; run `sesphr rotate --partition {partition}`"
+                    )
+                })?;
+                eprintln!(
+                    "revoked {from}'s access to {partition}; new records use key epoch {epoch}"
+                );
+            }
+        }
+        Command::Rotate { partition } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let patient = Patient::open(&mesh, home(&cli.home)?)?;
+            let epoch = patient.rotate(&partition).await?;
+            eprintln!("{partition} now uses key epoch {epoch} for new records");
+            println!("{epoch}");
+        }
+        Command::Grants => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let s = Session::open(&mesh, home(&cli.home)?)?;
+            let g = s.grants().await?;
+            let mut out = stdout.lock();
+            for (dir, list) in [("given", g.given), ("received", g.received)] {
+                for g in list {
+                    writeln!(
+                        out,
+                        "{dir}\t{}\t{}\t{}\t{}\tepochs {}..{}\tnot_before {}\texpires {}",
+                        g.owner_id,
+                        g.partition,
+                        g.grantee_id,
+                        role_name(g.grantee_role),
+                        g.epoch_min,
+                        g.epoch_max.map(|e| e.to_string()).unwrap_or_default(),
+                        fmt_time(g.not_before),
+                        g.expires_at.map(fmt_time).unwrap_or_else(|| "never".into())
+                    )?;
+                }
+            }
+        }
+        Command::Audit { verify } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let s = Session::open(&mesh, home(&cli.home)?)?;
+            let mut out = stdout.lock();
+            for e in s.audit().await? {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    e.seq,
+                    fmt_time(e.time),
+                    e.actor,
+                    e.action,
+                    e.owner_id,
+                    e.partition,
+                    e.subject,
+                    e.outcome,
+                    e.detail
+                )?;
+            }
+            if verify {
+                let r = s.verify_audit().await?;
+                if r.ok {
+                    eprintln!(
+                        "audit chain verifies: {} entries about you, your latest #{} {}",
+                        r.entries,
+                        r.head_seq,
+                        hex::encode(&r.head_hash)
+                    );
+                } else {
+                    bail!(
+                        "audit chain does NOT verify at entry {}: {}",
+                        r.first_bad_seq.unwrap_or_default(),
+                        r.problem
+                    );
+                }
+            }
+        }
+        Command::Demo => {
+            let mesh = match &cli.mesh {
+                Some(p) => Some(MeshFile::load(p)?),
+                None => None,
+            };
+            let mut out = std::io::stdout();
+            let report = demo::run(mesh, &mut out).await?;
+            if !report.passed() {
+                bail!("demo failed: {}", report.failures.join("; "));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,332 @@
+//! Deduplicated uploads and downloads (message-locked encryption with
+//! server-aided keys and proofs of ownership; see `crates/dedup/README.md`).
+//!
+//! Upload, in three passes over the input so memory stays at one segment:
+//! 1. hash the plaintext; ask the SRS to evaluate the OPRF on the blinded
+//!    hash; derive the content key;
+//! 2. seal the blob deterministically and hash it: the blob id;
+//! 3. ask CloudStorage whether the blob is stored: if so, answer its
+//!    ownership challenge from the re-sealed blob and link the record (a few
+//!    hundred KiB travel); otherwise stream the sealed blob.
+//!
+//! The record's own capsule (under the partition key) wraps the content
+//! key, so sharing, revocation and partitions work as for any record.
+
+use std::io::{Read, Seek, SeekFrom};
+
+use sesphr_crypto::record::DemKeySource;
+use sesphr_crypto::{self as crypto, KemKey, RecordHeader};
+use sesphr_dedup::pow::{Challenge, ProofBuilder};
+use sesphr_dedup::{BlobOpener, BlobSealer, ContentKey, Sha256Hasher};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{ClientError, Patient, Progress, RecordInfo, check_partition, rpc, unary};
+use sesphr::proto::{self, get_record_response, put_record_request};
+
+/// Whether an upload stored new bytes or linked to an equal stored blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    New,
+    Deduplicated,
+}
+
+impl std::fmt::Display for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stored::New => "new",
+            Stored::Deduplicated => "deduplicated",
+        })
+    }
+}
+
+const SEGMENT: u64 = sesphr_dedup::convergent::DEFAULT_BLOB_SEGMENT_SIZE as u64;
+const TAG: u64 = sesphr_dedup::convergent::TAG_LEN as u64;
+
+/// Size of the blob of a `len`-byte plaintext.
+pub fn blob_len(len: u64) -> u64 {
+    let segments = len.div_ceil(SEGMENT).max(1);
+    sesphr_dedup::convergent::BLOB_HEADER_LEN as u64 + len + segments * TAG
+}
+
+fn dedup_err(e: sesphr_dedup::Error) -> ClientError {
+    ClientError::Invalid(format!("deduplication: {e}"))
+}
+
+fn read_err(e: std::io::Error) -> ClientError {
+    ClientError::Io {
+        path: "input".into(),
+        source: e,
+    }
+}
+
+/// Pass 1: SHA-256 of the plaintext.
+fn digest<R: Read + Seek>(input: &mut R, progress: &Progress) -> Result<[u8; 32], ClientError> {
+    input.seek(SeekFrom::Start(0)).map_err(read_err)?;
+    let mut h = Sha256Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    loop {
+        let n = input.read(&mut buf).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        done += n as u64;
+        progress(done / 3);
+    }
+    Ok(h.finalize())
+}
+
+/// Seals `len` plaintext bytes from the start of `input` into a blob and
+/// hands each piece to `emit` (false: stop early).
+fn seal<R: Read + Seek>(
+    input: &mut R,
+    len: u64,
+    key: &ContentKey,
+    mut emit: impl FnMut(Vec<u8>) -> Result<bool, ClientError>,
+) -> Result<(), ClientError> {
+    input.seek(SeekFrom::Start(0)).map_err(read_err)?;
+    let mut sealer = Some(BlobSealer::new(key));
+    if !emit(sealer.as_ref().expect("set").header_bytes().to_vec())? {
+        return Ok(());
+    }
+    let mut remaining = len;
+    while let Some(mut s) = sealer.take() {
+        let n = remaining.min(SEGMENT) as usize;
+        let mut buf = Vec::with_capacity(n + TAG as usize);
+        buf.resize(n, 0);
+        input.read_exact(&mut buf).map_err(read_err)?;
+        remaining -= n as u64;
+        if remaining == 0 {
+            s.seal_last_in_place(&mut buf).map_err(dedup_err)?;
+        } else {
+            s.seal_segment_in_place(&mut buf).map_err(dedup_err)?;
+            sealer = Some(s);
+        }
+        if !emit(buf)? {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Runs blocking input work on the blocking pool, handing the input back.
+async fn on_input<R, T>(
+    mut input: R,
+    f: impl FnOnce(&mut R) -> Result<T, ClientError> + Send + 'static,
+) -> Result<(R, T), ClientError>
+where
+    R: Read + Seek + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || f(&mut input).map(|t| (input, t)))
+        .await
+        .map_err(|e| ClientError::Invalid(format!("input task failed: {e}")))?
+}
+
+impl Patient {
+    /// Uploads `len` bytes of `input` as a deduplicated record: stored once
+    /// however many records (of any owner, under the server's `global`
+    /// scope) hold the same content. Returns the record and whether new
+    /// bytes were stored.
+    pub async fn upload_dedup<R>(
+        &self,
+        partition: &str,
+        input: R,
+        len: u64,
+        progress: Progress,
+    ) -> Result<(RecordInfo, Stored), ClientError>
+    where
+        R: Read + Seek + Send + 'static,
+    {
+        check_partition(partition)?;
+        let p = progress.clone();
+        let (input, digest) = on_input(input, move |i| digest(i, &p)).await?;
+
+        // Server-aided content key: the SRS sees only a blinded point.
+        let (state, blinded) = sesphr_dedup::blind(&mut rand::rng(), &digest).map_err(dedup_err)?;
+        let evaluated = self
+            .clients
+            .srs
+            .clone()
+            .evaluate_content_key(unary(proto::EvaluateContentKeyRequest {
+                blinded_element: blinded.to_vec(),
+            }))
+            .await
+            .map_err(rpc("SRS"))?
+            .into_inner()
+            .evaluated_element;
+        let output = sesphr_dedup::finalize(state, &digest, &evaluated).map_err(|_| {
+            ClientError::Verification("the SRS returned an invalid OPRF evaluation".into())
+        })?;
+        let content_key = sesphr_dedup::content_key(&output);
+
+        let key = content_key.clone();
+        let p = progress.clone();
+        let (input, blob_id) = on_input(input, move |i| {
+            let mut h = Sha256Hasher::new();
+            let mut done = 0u64;
+            seal(i, len, &key, |piece| {
+                h.update(&piece);
+                done += piece.len() as u64;
+                p(len / 3 + done.min(len) / 3);
+                Ok(true)
+            })?;
+            Ok(h.finalize())
+        })
+        .await?;
+        let query = self
+            .clients
+            .cloud
+            .clone()
+            .query_blob(unary(proto::QueryBlobRequest {
+                blob_id: blob_id.to_vec(),
+            }))
+            .await
+            .map_err(rpc("CloudStorage"))?
+            .into_inner();
+
+        // The record's own key wraps the content key.
+        let fresh = self.new_record(partition)?;
+        let (record_id, epoch, kem_key) = (fresh.record_id, fresh.epoch, fresh.kem_key);
+        let header = fresh.header.with_key_source(DemKeySource::External);
+        let wrapped = sesphr_dedup::wrap_content_key(
+            &mut rand::rng(),
+            kem_key.as_bytes(),
+            &content_key,
+            header.as_bytes(),
+        );
+        let upload = |ownership_proof: Vec<u8>, ciphertext_size: u64| proto::PutRecordRequest {
+            part: Some(put_record_request::Part::Header(proto::RecordUpload {
+                record_id: record_id.clone(),
+                partition: partition.to_owned(),
+                epoch,
+                record_header: header.to_bytes(),
+                ciphertext_size,
+                blob_id: blob_id.to_vec(),
+                wrapped_content_key: wrapped.to_vec(),
+                ownership_proof,
+            })),
+        };
+
+        if query.exists {
+            let challenge = Challenge::from_bytes(&query.challenge).map_err(|_| {
+                ClientError::Verification("CloudStorage sent a malformed challenge".into())
+            })?;
+            let key = content_key.clone();
+            let (_, proof) = on_input(input, move |i| {
+                let mut builder = ProofBuilder::new(&challenge);
+                seal(i, len, &key, |piece| {
+                    builder.update(&piece).map_err(dedup_err)?;
+                    Ok(true)
+                })?;
+                builder.finish().map_err(dedup_err)
+            })
+            .await?;
+            let first = upload(proof.to_bytes(), query.blob_size);
+            let resp = self
+                .clients
+                .cloud
+                .clone()
+                .put_record(futures::stream::iter(vec![first]))
+                .await
+                .map_err(rpc("CloudStorage"))?
+                .into_inner();
+            progress(len);
+            let rec = resp.record.ok_or_else(|| {
+                ClientError::Verification("CloudStorage returned no record".into())
+            })?;
+            return Ok((rec, Stored::Deduplicated));
+        }
+
+        let (tx, rx) = mpsc::channel::<proto::PutRecordRequest>(super::UPLOAD_QUEUE);
+        tx.send(upload(Vec::new(), blob_len(len)))
+            .await
+            .expect("receiver alive");
+        let key = content_key.clone();
+        let p = progress.clone();
+        let sealing = on_input(input, move |i| {
+            let mut done = 0u64;
+            seal(i, len, &key, |piece| {
+                done += piece.len() as u64;
+                p(2 * len / 3 + done.min(len) / 3);
+                Ok(tx
+                    .blocking_send(proto::PutRecordRequest {
+                        part: Some(put_record_request::Part::Chunk(piece.into())),
+                    })
+                    .is_ok())
+            })
+        });
+        let mut cloud = self.clients.cloud.clone();
+        let (sent, sealed) = tokio::join!(cloud.put_record(ReceiverStream::new(rx)), sealing);
+        sealed?;
+        let rec = sent
+            .map_err(rpc("CloudStorage"))?
+            .into_inner()
+            .record
+            .ok_or_else(|| ClientError::Verification("CloudStorage returned no record".into()))?;
+        Ok((rec, Stored::New))
+    }
+}
+
+/// Opens a deduplicated record: unwraps its content key with the record's
+/// KEM key and decrypts the blob segment by segment.
+pub(super) async fn download_blob(
+    meta: RecordInfo,
+    header: RecordHeader,
+    kem_key: &KemKey,
+    mut stream: tonic::Streaming<proto::GetRecordResponse>,
+    out: &mut (dyn std::io::Write + Send),
+    progress: Progress,
+) -> Result<RecordInfo, ClientError> {
+    if header.key_source() != DemKeySource::External {
+        return Err(ClientError::Verification(
+            "a deduplicated record's header must use an external key".into(),
+        ));
+    }
+    let content_key = sesphr_dedup::unwrap_content_key(
+        kem_key.as_bytes(),
+        &meta.wrapped_content_key,
+        header.as_bytes(),
+    )
+    .map_err(|_| ClientError::Crypto(crypto::Error::DecryptionFailed))?;
+    let mut opener = BlobOpener::new(&content_key);
+    let write_err = |e| ClientError::Io {
+        path: "output".into(),
+        source: e,
+    };
+    let mut done = 0u64;
+    let mut blob_hash = Sha256Hasher::new();
+    while let Some(msg) = stream.message().await.map_err(rpc("CloudStorage"))? {
+        let chunk = match msg.part {
+            Some(get_record_response::Part::Chunk(c)) => c,
+            _ => {
+                return Err(ClientError::Verification(
+                    "CloudStorage sent metadata twice".into(),
+                ));
+            }
+        };
+        done += chunk.len() as u64;
+        blob_hash.update(&chunk);
+        for seg in opener
+            .push(&chunk)
+            .map_err(|_| ClientError::Crypto(crypto::Error::DecryptionFailed))?
+        {
+            out.write_all(&seg).map_err(write_err)?;
+        }
+        progress(done);
+    }
+    let last = opener.finish().map_err(|e| match e {
+        sesphr_dedup::Error::Truncated => ClientError::Crypto(crypto::Error::Truncated),
+        _ => ClientError::Crypto(crypto::Error::DecryptionFailed),
+    })?;
+    out.write_all(&last).map_err(write_err)?;
+    out.flush().map_err(write_err)?;
+    if blob_hash.finalize().as_slice() != meta.blob_id.as_slice() {
+        return Err(ClientError::Verification(
+            "the blob CloudStorage served does not match its id".into(),
+        ));
+    }
+    Ok(meta)
+}

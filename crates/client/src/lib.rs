@@ -1,0 +1,898 @@
+//! The client SDK: what patients and practitioners use.
+//!
+//! **API boundary.** [`Patient`] owns records: it uploads (encrypting while
+//! streaming), grants, revokes, rotates partition keys and reads its audit
+//! trail. [`Practitioner`] (family and friends too) reads what it was
+//! granted: it downloads, asks the SRS to re-encrypt the capsule, verifies
+//! every cfrag's proof and decrypts while streaming. Both run over mTLS with
+//! the certificate the SRS issued at [`enroll`]ment. Secret keys never leave
+//! the client; memory is bounded by a few segments, not by record size.
+
+mod dedup;
+pub mod fhir;
+mod mesh_file;
+mod profile;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rand::RngCore;
+use sesphr_crypto::{
+    self as crypto, Capsule, CapsuleFrag, KemKey, MasterSecret, PublicKey, RecordHeader,
+    RecordOpener, RecordSealer, SecretKey,
+};
+use sesphr_identity::{Identity, Role, validate_partition, validate_user_id};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tonic::transport::Channel;
+
+pub use dedup::{Stored, blob_len as dedup_blob_len};
+pub use profile::Profile;
+
+pub use mesh_file::{MeshFile, MeshFileError};
+use sesphr::proto::access_policy_client::AccessPolicyClient;
+use sesphr::proto::cloud_storage_client::CloudStorageClient;
+use sesphr::proto::srs_client::SrsClient;
+use sesphr::proto::{self, get_record_response, put_record_request};
+use sesphr_mesh::tls::{self, TlsMaterial};
+pub use sesphr_mesh::{error_line, unix_now};
+
+/// Deadline of unary calls.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest gRPC message the client accepts (a ciphertext chunk plus framing).
+const MAX_MESSAGE: usize = 8 << 20;
+/// Sealed segments queued ahead of the network during an upload.
+const UPLOAD_QUEUE: usize = 2;
+
+/// Errors of the client SDK.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A service answered with an error.
+    #[error("{service}: {}", describe(.status))]
+    Rpc {
+        service: &'static str,
+        status: Box<Status>,
+    },
+    #[error("{0}")]
+    Profile(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error("crypto: {0}")]
+    Crypto(#[from] crypto::Error),
+    /// Something a service returned failed verification: it is
+    /// misbehaving or the data was tampered with.
+    #[error("verification failed: {0}")]
+    Verification(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Pki(#[from] sesphr_mesh::pki::PkiError),
+}
+
+fn describe(status: &Status) -> String {
+    let code = match status.code() {
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::NotFound => "not found",
+        tonic::Code::InvalidArgument => "invalid argument",
+        tonic::Code::AlreadyExists => "already exists",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::ResourceExhausted => "resource exhausted",
+        tonic::Code::DeadlineExceeded => "deadline exceeded",
+        tonic::Code::FailedPrecondition => "failed precondition",
+        tonic::Code::DataLoss => "data loss",
+        _ => "error",
+    };
+    format!("{code}: {}", status.message())
+}
+
+impl ClientError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        ClientError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// The gRPC status, if a service refused.
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            ClientError::Rpc { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+
+    /// The gRPC code, if a service refused.
+    pub fn code(&self) -> Option<tonic::Code> {
+        self.status().map(|s| s.code())
+    }
+}
+
+fn rpc(service: &'static str) -> impl FnOnce(Status) -> ClientError {
+    move |status| ClientError::Rpc {
+        service,
+        status: Box::new(status),
+    }
+}
+
+fn unary<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(CALL_TIMEOUT);
+    req
+}
+
+/// gRPC clients of the three services, over one identity's mTLS.
+#[derive(Clone, Debug)]
+pub struct MeshClients {
+    pub cloud: CloudStorageClient<Channel>,
+    pub srs: SrsClient<Channel>,
+    pub policy: AccessPolicyClient<Channel>,
+}
+
+impl MeshClients {
+    /// Connects (lazily) to the mesh's endpoints with `tls`.
+    pub fn connect(mesh: &MeshFile, tls: &TlsMaterial) -> Result<Self, ClientError> {
+        tls::install_crypto_provider();
+        // Streaming calls can take long; unary calls set their own deadline.
+        let long = Duration::from_secs(24 * 3600);
+        let ch = |url: &str| tls::channel(url, tls.client_config(), long);
+        Ok(Self {
+            cloud: CloudStorageClient::new(ch(&mesh.cloud_storage)?)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+            srs: SrsClient::new(ch(&mesh.srs)?),
+            policy: AccessPolicyClient::new(ch(&mesh.access_policy)?),
+        })
+    }
+}
+
+/// The PRE key pair a user receives re-encrypted capsules under.
+pub fn receiving_keys(master: &MasterSecret) -> Result<(SecretKey, PublicKey), ClientError> {
+    Ok(master.partition_keys("@receive", 0)?)
+}
+
+/// Enrols a new user with the mesh and writes its profile to `home`:
+/// generates the master secret and a TLS key locally, sends the SRS only a
+/// CSR and public keys, stores the issued certificate.
+pub async fn enroll(
+    mesh: &MeshFile,
+    home: &Path,
+    user_id: &str,
+    role: Role,
+    enrollment_token: &str,
+) -> Result<Profile, ClientError> {
+    validate_user_id(user_id).map_err(|e| ClientError::Invalid(e.to_string()))?;
+    if Profile::exists(home) {
+        return Err(ClientError::Profile(format!(
+            "{} already holds a profile; use another --home",
+            home.display()
+        )));
+    }
+    tls::install_crypto_provider();
+    let ca_pem = std::fs::read_to_string(&mesh.ca).map_err(|e| ClientError::io(&mesh.ca, e))?;
+    let master = MasterSecret::generate(&mut rand::rng());
+    let (_, receiving_pk) = receiving_keys(&master)?;
+    let verifying_key = master.signing_key().verifying_key();
+    let (csr_der, tls_key_pem) = sesphr_mesh::pki::make_csr()?;
+    let channel = tls::channel(
+        &mesh.srs,
+        tls::anonymous_client_config(&ca_pem),
+        CALL_TIMEOUT,
+    )?;
+    let resp = SrsClient::new(channel)
+        .enroll(unary(proto::EnrollRequest {
+            enrollment_token: enrollment_token.to_owned(),
+            user_id: user_id.to_owned(),
+            role: proto::Role::from(role) as i32,
+            csr_der,
+            pre_public_key: receiving_pk.to_bytes().to_vec(),
+            verifying_key: verifying_key.to_bytes().to_vec(),
+        }))
+        .await
+        .map_err(rpc("SRS"))?
+        .into_inner();
+    let identity = Identity::user(&mesh.trust_domain, role, user_id)
+        .map_err(|e| ClientError::Invalid(e.to_string()))?;
+    if resp.spiffe_id != identity.to_string() {
+        return Err(ClientError::Verification(format!(
+            "the SRS issued a certificate for {} instead of {identity}",
+            resp.spiffe_id
+        )));
+    }
+    Profile::create(
+        home,
+        &identity,
+        &master,
+        &tls_key_pem,
+        &resp.certificate_pem,
+        &ca_pem,
+    )
+}
+
+/// Progress callback: bytes done so far.
+pub type Progress = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
+
+/// A progress callback that ignores progress.
+pub fn no_progress() -> Progress {
+    std::sync::Arc::new(|_| {})
+}
+
+/// A record as listed.
+pub type RecordInfo = proto::RecordMeta;
+
+/// What both patients and practitioners can do.
+pub struct Session {
+    pub profile: Profile,
+    master: MasterSecret,
+    pub clients: MeshClients,
+}
+
+impl Session {
+    /// Opens the profile in `home` against `mesh`.
+    pub fn open(mesh: &MeshFile, home: &Path) -> Result<Self, ClientError> {
+        let profile = Profile::load(home)?;
+        if profile.identity.trust_domain != mesh.trust_domain {
+            return Err(ClientError::Config(format!(
+                "profile is for trust domain {}, mesh file for {}",
+                profile.identity.trust_domain, mesh.trust_domain
+            )));
+        }
+        let master = profile.master_secret()?;
+        let clients = MeshClients::connect(mesh, &profile.tls()?)?;
+        Ok(Self {
+            profile,
+            master,
+            clients,
+        })
+    }
+
+    pub fn user_id(&self) -> &str {
+        self.profile.user_id()
+    }
+
+    /// Records of `owner` (default: oneself) the caller may see, all pages.
+    pub async fn list(
+        &self,
+        owner: Option<&str>,
+        partition: Option<&str>,
+    ) -> Result<Vec<RecordInfo>, ClientError> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        // Bounded: a page token always advances; stop after 1M records.
+        for _ in 0..1000 {
+            let page = self
+                .clients
+                .cloud
+                .clone()
+                .list_records(unary(proto::ListRecordsRequest {
+                    owner_id: owner.unwrap_or_default().to_owned(),
+                    partition: partition.unwrap_or_default().to_owned(),
+                    page_size: 1000,
+                    page_token: token,
+                }))
+                .await
+                .map_err(rpc("CloudStorage"))?
+                .into_inner();
+            out.extend(page.records);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        Ok(out)
+    }
+
+    /// Grants given and received.
+    pub async fn grants(&self) -> Result<proto::ListGrantsResponse, ClientError> {
+        Ok(self
+            .clients
+            .policy
+            .clone()
+            .list_grants(unary(proto::ListGrantsRequest {}))
+            .await
+            .map_err(rpc("AccessPolicy"))?
+            .into_inner())
+    }
+
+    /// The KEM key of a record: directly for its owner; through the SRS for
+    /// a grantee, verifying every cfrag against the owner's registered
+    /// verifying key.
+    async fn record_key(
+        &self,
+        meta: &proto::RecordMeta,
+        header: &RecordHeader,
+    ) -> Result<KemKey, ClientError> {
+        let capsule: &Capsule = header.capsule();
+        let is_owner =
+            self.profile.role() == Role::Patient && meta.owner_id == self.profile.user_id();
+        if is_owner {
+            let (sk, _) = self.master.partition_keys(&meta.partition, meta.epoch)?;
+            return Ok(crypto::decapsulate_original(&sk, capsule)?);
+        }
+        let resp = self
+            .clients
+            .srs
+            .clone()
+            .re_encrypt(unary(proto::ReEncryptRequest {
+                owner_id: meta.owner_id.clone(),
+                partition: meta.partition.clone(),
+                epoch: meta.epoch,
+                capsules: vec![capsule.to_bytes().to_vec()],
+                record_id: meta.record_id.clone(),
+            }))
+            .await
+            .map_err(rpc("SRS"))?
+            .into_inner();
+        let owner = self
+            .clients
+            .srs
+            .clone()
+            .get_user(unary(proto::GetUserRequest {
+                user_id: meta.owner_id.clone(),
+            }))
+            .await
+            .map_err(rpc("SRS"))?
+            .into_inner();
+        let verifying_key = crypto::VerifyingKey::from_bytes(&owner.verifying_key)
+            .map_err(|_| ClientError::Verification("owner's verifying key is malformed".into()))?;
+        let delegating = PublicKey::from_bytes(&resp.delegating_public_key)
+            .map_err(|_| ClientError::Verification("delegating key is malformed".into()))?;
+        let (my_sk, my_pk) = receiving_keys(&self.master)?;
+        let frags = resp
+            .results
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Verification("the SRS returned no cfrags".into()))?;
+        let mut verified = Vec::with_capacity(frags.cfrags.len());
+        for (i, bytes) in frags.cfrags.iter().enumerate() {
+            let cfrag = CapsuleFrag::from_bytes(bytes)
+                .map_err(|_| ClientError::Verification(format!("cfrag {i} is malformed")))?;
+            verified.push(
+                cfrag
+                    .verify(capsule, &verifying_key, &delegating, &my_pk)
+                    .map_err(|_| {
+                        ClientError::Verification(format!(
+                            "cfrag {i} carries no valid proof of re-encryption from {}'s kfrags",
+                            meta.owner_id
+                        ))
+                    })?,
+            );
+        }
+        Ok(crypto::decapsulate_reencrypted(
+            &my_sk,
+            &delegating,
+            capsule,
+            &verified,
+        )?)
+    }
+
+    /// Downloads and decrypts a record into `out`, segment by segment.
+    /// Returns the record's metadata. Every segment is authenticated before
+    /// it is written; a truncated or altered record fails.
+    pub async fn download(
+        &self,
+        record_id: &str,
+        out: &mut (dyn Write + Send),
+        progress: Progress,
+    ) -> Result<RecordInfo, ClientError> {
+        validate_user_id(record_id)
+            .map_err(|_| ClientError::Invalid(format!("{record_id:?} is not a valid record id")))?;
+        let mut stream = self
+            .clients
+            .cloud
+            .clone()
+            .get_record(proto::GetRecordRequest {
+                record_id: record_id.to_owned(),
+            })
+            .await
+            .map_err(rpc("CloudStorage"))?
+            .into_inner();
+        let meta = match stream.message().await.map_err(rpc("CloudStorage"))? {
+            Some(proto::GetRecordResponse {
+                part: Some(get_record_response::Part::Meta(m)),
+            }) => m,
+            _ => {
+                return Err(ClientError::Verification(
+                    "CloudStorage did not start the record with its metadata".into(),
+                ));
+            }
+        };
+        let header = RecordHeader::from_bytes(&meta.record_header)?;
+        if header.record_id() != meta.record_id.as_bytes()
+            || header.owner_id() != meta.owner_id.as_bytes()
+            || header.partition() != meta.partition
+            || header.epoch() != meta.epoch
+            || meta.record_id != record_id
+        {
+            return Err(ClientError::Verification(
+                "record header does not match the record CloudStorage served".into(),
+            ));
+        }
+        let key = self.record_key(&meta, &header).await?;
+        if !meta.blob_id.is_empty() {
+            return dedup::download_blob(meta, header, &key, stream, out, progress).await;
+        }
+        let mut opener = RecordOpener::new(header, &key)?;
+        let mut done = 0u64;
+        let write = |out: &mut (dyn Write + Send), seg: &[u8]| {
+            out.write_all(seg).map_err(|e| ClientError::Io {
+                path: "output".into(),
+                source: e,
+            })
+        };
+        while let Some(msg) = stream.message().await.map_err(rpc("CloudStorage"))? {
+            let chunk = match msg.part {
+                Some(get_record_response::Part::Chunk(c)) => c,
+                _ => {
+                    return Err(ClientError::Verification(
+                        "CloudStorage sent metadata twice".into(),
+                    ));
+                }
+            };
+            done += chunk.len() as u64;
+            for seg in opener.push(&chunk)? {
+                write(out, &seg)?;
+            }
+            progress(done);
+        }
+        let last = opener.finish()?;
+        write(out, &last)?;
+        out.flush().map_err(|e| ClientError::Io {
+            path: "output".into(),
+            source: e,
+        })?;
+        Ok(meta)
+    }
+
+    /// Audit entries (a patient: about its records).
+    pub async fn audit(&self) -> Result<Vec<proto::AuditEntry>, ClientError> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        for _ in 0..10_000 {
+            let mut stream = self
+                .clients
+                .policy
+                .clone()
+                .list_audit(unary(proto::ListAuditRequest {
+                    after_seq: after,
+                    limit: 1000,
+                }))
+                .await
+                .map_err(rpc("AccessPolicy"))?
+                .into_inner();
+            let mut got = 0;
+            while let Some(e) = stream.next().await {
+                let e = e.map_err(rpc("AccessPolicy"))?;
+                after = e.seq;
+                got += 1;
+                out.push(e);
+            }
+            if got == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Recomputes the audit chain at AccessPolicy.
+    pub async fn verify_audit(&self) -> Result<proto::VerifyAuditResponse, ClientError> {
+        Ok(self
+            .clients
+            .policy
+            .clone()
+            .verify_audit(unary(proto::VerifyAuditRequest::default()))
+            .await
+            .map_err(rpc("AccessPolicy"))?
+            .into_inner())
+    }
+}
+
+/// Ciphertext size of a plaintext of `len` bytes in segments of `seg`.
+pub fn ciphertext_len(len: u64, seg: u64) -> u64 {
+    let tag = crypto::record::TAG_LEN as u64;
+    if len == 0 {
+        return tag;
+    }
+    let segments = len.div_ceil(seg);
+    len + segments * tag
+}
+
+/// When a grant starts and ends.
+#[derive(Debug, Clone, Default)]
+pub struct GrantOptions {
+    /// Records created before this time stay closed (backward access
+    /// control). The partition is rotated first and the grantee gets kfrags
+    /// for the new epoch only, so older records are closed cryptographically
+    /// too, not only by the services' checks.
+    pub not_before: Option<i64>,
+    pub expires_at: Option<i64>,
+}
+
+/// A patient: owns records.
+pub struct Patient {
+    pub session: Session,
+}
+
+/// A practitioner, family member or friend: reads what it was granted.
+pub struct Practitioner {
+    pub session: Session,
+}
+
+impl Practitioner {
+    pub fn open(mesh: &MeshFile, home: &Path) -> Result<Self, ClientError> {
+        Ok(Self {
+            session: Session::open(mesh, home)?,
+        })
+    }
+}
+
+impl std::ops::Deref for Practitioner {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
+impl std::ops::Deref for Patient {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
+fn check_partition(p: &str) -> Result<(), ClientError> {
+    validate_partition(p).map_err(|e| ClientError::Invalid(e.to_string()))
+}
+
+/// A fresh record of a partition: its id, the current key epoch, its header
+/// (with a new capsule) and the key that capsule encapsulates.
+struct NewRecordKeys {
+    record_id: String,
+    epoch: u32,
+    header: RecordHeader,
+    kem_key: KemKey,
+}
+
+impl Patient {
+    fn new_record(&self, partition: &str) -> Result<NewRecordKeys, ClientError> {
+        let epoch = self.profile.current_epoch(partition)?;
+        let (_, pk) = self.master.partition_keys(partition, epoch)?;
+        let mut rng = rand::rng();
+        let (capsule, kem_key) = crypto::encapsulate(&mut rng, &pk);
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        let record_id = hex::encode(id);
+        let header = RecordHeader::new(
+            &mut rng,
+            record_id.as_bytes(),
+            self.user_id().as_bytes(),
+            partition,
+            epoch,
+            capsule,
+        )?;
+        Ok(NewRecordKeys {
+            record_id,
+            epoch,
+            header,
+            kem_key,
+        })
+    }
+
+    pub fn open(mesh: &MeshFile, home: &Path) -> Result<Self, ClientError> {
+        let session = Session::open(mesh, home)?;
+        if session.profile.role() != Role::Patient {
+            return Err(ClientError::Invalid(format!(
+                "{} is a {}, not a patient",
+                session.user_id(),
+                session.profile.role()
+            )));
+        }
+        Ok(Self { session })
+    }
+
+    /// Encrypts `len` bytes from `reader` under the partition's current key
+    /// epoch while streaming them to CloudStorage. Returns the stored record.
+    pub async fn upload(
+        &self,
+        partition: &str,
+        reader: impl Read + Send + 'static,
+        len: u64,
+        progress: Progress,
+    ) -> Result<RecordInfo, ClientError> {
+        check_partition(partition)?;
+        let NewRecordKeys {
+            record_id,
+            epoch,
+            header,
+            kem_key,
+        } = self.new_record(partition)?;
+        let seg = header.segment_size() as u64;
+        let first = proto::PutRecordRequest {
+            part: Some(put_record_request::Part::Header(proto::RecordUpload {
+                record_id: record_id.clone(),
+                partition: partition.to_owned(),
+                epoch,
+                record_header: header.to_bytes(),
+                ciphertext_size: ciphertext_len(len, seg),
+                ..Default::default()
+            })),
+        };
+        let sealer = RecordSealer::new(header, &kem_key)?;
+        let (tx, rx) = mpsc::channel::<proto::PutRecordRequest>(UPLOAD_QUEUE);
+        tx.send(first).await.expect("receiver alive");
+        // Read and seal on the blocking pool; the bounded queue keeps memory
+        // at a few segments whatever the record size.
+        let sealing = tokio::task::spawn_blocking(move || {
+            seal_stream(reader, len, seg, sealer, tx, progress)
+        });
+        let result = self
+            .clients
+            .cloud
+            .clone()
+            .put_record(ReceiverStream::new(rx))
+            .await;
+        let sealed = sealing
+            .await
+            .map_err(|e| ClientError::Invalid(format!("encryption task failed: {e}")))?;
+        // A local read error explains a broken upload better than the
+        // server's complaint about a short stream.
+        sealed?;
+        let resp = result.map_err(rpc("CloudStorage"))?.into_inner();
+        resp.record
+            .ok_or_else(|| ClientError::Verification("CloudStorage returned no record".into()))
+    }
+
+    /// Grants `grantee_id` access to `partition`: makes kfrags from each
+    /// covered epoch's partition key to the grantee's registered public key,
+    /// stores them at the SRS, then records the grant at AccessPolicy.
+    pub async fn grant(
+        &self,
+        partition: &str,
+        grantee_id: &str,
+        opts: GrantOptions,
+    ) -> Result<proto::AccessGrant, ClientError> {
+        check_partition(partition)?;
+        validate_user_id(grantee_id).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        if grantee_id == self.user_id() {
+            return Err(ClientError::Invalid("you already own your records".into()));
+        }
+        let grantee = self.lookup(grantee_id).await?;
+        // With `not_before`, the grantee gets kfrags for a fresh epoch only:
+        // every record written before the grant is under a key it has no
+        // path to, so the SRS cannot re-encrypt one for it even if the
+        // grantee holds its ciphertext (from an earlier grant, or a cloud
+        // insider). CloudStorage and AccessPolicy still check the record's
+        // creation time too.
+        let current = if opts.not_before.is_some() {
+            self.rotate(partition).await?
+        } else {
+            self.profile.current_epoch(partition)?
+        };
+        let epoch_min = if opts.not_before.is_some() {
+            current
+        } else {
+            0
+        };
+        for epoch in epoch_min..=current {
+            self.put_kfrags(partition, epoch, &grantee).await?;
+        }
+        let grant = proto::AccessGrant {
+            owner_id: self.user_id().to_owned(),
+            partition: partition.to_owned(),
+            grantee_id: grantee_id.to_owned(),
+            grantee_role: grantee.role,
+            epoch_min,
+            epoch_max: None,
+            not_before: opts.not_before.unwrap_or(0),
+            expires_at: opts.expires_at,
+            granted_at: 0,
+        };
+        let resp = self
+            .clients
+            .policy
+            .clone()
+            .grant(unary(proto::GrantRequest { grant: Some(grant) }))
+            .await
+            .map_err(rpc("AccessPolicy"))?
+            .into_inner();
+        resp.grant
+            .ok_or_else(|| ClientError::Verification("AccessPolicy returned no grant".into()))
+    }
+
+    async fn lookup(&self, user_id: &str) -> Result<proto::UserInfo, ClientError> {
+        Ok(self
+            .clients
+            .srs
+            .clone()
+            .get_user(unary(proto::GetUserRequest {
+                user_id: user_id.to_owned(),
+            }))
+            .await
+            .map_err(rpc("SRS"))?
+            .into_inner())
+    }
+
+    async fn put_kfrags(
+        &self,
+        partition: &str,
+        epoch: u32,
+        grantee: &proto::UserInfo,
+    ) -> Result<(), ClientError> {
+        let grantee_pk = PublicKey::from_bytes(&grantee.pre_public_key).map_err(|_| {
+            ClientError::Verification(format!("{}'s registered key is malformed", grantee.user_id))
+        })?;
+        let (sk, pk) = self.master.partition_keys(partition, epoch)?;
+        let signer = self.master.signing_key();
+        let kfrags = crypto::generate_kfrags(&mut rand::rng(), &sk, &grantee_pk, &signer, 1, 1)?;
+        self.clients
+            .srs
+            .clone()
+            .put_kfrags(unary(proto::PutKfragsRequest {
+                partition: partition.to_owned(),
+                epoch,
+                grantee_id: grantee.user_id.clone(),
+                delegating_public_key: pk.to_bytes().to_vec(),
+                kfrags: kfrags.iter().map(|k| k.to_bytes().to_vec()).collect(),
+            }))
+            .await
+            .map_err(rpc("SRS"))?;
+        Ok(())
+    }
+
+    /// Withdraws a grant: first at AccessPolicy (effective at once for every
+    /// record, old or new), then the grantee's kfrags at the SRS. No record is
+    /// re-encrypted, so the cost does not depend on how many records exist.
+    pub async fn revoke(
+        &self,
+        partition: &str,
+        grantee_id: &str,
+    ) -> Result<proto::AccessGrant, ClientError> {
+        check_partition(partition)?;
+        validate_user_id(grantee_id).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let removed = self
+            .clients
+            .policy
+            .clone()
+            .revoke(unary(proto::RevokeRequest {
+                partition: partition.to_owned(),
+                grantee_id: grantee_id.to_owned(),
+            }))
+            .await
+            .map_err(rpc("AccessPolicy"))?
+            .into_inner();
+        self.clients
+            .srs
+            .clone()
+            .delete_kfrags(unary(proto::DeleteKfragsRequest {
+                partition: partition.to_owned(),
+                grantee_id: grantee_id.to_owned(),
+                epoch: None,
+            }))
+            .await
+            .map_err(rpc("SRS"))?;
+        removed
+            .grant
+            .ok_or_else(|| ClientError::Verification("AccessPolicy returned no grant".into()))
+    }
+
+    /// Moves `partition` to a new key epoch: later uploads use a key that no
+    /// revoked grantee ever had a kfrag for. Current grantees get kfrags for
+    /// the new epoch first; the new epoch is saved only when all succeeded.
+    pub async fn rotate(&self, partition: &str) -> Result<u32, ClientError> {
+        check_partition(partition)?;
+        let next = self
+            .profile
+            .current_epoch(partition)?
+            .checked_add(1)
+            .ok_or_else(|| ClientError::Invalid("no epochs left".into()))?;
+        let grants = self.grants().await?;
+        for g in grants.given.iter().filter(|g| g.partition == partition) {
+            if g.epoch_max.is_some_and(|max| max < next) {
+                continue;
+            }
+            let grantee = self.lookup(&g.grantee_id).await?;
+            self.put_kfrags(partition, next, &grantee).await?;
+        }
+        self.profile.set_epoch(partition, next)?;
+        Ok(next)
+    }
+
+    /// Deletes one of the patient's records.
+    pub async fn delete(&self, record_id: &str) -> Result<RecordInfo, ClientError> {
+        let resp = self
+            .clients
+            .cloud
+            .clone()
+            .delete_record(unary(proto::DeleteRecordRequest {
+                record_id: record_id.to_owned(),
+            }))
+            .await
+            .map_err(rpc("CloudStorage"))?
+            .into_inner();
+        resp.record
+            .ok_or_else(|| ClientError::Verification("CloudStorage returned no record".into()))
+    }
+}
+
+/// Reads `len` bytes, seals them segment by segment and queues the chunks.
+fn seal_stream(
+    mut reader: impl Read,
+    len: u64,
+    seg: u64,
+    sealer: RecordSealer,
+    tx: mpsc::Sender<proto::PutRecordRequest>,
+    progress: Progress,
+) -> Result<(), ClientError> {
+    let read_err = |e| ClientError::Io {
+        path: "input".into(),
+        source: e,
+    };
+    let mut remaining = len;
+    let mut sealer = Some(sealer);
+    while let Some(mut s) = sealer.take() {
+        let n = remaining.min(seg) as usize;
+        let mut buf = Vec::with_capacity(n + crypto::record::TAG_LEN);
+        buf.resize(n, 0);
+        reader.read_exact(&mut buf).map_err(read_err)?;
+        remaining -= n as u64;
+        progress(len - remaining);
+        let last = remaining == 0;
+        if last {
+            s.seal_last_in_place(&mut buf)?;
+        } else {
+            s.seal_segment_in_place(&mut buf)?;
+            sealer = Some(s);
+        }
+        let msg = proto::PutRecordRequest {
+            part: Some(put_record_request::Part::Chunk(buf.into())),
+        };
+        if tx.blocking_send(msg).is_err() {
+            // The upload call ended early; its error is reported.
+            return Ok(());
+        }
+        if last {
+            // The input must end where it said it would.
+            let mut probe = [0u8; 1];
+            if reader.read(&mut probe).map_err(read_err)? != 0 {
+                return Err(ClientError::Invalid(
+                    "input is longer than its declared size (did the file grow?)".into(),
+                ));
+            }
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+impl Patient {
+    /// Splits a FHIR R4 Bundle into partitions and uploads one record (a
+    /// FHIR Bundle) per partition. Returns `(partition, record)` pairs.
+    pub async fn import_fhir(
+        &self,
+        bundle_json: &str,
+        map: &crate::fhir::PartitionMap,
+    ) -> Result<Vec<(String, RecordInfo)>, ClientError> {
+        let parts = crate::fhir::split_bundle(bundle_json, map)
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let mut out = Vec::with_capacity(parts.len());
+        for (partition, bundle) in parts {
+            let bytes = serde_json::to_vec_pretty(&bundle).expect("JSON serializes");
+            let len = bytes.len() as u64;
+            let rec = self
+                .upload(&partition, std::io::Cursor::new(bytes), len, no_progress())
+                .await?;
+            out.push((partition, rec));
+        }
+        Ok(out)
+    }
+}

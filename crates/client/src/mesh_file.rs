@@ -1,0 +1,49 @@
+//! The mesh file: where a client finds the mesh.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A mesh file that cannot be read or parsed.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct MeshFileError {
+    pub path: String,
+    pub reason: String,
+}
+
+/// What a client needs to reach a mesh: written by `sesphrd dev` as
+/// `DIR/mesh.toml`, read by `sesphr --mesh`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshFile {
+    pub trust_domain: String,
+    /// PEM file of the mesh CA.
+    pub ca: PathBuf,
+    /// Enrollment token (dev meshes only; production hands it out of band).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_token: Option<String>,
+    pub cloud_storage: String,
+    pub srs: String,
+    pub access_policy: String,
+}
+
+impl MeshFile {
+    pub fn load(path: &Path) -> Result<Self, MeshFileError> {
+        let text = std::fs::read_to_string(path).map_err(|e| MeshFileError {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut mesh: MeshFile = toml::from_str(&text).map_err(|e| MeshFileError {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        // A relative CA path is relative to the mesh file.
+        if mesh.ca.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            mesh.ca = dir.join(&mesh.ca);
+        }
+        Ok(mesh)
+    }
+}

@@ -1,0 +1,14 @@
+//! What the three SeSPHR services share below the wire: one error
+//! vocabulary ([`DomainError`]) and the reader of their stored values
+//! ([`codec::Reader`]).
+//!
+//! Knows nothing of tonic: the mesh crate maps [`DomainError`] to gRPC
+//! statuses in one place (`sesphr_mesh::status`), so a domain rule is
+//! testable without a server.
+
+#![warn(missing_docs)]
+
+pub mod codec;
+mod error;
+
+pub use error::{BackendError, DomainError};

@@ -1,0 +1,120 @@
+//! The caller of one request, typed: what a handler is given instead of a
+//! certificate.
+
+use std::fmt;
+
+use crate::{Identity, Principal, Role, Service, UserId};
+
+/// Who is calling, as the mesh's authorization layer established it from
+/// the verified client certificate (once per connection).
+///
+/// Handlers match on this; an owner-only rule is
+/// `let Caller::Patient(owner) = caller else { … }`, which cannot yield an
+/// empty id or panic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Caller {
+    /// A patient (`/patient/<id>`): owns records.
+    Patient(UserId),
+    /// A practitioner of any role, private or public domain
+    /// (`/practitioner/<role>/<id>`).
+    Practitioner { role: Role, id: UserId },
+    /// One of the mesh's services (`/service/<name>`).
+    Service(Service),
+    /// A mesh operator (`/operator/<id>`): may inspect, never read records.
+    Operator(UserId),
+    /// No client certificate (only where the table allows anyone: enrollment).
+    Anonymous,
+}
+
+impl Caller {
+    /// The typed caller of a verified identity (its trust domain already
+    /// checked against the mesh's).
+    pub fn from_identity(id: &Identity) -> Caller {
+        // Identity's constructors and parser checked the id syntax, so
+        // these parses cannot fail; fall back to Anonymous rather than panic.
+        match &id.principal {
+            Principal::User { role, id } => match UserId::parse(id.as_str()) {
+                Ok(id) if *role == Role::Patient => Caller::Patient(id),
+                Ok(id) => Caller::Practitioner { role: *role, id },
+                Err(_) => Caller::Anonymous,
+            },
+            Principal::Service(s) => Caller::Service(*s),
+            Principal::Operator(op) => UserId::parse(op.as_str())
+                .map(Caller::Operator)
+                .unwrap_or(Caller::Anonymous),
+        }
+    }
+
+    /// The identity this caller has in `trust_domain` (`None` if anonymous).
+    pub fn identity(&self, trust_domain: &str) -> Option<Identity> {
+        let principal = match self {
+            Caller::Patient(id) => Principal::User {
+                role: Role::Patient,
+                id: id.to_string(),
+            },
+            Caller::Practitioner { role, id } => Principal::User {
+                role: *role,
+                id: id.to_string(),
+            },
+            Caller::Service(s) => Principal::Service(*s),
+            Caller::Operator(id) => Principal::Operator(id.to_string()),
+            Caller::Anonymous => return None,
+        };
+        Some(Identity {
+            trust_domain: trust_domain.to_owned(),
+            principal,
+        })
+    }
+
+    /// The user id and role of a patient or practitioner.
+    pub fn as_user(&self) -> Option<(Role, &UserId)> {
+        match self {
+            Caller::Patient(id) => Some((Role::Patient, id)),
+            Caller::Practitioner { role, id } => Some((*role, id)),
+            _ => None,
+        }
+    }
+
+    /// The patient's id, if the caller is a patient.
+    pub fn as_patient(&self) -> Option<&UserId> {
+        match self {
+            Caller::Patient(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// Short form for logs and messages: `patient/alice`,
+/// `practitioner/doctor/bob`, `service/srs`, `operator/ops`, `anonymous`.
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::Patient(id) => write!(f, "patient/{id}"),
+            Caller::Practitioner { role, id } => write!(f, "practitioner/{role}/{id}"),
+            Caller::Service(s) => write!(f, "service/{s}"),
+            Caller::Operator(id) => write!(f, "operator/{id}"),
+            Caller::Anonymous => f.write_str("anonymous"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_identity() {
+        let td = "sesphr.local";
+        for id in [
+            Identity::user(td, Role::Patient, "alice").unwrap(),
+            Identity::user(td, Role::Doctor, "bob").unwrap(),
+            Identity::service(td, Service::Srs),
+            Identity::operator(td, "ops").unwrap(),
+        ] {
+            let caller = Caller::from_identity(&id);
+            assert_eq!(caller.identity(td).as_ref(), Some(&id));
+            assert_eq!(caller.to_string(), id.short());
+        }
+        assert_eq!(Caller::Anonymous.identity(td), None);
+    }
+}

@@ -1,0 +1,193 @@
+//! How CloudStorage and the SRS ask AccessPolicy.
+//!
+//! Every call carries a deadline. When AccessPolicy cannot be reached or does
+//! not answer in time, the asking service refuses the request with
+//! `UNAVAILABLE` — it fails closed, never open.
+
+use std::time::Duration;
+
+use sesphr_identity::Identity;
+use std::convert::Infallible;
+
+use sesphr::rpc::{Rpc, RpcSpec};
+use tonic::codegen::BoxFuture;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::auth::RefusalAudit;
+
+use sesphr::proto::access_policy_client::AccessPolicyClient;
+use sesphr::proto::{CheckAction, CheckRequest, CheckResponse, RecordEventRequest};
+
+/// A client of AccessPolicy, authenticated as the calling service.
+#[derive(Clone, Debug)]
+pub struct PolicyClient {
+    inner: AccessPolicyClient<Channel>,
+    timeout: Duration,
+}
+
+/// What a check is about.
+pub struct CheckSubject<'a> {
+    pub owner_id: &'a str,
+    pub partition: &'a str,
+    pub epoch: u32,
+    pub record_created_at: Option<i64>,
+    pub record_id: &'a str,
+    pub action: CheckAction,
+}
+
+impl PolicyClient {
+    pub fn new(channel: Channel, timeout: Duration) -> Self {
+        Self {
+            inner: AccessPolicyClient::new(channel),
+            timeout,
+        }
+    }
+
+    /// Asks whether `grantee` may act on the subject. `Ok` carries the
+    /// decision (allowed or not, with the grant window); `Err` means no
+    /// decision could be had, and the caller must refuse.
+    pub async fn check(
+        &self,
+        grantee: &Identity,
+        subject: CheckSubject<'_>,
+    ) -> Result<CheckResponse, Status> {
+        let (role, grantee_id) = grantee.as_user().ok_or_else(|| {
+            Status::permission_denied(format!("{} is not a user", grantee.short()))
+        })?;
+        let mut req = tonic::Request::new(CheckRequest {
+            owner_id: subject.owner_id.to_owned(),
+            partition: subject.partition.to_owned(),
+            grantee_id: grantee_id.to_owned(),
+            grantee_role: sesphr::proto::Role::from(role) as i32,
+            epoch: subject.epoch,
+            record_created_at: subject.record_created_at,
+            record_id: subject.record_id.to_owned(),
+            action: subject.action as i32,
+        });
+        req.set_timeout(self.timeout);
+        let mut inner = self.inner.clone();
+        self.bounded(inner.check(req))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(fail_closed)
+    }
+
+    /// Records an event (e.g. a denial) in the audit trail. Best effort: a
+    /// failure is logged, and never changes the answer already decided.
+    pub async fn record_event(&self, event: RecordEventRequest) {
+        let mut req = tonic::Request::new(event);
+        req.set_timeout(self.timeout);
+        let mut inner = self.inner.clone();
+        if let Err(status) = self.bounded(inner.record_event(req)).await {
+            tracing::warn!(code = ?status.code(), message = status.message(), "could not record audit event");
+        }
+    }
+
+    /// Audits that `caller` called `rpc` with `outcome`; a `"denied"`
+    /// outcome is recorded as the event `denied:<rpc>`.
+    pub async fn audit(
+        &self,
+        caller: &Identity,
+        rpc: Rpc,
+        about: AuditAbout<'_>,
+        outcome: &str,
+        detail: &str,
+    ) {
+        self.audit_subject(caller.short(), rpc, about, outcome, detail)
+            .await;
+    }
+
+    /// [`audit`](Self::audit) for a caller named otherwise than by a
+    /// certificate (e.g. `anonymous@192.0.2.7` at enrollment).
+    pub async fn audit_subject(
+        &self,
+        subject: String,
+        rpc: Rpc,
+        about: AuditAbout<'_>,
+        outcome: &str,
+        detail: &str,
+    ) {
+        let action = if outcome == "denied" {
+            format!("denied:{}", rpc.method())
+        } else {
+            rpc.method().to_owned()
+        };
+        self.record_event(RecordEventRequest {
+            action,
+            owner_id: about.owner_id.to_owned(),
+            partition: about.partition.to_owned(),
+            subject,
+            record_id: about.record_id.to_owned(),
+            outcome: outcome.to_owned(),
+            detail: detail.to_owned(),
+        })
+        .await;
+    }
+}
+
+/// Refusals by the RPC table, written to AccessPolicy's audit log as
+/// `denied:<rpc>`.
+impl RefusalAudit for PolicyClient {
+    fn refused(
+        &self,
+        caller: Identity,
+        rpc: &'static RpcSpec,
+        message: String,
+    ) -> BoxFuture<(), Infallible> {
+        let client = self.clone();
+        Box::pin(async move {
+            client
+                .record_event(RecordEventRequest {
+                    action: format!("denied:{}", rpc.name),
+                    owner_id: String::new(),
+                    partition: String::new(),
+                    subject: caller.short(),
+                    record_id: String::new(),
+                    outcome: "denied".into(),
+                    detail: message,
+                })
+                .await;
+            Ok(())
+        })
+    }
+}
+
+/// Whose data an audited event is about (empty where it does not apply).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuditAbout<'a> {
+    pub owner_id: &'a str,
+    pub partition: &'a str,
+    pub record_id: &'a str,
+}
+
+impl PolicyClient {
+    /// The deadline, enforced here too: `grpc-timeout` bounds only calls on
+    /// an established connection, not a peer that accepts TCP and then
+    /// never completes the TLS handshake.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "no answer within {} ms",
+                    self.timeout.as_millis()
+                )))
+            })
+    }
+}
+
+/// Any failure to get a decision becomes `UNAVAILABLE` with a clear message.
+fn fail_closed(status: Status) -> Status {
+    tracing::warn!(code = ?status.code(), message = status.message(), "access policy check failed");
+    match status.code() {
+        Code::InvalidArgument => status,
+        _ => Status::unavailable(format!(
+            "access policy could not be asked ({}); refusing access",
+            status.message()
+        )),
+    }
+}

@@ -1,0 +1,686 @@
+//! Configuration: the `sesphrd serve` TOML file with `SESPHR_*` environment
+//! overrides, and the `mesh.toml` that `sesphrd dev` writes for clients.
+//!
+//! Every environment key is a documented constant below. Loading parses
+//! everything, collects every problem and fails once, so an operator sees all
+//! mistakes in one run (exit code 64, `EX_USAGE`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sesphr_identity::{DEFAULT_TRUST_DOMAIN, Service, validate_trust_domain};
+
+use sesphr_mesh::limits::Limits;
+use sesphr_mesh::tls::TlsFiles;
+use sesphr_mesh::transport::TransportLimits;
+
+/// Trust domain of the mesh (`spiffe://<this>/...`).
+pub const ENV_TRUST_DOMAIN: &str = "SESPHR_TRUST_DOMAIN";
+/// gRPC (mTLS) listen address, e.g. `0.0.0.0:50051`.
+pub const ENV_LISTEN: &str = "SESPHR_LISTEN";
+/// Optional plaintext listen address serving only `grpc.health.v1` (probes).
+pub const ENV_HEALTH_LISTEN: &str = "SESPHR_HEALTH_LISTEN";
+/// Directory of the service's sled database.
+pub const ENV_DATA_DIR: &str = "SESPHR_DATA_DIR";
+/// PEM certificate of this service (SPIFFE URI SAN `.../service/<name>`).
+pub const ENV_TLS_CERT: &str = "SESPHR_TLS_CERT";
+/// PEM private key of this service.
+pub const ENV_TLS_KEY: &str = "SESPHR_TLS_KEY";
+/// PEM certificate of the mesh CA (trusted for peers and clients).
+pub const ENV_TLS_CA: &str = "SESPHR_TLS_CA";
+/// `https://host:port` of AccessPolicy (CloudStorage and SRS need it).
+pub const ENV_ACCESS_POLICY_ENDPOINT: &str = "SESPHR_ACCESS_POLICY_ENDPOINT";
+/// Deadline of every call to a peer service, in milliseconds.
+pub const ENV_PEER_TIMEOUT_MS: &str = "SESPHR_PEER_TIMEOUT_MS";
+/// SRS: PEM certificate of the CA (or intermediate) that signs user certificates.
+pub const ENV_ISSUER_CERT: &str = "SESPHR_ISSUER_CERT";
+/// SRS: PEM key of that CA.
+pub const ENV_ISSUER_KEY: &str = "SESPHR_ISSUER_KEY";
+/// SRS: file holding the enrollment token.
+pub const ENV_ENROLLMENT_TOKEN_FILE: &str = "SESPHR_ENROLLMENT_TOKEN_FILE";
+/// CloudStorage: largest accepted record, in bytes.
+pub const ENV_MAX_RECORD_BYTES: &str = "SESPHR_MAX_RECORD_BYTES";
+/// CloudStorage: which uploads share a deduplicated blob: `global` (equal
+/// files of all owners are stored once; the cloud learns that two owners
+/// hold the same file) or `per-owner`.
+pub const ENV_DEDUP_SCOPE: &str = "SESPHR_DEDUP_SCOPE";
+/// SRS: re-encryption requests per second per identity (burst = 4x).
+pub const ENV_REENCRYPT_RATE: &str = "SESPHR_REENCRYPT_RATE";
+/// Expensive calls per second per identity, every service (`limits.rate_per_identity`).
+pub const ENV_RATE_PER_IDENTITY: &str = "SESPHR_RATE_PER_IDENTITY";
+/// Expensive calls an idle identity may start at once (`limits.burst_per_identity`).
+pub const ENV_BURST_PER_IDENTITY: &str = "SESPHR_BURST_PER_IDENTITY";
+/// Expensive calls one identity may have open at once (`limits.max_streams_per_identity`).
+pub const ENV_MAX_STREAMS_PER_IDENTITY: &str = "SESPHR_MAX_STREAMS_PER_IDENTITY";
+/// HTTP/2 streams per connection (`limits.max_concurrent_streams`).
+pub const ENV_MAX_CONCURRENT_STREAMS: &str = "SESPHR_MAX_CONCURRENT_STREAMS";
+/// Every listener: milliseconds a TLS handshake may take
+/// (`transport.handshake_timeout_ms`, default 5000).
+pub const ENV_HANDSHAKE_TIMEOUT_MS: &str = "SESPHR_HANDSHAKE_TIMEOUT_MS";
+/// Every listener: milliseconds from the handshake (or accept, on the health
+/// port) to the first request (`transport.preface_timeout_ms`, default 5000).
+pub const ENV_PREFACE_TIMEOUT_MS: &str = "SESPHR_PREFACE_TIMEOUT_MS";
+/// Every listener: milliseconds a connection may stay open without a stream
+/// (`transport.idle_timeout_ms`, default 10000).
+pub const ENV_IDLE_TIMEOUT_MS: &str = "SESPHR_IDLE_TIMEOUT_MS";
+/// Every listener: HTTP/2 ping after this many milliseconds of silence
+/// (`transport.keepalive_interval_ms`, default 10000).
+pub const ENV_KEEPALIVE_INTERVAL_MS: &str = "SESPHR_KEEPALIVE_INTERVAL_MS";
+/// Every listener: milliseconds a ping may wait for its answer before the
+/// connection is dropped (`transport.keepalive_timeout_ms`, default 10000).
+pub const ENV_KEEPALIVE_TIMEOUT_MS: &str = "SESPHR_KEEPALIVE_TIMEOUT_MS";
+/// Every listener: connections from one IP address
+/// (`transport.max_connections_per_peer`, default 64).
+pub const ENV_MAX_CONNECTIONS_PER_PEER: &str = "SESPHR_MAX_CONNECTIONS_PER_PEER";
+/// Every listener: connections in all (`transport.max_connections`, default 512).
+pub const ENV_MAX_CONNECTIONS: &str = "SESPHR_MAX_CONNECTIONS";
+/// Plaintext health port: open `Watch` streams
+/// (`transport.max_health_watches`, default 16).
+pub const ENV_MAX_HEALTH_WATCHES: &str = "SESPHR_MAX_HEALTH_WATCHES";
+
+pub const DEFAULT_PEER_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_MAX_RECORD_BYTES: u64 = 64 << 30;
+pub const DEFAULT_REENCRYPT_RATE: f64 = 2_000.0;
+
+/// Where configuration strings come from: the process environment in
+/// production, a map in tests (no global state).
+pub trait Strings {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct Env;
+
+impl Strings for Env {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Strings for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+/// The `sesphrd serve` configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    pub trust_domain: Option<String>,
+    pub listen: Option<String>,
+    pub health_listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub tls: TlsSection,
+    pub access_policy_endpoint: Option<String>,
+    pub peer_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub srs: SrsSection,
+    #[serde(default)]
+    pub cloud_storage: CloudStorageSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub transport: TransportSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SrsSection {
+    pub issuer_cert: Option<PathBuf>,
+    pub issuer_key: Option<PathBuf>,
+    pub enrollment_token_file: Option<PathBuf>,
+    pub reencrypt_rate: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudStorageSection {
+    pub max_record_bytes: Option<u64>,
+    pub dedup_scope: Option<String>,
+}
+
+/// Sets `slot` from the environment variable `key`, if set.
+fn num<T: std::str::FromStr>(
+    env: &impl Strings,
+    key: &str,
+    slot: &mut Option<T>,
+    errors: &mut Vec<String>,
+) {
+    if let Some(v) = env.get(key) {
+        match v.parse() {
+            Ok(n) => *slot = Some(n),
+            Err(_) => errors.push(format!(
+                "{key}={v:?} is not a valid {}",
+                std::any::type_name::<T>()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or("number")
+            )),
+        }
+    }
+}
+
+/// Connection limits of every listener (see [`crate::transport`]); unset
+/// keys keep the defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSection {
+    pub handshake_timeout_ms: Option<u64>,
+    pub preface_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub keepalive_interval_ms: Option<u64>,
+    pub keepalive_timeout_ms: Option<u64>,
+    pub max_connections_per_peer: Option<u32>,
+    pub max_connections: Option<u32>,
+    pub max_health_watches: Option<u32>,
+}
+
+impl TransportSection {
+    /// Applies the `SESPHR_*` overrides, then fills in defaults.
+    pub fn resolve(mut self, env: &impl Strings, errors: &mut Vec<String>) -> TransportLimits {
+        num(
+            env,
+            ENV_HANDSHAKE_TIMEOUT_MS,
+            &mut self.handshake_timeout_ms,
+            errors,
+        );
+        num(
+            env,
+            ENV_PREFACE_TIMEOUT_MS,
+            &mut self.preface_timeout_ms,
+            errors,
+        );
+        num(env, ENV_IDLE_TIMEOUT_MS, &mut self.idle_timeout_ms, errors);
+        num(
+            env,
+            ENV_KEEPALIVE_INTERVAL_MS,
+            &mut self.keepalive_interval_ms,
+            errors,
+        );
+        num(
+            env,
+            ENV_KEEPALIVE_TIMEOUT_MS,
+            &mut self.keepalive_timeout_ms,
+            errors,
+        );
+        num(
+            env,
+            ENV_MAX_CONNECTIONS_PER_PEER,
+            &mut self.max_connections_per_peer,
+            errors,
+        );
+        num(env, ENV_MAX_CONNECTIONS, &mut self.max_connections, errors);
+        num(
+            env,
+            ENV_MAX_HEALTH_WATCHES,
+            &mut self.max_health_watches,
+            errors,
+        );
+        let d = TransportLimits::default();
+        let ms = |v: Option<u64>, default| v.map_or(default, std::time::Duration::from_millis);
+        let t = TransportLimits {
+            handshake_timeout: ms(self.handshake_timeout_ms, d.handshake_timeout),
+            preface_timeout: ms(self.preface_timeout_ms, d.preface_timeout),
+            idle_timeout: ms(self.idle_timeout_ms, d.idle_timeout),
+            keepalive_interval: ms(self.keepalive_interval_ms, d.keepalive_interval),
+            keepalive_timeout: ms(self.keepalive_timeout_ms, d.keepalive_timeout),
+            max_connections_per_peer: self
+                .max_connections_per_peer
+                .unwrap_or(d.max_connections_per_peer),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_health_watches: self.max_health_watches.unwrap_or(d.max_health_watches),
+        };
+        errors.extend(t.problems());
+        t
+    }
+}
+
+/// Per-identity limits (see [`crate::limits`]); unset keys keep the defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub rate_per_identity: Option<f64>,
+    pub burst_per_identity: Option<u32>,
+    pub max_streams_per_identity: Option<u32>,
+    pub max_concurrent_streams: Option<u32>,
+}
+
+impl LimitsSection {
+    /// Applies the `SESPHR_*` overrides, then fills in defaults.
+    pub fn resolve(mut self, env: &impl Strings, errors: &mut Vec<String>) -> Limits {
+        num(
+            env,
+            ENV_RATE_PER_IDENTITY,
+            &mut self.rate_per_identity,
+            errors,
+        );
+        num(
+            env,
+            ENV_BURST_PER_IDENTITY,
+            &mut self.burst_per_identity,
+            errors,
+        );
+        num(
+            env,
+            ENV_MAX_STREAMS_PER_IDENTITY,
+            &mut self.max_streams_per_identity,
+            errors,
+        );
+        num(
+            env,
+            ENV_MAX_CONCURRENT_STREAMS,
+            &mut self.max_concurrent_streams,
+            errors,
+        );
+        let d = Limits::default();
+        let limits = Limits {
+            rate: self.rate_per_identity.unwrap_or(d.rate),
+            burst: self.burst_per_identity.unwrap_or(d.burst),
+            max_streams_per_identity: self
+                .max_streams_per_identity
+                .unwrap_or(d.max_streams_per_identity),
+            max_concurrent_streams: self
+                .max_concurrent_streams
+                .unwrap_or(d.max_concurrent_streams),
+        };
+        errors.extend(limits.problems());
+        limits
+    }
+}
+
+/// A complete, validated configuration of one service.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub service: Service,
+    pub trust_domain: String,
+    pub listen: SocketAddr,
+    pub health_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub tls: TlsFiles,
+    /// Required for CloudStorage and SRS.
+    pub access_policy_endpoint: Option<String>,
+    pub peer_timeout_ms: u64,
+    pub srs: Option<SrsSettings>,
+    pub max_record_bytes: u64,
+    pub limits: Limits,
+    pub dedup_scope: sesphr_cloud_storage::DedupScope,
+    /// Connection limits of every listener.
+    pub transport: TransportLimits,
+}
+
+#[derive(Debug, Clone)]
+pub struct SrsSettings {
+    pub issuer_cert: PathBuf,
+    pub issuer_key: PathBuf,
+    pub enrollment_token_file: PathBuf,
+    pub reencrypt_rate: f64,
+}
+
+/// Every problem found in a configuration, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl ServeConfig {
+    /// Reads `path` (TOML), applies environment overrides, validates.
+    pub fn load(path: &Path, service: Service, env: &impl Strings) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        let file: ServeFile = toml::from_str(&text)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        Self::from_file(file, service, env)
+    }
+
+    pub fn from_file(
+        mut file: ServeFile,
+        service: Service,
+        env: &impl Strings,
+    ) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+        // Environment overrides the file.
+        let over = |key: &str, slot: &mut Option<String>| {
+            if let Some(v) = env.get(key) {
+                *slot = Some(v);
+            }
+        };
+        let over_path = |key: &str, slot: &mut Option<PathBuf>| {
+            if let Some(v) = env.get(key) {
+                *slot = Some(PathBuf::from(v));
+            }
+        };
+        over(ENV_TRUST_DOMAIN, &mut file.trust_domain);
+        over(ENV_LISTEN, &mut file.listen);
+        over(ENV_HEALTH_LISTEN, &mut file.health_listen);
+        over(ENV_ACCESS_POLICY_ENDPOINT, &mut file.access_policy_endpoint);
+        over_path(ENV_DATA_DIR, &mut file.data_dir);
+        over_path(ENV_TLS_CERT, &mut file.tls.cert);
+        over_path(ENV_TLS_KEY, &mut file.tls.key);
+        over_path(ENV_TLS_CA, &mut file.tls.ca);
+        over_path(ENV_ISSUER_CERT, &mut file.srs.issuer_cert);
+        over_path(ENV_ISSUER_KEY, &mut file.srs.issuer_key);
+        over_path(
+            ENV_ENROLLMENT_TOKEN_FILE,
+            &mut file.srs.enrollment_token_file,
+        );
+        // Each value parses as its own type: `-1`, `1e9` or `1.5` for a
+        // count of bytes or milliseconds is an error, never a default.
+        num(
+            env,
+            ENV_PEER_TIMEOUT_MS,
+            &mut file.peer_timeout_ms,
+            &mut errors,
+        );
+        num(
+            env,
+            ENV_MAX_RECORD_BYTES,
+            &mut file.cloud_storage.max_record_bytes,
+            &mut errors,
+        );
+        if let Some(v) = env.get(ENV_DEDUP_SCOPE) {
+            file.cloud_storage.dedup_scope = Some(v);
+        }
+        num(
+            env,
+            ENV_REENCRYPT_RATE,
+            &mut file.srs.reencrypt_rate,
+            &mut errors,
+        );
+
+        let trust_domain = file
+            .trust_domain
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
+        if validate_trust_domain(&trust_domain).is_err() {
+            errors.push(format!(
+                "trust_domain {trust_domain:?} is not a valid DNS-like name"
+            ));
+        }
+        let addr =
+            |name: &str, v: Option<String>, errors: &mut Vec<String>| -> Option<SocketAddr> {
+                let v = v?;
+                match v.parse() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        errors.push(format!("{name} {v:?} is not an address like 0.0.0.0:50051"));
+                        None
+                    }
+                }
+            };
+        let listen = addr("listen", file.listen.clone(), &mut errors);
+        if file.listen.is_none() {
+            errors.push(format!("listen is required (or set {ENV_LISTEN})"));
+        }
+        let health_listen = addr("health_listen", file.health_listen, &mut errors);
+        if let (Some(l), Some(h)) = (listen, health_listen)
+            && l.port() == h.port()
+            && l.ip() == h.ip()
+        {
+            errors.push("health_listen must differ from listen".to_owned());
+        }
+        if file.data_dir.is_none() {
+            errors.push(format!("data_dir is required (or set {ENV_DATA_DIR})"));
+        }
+        // All-or-nothing TLS: a half-configured mTLS setup is refused.
+        fn require(errors: &mut Vec<String>, name: &str, env_key: &str, v: &Option<PathBuf>) {
+            if v.is_none() {
+                errors.push(format!("{name} is required (or set {env_key})"));
+            }
+        }
+        require(&mut errors, "tls.cert", ENV_TLS_CERT, &file.tls.cert);
+        require(&mut errors, "tls.key", ENV_TLS_KEY, &file.tls.key);
+        require(&mut errors, "tls.ca", ENV_TLS_CA, &file.tls.ca);
+        let needs_policy = matches!(service, Service::CloudStorage | Service::Srs);
+        match (&file.access_policy_endpoint, needs_policy) {
+            (None, true) => errors.push(format!(
+                "access_policy_endpoint is required for {service} (or set {ENV_ACCESS_POLICY_ENDPOINT})"
+            )),
+            (Some(e), true) if !e.starts_with("https://") => errors.push(format!(
+                "access_policy_endpoint {e:?} must start with https://"
+            )),
+            _ => {}
+        }
+        let srs = if service == Service::Srs {
+            require(
+                &mut errors,
+                "srs.issuer_cert",
+                ENV_ISSUER_CERT,
+                &file.srs.issuer_cert,
+            );
+            require(
+                &mut errors,
+                "srs.issuer_key",
+                ENV_ISSUER_KEY,
+                &file.srs.issuer_key,
+            );
+            require(
+                &mut errors,
+                "srs.enrollment_token_file",
+                ENV_ENROLLMENT_TOKEN_FILE,
+                &file.srs.enrollment_token_file,
+            );
+            let rate = file.srs.reencrypt_rate.unwrap_or(DEFAULT_REENCRYPT_RATE);
+            if !(rate.is_finite() && rate > 0.0) {
+                errors.push(format!("srs.reencrypt_rate {rate} must be > 0"));
+            }
+            Some((rate, file.srs.clone()))
+        } else {
+            None
+        };
+        let limits = file.limits.clone().resolve(env, &mut errors);
+        let transport = file.transport.clone().resolve(env, &mut errors);
+        let dedup_scope = match file.cloud_storage.dedup_scope.as_deref() {
+            None => Default::default(),
+            Some(s) => s.parse().unwrap_or_else(|e: String| {
+                errors.push(format!("cloud_storage.dedup_scope: {e}"));
+                Default::default()
+            }),
+        };
+        let peer_timeout_ms = file.peer_timeout_ms.unwrap_or(DEFAULT_PEER_TIMEOUT_MS);
+        if peer_timeout_ms == 0 {
+            errors.push("peer_timeout_ms must be > 0".to_owned());
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let (Some(listen), Some(data_dir), Some(cert), Some(key), Some(ca)) = (
+            listen,
+            file.data_dir,
+            file.tls.cert,
+            file.tls.key,
+            file.tls.ca,
+        ) else {
+            unreachable!("missing values were reported above");
+        };
+        let srs = srs.map(|(rate, s)| SrsSettings {
+            issuer_cert: s.issuer_cert.unwrap_or_default(),
+            issuer_key: s.issuer_key.unwrap_or_default(),
+            enrollment_token_file: s.enrollment_token_file.unwrap_or_default(),
+            reencrypt_rate: rate,
+        });
+        Ok(ServeConfig {
+            service,
+            trust_domain,
+            listen,
+            health_listen,
+            data_dir,
+            tls: TlsFiles { cert, key, ca },
+            access_policy_endpoint: file.access_policy_endpoint,
+            peer_timeout_ms,
+            srs,
+            max_record_bytes: file
+                .cloud_storage
+                .max_record_bytes
+                .unwrap_or(DEFAULT_MAX_RECORD_BYTES),
+            limits,
+            dedup_scope,
+            transport,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const FULL: &str = r#"
+        listen = "0.0.0.0:50051"
+        health_listen = "0.0.0.0:8080"
+        data_dir = "/var/lib/sesphr"
+        access_policy_endpoint = "https://access-policy:50053"
+        [tls]
+        cert = "/tls/tls.crt"
+        key = "/tls/tls.key"
+        ca = "/tls/ca.crt"
+    "#;
+
+    #[test]
+    fn full_file_parses() {
+        let file: ServeFile = toml::from_str(FULL).unwrap();
+        let cfg = ServeConfig::from_file(file, Service::CloudStorage, &env(&[])).unwrap();
+        assert_eq!(cfg.listen.port(), 50051);
+        assert_eq!(cfg.health_listen.unwrap().port(), 8080);
+        assert_eq!(cfg.trust_domain, DEFAULT_TRUST_DOMAIN);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let file: ServeFile = toml::from_str(FULL).unwrap();
+        let e = env(&[
+            (ENV_LISTEN, "127.0.0.1:7000"),
+            (ENV_TRUST_DOMAIN, "example.org"),
+        ]);
+        let cfg = ServeConfig::from_file(file, Service::AccessPolicy, &e).unwrap();
+        assert_eq!(cfg.listen.port(), 7000);
+        assert_eq!(cfg.trust_domain, "example.org");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let file: ServeFile = toml::from_str("listen = \"nope\"\n[tls]\ncert = \"c\"").unwrap();
+        let e = env(&[(ENV_PEER_TIMEOUT_MS, "soon")]);
+        let errs = ServeConfig::from_file(file, Service::Srs, &e)
+            .unwrap_err()
+            .0;
+        let all = errs.join("\n");
+        for needle in [
+            "listen \"nope\"",
+            "data_dir is required",
+            "tls.key is required",
+            "tls.ca is required",
+            "access_policy_endpoint is required",
+            "srs.issuer_cert is required",
+            "SESPHR_PEER_TIMEOUT_MS",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    /// Values that parse as a float but not as the whole number a key
+    /// takes once fell back to the default in silence.
+    #[test]
+    fn numbers_that_are_not_whole_are_errors_not_defaults() {
+        for key in [
+            ENV_PEER_TIMEOUT_MS,
+            ENV_MAX_RECORD_BYTES,
+            ENV_IDLE_TIMEOUT_MS,
+        ] {
+            for bad in ["-1", "1e9", "1.5", " 5", ""] {
+                let file: ServeFile = toml::from_str(FULL).unwrap();
+                let e = env(&[(key, bad)]);
+                let all = ServeConfig::from_file(file, Service::CloudStorage, &e)
+                    .err()
+                    .unwrap_or_else(|| panic!("{key}={bad:?} was accepted"))
+                    .0
+                    .join("\n");
+                assert!(
+                    all.contains(&format!("{key}={bad:?} is not a valid u64")),
+                    "{all}"
+                );
+            }
+        }
+        let file: ServeFile = toml::from_str(FULL).unwrap();
+        let e = env(&[(ENV_PEER_TIMEOUT_MS, "1500"), (ENV_REENCRYPT_RATE, "1.5")]);
+        let cfg = ServeConfig::from_file(file, Service::CloudStorage, &e).unwrap();
+        assert_eq!(cfg.peer_timeout_ms, 1500);
+    }
+
+    #[test]
+    fn limits_from_file_and_env() {
+        let text =
+            format!("{FULL}\n[limits]\nrate_per_identity = 5.5\nmax_streams_per_identity = 3\n");
+        let file: ServeFile = toml::from_str(&text).unwrap();
+        let e = env(&[(ENV_MAX_CONCURRENT_STREAMS, "32")]);
+        let cfg = ServeConfig::from_file(file, Service::CloudStorage, &e).unwrap();
+        assert_eq!(cfg.limits.rate, 5.5);
+        assert_eq!(cfg.limits.max_streams_per_identity, 3);
+        assert_eq!(cfg.limits.max_concurrent_streams, 32);
+        assert_eq!(cfg.limits.burst, sesphr_mesh::limits::DEFAULT_BURST);
+
+        let file: ServeFile = toml::from_str(FULL).unwrap();
+        let e = env(&[
+            (ENV_RATE_PER_IDENTITY, "0"),
+            (ENV_BURST_PER_IDENTITY, "many"),
+        ]);
+        let all = ServeConfig::from_file(file, Service::CloudStorage, &e)
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(all.contains("rate_per_identity 0 must be > 0"), "{all}");
+        assert!(all.contains("SESPHR_BURST_PER_IDENTITY"), "{all}");
+    }
+
+    #[test]
+    fn transport_limits_from_file_and_env() {
+        let text = format!("{FULL}\n[transport]\nidle_timeout_ms = 2500\nmax_connections = 9\n");
+        let e = env(&[
+            (ENV_MAX_CONNECTIONS_PER_PEER, "3"),
+            (ENV_HANDSHAKE_TIMEOUT_MS, "750"),
+        ]);
+        let file: ServeFile = toml::from_str(&text).unwrap();
+        let t = ServeConfig::from_file(file, Service::AccessPolicy, &e)
+            .unwrap()
+            .transport;
+        assert_eq!(t.idle_timeout, std::time::Duration::from_millis(2500));
+        assert_eq!(t.handshake_timeout, std::time::Duration::from_millis(750));
+        assert_eq!((t.max_connections, t.max_connections_per_peer), (9, 3));
+        assert_eq!(
+            t.preface_timeout,
+            sesphr_mesh::transport::DEFAULT_PREFACE_TIMEOUT
+        );
+
+        let file: ServeFile = toml::from_str(FULL).unwrap();
+        let e = env(&[(ENV_IDLE_TIMEOUT_MS, "0"), (ENV_MAX_HEALTH_WATCHES, "lots")]);
+        let all = ServeConfig::from_file(file, Service::AccessPolicy, &e)
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(
+            all.contains("transport.idle_timeout_ms must be > 0"),
+            "{all}"
+        );
+        assert!(all.contains("SESPHR_MAX_HEALTH_WATCHES"), "{all}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<ServeFile>("lisen = \"0.0.0.0:1\"").is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! The mesh-wide integration tests, linked into one binary: real servers on
+//! ephemeral loopback ports, generated PKI, temp sled directories, real mTLS
+//! gRPC clients, and the `sesphr`/`sesphrd` binaries as a user runs them.
+//! One binary links once and shares one test harness (the suite runs its
+//! tests in parallel across modules).
+
+mod common;
+
+mod authorization;
+mod bad_input;
+mod cli;
+mod dedup;
+mod deploy_config;
+mod durability;
+mod faults;
+mod hostile_audit;
+mod hostile_clients;
+mod hostile_transport;
+mod mesh;
+mod sharing;
