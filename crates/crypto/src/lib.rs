@@ -83,6 +83,7 @@ mod keys;
 mod kfrag;
 mod master;
 pub mod record;
+pub mod stream;
 
 #[doc(hidden)]
 pub mod vectors;
