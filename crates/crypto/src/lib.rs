@@ -90,7 +90,7 @@ pub mod vectors;
 
 pub use rand_core;
 
-pub use arith::warm_up;
+pub use arith::{random_nonzero_scalar, warm_up};
 pub use capsule::{Capsule, KemKey, decapsulate_original, encapsulate};
 pub use cfrag::{CapsuleFrag, VerifiedCapsuleFrag, decapsulate_reencrypted, reencrypt};
 pub use error::{Error, Result};
