@@ -163,9 +163,10 @@ pub(crate) fn scalar_to_bytes(s: &Scalar) -> [u8; SCALAR_LEN] {
     s.to_repr().into()
 }
 
-/// A uniformly random non-zero scalar: 64 random bytes reduced mod n
-/// (bias < 2^-256), resampled if zero.
-pub(crate) fn random_nonzero_scalar(rng: &mut (impl CryptoRng + ?Sized)) -> Scalar {
+/// A uniformly random non-zero P-256 scalar: 64 random bytes reduced mod n
+/// (bias < 2^-256), resampled if zero (probability ~2^-256). Public so
+/// that every SeSPHR crate draws its secret scalars the same way.
+pub fn random_nonzero_scalar(rng: &mut (impl CryptoRng + ?Sized)) -> Scalar {
     use p256::elliptic_curve::ff::FromUniformBytes;
     loop {
         let mut wide = [0u8; 64];

@@ -476,12 +476,7 @@ fn wnaf(k: &Scalar, w: u32) -> [i8; 257] {
             } else {
                 m as i64
             };
-            // l -= d
-            if d > 0 {
-                sub_small(&mut l, d.unsigned_abs());
-            } else {
-                add_small(&mut l, d.unsigned_abs());
-            }
+            sub_signed(&mut l, d);
             #[allow(clippy::cast_possible_truncation)]
             {
                 out[i] = d as i8;
@@ -493,29 +488,24 @@ fn wnaf(k: &Scalar, w: u32) -> [i8; 257] {
     out
 }
 
-fn sub_small(l: &mut [u64; 4], v: u64) {
-    let (r, mut borrow) = l[0].overflowing_sub(v);
+/// `l -= d` for a small signed `d`: subtracting a negative digit is adding
+/// its magnitude, with the same ripple. The ripple stops as soon as there is
+/// no borrow (carry) left, so this is variable time, like [`wnaf`].
+fn sub_signed(l: &mut [u64; 4], d: i64) {
+    let op: fn(u64, u64) -> (u64, bool) = if d > 0 {
+        u64::overflowing_sub
+    } else {
+        u64::overflowing_add
+    };
+    let (r, mut ripple) = op(l[0], d.unsigned_abs());
     l[0] = r;
     for limb in l.iter_mut().skip(1) {
-        if !borrow {
+        if !ripple {
             break;
         }
-        let (r, b) = limb.overflowing_sub(1);
+        let (r, more) = op(*limb, 1);
         *limb = r;
-        borrow = b;
-    }
-}
-
-fn add_small(l: &mut [u64; 4], v: u64) {
-    let (r, mut carry) = l[0].overflowing_add(v);
-    l[0] = r;
-    for limb in l.iter_mut().skip(1) {
-        if !carry {
-            break;
-        }
-        let (r, c) = limb.overflowing_add(1);
-        *limb = r;
-        carry = c;
+        ripple = more;
     }
 }
 

@@ -83,13 +83,14 @@ mod keys;
 mod kfrag;
 mod master;
 pub mod record;
+pub mod stream;
 
 #[doc(hidden)]
 pub mod vectors;
 
 pub use rand_core;
 
-pub use arith::warm_up;
+pub use arith::{random_nonzero_scalar, warm_up};
 pub use capsule::{Capsule, KemKey, decapsulate_original, encapsulate};
 pub use cfrag::{CapsuleFrag, VerifiedCapsuleFrag, decapsulate_reencrypted, reencrypt};
 pub use error::{Error, Result};

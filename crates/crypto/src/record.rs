@@ -48,8 +48,6 @@
 use core::fmt;
 use std::io::{self, Read, Write};
 
-use aead_stream::StreamPrimitive;
-use aes_gcm::{Aes256Gcm, KeyInit};
 use hkdf::Hkdf;
 use rand_core::CryptoRng;
 use sha2::Sha256;
@@ -59,6 +57,8 @@ use crate::capsule::{Capsule, KemKey};
 use crate::dst;
 use crate::error::{Error, Result};
 use crate::master::validate_partition;
+pub use crate::stream::{NONCE_PREFIX_LEN, TAG_LEN};
+use crate::stream::{StreamOpener, StreamSealer};
 
 /// First four bytes of every record.
 pub const MAGIC: [u8; 4] = *b"SPHR";
@@ -70,10 +70,6 @@ pub const DEFAULT_SEGMENT_SIZE: u32 = 1 << 20;
 pub const MIN_SEGMENT_SIZE: u32 = 4 << 10;
 /// Largest allowed segment size: 16 MiB.
 pub const MAX_SEGMENT_SIZE: u32 = 16 << 20;
-/// Length of the STREAM nonce prefix.
-pub const NONCE_PREFIX_LEN: usize = 7;
-/// AES-GCM tag length, added to every segment.
-pub const TAG_LEN: usize = 16;
 /// Longest record id / owner id, in bytes.
 pub const MAX_ID_LEN: usize = 1024;
 /// Length of the fixed part of a header (`magic || version || header_len`).
@@ -430,9 +426,23 @@ impl DemKey {
         Zeroizing::new(self.0)
     }
 
-    fn stream(&self, header: &RecordHeader) -> Stream {
-        let aead = Aes256Gcm::new(&self.0.into());
-        <Stream as aead_stream::NewStream<Aes256Gcm>>::from_aead(aead, &header.nonce_prefix.into())
+    fn sealer(&self, header: &RecordHeader) -> StreamSealer {
+        StreamSealer::new(
+            &self.0,
+            &header.nonce_prefix,
+            &header.encoded,
+            header.segment_len(),
+            "record has too many segments",
+        )
+    }
+
+    fn opener(&self, header: &RecordHeader) -> StreamOpener {
+        StreamOpener::new(
+            &self.0,
+            &header.nonce_prefix,
+            &header.encoded,
+            header.segment_len(),
+        )
     }
 }
 
@@ -450,18 +460,18 @@ impl fmt::Debug for DemKey {
     }
 }
 
-type Stream = aead_stream::StreamBE32<Aes256Gcm>;
-
-fn key_for(header: &RecordHeader, source: DemKeySource, key: KeyRef<'_>) -> Result<DemKey> {
+/// The DEM key of `header`, if `key` is of the kind its key source names.
+fn key_for(header: &RecordHeader, key: KeyRef<'_>) -> Result<DemKey> {
+    let (source, key) = match key {
+        KeyRef::Kem(k) => (DemKeySource::Kem, DemKey::from_kem_key(k)),
+        KeyRef::Dem(k) => (DemKeySource::External, k.clone()),
+    };
     if header.key_source != source {
         return Err(Error::InvalidParameter(
             "key type does not match the header's key source",
         ));
     }
-    Ok(match key {
-        KeyRef::Kem(k) => DemKey::from_kem_key(k),
-        KeyRef::Dem(k) => k.clone(),
-    })
+    Ok(key)
 }
 
 enum KeyRef<'a> {
@@ -474,31 +484,25 @@ enum KeyRef<'a> {
 /// [`seal_last`](Self::seal_last). Write [`RecordHeader::as_bytes`] first.
 pub struct RecordSealer {
     header: RecordHeader,
-    stream: Stream,
-    position: u32,
+    stream: StreamSealer,
 }
 
 impl RecordSealer {
     /// Seals under the key encapsulated in the header's capsule
     /// (requires [`DemKeySource::Kem`]).
     pub fn new(header: RecordHeader, kem_key: &KemKey) -> Result<Self> {
-        let key = key_for(&header, DemKeySource::Kem, KeyRef::Kem(kem_key))?;
-        Ok(Self::with_key(header, &key))
+        Self::with_key(header, KeyRef::Kem(kem_key))
     }
 
     /// Seals under an explicitly supplied key (requires
     /// [`DemKeySource::External`]).
     pub fn with_dem_key(header: RecordHeader, dem_key: &DemKey) -> Result<Self> {
-        let key = key_for(&header, DemKeySource::External, KeyRef::Dem(dem_key))?;
-        Ok(Self::with_key(header, &key))
+        Self::with_key(header, KeyRef::Dem(dem_key))
     }
 
-    fn with_key(header: RecordHeader, key: &DemKey) -> Self {
-        Self {
-            stream: key.stream(&header),
-            header,
-            position: 0,
-        }
+    fn with_key(header: RecordHeader, key: KeyRef<'_>) -> Result<Self> {
+        let stream = key_for(&header, key)?.sealer(&header);
+        Ok(Self { header, stream })
     }
 
     /// The header to write before the first segment.
@@ -509,48 +513,23 @@ impl RecordSealer {
     /// Seals one non-last segment; `plaintext` must be exactly
     /// `segment_size` bytes.
     pub fn seal_segment(&mut self, plaintext: &[u8]) -> Result<Vec<u8>> {
-        let mut buf = Vec::with_capacity(plaintext.len() + TAG_LEN);
-        buf.extend_from_slice(plaintext);
-        self.seal_segment_in_place(&mut buf)?;
-        Ok(buf)
+        self.stream.seal_segment(plaintext)
     }
 
     /// In-place variant of [`seal_segment`](Self::seal_segment): `buf` holds
     /// the plaintext and receives the ciphertext (16 bytes longer).
     pub fn seal_segment_in_place(&mut self, buf: &mut Vec<u8>) -> Result<()> {
-        if buf.len() != self.header.segment_len() {
-            return Err(Error::InvalidParameter(
-                "non-last segments must be exactly segment_size bytes",
-            ));
-        }
-        if self.position == u32::MAX {
-            return Err(Error::InvalidParameter("record has too many segments"));
-        }
-        self.stream
-            .encrypt_in_place(self.position, false, &self.header.encoded, buf)
-            .map_err(|_| Error::InvalidParameter("segment encryption failed"))?;
-        self.position += 1;
-        Ok(())
+        self.stream.seal_segment_in_place(buf)
     }
 
     /// Seals the last segment (`0..=segment_size` bytes) and ends the record.
     pub fn seal_last(self, plaintext: &[u8]) -> Result<Vec<u8>> {
-        let mut buf = Vec::with_capacity(plaintext.len() + TAG_LEN);
-        buf.extend_from_slice(plaintext);
-        self.seal_last_in_place(&mut buf)?;
-        Ok(buf)
+        self.stream.seal_last(plaintext)
     }
 
     /// In-place variant of [`seal_last`](Self::seal_last).
     pub fn seal_last_in_place(self, buf: &mut Vec<u8>) -> Result<()> {
-        if buf.len() > self.header.segment_len() {
-            return Err(Error::InvalidParameter(
-                "the last segment must be at most segment_size bytes",
-            ));
-        }
-        self.stream
-            .encrypt_in_place(self.position, true, &self.header.encoded, buf)
-            .map_err(|_| Error::InvalidParameter("segment encryption failed"))
+        self.stream.seal_last_in_place(buf)
     }
 }
 
@@ -558,7 +537,7 @@ impl fmt::Debug for RecordSealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RecordSealer")
             .field("header", &self.header)
-            .field("position", &self.position)
+            .field("position", &self.stream.position())
             .finish_non_exhaustive()
     }
 }
@@ -569,38 +548,25 @@ impl fmt::Debug for RecordSealer {
 /// authenticates the last segment and fails if the record was truncated.
 pub struct RecordOpener {
     header: RecordHeader,
-    stream: Stream,
-    position: u32,
-    buf: Vec<u8>,
-    spare: Vec<u8>,
-    poisoned: bool,
+    stream: StreamOpener,
 }
 
 impl RecordOpener {
     /// Opens with the key encapsulated in the header's capsule (requires
     /// [`DemKeySource::Kem`]).
     pub fn new(header: RecordHeader, kem_key: &KemKey) -> Result<Self> {
-        let key = key_for(&header, DemKeySource::Kem, KeyRef::Kem(kem_key))?;
-        Ok(Self::with_key(header, &key))
+        Self::with_key(header, KeyRef::Kem(kem_key))
     }
 
     /// Opens with an explicitly supplied key (requires
     /// [`DemKeySource::External`]).
     pub fn with_dem_key(header: RecordHeader, dem_key: &DemKey) -> Result<Self> {
-        let key = key_for(&header, DemKeySource::External, KeyRef::Dem(dem_key))?;
-        Ok(Self::with_key(header, &key))
+        Self::with_key(header, KeyRef::Dem(dem_key))
     }
 
-    fn with_key(header: RecordHeader, key: &DemKey) -> Self {
-        let cap = header.segment_len() + TAG_LEN + 1;
-        Self {
-            stream: key.stream(&header),
-            header,
-            position: 0,
-            buf: Vec::with_capacity(cap),
-            spare: Vec::new(),
-            poisoned: false,
-        }
+    fn with_key(header: RecordHeader, key: KeyRef<'_>) -> Result<Self> {
+        let stream = key_for(&header, key)?.opener(&header);
+        Ok(Self { header, stream })
     }
 
     /// The record's header.
@@ -608,138 +574,29 @@ impl RecordOpener {
         &self.header
     }
 
-    fn segment_ct_len(&self) -> usize {
-        self.header.segment_len() + TAG_LEN
-    }
-
     /// Buffers `data` and returns every plaintext segment it completes.
     /// A segment is only known not to be the last one once a byte of the
     /// next arrives, so up to one segment stays buffered until then.
-    pub fn push(&mut self, mut data: &[u8]) -> Result<Vec<Vec<u8>>> {
-        let mut out = Vec::new();
-        while !data.is_empty() {
-            let want = self.segment_ct_len() + 1 - self.buf.len();
-            let n = want.min(data.len());
-            self.buf.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if let Some(segment) = self.try_open_next()? {
-                out.push(segment);
-            }
-        }
-        Ok(out)
-    }
-
-    /// If more than one ciphertext segment is buffered, decrypts the first
-    /// (as a non-last segment) and returns its plaintext.
-    fn try_open_next(&mut self) -> Result<Option<Vec<u8>>> {
-        self.check_poison()?;
-        let seg = self.segment_ct_len();
-        if self.buf.len() <= seg {
-            return Ok(None);
-        }
-        let mut next = core::mem::take(&mut self.spare);
-        next.clear();
-        next.reserve(seg + 1);
-        next.extend_from_slice(&self.buf[seg..]);
-        self.buf.truncate(seg);
-        let mut segment = core::mem::replace(&mut self.buf, next);
-        if self.position == u32::MAX {
-            self.poisoned = true;
-            return Err(Error::DecryptionFailed);
-        }
-        if self
-            .stream
-            .decrypt_in_place(self.position, false, &self.header.encoded, &mut segment)
-            .is_err()
-        {
-            self.poisoned = true;
-            return Err(Error::DecryptionFailed);
-        }
-        self.position += 1;
-        Ok(Some(segment))
-    }
-
-    /// Reads from `reader` until a full ciphertext segment plus one byte
-    /// are buffered (returns `false`) or the reader ends (returns `true`).
-    fn fill_from(&mut self, reader: &mut impl Read) -> io::Result<bool> {
-        let want = self.segment_ct_len() + 1 - self.buf.len();
-        let want_u64 = u64::try_from(want).expect("segment fits in u64");
-        let n = reader.take(want_u64).read_to_end(&mut self.buf)?;
-        Ok(n < want)
-    }
-
-    fn check_poison(&self) -> Result<()> {
-        if self.poisoned {
-            Err(Error::DecryptionFailed)
-        } else {
-            Ok(())
-        }
+    pub fn push(&mut self, data: &[u8]) -> Result<Vec<Vec<u8>>> {
+        self.stream.push(data)
     }
 
     /// Opens one whole non-last ciphertext segment (`segment_size + 16`
     /// bytes) in place, for transports that frame segments themselves.
     /// Do not mix with [`push`](Self::push).
     pub fn open_segment_in_place(&mut self, buf: &mut Vec<u8>) -> Result<()> {
-        self.check_poison()?;
-        if !self.buf.is_empty() || buf.len() != self.segment_ct_len() {
-            return Err(Error::InvalidParameter(
-                "in-place opening takes exactly one full segment and no pushed bytes",
-            ));
-        }
-        if self.position == u32::MAX
-            || self
-                .stream
-                .decrypt_in_place(self.position, false, &self.header.encoded, buf)
-                .is_err()
-        {
-            self.poisoned = true;
-            return Err(Error::DecryptionFailed);
-        }
-        self.position += 1;
-        Ok(())
+        self.stream.open_segment_in_place(buf)
     }
 
     /// Opens the last ciphertext segment in place and ends the record.
-    pub fn open_last_in_place(mut self, buf: &mut Vec<u8>) -> Result<()> {
-        self.check_poison()?;
-        if !self.buf.is_empty() {
-            return Err(Error::InvalidParameter(
-                "in-place opening takes exactly one full segment and no pushed bytes",
-            ));
-        }
-        self.buf = core::mem::take(buf);
-        *buf = self.finish()?;
-        Ok(())
+    pub fn open_last_in_place(self, buf: &mut Vec<u8>) -> Result<()> {
+        self.stream.open_last_in_place(buf)
     }
 
     /// Authenticates and returns the last segment. Fails with
     /// [`Error::Truncated`] if the record ended before its last segment.
-    pub fn finish(mut self) -> Result<Vec<u8>> {
-        self.check_poison()?;
-        let mut last = core::mem::take(&mut self.buf);
-        if last.len() < TAG_LEN {
-            return Err(Error::Truncated);
-        }
-        let probe = (last.len() == self.segment_ct_len()).then(|| last.clone());
-        if self
-            .stream
-            .decrypt_in_place(self.position, true, &self.header.encoded, &mut last)
-            .is_ok()
-        {
-            return Ok(last);
-        }
-        // A full segment that authenticates as a *non-last* segment means
-        // the record was cut at a segment boundary.
-        if let Some(mut probe) = probe
-            && self
-                .stream
-                .decrypt_in_place(self.position, false, &self.header.encoded, &mut probe)
-                .is_ok()
-        {
-            probe.zeroize();
-            return Err(Error::Truncated);
-        }
-        Err(Error::DecryptionFailed)
+    pub fn finish(self) -> Result<Vec<u8>> {
+        self.stream.finish()
     }
 }
 
@@ -747,8 +604,8 @@ impl fmt::Debug for RecordOpener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RecordOpener")
             .field("header", &self.header)
-            .field("position", &self.position)
-            .field("buffered", &self.buf.len())
+            .field("position", &self.stream.position())
+            .field("buffered", &self.stream.buffered())
             .finish_non_exhaustive()
     }
 }
@@ -843,14 +700,15 @@ impl<R: Read> RecordReader<R> {
             return Ok(());
         };
         // Hand the drained plaintext buffer back for reuse.
-        opener.spare = core::mem::take(&mut self.plain);
+        opener.stream.recycle(core::mem::take(&mut self.plain));
         self.pos = 0;
-        if opener.fill_from(&mut self.inner)? {
+        if opener.stream.fill_from(&mut self.inner)? {
             // EOF: the buffered bytes are the last segment.
             let opener = self.opener.take().expect("checked above");
             self.plain = opener.finish()?;
         } else {
             self.plain = opener
+                .stream
                 .try_open_next()?
                 .expect("a full segment and one more byte are buffered");
         }
@@ -935,15 +793,16 @@ pub fn decrypt_record(
         return Err(Error::InvalidParameter("opener was built for another header").into());
     }
     loop {
-        if opener.fill_from(&mut input)? {
+        if opener.stream.fill_from(&mut input)? {
             output.write_all(&opener.finish()?)?;
             output.flush()?;
             return Ok(header);
         }
         let segment = opener
+            .stream
             .try_open_next()?
             .expect("a full segment and one more byte are buffered");
         output.write_all(&segment)?;
-        opener.spare = segment;
+        opener.stream.recycle(segment);
     }
 }

@@ -51,11 +51,11 @@
 
 use core::fmt;
 
-use aead_stream::StreamPrimitive;
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit};
 use hkdf::Hkdf;
 use rand_core::CryptoRng;
+use sesphr_crypto::stream::{self, StreamOpener, StreamSealer};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
@@ -85,9 +85,9 @@ pub const MIN_BLOB_SEGMENT_SIZE: u32 = 4 << 10;
 /// Largest allowed segment size: 16 MiB.
 pub const MAX_BLOB_SEGMENT_SIZE: u32 = 16 << 20;
 /// Length of the STREAM nonce prefix.
-pub const NONCE_PREFIX_LEN: usize = 7;
+pub const NONCE_PREFIX_LEN: usize = stream::NONCE_PREFIX_LEN;
 /// AES-GCM tag length, added to every segment.
-pub const TAG_LEN: usize = 16;
+pub const TAG_LEN: usize = stream::TAG_LEN;
 /// Length of a content key.
 pub const CONTENT_KEY_LEN: usize = 32;
 /// Length of a wrapped content key: nonce (12) || ciphertext (32) || tag (16).
@@ -96,8 +96,6 @@ pub const WRAPPED_KEY_LEN: usize = 60;
 pub const BLOB_ID_LEN: usize = 32;
 
 const WRAP_NONCE_LEN: usize = 12;
-
-type Stream = aead_stream::StreamBE32<Aes256Gcm>;
 
 fn hkdf_expand(ikm: &[u8], info: &[&[u8]], out: &mut [u8]) {
     Hkdf::<Sha256>::new(None, ikm)
@@ -124,15 +122,17 @@ impl ContentKey {
         Zeroizing::new(self.0)
     }
 
-    /// Derives the key and nonce prefix of a blob with this header.
-    fn stream(&self, header: &BlobHeader) -> Stream {
+    /// Derives the AES key and nonce prefix of a blob with this header.
+    fn derive(
+        &self,
+        header: &BlobHeader,
+    ) -> (Zeroizing<[u8; stream::KEY_LEN]>, [u8; NONCE_PREFIX_LEN]) {
         let header = header.to_bytes();
-        let mut key = Zeroizing::new([0u8; 32]);
+        let mut key = Zeroizing::new([0u8; stream::KEY_LEN]);
         hkdf_expand(&self.0, &[BLOB_KEY_INFO, &header], &mut key[..]);
         let mut prefix = [0u8; NONCE_PREFIX_LEN];
         hkdf_expand(&self.0, &[BLOB_NONCE_PREFIX_INFO, &header], &mut prefix);
-        let aead = Aes256Gcm::new(&(*key).into());
-        <Stream as aead_stream::NewStream<Aes256Gcm>>::from_aead(aead, &prefix.into())
+        (key, prefix)
     }
 }
 
@@ -269,9 +269,7 @@ impl Default for BlobHeader {
 /// segment the caller passes in.
 pub struct BlobSealer {
     header: BlobHeader,
-    header_bytes: [u8; BLOB_HEADER_LEN],
-    stream: Stream,
-    position: u32,
+    stream: StreamSealer,
 }
 
 impl BlobSealer {
@@ -286,11 +284,16 @@ impl BlobSealer {
     }
 
     fn with_header(key: &ContentKey, header: BlobHeader) -> Self {
+        let (blob_key, prefix) = key.derive(&header);
         Self {
-            stream: key.stream(&header),
-            header_bytes: header.to_bytes(),
+            stream: StreamSealer::new(
+                &blob_key,
+                &prefix,
+                &header.to_bytes(),
+                header.segment_len(),
+                "blob has too many segments",
+            ),
             header,
-            position: 0,
         }
     }
 
@@ -301,54 +304,35 @@ impl BlobSealer {
 
     /// The 9 header bytes that start the blob.
     pub fn header_bytes(&self) -> [u8; BLOB_HEADER_LEN] {
-        self.header_bytes
+        self.header.to_bytes()
     }
 
     /// Seals one non-last segment; `plaintext` must be exactly
     /// `segment_size` bytes. Returns `segment_size + 16` bytes.
     pub fn seal_segment(&mut self, plaintext: &[u8]) -> Result<Vec<u8>> {
-        let mut buf = Vec::with_capacity(plaintext.len() + TAG_LEN);
-        buf.extend_from_slice(plaintext);
-        self.seal_segment_in_place(&mut buf)?;
-        Ok(buf)
+        self.stream
+            .seal_segment(plaintext)
+            .map_err(Error::from_stream)
     }
 
     /// In-place [`seal_segment`](Self::seal_segment): `buf` holds the
     /// plaintext and receives the ciphertext (16 bytes longer).
     pub fn seal_segment_in_place(&mut self, buf: &mut Vec<u8>) -> Result<()> {
-        if buf.len() != self.header.segment_len() {
-            return Err(Error::InvalidParameter(
-                "non-last segments must be exactly segment_size bytes",
-            ));
-        }
-        if self.position == u32::MAX {
-            return Err(Error::InvalidParameter("blob has too many segments"));
-        }
         self.stream
-            .encrypt_in_place(self.position, false, &self.header_bytes, buf)
-            .map_err(|_| Error::InvalidParameter("segment encryption failed"))?;
-        self.position += 1;
-        Ok(())
+            .seal_segment_in_place(buf)
+            .map_err(Error::from_stream)
     }
 
     /// Seals the last segment (`0..=segment_size` bytes) and ends the blob.
     pub fn seal_last(self, plaintext: &[u8]) -> Result<Vec<u8>> {
-        let mut buf = Vec::with_capacity(plaintext.len() + TAG_LEN);
-        buf.extend_from_slice(plaintext);
-        self.seal_last_in_place(&mut buf)?;
-        Ok(buf)
+        self.stream.seal_last(plaintext).map_err(Error::from_stream)
     }
 
     /// In-place [`seal_last`](Self::seal_last).
     pub fn seal_last_in_place(self, buf: &mut Vec<u8>) -> Result<()> {
-        if buf.len() > self.header.segment_len() {
-            return Err(Error::InvalidParameter(
-                "the last segment must be at most segment_size bytes",
-            ));
-        }
         self.stream
-            .encrypt_in_place(self.position, true, &self.header_bytes, buf)
-            .map_err(|_| Error::InvalidParameter("segment encryption failed"))
+            .seal_last_in_place(buf)
+            .map_err(Error::from_stream)
     }
 }
 
@@ -356,7 +340,7 @@ impl fmt::Debug for BlobSealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BlobSealer")
             .field("header", &self.header)
-            .field("position", &self.position)
+            .field("position", &self.stream.position())
             .finish_non_exhaustive()
     }
 }
@@ -370,9 +354,9 @@ impl fmt::Debug for BlobSealer {
 /// After any error the opener is poisoned and every later call fails.
 pub struct BlobOpener {
     key: ContentKey,
-    state: Option<(BlobHeader, Stream)>,
-    position: u32,
-    buf: Vec<u8>,
+    /// The header bytes pushed so far, until all 9 have arrived.
+    header_buf: Vec<u8>,
+    state: Option<(BlobHeader, StreamOpener)>,
     poisoned: bool,
 }
 
@@ -382,9 +366,8 @@ impl BlobOpener {
     pub fn new(key: &ContentKey) -> Self {
         Self {
             key: key.clone(),
+            header_buf: Vec::with_capacity(BLOB_HEADER_LEN),
             state: None,
-            position: 0,
-            buf: Vec::with_capacity(BLOB_HEADER_LEN),
             poisoned: false,
         }
     }
@@ -398,102 +381,52 @@ impl BlobOpener {
     /// segment is known not to be the last one only once a byte of the next
     /// one arrives, so up to one segment stays buffered until then.
     pub fn push(&mut self, mut data: &[u8]) -> Result<Vec<Vec<u8>>> {
-        self.check_poison()?;
-        let mut out = Vec::new();
-        while !data.is_empty() {
-            let Some((header, _)) = &self.state else {
-                let n = (BLOB_HEADER_LEN - self.buf.len()).min(data.len());
-                self.buf.extend_from_slice(&data[..n]);
-                data = &data[n..];
-                if self.buf.len() == BLOB_HEADER_LEN {
-                    let header = BlobHeader::from_bytes(&self.buf).inspect_err(|_| {
-                        self.poisoned = true;
-                    })?;
-                    self.state = Some((header, self.key.stream(&header)));
-                    self.buf = Vec::with_capacity(header.segment_len() + TAG_LEN + 1);
-                }
-                continue;
-            };
-            let seg = header.segment_len() + TAG_LEN;
-            let n = (seg + 1 - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if self.buf.len() > seg {
-                out.push(self.open_next(seg)?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Decrypts the first buffered ciphertext segment as a non-last one.
-    fn open_next(&mut self, seg: usize) -> Result<Vec<u8>> {
-        let (header, stream) = self.state.as_ref().expect("header parsed");
-        let mut segment = core::mem::take(&mut self.buf);
-        self.buf.reserve(seg + 1);
-        self.buf.extend_from_slice(&segment[seg..]);
-        segment.truncate(seg);
-        let aad = header.to_bytes();
-        if self.position == u32::MAX
-            || stream
-                .decrypt_in_place(self.position, false, &aad, &mut segment)
-                .is_err()
-        {
-            self.poisoned = true;
+        if self.poisoned {
             return Err(Error::DecryptionFailed);
         }
-        self.position += 1;
-        Ok(segment)
-    }
-
-    fn check_poison(&self) -> Result<()> {
-        if self.poisoned {
-            Err(Error::DecryptionFailed)
-        } else {
-            Ok(())
+        if self.state.is_none() {
+            let n = (BLOB_HEADER_LEN - self.header_buf.len()).min(data.len());
+            self.header_buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.header_buf.len() < BLOB_HEADER_LEN {
+                return Ok(Vec::new());
+            }
+            let header = BlobHeader::from_bytes(&self.header_buf).inspect_err(|_| {
+                self.poisoned = true;
+            })?;
+            let (blob_key, prefix) = self.key.derive(&header);
+            let opener =
+                StreamOpener::new(&blob_key, &prefix, &header.to_bytes(), header.segment_len());
+            self.state = Some((header, opener));
         }
+        let (_, opener) = self.state.as_mut().expect("header parsed");
+        opener.push(data).map_err(Error::from_stream)
     }
 
     /// Authenticates and returns the last segment. Fails with
     /// [`Error::Truncated`] if the blob ended before its last segment and
     /// [`Error::DecryptionFailed`] if it was tampered with.
-    pub fn finish(mut self) -> Result<Vec<u8>> {
-        self.check_poison()?;
-        let Some((header, stream)) = self.state.take() else {
+    pub fn finish(self) -> Result<Vec<u8>> {
+        if self.poisoned {
+            return Err(Error::DecryptionFailed);
+        }
+        let Some((_, opener)) = self.state else {
             return Err(Error::Truncated);
         };
-        let mut last = core::mem::take(&mut self.buf);
-        if last.len() < TAG_LEN {
-            return Err(Error::Truncated);
-        }
-        let aad = header.to_bytes();
-        let full = header.segment_len() + TAG_LEN;
-        let probe = (last.len() == full).then(|| last.clone());
-        if stream
-            .decrypt_in_place(self.position, true, &aad, &mut last)
-            .is_ok()
-        {
-            return Ok(last);
-        }
-        // A full segment that authenticates as a *non-last* one means the
-        // blob was cut at a segment boundary.
-        if let Some(mut probe) = probe
-            && stream
-                .decrypt_in_place(self.position, false, &aad, &mut probe)
-                .is_ok()
-        {
-            probe.zeroize();
-            return Err(Error::Truncated);
-        }
-        Err(Error::DecryptionFailed)
+        opener.finish().map_err(Error::from_stream)
     }
 }
 
 impl fmt::Debug for BlobOpener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (position, buffered) = match &self.state {
+            Some((_, opener)) => (opener.position(), opener.buffered()),
+            None => (0, self.header_buf.len()),
+        };
         f.debug_struct("BlobOpener")
             .field("header", &self.header())
-            .field("position", &self.position)
-            .field("buffered", &self.buf.len())
+            .field("position", &position)
+            .field("buffered", &buffered)
             .finish_non_exhaustive()
     }
 }

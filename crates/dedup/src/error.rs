@@ -44,3 +44,20 @@ pub enum Error {
 
 /// Shorthand for `Result<T, sesphr_dedup::Error>`.
 pub type Result<T> = core::result::Result<T, Error>;
+
+impl Error {
+    /// Maps an error of the shared STREAM sealer/opener
+    /// (`sesphr_crypto::stream`) to this crate's error, variant for variant,
+    /// so that blob callers see no sign of where the segment code lives.
+    pub(crate) fn from_stream(err: sesphr_crypto::Error) -> Self {
+        use sesphr_crypto::Error as E;
+        match err {
+            E::Malformed(what) => Self::Malformed(what),
+            E::InvalidParameter(what) => Self::InvalidParameter(what),
+            E::Truncated => Self::Truncated,
+            E::VerificationFailed => Self::VerificationFailed,
+            // `DecryptionFailed`, and any later variant: opaque on purpose.
+            _ => Self::DecryptionFailed,
+        }
+    }
+}

@@ -43,11 +43,12 @@ use hash2curve::ExpandMsgXmd;
 use p256::elliptic_curve::{
     Field, PrimeField,
     array::{Array, typenum::U48},
-    ff::FromUniformBytes,
     group::{Group as _, GroupEncoding as _},
 };
 use p256::{AffinePoint, FieldBytes, NistP256, ProjectivePoint, Scalar};
 use rand_core::CryptoRng;
+// Blinds and server keys are drawn exactly like the PRE secrets.
+use sesphr_crypto::random_nonzero_scalar;
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
@@ -317,20 +318,6 @@ fn nonzero_scalar_from_bytes(bytes: &[u8], what: &'static str) -> Result<Scalar>
     match s {
         Some(s) if !bool::from(s.is_zero()) => Ok(s),
         _ => Err(Error::Malformed(what)),
-    }
-}
-
-/// A uniformly random non-zero scalar: 64 random bytes reduced mod n
-/// (bias below 2^-256), resampled if zero.
-fn random_nonzero_scalar(rng: &mut (impl CryptoRng + ?Sized)) -> Scalar {
-    loop {
-        let mut wide = [0u8; 64];
-        rng.fill_bytes(&mut wide);
-        let s = Scalar::from_uniform_bytes(&wide);
-        wide.zeroize();
-        if !bool::from(s.is_zero()) {
-            return s;
-        }
     }
 }
 
