@@ -203,9 +203,17 @@ pub async fn run_service(
         )),
         _ => None,
     };
-    let refusals: Arc<dyn RefusalAudit> = match &policy_store {
-        Some(store) => Arc::new(LocalRefusalAudit(store.clone())),
-        None => Arc::new(policy()?),
+    // One AccessPolicy client per process (CloudStorage, SRS): the service
+    // and its refusal audit share it.
+    let policy_client = match service {
+        Service::AccessPolicy => None,
+        _ => Some(policy()?),
+    };
+    let policy = || policy_client.clone().ok_or(ServeError::MissingPolicyEndpoint(service));
+    let refusals: Arc<dyn RefusalAudit> = match (&policy_store, &policy_client) {
+        (Some(store), _) => Arc::new(LocalRefusalAudit(store.clone())),
+        (None, Some(client)) => Arc::new(client.clone()),
+        (None, None) => return Err(ServeError::MissingPolicyEndpoint(service)),
     };
     // Every request passes the stream tracking, then the one RPC table
     // (which hands handlers the typed caller), then the service's limits.
