@@ -7,6 +7,8 @@
 //! `-api` crates): it knows no store, no TLS and no service logic. See
 //! `ARCHITECTURE.md` for the crates around it.
 
+#![warn(missing_docs)]
+
 pub mod proto;
 pub mod rpc;
 

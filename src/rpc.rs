@@ -21,23 +21,41 @@ use sesphr_identity::Service;
 /// The discriminant is the row's index in [`TABLE`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rpc {
+    /// `CloudStorage/PutRecord`: an owner uploads a record.
     PutRecord,
+    /// `CloudStorage/GetRecord`: an owner or grantee downloads one.
     GetRecord,
+    /// `CloudStorage/ListRecords`: the records a caller may see.
     ListRecords,
+    /// `CloudStorage/DeleteRecord`: an owner deletes a record.
     DeleteRecord,
+    /// `CloudStorage/QueryBlob`: whether a deduplicated blob exists (and its challenge).
     QueryBlob,
+    /// `Srs/Enroll`: a new user gets a certificate.
     Enroll,
+    /// `Srs/GetUser`: a user's public keys.
     GetUser,
+    /// `Srs/PutKfrags`: an owner stores re-encryption key fragments.
     PutKfrags,
+    /// `Srs/DeleteKfrags`: an owner removes them.
     DeleteKfrags,
+    /// `Srs/ReEncrypt`: a grantee gets capsule fragments.
     ReEncrypt,
+    /// `Srs/EvaluateContentKey`: the OPRF for deduplicated blobs.
     EvaluateContentKey,
+    /// `AccessPolicy/Grant`.
     Grant,
+    /// `AccessPolicy/Revoke`.
     Revoke,
+    /// `AccessPolicy/Check`: a service asks whether a grantee may act.
     Check,
+    /// `AccessPolicy/ListGrants`.
     ListGrants,
+    /// `AccessPolicy/ListAudit`.
     ListAudit,
+    /// `AccessPolicy/VerifyAudit`.
     VerifyAudit,
+    /// `AccessPolicy/RecordEvent`: a service appends an audit event.
     RecordEvent,
     /// `grpc.health.v1.Health/*`
     Health,
@@ -97,10 +115,12 @@ pub enum Scope {
 pub struct RpcSpec {
     /// `package.Service/Method`, or a service-name prefix for [`Scope::Services`].
     pub name: &'static str,
+    /// How `name` matches request paths.
     pub scope: Scope,
     /// Who may call it at all; finer rules (owner only, grants) follow in
     /// the service.
     pub callers: &'static [CallerClass],
+    /// Whether the per-identity limits count it.
     pub cost: Cost,
 }
 
@@ -209,6 +229,7 @@ impl RpcTable {
         self.0.iter().find(|spec| spec.matches(path))
     }
 
+    /// Every row, in order.
     pub fn rows(&self) -> &'static [RpcSpec] {
         self.0
     }
@@ -273,10 +294,12 @@ impl Rpc {
         self.spec().name
     }
 
+    /// This RPC's cost class.
     pub fn cost(self) -> Cost {
         self.spec().cost
     }
 
+    /// The caller classes that may call it at all.
     pub fn callers(self) -> &'static [CallerClass] {
         self.spec().callers
     }

@@ -48,13 +48,12 @@ pub fn is_allowed(rpc: Rpc, id: &Identity) -> bool {
     spec_allows(rpc.spec(), id)
 }
 
-/// The decision for one request: the typed caller, or the refusal (and
-/// whom to audit it for).
-pub fn decide(
-    table: &RpcTable,
-    path: &str,
-    peer: &PeerIdentity,
-) -> Result<Caller, (Status, Option<(Identity, &'static RpcSpec)>)> {
+/// A refused request: what the client is told, and whom to audit it for
+/// (an identified caller refused by its row; nobody otherwise).
+pub type Refusal = (Status, Option<(Identity, &'static RpcSpec)>);
+
+/// The decision for one request: the typed caller, or the refusal.
+pub fn decide(table: &RpcTable, path: &str, peer: &PeerIdentity) -> Result<Caller, Refusal> {
     let Some(spec) = table.lookup(path) else {
         return Err((
             Status::unimplemented(format!("{path} is not an RPC of this mesh")),

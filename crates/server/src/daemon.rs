@@ -209,7 +209,11 @@ pub async fn run_service(
         Service::AccessPolicy => None,
         _ => Some(policy()?),
     };
-    let policy = || policy_client.clone().ok_or(ServeError::MissingPolicyEndpoint(service));
+    let policy = || {
+        policy_client
+            .clone()
+            .ok_or(ServeError::MissingPolicyEndpoint(service))
+    };
     let refusals: Arc<dyn RefusalAudit> = match (&policy_store, &policy_client) {
         (Some(store), _) => Arc::new(LocalRefusalAudit(store.clone())),
         (None, Some(client)) => Arc::new(client.clone()),
