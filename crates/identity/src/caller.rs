@@ -17,7 +17,12 @@ pub enum Caller {
     Patient(UserId),
     /// A practitioner of any role, private or public domain
     /// (`/practitioner/<role>/<id>`).
-    Practitioner { role: Role, id: UserId },
+    Practitioner {
+        /// The role its certificate names.
+        role: Role,
+        /// The user id.
+        id: UserId,
+    },
     /// One of the mesh's services (`/service/<name>`).
     Service(Service),
     /// A mesh operator (`/operator/<id>`): may inspect, never read records.

@@ -24,10 +24,12 @@ macro_rules! checked_name {
                 Ok(Self(text))
             }
 
+            /// The checked text.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
 
+            /// The checked text, owned.
             pub fn into_string(self) -> String {
                 self.0
             }

@@ -13,6 +13,8 @@
 //! assert_eq!(id.to_string(), "spiffe://sesphr.local/practitioner/doctor/bob");
 //! ```
 
+#![warn(missing_docs)]
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -38,26 +40,35 @@ pub enum IdentityError {
     #[error(
         "invalid user id {0:?}: expected 1-64 characters of [a-z0-9._-], starting with [a-z0-9]"
     )]
+    /// A user id breaks its syntax.
     InvalidUserId(String),
     #[error("invalid partition {0:?}: expected 1-32 characters of [a-z0-9-]")]
+    /// A partition name breaks its syntax.
     InvalidPartition(String),
     #[error(
         "{0:?} is not a valid record id: expected 1-128 characters of [A-Za-z0-9._-], starting with a letter or digit"
     )]
+    /// A record id breaks its syntax.
     InvalidRecordId(String),
     #[error(
         "unknown role {0:?}: expected one of patient, doctor, nurse, pharmacist, insurer, researcher, family, friend, emergency"
     )]
+    /// No such role.
     UnknownRole(String),
     #[error("invalid service name {0:?}: expected cloud-storage, srs or access-policy")]
+    /// No such service.
     InvalidService(String),
     #[error("invalid identity URI {0:?}: {1}")]
+    /// A SPIFFE URI that is not one of ours, and why.
     InvalidUri(String, &'static str),
     #[error("certificate carries no SPIFFE URI SAN")]
+    /// The certificate names no identity.
     NoSpiffeSan,
     #[error("certificate carries more than one SPIFFE URI SAN")]
+    /// The certificate names more than one identity.
     SeveralSpiffeSans,
     #[error("certificate could not be parsed")]
+    /// The certificate is not valid DER X.509.
     BadCertificate,
 }
 
@@ -65,14 +76,23 @@ pub enum IdentityError {
 /// other role except `Patient` is the *public domain*.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
+    /// The record owner.
     Patient,
+    /// A physician.
     Doctor,
+    /// A nurse.
     Nurse,
+    /// A pharmacist.
     Pharmacist,
+    /// An insurer.
     Insurer,
+    /// A researcher.
     Researcher,
+    /// Family (private domain).
     Family,
+    /// A friend (private domain).
     Friend,
+    /// Emergency staff.
     Emergency,
 }
 
@@ -101,6 +121,7 @@ impl Role {
         Role::Emergency,
     ];
 
+    /// The role as it appears in URIs and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Patient => "patient",
@@ -115,6 +136,7 @@ impl Role {
         }
     }
 
+    /// The role's side of the private/public split.
     pub fn domain(self) -> Domain {
         match self {
             Role::Patient => Domain::Owner,
@@ -143,14 +165,19 @@ impl FromStr for Role {
 /// The three mesh services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Service {
+    /// CloudStorage: ciphertext records.
     CloudStorage,
+    /// The setup and re-encryption server.
     Srs,
+    /// AccessPolicy: grants and the audit log.
     AccessPolicy,
 }
 
 impl Service {
+    /// Every service.
     pub const ALL: [Service; 3] = [Service::CloudStorage, Service::Srs, Service::AccessPolicy];
 
+    /// The service name as it appears in URIs.
     pub fn as_str(self) -> &'static str {
         match self {
             Service::CloudStorage => "cloud-storage",
@@ -180,7 +207,13 @@ impl FromStr for Service {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Principal {
     /// A patient or practitioner (`/patient/<id>`, `/practitioner/<role>/<id>`).
-    User { role: Role, id: String },
+    /// A patient or practitioner (`/patient/<id>`, `/practitioner/<role>/<id>`).
+    User {
+        /// The role its certificate names.
+        role: Role,
+        /// The user id.
+        id: String,
+    },
     /// A mesh service (`/service/<name>`).
     Service(Service),
     /// A human operator (`/operator/<id>`): may inspect, never read records.
@@ -190,11 +223,14 @@ pub enum Principal {
 /// A verified caller: trust domain plus principal, printed as a SPIFFE URI.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
+    /// The SPIFFE trust domain (one per mesh).
     pub trust_domain: String,
+    /// Who, within it.
     pub principal: Principal,
 }
 
 impl Identity {
+    /// A patient (`Role::Patient`) or practitioner identity; checks the id.
     pub fn user(trust_domain: &str, role: Role, id: &str) -> Result<Self, IdentityError> {
         validate_user_id(id)?;
         Ok(Self {
@@ -206,6 +242,7 @@ impl Identity {
         })
     }
 
+    /// A mesh service's identity.
     pub fn service(trust_domain: &str, service: Service) -> Self {
         Self {
             trust_domain: trust_domain.to_owned(),
@@ -213,6 +250,7 @@ impl Identity {
         }
     }
 
+    /// An operator's identity; checks the id.
     pub fn operator(trust_domain: &str, id: &str) -> Result<Self, IdentityError> {
         validate_user_id(id)?;
         Ok(Self {
@@ -237,6 +275,7 @@ impl Identity {
         }
     }
 
+    /// The service, if this identity is one.
     pub fn as_service(&self) -> Option<Service> {
         match &self.principal {
             Principal::Service(s) => Some(*s),
@@ -244,6 +283,7 @@ impl Identity {
         }
     }
 
+    /// Whether this identity is an operator.
     pub fn is_operator(&self) -> bool {
         matches!(self.principal, Principal::Operator(_))
     }

@@ -7,8 +7,11 @@
 
 use crate::IdentityError;
 
+/// Longest user id, in bytes.
 pub const MAX_USER_ID_LEN: usize = 64;
+/// Longest partition name, in bytes.
 pub const MAX_PARTITION_LEN: usize = 32;
+/// Longest record id, in bytes.
 pub const MAX_RECORD_ID_LEN: usize = 128;
 
 /// The partitions every client knows by name; any other valid name also works.
