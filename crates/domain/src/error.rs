@@ -38,6 +38,13 @@ pub enum DomainError {
     /// The storage backend failed; the operation was not applied.
     #[error("{0}")]
     Backend(#[from] BackendError),
+    /// The credentials presented are not valid (a wrong enrollment token).
+    #[error("{0}")]
+    BadCredentials(String),
+    /// Something the answer depends on could not be had right now (the
+    /// access-policy service did not answer); nothing was decided.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A failure of the storage backend, kept apart so its details are logged

@@ -1,6 +1,6 @@
 //! What the three SeSPHR services share below the wire: one error
-//! vocabulary ([`DomainError`]) and the reader of their stored values
-//! ([`codec::Reader`]).
+//! vocabulary ([`DomainError`]), the reader of their stored values
+//! ([`codec::Reader`]) and their per-store secrets ([`secret`]).
 //!
 //! Knows nothing of tonic: the mesh crate maps [`DomainError`] to gRPC
 //! statuses in one place (`sesphr_mesh::status`), so a domain rule is
@@ -10,5 +10,6 @@
 
 pub mod codec;
 mod error;
+pub mod secret;
 
 pub use error::{BackendError, DomainError};

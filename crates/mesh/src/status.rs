@@ -45,6 +45,8 @@ impl IntoStatus for DomainError {
                     "{what} storage error; the operation was not applied"
                 ))
             }
+            DomainError::BadCredentials(m) => Status::unauthenticated(m),
+            DomainError::Unavailable(m) => Status::unavailable(m),
         }
     }
 }

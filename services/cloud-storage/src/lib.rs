@@ -686,23 +686,7 @@ impl RecordStore {
 
     /// A 32-byte secret of this store, made on first use and kept.
     pub fn secret(&self, name: &str) -> Result<zeroize::Zeroizing<[u8; 32]>, DomainError> {
-        let secrets = self.shared.db.open_tree("secrets")?;
-        let mut fresh = zeroize::Zeroizing::new([0u8; 32]);
-        rand::fill(&mut fresh[..]);
-        let stored =
-            match secrets.compare_and_swap(name.as_bytes(), None::<&[u8]>, Some(&fresh[..]))? {
-                Ok(()) => {
-                    self.shared.db.flush()?;
-                    fresh.to_vec()
-                }
-                Err(e) => e.current.map(|v| v.to_vec()).unwrap_or_default(),
-            };
-        let stored = zeroize::Zeroizing::new(stored);
-        let key: [u8; 32] = stored
-            .as_slice()
-            .try_into()
-            .map_err(|_| DomainError::Corrupt(format!("store secret {name} is not 32 bytes")))?;
-        Ok(zeroize::Zeroizing::new(key))
+        sesphr_domain::secret::load_or_create(&self.shared.db, name)
     }
 
     /// Deletes `record_id` on behalf of `owner_id`. `NotFound` if there is

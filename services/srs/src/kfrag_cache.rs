@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use sesphr_crypto as crypto;
-use tonic::Status;
+use sesphr_domain::DomainError;
 
 /// Entries kept at most (one per (owner, partition, epoch, grantee) in use).
 pub const DEFAULT_CAPACITY: usize = 4096;
@@ -32,7 +32,7 @@ impl VerifiedKfrags {
         }
     }
 
-    /// The verified kfrags of a stored set; `DATA_LOSS` if one does not
+    /// The verified kfrags of a stored set; `Corrupt` if one does not
     /// verify (the store was tampered with: it verified when it was put).
     pub fn get_or_verify(
         &self,
@@ -40,7 +40,7 @@ impl VerifiedKfrags {
         delegating: &[u8],
         verifying: &[u8],
         receiving: &[u8],
-    ) -> Result<Arc<[crypto::VerifiedKeyFrag]>, Status> {
+    ) -> Result<Arc<[crypto::VerifiedKeyFrag]>, DomainError> {
         let mut key = Vec::new();
         for part in kfrags
             .iter()
@@ -55,7 +55,7 @@ impl VerifiedKfrags {
         if let Some(hit) = lock().get(&key) {
             return Ok(hit.clone());
         }
-        let corrupt = || Status::data_loss("a stored kfrag does not verify");
+        let corrupt = || DomainError::Corrupt("a stored kfrag does not verify".into());
         let verifying = crypto::VerifyingKey::from_bytes(verifying).map_err(|_| corrupt())?;
         let delegating = crypto::PublicKey::from_bytes(delegating).map_err(|_| corrupt())?;
         let receiving = crypto::PublicKey::from_bytes(receiving).map_err(|_| corrupt())?;
@@ -113,7 +113,7 @@ mod tests {
         let err = cache
             .get_or_verify(&bytes, &d, &v, &other.to_bytes())
             .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::DataLoss);
+        assert!(matches!(err, DomainError::Corrupt(_)), "{err:?}");
         // A flipped byte in the stored kfrag: a miss, refused.
         let mut bad = bytes.clone();
         let last = bad[0].len() - 1;

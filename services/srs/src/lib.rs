@@ -2,8 +2,12 @@
 //! enrolled users and the stored re-encryption key fragments, persisted in
 //! sled, plus a per-identity rate limiter.
 //!
-//! Keys, certificates and kfrags are opaque bytes here; the root crate does
-//! the cryptography and the CA signing. The SRS never holds a secret key:
+//! The rules of every RPC (who may ask, what is verified, what is audited)
+//! live in [`service`], over the [`Store`] trait and an access gate; the
+//! gRPC adapter in [`grpc`] only decodes, delegates and maps errors.
+//!
+//! Keys, certificates and kfrags are opaque bytes to the store; [`service`]
+//! does the cryptography and the CA signing. The SRS never holds a secret key:
 //! users generate theirs client-side and register only public keys, and a
 //! kfrag set alone cannot decrypt anything.
 //!
@@ -22,11 +26,13 @@
 mod codec;
 pub mod grpc;
 pub mod kfrag_cache;
+pub mod service;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sesphr_identity::{Role, validate_partition, validate_user_id};
+use zeroize::Zeroizing;
 
 /// Largest accepted public key (PRE or verifying), in bytes. P-256 points
 /// are 33 or 65 bytes; the slack allows other encodings.
@@ -64,7 +70,72 @@ pub struct KfragSet {
     pub stored_at: i64,
 }
 
-/// Users and kfrags. `Send + Sync`: share one behind an `Arc`.
+/// What the SRS keeps: users, kfrag sets and its service secrets. The sled
+/// [`SrsStore`] is one backend; another (e.g. PostgreSQL) implements this
+/// and passes the same conformance checks (`store_conformance::check`).
+///
+/// Every write returns only once it is durable. Ids are validated here too
+/// (they form keys), so a backend never stores a name that breaks its
+/// syntax.
+pub trait Store: Send + Sync + 'static {
+    /// Enrols a user. A user id is taken for good, whatever the role: a
+    /// second enrolment under the same id is `Exists`, so nobody can
+    /// replace someone else's public keys.
+    fn register_user(&self, user: UserRecord) -> Result<(), DomainError>;
+
+    /// The user enrolled as `user_id`, if any.
+    fn user(&self, user_id: &str) -> Result<Option<UserRecord>, DomainError>;
+
+    /// Stores (replacing any previous) kfrags from `owner_id`'s partition
+    /// key at `epoch` to `grantee_id`.
+    fn put_kfrags(
+        &self,
+        owner_id: &str,
+        partition: &str,
+        epoch: u32,
+        grantee_id: &str,
+        set: KfragSet,
+    ) -> Result<(), DomainError>;
+
+    /// The kfrags from `owner_id`'s partition key at `epoch` to `grantee_id`.
+    fn kfrags(
+        &self,
+        owner_id: &str,
+        partition: &str,
+        epoch: u32,
+        grantee_id: &str,
+    ) -> Result<Option<KfragSet>, DomainError>;
+
+    /// The epochs for which kfrags to `grantee_id` are stored, ascending.
+    fn kfrag_epochs(
+        &self,
+        owner_id: &str,
+        partition: &str,
+        grantee_id: &str,
+    ) -> Result<Vec<u32>, DomainError>;
+
+    /// Deletes the kfrags to `grantee_id` for one epoch, or for every epoch
+    /// when `epoch` is `None` (revocation), all at once. Returns how many
+    /// sets were removed; removing nothing is not an error, so revocation
+    /// is idempotent.
+    fn delete_kfrags(
+        &self,
+        owner_id: &str,
+        partition: &str,
+        grantee_id: &str,
+        epoch: Option<u32>,
+    ) -> Result<usize, DomainError>;
+
+    /// Number of enrolled users.
+    fn users_count(&self) -> Result<u64, DomainError>;
+
+    /// The 32-byte service secret called `name`, created the first time it
+    /// is asked for (atomically and durably, so concurrent first calls and
+    /// restarts all see one value). The dedup OPRF key seed lives here.
+    fn service_secret(&self, name: &str) -> Result<Zeroizing<[u8; 32]>, DomainError>;
+}
+
+/// Users and kfrags in sled. `Send + Sync`: share one behind an `Arc`.
 pub struct SrsStore {
     db: sled::Db,
     users: sled::Tree,
@@ -118,11 +189,10 @@ impl SrsStore {
             users_count,
         })
     }
+}
 
-    /// Enrols a user. A user id is taken for good, whatever the role: a
-    /// second enrolment under the same id is `AlreadyExists`, so nobody can
-    /// replace someone else's public keys.
-    pub fn register_user(&self, user: UserRecord) -> Result<(), DomainError> {
+impl Store for SrsStore {
+    fn register_user(&self, user: UserRecord) -> Result<(), DomainError> {
         validate_user_id(&user.user_id)?;
         check_len(
             "PRE public key",
@@ -148,7 +218,7 @@ impl SrsStore {
         Ok(())
     }
 
-    pub fn user(&self, user_id: &str) -> Result<Option<UserRecord>, DomainError> {
+    fn user(&self, user_id: &str) -> Result<Option<UserRecord>, DomainError> {
         validate_user_id(user_id)?;
         self.users
             .get(user_id.as_bytes())?
@@ -156,9 +226,7 @@ impl SrsStore {
             .transpose()
     }
 
-    /// Stores (replacing any previous) kfrags from `owner_id`'s partition
-    /// key at `epoch` to `grantee_id`.
-    pub fn put_kfrags(
+    fn put_kfrags(
         &self,
         owner_id: &str,
         partition: &str,
@@ -195,7 +263,7 @@ impl SrsStore {
         Ok(())
     }
 
-    pub fn kfrags(
+    fn kfrags(
         &self,
         owner_id: &str,
         partition: &str,
@@ -211,8 +279,7 @@ impl SrsStore {
             .transpose()
     }
 
-    /// The epochs for which kfrags to `grantee_id` are stored, ascending.
-    pub fn kfrag_epochs(
+    fn kfrag_epochs(
         &self,
         owner_id: &str,
         partition: &str,
@@ -228,11 +295,7 @@ impl SrsStore {
         Ok(out)
     }
 
-    /// Deletes the kfrags to `grantee_id` for one epoch, or for every epoch
-    /// when `epoch` is `None` (revocation). Returns how many sets were
-    /// removed; removing nothing is not an error, so revocation is
-    /// idempotent.
-    pub fn delete_kfrags(
+    fn delete_kfrags(
         &self,
         owner_id: &str,
         partition: &str,
@@ -266,29 +329,12 @@ impl SrsStore {
         Ok(removed)
     }
 
-    /// Number of enrolled users.
-    pub fn users_count(&self) -> Result<u64, DomainError> {
+    fn users_count(&self) -> Result<u64, DomainError> {
         Ok(self.users_count.load(Ordering::Relaxed))
     }
 
-    /// The 32-byte service secret called `name`, created from `fresh` the
-    /// first time it is asked for (atomically and durably, so concurrent
-    /// first calls and restarts all see one value). The dedup OPRF key seed
-    /// lives here.
-    pub fn service_secret(&self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32], DomainError> {
-        let key = format!("secret/{name}");
-        let secrets = self.db.open_tree("secrets")?;
-        let stored =
-            match secrets.compare_and_swap(key.as_bytes(), None::<&[u8]>, Some(&fresh[..]))? {
-                Ok(()) => {
-                    self.db.flush()?;
-                    fresh.to_vec()
-                }
-                Err(e) => e.current.map(|v| v.to_vec()).unwrap_or_default(),
-            };
-        stored
-            .try_into()
-            .map_err(|_| DomainError::Corrupt(format!("service secret {name} is not 32 bytes")))
+    fn service_secret(&self, name: &str) -> Result<Zeroizing<[u8; 32]>, DomainError> {
+        sesphr_domain::secret::load_or_create(&self.db, &format!("secret/{name}"))
     }
 }
 
@@ -305,24 +351,6 @@ fn epoch_of(key: &[u8], prefix_len: usize) -> Result<u32, DomainError> {
 }
 
 #[cfg(test)]
-mod secret_tests {
-    use super::*;
-
-    #[test]
-    fn a_service_secret_is_created_once_and_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = {
-            let s = SrsStore::open(dir.path()).unwrap();
-            let a = s.service_secret("oprf", [1; 32]).unwrap();
-            assert_eq!(s.service_secret("oprf", [2; 32]).unwrap(), a);
-            a
-        };
-        let s = SrsStore::open(dir.path()).unwrap();
-        assert_eq!(s.service_secret("oprf", [3; 32]).unwrap(), first);
-        assert_eq!(first, [1; 32]);
-        assert_eq!(s.service_secret("other", [4; 32]).unwrap(), [4; 32]);
-    }
-}
-
+mod store_conformance;
 #[cfg(test)]
 mod tests;
