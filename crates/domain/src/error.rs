@@ -38,6 +38,10 @@ pub enum DomainError {
     /// The storage backend failed; the operation was not applied.
     #[error("{0}")]
     Backend(#[from] BackendError),
+    /// A service this one must ask (AccessPolicy) gave no answer; nothing
+    /// was decided, so the request is refused (fail closed).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A failure of the storage backend, kept apart so its details are logged

@@ -45,6 +45,7 @@ impl IntoStatus for DomainError {
                     "{what} storage error; the operation was not applied"
                 ))
             }
+            DomainError::Unavailable(m) => Status::unavailable(m),
         }
     }
 }
