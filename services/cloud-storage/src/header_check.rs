@@ -2,7 +2,8 @@
 
 use sesphr_crypto::RecordHeader;
 use sesphr_crypto::record::DemKeySource;
-use tonic::Status;
+
+use crate::DomainError;
 
 /// Rejects an upload whose encoded record header does not parse or names
 /// another owner, record, partition or epoch than the upload itself. The
@@ -16,11 +17,11 @@ pub fn check_header_matches(
     partition: &str,
     epoch: u32,
     deduplicated: bool,
-) -> Result<(), Status> {
+) -> Result<(), DomainError> {
     let header = RecordHeader::from_bytes(header_bytes)
-        .map_err(|e| Status::invalid_argument(format!("record_header does not parse: {e}")))?;
+        .map_err(|e| DomainError::Malformed(format!("record_header does not parse: {e}")))?;
     let mismatch = |field: &str, in_header: &str, expected: &str| {
-        Status::invalid_argument(format!(
+        DomainError::Malformed(format!(
             "record_header names {field} {in_header:?} but the upload is for {expected:?}"
         ))
     };
@@ -40,11 +41,12 @@ pub fn check_header_matches(
         DemKeySource::Kem
     };
     if header.key_source() != expected {
-        return Err(Status::invalid_argument(if deduplicated {
+        return Err(DomainError::Malformed(if deduplicated {
             "a deduplicated record's header must use an external key (its content key is wrapped)"
         } else {
             "a record with ciphertext chunks must take its key from its capsule (key_source 0)"
-        }));
+        }
+        .into()));
     }
     if header.epoch() != epoch {
         return Err(mismatch(

@@ -36,13 +36,17 @@
 //! then removes the object. On [`RecordStore::open`], every object without
 //! `meta` (marker or not) is swept.
 
+pub mod backend;
 mod blobs;
 mod challenges;
 mod codec;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod grpc;
 mod header_check;
 mod layout;
 mod page_token;
+pub mod service;
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -56,6 +60,7 @@ use sesphr_identity::{validate_partition, validate_user_id};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
+pub use backend::{ChunkIter, RecordBackend, StagedUpload};
 use blobs::BlobKey;
 pub use blobs::{BlobInfo, DedupScope};
 pub use challenges::{ChallengeBook, ChallengePolicy};
