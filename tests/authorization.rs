@@ -7,7 +7,7 @@ use crate::common;
 use common::Sandbox;
 use sesphr::proto;
 use sesphr::rpc::Rpc;
-use sesphr_client::MeshClients;
+use sesphr_client::raw::MeshClients;
 use sesphr_identity::{Identity, Role, Service};
 use sesphr_mesh::auth::is_allowed;
 use tonic::{Code, Status};

@@ -18,7 +18,8 @@ use std::time::Duration;
 use common::{Sandbox, dedup_header, download, upload};
 use futures::StreamExt;
 use sesphr::proto::{self, put_record_request};
-use sesphr_client::{self as client, MeshClients, receiving_keys};
+use sesphr_client::raw::MeshClients;
+use sesphr_client::{self as client, receiving_keys};
 use sesphr_crypto::{self as crypto, MasterSecret, PublicKey, RecordHeader};
 use sesphr_identity::{Identity, Role};
 use sesphr_mesh::limits::Limits;
@@ -233,9 +234,9 @@ async fn ownership_proof(c: &MeshClients, content: &[u8]) -> (Vec<u8>, Vec<u8>) 
 /// What must not change: the victim's records and every grant.
 #[derive(Debug, PartialEq)]
 struct Snapshot {
-    records: Vec<(String, u64, i64, Vec<u8>)>,
-    alice_grants: (Vec<proto::AccessGrant>, Vec<proto::AccessGrant>),
-    bob_received: Vec<proto::AccessGrant>,
+    records: Vec<(client::RecordId, u64, i64, Vec<u8>)>,
+    alice_grants: (Vec<client::Grant>, Vec<client::Grant>),
+    bob_received: Vec<client::Grant>,
     mallory_records: usize,
 }
 
@@ -358,7 +359,7 @@ async fn hostile_requests_are_refused_without_side_effects() {
     let token = mesh.enrollment_token.clone().unwrap();
     let ca_pem = std::fs::read_to_string(&mesh.ca).unwrap();
     let (srs_url, ca_pem, token) = (&mesh.srs, &ca_pem, &token);
-    let capsule_of = |m: &proto::RecordMeta| {
+    let capsule_of = |m: &client::Record| {
         RecordHeader::from_bytes(&m.record_header)
             .unwrap()
             .capsule()

@@ -25,7 +25,7 @@ fn content(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-async fn upload(p: &Patient, data: &[u8]) -> (proto::RecordMeta, Stored) {
+async fn upload(p: &Patient, data: &[u8]) -> (client::Record, Stored) {
     p.upload_dedup(
         "imaging",
         std::io::Cursor::new(data.to_vec()),
@@ -316,7 +316,7 @@ async fn ownership_proofs_cannot_be_faked_replayed_or_skipped() {
     let err = put(&mallory, vec![fake, chunk]).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     // m3 is mallory's only record; alice's is intact.
-    let mine: Vec<String> = mallory
+    let mine: Vec<client::RecordId> = mallory
         .list(None, None)
         .await
         .unwrap()

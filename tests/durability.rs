@@ -59,7 +59,7 @@ async fn crash_and_recover(seed: u64) {
             .status();
     });
 
-    let mut acked: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut acked: Vec<(client::RecordId, Vec<u8>)> = Vec::new();
     let mut granted: Vec<String> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     for i in 0..10_000 {
@@ -133,7 +133,7 @@ async fn crash_and_recover(seed: u64) {
     let grants = alice.grants().await.unwrap();
     for g in &granted {
         assert!(
-            grants.given.iter().any(|x| &x.grantee_id == g),
+            grants.given.iter().any(|x| x.grantee_id == g.as_str()),
             "seed {seed}: acknowledged grant to {g} lost"
         );
     }

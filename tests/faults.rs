@@ -141,7 +141,7 @@ where
 
 /// Every way a grantee reads: all refused with UNAVAILABLE and a message
 /// that says AccessPolicy could not be asked, within the peer deadline.
-async fn assert_fails_closed(bob: &Practitioner, record: &proto::RecordMeta, what: &str) {
+async fn assert_fails_closed(bob: &Practitioner, record: &client::Record, what: &str) {
     let started = Instant::now();
     let err = download(bob, &record.record_id)
         .await

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::{Sandbox, download, upload};
 use futures::StreamExt;
 use sesphr::proto;
-use sesphr_client::MeshClients;
+use sesphr_client::raw::MeshClients;
 use sesphr_identity::Role;
 use sha2::{Digest, Sha256};
 use tonic::Code;
@@ -64,8 +64,8 @@ async fn global_head(ops: &MeshClients) -> u64 {
 
 /// How many refusals an entry stands for: a coalesced entry's count
 /// ("N further refusals of ..."), else 1.
-fn refusals_in(e: &proto::AuditEntry) -> u64 {
-    e.detail
+fn refusals_in(detail: &str) -> u64 {
+    detail
         .split_once(" further ")
         .and_then(|(n, _)| n.parse().ok())
         .unwrap_or(1)
@@ -156,7 +156,7 @@ async fn a_refusal_flood_is_bounded_and_others_keep_reading() {
             .into_iter()
             .filter(about_mallory)
             .collect();
-        let counted: u64 = entries.iter().map(refusals_in).sum();
+        let counted: u64 = entries.iter().map(|e| refusals_in(&e.detail)).sum();
         if counted >= refused || Instant::now() > deadline {
             break (entries, counted);
         }
@@ -182,7 +182,7 @@ async fn a_refusal_flood_is_bounded_and_others_keep_reading() {
     let hers: u64 = view
         .iter()
         .filter(|e| e.subject == "patient/mallory" && e.action == "check:read")
-        .map(refusals_in)
+        .map(|e| refusals_in(&e.detail))
         .sum();
     assert!(hers > 0 && hers <= refused, "{hers} of {refused}");
     assert!(

@@ -33,7 +33,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sesphr_client::MeshFile;
-use sesphr_client::{self as client, MeshClients, Patient, Practitioner, Session};
+use sesphr_client::raw::MeshClients;
+use sesphr_client::{self as client, Patient, Practitioner, Session};
 use sesphr_identity::{Identity, Role};
 use sesphr_mesh::tls::TlsMaterial;
 use sesphr_server::daemon::{DevMesh, DevOptions};
@@ -131,7 +132,7 @@ impl Sandbox {
 }
 
 /// Upload helper: bytes in memory.
-pub async fn upload(p: &Patient, partition: &str, data: &[u8]) -> sesphr::proto::RecordMeta {
+pub async fn upload(p: &Patient, partition: &str, data: &[u8]) -> client::Record {
     p.upload(
         partition,
         std::io::Cursor::new(data.to_vec()),

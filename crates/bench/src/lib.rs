@@ -558,7 +558,7 @@ async fn upload_bytes(
     p: &Patient,
     partition: &str,
     data: Vec<u8>,
-) -> Result<proto::RecordMeta, String> {
+) -> Result<client::Record, String> {
     let len = data.len() as u64;
     p.upload(
         partition,
@@ -715,11 +715,11 @@ async fn reencrypt_workload(
     let mut out = Vec::new();
     for &batch in batches {
         let req = proto::ReEncryptRequest {
-            owner_id: rec.owner_id.clone(),
-            partition: rec.partition.clone(),
+            owner_id: rec.owner_id.to_string(),
+            partition: rec.partition.to_string(),
             epoch: rec.epoch,
             capsules: vec![capsule.clone(); batch],
-            record_id: rec.record_id.clone(),
+            record_id: rec.record_id.to_string(),
         };
         let cpu = CpuSplit::start(d.pid());
         let stats = drive(&clients, duration, move |c: Arc<Practitioner>, _| {
@@ -823,7 +823,7 @@ async fn mixed_workload(
         .map(|h| Patient::open(&d.mesh, h))
         .collect::<Result<_, _>>()?;
     // Each patient: 8 medical records of 16 KiB, granted to every staff member.
-    let mut records: Vec<Vec<String>> = Vec::new();
+    let mut records: Vec<Vec<client::RecordId>> = Vec::new();
     for (pi, p) in patients.iter().enumerate() {
         let mut ids = Vec::new();
         for r in 0..8 {

@@ -101,7 +101,7 @@ async fn story(
     let alice = Patient::open(mesh, &home("alice"))?;
     writeln!(out, "== alice imports her FHIR bundle")?;
     let bundle = client::fhir::sample_bundle(&name("alice")).to_string();
-    let records: BTreeMap<String, String> = alice
+    let records: BTreeMap<String, client::RecordId> = alice
         .import_fhir(&bundle, &Default::default())
         .await?
         .into_iter()

@@ -214,14 +214,6 @@ fn progress(len: u64, verb: &str) -> (Progress, Option<ProgressBar>) {
     (Arc::new(move |n| b.set_position(n)), Some(bar))
 }
 
-fn role_name(r: i32) -> String {
-    sesphr::proto::Role::try_from(r)
-        .ok()
-        .and_then(sesphr::proto::Role::to_domain)
-        .map(|r| r.to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     match cli.command {
@@ -357,7 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!(
                 "granted {} ({}) {} from epoch {}{}{}",
                 g.grantee_id,
-                role_name(g.grantee_role),
+                g.grantee_role,
                 g.partition,
                 g.epoch_min,
                 if g.not_before > 0 {
@@ -413,7 +405,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         g.owner_id,
                         g.partition,
                         g.grantee_id,
-                        role_name(g.grantee_role),
+                        g.grantee_role,
                         g.epoch_min,
                         g.epoch_max.map(|e| e.to_string()).unwrap_or_default(),
                         fmt_time(g.not_before),

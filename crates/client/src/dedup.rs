@@ -18,16 +18,18 @@ use sesphr_crypto::record::DemKeySource;
 use sesphr_crypto::{self as crypto, KemKey, RecordHeader};
 use sesphr_dedup::pow::{Challenge, ProofBuilder};
 use sesphr_dedup::{BlobOpener, BlobSealer, ContentKey, Sha256Hasher};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
-use super::{ClientError, Patient, Progress, RecordInfo, check_partition, rpc, unary};
-use sesphr::proto::{self, get_record_response, put_record_request};
+use super::{ClientError, Patient, Progress, Record, check_partition, rpc, unary};
+use crate::types::record_of;
+use crate::upload::{self, read_err};
+use sesphr::proto::{self, get_record_response};
 
 /// Whether an upload stored new bytes or linked to an equal stored blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
+    /// No equal blob was stored: the sealed blob was uploaded.
     New,
+    /// An equal blob was stored: the record links to it.
     Deduplicated,
 }
 
@@ -49,15 +51,8 @@ pub fn blob_len(len: u64) -> u64 {
     sesphr_dedup::convergent::BLOB_HEADER_LEN as u64 + len + segments * TAG
 }
 
-fn dedup_err(e: sesphr_dedup::Error) -> ClientError {
+pub(crate) fn dedup_err(e: sesphr_dedup::Error) -> ClientError {
     ClientError::Invalid(format!("deduplication: {e}"))
-}
-
-fn read_err(e: std::io::Error) -> ClientError {
-    ClientError::Io {
-        path: "input".into(),
-        source: e,
-    }
 }
 
 /// Pass 1: SHA-256 of the plaintext.
@@ -87,27 +82,11 @@ fn seal<R: Read + Seek>(
     mut emit: impl FnMut(Vec<u8>) -> Result<bool, ClientError>,
 ) -> Result<(), ClientError> {
     input.seek(SeekFrom::Start(0)).map_err(read_err)?;
-    let mut sealer = Some(BlobSealer::new(key));
-    if !emit(sealer.as_ref().expect("set").header_bytes().to_vec())? {
+    let sealer = BlobSealer::new(key);
+    if !emit(sealer.header_bytes().to_vec())? {
         return Ok(());
     }
-    let mut remaining = len;
-    while let Some(mut s) = sealer.take() {
-        let n = remaining.min(SEGMENT) as usize;
-        let mut buf = Vec::with_capacity(n + TAG as usize);
-        buf.resize(n, 0);
-        input.read_exact(&mut buf).map_err(read_err)?;
-        remaining -= n as u64;
-        if remaining == 0 {
-            s.seal_last_in_place(&mut buf).map_err(dedup_err)?;
-        } else {
-            s.seal_segment_in_place(&mut buf).map_err(dedup_err)?;
-            sealer = Some(s);
-        }
-        if !emit(buf)? {
-            return Ok(());
-        }
-    }
+    upload::seal_segments(input, len, SEGMENT, sealer, emit)?;
     Ok(())
 }
 
@@ -136,7 +115,7 @@ impl Patient {
         input: R,
         len: u64,
         progress: Progress,
-    ) -> Result<(RecordInfo, Stored), ClientError>
+    ) -> Result<(Record, Stored), ClientError>
     where
         R: Read + Seek + Send + 'static,
     {
@@ -189,25 +168,18 @@ impl Patient {
 
         // The record's own key wraps the content key.
         let fresh = self.new_record(partition)?;
-        let (record_id, epoch, kem_key) = (fresh.record_id, fresh.epoch, fresh.kem_key);
-        let header = fresh.header.with_key_source(DemKeySource::External);
+        let header = fresh.header.clone().with_key_source(DemKeySource::External);
         let wrapped = sesphr_dedup::wrap_content_key(
             &mut rand::rng(),
-            kem_key.as_bytes(),
+            fresh.kem_key.as_bytes(),
             &content_key,
             header.as_bytes(),
         );
-        let upload = |ownership_proof: Vec<u8>, ciphertext_size: u64| proto::PutRecordRequest {
-            part: Some(put_record_request::Part::Header(proto::RecordUpload {
-                record_id: record_id.clone(),
-                partition: partition.to_owned(),
-                epoch,
-                record_header: header.to_bytes(),
-                ciphertext_size,
-                blob_id: blob_id.to_vec(),
-                wrapped_content_key: wrapped.to_vec(),
-                ownership_proof,
-            })),
+        let upload_header = |ownership_proof: Vec<u8>, ciphertext_size: u64| proto::RecordUpload {
+            blob_id: blob_id.to_vec(),
+            wrapped_content_key: wrapped.to_vec(),
+            ownership_proof,
+            ..fresh.upload_header(partition, header.to_bytes(), ciphertext_size)
         };
 
         if query.exists {
@@ -224,7 +196,12 @@ impl Patient {
                 builder.finish().map_err(dedup_err)
             })
             .await?;
-            let first = upload(proof.to_bytes(), query.blob_size);
+            let first = proto::PutRecordRequest {
+                part: Some(proto::put_record_request::Part::Header(upload_header(
+                    proof.to_bytes(),
+                    query.blob_size,
+                ))),
+            };
             let resp = self
                 .clients
                 .cloud
@@ -234,38 +211,21 @@ impl Patient {
                 .map_err(rpc("CloudStorage"))?
                 .into_inner();
             progress(len);
-            let rec = resp.record.ok_or_else(|| {
-                ClientError::Verification("CloudStorage returned no record".into())
-            })?;
-            return Ok((rec, Stored::Deduplicated));
+            return Ok((record_of(resp.record)?, Stored::Deduplicated));
         }
 
-        let (tx, rx) = mpsc::channel::<proto::PutRecordRequest>(super::UPLOAD_QUEUE);
-        tx.send(upload(Vec::new(), blob_len(len)))
-            .await
-            .expect("receiver alive");
+        let first = upload_header(Vec::new(), blob_len(len));
         let key = content_key.clone();
-        let p = progress.clone();
-        let sealing = on_input(input, move |i| {
+        let mut input = input;
+        let rec = upload::put_streamed(&self.clients, first, move |send| {
             let mut done = 0u64;
-            seal(i, len, &key, |piece| {
+            seal(&mut input, len, &key, |piece| {
                 done += piece.len() as u64;
-                p(2 * len / 3 + done.min(len) / 3);
-                Ok(tx
-                    .blocking_send(proto::PutRecordRequest {
-                        part: Some(put_record_request::Part::Chunk(piece.into())),
-                    })
-                    .is_ok())
+                progress(2 * len / 3 + done.min(len) / 3);
+                Ok(send(piece))
             })
-        });
-        let mut cloud = self.clients.cloud.clone();
-        let (sent, sealed) = tokio::join!(cloud.put_record(ReceiverStream::new(rx)), sealing);
-        sealed?;
-        let rec = sent
-            .map_err(rpc("CloudStorage"))?
-            .into_inner()
-            .record
-            .ok_or_else(|| ClientError::Verification("CloudStorage returned no record".into()))?;
+        })
+        .await?;
         Ok((rec, Stored::New))
     }
 }
@@ -273,13 +233,13 @@ impl Patient {
 /// Opens a deduplicated record: unwraps its content key with the record's
 /// KEM key and decrypts the blob segment by segment.
 pub(super) async fn download_blob(
-    meta: RecordInfo,
+    meta: &proto::RecordMeta,
     header: RecordHeader,
     kem_key: &KemKey,
     mut stream: tonic::Streaming<proto::GetRecordResponse>,
     out: &mut (dyn std::io::Write + Send),
     progress: Progress,
-) -> Result<RecordInfo, ClientError> {
+) -> Result<(), ClientError> {
     if header.key_source() != DemKeySource::External {
         return Err(ClientError::Verification(
             "a deduplicated record's header must use an external key".into(),
@@ -328,5 +288,5 @@ pub(super) async fn download_blob(
             "the blob CloudStorage served does not match its id".into(),
         ));
     }
-    Ok(meta)
+    Ok(())
 }

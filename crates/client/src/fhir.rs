@@ -30,14 +30,24 @@ pub const DEFAULT_MAP: &[(&str, &str)] = &[
 /// Where resources of unmapped types go.
 pub const FALLBACK_PARTITION: &str = "other";
 
+/// Why a bundle or a partition map was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FhirError {
+    /// The text is not JSON.
     #[error("not JSON: {0}")]
     NotJson(String),
+    /// The JSON is not a FHIR Bundle.
     #[error("not a FHIR Bundle: {0}")]
     NotABundle(String),
+    /// One entry of the bundle is malformed.
     #[error("entry {index}: {why}")]
-    BadEntry { index: usize, why: String },
+    BadEntry {
+        /// The entry's position in the bundle (from 0).
+        index: usize,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The partition map overrides are malformed.
     #[error("invalid partition map: {0}")]
     BadMap(String),
 }
@@ -77,6 +87,7 @@ impl PartitionMap {
         Ok(map)
     }
 
+    /// The partition resources of `resource_type` go to.
     pub fn partition_of(&self, resource_type: &str) -> &str {
         self.0
             .get(resource_type)

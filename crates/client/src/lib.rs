@@ -7,11 +7,21 @@
 //! every cfrag's proof and decrypts while streaming. Both run over mTLS with
 //! the certificate the SRS issued at [`enroll`]ment. Secret keys never leave
 //! the client; memory is bounded by a few segments, not by record size.
+//!
+//! The API speaks in the SDK's own types ([`Record`], [`Grant`],
+//! [`AuditEntry`], …) and the domain's names ([`Role`], [`UserId`],
+//! [`PartitionName`], [`RecordId`]); the wire messages stay inside the
+//! crate. [`raw`] is the one deliberate exception: the gRPC clients
+//! themselves, for tests and tools that must speak the wire protocol.
+
+#![warn(missing_docs)]
 
 mod dedup;
 pub mod fhir;
 mod mesh_file;
 mod profile;
+mod types;
+mod upload;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -23,29 +33,25 @@ use sesphr_crypto::{
     self as crypto, Capsule, CapsuleFrag, KemKey, MasterSecret, PublicKey, RecordHeader,
     RecordOpener, RecordSealer, SecretKey,
 };
-use sesphr_identity::{Identity, Role, validate_partition, validate_user_id};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use sesphr_identity::{Identity, validate_partition, validate_user_id};
+pub use sesphr_identity::{PartitionName, RecordId, Role, UserId};
 use tonic::Status;
-use tonic::transport::Channel;
 
 pub use dedup::{Stored, blob_len as dedup_blob_len};
 pub use profile::Profile;
+pub use types::{AuditEntry, AuditVerification, Grant, Grants, Record};
 
 pub use mesh_file::{MeshFile, MeshFileError};
-use sesphr::proto::access_policy_client::AccessPolicyClient;
-use sesphr::proto::cloud_storage_client::CloudStorageClient;
+use raw::MeshClients;
 use sesphr::proto::srs_client::SrsClient;
-use sesphr::proto::{self, get_record_response, put_record_request};
-use sesphr_mesh::tls::{self, TlsMaterial};
+use sesphr::proto::{self, get_record_response};
+use sesphr_mesh::tls;
 pub use sesphr_mesh::{error_line, unix_now};
 
 /// Deadline of unary calls.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest gRPC message the client accepts (a ciphertext chunk plus framing).
 const MAX_MESSAGE: usize = 8 << 20;
-/// Sealed segments queued ahead of the network during an upload.
-const UPLOAD_QUEUE: usize = 2;
 
 /// Errors of the client SDK.
 #[derive(Debug, thiserror::Error)]
@@ -53,28 +59,40 @@ pub enum ClientError {
     /// A service answered with an error.
     #[error("{service}: {}", describe(.status))]
     Rpc {
+        /// The service that refused.
         service: &'static str,
+        /// What it answered.
         status: Box<Status>,
     },
+    /// The local profile is missing, incomplete or unreadable.
     #[error("{0}")]
     Profile(String),
+    /// A local file could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file (`input`/`output` for the caller's streams).
         path: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// The profile and the mesh file do not fit together.
     #[error("{0}")]
     Config(String),
+    /// Encryption or decryption failed (a decryption failure means the
+    /// data is not what was sealed).
     #[error("crypto: {0}")]
     Crypto(#[from] crypto::Error),
     /// Something a service returned failed verification: it is
     /// misbehaving or the data was tampered with.
     #[error("verification failed: {0}")]
     Verification(String),
+    /// The caller's request cannot be carried out as asked.
     #[error("{0}")]
     Invalid(String),
+    /// The TLS material could not be loaded or used.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// A key or certificate request could not be made or written.
     #[error(transparent)]
     Pki(#[from] sesphr_mesh::pki::PkiError),
 }
@@ -131,28 +149,50 @@ fn unary<T>(msg: T) -> tonic::Request<T> {
     req
 }
 
-/// gRPC clients of the three services, over one identity's mTLS.
-#[derive(Clone, Debug)]
-pub struct MeshClients {
-    pub cloud: CloudStorageClient<Channel>,
-    pub srs: SrsClient<Channel>,
-    pub policy: AccessPolicyClient<Channel>,
-}
+/// The low-level escape hatch: the generated gRPC clients of the three
+/// services, speaking the wire messages of `sesphr::proto` directly.
+///
+/// Nothing here checks, encrypts or verifies anything: it exists for tests
+/// and tools that must send what the SDK never would (malformed or hostile
+/// requests) or measure the wire itself. Applications use [`Patient`],
+/// [`Practitioner`] and [`Session`].
+pub mod raw {
+    use std::time::Duration;
 
-impl MeshClients {
-    /// Connects (lazily) to the mesh's endpoints with `tls`.
-    pub fn connect(mesh: &MeshFile, tls: &TlsMaterial) -> Result<Self, ClientError> {
-        tls::install_crypto_provider();
-        // Streaming calls can take long; unary calls set their own deadline.
-        let long = Duration::from_secs(24 * 3600);
-        let ch = |url: &str| tls::channel(url, tls.client_config(), long);
-        Ok(Self {
-            cloud: CloudStorageClient::new(ch(&mesh.cloud_storage)?)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
-            srs: SrsClient::new(ch(&mesh.srs)?),
-            policy: AccessPolicyClient::new(ch(&mesh.access_policy)?),
-        })
+    use sesphr::proto::access_policy_client::AccessPolicyClient;
+    use sesphr::proto::cloud_storage_client::CloudStorageClient;
+    use sesphr::proto::srs_client::SrsClient;
+    use sesphr_mesh::tls::{self, TlsMaterial};
+    use tonic::transport::Channel;
+
+    use crate::{ClientError, MAX_MESSAGE, MeshFile};
+
+    /// gRPC clients of the three services, over one identity's mTLS.
+    #[derive(Clone, Debug)]
+    pub struct MeshClients {
+        /// CloudStorage: records and blobs.
+        pub cloud: CloudStorageClient<Channel>,
+        /// SRS: enrollment, users, kfrags, re-encryption, content keys.
+        pub srs: SrsClient<Channel>,
+        /// AccessPolicy: grants and the audit trail.
+        pub policy: AccessPolicyClient<Channel>,
+    }
+
+    impl MeshClients {
+        /// Connects (lazily) to the mesh's endpoints with `tls`.
+        pub fn connect(mesh: &MeshFile, tls: &TlsMaterial) -> Result<Self, ClientError> {
+            tls::install_crypto_provider();
+            // Streaming calls can take long; unary calls set their own deadline.
+            let long = Duration::from_secs(24 * 3600);
+            let ch = |url: &str| tls::channel(url, tls.client_config(), long);
+            Ok(Self {
+                cloud: CloudStorageClient::new(ch(&mesh.cloud_storage)?)
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE),
+                srs: SrsClient::new(ch(&mesh.srs)?),
+                policy: AccessPolicyClient::new(ch(&mesh.access_policy)?),
+            })
+        }
     }
 }
 
@@ -227,13 +267,12 @@ pub fn no_progress() -> Progress {
     std::sync::Arc::new(|_| {})
 }
 
-/// A record as listed.
-pub type RecordInfo = proto::RecordMeta;
-
 /// What both patients and practitioners can do.
 pub struct Session {
+    /// The profile the session was opened from.
     pub profile: Profile,
     master: MasterSecret,
+    /// The raw gRPC clients under this session's identity (see [`raw`]).
     pub clients: MeshClients,
 }
 
@@ -256,6 +295,7 @@ impl Session {
         })
     }
 
+    /// The user id the session acts as.
     pub fn user_id(&self) -> &str {
         self.profile.user_id()
     }
@@ -265,7 +305,7 @@ impl Session {
         &self,
         owner: Option<&str>,
         partition: Option<&str>,
-    ) -> Result<Vec<RecordInfo>, ClientError> {
+    ) -> Result<Vec<Record>, ClientError> {
         let mut out = Vec::new();
         let mut token = String::new();
         // Bounded: a page token always advances; stop after 1M records.
@@ -283,7 +323,9 @@ impl Session {
                 .await
                 .map_err(rpc("CloudStorage"))?
                 .into_inner();
-            out.extend(page.records);
+            for meta in page.records {
+                out.push(Record::from_proto(meta)?);
+            }
             if page.next_page_token.is_empty() {
                 break;
             }
@@ -293,15 +335,16 @@ impl Session {
     }
 
     /// Grants given and received.
-    pub async fn grants(&self) -> Result<proto::ListGrantsResponse, ClientError> {
-        Ok(self
+    pub async fn grants(&self) -> Result<Grants, ClientError> {
+        let resp = self
             .clients
             .policy
             .clone()
             .list_grants(unary(proto::ListGrantsRequest {}))
             .await
             .map_err(rpc("AccessPolicy"))?
-            .into_inner())
+            .into_inner();
+        Grants::from_proto(resp)
     }
 
     /// The KEM key of a record: directly for its owner; through the SRS for
@@ -384,7 +427,7 @@ impl Session {
         record_id: &str,
         out: &mut (dyn Write + Send),
         progress: Progress,
-    ) -> Result<RecordInfo, ClientError> {
+    ) -> Result<Record, ClientError> {
         validate_user_id(record_id)
             .map_err(|_| ClientError::Invalid(format!("{record_id:?} is not a valid record id")))?;
         let mut stream = self
@@ -420,7 +463,8 @@ impl Session {
         }
         let key = self.record_key(&meta, &header).await?;
         if !meta.blob_id.is_empty() {
-            return dedup::download_blob(meta, header, &key, stream, out, progress).await;
+            dedup::download_blob(&meta, header, &key, stream, out, progress).await?;
+            return Record::from_proto(meta);
         }
         let mut opener = RecordOpener::new(header, &key)?;
         let mut done = 0u64;
@@ -451,11 +495,11 @@ impl Session {
             path: "output".into(),
             source: e,
         })?;
-        Ok(meta)
+        Record::from_proto(meta)
     }
 
     /// Audit entries (a patient: about its records).
-    pub async fn audit(&self) -> Result<Vec<proto::AuditEntry>, ClientError> {
+    pub async fn audit(&self) -> Result<Vec<AuditEntry>, ClientError> {
         let mut out = Vec::new();
         let mut after = 0;
         for _ in 0..10_000 {
@@ -475,7 +519,7 @@ impl Session {
                 let e = e.map_err(rpc("AccessPolicy"))?;
                 after = e.seq;
                 got += 1;
-                out.push(e);
+                out.push(AuditEntry::from_proto(e));
             }
             if got == 0 {
                 break;
@@ -485,15 +529,16 @@ impl Session {
     }
 
     /// Recomputes the audit chain at AccessPolicy.
-    pub async fn verify_audit(&self) -> Result<proto::VerifyAuditResponse, ClientError> {
-        Ok(self
+    pub async fn verify_audit(&self) -> Result<AuditVerification, ClientError> {
+        let resp = self
             .clients
             .policy
             .clone()
             .verify_audit(unary(proto::VerifyAuditRequest::default()))
             .await
             .map_err(rpc("AccessPolicy"))?
-            .into_inner())
+            .into_inner();
+        Ok(AuditVerification::from_proto(resp))
     }
 }
 
@@ -515,20 +560,24 @@ pub struct GrantOptions {
     /// for the new epoch only, so older records are closed cryptographically
     /// too, not only by the services' checks.
     pub not_before: Option<i64>,
+    /// When the grant ends (Unix seconds); `None`: never.
     pub expires_at: Option<i64>,
 }
 
 /// A patient: owns records.
 pub struct Patient {
+    /// The session a patient's operations run in.
     pub session: Session,
 }
 
 /// A practitioner, family member or friend: reads what it was granted.
 pub struct Practitioner {
+    /// The session a practitioner's operations run in.
     pub session: Session,
 }
 
 impl Practitioner {
+    /// Opens the profile in `home` against `mesh`.
     pub fn open(mesh: &MeshFile, home: &Path) -> Result<Self, ClientError> {
         Ok(Self {
             session: Session::open(mesh, home)?,
@@ -563,6 +612,26 @@ struct NewRecordKeys {
     kem_key: KemKey,
 }
 
+impl NewRecordKeys {
+    /// The first message of this record's upload into `partition`, with the
+    /// header as finally encoded.
+    fn upload_header(
+        &self,
+        partition: &str,
+        record_header: Vec<u8>,
+        ciphertext_size: u64,
+    ) -> proto::RecordUpload {
+        proto::RecordUpload {
+            record_id: self.record_id.clone(),
+            partition: partition.to_owned(),
+            epoch: self.epoch,
+            record_header,
+            ciphertext_size,
+            ..Default::default()
+        }
+    }
+}
+
 impl Patient {
     fn new_record(&self, partition: &str) -> Result<NewRecordKeys, ClientError> {
         let epoch = self.profile.current_epoch(partition)?;
@@ -588,6 +657,7 @@ impl Patient {
         })
     }
 
+    /// Opens the profile in `home` against `mesh`; it must be a patient's.
     pub fn open(mesh: &MeshFile, home: &Path) -> Result<Self, ClientError> {
         let session = Session::open(mesh, home)?;
         if session.profile.role() != Role::Patient {
@@ -608,48 +678,17 @@ impl Patient {
         reader: impl Read + Send + 'static,
         len: u64,
         progress: Progress,
-    ) -> Result<RecordInfo, ClientError> {
+    ) -> Result<Record, ClientError> {
         check_partition(partition)?;
-        let NewRecordKeys {
-            record_id,
-            epoch,
-            header,
-            kem_key,
-        } = self.new_record(partition)?;
-        let seg = header.segment_size() as u64;
-        let first = proto::PutRecordRequest {
-            part: Some(put_record_request::Part::Header(proto::RecordUpload {
-                record_id: record_id.clone(),
-                partition: partition.to_owned(),
-                epoch,
-                record_header: header.to_bytes(),
-                ciphertext_size: ciphertext_len(len, seg),
-                ..Default::default()
-            })),
-        };
-        let sealer = RecordSealer::new(header, &kem_key)?;
-        let (tx, rx) = mpsc::channel::<proto::PutRecordRequest>(UPLOAD_QUEUE);
-        tx.send(first).await.expect("receiver alive");
-        // Read and seal on the blocking pool; the bounded queue keeps memory
-        // at a few segments whatever the record size.
-        let sealing = tokio::task::spawn_blocking(move || {
-            seal_stream(reader, len, seg, sealer, tx, progress)
-        });
-        let result = self
-            .clients
-            .cloud
-            .clone()
-            .put_record(ReceiverStream::new(rx))
-            .await;
-        let sealed = sealing
-            .await
-            .map_err(|e| ClientError::Invalid(format!("encryption task failed: {e}")))?;
-        // A local read error explains a broken upload better than the
-        // server's complaint about a short stream.
-        sealed?;
-        let resp = result.map_err(rpc("CloudStorage"))?.into_inner();
-        resp.record
-            .ok_or_else(|| ClientError::Verification("CloudStorage returned no record".into()))
+        let fresh = self.new_record(partition)?;
+        let seg = fresh.header.segment_size() as u64;
+        let first =
+            fresh.upload_header(partition, fresh.header.to_bytes(), ciphertext_len(len, seg));
+        let sealer = RecordSealer::new(fresh.header, &fresh.kem_key)?;
+        upload::put_streamed(&self.clients, first, move |send| {
+            seal_stream(reader, len, seg, sealer, send, progress)
+        })
+        .await
     }
 
     /// Grants `grantee_id` access to `partition`: makes kfrags from each
@@ -660,7 +699,7 @@ impl Patient {
         partition: &str,
         grantee_id: &str,
         opts: GrantOptions,
-    ) -> Result<proto::AccessGrant, ClientError> {
+    ) -> Result<Grant, ClientError> {
         check_partition(partition)?;
         validate_user_id(grantee_id).map_err(|e| ClientError::Invalid(e.to_string()))?;
         if grantee_id == self.user_id() {
@@ -705,8 +744,7 @@ impl Patient {
             .await
             .map_err(rpc("AccessPolicy"))?
             .into_inner();
-        resp.grant
-            .ok_or_else(|| ClientError::Verification("AccessPolicy returned no grant".into()))
+        types::grant_of(resp.grant)
     }
 
     async fn lookup(&self, user_id: &str) -> Result<proto::UserInfo, ClientError> {
@@ -752,11 +790,7 @@ impl Patient {
     /// Withdraws a grant: first at AccessPolicy (effective at once for every
     /// record, old or new), then the grantee's kfrags at the SRS. No record is
     /// re-encrypted, so the cost does not depend on how many records exist.
-    pub async fn revoke(
-        &self,
-        partition: &str,
-        grantee_id: &str,
-    ) -> Result<proto::AccessGrant, ClientError> {
+    pub async fn revoke(&self, partition: &str, grantee_id: &str) -> Result<Grant, ClientError> {
         check_partition(partition)?;
         validate_user_id(grantee_id).map_err(|e| ClientError::Invalid(e.to_string()))?;
         let removed = self
@@ -780,9 +814,7 @@ impl Patient {
             }))
             .await
             .map_err(rpc("SRS"))?;
-        removed
-            .grant
-            .ok_or_else(|| ClientError::Verification("AccessPolicy returned no grant".into()))
+        types::grant_of(removed.grant)
     }
 
     /// Moves `partition` to a new key epoch: later uploads use a key that no
@@ -808,7 +840,7 @@ impl Patient {
     }
 
     /// Deletes one of the patient's records.
-    pub async fn delete(&self, record_id: &str) -> Result<RecordInfo, ClientError> {
+    pub async fn delete(&self, record_id: &str) -> Result<Record, ClientError> {
         let resp = self
             .clients
             .cloud
@@ -819,56 +851,33 @@ impl Patient {
             .await
             .map_err(rpc("CloudStorage"))?
             .into_inner();
-        resp.record
-            .ok_or_else(|| ClientError::Verification("CloudStorage returned no record".into()))
+        types::record_of(resp.record)
     }
 }
 
-/// Reads `len` bytes, seals them segment by segment and queues the chunks.
+/// Reads `len` bytes, seals them segment by segment and sends the chunks.
 fn seal_stream(
     mut reader: impl Read,
     len: u64,
     seg: u64,
     sealer: RecordSealer,
-    tx: mpsc::Sender<proto::PutRecordRequest>,
+    send: upload::ChunkSink<'_>,
     progress: Progress,
 ) -> Result<(), ClientError> {
-    let read_err = |e| ClientError::Io {
-        path: "input".into(),
-        source: e,
-    };
-    let mut remaining = len;
-    let mut sealer = Some(sealer);
-    while let Some(mut s) = sealer.take() {
-        let n = remaining.min(seg) as usize;
-        let mut buf = Vec::with_capacity(n + crypto::record::TAG_LEN);
-        buf.resize(n, 0);
-        reader.read_exact(&mut buf).map_err(read_err)?;
-        remaining -= n as u64;
-        progress(len - remaining);
-        let last = remaining == 0;
-        if last {
-            s.seal_last_in_place(&mut buf)?;
-        } else {
-            s.seal_segment_in_place(&mut buf)?;
-            sealer = Some(s);
-        }
-        let msg = proto::PutRecordRequest {
-            part: Some(put_record_request::Part::Chunk(buf.into())),
-        };
-        if tx.blocking_send(msg).is_err() {
-            // The upload call ended early; its error is reported.
-            return Ok(());
-        }
-        if last {
-            // The input must end where it said it would.
-            let mut probe = [0u8; 1];
-            if reader.read(&mut probe).map_err(read_err)? != 0 {
-                return Err(ClientError::Invalid(
-                    "input is longer than its declared size (did the file grow?)".into(),
-                ));
-            }
-            return Ok(());
+    let mut done = 0u64;
+    let all_sent = upload::seal_segments(&mut reader, len, seg, sealer, |chunk| {
+        done += chunk.len().saturating_sub(crypto::record::TAG_LEN) as u64;
+        progress(done);
+        Ok(send(chunk))
+    })?;
+    // Not all sent: the upload call ended early, and its error is reported.
+    if all_sent {
+        // The input must end where it said it would.
+        let mut probe = [0u8; 1];
+        if reader.read(&mut probe).map_err(upload::read_err)? != 0 {
+            return Err(ClientError::Invalid(
+                "input is longer than its declared size (did the file grow?)".into(),
+            ));
         }
     }
     Ok(())
@@ -881,7 +890,7 @@ impl Patient {
         &self,
         bundle_json: &str,
         map: &crate::fhir::PartitionMap,
-    ) -> Result<Vec<(String, RecordInfo)>, ClientError> {
+    ) -> Result<Vec<(String, Record)>, ClientError> {
         let parts = crate::fhir::split_bundle(bundle_json, map)
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
         let mut out = Vec::with_capacity(parts.len());

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {reason}")]
 pub struct MeshFileError {
+    /// The mesh file.
     pub path: String,
+    /// Why it was refused.
     pub reason: String,
 }
 
@@ -17,18 +19,23 @@ pub struct MeshFileError {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MeshFile {
+    /// The SPIFFE trust domain of the mesh's identities.
     pub trust_domain: String,
     /// PEM file of the mesh CA.
     pub ca: PathBuf,
     /// Enrollment token (dev meshes only; production hands it out of band).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment_token: Option<String>,
+    /// CloudStorage's URL (`https://host:port`).
     pub cloud_storage: String,
+    /// The SRS's URL.
     pub srs: String,
+    /// AccessPolicy's URL.
     pub access_policy: String,
 }
 
 impl MeshFile {
+    /// Reads and parses the mesh file at `path`.
     pub fn load(path: &Path) -> Result<Self, MeshFileError> {
         let text = std::fs::read_to_string(path).map_err(|e| MeshFileError {
             path: path.display().to_string(),

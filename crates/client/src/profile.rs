@@ -34,7 +34,9 @@ struct ProfileFile {
 /// A user's local profile.
 #[derive(Debug, Clone)]
 pub struct Profile {
+    /// The profile's directory.
     pub home: PathBuf,
+    /// The user the profile belongs to.
     pub identity: Identity,
 }
 
@@ -89,6 +91,7 @@ impl Profile {
         })
     }
 
+    /// Reads the profile in `home`.
     pub fn load(home: &Path) -> Result<Self, ClientError> {
         let path = Self::path(home, "profile.toml");
         let text = std::fs::read_to_string(&path).map_err(|_| {
@@ -111,6 +114,7 @@ impl Profile {
         })
     }
 
+    /// The profile's user id.
     pub fn user_id(&self) -> &str {
         self.identity
             .as_user()
@@ -118,6 +122,7 @@ impl Profile {
             .unwrap_or_default()
     }
 
+    /// The profile's role.
     pub fn role(&self) -> Role {
         self.identity
             .as_user()
@@ -125,6 +130,7 @@ impl Profile {
             .unwrap_or(Role::Patient)
     }
 
+    /// Reads the master secret every key of the user derives from.
     pub fn master_secret(&self) -> Result<MasterSecret, ClientError> {
         let path = Self::path(&self.home, "master.key");
         let text =
@@ -137,6 +143,7 @@ impl Profile {
             .map_err(|_| ClientError::Profile(format!("{} is not a master secret", path.display())))
     }
 
+    /// Loads the TLS key, certificate and CA the user's mTLS runs on.
     pub fn tls(&self) -> Result<TlsMaterial, ClientError> {
         Ok(TlsMaterial::load(&TlsFiles {
             cert: Self::path(&self.home, "tls.pem"),
@@ -164,6 +171,7 @@ impl Profile {
         Ok(self.epochs()?.get(partition).copied().unwrap_or(0))
     }
 
+    /// Saves `epoch` as the one new records of `partition` use.
     pub fn set_epoch(&self, partition: &str, epoch: u32) -> Result<(), ClientError> {
         let mut all = self.epochs()?;
         all.insert(partition.to_owned(), epoch);

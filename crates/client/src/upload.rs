@@ -1,0 +1,124 @@
+//! The one upload path both plain and deduplicated records take: a
+//! PutRecord stream of the record's header, then sealed chunks produced on
+//! the blocking pool behind a bounded queue, so memory stays at a few
+//! segments whatever the record size.
+
+use std::io::Read;
+
+use sesphr::proto::{self, put_record_request};
+use sesphr_crypto::RecordSealer;
+use sesphr_dedup::BlobSealer;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::types::record_of;
+use crate::{ClientError, Record, raw::MeshClients, rpc};
+
+/// Sealed segments queued ahead of the network during an upload.
+const UPLOAD_QUEUE: usize = 2;
+
+/// A streaming sealer: every segment but the last is exactly one segment
+/// long; the last one consumes the sealer.
+pub(crate) trait SegmentSealer {
+    fn seal_segment(&mut self, buf: &mut Vec<u8>) -> Result<(), ClientError>;
+    fn seal_last(self, buf: &mut Vec<u8>) -> Result<(), ClientError>;
+}
+
+impl SegmentSealer for RecordSealer {
+    fn seal_segment(&mut self, buf: &mut Vec<u8>) -> Result<(), ClientError> {
+        Ok(self.seal_segment_in_place(buf)?)
+    }
+
+    fn seal_last(self, buf: &mut Vec<u8>) -> Result<(), ClientError> {
+        Ok(self.seal_last_in_place(buf)?)
+    }
+}
+
+impl SegmentSealer for BlobSealer {
+    fn seal_segment(&mut self, buf: &mut Vec<u8>) -> Result<(), ClientError> {
+        self.seal_segment_in_place(buf)
+            .map_err(crate::dedup::dedup_err)
+    }
+
+    fn seal_last(self, buf: &mut Vec<u8>) -> Result<(), ClientError> {
+        self.seal_last_in_place(buf)
+            .map_err(crate::dedup::dedup_err)
+    }
+}
+
+pub(crate) fn read_err(e: std::io::Error) -> ClientError {
+    ClientError::Io {
+        path: "input".into(),
+        source: e,
+    }
+}
+
+/// Reads exactly `len` bytes from `input` in segments of `seg` bytes, seals
+/// each and hands it to `emit` (false: stop early). Returns whether every
+/// segment was emitted. An empty input is one empty last segment.
+pub(crate) fn seal_segments<S: SegmentSealer>(
+    input: &mut impl Read,
+    len: u64,
+    seg: u64,
+    sealer: S,
+    mut emit: impl FnMut(Vec<u8>) -> Result<bool, ClientError>,
+) -> Result<bool, ClientError> {
+    let tag = sesphr_crypto::record::TAG_LEN.max(sesphr_dedup::convergent::TAG_LEN);
+    let mut remaining = len;
+    let mut sealer = Some(sealer);
+    while let Some(mut s) = sealer.take() {
+        let n = remaining.min(seg) as usize;
+        let mut buf = Vec::with_capacity(n + tag);
+        buf.resize(n, 0);
+        input.read_exact(&mut buf).map_err(read_err)?;
+        remaining -= n as u64;
+        if remaining == 0 {
+            s.seal_last(&mut buf)?;
+        } else {
+            s.seal_segment(&mut buf)?;
+            sealer = Some(s);
+        }
+        if !emit(buf)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Hands one chunk to the upload stream; false once the call has ended.
+pub(crate) type ChunkSink<'a> = &'a mut dyn FnMut(Vec<u8>) -> bool;
+
+/// Uploads one record: `header` first, then every chunk `produce` hands its
+/// sink, produced on the blocking pool while the call streams them out.
+pub(crate) async fn put_streamed(
+    clients: &MeshClients,
+    header: proto::RecordUpload,
+    produce: impl FnOnce(ChunkSink<'_>) -> Result<(), ClientError> + Send + 'static,
+) -> Result<Record, ClientError> {
+    let (tx, rx) = mpsc::channel::<proto::PutRecordRequest>(UPLOAD_QUEUE);
+    // The queue is empty and its receiver is here: the header always fits.
+    tx.try_send(proto::PutRecordRequest {
+        part: Some(put_record_request::Part::Header(header)),
+    })
+    .map_err(|_| ClientError::Invalid("the upload queue refused the header".into()))?;
+    let sealing = tokio::task::spawn_blocking(move || {
+        produce(&mut |piece: Vec<u8>| {
+            tx.blocking_send(proto::PutRecordRequest {
+                part: Some(put_record_request::Part::Chunk(piece.into())),
+            })
+            .is_ok()
+        })
+    });
+    let sent = clients
+        .cloud
+        .clone()
+        .put_record(ReceiverStream::new(rx))
+        .await;
+    let sealed = sealing
+        .await
+        .map_err(|e| ClientError::Invalid(format!("encryption task failed: {e}")))?;
+    // A local read error explains a broken upload better than the server's
+    // complaint about a short stream.
+    sealed?;
+    record_of(sent.map_err(rpc("CloudStorage"))?.into_inner().record)
+}
