@@ -234,7 +234,7 @@ pub async fn run_service(
     let router = match service {
         Service::AccessPolicy => {
             let store = policy_store.clone().expect("opened above for AccessPolicy");
-            let svc = AccessPolicyService::new(store, td.clone());
+            let svc = AccessPolicyService::new(store);
             health.set_serving::<proto::access_policy_server::AccessPolicyServer<AccessPolicyService>>().await;
             router.add_service(Limited::new(
                 proto::access_policy_server::AccessPolicyServer::new(svc),

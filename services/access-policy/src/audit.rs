@@ -17,8 +17,7 @@ const VALUE_VERSION: u8 = 1;
 /// The bytes the chain hashes for one entry (see the crate docs):
 /// `seq` u64 BE ‖ `time` i64 BE ‖ for each of actor, action, owner_id,
 /// partition, subject, record_id, outcome, detail: u32 BE byte length ‖ UTF-8.
-pub fn canonical_bytes(seq: u64, time: i64, ev: &AuditEvent) -> Vec<u8> {
-    let fields = event_fields(ev);
+pub fn canonical_bytes(seq: u64, time: i64, fields: [&str; 8]) -> Vec<u8> {
     let len = 16 + fields.iter().map(|f| 4 + f.len()).sum::<usize>();
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(&seq.to_be_bytes());
@@ -41,31 +40,31 @@ pub fn chain_hash(prev_hash: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn event_fields(ev: &AuditEvent) -> [&str; 8] {
-    [
-        &ev.actor,
-        &ev.action,
-        &ev.owner_id,
-        &ev.partition,
-        &ev.subject,
-        &ev.record_id,
-        &ev.outcome,
-        &ev.detail,
-    ]
-}
-
-/// Builds the entry that follows `prev` (`None` = genesis).
+/// Builds the entry that follows `prev` (`None` = genesis): the event's
+/// words become the text that is hashed and stored.
 pub fn next_entry(prev: Option<(u64, [u8; 32])>, time: i64, ev: AuditEvent) -> AuditEntry {
     let (prev_seq, prev_hash) = prev.unwrap_or((0, GENESIS_HASH));
-    let seq = prev_seq + 1;
-    let hash = chain_hash(&prev_hash, &canonical_bytes(seq, time, &ev));
-    AuditEntry::from_parts(seq, time, ev, prev_hash, hash)
+    let mut e = AuditEntry {
+        seq: prev_seq + 1,
+        time,
+        actor: ev.actor,
+        action: ev.action.to_string(),
+        owner_id: ev.owner_id,
+        partition: ev.partition,
+        subject: ev.subject,
+        record_id: ev.record_id,
+        outcome: ev.outcome.as_str().to_owned(),
+        detail: ev.detail,
+        prev_hash,
+        hash: GENESIS_HASH,
+    };
+    e.hash = recompute_hash(&e);
+    e
 }
 
 /// Recomputes an entry's own hash from its fields and `prev_hash`.
 pub fn recompute_hash(e: &AuditEntry) -> [u8; 32] {
-    let ev = e.event();
-    chain_hash(&e.prev_hash, &canonical_bytes(e.seq, e.time, &ev))
+    chain_hash(&e.prev_hash, &canonical_bytes(e.seq, e.time, e.fields()))
 }
 
 /// The sled key of entry `seq`: big-endian so byte order is numeric order.
@@ -88,7 +87,7 @@ pub fn key_seq(key: &[u8]) -> Result<u64, DomainError> {
 /// The canonical bytes are stored verbatim (rather than re-encoded from a
 /// struct) so verification hashes exactly what was written.
 pub fn encode_value(e: &AuditEntry) -> Vec<u8> {
-    let canonical = canonical_bytes(e.seq, e.time, &e.event());
+    let canonical = canonical_bytes(e.seq, e.time, e.fields());
     let mut out = Vec::with_capacity(1 + 64 + canonical.len());
     out.push(VALUE_VERSION);
     out.extend_from_slice(&e.prev_hash);
@@ -131,7 +130,9 @@ pub fn decode_value(key_seq: u64, v: &[u8]) -> Result<AuditEntry, DomainError> {
     }
     let mut it = s.into_iter();
     let mut next = || it.next().unwrap_or_default();
-    let ev = AuditEvent {
+    Ok(AuditEntry {
+        seq,
+        time,
         actor: next(),
         action: next(),
         owner_id: next(),
@@ -140,8 +141,9 @@ pub fn decode_value(key_seq: u64, v: &[u8]) -> Result<AuditEntry, DomainError> {
         record_id: next(),
         outcome: next(),
         detail: next(),
-    };
-    Ok(AuditEntry::from_parts(seq, time, ev, prev_hash, hash))
+        prev_hash,
+        hash,
+    })
 }
 
 struct Reader<'a> {
@@ -194,33 +196,24 @@ pub fn owner_index_prefix(owner_id: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{AuditAction, Outcome};
 
     fn ev(detail: &str) -> AuditEvent {
         AuditEvent {
             actor: "patient/alice".into(),
-            action: "grant".into(),
+            action: AuditAction::Grant,
             owner_id: "alice".into(),
             partition: "medical".into(),
             subject: "bob".into(),
             record_id: String::new(),
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             detail: detail.into(),
         }
     }
 
     #[test]
     fn canonical_layout_is_as_documented() {
-        let e = AuditEvent {
-            actor: "a".into(),
-            action: "".into(),
-            owner_id: "".into(),
-            partition: "".into(),
-            subject: "".into(),
-            record_id: "".into(),
-            outcome: "".into(),
-            detail: "xy".into(),
-        };
-        let b = canonical_bytes(1, -1, &e);
+        let b = canonical_bytes(1, -1, ["a", "", "", "", "", "", "", "xy"]);
         let mut want = vec![0, 0, 0, 0, 0, 0, 0, 1];
         want.extend_from_slice(&[0xff; 8]);
         want.extend_from_slice(&[0, 0, 0, 1, b'a']);
@@ -238,7 +231,20 @@ mod tests {
         let e = next_entry(None, 1_700_000_000, ev("d"));
         let mut manual = Sha256::new();
         manual.update([0u8; 32]);
-        manual.update(canonical_bytes(1, 1_700_000_000, &ev("d")));
+        manual.update(canonical_bytes(
+            1,
+            1_700_000_000,
+            [
+                "patient/alice",
+                "grant",
+                "alice",
+                "medical",
+                "bob",
+                "",
+                "ok",
+                "d",
+            ],
+        ));
         let want: [u8; 32] = manual.finalize().into();
         assert_eq!(e.hash, want);
         assert_eq!(e.prev_hash, GENESIS_HASH);

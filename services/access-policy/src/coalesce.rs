@@ -41,7 +41,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::{AuditEvent, format_unix_time, truncate};
+use crate::{AuditAction, AuditEvent, Outcome, format_unix_time, truncate};
 
 /// Individual refusal entries per second per refused identity, sustained.
 pub const REFUSALS_PER_SEC: f64 = 100.0;
@@ -63,7 +63,7 @@ pub const AUDIT_READ_BURST: u32 = 3;
 pub const AUDIT_READ_FLUSH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Action of a catch-all aggregate (many actions or owners merged).
-pub const CATCH_ALL_ACTION: &str = "*";
+pub const CATCH_ALL_ACTION: AuditAction = AuditAction::Various;
 /// Identity of the process-wide overflow aggregate.
 pub const OVERFLOW_IDENTITY: &str = "(untracked identities)";
 
@@ -112,13 +112,13 @@ impl Default for RefusalLimits {
 /// Events of one (identity, action, owner) not written individually.
 #[derive(Debug)]
 struct Aggregate {
-    action: String,
+    action: AuditAction,
     owner_id: String,
     /// Kept while every event agreed on it, else emptied.
     partition: String,
     record_id: String,
     actor: String,
-    outcome: String,
+    outcome: Outcome,
     count: u64,
     first: i64,
     last: i64,
@@ -128,14 +128,14 @@ struct Aggregate {
 }
 
 impl Aggregate {
-    fn new(action: String, owner_id: String, ev: &AuditEvent, now: i64, at: Instant) -> Self {
+    fn new(action: AuditAction, owner_id: String, ev: &AuditEvent, now: i64, at: Instant) -> Self {
         Aggregate {
             action,
             owner_id,
             partition: ev.partition.clone(),
             record_id: ev.record_id.clone(),
             actor: ev.actor.clone(),
-            outcome: ev.outcome.clone(),
+            outcome: ev.outcome,
             count: 0,
             first: now,
             last: now,
@@ -158,15 +158,14 @@ impl Aggregate {
     }
 
     fn into_event(self, identity: &str) -> AuditEvent {
-        let what = if self.action == CATCH_ALL_ACTION {
-            "various actions".to_owned()
-        } else {
-            self.action.clone()
+        let what = match self.action {
+            AuditAction::Various => "various actions".to_owned(),
+            other => other.to_string(),
         };
-        let noun = match self.outcome.as_str() {
-            "denied" => "refusals",
-            "probe" => "probes",
-            _ => "events",
+        let noun = match self.outcome {
+            Outcome::Denied => "refusals",
+            Outcome::Probe => "probes",
+            Outcome::Ok | Outcome::Allowed => "events",
         };
         let mut detail = format!(
             "{} further {noun} of {what} by {} between {} and {}",
@@ -279,7 +278,7 @@ impl Coalescer {
         let limits = self.limits;
         if !self.identities.contains_key(identity) && !self.make_room(at) {
             let agg = self.overflow.get_or_insert_with(|| {
-                Aggregate::new(CATCH_ALL_ACTION.into(), String::new(), &ev, now, at)
+                Aggregate::new(CATCH_ALL_ACTION, String::new(), &ev, now, at)
             });
             agg.add(&ev, now);
             return self.due_overflow(at, false);
@@ -313,7 +312,7 @@ impl Coalescer {
                     if named < limits.max_keys_per_identity && self.keys < limits.max_keys {
                         self.keys += 1;
                         state.pending.push(Aggregate::new(
-                            ev.action.clone(),
+                            ev.action,
                             ev.owner_id.clone(),
                             &ev,
                             now,
@@ -328,7 +327,7 @@ impl Coalescer {
                         p
                     } else {
                         state.pending.push(Aggregate::new(
-                            CATCH_ALL_ACTION.into(),
+                            CATCH_ALL_ACTION,
                             String::new(),
                             &ev,
                             now,
@@ -438,22 +437,26 @@ pub fn refused_identity(ev: &AuditEvent) -> &str {
 /// evaluation or a directory lookup, cheap to repeat and worth a count
 /// rather than an entry each).
 pub fn is_refusal(ev: &AuditEvent) -> bool {
-    ev.outcome == "denied" || ev.outcome == "probe" || ev.action.starts_with("denied:")
+    matches!(ev.outcome, Outcome::Denied | Outcome::Probe)
+        || matches!(ev.action, AuditAction::Denied(_))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Action;
 
-    fn refusal(owner: &str, action: &str) -> AuditEvent {
+    const CHECK_READ: AuditAction = AuditAction::Check(Action::Read);
+
+    fn refusal(owner: &str, action: AuditAction) -> AuditEvent {
         AuditEvent {
             actor: "service/cloud-storage".into(),
-            action: action.into(),
+            action,
             owner_id: owner.into(),
             partition: "medical".into(),
             subject: "patient/mallory".into(),
             record_id: String::new(),
-            outcome: "denied".into(),
+            outcome: Outcome::Denied,
             detail: "no grant".into(),
         }
     }
@@ -471,7 +474,7 @@ mod tests {
         let mut c = Coalescer::new(RefusalLimits::REFUSALS);
         let t = Instant::now();
         for i in 0..REFUSAL_BURST {
-            let out = c.admit("patient/mallory", refusal("alice", "check:read"), 0, t);
+            let out = c.admit("patient/mallory", refusal("alice", CHECK_READ), 0, t);
             assert_eq!(out.len(), 1, "event {i}");
         }
         assert_eq!(c.pending_events(), 0);
@@ -485,7 +488,7 @@ mod tests {
         for i in 0..5_000u32 {
             // 5,000 within half a second.
             let at = t + Duration::from_micros(u64::from(i) * 100);
-            written.extend(c.admit("patient/mallory", refusal("alice", "check:read"), 7, at));
+            written.extend(c.admit("patient/mallory", refusal("alice", CHECK_READ), 7, at));
         }
         assert!(written.len() <= 100, "{} written", written.len());
         written.extend(c.flush(t + Duration::from_millis(600), false));
@@ -500,7 +503,7 @@ mod tests {
         assert_eq!(individual + aggregated, 5_000);
         let agg = written.last().unwrap();
         assert_eq!(agg.owner_id, "alice");
-        assert_eq!(agg.outcome, "denied");
+        assert_eq!(agg.outcome, Outcome::Denied);
         assert_eq!(agg.subject, "patient/mallory");
         assert!(
             agg.detail.contains("further refusals of check:read"),
@@ -525,7 +528,7 @@ mod tests {
         let t = Instant::now();
         for id in ["patient/m1", "patient/m2"] {
             for owner in 0..50 {
-                let mut ev = refusal(&format!("u{owner}"), "check:read");
+                let mut ev = refusal(&format!("u{owner}"), CHECK_READ);
                 ev.subject = id.into();
                 c.admit(id, ev, 0, t);
             }
@@ -535,7 +538,7 @@ mod tests {
             assert!(s.pending.len() <= 4, "{}", s.pending.len());
         }
         // A third identity is not tracked: overflow.
-        let mut ev = refusal("alice", "check:read");
+        let mut ev = refusal("alice", CHECK_READ);
         ev.subject = "patient/m3".into();
         assert!(c.admit("patient/m3", ev, 0, t).is_empty());
         assert_eq!(c.identities.len(), 2);
@@ -552,7 +555,7 @@ mod tests {
 
     #[test]
     fn identities_are_normalised() {
-        let mut ev = refusal("alice", "check:read");
+        let mut ev = refusal("alice", CHECK_READ);
         ev.subject = "practitioner/doctor/bob".into();
         assert_eq!(refused_identity(&ev), "doctor/bob");
         ev.subject.clear();

@@ -65,9 +65,12 @@
 //! it.
 
 mod audit;
+pub mod backend;
 pub mod coalesce;
 pub mod grpc;
+pub mod policy;
 mod time;
+mod vocab;
 
 use std::fmt;
 use std::path::Path;
@@ -83,8 +86,11 @@ use sled::transaction::{
 };
 
 pub use audit::GENESIS_HASH;
+pub use backend::PolicyBackend;
 pub use coalesce::RefusalLimits;
+pub use policy::Policy;
 pub use time::format_unix_time;
+pub use vocab::{AuditAction, Outcome};
 
 /// Longest accepted audit field (bytes). Entries are kept forever, so a
 /// caller must not be able to bloat the log with megabyte strings.
@@ -246,19 +252,20 @@ impl Decision {
 /// Something worth a line in the audit trail. Empty strings are fine for
 /// fields that do not apply; `owner_id` and `partition`, when set, must be
 /// a valid user id / partition name so the per-owner view can find them.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEvent {
     pub actor: String,
-    pub action: String,
+    pub action: AuditAction,
     pub owner_id: String,
     pub partition: String,
     pub subject: String,
     pub record_id: String,
-    pub outcome: String,
+    pub outcome: Outcome,
     pub detail: String,
 }
 
-/// A stored, hash-chained audit event.
+/// A stored, hash-chained audit event. Its words are kept as the text that
+/// was hashed, so entries written with any vocabulary still verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
     pub seq: u64,
@@ -276,41 +283,18 @@ pub struct AuditEntry {
 }
 
 impl AuditEntry {
-    fn from_parts(
-        seq: u64,
-        time: i64,
-        ev: AuditEvent,
-        prev_hash: [u8; 32],
-        hash: [u8; 32],
-    ) -> Self {
-        AuditEntry {
-            seq,
-            time,
-            actor: ev.actor,
-            action: ev.action,
-            owner_id: ev.owner_id,
-            partition: ev.partition,
-            subject: ev.subject,
-            record_id: ev.record_id,
-            outcome: ev.outcome,
-            detail: ev.detail,
-            prev_hash,
-            hash,
-        }
-    }
-
-    /// The event fields without chain data.
-    pub fn event(&self) -> AuditEvent {
-        AuditEvent {
-            actor: self.actor.clone(),
-            action: self.action.clone(),
-            owner_id: self.owner_id.clone(),
-            partition: self.partition.clone(),
-            subject: self.subject.clone(),
-            record_id: self.record_id.clone(),
-            outcome: self.outcome.clone(),
-            detail: self.detail.clone(),
-        }
+    /// The hashed fields, in chain order (see the crate docs).
+    pub fn fields(&self) -> [&str; 8] {
+        [
+            &self.actor,
+            &self.action,
+            &self.owner_id,
+            &self.partition,
+            &self.subject,
+            &self.record_id,
+            &self.outcome,
+            &self.detail,
+        ]
     }
 
     /// Recomputes this entry's hash from its fields and `prev_hash`; lets a
@@ -530,11 +514,6 @@ fn check_actor(actor: &str) -> Result<(), DomainError> {
 
 fn validate_event(ev: &AuditEvent) -> Result<(), DomainError> {
     check_actor(&ev.actor)?;
-    if ev.action.is_empty() {
-        return Err(DomainError::Malformed(
-            "an audit event needs an action".into(),
-        ));
-    }
     if !ev.owner_id.is_empty() {
         validate_user_id(&ev.owner_id)?;
     }
@@ -542,10 +521,8 @@ fn validate_event(ev: &AuditEvent) -> Result<(), DomainError> {
         validate_partition(&ev.partition)?;
     }
     for (name, v) in [
-        ("action", &ev.action),
         ("subject", &ev.subject),
         ("record_id", &ev.record_id),
-        ("outcome", &ev.outcome),
         ("detail", &ev.detail),
     ] {
         check_field(name, v)?;
@@ -844,12 +821,12 @@ impl PolicyStore {
                 (),
                 AuditEvent {
                     actor: actor.to_owned(),
-                    action: "grant".into(),
+                    action: AuditAction::Grant,
                     owner_id: grant.owner_id.clone(),
                     partition: grant.partition.clone(),
                     subject: grant.grantee_id.clone(),
                     record_id: String::new(),
-                    outcome: "ok".into(),
+                    outcome: Outcome::Ok,
                     detail,
                 },
             ))
@@ -884,12 +861,12 @@ impl PolicyStore {
             let old = decode_grant(&key, &old).map_err(ConflictableTransactionError::Abort)?;
             let ev = AuditEvent {
                 actor: actor.to_owned(),
-                action: "revoke".into(),
+                action: AuditAction::Revoke,
                 owner_id: owner_id.to_owned(),
                 partition: partition.to_owned(),
                 subject: grantee_id.to_owned(),
                 record_id: String::new(),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 detail: format!("revoked {}", old.describe()),
             };
             Ok((old, ev))
@@ -942,17 +919,16 @@ impl PolicyStore {
         };
         let ev = AuditEvent {
             actor: actor.to_owned(),
-            action: format!("check:{}", q.action),
+            action: AuditAction::Check(q.action),
             owner_id: q.owner_id.clone(),
             partition: q.partition.clone(),
             subject: format!("{}/{}", q.grantee_role, q.grantee_id),
             record_id,
             outcome: if decision.allowed {
-                "allowed"
+                Outcome::Allowed
             } else {
-                "denied"
-            }
-            .into(),
+                Outcome::Denied
+            },
             detail: format!("epoch {}: {}", q.epoch, decision.reason),
         };
         let events = if decision.allowed {
@@ -1046,11 +1022,13 @@ impl PolicyStore {
         };
         let ev = AuditEvent {
             actor: reader.to_owned(),
-            action: "list_audit".into(),
+            action: AuditAction::AuditListing,
+            owner_id: String::new(),
+            partition: String::new(),
             subject: reader.to_owned(),
-            outcome: "ok".into(),
+            record_id: String::new(),
+            outcome: Outcome::Ok,
             detail: format!("listed {returned} entries of {scope} after entry {after_seq}"),
-            ..Default::default()
         };
         let at = Instant::now();
         let mut head = self.lock_head();

@@ -2,6 +2,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
+use sesphr::rpc::Rpc;
+
+/// An action that is nothing special to the store.
+const GET_RECORD: AuditAction = AuditAction::Served(Rpc::GetRecord);
+
+/// A baseline event the tests override field by field.
+impl Default for AuditEvent {
+    fn default() -> Self {
+        AuditEvent {
+            actor: String::new(),
+            action: GET_RECORD,
+            owner_id: String::new(),
+            partition: String::new(),
+            subject: String::new(),
+            record_id: String::new(),
+            outcome: Outcome::Ok,
+            detail: String::new(),
+        }
+    }
+}
 
 const T0: i64 = 1_700_000_000;
 const DAY: i64 = 86_400;
@@ -333,9 +353,9 @@ fn record_event_and_filters() {
             .record_event(
                 AuditEvent {
                     actor: "service/cloud-storage".into(),
-                    action: "download".into(),
+                    action: GET_RECORD,
                     owner_id: (*owner).into(),
-                    outcome: "denied".into(),
+                    outcome: Outcome::Denied,
                     detail: format!("event {i}"),
                     ..Default::default()
                 },
@@ -376,22 +396,23 @@ fn record_event_and_filters() {
 
     for bad in [
         AuditEvent {
-            action: "x".into(),
+            action: GET_RECORD,
             ..Default::default()
         },
         AuditEvent {
             actor: "a".into(),
+            subject: "s".repeat(MAX_AUDIT_FIELD_LEN + 1),
             ..Default::default()
         },
         AuditEvent {
             actor: "a".into(),
-            action: "x".into(),
+            action: GET_RECORD,
             owner_id: "NOT VALID".into(),
             ..Default::default()
         },
         AuditEvent {
             actor: "a".into(),
-            action: "x".into(),
+            action: GET_RECORD,
             detail: "d".repeat(MAX_AUDIT_FIELD_LEN + 1),
             ..Default::default()
         },
@@ -411,9 +432,9 @@ fn populated(n: u64) -> (tempfile::TempDir, PolicyStore) {
         s.record_event(
             AuditEvent {
                 actor: "service/srs".into(),
-                action: "reencrypt".into(),
+                action: AuditAction::Served(Rpc::ReEncrypt),
                 owner_id: "alice".into(),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 detail: format!("n={i}"),
                 ..Default::default()
             },
@@ -511,7 +532,7 @@ fn verify_detects_rewritten_tail_against_published_head() {
             s.record_event(
                 AuditEvent {
                     actor: "a".into(),
-                    action: "x".into(),
+                    action: GET_RECORD,
                     detail: format!("original {i}"),
                     ..Default::default()
                 },
@@ -544,7 +565,7 @@ fn verify_detects_rewritten_tail_against_published_head() {
             s.record_event(
                 AuditEvent {
                     actor: "a".into(),
-                    action: "x".into(),
+                    action: GET_RECORD,
                     detail: format!("forged {i}"),
                     ..Default::default()
                 },
@@ -678,7 +699,7 @@ fn odd_tail_keys_on_open_do_not_panic() {
                 s.record_event(
                     AuditEvent {
                         actor: "a".into(),
-                        action: "x".into(),
+                        action: GET_RECORD,
                         ..Default::default()
                     },
                     T0,
@@ -693,7 +714,7 @@ fn odd_tail_keys_on_open_do_not_panic() {
             .record_event(
                 AuditEvent {
                     actor: "a".into(),
-                    action: "x".into(),
+                    action: GET_RECORD,
                     ..Default::default()
                 },
                 T0,
@@ -881,10 +902,10 @@ fn denied_events_are_budgeted_per_refused_subject_not_per_relaying_service() {
     let (_d, s) = store();
     let ev = |subject: &str| AuditEvent {
         actor: "service/cloud-storage".into(),
-        action: "denied:sesphr.v1.CloudStorage/GetRecord".into(),
+        action: AuditAction::Denied(Rpc::GetRecord),
         owner_id: "alice".into(),
         subject: subject.into(),
-        outcome: "denied".into(),
+        outcome: Outcome::Denied,
         detail: "no".into(),
         ..Default::default()
     };
@@ -904,8 +925,8 @@ fn denied_events_are_budgeted_per_refused_subject_not_per_relaying_service() {
     assert!(s.record_event(ev("patient/carol"), T0).unwrap().is_some());
     // Not a refusal: always written.
     let mut ok = ev("patient/mallory");
-    ok.action = "download".into();
-    ok.outcome = "ok".into();
+    ok.action = GET_RECORD;
+    ok.outcome = Outcome::Ok;
     assert!(s.record_event(ok, T0).unwrap().is_some());
 }
 
@@ -935,9 +956,9 @@ fn bulk_append(s: &PolicyStore, n: usize, owner: &str) {
         let events: Vec<AuditEvent> = (0..1000.min(n - chunk * 1000))
             .map(|i| AuditEvent {
                 actor: "service/srs".into(),
-                action: "reencrypt".into(),
+                action: AuditAction::Served(Rpc::ReEncrypt),
                 owner_id: owner.into(),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 detail: format!("bulk {chunk}/{i}"),
                 ..Default::default()
             })
@@ -982,9 +1003,9 @@ fn verification_does_not_block_appends() {
         s.record_event(
             AuditEvent {
                 actor: "service/srs".into(),
-                action: "reencrypt".into(),
+                action: AuditAction::Served(Rpc::ReEncrypt),
                 owner_id: "bob".into(),
-                outcome: "ok".into(),
+                outcome: Outcome::Ok,
                 detail: format!("during verification {i}"),
                 ..Default::default()
             },
@@ -1078,10 +1099,10 @@ fn probes_share_the_refusal_budget() {
     let (_d, s) = store();
     let probe = AuditEvent {
         actor: "service/cloud-storage".into(),
-        action: "sesphr.v1.CloudStorage/QueryBlob".into(),
+        action: AuditAction::Served(Rpc::QueryBlob),
         owner_id: "mallory".into(),
         subject: "patient/mallory".into(),
-        outcome: "probe".into(),
+        outcome: Outcome::Probe,
         detail: "blob 0011223344556677: not stored".into(),
         ..Default::default()
     };
