@@ -827,7 +827,7 @@ async fn hostile_requests_are_refused_without_side_effects() {
                 mc.cloud
                     .clone()
                     .delete_record(proto::DeleteRecordRequest {
-                        record_id: medical.record_id.clone(),
+                        record_id: medical.record_id.to_string(),
                     })
                     .await
             }),
@@ -839,7 +839,7 @@ async fn hostile_requests_are_refused_without_side_effects() {
                 bc.cloud
                     .clone()
                     .delete_record(proto::DeleteRecordRequest {
-                        record_id: medical.record_id.clone(),
+                        record_id: medical.record_id.to_string(),
                     })
                     .await
             }),
@@ -1636,7 +1636,9 @@ async fn per_identity_rate_and_concurrency_limits() {
         let id = rec.record_id.clone();
         async move {
             cloud
-                .get_record(proto::GetRecordRequest { record_id: id })
+                .get_record(proto::GetRecordRequest {
+                    record_id: id.to_string(),
+                })
                 .await
         }
     };

@@ -160,11 +160,11 @@ async fn assert_fails_closed(bob: &Practitioner, record: &client::Record, what: 
         .srs
         .clone()
         .re_encrypt(proto::ReEncryptRequest {
-            owner_id: record.owner_id.clone(),
-            partition: record.partition.clone(),
+            owner_id: record.owner_id.to_string(),
+            partition: record.partition.to_string(),
             epoch: record.epoch,
             capsules: vec![header.capsule().to_bytes().to_vec()],
-            record_id: record.record_id.clone(),
+            record_id: record.record_id.to_string(),
         })
         .await
         .expect_err("the SRS must not re-encrypt without asking AccessPolicy");

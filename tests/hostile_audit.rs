@@ -101,7 +101,7 @@ async fn a_refusal_flood_is_bounded_and_others_keep_reading() {
                     c.cloud
                         .clone()
                         .get_record(proto::GetRecordRequest {
-                            record_id: record_id.clone(),
+                            record_id: record_id.to_string(),
                         })
                         .await
                         .map(drop)

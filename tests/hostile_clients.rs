@@ -156,7 +156,7 @@ async fn page_tokens_reveal_nothing_a_caller_may_not_see() {
             .chain([&insurance.record_id])
         {
             assert!(!page.next_page_token.contains(id.as_str()));
-            assert!(!page.next_page_token.contains(&hex::encode(id)));
+            assert!(!page.next_page_token.contains(&hex::encode(id.as_str())));
         }
         // And useless to anyone else, or for another listing.
         let err = list_page(mc, "alice", "", &page.next_page_token)
@@ -169,7 +169,7 @@ async fn page_tokens_reveal_nothing_a_caller_may_not_see() {
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         token = page.next_page_token;
     }
-    let mut want: Vec<String> = medical.iter().map(|m| m.record_id.clone()).collect();
+    let mut want: Vec<String> = medical.iter().map(|m| m.record_id.to_string()).collect();
     want.sort();
     assert_eq!(seen, want, "bob sees exactly the medical records");
 
@@ -302,7 +302,7 @@ async fn a_not_before_grant_keeps_old_capsules_closed_at_the_srs() {
             partition: "medical".into(),
             epoch,
             capsules: vec![capsule.clone()],
-            record_id: old.record_id.clone(),
+            record_id: old.record_id.to_string(),
         };
         async move { srs.clone().re_encrypt(req).await.map(|r| r.into_inner()) }
     };
@@ -391,7 +391,7 @@ async fn refusals_and_probes_reach_the_victims_audit_view() {
         })
         .unwrap_or_else(|| panic!("no DeleteRecord refusal in alice's view: {trail:?}"));
     assert!(delete.subject.contains("mallory"), "{delete:?}");
-    assert_eq!(delete.record_id, rec.record_id);
+    assert_eq!(delete.record_id, rec.record_id.as_str());
     let lookups: Vec<_> = trail
         .iter()
         .filter(|e| e.action.ends_with("/GetUser") && e.subject.contains("bob"))

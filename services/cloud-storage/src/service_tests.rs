@@ -61,12 +61,12 @@ impl AccessGate for StoreGate {
         };
         let event = AuditEvent {
             actor: SERVICE_ACTOR.into(),
-            action,
+            action: action.parse().expect("an action of the table"),
             owner_id: note.owner_id.into(),
             partition: note.partition.into(),
             subject: caller.to_string(),
             record_id: note.record_id.into(),
-            outcome: note.outcome.into(),
+            outcome: note.outcome.parse().expect("a known outcome"),
             detail: note.detail.into(),
         };
         self.0.record_event(event, unix_now()).unwrap();
