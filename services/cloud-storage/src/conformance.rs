@@ -35,7 +35,8 @@ fn put(b: &dyn RecordBackend, new: NewRecord, content: &[u8], now: i64) -> Recor
         .unwrap_or_else(|e| panic!("commit {id}: {e}"))
 }
 
-fn read_all(b: &dyn RecordBackend, id: &str) -> Result<Vec<u8>, DomainError> {
+/// A record's whole content, read through the backend.
+pub fn read_all(b: &dyn RecordBackend, id: &str) -> Result<Vec<u8>, DomainError> {
     let mut out = Vec::new();
     for c in b.chunks(id) {
         out.extend_from_slice(&c?);

@@ -265,6 +265,17 @@ fn refused<T>(r: Result<T, PutError<&'static str>>) -> DomainError {
     }
 }
 
+/// Alice stores the one-byte record `r1`.
+async fn alice_stores_r1(w: &World) {
+    let h = put_header("alice", "r1", "medical", 0, 1);
+    put(&w.cs, &patient("alice"), h, &[b"x"]).await.unwrap();
+}
+
+/// Why a one-byte upload of `h` by `caller` was refused.
+async fn refusal_of(w: &World, caller: &Caller, h: PutHeader) -> DomainError {
+    refused(put(&w.cs, caller, h, &[b"x"]).await)
+}
+
 // ---- uploads ---------------------------------------------------------------
 
 #[tokio::test]
@@ -289,27 +300,16 @@ async fn an_upload_streams_commits_and_reads_back_for_its_owner() {
 #[tokio::test]
 async fn only_patients_upload_and_only_under_their_own_name() {
     let w = world();
-    let err = refused(
-        put(
-            &w.cs,
-            &doctor("bob"),
-            put_header("bob", "r1", "medical", 0, 1),
-            &[b"x"],
-        )
-        .await,
-    );
+    let err = refusal_of(&w, &doctor("bob"), put_header("bob", "r1", "medical", 0, 1)).await;
     assert!(matches!(err, DomainError::NotEntitled(_)), "{err}");
     // Mallory's upload of a header naming alice: the cloud's metadata
     // would lie about whose record it is.
-    let err = refused(
-        put(
-            &w.cs,
-            &patient("mallory"),
-            put_header("alice", "r1", "medical", 0, 1),
-            &[b"x"],
-        )
-        .await,
-    );
+    let err = refusal_of(
+        &w,
+        &patient("mallory"),
+        put_header("alice", "r1", "medical", 0, 1),
+    )
+    .await;
     assert!(err.to_string().contains("names owner \"alice\""), "{err}");
     assert!(w.records.get("r1").unwrap().is_none());
 }
@@ -320,12 +320,12 @@ async fn the_header_must_name_the_uploads_record_partition_and_epoch() {
     let alice = patient("alice");
     let mut h = put_header("alice", "r1", "medical", 0, 1);
     h.record_header = header("alice", "r2", "medical", 0, false);
-    let err = refused(put(&w.cs, &alice, h, &[b"x"]).await);
+    let err = refusal_of(&w, &alice, h).await;
     assert!(err.to_string().contains("names record \"r2\""), "{err}");
 
     let mut h = put_header("alice", "r1", "medical", 0, 1);
     h.record_header = header("alice", "r1", "dental", 0, false);
-    let err = refused(put(&w.cs, &alice, h, &[b"x"]).await);
+    let err = refusal_of(&w, &alice, h).await;
     assert!(
         err.to_string().contains("names partition \"dental\""),
         "{err}"
@@ -334,7 +334,7 @@ async fn the_header_must_name_the_uploads_record_partition_and_epoch() {
     // Epoch rule: the record is encrypted under the epoch it declares.
     let mut h = put_header("alice", "r1", "medical", 3, 1);
     h.record_header = header("alice", "r1", "medical", 2, false);
-    let err = refused(put(&w.cs, &alice, h, &[b"x"]).await);
+    let err = refusal_of(&w, &alice, h).await;
     assert!(
         err.to_string()
             .contains("names epoch \"2\" but the upload is for \"3\""),
@@ -343,13 +343,13 @@ async fn the_header_must_name_the_uploads_record_partition_and_epoch() {
 
     let mut h = put_header("alice", "r1", "medical", 0, 1);
     h.record_header = header("alice", "r1", "medical", 0, true);
-    let err = refused(put(&w.cs, &alice, h, &[b"x"]).await);
+    let err = refusal_of(&w, &alice, h).await;
     assert!(err.to_string().contains("key_source 0"), "{err}");
 
     for bad in [vec![], vec![7; StoreLimits::default().max_header_size + 1]] {
         let mut h = put_header("alice", "r1", "medical", 0, 1);
         h.record_header = bad;
-        let err = refused(put(&w.cs, &alice, h, &[b"x"]).await);
+        let err = refusal_of(&w, &alice, h).await;
         assert!(
             err.to_string().contains("record_header must be 1 to"),
             "{err}"
@@ -396,14 +396,7 @@ async fn oversized_chunks_and_broken_streams_leave_nothing() {
     );
     assert!(w.records.get("r1").unwrap().is_none());
     // The id is free again.
-    put(
-        &w.cs,
-        &alice,
-        put_header("alice", "r1", "medical", 0, 1),
-        &[b"x"],
-    )
-    .await
-    .unwrap();
+    alice_stores_r1(&w).await;
 }
 
 // ---- reading and listing: owner or grant window ------------------------------
@@ -602,14 +595,7 @@ async fn listing_needs_a_user_and_a_bounded_page() {
 async fn only_the_owner_deletes_and_an_attempt_is_audited_for_the_owner() {
     let w = world();
     let alice = patient("alice");
-    put(
-        &w.cs,
-        &alice,
-        put_header("alice", "r1", "medical", 0, 1),
-        &[b"x"],
-    )
-    .await
-    .unwrap();
+    alice_stores_r1(&w).await;
     assert_refused(
         w.cs.delete_record(&patient("mallory"), &rid("r1")).await,
         |e| matches!(e, DomainError::NotEntitled(_)),
@@ -660,9 +646,8 @@ fn dedup_header(owner: &str, id: &str, proof: Option<Vec<u8>>) -> PutHeader {
     }
 }
 
-#[tokio::test]
-async fn a_proven_blob_is_linked_without_upload_and_a_failed_proof_is_audited() {
-    let w = world();
+/// Alice uploads [`BLOB`]; returns its id.
+async fn alice_stores_the_blob(w: &World) -> [u8; 32] {
     put(
         &w.cs,
         &patient("alice"),
@@ -671,8 +656,21 @@ async fn a_proven_blob_is_linked_without_upload_and_a_failed_proof_is_audited() 
     )
     .await
     .unwrap();
+    blob_ref().blob_id
+}
+
+/// `caller` draws a challenge for [`BLOB`] and answers it correctly.
+async fn right_proof(w: &World, caller: &Caller) -> Vec<u8> {
+    let offer = w.cs.query_blob(caller, blob_ref().blob_id).await.unwrap();
+    let challenge = offer.expect("the blob is stored").challenge;
+    sesphr_dedup::prove(&challenge, &BLOB).unwrap().to_bytes()
+}
+
+#[tokio::test]
+async fn a_proven_blob_is_linked_without_upload_and_a_failed_proof_is_audited() {
+    let w = world();
+    let id = alice_stores_the_blob(&w).await;
     let bob = patient("bob");
-    let id = blob_ref().blob_id;
 
     // Answering before asking: nothing to answer.
     let err = refused(put(&w.cs, &bob, dedup_header("bob", "b1", Some(vec![1])), &[]).await);
@@ -698,10 +696,7 @@ async fn a_proven_blob_is_linked_without_upload_and_a_failed_proof_is_audited() 
     let err = refused(put(&w.cs, &bob, dedup_header("bob", "b1", Some(right)), &[]).await);
     assert!(matches!(err, DomainError::Conflict(_)), "{err}");
 
-    let offer = w.cs.query_blob(&bob, id).await.unwrap().expect("stored");
-    let right = sesphr_dedup::prove(&offer.challenge, &BLOB)
-        .unwrap()
-        .to_bytes();
+    let right = right_proof(&w, &bob).await;
     // No chunks may follow a proof.
     let err = refused(
         put(
@@ -713,10 +708,7 @@ async fn a_proven_blob_is_linked_without_upload_and_a_failed_proof_is_audited() 
         .await,
     );
     assert!(err.to_string().contains("no chunks may follow"), "{err}");
-    let offer = w.cs.query_blob(&bob, id).await.unwrap().expect("stored");
-    let right = sesphr_dedup::prove(&offer.challenge, &BLOB)
-        .unwrap()
-        .to_bytes();
+    let right = right_proof(&w, &bob).await;
     let meta = put(&w.cs, &bob, dedup_header("bob", "b1", Some(right)), &[])
         .await
         .unwrap();
@@ -740,16 +732,8 @@ async fn challenges_cannot_be_redrawn_beyond_the_budget() {
         },
         ..Default::default()
     });
-    put(
-        &w.cs,
-        &patient("alice"),
-        dedup_header("alice", "a1", None),
-        &[&BLOB],
-    )
-    .await
-    .unwrap();
+    let id = alice_stores_the_blob(&w).await;
     let bob = patient("bob");
-    let id = blob_ref().blob_id;
     for _ in 0..2 {
         // Asking again while one is open returns the same challenge:
         // waiting gives no new draw.
@@ -780,29 +764,30 @@ async fn blob_probes_are_rate_limited_per_caller() {
         ..Default::default()
     });
     let id = blob_ref().blob_id;
-    // Burst of one at this rate.
-    assert!(
-        w.cs.query_blob(&patient("bob"), id)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert_refused(
-        w.cs.query_blob(&patient("bob"), id).await,
+    type Refusal = (fn(&DomainError) -> bool, &'static str);
+    let used_up: Refusal = (
         |e| matches!(e, DomainError::UsedUp(_)),
-        "blob query rate limit reached for patient/bob",
+        "rate limit reached for patient/bob",
     );
-    assert!(
-        w.cs.query_blob(&patient("carol"), id)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert_refused(
-        w.cs.query_blob(&doctor("dave"), id).await,
+    let not_owner: Refusal = (
         |e| matches!(e, DomainError::NotEntitled(_)),
         "does not own records",
     );
+    // A burst of one at this rate, per caller.
+    for (who, refusal) in [
+        (patient("bob"), None),
+        (patient("bob"), Some(used_up)),
+        (patient("carol"), None),
+        (doctor("dave"), Some(not_owner)),
+    ] {
+        match (w.cs.query_blob(&who, id).await, refusal) {
+            (Ok(offer), None) => assert!(offer.is_none(), "{who}: nothing is stored"),
+            (Err(e), Some((kind, text))) => {
+                assert!(kind(&e) && e.to_string().contains(text), "{who}: {e:?}")
+            }
+            (r, _) => panic!("{who}: unexpected {r:?}"),
+        }
+    }
 }
 
 // ---- the backend contract ---------------------------------------------------------------

@@ -34,13 +34,7 @@ fn put(s: &RecordStore, id: &str, owner: &str, partition: &str, content: &[u8]) 
     up.commit(T0).unwrap()
 }
 
-fn read_all(s: &RecordStore, id: &str) -> Result<Vec<u8>, DomainError> {
-    let mut out = Vec::new();
-    for c in s.chunks(id) {
-        out.extend_from_slice(&c?);
-    }
-    Ok(out)
-}
+use crate::conformance::read_all;
 
 fn ids(page: &[RecordMeta]) -> Vec<&str> {
     page.iter().map(|m| m.record_id.as_str()).collect()
@@ -313,7 +307,7 @@ fn concurrent_uploads_of_one_id_admit_one() {
             .filter_map(|r| r.as_ref().err())
             .all(|e| matches!(e, DomainError::Exists(_)))
     );
-    let content = read_all(&s, "same").unwrap();
+    let content = read_all(&*s, "same").unwrap();
     assert_eq!(content.len(), 2);
     assert_eq!(content[0], content[1]);
 }
