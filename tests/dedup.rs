@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use common::{Sandbox, download};
+use common::{Sandbox, download, query_blob};
 use sesphr::proto::{self, put_record_request};
 use sesphr_client::{self as client, Patient, Stored};
 use sesphr_crypto::RecordHeader;
@@ -147,18 +147,6 @@ fn link_request(
     }
 }
 
-async fn query(p: &Patient, blob_id: &[u8]) -> proto::QueryBlobResponse {
-    p.clients
-        .cloud
-        .clone()
-        .query_blob(proto::QueryBlobRequest {
-            blob_id: blob_id.to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 async fn put(
     p: &Patient,
     msgs: Vec<proto::PutRecordRequest>,
@@ -174,22 +162,7 @@ async fn put(
 /// The blob the mesh stores for `data` (computed as a client would, with
 /// the SRS's OPRF).
 async fn blob_of(p: &Patient, data: &[u8]) -> Vec<u8> {
-    use sha2::Digest;
-    let digest: [u8; 32] = sha2::Sha256::digest(data).into();
-    let (state, blinded) = sesphr_dedup::blind(&mut rand::rng(), &digest).unwrap();
-    let evaluated = p
-        .clients
-        .srs
-        .clone()
-        .evaluate_content_key(proto::EvaluateContentKeyRequest {
-            blinded_element: blinded.to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .evaluated_element;
-    let out = sesphr_dedup::finalize(state, &digest, &evaluated).unwrap();
-    sesphr_dedup::seal_blob(&sesphr_dedup::content_key(&out), data)
+    sesphr_dedup::seal_blob(&common::content_key(&p.clients, data).await, data)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +186,7 @@ async fn ownership_proofs_cannot_be_faked_replayed_or_skipped() {
             leaf.fill(0);
         }
     }
-    let q = query(&mallory, &blob_id).await;
+    let q = query_blob(&mallory.clients, &blob_id).await;
     assert!(q.exists);
     let challenge = sesphr_dedup::Challenge::from_bytes(&q.challenge).unwrap();
     let proof = sesphr_dedup::prove(&challenge, &partial).unwrap();
@@ -237,7 +210,7 @@ async fn ownership_proofs_cannot_be_faked_replayed_or_skipped() {
     );
 
     // A tampered Merkle path fails too.
-    let q = query(&mallory, &blob_id).await;
+    let q = query_blob(&mallory.clients, &blob_id).await;
     let challenge = sesphr_dedup::Challenge::from_bytes(&q.challenge).unwrap();
     let mut proof = sesphr_dedup::prove(&challenge, &blob).unwrap();
     proof.leaves[0].path[0][0] ^= 1;
@@ -256,7 +229,7 @@ async fn ownership_proofs_cannot_be_faked_replayed_or_skipped() {
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 
     // The full holder passes once; the same answer cannot be replayed.
-    let q = query(&mallory, &blob_id).await;
+    let q = query_blob(&mallory.clients, &blob_id).await;
     let challenge = sesphr_dedup::Challenge::from_bytes(&q.challenge).unwrap();
     let proof = sesphr_dedup::prove(&challenge, &blob).unwrap().to_bytes();
     put(
@@ -281,7 +254,7 @@ async fn ownership_proofs_cannot_be_faked_replayed_or_skipped() {
     assert!(err.message().contains("QueryBlob"), "{}", err.message());
 
     // An answer must not carry chunks; a blob id must be 32 bytes.
-    let q = query(&mallory, &blob_id).await;
+    let q = query_blob(&mallory.clients, &blob_id).await;
     let challenge = sesphr_dedup::Challenge::from_bytes(&q.challenge).unwrap();
     let proof = sesphr_dedup::prove(&challenge, &blob).unwrap().to_bytes();
     let chunk = proto::PutRecordRequest {

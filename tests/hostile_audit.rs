@@ -9,7 +9,7 @@ use crate::common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Sandbox, download, upload};
+use common::{Sandbox, check_mallory_reads_alice, download, upload};
 use futures::StreamExt;
 use sesphr::proto;
 use sesphr_client::raw::MeshClients;
@@ -106,18 +106,7 @@ async fn a_refusal_flood_is_bounded_and_others_keep_reading() {
                         .await
                         .map(drop)
                 } else {
-                    c.policy
-                        .clone()
-                        .check(proto::CheckRequest {
-                            owner_id: "alice".into(),
-                            partition: "medical".into(),
-                            grantee_id: "mallory".into(),
-                            grantee_role: proto::Role::Patient as i32,
-                            action: proto::CheckAction::Read as i32,
-                            ..Default::default()
-                        })
-                        .await
-                        .map(drop)
+                    check_mallory_reads_alice(&c).await.map(drop)
                 };
                 match res {
                     Err(st) if st.code() == Code::PermissionDenied => refused += 1,

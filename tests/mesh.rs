@@ -5,7 +5,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{Sandbox, download, upload};
+use common::{Sandbox, check_mallory_reads_alice, download, upload};
 use sesphr::proto::{self, service_names};
 use sesphr_identity::{Identity, Role, Service};
 use sesphr_mesh::pki::CertificateAuthority;
@@ -169,20 +169,7 @@ async fn patients_cannot_call_check_or_read_each_other() {
     let mallory = s.patient("mallory").await;
     let rec = upload(&alice, "medical", b"alice's chart").await;
 
-    let err = mallory
-        .clients
-        .policy
-        .clone()
-        .check(proto::CheckRequest {
-            owner_id: "alice".into(),
-            partition: "medical".into(),
-            grantee_id: "mallory".into(),
-            grantee_role: proto::Role::Patient as i32,
-            epoch: 0,
-            record_created_at: None,
-            record_id: String::new(),
-            action: proto::CheckAction::Read as i32,
-        })
+    let err = check_mallory_reads_alice(&mallory.clients)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");

@@ -190,3 +190,51 @@ pub fn dedup_header(
         )),
     }
 }
+
+/// The content key the SDK derives for `data`: the SRS's OPRF evaluated on
+/// the plaintext's SHA-256, blinded so the SRS learns nothing of it.
+pub async fn content_key(c: &MeshClients, data: &[u8]) -> sesphr_dedup::ContentKey {
+    let digest = sesphr_dedup::content_digest(data);
+    let (state, blinded) = sesphr_dedup::blind(&mut rand::rng(), &digest).expect("blinding");
+    let evaluated = c
+        .srs
+        .clone()
+        .evaluate_content_key(sesphr::proto::EvaluateContentKeyRequest {
+            blinded_element: blinded.to_vec(),
+        })
+        .await
+        .expect("the SRS evaluates the OPRF")
+        .into_inner()
+        .evaluated_element;
+    let output = sesphr_dedup::finalize(state, &digest, &evaluated).expect("OPRF output");
+    sesphr_dedup::content_key(&output)
+}
+
+/// Calls AccessPolicy's Check (which only the mesh's services may call)
+/// asking whether mallory, a patient, may read alice's medical partition.
+pub async fn check_mallory_reads_alice(
+    c: &MeshClients,
+) -> Result<sesphr::proto::CheckResponse, tonic::Status> {
+    let req = sesphr::proto::CheckRequest {
+        owner_id: "alice".into(),
+        partition: "medical".into(),
+        grantee_id: "mallory".into(),
+        grantee_role: sesphr::proto::Role::Patient as i32,
+        action: sesphr::proto::CheckAction::Read as i32,
+        ..Default::default()
+    };
+    Ok(c.policy.clone().check(req).await?.into_inner())
+}
+
+/// Asks CloudStorage whether `blob_id` is stored (and, if so, for an
+/// ownership challenge).
+pub async fn query_blob(c: &MeshClients, blob_id: &[u8]) -> sesphr::proto::QueryBlobResponse {
+    c.cloud
+        .clone()
+        .query_blob(sesphr::proto::QueryBlobRequest {
+            blob_id: blob_id.to_vec(),
+        })
+        .await
+        .expect("QueryBlob answers")
+        .into_inner()
+}

@@ -1,0 +1,360 @@
+//! SRS: enrollments with bad tokens, keys, CSRs and stolen names, kfrags
+//! filed by the wrong hands, re-encryption beyond a grant, OPRF inputs off
+//! the curve.
+
+use std::time::Duration;
+
+use sesphr::proto;
+use sesphr_client::{raw::MeshClients, receiving_keys};
+use sesphr_crypto::{MasterSecret, RecordHeader};
+use sesphr_mesh::tls;
+use tonic::Code;
+
+use super::{Accepted, Case, Outcome, Refused, World, answered, case};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_are_refused_without_side_effects() {
+    super::run(cases).await;
+}
+
+/// Enrolls over an anonymous (certificate-less) TLS channel, as a new user does.
+async fn enroll(w: &World, req: proto::EnrollRequest) -> Outcome {
+    let ch = tls::channel(
+        &w.srs_url,
+        tls::anonymous_client_config(&w.ca_pem),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let r = proto::srs_client::SrsClient::new(ch)
+        .enroll(req)
+        .await?
+        .into_inner();
+    Ok(format!("enrolled as {}", r.spiffe_id))
+}
+
+/// A complete, valid enrollment request for `user_id` (token aside).
+fn enroll_request(token: &str, user_id: &str, role: proto::Role) -> proto::EnrollRequest {
+    let master = MasterSecret::generate(&mut rand::rng());
+    let (_, pk) = receiving_keys(&master).unwrap();
+    let (csr_der, _) = sesphr_mesh::pki::make_csr().unwrap();
+    proto::EnrollRequest {
+        enrollment_token: token.to_owned(),
+        user_id: user_id.to_owned(),
+        role: role as i32,
+        csr_der,
+        pre_public_key: pk.to_bytes().to_vec(),
+        verifying_key: master.signing_key().verifying_key().to_bytes().to_vec(),
+    }
+}
+
+/// A valid enrollment of a new patient "zed", with one field spoiled.
+fn zed_with(w: &World, spoil: impl FnOnce(&mut proto::EnrollRequest)) -> proto::EnrollRequest {
+    let mut r = enroll_request(&w.token, "zed", proto::Role::Patient);
+    spoil(&mut r);
+    r
+}
+
+async fn get_user(c: &MeshClients, user_id: &str) -> Outcome {
+    answered(c.srs.clone().get_user(proto::GetUserRequest {
+        user_id: user_id.to_owned(),
+    }))
+    .await
+}
+
+/// Files `kfrags` for `grantee` on the medical partition, epoch 0.
+async fn put_kfrags(
+    c: &MeshClients,
+    grantee: &str,
+    delegating: &[u8],
+    kfrags: Vec<Vec<u8>>,
+) -> Outcome {
+    answered(c.srs.clone().put_kfrags(proto::PutKfragsRequest {
+        partition: "medical".into(),
+        epoch: 0,
+        grantee_id: grantee.to_owned(),
+        delegating_public_key: delegating.to_vec(),
+        kfrags,
+    }))
+    .await
+}
+
+/// Files alice's medical kfrags (made for bob) for `grantee`.
+async fn put_alices_kfrags(w: &World, c: &MeshClients, grantee: &str) -> Outcome {
+    put_kfrags(c, grantee, &w.alice_med_pk, w.kfrags.clone()).await
+}
+
+/// Deletes the caller's kfrags for bob on `partition`, every epoch.
+async fn delete_kfrags(c: &MeshClients, partition: &str) -> Outcome {
+    answered(c.srs.clone().delete_kfrags(proto::DeleteKfragsRequest {
+        partition: partition.to_owned(),
+        grantee_id: "bob".into(),
+        epoch: None,
+    }))
+    .await
+}
+
+async fn reencrypt(
+    c: &MeshClients,
+    owner: &str,
+    partition: &str,
+    epoch: u32,
+    capsules: Vec<Vec<u8>>,
+) -> Outcome {
+    let req = proto::ReEncryptRequest {
+        owner_id: owner.to_owned(),
+        partition: partition.to_owned(),
+        epoch,
+        capsules,
+        ..Default::default()
+    };
+    let r = c.srs.clone().re_encrypt(req).await?.into_inner();
+    Ok(format!("{} cfrag sets", r.results.len()))
+}
+
+async fn evaluate(c: &MeshClients, req: proto::EvaluateContentKeyRequest) -> Outcome {
+    answered(c.srs.clone().evaluate_content_key(req)).await
+}
+
+/// The capsule of a record's header, as a re-encryption request carries it.
+fn capsule_of(m: &sesphr_client::Record) -> Vec<u8> {
+    RecordHeader::from_bytes(&m.record_header)
+        .unwrap()
+        .capsule()
+        .to_bytes()
+        .to_vec()
+}
+
+fn cases(w: &World) -> Vec<Case<'_>> {
+    let ac = &w.alice.clients;
+    let bc = &w.bob.clients;
+    let cc = &w.carol.clients;
+    let dc = &w.dave.clients;
+    let mc = &w.mallory.clients;
+    let op = &w.operator;
+    let token = &w.token;
+    let med = capsule_of(&w.medical);
+    vec![
+        // ---- Enroll ----
+        case(
+            "Enroll: wrong token",
+            Refused(Code::Unauthenticated, "enrollment token is not valid"),
+            enroll(w, enroll_request("guess", "zed", proto::Role::Patient)),
+        ),
+        case(
+            "Enroll: empty token",
+            Refused(Code::Unauthenticated, "enrollment token is not valid"),
+            enroll(w, enroll_request("", "zed", proto::Role::Patient)),
+        ),
+        case(
+            "Enroll: taking over the victim's user id",
+            Refused(Code::AlreadyExists, "alice"),
+            enroll(w, enroll_request(token, "alice", proto::Role::Patient)),
+        ),
+        case(
+            "Enroll: taking over the victim's id under another role",
+            Refused(Code::AlreadyExists, "alice"),
+            enroll(w, enroll_request(token, "alice", proto::Role::Doctor)),
+        ),
+        case(
+            "Enroll: role unspecified",
+            Refused(Code::InvalidArgument, "role must be set"),
+            enroll(w, zed_with(w, |r| r.role = 0)),
+        ),
+        case(
+            "Enroll: unknown role 99",
+            Refused(Code::InvalidArgument, "role must be set"),
+            enroll(w, zed_with(w, |r| r.role = 99)),
+        ),
+        case(
+            "Enroll: garbage PRE public key",
+            Refused(Code::InvalidArgument, "pre_public_key is not a valid"),
+            enroll(w, zed_with(w, |r| r.pre_public_key = vec![5; 33])),
+        ),
+        case(
+            "Enroll: garbage verifying key",
+            Refused(Code::InvalidArgument, "verifying_key is not a valid"),
+            enroll(w, zed_with(w, |r| r.verifying_key = vec![9; 5])),
+        ),
+        case(
+            "Enroll: garbage CSR",
+            Refused(
+                Code::InvalidArgument,
+                "certificate signing request rejected",
+            ),
+            enroll(
+                w,
+                zed_with(w, |r| r.csr_der = vec![0x30, 0x82, 0xff, 0xff, 1, 2, 3]),
+            ),
+        ),
+        case(
+            "Enroll: 20 kB CSR",
+            Refused(Code::InvalidArgument, "csr_der must be 1 to"),
+            enroll(w, zed_with(w, |r| r.csr_der = vec![0x30; 20 << 10])),
+        ),
+        case(
+            "Enroll: 10 kB user id",
+            Refused(Code::InvalidArgument, "user id"),
+            enroll(w, enroll_request(token, &w.long_id, proto::Role::Patient)),
+        ),
+        // ---- GetUser ----
+        case(
+            "GetUser: invalid id",
+            Refused(Code::InvalidArgument, "user id"),
+            get_user(mc, "robert'; DROP TABLE users;--"),
+        ),
+        case(
+            "GetUser: unknown user",
+            Refused(Code::NotFound, "no enrolled user"),
+            get_user(mc, "nobody"),
+        ),
+        // ---- PutKfrags ----
+        case(
+            "PutKfrags: practitioner",
+            Refused(Code::PermissionDenied, "may not call"),
+            put_alices_kfrags(w, bc, "carol"),
+        ),
+        case(
+            "PutKfrags: the victim's kfrags replayed by another patient",
+            Refused(Code::InvalidArgument, "does not verify"),
+            put_alices_kfrags(w, mc, "bob"),
+        ),
+        case(
+            "PutKfrags: kfrag for bob filed for carol",
+            Refused(Code::InvalidArgument, "does not verify"),
+            put_alices_kfrags(w, ac, "carol"),
+        ),
+        case(
+            "PutKfrags: garbage kfrag",
+            Refused(Code::InvalidArgument, "kfrag 0 is malformed"),
+            put_kfrags(mc, "bob", &w.alice_med_pk, vec![vec![0xAA; 200]]),
+        ),
+        case(
+            "PutKfrags: no kfrags",
+            Refused(Code::InvalidArgument, "send 1 to 16 kfrags, not 0"),
+            put_kfrags(mc, "bob", &w.alice_med_pk, vec![]),
+        ),
+        case(
+            "PutKfrags: 17 kfrags",
+            Refused(Code::InvalidArgument, "send 1 to 16 kfrags, not 17"),
+            put_kfrags(mc, "bob", &w.alice_med_pk, vec![w.kfrags[0].clone(); 17]),
+        ),
+        case(
+            "PutKfrags: garbage delegating key",
+            Refused(
+                Code::InvalidArgument,
+                "delegating_public_key is not a valid",
+            ),
+            put_kfrags(mc, "bob", &[4; 65], w.kfrags.clone()),
+        ),
+        case(
+            "PutKfrags: to oneself",
+            Refused(Code::InvalidArgument, "needs no kfrags for itself"),
+            put_alices_kfrags(w, mc, "mallory"),
+        ),
+        case(
+            "PutKfrags: to an unknown grantee",
+            Refused(Code::NotFound, "no enrolled user ghost"),
+            put_alices_kfrags(w, mc, "ghost"),
+        ),
+        // ---- DeleteKfrags ----
+        case(
+            "DeleteKfrags: practitioner",
+            Refused(Code::PermissionDenied, "may not call"),
+            delete_kfrags(bc, "medical"),
+        ),
+        case(
+            "DeleteKfrags: invalid partition",
+            Refused(Code::InvalidArgument, "partition"),
+            delete_kfrags(mc, ""),
+        ),
+        case(
+            "DeleteKfrags: another patient only reaches its own (none)",
+            Accepted("removed: 0"),
+            delete_kfrags(mc, "medical"),
+        ),
+        // ---- ReEncrypt ----
+        case(
+            "ReEncrypt: garbage capsule",
+            Refused(Code::InvalidArgument, "capsule 0 is malformed"),
+            reencrypt(bc, "alice", "medical", 0, vec![vec![0x55; 98]]),
+        ),
+        case(
+            "ReEncrypt: truncated capsule",
+            Refused(Code::InvalidArgument, "capsule 0 is malformed"),
+            reencrypt(bc, "alice", "medical", 0, vec![med[..40].to_vec()]),
+        ),
+        case(
+            "ReEncrypt: no capsules",
+            Refused(Code::InvalidArgument, "send 1 to 64 capsules, not 0"),
+            reencrypt(bc, "alice", "medical", 0, vec![]),
+        ),
+        case(
+            "ReEncrypt: 65 capsules",
+            Refused(Code::InvalidArgument, "send 1 to 64 capsules, not 65"),
+            reencrypt(bc, "alice", "medical", 0, vec![med.clone(); 65]),
+        ),
+        case(
+            "ReEncrypt: grantee of nothing",
+            Refused(
+                Code::PermissionDenied,
+                "may not have alice's medical partition re-encrypted",
+            ),
+            reencrypt(cc, "alice", "medical", 0, vec![med.clone()]),
+        ),
+        case(
+            "ReEncrypt: grantee of another partition",
+            Refused(
+                Code::PermissionDenied,
+                "may not have alice's insurance partition re-encrypted",
+            ),
+            reencrypt(bc, "alice", "insurance", 0, vec![capsule_of(&w.insurance)]),
+        ),
+        case(
+            "ReEncrypt: an epoch no kfrag exists for",
+            Refused(Code::PermissionDenied, "holds no re-encryption key"),
+            reencrypt(bc, "alice", "medical", 7, vec![med.clone()]),
+        ),
+        case(
+            "ReEncrypt: expired grant",
+            Refused(Code::PermissionDenied, "expired"),
+            reencrypt(dc, "alice", "personal", 0, vec![capsule_of(&w.personal)]),
+        ),
+        case(
+            "ReEncrypt: another patient",
+            Refused(
+                Code::PermissionDenied,
+                "may not have alice's medical partition re-encrypted",
+            ),
+            reencrypt(mc, "alice", "medical", 0, vec![med.clone()]),
+        ),
+        case(
+            "ReEncrypt: operator",
+            Refused(Code::PermissionDenied, "may not call"),
+            reencrypt(op, "alice", "medical", 0, vec![med.clone()]),
+        ),
+        case(
+            "ReEncrypt: invalid owner id",
+            Refused(Code::InvalidArgument, "user id"),
+            reencrypt(bc, "ALICE!", "medical", 0, vec![med]),
+        ),
+        // ---- EvaluateContentKey (deduplication) ----
+        case(
+            "EvaluateContentKey: not a curve point",
+            Refused(
+                Code::InvalidArgument,
+                "blinded_element is not a valid P-256 point",
+            ),
+            evaluate(
+                mc,
+                proto::EvaluateContentKeyRequest {
+                    blinded_element: vec![7; 33],
+                },
+            ),
+        ),
+        case(
+            "EvaluateContentKey: practitioner",
+            Refused(Code::PermissionDenied, "may not call"),
+            evaluate(bc, proto::EvaluateContentKeyRequest::default()),
+        ),
+    ]
+}
