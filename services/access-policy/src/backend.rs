@@ -176,8 +176,14 @@ pub fn conformance(b: &dyn PolicyBackend) {
     // Grants: stored with granted_at, visible from both sides.
     let stored = b.grant(grant.clone(), "patient/alice", T0 + 1).unwrap();
     assert_eq!(stored.granted_at, T0 + 1);
-    assert_eq!(b.grants_given("alice").unwrap(), [stored.clone()]);
-    assert_eq!(b.grants_received("bob").unwrap(), [stored.clone()]);
+    assert_eq!(
+        b.grants_given("alice").unwrap(),
+        std::slice::from_ref(&stored)
+    );
+    assert_eq!(
+        b.grants_received("bob").unwrap(),
+        std::slice::from_ref(&stored)
+    );
     assert!(b.grants_given("bob").unwrap().is_empty());
     assert!(matches!(
         b.grant(
