@@ -108,10 +108,12 @@ impl PolicyClient {
         outcome: &str,
         detail: &str,
     ) {
+        // The words AccessPolicy's `AuditAction` parses: the RPC table's
+        // audit name, prefixed for refusals.
         let action = if outcome == "denied" {
-            format!("denied:{}", rpc.method())
+            format!("denied:{}", rpc.audit_action())
         } else {
-            rpc.method().to_owned()
+            rpc.audit_action().to_owned()
         };
         self.record_event(RecordEventRequest {
             action,

@@ -14,8 +14,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::PolicyBackend;
 use crate::{
-    AuditAction, AuditEntry, AuditEvent, AuditFilter, CheckQuery, Decision, DomainError, Grant,
-    Outcome,
+    AuditAction, AuditEntry, AuditEvent, AuditFilter, AuditReport, CheckQuery, Decision,
+    DomainError, Grant, Outcome,
 };
 
 /// Audit verifications that may run at once in this process: each walks
@@ -78,19 +78,6 @@ pub struct ObservedEvent {
 pub struct UserGrants {
     pub given: Vec<Grant>,
     pub received: Vec<Grant>,
-}
-
-/// The answer to a verification, as much as the caller may see.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verified {
-    pub ok: bool,
-    pub entries: u64,
-    pub head_seq: u64,
-    pub head_hash: [u8; 32],
-    /// Only for operators: where another user's entry failed is not a
-    /// patient's business.
-    pub first_bad_seq: Option<u64>,
-    pub problem: Option<String>,
 }
 
 /// Whose view of the log a caller gets.
@@ -391,23 +378,15 @@ pub struct Verification<S> {
 }
 
 impl<S: PolicyBackend> Verification<S> {
-    /// Walks the log (blocking: it reads every entry).
-    pub fn run(self) -> Result<Verified, DomainError> {
+    /// Walks the log (blocking: it reads every entry). A patient's report
+    /// counts her own entries and never says where another user's entry
+    /// failed (`first_bad_seq` is `None`).
+    pub fn run(self) -> Result<AuditReport, DomainError> {
         Ok(match &self.scope {
-            Scope::Everything => {
-                let r = self.store.verify_audit(self.expected)?;
-                Verified {
-                    ok: r.ok,
-                    entries: r.entries,
-                    head_seq: r.head_seq,
-                    head_hash: r.head_hash,
-                    first_bad_seq: r.first_bad_seq,
-                    problem: r.problem,
-                }
-            }
+            Scope::Everything => self.store.verify_audit(self.expected)?,
             Scope::Owner(owner) => {
                 let r = self.store.verify_audit_for(owner, self.expected)?;
-                Verified {
+                AuditReport {
                     ok: r.ok,
                     entries: r.entries,
                     head_seq: r.head_seq,
