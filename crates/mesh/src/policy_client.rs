@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use sesphr_identity::Identity;
+use sesphr_domain::DomainError;
+use sesphr_identity::{Caller, Identity};
 use std::convert::Infallible;
 
 use sesphr::rpc::{Rpc, RpcSpec};
@@ -71,6 +72,30 @@ impl PolicyClient {
             .await
             .map(|r| r.into_inner())
             .map_err(fail_closed)
+    }
+
+    /// [`check`](Self::check) for a typed caller, its failure as a domain
+    /// fact: a caller that is no user is not entitled; AccessPolicy's
+    /// verdict on the request's syntax stays `Malformed`, a refusal
+    /// `NotEntitled`, and every failure to get an answer is `Unavailable`
+    /// (fail closed). The messages are the ones clients always heard.
+    pub async fn check_caller(
+        &self,
+        grantee: &Caller,
+        trust_domain: &str,
+        subject: CheckSubject<'_>,
+    ) -> Result<CheckResponse, DomainError> {
+        let identity = grantee
+            .identity(trust_domain)
+            .ok_or_else(|| DomainError::NotEntitled(format!("{grantee} is not a user")))?;
+        self.check(&identity, subject).await.map_err(|status| {
+            let message = status.message().to_owned();
+            match status.code() {
+                Code::InvalidArgument => DomainError::Malformed(message),
+                Code::PermissionDenied => DomainError::NotEntitled(message),
+                _ => DomainError::Unavailable(message),
+            }
+        })
     }
 
     /// Records an event (e.g. a denial) in the audit trail. Best effort: a

@@ -12,7 +12,7 @@ use futures::{Stream, StreamExt};
 use sesphr_identity::{Caller, PartitionName, RecordId, UserId};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
 use sesphr::proto::cloud_storage_server::CloudStorage as CloudStorageRpc;
 use sesphr::proto::{self, CheckAction, get_record_response, put_record_request};
@@ -45,35 +45,21 @@ impl PolicyGate {
     }
 }
 
-/// A failed check as a domain fact; the message is kept as the client
-/// heard it before (`PolicyClient` already made every failure but a bad
-/// argument `UNAVAILABLE`).
-fn policy_failure(status: Status) -> DomainError {
-    let message = status.message().to_owned();
-    match status.code() {
-        Code::InvalidArgument => DomainError::Malformed(message),
-        Code::PermissionDenied => DomainError::NotEntitled(message),
-        _ => DomainError::Unavailable(message),
-    }
-}
-
 impl AccessGate for PolicyGate {
     async fn check(
         &self,
         grantee: &Caller,
         subject: GateSubject<'_>,
     ) -> Result<Verdict, DomainError> {
-        let identity = grantee
-            .identity(&self.trust_domain)
-            .ok_or_else(|| DomainError::NotEntitled(format!("{grantee} is not a user")))?;
         let action = match subject.action {
             GateAction::Read => CheckAction::Read,
             GateAction::List => CheckAction::List,
         };
         let d = self
             .policy
-            .check(
-                &identity,
+            .check_caller(
+                grantee,
+                &self.trust_domain,
                 CheckSubject {
                     owner_id: subject.owner_id,
                     partition: subject.partition,
@@ -83,8 +69,7 @@ impl AccessGate for PolicyGate {
                     action,
                 },
             )
-            .await
-            .map_err(policy_failure)?;
+            .await?;
         Ok(Verdict {
             allowed: d.allowed,
             caller_reason: d.caller_reason,

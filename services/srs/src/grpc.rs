@@ -16,7 +16,7 @@ use sesphr_mesh::pki::CertificateAuthority;
 use sesphr_mesh::policy_client::{AuditAbout, CheckSubject, PolicyClient};
 use sesphr_mesh::status::IntoStatus;
 use sesphr_mesh::transport::PeerInfo;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use crate::service::{
@@ -43,31 +43,17 @@ impl PolicyGate {
     }
 }
 
-/// A failed check, as a fact: the client already turned every failure to
-/// reach AccessPolicy into `UNAVAILABLE` (fail closed) and let through only
-/// its own verdict on the request's syntax.
-fn check_failed(status: Status) -> DomainError {
-    let message = status.message().to_owned();
-    match status.code() {
-        Code::InvalidArgument => DomainError::Malformed(message),
-        Code::PermissionDenied => DomainError::NotEntitled(message),
-        _ => DomainError::Unavailable(message),
-    }
-}
-
 impl AccessGate for PolicyGate {
     async fn may_reencrypt(
         &self,
         grantee: &Caller,
         subject: ReEncryptSubject<'_>,
     ) -> Result<Decision, DomainError> {
-        let identity = grantee
-            .identity(&self.trust_domain)
-            .ok_or_else(|| DomainError::NotEntitled(format!("{grantee} is not a user")))?;
         let decision = self
             .policy
-            .check(
-                &identity,
+            .check_caller(
+                grantee,
+                &self.trust_domain,
                 CheckSubject {
                     owner_id: subject.owner_id,
                     partition: subject.partition,
@@ -77,8 +63,7 @@ impl AccessGate for PolicyGate {
                     action: CheckAction::Reencrypt,
                 },
             )
-            .await
-            .map_err(check_failed)?;
+            .await?;
         Ok(Decision {
             allowed: decision.allowed,
             reason: decision.caller_reason,
