@@ -772,7 +772,13 @@ where
 
 // ---- health watches -----------------------------------------------------------
 
-const WATCH_PATH: &str = "/grpc.health.v1.Health/Watch";
+/// Whether a request is a health `Watch` (the health service's name comes
+/// from the one RPC table).
+fn is_health_watch(path: &str) -> bool {
+    path.strip_prefix('/')
+        .and_then(|p| p.strip_prefix(sesphr::rpc::Rpc::Health.method()))
+        == Some("/Watch")
+}
 
 /// The health service with at most `max` open `Watch` streams; one more is
 /// `RESOURCE_EXHAUSTED`. `Check` is not counted.
@@ -816,7 +822,7 @@ where
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let slot: Option<OwnedSemaphorePermit> = if req.uri().path() == WATCH_PATH {
+        let slot: Option<OwnedSemaphorePermit> = if is_health_watch(req.uri().path()) {
             match self.slots.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
