@@ -53,18 +53,20 @@ pub enum DomainError {
 pub enum BackendError {
     /// The embedded database.
     #[error("database: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(Box<dyn std::error::Error + Send + Sync>),
     /// Files beside the database (ciphertext objects, secrets).
     #[error("files: {0}")]
     Files(String),
 }
 
+#[cfg(feature = "sled")]
 impl From<sled::Error> for DomainError {
     fn from(e: sled::Error) -> Self {
-        DomainError::Backend(BackendError::Sled(e))
+        DomainError::Backend(BackendError::Sled(Box::new(e)))
     }
 }
 
+#[cfg(feature = "sled")]
 impl From<sled::transaction::TransactionError<DomainError>> for DomainError {
     fn from(e: sled::transaction::TransactionError<DomainError>) -> Self {
         match e {

@@ -10,6 +10,7 @@
 
 pub mod codec;
 mod error;
+#[cfg(feature = "sled")]
 pub mod secret;
 
 pub use error::{BackendError, DomainError};
