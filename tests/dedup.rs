@@ -7,7 +7,6 @@ use crate::common;
 use common::{Sandbox, download, query_blob};
 use sesphr::proto::{self, put_record_request};
 use sesphr_client::{self as client, Patient, Stored};
-use sesphr_crypto::RecordHeader;
 use sesphr_crypto::record::DemKeySource;
 use sesphr_identity::Role;
 use tonic::Code;
@@ -123,7 +122,7 @@ fn link_request(
     let m = sesphr_crypto::MasterSecret::generate(&mut rng);
     let (_, pk) = m.partition_keys("imaging", 0).unwrap();
     let (capsule, _) = sesphr_crypto::encapsulate(&mut rng, &pk);
-    let header = RecordHeader::new(
+    let header = sesphr_crypto::HeaderDraft::new(
         &mut rng,
         record_id.as_bytes(),
         owner.as_bytes(),
@@ -132,7 +131,8 @@ fn link_request(
         capsule,
     )
     .unwrap()
-    .with_key_source(DemKeySource::External);
+    .with_key_source(DemKeySource::External)
+    .sign(&m.signing_key(), b"");
     proto::PutRecordRequest {
         part: Some(put_record_request::Part::Header(proto::RecordUpload {
             record_id: record_id.into(),

@@ -23,6 +23,7 @@ fn header_bytes(owner: &str, record_id: &str, partition: &str, epoch: u32) -> Ve
     let mut rng = rand::rng();
     let pk = crypto::SecretKey::generate(&mut rng).public_key();
     let (capsule, _) = crypto::encapsulate(&mut rng, &pk);
+    let signer = crypto::SigningKey::generate(&mut rng);
     RecordHeader::new(
         &mut rng,
         record_id.as_bytes(),
@@ -30,6 +31,7 @@ fn header_bytes(owner: &str, record_id: &str, partition: &str, epoch: u32) -> Ve
         partition,
         epoch,
         capsule,
+        &signer,
     )
     .unwrap()
     .to_bytes()

@@ -165,7 +165,7 @@ pub fn dedup_header(
     let mut rng = rand::rng();
     let pk = crypto::SecretKey::generate(&mut rng).public_key();
     let (capsule, _) = crypto::encapsulate(&mut rng, &pk);
-    let header = crypto::RecordHeader::new(
+    let header = crypto::HeaderDraft::new(
         &mut rng,
         record_id.as_bytes(),
         owner.as_bytes(),
@@ -174,7 +174,8 @@ pub fn dedup_header(
         capsule,
     )
     .expect("a header")
-    .with_key_source(crypto::record::DemKeySource::External);
+    .with_key_source(crypto::record::DemKeySource::External)
+    .sign(&crypto::SigningKey::generate(&mut rng), b"");
     sesphr::proto::PutRecordRequest {
         part: Some(sesphr::proto::put_record_request::Part::Header(
             sesphr::proto::RecordUpload {

@@ -108,8 +108,20 @@ enum Command {
         #[arg(long)]
         partition: String,
     },
-    /// Grants given and received.
+    /// Grants given and received; for your own grants, also where
+    /// AccessPolicy's list disagrees with the ledger in your profile.
     Grants,
+    /// Show a user's keys as the SRS presents them, their fingerprint and
+    /// whether they match the keys your profile pinned.
+    Whois { user_id: String },
+    /// Pin a user's keys after checking their fingerprint with them out of
+    /// band (needed when a pinned user's keys changed).
+    Trust {
+        user_id: String,
+        /// The fingerprint the user told you (as `sesphr whois` prints it).
+        #[arg(long)]
+        fingerprint: String,
+    },
     /// Your audit trail.
     Audit {
         /// Also recompute the hash chain.
@@ -235,6 +247,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     sesphr_identity::Domain::Public => "public",
                 }
             );
+            eprintln!(
+                "your key fingerprint: {} (tell it to those who grant to you or read your records)",
+                client::own_fingerprint(&profile)?
+            );
             println!("{}", profile.identity);
         }
         Command::Upload { partition, file } => {
@@ -346,8 +362,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     },
                 )
                 .await?;
+            let fp = patient
+                .pinned_fingerprint(&to)?
+                .unwrap_or_else(|| "unknown".into());
             eprintln!(
-                "granted {} ({}) {} from epoch {}{}{}",
+                "granted {} ({}, key fingerprint {fp}) {} from epoch {}{}{}",
                 g.grantee_id,
                 g.grantee_role,
                 g.partition,
@@ -392,10 +411,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("{partition} now uses key epoch {epoch} for new records");
             println!("{epoch}");
         }
+        Command::Whois { user_id } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let s = Session::open(&mesh, home(&cli.home)?)?;
+            let (keys, status) = s.whois(&user_id).await?;
+            let status = match status {
+                client::PinStatus::Pinned => "pinned (matches the keys you used before)".to_owned(),
+                client::PinStatus::New => "not pinned yet (pinned on first use)".to_owned(),
+                client::PinStatus::Changed { pinned } => {
+                    format!(
+                        "CHANGED: you pinned {pinned}; check with {user_id} before `sesphr trust`"
+                    )
+                }
+            };
+            println!("{}\t{}\t{}", keys.user_id, keys.role, keys.fingerprint());
+            eprintln!("{status}");
+        }
+        Command::Trust {
+            user_id,
+            fingerprint,
+        } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let s = Session::open(&mesh, home(&cli.home)?)?;
+            let keys = s.trust(&user_id, &fingerprint).await?;
+            eprintln!(
+                "pinned {} ({}) {}",
+                keys.user_id,
+                keys.role,
+                keys.fingerprint()
+            );
+        }
         Command::Grants => {
             let mesh = mesh_file(&cli.mesh)?;
             let s = Session::open(&mesh, home(&cli.home)?)?;
-            let g = s.grants().await?;
+            let (g, disagreements) = if s.profile.role() == Role::Patient {
+                let p = Patient { session: s };
+                let (g, d) = p.audit_grants().await?;
+                (g, d)
+            } else {
+                (s.grants().await?, Vec::new())
+            };
             let mut out = stdout.lock();
             for (dir, list) in [("given", g.given), ("received", g.received)] {
                 for g in list {
@@ -412,6 +467,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         g.expires_at.map(fmt_time).unwrap_or_else(|| "never".into())
                     )?;
                 }
+            }
+            for d in &disagreements {
+                eprintln!("ledger disagrees: {d}");
+            }
+            if !disagreements.is_empty() {
+                bail!(
+                    "AccessPolicy's grants disagree with your ledger in {} place(s); rotations follow your ledger",
+                    disagreements.len()
+                );
             }
         }
         Command::Audit { verify } => {

@@ -51,6 +51,26 @@ pub fn blob_len(len: u64) -> u64 {
     sesphr_dedup::convergent::BLOB_HEADER_LEN as u64 + len + segments * TAG
 }
 
+/// What a record's owner signature binds besides its header (see
+/// `sesphr_crypto::record`): nothing for a record stored on its own; for a
+/// deduplicated one, the blob it points to and the wrapped content key, so
+/// that neither the cloud nor anyone else can point the owner's header at
+/// another blob or key.
+pub(crate) fn header_binding(meta: &proto::RecordMeta) -> Vec<u8> {
+    binding(&meta.blob_id, &meta.wrapped_content_key)
+}
+
+fn binding(blob_id: &[u8], wrapped_content_key: &[u8]) -> Vec<u8> {
+    if blob_id.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(2 + blob_id.len() + wrapped_content_key.len());
+    out.extend_from_slice(&(blob_id.len() as u16).to_be_bytes());
+    out.extend_from_slice(blob_id);
+    out.extend_from_slice(wrapped_content_key);
+    out
+}
+
 pub(crate) fn dedup_err(e: sesphr_dedup::Error) -> ClientError {
     ClientError::Invalid(format!("deduplication: {e}"))
 }
@@ -168,12 +188,18 @@ impl Patient {
 
         // The record's own key wraps the content key.
         let fresh = self.new_record(partition)?;
-        let header = fresh.header.clone().with_key_source(DemKeySource::External);
+        let draft = fresh.draft.clone().with_key_source(DemKeySource::External);
+        // The wrapped key is bound to the unsigned header; the owner's
+        // signature then binds header, blob and wrapped key together.
         let wrapped = sesphr_dedup::wrap_content_key(
             &mut rand::rng(),
             fresh.kem_key.as_bytes(),
             &content_key,
-            header.as_bytes(),
+            draft.unsigned_bytes(),
+        );
+        let header = draft.sign(
+            &self.master.signing_key(),
+            &binding(&blob_id, wrapped.as_ref()),
         );
         let upload_header = |ownership_proof: Vec<u8>, ciphertext_size: u64| proto::RecordUpload {
             blob_id: blob_id.to_vec(),
@@ -248,7 +274,7 @@ pub(super) async fn download_blob(
     let content_key = sesphr_dedup::unwrap_content_key(
         kem_key.as_bytes(),
         &meta.wrapped_content_key,
-        header.as_bytes(),
+        header.unsigned_bytes(),
     )
     .map_err(|_| ClientError::Crypto(crypto::Error::DecryptionFailed))?;
     let mut opener = BlobOpener::new(&content_key);

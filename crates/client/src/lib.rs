@@ -18,7 +18,9 @@
 
 mod dedup;
 pub mod fhir;
+mod ledger;
 mod mesh_file;
+mod pins;
 mod profile;
 mod types;
 mod upload;
@@ -31,13 +33,15 @@ use futures::StreamExt;
 use rand::RngCore;
 use sesphr_crypto::{
     self as crypto, Capsule, CapsuleFrag, KemKey, MasterSecret, PublicKey, RecordHeader,
-    RecordOpener, RecordSealer, SecretKey,
+    RecordOpener, RecordSealer, SecretKey, VerifyingKey,
 };
 use sesphr_identity::{Identity, validate_partition, validate_user_id};
 pub use sesphr_identity::{PartitionName, RecordId, Role, UserId};
 use tonic::Status;
 
 pub use dedup::{Stored, blob_len as dedup_blob_len};
+pub use ledger::{Disagreement, LedgerEntry};
+pub use pins::{PinStatus, UserKeys, fingerprint};
 pub use profile::Profile;
 pub use types::{AuditEntry, AuditVerification, Grant, Grants, Record};
 
@@ -89,6 +93,23 @@ pub enum ClientError {
     /// The caller's request cannot be carried out as asked.
     #[error("{0}")]
     Invalid(String),
+    /// The SRS presents other keys for a user than the ones this profile
+    /// pinned: the directory may be substituting keys, or the user
+    /// re-enrolled. Nothing is sent to or accepted from that user until the
+    /// new keys are confirmed out of band.
+    #[error(
+        "the SRS presents other keys for {user_id} than the ones you pinned (pinned {pinned}, \
+         presented {presented}); if {user_id} really has new keys, check the fingerprint with \
+         them and run `sesphr trust {user_id} --fingerprint {presented}`"
+    )]
+    KeyChanged {
+        /// The user.
+        user_id: String,
+        /// Fingerprint of the pinned keys.
+        pinned: String,
+        /// Fingerprint of the keys the SRS presented.
+        presented: String,
+    },
     /// The TLS material could not be loaded or used.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -249,14 +270,29 @@ pub async fn enroll(
             resp.spiffe_id
         )));
     }
-    Profile::create(
+    let profile = Profile::create(
         home,
         &identity,
         &master,
         &tls_key_pem,
         &resp.certificate_pem,
         &ca_pem,
-    )
+    )?;
+    ledger::Ledger::create(home)?;
+    Ok(profile)
+}
+
+/// The fingerprint of a profile's own keys: what its user reads out to
+/// those who grant to it or read its records (`sesphr whois`).
+pub fn own_fingerprint(profile: &Profile) -> Result<String, ClientError> {
+    let master = profile.master_secret()?;
+    let (_, pre) = receiving_keys(&master)?;
+    Ok(fingerprint(
+        profile.user_id(),
+        profile.role(),
+        &pre,
+        &master.signing_key().verifying_key(),
+    ))
 }
 
 /// Progress callback: bytes done so far.
@@ -274,6 +310,7 @@ pub struct Session {
     master: MasterSecret,
     /// The raw gRPC clients under this session's identity (see [`raw`]).
     pub clients: MeshClients,
+    pins: pins::PinStore,
 }
 
 impl Session {
@@ -288,11 +325,88 @@ impl Session {
         }
         let master = profile.master_secret()?;
         let clients = MeshClients::connect(mesh, &profile.tls()?)?;
+        let pins = pins::PinStore::new(&profile.home);
         Ok(Self {
             profile,
             master,
             clients,
+            pins,
         })
+    }
+
+    /// `user_id`'s keys as the SRS presents them, unchecked against the
+    /// pins (for showing them).
+    async fn directory_keys(&self, user_id: &str) -> Result<UserKeys, ClientError> {
+        validate_user_id(user_id).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let info = self
+            .clients
+            .srs
+            .clone()
+            .get_user(unary(proto::GetUserRequest {
+                user_id: user_id.to_owned(),
+            }))
+            .await
+            .map_err(rpc("SRS"))?
+            .into_inner();
+        if info.user_id != user_id {
+            return Err(ClientError::Verification(format!(
+                "asked the SRS for {user_id}'s keys, it answered with another user's"
+            )));
+        }
+        UserKeys::from_proto(info)
+    }
+
+    /// `user_id`'s keys, checked against the pinned ones: pinned on first
+    /// use, refused with [`ClientError::KeyChanged`] if they changed.
+    pub async fn user_keys(&self, user_id: &str) -> Result<(UserKeys, PinStatus), ClientError> {
+        let keys = self.directory_keys(user_id).await?;
+        let status = self.pins.check_or_pin(&keys)?;
+        Ok((keys, status))
+    }
+
+    /// `user_id`'s keys as the SRS presents them and how they compare with
+    /// the pinned ones; pins nothing.
+    pub async fn whois(&self, user_id: &str) -> Result<(UserKeys, PinStatus), ClientError> {
+        let keys = self.directory_keys(user_id).await?;
+        let status = self.pins.status(&keys)?;
+        Ok((keys, status))
+    }
+
+    /// Pins the keys the SRS presents for `user_id` if, and only if, their
+    /// fingerprint is `fingerprint` (checked with the user out of band).
+    pub async fn trust(&self, user_id: &str, fingerprint: &str) -> Result<UserKeys, ClientError> {
+        let keys = self.directory_keys(user_id).await?;
+        let wanted: String = fingerprint
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        let presented = keys.fingerprint();
+        if wanted != presented {
+            return Err(ClientError::Verification(format!(
+                "the SRS presents keys with fingerprint {presented} for {user_id}, not {wanted}; \
+                 nothing was pinned"
+            )));
+        }
+        self.pins.pin(&keys)?;
+        Ok(keys)
+    }
+
+    /// The fingerprint pinned for `user_id`, if any (local; no network).
+    pub fn pinned_fingerprint(&self, user_id: &str) -> Result<Option<String>, ClientError> {
+        self.pins.pinned_fingerprint(user_id)
+    }
+
+    /// The key a record of `owner_id` must be signed with: one's own for
+    /// one's records, otherwise the owner's pinned key (pinned on first use).
+    async fn owner_verifying_key(&self, owner_id: &str) -> Result<VerifyingKey, ClientError> {
+        if self.profile.role() == Role::Patient && owner_id == self.profile.user_id() {
+            return Ok(self.master.signing_key().verifying_key());
+        }
+        if let Some(vk) = self.pins.pinned_verifying_key(owner_id)? {
+            return Ok(vk);
+        }
+        Ok(self.user_keys(owner_id).await?.0.verifying_key)
     }
 
     /// The user id the session acts as.
@@ -354,6 +468,7 @@ impl Session {
         &self,
         meta: &proto::RecordMeta,
         header: &RecordHeader,
+        verifying_key: &VerifyingKey,
     ) -> Result<KemKey, ClientError> {
         let capsule: &Capsule = header.capsule();
         let is_owner =
@@ -376,18 +491,6 @@ impl Session {
             .await
             .map_err(rpc("SRS"))?
             .into_inner();
-        let owner = self
-            .clients
-            .srs
-            .clone()
-            .get_user(unary(proto::GetUserRequest {
-                user_id: meta.owner_id.clone(),
-            }))
-            .await
-            .map_err(rpc("SRS"))?
-            .into_inner();
-        let verifying_key = crypto::VerifyingKey::from_bytes(&owner.verifying_key)
-            .map_err(|_| ClientError::Verification("owner's verifying key is malformed".into()))?;
         let delegating = PublicKey::from_bytes(&resp.delegating_public_key)
             .map_err(|_| ClientError::Verification("delegating key is malformed".into()))?;
         let (my_sk, my_pk) = receiving_keys(&self.master)?;
@@ -402,7 +505,7 @@ impl Session {
                 .map_err(|_| ClientError::Verification(format!("cfrag {i} is malformed")))?;
             verified.push(
                 cfrag
-                    .verify(capsule, &verifying_key, &delegating, &my_pk)
+                    .verify(capsule, verifying_key, &delegating, &my_pk)
                     .map_err(|_| {
                         ClientError::Verification(format!(
                             "cfrag {i} carries no valid proof of re-encryption from {}'s kfrags",
@@ -461,12 +564,30 @@ impl Session {
                 "record header does not match the record CloudStorage served".into(),
             ));
         }
-        let key = self.record_key(&meta, &header).await?;
+        // Before any key is derived or asked for: a partition name no owner
+        // can upload to (e.g. the reserved `@receive`) is a forgery, and so
+        // is a header its owner did not sign.
+        check_partition(header.partition()).map_err(|_| {
+            ClientError::Verification(format!(
+                "CloudStorage served a record of partition {:?}, which no record can have",
+                header.partition()
+            ))
+        })?;
+        let record = Record::from_proto(meta.clone())?;
+        let owner_key = self.owner_verifying_key(&meta.owner_id).await?;
+        let binding = dedup::header_binding(&meta);
+        header.verify(&owner_key, &binding).map_err(|_| {
+            ClientError::Verification(format!(
+                "record {record_id} is not signed by its owner {}: refusing it",
+                meta.owner_id
+            ))
+        })?;
+        let key = self.record_key(&meta, &header, &owner_key).await?;
         if !meta.blob_id.is_empty() {
             dedup::download_blob(&meta, header, &key, stream, out, progress).await?;
-            return Record::from_proto(meta);
+            return Ok(record);
         }
-        let mut opener = RecordOpener::new(header, &key)?;
+        let mut opener = RecordOpener::new(header, &key, &owner_key)?;
         let mut done = 0u64;
         let write = |out: &mut (dyn Write + Send), seg: &[u8]| {
             out.write_all(seg).map_err(|e| ClientError::Io {
@@ -484,18 +605,18 @@ impl Session {
                 }
             };
             done += chunk.len() as u64;
-            for seg in opener.push(&chunk)? {
+            for seg in opener.push(&chunk).map_err(refused_segment)? {
                 write(out, &seg)?;
             }
             progress(done);
         }
-        let last = opener.finish()?;
+        let last = opener.finish().map_err(refused_segment)?;
         write(out, &last)?;
         out.flush().map_err(|e| ClientError::Io {
             path: "output".into(),
             source: e,
         })?;
-        Record::from_proto(meta)
+        Ok(record)
     }
 
     /// Audit entries (a patient: about its records).
@@ -542,14 +663,21 @@ impl Session {
     }
 }
 
+/// A segment that authenticates under the record's key but was not signed
+/// by the owner was written by someone else who holds the key.
+fn refused_segment(e: crypto::Error) -> ClientError {
+    match e {
+        crypto::Error::VerificationFailed => ClientError::Verification(
+            "a segment of the record is not signed by its owner: refusing it".into(),
+        ),
+        other => ClientError::Crypto(other),
+    }
+}
+
 /// Ciphertext size of a plaintext of `len` bytes in segments of `seg`.
 pub fn ciphertext_len(len: u64, seg: u64) -> u64 {
-    let tag = crypto::record::TAG_LEN as u64;
-    if len == 0 {
-        return tag;
-    }
-    let segments = len.div_ceil(seg);
-    len + segments * tag
+    let seg = u32::try_from(seg).unwrap_or(u32::MAX);
+    crypto::record::ciphertext_len(len, seg)
 }
 
 /// When a grant starts and ends.
@@ -608,7 +736,8 @@ fn check_partition(p: &str) -> Result<(), ClientError> {
 struct NewRecordKeys {
     record_id: String,
     epoch: u32,
-    header: RecordHeader,
+    /// The header, still to be signed (with the binding of what it names).
+    draft: crypto::HeaderDraft,
     kem_key: KemKey,
 }
 
@@ -641,7 +770,7 @@ impl Patient {
         let mut id = [0u8; 16];
         rng.fill_bytes(&mut id);
         let record_id = hex::encode(id);
-        let header = RecordHeader::new(
+        let draft = crypto::HeaderDraft::new(
             &mut rng,
             record_id.as_bytes(),
             self.user_id().as_bytes(),
@@ -652,7 +781,7 @@ impl Patient {
         Ok(NewRecordKeys {
             record_id,
             epoch,
-            header,
+            draft,
             kem_key,
         })
     }
@@ -681,10 +810,11 @@ impl Patient {
     ) -> Result<Record, ClientError> {
         check_partition(partition)?;
         let fresh = self.new_record(partition)?;
-        let seg = fresh.header.segment_size() as u64;
-        let first =
-            fresh.upload_header(partition, fresh.header.to_bytes(), ciphertext_len(len, seg));
-        let sealer = RecordSealer::new(fresh.header, &fresh.kem_key)?;
+        let signer = self.master.signing_key();
+        let header = fresh.draft.clone().sign(&signer, &[]);
+        let seg = header.segment_size() as u64;
+        let first = fresh.upload_header(partition, header.to_bytes(), ciphertext_len(len, seg));
+        let sealer = RecordSealer::new(header, &fresh.kem_key, &signer)?;
         upload::put_streamed(&self.clients, first, move |send| {
             seal_stream(reader, len, seg, sealer, send, progress)
         })
@@ -692,8 +822,10 @@ impl Patient {
     }
 
     /// Grants `grantee_id` access to `partition`: makes kfrags from each
-    /// covered epoch's partition key to the grantee's registered public key,
-    /// stores them at the SRS, then records the grant at AccessPolicy.
+    /// covered epoch's partition key to the grantee's public key (pinned
+    /// on first use; a changed key is refused), stores them at the SRS,
+    /// then records the grant at AccessPolicy and, once AccessPolicy
+    /// acknowledged exactly this grant, in the profile's grant ledger.
     pub async fn grant(
         &self,
         partition: &str,
@@ -705,7 +837,7 @@ impl Patient {
         if grantee_id == self.user_id() {
             return Err(ClientError::Invalid("you already own your records".into()));
         }
-        let grantee = self.lookup(grantee_id).await?;
+        let (grantee, _) = self.user_keys(grantee_id).await?;
         // With `not_before`, the grantee gets kfrags for a fresh epoch only:
         // every record written before the grant is under a key it has no
         // path to, so the SRS cannot re-encrypt one for it even if the
@@ -725,11 +857,11 @@ impl Patient {
         for epoch in epoch_min..=current {
             self.put_kfrags(partition, epoch, &grantee).await?;
         }
-        let grant = proto::AccessGrant {
+        let asked = proto::AccessGrant {
             owner_id: self.user_id().to_owned(),
             partition: partition.to_owned(),
             grantee_id: grantee_id.to_owned(),
-            grantee_role: grantee.role,
+            grantee_role: proto::Role::from(grantee.role) as i32,
             epoch_min,
             epoch_max: None,
             not_before: opts.not_before.unwrap_or(0),
@@ -740,38 +872,51 @@ impl Patient {
             .clients
             .policy
             .clone()
-            .grant(unary(proto::GrantRequest { grant: Some(grant) }))
+            .grant(unary(proto::GrantRequest {
+                grant: Some(asked.clone()),
+            }))
             .await
             .map_err(rpc("AccessPolicy"))?
             .into_inner();
-        types::grant_of(resp.grant)
+        let granted = types::grant_of(resp.grant)?;
+        let same = granted.owner_id == asked.owner_id.as_str()
+            && granted.partition == asked.partition.as_str()
+            && granted.grantee_id == asked.grantee_id.as_str()
+            && granted.grantee_role == grantee.role
+            && granted.epoch_min == asked.epoch_min
+            && granted.epoch_max.is_none()
+            && granted.not_before == asked.not_before
+            && granted.expires_at == asked.expires_at;
+        if !same {
+            return Err(ClientError::Verification(format!(
+                "AccessPolicy acknowledged another grant than the one asked for \
+                 ({partition} to {grantee_id}); it is not in your ledger"
+            )));
+        }
+        self.ledger().record_grant(&granted, unix_now())?;
+        Ok(granted)
     }
 
-    async fn lookup(&self, user_id: &str) -> Result<proto::UserInfo, ClientError> {
-        Ok(self
-            .clients
-            .srs
-            .clone()
-            .get_user(unary(proto::GetUserRequest {
-                user_id: user_id.to_owned(),
-            }))
-            .await
-            .map_err(rpc("SRS"))?
-            .into_inner())
+    fn ledger(&self) -> ledger::Ledger {
+        ledger::Ledger::new(&self.profile.home)
     }
 
     async fn put_kfrags(
         &self,
         partition: &str,
         epoch: u32,
-        grantee: &proto::UserInfo,
+        grantee: &UserKeys,
     ) -> Result<(), ClientError> {
-        let grantee_pk = PublicKey::from_bytes(&grantee.pre_public_key).map_err(|_| {
-            ClientError::Verification(format!("{}'s registered key is malformed", grantee.user_id))
-        })?;
         let (sk, pk) = self.master.partition_keys(partition, epoch)?;
         let signer = self.master.signing_key();
-        let kfrags = crypto::generate_kfrags(&mut rand::rng(), &sk, &grantee_pk, &signer, 1, 1)?;
+        let kfrags = crypto::generate_kfrags(
+            &mut rand::rng(),
+            &sk,
+            &grantee.pre_public_key,
+            &signer,
+            1,
+            1,
+        )?;
         self.clients
             .srs
             .clone()
@@ -787,12 +932,16 @@ impl Patient {
         Ok(())
     }
 
-    /// Withdraws a grant: first at AccessPolicy (effective at once for every
-    /// record, old or new), then the grantee's kfrags at the SRS. No record is
+    /// Withdraws a grant: first in the profile's grant ledger (so that no
+    /// later rotation issues kfrags to the grantee, whatever AccessPolicy
+    /// does), then at AccessPolicy (effective at once for every record, old
+    /// or new), then the grantee's kfrags at the SRS. No record is
     /// re-encrypted, so the cost does not depend on how many records exist.
     pub async fn revoke(&self, partition: &str, grantee_id: &str) -> Result<Grant, ClientError> {
         check_partition(partition)?;
         validate_user_id(grantee_id).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        self.ledger()
+            .record_revoke(partition, grantee_id, unix_now())?;
         let removed = self
             .clients
             .policy
@@ -804,6 +953,16 @@ impl Patient {
             .await
             .map_err(rpc("AccessPolicy"))?
             .into_inner();
+        let removed = types::grant_of(removed.grant)?;
+        if removed.owner_id != self.user_id()
+            || removed.partition != partition
+            || removed.grantee_id != grantee_id
+        {
+            return Err(ClientError::Verification(format!(
+                "AccessPolicy acknowledged revoking another grant than {partition} from \
+                 {grantee_id}; your ledger has it revoked, so no rotation will include them"
+            )));
+        }
         self.clients
             .srs
             .clone()
@@ -814,12 +973,14 @@ impl Patient {
             }))
             .await
             .map_err(rpc("SRS"))?;
-        types::grant_of(removed.grant)
+        Ok(removed)
     }
 
     /// Moves `partition` to a new key epoch: later uploads use a key that no
-    /// revoked grantee ever had a kfrag for. Current grantees get kfrags for
-    /// the new epoch first; the new epoch is saved only when all succeeded.
+    /// revoked grantee ever had a kfrag for. The grantees active in the
+    /// profile's own grant ledger (never AccessPolicy's list, which a lying
+    /// server could pad or fail to shrink) get kfrags for the new epoch
+    /// first; the new epoch is saved only when all succeeded.
     pub async fn rotate(&self, partition: &str) -> Result<u32, ClientError> {
         check_partition(partition)?;
         let next = self
@@ -827,16 +988,26 @@ impl Patient {
             .current_epoch(partition)?
             .checked_add(1)
             .ok_or_else(|| ClientError::Invalid("no epochs left".into()))?;
-        let grants = self.grants().await?;
-        for g in grants.given.iter().filter(|g| g.partition == partition) {
-            if g.epoch_max.is_some_and(|max| max < next) {
-                continue;
-            }
-            let grantee = self.lookup(&g.grantee_id).await?;
+        for grantee_id in self.ledger().active(partition, unix_now())? {
+            let (grantee, _) = self.user_keys(&grantee_id).await?;
             self.put_kfrags(partition, next, &grantee).await?;
         }
         self.profile.set_epoch(partition, next)?;
         Ok(next)
+    }
+
+    /// The grants AccessPolicy lists, and where its list of the grants one
+    /// gave disagrees with one's own ledger.
+    pub async fn audit_grants(&self) -> Result<(Grants, Vec<Disagreement>), ClientError> {
+        let grants = self.grants().await?;
+        let mine: Vec<Grant> = grants
+            .given
+            .iter()
+            .filter(|g| g.owner_id == self.user_id())
+            .cloned()
+            .collect();
+        let d = ledger::compare(&self.ledger().load()?, &mine, unix_now());
+        Ok((grants, d))
     }
 
     /// Deletes one of the patient's records.
@@ -866,7 +1037,7 @@ fn seal_stream(
 ) -> Result<(), ClientError> {
     let mut done = 0u64;
     let all_sent = upload::seal_segments(&mut reader, len, seg, sealer, |chunk| {
-        done += chunk.len().saturating_sub(crypto::record::TAG_LEN) as u64;
+        done += chunk.len().saturating_sub(crypto::record::SEGMENT_OVERHEAD) as u64;
         progress(done);
         Ok(send(chunk))
     })?;

@@ -66,7 +66,7 @@ fn stream(c: &mut Criterion) {
     let mut ct = Vec::with_capacity(SIZE + SIZE / seg * 16 + 16);
     g.bench_function("stream-push-in-place", |b| {
         b.iter(|| {
-            let mut sealer = RecordSealer::new(header.clone(), kem_key).unwrap();
+            let mut sealer = RecordSealer::new(header.clone(), kem_key, &fx.signer).unwrap();
             ct.clear();
             let mut chunks = data.chunks(seg).peekable();
             while let Some(chunk) = chunks.next() {
@@ -81,7 +81,7 @@ fn stream(c: &mut Criterion) {
             }
             sealer.seal_last_in_place(&mut seg_buf).unwrap();
             ct.extend_from_slice(&seg_buf);
-            let mut opener = RecordOpener::new(header.clone(), kem_key).unwrap();
+            let mut opener = RecordOpener::new(header.clone(), kem_key, &fx.owner).unwrap();
             let mut n = 0;
             for chunk in ct.chunks(seg + 16) {
                 for p in opener.push(chunk).unwrap() {

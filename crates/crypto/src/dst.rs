@@ -20,6 +20,12 @@ pub const CFRAG_PROOF_DST: &[u8] = b"SESPHR-V1-H2S-CFRAG-PROOF";
 /// Prefix of the message signed (ECDSA P-256/SHA-256) for every kfrag.
 pub const KFRAG_SIGNATURE_PREFIX: &[u8] = b"SESPHR-V1-KFRAG-SIGNATURE";
 
+/// Prefix of the message the owner signs over a record header (the
+/// unsigned header bytes and the binding follow).
+pub const RECORD_HEADER_SIGNATURE_PREFIX: &[u8] = b"SESPHR-V2-RECORD-HEADER-SIGNATURE";
+/// Prefix of the message the owner signs over each record segment.
+pub const RECORD_SEGMENT_SIGNATURE_PREFIX: &[u8] = b"SESPHR-V2-RECORD-SEGMENT-SIGNATURE";
+
 /// HKDF-SHA256 `info` prefix deriving the 32-byte KEM key from the shared
 /// point (the capsule bytes follow).
 pub const KEM_KEY_INFO: &[u8] = b"SESPHR-V1-KEM-KEY";

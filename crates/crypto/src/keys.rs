@@ -3,6 +3,7 @@
 use core::fmt;
 
 use p256::ecdsa::signature::Signer as _;
+use p256::ecdsa::signature::hazmat::PrehashSigner as _;
 use p256::elliptic_curve::{Field, ops::Reduce, subtle::ConstantTimeEq};
 use p256::{FieldBytes, Scalar};
 use rand_core::CryptoRng;
@@ -177,6 +178,21 @@ impl SigningKey {
     /// normalised signature as `r || s`.
     pub(crate) fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
         let sig: p256::ecdsa::Signature = self.inner.sign(message);
+        Self::canonical(sig)
+    }
+
+    /// Signs a message of which the caller computed the SHA-256 digest
+    /// (so that a long message need not be copied into one buffer).
+    /// `sign(m) == sign_prehashed(SHA-256(m))`.
+    pub(crate) fn sign_prehashed(&self, digest: &[u8; 32]) -> [u8; SIGNATURE_LEN] {
+        let sig: p256::ecdsa::Signature = self
+            .inner
+            .sign_prehash(digest)
+            .expect("a 32-byte prehash is always signable");
+        Self::canonical(sig)
+    }
+
+    fn canonical(sig: p256::ecdsa::Signature) -> [u8; SIGNATURE_LEN] {
         let sig = sig.normalize_s();
         let mut out = [0u8; SIGNATURE_LEN];
         out.copy_from_slice(&sig.to_bytes());
@@ -219,8 +235,13 @@ impl VerifyingKey {
     /// public, so it runs in variable time on this crate's fast
     /// multi-scalar multiplication.
     pub(crate) fn verify(&self, message: &[u8], signature: &Signature) -> Result<()> {
-        let digest = Sha256::digest(message);
-        let e = <Scalar as Reduce<FieldBytes>>::reduce(&FieldBytes::from(<[u8; 32]>::from(digest)));
+        self.verify_prehashed(&Sha256::digest(message).into(), signature)
+    }
+
+    /// [`verify`](Self::verify) of a message whose SHA-256 digest the
+    /// caller computed.
+    pub(crate) fn verify_prehashed(&self, digest: &[u8; 32], signature: &Signature) -> Result<()> {
+        let e = <Scalar as Reduce<FieldBytes>>::reduce(&FieldBytes::from(*digest));
         let (r, s) = (signature.r(), signature.s());
         let w: Option<Scalar> = s.invert_vartime().into();
         let w = w.ok_or(Error::VerificationFailed)?;

@@ -98,8 +98,8 @@ pub use keys::{PublicKey, SIGNATURE_LEN, SecretKey, SigningKey, VerifyingKey};
 pub use kfrag::{KFRAG_ID_LEN, KeyFrag, MAX_SHARES, VerifiedKeyFrag, generate_kfrags};
 pub use master::{MAX_PARTITION_LEN, MasterSecret};
 pub use record::{
-    DemKey, DemKeySource, RecordHeader, RecordOpener, RecordReader, RecordSealer, RecordWriter,
-    decrypt_record, encrypt_record,
+    DemKey, DemKeySource, HeaderDraft, RecordHeader, RecordOpener, RecordReader, RecordSealer,
+    RecordWriter, decrypt_record, encrypt_record,
 };
 
 #[cfg(test)]

@@ -1,11 +1,25 @@
-//! Record encryption: a self-describing header followed by AES-256-GCM
-//! STREAM segments (RustCrypto `aead-stream`, `StreamBE32`).
+//! Record encryption: a self-describing, owner-signed header followed by
+//! AES-256-GCM STREAM segments (RustCrypto `aead-stream`, `StreamBE32`),
+//! each signed by the owner too.
 //!
 //! ```text
-//! record  = header || segment_0 || ... || segment_k
-//! segment = AES-256-GCM(dem_key, nonce_i, aad = header bytes, plaintext_i) (ciphertext || 16-byte tag)
-//! nonce_i = nonce_prefix (7) || u32be(i) || last_flag (0x00, or 0x01 for segment_k)
+//! record    = header || segment_0 || sig_0 || ... || segment_k || sig_k
+//! header    = unsigned || owner_sig
+//! owner_sig = ECDSA-P256-SHA256(owner, HEADER_SIGNATURE_PREFIX || unsigned || binding)
+//! segment_i = AES-256-GCM(dem_key, nonce_i, aad = header, plaintext_i) (ciphertext || 16-byte tag)
+//! nonce_i   = nonce_prefix (7) || u32be(i) || last_flag (0x00, or 0x01 for segment_k)
+//! sig_i     = ECDSA-P256-SHA256(owner, SEGMENT_SIGNATURE_PREFIX || SHA-256(header)
+//!                               || u32be(i) || last_flag || segment_i)
 //! ```
+//!
+//! Why every segment is signed, not only the header: whoever can open a
+//! record (every grantee, the owner's devices) knows its AES key, and GCM is
+//! not committing for key holders — they can write other segments, even
+//! with the same tags, under a genuine header. The per-segment signature
+//! makes every released byte the owner's, and readers verify each segment
+//! before releasing it, so streaming stays bounded. `binding` is empty for
+//! records keyed by their capsule; a deduplicated record's header binds the
+//! blob it points to and its wrapped content key (`sesphr-dedup`).
 //!
 //! Every plaintext segment but the last is exactly `segment_size` bytes; the
 //! last one is `0..=segment_size` bytes. Memory use of every API here is
@@ -15,30 +29,33 @@
 //! use sesphr_crypto::rand_core::{OsRng, TryRngCore};
 //! use sesphr_crypto::{
 //!     decapsulate_original, decrypt_record, encapsulate, encrypt_record, RecordHeader,
-//!     RecordOpener, RecordSealer, SecretKey,
+//!     RecordOpener, RecordSealer, SecretKey, SigningKey,
 //! };
 //!
 //! # fn main() -> std::io::Result<()> {
 //! let mut rng = OsRng.unwrap_err();
 //! let owner = SecretKey::generate(&mut rng);
+//! let signer = SigningKey::generate(&mut rng);
 //! let (capsule, kem_key) = encapsulate(&mut rng, &owner.public_key());
-//! let header = RecordHeader::new(&mut rng, b"rec-1", b"patient-1", "medical", 0, capsule)?;
+//! let header =
+//!     RecordHeader::new(&mut rng, b"rec-1", b"patient-1", "medical", 0, capsule, &signer)?;
 //!
 //! let plaintext = vec![7u8; 3_000_000];
 //! let mut record = Vec::new();
-//! encrypt_record(&plaintext[..], &mut record, RecordSealer::new(header, &kem_key)?)?;
+//! encrypt_record(&plaintext[..], &mut record, RecordSealer::new(header, &kem_key, &signer)?)?;
 //!
+//! let owner_vk = signer.verifying_key();
 //! let mut out = Vec::new();
 //! decrypt_record(&record[..], &mut out, |h| {
 //!     let key = decapsulate_original(&owner, h.capsule())?;
-//!     RecordOpener::new(h.clone(), &key)
+//!     RecordOpener::new(h.clone(), &key, &owner_vk)
 //! })?;
 //! assert_eq!(out, plaintext);
 //!
 //! // A truncated record fails.
 //! record.truncate(record.len() - 1);
 //! assert!(decrypt_record(&record[..], std::io::sink(), |h| {
-//!     RecordOpener::new(h.clone(), &decapsulate_original(&owner, h.capsule())?)
+//!     RecordOpener::new(h.clone(), &decapsulate_original(&owner, h.capsule())?, &owner_vk)
 //! })
 //! .is_err());
 //! # Ok(())
@@ -50,20 +67,23 @@ use std::io::{self, Read, Write};
 
 use hkdf::Hkdf;
 use rand_core::CryptoRng;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::capsule::{Capsule, KemKey};
 use crate::dst;
 use crate::error::{Error, Result};
+use crate::keys::{SIGNATURE_LEN, Signature, SigningKey, VerifyingKey};
 use crate::master::validate_partition;
 pub use crate::stream::{NONCE_PREFIX_LEN, TAG_LEN};
 use crate::stream::{StreamOpener, StreamSealer};
 
 /// First four bytes of every record.
 pub const MAGIC: [u8; 4] = *b"SPHR";
-/// The only record format version this crate writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The only record format version this crate writes and reads (2: owner
+/// signatures on the header and on every segment; version 1 had none and
+/// is refused, so that a server cannot downgrade a record to unsigned).
+pub const FORMAT_VERSION: u8 = 2;
 /// Default plaintext segment size: 1 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u32 = 1 << 20;
 /// Smallest allowed segment size: 4 KiB.
@@ -74,6 +94,9 @@ pub const MAX_SEGMENT_SIZE: u32 = 16 << 20;
 pub const MAX_ID_LEN: usize = 1024;
 /// Length of the fixed part of a header (`magic || version || header_len`).
 pub const HEADER_PREFIX_LEN: usize = 7;
+/// Bytes every segment adds to its plaintext: the GCM tag and the owner's
+/// signature.
+pub const SEGMENT_OVERHEAD: usize = TAG_LEN + SIGNATURE_LEN;
 /// Upper bound on an encoded header's length.
 pub const MAX_HEADER_LEN: usize = HEADER_PREFIX_LEN
     + 3 * 2
@@ -83,7 +106,16 @@ pub const MAX_HEADER_LEN: usize = HEADER_PREFIX_LEN
     + 1
     + Capsule::LEN
     + 4
-    + NONCE_PREFIX_LEN;
+    + NONCE_PREFIX_LEN
+    + SIGNATURE_LEN;
+
+/// Ciphertext length (everything after the header) of a `len`-byte
+/// plaintext in `segment_size`-byte segments. An empty plaintext is one
+/// empty last segment.
+pub fn ciphertext_len(len: u64, segment_size: u32) -> u64 {
+    let segments = len.div_ceil(u64::from(segment_size)).max(1);
+    len + segments * SEGMENT_OVERHEAD as u64
+}
 
 /// Where the record's AES-256-GCM key comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,26 +129,23 @@ pub enum DemKeySource {
     External = 1,
 }
 
-/// The record header. It is authenticated as the associated data of every
-/// segment, so changing any byte of it makes every segment fail.
+/// A record header before its owner signed it: every field but the
+/// signature. [`sign`](Self::sign) turns it into a [`RecordHeader`].
 #[derive(Clone, PartialEq, Eq)]
-pub struct RecordHeader {
-    record_id: Vec<u8>,
-    owner_id: Vec<u8>,
-    partition: String,
-    epoch: u32,
-    key_source: DemKeySource,
-    capsule: Capsule,
-    segment_size: u32,
+pub struct HeaderDraft {
+    parts: HeaderParts,
     nonce_prefix: [u8; NONCE_PREFIX_LEN],
-    encoded: Vec<u8>,
+    /// `unsigned` of the module docs, with `header_len` already counting
+    /// the signature to come.
+    unsigned: Vec<u8>,
 }
 
-impl RecordHeader {
-    /// A header with a fresh random nonce prefix, the default segment size
+impl HeaderDraft {
+    /// A draft with a fresh random nonce prefix, the default segment size
     /// (1 MiB) and [`DemKeySource::Kem`].
     ///
-    /// `record_id` and `owner_id` are 1..=1024 bytes, `partition` 1..=255 bytes.
+    /// `record_id` and `owner_id` are 1..=1024 bytes, `partition` a valid
+    /// partition name (1..=255 bytes).
     pub fn new(
         rng: &mut (impl CryptoRng + ?Sized),
         record_id: &[u8],
@@ -141,31 +170,41 @@ impl RecordHeader {
         )
     }
 
-    /// The same header with another segment size (4 KiB..=16 MiB).
-    pub fn with_segment_size(self, segment_size: u32) -> Result<Self> {
-        let nonce_prefix = self.nonce_prefix;
-        let mut parts = self.into_parts();
-        parts.segment_size = segment_size;
-        Self::from_parts(parts, nonce_prefix)
+    /// The same draft with another segment size (4 KiB..=16 MiB).
+    pub fn with_segment_size(mut self, segment_size: u32) -> Result<Self> {
+        self.parts.segment_size = segment_size;
+        Self::from_parts(self.parts, self.nonce_prefix)
     }
 
-    /// The same header with another key source.
-    pub fn with_key_source(self, key_source: DemKeySource) -> Self {
-        let nonce_prefix = self.nonce_prefix;
-        let mut parts = self.into_parts();
-        parts.key_source = key_source;
-        Self::from_parts(parts, nonce_prefix).expect("only the key source changed")
+    /// The same draft with another key source.
+    pub fn with_key_source(mut self, key_source: DemKeySource) -> Self {
+        self.parts.key_source = key_source;
+        Self::from_parts(self.parts, self.nonce_prefix).expect("only the key source changed")
     }
 
-    fn into_parts(self) -> HeaderParts {
-        HeaderParts {
-            record_id: self.record_id,
-            owner_id: self.owner_id,
-            partition: self.partition,
-            epoch: self.epoch,
-            key_source: self.key_source,
-            capsule: self.capsule,
-            segment_size: self.segment_size,
+    /// The bytes the owner's signature covers (before the binding): the
+    /// whole header but its signature.
+    pub fn unsigned_bytes(&self) -> &[u8] {
+        &self.unsigned
+    }
+
+    /// Signs the draft with the owner's key, binding `binding` (empty for a
+    /// record keyed by its capsule; see the module docs).
+    pub fn sign(self, owner: &SigningKey, binding: &[u8]) -> RecordHeader {
+        let signature = owner.sign_prehashed(&header_digest(&self.unsigned, binding));
+        let mut encoded = self.unsigned;
+        encoded.extend_from_slice(&signature);
+        debug_assert_eq!(
+            usize::from(u16::from_be_bytes([encoded[5], encoded[6]])),
+            encoded.len()
+        );
+        let header_hash = Sha256::digest(&encoded).into();
+        RecordHeader {
+            parts: self.parts,
+            nonce_prefix: self.nonce_prefix,
+            signature,
+            encoded,
+            header_hash,
         }
     }
 
@@ -181,43 +220,95 @@ impl RecordHeader {
                 "segment size must be 4 KiB..=16 MiB",
             ));
         }
-        let mut header = Self {
-            record_id: parts.record_id,
-            owner_id: parts.owner_id,
-            partition: parts.partition,
-            epoch: parts.epoch,
-            key_source: parts.key_source,
-            capsule: parts.capsule,
-            segment_size: parts.segment_size,
+        let unsigned = encode_unsigned(&parts, &nonce_prefix);
+        Ok(Self {
+            parts,
             nonce_prefix,
-            encoded: Vec::new(),
-        };
-        header.encoded = header.encode();
-        Ok(header)
+            unsigned,
+        })
+    }
+}
+
+impl fmt::Debug for HeaderDraft {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeaderDraft")
+            .field("parts", &self.parts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `SHA-256(HEADER_SIGNATURE_PREFIX || unsigned || binding)`: the digest
+/// the owner's header signature is made over.
+fn header_digest(unsigned: &[u8], binding: &[u8]) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(dst::RECORD_HEADER_SIGNATURE_PREFIX)
+        .chain_update(unsigned)
+        .chain_update(binding)
+        .finalize()
+        .into()
+}
+
+fn encode_unsigned(parts: &HeaderParts, nonce_prefix: &[u8; NONCE_PREFIX_LEN]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAX_HEADER_LEN);
+    out.extend_from_slice(&MAGIC);
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(&[0, 0]); // header_len, patched below
+    for field in [
+        &parts.record_id[..],
+        &parts.owner_id,
+        parts.partition.as_bytes(),
+    ] {
+        let len = u16::try_from(field.len()).expect("validated field length");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(field);
+    }
+    out.extend_from_slice(&parts.epoch.to_be_bytes());
+    out.push(parts.key_source as u8);
+    out.extend_from_slice(&parts.capsule.to_bytes());
+    out.extend_from_slice(&parts.segment_size.to_be_bytes());
+    out.extend_from_slice(nonce_prefix);
+    // The total counts the signature that will follow.
+    let total = u16::try_from(out.len() + SIGNATURE_LEN).expect("header is shorter than 64 KiB");
+    out[5..7].copy_from_slice(&total.to_be_bytes());
+    out
+}
+
+/// The record header, signed by the record's owner. It is authenticated as
+/// the associated data of every segment, so changing any byte of it makes
+/// every segment fail; its signature is checked by
+/// [`verify`](Self::verify) (which [`RecordOpener`] does for you).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RecordHeader {
+    parts: HeaderParts,
+    nonce_prefix: [u8; NONCE_PREFIX_LEN],
+    signature: [u8; SIGNATURE_LEN],
+    encoded: Vec<u8>,
+    /// `SHA-256(encoded)`, which every segment signature covers.
+    header_hash: [u8; 32],
+}
+
+impl RecordHeader {
+    /// A signed header of a record keyed by its capsule: a fresh random
+    /// nonce prefix, the default segment size (1 MiB), an empty binding.
+    /// [`HeaderDraft`] builds any other.
+    pub fn new(
+        rng: &mut (impl CryptoRng + ?Sized),
+        record_id: &[u8],
+        owner_id: &[u8],
+        partition: &str,
+        epoch: u32,
+        capsule: Capsule,
+        owner: &SigningKey,
+    ) -> Result<Self> {
+        Ok(HeaderDraft::new(rng, record_id, owner_id, partition, epoch, capsule)?.sign(owner, &[]))
     }
 
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(MAX_HEADER_LEN);
-        out.extend_from_slice(&MAGIC);
-        out.push(FORMAT_VERSION);
-        out.extend_from_slice(&[0, 0]); // header_len, patched below
-        for field in [
-            &self.record_id[..],
-            &self.owner_id,
-            self.partition.as_bytes(),
-        ] {
-            let len = u16::try_from(field.len()).expect("validated field length");
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(field);
-        }
-        out.extend_from_slice(&self.epoch.to_be_bytes());
-        out.push(self.key_source as u8);
-        out.extend_from_slice(&self.capsule.to_bytes());
-        out.extend_from_slice(&self.segment_size.to_be_bytes());
-        out.extend_from_slice(&self.nonce_prefix);
-        let total = u16::try_from(out.len()).expect("header is shorter than 64 KiB");
-        out[5..7].copy_from_slice(&total.to_be_bytes());
-        out
+    /// Checks the owner's signature over this header and `binding`. Every
+    /// reader must do this (with the owner's verifying key from a source
+    /// it trusts) before it believes any field.
+    pub fn verify(&self, owner: &VerifyingKey, binding: &[u8]) -> Result<()> {
+        let signature = Signature::from_bytes(&self.signature)?;
+        owner.verify_prehashed(&header_digest(self.unsigned_bytes(), binding), &signature)
     }
 
     /// The exact header bytes (also the AAD of every segment).
@@ -230,7 +321,15 @@ impl RecordHeader {
         &self.encoded
     }
 
-    /// Decodes a header; `bytes` must be exactly one header (no trailing bytes).
+    /// The header bytes the owner's signature covers (all but the
+    /// signature itself).
+    pub fn unsigned_bytes(&self) -> &[u8] {
+        &self.encoded[..self.encoded.len() - SIGNATURE_LEN]
+    }
+
+    /// Decodes a header; `bytes` must be exactly one header (no trailing
+    /// bytes). Decoding does not verify the signature: see
+    /// [`verify`](Self::verify).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         const W: &str = "record header";
         let total = Self::declared_len(bytes)?;
@@ -253,10 +352,11 @@ impl RecordHeader {
             Capsule::from_bytes(r.take(Capsule::LEN)?).map_err(|_| Error::Malformed(W))?;
         let segment_size = u32::from_be_bytes(r.array()?);
         let nonce_prefix = r.array::<NONCE_PREFIX_LEN>()?;
+        let signature = r.array::<SIGNATURE_LEN>()?;
         if !r.0.is_empty() {
             return Err(Error::Malformed(W));
         }
-        let header = Self::from_parts(
+        let draft = HeaderDraft::from_parts(
             HeaderParts {
                 record_id,
                 owner_id,
@@ -269,8 +369,14 @@ impl RecordHeader {
             nonce_prefix,
         )
         .map_err(|_| Error::Malformed(W))?;
-        debug_assert_eq!(header.encoded, bytes);
-        Ok(header)
+        debug_assert_eq!(draft.unsigned, bytes[..bytes.len() - SIGNATURE_LEN]);
+        Ok(Self {
+            parts: draft.parts,
+            nonce_prefix,
+            signature,
+            encoded: bytes.to_vec(),
+            header_hash: Sha256::digest(bytes).into(),
+        })
     }
 
     /// Checks the 7-byte prefix (`magic || version || header_len`) and
@@ -281,7 +387,7 @@ impl RecordHeader {
             return Err(Error::Malformed(W));
         }
         let total = usize::from(u16::from_be_bytes([prefix[5], prefix[6]]));
-        if !(HEADER_PREFIX_LEN..=MAX_HEADER_LEN).contains(&total) {
+        if !(HEADER_PREFIX_LEN + SIGNATURE_LEN..=MAX_HEADER_LEN).contains(&total) {
             return Err(Error::Malformed(W));
         }
         Ok(total)
@@ -301,31 +407,31 @@ impl RecordHeader {
 
     /// Record identifier.
     pub fn record_id(&self) -> &[u8] {
-        &self.record_id
+        &self.parts.record_id
     }
     /// Owner (patient) identifier.
     pub fn owner_id(&self) -> &[u8] {
-        &self.owner_id
+        &self.parts.owner_id
     }
     /// Partition name.
     pub fn partition(&self) -> &str {
-        &self.partition
+        &self.parts.partition
     }
     /// Partition key epoch.
     pub fn epoch(&self) -> u32 {
-        self.epoch
+        self.parts.epoch
     }
     /// Where the DEM key comes from.
     pub fn key_source(&self) -> DemKeySource {
-        self.key_source
+        self.parts.key_source
     }
     /// The capsule encapsulating the KEM key under the partition key.
     pub fn capsule(&self) -> &Capsule {
-        &self.capsule
+        &self.parts.capsule
     }
     /// Plaintext segment size in bytes.
     pub fn segment_size(&self) -> u32 {
-        self.segment_size
+        self.parts.segment_size
     }
     /// STREAM nonce prefix.
     pub fn nonce_prefix(&self) -> &[u8; NONCE_PREFIX_LEN] {
@@ -333,11 +439,43 @@ impl RecordHeader {
     }
 
     fn segment_len(&self) -> usize {
-        self.segment_size as usize
+        self.parts.segment_size as usize
+    }
+
+    /// `SHA-256(SEGMENT_SIGNATURE_PREFIX || SHA-256(header) || u32be(i) ||
+    /// last || ciphertext)`: the digest segment `i`'s signature covers.
+    fn segment_digest(&self, index: u32, last: bool, ciphertext: &[u8]) -> [u8; 32] {
+        Sha256::new()
+            .chain_update(dst::RECORD_SEGMENT_SIGNATURE_PREFIX)
+            .chain_update(self.header_hash)
+            .chain_update(index.to_be_bytes())
+            .chain_update([u8::from(last)])
+            .chain_update(ciphertext)
+            .finalize()
+            .into()
     }
 }
 
 impl fmt::Debug for RecordHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordHeader")
+            .field("parts", &self.parts)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct HeaderParts {
+    pub(crate) record_id: Vec<u8>,
+    pub(crate) owner_id: Vec<u8>,
+    pub(crate) partition: String,
+    pub(crate) epoch: u32,
+    pub(crate) key_source: DemKeySource,
+    pub(crate) capsule: Capsule,
+    pub(crate) segment_size: u32,
+}
+
+impl fmt::Debug for HeaderParts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RecordHeader")
             .field("record_id", &String::from_utf8_lossy(&self.record_id))
@@ -348,16 +486,6 @@ impl fmt::Debug for RecordHeader {
             .field("segment_size", &self.segment_size)
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) struct HeaderParts {
-    pub(crate) record_id: Vec<u8>,
-    pub(crate) owner_id: Vec<u8>,
-    pub(crate) partition: String,
-    pub(crate) epoch: u32,
-    pub(crate) key_source: DemKeySource,
-    pub(crate) capsule: Capsule,
-    pub(crate) segment_size: u32,
 }
 
 fn validate_id(id: &[u8], msg: &'static str) -> Result<()> {
@@ -466,7 +594,7 @@ fn key_for(header: &RecordHeader, key: KeyRef<'_>) -> Result<DemKey> {
         KeyRef::Kem(k) => (DemKeySource::Kem, DemKey::from_kem_key(k)),
         KeyRef::Dem(k) => (DemKeySource::External, k.clone()),
     };
-    if header.key_source != source {
+    if header.key_source() != source {
         return Err(Error::InvalidParameter(
             "key type does not match the header's key source",
         ));
@@ -482,27 +610,39 @@ enum KeyRef<'a> {
 /// Push-style record encryption, usable from async code: feed full
 /// segments with [`seal_segment`](Self::seal_segment), then the tail with
 /// [`seal_last`](Self::seal_last). Write [`RecordHeader::as_bytes`] first.
+/// Every sealed segment comes out with the owner's signature appended
+/// ([`SEGMENT_OVERHEAD`] bytes longer than its plaintext).
 pub struct RecordSealer {
     header: RecordHeader,
     stream: StreamSealer,
+    owner: SigningKey,
 }
 
 impl RecordSealer {
     /// Seals under the key encapsulated in the header's capsule
-    /// (requires [`DemKeySource::Kem`]).
-    pub fn new(header: RecordHeader, kem_key: &KemKey) -> Result<Self> {
-        Self::with_key(header, KeyRef::Kem(kem_key))
+    /// (requires [`DemKeySource::Kem`]), signing with `owner` (the key that
+    /// signed the header).
+    pub fn new(header: RecordHeader, kem_key: &KemKey, owner: &SigningKey) -> Result<Self> {
+        Self::with_key(header, KeyRef::Kem(kem_key), owner)
     }
 
     /// Seals under an explicitly supplied key (requires
     /// [`DemKeySource::External`]).
-    pub fn with_dem_key(header: RecordHeader, dem_key: &DemKey) -> Result<Self> {
-        Self::with_key(header, KeyRef::Dem(dem_key))
+    pub fn with_dem_key(
+        header: RecordHeader,
+        dem_key: &DemKey,
+        owner: &SigningKey,
+    ) -> Result<Self> {
+        Self::with_key(header, KeyRef::Dem(dem_key), owner)
     }
 
-    fn with_key(header: RecordHeader, key: KeyRef<'_>) -> Result<Self> {
+    fn with_key(header: RecordHeader, key: KeyRef<'_>, owner: &SigningKey) -> Result<Self> {
         let stream = key_for(&header, key)?.sealer(&header);
-        Ok(Self { header, stream })
+        Ok(Self {
+            header,
+            stream,
+            owner: owner.clone(),
+        })
     }
 
     /// The header to write before the first segment.
@@ -513,24 +653,53 @@ impl RecordSealer {
     /// Seals one non-last segment; `plaintext` must be exactly
     /// `segment_size` bytes.
     pub fn seal_segment(&mut self, plaintext: &[u8]) -> Result<Vec<u8>> {
-        self.stream.seal_segment(plaintext)
+        let mut buf = with_room(plaintext);
+        self.seal_segment_in_place(&mut buf)?;
+        Ok(buf)
     }
 
     /// In-place variant of [`seal_segment`](Self::seal_segment): `buf` holds
-    /// the plaintext and receives the ciphertext (16 bytes longer).
+    /// the plaintext and receives the signed ciphertext.
     pub fn seal_segment_in_place(&mut self, buf: &mut Vec<u8>) -> Result<()> {
-        self.stream.seal_segment_in_place(buf)
+        let index = self.stream.position();
+        self.stream.seal_segment_in_place(buf)?;
+        self.append_signature(index, false, buf);
+        Ok(())
     }
 
     /// Seals the last segment (`0..=segment_size` bytes) and ends the record.
     pub fn seal_last(self, plaintext: &[u8]) -> Result<Vec<u8>> {
-        self.stream.seal_last(plaintext)
+        let mut buf = with_room(plaintext);
+        self.seal_last_in_place(&mut buf)?;
+        Ok(buf)
     }
 
     /// In-place variant of [`seal_last`](Self::seal_last).
     pub fn seal_last_in_place(self, buf: &mut Vec<u8>) -> Result<()> {
-        self.stream.seal_last_in_place(buf)
+        let index = self.stream.position();
+        let Self {
+            header,
+            stream,
+            owner,
+        } = self;
+        stream.seal_last_in_place(buf)?;
+        let sig = owner.sign_prehashed(&header.segment_digest(index, true, buf));
+        buf.extend_from_slice(&sig);
+        Ok(())
     }
+
+    fn append_signature(&self, index: u32, last: bool, buf: &mut Vec<u8>) {
+        let sig = self
+            .owner
+            .sign_prehashed(&self.header.segment_digest(index, last, buf));
+        buf.extend_from_slice(&sig);
+    }
+}
+
+fn with_room(plaintext: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(plaintext.len() + SEGMENT_OVERHEAD);
+    buf.extend_from_slice(plaintext);
+    buf
 }
 
 impl fmt::Debug for RecordSealer {
@@ -544,29 +713,55 @@ impl fmt::Debug for RecordSealer {
 
 /// Push-style record decryption: [`push`](Self::push) ciphertext bytes (the
 /// segments, after the header) in chunks of any size and receive plaintext
-/// segments as soon as they are authenticated; [`finish`](Self::finish)
-/// authenticates the last segment and fails if the record was truncated.
+/// segments as soon as they are authenticated *and* their owner signature
+/// verified; [`finish`](Self::finish) does the same for the last segment
+/// and fails if the record was truncated. Nothing unverified is ever
+/// returned. After any error the opener is poisoned.
 pub struct RecordOpener {
     header: RecordHeader,
     stream: StreamOpener,
+    owner: VerifyingKey,
+    /// Signed ciphertext not yet opened: at most one unit plus one byte.
+    buf: Vec<u8>,
+    spare: Vec<u8>,
+    position: u32,
+    poisoned: bool,
 }
 
 impl RecordOpener {
     /// Opens with the key encapsulated in the header's capsule (requires
-    /// [`DemKeySource::Kem`]).
-    pub fn new(header: RecordHeader, kem_key: &KemKey) -> Result<Self> {
-        Self::with_key(header, KeyRef::Kem(kem_key))
+    /// [`DemKeySource::Kem`]). Verifies the header's signature by `owner`
+    /// (empty binding) first: a header the owner did not sign is refused.
+    pub fn new(header: RecordHeader, kem_key: &KemKey, owner: &VerifyingKey) -> Result<Self> {
+        header.verify(owner, &[])?;
+        Self::with_key(header, KeyRef::Kem(kem_key), owner)
     }
 
     /// Opens with an explicitly supplied key (requires
-    /// [`DemKeySource::External`]).
-    pub fn with_dem_key(header: RecordHeader, dem_key: &DemKey) -> Result<Self> {
-        Self::with_key(header, KeyRef::Dem(dem_key))
+    /// [`DemKeySource::External`]), after verifying the header's signature
+    /// by `owner` over `binding`.
+    pub fn with_dem_key(
+        header: RecordHeader,
+        dem_key: &DemKey,
+        owner: &VerifyingKey,
+        binding: &[u8],
+    ) -> Result<Self> {
+        header.verify(owner, binding)?;
+        Self::with_key(header, KeyRef::Dem(dem_key), owner)
     }
 
-    fn with_key(header: RecordHeader, key: KeyRef<'_>) -> Result<Self> {
+    fn with_key(header: RecordHeader, key: KeyRef<'_>, owner: &VerifyingKey) -> Result<Self> {
         let stream = key_for(&header, key)?.opener(&header);
-        Ok(Self { header, stream })
+        let unit = header.segment_len() + SEGMENT_OVERHEAD;
+        Ok(Self {
+            header,
+            stream,
+            owner: *owner,
+            buf: Vec::with_capacity(unit + 1),
+            spare: Vec::new(),
+            position: 0,
+            poisoned: false,
+        })
     }
 
     /// The record's header.
@@ -574,38 +769,151 @@ impl RecordOpener {
         &self.header
     }
 
+    /// Length of one signed non-last ciphertext segment.
+    fn unit(&self) -> usize {
+        self.header.segment_len() + SEGMENT_OVERHEAD
+    }
+
     /// Buffers `data` and returns every plaintext segment it completes.
     /// A segment is only known not to be the last one once a byte of the
     /// next arrives, so up to one segment stays buffered until then.
-    pub fn push(&mut self, data: &[u8]) -> Result<Vec<Vec<u8>>> {
-        self.stream.push(data)
+    pub fn push(&mut self, mut data: &[u8]) -> Result<Vec<Vec<u8>>> {
+        self.check_poison()?;
+        let mut out = Vec::new();
+        while !data.is_empty() {
+            let want = self.unit() + 1 - self.buf.len();
+            let n = want.min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if let Some(segment) = self.try_open_next()? {
+                out.push(segment);
+            }
+        }
+        Ok(out)
     }
 
-    /// Opens one whole non-last ciphertext segment (`segment_size + 16`
-    /// bytes) in place, for transports that frame segments themselves.
-    /// Do not mix with [`push`](Self::push).
+    /// Opens one whole signed non-last segment (`segment_size` +
+    /// [`SEGMENT_OVERHEAD`] bytes) in place, for transports that frame
+    /// segments themselves. Do not mix with [`push`](Self::push).
     pub fn open_segment_in_place(&mut self, buf: &mut Vec<u8>) -> Result<()> {
-        self.stream.open_segment_in_place(buf)
+        self.check_poison()?;
+        if !self.buf.is_empty() || buf.len() != self.unit() {
+            return Err(Error::InvalidParameter(
+                "in-place opening takes exactly one full segment and no pushed bytes",
+            ));
+        }
+        self.open_unit(buf)
     }
 
-    /// Opens the last ciphertext segment in place and ends the record.
-    pub fn open_last_in_place(self, buf: &mut Vec<u8>) -> Result<()> {
-        self.stream.open_last_in_place(buf)
+    /// Opens the last signed segment in place and ends the record.
+    pub fn open_last_in_place(mut self, buf: &mut Vec<u8>) -> Result<()> {
+        self.check_poison()?;
+        if !self.buf.is_empty() {
+            return Err(Error::InvalidParameter(
+                "in-place opening takes exactly one full segment and no pushed bytes",
+            ));
+        }
+        self.buf = core::mem::take(buf);
+        *buf = self.finish()?;
+        Ok(())
     }
 
-    /// Authenticates and returns the last segment. Fails with
-    /// [`Error::Truncated`] if the record ended before its last segment.
-    pub fn finish(self) -> Result<Vec<u8>> {
-        self.stream.finish()
+    /// Verifies and returns the last segment. Fails with
+    /// [`Error::Truncated`] if the record ended before its last segment,
+    /// [`Error::DecryptionFailed`] if it does not authenticate under the
+    /// record's key and [`Error::VerificationFailed`] if it does but the
+    /// owner did not sign it (someone holding the key wrote it).
+    pub fn finish(mut self) -> Result<Vec<u8>> {
+        self.check_poison()?;
+        let mut last = core::mem::take(&mut self.buf);
+        if last.len() < SEGMENT_OVERHEAD {
+            return Err(Error::Truncated);
+        }
+        let signature = last.split_off(last.len() - SIGNATURE_LEN);
+        let digest = self.header.segment_digest(self.position, true, &last);
+        self.stream.open_last_in_place(&mut last)?;
+        if let Err(e) = verify_segment(&self.owner, &digest, &signature) {
+            last.zeroize();
+            return Err(e);
+        }
+        Ok(last)
     }
+
+    fn check_poison(&self) -> Result<()> {
+        if self.poisoned {
+            Err(Error::DecryptionFailed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Opens `unit` (ciphertext || signature) in place as the non-last
+    /// segment at the current position, then checks the owner's signature
+    /// over its ciphertext; nothing is returned unless both hold.
+    fn open_unit(&mut self, unit: &mut Vec<u8>) -> Result<()> {
+        let signature = unit.split_off(unit.len() - SIGNATURE_LEN);
+        let digest = self.header.segment_digest(self.position, false, unit);
+        let res = self
+            .stream
+            .open_segment_in_place(unit)
+            .and_then(|()| verify_segment(&self.owner, &digest, &signature));
+        match res {
+            Ok(()) => {
+                self.position += 1;
+                Ok(())
+            }
+            Err(e) => {
+                unit.zeroize();
+                self.poisoned = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// If more than one signed segment is buffered, verifies and opens the
+    /// first (as a non-last segment) and returns its plaintext.
+    fn try_open_next(&mut self) -> Result<Option<Vec<u8>>> {
+        self.check_poison()?;
+        let unit = self.unit();
+        if self.buf.len() <= unit {
+            return Ok(None);
+        }
+        let mut next = core::mem::take(&mut self.spare);
+        next.clear();
+        next.reserve(unit + 1);
+        next.extend_from_slice(&self.buf[unit..]);
+        self.buf.truncate(unit);
+        let mut segment = core::mem::replace(&mut self.buf, next);
+        self.open_unit(&mut segment)?;
+        Ok(Some(segment))
+    }
+
+    /// Hands a drained plaintext buffer back for reuse.
+    fn recycle(&mut self, spare: Vec<u8>) {
+        self.spare = spare;
+    }
+
+    /// Reads from `reader` until a full signed segment plus one byte are
+    /// buffered (returns `false`) or the reader ends (returns `true`).
+    fn fill_from(&mut self, reader: &mut impl Read) -> io::Result<bool> {
+        let want = self.unit() + 1 - self.buf.len();
+        let want_u64 = u64::try_from(want).expect("segment fits in u64");
+        let n = reader.take(want_u64).read_to_end(&mut self.buf)?;
+        Ok(n < want)
+    }
+}
+
+fn verify_segment(owner: &VerifyingKey, digest: &[u8; 32], signature: &[u8]) -> Result<()> {
+    let signature = Signature::from_bytes(signature).map_err(|_| Error::VerificationFailed)?;
+    owner.verify_prehashed(digest, &signature)
 }
 
 impl fmt::Debug for RecordOpener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RecordOpener")
             .field("header", &self.header)
-            .field("position", &self.stream.position())
-            .field("buffered", &self.stream.buffered())
+            .field("position", &self.position)
+            .field("buffered", &self.buf.len())
             .finish_non_exhaustive()
     }
 }
@@ -623,7 +931,7 @@ impl<W: Write> RecordWriter<W> {
     /// Writes the header to `inner` and returns the writer.
     pub fn new(mut inner: W, sealer: RecordSealer) -> io::Result<Self> {
         inner.write_all(sealer.header().as_bytes())?;
-        let cap = sealer.header().segment_len() + TAG_LEN;
+        let cap = sealer.header().segment_len() + SEGMENT_OVERHEAD;
         Ok(Self {
             inner,
             sealer,
@@ -673,8 +981,8 @@ impl<W: Write> fmt::Debug for RecordWriter<W> {
 
 /// A [`Read`] adapter yielding the plaintext of a record whose header has
 /// already been read (see [`RecordHeader::read_from`]). Returns `Ok(0)` only
-/// after the last segment authenticated; truncation or tampering is an
-/// [`io::ErrorKind::InvalidData`] error wrapping [`Error`].
+/// after the last segment verified; truncation, tampering or a missing owner
+/// signature is an [`io::ErrorKind::InvalidData`] error wrapping [`Error`].
 pub struct RecordReader<R: Read> {
     inner: R,
     opener: Option<RecordOpener>,
@@ -700,15 +1008,14 @@ impl<R: Read> RecordReader<R> {
             return Ok(());
         };
         // Hand the drained plaintext buffer back for reuse.
-        opener.stream.recycle(core::mem::take(&mut self.plain));
+        opener.recycle(core::mem::take(&mut self.plain));
         self.pos = 0;
-        if opener.stream.fill_from(&mut self.inner)? {
+        if opener.fill_from(&mut self.inner)? {
             // EOF: the buffered bytes are the last segment.
             let opener = self.opener.take().expect("checked above");
             self.plain = opener.finish()?;
         } else {
             self.plain = opener
-                .stream
                 .try_open_next()?
                 .expect("a full segment and one more byte are buffered");
         }
@@ -752,7 +1059,7 @@ pub fn encrypt_record(
     output.write_all(sealer.header().as_bytes())?;
     let seg = sealer.header().segment_len();
     let want = u64::try_from(seg + 1).expect("segment fits in u64");
-    let mut buf = Vec::with_capacity(seg + TAG_LEN + 1);
+    let mut buf = Vec::with_capacity(seg + SEGMENT_OVERHEAD + 1);
     let mut carry: Option<u8> = None;
     let mut total = 0u64;
     loop {
@@ -778,10 +1085,11 @@ pub fn encrypt_record(
 
 /// Decrypts a whole record from `input` into `output` with bounded memory.
 /// `open` receives the decoded header and returns the opener (typically
-/// after decapsulating `header.capsule()`). Returns the header.
+/// after decapsulating `header.capsule()`; the opener checks the owner's
+/// signatures). Returns the header.
 ///
-/// Plaintext is written as each segment authenticates; if an error is
-/// returned, discard whatever was written.
+/// Plaintext is written as each segment verifies; if an error is returned,
+/// discard whatever was written.
 pub fn decrypt_record(
     mut input: impl Read,
     mut output: impl Write,
@@ -793,16 +1101,15 @@ pub fn decrypt_record(
         return Err(Error::InvalidParameter("opener was built for another header").into());
     }
     loop {
-        if opener.stream.fill_from(&mut input)? {
+        if opener.fill_from(&mut input)? {
             output.write_all(&opener.finish()?)?;
             output.flush()?;
             return Ok(header);
         }
         let segment = opener
-            .stream
             .try_open_next()?
             .expect("a full segment and one more byte are buffered");
         output.write_all(&segment)?;
-        opener.stream.recycle(segment);
+        opener.recycle(segment);
     }
 }

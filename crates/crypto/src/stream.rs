@@ -16,7 +16,6 @@
 //! knows the bytes.
 
 use core::fmt;
-use std::io::{self, Read};
 
 use aead_stream::StreamPrimitive;
 use aes_gcm::{Aes256Gcm, KeyInit};
@@ -225,7 +224,7 @@ impl StreamOpener {
 
     /// If more than one ciphertext segment is buffered, decrypts the first
     /// (as a non-last segment) and returns its plaintext.
-    pub(crate) fn try_open_next(&mut self) -> Result<Option<Vec<u8>>> {
+    fn try_open_next(&mut self) -> Result<Option<Vec<u8>>> {
         self.check_poison()?;
         let seg = self.segment_ct_len();
         if self.buf.len() <= seg {
@@ -239,21 +238,6 @@ impl StreamOpener {
         let mut segment = core::mem::replace(&mut self.buf, next);
         self.open_in_place(&mut segment)?;
         Ok(Some(segment))
-    }
-
-    /// Hands a drained plaintext buffer back, so that the next segment
-    /// reuses its allocation.
-    pub(crate) fn recycle(&mut self, spare: Vec<u8>) {
-        self.spare = spare;
-    }
-
-    /// Reads from `reader` until a full ciphertext segment plus one byte
-    /// are buffered (returns `false`) or the reader ends (returns `true`).
-    pub(crate) fn fill_from(&mut self, reader: &mut impl Read) -> io::Result<bool> {
-        let want = self.segment_ct_len() + 1 - self.buf.len();
-        let want_u64 = u64::try_from(want).expect("segment fits in u64");
-        let n = reader.take(want_u64).read_to_end(&mut self.buf)?;
-        Ok(n < want)
     }
 
     fn check_poison(&self) -> Result<()> {

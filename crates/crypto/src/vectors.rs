@@ -13,7 +13,7 @@ use crate::cfrag::{self, VerifiedCapsuleFrag};
 use crate::error::{Error, Result};
 use crate::keys::{PublicKey, SecretKey, SigningKey};
 use crate::kfrag::{self, KFRAG_ID_LEN, KeyFrag, VerifiedKeyFrag};
-use crate::record::{DemKeySource, HeaderParts, NONCE_PREFIX_LEN, RecordHeader};
+use crate::record::{DemKeySource, HeaderDraft, HeaderParts, NONCE_PREFIX_LEN};
 
 fn scalar(bytes: &[u8; 32]) -> Result<Scalar> {
     arith::nonzero_scalar_from_bytes(bytes, "scalar")
@@ -136,7 +136,8 @@ pub fn lagrange_coefficients(xs: &[[u8; 32]]) -> Result<Vec<[u8; 32]>> {
     Ok(l.iter().map(arith::scalar_to_bytes).collect())
 }
 
-/// A record header with an explicit nonce prefix.
+/// An unsigned record header with an explicit nonce prefix (sign it with
+/// [`HeaderDraft::sign`]: ECDSA here is deterministic, RFC 6979).
 #[allow(clippy::too_many_arguments)]
 pub fn header_with_nonce_prefix(
     record_id: &[u8],
@@ -147,8 +148,8 @@ pub fn header_with_nonce_prefix(
     capsule: Capsule,
     segment_size: u32,
     nonce_prefix: [u8; NONCE_PREFIX_LEN],
-) -> Result<RecordHeader> {
-    RecordHeader::from_parts(
+) -> Result<HeaderDraft> {
+    HeaderDraft::from_parts(
         HeaderParts {
             record_id: record_id.to_vec(),
             owner_id: owner_id.to_vec(),

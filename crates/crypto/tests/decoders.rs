@@ -72,8 +72,16 @@ fn fixtures() -> (
     let (capsule, _) = encapsulate(&mut rng, &owner_pk);
     let kfrags = generate_kfrags(&mut rng, &owner, &grantee_pk, &signer, 1, 1).unwrap();
     let cfrag = reencrypt(&mut rng, &capsule, &kfrags[0]);
-    let header =
-        RecordHeader::new(&mut rng, b"rec-1", b"patient-1", "medical", 3, capsule).unwrap();
+    let header = RecordHeader::new(
+        &mut rng,
+        b"rec-1",
+        b"patient-1",
+        "medical",
+        3,
+        capsule,
+        &signer,
+    )
+    .unwrap();
     (
         owner_pk,
         signer.verifying_key(),

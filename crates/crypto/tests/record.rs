@@ -6,29 +6,47 @@ use std::io::{Read, Write};
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
-use sesphr_crypto::record::{DEFAULT_SEGMENT_SIZE, MIN_SEGMENT_SIZE, TAG_LEN};
+use sesphr_crypto::record::{DEFAULT_SEGMENT_SIZE, MIN_SEGMENT_SIZE, SEGMENT_OVERHEAD};
 use sesphr_crypto::{
-    DemKey, DemKeySource, Error, KemKey, RecordHeader, RecordOpener, RecordReader, RecordSealer,
-    RecordWriter, SecretKey, decapsulate_original, decrypt_record, encapsulate, encrypt_record,
+    DemKey, DemKeySource, Error, HeaderDraft, KemKey, RecordHeader, RecordOpener, RecordReader,
+    RecordSealer, RecordWriter, SecretKey, SigningKey, VerifyingKey, decapsulate_original,
+    decrypt_record, encapsulate, encrypt_record,
 };
 
 const SEG: usize = MIN_SEGMENT_SIZE as usize;
 
 struct Fixture {
     owner: SecretKey,
+    signer: SigningKey,
     header: RecordHeader,
     key: KemKey,
 }
 
+impl Fixture {
+    fn vk(&self) -> VerifyingKey {
+        self.signer.verifying_key()
+    }
+}
+
+/// One signed non-last segment on the wire.
+const UNIT: usize = SEG + SEGMENT_OVERHEAD;
+
 fn fixture(seed: u64, segment_size: u32) -> Fixture {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let owner = SecretKey::generate(&mut rng);
+    let signer = SigningKey::generate(&mut rng);
     let (capsule, key) = encapsulate(&mut rng, &owner.public_key());
-    let header = RecordHeader::new(&mut rng, b"record-1", b"patient-7", "medical", 2, capsule)
+    let header = HeaderDraft::new(&mut rng, b"record-1", b"patient-7", "medical", 2, capsule)
         .unwrap()
         .with_segment_size(segment_size)
-        .unwrap();
-    Fixture { owner, header, key }
+        .unwrap()
+        .sign(&signer, b"");
+    Fixture {
+        owner,
+        signer,
+        header,
+        key,
+    }
 }
 
 fn plaintext(len: usize, seed: u64) -> Vec<u8> {
@@ -40,7 +58,7 @@ fn plaintext(len: usize, seed: u64) -> Vec<u8> {
 
 /// Encrypts with the `Write` adapter, writing in `chunk`-byte pieces.
 fn seal_io(f: &Fixture, data: &[u8], chunk: usize) -> Vec<u8> {
-    let sealer = RecordSealer::new(f.header.clone(), &f.key).unwrap();
+    let sealer = RecordSealer::new(f.header.clone(), &f.key, &f.signer).unwrap();
     let mut w = RecordWriter::new(Vec::new(), sealer).unwrap();
     for piece in data.chunks(chunk.max(1)) {
         w.write_all(piece).unwrap();
@@ -51,7 +69,7 @@ fn seal_io(f: &Fixture, data: &[u8], chunk: usize) -> Vec<u8> {
 /// Encrypts with the push API.
 fn seal_push(f: &Fixture, data: &[u8]) -> Vec<u8> {
     let seg = f.header.segment_size() as usize;
-    let mut sealer = RecordSealer::new(f.header.clone(), &f.key).unwrap();
+    let mut sealer = RecordSealer::new(f.header.clone(), &f.key, &f.signer).unwrap();
     let mut out = f.header.to_bytes();
     let mut rest = data;
     // Full segments are sealed as non-last only when more data follows.
@@ -73,7 +91,7 @@ fn open_push(f: &Fixture, record: &[u8], chunk: usize) -> Result<Vec<u8>, Error>
     )?;
     let key = decapsulate_original(&f.owner, header.capsule())?;
     let body = &record[header.as_bytes().len()..];
-    let mut opener = RecordOpener::new(header, &key)?;
+    let mut opener = RecordOpener::new(header, &key, &f.vk())?;
     let mut out = Vec::new();
     for piece in body.chunks(chunk.max(1)) {
         for seg in opener.push(piece)? {
@@ -89,7 +107,7 @@ fn open_io(f: &Fixture, record: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     let header = decrypt_record(record, &mut out, |h| {
         let key = decapsulate_original(&f.owner, h.capsule())?;
-        RecordOpener::new(h.clone(), &key)
+        RecordOpener::new(h.clone(), &key, &f.vk())
     })?;
     assert_eq!(header, f.header);
     Ok(out)
@@ -110,7 +128,7 @@ fn round_trips_at_segment_boundaries() {
         let segments = len.div_ceil(SEG).max(1);
         assert_eq!(
             a.len(),
-            f.header.as_bytes().len() + len + segments * TAG_LEN
+            f.header.as_bytes().len() + len + segments * SEGMENT_OVERHEAD
         );
         assert_eq!(open_push(&f, &a, 777).unwrap(), data);
         assert_eq!(open_push(&f, &a, a.len()).unwrap(), data);
@@ -123,7 +141,7 @@ fn ten_mebibytes_and_three() {
     let f = fixture(2, DEFAULT_SEGMENT_SIZE);
     let data = plaintext((10 << 20) + 3, 99);
     let mut record = Vec::new();
-    let sealer = RecordSealer::new(f.header.clone(), &f.key).unwrap();
+    let sealer = RecordSealer::new(f.header.clone(), &f.key, &f.signer).unwrap();
     let n = encrypt_record(&data[..], &mut record, sealer).unwrap();
     assert_eq!(n, data.len() as u64);
     assert_eq!(open_io(&f, &record).unwrap(), data);
@@ -138,7 +156,7 @@ fn reader_uses_bounded_buffers() {
     let record = seal_io(&f, &data, 3 * SEG);
     let mut src = &record[..];
     let header = RecordHeader::read_from(&mut src).unwrap();
-    let opener = RecordOpener::new(header, &f.key).unwrap();
+    let opener = RecordOpener::new(header, &f.key, &f.vk()).unwrap();
     let mut reader = RecordReader::new(src, opener);
     let mut out = Vec::new();
     let mut buf = [0u8; 1000];
@@ -161,7 +179,7 @@ fn reader_uses_bounded_buffers() {
                     .unwrap()
             })
             .unwrap_or(0);
-        assert!(buffered <= SEG + TAG_LEN + 1);
+        assert!(buffered <= UNIT + 1);
     }
     assert_eq!(out, data);
 }
@@ -172,7 +190,7 @@ fn truncation_is_detected() {
     let data = plaintext(3 * SEG + 100, 4);
     let record = seal_io(&f, &data, 4096);
     let h = f.header.as_bytes().len();
-    let seg_ct = SEG + TAG_LEN;
+    let seg_ct = UNIT;
     // Cut exactly at each segment boundary: a clear "truncated" error.
     for k in 0..=3 {
         let cut = &record[..h + k * seg_ct];
@@ -201,7 +219,7 @@ fn reordered_or_dropped_segments_fail() {
     let data = plaintext(3 * SEG + 100, 5);
     let record = seal_io(&f, &data, 4096);
     let h = f.header.as_bytes().len();
-    let seg_ct = SEG + TAG_LEN;
+    let seg_ct = UNIT;
     let segs: Vec<&[u8]> = record[h..].chunks(seg_ct).collect();
     assert_eq!(segs.len(), 4);
     let rebuild = |order: &[usize]| {
@@ -233,7 +251,7 @@ fn splicing_between_records_fails() {
     // one record do not authenticate inside the other.
     let f = fixture(6, MIN_SEGMENT_SIZE);
     let mut rng = ChaCha20Rng::seed_from_u64(60);
-    let other_header = RecordHeader::new(
+    let other_header = HeaderDraft::new(
         &mut rng,
         b"record-2",
         b"patient-7",
@@ -243,9 +261,11 @@ fn splicing_between_records_fails() {
     )
     .unwrap()
     .with_segment_size(MIN_SEGMENT_SIZE)
-    .unwrap();
+    .unwrap()
+    .sign(&f.signer, b"");
     let g = Fixture {
         owner: f.owner.clone(),
+        signer: f.signer.clone(),
         header: other_header,
         key: f.key.clone(),
     };
@@ -263,34 +283,109 @@ fn splicing_between_records_fails() {
     ));
     // First segment from record 1, rest from record 2.
     let mut mixed = r2[..h2].to_vec();
-    mixed.extend_from_slice(&r1[h1..h1 + SEG + TAG_LEN]);
-    mixed.extend_from_slice(&r2[h2 + SEG + TAG_LEN..]);
+    mixed.extend_from_slice(&r1[h1..h1 + UNIT]);
+    mixed.extend_from_slice(&r2[h2 + UNIT..]);
     assert!(matches!(
         open_push(&g, &mixed, 999),
         Err(Error::DecryptionFailed)
     ));
 }
 
+fn draft(f: &Fixture, seed: u64) -> HeaderDraft {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    HeaderDraft::new(
+        &mut rng,
+        b"record-1",
+        b"patient-7",
+        "medical",
+        2,
+        *f.header.capsule(),
+    )
+    .unwrap()
+    .with_segment_size(MIN_SEGMENT_SIZE)
+    .unwrap()
+}
+
 #[test]
 fn key_source_must_match() {
     let f = fixture(7, MIN_SEGMENT_SIZE);
     let dem = DemKey::from_bytes(&[9u8; 32]).unwrap();
-    assert!(RecordSealer::with_dem_key(f.header.clone(), &dem).is_err());
-    let external = f.header.clone().with_key_source(DemKeySource::External);
-    assert!(RecordSealer::new(external.clone(), &f.key).is_err());
+    assert!(RecordSealer::with_dem_key(f.header.clone(), &dem, &f.signer).is_err());
+    let binding = b"blob binding";
+    let external = draft(&f, 70)
+        .with_key_source(DemKeySource::External)
+        .sign(&f.signer, binding);
+    assert!(RecordSealer::new(external.clone(), &f.key, &f.signer).is_err());
     // External key: round trip, and the KEM-derived key does not open it.
-    let mut sealer = RecordSealer::with_dem_key(external.clone(), &dem).unwrap();
+    let mut sealer = RecordSealer::with_dem_key(external.clone(), &dem, &f.signer).unwrap();
     let data = plaintext(SEG + 1, 7);
     let mut body = sealer.seal_segment(&data[..SEG]).unwrap();
     body.extend(sealer.seal_last(&data[SEG..]).unwrap());
-    let mut opener = RecordOpener::with_dem_key(external.clone(), &dem).unwrap();
+    let mut opener = RecordOpener::with_dem_key(external.clone(), &dem, &f.vk(), binding).unwrap();
     let mut out: Vec<u8> = opener.push(&body).unwrap().concat();
     out.extend(opener.finish().unwrap());
     assert_eq!(out, data);
+    // Another binding (another blob) does not verify.
+    assert!(matches!(
+        RecordOpener::with_dem_key(external.clone(), &dem, &f.vk(), b"other blob"),
+        Err(Error::VerificationFailed)
+    ));
     let wrong = DemKey::from_kem_key(&f.key);
-    let mut opener = RecordOpener::with_dem_key(external, &wrong).unwrap();
+    let mut opener = RecordOpener::with_dem_key(external, &wrong, &f.vk(), binding).unwrap();
     let res = opener.push(&body).and_then(|_| opener.finish());
     assert!(matches!(res, Err(Error::DecryptionFailed)));
+}
+
+/// What a grantee (or anyone else who can open a record) could do: it knows
+/// the record's key, so it can seal segments that authenticate under the
+/// genuine header, but it cannot sign them as the owner.
+#[test]
+fn key_holders_cannot_forge_segments_or_headers() {
+    let f = fixture(12, MIN_SEGMENT_SIZE);
+    let data = plaintext(2 * SEG + 3, 12);
+    let genuine = seal_push(&f, &data);
+    let mallory = SigningKey::generate(&mut ChaCha20Rng::seed_from_u64(13));
+    let h = f.header.as_bytes().len();
+
+    // Forged body under the genuine header, sealed with the real key.
+    let forged_text = plaintext(2 * SEG + 3, 14);
+    let mut sealer = RecordSealer::new(f.header.clone(), &f.key, &mallory).unwrap();
+    let mut forged = f.header.to_bytes();
+    forged.extend(sealer.seal_segment(&forged_text[..SEG]).unwrap());
+    forged.extend(sealer.seal_segment(&forged_text[SEG..2 * SEG]).unwrap());
+    forged.extend(sealer.seal_last(&forged_text[2 * SEG..]).unwrap());
+    assert!(matches!(
+        open_push(&f, &forged, 999),
+        Err(Error::VerificationFailed)
+    ));
+    assert!(open_io(&f, &forged).is_err());
+    // Not even the first segment is released.
+    let mut opener = RecordOpener::new(f.header.clone(), &f.key, &f.vk()).unwrap();
+    assert!(opener.push(&forged[h..h + UNIT + 1]).is_err());
+
+    // Only the last segment replaced: everything before it was genuine,
+    // and the forged tail is refused.
+    let mut spliced = genuine[..h + 2 * UNIT].to_vec();
+    let mut tail = RecordSealer::new(f.header.clone(), &f.key, &mallory).unwrap();
+    tail.seal_segment(&forged_text[..SEG]).unwrap();
+    tail.seal_segment(&forged_text[SEG..2 * SEG]).unwrap();
+    spliced.extend(tail.seal_last(b"no allergies").unwrap());
+    assert!(matches!(
+        open_push(&f, &spliced, 999),
+        Err(Error::VerificationFailed)
+    ));
+
+    // A whole new header signed by someone else is refused before any
+    // segment is looked at.
+    let fake = draft(&f, 15).sign(&mallory, b"");
+    assert!(matches!(
+        RecordOpener::new(fake, &f.key, &f.vk()),
+        Err(Error::VerificationFailed)
+    ));
+    // Unsigned version-1 headers are not read at all.
+    let mut v1 = f.header.to_bytes();
+    v1[4] = 1;
+    assert!(RecordHeader::from_bytes(&v1).is_err());
 }
 
 #[test]
@@ -298,27 +393,35 @@ fn header_parameters_are_validated() {
     let f = fixture(8, MIN_SEGMENT_SIZE);
     let mut rng = ChaCha20Rng::seed_from_u64(8);
     let capsule = *f.header.capsule();
+    let signer = &f.signer;
     for size in [0, MIN_SEGMENT_SIZE - 1, (16 << 20) + 1, u32::MAX] {
-        assert!(f.header.clone().with_segment_size(size).is_err());
+        assert!(draft(&f, 80).with_segment_size(size).is_err());
     }
-    assert!(f.header.clone().with_segment_size(16 << 20).is_ok());
-    assert!(RecordHeader::new(&mut rng, b"", b"o", "p", 0, capsule).is_err());
-    assert!(RecordHeader::new(&mut rng, b"r", b"", "p", 0, capsule).is_err());
-    assert!(RecordHeader::new(&mut rng, b"r", b"o", "", 0, capsule).is_err());
-    assert!(RecordHeader::new(&mut rng, &[1u8; 1025], b"o", "p", 0, capsule).is_err());
-    assert!(
-        RecordHeader::new(
-            &mut rng,
-            &[1u8; 1024],
-            &[2u8; 1024],
-            &"p".repeat(255),
-            0,
-            capsule
-        )
-        .is_ok()
+    assert!(draft(&f, 80).with_segment_size(16 << 20).is_ok());
+    assert!(RecordHeader::new(&mut rng, b"", b"o", "p", 0, capsule, signer).is_err());
+    assert!(RecordHeader::new(&mut rng, b"r", b"", "p", 0, capsule, signer).is_err());
+    assert!(RecordHeader::new(&mut rng, b"r", b"o", "", 0, capsule, signer).is_err());
+    assert!(RecordHeader::new(&mut rng, &[1u8; 1025], b"o", "p", 0, capsule, signer).is_err());
+    let longest = RecordHeader::new(
+        &mut rng,
+        &[1u8; 1024],
+        &[2u8; 1024],
+        &"p".repeat(255),
+        0,
+        capsule,
+        signer,
+    )
+    .unwrap();
+    assert_eq!(
+        longest.as_bytes().len(),
+        sesphr_crypto::record::MAX_HEADER_LEN
+    );
+    assert_eq!(
+        RecordHeader::from_bytes(longest.as_bytes()).unwrap(),
+        longest
     );
     // Wrong segment lengths are refused by the push API.
-    let mut sealer = RecordSealer::new(f.header.clone(), &f.key).unwrap();
+    let mut sealer = RecordSealer::new(f.header.clone(), &f.key, &f.signer).unwrap();
     assert!(sealer.seal_segment(&[0u8; 10]).is_err());
     assert!(sealer.seal_last(&vec![0u8; SEG + 1]).is_err());
 }
@@ -337,7 +440,10 @@ proptest! {
         prop_assert!(open_io(&f, &record).is_err());
         let h = f.header.as_bytes().len();
         if i >= h {
-            prop_assert!(matches!(open_push(&f, &record, chunk), Err(Error::DecryptionFailed)));
+            prop_assert!(matches!(
+                open_push(&f, &record, chunk),
+                Err(Error::DecryptionFailed | Error::VerificationFailed)
+            ));
         } else {
             prop_assert!(open_push(&f, &record, chunk).is_err());
         }
@@ -359,8 +465,8 @@ fn in_place_segment_api() {
     let data = plaintext(2 * SEG + 9, 11);
     let record = seal_push(&f, &data);
     let h = f.header.as_bytes().len();
-    let seg_ct = SEG + TAG_LEN;
-    let mut opener = RecordOpener::new(f.header.clone(), &f.key).unwrap();
+    let seg_ct = UNIT;
+    let mut opener = RecordOpener::new(f.header.clone(), &f.key, &f.vk()).unwrap();
     let mut out = Vec::new();
     for k in 0..2 {
         let mut buf = record[h + k * seg_ct..h + (k + 1) * seg_ct].to_vec();
@@ -373,13 +479,13 @@ fn in_place_segment_api() {
     assert_eq!(out, data);
 
     // A non-last segment presented as last is a truncation; a wrong size is refused.
-    let opener = RecordOpener::new(f.header.clone(), &f.key).unwrap();
+    let opener = RecordOpener::new(f.header.clone(), &f.key, &f.vk()).unwrap();
     let mut first = record[h..h + seg_ct].to_vec();
     assert!(matches!(
         opener.open_last_in_place(&mut first),
         Err(Error::Truncated)
     ));
-    let mut opener = RecordOpener::new(f.header.clone(), &f.key).unwrap();
+    let mut opener = RecordOpener::new(f.header.clone(), &f.key, &f.vk()).unwrap();
     let mut short = record[h..h + seg_ct - 1].to_vec();
     assert!(matches!(
         opener.open_segment_in_place(&mut short),

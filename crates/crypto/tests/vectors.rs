@@ -203,16 +203,18 @@ fn build() -> Vec<(&'static str, Value)> {
         4096,
         nonce_prefix,
     )
-    .unwrap();
+    .unwrap()
+    .sign(&signer, b"");
     let mut plaintext = vec![0u8; 4096 + 100];
     rng.fill_bytes(&mut plaintext);
     let dem_key = DemKey::from_kem_key(&kem_key);
-    let mut sealer = RecordSealer::new(header.clone(), &kem_key).unwrap();
+    let mut sealer = RecordSealer::new(header.clone(), &kem_key, &signer).unwrap();
     let seg0 = sealer.seal_segment(&plaintext[..4096]).unwrap();
     let seg1 = sealer.seal_last(&plaintext[4096..]).unwrap();
     let mut record = header.to_bytes();
     record.extend_from_slice(&seg0);
     record.extend_from_slice(&seg1);
+    let sig = |seg: &[u8]| h(&seg[seg.len() - sesphr_crypto::SIGNATURE_LEN..]);
     let nonce = |i: u32, last: bool| {
         let mut n = nonce_prefix.to_vec();
         n.extend_from_slice(&i.to_be_bytes());
@@ -235,7 +237,11 @@ fn build() -> Vec<(&'static str, Value)> {
         nonce_prefix2,
     )
     .unwrap();
-    let sealer2 = RecordSealer::with_dem_key(header2.clone(), &external_key).unwrap();
+    // A deduplicated record binds its blob: blob id || wrapped content key.
+    let mut binding2 = vec![0u8; 32 + 60];
+    rng.fill_bytes(&mut binding2);
+    let header2 = header2.sign(&signer, &binding2);
+    let sealer2 = RecordSealer::with_dem_key(header2.clone(), &external_key, &signer).unwrap();
     let empty_seg = sealer2.seal_last(&[]).unwrap();
     let mut record2 = header2.to_bytes();
     record2.extend_from_slice(&empty_seg);
@@ -247,6 +253,9 @@ fn build() -> Vec<(&'static str, Value)> {
                 "name": "two segments, DEM key derived from the capsule's KEM key",
                 "kem_key": h(kem_key.as_bytes()),
                 "dem_key": h(*dem_key.to_bytes()),
+                "owner_verifying_key": h(vk.to_bytes()),
+                "binding": "",
+                "header_signature": sig(header.as_bytes()),
                 "header": {
                     "record_id": h(b"record-0001"),
                     "owner_id": h(b"patient-42"),
@@ -260,14 +269,17 @@ fn build() -> Vec<(&'static str, Value)> {
                 },
                 "plaintext": h(&plaintext),
                 "segments": [
-                    {"nonce": h(nonce(0, false)), "ciphertext": h(&seg0)},
-                    {"nonce": h(nonce(1, true)), "ciphertext": h(&seg1)},
+                    {"nonce": h(nonce(0, false)), "ciphertext": h(&seg0), "signature": sig(&seg0)},
+                    {"nonce": h(nonce(1, true)), "ciphertext": h(&seg1), "signature": sig(&seg1)},
                 ],
                 "record": h(&record),
             },
             {
                 "name": "empty plaintext, external DEM key, default segment size",
                 "dem_key": h(external_key_bytes),
+                "owner_verifying_key": h(vk.to_bytes()),
+                "binding": h(&binding2),
+                "header_signature": sig(header2.as_bytes()),
                 "header": {
                     "record_id": h(b"record-0002"),
                     "owner_id": h(b"patient-42"),
@@ -285,7 +297,7 @@ fn build() -> Vec<(&'static str, Value)> {
                         let mut n = nonce_prefix2.to_vec();
                         n.extend_from_slice(&[0, 0, 0, 0, 1]);
                         n
-                    }), "ciphertext": h(&empty_seg)},
+                    }), "ciphertext": h(&empty_seg), "signature": sig(&empty_seg)},
                 ],
                 "record": h(&record2),
             }
@@ -376,13 +388,17 @@ fn vectors_verify_through_the_public_api() {
         let hlen = unhex(&r["header"]["bytes"]).len();
         let header = sesphr_crypto::RecordHeader::from_bytes(&bytes[..hlen]).unwrap();
         let dem = DemKey::from_bytes(&unhex(&r["dem_key"])).unwrap();
+        let owner = VerifyingKey::from_bytes(&unhex(&r["owner_verifying_key"])).unwrap();
+        let binding = unhex(&r["binding"]);
         let mut opener = match header.key_source() {
             DemKeySource::Kem => {
                 let k = sesphr_crypto::KemKey::from_bytes(&unhex(&r["kem_key"])).unwrap();
                 assert_eq!(*DemKey::from_kem_key(&k).to_bytes(), *dem.to_bytes());
-                RecordOpener::new(header, &k).unwrap()
+                RecordOpener::new(header, &k, &owner).unwrap()
             }
-            DemKeySource::External => RecordOpener::with_dem_key(header, &dem).unwrap(),
+            DemKeySource::External => {
+                RecordOpener::with_dem_key(header, &dem, &owner, &binding).unwrap()
+            }
         };
         let mut out: Vec<u8> = opener.push(&bytes[hlen..]).unwrap().concat();
         out.extend(opener.finish().unwrap());

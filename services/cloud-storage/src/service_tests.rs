@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures::stream;
 use sesphr::rpc::Rpc;
 use sesphr_access_policy::{Action, AuditEvent, AuditFilter, CheckQuery, Grant, PolicyStore};
-use sesphr_crypto::RecordHeader;
+use sesphr_crypto::HeaderDraft;
 use sesphr_crypto::record::DemKeySource;
 use sesphr_identity::{Caller, PartitionName, RecordId, Role, Service, UserId};
 use sesphr_mesh::unix_now;
@@ -133,7 +133,7 @@ fn header(owner: &str, record_id: &str, partition: &str, epoch: u32, dedup: bool
     let mut rng = rand::rng();
     let pk = sesphr_crypto::SecretKey::generate(&mut rng).public_key();
     let (capsule, _) = sesphr_crypto::encapsulate(&mut rng, &pk);
-    let h = RecordHeader::new(
+    let h = HeaderDraft::new(
         &mut rng,
         record_id.as_bytes(),
         owner.as_bytes(),
@@ -147,7 +147,8 @@ fn header(owner: &str, record_id: &str, partition: &str, epoch: u32, dedup: bool
     } else {
         h
     };
-    h.to_bytes()
+    h.sign(&sesphr_crypto::SigningKey::generate(&mut rng), b"")
+        .to_bytes()
 }
 
 fn put_header(owner: &str, id: &str, partition: &str, epoch: u32, size: u64) -> PutHeader {

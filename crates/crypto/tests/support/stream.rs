@@ -8,7 +8,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use sesphr_crypto::{
     KemKey, RecordHeader, RecordOpener, RecordReader, RecordSealer, RecordWriter, SecretKey,
-    decrypt_record, encapsulate, encrypt_record,
+    SigningKey, VerifyingKey, decrypt_record, encapsulate, encrypt_record,
 };
 
 /// Plaintext size.
@@ -18,6 +18,8 @@ pub struct Stream {
     pub data: Vec<u8>,
     pub kem_key: KemKey,
     pub header: RecordHeader,
+    pub signer: SigningKey,
+    pub owner: VerifyingKey,
     /// Plaintext segment size, as a length.
     pub seg: usize,
 }
@@ -28,12 +30,16 @@ pub fn stream() -> Stream {
     rng.fill_bytes(&mut data);
     let owner = SecretKey::generate(&mut rng);
     let (capsule, kem_key) = encapsulate(&mut rng, &owner.public_key());
-    let header = RecordHeader::new(&mut rng, b"bench", b"owner", "medical", 0, capsule).unwrap();
+    let signer = SigningKey::generate(&mut rng);
+    let header =
+        RecordHeader::new(&mut rng, b"bench", b"owner", "medical", 0, capsule, &signer).unwrap();
     let seg = header.segment_size() as usize;
     Stream {
         data,
         kem_key,
         header,
+        owner: signer.verifying_key(),
+        signer,
         seg,
     }
 }
@@ -45,7 +51,7 @@ impl Stream {
         self.data
             .chunks(self.seg)
             .map(|c| {
-                let mut v = Vec::with_capacity(self.seg + 16);
+                let mut v = Vec::with_capacity(self.seg + sesphr_crypto::record::SEGMENT_OVERHEAD);
                 v.extend_from_slice(c);
                 v
             })
@@ -54,8 +60,10 @@ impl Stream {
 
     /// Seals `segments` in place, then opens them in place again.
     pub fn seal_open_in_place(&self, segments: &mut [Vec<u8>]) {
-        let mut sealer = RecordSealer::new(self.header.clone(), &self.kem_key).unwrap();
-        let mut opener = RecordOpener::new(self.header.clone(), &self.kem_key).unwrap();
+        let mut sealer =
+            RecordSealer::new(self.header.clone(), &self.kem_key, &self.signer).unwrap();
+        let mut opener =
+            RecordOpener::new(self.header.clone(), &self.kem_key, &self.owner).unwrap();
         let (last, body) = segments.split_last_mut().unwrap();
         for s in body.iter_mut() {
             sealer.seal_segment_in_place(s).unwrap();
@@ -75,10 +83,10 @@ impl Stream {
     /// `encrypt_record` into `record`, then `decrypt_record` into a sink.
     pub fn encrypt_decrypt_record(&self, record: &mut Vec<u8>) {
         record.clear();
-        let sealer = RecordSealer::new(self.header.clone(), &self.kem_key).unwrap();
+        let sealer = RecordSealer::new(self.header.clone(), &self.kem_key, &self.signer).unwrap();
         encrypt_record(&self.data[..], &mut *record, sealer).unwrap();
         decrypt_record(&record[..], std::io::sink(), |h| {
-            RecordOpener::new(h.clone(), &self.kem_key)
+            RecordOpener::new(h.clone(), &self.kem_key, &self.owner)
         })
         .unwrap();
     }
@@ -87,13 +95,13 @@ impl Stream {
     /// then `RecordReader` into a sink. Returns the plaintext length read.
     pub fn write_read_record(&self, record: &mut Vec<u8>) -> u64 {
         record.clear();
-        let sealer = RecordSealer::new(self.header.clone(), &self.kem_key).unwrap();
+        let sealer = RecordSealer::new(self.header.clone(), &self.kem_key, &self.signer).unwrap();
         let mut w = RecordWriter::new(&mut *record, sealer).unwrap();
         w.write_all(&self.data).unwrap();
         w.finish().unwrap();
         let mut src = &record[..];
         let h = RecordHeader::read_from(&mut src).unwrap();
-        let opener = RecordOpener::new(h, &self.kem_key).unwrap();
+        let opener = RecordOpener::new(h, &self.kem_key, &self.owner).unwrap();
         let mut reader = RecordReader::new(src, opener);
         std::io::copy(&mut reader, &mut std::io::sink()).unwrap()
     }
