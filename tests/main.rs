@@ -11,6 +11,7 @@ mod bad_input;
 mod cli;
 mod dedup;
 mod deploy_config;
+mod distrust;
 mod durability;
 mod faults;
 mod hostile_audit;
