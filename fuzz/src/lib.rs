@@ -27,6 +27,7 @@ pub struct Fixture {
     pub kfrag: Vec<u8>,
     pub cfrag: Vec<u8>,
     pub header: RecordHeader,
+    pub signer: crypto::SigningKey,
     pub dem: [u8; 32],
 }
 
@@ -47,11 +48,13 @@ pub fn fixture() -> &'static Fixture {
             crypto::generate_kfrags(&mut rng, &sk, &receiving, &signer, 1, 1).expect("kfrags");
         let (capsule, _) = crypto::encapsulate(&mut rng, &delegating);
         let cfrag = crypto::reencrypt(&mut rng, &capsule, &kfrags[0]);
-        let header = RecordHeader::new(&mut rng, b"rec1", b"alice", "medical", 0, capsule.clone())
-            .expect("header")
-            .with_segment_size(SEGMENT)
-            .expect("segment size")
-            .with_key_source(crypto::record::DemKeySource::External);
+        let header =
+            crypto::HeaderDraft::new(&mut rng, b"rec1", b"alice", "medical", 0, capsule.clone())
+                .expect("header")
+                .with_segment_size(SEGMENT)
+                .expect("segment size")
+                .with_key_source(crypto::record::DemKeySource::External)
+                .sign(&signer, b"");
         Fixture {
             delegating,
             receiving,
@@ -60,6 +63,7 @@ pub fn fixture() -> &'static Fixture {
             kfrag: kfrags[0].to_bytes().to_vec(),
             cfrag: cfrag.to_bytes().to_vec(),
             header,
+            signer,
             dem: [0x42; 32],
         }
     })
@@ -116,7 +120,8 @@ pub fn open_stream(data: &[u8]) -> Option<usize> {
     let f = fixture();
     let (&split, ct) = data.split_first()?;
     let key = DemKey::from_bytes(&f.dem).expect("32-byte key");
-    let mut opener = RecordOpener::with_dem_key(f.header.clone(), &key).expect("opener");
+    let mut opener = RecordOpener::with_dem_key(f.header.clone(), &key, &f.verifying, b"")
+        .expect("opener");
     let step = usize::from(split) * 37 % 5000 + 1;
     let mut plain = 0usize;
     for chunk in ct.chunks(step) {
@@ -136,9 +141,9 @@ pub fn open_stream(data: &[u8]) -> Option<usize> {
     }
     let last = opener.finish().ok()?;
     plain += last.len();
-    let tags = ct.len() - plain;
+    let overhead = ct.len() - plain;
     assert_eq!(
-        tags % crypto::record::TAG_LEN,
+        overhead % crypto::record::SEGMENT_OVERHEAD,
         0,
         "plaintext and tags do not add up"
     );
@@ -149,7 +154,7 @@ pub fn open_stream(data: &[u8]) -> Option<usize> {
 pub fn sealed(len: usize) -> Vec<u8> {
     let f = fixture();
     let key = DemKey::from_bytes(&f.dem).expect("32-byte key");
-    let mut sealer = RecordSealer::with_dem_key(f.header.clone(), &key).expect("sealer");
+    let mut sealer = RecordSealer::with_dem_key(f.header.clone(), &key, &f.signer).expect("sealer");
     let plain: Vec<u8> = (0..len).map(|i| i as u8).collect();
     let mut out = Vec::new();
     let mut chunks = plain.chunks(SEGMENT as usize).peekable();

@@ -778,7 +778,8 @@ async fn updown_workload(
     .await)
 }
 
-/// The same bytes over the echo service: up then down, 1 MiB + tag each,
+/// The same bytes over the echo service: up then down, 1 MiB + tag + owner
+/// signature each,
 /// in the chunks the SDK sends (one per 1 MiB segment).
 async fn echo_workload(
     echo: &EchoProcess,
@@ -786,7 +787,7 @@ async fn echo_workload(
     duration: Duration,
 ) -> anyhow::Result<Stats> {
     let size = client::ciphertext_len(MIB as u64, crypto::record::DEFAULT_SEGMENT_SIZE as u64);
-    let chunk = crypto::record::DEFAULT_SEGMENT_SIZE as usize + crypto::record::TAG_LEN;
+    let chunk = crypto::record::DEFAULT_SEGMENT_SIZE as usize + crypto::record::SEGMENT_OVERHEAD;
     let clients: Vec<Arc<EchoClient>> = tls
         .iter()
         .map(|t| EchoClient::connect(&echo.url, t).map(Arc::new))
@@ -962,7 +963,7 @@ async fn memory_workload(o: &Options, bytes: u64) -> anyhow::Result<BigRecord> {
         &client::Profile::load(&homes.join("big0"))?.tls()?,
     )?;
     let size = client::ciphertext_len(bytes, crypto::record::DEFAULT_SEGMENT_SIZE as u64);
-    let chunk = crypto::record::DEFAULT_SEGMENT_SIZE as usize + crypto::record::TAG_LEN;
+    let chunk = crypto::record::DEFAULT_SEGMENT_SIZE as usize + crypto::record::SEGMENT_OVERHEAD;
     let t = Instant::now();
     anyhow::ensure!(c.up(size, chunk).await? == size, "echo up");
     let echo_up = t.elapsed();
