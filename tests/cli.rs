@@ -419,3 +419,54 @@ fn a_200_mib_record_streams_in_bounded_memory() {
     );
     m.stop();
 }
+
+#[test]
+fn fingerprints_whois_trust_and_the_ledger_from_the_cli() {
+    let m = DevProcess::start();
+    m.ok("alice", &["enroll", "--id", "alice", "--role", "patient"]);
+    let out = m.sesphr("bob", &["enroll", "--id", "bob", "--role", "doctor"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let bob_fp = stderr
+        .split("your key fingerprint: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("enroll prints the fingerprint: {stderr}"))
+        .to_owned();
+    assert_eq!(bob_fp.len(), 39, "{bob_fp}");
+
+    // whois: what the SRS presents, before and after first use.
+    let out = m.sesphr("alice", &["whois", "bob"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("bob\tdoctor\t{bob_fp}\n")
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not pinned yet"));
+    let out = m.sesphr("alice", &["grant", "--partition", "medical", "--to", "bob"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&bob_fp),
+        "grant prints the grantee's fingerprint"
+    );
+    let out = m.sesphr("alice", &["whois", "bob"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pinned"));
+
+    // trust: a wrong fingerprint is one clear line and pins nothing.
+    let wrong = "0000-0000-0000-0000-0000-0000-0000-0000";
+    let err = m.fails("alice", &["trust", "bob", "--fingerprint", wrong]);
+    assert!(err.contains("nothing was pinned"), "{err}");
+    m.ok("alice", &["trust", "bob", "--fingerprint", &bob_fp]);
+    let err = m.fails("alice", &["whois", "no-such-user"]);
+    assert!(err.contains("not found"), "{err}");
+
+    // The ledger and AccessPolicy agree: `grants` lists and exits 0.
+    let grants = m.ok("alice", &["grants"]);
+    assert!(grants.contains("given\talice\tmedical\tbob"), "{grants}");
+    m.ok(
+        "alice",
+        &["revoke", "--partition", "medical", "--from", "bob"],
+    );
+    m.ok("alice", &["grants"]);
+    m.stop();
+}
