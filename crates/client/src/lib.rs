@@ -523,8 +523,18 @@ impl Session {
     }
 
     /// Downloads and decrypts a record into `out`, segment by segment.
-    /// Returns the record's metadata. Every segment is authenticated before
-    /// it is written; a truncated or altered record fails.
+    /// Returns the record's metadata.
+    ///
+    /// The header's owner signature is checked (against one's own key or
+    /// the owner's pinned key) before the SRS is asked for anything, and
+    /// every segment is authenticated and its owner signature verified
+    /// before it is written; a truncated, altered or forged record fails.
+    /// A deduplicated record's blob is bound by the owner's signature
+    /// through its id (SHA-256 of the whole blob), which can only be
+    /// compared once the blob ended: its segments are written as they
+    /// authenticate under the content key and the id is checked last. So on
+    /// any error, discard what was written (the CLI writes to a temporary
+    /// file and renames it only on success).
     pub async fn download(
         &self,
         record_id: &str,
