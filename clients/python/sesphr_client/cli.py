@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import crypto
-from .client import (ClientError, MeshFile, Patient, Session, enroll, role_name, spiffe_id,
-                     write_atomically)
+from .client import (ClientError, MeshFile, Patient, Profile, Session, enroll, own_fingerprint,
+                     role_name, spiffe_id, write_atomically)
 
 
 def parse_time(s: str) -> int:
@@ -68,13 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--expires", help="expiry as RFC 3339")
     exp.add_argument("--for", dest="for_", help="expiry as a duration from now: 30d, 12h, 15m, 90s")
     gr.add_argument("--not-before", help="records created before this stay closed: now or RFC 3339")
-    r = sub.add_parser("revoke", help="withdraw a grant")
+    r = sub.add_parser("revoke", help="withdraw a grant, then rotate the partition so that new "
+                       "records are under a key the revoked user never had a path to")
     r.add_argument("--partition", required=True)
     r.add_argument("--from", dest="from_", required=True)
+    r.add_argument("--no-rotate", action="store_true",
+                   help="keep the current key epoch (until the next rotation, the SRS together "
+                   "with the revoked user could still open new records)")
+    ro = sub.add_parser("rotate", help="move a partition to a new key epoch for later uploads")
+    ro.add_argument("--partition", required=True)
     ls = sub.add_parser("ls", help="list records you may see")
     ls.add_argument("--owner", default="")
     ls.add_argument("--partition", default="")
-    sub.add_parser("grants", help="grants given and received")
+    sub.add_parser("grants", help="grants given and received; for your own grants, also where "
+                   "AccessPolicy's list disagrees with the ledger in your profile")
+    w = sub.add_parser("whois", help="a user's keys as the SRS presents them, their fingerprint "
+                       "and whether they match the keys your profile pinned")
+    w.add_argument("user_id")
+    t = sub.add_parser("trust", help="pin a user's keys after checking their fingerprint with "
+                       "them out of band")
+    t.add_argument("user_id")
+    t.add_argument("--fingerprint", required=True)
     return p
 
 
@@ -94,6 +108,8 @@ def run(args) -> None:
             raise ClientError("no enrollment token: pass --token or use a dev mesh file")
         prof = enroll(mesh, home, args.id, args.role, token)
         print(f"enrolled {prof.user_id} as {prof.role}", file=sys.stderr)
+        print(f"your key fingerprint: {own_fingerprint(prof)} (tell it to those who grant to you "
+              "or read your records)", file=sys.stderr)
         print(spiffe_id(prof.trust_domain, prof.role, prof.user_id))
     elif args.command == "upload":
         with Patient(mesh, home) as patient, open(args.file, "rb") as f:
@@ -113,28 +129,66 @@ def run(args) -> None:
         not_before = parse_time(args.not_before) if args.not_before else None
         with Patient(mesh, home) as patient:
             g = patient.grant(args.partition, args.to, not_before=not_before, expires_at=expires)
+            fp = patient.pins.pinned_fingerprint(args.to) or "unknown"
         extra = f", records from {fmt_time(g.not_before)}" if g.not_before else ""
         extra += f", until {fmt_time(g.expires_at)}" if g.HasField("expires_at") else ""
-        print(f"granted {g.grantee_id} ({role_name(g.grantee_role)}) {g.partition} from epoch "
-              f"{g.epoch_min}{extra}", file=sys.stderr)
+        print(f"granted {g.grantee_id} ({role_name(g.grantee_role)}, key fingerprint {fp}) "
+              f"{g.partition} from epoch {g.epoch_min}{extra}", file=sys.stderr)
     elif args.command == "revoke":
+        p, who = args.partition, args.from_
         with Patient(mesh, home) as patient:
-            patient.revoke(args.partition, args.from_)
-        print(f"revoked {args.from_}'s access to {args.partition}", file=sys.stderr)
+            patient.revoke(p, who)
+            if args.no_rotate:
+                print(f"revoked {who}'s access to {p} (not rotated: run `rotate --partition {p}` "
+                      f"before writing records {who} must not read)", file=sys.stderr)
+                return
+            try:
+                epoch = patient.rotate(p)
+            except ClientError as e:
+                raise ClientError(f"revoked {who}'s access to {p}, but the rotation failed; run "
+                                  f"`rotate --partition {p}`: {e}") from None
+        print(f"revoked {who}'s access to {p}; new records use key epoch {epoch}", file=sys.stderr)
+    elif args.command == "rotate":
+        with Patient(mesh, home) as patient:
+            epoch = patient.rotate(args.partition)
+        print(f"{args.partition} now uses key epoch {epoch} for new records", file=sys.stderr)
+        print(epoch)
+    elif args.command == "whois":
+        with Session(mesh, home) as s:
+            keys, status, pinned = s.whois(args.user_id)
+        print(f"{keys.user_id}\t{keys.role}\t{keys.fingerprint()}")
+        print({"pinned": "pinned (matches the keys you used before)",
+               "new": "not pinned yet (pinned on first use)",
+               "changed": f"CHANGED: you pinned {pinned}; check with {args.user_id} before "
+                          "`trust`"}[status], file=sys.stderr)
+    elif args.command == "trust":
+        with Session(mesh, home) as s:
+            keys = s.trust(args.user_id, args.fingerprint)
+        print(f"pinned {keys.user_id} ({keys.role}) {keys.fingerprint()}", file=sys.stderr)
     elif args.command == "ls":
         with Session(mesh, home) as s:
             for r in s.list(args.owner, args.partition):
                 print(f"{r.record_id}\t{r.owner_id}\t{r.partition}\t{r.epoch}\t"
                       f"{fmt_time(r.created_at)}\t{r.ciphertext_size}")
     elif args.command == "grants":
-        with Session(mesh, home) as s:
-            g = s.grants()
+        disagreements: list[str] = []
+        if Profile(home).role == "patient":  # a patient also checks its own ledger
+            with Patient(mesh, home) as patient:
+                g, disagreements = patient.audit_grants()
+        else:
+            with Session(mesh, home) as s:
+                g = s.grants()
         for direction, lst in (("given", g.given), ("received", g.received)):
             for x in lst:
                 expires = fmt_time(x.expires_at) if x.HasField("expires_at") else "never"
                 print(f"{direction}\t{x.owner_id}\t{x.partition}\t{x.grantee_id}\t"
                       f"{role_name(x.grantee_role)}\tepoch_min {x.epoch_min}\t"
                       f"not_before {fmt_time(x.not_before)}\texpires {expires}")
+        for d in disagreements:
+            print(f"ledger disagrees: {d}", file=sys.stderr)
+        if disagreements:
+            raise ClientError(f"AccessPolicy's grants disagree with your ledger in "
+                              f"{len(disagreements)} place(s); rotations follow your ledger")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import struct
 import sys
 import tempfile
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,12 +147,67 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     os.chmod(path, mode)
 
 
+def _write_public(path: Path, text: str) -> None:
+    """Like the Rust `write_public`: a temporary file, fsync, rename, mode 0644."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(text.encode())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    os.chmod(path, 0o644)
+
+
 def _toml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    out = []
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_key(k: str) -> str:
+    """A bare key where TOML allows one (as the Rust `toml` crate writes), else quoted: a user
+    id like `dr.bob` must stay one key, not a dotted path."""
+    return k if _BARE_KEY.match(k) else _toml_str(k)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise TypeError(f"unsupported TOML value {v!r}")
+    return str(v) if isinstance(v, int) else _toml_str(v)
+
+
+def _toml_tables(tables: dict[tuple[str, ...], dict]) -> str:
+    """`[a.b]` tables of `key = value` lines, in the order given."""
+    parts = []
+    for path, fields in tables.items():
+        lines = [f"[{'.'.join(_toml_key(p) for p in path)}]"]
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in fields.items() if v is not None]
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def _load_toml(path: Path, missing):
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return missing()
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ClientError(f"{path}: {e}") from None
 
 
 class Profile:
-    """`--home DIR`: profile.toml, master.key, tls.key, tls.pem, ca.pem, epochs.toml."""
+    """`--home DIR`: profile.toml, master.key, tls.key, tls.pem, ca.pem, epochs.toml,
+    known_keys.toml (pinned user keys) and grants.toml (the owner's grant ledger)."""
 
     def __init__(self, home: str | os.PathLike):
         self.home = Path(home)
@@ -203,16 +260,211 @@ class Profile:
         return tuple((self.home / n).read_bytes() for n in ("ca.pem", "tls.key", "tls.pem"))
 
     def epochs(self) -> dict[str, int]:
-        path = self.home / "epochs.toml"
-        try:
-            return dict(tomllib.loads(path.read_text()))
-        except FileNotFoundError:
-            return {}
-        except tomllib.TOMLDecodeError as e:
-            raise ClientError(f"{path}: {e}") from None
+        data = _load_toml(self.home / "epochs.toml", dict)
+        if not all(isinstance(v, int) and 0 <= v < 2**32 for v in data.values()):
+            raise ClientError(f"{self.home / 'epochs.toml'}: epochs must be u32 integers")
+        return dict(data)
 
     def current_epoch(self, partition: str) -> int:
         return int(self.epochs().get(partition, 0))
+
+    def set_epoch(self, partition: str, epoch: int) -> None:
+        """Saves `epoch` as the one new records of `partition` use (as the Rust client does)."""
+        all_ = self.epochs()
+        all_[partition] = epoch
+        _write_public(self.home / "epochs.toml",
+                      "".join(f"{_toml_key(p)} = {e}\n" for p, e in sorted(all_.items())))
+
+
+# Pinned user keys (crates/client/src/pins.rs) ----------------------------------------------
+FINGERPRINT_DST = b"SESPHR-V1-USER-KEY-FINGERPRINT"
+
+
+def fingerprint(user_id: str, role: str, pre_public_key: bytes, verifying_key: bytes) -> str:
+    """SHA-256(DST || u16be(len id) || id || role || 0x00 || pre_pk || vk), first 16 bytes as
+    eight dash-separated groups of four hex digits: what two people read out to each other."""
+    uid = user_id.encode()
+    d = hashlib.sha256(FINGERPRINT_DST + struct.pack(">H", len(uid)) + uid + role.encode()
+                       + b"\x00" + pre_public_key + verifying_key).digest()[:16]
+    return "-".join(d[i:i + 2].hex() for i in range(0, 16, 2))
+
+
+@dataclass(frozen=True)
+class UserKeys:
+    """A user's keys as the directory (the SRS) presented them, checked for well-formedness."""
+
+    user_id: str
+    role: str
+    pre_public_key: bytes  # 33 bytes, SEC1 compressed
+    verifying_key: bytes  # 33 bytes, SEC1 compressed
+
+    @classmethod
+    def from_proto(cls, info) -> "UserKeys":
+        def bad(what: str) -> ClientError:
+            return ClientError(f"verification failed: the SRS returned a malformed {what} for "
+                               f"{info.user_id}")
+        if not USER_ID.match(info.user_id):
+            raise bad("user id")
+        role = role_name(info.role)
+        if role not in ROLES:
+            raise bad("role")
+        for what, key in (("public key", info.pre_public_key),
+                          ("verifying key", info.verifying_key)):
+            try:
+                crypto.decode_point(key, what)
+            except crypto.Malformed:
+                raise bad(what) from None
+        return cls(info.user_id, role, bytes(info.pre_public_key), bytes(info.verifying_key))
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.user_id, self.role, self.pre_public_key, self.verifying_key)
+
+    def pin(self) -> dict:
+        return {"role": self.role, "pre_public_key": self.pre_public_key.hex(),
+                "verifying_key": self.verifying_key.hex(), "fingerprint": self.fingerprint()}
+
+
+class KeyChanged(ClientError):
+    """The SRS presents other keys for a user than the ones this profile pinned."""
+
+    def __init__(self, user_id: str, pinned: str, presented: str):
+        super().__init__(
+            f"the SRS presents other keys for {user_id} than the ones you pinned (pinned {pinned}, "
+            f"presented {presented}); if {user_id} really has new keys, check the fingerprint "
+            f"with them and run `trust {user_id} --fingerprint {presented}` (sesphr or sesphr-py)")
+        self.user_id, self.pinned, self.presented = user_id, pinned, presented
+
+
+PIN_FIELDS = ("role", "pre_public_key", "verifying_key", "fingerprint")
+
+
+class PinStore:
+    """DIR/known_keys.toml: one table per user id with the four PIN_FIELDS (the Rust format)."""
+
+    def __init__(self, home: Path):
+        self.path = Path(home) / "known_keys.toml"
+
+    def load(self) -> dict[str, dict]:
+        data = _load_toml(self.path, dict)
+        for uid, pin in data.items():
+            if (not isinstance(pin, dict) or set(pin) != set(PIN_FIELDS)
+                    or not all(isinstance(v, str) for v in pin.values())):
+                raise ClientError(f"{self.path}: the pin of {uid} is malformed")
+        return data
+
+    def save(self, all_: dict[str, dict]) -> None:
+        _write_public(self.path, _toml_tables(
+            {(uid,): {f: all_[uid][f] for f in PIN_FIELDS} for uid in sorted(all_)}))
+
+    def status(self, keys: UserKeys) -> tuple[str, str | None]:
+        """("pinned", fp), ("new", None) or ("changed", fingerprint of the pinned keys)."""
+        pin = self.load().get(keys.user_id)
+        if pin is None:
+            return "new", None
+        if pin == keys.pin():
+            return "pinned", pin["fingerprint"]
+        return "changed", pin["fingerprint"]
+
+    def check_or_pin(self, keys: UserKeys) -> str:
+        """Accepts pinned keys, pins a user's first keys (trust on first use), refuses a change."""
+        status, pinned = self.status(keys)
+        if status == "new":
+            self.pin(keys)
+        elif status == "changed":
+            raise KeyChanged(keys.user_id, pinned, keys.fingerprint())
+        return status
+
+    def pinned_verifying_key(self, user_id: str) -> bytes | None:
+        pin = self.load().get(user_id)
+        if pin is None:
+            return None
+        try:
+            vk = bytes.fromhex(pin["verifying_key"])
+            crypto.decode_point(vk, "verifying key")
+            return vk
+        except (ValueError, crypto.Malformed):
+            raise ClientError(f"{self.path}: the verifying key pinned for {user_id} is "
+                              "malformed") from None
+
+    def pinned_fingerprint(self, user_id: str) -> str | None:
+        pin = self.load().get(user_id)
+        return pin["fingerprint"] if pin else None
+
+    def pin(self, keys: UserKeys) -> None:
+        all_ = self.load()
+        all_[keys.user_id] = keys.pin()
+        self.save(all_)
+
+
+# The grant ledger (crates/client/src/ledger.rs) -----------------------------------------------
+LEDGER_FIELDS = ("role", "epoch_min", "not_before", "expires_at", "granted_at", "revoked_at")
+_LEDGER_OPTIONAL = {"expires_at", "revoked_at"}
+
+
+class Ledger:
+    """DIR/grants.toml, partition → grantee → entry: the owner's own record of her grants.
+
+    A grant is entered once AccessPolicy acknowledged exactly what was asked; a revocation
+    is entered *before* AccessPolicy is asked, so that a lying or failing server cannot keep
+    a revoked grantee in the next rotation, which follows this ledger only.
+    """
+
+    def __init__(self, home: Path):
+        self.path = Path(home) / "grants.toml"
+
+    @classmethod
+    def create(cls, home: Path) -> None:
+        """An empty ledger (at enrollment)."""
+        cls(home).save({})
+
+    def load(self) -> dict[str, dict[str, dict]]:
+        def missing():
+            raise ClientError(f"{self.path} is missing: this profile has no grant ledger, so it "
+                              "cannot tell who may receive kfrags")
+        data = _load_toml(self.path, missing)
+        for partition, grantees in data.items():
+            if not isinstance(grantees, dict):
+                raise ClientError(f"{self.path}: {partition} is not a table of grantees")
+            for grantee, e in grantees.items():
+                ok = (isinstance(e, dict) and set(e) <= set(LEDGER_FIELDS)
+                      and set(LEDGER_FIELDS) - _LEDGER_OPTIONAL <= set(e)
+                      and isinstance(e["role"], str)
+                      and all(isinstance(e[k], int) and not isinstance(e[k], bool)
+                              for k in LEDGER_FIELDS[1:] if k in e)
+                      and 0 <= e["epoch_min"] < 2**32)
+                if not ok:
+                    raise ClientError(f"{self.path}: the entry of {partition} → {grantee} is "
+                                      "malformed")
+        return data
+
+    def save(self, all_: dict[str, dict[str, dict]]) -> None:
+        _write_public(self.path, _toml_tables({
+            (p, g): {f: all_[p][g].get(f) for f in LEDGER_FIELDS}
+            for p in sorted(all_) for g in sorted(all_[p])}))
+
+    def record_grant(self, grant, now: int) -> None:
+        """Enters an acknowledged grant (an AccessGrant), replacing an earlier entry."""
+        all_ = self.load()
+        all_.setdefault(grant.partition, {})[grant.grantee_id] = {
+            "role": role_name(grant.grantee_role), "epoch_min": grant.epoch_min,
+            "not_before": grant.not_before,
+            "expires_at": grant.expires_at if grant.HasField("expires_at") else None,
+            "granted_at": now, "revoked_at": None}
+        self.save(all_)
+
+    def record_revoke(self, partition: str, grantee: str, now: int) -> None:
+        """Marks the grant revoked; also for a grantee the ledger never saw."""
+        all_ = self.load()
+        entry = all_.setdefault(partition, {}).setdefault(grantee, {
+            "role": "", "epoch_min": 0, "not_before": 0, "granted_at": 0})
+        entry["revoked_at"] = now
+        self.save(all_)
+
+    def active(self, partition: str, now: int) -> list[str]:
+        """Grantees of `partition` neither revoked nor expired at `now`."""
+        return sorted(g for g, e in self.load().get(partition, {}).items()
+                      if e.get("revoked_at") is None
+                      and (e.get("expires_at") is None or e["expires_at"] > now))
 
 
 # Enrollment --------------------------------------------------------------------------------
@@ -247,11 +499,25 @@ def enroll(mesh: MeshFile, home: Path, user_id: str, role: str, token: str) -> P
     expected = spiffe_id(mesh.trust_domain, role, user_id)
     if resp.spiffe_id != expected:
         raise ClientError(f"the SRS issued a certificate for {resp.spiffe_id} instead of {expected}")
-    return Profile.create(home, user_id, role, mesh.trust_domain, master, key_pem,
-                          resp.certificate_pem.encode(), ca_pem)
+    profile = Profile.create(home, user_id, role, mesh.trust_domain, master, key_pem,
+                             resp.certificate_pem.encode(), ca_pem)
+    Ledger.create(home)  # an empty grants.toml, as the Rust enroll writes
+    return profile
+
+
+def own_fingerprint(profile: Profile) -> str:
+    """The fingerprint of a profile's own keys: what its user reads out to those who grant to
+    it or read its records."""
+    master = profile.master_secret()
+    return fingerprint(profile.user_id, profile.role, master.receiving_keys().public_bytes(),
+                       master.signing_key().verifying_key_bytes())
 
 
 # Sessions -----------------------------------------------------------------------------------
+def unix_now() -> int:
+    return int(time.time())
+
+
 class Session:
     """One user's mTLS connections to the three services."""
 
@@ -261,6 +527,7 @@ class Session:
             raise ClientError(f"profile is for trust domain {self.profile.trust_domain}, mesh file "
                               f"for {mesh.trust_domain}")
         self.master = self.profile.master_secret()
+        self.pins = PinStore(self.profile.home)
         ca, key, cert = self.profile.tls_files()
         self._channels = [secure_channel(u, ca, key, cert)
                           for u in (mesh.cloud_storage, mesh.srs, mesh.access_policy)]
@@ -289,11 +556,55 @@ class Session:
             raise _rpc(service, e) from None
 
     def lookup(self, user_id: str):
+        """The raw `Srs/GetUser` answer, unchecked and unpinned."""
         return self._call("SRS", self.srs.GetUser, srs_pb2.GetUserRequest(user_id=user_id))
 
+    # Keys of other users ----------------------------------------------------------------------
+    def directory_keys(self, user_id: str) -> UserKeys:
+        """`user_id`'s keys as the SRS presents them, checked for form but not against the pins."""
+        _check_user_id(user_id)
+        info = self.lookup(user_id)
+        if info.user_id != user_id:
+            raise ClientError(f"verification failed: asked the SRS for {user_id}'s keys, it "
+                              "answered with another user's")
+        return UserKeys.from_proto(info)
+
+    def user_keys(self, user_id: str) -> tuple[UserKeys, str]:
+        """`user_id`'s keys, pinned on first use; KeyChanged if they differ from the pinned ones."""
+        keys = self.directory_keys(user_id)
+        return keys, self.pins.check_or_pin(keys)
+
+    def whois(self, user_id: str) -> tuple[UserKeys, str, str | None]:
+        """The presented keys, "pinned" / "new" / "changed", and the pinned fingerprint. Pins nothing."""
+        keys = self.directory_keys(user_id)
+        status, pinned = self.pins.status(keys)
+        return keys, status, pinned
+
+    def trust(self, user_id: str, fp: str) -> UserKeys:
+        """Pins the presented keys if, and only if, their fingerprint is `fp` (checked out of band)."""
+        keys = self.directory_keys(user_id)
+        wanted = "".join(fp.split()).lower()
+        presented = keys.fingerprint()
+        if wanted != presented:
+            raise ClientError(f"verification failed: the SRS presents keys with fingerprint "
+                              f"{presented} for {user_id}, not {wanted}; nothing was pinned")
+        self.pins.pin(keys)
+        return keys
+
+    def owner_verifying_key(self, owner_id: str) -> bytes:
+        """The key a record of `owner_id` must be signed with: one's own for one's records,
+        otherwise the owner's pinned key, else the SRS's answer, pinned (trust on first use)."""
+        if self.profile.role == "patient" and owner_id == self.user_id:
+            return self.master.signing_key().verifying_key_bytes()
+        pinned = self.pins.pinned_verifying_key(owner_id)
+        if pinned is not None:
+            return pinned
+        return self.user_keys(owner_id)[0].verifying_key
+
     # Reading ------------------------------------------------------------------------------
-    def _record_key(self, meta, header: crypto.RecordHeader) -> bytes:
-        """The KEM key: directly for the owner; through the SRS for a grantee."""
+    def _record_key(self, meta, header: crypto.RecordHeader, owner_vk: bytes) -> bytes:
+        """The KEM key: directly for the owner; through the SRS for a grantee, every cfrag
+        verified against the owner's (pinned) verifying key."""
         capsule = header.capsule
         if self.profile.role == "patient" and meta.owner_id == self.user_id:
             sk = self.master.partition_keys(meta.partition, meta.epoch).secret
@@ -301,7 +612,6 @@ class Session:
         resp = self._call("SRS", self.srs.ReEncrypt, srs_pb2.ReEncryptRequest(
             owner_id=meta.owner_id, partition=meta.partition, epoch=meta.epoch,
             capsules=[capsule.to_bytes()], record_id=meta.record_id))
-        owner = self.lookup(meta.owner_id)
         try:
             delegating = crypto.decode_point(resp.delegating_public_key, "delegating key")
         except crypto.Malformed:
@@ -313,14 +623,20 @@ class Session:
         for i, raw in enumerate(resp.results[0].cfrags):
             try:
                 cfrag = crypto.CapsuleFrag.from_bytes(raw)
-                verified.append(cfrag.verify(capsule, owner.verifying_key, delegating, mine.public))
+                verified.append(cfrag.verify(capsule, owner_vk, delegating, mine.public))
             except crypto.CryptoError:
                 raise ClientError(f"verification failed: cfrag {i} carries no valid proof of "
                                   f"re-encryption from {meta.owner_id}'s kfrags") from None
         return crypto.decapsulate_reencrypted(mine.secret, delegating, capsule, verified)
 
     def download(self, record_id: str, out: BinaryIO):
-        """Downloads and decrypts a record into `out`, segment by segment. Returns its meta."""
+        """Downloads and decrypts a record into `out`, segment by segment. Returns its meta.
+
+        As the Rust client: the header must match the metadata and name a partition a record
+        can have, and its owner must have signed it (with the binding of a deduplicated
+        record) before any key is derived or asked for; every segment is written only once its
+        tag and its owner signature verified. On an error, discard what was written.
+        """
         _check_user_id(record_id, "record id")
         stream = self.cloud.GetRecord(cs_pb.GetRecordRequest(record_id=record_id))
         try:
@@ -335,33 +651,51 @@ class Session:
                     or meta.record_id != record_id):
                 raise ClientError("verification failed: record header does not match the record "
                                   "CloudStorage served")
+            # Before any key is derived: a partition no owner can upload to (e.g. the
+            # reserved `@receive`) is a forgery, and so is a header its owner did not sign.
+            if not PARTITION.match(header.partition):
+                raise ClientError(f"verification failed: CloudStorage served a record of partition "
+                                  f"{header.partition!r}, which no record can have")
+            owner_vk = self.owner_verifying_key(meta.owner_id)
+            binding = crypto.dedup_binding(meta.blob_id, meta.wrapped_content_key)
+            try:
+                header.verify(owner_vk, binding)
+            except crypto.VerificationFailed:
+                raise ClientError(f"verification failed: record {record_id} is not signed by its "
+                                  f"owner {meta.owner_id}: refusing it") from None
             blob_hash = None
             if meta.blob_id:
-                # A deduplicated record: the capsule's key unwraps the
-                # blob's content key (crates/dedup/README.md).
+                # A deduplicated record: the capsule's key unwraps the blob's content key,
+                # wrapped with the unsigned header bytes as AAD (docs/crypto.md §10.6).
                 if header.key_source != 1:
-                    raise ClientError("verification failed: a deduplicated record must use an "
-                                      "external key")
-                kem_key = self._record_key(meta, header)
+                    raise ClientError("verification failed: a deduplicated record's header must "
+                                      "use an external key")
+                kem_key = self._record_key(meta, header, owner_vk)
                 opener = crypto.BlobOpener(crypto.unwrap_content_key(
-                    kem_key, meta.wrapped_content_key, meta.record_header))
+                    kem_key, meta.wrapped_content_key, header.unsigned_bytes()))
                 blob_hash = hashlib.sha256()
             elif header.key_source != 0:
                 raise ClientError("verification failed: a record with its own ciphertext must take "
                                   "its key from its capsule")
             else:
-                opener = crypto.RecordOpener(header, crypto.dem_key(self._record_key(meta, header)))
-            for msg in stream:
-                if msg.WhichOneof("part") != "chunk":
-                    raise ClientError("verification failed: CloudStorage sent metadata twice")
-                if blob_hash is not None:
-                    blob_hash.update(msg.chunk)
-                for seg in opener.push(msg.chunk):
-                    out.write(seg)
-            out.write(opener.finish())
+                kem_key = self._record_key(meta, header, owner_vk)
+                opener = crypto.RecordOpener(header, crypto.dem_key(kem_key), owner_vk)
+            try:
+                for msg in stream:
+                    if msg.WhichOneof("part") != "chunk":
+                        raise ClientError("verification failed: CloudStorage sent metadata twice")
+                    if blob_hash is not None:
+                        blob_hash.update(msg.chunk)
+                    for seg in opener.push(msg.chunk):
+                        out.write(seg)
+                out.write(opener.finish())
+            except crypto.VerificationFailed:
+                raise ClientError("verification failed: a segment of the record is not signed by "
+                                  "its owner: refusing it") from None
             out.flush()
             if blob_hash is not None and blob_hash.digest() != meta.blob_id:
-                raise ClientError("verification failed: the blob does not match its id")
+                raise ClientError("verification failed: the blob CloudStorage served does not "
+                                  "match its id")
             return meta
         except grpc.RpcError as e:
             raise _rpc("CloudStorage", e) from None
@@ -391,7 +725,7 @@ class Session:
 
 
 class Patient(Session):
-    """A patient: owns records, uploads, grants and revokes."""
+    """A patient: owns records, uploads, grants, revokes and rotates."""
 
     def __init__(self, mesh: MeshFile, home: str | os.PathLike):
         super().__init__(mesh, home)
@@ -399,18 +733,38 @@ class Patient(Session):
             self.close()
             raise ClientError(f"{self.user_id} is a {self.profile.role}, not a patient")
 
-    def upload(self, partition: str, src: BinaryIO, length: int,
-               segment_size: int = crypto.DEFAULT_SEGMENT_SIZE):
-        """Encrypts `length` bytes from `src` under the partition's current key epoch while
-        streaming them to CloudStorage. Returns the stored record's meta."""
-        _check_partition(partition)
+    @property
+    def ledger(self) -> Ledger:
+        return Ledger(self.profile.home)
+
+    def seal_record(self, partition: str, length: int, read,
+                    segment_size: int = crypto.DEFAULT_SEGMENT_SIZE, signer=None):
+        """A fresh record of `partition` under its current epoch: (record id, epoch, header,
+        iterator of signed segments). `signer` other than the owner's key is for tests only."""
         epoch = self.profile.current_epoch(partition)
         pk = self.master.partition_keys(partition, epoch).public
         capsule, kem_key = crypto.encapsulate(pk)
         record_id = os.urandom(16).hex()
+        owner = self.master.signing_key()
         header = crypto.RecordHeader.new(record_id.encode(), self.user_id.encode(), partition,
-                                         epoch, capsule, segment_size)
+                                         epoch, capsule, segment_size).sign(owner)
+        segments = crypto.seal_segments(header, crypto.dem_key(kem_key), signer or owner, length,
+                                        read)
+        return record_id, epoch, header, segments
 
+    def upload(self, partition: str, src: BinaryIO, length: int,
+               segment_size: int = crypto.DEFAULT_SEGMENT_SIZE):
+        """Encrypts `length` bytes from `src` under the partition's current key epoch, the
+        header and every segment signed with the owner's key, while streaming them to
+        CloudStorage. Returns the stored record's meta."""
+        _check_partition(partition)
+        record_id, epoch, header, segments = self.seal_record(partition, length, src.read,
+                                                              segment_size)
+        return self.put_sealed(record_id, partition, epoch, header, length, segments,
+                               lambda: src.read(1))
+
+    def put_sealed(self, record_id: str, partition: str, epoch: int, header, length: int,
+                   segments, probe=lambda: b""):
         failure: list[BaseException] = []
 
         def requests() -> Iterator:
@@ -419,9 +773,9 @@ class Patient(Session):
                 record_header=header.to_bytes(),
                 ciphertext_size=crypto.ciphertext_len(length, header.segment_size)))
             try:
-                for sealed in crypto.seal_segments(header, crypto.dem_key(kem_key), length, src.read):
+                for sealed in segments:
                     yield cs_pb.PutRecordRequest(chunk=sealed)
-                if src.read(1):
+                if probe():
                     raise ClientError("input is longer than its declared size (did the file grow?)")
             except Exception as e:  # ends the stream early; the server then stores nothing
                 failure.append(e)
@@ -439,12 +793,8 @@ class Patient(Session):
         import io
         return self.upload(partition, io.BytesIO(data), len(data), **kw)
 
-    def _put_kfrags(self, partition: str, epoch: int, grantee) -> None:
-        try:
-            grantee_pk = crypto.decode_point(grantee.pre_public_key, "grantee key")
-        except crypto.Malformed:
-            raise ClientError(f"verification failed: {grantee.user_id}'s registered key is "
-                              "malformed") from None
+    def _put_kfrags(self, partition: str, epoch: int, grantee: UserKeys) -> None:
+        grantee_pk = crypto.decode_point(grantee.pre_public_key, "grantee key")
         keys = self.master.partition_keys(partition, epoch)
         kfrags = crypto.generate_kfrags(keys.secret, grantee_pk, self.master.signing_key(), 1, 1)
         self._call("SRS", self.srs.PutKfrags, srs_pb2.PutKfragsRequest(
@@ -453,32 +803,100 @@ class Patient(Session):
 
     def grant(self, partition: str, grantee_id: str, not_before: int | None = None,
               expires_at: int | None = None):
-        """Kfrags for each covered epoch to the grantee's registered key, then the grant."""
+        """Kfrags for each covered epoch to the grantee's key (pinned on first use; a changed
+        key is refused), then the grant at AccessPolicy and, once AccessPolicy acknowledged
+        exactly this grant, in the profile's ledger. With `not_before` the partition is rotated
+        first and only the new epoch is granted, as the Rust client does."""
         _check_partition(partition)
         _check_user_id(grantee_id)
         if grantee_id == self.user_id:
             raise ClientError("you already own your records")
-        grantee = self.lookup(grantee_id)
-        current = self.profile.current_epoch(partition)
+        self.ledger.load()  # a profile without a ledger fails before anything is sent
+        grantee, _ = self.user_keys(grantee_id)
+        current = (self.rotate(partition) if not_before is not None
+                   else self.profile.current_epoch(partition))
         epoch_min = current if not_before is not None else 0
         for epoch in range(epoch_min, current + 1):
             self._put_kfrags(partition, epoch, grantee)
-        grant = ap_pb.AccessGrant(owner_id=self.user_id, partition=partition, grantee_id=grantee_id,
-                                  grantee_role=grantee.role, epoch_min=epoch_min,
+        asked = ap_pb.AccessGrant(owner_id=self.user_id, partition=partition, grantee_id=grantee_id,
+                                  grantee_role=role_value(grantee.role), epoch_min=epoch_min,
                                   not_before=not_before or 0)
         if expires_at is not None:
-            grant.expires_at = expires_at
-        return self._call("AccessPolicy", self.policy.Grant, ap_pb.GrantRequest(grant=grant)).grant
+            asked.expires_at = expires_at
+        resp = self._call("AccessPolicy", self.policy.Grant, ap_pb.GrantRequest(grant=asked))
+        got = resp.grant
+        same = (resp.HasField("grant") and got.owner_id == asked.owner_id
+                and got.partition == asked.partition and got.grantee_id == asked.grantee_id
+                and got.grantee_role == asked.grantee_role and got.epoch_min == asked.epoch_min
+                and not got.HasField("epoch_max") and got.not_before == asked.not_before
+                and got.HasField("expires_at") == asked.HasField("expires_at")
+                and got.expires_at == asked.expires_at)
+        if not same:
+            raise ClientError(f"verification failed: AccessPolicy acknowledged another grant than "
+                              f"the one asked for ({partition} to {grantee_id}); it is not in "
+                              "your ledger")
+        self.ledger.record_grant(got, unix_now())
+        return got
 
     def revoke(self, partition: str, grantee_id: str):
-        """At AccessPolicy first (effective at once), then the kfrags at the SRS."""
+        """First in the ledger (so no later rotation includes the grantee, whatever AccessPolicy
+        does), then at AccessPolicy (effective at once), then the kfrags at the SRS."""
         _check_partition(partition)
         _check_user_id(grantee_id)
-        removed = self._call("AccessPolicy", self.policy.Revoke,
-                             ap_pb.RevokeRequest(partition=partition, grantee_id=grantee_id))
+        self.ledger.record_revoke(partition, grantee_id, unix_now())
+        resp = self._call("AccessPolicy", self.policy.Revoke,
+                          ap_pb.RevokeRequest(partition=partition, grantee_id=grantee_id))
+        got = resp.grant
+        if (not resp.HasField("grant") or got.owner_id != self.user_id
+                or got.partition != partition or got.grantee_id != grantee_id):
+            raise ClientError(f"verification failed: AccessPolicy acknowledged revoking another "
+                              f"grant than {partition} from {grantee_id}; your ledger has it "
+                              "revoked, so no rotation will include them")
         self._call("SRS", self.srs.DeleteKfrags,
                    srs_pb2.DeleteKfragsRequest(partition=partition, grantee_id=grantee_id))
-        return removed.grant
+        return got
+
+    def rotate(self, partition: str) -> int:
+        """Moves `partition` to a new key epoch. The grantees active in the ledger (never
+        AccessPolicy's list) get kfrags for it first; the epoch is saved only if all succeeded."""
+        _check_partition(partition)
+        nxt = self.profile.current_epoch(partition) + 1
+        if nxt >= 2**32:
+            raise ClientError("no epochs left")
+        for grantee_id in self.ledger.active(partition, unix_now()):
+            grantee, _ = self.user_keys(grantee_id)
+            self._put_kfrags(partition, nxt, grantee)
+        self.profile.set_epoch(partition, nxt)
+        return nxt
+
+    def audit_grants(self):
+        """The grants AccessPolicy lists, and where its list of one's own grants disagrees with
+        the ledger (one line each)."""
+        grants = self.grants()
+        mine = [g for g in grants.given if g.owner_id == self.user_id]
+        return grants, compare_ledger(self.ledger.load(), mine, unix_now())
+
+
+def compare_ledger(ledger: dict, given: list, now: int) -> list[str]:
+    """Where AccessPolicy's grants `given` by the owner and her ledger disagree (ledger.rs)."""
+    out = []
+    for g in given:
+        e = ledger.get(g.partition, {}).get(g.grantee_id)
+        if e is None:
+            out.append(f"{g.partition} → {g.grantee_id} ({role_name(g.grantee_role)}): listed by "
+                       "AccessPolicy, but you never granted it")
+        elif e.get("revoked_at") is not None:
+            out.append(f"{g.partition} → {g.grantee_id}: revoked by you, but AccessPolicy still "
+                       "lists it")
+    listed = {(g.partition, g.grantee_id) for g in given}
+    for partition, grantees in sorted(ledger.items()):
+        for grantee, e in sorted(grantees.items()):
+            active = e.get("revoked_at") is None and (e.get("expires_at") is None
+                                                      or e["expires_at"] > now)
+            if active and (partition, grantee) not in listed:
+                out.append(f"{partition} → {grantee}: granted by you, but AccessPolicy does not "
+                           "list it")
+    return out
 
 
 def write_atomically(path: Path, session: Session, record_id: str):

@@ -1,4 +1,4 @@
-"""SeSPHR cryptography, version 1, written from docs/crypto.md alone.
+"""SeSPHR cryptography (record format version 2), written from docs/crypto.md alone.
 
 Section numbers (§) refer to docs/crypto.md. P-256 point arithmetic comes
 from python-ecdsa; SHA-256, HMAC, HKDF, ECDSA and AES-256-GCM from
@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac
@@ -42,6 +42,8 @@ SHARED_SECRET_DST = b"SESPHR-V1-H2S-SHARED-SECRET"
 POLYNOMIAL_ARG_DST = b"SESPHR-V1-H2S-POLYNOMIAL-ARG"
 CFRAG_PROOF_DST = b"SESPHR-V1-H2S-CFRAG-PROOF"
 KFRAG_SIGNATURE_PREFIX = b"SESPHR-V1-KFRAG-SIGNATURE"
+RECORD_HEADER_SIGNATURE_PREFIX = b"SESPHR-V2-RECORD-HEADER-SIGNATURE"
+RECORD_SEGMENT_SIGNATURE_PREFIX = b"SESPHR-V2-RECORD-SEGMENT-SIGNATURE"
 KEM_KEY_INFO = b"SESPHR-V1-KEM-KEY"
 DEM_KEY_INFO = b"SESPHR-V1-DEM-KEY-AES256GCM-STREAM-BE32"
 MASTER_SALT = b"SESPHR-V1-MASTER-SECRET"
@@ -52,6 +54,8 @@ CAPSULE_LEN = 98
 KFRAG_LEN = 194
 CFRAG_LEN = 359
 TAG_LEN = 16
+SIGNATURE_LEN = 64
+SEGMENT_OVERHEAD = TAG_LEN + SIGNATURE_LEN  # §10.4: every segment carries its tag and a signature
 DEFAULT_SEGMENT_SIZE = 1 << 20
 
 
@@ -65,7 +69,7 @@ class Malformed(CryptoError):
 
 
 class VerificationFailed(CryptoError):
-    """A kfrag or cfrag (or its proof/signature) does not verify."""
+    """A kfrag, cfrag or record signature (or a cfrag proof) does not verify."""
 
 
 class DecryptionFailed(CryptoError):
@@ -252,25 +256,46 @@ class SigningKey:
         return encode_point(G * self.d)
 
     def sign(self, msg: bytes) -> bytes:
-        der = self._key.sign(msg, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
+        return self._canonical(self._key.sign(
+            msg, ec.ECDSA(hashes.SHA256(), deterministic_signing=True)))
+
+    def sign_prehashed(self, digest: bytes) -> bytes:
+        """The signature of a message whose SHA-256 is `digest`: sign(m) == sign_prehashed(SHA-256(m))."""
+        if len(digest) != 32:
+            raise InvalidParameter("a SHA-256 digest is 32 bytes")
+        return self._canonical(self._key.sign(
+            digest, ec.ECDSA(utils.Prehashed(hashes.SHA256()), deterministic_signing=True)))
+
+    @staticmethod
+    def _canonical(der: bytes) -> bytes:
         r, s = utils.decode_dss_signature(der)
         if s > (N - 1) // 2:
             s = N - s
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
-def verify_signature(q33: bytes, msg: bytes, sig: bytes) -> bool:
-    if len(sig) != 64:
+def _verify(q33: bytes, data: bytes, sig: bytes, algorithm) -> bool:
+    if len(sig) != SIGNATURE_LEN:
         return False
     r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
     if not (0 < r < N and 0 < s <= (N - 1) // 2):
         return False
     try:
         key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), q33)
-        key.verify(utils.encode_dss_signature(r, s), msg, ec.ECDSA(hashes.SHA256()))
+        key.verify(utils.encode_dss_signature(r, s), data, ec.ECDSA(algorithm))
         return True
     except (InvalidSignature, ValueError):
         return False
+
+
+def verify_signature(q33: bytes, msg: bytes, sig: bytes) -> bool:
+    """§4.2 verification of `sig` over `msg` under the 33-byte verifying key `q33`."""
+    return _verify(q33, msg, sig, hashes.SHA256())
+
+
+def verify_signature_prehashed(q33: bytes, digest: bytes, sig: bytes) -> bool:
+    """verify_signature of a message whose SHA-256 is `digest`."""
+    return len(digest) == 32 and _verify(q33, digest, sig, utils.Prehashed(hashes.SHA256()))
 
 
 # §6 encapsulation --------------------------------------------------------------
@@ -503,12 +528,16 @@ def decapsulate_reencrypted(b: int, pk_a, capsule: Capsule, cfrags: list[Capsule
 
 # §10 records --------------------------------------------------------------------------
 MAGIC = b"SPHR"
-VERSION = 1
+VERSION = 2  # §10.1: version 1 (unsigned records) is refused, so no one can downgrade a record
 MIN_SEGMENT, MAX_SEGMENT = 4096, 16 * 1024 * 1024
+HEADER_PREFIX_LEN = 7
 
 
 @dataclass(frozen=True)
 class RecordHeader:
+    """§10.1. `signature` is empty until the owner signs (`sign`); a decoded header has one,
+    which nothing may trust before `verify` succeeded."""
+
     record_id: bytes
     owner_id: bytes
     partition: str
@@ -517,16 +546,19 @@ class RecordHeader:
     capsule: Capsule
     segment_size: int
     nonce_prefix: bytes
+    signature: bytes = b""
 
     @classmethod
     def new(cls, record_id: bytes, owner_id: bytes, partition: str, epoch: int, capsule: Capsule,
             segment_size: int = DEFAULT_SEGMENT_SIZE, key_source: int = 0) -> "RecordHeader":
+        """An unsigned header (a draft) with a fresh random nonce prefix."""
         h = cls(record_id, owner_id, partition, epoch, key_source, capsule, segment_size,
                 os.urandom(7))
-        h.to_bytes()  # validates every field
+        h.unsigned_bytes()  # validates every field
         return h
 
-    def to_bytes(self) -> bytes:
+    def unsigned_bytes(self) -> bytes:
+        """Every header byte but the signature; header_len already counts the signature."""
         p = self.partition.encode("utf-8")
         if not (1 <= len(self.record_id) <= 1024 and 1 <= len(self.owner_id) <= 1024
                 and 1 <= len(p) <= 255 and self.key_source in (0, 1)
@@ -536,16 +568,42 @@ class RecordHeader:
         body = b"".join(struct.pack(">H", len(f)) + f for f in (self.record_id, self.owner_id, p))
         body += (struct.pack(">IB", self.epoch, self.key_source) + self.capsule.to_bytes()
                  + struct.pack(">I", self.segment_size) + self.nonce_prefix)
-        return MAGIC + bytes([VERSION]) + struct.pack(">H", 7 + len(body)) + body
+        total = HEADER_PREFIX_LEN + len(body) + SIGNATURE_LEN
+        return MAGIC + bytes([VERSION]) + struct.pack(">H", total) + body
+
+    def to_bytes(self) -> bytes:
+        """The whole header: unsigned || owner signature (the AAD of every segment)."""
+        if len(self.signature) != SIGNATURE_LEN:
+            raise InvalidParameter("the record header is not signed yet")
+        return self.unsigned_bytes() + self.signature
+
+    def signed_digest(self, binding: bytes = b"") -> bytes:
+        """§10.2: SHA-256(RECORD_HEADER_SIGNATURE_PREFIX || unsigned || binding)."""
+        return hashlib.sha256(RECORD_HEADER_SIGNATURE_PREFIX + self.unsigned_bytes()
+                              + binding).digest()
+
+    def sign(self, owner: "SigningKey", binding: bytes = b"") -> "RecordHeader":
+        """The header signed by its owner, binding `binding` (empty unless deduplicated, §10.6)."""
+        return replace(self, signature=owner.sign_prehashed(self.signed_digest(binding)))
+
+    def verify(self, owner_vk: bytes, binding: bytes = b"") -> "RecordHeader":
+        """Checks the owner's signature over this header and `binding`; raises VerificationFailed."""
+        if not verify_signature_prehashed(owner_vk, self.signed_digest(binding), self.signature):
+            raise VerificationFailed("the record header is not signed by its owner")
+        return self
+
+    def hash(self) -> bytes:
+        """SHA-256 of the whole (signed) header, which every segment signature covers."""
+        return hashlib.sha256(self.to_bytes()).digest()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "RecordHeader":
+        """Decodes exactly one header. Does not verify the signature (see `verify`)."""
         bad = Malformed("RecordHeader")
-        if len(data) < 7 or data[:4] != MAGIC or data[4] != VERSION:
+        total = cls.read_length(data[:HEADER_PREFIX_LEN])
+        if total != len(data):
             raise bad
-        if struct.unpack(">H", data[5:7])[0] != len(data):
-            raise bad
-        pos = 7
+        pos = HEADER_PREFIX_LEN
 
         def take(n: int) -> bytes:
             nonlocal pos
@@ -572,21 +630,38 @@ class RecordHeader:
         if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
             raise bad
         nonce_prefix = take(7)
+        signature = take(SIGNATURE_LEN)
         if pos != len(data):
             raise bad
-        return cls(fields[0], fields[1], partition, epoch, key_source, capsule, segment_size,
-                   nonce_prefix)
+        header = cls(fields[0], fields[1], partition, epoch, key_source, capsule, segment_size,
+                     nonce_prefix, signature)
+        if header.to_bytes() != data:
+            raise bad
+        return header
 
     @staticmethod
     def read_length(first7: bytes) -> int:
-        """A reader reads 7 bytes, checks magic and version, then header_len − 7 more."""
-        if len(first7) != 7 or first7[:4] != MAGIC or first7[4] != VERSION:
+        """A reader reads 7 bytes, checks magic, version and header_len, then header_len − 7 more."""
+        if len(first7) != HEADER_PREFIX_LEN or first7[:4] != MAGIC:
             raise Malformed("RecordHeader")
-        return struct.unpack(">H", first7[5:7])[0]
+        if first7[4] != VERSION:
+            raise Malformed(f"RecordHeader: format version {first7[4]} is refused (only "
+                            f"{VERSION}, owner-signed, is read)")
+        total = struct.unpack(">H", first7[5:7])[0]
+        if total < HEADER_PREFIX_LEN + SIGNATURE_LEN:
+            raise Malformed("RecordHeader")
+        return total
+
+
+def segment_digest(header_hash: bytes, index: int, last: bool, ciphertext: bytes) -> bytes:
+    """§10.4: SHA-256(RECORD_SEGMENT_SIGNATURE_PREFIX || SHA-256(header) || u32be(i) || last_flag
+    || C_i), C_i being the segment's ciphertext with its tag. The owner signs this digest."""
+    return hashlib.sha256(RECORD_SEGMENT_SIGNATURE_PREFIX + header_hash
+                          + struct.pack(">IB", index, 1 if last else 0) + ciphertext).digest()
 
 
 def dem_key(kem_key: bytes) -> bytes:
-    """§10.2, key_source = 0."""
+    """§10.3, key_source = 0."""
     return hkdf(kem_key, DEM_KEY_INFO)
 
 
@@ -597,18 +672,19 @@ def segment_nonce(prefix: bytes, index: int, last: bool) -> bytes:
 
 
 def ciphertext_len(plaintext_len: int, segment_size: int) -> int:
-    if plaintext_len == 0:
-        return TAG_LEN
-    return plaintext_len + -(-plaintext_len // segment_size) * TAG_LEN
+    """§10.4: bytes after the header; an empty plaintext is one empty last segment."""
+    segments = max(1, -(-plaintext_len // segment_size))
+    return plaintext_len + segments * SEGMENT_OVERHEAD
 
 
-def seal_segments(header: RecordHeader, key: bytes, plaintext_len: int, read):
-    """§10.3 writer. `read(n)` returns the next n plaintext bytes; yields C_0..C_k.
+def seal_segments(header: RecordHeader, key: bytes, owner: SigningKey, plaintext_len: int, read):
+    """§10.4 writer. `read(n)` returns the next n plaintext bytes; yields C_i || sig_i.
 
-    The length is known in advance (as in the Rust client), so the final
-    segment is sealed as last even when it is full.
+    `header` must be signed by `owner`. The length is known in advance (as in
+    the Rust client), so the final segment is sealed as last even when it is full.
     """
     aad, aead, seg = header.to_bytes(), AESGCM(key), header.segment_size
+    header_hash = header.hash()
     remaining, index = plaintext_len, 0
     while True:
         n = min(remaining, seg)
@@ -617,67 +693,139 @@ def seal_segments(header: RecordHeader, key: bytes, plaintext_len: int, read):
             raise InvalidParameter("input shorter than its declared length")
         remaining -= n
         last = remaining == 0
-        yield aead.encrypt(segment_nonce(header.nonce_prefix, index, last), chunk, aad)
+        ct = aead.encrypt(segment_nonce(header.nonce_prefix, index, last), chunk, aad)
+        yield ct + owner.sign_prehashed(segment_digest(header_hash, index, last, ct))
         if last:
             return
         index += 1
 
 
-class RecordOpener:
-    """§10.3 reader: push ciphertext as it arrives, get authenticated plaintext back."""
+class _StreamOpener:
+    """The STREAM construction alone (§10.4 without signatures): also what blobs use."""
 
-    def __init__(self, header: RecordHeader, key: bytes):
-        self._aad = header.to_bytes()
-        self._aead = AESGCM(key)
-        self._prefix = header.nonce_prefix
-        self._full = header.segment_size + TAG_LEN
-        self._buf = bytearray()
-        self._index = 0
+    def __init__(self, key: bytes, nonce_prefix: bytes, aad: bytes, segment_size: int):
+        self._aead, self._prefix, self._aad = AESGCM(key), nonce_prefix, aad
+        self.full = segment_size + TAG_LEN
 
-    def _open(self, ct: bytes, index: int, last: bool) -> bytes:
+    def open(self, ct: bytes, index: int, last: bool) -> bytes:
         try:
             return self._aead.decrypt(segment_nonce(self._prefix, index, last), ct, self._aad)
         except InvalidTag:
             raise DecryptionFailed("segment does not authenticate") from None
 
-    def push(self, data: bytes) -> list[bytes]:
-        self._buf += data
-        out = []
-        # A full segment is non-last only once at least one more byte follows it.
-        while len(self._buf) > self._full:
-            out.append(self._open(bytes(self._buf[:self._full]), self._index, last=False))
-            del self._buf[:self._full]
-            self._index += 1
-        return out
-
-    def finish(self) -> bytes:
-        rest = bytes(self._buf)
-        self._buf.clear()
-        if len(rest) < TAG_LEN:
+    def open_last(self, ct: bytes, index: int) -> bytes:
+        if len(ct) < TAG_LEN:
             raise Truncated("record ended before its last segment")
         try:
-            return self._open(rest, self._index, last=True)
+            return self.open(ct, index, last=True)
         except DecryptionFailed:
             # A record cut at a segment boundary ends with a full segment sealed
             # as non-last: report that as truncation.
-            if len(rest) != self._full:
+            if len(ct) != self.full:
                 raise
             try:
-                self._open(rest, self._index, last=False)
+                self.open(ct, index, last=False)
             except DecryptionFailed:
                 raise DecryptionFailed("last segment does not authenticate") from None
             raise Truncated("record ended before its last segment") from None
 
 
-# --- Deduplicated records (crates/dedup/README.md §2) ------------------------
+class _Pusher:
+    """Buffers pushed bytes; a full unit is non-last only once one more byte follows it."""
+
+    def __init__(self, unit: int):
+        self._unit, self._buf, self._index, self._poisoned = unit, bytearray(), 0, False
+
+    def _open_unit(self, unit: bytes, index: int, last: bool) -> bytes:
+        raise NotImplementedError
+
+    def push(self, data: bytes) -> list[bytes]:
+        if self._poisoned:
+            raise DecryptionFailed("the record already failed")
+        self._buf += data
+        out = []
+        try:
+            while len(self._buf) > self._unit:
+                out.append(self._open_unit(bytes(self._buf[:self._unit]), self._index, False))
+                del self._buf[:self._unit]
+                self._index += 1
+        except CryptoError:
+            self._poisoned = True
+            raise
+        return out
+
+    def finish(self) -> bytes:
+        if self._poisoned:
+            raise DecryptionFailed("the record already failed")
+        self._poisoned = True  # single use
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return self._open_unit(rest, self._index, True)
+
+
+class RecordOpener(_Pusher):
+    """§10.4–10.5 reader: push ciphertext as it arrives, get plaintext back segment by segment,
+    each only once its AEAD tag *and* its owner signature verified.
+
+    The header's own signature is checked first (with `binding`, §10.6): a header its owner
+    did not sign is refused before any segment is looked at.
+    """
+
+    def __init__(self, header: RecordHeader, key: bytes, owner_vk: bytes, binding: bytes = b""):
+        header.verify(owner_vk, binding)
+        super().__init__(header.segment_size + SEGMENT_OVERHEAD)
+        self._hash, self._vk = header.hash(), owner_vk
+        self._stream = _StreamOpener(key, header.nonce_prefix, header.to_bytes(),
+                                     header.segment_size)
+
+    def _open_unit(self, unit: bytes, index: int, last: bool) -> bytes:
+        if last and len(unit) < SEGMENT_OVERHEAD:
+            raise Truncated("record ended before its last segment")
+        ct, sig = unit[:-SIGNATURE_LEN], unit[-SIGNATURE_LEN:]
+        plain = self._stream.open_last(ct, index) if last else self._stream.open(ct, index, False)
+        # Authentic under the record's key is not enough: every key holder (each
+        # grantee) could have written it. Only the owner's signature releases it.
+        if not verify_signature_prehashed(self._vk, segment_digest(self._hash, index, last, ct),
+                                          sig):
+            raise VerificationFailed("record segment is not signed by the record's owner")
+        return plain
+
+
+def open_record(record: bytes, owner_vk: bytes, key: bytes | None = None,
+                kem_key: bytes | None = None, binding: bytes = b""):
+    """Verifies and decrypts a whole record (header || segments). Returns (header, plaintext)."""
+    header = RecordHeader.from_bytes(record[:RecordHeader.read_length(record[:HEADER_PREFIX_LEN])])
+    if key is None:
+        if header.key_source != 0 or kem_key is None:
+            raise InvalidParameter("need the DEM key or the KEM key")
+        key = dem_key(kem_key)
+    opener = RecordOpener(header, key, owner_vk, binding)
+    body = opener.push(record[len(header.to_bytes()):])
+    body.append(opener.finish())
+    return header, b"".join(body)
+
+
+# --- Deduplicated records (§10.6; crates/dedup/README.md) ---------------------
 
 BLOB_MAGIC = b"SPHB"
 BLOB_HEADER_LEN = 9
 WRAPPED_KEY_LEN = 60
 
 
+def dedup_binding(blob_id: bytes, wrapped_content_key: bytes) -> bytes:
+    """§10.6: what the owner's header signature binds besides the header.
+
+    Empty for a record with its own ciphertext; for a deduplicated one
+    u16be(len(blob_id)) || blob_id || wrapped_content_key.
+    """
+    if not blob_id:
+        return b""
+    return struct.pack(">H", len(blob_id)) + blob_id + wrapped_content_key
+
+
 def unwrap_content_key(kem_key: bytes, wrapped: bytes, aad: bytes) -> bytes:
-    """The blob's content key, wrapped under the record's KEM key."""
+    """The blob's content key, wrapped under the record's KEM key (§10.6: aad = the record
+    header's unsigned bytes)."""
     if len(wrapped) != WRAPPED_KEY_LEN:
         raise Malformed("wrapped content key must be 60 bytes")
     key = hkdf(kem_key, b"SeSPHR-v1 content key wrap", 32)
@@ -687,30 +835,38 @@ def unwrap_content_key(kem_key: bytes, wrapped: bytes, aad: bytes) -> bytes:
         raise DecryptionFailed("wrapped content key does not authenticate") from None
 
 
-class _BlobHeader:
-    """Adapts a blob header to RecordOpener: same STREAM, other key and AAD."""
+def wrap_content_key(kem_key: bytes, content_key: bytes, aad: bytes) -> bytes:
+    """Inverse of unwrap_content_key (random 12-byte nonce); for tests."""
+    nonce = os.urandom(12)
+    key = hkdf(kem_key, b"SeSPHR-v1 content key wrap", 32)
+    return nonce + AESGCM(key).encrypt(nonce, content_key, aad)
 
+
+class _BlobStream(_Pusher):
     def __init__(self, raw: bytes, content_key: bytes):
         if len(raw) != BLOB_HEADER_LEN or raw[:4] != BLOB_MAGIC or raw[4] != 1:
             raise Malformed("blob header")
-        (self.segment_size,) = struct.unpack(">I", raw[5:9])
-        if not 4096 <= self.segment_size <= 16 << 20:
+        (segment_size,) = struct.unpack(">I", raw[5:9])
+        if not 4096 <= segment_size <= 16 << 20:
             raise Malformed("blob segment size out of range")
-        self._raw = raw
-        self.key = hkdf(content_key, b"SeSPHR-v1 blob key" + raw, 32)
-        self.nonce_prefix = hkdf(content_key, b"SeSPHR-v1 blob nonce prefix" + raw, 7)
+        key = hkdf(content_key, b"SeSPHR-v1 blob key" + raw, 32)
+        nonce_prefix = hkdf(content_key, b"SeSPHR-v1 blob nonce prefix" + raw, 7)
+        self._stream = _StreamOpener(key, nonce_prefix, raw, segment_size)
+        super().__init__(self._stream.full)
 
-    def to_bytes(self) -> bytes:
-        return self._raw
+    def _open_unit(self, unit: bytes, index: int, last: bool) -> bytes:
+        return self._stream.open_last(unit, index) if last else self._stream.open(unit, index, False)
 
 
 class BlobOpener:
-    """Push a deduplicated blob as it arrives; get authenticated plaintext."""
+    """Push a deduplicated blob as it arrives; get authenticated plaintext. (Blobs carry no
+    owner signature: the owner's header signature binds the blob id, SHA-256 of the blob,
+    which the reader checks at the end, §10.6.)"""
 
     def __init__(self, content_key: bytes):
         self._ck = content_key
         self._head = bytearray()
-        self._inner: RecordOpener | None = None
+        self._inner: _BlobStream | None = None
 
     def push(self, data: bytes) -> list[bytes]:
         if self._inner is None:
@@ -719,8 +875,7 @@ class BlobOpener:
             data = data[need:]
             if len(self._head) < BLOB_HEADER_LEN:
                 return []
-            header = _BlobHeader(bytes(self._head), self._ck)
-            self._inner = RecordOpener(header, header.key)
+            self._inner = _BlobStream(bytes(self._head), self._ck)
         return self._inner.push(data)
 
     def finish(self) -> bytes:
@@ -728,15 +883,3 @@ class BlobOpener:
             raise Truncated("blob ended inside its header")
         return self._inner.finish()
 
-
-def open_record(record: bytes, key: bytes | None = None, kem_key: bytes | None = None):
-    """Decrypts a whole record (header || segments). Returns (header, plaintext)."""
-    header = RecordHeader.from_bytes(record[:RecordHeader.read_length(record[:7])])
-    if key is None:
-        if header.key_source != 0 or kem_key is None:
-            raise InvalidParameter("need the DEM key or the KEM key")
-        key = dem_key(kem_key)
-    opener = RecordOpener(header, key)
-    body = opener.push(record[len(header.to_bytes()):])
-    body.append(opener.finish())
-    return header, b"".join(body)

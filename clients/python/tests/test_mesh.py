@@ -3,13 +3,18 @@
 (1) a record the Rust CLI uploads as patient is read by a Python grantee;
 (2) a record the Python client uploads and grants is read by the Rust CLI;
 (3) the Python client is refused without a grant, after revocation, without
-a client certificate and with a certificate of another CA.
+a client certificate and with a certificate of another CA;
+(4) a record whose segments someone other than its owner signed is refused by
+both clients, and a changed pinned key is refused until confirmed; both clients
+read each other's known_keys.toml and grants.toml.
 """
 
 from __future__ import annotations
 
 import datetime
+import io
 import os
+import tomllib
 
 import grpc
 import pytest
@@ -19,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sesphr_client import crypto
-from sesphr_client.client import (ClientError, MeshFile, Patient, Session, cs_pb, secure_channel,
-                                  srs_pb2, srs_pb2_grpc, ap_pb, ap_grpc, cs_grpc)
+from sesphr_client.client import (ClientError, KeyChanged, MeshFile, Patient, Session, cs_pb,
+                                  fingerprint, secure_channel, srs_pb2, srs_pb2_grpc, ap_pb, ap_grpc, cs_grpc)
 
 SEG = crypto.DEFAULT_SEGMENT_SIZE
 
@@ -43,6 +48,14 @@ def test_rust_patient_upload_read_by_python_grantee(mesh, tmp_path):
         assert bob.get(rid) == data
         assert [r.record_id for r in bob.list(owner="alice")] == [rid]
     assert mesh.py("bob", "get", rid).stdout == data
+    # Reading pinned alice's key in bob's profile (Python wrote it); the Rust CLI
+    # finds it equal to what the SRS presents, and vice versa for alice's pin of bob.
+    pins = tomllib.loads((mesh.home("bob") / "known_keys.toml").read_text())
+    assert set(pins) == {"alice"} and pins["alice"]["role"] == "patient"
+    assert b"pinned (matches" in mesh.rust("bob", "whois", "alice").stderr
+    assert b"pinned (matches" in mesh.py("alice", "whois", "bob").stderr
+    assert (mesh.rust("alice", "whois", "bob").stdout
+            == mesh.py("alice", "whois", "bob").stdout)  # same fingerprint
 
     # After a key rotation by the Rust CLI, new records use epoch 1 and the
     # Python grantee still reads them (rotation hands it kfrags for epoch 1).
@@ -58,6 +71,8 @@ def test_rust_patient_upload_read_by_python_grantee(mesh, tmp_path):
 def test_python_patient_upload_and_grant_read_by_rust_grantee(mesh, tmp_path):
     mesh.py("carol", "enroll", "--id", "carol", "--role", "patient")
     mesh.rust("dave", "enroll", "--id", "dave", "--role", "nurse")
+    # Like the Rust enroll, the Python one writes an empty grant ledger.
+    assert (mesh.home("carol") / "grants.toml").read_text() == ""
     # Exactly two segments: the last one is full and sealed as last.
     data = os.urandom(2 * SEG)
     src = tmp_path / "scan.bin"
@@ -70,8 +85,12 @@ def test_python_patient_upload_and_grant_read_by_rust_grantee(mesh, tmp_path):
     assert out.read_bytes() == data
     # The profile the Python client enrolled works with the Rust CLI (owner path).
     assert mesh.rust("carol", "get", rid).stdout == data
+    # The Rust CLI finds AccessPolicy in agreement with the ledger Python kept.
     grants = mesh.rust("carol", "grants").stdout.decode()
     assert "given\tcarol\tmedical\tdave\tnurse" in grants
+    entry = tomllib.loads((mesh.home("carol") / "grants.toml").read_text())["medical"]["dave"]
+    assert entry["role"] == "nurse" and entry["epoch_min"] == 0 and "revoked_at" not in entry
+    assert entry["expires_at"] > entry["granted_at"]
 
     # An empty record, and a Python upload after a Rust rotation of the same
     # profile (epochs.toml is shared): encrypted under epoch 1.
@@ -133,6 +152,23 @@ def test_refused_after_revocation(mesh, shared):
         assert rpc.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with Patient(meshfile, mesh.home("erin")) as erin:
         assert [g.grantee_id for g in erin.grants().given] == []
+        assert erin.audit_grants()[1] == []
+    ledger = tomllib.loads((mesh.home("erin") / "grants.toml").read_text())
+    assert ledger["personal"]["frank"]["revoked_at"] >= ledger["personal"]["frank"]["granted_at"]
+    mesh.rust("erin", "grants")  # exits non-zero if the ledger disagreed with AccessPolicy
+    mesh.py("erin", "grants")  # likewise
+    # A grant only the ledger knows of (as if AccessPolicy had dropped it) is reported by both.
+    ledger_path = mesh.home("erin") / "grants.toml"
+    kept = ledger_path.read_text()
+    ledger_path.write_text(kept + '\n[personal.ghost]\nrole = "doctor"\nepoch_min = 0\n'
+                           'not_before = 0\ngranted_at = 1\n')
+    for proc in (mesh.py("erin", "grants", ok=False), mesh.rust("erin", "grants", ok=False)):
+        assert proc.returncode != 0
+        assert b"personal \xe2\x86\x92 ghost: granted by you, but AccessPolicy does not list it" \
+            in proc.stderr, proc.stderr
+    ledger_path.write_text(kept)
+    # The revocation rotated the partition (as the Rust CLI does); nobody active got kfrags.
+    assert tomllib.loads((mesh.home("erin") / "epochs.toml").read_text()) == {"personal": 1}
 
 
 def calls(meshfile: MeshFile, key: bytes | None, cert: bytes | None, rid: str):
@@ -220,3 +256,77 @@ def test_refused_with_certificate_of_another_ca(mesh, shared):
     # The genuine identity still works, so the refusals above are about the certificate.
     with Patient(meshfile, mesh.home("erin")) as erin:
         assert erin.get(rid) == b"diary"
+
+
+def test_segments_signed_by_another_key_are_refused(mesh, tmp_path):
+    """A record whose header its owner signed but whose segments another key signed (what a
+    grantee, who knows the record's AES key, could write) is refused by both clients, and
+    nothing of it reaches the output file."""
+    mesh.py("gina", "enroll", "--id", "gina", "--role", "patient")
+    mesh.py("ivan", "enroll", "--id", "ivan", "--role", "doctor")
+    mesh.rust("jack", "enroll", "--id", "jack", "--role", "doctor")
+    meshfile = MeshFile.load(mesh.mesh_file)
+    data = os.urandom(SEG + 100)
+    with Patient(meshfile, mesh.home("gina")) as gina:
+        gina.grant("medical", "ivan")
+        gina.grant("medical", "jack")
+        genuine = gina.upload_bytes("medical", data).record_id
+        forger = crypto.MasterSecret.generate().signing_key()
+        rid, epoch, header, segments = gina.seal_record("medical", len(data),
+                                                        io.BytesIO(data).read, signer=forger)
+        gina.put_sealed(rid, "medical", epoch, header, len(data), segments)
+        with pytest.raises(ClientError, match="not signed by its owner"):
+            gina.get(rid)
+    assert mesh.py("ivan", "get", genuine).stdout == data
+    assert mesh.rust("jack", "get", genuine).stdout == data
+    out = tmp_path / "forged.out"
+    proc = mesh.py("ivan", "get", rid, "-o", str(out), ok=False)
+    assert proc.returncode == 1 and b"not signed by its owner" in proc.stderr, proc.stderr
+    assert not out.exists()
+    proc = mesh.rust("jack", "get", rid, "-o", str(out), ok=False)
+    assert proc.returncode != 0 and b"not signed by its owner" in proc.stderr, proc.stderr
+    assert not out.exists()
+
+
+def test_changed_key_is_refused_until_trusted(mesh):
+    mesh.py("kate", "enroll", "--id", "kate", "--role", "patient")
+    mesh.rust("liam", "enroll", "--id", "liam", "--role", "family")
+    meshfile = MeshFile.load(mesh.mesh_file)
+    with Patient(meshfile, mesh.home("kate")) as kate:
+        rid = kate.upload_bytes("family", b"for liam").record_id
+        kate.grant("family", "liam")
+        real = kate.pins.pinned_fingerprint("liam")
+    # The pin now names other keys (as if the SRS had changed liam's keys since).
+    pins_path = mesh.home("kate") / "known_keys.toml"
+    original = pins_path.read_text()
+    other = crypto.MasterSecret.generate()
+    pin = tomllib.loads(original)["liam"]
+    fake_fp = fingerprint("liam", "family", bytes.fromhex(pin["pre_public_key"]),
+                          other.signing_key().verifying_key_bytes())
+    pins_path.write_text(original.replace(pin["verifying_key"],
+                                          other.signing_key().verifying_key_bytes().hex())
+                         .replace(real, fake_fp))
+    with Patient(meshfile, mesh.home("kate")) as kate:
+        with pytest.raises(KeyChanged) as err:
+            kate.grant("family", "liam")
+        assert err.value.pinned == fake_fp and err.value.presented == real
+        assert "trust liam --fingerprint" in str(err.value)
+    assert b"CHANGED" in mesh.py("kate", "whois", "liam").stderr
+    assert b"CHANGED" in mesh.rust("kate", "whois", "liam").stderr
+    assert mesh.py("kate", "grant", "--partition", "family", "--to", "liam", ok=False).returncode == 1
+    # A wrong fingerprint pins nothing; the right one restores the pin.
+    assert mesh.py("kate", "trust", "liam", "--fingerprint", fake_fp, ok=False).returncode == 1
+    mesh.py("kate", "trust", "liam", "--fingerprint", real.upper())
+    assert tomllib.loads(pins_path.read_text()) == tomllib.loads(original)
+    mesh.py("kate", "grant", "--partition", "family", "--to", "liam")
+    assert mesh.rust("liam", "get", rid).stdout == b"for liam"
+    # A reader (a Rust-enrolled profile, read by Python) whose pin of the owner names other
+    # keys refuses the owner's genuine records.
+    liam_pins = mesh.home("liam") / "known_keys.toml"
+    text = liam_pins.read_text()
+    kate_vk = tomllib.loads(text)["kate"]["verifying_key"]
+    liam_pins.write_text(text.replace(kate_vk, other.signing_key().verifying_key_bytes().hex()))
+    proc = mesh.py("liam", "get", rid, ok=False)
+    assert proc.returncode == 1 and b"not signed by its owner" in proc.stderr, proc.stderr
+    liam_pins.write_text(text)
+    assert mesh.py("liam", "get", rid).stdout == b"for liam"

@@ -163,8 +163,28 @@ def test_decapsulate_reencrypted():
         c.decapsulate_reencrypted(c.KeyPair.random().secret, owner.public, capsule, cfrags[:2])
 
 
+def record_keys(v):
+    """The vector's owner: the signing key of keys.json's master secret."""
+    signer = c.MasterSecret(h(KEYS["master_secret"])).signing_key()
+    assert signer.verifying_key_bytes().hex() == v["owner_verifying_key"]
+    return signer, h(v["owner_verifying_key"])
+
+
+def sealed_with(header, key, signer, pt):
+    buf = bytearray(pt)
+
+    def read(n):
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+
+    return list(c.seal_segments(header, key, signer, len(pt), read))
+
+
 @pytest.mark.parametrize("v", RECORD["records"], ids=lambda v: v["name"])
 def test_record(v):
+    signer, vk = record_keys(v)
+    binding = h(v["binding"])
     hv = v["header"]
     header = c.RecordHeader.from_bytes(h(hv["bytes"]))
     assert header.record_id == h(hv["record_id"])
@@ -175,55 +195,176 @@ def test_record(v):
     assert header.capsule.to_bytes().hex() == hv["capsule"]
     assert header.segment_size == hv["segment_size"]
     assert header.nonce_prefix.hex() == hv["nonce_prefix"]
+    assert header.signature.hex() == v["header_signature"]
     assert header.to_bytes().hex() == hv["bytes"]
+    raw = h(hv["bytes"])
+    assert raw[4] == 2 and int.from_bytes(raw[5:7], "big") == len(raw)
+    assert header.unsigned_bytes() == raw[:-64]
+    # The header signature: RFC 6979 + low-s reproduces it byte for byte, and it
+    # binds the binding (empty for a capsule-keyed record, blob || wrapped key for dedup).
+    draft = c.RecordHeader(header.record_id, header.owner_id, header.partition, header.epoch,
+                           header.key_source, header.capsule, header.segment_size,
+                           header.nonce_prefix)
+    assert draft.sign(signer, binding) == header
+    header.verify(vk, binding)
+    with pytest.raises(c.VerificationFailed):
+        header.verify(vk, binding + b"\x00")
+    with pytest.raises(c.VerificationFailed):
+        header.verify(vk, b"" if binding else b"\x00" * 92)
+    with pytest.raises(c.VerificationFailed):
+        header.verify(c.MasterSecret.generate().signing_key().verifying_key_bytes(), binding)
     if hv["key_source"] == 0:
         assert c.dem_key(h(v["kem_key"])).hex() == v["dem_key"]
     key = h(v["dem_key"])
+    hh = header.hash()
     for i, s in enumerate(v["segments"]):
-        assert c.segment_nonce(header.nonce_prefix, i, i == len(v["segments"]) - 1).hex() == s["nonce"]
-    # Seal: reproduces every segment and the whole record.
+        last = i == len(v["segments"]) - 1
+        assert c.segment_nonce(header.nonce_prefix, i, last).hex() == s["nonce"]
+        unit = h(s["ciphertext"])
+        assert unit[-64:].hex() == s["signature"]
+        assert c.verify_signature_prehashed(vk, c.segment_digest(hh, i, last, unit[:-64]),
+                                            unit[-64:])
+        # Signed as the other position or the other flag: refused.
+        assert not c.verify_signature_prehashed(vk, c.segment_digest(hh, i, not last, unit[:-64]),
+                                                unit[-64:])
+    # Seal: reproduces every segment (AEAD and signature) and the whole record.
     pt = h(v["plaintext"])
-    buf = bytearray(pt)
-
-    def read(n):
-        out = bytes(buf[:n])
-        del buf[:n]
-        return out
-
-    sealed = list(c.seal_segments(header, key, len(pt), read))
+    sealed = sealed_with(header, key, signer, pt)
     assert [s.hex() for s in sealed] == [s["ciphertext"] for s in v["segments"]]
     assert (header.to_bytes() + b"".join(sealed)).hex() == v["record"]
     assert c.ciphertext_len(len(pt), header.segment_size) == sum(len(s) for s in sealed)
     # Open, whole and in odd-sized pieces.
     record = h(v["record"])
     if hv["key_source"] == 0:
-        _, plain = c.open_record(record, kem_key=h(v["kem_key"]))
+        _, plain = c.open_record(record, vk, kem_key=h(v["kem_key"]), binding=binding)
     else:
-        _, plain = c.open_record(record, key=key)
+        _, plain = c.open_record(record, vk, key=key, binding=binding)
     assert plain == pt
     body = record[len(header.to_bytes()):]
-    opener = c.RecordOpener(header, key)
+    opener = c.RecordOpener(header, key, vk, binding)
     out = b"".join(b"".join(opener.push(body[i:i + 1000])) for i in range(0, len(body), 1000))
     assert out + opener.finish() == pt
+    # A wrong binding is refused before any segment.
+    with pytest.raises(c.VerificationFailed):
+        c.RecordOpener(header, key, vk, binding + b"\x01")
+
+
+@pytest.mark.parametrize("length,expected", [
+    (0, 80), (1, 81), (4096, 4096 + 80), (4097, 4097 + 160), (3 * 4096, 3 * 4096 + 240)])
+def test_ciphertext_len(length, expected):
+    assert c.ciphertext_len(length, 4096) == expected
+
+
+V0 = RECORD["records"][0]
+
+
+def open_v0(record: bytes):
+    _, vk = record_keys(V0)
+    return c.open_record(record, vk, key=h(V0["dem_key"]))
 
 
 def test_record_tampering_and_truncation():
-    v = RECORD["records"][0]
-    record, key = h(v["record"]), h(v["dem_key"])
-    hlen = len(h(v["header"]["bytes"]))
+    record = h(V0["record"])
+    hlen = len(h(V0["header"]["bytes"]))
+    unit = 4096 + 80
     flipped = bytearray(record)
     flipped[hlen + 5] ^= 1
     with pytest.raises(c.DecryptionFailed):
-        c.open_record(bytes(flipped), key=key)
-    first_segment = record[:hlen + 4096 + 16]
+        open_v0(bytes(flipped))
     with pytest.raises(c.Truncated):
-        c.open_record(first_segment, key=key)
+        open_v0(record[:hlen + unit])
     with pytest.raises(c.Truncated):
-        c.open_record(record[:hlen + 10], key=key)
+        open_v0(record[:hlen + 10])
+    with pytest.raises(c.Truncated):
+        open_v0(record[:hlen + unit + 79])
+    # The nonce prefix is signed: changing it breaks the header signature.
     bad_header = bytearray(record)
-    bad_header[hlen - 1] ^= 1  # nonce prefix, part of the AAD
+    bad_header[hlen - 65] ^= 1
+    with pytest.raises(c.VerificationFailed):
+        open_v0(bytes(bad_header))
+    # Segments swapped or the last one dropped/duplicated.
+    seg0, seg1 = record[hlen:hlen + unit], record[hlen + unit:]
+    for body in (seg1 + seg0, seg0 + seg0 + seg1, seg0 + seg1 + seg1):
+        with pytest.raises((c.DecryptionFailed, c.Truncated)):
+            open_v0(record[:hlen] + body)
+
+
+@pytest.mark.parametrize("where", ["header", "segment 0", "segment 1"])
+def test_flipped_signature_byte_is_refused(where):
+    record = bytearray(h(V0["record"]))
+    hlen = len(h(V0["header"]["bytes"]))
+    unit = 4096 + 80
+    end = {"header": hlen, "segment 0": hlen + unit, "segment 1": len(record)}[where]
+    record[end - 40] ^= 0x01  # inside s
+    with pytest.raises(c.VerificationFailed):
+        open_v0(bytes(record))
+    # Nothing of a refused segment 0 is released by the push-style opener either.
+    if where == "segment 0":
+        _, vk = record_keys(V0)
+        header = c.RecordHeader.from_bytes(bytes(record[:hlen]))
+        opener = c.RecordOpener(header, h(V0["dem_key"]), vk)
+        with pytest.raises(c.VerificationFailed):
+            opener.push(bytes(record[hlen:hlen + unit + 1]))
+        with pytest.raises(c.DecryptionFailed):  # poisoned
+            opener.finish()
+
+
+def test_segment_resealed_by_a_key_holder_is_refused():
+    """Whoever knows the AES key (every grantee) can write segments that authenticate under the
+    owner's genuine header; the owner's segment signature is what refuses them."""
+    record = h(V0["record"])
+    _, vk = record_keys(V0)
+    header = c.RecordHeader.from_bytes(h(V0["header"]["bytes"]))
+    key = h(V0["dem_key"])
+    forger = c.MasterSecret.generate().signing_key()
+    forged_pt = b"forged" * 1000
+    forged = header.to_bytes() + b"".join(sealed_with(header, key, forger, forged_pt))
+    with pytest.raises(c.VerificationFailed):
+        c.open_record(forged, vk, key=key)
+    # The genuine first segment followed by a forged (but AEAD-valid) last one: the first
+    # segment is released, the forged one never is.
+    genuine = sealed_with(header, key, record_keys(V0)[0], h(V0["plaintext"]))
+    bad = bytearray(sealed_with(header, key, forger, h(V0["plaintext"]))[1])
+    opener = c.RecordOpener(header, key, vk)
+    assert opener.push(genuine[0] + bytes(bad[:1])) == [h(V0["plaintext"])[:4096]]
+    opener.push(bytes(bad[1:]))
+    with pytest.raises(c.VerificationFailed):
+        opener.finish()
+
+
+def test_version_1_header_is_refused():
+    raw = h(V0["header"]["bytes"])
+    # Version byte set back to 1, with and without the signature.
+    for v1 in (raw[:4] + b"\x01" + raw[5:],
+               raw[:4] + b"\x01" + (len(raw) - 64).to_bytes(2, "big") + raw[7:-64]):
+        with pytest.raises(c.Malformed):
+            c.RecordHeader.from_bytes(v1)
+        with pytest.raises(c.Malformed):
+            c.RecordHeader.read_length(v1[:7])
+    # A v2 header without its signature, or with trailing bytes, does not decode.
+    for bad in (raw[:-64], raw + b"\x00", raw[:5] + (len(raw) - 64).to_bytes(2, "big") + raw[7:-64]):
+        with pytest.raises(c.Malformed):
+            c.RecordHeader.from_bytes(bad)
+
+
+def test_unsigned_header_cannot_be_encoded():
+    header = c.RecordHeader.from_bytes(h(V0["header"]["bytes"]))
+    draft = c.RecordHeader.new(b"r", b"o", "medical", 0, header.capsule)
+    with pytest.raises(c.InvalidParameter):
+        draft.to_bytes()
+
+
+def test_dedup_binding_and_wrapped_key_aad():
+    blob_id, wrapped = bytes(range(32)), bytes(60)
+    assert c.dedup_binding(b"", b"") == b""
+    assert c.dedup_binding(blob_id, wrapped) == b"\x00\x20" + blob_id + wrapped
+    # The wrapped content key is bound to the unsigned header bytes.
+    header = c.RecordHeader.from_bytes(h(RECORD["records"][1]["header"]["bytes"]))
+    kem, ck = bytes(range(32)), bytes(32)
+    w = c.wrap_content_key(kem, ck, header.unsigned_bytes())
+    assert c.unwrap_content_key(kem, w, header.unsigned_bytes()) == ck
     with pytest.raises(c.DecryptionFailed):
-        c.open_record(bytes(bad_header), key=key)
+        c.unwrap_content_key(kem, w, header.to_bytes())
 
 
 @pytest.mark.parametrize("data", [
