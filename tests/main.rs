@@ -16,5 +16,6 @@ mod faults;
 mod hostile_audit;
 mod hostile_clients;
 mod hostile_transport;
+mod impostor;
 mod mesh;
 mod sharing;

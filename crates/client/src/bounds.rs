@@ -30,8 +30,9 @@ pub const MAX_LIST_PAGES: usize = 1000;
 /// refused.
 pub const AUDIT_PAGE: u32 = 1000;
 /// Most audit entries one read of the trail (`Session::audit`) returns.
-pub const MAX_AUDIT_ENTRIES: usize = 1_000_000;
-/// Most bytes of records or audit entries one listing holds in memory.
+pub const MAX_AUDIT_ENTRIES: usize = 250_000;
+/// Most bytes of records or audit entries one listing holds in memory
+/// (counted as held: each entry's struct and its text).
 pub const MAX_LISTING_BYTES: usize = 128 << 20;
 /// Most cfrags accepted for one capsule (the SDK's grants use one; the
 /// scheme's thresholds stay far below this). More are refused before any
@@ -67,7 +68,8 @@ impl Budget {
 }
 
 fn record_size(m: &proto::RecordMeta) -> usize {
-    64 + m.record_id.len()
+    std::mem::size_of::<Record>()
+        + m.record_id.len()
         + m.owner_id.len()
         + m.partition.len()
         + m.record_header.len()
@@ -76,19 +78,20 @@ fn record_size(m: &proto::RecordMeta) -> usize {
 }
 
 fn audit_size(e: &proto::AuditEntry) -> usize {
-    64 + [
-        &e.actor,
-        &e.action,
-        &e.owner_id,
-        &e.partition,
-        &e.subject,
-        &e.record_id,
-        &e.outcome,
-        &e.detail,
-    ]
-    .iter()
-    .map(|s| s.len())
-    .sum::<usize>()
+    std::mem::size_of::<AuditEntry>()
+        + [
+            &e.actor,
+            &e.action,
+            &e.owner_id,
+            &e.partition,
+            &e.subject,
+            &e.record_id,
+            &e.outcome,
+            &e.detail,
+        ]
+        .iter()
+        .map(|s| s.len())
+        .sum::<usize>()
         + e.prev_hash.len()
         + e.hash.len()
 }
