@@ -360,6 +360,45 @@ async fn silent_servers_make_get_and_ls_fail_within_the_deadline() {
     s.shutdown().await;
 }
 
+/// A writer that takes its time over every write (a slow disk or pipe).
+struct SlowWriter {
+    out: Vec<u8>,
+    pause: Duration,
+}
+
+impl std::io::Write for SlowWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::thread::sleep(self.pause);
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_not_a_stalled_server() {
+    let s = Sandbox::start().await;
+    let alice = s.patient("alice").await;
+    let data: Vec<u8> = (0..3 << 20).map(|i| (i % 253) as u8).collect();
+    let rec = upload(&alice, "medical", &data).await;
+    // The real CloudStorage, 1 s deadlines, a reader that spends longer
+    // than that on each segment: the idle deadline counts only the time
+    // spent waiting for the server.
+    let a = session(&s, &short(s.mesh_file()), "alice");
+    let mut out = SlowWriter {
+        out: Vec::new(),
+        pause: deadline() + deadline() / 2,
+    };
+    a.download(&rec.record_id, &mut out, sesphr_client::no_progress())
+        .await
+        .expect("a slow reader downloads within the deadlines");
+    assert_eq!(out.out, data);
+    s.shutdown().await;
+}
+
 // ---- bounds -------------------------------------------------------------------------------
 
 fn meta(id: &str, owner: &str, partition: &str) -> proto::RecordMeta {

@@ -203,16 +203,20 @@ struct CallDeadlines {
 impl CallDeadlines {
     /// The deadline while no reply message has arrived yet.
     fn before_reply(&self, s: &Sending) -> Option<(Instant, Which)> {
+        self.with_total(self.before_reply_phase(s))
+    }
+
+    /// [`Self::before_reply`] without a unary call's total.
+    fn before_reply_phase(&self, s: &Sending) -> Option<(Instant, Which)> {
         let t = &self.timeouts;
-        let phase = match (s.ended, s.started, s.local_wait) {
+        match (s.ended, s.started, s.local_wait) {
             (Some(end), _, _) => Some((end + t.first_message, Which::FirstMessage)),
             // Connecting: the connector bounds TCP and TLS; this is the
             // backstop.
             (None, false, _) => Some((s.last + 2 * t.connect + t.first_message, Which::Connect)),
             (None, true, true) => None,
             (None, true, false) => Some((s.last + t.idle, Which::Upload)),
-        };
-        self.with_total(phase)
+        }
     }
 
     fn with_total(&self, phase: Option<(Instant, Which)>) -> Option<(Instant, Which)> {
@@ -350,18 +354,35 @@ impl Service<http::Request<Body>> for TimedChannel {
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut fut = std::pin::pin!(fut);
+            // An error once our deadline passed is that deadline (tonic
+            // enforces the `grpc-timeout` header too, with a vaguer message).
+            let finish = |r: Result<http::Response<Body>, tonic::transport::Error>,
+                          deadlines: CallDeadlines,
+                          sending: Shared| match r {
+                Ok(resp) => Ok(wrap(resp, deadlines, sending)),
+                Err(e) => {
+                    let passed = deadlines.before_reply(&lock(&sending));
+                    match passed {
+                        Some((d, which)) if d <= Instant::now() => {
+                            Err(deadlines.expired(which).into())
+                        }
+                        _ => Err(e.into()),
+                    }
+                }
+            };
             loop {
                 let deadline = deadlines.before_reply(&lock(&sending));
                 let Some((at, _)) = deadline else {
                     // Waiting for our own producer: wait for the reply or
                     // a change, re-checked now and then.
                     tokio::select! {
-                        r = &mut fut => break r.map(|resp| wrap(resp, deadlines, sending)).map_err(Into::into),
+                        r = &mut fut => break finish(r, deadlines, sending),
                         _ = tokio::time::sleep(deadlines.timeouts.idle) => continue,
                     }
                 };
                 tokio::select! {
-                    r = &mut fut => break r.map(|resp| wrap(resp, deadlines, sending)).map_err(Into::into),
+                    // Our deadline first when both are ready.
+                    biased;
                     _ = tokio::time::sleep_until(at) => {
                         // The request may have moved on meanwhile.
                         let now = deadlines.before_reply(&lock(&sending));
@@ -371,6 +392,7 @@ impl Service<http::Request<Body>> for TimedChannel {
                             return Err(deadlines.expired(which).into());
                         }
                     }
+                    r = &mut fut => break finish(r, deadlines, sending),
                 }
             }
         })
@@ -389,6 +411,8 @@ fn wrap(
             sending,
             framer: Framer::default(),
             last_message: None,
+            handed_out: None,
+            credit: Duration::ZERO,
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
             done: false,
         })
@@ -501,18 +525,23 @@ struct TimedBody {
     sending: Shared,
     framer: Framer,
     last_message: Option<Instant>,
+    /// When a frame was last handed to the reader, until it polls again.
+    handed_out: Option<Instant>,
+    /// Time the reader spent on its own work since the last message (a
+    /// slow disk or a slow pipe is not the server's stall).
+    credit: Duration,
     sleep: Pin<Box<Sleep>>,
     done: bool,
 }
 
 impl TimedBody {
     fn deadline(&self) -> Option<(Instant, Which)> {
-        match self.last_message {
-            None => self.deadlines.before_reply(&lock(&self.sending)),
-            Some(last) => self
-                .deadlines
-                .with_total(Some((last + self.deadlines.timeouts.idle, Which::Idle))),
-        }
+        let phase = match self.last_message {
+            None => self.deadlines.before_reply_phase(&lock(&self.sending)),
+            Some(last) => Some((last + self.deadlines.timeouts.idle, Which::Idle)),
+        };
+        self.deadlines
+            .with_total(phase.map(|(d, which)| (d + self.credit, which)))
     }
 }
 
@@ -528,13 +557,19 @@ impl HttpBody for TimedBody {
             return Poll::Ready(None);
         }
         let this = &mut *self;
+        if let Some(at) = this.handed_out.take() {
+            this.credit += at.elapsed();
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                let now = Instant::now();
                 if let Some(data) = frame.data_ref()
                     && this.framer.push(data) > 0
                 {
-                    this.last_message = Some(Instant::now());
+                    this.last_message = Some(now);
+                    this.credit = Duration::ZERO;
                 }
+                this.handed_out = Some(now);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(other) => {
