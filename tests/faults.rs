@@ -64,6 +64,7 @@ impl Mesh {
                 cloud_storage: String::new(),
                 srs: String::new(),
                 access_policy: String::new(),
+                timeouts: None,
             },
         }
     }

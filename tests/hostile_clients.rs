@@ -369,9 +369,14 @@ async fn refusals_and_probes_reach_the_victims_audit_view() {
         ..Default::default()
     };
     let ca_pem = std::fs::read_to_string(&s.mesh.mesh.ca).unwrap();
+    let srs = sesphr_identity::Identity::service(
+        &s.mesh.mesh.trust_domain,
+        sesphr_identity::Service::Srs,
+    );
     let ch = sesphr_mesh::tls::channel(
         &s.mesh.mesh.srs,
         sesphr_mesh::tls::anonymous_client_config(&ca_pem),
+        &srs,
         std::time::Duration::from_secs(10),
     )
     .unwrap();

@@ -247,6 +247,7 @@ async fn an_idle_http2_connection_is_closed_but_not_one_with_an_open_stream() {
     let channel = tls::channel(
         &mesh.mesh.access_policy,
         operator.client_config(),
+        &sesphr_identity::Identity::service(TD, Service::AccessPolicy),
         Duration::from_secs(5),
     )
     .unwrap();
@@ -287,7 +288,14 @@ async fn connections_over_the_per_peer_cap_are_closed_at_once_and_clients_still_
         service: service_names::CLOUD_STORAGE.into(),
     };
     // A legitimate client, connected before the flood.
-    let channel = tls::channel(&url, operator.client_config(), Duration::from_secs(5)).unwrap();
+    let cloud = sesphr_identity::Identity::service(TD, Service::CloudStorage);
+    let channel = tls::channel(
+        &url,
+        operator.client_config(),
+        &cloud,
+        Duration::from_secs(5),
+    )
+    .unwrap();
     let mut existing = HealthClient::new(channel);
     existing
         .check(check())
@@ -326,7 +334,13 @@ async fn connections_over_the_per_peer_cap_are_closed_at_once_and_clients_still_
         .await
         .expect("an existing connection still works during the flood");
     // A new connection from the same address is over the cap.
-    let fresh = tls::channel(&url, operator.client_config(), Duration::from_secs(2)).unwrap();
+    let fresh = tls::channel(
+        &url,
+        operator.client_config(),
+        &cloud,
+        Duration::from_secs(2),
+    )
+    .unwrap();
     let err = HealthClient::new(fresh)
         .check(check())
         .await
@@ -337,7 +351,13 @@ async fn connections_over_the_per_peer_cap_are_closed_at_once_and_clients_still_
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let fresh = tls::channel(&url, operator.client_config(), Duration::from_secs(2)).unwrap();
+        let fresh = tls::channel(
+            &url,
+            operator.client_config(),
+            &cloud,
+            Duration::from_secs(2),
+        )
+        .unwrap();
         match HealthClient::new(fresh).check(check()).await {
             Ok(_) => break,
             Err(e) if Instant::now() < deadline => {

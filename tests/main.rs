@@ -17,5 +17,7 @@ mod faults;
 mod hostile_audit;
 mod hostile_clients;
 mod hostile_transport;
+mod impostor;
+mod impostor_forgery;
 mod mesh;
 mod sharing;

@@ -15,11 +15,25 @@ use zeroize::Zeroizing;
 
 const TD: &str = "sesphr.local";
 
+/// A health client of the service named `name` (a `service_names` value).
 fn health_client(
     url: &str,
-    tls: tonic::transport::ClientTlsConfig,
+    tls: tls::ClientTls,
+    name: &str,
 ) -> tonic_health::pb::health_client::HealthClient<tonic::transport::Channel> {
-    let ch = tls::channel(url, tls, Duration::from_secs(5)).unwrap();
+    let service = match name {
+        service_names::CLOUD_STORAGE => Service::CloudStorage,
+        service_names::SRS => Service::Srs,
+        service_names::ACCESS_POLICY => Service::AccessPolicy,
+        other => panic!("no service {other}"),
+    };
+    let ch = tls::channel(
+        url,
+        tls,
+        &Identity::service(TD, service),
+        Duration::from_secs(5),
+    )
+    .unwrap();
     tonic_health::pb::health_client::HealthClient::new(ch)
 }
 
@@ -43,7 +57,7 @@ async fn health_is_serving_over_mtls_and_refused_without_a_certificate() {
     let operator = s.mesh.identity_tls("operator").unwrap();
     let ca_pem = operator.ca_pem().to_owned();
     for (name, url) in all_urls(&s) {
-        let mut ok = health_client(&url, operator.client_config());
+        let mut ok = health_client(&url, operator.client_config(), name);
         let resp = ok
             .check(tonic_health::pb::HealthCheckRequest {
                 service: name.into(),
@@ -53,7 +67,7 @@ async fn health_is_serving_over_mtls_and_refused_without_a_certificate() {
             .into_inner();
         assert_eq!(resp.status, 1, "{name} SERVING");
 
-        let mut anon = health_client(&url, tls::anonymous_client_config(&ca_pem));
+        let mut anon = health_client(&url, tls::anonymous_client_config(&ca_pem), name);
         let err = anon
             .check(tonic_health::pb::HealthCheckRequest {
                 service: name.into(),
@@ -106,7 +120,7 @@ async fn foreign_ca_and_expired_certificates_are_refused() {
 
     for (label, material) in [("foreign CA", foreign_tls), ("expired", expired_tls)] {
         for (name, url) in all_urls(&s) {
-            let mut c = health_client(&url, material.client_config());
+            let mut c = health_client(&url, material.client_config(), name);
             let res = c
                 .check(tonic_health::pb::HealthCheckRequest {
                     service: name.into(),
@@ -130,6 +144,7 @@ async fn reflection_lists_the_three_services_and_health() {
     let ch = tls::channel(
         &s.mesh.mesh.srs,
         operator.client_config(),
+        &Identity::service(TD, Service::Srs),
         Duration::from_secs(5),
     )
     .unwrap();

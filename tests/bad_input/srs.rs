@@ -19,9 +19,14 @@ async fn hostile_requests_are_refused_without_side_effects() {
 
 /// Enrolls over an anonymous (certificate-less) TLS channel, as a new user does.
 async fn enroll(w: &World, req: proto::EnrollRequest) -> Outcome {
+    let srs = sesphr_identity::Identity::service(
+        sesphr_identity::DEFAULT_TRUST_DOMAIN,
+        sesphr_identity::Service::Srs,
+    );
     let ch = tls::channel(
         &w.srs_url,
         tls::anonymous_client_config(&w.ca_pem),
+        &srs,
         Duration::from_secs(10),
     )
     .unwrap();

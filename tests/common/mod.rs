@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod impostor;
 pub mod process;
 
 /// A binary of this workspace (`sesphr`, `sesphrd`), built by the same

@@ -273,8 +273,14 @@ pub struct EchoClient {
 }
 
 impl EchoClient {
+    /// The echo server presents the dev PKI's CloudStorage certificate
+    /// (`sesphr-bench echo-server`); nothing else is accepted there.
     pub fn connect(url: &str, tls: &TlsMaterial) -> anyhow::Result<Self> {
-        let channel = tls::channel(url, tls.client_config(), Duration::from_secs(3600))?;
+        let server = sesphr_identity::Identity::service(
+            sesphr_identity::DEFAULT_TRUST_DOMAIN,
+            sesphr_identity::Service::CloudStorage,
+        );
+        let channel = tls::channel(url, tls.client_config(), &server, Duration::from_secs(3600))?;
         let grpc = tonic::client::Grpc::new(channel)
             .max_decoding_message_size(ECHO_MAX_MESSAGE)
             .max_encoding_message_size(ECHO_MAX_MESSAGE);

@@ -4,6 +4,7 @@
 //! A failure exits non-zero with one readable line.
 
 mod demo;
+mod get;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -25,7 +26,13 @@ use time::format_description::well_known::Rfc3339;
     about = "Share encrypted health records on a SeSPHR mesh"
 )]
 struct Cli {
-    /// The mesh.toml of the mesh (`sesphrd dev` writes DIR/mesh.toml).
+    /// The mesh.toml of the mesh (`sesphrd dev` writes DIR/mesh.toml). Its
+    /// optional `[timeouts]` section bounds every call, in milliseconds:
+    /// `connect_ms` (TCP connect, then TLS handshake, each; default 10000),
+    /// `unary_ms` (a whole unary call; 30000), `first_message_ms` (from the
+    /// request to the first reply message; 30000), `idle_ms` (between two
+    /// messages of a stream; 30000). A server that stays silent past one
+    /// fails the command with a "deadline" error.
     #[arg(long, env = "SESPHR_MESH", global = true)]
     mesh: Option<PathBuf>,
     /// Your profile directory (keys, certificate).
@@ -70,10 +77,23 @@ enum Command {
         partition: Option<String>,
     },
     /// Download and decrypt a record (to stdout without -o).
+    ///
+    /// To stdout, each segment is written as soon as it authenticated: if a
+    /// later segment fails (tampered or truncated record), what came before
+    /// is already written and the command fails. `--verify-first` writes
+    /// nothing until the whole record verified. With -o, the plaintext goes
+    /// to a temporary file beside FILE, renamed onto it only once the whole
+    /// record verified, and removed on failure, SIGINT (exit 130) or
+    /// SIGTERM (exit 143).
     Get {
         record_id: String,
-        #[arg(short = 'o', long = "output")]
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
+        /// To stdout: hold the plaintext in an unlinked temporary file
+        /// (gone with the process, even on kill -9) and write it only after
+        /// the whole record verified; nothing is written on failure.
+        #[arg(long, conflicts_with = "output")]
+        verify_first: bool,
     },
     /// Grant a user access to one of your partitions.
     Grant {
@@ -151,7 +171,8 @@ fn main() -> ExitCode {
 }
 
 fn one_line(e: &anyhow::Error) -> String {
-    client::error_line(e.as_ref())
+    // Errors quote servers' messages: their control characters are escaped.
+    client::printable(&client::error_line(e.as_ref())).into_owned()
 }
 
 fn mesh_file(path: &Option<PathBuf>) -> anyhow::Result<MeshFile> {
@@ -305,37 +326,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )?;
             }
         }
-        Command::Get { record_id, output } => {
+        Command::Get {
+            record_id,
+            output,
+            verify_first,
+        } => {
             let mesh = mesh_file(&cli.mesh)?;
             let s = Session::open(&mesh, home(&cli.home)?)?;
             let (cb, bar) = progress(0, "downloading + decrypting");
-            match output {
-                Some(path) => {
-                    // Plaintext lands under a temporary name and is renamed
-                    // only once the whole record authenticated.
-                    let dir = path
-                        .parent()
-                        .filter(|d| !d.as_os_str().is_empty())
-                        .unwrap_or(Path::new("."));
-                    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-                        .with_context(|| dir.display().to_string())?;
-                    let res = s.download(&record_id, tmp.as_file_mut(), cb).await;
-                    if let Some(bar) = bar {
-                        bar.finish_and_clear();
-                    }
-                    res?;
-                    tmp.persist(&path)
-                        .with_context(|| path.display().to_string())?;
+            let target = match output {
+                Some(path) => get::Target::File(path),
+                None => get::Target::Stdout { verify_first },
+            };
+            let finish = move || {
+                if let Some(bar) = bar {
+                    bar.finish_and_clear();
                 }
-                None => {
-                    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-                    let res = s.download(&record_id, &mut out, cb).await;
-                    if let Some(bar) = bar {
-                        bar.finish_and_clear();
-                    }
-                    res?;
-                }
-            }
+            };
+            return get::run(&s, &record_id, target, cb, finish).await;
         }
         Command::Grant {
             partition,
@@ -482,19 +490,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mesh = mesh_file(&cli.mesh)?;
             let s = Session::open(&mesh, home(&cli.home)?)?;
             let mut out = stdout.lock();
+            // The entries' text is AccessPolicy's: no control character of
+            // it reaches the terminal (or splits a tab-separated line).
+            let p = client::printable;
             for e in s.audit().await? {
                 writeln!(
                     out,
                     "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     e.seq,
                     fmt_time(e.time),
-                    e.actor,
-                    e.action,
-                    e.owner_id,
-                    e.partition,
-                    e.subject,
-                    e.outcome,
-                    e.detail
+                    p(&e.actor),
+                    p(&e.action),
+                    p(&e.owner_id),
+                    p(&e.partition),
+                    p(&e.subject),
+                    p(&e.outcome),
+                    p(&e.detail)
                 )?;
             }
             if verify {
@@ -510,7 +521,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     bail!(
                         "audit chain does NOT verify at entry {}: {}",
                         r.first_bad_seq.unwrap_or_default(),
-                        r.problem
+                        client::printable(&r.problem)
                     );
                 }
             }

@@ -237,7 +237,16 @@ impl Patient {
                 .map_err(rpc("CloudStorage"))?
                 .into_inner();
             progress(len);
-            return Ok((record_of(resp.record)?, Stored::Deduplicated));
+            return Ok((
+                crate::types::as_uploaded(
+                    record_of(resp.record)?,
+                    &fresh.record_id,
+                    self.user_id(),
+                    partition,
+                    fresh.epoch,
+                )?,
+                Stored::Deduplicated,
+            ));
         }
 
         let first = upload_header(Vec::new(), blob_len(len));

@@ -16,6 +16,8 @@
 
 #![warn(missing_docs)]
 
+mod bounds;
+mod deadline;
 mod dedup;
 pub mod fhir;
 mod ledger;
@@ -29,7 +31,6 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use futures::StreamExt;
 use rand::RngCore;
 use sesphr_crypto::{
     self as crypto, Capsule, CapsuleFrag, KemKey, MasterSecret, PublicKey, RecordHeader,
@@ -39,6 +40,11 @@ use sesphr_identity::{Identity, validate_partition, validate_user_id};
 pub use sesphr_identity::{PartitionName, RecordId, Role, UserId};
 use tonic::Status;
 
+pub use bounds::{
+    AUDIT_PAGE, LIST_PAGE_SIZE, MAX_AUDIT_ENTRIES, MAX_CFRAGS, MAX_LIST_PAGES, MAX_LIST_RECORDS,
+    MAX_LISTING_BYTES, printable,
+};
+pub use deadline::{TimedChannel, TimeoutSettings, Timeouts};
 pub use dedup::{Stored, blob_len as dedup_blob_len};
 pub use ledger::{Disagreement, LedgerEntry};
 pub use pins::{PinStatus, UserKeys, fingerprint};
@@ -178,40 +184,48 @@ fn unary<T>(msg: T) -> tonic::Request<T> {
 /// requests) or measure the wire itself. Applications use [`Patient`],
 /// [`Practitioner`] and [`Session`].
 pub mod raw {
-    use std::time::Duration;
-
     use sesphr::proto::access_policy_client::AccessPolicyClient;
     use sesphr::proto::cloud_storage_client::CloudStorageClient;
     use sesphr::proto::srs_client::SrsClient;
+    use sesphr_identity::Service;
     use sesphr_mesh::tls::{self, TlsMaterial};
-    use tonic::transport::Channel;
 
+    pub use crate::deadline::TimedChannel;
     use crate::{ClientError, MAX_MESSAGE, MeshFile};
 
-    /// gRPC clients of the three services, over one identity's mTLS.
+    /// gRPC clients of the three services, over one identity's mTLS. Each
+    /// talks only to a server presenting that service's identity, and every
+    /// call is bounded by the mesh file's [`Timeouts`](crate::Timeouts).
     #[derive(Clone, Debug)]
     pub struct MeshClients {
         /// CloudStorage: records and blobs.
-        pub cloud: CloudStorageClient<Channel>,
+        pub cloud: CloudStorageClient<TimedChannel>,
         /// SRS: enrollment, users, kfrags, re-encryption, content keys.
-        pub srs: SrsClient<Channel>,
+        pub srs: SrsClient<TimedChannel>,
         /// AccessPolicy: grants and the audit trail.
-        pub policy: AccessPolicyClient<Channel>,
+        pub policy: AccessPolicyClient<TimedChannel>,
     }
 
     impl MeshClients {
         /// Connects (lazily) to the mesh's endpoints with `tls`.
         pub fn connect(mesh: &MeshFile, tls: &TlsMaterial) -> Result<Self, ClientError> {
             tls::install_crypto_provider();
-            // Streaming calls can take long; unary calls set their own deadline.
-            let long = Duration::from_secs(24 * 3600);
-            let ch = |url: &str| tls::channel(url, tls.client_config(), long);
+            let timeouts = mesh.timeouts().map_err(ClientError::Config)?;
+            let ch = |url: &str, service| {
+                TimedChannel::connect(
+                    url,
+                    tls.client_config(),
+                    &mesh.trust_domain,
+                    service,
+                    timeouts,
+                )
+            };
             Ok(Self {
-                cloud: CloudStorageClient::new(ch(&mesh.cloud_storage)?)
+                cloud: CloudStorageClient::new(ch(&mesh.cloud_storage, Service::CloudStorage)?)
                     .max_decoding_message_size(MAX_MESSAGE)
                     .max_encoding_message_size(MAX_MESSAGE),
-                srs: SrsClient::new(ch(&mesh.srs)?),
-                policy: AccessPolicyClient::new(ch(&mesh.access_policy)?),
+                srs: SrsClient::new(ch(&mesh.srs, Service::Srs)?),
+                policy: AccessPolicyClient::new(ch(&mesh.access_policy, Service::AccessPolicy)?),
             })
         }
     }
@@ -245,10 +259,12 @@ pub async fn enroll(
     let (_, receiving_pk) = receiving_keys(&master)?;
     let verifying_key = master.signing_key().verifying_key();
     let (csr_der, tls_key_pem) = sesphr_mesh::pki::make_csr()?;
-    let channel = tls::channel(
+    let channel = deadline::TimedChannel::connect(
         &mesh.srs,
         tls::anonymous_client_config(&ca_pem),
-        CALL_TIMEOUT,
+        &mesh.trust_domain,
+        sesphr_identity::Service::Srs,
+        mesh.timeouts().map_err(ClientError::Config)?,
     )?;
     let resp = SrsClient::new(channel)
         .enroll(unary(proto::EnrollRequest {
@@ -414,38 +430,15 @@ impl Session {
         self.profile.user_id()
     }
 
-    /// Records of `owner` (default: oneself) the caller may see, all pages.
+    /// Records of `owner` (default: oneself) the caller may see, all pages;
+    /// each row checked to be of that owner (and `partition`, if given),
+    /// the listing bounded by [`MAX_LIST_RECORDS`].
     pub async fn list(
         &self,
         owner: Option<&str>,
         partition: Option<&str>,
     ) -> Result<Vec<Record>, ClientError> {
-        let mut out = Vec::new();
-        let mut token = String::new();
-        // Bounded: a page token always advances; stop after 1M records.
-        for _ in 0..1000 {
-            let page = self
-                .clients
-                .cloud
-                .clone()
-                .list_records(unary(proto::ListRecordsRequest {
-                    owner_id: owner.unwrap_or_default().to_owned(),
-                    partition: partition.unwrap_or_default().to_owned(),
-                    page_size: 1000,
-                    page_token: token,
-                }))
-                .await
-                .map_err(rpc("CloudStorage"))?
-                .into_inner();
-            for meta in page.records {
-                out.push(Record::from_proto(meta)?);
-            }
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            token = page.next_page_token;
-        }
-        Ok(out)
+        bounds::list(&self.clients, self.user_id(), owner, partition).await
     }
 
     /// Grants given and received.
@@ -499,6 +492,7 @@ impl Session {
             .into_iter()
             .next()
             .ok_or_else(|| ClientError::Verification("the SRS returned no cfrags".into()))?;
+        bounds::check_cfrag_count(frags.cfrags.len())?;
         let mut verified = Vec::with_capacity(frags.cfrags.len());
         for (i, bytes) in frags.cfrags.iter().enumerate() {
             let cfrag = CapsuleFrag::from_bytes(bytes)
@@ -629,34 +623,10 @@ impl Session {
         Ok(record)
     }
 
-    /// Audit entries (a patient: about its records).
+    /// Audit entries (a patient: about its records), bounded: see
+    /// [`MAX_AUDIT_ENTRIES`] and [`AUDIT_PAGE`].
     pub async fn audit(&self) -> Result<Vec<AuditEntry>, ClientError> {
-        let mut out = Vec::new();
-        let mut after = 0;
-        for _ in 0..10_000 {
-            let mut stream = self
-                .clients
-                .policy
-                .clone()
-                .list_audit(unary(proto::ListAuditRequest {
-                    after_seq: after,
-                    limit: 1000,
-                }))
-                .await
-                .map_err(rpc("AccessPolicy"))?
-                .into_inner();
-            let mut got = 0;
-            while let Some(e) = stream.next().await {
-                let e = e.map_err(rpc("AccessPolicy"))?;
-                after = e.seq;
-                got += 1;
-                out.push(AuditEntry::from_proto(e));
-            }
-            if got == 0 {
-                break;
-            }
-        }
-        Ok(out)
+        bounds::audit(&self.clients).await
     }
 
     /// Recomputes the audit chain at AccessPolicy.

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::deadline::{TimeoutSettings, Timeouts};
+
 /// A mesh file that cannot be read or parsed.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {reason}")]
@@ -32,6 +34,10 @@ pub struct MeshFile {
     pub srs: String,
     /// AccessPolicy's URL.
     pub access_policy: String,
+    /// `[timeouts]`: the client's deadlines, in milliseconds (see
+    /// [`Timeouts`]); absent keys keep their defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TimeoutSettings>,
 }
 
 impl MeshFile {
@@ -45,6 +51,12 @@ impl MeshFile {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
+        if let Err(reason) = mesh.timeouts() {
+            return Err(MeshFileError {
+                path: path.display().to_string(),
+                reason,
+            });
+        }
         // A relative CA path is relative to the mesh file.
         if mesh.ca.is_relative()
             && let Some(dir) = path.parent()
@@ -52,5 +64,12 @@ impl MeshFile {
             mesh.ca = dir.join(&mesh.ca);
         }
         Ok(mesh)
+    }
+}
+
+impl MeshFile {
+    /// The client's deadlines: the defaults, changed by `[timeouts]`.
+    pub fn timeouts(&self) -> Result<Timeouts, String> {
+        self.timeouts.clone().unwrap_or_default().resolve()
     }
 }

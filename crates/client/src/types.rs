@@ -47,6 +47,16 @@ fn malformed(service: &str, what: &str, e: impl std::fmt::Display) -> ClientErro
 impl Record {
     pub(crate) fn from_proto(m: proto::RecordMeta) -> Result<Self, ClientError> {
         let bad = |e| malformed("CloudStorage", "record", e);
+        if !(m.blob_id.is_empty() || m.blob_id.len() == BLOB_ID_LEN) {
+            return Err(malformed(
+                "CloudStorage",
+                "record",
+                format!(
+                    "blob id of {} bytes (expected {BLOB_ID_LEN})",
+                    m.blob_id.len()
+                ),
+            ));
+        }
         Ok(Record {
             record_id: RecordId::parse(m.record_id).map_err(bad)?,
             owner_id: UserId::parse(m.owner_id).map_err(bad)?,
@@ -64,6 +74,109 @@ impl Record {
 pub(crate) fn record_of(meta: Option<proto::RecordMeta>) -> Result<Record, ClientError> {
     meta.ok_or_else(|| ClientError::Verification("CloudStorage returned no record".into()))
         .and_then(Record::from_proto)
+}
+
+/// Longest blob id: a SHA-256 (or none, for a record stored on its own).
+const BLOB_ID_LEN: usize = 32;
+
+/// A record a listing of `owner`'s records (of `partition`, if one was
+/// asked for) returned: its names valid (see [`Record::from_proto`]; a
+/// reserved partition such as `@receive` cannot be one) and its owner and
+/// partition the ones asked for. A `psychiatry` row in a listing of
+/// `medical` is CloudStorage lying about what the caller asked.
+pub(crate) fn listed_record(
+    m: proto::RecordMeta,
+    owner: &str,
+    partition: Option<&str>,
+) -> Result<Record, ClientError> {
+    let rec = Record::from_proto(m)?;
+    if rec.owner_id != owner {
+        return Err(ClientError::Verification(format!(
+            "CloudStorage listed record {} of {} in a listing of {owner}'s records",
+            rec.record_id, rec.owner_id
+        )));
+    }
+    if let Some(p) = partition
+        && rec.partition != p
+    {
+        return Err(ClientError::Verification(format!(
+            "CloudStorage listed record {} of partition {} in a listing of partition {p}",
+            rec.record_id, rec.partition
+        )));
+    }
+    Ok(rec)
+}
+
+/// The record an upload's reply must carry: exactly the one the client
+/// chose (id, owner, partition, epoch). Anything else is CloudStorage
+/// acknowledging a record that is not the one uploaded.
+pub(crate) fn as_uploaded(
+    rec: Record,
+    record_id: &str,
+    owner: &str,
+    partition: &str,
+    epoch: u32,
+) -> Result<Record, ClientError> {
+    let mut wrong = Vec::new();
+    if rec.record_id != record_id {
+        wrong.push(format!(
+            "record id {} instead of {record_id}",
+            rec.record_id
+        ));
+    }
+    if rec.owner_id != owner {
+        wrong.push(format!("owner {} instead of {owner}", rec.owner_id));
+    }
+    if rec.partition != partition {
+        wrong.push(format!(
+            "partition {} instead of {partition}",
+            rec.partition
+        ));
+    }
+    if rec.epoch != epoch {
+        wrong.push(format!("epoch {} instead of {epoch}", rec.epoch));
+    }
+    if wrong.is_empty() {
+        Ok(rec)
+    } else {
+        Err(ClientError::Verification(format!(
+            "CloudStorage acknowledged another record than the one uploaded: {}",
+            wrong.join(", ")
+        )))
+    }
+}
+
+/// The reply to an upload whose first message was `sent`: the record named
+/// as chosen ([`as_uploaded`]; the owner is the one the header names),
+/// with the header, size and blob id that were sent.
+///
+/// Both upload paths check their reply here: this, through
+/// [`crate::upload::put_streamed`]; a deduplicated record linked to a
+/// stored blob, with [`as_uploaded`] on its reply.
+pub(crate) fn reply_to_upload(
+    reply: Option<proto::RecordMeta>,
+    sent: &proto::RecordUpload,
+) -> Result<Record, ClientError> {
+    let header = sesphr_crypto::RecordHeader::from_bytes(&sent.record_header)?;
+    let owner = std::str::from_utf8(header.owner_id())
+        .map_err(|_| ClientError::Invalid("the record header's owner is not UTF-8".into()))?;
+    let rec = as_uploaded(
+        record_of(reply)?,
+        &sent.record_id,
+        owner,
+        &sent.partition,
+        sent.epoch,
+    )?;
+    if rec.record_header != sent.record_header
+        || rec.ciphertext_size != sent.ciphertext_size
+        || rec.blob_id != sent.blob_id
+    {
+        return Err(ClientError::Verification(format!(
+            "CloudStorage acknowledged record {} with another header, size or blob than uploaded",
+            rec.record_id
+        )));
+    }
+    Ok(rec)
 }
 
 /// The domain role of a wire role number, if it names one.

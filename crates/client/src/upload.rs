@@ -11,7 +11,7 @@ use sesphr_dedup::BlobSealer;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::types::record_of;
+use crate::types::reply_to_upload;
 use crate::{ClientError, Record, raw::MeshClients, rpc};
 
 /// Sealed segments queued ahead of the network during an upload.
@@ -95,6 +95,9 @@ pub(crate) async fn put_streamed(
     header: proto::RecordUpload,
     produce: impl FnOnce(ChunkSink<'_>) -> Result<(), ClientError> + Send + 'static,
 ) -> Result<Record, ClientError> {
+    // The reply must name the record chosen here (a copy of the header
+    // without its bulk: nothing of it is large).
+    let sent = header.clone();
     let (tx, rx) = mpsc::channel::<proto::PutRecordRequest>(UPLOAD_QUEUE);
     // The queue is empty and its receiver is here: the header always fits.
     tx.try_send(proto::PutRecordRequest {
@@ -109,7 +112,7 @@ pub(crate) async fn put_streamed(
             .is_ok()
         })
     });
-    let sent = clients
+    let reply = clients
         .cloud
         .clone()
         .put_record(ReceiverStream::new(rx))
@@ -120,5 +123,8 @@ pub(crate) async fn put_streamed(
     // A local read error explains a broken upload better than the server's
     // complaint about a short stream.
     sealed?;
-    record_of(sent.map_err(rpc("CloudStorage"))?.into_inner().record)
+    reply_to_upload(
+        reply.map_err(rpc("CloudStorage"))?.into_inner().record,
+        &sent,
+    )
 }

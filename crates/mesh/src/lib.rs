@@ -11,6 +11,7 @@
 //! [`Caller`](sesphr_identity::Caller); no handler looks at certificates.
 
 pub mod auth;
+pub mod connect;
 pub mod handler;
 pub mod limits;
 pub mod pki;

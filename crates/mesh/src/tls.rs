@@ -1,24 +1,31 @@
 //! Mutual TLS for every listener and every outgoing call.
 //!
-//! Clients use tonic's rustls integration; the servers' listeners do the
-//! handshake themselves (`crate::transport`, which bounds it in time) with the
-//! rustls config built here. Either way peers are verified against the mesh
-//! CA. This module loads the PEM material once, validates it at startup (all
-//! three files or nothing) and builds server and client configs.
+//! The servers' listeners do the handshake themselves (`crate::transport`,
+//! which bounds it in time) with the rustls config built here. Every client
+//! connects through [`channel`], whose connector ([`crate::connect`]) bounds
+//! the TCP connect and the handshake in time and checks that the server's
+//! certificate names the identity expected at that endpoint, not only that
+//! the mesh CA signed it. This module loads the PEM material once, validates
+//! it at startup (all three files or nothing) and builds server and client
+//! configs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use rustls::server::WebPkiClientVerifier;
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
-};
+use tonic::codegen::http::Uri;
+use tonic::transport::{Certificate, Channel, Endpoint, Identity, ServerTlsConfig};
 use zeroize::Zeroizing;
 
-/// How long a TCP connect to a peer may take.
+use crate::connect::{ExpectServerIdentity, MeshConnector};
+
+/// How long a TCP connect to a peer may take (default).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the TLS handshake with a peer may take (default).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -35,6 +42,8 @@ pub enum TlsError {
     BadEndpoint { uri: String, why: String },
     #[error("server TLS configuration: {0}")]
     ServerConfig(String),
+    #[error("client TLS configuration: {0}")]
+    ClientConfig(String),
 }
 
 /// Installs ring as rustls' process-wide crypto provider (idempotent).
@@ -163,22 +172,121 @@ impl TlsMaterial {
     }
 
     /// Client side, presenting this identity.
-    pub fn client_config(&self) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .identity(Identity::from_pem(&self.cert_pem, self.key_pem.as_bytes()))
+    pub fn client_config(&self) -> ClientTls {
+        ClientTls {
+            ca_pem: self.ca_pem.clone(),
+            identity: Some((self.cert_pem.clone(), self.key_pem.clone())),
+        }
+    }
+}
+
+/// What a client trusts (the mesh CA) and presents (a certificate, or
+/// nothing for enrollment). Which server it expects is given per endpoint,
+/// to [`channel`].
+#[derive(Clone)]
+pub struct ClientTls {
+    ca_pem: String,
+    identity: Option<(String, Zeroizing<String>)>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("anonymous", &self.identity.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// The rustls config of a connection that must reach `server`: the
+    /// mesh CA and host name checked by WebPKI, then the SPIFFE ID; ALPN
+    /// `h2`; this client's certificate, if any.
+    pub fn rustls_config(
+        &self,
+        server: &sesphr_identity::Identity,
+    ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let bad = |e: &dyn std::fmt::Display| TlsError::ClientConfig(e.to_string());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(ca.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+        }
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| bad(&e))?;
+        let verifier = Arc::new(ExpectServerIdentity::new(webpki, server.clone()));
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(&e))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match &self.identity {
+            None => builder.with_no_client_auth(),
+            Some((cert_pem, key_pem)) => {
+                let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad(&e))?;
+                let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad(&e))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| bad(&e))?
+            }
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
     }
 }
 
 /// A client config that trusts the mesh CA but presents no certificate
 /// (enrollment only).
-pub fn anonymous_client_config(ca_pem: &str) -> ClientTlsConfig {
-    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem))
+pub fn anonymous_client_config(ca_pem: &str) -> ClientTls {
+    ClientTls {
+        ca_pem: ca_pem.to_owned(),
+        identity: None,
+    }
 }
 
-/// A lazily connecting mTLS channel to `uri` (`https://host:port`). Every
-/// call on it is bounded by `timeout`.
-pub fn channel(uri: &str, tls: ClientTlsConfig, timeout: Duration) -> Result<Channel, TlsError> {
+/// The time limits of a [`channel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelTimeouts {
+    /// The TCP connect.
+    pub connect: Duration,
+    /// The TLS handshake, from the TCP connection on.
+    pub handshake: Duration,
+    /// Every call, until the response headers (tonic's per-endpoint
+    /// timeout; a call's own `grpc-timeout` can be shorter). `None`: calls
+    /// bound themselves.
+    pub request: Option<Duration>,
+}
+
+/// Calls bounded by this duration, connect and handshake by the defaults.
+impl From<Duration> for ChannelTimeouts {
+    fn from(request: Duration) -> Self {
+        Self {
+            connect: CONNECT_TIMEOUT,
+            handshake: HANDSHAKE_TIMEOUT,
+            request: Some(request),
+        }
+    }
+}
+
+/// A lazily connecting mTLS channel to `uri` (`https://host:port`) that
+/// only talks to a server whose certificate names `server`.
+///
+/// This is how every client of the mesh connects (the SDK, enrollment, the
+/// services' calls to AccessPolicy, health checks): TCP within
+/// `timeouts.connect`, the TLS handshake within `timeouts.handshake`, the
+/// server's chain checked against the mesh CA and the host name, then its
+/// SPIFFE ID against `server` (see [`crate::connect`]). A mismatch fails
+/// every call on the channel with `UNAVAILABLE` and a message naming the
+/// expected and the presented identity.
+pub fn channel(
+    uri: &str,
+    tls: ClientTls,
+    server: &sesphr_identity::Identity,
+    timeouts: impl Into<ChannelTimeouts>,
+) -> Result<Channel, TlsError> {
+    let timeouts = timeouts.into();
     let bad = |why: String| TlsError::BadEndpoint {
         uri: uri.to_owned(),
         why,
@@ -188,14 +296,37 @@ pub fn channel(uri: &str, tls: ClientTlsConfig, timeout: Duration) -> Result<Cha
             "must start with https:// (the mesh speaks only TLS)".into()
         ));
     }
-    let endpoint = Endpoint::from_shared(uri.to_owned())
+    let parsed: Uri = uri
+        .parse()
+        .map_err(|e: tonic::codegen::http::uri::InvalidUri| bad(e.to_string()))?;
+    let authority = parsed
+        .authority()
+        .ok_or_else(|| bad("no host".into()))?
+        .clone();
+    if parsed.path() != "/" && !parsed.path().is_empty() {
+        return Err(bad("must be https://host:port, without a path".into()));
+    }
+    let port = authority.port_u16().unwrap_or(443);
+    let connector = MeshConnector::new(
+        uri,
+        authority.host(),
+        port,
+        tls.rustls_config(server)?,
+        timeouts.connect,
+        timeouts.handshake,
+    )
+    .map_err(bad)?;
+    // The connector does TLS itself (tonic's own TLS cannot check the
+    // server's SPIFFE ID), so tonic is given the plain scheme to connect
+    // and told the real origin for the requests' `:scheme`/`:authority`.
+    let endpoint = Endpoint::from_shared(format!("http://{authority}"))
         .map_err(|e| bad(e.to_string()))?
-        .tls_config(tls)
-        .map_err(|e| bad(e.to_string()))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(timeout)
-        .tcp_nodelay(true)
+        .origin(parsed)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+    let endpoint = match timeouts.request {
+        Some(t) => endpoint.timeout(t),
+        None => endpoint,
+    };
+    Ok(endpoint.connect_with_connector_lazy(connector))
 }

@@ -190,7 +190,10 @@ pub async fn run_service(
             .access_policy_endpoint
             .as_deref()
             .ok_or(ServeError::MissingPolicyEndpoint(service))?;
-        let channel = tls::channel(endpoint, p.tls.client_config(), p.peer_timeout)?;
+        // Only AccessPolicy may answer there: a mesh certificate of another
+        // identity is refused at the handshake.
+        let policy_id = Identity::service(&p.trust_domain, Service::AccessPolicy);
+        let channel = tls::channel(endpoint, p.tls.client_config(), &policy_id, p.peer_timeout)?;
         Ok(PolicyClient::new(channel, p.peer_timeout))
     };
     let store_dir = p.data_dir.clone();
@@ -462,6 +465,7 @@ impl DevMesh {
             cloud_storage: url(listeners[0].2),
             srs: url(listeners[1].2),
             access_policy: policy_url.clone(),
+            timeouts: None,
         };
         let mesh_file = dir.join("mesh.toml");
         let text = toml::to_string(&mesh).expect("mesh file serializes");
@@ -554,8 +558,10 @@ impl DevMesh {
             (Service::AccessPolicy, service_names::ACCESS_POLICY),
         ] {
             let url = format!("https://{}", self.addr(service));
-            let channel = tls::channel(&url, tls.client_config(), Duration::from_secs(2))
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let expected = Identity::service(&self.mesh.trust_domain, service);
+            let channel =
+                tls::channel(&url, tls.client_config(), &expected, Duration::from_secs(2))
+                    .map_err(|e| Status::internal(e.to_string()))?;
             let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
             loop {
                 let req = tonic_health::pb::HealthCheckRequest {

@@ -1,0 +1,871 @@
+//! Impostor servers: real gRPC servers on loopback that stand where a mesh
+//! service should be, forward every call to the real service, and tamper
+//! with whichever call a test chooses. They are how the tests show that a
+//! client believes nothing an untrusted server says.
+//!
+//! An impostor
+//!
+//! - listens on `127.0.0.1` with a certificate from the sandbox's own mesh
+//!   CA, for whatever identity the test picks: normally the real service's
+//!   SPIFFE ID ([`server_tls`]), so the client's TLS checks pass and only
+//!   what the impostor *says* can give it away; or another identity, to
+//!   check that the client refuses it;
+//! - implements the generated server trait of CloudStorage, the SRS or
+//!   AccessPolicy, forwarding each RPC to the real service through an
+//!   [`Upstream`]: real clients with the victim's own TLS material
+//!   ([`upstream_as`]), so the real service authorizes each forwarded call
+//!   as the victim (or with a service's material, [`upstream_with`], to
+//!   stand between two services);
+//! - runs a test's [`Hook`] instead of the plain forward for any RPC whose
+//!   field is set in the service's hooks struct ([`CloudStorageHooks`],
+//!   [`SrsHooks`], [`AccessPolicyHooks`]). A hook gets the upstream and the
+//!   request and returns the reply: it can change the request and call
+//!   [`forward`], change the forwarded reply, or answer on its own —
+//!   including a reply stream that never ends ([`endless`]) or stalls
+//!   ([`stalled`], [`then_stall`]).
+//!
+//! [`Silent`] listeners are the other kind of bad server: one accepts TCP
+//! and never speaks TLS, one completes TLS and then never answers.
+//! [`redirect`] rewrites a [`MeshFile`] so that one endpoint points at an
+//! impostor (or a silent listener); [`with_timeouts`] shortens the client's
+//! deadlines and [`write_mesh_file`] saves it for the `sesphr` binary.
+//!
+//! ```ignore
+//! use common::impostor::{self, CloudStorageHooks, Impostor, forward, hook};
+//! use sesphr_identity::Service;
+//!
+//! let s = Sandbox::start().await;
+//! let alice = s.patient("alice").await;
+//! // CloudStorage that lists a record of another partition than asked.
+//! let hooks = CloudStorageHooks {
+//!     list_records: hook(|up, req| async move {
+//!         let mut reply = forward::list_records(up, req).await?;
+//!         for r in &mut reply.get_mut().records {
+//!             r.partition = "psychiatry".into();
+//!         }
+//!         Ok(reply)
+//!     }),
+//!     ..Default::default()
+//! };
+//! let fake = Impostor::cloud_storage(&s, "alice", hooks).await;
+//! let mesh = impostor::redirect(&s.mesh_file(), Service::CloudStorage, &fake.url);
+//! let session = Session::open(&mesh, &s.home("alice")).unwrap();
+//! assert!(session.list(None, Some("medical")).await.is_err());
+//! // Every call the impostor served, in order:
+//! assert_eq!(fake.calls(), ["ListRecords"]);
+//! ```
+//!
+//! Everything is loopback; an impostor stops when dropped.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use sesphr::proto::{self, access_policy_server, cloud_storage_server, srs_server};
+use sesphr_client::raw::MeshClients;
+use sesphr_client::{MeshFile, Profile, TimeoutSettings};
+use sesphr_identity::{Identity, Service};
+use sesphr_mesh::tls::TlsMaterial;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::{Request, Response, Status, Streaming};
+use zeroize::Zeroizing;
+
+use super::Sandbox;
+
+/// Largest message an impostor takes or sends (above the SDK's own).
+const MAX_MESSAGE: usize = 16 << 20;
+
+/// What a hook or a forward answers.
+pub type Reply<T> = Result<Response<T>, Status>;
+/// A reply stream (GetRecord, ListAudit): anything that yields messages.
+pub type ReplyStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+/// The real services, as the impostor reaches them (the victim's clients).
+pub type Upstream = MeshClients;
+/// A test's answer to one RPC: given the upstream and the request, the
+/// reply.
+pub type Hook<Req, Resp> = Arc<
+    dyn Fn(Upstream, Request<Req>) -> Pin<Box<dyn Future<Output = Reply<Resp>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A hook from an async closure, ready for a hooks struct's field.
+pub fn hook<Req, Resp, F, Fut>(f: F) -> Option<Hook<Req, Resp>>
+where
+    F: Fn(Upstream, Request<Req>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Reply<Resp>> + Send + 'static,
+{
+    Some(Arc::new(move |up, req| Box::pin(f(up, req))))
+}
+
+/// A reply stream of `items`, then the end.
+pub fn reply_stream<T: Send + 'static>(items: Vec<T>) -> ReplyStream<T> {
+    Box::pin(futures::stream::iter(items.into_iter().map(Ok)))
+}
+
+/// A reply stream that never yields anything and never ends.
+pub fn stalled<T: Send + 'static>() -> ReplyStream<T> {
+    Box::pin(futures::stream::pending())
+}
+
+/// `stream`, then silence forever (the stream never ends).
+pub fn then_stall<T: Send + 'static>(stream: ReplyStream<T>) -> ReplyStream<T> {
+    Box::pin(stream.chain(futures::stream::pending()))
+}
+
+/// An endless reply stream: `make(i)` for i = 0, 1, 2, … (yielding to the
+/// runtime between messages).
+pub fn endless<T: Send + 'static>(make: impl FnMut(u64) -> T + Send + 'static) -> ReplyStream<T> {
+    let make = Arc::new(Mutex::new(make));
+    Box::pin(futures::stream::iter(0u64..).then(move |i| {
+        let make = make.clone();
+        async move {
+            tokio::task::yield_now().await;
+            Ok((make.lock().unwrap())(i))
+        }
+    }))
+}
+
+/// Server TLS material for `identity` from the sandbox's mesh CA, valid for
+/// `localhost` and `127.0.0.1` (where every test endpoint is).
+pub fn server_tls(s: &Sandbox, identity: &Identity) -> TlsMaterial {
+    let ca = s.mesh.pki.load_ca().expect("the sandbox CA loads");
+    let issued = ca
+        .issue(identity, &["localhost"], &[IpAddr::from([127, 0, 0, 1])])
+        .expect("a certificate");
+    TlsMaterial::from_pem(
+        issued.cert_pem,
+        Zeroizing::new(issued.key_pem),
+        ca.cert_pem().to_owned(),
+    )
+    .expect("TLS material")
+}
+
+/// The identity of `service` in the sandbox's trust domain.
+pub fn service_identity(s: &Sandbox, service: Service) -> Identity {
+    Identity::service(&s.mesh.mesh.trust_domain, service)
+}
+
+/// The real mesh, reached as `user` (enrolled in the sandbox): the real
+/// services authorize every forwarded call as that user.
+pub fn upstream_as(s: &Sandbox, user: &str) -> Upstream {
+    let tls = Profile::load(&s.home(user))
+        .and_then(|p| p.tls())
+        .expect("the user's profile and TLS material");
+    upstream_with(&s.mesh_file(), &tls)
+}
+
+/// The real mesh of `mesh`, reached with `tls` (a user's, or a service's
+/// own, to stand between two services).
+pub fn upstream_with(mesh: &MeshFile, tls: &TlsMaterial) -> Upstream {
+    MeshClients::connect(mesh, tls).expect("upstream clients")
+}
+
+/// `mesh` with `service`'s endpoint at `url`.
+pub fn redirect(mesh: &MeshFile, service: Service, url: &str) -> MeshFile {
+    let mut m = mesh.clone();
+    match service {
+        Service::CloudStorage => m.cloud_storage = url.to_owned(),
+        Service::Srs => m.srs = url.to_owned(),
+        Service::AccessPolicy => m.access_policy = url.to_owned(),
+    }
+    m
+}
+
+/// `mesh` with the client deadlines `timeouts`.
+pub fn with_timeouts(mesh: MeshFile, timeouts: TimeoutSettings) -> MeshFile {
+    MeshFile {
+        timeouts: Some(timeouts),
+        ..mesh
+    }
+}
+
+/// Deadlines of `ms` milliseconds each, for tests that must fail in seconds.
+pub fn short_timeouts(ms: u64) -> TimeoutSettings {
+    TimeoutSettings {
+        connect_ms: Some(ms),
+        unary_ms: Some(ms),
+        first_message_ms: Some(ms),
+        idle_ms: Some(ms),
+    }
+}
+
+/// Writes `mesh` (its CA path absolute) to `path`, for the `sesphr` binary.
+pub fn write_mesh_file(mesh: &MeshFile, path: &Path) {
+    assert!(
+        mesh.ca.is_absolute(),
+        "a written mesh file needs an absolute CA path"
+    );
+    std::fs::write(path, toml::to_string(mesh).expect("mesh file serializes"))
+        .expect("mesh file written");
+}
+
+// ---- the impostor server ------------------------------------------------------
+
+/// A running impostor (stops when dropped).
+pub struct Impostor {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// `https://127.0.0.1:PORT`, for a mesh file.
+    pub url: String,
+    calls: Calls,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+type Calls = Arc<Mutex<Vec<&'static str>>>;
+
+fn note(calls: &Calls, method: &'static str) {
+    calls.lock().unwrap().push(method);
+}
+
+impl Impostor {
+    /// The RPCs it served so far, in order (method names, e.g. `GetRecord`).
+    pub fn calls(&self) -> Vec<&'static str> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// A CloudStorage impostor presenting the real CloudStorage identity,
+    /// forwarding as `user`.
+    pub async fn cloud_storage(s: &Sandbox, user: &str, hooks: CloudStorageHooks) -> Self {
+        let tls = server_tls(s, &service_identity(s, Service::CloudStorage));
+        Self::serve_cloud_storage(&tls, upstream_as(s, user), hooks).await
+    }
+
+    /// An SRS impostor presenting the real SRS identity, forwarding as
+    /// `user`.
+    pub async fn srs(s: &Sandbox, user: &str, hooks: SrsHooks) -> Self {
+        let tls = server_tls(s, &service_identity(s, Service::Srs));
+        Self::serve_srs(&tls, upstream_as(s, user), hooks).await
+    }
+
+    /// An AccessPolicy impostor presenting the real AccessPolicy identity,
+    /// forwarding as `user`.
+    pub async fn access_policy(s: &Sandbox, user: &str, hooks: AccessPolicyHooks) -> Self {
+        let tls = server_tls(s, &service_identity(s, Service::AccessPolicy));
+        Self::serve_access_policy(&tls, upstream_as(s, user), hooks).await
+    }
+
+    /// CloudStorage, presenting `tls` (any identity), forwarding to `upstream`.
+    pub async fn serve_cloud_storage(
+        tls: &TlsMaterial,
+        upstream: Upstream,
+        hooks: CloudStorageHooks,
+    ) -> Self {
+        let calls = Calls::default();
+        let svc = cloud_storage_server::CloudStorageServer::new(FakeCloudStorage {
+            upstream,
+            hooks,
+            calls: calls.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+        Self::serve(tls, calls, tonic::service::Routes::new(svc)).await
+    }
+
+    /// The SRS, presenting `tls` (any identity), forwarding to `upstream`.
+    pub async fn serve_srs(tls: &TlsMaterial, upstream: Upstream, hooks: SrsHooks) -> Self {
+        let calls = Calls::default();
+        let svc = srs_server::SrsServer::new(FakeSrs {
+            upstream,
+            hooks,
+            calls: calls.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+        Self::serve(tls, calls, tonic::service::Routes::new(svc)).await
+    }
+
+    /// AccessPolicy, presenting `tls` (any identity), forwarding to
+    /// `upstream`.
+    pub async fn serve_access_policy(
+        tls: &TlsMaterial,
+        upstream: Upstream,
+        hooks: AccessPolicyHooks,
+    ) -> Self {
+        let calls = Calls::default();
+        let svc = access_policy_server::AccessPolicyServer::new(FakeAccessPolicy {
+            upstream,
+            hooks,
+            calls: calls.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+        Self::serve(tls, calls, tonic::service::Routes::new(svc)).await
+    }
+
+    async fn serve(tls: &TlsMaterial, calls: Calls, routes: tonic::service::Routes) -> Self {
+        sesphr_mesh::tls::install_crypto_provider();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let (stop, stopped) = oneshot::channel::<()>();
+        // Client certificates are optional: an SRS impostor also serves
+        // enrollment.
+        let server = tonic::transport::Server::builder()
+            .tls_config(tls.server_config(false))
+            .expect("server TLS")
+            .add_routes(routes);
+        let task = tokio::spawn(async move {
+            let _ = server
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Impostor {
+            addr,
+            url: format!("https://{addr}"),
+            calls,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+}
+
+impl Drop for Impostor {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Streams a hook left stalled would hold a graceful shutdown.
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn dispatch<Req, Resp, Fut>(
+    hook: &Option<Hook<Req, Resp>>,
+    upstream: &Upstream,
+    req: Request<Req>,
+    forward: impl FnOnce(Upstream, Request<Req>) -> Fut,
+) -> Reply<Resp>
+where
+    Fut: Future<Output = Reply<Resp>>,
+{
+    match hook {
+        Some(h) => h(upstream.clone(), req).await,
+        None => forward(upstream.clone(), req).await,
+    }
+}
+
+/// The plain forward of each RPC to the real service (what an impostor
+/// does without a hook; hooks call these to tamper with a real reply).
+/// Request metadata is not forwarded: the upstream clients set their own.
+pub mod forward {
+    use super::*;
+
+    fn stream<T: Send + 'static>(s: Streaming<T>) -> ReplyStream<T> {
+        Box::pin(s)
+    }
+
+    // CloudStorage.
+
+    /// Forwards an upload's messages, ending at the first broken one.
+    pub async fn put_record_stream(
+        up: Upstream,
+        messages: impl Stream<Item = proto::PutRecordRequest> + Send + 'static,
+    ) -> Reply<proto::PutRecordResponse> {
+        up.cloud.clone().put_record(messages).await
+    }
+
+    pub async fn put_record(
+        up: Upstream,
+        req: Request<Streaming<proto::PutRecordRequest>>,
+    ) -> Reply<proto::PutRecordResponse> {
+        let messages = req
+            .into_inner()
+            .take_while(|m| futures::future::ready(m.is_ok()))
+            .filter_map(|m| futures::future::ready(m.ok()));
+        put_record_stream(up, messages).await
+    }
+
+    pub async fn get_record(
+        up: Upstream,
+        req: Request<proto::GetRecordRequest>,
+    ) -> Reply<ReplyStream<proto::GetRecordResponse>> {
+        let s = up.cloud.clone().get_record(req.into_inner()).await?;
+        Ok(Response::new(stream(s.into_inner())))
+    }
+
+    pub async fn list_records(
+        up: Upstream,
+        req: Request<proto::ListRecordsRequest>,
+    ) -> Reply<proto::ListRecordsResponse> {
+        up.cloud.clone().list_records(req.into_inner()).await
+    }
+
+    pub async fn delete_record(
+        up: Upstream,
+        req: Request<proto::DeleteRecordRequest>,
+    ) -> Reply<proto::DeleteRecordResponse> {
+        up.cloud.clone().delete_record(req.into_inner()).await
+    }
+
+    pub async fn query_blob(
+        up: Upstream,
+        req: Request<proto::QueryBlobRequest>,
+    ) -> Reply<proto::QueryBlobResponse> {
+        up.cloud.clone().query_blob(req.into_inner()).await
+    }
+
+    // SRS.
+
+    pub async fn enroll(
+        up: Upstream,
+        req: Request<proto::EnrollRequest>,
+    ) -> Reply<proto::EnrollResponse> {
+        up.srs.clone().enroll(req.into_inner()).await
+    }
+
+    pub async fn get_user(
+        up: Upstream,
+        req: Request<proto::GetUserRequest>,
+    ) -> Reply<proto::UserInfo> {
+        up.srs.clone().get_user(req.into_inner()).await
+    }
+
+    pub async fn put_kfrags(
+        up: Upstream,
+        req: Request<proto::PutKfragsRequest>,
+    ) -> Reply<proto::PutKfragsResponse> {
+        up.srs.clone().put_kfrags(req.into_inner()).await
+    }
+
+    pub async fn delete_kfrags(
+        up: Upstream,
+        req: Request<proto::DeleteKfragsRequest>,
+    ) -> Reply<proto::DeleteKfragsResponse> {
+        up.srs.clone().delete_kfrags(req.into_inner()).await
+    }
+
+    pub async fn re_encrypt(
+        up: Upstream,
+        req: Request<proto::ReEncryptRequest>,
+    ) -> Reply<proto::ReEncryptResponse> {
+        up.srs.clone().re_encrypt(req.into_inner()).await
+    }
+
+    pub async fn evaluate_content_key(
+        up: Upstream,
+        req: Request<proto::EvaluateContentKeyRequest>,
+    ) -> Reply<proto::EvaluateContentKeyResponse> {
+        up.srs.clone().evaluate_content_key(req.into_inner()).await
+    }
+
+    // AccessPolicy.
+
+    pub async fn grant(
+        up: Upstream,
+        req: Request<proto::GrantRequest>,
+    ) -> Reply<proto::GrantResponse> {
+        up.policy.clone().grant(req.into_inner()).await
+    }
+
+    pub async fn revoke(
+        up: Upstream,
+        req: Request<proto::RevokeRequest>,
+    ) -> Reply<proto::RevokeResponse> {
+        up.policy.clone().revoke(req.into_inner()).await
+    }
+
+    pub async fn check(
+        up: Upstream,
+        req: Request<proto::CheckRequest>,
+    ) -> Reply<proto::CheckResponse> {
+        up.policy.clone().check(req.into_inner()).await
+    }
+
+    pub async fn list_grants(
+        up: Upstream,
+        req: Request<proto::ListGrantsRequest>,
+    ) -> Reply<proto::ListGrantsResponse> {
+        up.policy.clone().list_grants(req.into_inner()).await
+    }
+
+    pub async fn list_audit(
+        up: Upstream,
+        req: Request<proto::ListAuditRequest>,
+    ) -> Reply<ReplyStream<proto::AuditEntry>> {
+        let s = up.policy.clone().list_audit(req.into_inner()).await?;
+        Ok(Response::new(stream(s.into_inner())))
+    }
+
+    pub async fn verify_audit(
+        up: Upstream,
+        req: Request<proto::VerifyAuditRequest>,
+    ) -> Reply<proto::VerifyAuditResponse> {
+        up.policy.clone().verify_audit(req.into_inner()).await
+    }
+
+    pub async fn record_event(
+        up: Upstream,
+        req: Request<proto::RecordEventRequest>,
+    ) -> Reply<proto::RecordEventResponse> {
+        up.policy.clone().record_event(req.into_inner()).await
+    }
+}
+
+// ---- CloudStorage ---------------------------------------------------------------
+
+/// A CloudStorage impostor's hooks: `None` forwards the RPC as is.
+#[derive(Default, Clone)]
+pub struct CloudStorageHooks {
+    pub put_record: Option<Hook<Streaming<proto::PutRecordRequest>, proto::PutRecordResponse>>,
+    pub get_record: Option<Hook<proto::GetRecordRequest, ReplyStream<proto::GetRecordResponse>>>,
+    pub list_records: Option<Hook<proto::ListRecordsRequest, proto::ListRecordsResponse>>,
+    pub delete_record: Option<Hook<proto::DeleteRecordRequest, proto::DeleteRecordResponse>>,
+    pub query_blob: Option<Hook<proto::QueryBlobRequest, proto::QueryBlobResponse>>,
+}
+
+struct FakeCloudStorage {
+    upstream: Upstream,
+    hooks: CloudStorageHooks,
+    calls: Calls,
+}
+
+#[tonic::async_trait]
+impl cloud_storage_server::CloudStorage for FakeCloudStorage {
+    async fn put_record(
+        &self,
+        req: Request<Streaming<proto::PutRecordRequest>>,
+    ) -> Reply<proto::PutRecordResponse> {
+        note(&self.calls, "PutRecord");
+        dispatch(
+            &self.hooks.put_record,
+            &self.upstream,
+            req,
+            forward::put_record,
+        )
+        .await
+    }
+
+    type GetRecordStream = ReplyStream<proto::GetRecordResponse>;
+
+    async fn get_record(
+        &self,
+        req: Request<proto::GetRecordRequest>,
+    ) -> Reply<Self::GetRecordStream> {
+        note(&self.calls, "GetRecord");
+        dispatch(
+            &self.hooks.get_record,
+            &self.upstream,
+            req,
+            forward::get_record,
+        )
+        .await
+    }
+
+    async fn list_records(
+        &self,
+        req: Request<proto::ListRecordsRequest>,
+    ) -> Reply<proto::ListRecordsResponse> {
+        note(&self.calls, "ListRecords");
+        dispatch(
+            &self.hooks.list_records,
+            &self.upstream,
+            req,
+            forward::list_records,
+        )
+        .await
+    }
+
+    async fn delete_record(
+        &self,
+        req: Request<proto::DeleteRecordRequest>,
+    ) -> Reply<proto::DeleteRecordResponse> {
+        note(&self.calls, "DeleteRecord");
+        dispatch(
+            &self.hooks.delete_record,
+            &self.upstream,
+            req,
+            forward::delete_record,
+        )
+        .await
+    }
+
+    async fn query_blob(
+        &self,
+        req: Request<proto::QueryBlobRequest>,
+    ) -> Reply<proto::QueryBlobResponse> {
+        note(&self.calls, "QueryBlob");
+        dispatch(
+            &self.hooks.query_blob,
+            &self.upstream,
+            req,
+            forward::query_blob,
+        )
+        .await
+    }
+}
+
+// ---- SRS --------------------------------------------------------------------------
+
+/// An SRS impostor's hooks: `None` forwards the RPC as is.
+#[derive(Default, Clone)]
+pub struct SrsHooks {
+    pub enroll: Option<Hook<proto::EnrollRequest, proto::EnrollResponse>>,
+    pub get_user: Option<Hook<proto::GetUserRequest, proto::UserInfo>>,
+    pub put_kfrags: Option<Hook<proto::PutKfragsRequest, proto::PutKfragsResponse>>,
+    pub delete_kfrags: Option<Hook<proto::DeleteKfragsRequest, proto::DeleteKfragsResponse>>,
+    pub re_encrypt: Option<Hook<proto::ReEncryptRequest, proto::ReEncryptResponse>>,
+    pub evaluate_content_key:
+        Option<Hook<proto::EvaluateContentKeyRequest, proto::EvaluateContentKeyResponse>>,
+}
+
+struct FakeSrs {
+    upstream: Upstream,
+    hooks: SrsHooks,
+    calls: Calls,
+}
+
+#[tonic::async_trait]
+impl srs_server::Srs for FakeSrs {
+    async fn enroll(&self, req: Request<proto::EnrollRequest>) -> Reply<proto::EnrollResponse> {
+        note(&self.calls, "Enroll");
+        dispatch(&self.hooks.enroll, &self.upstream, req, forward::enroll).await
+    }
+
+    async fn get_user(&self, req: Request<proto::GetUserRequest>) -> Reply<proto::UserInfo> {
+        note(&self.calls, "GetUser");
+        dispatch(&self.hooks.get_user, &self.upstream, req, forward::get_user).await
+    }
+
+    async fn put_kfrags(
+        &self,
+        req: Request<proto::PutKfragsRequest>,
+    ) -> Reply<proto::PutKfragsResponse> {
+        note(&self.calls, "PutKfrags");
+        dispatch(
+            &self.hooks.put_kfrags,
+            &self.upstream,
+            req,
+            forward::put_kfrags,
+        )
+        .await
+    }
+
+    async fn delete_kfrags(
+        &self,
+        req: Request<proto::DeleteKfragsRequest>,
+    ) -> Reply<proto::DeleteKfragsResponse> {
+        note(&self.calls, "DeleteKfrags");
+        dispatch(
+            &self.hooks.delete_kfrags,
+            &self.upstream,
+            req,
+            forward::delete_kfrags,
+        )
+        .await
+    }
+
+    async fn re_encrypt(
+        &self,
+        req: Request<proto::ReEncryptRequest>,
+    ) -> Reply<proto::ReEncryptResponse> {
+        note(&self.calls, "ReEncrypt");
+        dispatch(
+            &self.hooks.re_encrypt,
+            &self.upstream,
+            req,
+            forward::re_encrypt,
+        )
+        .await
+    }
+
+    async fn evaluate_content_key(
+        &self,
+        req: Request<proto::EvaluateContentKeyRequest>,
+    ) -> Reply<proto::EvaluateContentKeyResponse> {
+        note(&self.calls, "EvaluateContentKey");
+        dispatch(
+            &self.hooks.evaluate_content_key,
+            &self.upstream,
+            req,
+            forward::evaluate_content_key,
+        )
+        .await
+    }
+}
+
+// ---- AccessPolicy -------------------------------------------------------------------
+
+/// An AccessPolicy impostor's hooks: `None` forwards the RPC as is.
+#[derive(Default, Clone)]
+pub struct AccessPolicyHooks {
+    pub grant: Option<Hook<proto::GrantRequest, proto::GrantResponse>>,
+    pub revoke: Option<Hook<proto::RevokeRequest, proto::RevokeResponse>>,
+    pub check: Option<Hook<proto::CheckRequest, proto::CheckResponse>>,
+    pub list_grants: Option<Hook<proto::ListGrantsRequest, proto::ListGrantsResponse>>,
+    pub list_audit: Option<Hook<proto::ListAuditRequest, ReplyStream<proto::AuditEntry>>>,
+    pub verify_audit: Option<Hook<proto::VerifyAuditRequest, proto::VerifyAuditResponse>>,
+    pub record_event: Option<Hook<proto::RecordEventRequest, proto::RecordEventResponse>>,
+}
+
+struct FakeAccessPolicy {
+    upstream: Upstream,
+    hooks: AccessPolicyHooks,
+    calls: Calls,
+}
+
+#[tonic::async_trait]
+impl access_policy_server::AccessPolicy for FakeAccessPolicy {
+    async fn grant(&self, req: Request<proto::GrantRequest>) -> Reply<proto::GrantResponse> {
+        note(&self.calls, "Grant");
+        dispatch(&self.hooks.grant, &self.upstream, req, forward::grant).await
+    }
+
+    async fn revoke(&self, req: Request<proto::RevokeRequest>) -> Reply<proto::RevokeResponse> {
+        note(&self.calls, "Revoke");
+        dispatch(&self.hooks.revoke, &self.upstream, req, forward::revoke).await
+    }
+
+    async fn check(&self, req: Request<proto::CheckRequest>) -> Reply<proto::CheckResponse> {
+        note(&self.calls, "Check");
+        dispatch(&self.hooks.check, &self.upstream, req, forward::check).await
+    }
+
+    async fn list_grants(
+        &self,
+        req: Request<proto::ListGrantsRequest>,
+    ) -> Reply<proto::ListGrantsResponse> {
+        note(&self.calls, "ListGrants");
+        dispatch(
+            &self.hooks.list_grants,
+            &self.upstream,
+            req,
+            forward::list_grants,
+        )
+        .await
+    }
+
+    type ListAuditStream = ReplyStream<proto::AuditEntry>;
+
+    async fn list_audit(
+        &self,
+        req: Request<proto::ListAuditRequest>,
+    ) -> Reply<Self::ListAuditStream> {
+        note(&self.calls, "ListAudit");
+        dispatch(
+            &self.hooks.list_audit,
+            &self.upstream,
+            req,
+            forward::list_audit,
+        )
+        .await
+    }
+
+    async fn verify_audit(
+        &self,
+        req: Request<proto::VerifyAuditRequest>,
+    ) -> Reply<proto::VerifyAuditResponse> {
+        note(&self.calls, "VerifyAudit");
+        dispatch(
+            &self.hooks.verify_audit,
+            &self.upstream,
+            req,
+            forward::verify_audit,
+        )
+        .await
+    }
+
+    async fn record_event(
+        &self,
+        req: Request<proto::RecordEventRequest>,
+    ) -> Reply<proto::RecordEventResponse> {
+        note(&self.calls, "RecordEvent");
+        dispatch(
+            &self.hooks.record_event,
+            &self.upstream,
+            req,
+            forward::record_event,
+        )
+        .await
+    }
+}
+
+// ---- silent listeners -------------------------------------------------------------------
+
+/// A listener that accepts connections and then says nothing: the other
+/// kind of bad server (stops, closing every socket, when dropped).
+pub struct Silent {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// `https://127.0.0.1:PORT`, for a mesh file.
+    pub url: String,
+    accepted: Arc<Mutex<u32>>,
+    task: JoinHandle<()>,
+}
+
+impl Silent {
+    /// Accepts TCP connections and never speaks TLS (nor reads).
+    pub async fn tcp() -> Self {
+        Self::start(None).await
+    }
+
+    /// Completes the TLS handshake presenting `tls` (ALPN `h2`), then
+    /// neither reads nor writes.
+    pub async fn after_tls(tls: &TlsMaterial) -> Self {
+        sesphr_mesh::tls::install_crypto_provider();
+        let config = tls.rustls_server_config(false).expect("server TLS config");
+        Self::start(Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    /// Connections accepted so far (past the handshake, for
+    /// [`after_tls`](Self::after_tls)).
+    pub fn accepted(&self) -> u32 {
+        *self.accepted.lock().unwrap()
+    }
+
+    async fn start(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let accepted = Arc::new(Mutex::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut held = tokio::task::JoinSet::new();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let tls = tls.clone();
+                let count = count.clone();
+                held.spawn(async move {
+                    match tls {
+                        None => {
+                            *count.lock().unwrap() += 1;
+                            // Holds the socket until the listener stops.
+                            let _tcp = tcp;
+                            futures::future::pending::<()>().await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(tcp).await {
+                                *count.lock().unwrap() += 1;
+                                let _stream = stream;
+                                futures::future::pending::<()>().await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Silent {
+            addr,
+            url: format!("https://{addr}"),
+            accepted,
+            task,
+        }
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
