@@ -468,5 +468,26 @@ fn fingerprints_whois_trust_and_the_ledger_from_the_cli() {
         &["revoke", "--partition", "medical", "--from", "bob"],
     );
     m.ok("alice", &["grants"]);
+
+    // A profile without a ledger refuses to grant (nothing is sent) until
+    // it adopts AccessPolicy's list, once.
+    m.ok(
+        "alice",
+        &["grant", "--partition", "insurance", "--to", "bob"],
+    );
+    std::fs::remove_file(m.home("alice").join("grants.toml")).unwrap();
+    let err = m.fails(
+        "alice",
+        &["grant", "--partition", "personal", "--to", "bob"],
+    );
+    assert!(err.contains("grants --adopt"), "{err}");
+    let err = m.fails("alice", &["rotate", "--partition", "insurance"]);
+    assert!(err.contains("no grant ledger"), "{err}");
+    m.ok("alice", &["grants", "--adopt"]);
+    let err = m.fails("alice", &["grants", "--adopt"]);
+    assert!(err.contains("only adopted once"), "{err}");
+    m.ok("alice", &["grants"]);
+    m.ok("alice", &["rotate", "--partition", "insurance"]);
+    assert!(!m.ok("alice", &["grants"]).contains("personal"));
     m.stop();
 }

@@ -130,7 +130,12 @@ enum Command {
     },
     /// Grants given and received; for your own grants, also where
     /// AccessPolicy's list disagrees with the ledger in your profile.
-    Grants,
+    Grants {
+        /// Start the ledger of a profile that has none from AccessPolicy's
+        /// current list (check that list first; done once).
+        #[arg(long)]
+        adopt: bool,
+    },
     /// Show a user's keys as the SRS presents them, their fingerprint and
     /// whether they match the keys your profile pinned.
     Whois { user_id: String },
@@ -449,7 +454,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 keys.fingerprint()
             );
         }
-        Command::Grants => {
+        Command::Grants { adopt: true } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let patient = Patient::open(&mesh, home(&cli.home)?)?;
+            let n = patient.adopt_ledger().await?;
+            eprintln!("your grant ledger now holds the {n} grant(s) AccessPolicy listed");
+        }
+        Command::Grants { adopt: false } => {
             let mesh = mesh_file(&cli.mesh)?;
             let s = Session::open(&mesh, home(&cli.home)?)?;
             let (g, disagreements) = if s.profile.role() == Role::Patient {

@@ -72,7 +72,8 @@ impl Ledger {
             if e.kind() == std::io::ErrorKind::NotFound {
                 ClientError::Profile(format!(
                     "{} is missing: this profile has no grant ledger, so it cannot tell \
-                     who may receive kfrags",
+                     who may receive kfrags; check `sesphr grants`, then adopt that list \
+                     with `sesphr grants --adopt`",
                     self.path.display()
                 ))
             } else {
@@ -81,6 +82,33 @@ impl Ledger {
         })?;
         toml::from_str(&text)
             .map_err(|e| ClientError::Profile(format!("{}: {e}", self.path.display())))
+    }
+
+    /// Starts a ledger from `given` (the grants AccessPolicy lists), for a
+    /// profile that has none. Refuses to overwrite an existing ledger.
+    pub(crate) fn adopt(&self, given: &[Grant], now: i64) -> Result<usize, ClientError> {
+        if self.path.exists() {
+            return Err(ClientError::Invalid(format!(
+                "{} already exists; a ledger is only adopted once",
+                self.path.display()
+            )));
+        }
+        let mut all = Entries::new();
+        for g in given {
+            all.entry(g.partition.to_string()).or_default().insert(
+                g.grantee_id.to_string(),
+                LedgerEntry {
+                    role: g.grantee_role.as_str().to_owned(),
+                    epoch_min: g.epoch_min,
+                    not_before: g.not_before,
+                    expires_at: g.expires_at,
+                    granted_at: now,
+                    revoked_at: None,
+                },
+            );
+        }
+        self.save(&all)?;
+        Ok(given.len())
     }
 
     fn save(&self, all: &Entries) -> Result<(), ClientError> {
@@ -296,9 +324,17 @@ mod tests {
     }
 
     #[test]
-    fn a_profile_without_a_ledger_says_so() {
+    fn a_profile_without_a_ledger_says_so_and_can_adopt_one_once() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Ledger::new(dir.path()).active("medical", 0).unwrap_err();
-        assert!(err.to_string().contains("no grant ledger"), "{err}");
+        let l = Ledger::new(dir.path());
+        let err = l.active("medical", 0).unwrap_err();
+        assert!(err.to_string().contains("grants --adopt"), "{err}");
+        assert_eq!(l.adopt(&[grant("medical", "bob")], 1).unwrap(), 1);
+        assert_eq!(l.active("medical", 2).unwrap(), ["bob"]);
+        assert!(
+            l.adopt(&[], 3).is_err(),
+            "an existing ledger is never replaced"
+        );
+        assert_eq!(l.active("medical", 2).unwrap(), ["bob"]);
     }
 }

@@ -817,6 +817,8 @@ impl Patient {
         if grantee_id == self.user_id() {
             return Err(ClientError::Invalid("you already own your records".into()));
         }
+        // A grant the ledger cannot take must not be made at all.
+        self.ledger().load()?;
         let (grantee, _) = self.user_keys(grantee_id).await?;
         // With `not_before`, the grantee gets kfrags for a fresh epoch only:
         // every record written before the grant is under a key it has no
@@ -974,6 +976,20 @@ impl Patient {
         }
         self.profile.set_epoch(partition, next)?;
         Ok(next)
+    }
+
+    /// Starts the grant ledger of a profile that has none (made before
+    /// profiles kept one) from the grants AccessPolicy lists as given by
+    /// this patient. Check that list first: whatever it holds is believed
+    /// from now on. Returns how many grants were adopted.
+    pub async fn adopt_ledger(&self) -> Result<usize, ClientError> {
+        let grants = self.grants().await?;
+        let mine: Vec<Grant> = grants
+            .given
+            .into_iter()
+            .filter(|g| g.owner_id == self.user_id())
+            .collect();
+        self.ledger().adopt(&mine, unix_now())
     }
 
     /// The grants AccessPolicy lists, and where its list of the grants one
