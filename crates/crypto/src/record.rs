@@ -75,8 +75,8 @@ use crate::dst;
 use crate::error::{Error, Result};
 use crate::keys::{SIGNATURE_LEN, Signature, SigningKey, VerifyingKey};
 use crate::master::validate_partition;
+use crate::stream::{Lookahead, StreamOpener, StreamSealer};
 pub use crate::stream::{NONCE_PREFIX_LEN, TAG_LEN};
-use crate::stream::{StreamOpener, StreamSealer};
 
 /// First four bytes of every record.
 pub const MAGIC: [u8; 4] = *b"SPHR";
@@ -722,8 +722,7 @@ pub struct RecordOpener {
     stream: StreamOpener,
     owner: VerifyingKey,
     /// Signed ciphertext not yet opened: at most one unit plus one byte.
-    buf: Vec<u8>,
-    spare: Vec<u8>,
+    ahead: Lookahead,
     position: u32,
     poisoned: bool,
 }
@@ -757,8 +756,7 @@ impl RecordOpener {
             header,
             stream,
             owner: *owner,
-            buf: Vec::with_capacity(unit + 1),
-            spare: Vec::new(),
+            ahead: Lookahead::new(unit),
             position: 0,
             poisoned: false,
         })
@@ -781,10 +779,7 @@ impl RecordOpener {
         self.check_poison()?;
         let mut out = Vec::new();
         while !data.is_empty() {
-            let want = self.unit() + 1 - self.buf.len();
-            let n = want.min(data.len());
-            self.buf.extend_from_slice(&data[..n]);
-            data = &data[n..];
+            data = self.ahead.fill(data);
             if let Some(segment) = self.try_open_next()? {
                 out.push(segment);
             }
@@ -797,7 +792,7 @@ impl RecordOpener {
     /// segments themselves. Do not mix with [`push`](Self::push).
     pub fn open_segment_in_place(&mut self, buf: &mut Vec<u8>) -> Result<()> {
         self.check_poison()?;
-        if !self.buf.is_empty() || buf.len() != self.unit() {
+        if !self.ahead.is_empty() || buf.len() != self.unit() {
             return Err(Error::InvalidParameter(
                 "in-place opening takes exactly one full segment and no pushed bytes",
             ));
@@ -808,12 +803,12 @@ impl RecordOpener {
     /// Opens the last signed segment in place and ends the record.
     pub fn open_last_in_place(mut self, buf: &mut Vec<u8>) -> Result<()> {
         self.check_poison()?;
-        if !self.buf.is_empty() {
+        if !self.ahead.is_empty() {
             return Err(Error::InvalidParameter(
                 "in-place opening takes exactly one full segment and no pushed bytes",
             ));
         }
-        self.buf = core::mem::take(buf);
+        self.ahead.set_rest(core::mem::take(buf));
         *buf = self.finish()?;
         Ok(())
     }
@@ -825,7 +820,7 @@ impl RecordOpener {
     /// owner did not sign it (someone holding the key wrote it).
     pub fn finish(mut self) -> Result<Vec<u8>> {
         self.check_poison()?;
-        let mut last = core::mem::take(&mut self.buf);
+        let mut last = self.ahead.take_rest();
         if last.len() < SEGMENT_OVERHEAD {
             return Err(Error::Truncated);
         }
@@ -874,32 +869,11 @@ impl RecordOpener {
     /// first (as a non-last segment) and returns its plaintext.
     fn try_open_next(&mut self) -> Result<Option<Vec<u8>>> {
         self.check_poison()?;
-        let unit = self.unit();
-        if self.buf.len() <= unit {
+        let Some(mut segment) = self.ahead.next_unit() else {
             return Ok(None);
-        }
-        let mut next = core::mem::take(&mut self.spare);
-        next.clear();
-        next.reserve(unit + 1);
-        next.extend_from_slice(&self.buf[unit..]);
-        self.buf.truncate(unit);
-        let mut segment = core::mem::replace(&mut self.buf, next);
+        };
         self.open_unit(&mut segment)?;
         Ok(Some(segment))
-    }
-
-    /// Hands a drained plaintext buffer back for reuse.
-    fn recycle(&mut self, spare: Vec<u8>) {
-        self.spare = spare;
-    }
-
-    /// Reads from `reader` until a full signed segment plus one byte are
-    /// buffered (returns `false`) or the reader ends (returns `true`).
-    fn fill_from(&mut self, reader: &mut impl Read) -> io::Result<bool> {
-        let want = self.unit() + 1 - self.buf.len();
-        let want_u64 = u64::try_from(want).expect("segment fits in u64");
-        let n = reader.take(want_u64).read_to_end(&mut self.buf)?;
-        Ok(n < want)
     }
 }
 
@@ -913,7 +887,7 @@ impl fmt::Debug for RecordOpener {
         f.debug_struct("RecordOpener")
             .field("header", &self.header)
             .field("position", &self.position)
-            .field("buffered", &self.buf.len())
+            .field("buffered", &self.ahead.len())
             .finish_non_exhaustive()
     }
 }
@@ -1008,9 +982,9 @@ impl<R: Read> RecordReader<R> {
             return Ok(());
         };
         // Hand the drained plaintext buffer back for reuse.
-        opener.recycle(core::mem::take(&mut self.plain));
+        opener.ahead.recycle(core::mem::take(&mut self.plain));
         self.pos = 0;
-        if opener.fill_from(&mut self.inner)? {
+        if opener.ahead.fill_from(&mut self.inner)? {
             // EOF: the buffered bytes are the last segment.
             let opener = self.opener.take().expect("checked above");
             self.plain = opener.finish()?;
@@ -1101,7 +1075,7 @@ pub fn decrypt_record(
         return Err(Error::InvalidParameter("opener was built for another header").into());
     }
     loop {
-        if opener.fill_from(&mut input)? {
+        if opener.ahead.fill_from(&mut input)? {
             output.write_all(&opener.finish()?)?;
             output.flush()?;
             return Ok(header);
@@ -1110,6 +1084,6 @@ pub fn decrypt_record(
             .try_open_next()?
             .expect("a full segment and one more byte are buffered");
         output.write_all(&segment)?;
-        opener.recycle(segment);
+        opener.ahead.recycle(segment);
     }
 }

@@ -17,6 +17,8 @@
 
 use core::fmt;
 
+use std::io::{self, Read};
+
 use aead_stream::StreamPrimitive;
 use aes_gcm::{Aes256Gcm, KeyInit};
 use zeroize::Zeroize;
@@ -159,6 +161,85 @@ fn with_tag_room(plaintext: &[u8]) -> Vec<u8> {
     buf
 }
 
+/// The read-ahead of a segment opener. A segment is only known not to be
+/// the last one once a byte of the next arrived, so an opener holds at most
+/// one whole `unit` (a segment as framed on the wire) plus one byte. Shared
+/// by [`StreamOpener`] and the record opener, whose units also carry the
+/// owner's signature.
+pub(crate) struct Lookahead {
+    buf: Vec<u8>,
+    spare: Vec<u8>,
+    unit: usize,
+}
+
+impl Lookahead {
+    pub(crate) fn new(unit: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(unit + 1),
+            spare: Vec::new(),
+            unit,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    fn room(&self) -> usize {
+        self.unit + 1 - self.buf.len()
+    }
+
+    /// Buffers the start of `data` (up to one unit plus one byte); returns
+    /// the rest.
+    pub(crate) fn fill<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
+        let (now, rest) = data.split_at(self.room().min(data.len()));
+        self.buf.extend_from_slice(now);
+        rest
+    }
+
+    /// Reads from `reader` until one unit plus one byte are buffered
+    /// (returns `false`) or the reader ends (returns `true`).
+    pub(crate) fn fill_from(&mut self, reader: &mut impl Read) -> io::Result<bool> {
+        let want = self.room();
+        let want_u64 = u64::try_from(want).expect("segment fits in u64");
+        let n = reader.take(want_u64).read_to_end(&mut self.buf)?;
+        Ok(n < want)
+    }
+
+    /// The first buffered unit, if a byte of the next is buffered too (so
+    /// it is not the last one).
+    pub(crate) fn next_unit(&mut self) -> Option<Vec<u8>> {
+        if self.buf.len() <= self.unit {
+            return None;
+        }
+        let mut next = core::mem::take(&mut self.spare);
+        next.clear();
+        next.reserve(self.unit + 1);
+        next.extend_from_slice(&self.buf[self.unit..]);
+        self.buf.truncate(self.unit);
+        Some(core::mem::replace(&mut self.buf, next))
+    }
+
+    /// Everything buffered: the last unit, once the input ended.
+    pub(crate) fn take_rest(&mut self) -> Vec<u8> {
+        core::mem::take(&mut self.buf)
+    }
+
+    /// Makes `bytes` the buffered rest (an in-place last segment).
+    pub(crate) fn set_rest(&mut self, bytes: Vec<u8>) {
+        self.buf = bytes;
+    }
+
+    /// Hands a drained buffer back, so that the next unit reuses it.
+    pub(crate) fn recycle(&mut self, spare: Vec<u8>) {
+        self.spare = spare;
+    }
+}
+
 /// Push-style STREAM decryption: [`push`](Self::push) ciphertext in chunks
 /// of any size and receive each plaintext segment as soon as it
 /// authenticates; [`finish`](Self::finish) authenticates the last segment
@@ -168,8 +249,7 @@ fn with_tag_room(plaintext: &[u8]) -> Vec<u8> {
 /// After any error the opener is poisoned and every later call fails.
 pub struct StreamOpener {
     shared: Segments,
-    buf: Vec<u8>,
-    spare: Vec<u8>,
+    ahead: Lookahead,
     poisoned: bool,
 }
 
@@ -184,8 +264,7 @@ impl StreamOpener {
     ) -> Self {
         Self {
             shared: Segments::new(key, nonce_prefix, aad, segment_len),
-            buf: Vec::with_capacity(segment_len + TAG_LEN + 1),
-            spare: Vec::new(),
+            ahead: Lookahead::new(segment_len + TAG_LEN),
             poisoned: false,
         }
     }
@@ -197,7 +276,7 @@ impl StreamOpener {
 
     /// Number of pushed ciphertext bytes not yet opened.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.ahead.len()
     }
 
     fn segment_ct_len(&self) -> usize {
@@ -211,33 +290,13 @@ impl StreamOpener {
         self.check_poison()?;
         let mut out = Vec::new();
         while !data.is_empty() {
-            let want = self.segment_ct_len() + 1 - self.buf.len();
-            let n = want.min(data.len());
-            self.buf.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if let Some(segment) = self.try_open_next()? {
+            data = self.ahead.fill(data);
+            if let Some(mut segment) = self.ahead.next_unit() {
+                self.open_in_place(&mut segment)?;
                 out.push(segment);
             }
         }
         Ok(out)
-    }
-
-    /// If more than one ciphertext segment is buffered, decrypts the first
-    /// (as a non-last segment) and returns its plaintext.
-    fn try_open_next(&mut self) -> Result<Option<Vec<u8>>> {
-        self.check_poison()?;
-        let seg = self.segment_ct_len();
-        if self.buf.len() <= seg {
-            return Ok(None);
-        }
-        let mut next = core::mem::take(&mut self.spare);
-        next.clear();
-        next.reserve(seg + 1);
-        next.extend_from_slice(&self.buf[seg..]);
-        self.buf.truncate(seg);
-        let mut segment = core::mem::replace(&mut self.buf, next);
-        self.open_in_place(&mut segment)?;
-        Ok(Some(segment))
     }
 
     fn check_poison(&self) -> Result<()> {
@@ -266,7 +325,7 @@ impl StreamOpener {
 
     fn check_nothing_pushed(&self) -> Result<()> {
         self.check_poison()?;
-        if !self.buf.is_empty() {
+        if !self.ahead.is_empty() {
             return Err(Error::InvalidParameter(
                 "in-place opening takes exactly one full segment and no pushed bytes",
             ));
@@ -290,7 +349,7 @@ impl StreamOpener {
     /// Opens the last ciphertext segment in place and ends the stream.
     pub fn open_last_in_place(mut self, buf: &mut Vec<u8>) -> Result<()> {
         self.check_nothing_pushed()?;
-        self.buf = core::mem::take(buf);
+        self.ahead.set_rest(core::mem::take(buf));
         *buf = self.finish()?;
         Ok(())
     }
@@ -300,7 +359,7 @@ impl StreamOpener {
     /// [`Error::DecryptionFailed`] if it was tampered with.
     pub fn finish(mut self) -> Result<Vec<u8>> {
         self.check_poison()?;
-        let mut last = core::mem::take(&mut self.buf);
+        let mut last = self.ahead.take_rest();
         if last.len() < TAG_LEN {
             return Err(Error::Truncated);
         }
@@ -334,7 +393,7 @@ impl fmt::Debug for StreamOpener {
         f.debug_struct("StreamOpener")
             .field("segment_len", &self.shared.segment_len)
             .field("position", &self.shared.position)
-            .field("buffered", &self.buf.len())
+            .field("buffered", &self.ahead.len())
             .finish_non_exhaustive()
     }
 }
