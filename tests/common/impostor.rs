@@ -524,6 +524,15 @@ pub struct CloudStorageHooks {
     pub query_blob: Option<Hook<proto::QueryBlobRequest, proto::QueryBlobResponse>>,
 }
 
+/// The body of every impostor RPC: note the call, then run the test's hook
+/// for it or forward it unchanged.
+macro_rules! relay {
+    ($self:ident, $name:literal, $rpc:ident, $req:ident) => {{
+        note(&$self.calls, $name);
+        dispatch(&$self.hooks.$rpc, &$self.upstream, $req, forward::$rpc).await
+    }};
+}
+
 struct FakeCloudStorage {
     upstream: Upstream,
     hooks: CloudStorageHooks,
@@ -536,14 +545,7 @@ impl cloud_storage_server::CloudStorage for FakeCloudStorage {
         &self,
         req: Request<Streaming<proto::PutRecordRequest>>,
     ) -> Reply<proto::PutRecordResponse> {
-        note(&self.calls, "PutRecord");
-        dispatch(
-            &self.hooks.put_record,
-            &self.upstream,
-            req,
-            forward::put_record,
-        )
-        .await
+        relay!(self, "PutRecord", put_record, req)
     }
 
     type GetRecordStream = ReplyStream<proto::GetRecordResponse>;
@@ -552,56 +554,28 @@ impl cloud_storage_server::CloudStorage for FakeCloudStorage {
         &self,
         req: Request<proto::GetRecordRequest>,
     ) -> Reply<Self::GetRecordStream> {
-        note(&self.calls, "GetRecord");
-        dispatch(
-            &self.hooks.get_record,
-            &self.upstream,
-            req,
-            forward::get_record,
-        )
-        .await
+        relay!(self, "GetRecord", get_record, req)
     }
 
     async fn list_records(
         &self,
         req: Request<proto::ListRecordsRequest>,
     ) -> Reply<proto::ListRecordsResponse> {
-        note(&self.calls, "ListRecords");
-        dispatch(
-            &self.hooks.list_records,
-            &self.upstream,
-            req,
-            forward::list_records,
-        )
-        .await
+        relay!(self, "ListRecords", list_records, req)
     }
 
     async fn delete_record(
         &self,
         req: Request<proto::DeleteRecordRequest>,
     ) -> Reply<proto::DeleteRecordResponse> {
-        note(&self.calls, "DeleteRecord");
-        dispatch(
-            &self.hooks.delete_record,
-            &self.upstream,
-            req,
-            forward::delete_record,
-        )
-        .await
+        relay!(self, "DeleteRecord", delete_record, req)
     }
 
     async fn query_blob(
         &self,
         req: Request<proto::QueryBlobRequest>,
     ) -> Reply<proto::QueryBlobResponse> {
-        note(&self.calls, "QueryBlob");
-        dispatch(
-            &self.hooks.query_blob,
-            &self.upstream,
-            req,
-            forward::query_blob,
-        )
-        .await
+        relay!(self, "QueryBlob", query_blob, req)
     }
 }
 
@@ -628,69 +602,39 @@ struct FakeSrs {
 #[tonic::async_trait]
 impl srs_server::Srs for FakeSrs {
     async fn enroll(&self, req: Request<proto::EnrollRequest>) -> Reply<proto::EnrollResponse> {
-        note(&self.calls, "Enroll");
-        dispatch(&self.hooks.enroll, &self.upstream, req, forward::enroll).await
+        relay!(self, "Enroll", enroll, req)
     }
 
     async fn get_user(&self, req: Request<proto::GetUserRequest>) -> Reply<proto::UserInfo> {
-        note(&self.calls, "GetUser");
-        dispatch(&self.hooks.get_user, &self.upstream, req, forward::get_user).await
+        relay!(self, "GetUser", get_user, req)
     }
 
     async fn put_kfrags(
         &self,
         req: Request<proto::PutKfragsRequest>,
     ) -> Reply<proto::PutKfragsResponse> {
-        note(&self.calls, "PutKfrags");
-        dispatch(
-            &self.hooks.put_kfrags,
-            &self.upstream,
-            req,
-            forward::put_kfrags,
-        )
-        .await
+        relay!(self, "PutKfrags", put_kfrags, req)
     }
 
     async fn delete_kfrags(
         &self,
         req: Request<proto::DeleteKfragsRequest>,
     ) -> Reply<proto::DeleteKfragsResponse> {
-        note(&self.calls, "DeleteKfrags");
-        dispatch(
-            &self.hooks.delete_kfrags,
-            &self.upstream,
-            req,
-            forward::delete_kfrags,
-        )
-        .await
+        relay!(self, "DeleteKfrags", delete_kfrags, req)
     }
 
     async fn re_encrypt(
         &self,
         req: Request<proto::ReEncryptRequest>,
     ) -> Reply<proto::ReEncryptResponse> {
-        note(&self.calls, "ReEncrypt");
-        dispatch(
-            &self.hooks.re_encrypt,
-            &self.upstream,
-            req,
-            forward::re_encrypt,
-        )
-        .await
+        relay!(self, "ReEncrypt", re_encrypt, req)
     }
 
     async fn evaluate_content_key(
         &self,
         req: Request<proto::EvaluateContentKeyRequest>,
     ) -> Reply<proto::EvaluateContentKeyResponse> {
-        note(&self.calls, "EvaluateContentKey");
-        dispatch(
-            &self.hooks.evaluate_content_key,
-            &self.upstream,
-            req,
-            forward::evaluate_content_key,
-        )
-        .await
+        relay!(self, "EvaluateContentKey", evaluate_content_key, req)
     }
 }
 
@@ -717,32 +661,22 @@ struct FakeAccessPolicy {
 #[tonic::async_trait]
 impl access_policy_server::AccessPolicy for FakeAccessPolicy {
     async fn grant(&self, req: Request<proto::GrantRequest>) -> Reply<proto::GrantResponse> {
-        note(&self.calls, "Grant");
-        dispatch(&self.hooks.grant, &self.upstream, req, forward::grant).await
+        relay!(self, "Grant", grant, req)
     }
 
     async fn revoke(&self, req: Request<proto::RevokeRequest>) -> Reply<proto::RevokeResponse> {
-        note(&self.calls, "Revoke");
-        dispatch(&self.hooks.revoke, &self.upstream, req, forward::revoke).await
+        relay!(self, "Revoke", revoke, req)
     }
 
     async fn check(&self, req: Request<proto::CheckRequest>) -> Reply<proto::CheckResponse> {
-        note(&self.calls, "Check");
-        dispatch(&self.hooks.check, &self.upstream, req, forward::check).await
+        relay!(self, "Check", check, req)
     }
 
     async fn list_grants(
         &self,
         req: Request<proto::ListGrantsRequest>,
     ) -> Reply<proto::ListGrantsResponse> {
-        note(&self.calls, "ListGrants");
-        dispatch(
-            &self.hooks.list_grants,
-            &self.upstream,
-            req,
-            forward::list_grants,
-        )
-        .await
+        relay!(self, "ListGrants", list_grants, req)
     }
 
     type ListAuditStream = ReplyStream<proto::AuditEntry>;
@@ -751,42 +685,21 @@ impl access_policy_server::AccessPolicy for FakeAccessPolicy {
         &self,
         req: Request<proto::ListAuditRequest>,
     ) -> Reply<Self::ListAuditStream> {
-        note(&self.calls, "ListAudit");
-        dispatch(
-            &self.hooks.list_audit,
-            &self.upstream,
-            req,
-            forward::list_audit,
-        )
-        .await
+        relay!(self, "ListAudit", list_audit, req)
     }
 
     async fn verify_audit(
         &self,
         req: Request<proto::VerifyAuditRequest>,
     ) -> Reply<proto::VerifyAuditResponse> {
-        note(&self.calls, "VerifyAudit");
-        dispatch(
-            &self.hooks.verify_audit,
-            &self.upstream,
-            req,
-            forward::verify_audit,
-        )
-        .await
+        relay!(self, "VerifyAudit", verify_audit, req)
     }
 
     async fn record_event(
         &self,
         req: Request<proto::RecordEventRequest>,
     ) -> Reply<proto::RecordEventResponse> {
-        note(&self.calls, "RecordEvent");
-        dispatch(
-            &self.hooks.record_event,
-            &self.upstream,
-            req,
-            forward::record_event,
-        )
-        .await
+        relay!(self, "RecordEvent", record_event, req)
     }
 }
 
