@@ -17,6 +17,9 @@ pub const POLYNOMIAL_ARG_DST: &[u8] = b"SESPHR-V1-H2S-POLYNOMIAL-ARG";
 /// Hash-to-scalar DST for the challenge of the proof of re-encryption.
 pub const CFRAG_PROOF_DST: &[u8] = b"SESPHR-V1-H2S-CFRAG-PROOF";
 
+/// Prefix hashed into the id of a kfrag meant for one re-encryption node
+/// (see `node_kfrag_id`).
+pub const KFRAG_NODE_ID_PREFIX: &[u8] = b"SESPHR-V1-KFRAG-NODE-ID";
 /// Prefix of the message signed (ECDSA P-256/SHA-256) for every kfrag.
 pub const KFRAG_SIGNATURE_PREFIX: &[u8] = b"SESPHR-V1-KFRAG-SIGNATURE";
 

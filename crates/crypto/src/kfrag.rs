@@ -5,6 +5,7 @@ use core::fmt;
 use p256::Scalar;
 use p256::elliptic_curve::Field;
 use rand_core::CryptoRng;
+use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::arith::{self, POINT_LEN, Point, SCALAR_LEN, SecretPoint};
@@ -242,6 +243,71 @@ pub fn generate_kfrags(
             // The shared secret d was not invertible (probability ~2^-256):
             // draw another precursor.
             Err(Error::InvalidParameter(UNUSABLE_PRECURSOR)) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// The id the kfrag meant for re-encryption node `node` carries when the
+/// owner splits a key among independent nodes:
+/// `SHA-256(KFRAG_NODE_ID_PREFIX || u32be(len context) || context || u32be(node))`.
+///
+/// `context` names what the kfrags are for (the SDK encodes owner,
+/// partition, epoch and grantee), so that a node can recompute the id of its
+/// own share and refuse any other: the owner's kfrag signature covers the
+/// id, so a share meant for node `i` cannot be relabelled for node `j`.
+pub fn node_kfrag_id(context: &[u8], node: u32) -> [u8; KFRAG_ID_LEN] {
+    let len = u32::try_from(context.len()).expect("a context shorter than 4 GiB");
+    Sha256::new()
+        .chain_update(dst::KFRAG_NODE_ID_PREFIX)
+        .chain_update(len.to_be_bytes())
+        .chain_update(context)
+        .chain_update(node.to_be_bytes())
+        .finalize()
+        .into()
+}
+
+/// [`generate_kfrags`] for `nodes` independent re-encryption nodes: kfrag
+/// `i` (0-based) carries [`node_kfrag_id`]`(context, i)` and is meant for
+/// node `i` only; any `threshold` of them re-encrypt.
+pub fn generate_node_kfrags(
+    rng: &mut (impl CryptoRng + ?Sized),
+    owner_sk: &SecretKey,
+    grantee_pk: &PublicKey,
+    signer: &SigningKey,
+    threshold: usize,
+    nodes: usize,
+    context: &[u8],
+) -> Result<Vec<VerifiedKeyFrag>> {
+    check_threshold(threshold, nodes)?;
+    let ids: Vec<_> = (0..nodes)
+        .map(|i| node_kfrag_id(context, u32::try_from(i).expect("MAX_SHARES fits in u32")))
+        .collect();
+    loop {
+        let mut precursor_sk = arith::random_nonzero_scalar(rng);
+        let mut coefficients: Vec<Scalar> = (1..threshold)
+            .map(|_| arith::random_nonzero_scalar(rng))
+            .collect();
+        // A node's id is fixed, so a share index that happens to be unusable
+        // (probability ~2^-256) means drawing another precursor, not another id.
+        let mut unusable = false;
+        let result = generate_kfrags_with(
+            owner_sk,
+            grantee_pk,
+            signer,
+            &precursor_sk,
+            &coefficients,
+            &ids,
+            || {
+                unusable = true;
+                [0u8; KFRAG_ID_LEN]
+            },
+        );
+        precursor_sk.zeroize();
+        coefficients.zeroize();
+        match result {
+            Err(Error::InvalidParameter(UNUSABLE_PRECURSOR)) => continue,
+            Ok(_) if unusable => continue,
             other => return other,
         }
     }

@@ -95,7 +95,10 @@ pub use capsule::{Capsule, KemKey, decapsulate_original, encapsulate};
 pub use cfrag::{CapsuleFrag, VerifiedCapsuleFrag, decapsulate_reencrypted, reencrypt};
 pub use error::{Error, Result};
 pub use keys::{PublicKey, SIGNATURE_LEN, SecretKey, SigningKey, VerifyingKey};
-pub use kfrag::{KFRAG_ID_LEN, KeyFrag, MAX_SHARES, VerifiedKeyFrag, generate_kfrags};
+pub use kfrag::{
+    KFRAG_ID_LEN, KeyFrag, MAX_SHARES, VerifiedKeyFrag, generate_kfrags, generate_node_kfrags,
+    node_kfrag_id,
+};
 pub use master::{MAX_PARTITION_LEN, MasterSecret};
 pub use record::{
     DemKey, DemKeySource, HeaderDraft, RecordHeader, RecordOpener, RecordReader, RecordSealer,

@@ -6,7 +6,8 @@ use rand_core::SeedableRng;
 use sesphr_crypto::{
     Capsule, CapsuleFrag, Error, KemKey, KeyFrag, MasterSecret, PublicKey, SecretKey, SigningKey,
     VerifiedCapsuleFrag, VerifiedKeyFrag, VerifyingKey, decapsulate_original,
-    decapsulate_reencrypted, encapsulate, generate_kfrags, reencrypt,
+    decapsulate_reencrypted, encapsulate, generate_kfrags, generate_node_kfrags, node_kfrag_id,
+    reencrypt,
 };
 
 /// Everything one grant involves.
@@ -306,4 +307,91 @@ fn key_encodings_round_trip() {
     let key = KemKey::from_bytes(&[7u8; 32]).unwrap();
     assert_eq!(KemKey::from_bytes(&*key.to_bytes()).unwrap(), key);
     assert!(KemKey::from_bytes(&[7u8; 31]).is_err());
+}
+
+/// Kfrags for independent nodes: share `i` carries the id node `i` can
+/// recompute from the grant's context, the owner's signature covers it (so
+/// it cannot be relabelled for another node), and any `t` of them work.
+#[test]
+fn node_kfrags_are_bound_to_their_node() {
+    let mut rng = ChaCha20Rng::seed_from_u64(77);
+    let s = setup(&mut rng, 2, 3);
+    let context = b"alice/medical/0/bob";
+    let kfrags = generate_node_kfrags(
+        &mut rng,
+        &s.owner_sk,
+        &s.grantee_pk,
+        &s.signer,
+        2,
+        3,
+        context,
+    )
+    .unwrap();
+    for (i, k) in kfrags.iter().enumerate() {
+        let i = i as u32;
+        assert_eq!(*k.id(), node_kfrag_id(context, i));
+        for j in (0..3).filter(|&j| j != i) {
+            assert_ne!(
+                *k.id(),
+                node_kfrag_id(context, j),
+                "node {j} refuses node {i}'s share"
+            );
+        }
+        assert_ne!(*k.id(), node_kfrag_id(b"alice/medical/1/bob", i));
+    }
+    // Relabelling a share for another node breaks the owner's signature.
+    let mut bytes = kfrags[0].to_bytes().to_vec();
+    bytes[..32].copy_from_slice(&node_kfrag_id(context, 1));
+    let relabelled = KeyFrag::from_bytes(&bytes).unwrap();
+    assert!(
+        relabelled
+            .verify(&s.vk, &s.owner_pk, &s.grantee_pk)
+            .is_err()
+    );
+    // Any two of the three re-encrypt; one does not.
+    for pair in [[0, 1], [0, 2], [1, 2]] {
+        let cfrags: Vec<_> = pair
+            .iter()
+            .map(|&i| {
+                let k = KeyFrag::from_bytes(&*kfrags[i].to_bytes())
+                    .unwrap()
+                    .verify(&s.vk, &s.owner_pk, &s.grantee_pk)
+                    .unwrap();
+                reencrypt(&mut rng, &s.capsule, &k)
+            })
+            .collect();
+        let key = decapsulate_reencrypted(&s.grantee_sk, &s.owner_pk, &s.capsule, &cfrags).unwrap();
+        assert_eq!(key.as_bytes(), s.key.as_bytes());
+    }
+    let one = [reencrypt(&mut rng, &s.capsule, &kfrags[2])];
+    assert!(
+        decapsulate_reencrypted(&s.grantee_sk, &s.owner_pk, &s.capsule, &one)
+            .map(|k| k.as_bytes() != s.key.as_bytes())
+            .unwrap_or(true)
+    );
+    // Same context, new grant: same ids, other shares.
+    let again = generate_node_kfrags(
+        &mut rng,
+        &s.owner_sk,
+        &s.grantee_pk,
+        &s.signer,
+        2,
+        3,
+        context,
+    )
+    .unwrap();
+    assert_eq!(again[1].id(), kfrags[1].id());
+    assert_ne!(again[1].to_bytes()[..], kfrags[1].to_bytes()[..]);
+    assert!(
+        generate_node_kfrags(
+            &mut rng,
+            &s.owner_sk,
+            &s.grantee_pk,
+            &s.signer,
+            4,
+            3,
+            context
+        )
+        .is_err()
+    );
 }
