@@ -42,6 +42,7 @@ SHARED_SECRET_DST = b"SESPHR-V1-H2S-SHARED-SECRET"
 POLYNOMIAL_ARG_DST = b"SESPHR-V1-H2S-POLYNOMIAL-ARG"
 CFRAG_PROOF_DST = b"SESPHR-V1-H2S-CFRAG-PROOF"
 KFRAG_SIGNATURE_PREFIX = b"SESPHR-V1-KFRAG-SIGNATURE"
+KFRAG_NODE_ID_PREFIX = b"SESPHR-V1-KFRAG-NODE-ID"
 RECORD_HEADER_SIGNATURE_PREFIX = b"SESPHR-V2-RECORD-HEADER-SIGNATURE"
 RECORD_SEGMENT_SIGNATURE_PREFIX = b"SESPHR-V2-RECORD-SEGMENT-SIGNATURE"
 KEM_KEY_INFO = b"SESPHR-V1-KEM-KEY"
@@ -385,6 +386,12 @@ class KeyFrag:
         if U * self.rk != self.commitment or not verify_signature(verifying_key, msg, self.signature):
             raise VerificationFailed("kfrag")
         return self
+
+
+def node_kfrag_id(context: bytes, node: int) -> bytes:
+    """§7.4: the id of the kfrag meant for re-encryption node `node`."""
+    return hashlib.sha256(KFRAG_NODE_ID_PREFIX + len(context).to_bytes(4, "big") + context
+                          + node.to_bytes(4, "big")).digest()
 
 
 def _poly_eval(coeffs: list[int], x: int) -> int:

@@ -107,6 +107,11 @@ def test_generate_kfrags():
             decoded.verify(signer.verifying_key_bytes(), grantee.public, owner.public)
 
 
+def test_node_kfrag_ids():
+    for v in PRE["node_kfrag_ids"]:
+        assert c.node_kfrag_id(h(v["context"]), v["node"]).hex() == v["id"]
+
+
 def test_reencrypt_and_verify_cfrags():
     owner, signer, grantee, kfrags = make_kfrags()
     capsule = c.Capsule.from_bytes(h(PRE["encapsulate"]["capsule"]))

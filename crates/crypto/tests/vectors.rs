@@ -186,6 +186,11 @@ fn build() -> Vec<(&'static str, Value)> {
             "shared_secret_d": h(d),
             "kfrags": kfrag_json,
         },
+        "node_kfrag_ids": [
+            {"context": h(b"alice/medical/0/bob"), "node": 0, "id": h(sesphr_crypto::node_kfrag_id(b"alice/medical/0/bob", 0))},
+            {"context": h(b"alice/medical/0/bob"), "node": 2, "id": h(sesphr_crypto::node_kfrag_id(b"alice/medical/0/bob", 2))},
+            {"context": "", "node": 7, "id": h(sesphr_crypto::node_kfrag_id(b"", 7))},
+        ],
         "reencrypt": cfrag_json,
         "decapsulate_reencrypted": decaps,
     });
