@@ -464,9 +464,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mesh = mesh_file(&cli.mesh)?;
             let s = Session::open(&mesh, home(&cli.home)?)?;
             let (g, disagreements) = if s.profile.role() == Role::Patient {
-                let p = Patient { session: s };
-                let (g, d) = p.audit_grants().await?;
-                (g, d)
+                Patient { session: s }.audit_grants().await?
             } else {
                 (s.grants().await?, Vec::new())
             };

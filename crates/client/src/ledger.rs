@@ -40,6 +40,18 @@ pub struct LedgerEntry {
 }
 
 impl LedgerEntry {
+    /// The entry of `grant`, active, entered at `now`.
+    fn granted(grant: &Grant, now: i64) -> Self {
+        Self {
+            role: grant.grantee_role.as_str().to_owned(),
+            epoch_min: grant.epoch_min,
+            not_before: grant.not_before,
+            expires_at: grant.expires_at,
+            granted_at: now,
+            revoked_at: None,
+        }
+    }
+
     /// Whether the grant is neither revoked nor expired at `now`.
     pub fn is_active(&self, now: i64) -> bool {
         self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now)
@@ -95,17 +107,7 @@ impl Ledger {
         }
         let mut all = Entries::new();
         for g in given {
-            all.entry(g.partition.to_string()).or_default().insert(
-                g.grantee_id.to_string(),
-                LedgerEntry {
-                    role: g.grantee_role.as_str().to_owned(),
-                    epoch_min: g.epoch_min,
-                    not_before: g.not_before,
-                    expires_at: g.expires_at,
-                    granted_at: now,
-                    revoked_at: None,
-                },
-            );
+            insert(&mut all, g, now);
         }
         self.save(&all)?;
         Ok(given.len())
@@ -120,17 +122,7 @@ impl Ledger {
     /// Enters an acknowledged grant (replacing an earlier entry).
     pub(crate) fn record_grant(&self, grant: &Grant, now: i64) -> Result<(), ClientError> {
         let mut all = self.load()?;
-        all.entry(grant.partition.to_string()).or_default().insert(
-            grant.grantee_id.to_string(),
-            LedgerEntry {
-                role: grant.grantee_role.as_str().to_owned(),
-                epoch_min: grant.epoch_min,
-                not_before: grant.not_before,
-                expires_at: grant.expires_at,
-                granted_at: now,
-                revoked_at: None,
-            },
-        );
+        insert(&mut all, grant, now);
         self.save(&all)
     }
 
@@ -170,6 +162,14 @@ impl Ledger {
             .map(|(g, _)| g)
             .collect())
     }
+}
+
+/// Enters `grant` as active (replacing an earlier entry of its grantee).
+fn insert(all: &mut Entries, grant: &Grant, now: i64) {
+    all.entry(grant.partition.to_string()).or_default().insert(
+        grant.grantee_id.to_string(),
+        LedgerEntry::granted(grant, now),
+    );
 }
 
 /// Where AccessPolicy's list of an owner's grants and her ledger disagree.

@@ -126,6 +126,17 @@ impl Pin {
     }
 }
 
+/// How `keys` compare with their user's pin in `all`.
+fn status_in(all: &BTreeMap<String, Pin>, keys: &UserKeys) -> PinStatus {
+    match all.get(&keys.user_id) {
+        None => PinStatus::New,
+        Some(pin) if *pin == Pin::of(keys) => PinStatus::Pinned,
+        Some(pin) => PinStatus::Changed {
+            pinned: pin.fingerprint.clone(),
+        },
+    }
+}
+
 /// The profile's pinned keys (`DIR/known_keys.toml`).
 #[derive(Debug)]
 pub(crate) struct PinStore {
@@ -156,22 +167,20 @@ impl PinStore {
 
     /// How `keys` compare with the pin of their user.
     pub(crate) fn status(&self, keys: &UserKeys) -> Result<PinStatus, ClientError> {
-        Ok(match self.load()?.get(&keys.user_id) {
-            None => PinStatus::New,
-            Some(pin) if *pin == Pin::of(keys) => PinStatus::Pinned,
-            Some(pin) => PinStatus::Changed {
-                pinned: pin.fingerprint.clone(),
-            },
-        })
+        Ok(status_in(&self.load()?, keys))
     }
 
     /// Accepts `keys` if they are pinned, pins them if their user has no
     /// pin yet (trust on first use), refuses them if other keys are pinned.
     pub(crate) fn check_or_pin(&self, keys: &UserKeys) -> Result<PinStatus, ClientError> {
-        let status = self.status(keys)?;
+        let mut all = self.load()?;
+        let status = status_in(&all, keys);
         match &status {
             PinStatus::Pinned => {}
-            PinStatus::New => self.pin(keys)?,
+            PinStatus::New => {
+                all.insert(keys.user_id.clone(), Pin::of(keys));
+                self.save(&all)?;
+            }
             PinStatus::Changed { pinned } => {
                 return Err(ClientError::KeyChanged {
                     user_id: keys.user_id.clone(),

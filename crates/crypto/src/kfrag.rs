@@ -219,30 +219,67 @@ pub fn generate_kfrags(
         rng.fill_bytes(&mut id);
         ids.push(id);
     }
+    generate_kfrags_retrying(
+        rng,
+        owner_sk,
+        grantee_pk,
+        signer,
+        threshold,
+        &ids,
+        IdsAre::Random,
+    )
+}
+
+/// Whether a kfrag id may be replaced when it gives an unusable share.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IdsAre {
+    /// Random ids: draw another.
+    Random,
+    /// Ids a node recomputes ([`node_kfrag_id`]): keep them and draw
+    /// another precursor instead.
+    Fixed,
+}
+
+/// Draws a precursor and coefficients and makes one kfrag per id, again
+/// until the precursor is usable (probability of a retry ~2^-256).
+fn generate_kfrags_retrying(
+    rng: &mut (impl CryptoRng + ?Sized),
+    owner_sk: &SecretKey,
+    grantee_pk: &PublicKey,
+    signer: &SigningKey,
+    threshold: usize,
+    ids: &[[u8; KFRAG_ID_LEN]],
+    ids_are: IdsAre,
+) -> Result<Vec<VerifiedKeyFrag>> {
     loop {
         let mut precursor_sk = arith::random_nonzero_scalar(rng);
         let mut coefficients: Vec<Scalar> = (1..threshold)
             .map(|_| arith::random_nonzero_scalar(rng))
             .collect();
+        let mut fixed_id_unusable = false;
         let result = generate_kfrags_with(
             owner_sk,
             grantee_pk,
             signer,
             &precursor_sk,
             &coefficients,
-            &ids,
+            ids,
             || {
                 let mut id = [0u8; KFRAG_ID_LEN];
-                rng.fill_bytes(&mut id);
+                match ids_are {
+                    IdsAre::Random => rng.fill_bytes(&mut id),
+                    IdsAre::Fixed => fixed_id_unusable = true,
+                }
                 id
             },
         );
         precursor_sk.zeroize();
         coefficients.zeroize();
         match result {
-            // The shared secret d was not invertible (probability ~2^-256):
-            // draw another precursor.
+            // The shared secret d was not invertible, or a fixed id gave an
+            // unusable share: draw another precursor.
             Err(Error::InvalidParameter(UNUSABLE_PRECURSOR)) => continue,
+            Ok(_) if fixed_id_unusable => continue,
             other => return other,
         }
     }
@@ -283,34 +320,15 @@ pub fn generate_node_kfrags(
     let ids: Vec<_> = (0..nodes)
         .map(|i| node_kfrag_id(context, u32::try_from(i).expect("MAX_SHARES fits in u32")))
         .collect();
-    loop {
-        let mut precursor_sk = arith::random_nonzero_scalar(rng);
-        let mut coefficients: Vec<Scalar> = (1..threshold)
-            .map(|_| arith::random_nonzero_scalar(rng))
-            .collect();
-        // A node's id is fixed, so a share index that happens to be unusable
-        // (probability ~2^-256) means drawing another precursor, not another id.
-        let mut unusable = false;
-        let result = generate_kfrags_with(
-            owner_sk,
-            grantee_pk,
-            signer,
-            &precursor_sk,
-            &coefficients,
-            &ids,
-            || {
-                unusable = true;
-                [0u8; KFRAG_ID_LEN]
-            },
-        );
-        precursor_sk.zeroize();
-        coefficients.zeroize();
-        match result {
-            Err(Error::InvalidParameter(UNUSABLE_PRECURSOR)) => continue,
-            Ok(_) if unusable => continue,
-            other => return other,
-        }
-    }
+    generate_kfrags_retrying(
+        rng,
+        owner_sk,
+        grantee_pk,
+        signer,
+        threshold,
+        &ids,
+        IdsAre::Fixed,
+    )
 }
 
 const UNUSABLE_PRECURSOR: &str = "precursor";

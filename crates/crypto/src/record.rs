@@ -663,7 +663,7 @@ impl RecordSealer {
     pub fn seal_segment_in_place(&mut self, buf: &mut Vec<u8>) -> Result<()> {
         let index = self.stream.position();
         self.stream.seal_segment_in_place(buf)?;
-        self.append_signature(index, false, buf);
+        append_signature(&self.owner, &self.header, index, false, buf);
         Ok(())
     }
 
@@ -683,17 +683,21 @@ impl RecordSealer {
             owner,
         } = self;
         stream.seal_last_in_place(buf)?;
-        let sig = owner.sign_prehashed(&header.segment_digest(index, true, buf));
-        buf.extend_from_slice(&sig);
+        append_signature(&owner, &header, index, true, buf);
         Ok(())
     }
+}
 
-    fn append_signature(&self, index: u32, last: bool, buf: &mut Vec<u8>) {
-        let sig = self
-            .owner
-            .sign_prehashed(&self.header.segment_digest(index, last, buf));
-        buf.extend_from_slice(&sig);
-    }
+/// Appends the owner's signature of sealed segment `index` to it.
+fn append_signature(
+    owner: &SigningKey,
+    header: &RecordHeader,
+    index: u32,
+    last: bool,
+    buf: &mut Vec<u8>,
+) {
+    let sig = owner.sign_prehashed(&header.segment_digest(index, last, buf));
+    buf.extend_from_slice(&sig);
 }
 
 fn with_room(plaintext: &[u8]) -> Vec<u8> {
