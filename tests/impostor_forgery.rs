@@ -68,6 +68,25 @@ async fn refused(s: &Sandbox, mesh: &sesphr_client::MeshFile, user: &str, id: &s
     err.to_string()
 }
 
+/// Alice (a patient) grants doctor bob her medical partition and uploads
+/// `text` there, which bob reads through the real mesh (pinning alice's
+/// key); doctor mallory is enrolled too.
+async fn alice_shares_medical_with_bob(
+    s: &Sandbox,
+    text: &[u8],
+) -> (Patient, Practitioner, sesphr_client::Record) {
+    let alice = s.patient("alice").await;
+    let bob = s.practitioner("bob", Role::Doctor).await;
+    s.practitioner("mallory", Role::Doctor).await;
+    alice
+        .grant("medical", "bob", Default::default())
+        .await
+        .unwrap();
+    let record = upload(&alice, "medical", text).await;
+    assert_eq!(download(&bob, &record.record_id).await.unwrap(), text);
+    (alice, bob, record)
+}
+
 /// A record under `header`'s key, sealed and signed by `signer`.
 fn seal(header: &RecordHeader, kem: &crypto::KemKey, signer: &SigningKey, text: &[u8]) -> Vec<u8> {
     RecordSealer::new(header.clone(), kem, signer)
@@ -172,15 +191,7 @@ async fn records_forged_with_a_partition_key_or_a_records_own_key_are_refused() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_that_swaps_keys_is_refused_once_keys_are_pinned() {
     let s = Sandbox::start().await;
-    let alice = s.patient("alice").await;
-    let bob = s.practitioner("bob", Role::Doctor).await;
-    let _mallory = s.practitioner("mallory", Role::Doctor).await;
-    alice
-        .grant("medical", "bob", Default::default())
-        .await
-        .unwrap();
-    let genuine = upload(&alice, "medical", b"chart").await;
-    assert_eq!(download(&bob, &genuine.record_id).await.unwrap(), b"chart");
+    let (_alice, _bob, genuine) = alice_shares_medical_with_bob(&s, b"chart").await;
 
     // An SRS that answers every GetUser with mallory's keys under the name
     // asked for.
@@ -236,15 +247,7 @@ async fn a_directory_that_swaps_keys_is_refused_once_keys_are_pinned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_and_rotate_hold_against_a_lying_access_policy() {
     let s = Sandbox::start().await;
-    let alice = s.patient("alice").await;
-    let bob = s.practitioner("bob", Role::Doctor).await;
-    let _mallory = s.practitioner("mallory", Role::Doctor).await;
-    alice
-        .grant("medical", "bob", Default::default())
-        .await
-        .unwrap();
-    let before = upload(&alice, "medical", b"before").await;
-    assert_eq!(download(&bob, &before.record_id).await.unwrap(), b"before");
+    let (alice, bob, _before) = alice_shares_medical_with_bob(&s, b"before").await;
 
     // AccessPolicy acknowledges the revocation without recording it, and
     // lists a grant to mallory that nobody made.
