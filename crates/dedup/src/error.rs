@@ -40,6 +40,12 @@ pub enum Error {
     /// A proof of ownership did not verify.
     #[error("proof of ownership verification failed")]
     VerificationFailed,
+
+    /// A threshold OPRF share evaluation did not verify against the node's
+    /// index and public share (wrong evaluated element, or a proof made for
+    /// another node, public share or blinded element).
+    #[error("threshold OPRF share evaluation failed verification")]
+    ShareVerificationFailed,
 }
 
 /// Shorthand for `Result<T, sesphr_dedup::Error>`.

@@ -6,6 +6,10 @@
 //! * [`oprf`] — RFC 9497 OPRF(P-256, SHA-256), base mode: the client learns
 //!   `F(k, SHA-256(plaintext))` from a key server that sees nothing, so
 //!   content keys resist offline brute force of low-entropy files.
+//! * [`threshold`] — the OPRF key Shamir-shared t-of-n across independent
+//!   nodes: each answers with its share's evaluation and a DLEQ proof, the
+//!   client verifies and combines any t of them into the same output as
+//!   the unshared key, and no `t − 1` nodes can evaluate the PRF.
 //! * [`convergent`] — message-locked encryption: the content key derived
 //!   from the OPRF output encrypts the blob deterministically (AES-256-GCM
 //!   STREAM), equal plaintexts give equal blobs, addressed by
@@ -72,6 +76,7 @@ pub mod convergent;
 mod error;
 pub mod oprf;
 pub mod pow;
+pub mod threshold;
 
 pub use convergent::{
     BlobHeader, BlobOpener, BlobSealer, ContentKey, Sha256Hasher, blob_id, content_digest,
@@ -81,4 +86,8 @@ pub use error::{Error, Result};
 pub use oprf::{BlindState, ServerKey, blind, blind_evaluate, blind_with_scalar, finalize};
 pub use pow::{
     Challenge, MerkleBuilder, MerkleTree, Proof, ProofBuilder, ProofLeaf, prove, verify,
+};
+pub use threshold::{
+    KeyShare, MAX_SHARES, ShareEvaluation, combine, combine_public_shares, deal, evaluate_share,
+    verify_share,
 };

@@ -136,6 +136,11 @@ impl ServerKey {
         serialize_element(&(ProjectivePoint::GENERATOR * self.sk))
             .expect("a non-zero multiple of G is not the identity")
     }
+
+    /// The secret scalar, for dealing threshold shares of it.
+    pub(crate) fn scalar(&self) -> &Scalar {
+        &self.sk
+    }
 }
 
 impl Drop for ServerKey {
@@ -272,7 +277,7 @@ fn hash_to_group(input: &[u8]) -> Result<ProjectivePoint> {
 }
 
 /// `HashToScalar` with an explicit DST: `OS2IP(expand_message_xmd(msg, dst, 48)) mod n`.
-fn hash_to_scalar(msg: &[&[u8]], dst: &[&[u8]]) -> Scalar {
+pub(crate) fn hash_to_scalar(msg: &[&[u8]], dst: &[&[u8]]) -> Scalar {
     hash2curve::hash_to_scalar::<NistP256, ExpandMsgXmd<Sha256>, U48>(msg, dst)
         .expect("the DST is shorter than 256 bytes")
 }
@@ -287,7 +292,7 @@ pub fn hash_to_scalar_bytes(input: &[u8]) -> [u8; SCALAR_LEN] {
         .into()
 }
 
-fn serialize_element(p: &ProjectivePoint) -> Option<[u8; ELEMENT_LEN]> {
+pub(crate) fn serialize_element(p: &ProjectivePoint) -> Option<[u8; ELEMENT_LEN]> {
     if bool::from(p.is_identity()) {
         return None;
     }
@@ -297,7 +302,7 @@ fn serialize_element(p: &ProjectivePoint) -> Option<[u8; ELEMENT_LEN]> {
     Some(out)
 }
 
-fn deserialize_element(bytes: &[u8], what: &'static str) -> Result<ProjectivePoint> {
+pub(crate) fn deserialize_element(bytes: &[u8], what: &'static str) -> Result<ProjectivePoint> {
     let arr: [u8; ELEMENT_LEN] = bytes.try_into().map_err(|_| Error::Malformed(what))?;
     if arr[0] != 0x02 && arr[0] != 0x03 {
         return Err(Error::Malformed(what));
@@ -311,7 +316,7 @@ fn deserialize_element(bytes: &[u8], what: &'static str) -> Result<ProjectivePoi
     }
 }
 
-fn nonzero_scalar_from_bytes(bytes: &[u8], what: &'static str) -> Result<Scalar> {
+pub(crate) fn nonzero_scalar_from_bytes(bytes: &[u8], what: &'static str) -> Result<Scalar> {
     let mut arr: [u8; SCALAR_LEN] = bytes.try_into().map_err(|_| Error::Malformed(what))?;
     let s: Option<Scalar> = Scalar::from_repr(FieldBytes::from(arr)).into();
     arr.zeroize();
