@@ -3,7 +3,7 @@
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use sesphr_dedup::{convergent, oprf, pow};
+use sesphr_dedup::{convergent, oprf, pow, threshold};
 
 const README: &str = include_str!("../README.md");
 
@@ -93,6 +93,40 @@ fn compute() -> Computed {
         [pow::node_hash(&leaves[0], &leaves[1])]
     );
     c.add("P2 proof sha256", convergent::blob_id(&proof.to_bytes()));
+
+    // Threshold OPRF: skS shared 2-of-3, node i answers P1's blinded
+    // element with proof nonce (0x30 + i) x 32.
+    let shares = threshold::deal_with_coefficients(&key, &[[0x22; 32]], 3).unwrap();
+    let (_, blinded) = oprf::blind_with_scalar(&blind, &input).unwrap();
+    let mut evaluations = Vec::new();
+    let names = [
+        ["T1 share", "T1 public_share", "T1 evaluation"],
+        ["T2 share", "T2 public_share", "T2 evaluation"],
+        ["T3 share", "T3 public_share", "T3 evaluation"],
+    ];
+    for (share, [s, k, e]) in shares.iter().zip(names) {
+        let nonce = [0x30 + share.index(); 32];
+        let evaluation = threshold::evaluate_share_with_nonce(share, &blinded, &nonce).unwrap();
+        let public_share = share.public_share();
+        threshold::verify_share(share.index(), &public_share, &blinded, &evaluation).unwrap();
+        c.add(s, *share.to_bytes());
+        c.add(k, public_share);
+        c.add(e, evaluation.to_bytes());
+        evaluations.push(evaluation);
+    }
+    let [e1, e2, e3] = [evaluations[0], evaluations[1], evaluations[2]];
+    let combined = threshold::combine(2, &[e3, e1]).unwrap();
+    for pair in [[e1, e2], [e2, e3], [e1, e3]] {
+        assert_eq!(threshold::combine(2, &pair).unwrap(), combined);
+    }
+    // The same element, and so the same output and content key, as the
+    // unshared key gives for P1.
+    assert_eq!(combined, evaluated);
+    let (state, _) = oprf::blind_with_scalar(&blind, &input).unwrap();
+    let output = oprf::finalize(state, &input, &combined).unwrap();
+    assert_eq!(output, oprf::evaluate(&key, &input).unwrap());
+    c.add("T combined", combined);
+    c.add("T oprf_output", output);
     c
 }
 
