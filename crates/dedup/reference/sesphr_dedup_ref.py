@@ -7,6 +7,10 @@ It is deliberately slow and simple (no constant-time arithmetic): use it to
 check another implementation, not to protect secrets.
 
     python3 sesphr_dedup_ref.py        # runs the RFC 9497 and README vectors
+
+The threshold OPRF part (README §5) covers the dealer, the node and the
+client: dealing with given coefficients, share evaluation with a given
+proof nonce, proof verification and Lagrange combination.
 """
 
 import hashlib
@@ -155,6 +159,93 @@ def finalize(data, r, evaluated):
         + unblinded
         + b"Finalize"
     ).digest()
+
+
+# --- Threshold OPRF (README §5) ----------------------------------------------
+
+MAX_SHARES = 16
+SHARE_PROOF_DST = b"HashToScalar-SeSPHR threshold OPRF share proof v1"
+
+
+def deal(sk, coefficients, count):
+    """Shares (i, f(i)) for i = 1..count of f(x) = sk + a_1 x + ... ."""
+    assert 1 <= len(coefficients) + 1 <= count <= MAX_SHARES
+    poly = [sk] + coefficients
+    shares = []
+    for i in range(1, count + 1):
+        k = sum(a * pow(i, j, N) for j, a in enumerate(poly)) % N
+        assert k, "zero share"
+        shares.append((i, k))
+    return shares
+
+
+def encode_share(i, k):
+    return bytes([i]) + k.to_bytes(32, "big")
+
+
+def decode_share_hex(text):
+    data = bytes.fromhex(text.strip())
+    i, k = data[0], int.from_bytes(data[1:], "big")
+    if len(data) != 33 or not 1 <= i <= MAX_SHARES or not 0 < k < N:
+        raise ValueError("malformed key share")
+    return i, k
+
+
+def public_share(k):
+    return serialize_element(ec_mul(k, G))
+
+
+def share_challenge(i, pub, blinded, evaluated, t2, t3):
+    msg = bytes([i])
+    for element in (pub, blinded, evaluated, t2, t3):
+        msg += len(element).to_bytes(2, "big") + element
+    return hash_to_scalar(msg + b"Challenge", SHARE_PROOF_DST)
+
+
+def evaluate_share(i, k, blinded, r):
+    """Node i's answer: i || Z_i || c || s (98 bytes); r is the proof nonce."""
+    point = deserialize_element(blinded)
+    z = serialize_element(ec_mul(k, point))
+    t2 = serialize_element(ec_mul(r, G))
+    t3 = serialize_element(ec_mul(r, point))
+    c = share_challenge(i, public_share(k), blinded, z, t2, t3)
+    s = (r - c * k) % N
+    return bytes([i]) + z + c.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def verify_share(i, pub, blinded, evaluation):
+    if len(evaluation) != 98 or evaluation[0] != i:
+        return False
+    z = evaluation[1:34]
+    c = int.from_bytes(evaluation[34:66], "big")
+    s = int.from_bytes(evaluation[66:], "big")
+    if c >= N or s >= N:
+        return False
+    t2 = ec_add(ec_mul(s, G), ec_mul(c, deserialize_element(pub)))
+    t3 = ec_add(ec_mul(s, deserialize_element(blinded)), ec_mul(c, deserialize_element(z)))
+    if t2 is None or t3 is None:
+        return False
+    return share_challenge(i, pub, blinded, z, serialize_element(t2), serialize_element(t3)) == c
+
+
+def lagrange_at_zero(i, xs):
+    lam = 1
+    for j in xs:
+        if j != i:
+            lam = lam * j * pow(j - i, -1, N) % N
+    return lam
+
+
+def combine(threshold, evaluations):
+    xs = [e[0] for e in evaluations]
+    assert 1 <= threshold <= MAX_SHARES and len(xs) >= threshold
+    assert len(set(xs)) == len(xs) and all(1 <= x <= MAX_SHARES for x in xs)
+    used = evaluations[:threshold]
+    total = None
+    for e in used:
+        lam = lagrange_at_zero(e[0], [u[0] for u in used])
+        total = ec_add(total, ec_mul(lam, deserialize_element(e[1:34])))
+    return serialize_element(total)
 
 
 # --- Convergent blob encryption ----------------------------------------------
@@ -381,6 +472,55 @@ def main():
     _check("P2 challenge indices", parse_challenge(ch)[3], "[0, 2]")
     _check("P2 proof sha256", hashlib.sha256(prove(ch, blob)).digest(),
            "24c8028f474a48686e573945ca7fbe0979341378cb2ad1ad4f7f85e1b4af022a")
+
+    # Threshold OPRF: skS shared 2-of-3 with a_1 = 22 x 32; node i answers
+    # P1's blinded element with proof nonce (0x30 + i) x 32.
+    shares = deal(sk, [int.from_bytes(bytes([0x22] * 32), "big")], 3)
+    want = {
+        1: ("014ed0809c0f8d918373ff6d9f50ee077a6b0b692a33129792d0b1e67a4a0175a0",
+            "02a3f034b0af846bd9bff8bfd045c96bb58e1ad00d48740a5f9e3585659ec12a08",
+            "010356c4625a123fa95b4175eef53172a6f660f5133c89e4413293c783bf7510e1"
+            "97f52d31e9903984fb32b2d54abcbd8b497a1519e013772a21636ea038fca49b"
+            "381b6c6724eca7481e5b71fa7eeb46594b650246cec9d9d33fface0340b1d270c8"),
+        2: ("0270f2a2be31afb3a596218fc17310299c8d2d8b4c5534b9b4f2d4089c6c2397c2",
+            "03a73db4606d2f393f58cd15b00af466b37853b9d2aded5de82123cddbfdb79f27",
+            "0203e7c85f892c11299e6201c750605cb8526626c3e8e9b536fdff8db58eb801ec"
+            "65fcf45289cd53e6c1615bbce85aec42d07b21592d49c092d8fc130a93a812f0"
+            "3a69aecbafdaa1eaba8221377e2a7e39862df079719beb4438b4251ad536868d42"),
+        3: ("039314c4e053d1d5c7b843b1e395324bbeaf4fad6e7756dbd714f62abe8e45b9e4",
+            "036b3a760e0487f1f02f774ae51fdd81f532a02ee58df9856dde4428447edb090f",
+            "030368d897647adb76335307bc6fe5126b9d456822eb95e6754ed3df41d14a6d46"
+            "89c47e3cf94d2b88629fd070b097b2cbe3fb6ec84ba4f8ab78a9073385faacbf"
+            "6fc42c836b7c2b810e3a46714e1c220b6f02332892d12f0e241ade88049b88622a"),
+    }
+    x = hashlib.sha256(p1).digest()
+    blinded = blind(x, int.from_bytes(bytes([0x11] * 32), "big"))
+    evaluations = {}
+    for i, k in shares:
+        share_hex, pub_hex, evaluation_hex = want[i]
+        _check(f"T{i} share", encode_share(i, k), share_hex)
+        assert decode_share_hex(share_hex.upper() + "\n") == (i, k)
+        pub = public_share(k)
+        _check(f"T{i} public_share", pub, pub_hex)
+        evaluation = evaluate_share(i, k, blinded, int.from_bytes(bytes([0x30 + i] * 32), "big"))
+        _check(f"T{i} evaluation", evaluation, evaluation_hex)
+        assert verify_share(i, pub, blinded, evaluation)
+        assert not verify_share(i % 3 + 1, pub, blinded, bytes([i % 3 + 1]) + evaluation[1:])
+        assert not verify_share(i, public_share(shares[i % 3][1]), blinded, evaluation)
+        evaluations[i] = evaluation
+    p1_evaluated = "029cd05a5f88ff66e971ab475c015a69c0c7261287a2469ae47aa387357ca52bd6"
+    for pair in [(3, 1), (1, 2), (2, 3)]:
+        combined = combine(2, [evaluations[i] for i in pair])
+        _check(f"T combine{pair} = P1 evaluated", combined, p1_evaluated)
+    _check("T lambda_3 of {3, 1}", lagrange_at_zero(3, [3, 1]).to_bytes(32, "big"),
+           "7fffffff800000007fffffffffffffffde737d56d38bcf4279dce5617e3192a8")
+    _check("T lambda_1 of {3, 1}", lagrange_at_zero(1, [3, 1]).to_bytes(32, "big"),
+           "7fffffff800000007fffffffffffffffde737d56d38bcf4279dce5617e3192aa")
+    _check("T oprf_output", finalize(x, r, combine(2, [evaluations[3], evaluations[1]])),
+           "af687dc27620980311e54befdb7ee01ac4212d052d304f01bd34f219f39df45e")
+    # A 1-of-1 dealing: the single share is skS itself.
+    _check("T 1-of-1 share", encode_share(*deal(sk, [], 1)[0]),
+           "01" + sk.to_bytes(32, "big").hex())
 
 
 if __name__ == "__main__":
