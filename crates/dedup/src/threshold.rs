@@ -62,6 +62,39 @@
 //! identity), canonical proof scalars, exact lengths.
 //!
 //! Secrets — polynomial coefficients, shares, proof nonces — are zeroized.
+//!
+//! # Example
+//!
+//! ```
+//! use rand_chacha::ChaCha20Rng;
+//! use rand_core::SeedableRng;
+//! use sesphr_dedup::{oprf, threshold};
+//!
+//! # fn main() -> Result<(), sesphr_dedup::Error> {
+//! let mut rng = ChaCha20Rng::seed_from_u64(7); // use an OS-seeded RNG in practice
+//! let key = oprf::ServerKey::derive(&[0xa3; 32], b"dedup key v1")?;
+//!
+//! // Dealer: 2-of-3 shares; the client's node list keeps (index, K_i).
+//! let shares = threshold::deal(&mut rng, &key, 2, 3)?;
+//! let nodes: Vec<_> = shares.iter().map(|s| (s.index(), s.public_share())).collect();
+//!
+//! // Client: blind as usual, ask nodes 3 and 1.
+//! let input = [0x42; 32];
+//! let (state, blinded) = oprf::blind(&mut rng, &input)?;
+//! let mut answers = Vec::new();
+//! for node in [2, 0] {
+//!     let wire = threshold::evaluate_share(&mut rng, &shares[node], &blinded)?.to_bytes();
+//!     let answer = threshold::ShareEvaluation::from_bytes(&wire)?;
+//!     let (index, public_share) = nodes[node];
+//!     threshold::verify_share(index, &public_share, &blinded, &answer)?;
+//!     answers.push(answer);
+//! }
+//! let evaluated = threshold::combine(2, &answers)?;
+//! let output = oprf::finalize(state, &input, &evaluated)?;
+//! assert_eq!(output, oprf::evaluate(&key, &input)?);
+//! # Ok(())
+//! # }
+//! ```
 
 use core::fmt;
 
