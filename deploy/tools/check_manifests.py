@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Checks rendered SeSPHR manifests for what schema validation cannot see.
 
-Usage: check_manifests.py RENDERED.yaml...   (output of `kubectl kustomize`)
+Usage: check_manifests.py [--prod] RENDERED.yaml... [--prod RENDERED.yaml...]
+       (output of `kubectl kustomize`; files after --prod are production
+       renderings and also get the production rules)
 
 Schemas (kubernetes-validate) say whether each object is well formed; this
 says whether the objects fit together and follow the deployment's rules:
@@ -17,11 +19,24 @@ says whether the objects fit together and follow the deployment's rules:
 - certificates carry server and client auth, PKCS#8 keys, the service's
   SPIFFE URI SAN and the DNS name peers dial;
 - each `sesphrd serve` TOML agrees with its StatefulSet: ports, mount paths,
-  the AccessPolicy endpoint and the trust domain.
+  the AccessPolicy and setup endpoints and the trust domain;
+- the setup service, AccessPolicy and CloudStorage run exactly one replica
+  (each replica is a separate sled store), and no PodDisruptionBudget
+  blocks every eviction;
+- the re-encryption nodes srs-node-1..n: one replica each, identity
+  .../service/srs-node/<i> matching the name, their own certificate, volume,
+  OPRF key share (at the TOML's oprf_share_file) and Service on 50054; one
+  PDB over all nodes with minAvailable = the threshold t < n;
+- NetworkPolicies admit the mesh's calls (clients -> every service, nodes ->
+  AccessPolicy and setup, ...) and refuse the ones that must not happen
+  (node -> node, setup -> node, ...);
+- production renderings only: no two nodes may share a host (required pod
+  anti-affinity on kubernetes.io/hostname).
 
 Exits 1 listing every problem found.
 """
 
+import re
 import sys
 from urllib.parse import urlsplit
 
@@ -32,10 +47,57 @@ try:
 except ModuleNotFoundError:  # Python < 3.11
     import tomli as tomllib
 
+# StatefulSets named after their service (`--service <name>`, identity
+# spiffe://<td>/service/<name>). "srs" is the setup service.
 SERVICES = {"cloud-storage", "srs", "access-policy"}
+# Each runs exactly one replica: a replica is a separate sled database.
+SINGLE_REPLICA = {
+    "srs": "the setup service is the single writer of the user directory: a second replica would enroll users the first never knows",
+    "access-policy": "grants and the audit chain are one sled database: a second replica would fork them",
+    "cloud-storage": "a second replica would be a second, empty record store",
+}
+# The re-encryption nodes: StatefulSet srs-node-<i>, `--service srs-node`,
+# identity spiffe://<td>/service/srs-node/<i>, i = 1..n.
+NODE_SERVICE = "srs-node"
+NODE_NAME = re.compile(r"^srs-node-([1-9][0-9]*)$")
+NODE_PORT = 50054
+# On every node StatefulSet: the t of the OPRF deal and of the grants.
+THRESHOLD_ANNOTATION = "sesphr.io/threshold"
 # Secrets the operator creates by hand (deploy/README.md); an overlay may
 # generate them instead (dev).
 OPERATOR_SECRETS = {"srs-enrollment-token"}
+# Node i's OPRF key share (`sesphrd deal-oprf`), key `share`.
+OPRF_SECRET = "srs-node-{}-oprf"
+OPRF_SECRET_KEY = "share"
+OPERATOR_SECRET_PATTERNS = [re.compile(r"^srs-node-[1-9][0-9]*-oprf$")]
+# Pods of a client (patients', practitioners' and operators' programs).
+CLIENT_LABELS = {"sesphr.io/client": "true"}
+CLIENT = "client"
+# Calls of the mesh (caller, callee, callee's port) that the NetworkPolicies
+# must admit, and ones they must refuse. Names are app.kubernetes.io/name.
+REQUIRED_FLOWS = [
+    (CLIENT, "cloud-storage", 50051),
+    (CLIENT, "srs", 50052),
+    (CLIENT, "access-policy", 50053),
+    (CLIENT, "srs-node", 50054),
+    ("cloud-storage", "access-policy", 50053),
+    ("srs", "access-policy", 50053),
+    ("srs-node", "access-policy", 50053),
+    ("srs-node", "srs", 50052),
+]
+FORBIDDEN_FLOWS = [
+    # One node must not reach another's share.
+    ("srs-node", "srs-node", 50054),
+    # Nothing but clients calls a node or CloudStorage.
+    ("srs", "srs-node", 50054),
+    ("cloud-storage", "srs-node", 50054),
+    ("access-policy", "srs-node", 50054),
+    ("srs-node", "cloud-storage", 50051),
+    ("srs", "cloud-storage", 50051),
+    # AccessPolicy calls nobody.
+    ("access-policy", "srs", 50052),
+]
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
 HEALTH_PORT_NAME = "health"
 CONFIG_KEY = "sesphrd.toml"
 WORKLOAD_KINDS = {"StatefulSet", "Deployment", "DaemonSet", "ReplicaSet", "Job", "Pod", "CronJob"}
@@ -49,9 +111,10 @@ SECCOMP_OK = {"RuntimeDefault", "Localhost"}
 
 
 class Checker:
-    def __init__(self, label, docs):
+    def __init__(self, label, docs, production=False):
         self.label = label
         self.docs = docs
+        self.production = production
         self.errors = []
 
     def err(self, obj, msg):
@@ -102,6 +165,43 @@ class Checker:
         made |= {c["spec"]["secretName"] for c in self.of_kind("Certificate")}
         return made
 
+    @staticmethod
+    def identity(sts):
+        """(service, node index or None, SPIFFE path) of a StatefulSet that
+        runs a mesh service, else None."""
+        name = sts["metadata"]["name"]
+        if name in SERVICES:
+            return name, None, f"service/{name}"
+        m = NODE_NAME.match(name)
+        if m:
+            i = int(m.group(1))
+            return NODE_SERVICE, i, f"service/{NODE_SERVICE}/{i}"
+        return None
+
+    def nodes(self):
+        """The re-encryption node StatefulSets, by index."""
+        out = {}
+        for sts in self.of_kind("StatefulSet"):
+            ident = self.identity(sts)
+            if ident and ident[1] is not None:
+                out[ident[1]] = sts
+        return out
+
+    @staticmethod
+    def replicas(w):
+        return w["spec"].get("replicas", 1)
+
+    @staticmethod
+    def secret_volumes(spec):
+        return {v["name"]: v["secret"]["secretName"] for v in spec.get("volumes") or [] if "secret" in v}
+
+    def service_certificate(self, spiffe_path):
+        """Certificates whose URI SAN is exactly spiffe://<any td>/<spiffe_path>."""
+        return [
+            c for c in self.of_kind("Certificate")
+            if any(re.fullmatch(rf"spiffe://[^/]+/{re.escape(spiffe_path)}", u) for u in c["spec"].get("uris") or [])
+        ]
+
     # -- checks ------------------------------------------------------------
 
     def run(self):
@@ -121,8 +221,11 @@ class Checker:
         self.check_network_policies()
         self.check_certificates()
         for sts in self.of_kind("StatefulSet"):
-            if sts["metadata"]["name"] in SERVICES:
+            if self.identity(sts):
                 self.check_serve_config(sts)
+        self.check_single_replicas()
+        self.check_nodes()
+        self.check_flows(workloads)
         return self.errors
 
     def check_metadata(self):
@@ -192,7 +295,13 @@ class Checker:
 
     def check_references(self, w):
         spec, _ = self.pod_spec(w)
-        secrets = self.secret_names_made() | OPERATOR_SECRETS
+        made = self.secret_names_made() | OPERATOR_SECRETS
+
+        class Secrets:
+            def __contains__(self, name):
+                return name in made or any(p.match(name) for p in OPERATOR_SECRET_PATTERNS)
+
+        secrets = Secrets()
         configmaps = {d["metadata"]["name"] for d in self.of_kind("ConfigMap")}
         sa = spec.get("serviceAccountName")
         if sa and not self.named("ServiceAccount", sa):
@@ -299,6 +408,14 @@ class Checker:
                 # only an integer or a percentage.
                 if isinstance(v, str) and not (v.endswith("%") and v[:-1].isdigit()):
                     self.err(pdb, f"{key} {v!r} is neither an integer nor a percentage")
+            # A budget that no eviction can satisfy blocks every node drain.
+            selected = [w for w in workloads if self.selects(pdb["spec"].get("selector"), self.pod_spec(w)[1])]
+            pods = sum(self.replicas(w) if w["kind"] in ("StatefulSet", "Deployment", "ReplicaSet") else 1 for w in selected)
+            min_available = pdb["spec"].get("minAvailable")
+            if isinstance(min_available, int) and selected and min_available >= pods:
+                self.err(pdb, f"minAvailable {min_available} of {pods} selected pod(s): no pod could ever be evicted, every drain of their hosts would hang")
+            if pdb["spec"].get("maxUnavailable") == 0:
+                self.err(pdb, "maxUnavailable 0: no pod could ever be evicted")
         for w in workloads:
             if w["kind"] != "StatefulSet":
                 continue
@@ -317,13 +434,15 @@ class Checker:
                 self.err(cert, "privateKey.encoding must be PKCS8 (rustls/rcgen with ring read PKCS#8)")
             if not s.get("isCA") and not s.get("uris"):
                 self.err(cert, "no SPIFFE URI SAN")
-        for name in SERVICES:
-            sts = self.named("StatefulSet", name)
-            if sts is None:
+        for sts in self.of_kind("StatefulSet"):
+            ident = self.identity(sts)
+            if ident is None:
                 continue
-            certs = [c for c in self.of_kind("Certificate") if any(u.endswith(f"/service/{name}") for u in c["spec"].get("uris") or [])]
+            name = sts["metadata"]["name"]
+            spiffe_path = ident[2]
+            certs = self.service_certificate(spiffe_path)
             if len(certs) != 1:
-                self.err(sts, f"expected one Certificate with URI SAN .../service/{name}, found {len(certs)}")
+                self.err(sts, f"expected one Certificate with URI SAN .../{spiffe_path}, found {len(certs)}")
                 continue
             cert = certs[0]
             usages = set(cert["spec"].get("usages") or [])
@@ -339,6 +458,7 @@ class Checker:
 
     def check_serve_config(self, sts):
         name = sts["metadata"]["name"]
+        service, index, spiffe_path = self.identity(sts)
         spec, _ = self.pod_spec(sts)
         c = spec["containers"][0]
         args = c.get("args") or []
@@ -346,8 +466,8 @@ class Checker:
         def arg(flag):
             return args[args.index(flag) + 1] if flag in args and args.index(flag) + 1 < len(args) else None
 
-        if arg("--service") != name:
-            self.err(sts, f"--service {arg('--service')!r} does not match the StatefulSet name")
+        if arg("--service") != service:
+            self.err(sts, f"--service {arg('--service')!r} does not match the StatefulSet name (expected {service!r})")
         mounts = {m["name"]: m["mountPath"].rstrip("/") for m in c.get("volumeMounts") or []}
         volumes = {v["name"]: v for v in spec.get("volumes") or []}
         config_path = arg("--config") or ""
@@ -392,46 +512,278 @@ class Checker:
         tls_vols = {under(tls.get(k), "secret", f"tls.{k}") for k in ("cert", "key", "ca")}
         td = cfg.get("trust_domain", "sesphr.local")
         ns = sts["metadata"]["namespace"]
-        certs = [x for x in self.of_kind("Certificate") if f"spiffe://{td}/service/{name}" in (x["spec"].get("uris") or [])]
+        certs = [x for x in self.of_kind("Certificate") if f"spiffe://{td}/{spiffe_path}" in (x["spec"].get("uris") or [])]
         if not certs:
-            self.err(sts, f"no Certificate names spiffe://{td}/service/{name} (trust_domain {td!r})")
+            self.err(sts, f"no Certificate names spiffe://{td}/{spiffe_path} (trust_domain {td!r})")
         elif {volumes[v]["secret"]["secretName"] for v in tls_vols if v} != {certs[0]["spec"]["secretName"]}:
             self.err(sts, f"TOML [tls] files are not all from the Secret {certs[0]['spec']['secretName']!r}")
-        if name in ("cloud-storage", "srs"):
-            ep = cfg.get("access_policy_endpoint") or ""
-            u = urlsplit(ep)
-            ap_cert = next((x for x in self.of_kind("Certificate") if f"spiffe://{td}/service/access-policy" in (x["spec"].get("uris") or [])), None)
-            ap_svc = self.named("Service", "access-policy")
+
+        def endpoint(key, url, target):
+            """url must reach the Service `target` in this namespace, on one
+            of its ports, under a DNS name of target's certificate."""
+            u = urlsplit(url or "")
             if u.scheme != "https":
-                self.err(sts, f"access_policy_endpoint {ep!r} must be https://")
+                self.err(sts, f"{key} {url!r} must be https://")
             host = u.hostname or ""
-            svc_host = host.split(".")[0]
-            if ap_svc is None or svc_host != "access-policy" or host.split(".")[1:2] not in ([], [ns]):
-                self.err(sts, f"access_policy_endpoint host {host!r} is not the access-policy Service in namespace {ns!r}")
-            elif u.port not in [p["port"] for p in ap_svc["spec"]["ports"]]:
-                self.err(sts, f"access_policy_endpoint port {u.port} is not a port of Service access-policy")
-            if ap_cert is not None and host not in (ap_cert["spec"].get("dnsNames") or []):
-                self.err(sts, f"access_policy_endpoint host {host!r} is not a DNS SAN of AccessPolicy's certificate")
-        if name == "srs":
+            svc = self.named("Service", target)
+            if svc is None or host.split(".")[0] != target or host.split(".")[1:2] not in ([], [ns]):
+                self.err(sts, f"{key} host {host!r} is not the {target} Service in namespace {ns!r}")
+            elif u.port not in [p["port"] for p in svc["spec"]["ports"]]:
+                self.err(sts, f"{key} port {u.port} is not a port of Service {target}")
+            target_cert = next((x for x in self.of_kind("Certificate") if f"spiffe://{td}/service/{target}" in (x["spec"].get("uris") or [])), None)
+            if target_cert is not None and host not in (target_cert["spec"].get("dnsNames") or []):
+                self.err(sts, f"{key} host {host!r} is not a DNS SAN of {target}'s certificate")
+
+        if service in ("cloud-storage", "srs", NODE_SERVICE):
+            endpoint("access_policy_endpoint", cfg.get("access_policy_endpoint"), "access-policy")
+        if service == NODE_SERVICE:
+            node = cfg.get("srs_node")
+            if not isinstance(node, dict):
+                self.err(sts, "TOML has no [srs_node] section")
+                node = {}
+            endpoint("srs_node.setup_endpoint", node.get("setup_endpoint"), "srs")
+            share = node.get("oprf_share_file")
+            vol = under(share, "secret", "srs_node.oprf_share_file")
+            want = OPRF_SECRET.format(index)
+            if vol:
+                secret = volumes[vol]["secret"]
+                mount = mounts[vol]
+                rel = share[len(mount) + 1:]
+                items = secret.get("items")
+                key = next((it["key"] for it in items if it["path"] == rel), None) if items else rel
+                if secret["secretName"] != want:
+                    self.err(sts, f"srs_node.oprf_share_file is on Secret {secret['secretName']!r}, not this node's own {want!r}")
+                if key != OPRF_SECRET_KEY:
+                    self.err(sts, f"srs_node.oprf_share_file {share!r} is not key {OPRF_SECRET_KEY!r} of the mounted Secret {secret['secretName']!r}")
+        if service == "srs":
             srs = cfg.get("srs") or {}
+            if "reencrypt_rate" in srs:
+                self.err(sts, "srs.reencrypt_rate: re-encryption is the nodes' (srs_node.reencrypt_rate), not the setup service's")
             issuer_vols = {under(srs.get(k), "secret", f"srs.{k}") for k in ("issuer_cert", "issuer_key")}
             ca_cert = next((x for x in self.of_kind("Certificate") if x["spec"].get("isCA")), None)
             if ca_cert and {volumes[v]["secret"]["secretName"] for v in issuer_vols if v} != {ca_cert["spec"]["secretName"]}:
                 self.err(sts, f"srs.issuer_cert/issuer_key are not from the CA Secret {ca_cert['spec']['secretName']!r}")
             under(srs.get("enrollment_token_file"), "secret", "srs.enrollment_token_file")
-        # Only the SRS may see the CA key.
+        # Only the setup service may see the CA key and the enrollment token.
         ca_secrets = {x["spec"]["secretName"] for x in self.of_kind("Certificate") if x["spec"].get("isCA")}
-        if name != "srs" and any(v.get("secret", {}).get("secretName") in ca_secrets for v in volumes.values()):
-            self.err(sts, "mounts the mesh CA key; only the SRS may")
+        if service != "srs" and any(v.get("secret", {}).get("secretName") in ca_secrets for v in volumes.values()):
+            self.err(sts, "mounts the mesh CA key; only the setup service (srs) may")
+        if service != "srs" and any(v.get("secret", {}).get("secretName") in OPERATOR_SECRETS for v in volumes.values()):
+            self.err(sts, "mounts the enrollment token; only the setup service (srs) may")
+        # A node's OPRF share is that node's alone.
+        oprf = {v["secret"]["secretName"] for v in volumes.values() if "secret" in v and any(p.match(v["secret"]["secretName"]) for p in OPERATOR_SECRET_PATTERNS)}
+        allowed = {OPRF_SECRET.format(index)} if service == NODE_SERVICE else set()
+        if oprf - allowed:
+            self.err(sts, f"mounts OPRF key shares {sorted(oprf - allowed)} that are not its own")
+
+    def check_single_replicas(self):
+        for name, why in SINGLE_REPLICA.items():
+            sts = self.named("StatefulSet", name)
+            if sts is not None and self.replicas(sts) != 1:
+                self.err(sts, f"replicas {self.replicas(sts)}: must be exactly 1 ({why})")
+
+    def check_nodes(self):
+        nodes = self.nodes()
+        # A StatefulSet that runs a node must be named like one.
+        for sts in self.of_kind("StatefulSet"):
+            args = self.pod_spec(sts)[0]["containers"][0].get("args") or []
+            runs_node = "--service" in args and args[args.index("--service") + 1:][:1] == [NODE_SERVICE]
+            if runs_node and self.identity(sts) is None:
+                self.err(sts, f"runs --service {NODE_SERVICE} but is not named srs-node-<i> (i = 1, 2, ...)")
+        if not nodes:
+            if self.named("StatefulSet", "srs") is not None:
+                self.err(None, "the setup service srs is rendered without re-encryption nodes srs-node-<i>")
+            return
+        n = len(nodes)
+        if sorted(nodes) != list(range(1, n + 1)):
+            self.err(None, f"re-encryption nodes must be srs-node-1..srs-node-{n}, found indices {sorted(nodes)}")
+        all_labels = {i: self.pod_spec(sts)[1] for i, sts in nodes.items()}
+        workloads = [d for d in self.docs if d.get("kind") in WORKLOAD_KINDS]
+        tls_secrets, thresholds = {}, {}
+        for i, sts in sorted(nodes.items()):
+            name = sts["metadata"]["name"]
+            spec, labels = self.pod_spec(sts)
+            if self.replicas(sts) != 1:
+                self.err(sts, f"replicas {self.replicas(sts)}: a node is one pod (its identity, volume and OPRF share are one node's); add nodes as StatefulSets")
+            # Identity: exactly .../service/srs-node/<i>, from its own Secret.
+            mounted = set(self.secret_volumes(spec).values())
+            for c in self.of_kind("Certificate"):
+                if c["spec"]["secretName"] in mounted:
+                    wrong = [u for u in c["spec"].get("uris") or [] if not u.endswith(f"/service/{NODE_SERVICE}/{i}")]
+                    if wrong:
+                        self.err(sts, f"mounts Certificate {c['metadata']['name']!r} whose identity {wrong} is not node {i}'s")
+                    tls_secrets.setdefault(c["spec"]["secretName"], []).append(i)
+            # Its own volume: a claim template (one PVC per StatefulSet), no shared claim.
+            if not sts["spec"].get("volumeClaimTemplates"):
+                self.err(sts, "no volumeClaimTemplates: a node keeps its kfrags on its own volume")
+            for v in spec.get("volumes") or []:
+                if "persistentVolumeClaim" in v:
+                    self.err(sts, f"volume {v['name']}: a shared PersistentVolumeClaim; a node's data is on its own claim template")
+            # Its own Service on 50054, selecting this node only.
+            svc = self.named("Service", name)
+            if svc is None:
+                self.err(sts, f"no Service {name!r}: clients address every node by its own name")
+            else:
+                sel = {"matchLabels": svc["spec"].get("selector") or {}}
+                others = [j for j, lab in all_labels.items() if j != i and self.selects(sel, lab)]
+                if not self.selects(sel, labels):
+                    self.err(svc, f"does not select node {i}'s pods")
+                if others:
+                    self.err(svc, f"selects other nodes' pods too ({', '.join(f'srs-node-{j}' for j in others)}): clients would reach a random node")
+                ports = {p["port"]: p.get("targetPort", p["port"]) for p in svc["spec"].get("ports") or []}
+                grpc = {p.get("name"): p["containerPort"] for p in spec["containers"][0].get("ports") or []}.get("grpc")
+                if NODE_PORT not in ports:
+                    self.err(svc, f"does not expose the node port {NODE_PORT}")
+                elif ports[NODE_PORT] not in ("grpc", grpc) or grpc != NODE_PORT:
+                    self.err(svc, f"port {NODE_PORT} does not reach the node's grpc port {NODE_PORT} (targetPort {ports[NODE_PORT]!r}, container {grpc})")
+            # The threshold it was dealt with.
+            t = (sts["metadata"].get("annotations") or {}).get(THRESHOLD_ANNOTATION)
+            if t is None or not str(t).isdigit():
+                self.err(sts, f"annotation {THRESHOLD_ANNOTATION} must be the threshold t (an integer), not {t!r}")
+            else:
+                thresholds[i] = int(t)
+            # Production: no two nodes on one host.
+            if self.production:
+                terms = ((spec.get("affinity") or {}).get("podAntiAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution") or []
+                if not any(
+                    term.get("topologyKey") == HOSTNAME_TOPOLOGY
+                    and all(self.selects(term.get("labelSelector"), lab) for j, lab in all_labels.items() if j != i)
+                    and not term.get("namespaceSelector") and not term.get("namespaces")
+                    for term in terms
+                ):
+                    self.err(sts, f"production: no required podAntiAffinity on {HOSTNAME_TOPOLOGY} against every other node: two nodes (two shares) could share a host")
+        for secret, users in tls_secrets.items():
+            if len(users) > 1:
+                self.err(None, f"nodes {users} share the certificate Secret {secret!r}")
+        # One threshold, and one PDB over all nodes that keeps t of them up.
+        if len(set(thresholds.values())) > 1:
+            self.err(None, f"nodes disagree on {THRESHOLD_ANNOTATION}: {thresholds}")
+        if not thresholds:
+            return
+        t = min(thresholds.values())
+        single = n == 1 and t == 1
+        if not (1 <= t < n or single):
+            self.err(None, f"threshold t = {t} with n = {n} nodes: need 1 <= t < n, or no node could ever be drained (t = n) or no grant could be served (t = 0)")
+        pdbs = [p for p in self.of_kind("PodDisruptionBudget") if any(self.selects(p["spec"].get("selector"), lab) for lab in all_labels.values())]
+        if len(pdbs) != 1:
+            self.err(None, f"expected one PodDisruptionBudget over the re-encryption nodes, found {[p['metadata']['name'] for p in pdbs]}")
+            return
+        pdb = pdbs[0]
+        missing = [i for i, lab in all_labels.items() if not self.selects(pdb["spec"].get("selector"), lab)]
+        if missing:
+            self.err(pdb, f"does not select nodes {missing}: it must cover all n = {n} nodes")
+        strangers = [
+            w["metadata"]["name"] for w in workloads
+            if self.selects(pdb["spec"].get("selector"), self.pod_spec(w)[1])
+            and not (w["kind"] == "StatefulSet" and NODE_NAME.match(w["metadata"]["name"]))
+        ]
+        if strangers:
+            self.err(pdb, f"also selects {strangers}: it must count the nodes only")
+        if single:
+            # One node, t = 1: nothing can stay up through a drain of its host.
+            if pdb["spec"].get("maxUnavailable") != 1:
+                self.err(pdb, "with a single node (t = n = 1) it must be maxUnavailable: 1")
+        elif "maxUnavailable" in pdb["spec"] or pdb["spec"].get("minAvailable") != t:
+            self.err(pdb, f"must be minAvailable: {t} (the threshold {THRESHOLD_ANNOTATION}), found {dict((k, pdb['spec'][k]) for k in ('minAvailable', 'maxUnavailable') if k in pdb['spec'])}")
+
+    # -- network flows -----------------------------------------------------
+
+    def peer_matches(self, peer, src_labels):
+        """A NetworkPolicy peer (from/to entry) against a pod of this
+        namespace with src_labels. Pods of other namespaces and ipBlocks are
+        not modelled: they match nothing here."""
+        if "ipBlock" in peer:
+            return False
+        if "namespaceSelector" in peer:
+            # Only {} (every namespace) surely includes this one; a labelled
+            # selector names client namespaces, not ours.
+            if peer["namespaceSelector"] not in ({}, None):
+                return False
+            return "podSelector" not in peer or self.selects(peer["podSelector"], src_labels)
+        if "podSelector" in peer:
+            return self.selects(peer["podSelector"], src_labels)
+        return False
+
+    @staticmethod
+    def port_matches(rule, port, names):
+        ports = rule.get("ports")
+        if not ports:
+            return True
+        for p in ports:
+            want = p.get("port")
+            if want is None or want == port or (isinstance(want, str) and names.get(want) == port):
+                return True
+            if isinstance(want, int) and p.get("endPort") and want <= port <= p["endPort"]:
+                return True
+        return False
+
+    def allowed(self, src, dst, port):
+        """Would the NetworkPolicies let a pod with labels src open a
+        connection to port of a pod (labels, named ports) dst, both in this
+        namespace?"""
+        dst_labels, dst_names = dst
+
+        def side(pod_labels, kind, peers_key, peer_labels):
+            # Isolated for `kind` if any policy of that type selects the pod;
+            # then some rule of one of them must admit the connection.
+            selecting = [np for np in self.of_kind("NetworkPolicy")
+                         if kind in (np["spec"].get("policyTypes") or ["Ingress"])
+                         and self.selects(np["spec"]["podSelector"], pod_labels)]
+            if not selecting:
+                return True
+            for np in selecting:
+                for rule in np["spec"].get(kind.lower()) or []:
+                    peers = rule.get(peers_key)
+                    if (not peers or any(self.peer_matches(p, peer_labels) for p in peers)) and self.port_matches(rule, port, dst_names):
+                        return True
+            return False
+
+        return side(dst_labels, "Ingress", "from", src) and side(src, "Egress", "to", dst_labels)
+
+    def check_flows(self, workloads):
+        pods = {}
+        for w in workloads:
+            spec, labels = self.pod_spec(w)
+            name = labels.get("app.kubernetes.io/name")
+            if name:
+                names = {p.get("name"): p["containerPort"] for c in spec["containers"] for p in c.get("ports") or []}
+                pods.setdefault(name, []).append((w["metadata"]["name"], labels, names))
+        pods[CLIENT] = [("a client pod", dict(CLIENT_LABELS), {})]
+
+        def pairs(src, dst):
+            for s_name, s_labels, _ in pods.get(src, []):
+                for d_name, d_labels, d_names in pods.get(dst, []):
+                    if s_name != d_name:
+                        yield s_name, s_labels, d_name, (d_labels, d_names)
+
+        for src, dst, port in REQUIRED_FLOWS:
+            for s_name, s_labels, d_name, d in pairs(src, dst):
+                if not self.allowed(s_labels, d, port):
+                    self.err(None, f"NetworkPolicies refuse {s_name} -> {d_name}:{port}, a call of the mesh")
+        for src, dst, port in FORBIDDEN_FLOWS:
+            for s_name, s_labels, d_name, d in pairs(src, dst):
+                if self.allowed(s_labels, d, port):
+                    self.err(None, f"NetworkPolicies admit {s_name} -> {d_name}:{port}, which the mesh never needs")
 
 
-def main(paths):
+def main(argv):
+    paths, production, prod = [], False, set()
+    for a in argv:
+        if a == "--prod":
+            production = True
+        else:
+            paths.append(a)
+            if production:
+                prod.add(a)
+    if not paths:
+        print(__doc__, file=sys.stderr)
+        return 2
     errors = []
     for path in paths:
         with open(path) as f:
             docs = [d for d in yaml.safe_load_all(f) if d]
-        label = path.rsplit("/", 1)[-1]
-        errors += Checker(label, docs).run()
+        label = path.rsplit("/", 1)[-1] + (" (production)" if path in prod else "")
+        errors += Checker(label, docs, production=path in prod).run()
     for e in errors:
         print(f"ERROR {e}", file=sys.stderr)
     if errors:
