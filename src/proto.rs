@@ -16,8 +16,9 @@ pub mod service_names {
     pub const CLOUD_STORAGE: &str = "sesphr.v1.CloudStorage";
     pub const SRS: &str = "sesphr.v1.Srs";
     pub const ACCESS_POLICY: &str = "sesphr.v1.AccessPolicy";
+    pub const SRS_NODE: &str = "sesphr.v1.SrsNode";
     /// Every service of the mesh.
-    pub const ALL: [&str; 3] = [CLOUD_STORAGE, SRS, ACCESS_POLICY];
+    pub const ALL: [&str; 4] = [CLOUD_STORAGE, SRS, ACCESS_POLICY, SRS_NODE];
 }
 
 impl From<sesphr_identity::Role> for Role {

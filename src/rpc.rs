@@ -35,13 +35,13 @@ pub enum Rpc {
     Enroll,
     /// `Srs/GetUser`: a user's public keys.
     GetUser,
-    /// `Srs/PutKfrags`: an owner stores re-encryption key fragments.
-    PutKfrags,
-    /// `Srs/DeleteKfrags`: an owner removes them.
+    /// `SrsNode/PutKfrag`: an owner stores one node's re-encryption key fragment.
+    PutKfrag,
+    /// `SrsNode/DeleteKfrags`: an owner removes them.
     DeleteKfrags,
-    /// `Srs/ReEncrypt`: a grantee gets capsule fragments.
+    /// `SrsNode/ReEncrypt`: a grantee gets one node's capsule fragments.
     ReEncrypt,
-    /// `Srs/EvaluateContentKey`: the OPRF for deduplicated blobs.
+    /// `SrsNode/EvaluateContentKey`: one node's share of the dedup OPRF.
     EvaluateContentKey,
     /// `AccessPolicy/Grant`.
     Grant,
@@ -82,6 +82,8 @@ pub enum CallerClass {
     Practitioner,
     /// One mesh service (`/service/<name>`).
     Service(Service),
+    /// Any re-encryption node (`/service/srs-node/<i>`).
+    SrsNode,
     /// A mesh operator (`/operator/<id>`).
     Operator,
     /// Any caller, even without a client certificate (enrollment only).
@@ -94,6 +96,7 @@ impl fmt::Display for CallerClass {
             CallerClass::Patient => f.write_str("patient"),
             CallerClass::Practitioner => f.write_str("practitioner"),
             CallerClass::Service(s) => write!(f, "service/{s}"),
+            CallerClass::SrsNode => f.write_str("service/srs-node/*"),
             CallerClass::Operator => f.write_str("operator"),
             CallerClass::Anyone => f.write_str("anyone"),
         }
@@ -143,7 +146,16 @@ use CallerClass::{Anyone, Operator, Patient, Practitioner};
 const CLOUD: CallerClass = CallerClass::Service(Service::CloudStorage);
 const SRS: CallerClass = CallerClass::Service(Service::Srs);
 const POLICY: CallerClass = CallerClass::Service(Service::AccessPolicy);
-const ANY_AUTHENTICATED: &[CallerClass] = &[Patient, Practitioner, CLOUD, SRS, POLICY, Operator];
+const NODE: CallerClass = CallerClass::SrsNode;
+const ANY_AUTHENTICATED: &[CallerClass] = &[
+    Patient,
+    Practitioner,
+    CLOUD,
+    SRS,
+    NODE,
+    POLICY,
+    Operator,
+];
 
 const fn method(name: &'static str, callers: &'static [CallerClass], cost: Cost) -> RpcSpec {
     RpcSpec {
@@ -178,17 +190,17 @@ pub const TABLE: RpcTable = RpcTable(&[
     method("sesphr.v1.CloudStorage/QueryBlob", &[Patient], Expensive),
     method("sesphr.v1.Srs/Enroll", &[Anyone], Expensive),
     method("sesphr.v1.Srs/GetUser", ANY_AUTHENTICATED, Expensive),
-    method("sesphr.v1.Srs/PutKfrags", &[Patient], Expensive),
-    method("sesphr.v1.Srs/DeleteKfrags", &[Patient], Expensive),
+    method("sesphr.v1.SrsNode/PutKfrag", &[Patient], Expensive),
+    method("sesphr.v1.SrsNode/DeleteKfrags", &[Patient], Expensive),
     method(
-        "sesphr.v1.Srs/ReEncrypt",
+        "sesphr.v1.SrsNode/ReEncrypt",
         &[Patient, Practitioner],
         Expensive,
     ),
-    method("sesphr.v1.Srs/EvaluateContentKey", &[Patient], Expensive),
+    method("sesphr.v1.SrsNode/EvaluateContentKey", &[Patient], Expensive),
     method("sesphr.v1.AccessPolicy/Grant", &[Patient], Expensive),
     method("sesphr.v1.AccessPolicy/Revoke", &[Patient], Expensive),
-    method("sesphr.v1.AccessPolicy/Check", &[CLOUD, SRS], Cheap),
+    method("sesphr.v1.AccessPolicy/Check", &[CLOUD, SRS, NODE], Cheap),
     method(
         "sesphr.v1.AccessPolicy/ListGrants",
         &[Patient, Practitioner],
@@ -204,7 +216,11 @@ pub const TABLE: RpcTable = RpcTable(&[
         &[Patient, Operator],
         Expensive,
     ),
-    method("sesphr.v1.AccessPolicy/RecordEvent", &[CLOUD, SRS], Cheap),
+    method(
+        "sesphr.v1.AccessPolicy/RecordEvent",
+        &[CLOUD, SRS, NODE],
+        Cheap,
+    ),
     RpcSpec {
         name: "grpc.health.v1.Health",
         scope: Scope::Services,
@@ -268,7 +284,7 @@ impl Rpc {
         Rpc::QueryBlob,
         Rpc::Enroll,
         Rpc::GetUser,
-        Rpc::PutKfrags,
+        Rpc::PutKfrag,
         Rpc::DeleteKfrags,
         Rpc::ReEncrypt,
         Rpc::EvaluateContentKey,

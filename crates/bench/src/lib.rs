@@ -729,11 +729,12 @@ async fn reencrypt_workload(
         };
         let cpu = CpuSplit::start(d.pid());
         let stats = drive(&clients, duration, move |c: Arc<Practitioner>, _| {
-            let mut srs = c.session.clients.srs.clone();
+            // One node's throughput: node 1 answers every call.
+            let mut node = c.session.clients.nodes.nodes[0].client.clone();
             let req = req.clone();
             async move {
-                let r = srs.re_encrypt(req).await.map_err(err)?.into_inner();
-                if r.results.len() != batch {
+                let r = node.re_encrypt(req).await.map_err(err)?.into_inner();
+                if r.cfrags.len() != batch {
                     return Err("wrong number of results".into());
                 }
                 Ok(0)

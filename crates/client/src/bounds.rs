@@ -34,11 +34,6 @@ pub const MAX_AUDIT_ENTRIES: usize = 250_000;
 /// Most bytes of records or audit entries one listing holds in memory
 /// (counted as held: each entry's struct and its text).
 pub const MAX_LISTING_BYTES: usize = 128 << 20;
-/// Most cfrags accepted for one capsule (the SDK's grants use one; the
-/// scheme's thresholds stay far below this). More are refused before any
-/// is parsed or verified.
-pub const MAX_CFRAGS: usize = 16;
-
 fn refused(msg: String) -> ClientError {
     ClientError::Verification(msg)
 }
@@ -209,20 +204,6 @@ pub(crate) async fn audit(clients: &MeshClients) -> Result<Vec<AuditEntry>, Clie
     }
 }
 
-/// Refuses a re-encryption answer with no or too many cfrags for one
-/// capsule, before any of them is parsed or verified.
-pub(crate) fn check_cfrag_count(n: usize) -> Result<(), ClientError> {
-    if n == 0 {
-        return Err(refused("the SRS returned no cfrags".into()));
-    }
-    if n > MAX_CFRAGS {
-        return Err(refused(format!(
-            "the SRS returned {n} cfrags for one capsule; at most {MAX_CFRAGS} are accepted"
-        )));
-    }
-    Ok(())
-}
-
 /// Characters a terminal would act on rather than show: C0/C1 controls
 /// (tab, newline, escape, …), DEL, and the bidirectional overrides that
 /// reorder what is displayed.
@@ -269,15 +250,6 @@ mod tests {
             let p = printable(s);
             assert!(!p.chars().any(unsafe_to_print), "{p:?}");
         }
-    }
-
-    #[test]
-    fn cfrag_counts() {
-        assert!(check_cfrag_count(0).is_err());
-        assert!(check_cfrag_count(1).is_ok());
-        assert!(check_cfrag_count(MAX_CFRAGS).is_ok());
-        let e = check_cfrag_count(10_001).unwrap_err().to_string();
-        assert!(e.contains("10001 cfrags"), "{e}");
     }
 
     #[test]

@@ -292,21 +292,33 @@ impl TimedChannel {
         timeouts: Timeouts,
     ) -> Result<Self, crate::ClientError> {
         let expected = Identity::service(trust_domain, service);
+        let name = match service {
+            MeshService::CloudStorage => "CloudStorage",
+            MeshService::Srs => "SRS",
+            MeshService::AccessPolicy => "AccessPolicy",
+        };
+        Self::connect_to(url, tls, &expected, name, timeouts)
+    }
+
+    /// A channel to whoever presents `expected` at `url` (`name` in
+    /// deadline errors).
+    pub(crate) fn connect_to(
+        url: &str,
+        tls: ClientTls,
+        expected: &Identity,
+        name: &'static str,
+        timeouts: Timeouts,
+    ) -> Result<Self, crate::ClientError> {
         let channel = sesphr_mesh::tls::channel(
             url,
             tls,
-            &expected,
+            expected,
             ChannelTimeouts {
                 connect: timeouts.connect,
                 handshake: timeouts.connect,
                 request: None,
             },
         )?;
-        let name = match service {
-            MeshService::CloudStorage => "CloudStorage",
-            MeshService::Srs => "SRS",
-            MeshService::AccessPolicy => "AccessPolicy",
-        };
         Ok(Self::new(channel, name, timeouts))
     }
 }

@@ -143,21 +143,16 @@ impl Patient {
         let p = progress.clone();
         let (input, digest) = on_input(input, move |i| digest(i, &p)).await?;
 
-        // Server-aided content key: the SRS sees only a blinded point.
+        // Server-aided content key: each of t nodes sees only a blinded point
+        // and evaluates its share of the key.
         let (state, blinded) = sesphr_dedup::blind(&mut rand::rng(), &digest).map_err(dedup_err)?;
         let evaluated = self
             .clients
-            .srs
-            .clone()
-            .evaluate_content_key(unary(proto::EvaluateContentKeyRequest {
-                blinded_element: blinded.to_vec(),
-            }))
-            .await
-            .map_err(rpc("SRS"))?
-            .into_inner()
-            .evaluated_element;
+            .nodes
+            .content_key(&blinded, &self.notices)
+            .await?;
         let output = sesphr_dedup::finalize(state, &digest, &evaluated).map_err(|_| {
-            ClientError::Verification("the SRS returned an invalid OPRF evaluation".into())
+            ClientError::Verification("the re-encryption nodes' OPRF shares combine to no valid evaluation".into())
         })?;
         let content_key = sesphr_dedup::content_key(&output);
 

@@ -22,6 +22,8 @@ mod dedup;
 pub mod fhir;
 mod ledger;
 mod mesh_file;
+mod nodes;
+mod pending;
 mod pins;
 mod profile;
 mod types;
@@ -33,7 +35,7 @@ use std::time::Duration;
 
 use rand::RngCore;
 use sesphr_crypto::{
-    self as crypto, Capsule, CapsuleFrag, KemKey, MasterSecret, PublicKey, RecordHeader,
+    self as crypto, Capsule, KemKey, MasterSecret, PublicKey, RecordHeader,
     RecordOpener, RecordSealer, SecretKey, VerifyingKey,
 };
 use sesphr_identity::{Identity, validate_partition, validate_user_id};
@@ -41,7 +43,7 @@ pub use sesphr_identity::{PartitionName, RecordId, Role, UserId};
 use tonic::Status;
 
 pub use bounds::{
-    AUDIT_PAGE, LIST_PAGE_SIZE, MAX_AUDIT_ENTRIES, MAX_CFRAGS, MAX_LIST_PAGES, MAX_LIST_RECORDS,
+    AUDIT_PAGE, LIST_PAGE_SIZE, MAX_AUDIT_ENTRIES, MAX_LIST_PAGES, MAX_LIST_RECORDS,
     MAX_LISTING_BYTES, printable,
 };
 pub use deadline::{TimedChannel, TimeoutSettings, Timeouts};
@@ -51,7 +53,9 @@ pub use pins::{PinStatus, UserKeys, fingerprint};
 pub use profile::Profile;
 pub use types::{AuditEntry, AuditVerification, Grant, Grants, Record};
 
-pub use mesh_file::{MeshFile, MeshFileError};
+pub use mesh_file::{MeshFile, MeshFileError, Node, NodeEntry};
+pub use nodes::Notices;
+pub use pending::{Owed, PendingOp};
 use raw::MeshClients;
 use sesphr::proto::srs_client::SrsClient;
 use sesphr::proto::{self, get_record_response};
@@ -187,23 +191,29 @@ pub mod raw {
     use sesphr::proto::access_policy_client::AccessPolicyClient;
     use sesphr::proto::cloud_storage_client::CloudStorageClient;
     use sesphr::proto::srs_client::SrsClient;
-    use sesphr_identity::Service;
+    use sesphr::proto::srs_node_client::SrsNodeClient;
+    use sesphr_identity::{Identity, Service};
     use sesphr_mesh::tls::{self, TlsMaterial};
+
+    pub use crate::nodes::{NodeClient, Nodes};
 
     pub use crate::deadline::TimedChannel;
     use crate::{ClientError, MAX_MESSAGE, MeshFile};
 
-    /// gRPC clients of the three services, over one identity's mTLS. Each
-    /// talks only to a server presenting that service's identity, and every
-    /// call is bounded by the mesh file's [`Timeouts`](crate::Timeouts).
+    /// gRPC clients of the services and of every re-encryption node, over
+    /// one identity's mTLS. Each talks only to a server presenting that
+    /// service's (or node's) identity, and every call is bounded by the
+    /// mesh file's [`Timeouts`](crate::Timeouts).
     #[derive(Clone, Debug)]
     pub struct MeshClients {
         /// CloudStorage: records and blobs.
         pub cloud: CloudStorageClient<TimedChannel>,
-        /// SRS: enrollment, users, kfrags, re-encryption, content keys.
+        /// The SRS setup service: enrollment and the user directory.
         pub srs: SrsClient<TimedChannel>,
         /// AccessPolicy: grants and the audit trail.
         pub policy: AccessPolicyClient<TimedChannel>,
+        /// The re-encryption nodes: kfrag shares, cfrags, OPRF shares.
+        pub nodes: Nodes,
     }
 
     impl MeshClients {
@@ -226,8 +236,39 @@ pub mod raw {
                     .max_encoding_message_size(MAX_MESSAGE),
                 srs: SrsClient::new(ch(&mesh.srs, Service::Srs)?),
                 policy: AccessPolicyClient::new(ch(&mesh.access_policy, Service::AccessPolicy)?),
+                nodes: connect_nodes(mesh, tls, timeouts)?,
             })
         }
+    }
+
+    /// Clients of the mesh file's re-encryption nodes.
+    fn connect_nodes(
+        mesh: &MeshFile,
+        tls: &TlsMaterial,
+        timeouts: crate::Timeouts,
+    ) -> Result<Nodes, ClientError> {
+        let (threshold, listed) = mesh.nodes().map_err(ClientError::Config)?;
+        let mut nodes = Vec::with_capacity(listed.len());
+        for node in listed {
+            let expected = Identity::srs_node(&mesh.trust_domain, node.index);
+            let channel = TimedChannel::connect_to(
+                &node.url,
+                tls.client_config(),
+                &expected,
+                "SRS node",
+                timeouts,
+            )?;
+            nodes.push(NodeClient {
+                index: node.index,
+                url: node.url,
+                client: SrsNodeClient::new(channel),
+                oprf_public_share: node.oprf_public_share,
+            });
+        }
+        Ok(Nodes {
+            threshold: usize::from(threshold),
+            nodes,
+        })
     }
 }
 
@@ -327,6 +368,8 @@ pub struct Session {
     /// The raw gRPC clients under this session's identity (see [`raw`]).
     pub clients: MeshClients,
     pins: pins::PinStore,
+    /// What went wrong at single re-encryption nodes while calls succeeded.
+    pub notices: Notices,
 }
 
 impl Session {
@@ -347,7 +390,24 @@ impl Session {
             master,
             clients,
             pins,
+            notices: Notices::default(),
         })
+    }
+
+    fn pending(&self) -> pending::Pending {
+        pending::Pending::new(&self.profile.home)
+    }
+
+    /// Node operations this profile still owes (shares a node did not take,
+    /// deletions a node did not hear), oldest first.
+    pub fn pending_node_ops(&self) -> Result<Vec<PendingOp>, ClientError> {
+        self.pending().load()
+    }
+
+    /// Sends the owed node operations again; returns how many are still
+    /// owed (their nodes are still unreachable).
+    pub async fn retry_pending(&self) -> Result<usize, ClientError> {
+        self.clients.nodes.retry(&self.pending()).await
     }
 
     /// `user_id`'s keys as the SRS presents them, unchecked against the
@@ -454,9 +514,9 @@ impl Session {
         Grants::from_proto(resp)
     }
 
-    /// The KEM key of a record: directly for its owner; through the SRS for
-    /// a grantee, verifying every cfrag against the owner's registered
-    /// verifying key.
+    /// The KEM key of a record: directly for its owner; through t
+    /// re-encryption nodes for a grantee, verifying every cfrag against the
+    /// owner's verifying key.
     async fn record_key(
         &self,
         meta: &proto::RecordMeta,
@@ -470,50 +530,11 @@ impl Session {
             let (sk, _) = self.master.partition_keys(&meta.partition, meta.epoch)?;
             return Ok(crypto::decapsulate_original(&sk, capsule)?);
         }
-        let resp = self
-            .clients
-            .srs
-            .clone()
-            .re_encrypt(unary(proto::ReEncryptRequest {
-                owner_id: meta.owner_id.clone(),
-                partition: meta.partition.clone(),
-                epoch: meta.epoch,
-                capsules: vec![capsule.to_bytes().to_vec()],
-                record_id: meta.record_id.clone(),
-            }))
-            .await
-            .map_err(rpc("SRS"))?
-            .into_inner();
-        let delegating = PublicKey::from_bytes(&resp.delegating_public_key)
-            .map_err(|_| ClientError::Verification("delegating key is malformed".into()))?;
         let (my_sk, my_pk) = receiving_keys(&self.master)?;
-        let frags = resp
-            .results
-            .into_iter()
-            .next()
-            .ok_or_else(|| ClientError::Verification("the SRS returned no cfrags".into()))?;
-        bounds::check_cfrag_count(frags.cfrags.len())?;
-        let mut verified = Vec::with_capacity(frags.cfrags.len());
-        for (i, bytes) in frags.cfrags.iter().enumerate() {
-            let cfrag = CapsuleFrag::from_bytes(bytes)
-                .map_err(|_| ClientError::Verification(format!("cfrag {i} is malformed")))?;
-            verified.push(
-                cfrag
-                    .verify(capsule, verifying_key, &delegating, &my_pk)
-                    .map_err(|_| {
-                        ClientError::Verification(format!(
-                            "cfrag {i} carries no valid proof of re-encryption from {}'s kfrags",
-                            meta.owner_id
-                        ))
-                    })?,
-            );
-        }
-        Ok(crypto::decapsulate_reencrypted(
-            &my_sk,
-            &delegating,
-            capsule,
-            &verified,
-        )?)
+        self.clients
+            .nodes
+            .reencrypt(meta, capsule, verifying_key, (&my_sk, &my_pk), &self.notices)
+            .await
     }
 
     /// Downloads and decrypts a record into `out`, segment by segment.
@@ -819,6 +840,7 @@ impl Patient {
         }
         // A grant the ledger cannot take must not be made at all.
         self.ledger().load()?;
+        self.settle_pending().await?;
         let (grantee, _) = self.user_keys(grantee_id).await?;
         // With `not_before`, the grantee gets kfrags for a fresh epoch only:
         // every record written before the grant is under a key it has no
@@ -890,27 +912,30 @@ impl Patient {
         grantee: &UserKeys,
     ) -> Result<(), ClientError> {
         let (sk, pk) = self.master.partition_keys(partition, epoch)?;
-        let signer = self.master.signing_key();
-        let kfrags = crypto::generate_kfrags(
-            &mut rand::rng(),
-            &sk,
-            &grantee.pre_public_key,
-            &signer,
-            1,
-            1,
-        )?;
         self.clients
-            .srs
-            .clone()
-            .put_kfrags(unary(proto::PutKfragsRequest {
-                partition: partition.to_owned(),
+            .nodes
+            .put_grant(
+                self.user_id(),
+                partition,
                 epoch,
-                grantee_id: grantee.user_id.clone(),
-                delegating_public_key: pk.to_bytes().to_vec(),
-                kfrags: kfrags.iter().map(|k| k.to_bytes().to_vec()).collect(),
-            }))
+                (&sk, &pk),
+                &self.master.signing_key(),
+                grantee,
+                &self.pending(),
+                &self.notices,
+            )
             .await
-            .map_err(rpc("SRS"))?;
+    }
+
+    /// Owed node operations first, so that a later decision is never
+    /// overtaken by an earlier one; nodes still away stay owed.
+    async fn settle_pending(&self) -> Result<(), ClientError> {
+        let still = self.retry_pending().await?;
+        if still > 0 {
+            self.notices.push(format!(
+                "{still} node operation(s) still owed (see `sesphr retry`)"
+            ));
+        }
         Ok(())
     }
 
@@ -924,6 +949,9 @@ impl Patient {
         validate_user_id(grantee_id).map_err(|e| ClientError::Invalid(e.to_string()))?;
         self.ledger()
             .record_revoke(partition, grantee_id, unix_now())?;
+        // Shares still owed to this grantee are never delivered now.
+        self.pending().drop_puts(partition, grantee_id)?;
+        self.settle_pending().await?;
         let removed = self
             .clients
             .policy
@@ -946,15 +974,9 @@ impl Patient {
             )));
         }
         self.clients
-            .srs
-            .clone()
-            .delete_kfrags(unary(proto::DeleteKfragsRequest {
-                partition: partition.to_owned(),
-                grantee_id: grantee_id.to_owned(),
-                epoch: None,
-            }))
-            .await
-            .map_err(rpc("SRS"))?;
+            .nodes
+            .delete_grant(partition, grantee_id, &self.pending(), &self.notices)
+            .await?;
         Ok(removed)
     }
 
@@ -970,6 +992,7 @@ impl Patient {
             .current_epoch(partition)?
             .checked_add(1)
             .ok_or_else(|| ClientError::Invalid("no epochs left".into()))?;
+        self.settle_pending().await?;
         for grantee_id in self.ledger().active(partition, unix_now())? {
             let (grantee, _) = self.user_keys(&grantee_id).await?;
             self.put_kfrags(partition, next, &grantee).await?;

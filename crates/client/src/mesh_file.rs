@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use sesphr_identity::NodeIndex;
+
 use crate::deadline::{TimeoutSettings, Timeouts};
 
 /// A mesh file that cannot be read or parsed.
@@ -30,17 +32,110 @@ pub struct MeshFile {
     pub enrollment_token: Option<String>,
     /// CloudStorage's URL (`https://host:port`).
     pub cloud_storage: String,
-    /// The SRS's URL.
+    /// The SRS setup service's URL (enrolment, the user directory).
     pub srs: String,
     /// AccessPolicy's URL.
     pub access_policy: String,
+    /// How many re-encryption nodes a read needs: grants are made t-of-n
+    /// over [`srs_nodes`](Self::srs_nodes), and content keys need t nodes'
+    /// OPRF shares.
+    #[serde(default)]
+    pub threshold: u8,
+    /// `[[srs_nodes]]`: every re-encryption node of the mesh.
+    #[serde(default)]
+    pub srs_nodes: Vec<NodeEntry>,
     /// `[timeouts]`: the client's deadlines, in milliseconds (see
     /// [`Timeouts`]); absent keys keep their defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<TimeoutSettings>,
 }
 
+/// One re-encryption node, as a client addresses and checks it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    /// Its index `i` (its certificate must name
+    /// `spiffe://<td>/service/srs-node/<i>`).
+    pub index: u8,
+    /// `https://host:port`.
+    pub url: String,
+    /// Its public share of the dedup OPRF key (hex, 33-byte SEC1 point):
+    /// its evaluations are checked against it.
+    pub oprf_public_share: String,
+}
+
+/// A node of the mesh file, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Its index; its certificate must name it.
+    pub index: NodeIndex,
+    /// `https://host:port`.
+    pub url: String,
+    /// Its public OPRF key share (SEC1 compressed).
+    pub oprf_public_share: [u8; 33],
+}
+
 impl MeshFile {
+    /// The re-encryption nodes and the threshold, checked: 1 ≤ t ≤ n,
+    /// distinct indices, well-formed public shares that all belong to one
+    /// dealing (any t of them give the same key).
+    pub fn nodes(&self) -> Result<(u8, Vec<Node>), String> {
+        if self.srs_nodes.is_empty() {
+            return Err("lists no [[srs_nodes]] (re-encryption nodes): a mesh file from a \
+                        single-SRS mesh; see `sesphrd migrate-srs`, or restart `sesphrd dev`"
+                .into());
+        }
+        let n = self.srs_nodes.len();
+        if self.threshold == 0 || usize::from(self.threshold) > n {
+            return Err(format!(
+                "threshold {} must be 1 to the number of srs_nodes ({n})",
+                self.threshold
+            ));
+        }
+        let mut nodes: Vec<Node> = Vec::with_capacity(n);
+        for entry in &self.srs_nodes {
+            let index = NodeIndex::new(u32::from(entry.index)).map_err(|e| e.to_string())?;
+            if nodes.iter().any(|m| m.index == index) {
+                return Err(format!("srs node {index} is listed twice"));
+            }
+            if !entry.url.starts_with("https://") {
+                return Err(format!("srs node {index}: url {:?} must start with https://", entry.url));
+            }
+            let share: [u8; 33] = hex::decode(entry.oprf_public_share.trim())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| {
+                    format!("srs node {index}: oprf_public_share is not 66 hex digits")
+                })?;
+            nodes.push(Node {
+                index,
+                url: entry.url.clone(),
+                oprf_public_share: share,
+            });
+        }
+        // Shares are dealt to nodes 1..=n, and kfrag shares made for them.
+        let mut indices: Vec<u8> = nodes.iter().map(|m| m.index.get()).collect();
+        indices.sort_unstable();
+        if indices.iter().zip(1u8..).any(|(i, want)| *i != want) {
+            return Err(format!(
+                "srs_nodes must be numbered 1 to {n}, each once (they are {indices:?})"
+            ));
+        }
+        let t = self.threshold;
+        let shares: Vec<(u8, [u8; 33])> = nodes
+            .iter()
+            .map(|m| (m.index.get(), m.oprf_public_share))
+            .collect();
+        let first = sesphr_dedup::combine_public_shares(t, &shares[..usize::from(t)]);
+        let last = sesphr_dedup::combine_public_shares(t, &shares[n - usize::from(t)..]);
+        match (first, last) {
+            (Ok(a), Ok(b)) if a == b => Ok((t, nodes)),
+            _ => Err(format!(
+                "the srs_nodes' OPRF public shares are not one {t}-of-{n} dealing"
+            )),
+        }
+    }
+
     /// Reads and parses the mesh file at `path`.
     pub fn load(path: &Path) -> Result<Self, MeshFileError> {
         let text = std::fs::read_to_string(path).map_err(|e| MeshFileError {
@@ -51,7 +146,7 @@ impl MeshFile {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        if let Err(reason) = mesh.timeouts() {
+        if let Err(reason) = mesh.timeouts().and_then(|_| mesh.nodes().map(drop)) {
             return Err(MeshFileError {
                 path: path.display().to_string(),
                 reason,

@@ -304,9 +304,28 @@ pub fn node_kfrag_id(context: &[u8], node: u32) -> [u8; KFRAG_ID_LEN] {
         .into()
 }
 
+/// The `context` of [`node_kfrag_id`] for one grant: which owner's
+/// partition, at which key epoch, to which grantee, each length-prefixed
+/// (`u16be(len(owner)) || owner || u16be(len(partition)) || partition ||
+/// u32be(epoch) || u16be(len(grantee)) || grantee`).
+pub fn grant_context(owner: &str, partition: &str, epoch: u32, grantee: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10 + owner.len() + partition.len() + grantee.len());
+    for (i, field) in [owner, partition, grantee].into_iter().enumerate() {
+        if i == 2 {
+            out.extend_from_slice(&epoch.to_be_bytes());
+        }
+        // Ids and partition names are at most a few dozen bytes.
+        let len = u16::try_from(field.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&field.as_bytes()[..usize::from(len)]);
+    }
+    out
+}
+
 /// [`generate_kfrags`] for `nodes` independent re-encryption nodes: kfrag
-/// `i` (0-based) carries [`node_kfrag_id`]`(context, i)` and is meant for
-/// node `i` only; any `threshold` of them re-encrypt.
+/// `i - 1` carries [`node_kfrag_id`]`(context, i)` and is meant for node
+/// `i` (`1..=nodes`, the nodes' own numbering) only; any `threshold` of
+/// them re-encrypt.
 pub fn generate_node_kfrags(
     rng: &mut (impl CryptoRng + ?Sized),
     owner_sk: &SecretKey,
@@ -317,7 +336,7 @@ pub fn generate_node_kfrags(
     context: &[u8],
 ) -> Result<Vec<VerifiedKeyFrag>> {
     check_threshold(threshold, nodes)?;
-    let ids: Vec<_> = (0..nodes)
+    let ids: Vec<_> = (1..=nodes)
         .map(|i| node_kfrag_id(context, u32::try_from(i).expect("MAX_SHARES fits in u32")))
         .collect();
     generate_kfrags_retrying(

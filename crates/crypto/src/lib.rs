@@ -97,7 +97,7 @@ pub use error::{Error, Result};
 pub use keys::{PublicKey, SIGNATURE_LEN, SecretKey, SigningKey, VerifyingKey};
 pub use kfrag::{
     KFRAG_ID_LEN, KeyFrag, MAX_SHARES, VerifiedKeyFrag, generate_kfrags, generate_node_kfrags,
-    node_kfrag_id,
+    grant_context, node_kfrag_id,
 };
 pub use master::{MAX_PARTITION_LEN, MasterSecret};
 pub use record::{

@@ -328,9 +328,10 @@ fn node_kfrags_are_bound_to_their_node() {
     )
     .unwrap();
     for (i, k) in kfrags.iter().enumerate() {
-        let i = i as u32;
+        // Nodes are numbered from 1.
+        let i = i as u32 + 1;
         assert_eq!(*k.id(), node_kfrag_id(context, i));
-        for j in (0..3).filter(|&j| j != i) {
+        for j in (0..=4).filter(|&j| j != i) {
             assert_ne!(
                 *k.id(),
                 node_kfrag_id(context, j),
@@ -341,7 +342,7 @@ fn node_kfrags_are_bound_to_their_node() {
     }
     // Relabelling a share for another node breaks the owner's signature.
     let mut bytes = kfrags[0].to_bytes().to_vec();
-    bytes[..32].copy_from_slice(&node_kfrag_id(context, 1));
+    bytes[..32].copy_from_slice(&node_kfrag_id(context, 2));
     let relabelled = KeyFrag::from_bytes(&bytes).unwrap();
     assert!(
         relabelled
@@ -393,5 +394,28 @@ fn node_kfrags_are_bound_to_their_node() {
             context
         )
         .is_err()
+    );
+}
+
+/// The grant context is injective over its fields: moving a byte from one
+/// field to the next changes it.
+#[test]
+fn grant_contexts_are_unambiguous() {
+    let a = sesphr_crypto::grant_context("alice", "medical", 1, "bob");
+    assert_ne!(a, sesphr_crypto::grant_context("alic", "emedical", 1, "bob"));
+    assert_ne!(a, sesphr_crypto::grant_context("alice", "medical", 2, "bob"));
+    assert_ne!(a, sesphr_crypto::grant_context("alice", "medical", 1, "bo"));
+    assert_eq!(
+        a,
+        [
+            &[0, 5][..],
+            b"alice",
+            &[0, 7],
+            b"medical",
+            &[0, 0, 0, 1],
+            &[0, 3],
+            b"bob"
+        ]
+        .concat()
     );
 }

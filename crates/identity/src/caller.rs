@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::{Identity, Principal, Role, Service, UserId};
+use crate::{Identity, NodeIndex, Principal, Role, Service, UserId};
 
 /// Who is calling, as the mesh's authorization layer established it from
 /// the verified client certificate (once per connection).
@@ -25,6 +25,8 @@ pub enum Caller {
     },
     /// One of the mesh's services (`/service/<name>`).
     Service(Service),
+    /// One re-encryption node (`/service/srs-node/<i>`).
+    SrsNode(NodeIndex),
     /// A mesh operator (`/operator/<id>`): may inspect, never read records.
     Operator(UserId),
     /// No client certificate (only where the table allows anyone: enrollment).
@@ -44,6 +46,7 @@ impl Caller {
                 Err(_) => Caller::Anonymous,
             },
             Principal::Service(s) => Caller::Service(*s),
+            Principal::SrsNode(i) => Caller::SrsNode(*i),
             Principal::Operator(op) => UserId::parse(op.as_str())
                 .map(Caller::Operator)
                 .unwrap_or(Caller::Anonymous),
@@ -62,6 +65,7 @@ impl Caller {
                 id: id.to_string(),
             },
             Caller::Service(s) => Principal::Service(*s),
+            Caller::SrsNode(i) => Principal::SrsNode(*i),
             Caller::Operator(id) => Principal::Operator(id.to_string()),
             Caller::Anonymous => return None,
         };
@@ -78,6 +82,12 @@ impl Caller {
             Caller::Practitioner { role, id } => Some((*role, id)),
             _ => None,
         }
+    }
+
+    /// Whether the caller is a mesh service or a re-encryption node (a
+    /// server of the mesh, not a person).
+    pub fn is_mesh_server(&self) -> bool {
+        matches!(self, Caller::Service(_) | Caller::SrsNode(_))
     }
 
     /// The patient's id, if the caller is a patient.
@@ -97,6 +107,7 @@ impl fmt::Display for Caller {
             Caller::Patient(id) => write!(f, "patient/{id}"),
             Caller::Practitioner { role, id } => write!(f, "practitioner/{role}/{id}"),
             Caller::Service(s) => write!(f, "service/{s}"),
+            Caller::SrsNode(i) => write!(f, "service/srs-node/{i}"),
             Caller::Operator(id) => write!(f, "operator/{id}"),
             Caller::Anonymous => f.write_str("anonymous"),
         }
@@ -114,6 +125,7 @@ mod tests {
             Identity::user(td, Role::Patient, "alice").unwrap(),
             Identity::user(td, Role::Doctor, "bob").unwrap(),
             Identity::service(td, Service::Srs),
+            Identity::srs_node(td, NodeIndex::new(3).unwrap()),
             Identity::operator(td, "ops").unwrap(),
         ] {
             let caller = Caller::from_identity(&id);

@@ -55,9 +55,12 @@ pub enum IdentityError {
     )]
     /// No such role.
     UnknownRole(String),
-    #[error("invalid service name {0:?}: expected cloud-storage, srs or access-policy")]
+    #[error("invalid service name {0:?}: expected cloud-storage, srs, access-policy or srs-node")]
     /// No such service.
     InvalidService(String),
+    #[error("invalid re-encryption node index {0:?}: expected 1 to {MAX_NODES}")]
+    /// A node index out of range.
+    InvalidNodeIndex(String),
     #[error("invalid identity URI {0:?}: {1}")]
     /// A SPIFFE URI that is not one of ours, and why.
     InvalidUri(String, &'static str),
@@ -203,6 +206,52 @@ impl FromStr for Service {
     }
 }
 
+/// Most re-encryption nodes a mesh may run.
+pub const MAX_NODES: u8 = 16;
+
+/// Which re-encryption node (1..=[`MAX_NODES`]): the `x` at which the node's
+/// key-fragment and OPRF-key shares are evaluated, and the last segment of
+/// its identity `spiffe://<td>/service/srs-node/<i>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeIndex(u8);
+
+impl NodeIndex {
+    /// The index `i`, if `1 <= i <= MAX_NODES`.
+    pub fn new(i: u32) -> Result<Self, IdentityError> {
+        match u8::try_from(i) {
+            Ok(i) if (1..=MAX_NODES).contains(&i) => Ok(NodeIndex(i)),
+            _ => Err(IdentityError::InvalidNodeIndex(i.to_string())),
+        }
+    }
+
+    /// The index as a number.
+    pub fn get(self) -> u8 {
+        self.0
+    }
+
+    /// The node's name in files and logs: `srs-node-<i>`.
+    pub fn name(self) -> String {
+        format!("srs-node-{}", self.0)
+    }
+}
+
+impl fmt::Display for NodeIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for NodeIndex {
+    type Err = IdentityError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Canonical decimal only, so one node has one name.
+        if s.is_empty() || s.len() > 2 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(IdentityError::InvalidNodeIndex(s.to_owned()));
+        }
+        NodeIndex::new(s.parse().map_err(|_| IdentityError::InvalidNodeIndex(s.to_owned()))?)
+    }
+}
+
 /// What kind of principal an identity names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Principal {
@@ -216,6 +265,8 @@ pub enum Principal {
     },
     /// A mesh service (`/service/<name>`).
     Service(Service),
+    /// One re-encryption node of the SRS (`/service/srs-node/<i>`).
+    SrsNode(NodeIndex),
     /// A human operator (`/operator/<id>`): may inspect, never read records.
     Operator(String),
 }
@@ -247,6 +298,14 @@ impl Identity {
         Self {
             trust_domain: trust_domain.to_owned(),
             principal: Principal::Service(service),
+        }
+    }
+
+    /// Re-encryption node `index`'s identity.
+    pub fn srs_node(trust_domain: &str, index: NodeIndex) -> Self {
+        Self {
+            trust_domain: trust_domain.to_owned(),
+            principal: Principal::SrsNode(index),
         }
     }
 
@@ -283,6 +342,14 @@ impl Identity {
         }
     }
 
+    /// The node index, if this identity is a re-encryption node.
+    pub fn as_srs_node(&self) -> Option<NodeIndex> {
+        match &self.principal {
+            Principal::SrsNode(i) => Some(*i),
+            _ => None,
+        }
+    }
+
     /// Whether this identity is an operator.
     pub fn is_operator(&self) -> bool {
         matches!(self.principal, Principal::Operator(_))
@@ -307,6 +374,7 @@ impl fmt::Display for Identity {
             } => write!(f, "patient/{id}"),
             Principal::User { role, id } => write!(f, "practitioner/{role}/{id}"),
             Principal::Service(s) => write!(f, "service/{s}"),
+            Principal::SrsNode(i) => write!(f, "service/srs-node/{i}"),
             Principal::Operator(id) => write!(f, "operator/{id}"),
         }
     }
@@ -343,6 +411,7 @@ impl FromStr for Identity {
                 }
             }
             ["service", name] => Principal::Service(name.parse()?),
+            ["service", "srs-node", i] => Principal::SrsNode(i.parse()?),
             ["operator", id] => {
                 validate_user_id(id)?;
                 Principal::Operator((*id).to_owned())
@@ -386,6 +455,8 @@ mod tests {
             "spiffe://example.org/service/cloud-storage",
             "spiffe://example.org/service/srs",
             "spiffe://example.org/service/access-policy",
+            "spiffe://example.org/service/srs-node/1",
+            "spiffe://example.org/service/srs-node/16",
             "spiffe://example.org/operator/ops",
         ] {
             let id: Identity = uri.parse().unwrap();
@@ -407,6 +478,12 @@ mod tests {
             "spiffe://SESPHR/patient/alice",
             "spiffe:///patient/alice",
             "spiffe://sesphr.local/patient/",
+            "spiffe://sesphr.local/service/srs-node/0",
+            "spiffe://sesphr.local/service/srs-node/01",
+            "spiffe://sesphr.local/service/srs-node/17",
+            "spiffe://sesphr.local/service/srs-node/+1",
+            "spiffe://sesphr.local/service/srs-node/",
+            "spiffe://sesphr.local/service/srs-node",
         ] {
             assert!(uri.parse::<Identity>().is_err(), "{uri} accepted");
         }

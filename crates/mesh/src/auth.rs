@@ -33,6 +33,7 @@ pub fn class_matches(class: CallerClass, id: &Identity) -> bool {
         (CallerClass::Patient, Principal::User { role, .. }) => *role == Role::Patient,
         (CallerClass::Practitioner, Principal::User { role, .. }) => *role != Role::Patient,
         (CallerClass::Service(s), Principal::Service(t)) => s == *t,
+        (CallerClass::SrsNode, Principal::SrsNode(_)) => true,
         (CallerClass::Operator, Principal::Operator(_)) => true,
         _ => false,
     }

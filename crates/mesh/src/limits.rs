@@ -168,7 +168,7 @@ impl<S: NamedService> NamedService for Limited<S> {
 /// the authorization layer (which runs first) put into the extensions.
 fn caller_key<B>(req: &http::Request<B>) -> Option<String> {
     match req.extensions().get::<Caller>() {
-        Some(Caller::Service(_)) => None,
+        Some(Caller::Service(_) | Caller::SrsNode(_)) => None,
         Some(Caller::Anonymous) | None => {
             let ip = req
                 .extensions()

@@ -275,6 +275,30 @@ impl DevPki {
         Ok(pki)
     }
 
+    /// Issues re-encryption node `index` its identity
+    /// (`spiffe://<td>/service/srs-node/<i>`, files `srs-node-<i>.pem` and
+    /// `.key`, SANs like the services') unless it has one.
+    pub fn ensure_node(
+        &self,
+        trust_domain: &str,
+        index: sesphr_identity::NodeIndex,
+    ) -> Result<(), PkiError> {
+        let name = index.name();
+        if self.cert(&name).exists() && self.key(&name).exists() {
+            return Ok(());
+        }
+        let ca = self.load_ca()?;
+        let local_ips: [IpAddr; 2] = [
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from([0, 0, 0, 0, 0, 0, 0, 1]),
+        ];
+        let id = Identity::srs_node(trust_domain, index);
+        let issued = ca.issue(&id, &["localhost", &name], &local_ips)?;
+        write_secret(&self.key(&name), issued.key_pem.as_bytes())?;
+        write_public(&self.cert(&name), issued.cert_pem.as_bytes())?;
+        Ok(())
+    }
+
     /// The CA, loaded from disk.
     pub fn load_ca(&self) -> Result<CertificateAuthority, PkiError> {
         CertificateAuthority::from_pem(&read(&self.ca_cert())?, &read(&self.ca_key())?)

@@ -44,6 +44,8 @@ pub enum TlsError {
     ServerConfig(String),
     #[error("client TLS configuration: {0}")]
     ClientConfig(String),
+    #[error("the certificate names no mesh identity: {0}")]
+    NoIdentity(String),
 }
 
 /// Installs ring as rustls' process-wide crypto provider (idempotent).
@@ -121,6 +123,14 @@ impl TlsMaterial {
 
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The identity this material's certificate names (its SPIFFE URI SAN).
+    pub fn identity(&self) -> Result<sesphr_identity::Identity, TlsError> {
+        let der = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .map_err(|e| TlsError::NoIdentity(e.to_string()))?;
+        sesphr_identity::identity_from_cert_der(&der)
+            .map_err(|e| TlsError::NoIdentity(e.to_string()))
     }
 
     pub fn cert_pem(&self) -> &str {

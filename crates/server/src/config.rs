@@ -46,8 +46,14 @@ pub const ENV_MAX_RECORD_BYTES: &str = "SESPHR_MAX_RECORD_BYTES";
 /// files of all owners are stored once; the cloud learns that two owners
 /// hold the same file) or `per-owner`.
 pub const ENV_DEDUP_SCOPE: &str = "SESPHR_DEDUP_SCOPE";
-/// SRS: re-encryption requests per second per identity (burst = 4x).
+/// Re-encryption node: requests per second per identity (burst = 4x).
 pub const ENV_REENCRYPT_RATE: &str = "SESPHR_REENCRYPT_RATE";
+/// Re-encryption node: `https://host:port` of the setup service (the user
+/// directory the node checks kfrag signatures against).
+pub const ENV_SETUP_ENDPOINT: &str = "SESPHR_SETUP_ENDPOINT";
+/// Re-encryption node: file holding this node's share of the dedup OPRF key
+/// (written by `sesphrd deal-oprf`).
+pub const ENV_OPRF_SHARE_FILE: &str = "SESPHR_OPRF_SHARE_FILE";
 /// Expensive calls per second per identity, every service (`limits.rate_per_identity`).
 pub const ENV_RATE_PER_IDENTITY: &str = "SESPHR_RATE_PER_IDENTITY";
 /// Expensive calls an idle identity may start at once (`limits.burst_per_identity`).
@@ -105,10 +111,56 @@ impl Strings for HashMap<String, String> {
     }
 }
 
+/// What a `sesphrd serve` process runs: one of the three services, or a
+/// re-encryption node (whose index its certificate names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    Service(Service),
+    SrsNode,
+}
+
+impl ServiceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceKind::Service(s) => s.as_str(),
+            ServiceKind::SrsNode => "srs-node",
+        }
+    }
+}
+
+impl From<Service> for ServiceKind {
+    fn from(s: Service) -> Self {
+        ServiceKind::Service(s)
+    }
+}
+
+impl std::fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ServiceKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "srs-node" => Ok(ServiceKind::SrsNode),
+            other => other
+                .parse()
+                .map(ServiceKind::Service)
+                .map_err(|e: sesphr_identity::IdentityError| e.to_string()),
+        }
+    }
+}
+
 /// The `sesphrd serve` configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeFile {
+    /// What this file configures (`cloud-storage`, `srs`, `access-policy`,
+    /// `srs-node`); `--service` may say it instead, and must agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     pub trust_domain: Option<String>,
     pub listen: Option<String>,
     pub health_listen: Option<String>,
@@ -119,6 +171,8 @@ pub struct ServeFile {
     pub peer_timeout_ms: Option<u64>,
     #[serde(default)]
     pub srs: SrsSection,
+    #[serde(default)]
+    pub srs_node: SrsNodeSection,
     #[serde(default)]
     pub cloud_storage: CloudStorageSection,
     #[serde(default)]
@@ -141,6 +195,16 @@ pub struct SrsSection {
     pub issuer_cert: Option<PathBuf>,
     pub issuer_key: Option<PathBuf>,
     pub enrollment_token_file: Option<PathBuf>,
+    /// Moved to `[srs_node]`: refused here with a message saying so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reencrypt_rate: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SrsNodeSection {
+    pub setup_endpoint: Option<String>,
+    pub oprf_share_file: Option<PathBuf>,
     pub reencrypt_rate: Option<f64>,
 }
 
@@ -303,7 +367,7 @@ impl LimitsSection {
 /// A complete, validated configuration of one service.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    pub service: Service,
+    pub service: ServiceKind,
     pub trust_domain: String,
     pub listen: SocketAddr,
     pub health_listen: Option<SocketAddr>,
@@ -313,6 +377,7 @@ pub struct ServeConfig {
     pub access_policy_endpoint: Option<String>,
     pub peer_timeout_ms: u64,
     pub srs: Option<SrsSettings>,
+    pub srs_node: Option<SrsNodeSettings>,
     pub max_record_bytes: u64,
     pub limits: Limits,
     pub dedup_scope: sesphr_cloud_storage::DedupScope,
@@ -325,6 +390,12 @@ pub struct SrsSettings {
     pub issuer_cert: PathBuf,
     pub issuer_key: PathBuf,
     pub enrollment_token_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct SrsNodeSettings {
+    pub setup_endpoint: String,
+    pub oprf_share_file: PathBuf,
     pub reencrypt_rate: f64,
 }
 
@@ -335,19 +406,48 @@ pub struct ConfigErrors(pub Vec<String>);
 
 impl ServeConfig {
     /// Reads `path` (TOML), applies environment overrides, validates.
-    pub fn load(path: &Path, service: Service, env: &impl Strings) -> Result<Self, ConfigErrors> {
+    /// Loads `path`; `service` is `--service`, if given (the file may name
+    /// it instead; both must agree).
+    pub fn load(
+        path: &Path,
+        service: Option<ServiceKind>,
+        env: &impl Strings,
+    ) -> Result<Self, ConfigErrors> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
         let file: ServeFile = toml::from_str(&text)
             .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        let named = match file.service.as_deref().map(str::parse::<ServiceKind>) {
+            None => None,
+            Some(Ok(kind)) => Some(kind),
+            Some(Err(e)) => {
+                return Err(ConfigErrors(vec![format!("{}: service: {e}", path.display())]));
+            }
+        };
+        let service = match (service, named) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(ConfigErrors(vec![format!(
+                    "{}: the file configures {b}, not {a} (--service)",
+                    path.display()
+                )]));
+            }
+            (Some(kind), _) | (None, Some(kind)) => kind,
+            (None, None) => {
+                return Err(ConfigErrors(vec![format!(
+                    "{}: say which service to run: --service, or service = \"...\" in the file",
+                    path.display()
+                )]));
+            }
+        };
         Self::from_file(file, service, env)
     }
 
     pub fn from_file(
         mut file: ServeFile,
-        service: Service,
+        service: impl Into<ServiceKind>,
         env: &impl Strings,
     ) -> Result<Self, ConfigErrors> {
+        let service = service.into();
         let mut errors = Vec::new();
         // Environment overrides the file.
         let over = |key: &str, slot: &mut Option<String>| {
@@ -374,6 +474,8 @@ impl ServeConfig {
             ENV_ENROLLMENT_TOKEN_FILE,
             &mut file.srs.enrollment_token_file,
         );
+        over(ENV_SETUP_ENDPOINT, &mut file.srs_node.setup_endpoint);
+        over_path(ENV_OPRF_SHARE_FILE, &mut file.srs_node.oprf_share_file);
         // Each value parses as its own type: `-1`, `1e9` or `1.5` for a
         // count of bytes or milliseconds is an error, never a default.
         num(
@@ -394,7 +496,7 @@ impl ServeConfig {
         num(
             env,
             ENV_REENCRYPT_RATE,
-            &mut file.srs.reencrypt_rate,
+            &mut file.srs_node.reencrypt_rate,
             &mut errors,
         );
 
@@ -440,7 +542,7 @@ impl ServeConfig {
         require(&mut errors, "tls.cert", ENV_TLS_CERT, &file.tls.cert);
         require(&mut errors, "tls.key", ENV_TLS_KEY, &file.tls.key);
         require(&mut errors, "tls.ca", ENV_TLS_CA, &file.tls.ca);
-        let needs_policy = matches!(service, Service::CloudStorage | Service::Srs);
+        let needs_policy = service != ServiceKind::Service(Service::AccessPolicy);
         match (&file.access_policy_endpoint, needs_policy) {
             (None, true) => errors.push(format!(
                 "access_policy_endpoint is required for {service} (or set {ENV_ACCESS_POLICY_ENDPOINT})"
@@ -450,7 +552,14 @@ impl ServeConfig {
             )),
             _ => {}
         }
-        let srs = if service == Service::Srs {
+        if file.srs.reencrypt_rate.is_some() {
+            errors.push(
+                "srs.reencrypt_rate moved to [srs_node]: re-encryption nodes re-encrypt, the setup \
+                 service does not"
+                    .to_owned(),
+            );
+        }
+        let srs = if service == ServiceKind::Service(Service::Srs) {
             require(
                 &mut errors,
                 "srs.issuer_cert",
@@ -469,11 +578,31 @@ impl ServeConfig {
                 ENV_ENROLLMENT_TOKEN_FILE,
                 &file.srs.enrollment_token_file,
             );
-            let rate = file.srs.reencrypt_rate.unwrap_or(DEFAULT_REENCRYPT_RATE);
-            if !(rate.is_finite() && rate > 0.0) {
-                errors.push(format!("srs.reencrypt_rate {rate} must be > 0"));
+            Some(file.srs.clone())
+        } else {
+            None
+        };
+        let srs_node = if service == ServiceKind::SrsNode {
+            match &file.srs_node.setup_endpoint {
+                None => errors.push(format!(
+                    "srs_node.setup_endpoint is required (or set {ENV_SETUP_ENDPOINT})"
+                )),
+                Some(e) if !e.starts_with("https://") => errors.push(format!(
+                    "srs_node.setup_endpoint {e:?} must start with https://"
+                )),
+                Some(_) => {}
             }
-            Some((rate, file.srs.clone()))
+            require(
+                &mut errors,
+                "srs_node.oprf_share_file",
+                ENV_OPRF_SHARE_FILE,
+                &file.srs_node.oprf_share_file,
+            );
+            let rate = file.srs_node.reencrypt_rate.unwrap_or(DEFAULT_REENCRYPT_RATE);
+            if !(rate.is_finite() && rate > 0.0) {
+                errors.push(format!("srs_node.reencrypt_rate {rate} must be > 0"));
+            }
+            Some((rate, file.srs_node.clone()))
         } else {
             None
         };
@@ -502,10 +631,14 @@ impl ServeConfig {
         ) else {
             unreachable!("missing values were reported above");
         };
-        let srs = srs.map(|(rate, s)| SrsSettings {
+        let srs = srs.map(|s| SrsSettings {
             issuer_cert: s.issuer_cert.unwrap_or_default(),
             issuer_key: s.issuer_key.unwrap_or_default(),
             enrollment_token_file: s.enrollment_token_file.unwrap_or_default(),
+        });
+        let srs_node = srs_node.map(|(rate, n)| SrsNodeSettings {
+            setup_endpoint: n.setup_endpoint.unwrap_or_default(),
+            oprf_share_file: n.oprf_share_file.unwrap_or_default(),
             reencrypt_rate: rate,
         });
         Ok(ServeConfig {
@@ -518,6 +651,7 @@ impl ServeConfig {
             access_policy_endpoint: file.access_policy_endpoint,
             peer_timeout_ms,
             srs,
+            srs_node,
             max_record_bytes: file
                 .cloud_storage
                 .max_record_bytes
@@ -677,6 +811,66 @@ mod tests {
             "{all}"
         );
         assert!(all.contains("SESPHR_MAX_HEALTH_WATCHES"), "{all}");
+    }
+
+    #[test]
+    fn a_node_needs_its_setup_endpoint_and_share_and_the_setup_service_no_rate() {
+        let file: ServeFile = toml::from_str(FULL).unwrap();
+        let all = ServeConfig::from_file(file, ServiceKind::SrsNode, &env(&[]))
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(all.contains("srs_node.setup_endpoint is required"), "{all}");
+        assert!(all.contains("srs_node.oprf_share_file is required"), "{all}");
+        let file: ServeFile = toml::from_str(FULL).unwrap();
+        let e = env(&[
+            (ENV_SETUP_ENDPOINT, "http://srs:50052"),
+            (ENV_OPRF_SHARE_FILE, "/oprf/share"),
+            (ENV_REENCRYPT_RATE, "fast"),
+        ]);
+        let all = ServeConfig::from_file(file, ServiceKind::SrsNode, &e)
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(all.contains("must start with https://"), "{all}");
+        assert!(all.contains("SESPHR_REENCRYPT_RATE"), "{all}");
+        let file: ServeFile = toml::from_str(FULL).unwrap();
+        let e = env(&[
+            (ENV_SETUP_ENDPOINT, "https://srs:50052"),
+            (ENV_OPRF_SHARE_FILE, "/oprf/share"),
+        ]);
+        let node = ServeConfig::from_file(file, ServiceKind::SrsNode, &e)
+            .unwrap()
+            .srs_node
+            .unwrap();
+        assert_eq!(node.reencrypt_rate, DEFAULT_REENCRYPT_RATE);
+        let text = format!("{FULL}\n[srs]\nreencrypt_rate = 5.0\n");
+        let file: ServeFile = toml::from_str(&text).unwrap();
+        let all = ServeConfig::from_file(file, Service::Srs, &env(&[]))
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(all.contains("srs.reencrypt_rate moved to [srs_node]"), "{all}");
+    }
+
+    #[test]
+    fn the_file_or_the_flag_names_the_service_and_they_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, format!("service = \"access-policy\"\n{FULL}")).unwrap();
+        let cfg = ServeConfig::load(&path, None, &env(&[])).unwrap();
+        assert_eq!(cfg.service, ServiceKind::Service(Service::AccessPolicy));
+        let e = ServeConfig::load(&path, Some(Service::Srs.into()), &env(&[]))
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(e.contains("configures access-policy, not srs"), "{e}");
+        std::fs::write(&path, FULL).unwrap();
+        let e = ServeConfig::load(&path, None, &env(&[]))
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(e.contains("say which service to run"), "{e}");
     }
 
     #[test]

@@ -13,14 +13,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sesphr_identity::{Identity, Service};
+use sesphr_identity::{Identity, NodeIndex, Service};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::Status;
 use zeroize::Zeroizing;
 
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, ServiceKind};
 use sesphr::proto::{self, service_names};
 use sesphr::rpc;
 use sesphr_access_policy::grpc::{AccessPolicyService, LocalRefusalAudit};
@@ -34,10 +34,67 @@ use sesphr_mesh::policy_client::PolicyClient;
 use sesphr_mesh::tls::{self, TlsError, TlsFiles, TlsMaterial};
 use sesphr_mesh::transport::{self, Gate, TrackStreamsLayer, TransportLimits, WatchCap};
 use sesphr_mesh::unix_now;
-use sesphr_srs::grpc::SrsService;
+use sesphr_srs::grpc::{NodeService, SetupDirectory, SetupService};
 
-/// Default ports of `sesphrd dev`: CloudStorage, SRS, AccessPolicy.
+/// Default ports of `sesphrd dev`: CloudStorage, the SRS setup service,
+/// AccessPolicy, then re-encryption nodes 1, 2, ….
 pub const DEV_BASE_PORT: u16 = 50051;
+
+/// What one running server is: one of the three services, or re-encryption
+/// node `i`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    Service(Service),
+    SrsNode(NodeIndex),
+}
+
+impl Served {
+    /// Its name in files, directories and logs: `cloud-storage`,
+    /// `srs-node-2`, ….
+    pub fn name(self) -> String {
+        match self {
+            Served::Service(s) => s.as_str().to_owned(),
+            Served::SrsNode(i) => i.name(),
+        }
+    }
+
+    /// The identity its certificate names.
+    pub fn identity(self, trust_domain: &str) -> Identity {
+        match self {
+            Served::Service(s) => Identity::service(trust_domain, s),
+            Served::SrsNode(i) => Identity::srs_node(trust_domain, i),
+        }
+    }
+
+    pub fn kind(self) -> ServiceKind {
+        match self {
+            Served::Service(s) => ServiceKind::Service(s),
+            Served::SrsNode(_) => ServiceKind::SrsNode,
+        }
+    }
+
+    /// The gRPC service name its health reports SERVING for.
+    pub fn health_name(self) -> &'static str {
+        match self {
+            Served::Service(Service::CloudStorage) => service_names::CLOUD_STORAGE,
+            Served::Service(Service::Srs) => service_names::SRS,
+            Served::Service(Service::AccessPolicy) => service_names::ACCESS_POLICY,
+            Served::SrsNode(_) => service_names::SRS_NODE,
+        }
+    }
+}
+
+impl std::fmt::Display for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl From<Service> for Served {
+    fn from(s: Service) -> Self {
+        Served::Service(s)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -52,7 +109,7 @@ pub enum ServeError {
     },
     #[error("{service} database at {path}: {message}")]
     Store {
-        service: Service,
+        service: Served,
         path: PathBuf,
         message: String,
     },
@@ -62,28 +119,62 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error("{0} needs the access policy endpoint")]
-    MissingPolicyEndpoint(Service),
-    #[error("the SRS needs its CA and enrollment token")]
+    MissingPolicyEndpoint(Served),
+    #[error("the SRS setup service needs its CA and enrollment token")]
     MissingSrsSettings,
+    #[error("a re-encryption node needs its setup endpoint and OPRF key share")]
+    MissingNodeSettings,
+    #[error(
+        "a re-encryption node's certificate must name spiffe://<td>/service/srs-node/<i>; this one names {0}"
+    )]
+    NotANodeCertificate(String),
+    #[error("OPRF key share {path}: {message}")]
+    OprfShare { path: PathBuf, message: String },
     #[error("{service} server failed: {source}")]
     Transport {
-        service: Service,
+        service: Served,
         source: tonic::transport::Error,
     },
     #[error("{0} server task panicked")]
-    Panicked(Service),
+    Panicked(Served),
+    #[error("OPRF dealing: {0}")]
+    Dealing(String),
+    #[error(
+        "{} holds a single-SRS mesh (kfrags and the OPRF key in srs/): split it first with \
+         `sesphrd migrate-srs --data-dir {}` (docs/design.md, \"Setup and re-encryption nodes\")",
+        .0.display(), .0.display()
+    )]
+    SingleSrsLayout(PathBuf),
 }
 
-/// SRS-only material.
+/// Setup-service-only material.
 pub struct SrsParams {
     pub ca: CertificateAuthority,
     pub enrollment_token: Zeroizing<String>,
+}
+
+/// Re-encryption-node-only material.
+pub struct NodeParams {
+    /// This node's share of the dedup OPRF key.
+    pub oprf_share: sesphr_dedup::KeyShare,
+    /// `https://host:port` of the setup service.
+    pub setup_endpoint: String,
+    /// ReEncrypt calls per second per identity.
     pub reencrypt_rate: f64,
+}
+
+/// Reads a node's OPRF key share file (`sesphrd deal-oprf`).
+pub fn read_oprf_share(path: &Path) -> Result<sesphr_dedup::KeyShare, ServeError> {
+    let text = Zeroizing::new(read_file(path)?);
+    sesphr_dedup::KeyShare::from_hex(&text).map_err(|e| ServeError::OprfShare {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 /// Everything one service needs, with its listeners already bound.
 pub struct ServiceParams {
-    pub service: Service,
+    pub service: Served,
     pub trust_domain: String,
     pub listener: TcpListener,
     pub health_listener: Option<TcpListener>,
@@ -92,6 +183,7 @@ pub struct ServiceParams {
     pub access_policy_endpoint: Option<String>,
     pub peer_timeout: Duration,
     pub srs: Option<SrsParams>,
+    pub node: Option<NodeParams>,
     pub max_record_bytes: u64,
     /// Per-identity rate and concurrency limits.
     pub limits: Limits,
@@ -119,10 +211,28 @@ impl ServiceParams {
                 Some(SrsParams {
                     ca: CertificateAuthority::from_pem(&cert, &key)?,
                     enrollment_token: token,
-                    reencrypt_rate: s.reencrypt_rate,
                 })
             }
             None => None,
+        };
+        let node = match &cfg.srs_node {
+            Some(n) => Some(NodeParams {
+                oprf_share: read_oprf_share(&n.oprf_share_file)?,
+                setup_endpoint: n.setup_endpoint.clone(),
+                reencrypt_rate: n.reencrypt_rate,
+            }),
+            None => None,
+        };
+        // A node is whichever node its certificate names.
+        let service = match cfg.service {
+            ServiceKind::Service(s) => Served::Service(s),
+            ServiceKind::SrsNode => {
+                let id = tls.identity()?;
+                match id.as_srs_node() {
+                    Some(i) => Served::SrsNode(i),
+                    None => return Err(ServeError::NotANodeCertificate(id.to_string())),
+                }
+            }
         };
         let listener = bind(cfg.listen).await?;
         let health_listener = match cfg.health_listen {
@@ -130,7 +240,7 @@ impl ServiceParams {
             None => None,
         };
         Ok(Self {
-            service: cfg.service,
+            service,
             trust_domain: cfg.trust_domain.clone(),
             listener,
             health_listener,
@@ -139,6 +249,7 @@ impl ServiceParams {
             access_policy_endpoint: cfg.access_policy_endpoint.clone(),
             peer_timeout: Duration::from_millis(cfg.peer_timeout_ms),
             srs,
+            node,
             max_record_bytes: cfg.max_record_bytes,
             limits: cfg.limits,
             dedup_scope: cfg.dedup_scope,
@@ -154,7 +265,7 @@ fn read_file(path: &Path) -> Result<String, ServeError> {
     })
 }
 
-fn store_err(service: Service, path: &Path) -> impl FnOnce(String) -> ServeError + '_ {
+fn store_err(service: Served, path: &Path) -> impl FnOnce(String) -> ServeError + '_ {
     move |message| ServeError::Store {
         service,
         path: path.to_owned(),
@@ -180,11 +291,11 @@ pub async fn run_service(
         .build_v1alpha()
         .expect("embedded descriptor sets are valid");
     let td = p.trust_domain.clone();
-    let require_client_cert = service != Service::Srs;
+    let require_client_cert = service != Served::Service(Service::Srs);
     let server_tls = p.tls.rustls_server_config(require_client_cert)?;
     // Connections are accepted, capped and handshaken by `transport`, which
     // also closes those that stay without a request.
-    let gate = Gate::new(service.as_str(), p.transport);
+    let gate = Gate::new(service.name(), p.transport);
     let policy = || -> Result<PolicyClient, ServeError> {
         let endpoint = p
             .access_policy_endpoint
@@ -200,7 +311,7 @@ pub async fn run_service(
     // AccessPolicy audits refusals into its own log; the others send them
     // there.
     let policy_store = match service {
-        Service::AccessPolicy => Some(Arc::new(
+        Served::Service(Service::AccessPolicy) => Some(Arc::new(
             sesphr_access_policy::PolicyStore::open(&store_dir)
                 .map_err(|e| store_err(service, &store_dir)(e.to_string()))?,
         )),
@@ -209,7 +320,7 @@ pub async fn run_service(
     // One AccessPolicy client per process (CloudStorage, SRS): the service
     // and its refusal audit share it.
     let policy_client = match service {
-        Service::AccessPolicy => None,
+        Served::Service(Service::AccessPolicy) => None,
         _ => Some(policy()?),
     };
     let policy = || {
@@ -235,7 +346,7 @@ pub async fn run_service(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     let router = match service {
-        Service::AccessPolicy => {
+        Served::Service(Service::AccessPolicy) => {
             let store = policy_store.clone().expect("opened above for AccessPolicy");
             let svc = AccessPolicyService::new(store);
             health.set_serving::<proto::access_policy_server::AccessPolicyServer<AccessPolicyService>>().await;
@@ -244,7 +355,7 @@ pub async fn run_service(
                 p.limits,
             ))
         }
-        Service::CloudStorage => {
+        Served::Service(Service::CloudStorage) => {
             let limits = sesphr_cloud_storage::StoreLimits {
                 max_record_size: p.max_record_bytes,
                 dedup_scope: p.dedup_scope,
@@ -262,24 +373,60 @@ pub async fn run_service(
                 p.limits,
             ))
         }
-        Service::Srs => {
+        Served::Service(Service::Srs) => {
             let srs = p.srs.ok_or(ServeError::MissingSrsSettings)?;
             let store = sesphr_srs::SrsStore::open(&store_dir)
                 .map_err(|e| store_err(service, &store_dir)(e.to_string()))?;
-            let svc = SrsService::new(
+            let svc = SetupService::new(
                 Arc::new(store),
                 Arc::new(srs.ca),
                 srs.enrollment_token,
                 policy()?,
                 td.clone(),
-                srs.reencrypt_rate,
-            )
-            .map_err(|e| store_err(service, &store_dir)(e.to_string()))?;
+            );
             health
-                .set_serving::<proto::srs_server::SrsServer<SrsService>>()
+                .set_serving::<proto::srs_server::SrsServer<SetupService>>()
                 .await;
             router.add_service(Limited::new(
                 proto::srs_server::SrsServer::new(svc),
+                p.limits,
+            ))
+        }
+        Served::SrsNode(index) => {
+            let node = p.node.ok_or(ServeError::MissingNodeSettings)?;
+            let store = sesphr_srs::SrsStore::open(&store_dir)
+                .map_err(|e| store_err(service, &store_dir)(e.to_string()))?;
+            // Only the setup service may answer directory lookups.
+            let setup_id = Identity::service(&p.trust_domain, Service::Srs);
+            let channel = tls::channel(
+                &node.setup_endpoint,
+                p.tls.client_config(),
+                &setup_id,
+                p.peer_timeout,
+            )?;
+            let directory = SetupDirectory::new(channel, p.peer_timeout);
+            let config = sesphr_srs::node::NodeConfig {
+                index,
+                reencrypt_rate: node.reencrypt_rate,
+                content_key_rate: sesphr_srs::node::DEFAULT_CONTENT_KEY_RATE,
+            };
+            let svc = NodeService::new(
+                Arc::new(store),
+                policy()?,
+                directory,
+                node.oprf_share,
+                td.clone(),
+                config,
+            )
+            .map_err(|e| ServeError::OprfShare {
+                path: store_dir.clone(),
+                message: e.to_string(),
+            })?;
+            health
+                .set_serving::<proto::srs_node_server::SrsNodeServer<NodeService>>()
+                .await;
+            router.add_service(Limited::new(
+                proto::srs_node_server::SrsNodeServer::new(svc),
                 p.limits,
             ))
         }
@@ -361,7 +508,7 @@ async fn flush_coalesced(
 
 /// A running service task.
 pub struct ServiceHandle {
-    pub service: Service,
+    pub service: Served,
     pub addr: SocketAddr,
     task: JoinHandle<Result<(), ServeError>>,
 }
@@ -379,11 +526,15 @@ impl ServiceHandle {
 #[derive(Debug, Clone)]
 pub struct DevOptions {
     pub data_dir: PathBuf,
-    /// CloudStorage listens here, the SRS on +1, AccessPolicy on +2; 0 picks
-    /// free ports.
+    /// CloudStorage listens here, the SRS setup service on +1, AccessPolicy
+    /// on +2, re-encryption node `i` on +2+i; 0 picks free ports.
     pub base_port: u16,
     pub host: IpAddr,
     pub trust_domain: String,
+    /// Re-encryption nodes, and how many a read needs. `None`: what the
+    /// directory was first dealt, or 3 and 2 for a new one.
+    pub srs_nodes: Option<u8>,
+    pub threshold: Option<u8>,
     /// Per-identity limits of every service.
     pub limits: Limits,
     /// CloudStorage's dedup scope.
@@ -399,6 +550,8 @@ impl DevOptions {
             base_port: DEV_BASE_PORT,
             host: IpAddr::from([127, 0, 0, 1]),
             trust_domain: sesphr_identity::DEFAULT_TRUST_DOMAIN.to_owned(),
+            srs_nodes: None,
+            threshold: None,
             limits: Limits::default(),
             dedup_scope: Default::default(),
             transport: TransportLimits::default(),
@@ -410,84 +563,264 @@ impl DevOptions {
         self.base_port = 0;
         self
     }
+
+    /// `nodes` re-encryption nodes, any `threshold` of which serve a read.
+    pub fn nodes(mut self, nodes: u8, threshold: u8) -> Self {
+        self.srs_nodes = Some(nodes);
+        self.threshold = Some(threshold);
+        self
+    }
 }
 
-/// The whole mesh in one process, each service on its own mTLS port, talking
-/// to the others over real loopback mTLS connections.
-pub struct DevMesh {
+/// A dev mesh laid out on disk, its listeners bound: what `sesphrd dev`
+/// starts, or (`--configure-only`) leaves for separate `sesphrd serve`
+/// processes.
+pub struct DevLayout {
+    pub dir: PathBuf,
     pub mesh_file: PathBuf,
     pub mesh: MeshFile,
     pub pki: DevPki,
-    handles: Vec<ServiceHandle>,
-    stop: watch::Sender<bool>,
+    /// `DIR/serve/<name>.toml`, one per service and node, in start order.
+    pub serve_files: Vec<(Served, PathBuf)>,
+    listeners: Vec<(Served, TcpListener, SocketAddr)>,
+    token: Zeroizing<String>,
+    dealing_dir: PathBuf,
 }
 
-impl DevMesh {
-    /// Creates (first start) or reuses `DIR/pki` and `DIR/mesh.toml`, binds
-    /// the three ports and starts the services.
-    pub async fn start(opts: DevOptions) -> Result<Self, ServeError> {
+/// Where `sesphrd dev` keeps the OPRF dealing: `DIR/pki/oprf`.
+pub fn dev_dealing_dir(dir: &Path) -> PathBuf {
+    dir.join("pki").join("oprf")
+}
+
+impl DevLayout {
+    /// Creates (first start) or reuses `DIR/pki` (the CA, every identity,
+    /// the OPRF dealing), binds every port, and writes `DIR/mesh.toml` and
+    /// `DIR/serve/*.toml`.
+    pub async fn prepare(opts: &DevOptions) -> Result<Self, ServeError> {
         tls::install_crypto_provider();
         // mesh.toml names files by absolute path, so clients may run from
         // any directory.
-        let dir = &std::path::absolute(&opts.data_dir).map_err(|source| ServeError::Io {
+        let dir = std::path::absolute(&opts.data_dir).map_err(|source| ServeError::Io {
             path: opts.data_dir.clone(),
             source,
         })?;
-        std::fs::create_dir_all(dir).map_err(|source| ServeError::Io {
+        std::fs::create_dir_all(&dir).map_err(|source| ServeError::Io {
             path: dir.clone(),
             source,
         })?;
+        refuse_single_srs_layout(&dir)?;
         let pki = DevPki::ensure(&dir.join("pki"), &opts.trust_domain)?;
-        let port = |offset: u16| {
-            if opts.base_port == 0 {
-                0
-            } else {
-                opts.base_port + offset
-            }
-        };
-        let order = [Service::CloudStorage, Service::Srs, Service::AccessPolicy];
+        let dealing_dir = dev_dealing_dir(&dir);
+        let dealing = crate::dealing::ensure(&dealing_dir, opts.threshold, opts.srs_nodes)
+            .map_err(|e| ServeError::Dealing(e.to_string()))?;
+        let mut order: Vec<Served> = vec![
+            Service::CloudStorage.into(),
+            Service::Srs.into(),
+            Service::AccessPolicy.into(),
+        ];
+        for share in &dealing.srs_nodes {
+            let index = NodeIndex::new(u32::from(share.index))
+                .map_err(|e| ServeError::Dealing(e.to_string()))?;
+            pki.ensure_node(&opts.trust_domain, index)?;
+            order.push(Served::SrsNode(index));
+        }
         let mut listeners = Vec::new();
-        for (i, service) in order.iter().enumerate() {
-            let l = bind(SocketAddr::new(opts.host, port(i as u16))).await?;
+        for (offset, served) in order.iter().enumerate() {
+            let port = match opts.base_port {
+                0 => 0,
+                base => base.checked_add(offset as u16).ok_or(ServeError::Bind {
+                    addr: SocketAddr::new(opts.host, base),
+                    source: std::io::Error::other("ports run past 65535"),
+                })?,
+            };
+            let l = bind(SocketAddr::new(opts.host, port)).await?;
             let addr = l.local_addr().map_err(|source| ServeError::Io {
-                path: PathBuf::from(service.as_str()),
+                path: PathBuf::from(served.name()),
                 source,
             })?;
-            listeners.push((*service, l, addr));
+            listeners.push((*served, l, addr));
         }
         let url = |addr: SocketAddr| format!("https://{addr}");
-        let policy_url = url(listeners[2].2);
+        let addr_of = |want: Served| {
+            listeners
+                .iter()
+                .find(|(s, _, _)| *s == want)
+                .map(|(_, _, a)| *a)
+                .expect("every service was bound")
+        };
         let token = Zeroizing::new(read_file(&pki.enrollment_token())?.trim().to_owned());
+        let srs_nodes = dealing
+            .srs_nodes
+            .iter()
+            .zip(listeners.iter().skip(3))
+            .map(|(share, (_, _, addr))| sesphr_client::NodeEntry {
+                index: share.index,
+                url: url(*addr),
+                oprf_public_share: share.oprf_public_share.clone(),
+            })
+            .collect();
         let mesh = MeshFile {
             trust_domain: opts.trust_domain.clone(),
             ca: pki.ca_cert(),
             enrollment_token: Some(token.to_string()),
-            cloud_storage: url(listeners[0].2),
-            srs: url(listeners[1].2),
-            access_policy: policy_url.clone(),
+            cloud_storage: url(addr_of(Service::CloudStorage.into())),
+            srs: url(addr_of(Service::Srs.into())),
+            access_policy: url(addr_of(Service::AccessPolicy.into())),
+            threshold: dealing.threshold,
+            srs_nodes,
             timeouts: None,
         };
         let mesh_file = dir.join("mesh.toml");
         let text = toml::to_string(&mesh).expect("mesh file serializes");
         sesphr_mesh::pki::write_secret(&mesh_file, text.as_bytes())?;
+        let serve_dir = dir.join("serve");
+        std::fs::create_dir_all(&serve_dir).map_err(|source| ServeError::Io {
+            path: serve_dir.clone(),
+            source,
+        })?;
+        let mut serve_files = Vec::new();
+        for (served, _, addr) in &listeners {
+            let file = serve_file(opts, &dir, &pki, &dealing_dir, &mesh, *served, *addr);
+            let path = serve_dir.join(format!("{}.toml", served.name()));
+            let text = format!(
+                "# `sesphrd serve --config {}`, written by `sesphrd dev`.\n{}",
+                path.display(),
+                toml::to_string(&file).expect("a serve file serializes")
+            );
+            sesphr_mesh::pki::write_secret(&path, text.as_bytes())?;
+            serve_files.push((*served, path));
+        }
+        Ok(DevLayout {
+            dir,
+            mesh_file,
+            mesh,
+            pki,
+            serve_files,
+            listeners,
+            token,
+            dealing_dir,
+        })
+    }
+}
 
+/// The `sesphrd serve` file of one dev service or node: the same ports,
+/// directories and identities `sesphrd dev` uses itself.
+fn serve_file(
+    opts: &DevOptions,
+    dir: &Path,
+    pki: &DevPki,
+    dealing_dir: &Path,
+    mesh: &MeshFile,
+    served: Served,
+    addr: SocketAddr,
+) -> crate::config::ServeFile {
+    use crate::config::{ServeFile, SrsNodeSection, SrsSection, TlsSection};
+    let name = served.name();
+    let mut file = ServeFile {
+        service: Some(served.kind().to_string()),
+        trust_domain: Some(opts.trust_domain.clone()),
+        listen: Some(addr.to_string()),
+        data_dir: Some(dir.join(&name)),
+        tls: TlsSection {
+            cert: Some(pki.cert(&name)),
+            key: Some(pki.key(&name)),
+            ca: Some(pki.ca_cert()),
+        },
+        ..Default::default()
+    };
+    if served != Served::Service(Service::AccessPolicy) {
+        file.access_policy_endpoint = Some(mesh.access_policy.clone());
+    }
+    match served {
+        Served::Service(Service::Srs) => {
+            file.srs = SrsSection {
+                issuer_cert: Some(pki.ca_cert()),
+                issuer_key: Some(pki.ca_key()),
+                enrollment_token_file: Some(pki.enrollment_token()),
+                reencrypt_rate: None,
+            }
+        }
+        Served::SrsNode(index) => {
+            file.srs_node = SrsNodeSection {
+                setup_endpoint: Some(mesh.srs.clone()),
+                oprf_share_file: Some(crate::dealing::share_path(dealing_dir, index)),
+                reencrypt_rate: Some(crate::config::DEFAULT_REENCRYPT_RATE),
+            }
+        }
+        Served::Service(Service::CloudStorage) => {
+            let scope = match opts.dedup_scope {
+                sesphr_cloud_storage::DedupScope::Global => "global",
+                sesphr_cloud_storage::DedupScope::PerOwner => "per-owner",
+            };
+            file.cloud_storage.dedup_scope = Some(scope.to_owned());
+        }
+        Served::Service(Service::AccessPolicy) => {}
+    }
+    file
+}
+
+/// A directory an earlier `sesphrd` ran a single SRS in (kfrags in
+/// `DIR/srs`, no OPRF dealing) is not started as a split mesh: its grants
+/// would be unreadable and its content keys would change.
+fn refuse_single_srs_layout(dir: &Path) -> Result<(), ServeError> {
+    let old = dir.join(Service::Srs.as_str());
+    if !old.exists() || crate::dealing::load(&dev_dealing_dir(dir)).ok().flatten().is_some() {
+        return Ok(());
+    }
+    Err(ServeError::SingleSrsLayout(dir.to_owned()))
+}
+
+/// The whole mesh in one process, each service and node on its own mTLS
+/// port, talking to the others over real loopback mTLS connections.
+pub struct DevMesh {
+    pub mesh_file: PathBuf,
+    pub mesh: MeshFile,
+    pub pki: DevPki,
+    /// `DIR/serve/<name>.toml` of every service and node.
+    pub serve_files: Vec<(Served, PathBuf)>,
+    handles: Vec<ServiceHandle>,
+    stop: watch::Sender<bool>,
+}
+
+impl DevMesh {
+    /// Lays the mesh out ([`DevLayout::prepare`]) and starts every service
+    /// and node.
+    pub async fn start(opts: DevOptions) -> Result<Self, ServeError> {
+        let layout = DevLayout::prepare(&opts).await?;
+        let DevLayout {
+            dir,
+            mesh_file,
+            mesh,
+            pki,
+            serve_files,
+            listeners,
+            token,
+            dealing_dir,
+        } = layout;
         let (stop, stop_rx) = watch::channel(false);
         let mut handles = Vec::new();
         for (service, listener, addr) in listeners {
-            let name = service.as_str();
+            let name = service.name();
             let tls = TlsMaterial::load(&TlsFiles {
-                cert: pki.cert(name),
-                key: pki.key(name),
+                cert: pki.cert(&name),
+                key: pki.key(&name),
                 ca: pki.ca_cert(),
             })?;
-            let srs = if service == Service::Srs {
+            let srs = if service == Served::Service(Service::Srs) {
                 Some(SrsParams {
                     ca: pki.load_ca()?,
                     enrollment_token: token.clone(),
-                    reencrypt_rate: crate::config::DEFAULT_REENCRYPT_RATE,
                 })
             } else {
                 None
+            };
+            let node = match service {
+                Served::SrsNode(index) => Some(NodeParams {
+                    oprf_share: read_oprf_share(&crate::dealing::share_path(&dealing_dir, index))?,
+                    setup_endpoint: mesh.srs.clone(),
+                    reencrypt_rate: crate::config::DEFAULT_REENCRYPT_RATE,
+                }),
+                _ => None,
             };
             let params = ServiceParams {
                 service,
@@ -495,10 +828,11 @@ impl DevMesh {
                 listener,
                 health_listener: None,
                 tls,
-                data_dir: dir.join(name),
-                access_policy_endpoint: Some(policy_url.clone()),
+                data_dir: dir.join(&name),
+                access_policy_endpoint: Some(mesh.access_policy.clone()),
                 peer_timeout: Duration::from_millis(crate::config::DEFAULT_PEER_TIMEOUT_MS),
                 srs,
+                node,
                 max_record_bytes: crate::config::DEFAULT_MAX_RECORD_BYTES,
                 limits: opts.limits,
                 dedup_scope: opts.dedup_scope,
@@ -518,17 +852,24 @@ impl DevMesh {
             mesh_file,
             mesh,
             pki,
+            serve_files,
             handles,
             stop,
         })
     }
 
-    pub fn addr(&self, service: Service) -> SocketAddr {
+    pub fn addr(&self, service: impl Into<Served>) -> SocketAddr {
+        let service = service.into();
         self.handles
             .iter()
             .find(|h| h.service == service)
             .map(|h| h.addr)
             .expect("every service runs")
+    }
+
+    /// Every service and node that runs, in start order.
+    pub fn served(&self) -> Vec<Served> {
+        self.handles.iter().map(|h| h.service).collect()
     }
 
     /// TLS material of a service or `operator` identity of the dev PKI.
@@ -552,13 +893,10 @@ impl DevMesh {
             .identity_tls("operator")
             .map_err(|e| Status::internal(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + patience;
-        for (service, name) in [
-            (Service::CloudStorage, service_names::CLOUD_STORAGE),
-            (Service::Srs, service_names::SRS),
-            (Service::AccessPolicy, service_names::ACCESS_POLICY),
-        ] {
+        for service in self.served() {
+            let name = service.health_name();
             let url = format!("https://{}", self.addr(service));
-            let expected = Identity::service(&self.mesh.trust_domain, service);
+            let expected = service.identity(&self.mesh.trust_domain);
             let channel =
                 tls::channel(&url, tls.client_config(), &expected, Duration::from_secs(2))
                     .map_err(|e| Status::internal(e.to_string()))?;

@@ -1,6 +1,8 @@
-//! `sesphrd`: runs one SeSPHR service ([`daemon::run_service`]) or the whole
-//! mesh in one process for development and tests ([`daemon::DevMesh`]), from
-//! a TOML file with `SESPHR_*` overrides ([`config`]).
+//! `sesphrd`: runs one SeSPHR service or re-encryption node
+//! ([`daemon::run_service`]) or the whole mesh in one process for
+//! development and tests ([`daemon::DevMesh`]), from a TOML file with
+//! `SESPHR_*` overrides ([`config`]); deals the dedup OPRF key to the nodes
+//! ([`dealing`]).
 //!
 //! The services themselves live in `services/*` (domain logic, store and
 //! gRPC adapter each); this crate wires them to listeners, the mesh layers,
@@ -8,3 +10,5 @@
 
 pub mod config;
 pub mod daemon;
+pub mod dealing;
+pub mod migrate;

@@ -12,8 +12,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use sesphr_identity::Service;
-use sesphr_server::config::{Env, ServeConfig};
-use sesphr_server::daemon::{DEV_BASE_PORT, DevMesh, DevOptions, ServiceParams, run_service};
+use sesphr_server::config::{Env, ServeConfig, ServiceKind};
+use sesphr_server::daemon::{
+    DEV_BASE_PORT, DevLayout, DevMesh, DevOptions, ServiceParams, run_service,
+};
 use tracing_subscriber::EnvFilter;
 
 /// `EX_USAGE`: the configuration or command line is wrong.
@@ -39,20 +41,53 @@ enum LogFormat {
 enum Command {
     /// Run the whole mesh in one process on loopback, with a dev PKI.
     Dev {
-        /// Where the PKI, mesh.toml and the three sled databases live.
+        /// Where the PKI, mesh.toml, serve/ configs and the sled databases live.
         #[arg(long, env = "SESPHR_DATA_DIR")]
         data_dir: PathBuf,
-        /// CloudStorage port; the SRS uses +1 and AccessPolicy +2.
+        /// CloudStorage port; the SRS setup service uses +1, AccessPolicy
+        /// +2, re-encryption node i +2+i (0: free ports).
         #[arg(long, default_value_t = DEV_BASE_PORT)]
         base_port: u16,
         /// Trust domain of the generated identities.
         #[arg(long, default_value = sesphr_identity::DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
+        /// Re-encryption nodes (default: as first dealt, 3 for a new directory).
+        #[arg(long)]
+        srs_nodes: Option<u8>,
+        /// How many nodes a read needs (default: as first dealt, 2 for a new
+        /// directory, a majority when only --srs-nodes is given).
+        #[arg(long)]
+        threshold: Option<u8>,
+        /// Write the PKI, mesh.toml and DIR/serve/*.toml, then exit: run the
+        /// mesh as separate `sesphrd serve --config DIR/serve/<name>.toml`.
+        #[arg(long)]
+        configure_only: bool,
     },
-    /// Run one service from a TOML config (SESPHR_* variables override it).
+    /// Deal a new dedup OPRF key t-of-n to the re-encryption nodes: writes
+    /// OUT/srs-node-<i>.share (0600, one per node) and OUT/oprf-public.toml
+    /// (the public shares clients list in mesh.toml).
+    DealOprf {
+        #[arg(long)]
+        threshold: u8,
+        #[arg(long)]
+        nodes: u8,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Split a dev directory that ran a single SRS (an earlier sesphrd) into
+    /// the setup service and re-encryption node 1 (1-of-1), keeping every
+    /// record, grant and content key readable.
+    MigrateSrs {
+        #[arg(long, env = "SESPHR_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Run one service or re-encryption node from a TOML config (SESPHR_*
+    /// variables override it).
     Serve {
+        /// cloud-storage, srs, access-policy or srs-node (default: the
+        /// config's `service`).
         #[arg(long, value_parser = parse_service)]
-        service: Service,
+        service: Option<ServiceKind>,
         #[arg(long)]
         config: PathBuf,
         /// Only validate the configuration and the files it names, then exit.
@@ -61,9 +96,8 @@ enum Command {
     },
 }
 
-fn parse_service(s: &str) -> Result<Service, String> {
+fn parse_service(s: &str) -> Result<ServiceKind, String> {
     s.parse()
-        .map_err(|e: sesphr_identity::IdentityError| e.to_string())
 }
 
 fn init_logging(format: LogFormat) {
@@ -102,10 +136,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             data_dir,
             base_port,
             trust_domain,
+            srs_nodes,
+            threshold,
+            configure_only,
         } => {
             let mut opts = DevOptions::new(data_dir);
             opts.base_port = base_port;
             opts.trust_domain = trust_domain;
+            opts.srs_nodes = srs_nodes;
+            opts.threshold = threshold;
             // The same SESPHR_* limit, transport and dedup variables as `serve`.
             let mut errors = Vec::new();
             opts.limits =
@@ -127,6 +166,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 eprintln!("sesphrd: {}", sesphr_server::config::ConfigErrors(errors));
                 return Ok(ExitCode::from(EXIT_USAGE));
             }
+            if configure_only {
+                let layout = DevLayout::prepare(&opts).await?;
+                for (served, path) in &layout.serve_files {
+                    println!("{served}: sesphrd serve --config {}", path.display());
+                }
+                println!("mesh file: {}", layout.mesh_file.display());
+                return Ok(ExitCode::SUCCESS);
+            }
             let mesh = DevMesh::start(opts).await?;
             mesh.wait_ready(std::time::Duration::from_secs(30))
                 .await
@@ -138,9 +185,50 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             ] {
                 println!("{service} serving on {url}");
             }
+            for node in &mesh.mesh.srs_nodes {
+                println!("srs-node-{} serving on {}", node.index, node.url);
+            }
+            println!(
+                "re-encryption: any {} of {} nodes",
+                mesh.mesh.threshold,
+                mesh.mesh.srs_nodes.len()
+            );
             println!("mesh file: {}", mesh.mesh_file.display());
             shutdown_signal().await;
             mesh.shutdown().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DealOprf {
+            threshold,
+            nodes,
+            out,
+        } => {
+            let dealing = sesphr_server::dealing::deal(&out, threshold, nodes, None)?;
+            for share in &dealing.srs_nodes {
+                let index = sesphr_identity::NodeIndex::new(u32::from(share.index))?;
+                println!(
+                    "srs-node-{}: {}",
+                    share.index,
+                    sesphr_server::dealing::share_path(&out, index).display()
+                );
+            }
+            println!(
+                "public shares ({}-of-{}): {}",
+                dealing.threshold,
+                dealing.nodes(),
+                sesphr_server::dealing::public_path(&out).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::MigrateSrs { data_dir } => {
+            let done = sesphr_server::migrate::migrate_single_srs(&data_dir)?;
+            println!(
+                "{}: split into the setup service (srs/) and re-encryption node 1 \
+                 (srs-node-1/, {} kfrag set(s)), 1-of-1; start it with `sesphrd dev --data-dir {}`",
+                data_dir.display(),
+                done.kfrag_sets,
+                data_dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve {
@@ -157,13 +245,29 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             if check_config {
                 // Also load every file the config names.
-                sesphr_mesh::tls::TlsMaterial::load(&cfg.tls).context("tls")?;
+                let tls = sesphr_mesh::tls::TlsMaterial::load(&cfg.tls).context("tls")?;
+                let service = cfg.service;
+                if let Some(node) = &cfg.srs_node {
+                    let share = sesphr_server::daemon::read_oprf_share(&node.oprf_share_file)?;
+                    let id = tls.identity()?;
+                    match id.as_srs_node() {
+                        Some(i) if i.get() == share.index() => {}
+                        Some(i) => anyhow::bail!(
+                            "{}: share {} is not node {i}'s",
+                            node.oprf_share_file.display(),
+                            share.index()
+                        ),
+                        None => anyhow::bail!(
+                            "tls.cert names {id}, not a re-encryption node (service/srs-node/<i>)"
+                        ),
+                    }
+                }
                 println!("configuration of {service} is valid");
                 return Ok(ExitCode::SUCCESS);
             }
             sesphr_mesh::tls::install_crypto_provider();
             let params = ServiceParams::from_config(&cfg).await?;
-            tracing::info!(%service, listen = %cfg.listen, health = ?cfg.health_listen, trust_domain = %cfg.trust_domain, "starting");
+            tracing::info!(service = %params.service, listen = %cfg.listen, health = ?cfg.health_listen, trust_domain = %cfg.trust_domain, "starting");
             run_service(params, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -1,14 +1,18 @@
-//! `sesphr.v1.Srs` over [`crate::service::Srs`].
+//! `sesphr.v1.Srs` over [`crate::setup::Setup`] and `sesphr.v1.SrsNode`
+//! over [`crate::node::Node`].
 //!
 //! Each handler takes the typed caller the authorization layer put in the
 //! request, decodes the proto into domain types, delegates, and maps the
-//! answer back; the rules live in [`crate::service`]. AccessPolicy is
-//! reached through [`PolicyGate`].
+//! answer back; the rules live in [`crate::setup`] and [`crate::node`].
+//! AccessPolicy is reached through [`PolicyGate`], the setup service's
+//! directory through [`SetupDirectory`].
 
 use std::sync::Arc;
 
+use sesphr::proto::srs_node_server::SrsNode as SrsNodeRpc;
 use sesphr::proto::srs_server::Srs as SrsRpc;
 use sesphr::proto::{self, CheckAction};
+use sesphr_dedup::KeyShare;
 use sesphr_domain::DomainError;
 use sesphr_identity::{Caller, PartitionName, RecordId, UserId};
 use sesphr_mesh::auth;
@@ -19,14 +23,14 @@ use sesphr_mesh::transport::PeerInfo;
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
-use crate::service::{
-    AccessGate, AuditEvent, Decision, Enrollment, KfragFiling, ReEncryptSubject, ReEncryption, Srs,
-    SrsConfig,
-};
+pub use crate::directory::SetupDirectory;
+use crate::gate::{AccessGate, AuditEvent, Decision, ReEncryptSubject};
+use crate::node::{KfragFiling, Node, NodeConfig, ReEncryption};
+use crate::setup::{Enrollment, Setup, SetupConfig};
 use crate::{SrsStore, UserRecord};
 
-pub use crate::MAX_KFRAGS;
-pub use crate::service::{DEFAULT_CONTENT_KEY_RATE, MAX_CAPSULES, MAX_CSR_BYTES};
+pub use crate::node::{DEFAULT_CONTENT_KEY_RATE, MAX_CAPSULES};
+pub use crate::setup::MAX_CSR_BYTES;
 
 /// The SRS's [`AccessGate`]: AccessPolicy over the mesh.
 pub struct PolicyGate {
@@ -88,29 +92,47 @@ impl AccessGate for PolicyGate {
     }
 }
 
-/// The gRPC service.
-pub struct SrsService {
-    srs: Srs<SrsStore, PolicyGate>,
+/// The setup service's gRPC service (`sesphr.v1.Srs`).
+pub struct SetupService {
+    setup: Setup<SrsStore, PolicyGate>,
 }
 
-impl SrsService {
+impl SetupService {
     pub fn new(
         store: Arc<SrsStore>,
         ca: Arc<CertificateAuthority>,
         enrollment_token: Zeroizing<String>,
         policy: PolicyClient,
         trust_domain: String,
-        reencrypt_rate: f64,
-    ) -> Result<Self, DomainError> {
+    ) -> Self {
         let gate = PolicyGate::new(policy, trust_domain.clone());
-        let config = SrsConfig {
+        let config = SetupConfig {
             trust_domain,
             enrollment_token,
-            reencrypt_rate,
-            content_key_rate: DEFAULT_CONTENT_KEY_RATE,
         };
-        Ok(SrsService {
-            srs: Srs::new(store, gate, ca, config)?,
+        SetupService {
+            setup: Setup::new(store, gate, ca, config),
+        }
+    }
+}
+
+/// A re-encryption node's gRPC service (`sesphr.v1.SrsNode`).
+pub struct NodeService {
+    node: Node<SrsStore, PolicyGate, SetupDirectory>,
+}
+
+impl NodeService {
+    pub fn new(
+        store: Arc<SrsStore>,
+        policy: PolicyClient,
+        directory: SetupDirectory,
+        oprf_share: KeyShare,
+        trust_domain: String,
+        config: NodeConfig,
+    ) -> Result<Self, DomainError> {
+        let gate = PolicyGate::new(policy, trust_domain);
+        Ok(NodeService {
+            node: Node::new(store, gate, directory, oprf_share, config)?,
         })
     }
 }
@@ -137,7 +159,7 @@ fn parse<T>(parsed: Result<T, sesphr_identity::IdentityError>) -> Result<T, Stat
 }
 
 #[tonic::async_trait]
-impl SrsRpc for SrsService {
+impl SrsRpc for SetupService {
     async fn enroll(
         &self,
         req: Request<proto::EnrollRequest>,
@@ -160,7 +182,7 @@ impl SrsRpc for SrsService {
             csr_der: r.csr_der,
         };
         let enrolled = self
-            .srs
+            .setup
             .enroll(&caller, remote_ip, request)
             .await
             .map_err(IntoStatus::into_status)?;
@@ -178,17 +200,20 @@ impl SrsRpc for SrsService {
         let caller = auth::caller(&req)?;
         let user_id = parse(UserId::parse(req.into_inner().user_id))?;
         let user = self
-            .srs
+            .setup
             .get_user(&caller, &user_id)
             .await
             .map_err(IntoStatus::into_status)?;
         Ok(Response::new(user_to_proto(user)))
     }
+}
 
-    async fn put_kfrags(
+#[tonic::async_trait]
+impl SrsNodeRpc for NodeService {
+    async fn put_kfrag(
         &self,
-        req: Request<proto::PutKfragsRequest>,
-    ) -> Result<Response<proto::PutKfragsResponse>, Status> {
+        req: Request<proto::PutKfragRequest>,
+    ) -> Result<Response<proto::PutKfragResponse>, Status> {
         let caller = auth::caller(&req)?;
         let r = req.into_inner();
         let filing = KfragFiling {
@@ -196,14 +221,13 @@ impl SrsRpc for SrsService {
             grantee_id: parse(UserId::parse(r.grantee_id))?,
             epoch: r.epoch,
             delegating_public_key: r.delegating_public_key,
-            kfrags: r.kfrags,
+            kfrag: r.kfrag,
         };
-        let stored = self
-            .srs
-            .put_kfrags(&caller, filing)
+        self.node
+            .put_kfrag(&caller, filing)
             .await
             .map_err(IntoStatus::into_status)?;
-        Ok(Response::new(proto::PutKfragsResponse { stored }))
+        Ok(Response::new(proto::PutKfragResponse {}))
     }
 
     async fn delete_kfrags(
@@ -215,7 +239,7 @@ impl SrsRpc for SrsService {
         let partition = parse(PartitionName::parse(r.partition))?;
         let grantee_id = parse(UserId::parse(r.grantee_id))?;
         let removed = self
-            .srs
+            .node
             .delete_kfrags(&caller, &partition, &grantee_id, r.epoch)
             .await
             .map_err(IntoStatus::into_status)?;
@@ -231,7 +255,7 @@ impl SrsRpc for SrsService {
         let caller = auth::caller(&req)?;
         // Admission first: the allowance is spent before the request is read.
         let permit = self
-            .srs
+            .node
             .admit_reencryption(&caller)
             .map_err(IntoStatus::into_status)?;
         let r = req.into_inner();
@@ -246,18 +270,13 @@ impl SrsRpc for SrsService {
             capsules: r.capsules,
         };
         let done = self
-            .srs
+            .node
             .re_encrypt(permit, request)
             .await
             .map_err(IntoStatus::into_status)?;
         Ok(Response::new(proto::ReEncryptResponse {
-            results: done
-                .cfrags
-                .into_iter()
-                .map(|cfrags| proto::CapsuleFrags { cfrags })
-                .collect(),
+            cfrags: done.cfrags,
             delegating_public_key: done.delegating_public_key,
-            shares: done.shares,
         }))
     }
 
@@ -267,13 +286,13 @@ impl SrsRpc for SrsService {
     ) -> Result<Response<proto::EvaluateContentKeyResponse>, Status> {
         let caller = auth::caller(&req)?;
         let blinded = req.into_inner().blinded_element;
-        let evaluated_element = self
-            .srs
+        let share_evaluation = self
+            .node
             .evaluate_content_key(&caller, &blinded)
             .await
             .map_err(IntoStatus::into_status)?;
         Ok(Response::new(proto::EvaluateContentKeyResponse {
-            evaluated_element,
+            share_evaluation,
         }))
     }
 }

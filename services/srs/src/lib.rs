@@ -1,19 +1,24 @@
-//! SRS (Setup and Re-encryption Server) domain logic: the directory of
-//! enrolled users and the stored re-encryption key fragments, persisted in
-//! sled, plus a per-identity rate limiter.
+//! The SRS (Setup and Re-encryption Server), split so that no single
+//! server can re-encrypt: the **setup service** ([`setup`]: enrolment, the
+//! CA, the one user directory) and **n re-encryption nodes** ([`node`]:
+//! each holds share `i` of every grant's kfrags and of the dedup OPRF key,
+//! in a store of its own). Nodes learn users' registered keys from the
+//! setup service ([`directory`]); both ask AccessPolicy and audit through
+//! [`gate`]. The gRPC adapters in [`grpc`] only decode, delegate and map
+//! errors.
 //!
-//! The rules of every RPC (who may ask, what is verified, what is audited)
-//! live in [`service`], over the [`Store`] trait and an access gate; the
-//! gRPC adapter in [`grpc`] only decodes, delegates and maps errors.
-//!
-//! Keys, certificates and kfrags are opaque bytes to the store; [`service`]
-//! does the cryptography and the CA signing. The SRS never holds a secret key:
-//! users generate theirs client-side and register only public keys, and a
-//! kfrag set alone cannot decrypt anything.
+//! Keys, certificates and kfrags are opaque bytes to the store; the rules
+//! modules do the cryptography and the CA signing. Nothing here holds a
+//! user's secret key: users generate theirs client-side and register only
+//! public keys, and a kfrag share alone cannot decrypt anything.
 //!
 //! Every write returns only after `Db::flush`, i.e. once it is durable.
 //!
 //! # Storage layout (sled trees)
+//!
+//! The setup service uses `users`; a node uses `kfrags` (one kfrag per set:
+//! its own share). One store type serves both, so a single-node SRS's
+//! database can be split by `sesphrd migrate-srs`.
 //!
 //! | tree | key | value |
 //! |---|---|---|
@@ -24,9 +29,12 @@
 //! 0x00` is an exact prefix: revoking all epochs of one grant is one scan.
 
 mod codec;
+pub mod directory;
+pub mod gate;
 pub mod grpc;
 pub mod kfrag_cache;
-pub mod service;
+pub mod node;
+pub mod setup;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -188,6 +196,28 @@ impl SrsStore {
             kfrags,
             users_count,
         })
+    }
+
+    /// Every stored kfrag set with its (owner, partition, grantee, epoch),
+    /// for moving a single-node SRS's sets to node 1 (`sesphrd migrate-srs`).
+    pub fn kfrag_sets(&self) -> Result<Vec<(String, String, String, u32, KfragSet)>, DomainError> {
+        let mut out = Vec::new();
+        for item in self.kfrags.iter() {
+            let (k, v) = item?;
+            let bad = || DomainError::Corrupt("a kfrag key does not parse".into());
+            let (names, epoch) = k.split_at(k.len().checked_sub(4).ok_or_else(bad)?);
+            let epoch = u32::from_be_bytes(epoch.try_into().map_err(|_| bad())?);
+            let names = std::str::from_utf8(names).map_err(|_| bad())?;
+            let mut parts = names.split('\0');
+            let (Some(o), Some(p), Some(g), Some(""), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(bad());
+            };
+            let set = codec::decode_kfrags(names, &v)?;
+            out.push((o.to_owned(), p.to_owned(), g.to_owned(), epoch, set));
+        }
+        Ok(out)
     }
 }
 
@@ -354,3 +384,5 @@ fn epoch_of(key: &[u8], prefix_len: usize) -> Result<u32, DomainError> {
 mod store_conformance;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_rules;

@@ -1,0 +1,87 @@
+//! `sesphrd migrate-srs`: turns a dev directory an earlier `sesphrd` ran a
+//! single SRS in into a 1-of-1 split mesh, keeping every record, grant and
+//! content key readable.
+//!
+//! The single SRS kept the user directory, every kfrag set and the dedup
+//! OPRF key in `DIR/srs`. Afterwards `DIR/srs` is the setup service's store
+//! (users only), `DIR/srs-node-1` holds the kfrag sets, and the OPRF key is
+//! dealt 1-of-1 to node 1, which makes node 1's share the old key itself, so
+//! deduplicated blobs keep their content keys. Grants stay 1-of-1 until the
+//! owner re-grants on a larger mesh (docs/design.md).
+
+use std::path::{Path, PathBuf};
+
+use sesphr_srs::{SrsStore, Store};
+
+use crate::daemon::dev_dealing_dir;
+
+/// The derivation info and secret name the single SRS derived its OPRF key
+/// with (kept here: only a migration still needs them).
+const SINGLE_SRS_OPRF_KEY_INFO: &[u8] = b"SeSPHR dedup content keys";
+const SINGLE_SRS_OPRF_SEED_SECRET: &str = "dedup-oprf-seed";
+
+/// A migration that could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("{0} holds no single-SRS mesh (no srs/ directory)")]
+    NothingToMigrate(PathBuf),
+    #[error("{0} is already split into setup and re-encryption nodes")]
+    AlreadySplit(PathBuf),
+    #[error("{path}: {message}")]
+    Store { path: PathBuf, message: String },
+    #[error(transparent)]
+    Dealing(#[from] crate::dealing::DealingError),
+}
+
+/// What a migration moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    pub kfrag_sets: usize,
+}
+
+/// Splits the single SRS in `dir` (see the module doc). Idempotent in
+/// effect: kfrag sets are copied, made durable, and only then removed from
+/// the old store; the dealing is written last of all.
+pub fn migrate_single_srs(dir: &Path) -> Result<Migrated, MigrateError> {
+    let old_dir = dir.join("srs");
+    if !old_dir.exists() {
+        return Err(MigrateError::NothingToMigrate(dir.to_owned()));
+    }
+    let dealing_dir = dev_dealing_dir(dir);
+    if crate::dealing::load(&dealing_dir)?.is_some() {
+        return Err(MigrateError::AlreadySplit(dir.to_owned()));
+    }
+    let store_err = |path: &Path| {
+        let path = path.to_owned();
+        move |e: sesphr_srs::DomainError| MigrateError::Store {
+            path: path.clone(),
+            message: e.to_string(),
+        }
+    };
+    let old = SrsStore::open(&old_dir).map_err(store_err(&old_dir))?;
+    let seed = old
+        .service_secret(SINGLE_SRS_OPRF_SEED_SECRET)
+        .map_err(store_err(&old_dir))?;
+    let key = sesphr_dedup::ServerKey::derive(&seed, SINGLE_SRS_OPRF_KEY_INFO).map_err(|e| {
+        MigrateError::Store {
+            path: old_dir.clone(),
+            message: format!("the OPRF key cannot be derived: {e}"),
+        }
+    })?;
+    let node_dir = dir.join("srs-node-1");
+    let node = SrsStore::open(&node_dir).map_err(store_err(&node_dir))?;
+    let sets = old.kfrag_sets().map_err(store_err(&old_dir))?;
+    for (owner, partition, grantee, epoch, set) in &sets {
+        // Every put is flushed before it returns.
+        node.put_kfrags(owner, partition, *epoch, grantee, set.clone())
+            .map_err(store_err(&node_dir))?;
+    }
+    for (owner, partition, grantee, epoch, _) in &sets {
+        old.delete_kfrags(owner, partition, grantee, Some(*epoch))
+            .map_err(store_err(&old_dir))?;
+    }
+    crate::dealing::deal(&dealing_dir, 1, 1, Some(&key))?;
+    Ok(Migrated {
+        kfrag_sets: sets.len(),
+    })
+}

@@ -1,0 +1,886 @@
+//! The setup service's and the nodes' rules, driven without tonic: real
+//! sled stores (one per service and node), a real CA, real PRE keys, a
+//! dealt OPRF key, an access gate that decides from a grant table, and the
+//! setup service itself as the nodes' directory.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sesphr::rpc::Rpc;
+use sesphr_crypto as crypto;
+use sesphr_identity::{Caller, Identity, NodeIndex, PartitionName, Role, Service, UserId};
+use sesphr_mesh::pki::CertificateAuthority;
+use zeroize::Zeroizing;
+
+use crate::directory::{Directory, DirectoryEntry};
+use crate::gate::{AccessGate, AuditEvent, Decision, Outcome, ReEncryptSubject};
+use crate::node::{KfragFiling, Node, NodeConfig, ReEncryption};
+use crate::setup::{
+    AuditedLookups, Enrollment, LOOKUP_AUDIT_WINDOW_SECS, MAX_CSR_BYTES, MAX_REMEMBERED_LOOKUPS,
+    Setup,
+    SetupConfig,
+};
+use crate::{DomainError, KfragSet, SrsStore, Store};
+
+const TD: &str = "sesphr.test";
+const TOKEN: &str = "correct horse battery staple";
+const T0: i64 = 1_700_000_000;
+
+/// One audit entry, as the gate received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Audited {
+    subject: String,
+    rpc: Rpc,
+    owner_id: String,
+    partition: String,
+    outcome: Outcome,
+    detail: String,
+}
+
+/// AccessPolicy reduced to its table: a re-encryption is allowed exactly
+/// when (owner, partition, grantee) was granted. `down` makes it
+/// unreachable, as a partitioned network would.
+#[derive(Clone, Default)]
+struct TableGate {
+    grants: Arc<Mutex<HashSet<(String, String, String)>>>,
+    down: Arc<AtomicBool>,
+    audits: Arc<Mutex<Vec<Audited>>>,
+}
+
+impl TableGate {
+    fn grant(&self, owner: &str, partition: &str, grantee: &str) {
+        self.grants
+            .lock()
+            .unwrap()
+            .insert((owner.into(), partition.into(), grantee.into()));
+    }
+
+    fn audits(&self) -> Vec<Audited> {
+        self.audits.lock().unwrap().clone()
+    }
+
+    fn audits_of(&self, rpc: Rpc) -> Vec<Audited> {
+        self.audits().into_iter().filter(|a| a.rpc == rpc).collect()
+    }
+}
+
+impl AccessGate for TableGate {
+    async fn may_reencrypt(
+        &self,
+        grantee: &Caller,
+        s: ReEncryptSubject<'_>,
+    ) -> Result<Decision, DomainError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(DomainError::Unavailable(
+                "access policy could not be asked; refusing access".into(),
+            ));
+        }
+        let Some((_, id)) = grantee.as_user() else {
+            return Err(DomainError::NotEntitled(format!("{grantee} is not a user")));
+        };
+        let key = (
+            s.owner_id.to_string(),
+            s.partition.to_string(),
+            id.to_string(),
+        );
+        let allowed = self.grants.lock().unwrap().contains(&key);
+        Ok(Decision {
+            allowed,
+            reason: if allowed {
+                String::new()
+            } else {
+                "no grant".into()
+            },
+        })
+    }
+
+    async fn audit(&self, e: AuditEvent<'_>) {
+        self.audits.lock().unwrap().push(Audited {
+            subject: e.subject.into(),
+            rpc: e.rpc,
+            owner_id: e.owner_id.into(),
+            partition: e.partition.into(),
+            outcome: e.outcome,
+            detail: e.detail.into(),
+        });
+    }
+}
+
+/// A user's client-side keys.
+struct Keys {
+    master: crypto::MasterSecret,
+    pre: crypto::SecretKey,
+}
+
+impl Keys {
+    fn new() -> Self {
+        let mut rng = rand::rng();
+        Keys {
+            master: crypto::MasterSecret::generate(&mut rng),
+            pre: crypto::SecretKey::generate(&mut rng),
+        }
+    }
+
+    fn enrollment(&self, token: &str, user_id: &str, role: Role) -> Enrollment {
+        Enrollment {
+            token: Zeroizing::new(token.into()),
+            user_id: user_id.into(),
+            role: Some(role),
+            pre_public_key: self.pre.public_key().to_bytes().to_vec(),
+            verifying_key: self
+                .master
+                .signing_key()
+                .verifying_key()
+                .to_bytes()
+                .to_vec(),
+            csr_der: sesphr_mesh::pki::make_csr().unwrap().0,
+        }
+    }
+}
+
+/// The setup service as the nodes' directory, in process. `down` makes it
+/// unreachable.
+#[derive(Clone)]
+struct LocalDirectory {
+    setup: Arc<Setup<SrsStore, TableGate>>,
+    down: Arc<AtomicBool>,
+}
+
+impl Directory for LocalDirectory {
+    async fn user(&self, user_id: &UserId) -> Result<DirectoryEntry, DomainError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(DomainError::Unavailable("setup service down".into()));
+        }
+        let u = self
+            .setup
+            .get_user(&Caller::SrsNode(NodeIndex::new(1).unwrap()), user_id)
+            .await?;
+        Ok(DirectoryEntry {
+            role: u.role,
+            pre_public_key: u.pre_public_key,
+            verifying_key: u.verifying_key,
+        })
+    }
+}
+
+const THRESHOLD: usize = 2;
+const NODES: usize = 3;
+
+struct World {
+    _dirs: Vec<tempfile::TempDir>,
+    setup: Arc<Setup<SrsStore, TableGate>>,
+    setup_store: Arc<SrsStore>,
+    /// Nodes 1..=3 (index i at position i - 1), each with its own store.
+    nodes: Vec<Node<SrsStore, TableGate, LocalDirectory>>,
+    node_stores: Vec<Arc<SrsStore>>,
+    directory_down: Arc<AtomicBool>,
+    oprf_key: sesphr_dedup::ServerKey,
+    gate: TableGate,
+}
+
+fn world() -> World {
+    let mut dirs = Vec::new();
+    let mut store = || {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SrsStore::open(dir.path()).unwrap());
+        dirs.push(dir);
+        store
+    };
+    let setup_store = store();
+    let (ca, _) = CertificateAuthority::generate(TD).unwrap();
+    let gate = TableGate::default();
+    let config = SetupConfig {
+        trust_domain: TD.into(),
+        enrollment_token: Zeroizing::new(TOKEN.into()),
+    };
+    let setup = Arc::new(Setup::new(
+        setup_store.clone(),
+        gate.clone(),
+        Arc::new(ca),
+        config,
+    ));
+    let directory_down = Arc::new(AtomicBool::new(false));
+    let oprf_key = sesphr_dedup::ServerKey::random(&mut rand::rng());
+    let shares =
+        sesphr_dedup::deal(&mut rand::rng(), &oprf_key, THRESHOLD as u8, NODES as u8).unwrap();
+    let mut nodes = Vec::new();
+    let mut node_stores = Vec::new();
+    for share in shares {
+        let s = store();
+        let directory = LocalDirectory {
+            setup: setup.clone(),
+            down: directory_down.clone(),
+        };
+        let config = NodeConfig {
+            index: NodeIndex::new(u32::from(share.index())).unwrap(),
+            reencrypt_rate: 1.0,
+            content_key_rate: 1.0,
+        };
+        nodes.push(Node::new(s.clone(), gate.clone(), directory, share, config).unwrap());
+        node_stores.push(s);
+    }
+    World {
+        _dirs: dirs,
+        setup,
+        setup_store,
+        nodes,
+        node_stores,
+        directory_down,
+        oprf_key,
+        gate,
+    }
+}
+
+fn uid(s: &str) -> UserId {
+    UserId::parse(s).unwrap()
+}
+
+fn patient(id: &str) -> Caller {
+    Caller::Patient(uid(id))
+}
+
+fn doctor(id: &str) -> Caller {
+    Caller::Practitioner {
+        role: Role::Doctor,
+        id: uid(id),
+    }
+}
+
+fn medical() -> PartitionName {
+    PartitionName::parse("medical").unwrap()
+}
+
+impl World {
+    async fn enroll(&self, id: &str, role: Role) -> Keys {
+        let keys = Keys::new();
+        self.setup
+            .enroll(&Caller::Anonymous, None, keys.enrollment(TOKEN, id, role))
+            .await
+            .unwrap();
+        keys
+    }
+
+    fn node(&self, i: usize) -> &Node<SrsStore, TableGate, LocalDirectory> {
+        &self.nodes[i - 1]
+    }
+
+    /// `owner`'s kfrag shares for `grantee` on medical@`epoch`, as a client
+    /// makes them: share `i` for node `i` (position `i - 1`).
+    fn filings(&self, owner: &Keys, grantee: &Keys, grantee_id: &str, epoch: u32) -> Vec<KfragFiling> {
+        self.filings_as(owner, "alice", grantee, grantee_id, epoch)
+    }
+
+    fn filings_as(
+        &self,
+        owner: &Keys,
+        owner_id: &str,
+        grantee: &Keys,
+        grantee_id: &str,
+        epoch: u32,
+    ) -> Vec<KfragFiling> {
+        let (sk, pk) = owner.master.partition_keys("medical", epoch).unwrap();
+        let context = crypto::grant_context(owner_id, "medical", epoch, grantee_id);
+        let kfrags = crypto::generate_node_kfrags(
+            &mut rand::rng(),
+            &sk,
+            &grantee.pre.public_key(),
+            &owner.master.signing_key(),
+            THRESHOLD,
+            NODES,
+            &context,
+        )
+        .unwrap();
+        kfrags
+            .iter()
+            .map(|k| KfragFiling {
+                partition: medical(),
+                grantee_id: uid(grantee_id),
+                epoch,
+                delegating_public_key: pk.to_bytes().to_vec(),
+                kfrag: k.to_bytes().to_vec(),
+            })
+            .collect()
+    }
+
+    /// Node 1's share of alice's grant to `grantee_id`.
+    fn filing(&self, owner: &Keys, grantee: &Keys, grantee_id: &str, epoch: u32) -> KfragFiling {
+        self.filings(owner, grantee, grantee_id, epoch).remove(0)
+    }
+}
+
+#[tokio::test]
+async fn enrolment_needs_the_exact_token_and_every_attempt_is_audited() {
+    let w = world();
+    let keys = Keys::new();
+    let ip: IpAddr = "192.0.2.7".parse().unwrap();
+    let near_misses = ["", "guess", &TOKEN[..TOKEN.len() - 1], &format!("{TOKEN} ")];
+    for token in near_misses {
+        let e = w
+            .setup
+            .enroll(
+                &Caller::Anonymous,
+                Some(ip),
+                keys.enrollment(token, "zed", Role::Patient),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, DomainError::BadCredentials(m) if m == "enrollment token is not valid"),
+            "{token:?}: {e:?}"
+        );
+    }
+    assert_eq!(w.setup_store.user("zed").unwrap(), None);
+    let denied = w.gate.audits_of(Rpc::Enroll);
+    assert_eq!(denied.len(), near_misses.len());
+    assert!(denied.iter().all(|a| a.outcome == Outcome::Denied
+        && a.subject == "anonymous@192.0.2.7"
+        && a.owner_id == "zed"
+        && a.detail == "enrollment token is not valid"));
+
+    let ok = w
+        .setup
+        .enroll(
+            &Caller::Anonymous,
+            Some(ip),
+            keys.enrollment(TOKEN, "zed", Role::Patient),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ok.identity,
+        Identity::user(TD, Role::Patient, "zed").unwrap()
+    );
+    assert!(ok.certificate_pem.contains("BEGIN CERTIFICATE"));
+    let stored = w.setup_store.user("zed").unwrap().unwrap();
+    assert_eq!(stored.pre_public_key, keys.pre.public_key().to_bytes());
+    assert!(!stored.certificate_der.is_empty());
+    let last = w.gate.audits_of(Rpc::Enroll).pop().unwrap();
+    assert_eq!(last.outcome, Outcome::Ok);
+    assert_eq!(last.detail, format!("enrolled as {}", ok.identity));
+
+    // Taken for good, under any role; a bad id is audited about nobody.
+    let e = w
+        .setup
+        .enroll(
+            &patient("alice"),
+            None,
+            keys.enrollment(TOKEN, "zed", Role::Doctor),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DomainError::Exists(_)), "{e:?}");
+    let e = w
+        .setup
+        .enroll(
+            &Caller::Anonymous,
+            None,
+            keys.enrollment(TOKEN, "Zed", Role::Doctor),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DomainError::BadName(_)), "{e:?}");
+    let audits = w.gate.audits_of(Rpc::Enroll);
+    let [.., taken, bad] = audits.as_slice() else {
+        panic!("{audits:?}")
+    };
+    assert_eq!(
+        (taken.subject.as_str(), taken.outcome),
+        ("patient/alice", Outcome::Denied)
+    );
+    assert_eq!(
+        (bad.subject.as_str(), bad.owner_id.as_str()),
+        ("anonymous", "")
+    );
+}
+
+#[tokio::test]
+async fn enrolment_checks_role_keys_and_csr() {
+    let w = world();
+    let keys = Keys::new();
+    let mut cases: Vec<(Enrollment, &str)> = Vec::new();
+    let mut r = keys.enrollment(TOKEN, "zed", Role::Patient);
+    r.role = None;
+    cases.push((r, "role must be set"));
+    let mut r = keys.enrollment(TOKEN, "zed", Role::Patient);
+    r.pre_public_key = vec![5; 33];
+    cases.push((r, "pre_public_key is not a valid"));
+    let mut r = keys.enrollment(TOKEN, "zed", Role::Patient);
+    r.verifying_key = vec![9; 5];
+    cases.push((r, "verifying_key is not a valid"));
+    let mut r = keys.enrollment(TOKEN, "zed", Role::Patient);
+    r.csr_der = vec![0x30; MAX_CSR_BYTES + 1];
+    cases.push((r, "csr_der must be 1 to"));
+    let mut r = keys.enrollment(TOKEN, "zed", Role::Patient);
+    r.csr_der = vec![0x30, 0x82, 0xff, 0xff, 1, 2, 3];
+    cases.push((r, "certificate signing request rejected"));
+    for (request, want) in cases {
+        let e = w
+            .setup
+            .enroll(&Caller::Anonymous, None, request)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, DomainError::Malformed(m) if m.contains(want)),
+            "{want}: {e:?}"
+        );
+    }
+    assert_eq!(w.setup_store.users_count().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn reencrypt_allowance_is_per_identity_and_refills() {
+    let w = world();
+    let t = Instant::now();
+    // Rate 1/s, burst 4.
+    for _ in 0..4 {
+        w.node(1).admit_reencryption_at(&doctor("bob"), t).unwrap();
+    }
+    let e = w
+        .node(1)
+        .admit_reencryption_at(&doctor("bob"), t)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&e, DomainError::UsedUp(m) if m == "re-encryption rate limit reached for practitioner/doctor/bob; retry shortly"),
+        "{e:?}"
+    );
+    // Another identity has its own allowance; time refills it.
+    w.node(1).admit_reencryption_at(&patient("carol"), t).unwrap();
+    w.node(1)
+        .admit_reencryption_at(&doctor("bob"), t + Duration::from_secs(2))
+        .unwrap();
+    // Services and operators never re-encrypt.
+    for who in [
+        Caller::Service(Service::CloudStorage),
+        Caller::Operator(uid("ops")),
+    ] {
+        let e = w.node(1).admit_reencryption_at(&who, t).err().unwrap();
+        assert!(
+            matches!(&e, DomainError::NotEntitled(m) if m.ends_with("is not a patient or practitioner")),
+            "{e:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn lookups_of_others_are_audited_once_an_hour() {
+    let w = world();
+    w.enroll("alice", Role::Patient).await;
+    let found = w
+        .setup
+        .get_user_at(&doctor("bob"), &uid("alice"), T0)
+        .await
+        .unwrap();
+    assert_eq!(found.user_id, "alice");
+    w.setup
+        .get_user_at(&doctor("bob"), &uid("alice"), T0 + 10)
+        .await
+        .unwrap();
+    w.setup
+        .get_user_at(
+            &doctor("bob"),
+            &uid("alice"),
+            T0 + LOOKUP_AUDIT_WINDOW_SECS - 1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.gate.audits_of(Rpc::GetUser).len(), 1);
+    w.setup
+        .get_user_at(&doctor("bob"), &uid("alice"), T0 + LOOKUP_AUDIT_WINDOW_SECS)
+        .await
+        .unwrap();
+    assert_eq!(w.gate.audits_of(Rpc::GetUser).len(), 2);
+    // Self-lookups and services are not audited; another looker is.
+    w.setup
+        .get_user_at(&patient("alice"), &uid("alice"), T0)
+        .await
+        .unwrap();
+    w.setup
+        .get_user_at(&Caller::Service(Service::CloudStorage), &uid("alice"), T0)
+        .await
+        .unwrap();
+    assert_eq!(w.gate.audits_of(Rpc::GetUser).len(), 2);
+    let e = w
+        .setup
+        .get_user_at(&patient("carol"), &uid("ghost"), T0)
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, DomainError::Unknown(m) if m == "no enrolled user ghost"));
+    let audits = w.gate.audits_of(Rpc::GetUser);
+    let expected = Audited {
+        subject: "patient/carol".into(),
+        rpc: Rpc::GetUser,
+        owner_id: "ghost".into(),
+        partition: String::new(),
+        outcome: Outcome::Probe,
+        detail: "not enrolled".into(),
+    };
+    assert_eq!(audits.last(), Some(&expected));
+    assert_eq!(audits[0].detail, "found");
+}
+
+#[test]
+fn the_lookup_memory_is_bounded_and_never_forgets_a_fresh_entry() {
+    let seen = AuditedLookups::new();
+    for i in 0..MAX_REMEMBERED_LOOKUPS {
+        assert!(seen.due(&format!("c{i}"), "alice", T0));
+    }
+    // Full of fresh entries: the next pair is audited every time.
+    assert!(seen.due("late", "alice", T0));
+    assert!(seen.due("late", "alice", T0 + 1));
+    assert!(!seen.due("c0", "alice", T0 + 1));
+    // Once the old entries age out, room is made and the window applies.
+    let later = T0 + LOOKUP_AUDIT_WINDOW_SECS;
+    assert!(seen.due("late", "alice", later));
+    assert!(!seen.due("late", "alice", later + 1));
+}
+
+#[tokio::test]
+async fn only_the_owner_files_and_revokes_its_kfrags() {
+    let w = world();
+    let alice = w.enroll("alice", Role::Patient).await;
+    let bob = w.enroll("bob", Role::Doctor).await;
+    let mallory = w.enroll("mallory", Role::Patient).await;
+    let node = w.node(1);
+
+    // Not a patient: no kfrags of its own to file.
+    let e = node
+        .put_kfrag(&doctor("bob"), w.filing(&bob, &alice, "alice", 0))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DomainError::NotEntitled(_)), "{e:?}");
+    // Alice's share replayed by mallory is bound to alice's grant, and
+    // made again under mallory's name it carries alice's signature.
+    let e = node
+        .put_kfrag(&patient("mallory"), w.filing(&alice, &bob, "bob", 0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, DomainError::Malformed(m) if m.contains("is not node 1's share")),
+        "{e:?}"
+    );
+    let forged = w.filings_as(&alice, "mallory", &bob, "bob", 0).remove(0);
+    let e = node
+        .put_kfrag(&patient("mallory"), forged)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, DomainError::Malformed(m) if m.contains("does not verify")),
+        "{e:?}"
+    );
+    // A share made for bob, filed for mallory as grantee.
+    let misfiled = w.filings_as(&alice, "alice", &bob, "mallory", 0).remove(0);
+    let e = node
+        .put_kfrag(&patient("alice"), misfiled)
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, DomainError::Malformed(m) if m.contains("kfrag does not verify")));
+    let e = node
+        .put_kfrag(&patient("alice"), w.filing(&alice, &alice, "alice", 0))
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, DomainError::Malformed(m) if m == "an owner needs no kfrags for itself"));
+    let mut none = w.filing(&alice, &bob, "bob", 0);
+    none.kfrag.clear();
+    let e = node.put_kfrag(&patient("alice"), none).await.unwrap_err();
+    assert!(matches!(&e, DomainError::Malformed(m) if m == "kfrag must be 1 to 4096 bytes"));
+    let ghost = w.filings_as(&alice, "alice", &bob, "ghost", 0).remove(0);
+    let e = node.put_kfrag(&patient("alice"), ghost).await.unwrap_err();
+    assert!(matches!(&e, DomainError::Unknown(m) if m == "no enrolled user ghost"));
+    // Node 2's share sent to node 1, and node 1's share to node 3.
+    let shares = w.filings(&alice, &bob, "bob", 0);
+    for (share, node) in [(1, 1), (0, 3)] {
+        let filing = w.filings(&alice, &bob, "bob", 0).remove(share);
+        let e = w
+            .node(node)
+            .put_kfrag(&patient("alice"), filing)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, DomainError::Malformed(m) if m.contains(&format!("is not node {node}'s share"))),
+            "{e:?}"
+        );
+    }
+    // The setup service unreachable and the owner unknown to the node: no
+    // signature can be checked, so nothing is stored.
+    w.directory_down.store(true, Ordering::SeqCst);
+    let e = node
+        .put_kfrag(&patient("alice"), w.filing(&alice, &bob, "bob", 0))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DomainError::Unavailable(_)), "{e:?}");
+    w.directory_down.store(false, Ordering::SeqCst);
+    assert!(
+        w.gate.audits_of(Rpc::PutKfrag).is_empty(),
+        "refusals change nothing"
+    );
+
+    for (i, filing) in shares.into_iter().enumerate() {
+        w.node(i + 1)
+            .put_kfrag(&patient("alice"), filing)
+            .await
+            .unwrap();
+    }
+    let audits = w.gate.audits_of(Rpc::PutKfrag);
+    assert_eq!(audits.len(), 3);
+    let audit = &audits[0];
+    assert_eq!(
+        (
+            audit.subject.as_str(),
+            audit.owner_id.as_str(),
+            audit.partition.as_str()
+        ),
+        ("patient/alice", "alice", "medical")
+    );
+    assert_eq!(audit.detail, "node 1 kfrag for bob epoch 0");
+    for store in &w.node_stores {
+        let set = store.kfrags("alice", "medical", 0, "bob").unwrap().unwrap();
+        assert_eq!(set.kfrags.len(), 1, "each node keeps its one share");
+    }
+    assert_ne!(
+        w.node_stores[0].kfrags("alice", "medical", 0, "bob").unwrap(),
+        w.node_stores[1].kfrags("alice", "medical", 0, "bob").unwrap()
+    );
+
+    // Mallory revoking "bob" reaches only mallory's own (none).
+    let removed = node
+        .delete_kfrags(&patient("mallory"), &medical(), &uid("bob"), None)
+        .await
+        .unwrap();
+    assert_eq!(removed, 0);
+    assert!(
+        w.node_stores[0]
+            .kfrags("alice", "medical", 0, "bob")
+            .unwrap()
+            .is_some()
+    );
+    let e = node
+        .delete_kfrags(&doctor("bob"), &medical(), &uid("bob"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DomainError::NotEntitled(_)));
+    let removed = node
+        .delete_kfrags(&patient("alice"), &medical(), &uid("bob"), None)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    let audit = w.gate.audits_of(Rpc::DeleteKfrags).pop().unwrap();
+    assert_eq!(audit.detail, "1 kfrag set(s) of bob removed");
+    drop(mallory);
+}
+
+#[tokio::test]
+async fn reencryption_needs_a_grant_and_kfrags_and_any_two_nodes_decrypt() {
+    let w = world();
+    let alice = w.enroll("alice", Role::Patient).await;
+    let bob = w.enroll("bob", Role::Doctor).await;
+    let (_, medical_pk) = alice.master.partition_keys("medical", 0).unwrap();
+    let (capsule, kem) = crypto::encapsulate(&mut rand::rng(), &medical_pk);
+    let request = |capsules: Vec<Vec<u8>>| ReEncryption {
+        owner_id: uid("alice"),
+        partition: medical(),
+        epoch: 0,
+        record_id: None,
+        capsules,
+    };
+    let capsule_bytes = capsule.to_bytes().to_vec();
+    // Each ask a second after the last, so the allowance (1/s) never runs out.
+    let clock = std::cell::Cell::new(Instant::now());
+    let bob_asks = |node: usize, capsules| {
+        clock.set(clock.get() + Duration::from_secs(1));
+        let permit = w
+            .node(node)
+            .admit_reencryption_at(&doctor("bob"), clock.get())
+            .unwrap();
+        w.node(node).re_encrypt(permit, request(capsules))
+    };
+
+    let e = bob_asks(1, vec![]).await.unwrap_err();
+    assert!(matches!(&e, DomainError::Malformed(m) if m == "send 1 to 64 capsules, not 0"));
+    let e = bob_asks(1, vec![vec![0x55; 98]]).await.unwrap_err();
+    assert!(matches!(&e, DomainError::Malformed(m) if m == "capsule 0 is malformed"));
+    let e = bob_asks(1, vec![capsule_bytes.clone()]).await.unwrap_err();
+    assert!(
+        matches!(&e, DomainError::NotEntitled(m) if m == "practitioner/doctor/bob may not have alice's medical partition re-encrypted: no grant"),
+        "{e:?}"
+    );
+    w.gate.grant("alice", "medical", "bob");
+    let e = bob_asks(1, vec![capsule_bytes.clone()]).await.unwrap_err();
+    assert!(
+        matches!(&e, DomainError::NotEntitled(m) if m.contains("holds no re-encryption key at node 1 for alice's medical partition, epoch 0")),
+        "{e:?}"
+    );
+    for (i, filing) in w.filings(&alice, &bob, "bob", 0).into_iter().enumerate() {
+        w.node(i + 1)
+            .put_kfrag(&patient("alice"), filing)
+            .await
+            .unwrap();
+    }
+    // AccessPolicy unreachable: refused, never served (fail closed).
+    w.gate.down.store(true, Ordering::SeqCst);
+    let e = bob_asks(2, vec![capsule_bytes.clone()]).await.unwrap_err();
+    assert!(matches!(e, DomainError::Unavailable(_)), "{e:?}");
+    w.gate.down.store(false, Ordering::SeqCst);
+
+    let owner_vk = alice.master.signing_key().verifying_key();
+    let bob_pk = bob.pre.public_key();
+    let mut per_node = Vec::new();
+    for node in 1..=NODES {
+        let done = bob_asks(node, vec![capsule_bytes.clone(); 2]).await.unwrap();
+        assert_eq!(done.delegating_public_key, medical_pk.to_bytes());
+        assert_eq!(done.cfrags.len(), 2, "one cfrag per capsule");
+        per_node.push(
+            crypto::CapsuleFrag::from_bytes(&done.cfrags[0])
+                .unwrap()
+                .verify(&capsule, &owner_vk, &medical_pk, &bob_pk)
+                .unwrap(),
+        );
+    }
+    // Any two nodes' cfrags open the capsule; one node's never does.
+    for pair in [[0, 1], [0, 2], [1, 2]] {
+        let cfrags: Vec<_> = pair.iter().map(|&i| per_node[i].clone()).collect();
+        let opened =
+            crypto::decapsulate_reencrypted(&bob.pre, &medical_pk, &capsule, &cfrags).unwrap();
+        assert!(opened == kem, "bob opens what alice sealed");
+    }
+    let alone =
+        crypto::decapsulate_reencrypted(&bob.pre, &medical_pk, &capsule, &per_node[..1]);
+    assert!(alone.map(|k| k != kem).unwrap_or(true));
+    // A node asked twice still holds one share: the same share again.
+    let again = bob_asks(1, vec![capsule_bytes.clone()]).await.unwrap();
+    let again = crypto::CapsuleFrag::from_bytes(&again.cfrags[0])
+        .unwrap()
+        .verify(&capsule, &owner_vk, &medical_pk, &bob_pk)
+        .unwrap();
+    let twice = crypto::decapsulate_reencrypted(
+        &bob.pre,
+        &medical_pk,
+        &capsule,
+        &[per_node[0].clone(), again],
+    );
+    assert!(twice.map(|k| k != kem).unwrap_or(true));
+}
+
+#[tokio::test]
+async fn a_tampered_kfrag_store_is_refused() {
+    let w = world();
+    let alice = w.enroll("alice", Role::Patient).await;
+    let bob = w.enroll("bob", Role::Doctor).await;
+    w.gate.grant("alice", "medical", "bob");
+    // A share for another grantee key, written past the checks.
+    let filing = w.filing(&alice, &Keys::new(), "bob", 0);
+    let set = KfragSet {
+        delegating_public_key: filing.delegating_public_key,
+        kfrags: vec![filing.kfrag],
+        stored_at: T0,
+    };
+    w.node_stores[0]
+        .put_kfrags("alice", "medical", 0, "bob", set)
+        .unwrap();
+    let (_, pk) = alice.master.partition_keys("medical", 0).unwrap();
+    let (capsule, _) = crypto::encapsulate(&mut rand::rng(), &pk);
+    let permit = w.node(1).admit_reencryption(&doctor("bob")).unwrap();
+    let e = w
+        .node(1)
+        .re_encrypt(
+            permit,
+            ReEncryption {
+                owner_id: uid("alice"),
+                partition: medical(),
+                epoch: 0,
+                record_id: None,
+                capsules: vec![capsule.to_bytes().to_vec()],
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DomainError::Corrupt(_)), "{e:?}");
+    drop(bob);
+}
+
+#[tokio::test]
+async fn content_key_shares_combine_to_the_mesh_key_and_are_rate_limited_and_audited() {
+    let w = world();
+    let t = Instant::now();
+    let (state, blinded) = sesphr_dedup::blind(&mut rand::rng(), b"a file").unwrap();
+    let e = w
+        .node(1)
+        .evaluate_content_key_at(&patient("alice"), &[1; 5], t)
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, DomainError::Malformed(m) if m.starts_with("blinded_element is not")));
+    let mut evaluations = Vec::new();
+    for node in [3, 1] {
+        let bytes = w
+            .node(node)
+            .evaluate_content_key_at(&patient("alice"), &blinded, t)
+            .await
+            .unwrap();
+        let evaluation = sesphr_dedup::ShareEvaluation::from_bytes(&bytes).unwrap();
+        assert_eq!(usize::from(evaluation.index()), node);
+        evaluations.push(evaluation);
+    }
+    let combined = sesphr_dedup::combine(THRESHOLD as u8, &evaluations).unwrap();
+    let output = sesphr_dedup::finalize(state, b"a file", &combined).unwrap();
+    assert_eq!(
+        output,
+        sesphr_dedup::oprf::evaluate(&w.oprf_key, b"a file").unwrap(),
+        "two nodes' shares give the mesh key's evaluation"
+    );
+    // Node 1's burst of 4: the malformed ask, one above, two more.
+    for _ in 0..2 {
+        w.node(1)
+            .evaluate_content_key_at(&patient("alice"), &blinded, t)
+            .await
+            .unwrap();
+    }
+    let e = w
+        .node(1)
+        .evaluate_content_key_at(&patient("alice"), &blinded, t)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, DomainError::UsedUp(m) if m.starts_with("content-key rate limit reached for patient/alice"))
+    );
+    let audits = w.gate.audits_of(Rpc::EvaluateContentKey);
+    assert_eq!(audits.len(), 4, "evaluations are audited, refusals are not");
+    assert!(
+        audits
+            .iter()
+            .all(|a| a.owner_id == "alice" && a.outcome == Outcome::Probe)
+    );
+}
+
+#[test]
+fn a_node_refuses_another_nodes_oprf_share() {
+    let w = world();
+    let key = sesphr_dedup::ServerKey::random(&mut rand::rng());
+    let share = sesphr_dedup::deal(&mut rand::rng(), &key, 2, 3)
+        .unwrap()
+        .remove(1);
+    let directory = LocalDirectory {
+        setup: w.setup.clone(),
+        down: w.directory_down.clone(),
+    };
+    let config = NodeConfig {
+        index: NodeIndex::new(1).unwrap(),
+        reencrypt_rate: 1.0,
+        content_key_rate: 1.0,
+    };
+    let e = Node::new(
+        w.node_stores[0].clone(),
+        w.gate.clone(),
+        directory,
+        share,
+        config,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        matches!(&e, DomainError::Malformed(m) if m.contains("share 2 but this is node 1")),
+        "{e:?}"
+    );
+}
