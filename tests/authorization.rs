@@ -8,7 +8,7 @@ use common::Sandbox;
 use sesphr::proto;
 use sesphr::rpc::Rpc;
 use sesphr_client::raw::MeshClients;
-use sesphr_identity::{Identity, Role, Service};
+use sesphr_identity::{Identity, NodeIndex, Role, Service};
 use sesphr_mesh::auth::is_allowed;
 use tonic::{Code, Status};
 
@@ -17,6 +17,7 @@ const TD: &str = "sesphr.local";
 /// Calls `rpc` with an empty request; returns the status (Ok = OK).
 async fn call(c: &MeshClients, rpc: Rpc) -> Result<(), Status> {
     let (mut cloud, mut srs, mut policy) = (c.cloud.clone(), c.srs.clone(), c.policy.clone());
+    let mut node = c.nodes.nodes[0].client.clone();
     match rpc {
         Rpc::PutRecord => cloud
             .put_record(futures::stream::iter(Vec::<proto::PutRecordRequest>::new()))
@@ -38,7 +39,7 @@ async fn call(c: &MeshClients, rpc: Rpc) -> Result<(), Status> {
             .query_blob(proto::QueryBlobRequest::default())
             .await
             .map(drop),
-        Rpc::EvaluateContentKey => srs
+        Rpc::EvaluateContentKey => node
             .evaluate_content_key(proto::EvaluateContentKeyRequest::default())
             .await
             .map(drop),
@@ -47,15 +48,15 @@ async fn call(c: &MeshClients, rpc: Rpc) -> Result<(), Status> {
             .get_user(proto::GetUserRequest::default())
             .await
             .map(drop),
-        Rpc::PutKfrags => srs
-            .put_kfrags(proto::PutKfragsRequest::default())
+        Rpc::PutKfrag => node
+            .put_kfrag(proto::PutKfragRequest::default())
             .await
             .map(drop),
-        Rpc::DeleteKfrags => srs
+        Rpc::DeleteKfrags => node
             .delete_kfrags(proto::DeleteKfragsRequest::default())
             .await
             .map(drop),
-        Rpc::ReEncrypt => srs
+        Rpc::ReEncrypt => node
             .re_encrypt(proto::ReEncryptRequest::default())
             .await
             .map(drop),
@@ -95,6 +96,7 @@ async fn every_rpc_admits_exactly_the_callers_the_table_names() {
         Identity::service(TD, Service::CloudStorage),
         Identity::service(TD, Service::Srs),
         Identity::service(TD, Service::AccessPolicy),
+        Identity::srs_node(TD, NodeIndex::new(2).unwrap()),
         Identity::operator(TD, "ops").unwrap(),
     ];
     let mut checked = 0;

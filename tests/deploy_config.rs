@@ -55,7 +55,7 @@ fn shipped_configs_parse_and_validate() {
         let cfg =
             ServeConfig::from_file(shipped(service), service, &HashMap::<String, String>::new())
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(cfg.service, service);
+        assert_eq!(cfg.service, service.into());
         assert_eq!(cfg.trust_domain, TRUST_DOMAIN, "{name}");
         assert_eq!(cfg.listen.port(), grpc_port(service), "{name}: listen");
         assert_eq!(

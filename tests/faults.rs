@@ -1,9 +1,9 @@
 //! Faults: a peer that is down or hangs, and a disk that fills up.
 //!
-//! The three services run individually in this process
-//! (`daemon::run_service`), so AccessPolicy can be stopped, replaced by a
-//! listener that never answers, and started again on the same port while
-//! CloudStorage and the SRS keep running. CloudStorage's data directory can
+//! The services (and one re-encryption node, 1-of-1) run individually in
+//! this process (`daemon::run_service`), so AccessPolicy can be stopped,
+//! replaced by a listener that never answers, and started again on the same
+//! port while CloudStorage and the SRS keep running. CloudStorage's data directory can
 //! sit on a small tmpfs of its own to run out of space for real.
 //! (Crash durability — kill -9 mid-burst — is `tests/durability.rs`.)
 
@@ -17,11 +17,11 @@ use common::{download, upload};
 use sesphr::proto;
 use sesphr_client::MeshFile;
 use sesphr_client::{self as client, ClientError, Patient, Practitioner};
-use sesphr_identity::{Role, Service};
+use sesphr_identity::{NodeIndex, Role, Service};
 use sesphr_mesh::limits::Limits;
 use sesphr_mesh::pki::DevPki;
 use sesphr_mesh::tls::{TlsFiles, TlsMaterial};
-use sesphr_server::daemon::{self, ServeError, ServiceParams, SrsParams};
+use sesphr_server::daemon::{self, NodeParams, ServeError, Served, ServiceParams, SrsParams};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Code;
@@ -46,6 +46,7 @@ impl Running {
 
 struct Mesh {
     pki: DevPki,
+    dealing: PathBuf,
     policy_url: String,
     file: MeshFile,
 }
@@ -54,8 +55,13 @@ impl Mesh {
     fn new(dir: &Path) -> Self {
         sesphr_mesh::tls::install_crypto_provider();
         let pki = DevPki::ensure(&dir.join("pki"), TD).unwrap();
+        let one = NodeIndex::new(1).unwrap();
+        pki.ensure_node(TD, one).unwrap();
+        let dealing = dir.join("pki/oprf");
+        let dealt = sesphr_server::dealing::deal(&dealing, 1, 1, None).unwrap();
         Mesh {
             pki,
+            dealing,
             policy_url: String::new(),
             file: MeshFile {
                 trust_domain: TD.into(),
@@ -64,14 +70,27 @@ impl Mesh {
                 cloud_storage: String::new(),
                 srs: String::new(),
                 access_policy: String::new(),
+                threshold: 1,
+                srs_nodes: vec![client::NodeEntry {
+                    index: 1,
+                    url: String::new(),
+                    oprf_public_share: dealt.srs_nodes[0].oprf_public_share.clone(),
+                }],
                 timeouts: None,
             },
         }
     }
 
     /// Starts `service` on `addr` (port 0: any) with its data in `data_dir`.
-    async fn start(&self, service: Service, addr: SocketAddr, data_dir: PathBuf) -> Running {
-        let name = service.as_str();
+    async fn start(
+        &self,
+        service: impl Into<Served>,
+        addr: SocketAddr,
+        data_dir: PathBuf,
+    ) -> Running {
+        let service = service.into();
+        let name = service.name();
+        let name = name.as_str();
         let tls = TlsMaterial::load(&TlsFiles {
             cert: self.pki.cert(name),
             key: self.pki.key(name),
@@ -79,11 +98,22 @@ impl Mesh {
         })
         .unwrap();
         let token = std::fs::read_to_string(self.pki.enrollment_token()).unwrap();
-        let srs = (service == Service::Srs).then(|| SrsParams {
+        let srs = (service == Served::Service(Service::Srs)).then(|| SrsParams {
             ca: self.pki.load_ca().unwrap(),
             enrollment_token: Zeroizing::new(token.trim().to_owned()),
-            reencrypt_rate: sesphr_server::config::DEFAULT_REENCRYPT_RATE,
         });
+        let node = match service {
+            Served::SrsNode(i) => Some(NodeParams {
+                oprf_share: daemon::read_oprf_share(&sesphr_server::dealing::share_path(
+                    &self.dealing,
+                    i,
+                ))
+                .unwrap(),
+                setup_endpoint: self.file.srs.clone(),
+                reencrypt_rate: sesphr_server::config::DEFAULT_REENCRYPT_RATE,
+            }),
+            _ => None,
+        };
         let listener = daemon::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let params = ServiceParams {
@@ -96,6 +126,7 @@ impl Mesh {
             access_policy_endpoint: Some(self.policy_url.clone()),
             peer_timeout: PEER_TIMEOUT,
             srs,
+            node,
             max_record_bytes: sesphr_server::config::DEFAULT_MAX_RECORD_BYTES,
             limits: Limits::default(),
             dedup_scope: Default::default(),
@@ -155,10 +186,8 @@ async fn assert_fails_closed(bob: &Practitioner, record: &client::Record, what: 
         "{what}: {err}"
     );
     let header = sesphr_crypto::RecordHeader::from_bytes(&record.record_header).unwrap();
-    let reenc = bob
-        .session
-        .clients
-        .srs
+    let reenc = bob.session.clients.nodes.nodes[0]
+        .client
         .clone()
         .re_encrypt(proto::ReEncryptRequest {
             owner_id: record.owner_id.to_string(),
@@ -209,6 +238,14 @@ async fn access_policy_down_or_hung_fails_closed_and_recovers() {
     mesh.file.cloud_storage = format!("https://{}", cloud.addr);
     mesh.file.srs = format!("https://{}", srs.addr);
     mesh.file.access_policy = mesh.policy_url.clone();
+    let node = mesh
+        .start(
+            Served::SrsNode(NodeIndex::new(1).unwrap()),
+            any_port(),
+            tmp.path().join("srs-node-1"),
+        )
+        .await;
+    mesh.file.srs_nodes[0].url = format!("https://{}", node.addr);
 
     let homes = tmp.path().join("users");
     mesh.enroll(&homes.join("alice"), "alice", Role::Patient)
@@ -280,6 +317,7 @@ async fn access_policy_down_or_hung_fails_closed_and_recovers() {
 
     cloud.stop().await;
     srs.stop().await;
+    node.stop().await;
     policy.stop().await;
 }
 
@@ -364,6 +402,14 @@ async fn disk_full_refuses_the_write_and_leaves_no_partial_record() {
     mesh.file.cloud_storage = format!("https://{}", cloud.addr);
     mesh.file.srs = format!("https://{}", srs.addr);
     mesh.file.access_policy = mesh.policy_url.clone();
+    let node = mesh
+        .start(
+            Served::SrsNode(NodeIndex::new(1).unwrap()),
+            any_port(),
+            tmp.path().join("srs-node-1"),
+        )
+        .await;
+    mesh.file.srs_nodes[0].url = format!("https://{}", node.addr);
     let homes = tmp.path().join("users");
     mesh.enroll(&homes.join("alice"), "alice", Role::Patient)
         .await;
@@ -484,6 +530,7 @@ async fn disk_full_refuses_the_write_and_leaves_no_partial_record() {
     );
     cloud.stop().await;
     srs.stop().await;
+    node.stop().await;
     policy.stop().await;
     drop(tmpfs);
 }

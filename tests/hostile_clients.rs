@@ -296,7 +296,7 @@ async fn a_not_before_grant_keeps_old_capsules_closed_at_the_srs() {
         .to_bytes()
         .to_vec();
     let reencrypt = |epoch: u32| {
-        let srs = bob.clients.srs.clone();
+        let srs = bob.clients.nodes.nodes[0].client.clone();
         let req = proto::ReEncryptRequest {
             owner_id: "alice".into(),
             partition: "medical".into(),

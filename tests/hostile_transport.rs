@@ -386,7 +386,7 @@ async fn the_health_port_bounds_watch_streams_and_closes_silent_sockets() {
     let health = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let health_addr = health.local_addr().unwrap();
     let params = ServiceParams {
-        service: Service::AccessPolicy,
+        service: Service::AccessPolicy.into(),
         trust_domain: TD.into(),
         listener,
         health_listener: Some(health),
@@ -395,6 +395,7 @@ async fn the_health_port_bounds_watch_streams_and_closes_silent_sockets() {
         access_policy_endpoint: None,
         peer_timeout: Duration::from_secs(5),
         srs: None,
+        node: None,
         max_record_bytes: 1 << 30,
         limits: Default::default(),
         dedup_scope: Default::default(),

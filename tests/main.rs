@@ -21,3 +21,4 @@ mod impostor;
 mod impostor_forgery;
 mod mesh;
 mod sharing;
+mod srs_nodes;

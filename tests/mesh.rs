@@ -321,7 +321,7 @@ async fn the_plaintext_health_port_answers_health_only() {
     let health = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let health_addr = health.local_addr().unwrap();
     let params = ServiceParams {
-        service: Service::AccessPolicy,
+        service: Service::AccessPolicy.into(),
         trust_domain: TD.into(),
         listener,
         health_listener: Some(health),
@@ -330,6 +330,7 @@ async fn the_plaintext_health_port_answers_health_only() {
         access_policy_endpoint: None,
         peer_timeout: Duration::from_secs(5),
         srs: None,
+        node: None,
         max_record_bytes: 1 << 30,
         limits: Default::default(),
         dedup_scope: Default::default(),

@@ -33,11 +33,10 @@ async fn a_grant_on_medical_opens_nothing_else_even_when_services_are_asked_dire
     assert_eq!(download(&bob, &med.record_id).await.unwrap(), b"chart");
     assert!(denied(download(&bob, &ins.record_id).await));
 
-    // Asking the SRS directly to re-encrypt the insurance capsule fails too.
+    // Asking a node directly to re-encrypt the insurance capsule fails too.
     let header = crypto::RecordHeader::from_bytes(&ins.record_header).unwrap();
-    let err = bob
-        .clients
-        .srs
+    let err = bob.clients.nodes.nodes[0]
+        .client
         .clone()
         .re_encrypt(proto::ReEncryptRequest {
             owner_id: "alice".into(),
@@ -50,22 +49,9 @@ async fn a_grant_on_medical_opens_nothing_else_even_when_services_are_asked_dire
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 
-    // Re-encrypting the insurance capsule under the *medical* grant yields
-    // cfrags that cannot open it: partitions are separate keys.
-    let resp = bob
-        .clients
-        .srs
-        .clone()
-        .re_encrypt(proto::ReEncryptRequest {
-            owner_id: "alice".into(),
-            partition: "medical".into(),
-            epoch: 0,
-            capsules: vec![header.capsule().to_bytes().to_vec()],
-            record_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    // Re-encrypting the insurance capsule under the *medical* grant, at
+    // every node, yields cfrags that cannot open it: partitions are
+    // separate keys.
     let owner = bob
         .clients
         .srs
@@ -77,18 +63,33 @@ async fn a_grant_on_medical_opens_nothing_else_even_when_services_are_asked_dire
         .unwrap()
         .into_inner();
     let vk = crypto::VerifyingKey::from_bytes(&owner.verifying_key).unwrap();
-    let medical_pk = crypto::PublicKey::from_bytes(&resp.delegating_public_key).unwrap();
     let bob_master = bob.profile.master_secret().unwrap();
-    let (_, bob_pk) = sesphr_client::receiving_keys(&bob_master).unwrap();
-    let cfrag = crypto::CapsuleFrag::from_bytes(&resp.results[0].cfrags[0]).unwrap();
-    // The proof is about the capsule given, so it verifies against the
-    // medical key, and decapsulation must still not yield the insurance key.
-    let verified = cfrag
-        .verify(header.capsule(), &vk, &medical_pk, &bob_pk)
-        .unwrap();
-    let (bob_sk, _) = sesphr_client::receiving_keys(&bob_master).unwrap();
-    let wrong =
-        crypto::decapsulate_reencrypted(&bob_sk, &medical_pk, header.capsule(), &[verified]);
+    let (bob_sk, bob_pk) = sesphr_client::receiving_keys(&bob_master).unwrap();
+    let mut medical_pk = None;
+    let mut verified = Vec::new();
+    for node in &bob.clients.nodes.nodes {
+        let resp = node
+            .client
+            .clone()
+            .re_encrypt(proto::ReEncryptRequest {
+                owner_id: "alice".into(),
+                partition: "medical".into(),
+                epoch: 0,
+                capsules: vec![header.capsule().to_bytes().to_vec()],
+                record_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let pk = crypto::PublicKey::from_bytes(&resp.delegating_public_key).unwrap();
+        let cfrag = crypto::CapsuleFrag::from_bytes(&resp.cfrags[0]).unwrap();
+        // The proof is about the capsule given, so it verifies against the
+        // medical key, and decapsulation must still not yield the insurance key.
+        verified.push(cfrag.verify(header.capsule(), &vk, &pk, &bob_pk).unwrap());
+        medical_pk = Some(pk);
+    }
+    let medical_pk = medical_pk.unwrap();
+    let wrong = crypto::decapsulate_reencrypted(&bob_sk, &medical_pk, header.capsule(), &verified);
     let (alice_ins_sk, _) = {
         let m = alice.profile.master_secret().unwrap();
         m.partition_keys("insurance", 0).unwrap()
@@ -209,25 +210,25 @@ async fn a_grantee_key_alone_cannot_open_a_record_and_bad_kfrags_are_refused() {
     let (_, someone_pk) = crypto::MasterSecret::generate(&mut rand::rng())
         .partition_keys("x", 0)
         .unwrap();
-    let kfrags = crypto::generate_kfrags(
+    let kfrags = crypto::generate_node_kfrags(
         &mut rand::rng(),
         &m_sk,
         &someone_pk,
         &m_master.signing_key(),
-        1,
-        1,
+        2,
+        3,
+        &crypto::grant_context("mallory", "medical", 0, "bob"),
     )
     .unwrap();
-    let err = mallory
-        .clients
-        .srs
+    let err = mallory.clients.nodes.nodes[0]
+        .client
         .clone()
-        .put_kfrags(proto::PutKfragsRequest {
+        .put_kfrag(proto::PutKfragRequest {
             partition: "medical".into(),
             epoch: 0,
             grantee_id: "bob".into(),
             delegating_public_key: m_pk.to_bytes().to_vec(),
-            kfrags: vec![kfrags[0].to_bytes().to_vec()],
+            kfrag: kfrags[0].to_bytes().to_vec(),
         })
         .await
         .unwrap_err();

@@ -130,7 +130,7 @@ struct Snapshot {
 fn is_mutation(action: &str) -> bool {
     matches!(
         action,
-        "grant" | "revoke" | "sesphr.v1.Srs/PutKfrags" | "sesphr.v1.Srs/DeleteKfrags"
+        "grant" | "revoke" | "sesphr.v1.SrsNode/PutKfrag" | "sesphr.v1.SrsNode/DeleteKfrags"
     )
 }
 
@@ -209,13 +209,15 @@ impl World {
             .pre_public_key;
         let bob_pk = PublicKey::from_bytes(&bob_pk).unwrap();
         let (alice_med_sk, alice_med_pk) = alice_master.partition_keys("medical", 0).unwrap();
-        let kfrags = crypto::generate_kfrags(
+        // Alice's real 2-of-3 shares for bob, as her client makes them.
+        let kfrags = crypto::generate_node_kfrags(
             &mut rand::rng(),
             &alice_med_sk,
             &bob_pk,
             &alice_master.signing_key(),
-            1,
-            1,
+            2,
+            3,
+            &crypto::grant_context("alice", "medical", 0, "bob"),
         )
         .unwrap()
         .iter()

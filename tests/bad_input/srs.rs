@@ -1,11 +1,11 @@
-//! SRS: enrollments with bad tokens, keys, CSRs and stolen names, kfrags
-//! filed by the wrong hands, re-encryption beyond a grant, OPRF inputs off
-//! the curve.
+//! SRS: enrollments with bad tokens, keys, CSRs and stolen names (setup
+//! service); kfrag shares filed by the wrong hands or at the wrong node,
+//! re-encryption beyond a grant, OPRF inputs off the curve (nodes).
 
 use std::time::Duration;
 
 use sesphr::proto;
-use sesphr_client::{raw::MeshClients, receiving_keys};
+use sesphr_client::{TimedChannel, raw::MeshClients, receiving_keys};
 use sesphr_crypto::{MasterSecret, RecordHeader};
 use sesphr_mesh::tls;
 use tonic::Code;
@@ -66,31 +66,44 @@ async fn get_user(c: &MeshClients, user_id: &str) -> Outcome {
     .await
 }
 
-/// Files `kfrags` for `grantee` on the medical partition, epoch 0.
-async fn put_kfrags(
+/// Node `node` (1-based) of the caller's mesh.
+fn node(c: &MeshClients, node: usize) -> proto::srs_node_client::SrsNodeClient<TimedChannel> {
+    c.nodes.nodes[node - 1].client.clone()
+}
+
+/// Files `kfrag` at node `at` for `grantee` on the medical partition, epoch 0.
+async fn put_kfrag(
     c: &MeshClients,
+    at: usize,
     grantee: &str,
     delegating: &[u8],
-    kfrags: Vec<Vec<u8>>,
+    kfrag: Vec<u8>,
 ) -> Outcome {
-    answered(c.srs.clone().put_kfrags(proto::PutKfragsRequest {
+    answered(node(c, at).put_kfrag(proto::PutKfragRequest {
         partition: "medical".into(),
         epoch: 0,
         grantee_id: grantee.to_owned(),
         delegating_public_key: delegating.to_vec(),
-        kfrags,
+        kfrag,
     }))
     .await
 }
 
-/// Files alice's medical kfrags (made for bob) for `grantee`.
-async fn put_alices_kfrags(w: &World, c: &MeshClients, grantee: &str) -> Outcome {
-    put_kfrags(c, grantee, &w.alice_med_pk, w.kfrags.clone()).await
+/// Files alice's medical share `share` (made for bob, for node `share`) at
+/// node `at`, for `grantee`.
+async fn put_alices_kfrag(
+    w: &World,
+    c: &MeshClients,
+    at: usize,
+    share: usize,
+    grantee: &str,
+) -> Outcome {
+    put_kfrag(c, at, grantee, &w.alice_med_pk, w.kfrags[share - 1].clone()).await
 }
 
-/// Deletes the caller's kfrags for bob on `partition`, every epoch.
+/// Deletes the caller's kfrags for bob on `partition`, every epoch, at node 1.
 async fn delete_kfrags(c: &MeshClients, partition: &str) -> Outcome {
-    answered(c.srs.clone().delete_kfrags(proto::DeleteKfragsRequest {
+    answered(node(c, 1).delete_kfrags(proto::DeleteKfragsRequest {
         partition: partition.to_owned(),
         grantee_id: "bob".into(),
         epoch: None,
@@ -112,12 +125,12 @@ async fn reencrypt(
         capsules,
         ..Default::default()
     };
-    let r = c.srs.clone().re_encrypt(req).await?.into_inner();
-    Ok(format!("{} cfrag sets", r.results.len()))
+    let r = node(c, 1).re_encrypt(req).await?.into_inner();
+    Ok(format!("{} cfrags", r.cfrags.len()))
 }
 
 async fn evaluate(c: &MeshClients, req: proto::EvaluateContentKeyRequest) -> Outcome {
-    answered(c.srs.clone().evaluate_content_key(req)).await
+    answered(node(c, 2).evaluate_content_key(req)).await
 }
 
 /// The capsule of a record's header, as a re-encryption request carries it.
@@ -212,54 +225,64 @@ fn cases(w: &World) -> Vec<Case<'_>> {
             Refused(Code::NotFound, "no enrolled user"),
             get_user(mc, "nobody"),
         ),
-        // ---- PutKfrags ----
+        // ---- PutKfrag ----
         case(
-            "PutKfrags: practitioner",
+            "PutKfrag: practitioner",
             Refused(Code::PermissionDenied, "may not call"),
-            put_alices_kfrags(w, bc, "carol"),
+            put_alices_kfrag(w, bc, 1, 1, "carol"),
         ),
         case(
-            "PutKfrags: the victim's kfrags replayed by another patient",
-            Refused(Code::InvalidArgument, "does not verify"),
-            put_alices_kfrags(w, mc, "bob"),
+            "PutKfrag: the victim's share replayed by another patient",
+            Refused(Code::InvalidArgument, "is not node 1's share"),
+            put_alices_kfrag(w, mc, 1, 1, "bob"),
         ),
         case(
-            "PutKfrags: kfrag for bob filed for carol",
-            Refused(Code::InvalidArgument, "does not verify"),
-            put_alices_kfrags(w, ac, "carol"),
+            "PutKfrag: share for bob filed for carol",
+            Refused(Code::InvalidArgument, "is not node 1's share"),
+            put_alices_kfrag(w, ac, 1, 1, "carol"),
         ),
         case(
-            "PutKfrags: garbage kfrag",
-            Refused(Code::InvalidArgument, "kfrag 0 is malformed"),
-            put_kfrags(mc, "bob", &w.alice_med_pk, vec![vec![0xAA; 200]]),
+            "PutKfrag: node 2's share sent to node 1",
+            Refused(Code::InvalidArgument, "is not node 1's share"),
+            put_alices_kfrag(w, ac, 1, 2, "bob"),
         ),
         case(
-            "PutKfrags: no kfrags",
-            Refused(Code::InvalidArgument, "send 1 to 16 kfrags, not 0"),
-            put_kfrags(mc, "bob", &w.alice_med_pk, vec![]),
+            "PutKfrag: node 1's share sent to node 3",
+            Refused(Code::InvalidArgument, "is not node 3's share"),
+            put_alices_kfrag(w, ac, 3, 1, "bob"),
         ),
         case(
-            "PutKfrags: 17 kfrags",
-            Refused(Code::InvalidArgument, "send 1 to 16 kfrags, not 17"),
-            put_kfrags(mc, "bob", &w.alice_med_pk, vec![w.kfrags[0].clone(); 17]),
+            "PutKfrag: garbage kfrag",
+            Refused(Code::InvalidArgument, "kfrag is malformed"),
+            put_kfrag(mc, 1, "bob", &w.alice_med_pk, vec![0xAA; 200]),
         ),
         case(
-            "PutKfrags: garbage delegating key",
+            "PutKfrag: no kfrag",
+            Refused(Code::InvalidArgument, "kfrag must be 1 to 4096 bytes"),
+            put_kfrag(mc, 1, "bob", &w.alice_med_pk, vec![]),
+        ),
+        case(
+            "PutKfrag: 5 kB kfrag",
+            Refused(Code::InvalidArgument, "kfrag must be 1 to 4096 bytes"),
+            put_kfrag(mc, 1, "bob", &w.alice_med_pk, vec![0xAA; 5000]),
+        ),
+        case(
+            "PutKfrag: garbage delegating key",
             Refused(
                 Code::InvalidArgument,
                 "delegating_public_key is not a valid",
             ),
-            put_kfrags(mc, "bob", &[4; 65], w.kfrags.clone()),
+            put_kfrag(mc, 1, "bob", &[4; 65], w.kfrags[0].clone()),
         ),
         case(
-            "PutKfrags: to oneself",
+            "PutKfrag: to oneself",
             Refused(Code::InvalidArgument, "needs no kfrags for itself"),
-            put_alices_kfrags(w, mc, "mallory"),
+            put_alices_kfrag(w, mc, 1, 1, "mallory"),
         ),
         case(
-            "PutKfrags: to an unknown grantee",
-            Refused(Code::NotFound, "no enrolled user ghost"),
-            put_alices_kfrags(w, mc, "ghost"),
+            "PutKfrag: to an unknown grantee",
+            Refused(Code::InvalidArgument, "is not node 1's share"),
+            put_alices_kfrag(w, mc, 1, 1, "ghost"),
         ),
         // ---- DeleteKfrags ----
         case(

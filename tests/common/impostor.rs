@@ -10,15 +10,15 @@
 //!   SPIFFE ID ([`server_tls`]), so the client's TLS checks pass and only
 //!   what the impostor *says* can give it away; or another identity, to
 //!   check that the client refuses it;
-//! - implements the generated server trait of CloudStorage, the SRS or
-//!   AccessPolicy, forwarding each RPC to the real service through an
+//! - implements the generated server trait of CloudStorage, the SRS setup
+//!   service, a re-encryption node or AccessPolicy, forwarding each RPC to the real service through an
 //!   [`Upstream`]: real clients with the victim's own TLS material
 //!   ([`upstream_as`]), so the real service authorizes each forwarded call
 //!   as the victim (or with a service's material, [`upstream_with`], to
 //!   stand between two services);
 //! - runs a test's [`Hook`] instead of the plain forward for any RPC whose
 //!   field is set in the service's hooks struct ([`CloudStorageHooks`],
-//!   [`SrsHooks`], [`AccessPolicyHooks`]). A hook gets the upstream and the
+//!   [`SrsHooks`], [`SrsNodeHooks`], [`AccessPolicyHooks`]). A hook gets the upstream and the
 //!   request and returns the reply: it can change the request and call
 //!   [`forward`], change the forwarded reply, or answer on its own —
 //!   including a reply stream that never ends ([`endless`]) or stalls
@@ -26,8 +26,8 @@
 //!
 //! [`Silent`] listeners are the other kind of bad server: one accepts TCP
 //! and never speaks TLS, one completes TLS and then never answers.
-//! [`redirect`] rewrites a [`MeshFile`] so that one endpoint points at an
-//! impostor (or a silent listener); [`with_timeouts`] shortens the client's
+//! [`redirect`] (and [`redirect_node`]) rewrites a [`MeshFile`] so that one
+//! endpoint points at an impostor (or a silent listener); [`with_timeouts`] shortens the client's
 //! deadlines and [`write_mesh_file`] saves it for the `sesphr` binary.
 //!
 //! ```ignore
@@ -64,10 +64,12 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
-use sesphr::proto::{self, access_policy_server, cloud_storage_server, srs_server};
+use sesphr::proto::{
+    self, access_policy_server, cloud_storage_server, srs_node_server, srs_server,
+};
 use sesphr_client::raw::MeshClients;
 use sesphr_client::{MeshFile, Profile, TimeoutSettings};
-use sesphr_identity::{Identity, Service};
+use sesphr_identity::{Identity, NodeIndex, Service};
 use sesphr_mesh::tls::TlsMaterial;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -177,6 +179,34 @@ pub fn redirect(mesh: &MeshFile, service: Service, url: &str) -> MeshFile {
     m
 }
 
+/// `mesh` with re-encryption node `index`'s endpoint at `url`.
+pub fn redirect_node(mesh: &MeshFile, index: u8, url: &str) -> MeshFile {
+    let mut m = mesh.clone();
+    let node = m
+        .srs_nodes
+        .iter_mut()
+        .find(|n| n.index == index)
+        .expect("the mesh has that node");
+    node.url = url.to_owned();
+    m
+}
+
+/// The identity of re-encryption node `index` in the sandbox's trust domain.
+pub fn node_identity(s: &Sandbox, index: u8) -> Identity {
+    Identity::srs_node(
+        &s.mesh.mesh.trust_domain,
+        NodeIndex::new(u32::from(index)).expect("a node index"),
+    )
+}
+
+/// `upstream` narrowed to node `index`: what a node impostor forwards to
+/// (its `nodes` holds that one node).
+pub fn upstream_node(mut upstream: Upstream, index: u8) -> Upstream {
+    upstream.nodes.nodes.retain(|n| n.index.get() == index);
+    assert_eq!(upstream.nodes.nodes.len(), 1, "the mesh has node {index}");
+    upstream
+}
+
 /// `mesh` with the client deadlines `timeouts`.
 pub fn with_timeouts(mesh: MeshFile, timeouts: TimeoutSettings) -> MeshFile {
     MeshFile {
@@ -244,6 +274,13 @@ impl Impostor {
         Self::serve_srs(&tls, upstream_as(s, user), hooks).await
     }
 
+    /// An impostor of re-encryption node `index`, presenting that node's
+    /// identity, forwarding to the real node `index` as `user`.
+    pub async fn srs_node(s: &Sandbox, user: &str, index: u8, hooks: SrsNodeHooks) -> Self {
+        let tls = server_tls(s, &node_identity(s, index));
+        Self::serve_srs_node(&tls, upstream_node(upstream_as(s, user), index), hooks).await
+    }
+
     /// An AccessPolicy impostor presenting the real AccessPolicy identity,
     /// forwarding as `user`.
     pub async fn access_policy(s: &Sandbox, user: &str, hooks: AccessPolicyHooks) -> Self {
@@ -272,6 +309,24 @@ impl Impostor {
     pub async fn serve_srs(tls: &TlsMaterial, upstream: Upstream, hooks: SrsHooks) -> Self {
         let calls = Calls::default();
         let svc = srs_server::SrsServer::new(FakeSrs {
+            upstream,
+            hooks,
+            calls: calls.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+        Self::serve(tls, calls, tonic::service::Routes::new(svc)).await
+    }
+
+    /// A re-encryption node, presenting `tls` (any identity), forwarding to
+    /// `upstream`'s one node (see [`upstream_node`]).
+    pub async fn serve_srs_node(
+        tls: &TlsMaterial,
+        upstream: Upstream,
+        hooks: SrsNodeHooks,
+    ) -> Self {
+        let calls = Calls::default();
+        let svc = srs_node_server::SrsNodeServer::new(FakeSrsNode {
             upstream,
             hooks,
             calls: calls.clone(),
@@ -431,32 +486,38 @@ pub mod forward {
         up.srs.clone().get_user(req.into_inner()).await
     }
 
-    pub async fn put_kfrags(
+    // A re-encryption node (the upstream's one node, see `upstream_node`).
+
+    fn node(up: &Upstream) -> proto::srs_node_client::SrsNodeClient<sesphr_client::TimedChannel> {
+        up.nodes.nodes[0].client.clone()
+    }
+
+    pub async fn put_kfrag(
         up: Upstream,
-        req: Request<proto::PutKfragsRequest>,
-    ) -> Reply<proto::PutKfragsResponse> {
-        up.srs.clone().put_kfrags(req.into_inner()).await
+        req: Request<proto::PutKfragRequest>,
+    ) -> Reply<proto::PutKfragResponse> {
+        node(&up).put_kfrag(req.into_inner()).await
     }
 
     pub async fn delete_kfrags(
         up: Upstream,
         req: Request<proto::DeleteKfragsRequest>,
     ) -> Reply<proto::DeleteKfragsResponse> {
-        up.srs.clone().delete_kfrags(req.into_inner()).await
+        node(&up).delete_kfrags(req.into_inner()).await
     }
 
     pub async fn re_encrypt(
         up: Upstream,
         req: Request<proto::ReEncryptRequest>,
     ) -> Reply<proto::ReEncryptResponse> {
-        up.srs.clone().re_encrypt(req.into_inner()).await
+        node(&up).re_encrypt(req.into_inner()).await
     }
 
     pub async fn evaluate_content_key(
         up: Upstream,
         req: Request<proto::EvaluateContentKeyRequest>,
     ) -> Reply<proto::EvaluateContentKeyResponse> {
-        up.srs.clone().evaluate_content_key(req.into_inner()).await
+        node(&up).evaluate_content_key(req.into_inner()).await
     }
 
     // AccessPolicy.
@@ -586,7 +647,12 @@ impl cloud_storage_server::CloudStorage for FakeCloudStorage {
 pub struct SrsHooks {
     pub enroll: Option<Hook<proto::EnrollRequest, proto::EnrollResponse>>,
     pub get_user: Option<Hook<proto::GetUserRequest, proto::UserInfo>>,
-    pub put_kfrags: Option<Hook<proto::PutKfragsRequest, proto::PutKfragsResponse>>,
+}
+
+/// A re-encryption node impostor's hooks: `None` forwards the RPC as is.
+#[derive(Default, Clone)]
+pub struct SrsNodeHooks {
+    pub put_kfrag: Option<Hook<proto::PutKfragRequest, proto::PutKfragResponse>>,
     pub delete_kfrags: Option<Hook<proto::DeleteKfragsRequest, proto::DeleteKfragsResponse>>,
     pub re_encrypt: Option<Hook<proto::ReEncryptRequest, proto::ReEncryptResponse>>,
     pub evaluate_content_key:
@@ -608,12 +674,21 @@ impl srs_server::Srs for FakeSrs {
     async fn get_user(&self, req: Request<proto::GetUserRequest>) -> Reply<proto::UserInfo> {
         relay!(self, "GetUser", get_user, req)
     }
+}
 
-    async fn put_kfrags(
+struct FakeSrsNode {
+    upstream: Upstream,
+    hooks: SrsNodeHooks,
+    calls: Calls,
+}
+
+#[tonic::async_trait]
+impl srs_node_server::SrsNode for FakeSrsNode {
+    async fn put_kfrag(
         &self,
-        req: Request<proto::PutKfragsRequest>,
-    ) -> Reply<proto::PutKfragsResponse> {
-        relay!(self, "PutKfrags", put_kfrags, req)
+        req: Request<proto::PutKfragRequest>,
+    ) -> Reply<proto::PutKfragResponse> {
+        relay!(self, "PutKfrag", put_kfrag, req)
     }
 
     async fn delete_kfrags(

@@ -193,21 +193,31 @@ pub fn dedup_header(
     }
 }
 
-/// The content key the SDK derives for `data`: the SRS's OPRF evaluated on
-/// the plaintext's SHA-256, blinded so the SRS learns nothing of it.
+/// The content key the SDK derives for `data`: the mesh's OPRF evaluated
+/// on the plaintext's SHA-256, blinded so no node learns anything of it,
+/// from the first `threshold` nodes' checked shares.
 pub async fn content_key(c: &MeshClients, data: &[u8]) -> sesphr_dedup::ContentKey {
     let digest = sesphr_dedup::content_digest(data);
     let (state, blinded) = sesphr_dedup::blind(&mut rand::rng(), &digest).expect("blinding");
-    let evaluated = c
-        .srs
-        .clone()
-        .evaluate_content_key(sesphr::proto::EvaluateContentKeyRequest {
-            blinded_element: blinded.to_vec(),
-        })
-        .await
-        .expect("the SRS evaluates the OPRF")
-        .into_inner()
-        .evaluated_element;
+    let mut shares = Vec::new();
+    for node in &c.nodes.nodes[..c.nodes.threshold] {
+        let bytes = node
+            .client
+            .clone()
+            .evaluate_content_key(sesphr::proto::EvaluateContentKeyRequest {
+                blinded_element: blinded.to_vec(),
+            })
+            .await
+            .expect("the node evaluates its OPRF share")
+            .into_inner()
+            .share_evaluation;
+        let share = sesphr_dedup::ShareEvaluation::from_bytes(&bytes).expect("a share evaluation");
+        sesphr_dedup::verify_share(node.index.get(), &node.oprf_public_share, &blinded, &share)
+            .expect("the share verifies");
+        shares.push(share);
+    }
+    let evaluated =
+        sesphr_dedup::combine(c.nodes.threshold as u8, &shares).expect("shares combine");
     let output = sesphr_dedup::finalize(state, &digest, &evaluated).expect("OPRF output");
     sesphr_dedup::content_key(&output)
 }

@@ -9,10 +9,17 @@ use std::time::Duration;
 /// Starts `sesphrd dev` on `data_dir` with free loopback ports; returns the
 /// child once it printed its mesh file (and that file's path).
 pub fn start_sesphrd(data_dir: &Path) -> (Child, PathBuf) {
-    let mut child = Command::new(super::bin("sesphrd"))
-        .args(["dev", "--data-dir"])
+    let mut dev = Command::new(super::bin("sesphrd"));
+    dev.args(["dev", "--base-port", "0"]);
+    start_sesphrd_with(data_dir, dev)
+}
+
+/// [`start_sesphrd`] with a `sesphrd dev …` command of the caller's (its
+/// `--data-dir` is added here).
+pub fn start_sesphrd_with(data_dir: &Path, mut dev: Command) -> (Child, PathBuf) {
+    let mut child = dev
+        .arg("--data-dir")
         .arg(data_dir)
-        .args(["--base-port", "0"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

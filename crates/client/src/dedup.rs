@@ -152,7 +152,9 @@ impl Patient {
             .content_key(&blinded, &self.notices)
             .await?;
         let output = sesphr_dedup::finalize(state, &digest, &evaluated).map_err(|_| {
-            ClientError::Verification("the re-encryption nodes' OPRF shares combine to no valid evaluation".into())
+            ClientError::Verification(
+                "the re-encryption nodes' OPRF shares combine to no valid evaluation".into(),
+            )
         })?;
         let content_key = sesphr_dedup::content_key(&output);
 

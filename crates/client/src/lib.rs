@@ -35,8 +35,8 @@ use std::time::Duration;
 
 use rand::RngCore;
 use sesphr_crypto::{
-    self as crypto, Capsule, KemKey, MasterSecret, PublicKey, RecordHeader,
-    RecordOpener, RecordSealer, SecretKey, VerifyingKey,
+    self as crypto, Capsule, KemKey, MasterSecret, PublicKey, RecordHeader, RecordOpener,
+    RecordSealer, SecretKey, VerifyingKey,
 };
 use sesphr_identity::{Identity, validate_partition, validate_user_id};
 pub use sesphr_identity::{PartitionName, RecordId, Role, UserId};
@@ -533,7 +533,13 @@ impl Session {
         let (my_sk, my_pk) = receiving_keys(&self.master)?;
         self.clients
             .nodes
-            .reencrypt(meta, capsule, verifying_key, (&my_sk, &my_pk), &self.notices)
+            .reencrypt(
+                meta,
+                capsule,
+                verifying_key,
+                (&my_sk, &my_pk),
+                &self.notices,
+            )
             .await
     }
 

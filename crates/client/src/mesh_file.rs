@@ -81,9 +81,11 @@ impl MeshFile {
     /// dealing (any t of them give the same key).
     pub fn nodes(&self) -> Result<(u8, Vec<Node>), String> {
         if self.srs_nodes.is_empty() {
-            return Err("lists no [[srs_nodes]] (re-encryption nodes): a mesh file from a \
+            return Err(
+                "lists no [[srs_nodes]] (re-encryption nodes): a mesh file from a \
                         single-SRS mesh; see `sesphrd migrate-srs`, or restart `sesphrd dev`"
-                .into());
+                    .into(),
+            );
         }
         let n = self.srs_nodes.len();
         if self.threshold == 0 || usize::from(self.threshold) > n {
@@ -99,7 +101,10 @@ impl MeshFile {
                 return Err(format!("srs node {index} is listed twice"));
             }
             if !entry.url.starts_with("https://") {
-                return Err(format!("srs node {index}: url {:?} must start with https://", entry.url));
+                return Err(format!(
+                    "srs node {index}: url {:?} must start with https://",
+                    entry.url
+                ));
             }
             let share: [u8; 33] = hex::decode(entry.oprf_public_share.trim())
                 .ok()

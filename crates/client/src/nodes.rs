@@ -56,7 +56,10 @@ pub struct Notices(Arc<Mutex<Vec<String>>>);
 impl Notices {
     pub(crate) fn push(&self, notice: String) {
         tracing::warn!("{notice}");
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(notice);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(notice);
     }
 
     /// The notices so far, emptied.
@@ -469,8 +472,8 @@ fn check_cfrag(
     let [bytes] = resp.cfrags.as_slice() else {
         return Err("answer with other than one cfrag for one capsule");
     };
-    let delegating =
-        PublicKey::from_bytes(&resp.delegating_public_key).map_err(|_| "malformed delegating key")?;
+    let delegating = PublicKey::from_bytes(&resp.delegating_public_key)
+        .map_err(|_| "malformed delegating key")?;
     if agreed.is_some_and(|a| *a != delegating) {
         return Err("delegating key other nodes did not give");
     }

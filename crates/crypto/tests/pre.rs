@@ -402,8 +402,14 @@ fn node_kfrags_are_bound_to_their_node() {
 #[test]
 fn grant_contexts_are_unambiguous() {
     let a = sesphr_crypto::grant_context("alice", "medical", 1, "bob");
-    assert_ne!(a, sesphr_crypto::grant_context("alic", "emedical", 1, "bob"));
-    assert_ne!(a, sesphr_crypto::grant_context("alice", "medical", 2, "bob"));
+    assert_ne!(
+        a,
+        sesphr_crypto::grant_context("alic", "emedical", 1, "bob")
+    );
+    assert_ne!(
+        a,
+        sesphr_crypto::grant_context("alice", "medical", 2, "bob")
+    );
     assert_ne!(a, sesphr_crypto::grant_context("alice", "medical", 1, "bo"));
     assert_eq!(
         a,

@@ -245,10 +245,17 @@ impl FromStr for NodeIndex {
     type Err = IdentityError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // Canonical decimal only, so one node has one name.
-        if s.is_empty() || s.len() > 2 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
+        if s.is_empty()
+            || s.len() > 2
+            || s.starts_with('0')
+            || !s.bytes().all(|b| b.is_ascii_digit())
+        {
             return Err(IdentityError::InvalidNodeIndex(s.to_owned()));
         }
-        NodeIndex::new(s.parse().map_err(|_| IdentityError::InvalidNodeIndex(s.to_owned()))?)
+        NodeIndex::new(
+            s.parse()
+                .map_err(|_| IdentityError::InvalidNodeIndex(s.to_owned()))?,
+        )
     }
 }
 

@@ -421,7 +421,10 @@ impl ServeConfig {
             None => None,
             Some(Ok(kind)) => Some(kind),
             Some(Err(e)) => {
-                return Err(ConfigErrors(vec![format!("{}: service: {e}", path.display())]));
+                return Err(ConfigErrors(vec![format!(
+                    "{}: service: {e}",
+                    path.display()
+                )]));
             }
         };
         let service = match (service, named) {
@@ -598,7 +601,10 @@ impl ServeConfig {
                 ENV_OPRF_SHARE_FILE,
                 &file.srs_node.oprf_share_file,
             );
-            let rate = file.srs_node.reencrypt_rate.unwrap_or(DEFAULT_REENCRYPT_RATE);
+            let rate = file
+                .srs_node
+                .reencrypt_rate
+                .unwrap_or(DEFAULT_REENCRYPT_RATE);
             if !(rate.is_finite() && rate > 0.0) {
                 errors.push(format!("srs_node.reencrypt_rate {rate} must be > 0"));
             }
@@ -821,7 +827,10 @@ mod tests {
             .0
             .join("\n");
         assert!(all.contains("srs_node.setup_endpoint is required"), "{all}");
-        assert!(all.contains("srs_node.oprf_share_file is required"), "{all}");
+        assert!(
+            all.contains("srs_node.oprf_share_file is required"),
+            "{all}"
+        );
         let file: ServeFile = toml::from_str(FULL).unwrap();
         let e = env(&[
             (ENV_SETUP_ENDPOINT, "http://srs:50052"),
@@ -850,7 +859,10 @@ mod tests {
             .unwrap_err()
             .0
             .join("\n");
-        assert!(all.contains("srs.reencrypt_rate moved to [srs_node]"), "{all}");
+        assert!(
+            all.contains("srs.reencrypt_rate moved to [srs_node]"),
+            "{all}"
+        );
     }
 
     #[test]

@@ -764,7 +764,12 @@ fn serve_file(
 /// would be unreadable and its content keys would change.
 fn refuse_single_srs_layout(dir: &Path) -> Result<(), ServeError> {
     let old = dir.join(Service::Srs.as_str());
-    if !old.exists() || crate::dealing::load(&dev_dealing_dir(dir)).ok().flatten().is_some() {
+    if !old.exists()
+        || crate::dealing::load(&dev_dealing_dir(dir))
+            .ok()
+            .flatten()
+            .is_some()
+    {
         return Ok(());
     }
     Err(ServeError::SingleSrsLayout(dir.to_owned()))

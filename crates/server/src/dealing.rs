@@ -160,11 +160,10 @@ pub fn deal(
     // Written last: a dealing interrupted before this line is no dealing.
     let path = public_path(dir);
     let text = toml::to_string(&dealing).expect("a dealing serializes");
-    sesphr_mesh::pki::write_public(&path, text.as_bytes())
-        .map_err(|e| DealingError::Invalid {
-            path,
-            message: e.to_string(),
-        })?;
+    sesphr_mesh::pki::write_public(&path, text.as_bytes()).map_err(|e| DealingError::Invalid {
+        path,
+        message: e.to_string(),
+    })?;
     Ok(dealing)
 }
 
@@ -215,12 +214,15 @@ mod tests {
         assert_eq!((d.threshold, d.nodes()), (2, 3));
         assert_eq!(ensure(dir.path(), None, None).unwrap(), d);
         assert_eq!(ensure(dir.path(), Some(2), Some(3)).unwrap(), d);
-        let e = ensure(dir.path(), Some(1), Some(1)).unwrap_err().to_string();
+        let e = ensure(dir.path(), Some(1), Some(1))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("already holds a 2-of-3 dealing"), "{e}");
         let i = NodeIndex::new(2).unwrap();
-        let share =
-            sesphr_dedup::KeyShare::from_hex(&std::fs::read_to_string(share_path(dir.path(), i)).unwrap())
-                .unwrap();
+        let share = sesphr_dedup::KeyShare::from_hex(
+            &std::fs::read_to_string(share_path(dir.path(), i)).unwrap(),
+        )
+        .unwrap();
         assert_eq!(share.index(), 2);
         assert_eq!(
             hex::encode(share.public_share()),

@@ -91,7 +91,10 @@ pub(crate) async fn off_executor<T: Send + 'static>(
     }
 }
 
-pub(crate) fn parse_public_key(bytes: &[u8], field: &str) -> Result<crypto::PublicKey, DomainError> {
+pub(crate) fn parse_public_key(
+    bytes: &[u8],
+    field: &str,
+) -> Result<crypto::PublicKey, DomainError> {
     crypto::PublicKey::from_bytes(bytes).map_err(|_| {
         DomainError::Malformed(format!(
             "{field} is not a valid P-256 public key (33-byte SEC1 compressed point)"
@@ -99,7 +102,10 @@ pub(crate) fn parse_public_key(bytes: &[u8], field: &str) -> Result<crypto::Publ
     })
 }
 
-pub(crate) fn parse_verifying_key(bytes: &[u8], field: &str) -> Result<crypto::VerifyingKey, DomainError> {
+pub(crate) fn parse_verifying_key(
+    bytes: &[u8],
+    field: &str,
+) -> Result<crypto::VerifyingKey, DomainError> {
     crypto::VerifyingKey::from_bytes(bytes).map_err(|_| {
         DomainError::Malformed(format!(
             "{field} is not a valid P-256 verifying key (33-byte SEC1 compressed point)"
@@ -121,4 +127,3 @@ pub(crate) fn refusal_detail(e: &DomainError) -> String {
         other => other.to_string(),
     }
 }
-

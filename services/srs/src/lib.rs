@@ -209,9 +209,13 @@ impl SrsStore {
             let epoch = u32::from_be_bytes(epoch.try_into().map_err(|_| bad())?);
             let names = std::str::from_utf8(names).map_err(|_| bad())?;
             let mut parts = names.split('\0');
-            let (Some(o), Some(p), Some(g), Some(""), None) =
-                (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-            else {
+            let (Some(o), Some(p), Some(g), Some(""), None) = (
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+            ) else {
                 return Err(bad());
             };
             let set = codec::decode_kfrags(names, &v)?;

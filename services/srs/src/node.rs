@@ -178,8 +178,7 @@ impl<S: Store, G: AccessGate, D: Directory> Node<S, G, D> {
         let kfrag = crypto::KeyFrag::from_bytes(&f.kfrag)
             .map_err(|_| DomainError::Malformed("kfrag is malformed".into()))?;
         let delegating = parse_public_key(&f.delegating_public_key, "delegating_public_key")?;
-        let context =
-            crypto::grant_context(owner_id, &f.partition, f.epoch, &f.grantee_id);
+        let context = crypto::grant_context(owner_id, &f.partition, f.epoch, &f.grantee_id);
         let mine = crypto::node_kfrag_id(&context, u32::from(self.index.get()));
         if *kfrag.id() != mine {
             return Err(DomainError::Malformed(format!(
@@ -365,7 +364,11 @@ impl<S: Store, G: AccessGate, D: Directory> Node<S, G, D> {
             let mut rng = rand::rng();
             Ok(capsules
                 .iter()
-                .map(|capsule| crypto::reencrypt(&mut rng, capsule, kfrag).to_bytes().to_vec())
+                .map(|capsule| {
+                    crypto::reencrypt(&mut rng, capsule, kfrag)
+                        .to_bytes()
+                        .to_vec()
+                })
                 .collect())
         })
         .await?;
@@ -402,15 +405,12 @@ impl<S: Store, G: AccessGate, D: Directory> Node<S, G, D> {
                 "content-key rate limit reached for {caller}; retry shortly"
             )));
         }
-        let evaluation =
-            sesphr_dedup::evaluate_share(&mut rand::rng(), &self.oprf_share, blinded).map_err(
-                |_| {
-                    DomainError::Malformed(
-                        "blinded_element is not a valid P-256 point (33-byte SEC1 compressed)"
-                            .into(),
-                    )
-                },
-            )?;
+        let evaluation = sesphr_dedup::evaluate_share(&mut rand::rng(), &self.oprf_share, blinded)
+            .map_err(|_| {
+                DomainError::Malformed(
+                    "blinded_element is not a valid P-256 point (33-byte SEC1 compressed)".into(),
+                )
+            })?;
         let owner = caller.as_patient().map(UserId::as_str).unwrap_or_default();
         self.audit(
             &caller.to_string(),

@@ -267,10 +267,7 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
         let found = self.enrolled(user_id).await;
         let caller_name = caller.to_string();
         let is_self = caller.as_user().is_some_and(|(_, id)| id == user_id);
-        if !caller.is_mesh_server()
-            && !is_self
-            && self.lookups.due(&caller_name, user_id, now)
-        {
+        if !caller.is_mesh_server() && !is_self && self.lookups.due(&caller_name, user_id, now) {
             let detail = if found.is_ok() {
                 "found"
             } else {

@@ -20,8 +20,7 @@ use crate::gate::{AccessGate, AuditEvent, Decision, Outcome, ReEncryptSubject};
 use crate::node::{KfragFiling, Node, NodeConfig, ReEncryption};
 use crate::setup::{
     AuditedLookups, Enrollment, LOOKUP_AUDIT_WINDOW_SECS, MAX_CSR_BYTES, MAX_REMEMBERED_LOOKUPS,
-    Setup,
-    SetupConfig,
+    Setup, SetupConfig,
 };
 use crate::{DomainError, KfragSet, SrsStore, Store};
 
@@ -269,7 +268,13 @@ impl World {
 
     /// `owner`'s kfrag shares for `grantee` on medical@`epoch`, as a client
     /// makes them: share `i` for node `i` (position `i - 1`).
-    fn filings(&self, owner: &Keys, grantee: &Keys, grantee_id: &str, epoch: u32) -> Vec<KfragFiling> {
+    fn filings(
+        &self,
+        owner: &Keys,
+        grantee: &Keys,
+        grantee_id: &str,
+        epoch: u32,
+    ) -> Vec<KfragFiling> {
         self.filings_as(owner, "alice", grantee, grantee_id, epoch)
     }
 
@@ -448,7 +453,9 @@ async fn reencrypt_allowance_is_per_identity_and_refills() {
         "{e:?}"
     );
     // Another identity has its own allowance; time refills it.
-    w.node(1).admit_reencryption_at(&patient("carol"), t).unwrap();
+    w.node(1)
+        .admit_reencryption_at(&patient("carol"), t)
+        .unwrap();
     w.node(1)
         .admit_reencryption_at(&doctor("bob"), t + Duration::from_secs(2))
         .unwrap();
@@ -641,8 +648,12 @@ async fn only_the_owner_files_and_revokes_its_kfrags() {
         assert_eq!(set.kfrags.len(), 1, "each node keeps its one share");
     }
     assert_ne!(
-        w.node_stores[0].kfrags("alice", "medical", 0, "bob").unwrap(),
-        w.node_stores[1].kfrags("alice", "medical", 0, "bob").unwrap()
+        w.node_stores[0]
+            .kfrags("alice", "medical", 0, "bob")
+            .unwrap(),
+        w.node_stores[1]
+            .kfrags("alice", "medical", 0, "bob")
+            .unwrap()
     );
 
     // Mallory revoking "bob" reaches only mallory's own (none).
@@ -729,7 +740,9 @@ async fn reencryption_needs_a_grant_and_kfrags_and_any_two_nodes_decrypt() {
     let bob_pk = bob.pre.public_key();
     let mut per_node = Vec::new();
     for node in 1..=NODES {
-        let done = bob_asks(node, vec![capsule_bytes.clone(); 2]).await.unwrap();
+        let done = bob_asks(node, vec![capsule_bytes.clone(); 2])
+            .await
+            .unwrap();
         assert_eq!(done.delegating_public_key, medical_pk.to_bytes());
         assert_eq!(done.cfrags.len(), 2, "one cfrag per capsule");
         per_node.push(
@@ -746,8 +759,7 @@ async fn reencryption_needs_a_grant_and_kfrags_and_any_two_nodes_decrypt() {
             crypto::decapsulate_reencrypted(&bob.pre, &medical_pk, &capsule, &cfrags).unwrap();
         assert!(opened == kem, "bob opens what alice sealed");
     }
-    let alone =
-        crypto::decapsulate_reencrypted(&bob.pre, &medical_pk, &capsule, &per_node[..1]);
+    let alone = crypto::decapsulate_reencrypted(&bob.pre, &medical_pk, &capsule, &per_node[..1]);
     assert!(alone.map(|k| k != kem).unwrap_or(true));
     // A node asked twice still holds one share: the same share again.
     let again = bob_asks(1, vec![capsule_bytes.clone()]).await.unwrap();
