@@ -283,3 +283,88 @@ fn sesphrd_check_config_refuses_broken_configs_with_exit_64() {
         );
     }
 }
+
+/// The re-encryption nodes' shared config (`deploy/k8s/base/srs-node`):
+/// it parses as a node's, and `--check-config` accepts it for each node's
+/// certificate and dealt share, and refuses a share or certificate that is
+/// not that node's.
+#[test]
+fn the_shipped_node_config_serves_every_node_and_only_with_its_own_share() {
+    use sesphr_server::config::{ENV_OPRF_SHARE_FILE, ENV_SETUP_ENDPOINT, ServiceKind};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s/base/srs-node/sesphrd.toml");
+    let text = fs::read_to_string(&path).unwrap();
+    let file: ServeFile = toml::from_str(&text).unwrap();
+    let cfg = ServeConfig::from_file(
+        file,
+        ServiceKind::SrsNode,
+        &HashMap::<String, String>::new(),
+    )
+    .unwrap();
+    assert_eq!(cfg.listen.port(), 50054);
+    assert_eq!(cfg.health_listen.map(|a| a.port()), Some(HEALTH_PORT));
+    assert!(cfg.srs.is_none());
+    let node = cfg.srs_node.expect("node settings");
+    assert_eq!(
+        node.setup_endpoint,
+        format!("https://srs.{NAMESPACE}.svc:50052")
+    );
+    assert_eq!(node.oprf_share_file, Path::new("/etc/sesphr/oprf/share"));
+    assert!(node.reencrypt_rate > 0.0);
+    assert_eq!(
+        cfg.access_policy_endpoint.as_deref(),
+        Some(format!("https://access-policy.{NAMESPACE}.svc:50053").as_str())
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = CertificateAuthority::generate(TRUST_DOMAIN).expect("CA");
+    fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
+    let dealing = dir.path().join("oprf");
+    sesphr_server::dealing::deal(&dealing, 2, 3, None).unwrap();
+    let run = |cert_id: Identity, share: u32| {
+        let issued = ca.issue(&cert_id, &["srs-node-1"], &[]).unwrap();
+        let cert = dir.path().join("tls.crt");
+        let key = dir.path().join("tls.key");
+        fs::write(&cert, issued.cert_pem.as_bytes()).unwrap();
+        fs::write(&key, issued.key_pem.as_bytes()).unwrap();
+        let share = sesphr_server::dealing::share_path(
+            &dealing,
+            sesphr_identity::NodeIndex::new(share).unwrap(),
+        );
+        let mut cmd = Command::new(crate::common::bin("sesphrd"));
+        cmd.args(["serve", "--service", "srs-node", "--config"])
+            .arg(&path)
+            .arg("--check-config");
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SESPHR_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env(ENV_TLS_CERT, &cert)
+            .env(ENV_TLS_KEY, &key)
+            .env(ENV_TLS_CA, dir.path().join("ca.crt"))
+            .env(ENV_DATA_DIR, dir.path().join("db"))
+            .env(ENV_OPRF_SHARE_FILE, share)
+            .env(ENV_SETUP_ENDPOINT, "https://srs.sesphr.svc:50052");
+        cmd.output().unwrap()
+    };
+    for i in 1..=3 {
+        let id = Identity::srs_node(TRUST_DOMAIN, sesphr_identity::NodeIndex::new(i).unwrap());
+        let out = run(id, i);
+        assert_eq!(out.status.code(), Some(0), "node {i}: {}", describe(&out));
+    }
+    let node1 = Identity::srs_node(TRUST_DOMAIN, sesphr_identity::NodeIndex::new(1).unwrap());
+    let out = run(node1, 2);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("share 2 is not node 1's"),
+        "{}",
+        describe(&out)
+    );
+    let out = run(Identity::service(TRUST_DOMAIN, Service::Srs), 1);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a re-encryption node"),
+        "{}",
+        describe(&out)
+    );
+}

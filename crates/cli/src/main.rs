@@ -123,6 +123,10 @@ enum Command {
         #[arg(long)]
         no_rotate: bool,
     },
+    /// Send re-encryption nodes what they are still owed (kfrag shares a
+    /// node did not take, deletions a node did not hear); grant, revoke and
+    /// rotate do this first anyway.
+    Retry,
     /// Move a partition to a new key epoch for later uploads.
     Rotate {
         #[arg(long)]
@@ -252,6 +256,14 @@ fn progress(len: u64, verb: &str) -> (Progress, Option<ProgressBar>) {
     (Arc::new(move |n| b.set_position(n)), Some(bar))
 }
 
+/// What went wrong at single re-encryption nodes while a command succeeded,
+/// one line each on stderr.
+fn print_notices(s: &Session) {
+    for notice in s.notices.take() {
+        eprintln!("sesphr: warning: {}", client::printable(&notice));
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     match cli.command {
@@ -375,6 +387,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     },
                 )
                 .await?;
+            print_notices(&patient);
             let fp = patient
                 .pinned_fingerprint(&to)?
                 .unwrap_or_else(|| "unknown".into());
@@ -402,6 +415,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mesh = mesh_file(&cli.mesh)?;
             let patient = Patient::open(&mesh, home(&cli.home)?)?;
             patient.revoke(&partition, &from).await?;
+            print_notices(&patient);
             if no_rotate {
                 eprintln!(
                     "revoked {from}'s access to {partition} (not rotated: run `sesphr rotate --partition {partition}` before writing records {from} must not read)"
@@ -417,10 +431,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        Command::Retry => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let patient = Patient::open(&mesh, home(&cli.home)?)?;
+            let before = patient.pending_node_ops()?.len();
+            let still = patient.retry_pending().await?;
+            eprintln!(
+                "{} of {before} owed node operation(s) delivered; {still} still owed",
+                before - still.min(before)
+            );
+            if still > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Rotate { partition } => {
             let mesh = mesh_file(&cli.mesh)?;
             let patient = Patient::open(&mesh, home(&cli.home)?)?;
             let epoch = patient.rotate(&partition).await?;
+            print_notices(&patient);
             eprintln!("{partition} now uses key epoch {epoch} for new records");
             println!("{epoch}");
         }

@@ -143,6 +143,9 @@ pub trait Store: Send + Sync + 'static {
     fn service_secret(&self, name: &str) -> Result<Zeroizing<[u8; 32]>, DomainError>;
 }
 
+/// One stored kfrag set with its key: (owner, partition, grantee, epoch, set).
+pub type StoredKfragSet = (String, String, String, u32, KfragSet);
+
 /// Users and kfrags in sled. `Send + Sync`: share one behind an `Arc`.
 pub struct SrsStore {
     db: sled::Db,
@@ -200,7 +203,7 @@ impl SrsStore {
 
     /// Every stored kfrag set with its (owner, partition, grantee, epoch),
     /// for moving a single-node SRS's sets to node 1 (`sesphrd migrate-srs`).
-    pub fn kfrag_sets(&self) -> Result<Vec<(String, String, String, u32, KfragSet)>, DomainError> {
+    pub fn kfrag_sets(&self) -> Result<Vec<StoredKfragSet>, DomainError> {
         let mut out = Vec::new();
         for item in self.kfrags.iter() {
             let (k, v) = item?;

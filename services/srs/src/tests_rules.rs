@@ -754,7 +754,7 @@ async fn reencryption_needs_a_grant_and_kfrags_and_any_two_nodes_decrypt() {
     }
     // Any two nodes' cfrags open the capsule; one node's never does.
     for pair in [[0, 1], [0, 2], [1, 2]] {
-        let cfrags: Vec<_> = pair.iter().map(|&i| per_node[i].clone()).collect();
+        let cfrags: Vec<_> = pair.iter().map(|&i| per_node[i]).collect();
         let opened =
             crypto::decapsulate_reencrypted(&bob.pre, &medical_pk, &capsule, &cfrags).unwrap();
         assert!(opened == kem, "bob opens what alice sealed");
@@ -767,12 +767,8 @@ async fn reencryption_needs_a_grant_and_kfrags_and_any_two_nodes_decrypt() {
         .unwrap()
         .verify(&capsule, &owner_vk, &medical_pk, &bob_pk)
         .unwrap();
-    let twice = crypto::decapsulate_reencrypted(
-        &bob.pre,
-        &medical_pk,
-        &capsule,
-        &[per_node[0].clone(), again],
-    );
+    let twice =
+        crypto::decapsulate_reencrypted(&bob.pre, &medical_pk, &capsule, &[per_node[0], again]);
     assert!(twice.map(|k| k != kem).unwrap_or(true));
 }
 
