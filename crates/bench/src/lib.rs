@@ -345,10 +345,17 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn spawn(sesphrd: &Path, data_dir: &Path) -> anyhow::Result<Self> {
+        Self::spawn_with(sesphrd, data_dir, &[])
+    }
+
+    /// [`spawn`](Self::spawn) with more `sesphrd dev` arguments (e.g.
+    /// `--srs-nodes 5 --threshold 3`).
+    pub fn spawn_with(sesphrd: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let mut child = Command::new(sesphrd)
             .args(["dev", "--data-dir"])
             .arg(data_dir)
             .args(["--base-port", "0"])
+            .args(extra)
             .env("RUST_LOG", "error")
             // Every bench client connects from 127.0.0.1: one peer address
             // holds all the connections the per-peer cap would otherwise
@@ -750,6 +757,50 @@ const MIB: usize = 1 << 20;
 
 /// 1 MiB records: upload then download (the owner's own path: encrypt,
 /// stream, store; fetch, stream, decrypt).
+/// One grantee reading one small record again and again (each read: the
+/// record from CloudStorage, then t cfrags from the nodes in parallel), on a
+/// fresh `t`-of-`n` mesh; sequential, so the latency is the fan-out's.
+async fn grantee_read_workload(
+    o: &Options,
+    (threshold, nodes): (u8, u8),
+    duration: Duration,
+) -> anyhow::Result<Stats> {
+    let dir = o.work_dir.join(format!("read-{threshold}-of-{nodes}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = Daemon::spawn_with(
+        &o.sesphrd,
+        &dir.join("mesh"),
+        &[
+            "--srs-nodes",
+            &nodes.to_string(),
+            "--threshold",
+            &threshold.to_string(),
+        ],
+    )?;
+    let homes = dir.join("users");
+    let token = d.token();
+    enroll_many(&d.mesh, &homes, &token, "owner", 1, Role::Patient).await?;
+    let docs = enroll_many(&d.mesh, &homes, &token, "reader", 1, Role::Doctor).await?;
+    let alice = Patient::open(&d.mesh, &homes.join("owner0"))?;
+    let rec = upload_bytes(&alice, "medical", b"lab results".to_vec())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    alice
+        .grant("medical", "reader0", Default::default())
+        .await?;
+    let reader = Arc::new(Practitioner::open(&d.mesh, &docs[0])?);
+    // Warm the connections to every node.
+    download_len(&reader.session, &rec.record_id.to_string())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let id = rec.record_id.to_string();
+    Ok(drive(&[reader], duration, move |c: Arc<Practitioner>, _| {
+        let id = id.clone();
+        async move { download_len(&c.session, &id).await }
+    })
+    .await)
+}
+
 async fn updown_workload(
     d: &Daemon,
     homes: &Path,
@@ -1137,6 +1188,27 @@ async fn run_into(o: &Options, rows: &mut Vec<Row>) -> anyhow::Result<()> {
                     stats: Some(s),
                 });
             }
+        }
+    }
+    if o.wants("read") {
+        let mut base = None;
+        for (t, n) in [(1u8, 1u8), (2, 3), (3, 5)] {
+            eprintln!("grantee reads on a {t}-of-{n} mesh ...");
+            let s = grantee_read_workload(o, (t, n), o.duration).await?;
+            let p50 = s.percentile_ms(50.0);
+            let base_p50 = *base.get_or_insert(p50);
+            rows.push(Row {
+                workload: format!("grantee read of a small record, {t}-of-{n} nodes"),
+                clients: "1".into(),
+                figure: format!(
+                    "p50 {p50:.2} ms = {:.2}× 1-of-1, p99 {:.2} ms",
+                    p50 / base_p50,
+                    s.percentile_ms(99.0)
+                ),
+                target: "little more than the slowest of t parallel calls".into(),
+                met: None,
+                stats: Some(s),
+            });
         }
     }
     if o.wants("updown") {
