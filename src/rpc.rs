@@ -147,15 +147,8 @@ const CLOUD: CallerClass = CallerClass::Service(Service::CloudStorage);
 const SRS: CallerClass = CallerClass::Service(Service::Srs);
 const POLICY: CallerClass = CallerClass::Service(Service::AccessPolicy);
 const NODE: CallerClass = CallerClass::SrsNode;
-const ANY_AUTHENTICATED: &[CallerClass] = &[
-    Patient,
-    Practitioner,
-    CLOUD,
-    SRS,
-    NODE,
-    POLICY,
-    Operator,
-];
+const ANY_AUTHENTICATED: &[CallerClass] =
+    &[Patient, Practitioner, CLOUD, SRS, NODE, POLICY, Operator];
 
 const fn method(name: &'static str, callers: &'static [CallerClass], cost: Cost) -> RpcSpec {
     RpcSpec {
@@ -197,7 +190,11 @@ pub const TABLE: RpcTable = RpcTable(&[
         &[Patient, Practitioner],
         Expensive,
     ),
-    method("sesphr.v1.SrsNode/EvaluateContentKey", &[Patient], Expensive),
+    method(
+        "sesphr.v1.SrsNode/EvaluateContentKey",
+        &[Patient],
+        Expensive,
+    ),
     method("sesphr.v1.AccessPolicy/Grant", &[Patient], Expensive),
     method("sesphr.v1.AccessPolicy/Revoke", &[Patient], Expensive),
     method("sesphr.v1.AccessPolicy/Check", &[CLOUD, SRS, NODE], Cheap),

@@ -790,7 +790,7 @@ async fn grantee_read_workload(
         .await?;
     let reader = Arc::new(Practitioner::open(&d.mesh, &docs[0])?);
     // Warm the connections to every node.
-    download_len(&reader.session, &rec.record_id.to_string())
+    download_len(&reader.session, rec.record_id.as_ref())
         .await
         .map_err(anyhow::Error::msg)?;
     let id = rec.record_id.to_string();

@@ -85,3 +85,46 @@ pub fn migrate_single_srs(dir: &Path) -> Result<Migrated, MigrateError> {
         kfrag_sets: sets.len(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sesphr_srs::KfragSet;
+
+    /// The old OPRF key becomes node 1's share (same content keys), every
+    /// kfrag set moves to node 1, users stay with the setup service.
+    #[test]
+    fn the_old_key_and_sets_move_to_node_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_key = {
+            let old = SrsStore::open(&dir.path().join("srs")).unwrap();
+            let set = KfragSet {
+                delegating_public_key: vec![2; 33],
+                kfrags: vec![vec![7; 100]],
+                stored_at: 1,
+            };
+            old.put_kfrags("alice", "medical", 3, "bob", set).unwrap();
+            let seed = old.service_secret(SINGLE_SRS_OPRF_SEED_SECRET).unwrap();
+            sesphr_dedup::ServerKey::derive(&seed, SINGLE_SRS_OPRF_KEY_INFO).unwrap()
+        };
+        let done = migrate_single_srs(dir.path()).unwrap();
+        assert_eq!(done, Migrated { kfrag_sets: 1 });
+        let dealing = crate::dealing::load(&dev_dealing_dir(dir.path()))
+            .unwrap()
+            .unwrap();
+        assert_eq!((dealing.threshold, dealing.nodes()), (1, 1));
+        assert_eq!(
+            dealing.srs_nodes[0].oprf_public_share,
+            hex::encode(old_key.public_key())
+        );
+        let node = SrsStore::open(&dir.path().join("srs-node-1")).unwrap();
+        assert!(node.kfrags("alice", "medical", 3, "bob").unwrap().is_some());
+        let old = SrsStore::open(&dir.path().join("srs")).unwrap();
+        assert!(old.kfrag_sets().unwrap().is_empty());
+        drop((node, old));
+        assert!(matches!(
+            migrate_single_srs(dir.path()),
+            Err(MigrateError::AlreadySplit(_))
+        ));
+    }
+}
