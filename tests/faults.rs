@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{download, upload};
+use common::{download, eventually, upload};
 use sesphr::proto;
 use sesphr_client::MeshFile;
 use sesphr_client::{self as client, ClientError, Patient, Practitioner};
@@ -139,6 +139,22 @@ impl Mesh {
         Running { addr, stop, task }
     }
 
+    /// Starts the SRS setup service and then node 1 (which asks it), with
+    /// their data under `dir`, and enters both in the mesh file.
+    async fn start_srs(&mut self, dir: &Path) -> (Running, Running) {
+        let setup = self.start(Service::Srs, any_port(), dir.join("srs")).await;
+        self.file.srs = format!("https://{}", setup.addr);
+        let node = self
+            .start(
+                Served::SrsNode(NodeIndex::new(1).unwrap()),
+                any_port(),
+                dir.join("srs-node-1"),
+            )
+            .await;
+        self.file.srs_nodes[0].url = format!("https://{}", node.addr);
+        (setup, node)
+    }
+
     async fn enroll(&self, home: &Path, id: &str, role: Role) {
         let token = std::fs::read_to_string(self.pki.enrollment_token()).unwrap();
         client::enroll(&self.file, home, id, role, token.trim())
@@ -149,26 +165,6 @@ impl Mesh {
 
 fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-/// Retries `f` until it succeeds (a restarted peer is reached again after
-/// the channel's reconnect back-off), at most `patience`.
-async fn eventually<T, F, Fut>(patience: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ClientError>>,
-{
-    let deadline = Instant::now() + patience;
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("did not recover within {patience:?}: {e}"),
-        }
-    }
 }
 
 /// Every way a grantee reads: all refused with UNAVAILABLE and a message
@@ -232,20 +228,9 @@ async fn access_policy_down_or_hung_fails_closed_and_recovers() {
     let cloud = mesh
         .start(Service::CloudStorage, any_port(), tmp.path().join("cloud"))
         .await;
-    let srs = mesh
-        .start(Service::Srs, any_port(), tmp.path().join("srs"))
-        .await;
     mesh.file.cloud_storage = format!("https://{}", cloud.addr);
-    mesh.file.srs = format!("https://{}", srs.addr);
     mesh.file.access_policy = mesh.policy_url.clone();
-    let node = mesh
-        .start(
-            Served::SrsNode(NodeIndex::new(1).unwrap()),
-            any_port(),
-            tmp.path().join("srs-node-1"),
-        )
-        .await;
-    mesh.file.srs_nodes[0].url = format!("https://{}", node.addr);
+    let (srs, node) = mesh.start_srs(tmp.path()).await;
 
     let homes = tmp.path().join("users");
     mesh.enroll(&homes.join("alice"), "alice", Role::Patient)
@@ -396,20 +381,9 @@ async fn disk_full_refuses_the_write_and_leaves_no_partial_record() {
     let cloud = mesh
         .start(Service::CloudStorage, any_port(), cloud_dir.clone())
         .await;
-    let srs = mesh
-        .start(Service::Srs, any_port(), tmp.path().join("srs"))
-        .await;
     mesh.file.cloud_storage = format!("https://{}", cloud.addr);
-    mesh.file.srs = format!("https://{}", srs.addr);
     mesh.file.access_policy = mesh.policy_url.clone();
-    let node = mesh
-        .start(
-            Served::SrsNode(NodeIndex::new(1).unwrap()),
-            any_port(),
-            tmp.path().join("srs-node-1"),
-        )
-        .await;
-    mesh.file.srs_nodes[0].url = format!("https://{}", node.addr);
+    let (srs, node) = mesh.start_srs(tmp.path()).await;
     let homes = tmp.path().join("users");
     mesh.enroll(&homes.join("alice"), "alice", Role::Patient)
         .await;

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::impostor::{short_timeouts, with_timeouts};
-use common::{bin, download, upload};
+use common::{bin, download, eventually, upload};
 use sesphr_client::{self as client, MeshFile, Patient, Practitioner, Role};
 use tonic::Code;
 
@@ -75,26 +75,6 @@ impl Served {
 impl Drop for Served {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// Retries `f` until it succeeds, at most `patience` (a process just
-/// started, or a restarted node reached again after the channel's
-/// reconnect back-off).
-async fn eventually<T, Fut>(patience: Duration, mut f: impl FnMut() -> Fut) -> T
-where
-    Fut: std::future::Future<Output = Result<T, client::ClientError>>,
-{
-    let deadline = Instant::now() + patience;
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("did not succeed within {patience:?}: {e}"),
-        }
     }
 }
 

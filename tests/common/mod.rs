@@ -250,3 +250,23 @@ pub async fn query_blob(c: &MeshClients, blob_id: &[u8]) -> sesphr::proto::Query
         .expect("QueryBlob answers")
         .into_inner()
 }
+
+/// Retries `f` until it succeeds (a process just started, or a restarted
+/// peer reached again after the channel's reconnect back-off), at most
+/// `patience`.
+pub async fn eventually<T, F, Fut>(patience: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, client::ClientError>>,
+{
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("did not succeed within {patience:?}: {e}"),
+        }
+    }
+}

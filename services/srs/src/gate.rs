@@ -127,3 +127,24 @@ pub(crate) fn refusal_detail(e: &DomainError) -> String {
         other => other.to_string(),
     }
 }
+
+/// Writes one audit entry through `gate` (best effort, like
+/// [`AccessGate::audit`]).
+pub(crate) async fn audit(
+    gate: &impl AccessGate,
+    subject: &str,
+    rpc: Rpc,
+    (owner_id, partition): (&str, &str),
+    outcome: Outcome,
+    detail: &str,
+) {
+    gate.audit(AuditEvent {
+        subject,
+        rpc,
+        owner_id,
+        partition,
+        outcome,
+        detail,
+    })
+    .await;
+}

@@ -24,8 +24,7 @@ use std::sync::Arc;
 
 use crate::directory::Directory;
 use crate::gate::{
-    AccessGate, AuditEvent, Outcome, ReEncryptSubject, off_executor, parse_public_key,
-    parse_verifying_key,
+    AccessGate, Outcome, ReEncryptSubject, off_executor, parse_public_key, parse_verifying_key,
 };
 use crate::kfrag_cache::{self, VerifiedKfrags};
 use crate::{KfragSet, MAX_KFRAG_LEN, Store};
@@ -133,20 +132,11 @@ impl<S: Store, G: AccessGate, D: Directory> Node<S, G, D> {
         &self,
         subject: &str,
         rpc: Rpc,
-        (owner_id, partition): (&str, &str),
+        about: (&str, &str),
         outcome: Outcome,
         detail: &str,
     ) {
-        self.gate
-            .audit(AuditEvent {
-                subject,
-                rpc,
-                owner_id,
-                partition,
-                outcome,
-                detail,
-            })
-            .await;
+        crate::gate::audit(&self.gate, subject, rpc, about, outcome, detail).await
     }
 
     /// The patient a kfrag call is made by (the RPC table admits patients

@@ -24,8 +24,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::gate::{
-    AccessGate, AuditEvent, Outcome, off_executor, parse_public_key, parse_verifying_key,
-    refusal_detail,
+    AccessGate, Outcome, off_executor, parse_public_key, parse_verifying_key, refusal_detail,
 };
 use crate::{Store, UserRecord};
 
@@ -136,20 +135,11 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
         &self,
         subject: &str,
         rpc: Rpc,
-        (owner_id, partition): (&str, &str),
+        about: (&str, &str),
         outcome: Outcome,
         detail: &str,
     ) {
-        self.gate
-            .audit(AuditEvent {
-                subject,
-                rpc,
-                owner_id,
-                partition,
-                outcome,
-                detail,
-            })
-            .await;
+        crate::gate::audit(&self.gate, subject, rpc, about, outcome, detail).await
     }
 
     /// Enrols a user: the token is checked (in constant time), then the
