@@ -394,6 +394,22 @@ def node_kfrag_id(context: bytes, node: int) -> bytes:
                           + node.to_bytes(4, "big")).digest()
 
 
+def grant_context(owner: str, partition: str, epoch: int, grantee: str) -> bytes:
+    """§7.4: the `context` of a grant's node kfrag ids,
+    `u16be(len(owner)) || owner || u16be(len(partition)) || partition || u32be(epoch) ||
+    u16be(len(grantee)) || grantee` (UTF-8)."""
+    if not 0 <= epoch < 2**32:
+        raise InvalidParameter("epoch must be a u32")
+
+    def field(s: str) -> bytes:
+        b = s.encode()
+        if len(b) > 0xFFFF:
+            raise InvalidParameter("grant context fields are at most 65535 bytes")
+        return len(b).to_bytes(2, "big") + b
+
+    return field(owner) + field(partition) + epoch.to_bytes(4, "big") + field(grantee)
+
+
 def _poly_eval(coeffs: list[int], x: int) -> int:
     acc = 0
     for c in reversed(coeffs):
@@ -401,40 +417,71 @@ def _poly_eval(coeffs: list[int], x: int) -> int:
     return acc
 
 
-def generate_kfrags(a: int, pk_b, signer: SigningKey, threshold: int, shares: int, *,
-                    precursor_secret: int | None = None, coefficients: list[int] | None = None,
-                    ids: list[bytes] | None = None) -> list[KeyFrag]:
-    """§7.1. The keyword arguments fix the random inputs (test vectors only)."""
-    if not 1 <= threshold <= shares <= 255:
-        raise InvalidParameter("need 1 <= t <= N <= 255")
+def _kfrags_with(a: int, pk_b, signer: SigningKey, x_a: int, tail: list[int], ids: list[bytes],
+                 fresh_id) -> list[KeyFrag] | None:
+    """§7.1 with the precursor secret, f_1..f_{t-1} and the ids given. `fresh_id()` replaces an
+    id whose x or rk is 0, or returns None to give up; None also when d = 0."""
     pk_a = G * a
-    while True:
-        x_a = precursor_secret if precursor_secret is not None else random_nonzero_scalar()
-        precursor = G * x_a
-        dh = pk_b * x_a
-        base = encode_point(precursor) + encode_point(pk_b) + encode_point(dh)
-        d = h2s(SHARED_SECRET_DST, base)
-        if d:
-            break
-        if precursor_secret is not None:
-            raise InvalidParameter("d = 0")
-    coeffs = [a * pow(d, -1, N) % N]
-    coeffs += coefficients if coefficients is not None else [
-        random_nonzero_scalar() for _ in range(threshold - 1)]
+    precursor = G * x_a
+    dh = pk_b * x_a
+    base = encode_point(precursor) + encode_point(pk_b) + encode_point(dh)
+    d = h2s(SHARED_SECRET_DST, base)
+    if not d:
+        return None
+    coeffs = [a * pow(d, -1, N) % N, *tail]
     kfrags = []
-    for i in range(shares):
+    for kid in ids:
         while True:
-            kid = ids[i] if ids is not None else os.urandom(32)
             x = h2s(POLYNOMIAL_ARG_DST, base + kid)
             rk = _poly_eval(coeffs, x)
             if x and rk:
                 break
-            if ids is not None:
-                raise InvalidParameter("x = 0 or rk = 0 for a given id")
+            kid = fresh_id()
+            if kid is None:
+                return None
         u1 = U * rk
         sig = signer.sign(_kfrag_message(kid, u1, precursor, pk_a, pk_b))
         kfrags.append(KeyFrag(kid, rk, precursor, u1, sig))
     return kfrags
+
+
+def generate_kfrags(a: int, pk_b, signer: SigningKey, threshold: int, shares: int, *,
+                    precursor_secret: int | None = None, coefficients: list[int] | None = None,
+                    ids: list[bytes] | None = None) -> list[KeyFrag]:
+    """§7.1. The keyword arguments fix the random inputs (test vectors only).
+
+    Random ids: an id giving x = 0 or rk = 0 is replaced by a new one. Given ids are kept
+    (§7.4: a node recomputes its id): then a new precursor secret (and new coefficients, unless
+    given) are drawn instead, or, with `precursor_secret` given too, InvalidParameter."""
+    if not 1 <= threshold <= shares <= 255:
+        raise InvalidParameter("need 1 <= t <= N <= 255")
+    if coefficients is not None and len(coefficients) != threshold - 1:
+        raise InvalidParameter("need t - 1 coefficients")
+    if ids is not None and (len(ids) != shares or any(len(i) != 32 for i in ids)):
+        raise InvalidParameter("need N ids of 32 bytes")
+    while True:
+        x_a = precursor_secret if precursor_secret is not None else random_nonzero_scalar()
+        tail = coefficients if coefficients is not None else [
+            random_nonzero_scalar() for _ in range(threshold - 1)]
+        if ids is None:
+            out = _kfrags_with(a, pk_b, signer, x_a, tail, [os.urandom(32) for _ in range(shares)],
+                               lambda: os.urandom(32))
+        else:
+            out = _kfrags_with(a, pk_b, signer, x_a, tail, ids, lambda: None)
+        if out is not None:
+            return out
+        if precursor_secret is not None:
+            raise InvalidParameter("d = 0, or x = 0 or rk = 0 for a given id")
+
+
+def generate_node_kfrags(a: int, pk_b, signer: SigningKey, threshold: int, nodes: int,
+                         context: bytes) -> list[KeyFrag]:
+    """§7.4: a t-of-`nodes` sharing whose kfrag i - 1 carries `node_kfrag_id(context, i)` and is
+    meant for node i (1..=nodes) only."""
+    if not 1 <= nodes <= 255:
+        raise InvalidParameter("need 1 <= t <= N <= 255")
+    return generate_kfrags(a, pk_b, signer, threshold, nodes,
+                           ids=[node_kfrag_id(context, i) for i in range(1, nodes + 1)])
 
 
 # §8 re-encryption -----------------------------------------------------------------

@@ -112,6 +112,92 @@ def test_node_kfrag_ids():
         assert c.node_kfrag_id(h(v["context"]), v["node"]).hex() == v["id"]
 
 
+def test_grant_context():
+    # §7.4, byte by byte: u16be(5) "alice" u16be(7) "medical" u32be(1) u16be(3) "bob".
+    expected = h("0005" "616c696365" "0007" "6d65646963616c" "00000001" "0003" "626f62")
+    assert c.grant_context("alice", "medical", 1, "bob") == expected
+    assert c.grant_context("", "p", 0xFFFFFFFF, "") == h("0000" "0001" "70" "ffffffff" "0000")
+    # The lengths keep the fields apart.
+    assert c.grant_context("alic", "emedical", 1, "bob") != expected
+    assert c.grant_context("alice", "medical", 2, "bob") != expected
+    with pytest.raises(c.InvalidParameter):
+        c.grant_context("alice", "medical", 2**32, "bob")
+
+
+def _node_kfrag_setup():
+    owner = c.MasterSecret.generate()
+    keys = owner.partition_keys("medical", 0)
+    grantee = c.MasterSecret.generate().receiving_keys()
+    return owner.signing_key(), keys, grantee, c.grant_context("alice", "medical", 0, "bob")
+
+
+def test_generate_node_kfrags():
+    """§7.4: share i carries node i's id; any t of them re-encrypt."""
+    from itertools import combinations
+    signer, keys, grantee, context = _node_kfrag_setup()
+    kfrags = c.generate_node_kfrags(keys.secret, grantee.public, signer, 2, 3, context)
+    assert [k.id for k in kfrags] == [c.node_kfrag_id(context, i) for i in (1, 2, 3)]
+    assert len({c.encode_point(k.precursor) for k in kfrags}) == 1
+    capsule, kem = c.encapsulate(keys.public)
+    cfrags = []
+    for k in kfrags:
+        decoded = c.KeyFrag.from_bytes(k.to_bytes()).verify(signer.verifying_key_bytes(),
+                                                             keys.public, grantee.public)
+        cfrags.append(c.reencrypt(capsule, decoded).verify(
+            capsule, signer.verifying_key_bytes(), keys.public, grantee.public))
+    for pair in combinations(cfrags, 2):
+        assert c.decapsulate_reencrypted(grantee.secret, keys.public, capsule, list(pair)) == kem
+    # Re-granting in the same context: the same ids, new shares.
+    again = c.generate_node_kfrags(keys.secret, grantee.public, signer, 2, 3, context)
+    assert [k.id for k in again] == [k.id for k in kfrags]
+    assert again[0].precursor != kfrags[0].precursor and again[0].rk != kfrags[0].rk
+    with pytest.raises(c.InvalidParameter):
+        c.generate_node_kfrags(keys.secret, grantee.public, signer, 4, 3, context)
+
+
+def _zero_share_index_once(monkeypatch):
+    """Makes the first share index x computed come out as 0; counts the precursors drawn."""
+    real, state = c.h2s, {"zeroed": False, "precursors": 0}
+
+    def h2s(dst, msg):
+        if dst == c.SHARED_SECRET_DST:
+            state["precursors"] += 1
+        if dst == c.POLYNOMIAL_ARG_DST and not state["zeroed"]:
+            state["zeroed"] = True
+            return 0
+        return real(dst, msg)
+    monkeypatch.setattr(c, "h2s", h2s)
+    return state
+
+
+def test_fixed_id_with_unusable_share_draws_a_new_precursor(monkeypatch):
+    """§7.4: "if x = 0 or rk = 0 for a fixed id, a new precursor x_A is drawn instead of a
+    new id" (a node recomputes its id, so the id cannot change)."""
+    signer, keys, grantee, context = _node_kfrag_setup()
+    state = _zero_share_index_once(monkeypatch)
+    kfrags = c.generate_node_kfrags(keys.secret, grantee.public, signer, 2, 3, context)
+    assert state["zeroed"] and state["precursors"] == 2
+    assert [k.id for k in kfrags] == [c.node_kfrag_id(context, i) for i in (1, 2, 3)]
+    for k in kfrags:
+        k.verify(signer.verifying_key_bytes(), keys.public, grantee.public)
+
+
+def test_random_id_with_unusable_share_draws_a_new_id(monkeypatch):
+    signer, keys, grantee, _ = _node_kfrag_setup()
+    state = _zero_share_index_once(monkeypatch)
+    kfrags = c.generate_kfrags(keys.secret, grantee.public, signer, 2, 3)
+    assert state["zeroed"] and state["precursors"] == 1  # same precursor, another id
+    assert len({k.id for k in kfrags}) == 3
+
+
+def test_fixed_precursor_and_ids_with_unusable_share_fail(monkeypatch):
+    signer, keys, grantee, context = _node_kfrag_setup()
+    _zero_share_index_once(monkeypatch)
+    with pytest.raises(c.InvalidParameter):
+        c.generate_kfrags(keys.secret, grantee.public, signer, 1, 1, precursor_secret=5,
+                          ids=[c.node_kfrag_id(context, 1)])
+
+
 def test_reencrypt_and_verify_cfrags():
     owner, signer, grantee, kfrags = make_kfrags()
     capsule = c.Capsule.from_bytes(h(PRE["encapsulate"]["capsule"]))
