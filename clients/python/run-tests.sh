@@ -8,12 +8,14 @@
 # Creates or reuses the virtualenv target/py-venv, installs the pinned
 # requirements, regenerates the gRPC stubs from proto/, builds the Rust
 # binaries if they are missing, runs pytest, and fails if no test ran.
+# SESPHR_BIN_DIR=DIR tests the sesphrd and sesphr in DIR instead of
+# target/debug (e.g. a copy that a rebuild cannot change mid-run).
 set -euo pipefail
 
 CLIENT="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$CLIENT/../.." && pwd)"
 VENV="$ROOT/target/py-venv"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+BIN="${SESPHR_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/debug}"
 PYTEST_TIMEOUT="${PYTEST_TIMEOUT:-1200}"
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -32,21 +34,27 @@ echo "== generating gRPC stubs from proto/"
 "$VENV/bin/python" "$CLIENT/gen_stubs.py"
 
 if [ ! -x "$BIN/sesphrd" ] || [ ! -x "$BIN/sesphr" ]; then
+    if [ -n "${SESPHR_BIN_DIR:-}" ]; then
+        echo "SESPHR_BIN_DIR=$SESPHR_BIN_DIR holds no sesphrd and sesphr" >&2
+        exit 1
+    fi
     echo "== building sesphrd and sesphr"
     (cd "$ROOT" && cargo build --locked --bin sesphrd --bin sesphr)
 fi
 
-# The fixture writes the mesh's pid here; the trap stops the mesh even if
-# pytest itself is killed before its teardown runs.
+# The fixtures write each mesh's pid here, one a line; the trap stops the
+# meshes even if pytest itself is killed before its teardown runs.
 work="$(mktemp -d "${TMPDIR:-/tmp}/sesphr-pytest.XXXXXX")"
 cleanup() {
     if [ -s "$work/sesphrd.pid" ]; then
-        pid="$(cat "$work/sesphrd.pid")"
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -TERM "$pid" 2>/dev/null || true
-            for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
+        while read -r pid; do
+            [ -n "$pid" ] || continue
+            if kill -0 "$pid" 2>/dev/null; then
+                kill -TERM "$pid" 2>/dev/null || true
+                for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+                kill -KILL "$pid" 2>/dev/null || true
+            fi
+        done <"$work/sesphrd.pid"
     fi
     rm -rf "$work"
 }

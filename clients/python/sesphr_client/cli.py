@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "with the revoked user could still open new records)")
     ro = sub.add_parser("rotate", help="move a partition to a new key epoch for later uploads")
     ro.add_argument("--partition", required=True)
+    sub.add_parser("retry", help="send the re-encryption nodes the kfrag shares and deletions "
+                   "they missed (also done before every grant, revoke and rotate)")
     ls = sub.add_parser("ls", help="list records you may see")
     ls.add_argument("--owner", default="")
     ls.add_argument("--partition", default="")
@@ -90,6 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("user_id")
     t.add_argument("--fingerprint", required=True)
     return p
+
+
+_SESSIONS: list[Session] = []
+
+
+def opened(session: Session) -> Session:
+    """Remembers a session so that its notices (what went wrong at single re-encryption
+    nodes while the command succeeded) are printed on stderr at the end."""
+    _SESSIONS.append(session)
+    return session
+
+
+def print_notices() -> None:
+    for session in _SESSIONS:
+        for notice in session.take_notices():
+            print(f"sesphr-py: note: {notice}", file=sys.stderr)
+    _SESSIONS.clear()
 
 
 def need(value, what: str):
@@ -112,13 +131,13 @@ def run(args) -> None:
               "or read your records)", file=sys.stderr)
         print(spiffe_id(prof.trust_domain, prof.role, prof.user_id))
     elif args.command == "upload":
-        with Patient(mesh, home) as patient, open(args.file, "rb") as f:
+        with opened(Patient(mesh, home)) as patient, open(args.file, "rb") as f:
             length = os.fstat(f.fileno()).st_size
             rec = patient.upload(args.partition, f, length)
         print(f"stored {length} bytes in {args.partition} (epoch {rec.epoch})", file=sys.stderr)
         print(rec.record_id)
     elif args.command == "get":
-        with Session(mesh, home) as s:
+        with opened(Session(mesh, home)) as s:
             if args.output:
                 write_atomically(args.output, s, args.record_id)
             else:
@@ -127,7 +146,7 @@ def run(args) -> None:
         expires = (parse_time(args.expires) if args.expires
                    else int(time.time()) + parse_duration(args.for_) if args.for_ else None)
         not_before = parse_time(args.not_before) if args.not_before else None
-        with Patient(mesh, home) as patient:
+        with opened(Patient(mesh, home)) as patient:
             g = patient.grant(args.partition, args.to, not_before=not_before, expires_at=expires)
             fp = patient.pins.pinned_fingerprint(args.to) or "unknown"
         extra = f", records from {fmt_time(g.not_before)}" if g.not_before else ""
@@ -136,7 +155,7 @@ def run(args) -> None:
               f"{g.partition} from epoch {g.epoch_min}{extra}", file=sys.stderr)
     elif args.command == "revoke":
         p, who = args.partition, args.from_
-        with Patient(mesh, home) as patient:
+        with opened(Patient(mesh, home)) as patient:
             patient.revoke(p, who)
             if args.no_rotate:
                 print(f"revoked {who}'s access to {p} (not rotated: run `rotate --partition {p}` "
@@ -149,12 +168,18 @@ def run(args) -> None:
                                   f"`rotate --partition {p}`: {e}") from None
         print(f"revoked {who}'s access to {p}; new records use key epoch {epoch}", file=sys.stderr)
     elif args.command == "rotate":
-        with Patient(mesh, home) as patient:
+        with opened(Patient(mesh, home)) as patient:
             epoch = patient.rotate(args.partition)
         print(f"{args.partition} now uses key epoch {epoch} for new records", file=sys.stderr)
         print(epoch)
+    elif args.command == "retry":
+        with opened(Patient(mesh, home)) as patient:
+            still = patient.retry_pending()
+        print(f"{still} node operation(s) still owed" if still else "no node operation owed",
+              file=sys.stderr)
+        print(still)
     elif args.command == "whois":
-        with Session(mesh, home) as s:
+        with opened(Session(mesh, home)) as s:
             keys, status, pinned = s.whois(args.user_id)
         print(f"{keys.user_id}\t{keys.role}\t{keys.fingerprint()}")
         print({"pinned": "pinned (matches the keys you used before)",
@@ -162,21 +187,21 @@ def run(args) -> None:
                "changed": f"CHANGED: you pinned {pinned}; check with {args.user_id} before "
                           "`trust`"}[status], file=sys.stderr)
     elif args.command == "trust":
-        with Session(mesh, home) as s:
+        with opened(Session(mesh, home)) as s:
             keys = s.trust(args.user_id, args.fingerprint)
         print(f"pinned {keys.user_id} ({keys.role}) {keys.fingerprint()}", file=sys.stderr)
     elif args.command == "ls":
-        with Session(mesh, home) as s:
+        with opened(Session(mesh, home)) as s:
             for r in s.list(args.owner, args.partition):
                 print(f"{r.record_id}\t{r.owner_id}\t{r.partition}\t{r.epoch}\t"
                       f"{fmt_time(r.created_at)}\t{r.ciphertext_size}")
     elif args.command == "grants":
         disagreements: list[str] = []
         if Profile(home).role == "patient":  # a patient also checks its own ledger
-            with Patient(mesh, home) as patient:
+            with opened(Patient(mesh, home)) as patient:
                 g, disagreements = patient.audit_grants()
         else:
-            with Session(mesh, home) as s:
+            with opened(Session(mesh, home)) as s:
                 g = s.grants()
         for direction, lst in (("given", g.given), ("received", g.received)):
             for x in lst:
@@ -196,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except (ClientError, crypto.CryptoError, OSError) as e:
+        print_notices()
         print(f"sesphr-py: {e}", file=sys.stderr)
         return 1
+    print_notices()
     return 0

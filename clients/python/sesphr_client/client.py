@@ -2,17 +2,24 @@
 
 Same `mesh.toml`, same profile directory (a profile enrolled here works
 with the Rust `sesphr` CLI and vice versa), same wire calls in the same
-order: enroll, upload, get, grant, revoke, list, grants.
+order: enroll, upload, get, grant, revoke, list, grants. The SRS is a setup
+service (Enroll, GetUser) and n re-encryption nodes (`SrsNode`): grants are
+t-of-n kfrag shares, one per node, and reads combine t nodes' cfrags.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import queue
 import re
+import shutil
+import ssl
 import struct
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from dataclasses import dataclass
@@ -41,7 +48,6 @@ from sesphr.v1 import common_pb2  # noqa: E402
 from sesphr.v1 import srs_pb2  # noqa: E402
 from sesphr.v1 import srs_pb2_grpc  # noqa: E402
 
-CALL_TIMEOUT = 30.0
 MAX_MESSAGE = 8 << 20
 ROLES = ["patient", "doctor", "nurse", "pharmacist", "insurer", "researcher", "family", "friend",
          "emergency"]
@@ -92,14 +98,116 @@ def _check_partition(partition: str) -> None:
 
 
 # mesh.toml ---------------------------------------------------------------------------
+MAX_NODES = 16  # re-encryption node indices are 1..=16 (sesphr-identity's NodeIndex)
+MAX_TIMEOUT_MS = 24 * 3600 * 1000
+TIMEOUT_KEYS = ("connect_ms", "unary_ms", "first_message_ms", "idle_ms")
+
+
+@dataclass(frozen=True)
+class NodeEntry:
+    """One re-encryption node of the mesh file: its certificate must name
+    `spiffe://<td>/service/srs-node/<index>`."""
+
+    index: int
+    url: str
+    oprf_public_share: bytes  # 33 bytes, SEC1 compressed
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """The mesh file's `[timeouts]`, in seconds (defaults as in the Rust client)."""
+
+    connect: float = 10.0
+    unary: float = 30.0
+    first_message: float = 30.0
+    idle: float = 30.0
+
+
+def _combine_public_shares(t: int, shares: list[tuple[int, bytes]]):
+    """`sum λ_i · P_i` at 0 over the first t (index, share) pairs (docs/dedup.md)."""
+    chosen = shares[:t]
+    pts = [crypto.decode_point(p, "OPRF public share") for _, p in chosen]
+    acc = crypto.INFINITY
+    for lam, pt in zip(crypto.lagrange_coefficients([i for i, _ in chosen]), pts):
+        acc = acc + pt * lam
+    return acc
+
+
+def _check_nodes(threshold, entries) -> tuple[int, tuple[NodeEntry, ...]]:
+    """As the Rust `MeshFile::nodes`: 1 <= t <= n, indices exactly 1..=n, https URLs, and OPRF
+    public shares that are one t-of-n dealing. Returns (t, nodes in index order)."""
+    if not entries:
+        raise ValueError("lists no [[srs_nodes]] (re-encryption nodes): a mesh file from a "
+                         "single-SRS mesh; see `sesphrd migrate-srs`, or restart `sesphrd dev`")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError("srs_nodes must be an array of tables ([[srs_nodes]])")
+    n = len(entries)
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 1 <= threshold <= n:
+        raise ValueError(f"threshold {threshold!r} must be 1 to the number of srs_nodes ({n})")
+    nodes: list[NodeEntry] = []
+    for e in entries:
+        fields = {"index", "url", "oprf_public_share"}
+        if set(e) - fields:
+            raise ValueError(f"srs node: unknown keys {sorted(set(e) - fields)}")
+        if fields - set(e):
+            raise ValueError(f"srs node: missing {sorted(fields - set(e))[0]}")
+        index, url, share = e["index"], e["url"], e["oprf_public_share"]
+        if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index <= MAX_NODES:
+            raise ValueError(f"invalid re-encryption node index {index!r}: expected 1 to "
+                             f"{MAX_NODES}")
+        if any(m.index == index for m in nodes):
+            raise ValueError(f"srs node {index} is listed twice")
+        if not isinstance(url, str) or not url.startswith("https://"):
+            raise ValueError(f"srs node {index}: url {url!r} must start with https://")
+        try:
+            raw = bytes.fromhex(share.strip()) if isinstance(share, str) else b""
+        except ValueError:
+            raw = b""
+        if len(raw) != 33:
+            raise ValueError(f"srs node {index}: oprf_public_share is not 66 hex digits")
+        nodes.append(NodeEntry(index, url, raw))
+    nodes.sort(key=lambda m: m.index)
+    indices = [m.index for m in nodes]
+    if indices != list(range(1, n + 1)):
+        raise ValueError(f"srs_nodes must be numbered 1 to {n}, each once (they are {indices})")
+    shares = [(m.index, m.oprf_public_share) for m in nodes]
+    try:
+        same = (_combine_public_shares(threshold, shares)
+                == _combine_public_shares(threshold, shares[n - threshold:]))
+    except crypto.Malformed:
+        same = False
+    if not same:
+        raise ValueError(f"the srs_nodes' OPRF public shares are not one {threshold}-of-{n} "
+                         "dealing")
+    return threshold, tuple(nodes)
+
+
+def _check_timeouts(section) -> Timeouts:
+    if section is None:
+        return Timeouts()
+    if not isinstance(section, dict) or set(section) - set(TIMEOUT_KEYS):
+        raise ValueError(f"[timeouts] takes only {', '.join(TIMEOUT_KEYS)}")
+    got = {}
+    for k, v in section.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"timeouts.{k} must be > 0")
+        if v > MAX_TIMEOUT_MS:
+            raise ValueError(f"timeouts.{k} must be at most {MAX_TIMEOUT_MS}")
+        got[k.removesuffix("_ms")] = v / 1000
+    return Timeouts(**got)
+
+
 @dataclass(frozen=True)
 class MeshFile:
     trust_domain: str
     ca: Path
     cloud_storage: str
-    srs: str
+    srs: str  # the SRS setup service (Enroll, GetUser)
     access_policy: str
+    threshold: int
+    srs_nodes: tuple[NodeEntry, ...]  # the re-encryption nodes, in index order 1..=n
     enrollment_token: str | None = None
+    timeouts: Timeouts = Timeouts()
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MeshFile":
@@ -108,17 +216,30 @@ class MeshFile:
             data = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ClientError(f"{path}: {e}") from None
-        known = {"trust_domain", "ca", "enrollment_token", "cloud_storage", "srs", "access_policy"}
+        known = {"trust_domain", "ca", "enrollment_token", "cloud_storage", "srs", "access_policy",
+                 "threshold", "srs_nodes", "timeouts"}
         if set(data) - known:
             raise ClientError(f"{path}: unknown keys {sorted(set(data) - known)}")
         try:
             ca = Path(data["ca"])
             if not ca.is_absolute():  # relative to the mesh file, as in the Rust CLI
                 ca = path.parent / ca
+            threshold, nodes = _check_nodes(data.get("threshold", 0), data.get("srs_nodes", []))
             return cls(data["trust_domain"], ca, data["cloud_storage"], data["srs"],
-                       data["access_policy"], data.get("enrollment_token"))
+                       data["access_policy"], threshold, nodes, data.get("enrollment_token"),
+                       _check_timeouts(data.get("timeouts")))
         except KeyError as e:
             raise ClientError(f"{path}: missing {e.args[0]}") from None
+        except ValueError as e:
+            raise ClientError(f"{path}: {e}") from None
+
+    def service_identity(self, service: str) -> str:
+        """The SPIFFE id `cloud-storage`, `srs` or `access-policy` must present."""
+        return f"spiffe://{self.trust_domain}/service/{service}"
+
+    def node_identity(self, index: int) -> str:
+        """The SPIFFE id re-encryption node `index` must present."""
+        return f"spiffe://{self.trust_domain}/service/srs-node/{index}"
 
 
 def grpc_target(url: str) -> str:
@@ -130,13 +251,143 @@ def grpc_target(url: str) -> str:
 
 def secure_channel(url: str, ca_pem: bytes, key_pem: bytes | None = None,
                    cert_pem: bytes | None = None) -> grpc.Channel:
-    """An mTLS channel (or TLS-only when no key/cert: enrollment, refusal tests)."""
+    """A plain grpcio mTLS channel (TLS-only when no key/cert). It checks the chain and the host
+    name but not which service answers: for raw calls in tests; sessions use PinnedChannel."""
     creds = grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key_pem,
                                          certificate_chain=cert_pem)
     return grpc.secure_channel(grpc_target(url), creds, options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE),
         ("grpc.max_send_message_length", MAX_MESSAGE),
     ])
+
+
+# Channels that talk only to the expected identity -------------------------------------------
+# grpcio's TLS checks the server's chain and host name but cannot be told which SPIFFE id
+# the server must present (a name override also becomes the SNI, which the servers refuse).
+# So, as the Rust client's connector does its own TLS, each channel here goes through a
+# local relay: gRPC speaks plain HTTP/2 over a Unix socket in a private directory, and the
+# relay makes every connection's TLS itself (mesh CA, host name, ALPN h2, the client's
+# certificate) and forwards it only if the server's certificate names exactly the expected
+# `spiffe://` URI SAN.
+_LOOP_LOCK = threading.Lock()
+_LOOP: asyncio.AbstractEventLoop | None = None
+
+
+def _relay_loop() -> asyncio.AbstractEventLoop:
+    """One event loop thread for every relay of the process."""
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None or _LOOP.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="sesphr-tls-relay",
+                             daemon=True).start()
+            _LOOP = loop
+        return _LOOP
+
+
+def peer_spiffe_ids(cert: dict) -> list[str]:
+    """The `spiffe://` URI SANs of a certificate as `SSLSocket.getpeercert()` returns it."""
+    return [v for k, v in cert.get("subjectAltName", ())
+            if k == "URI" and v.startswith("spiffe://")]
+
+
+class PinnedChannel:
+    """A gRPC channel to `url` that reaches only a server presenting `expected` (one SPIFFE
+    id), over the mesh CA; with `cert_file`/`key_file` the client presents that identity.
+    `last_error` says why the last connection was not made."""
+
+    def __init__(self, url: str, expected: str, ca_pem: bytes, cert_file: Path | None = None,
+                 key_file: Path | None = None, connect_timeout: float = 10.0):
+        target = grpc_target(url)
+        host, sep, port = target.rpartition(":")
+        if not sep or not port.isdigit() or "/" in target:
+            raise ClientError(f"{url!r} must be https://host:port, without a path")
+        self.url, self.expected = url, expected
+        self._host, self._port = host.strip("[]"), int(port)
+        self._timeout = connect_timeout
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca_pem.decode())
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if cert_file is not None:
+            ctx.load_cert_chain(str(cert_file), str(key_file))
+        ctx.set_alpn_protocols(["h2"])
+        self._ctx = ctx
+        self.last_error: str | None = None
+        self._conns: set = set()
+        self._tasks: set = set()
+        self._loop = _relay_loop()
+        self._dir = tempfile.mkdtemp(prefix="sesphr-")  # 0700: only this user can connect
+        sock = os.path.join(self._dir, "relay.sock")
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_unix_server(self._relay, sock), self._loop).result()
+        self.channel = grpc.insecure_channel("unix:" + sock, options=[
+            ("grpc.default_authority", target),
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ])
+
+    async def _relay(self, down_r, down_w) -> None:
+        self._tasks.add(asyncio.current_task())
+        self._conns.add(down_w)
+        up_w = None
+        try:
+            try:
+                up_r, up_w = await asyncio.wait_for(asyncio.open_connection(
+                    self._host, self._port, ssl=self._ctx, server_hostname=self._host,
+                    ssl_handshake_timeout=self._timeout), self._timeout)
+            except (OSError, ssl.SSLError, asyncio.TimeoutError) as e:
+                self.last_error = f"no TLS connection to {self.url}: {e or type(e).__name__}"
+                return
+            self._conns.add(up_w)
+            ids = peer_spiffe_ids(up_w.get_extra_info("peercert") or {})
+            if ids != [self.expected]:
+                shown = " and ".join(ids) if ids else "no SPIFFE id"
+                self.last_error = (f"the server at {self.url} presents {shown}, not "
+                                   f"{self.expected}: not talking to it")
+                return
+            self.last_error = None
+            await asyncio.gather(self._pipe(down_r, up_w), self._pipe(up_r, down_w))
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._tasks.discard(asyncio.current_task())
+            for w in (up_w, down_w):
+                if w is not None:
+                    self._conns.discard(w)
+                    w.close()
+
+    @staticmethod
+    async def _pipe(reader, writer) -> None:
+        try:
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()  # TLS has no half-close: the connection ends both ways
+
+    def explain(self, err: ClientError) -> ClientError:
+        """`err` with why the relay refused the server, if that is why the call failed."""
+        if err.code == grpc.StatusCode.UNAVAILABLE and self.last_error:
+            return ClientError(f"{err} ({self.last_error})", err.code)
+        return err
+
+    def close(self) -> None:
+        self.channel.close()
+
+        async def stop():
+            self._server.close()
+            for w in list(self._conns):
+                w.close()
+            tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=5)
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 # The profile directory -------------------------------------------------------------------
@@ -467,6 +718,72 @@ class Ledger:
                       and (e.get("expires_at") is None or e["expires_at"] > now))
 
 
+# Owed node operations (crates/client/src/pending.rs) -------------------------------------------
+_PENDING_BASE = ("node", "partition", "grantee_id", "since", "kind")
+_PENDING_PUT = ("epoch", "delegating_public_key", "kfrag")
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Like the Rust `write_secret`: a temporary file (0600), fsync, rename."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(text.encode())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    os.chmod(path, 0o600)
+
+
+class Pending:
+    """DIR/pending-nodes.toml (0600), the Rust client's file: kfrag shares a node did not take
+    and deletions a node did not hear, as `[[ops]]` tables, oldest first. They are replayed, in
+    order per node, before every later grant, revocation or rotation (by either client), and a
+    revocation first drops every share still owed for that grant."""
+
+    def __init__(self, home: Path):
+        self.path = Path(home) / "pending-nodes.toml"
+
+    def load(self) -> list[dict]:
+        data = _load_toml(self.path, dict)
+        ops = data.get("ops", [])
+        if set(data) - {"ops"} or not isinstance(ops, list):
+            raise ClientError(f"{self.path}: expected only [[ops]] tables")
+        for op in ops:
+            kind = op.get("kind") if isinstance(op, dict) else None
+            want = set(_PENDING_BASE) | (set(_PENDING_PUT) if kind == "put" else set())
+            ok = (kind in ("put", "delete") and set(op) == want
+                  and all(isinstance(op[k], int) and not isinstance(op[k], bool)
+                          for k in ("node", "since") + (("epoch",) if kind == "put" else ()))
+                  and all(isinstance(op[k], str) for k in want
+                          if k not in ("node", "since", "epoch")))
+            if not ok:
+                raise ClientError(f"{self.path}: an owed operation is malformed: {op!r}")
+        return ops
+
+    def save(self, ops: list[dict]) -> None:
+        if not ops and not self.path.exists():
+            return
+        parts = []
+        for op in ops:
+            keys = _PENDING_BASE + (_PENDING_PUT if op["kind"] == "put" else ())
+            parts.append("[[ops]]\n" + "".join(f"{k} = {_toml_value(op[k])}\n" for k in keys))
+        _write_secret(self.path, "\n".join(parts))
+
+    def add(self, more: list[dict]) -> None:
+        if more:
+            self.save(self.load() + more)
+
+    def drop_puts(self, partition: str, grantee_id: str) -> None:
+        """Forgets every share still owed for (partition, grantee): before a revocation."""
+        ops = self.load()
+        kept = [op for op in ops if not (op["partition"] == partition
+                                         and op["grantee_id"] == grantee_id
+                                         and op["kind"] == "put")]
+        if len(kept) != len(ops):
+            self.save(kept)
+
+
 # Enrollment --------------------------------------------------------------------------------
 def make_csr() -> tuple[bytes, bytes]:
     """An EC P-256 TLS key and a PKCS#10 CSR for it: (csr DER, key PEM)."""
@@ -488,14 +805,19 @@ def enroll(mesh: MeshFile, home: Path, user_id: str, role: str, token: str) -> P
     ca_pem = mesh.ca.read_bytes()
     master = crypto.MasterSecret.generate()
     csr_der, key_pem = make_csr()
-    with secure_channel(mesh.srs, ca_pem) as ch:  # no client certificate yet
-        try:
-            resp = srs_pb2_grpc.SrsStub(ch).Enroll(srs_pb2.EnrollRequest(
-                enrollment_token=token, user_id=user_id, role=role_enum, csr_der=csr_der,
-                pre_public_key=master.receiving_keys().public_bytes(),
-                verifying_key=master.signing_key().verifying_key_bytes()), timeout=CALL_TIMEOUT)
-        except grpc.RpcError as e:
-            raise _rpc("SRS", e) from None
+    # No client certificate yet; the server must still be the SRS setup service.
+    srs = PinnedChannel(mesh.srs, mesh.service_identity("srs"), ca_pem,
+                        connect_timeout=mesh.timeouts.connect)
+    try:
+        resp = srs_pb2_grpc.SrsStub(srs.channel).Enroll(srs_pb2.EnrollRequest(
+            enrollment_token=token, user_id=user_id, role=role_enum, csr_der=csr_der,
+            pre_public_key=master.receiving_keys().public_bytes(),
+            verifying_key=master.signing_key().verifying_key_bytes()),
+            timeout=mesh.timeouts.unary)
+    except grpc.RpcError as e:
+        raise srs.explain(_rpc("SRS", e)) from None
+    finally:
+        srs.close()
     expected = spiffe_id(mesh.trust_domain, role, user_id)
     if resp.spiffe_id != expected:
         raise ClientError(f"the SRS issued a certificate for {resp.spiffe_id} instead of {expected}")
@@ -513,31 +835,305 @@ def own_fingerprint(profile: Profile) -> str:
                        master.signing_key().verifying_key_bytes())
 
 
+# The re-encryption nodes (crates/client/src/nodes.rs) ---------------------------------------
+# A node's error that answers the request (the caller should hear it) rather than saying the
+# node is away.
+ANSWER_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                          grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION,
+                          grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.UNAUTHENTICATED})
+
+
+def _code_words(code) -> str:
+    return code.name.lower().replace("_", " ") if code else "error"
+
+
+@dataclass
+class NodeClient:
+    """One re-encryption node, reached only if it presents `service/srs-node/<index>`."""
+
+    index: int
+    url: str
+    pinned: PinnedChannel
+    stub: object  # srs_pb2_grpc.SrsNodeStub
+
+    def describe(self, err: grpc.RpcError) -> str:
+        code = err.code() if hasattr(err, "code") else None
+        text = f"node {self.index} ({self.url}): {_code_words(code)}: {err.details()}"
+        if code == grpc.StatusCode.UNAVAILABLE and self.pinned.last_error:
+            text += f" ({self.pinned.last_error})"
+        return text
+
+    def error(self, err: grpc.RpcError) -> ClientError:
+        return ClientError(f"SRS node: {self.describe(err)}", err.code())
+
+
+class Nodes:
+    """The mesh's n re-encryption nodes and the threshold t a read needs.
+
+    A grant sends share i of a t-of-n node-bound kfrag sharing to node i only and stands once
+    t nodes took theirs (the others are owed theirs in pending-nodes.toml); a read asks every
+    node at once, checks each cfrag as it comes and opens the capsule with the first t that
+    verify; a revocation tells every node and owes the unreachable ones. What went wrong at
+    single nodes while a call succeeded goes to `notices` (the CLI prints them on stderr)."""
+
+    def __init__(self, mesh: MeshFile, ca_pem: bytes, cert_file: Path, key_file: Path,
+                 notices: list[str]):
+        self.threshold = mesh.threshold
+        self.timeout = mesh.timeouts.unary
+        self.notices = notices
+        self.nodes: list[NodeClient] = []
+        try:
+            for entry in mesh.srs_nodes:
+                ch = PinnedChannel(entry.url, mesh.node_identity(entry.index), ca_pem, cert_file,
+                                   key_file, mesh.timeouts.connect)
+                self.nodes.append(NodeClient(entry.index, entry.url, ch,
+                                             srs_pb2_grpc.SrsNodeStub(ch.channel)))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.pinned.close()
+
+    def node(self, index: int) -> NodeClient:
+        return next(n for n in self.nodes if n.index == index)
+
+    def _start(self, calls: list[tuple[NodeClient, str, object]]) -> tuple[queue.Queue, list]:
+        """Starts every (node, method, request) call at once; finished calls arrive on the
+        queue as (node, future), in the order they finish."""
+        done: queue.Queue = queue.Queue()
+        futures = []
+        for node, method, req in calls:
+            fut = getattr(node.stub, method).future(req, timeout=self.timeout)
+            fut.add_done_callback(lambda f, node=node: done.put((node, f)))
+            futures.append(fut)
+        return done, futures
+
+    def _all(self, calls) -> list[tuple[NodeClient, object, grpc.RpcError | None]]:
+        """(node, response, None) or (node, None, error) for every call, in node order."""
+        done, _ = self._start(calls)
+        results = {}
+        for _ in calls:
+            node, fut = done.get()
+            try:
+                results[node.index] = (node, fut.result(), None)
+            except grpc.RpcError as e:
+                results[node.index] = (node, None, e)
+        return [results[i] for i in sorted(results)]
+
+    def put_grant(self, owner_id: str, partition: str, epoch: int, keys: crypto.KeyPair,
+                  signer: crypto.SigningKey, grantee: "UserKeys", pending: Pending) -> None:
+        """Makes the grantee's t-of-n kfrags from the partition key of `epoch` and sends share
+        i to node i. Succeeds once t nodes took theirs; the others are owed theirs."""
+        grantee_pk = crypto.decode_point(grantee.pre_public_key, "grantee key")
+        context = crypto.grant_context(owner_id, partition, epoch, grantee.user_id)
+        kfrags = crypto.generate_node_kfrags(keys.secret, grantee_pk, signer, self.threshold,
+                                             len(self.nodes), context)
+        delegating = keys.public_bytes()
+        reqs = {node.index: srs_pb2.PutKfragRequest(
+            partition=partition, epoch=epoch, grantee_id=grantee.user_id,
+            delegating_public_key=delegating, kfrag=kfrag.to_bytes())
+            for node, kfrag in zip(self.nodes, kfrags)}
+        results = self._all([(node, "PutKfrag", reqs[node.index]) for node in self.nodes])
+        took, owed = 0, []
+        for node, _, err in results:
+            if err is None:
+                took += 1
+            elif err.code() in ANSWER_CODES:
+                # A node that understood and refused: the grant is wrong (or the node lies);
+                # nothing is owed, the owner hears it.
+                raise node.error(err)
+            else:
+                owed.append((node, err))
+        if took < self.threshold:
+            away = "; ".join(node.describe(err) for node, err in owed)
+            raise ClientError(f"SRS nodes: unavailable: only {took} of the {len(self.nodes)} "
+                              f"re-encryption nodes took their kfrag share; a grant needs "
+                              f"{self.threshold}. Not reached: {away}",
+                              grpc.StatusCode.UNAVAILABLE)
+        now, ops = unix_now(), []
+        for node, err in owed:
+            self.notices.append(
+                f"{node.describe(err)} did not take its kfrag share for {grantee.user_id} "
+                f"({partition}, epoch {epoch}); it is sent again before your next grant, revoke "
+                "or rotate, or with `retry`")
+            ops.append({"node": node.index, "partition": partition,
+                        "grantee_id": grantee.user_id, "since": now, "kind": "put",
+                        "epoch": epoch, "delegating_public_key": delegating.hex(),
+                        "kfrag": reqs[node.index].kfrag.hex()})
+        pending.add(ops)
+
+    def delete_grant(self, partition: str, grantee_id: str, pending: Pending) -> list[int]:
+        """Deletes every kfrag share of (partition, grantee) at every node, after dropping the
+        shares still owed for it; unreachable nodes are owed the deletion. Returns them."""
+        pending.drop_puts(partition, grantee_id)
+        req = srs_pb2.DeleteKfragsRequest(partition=partition, grantee_id=grantee_id)
+        now, ops, unreached = unix_now(), [], []
+        for node, _, err in self._all([(node, "DeleteKfrags", req) for node in self.nodes]):
+            if err is not None:
+                self.notices.append(
+                    f"{node.describe(err)} did not confirm deleting {grantee_id}'s kfrag shares "
+                    f"({partition}); AccessPolicy already refuses {grantee_id}, and the deletion "
+                    "is sent again before your next grant, revoke or rotate, or with `retry`")
+                unreached.append(node.index)
+                ops.append({"node": node.index, "partition": partition, "grantee_id": grantee_id,
+                            "since": now, "kind": "delete"})
+        pending.add(ops)
+        return unreached
+
+    def retry(self, pending: Pending) -> int:
+        """Replays owed operations in order per node; a node that fails again keeps the rest of
+        its list. Returns how many are still owed."""
+        ops = pending.load()
+        if not ops:
+            return 0
+        left, failed = [], set()
+        for op in ops:
+            node = next((n for n in self.nodes if n.index == op["node"]), None)
+            if node is None:  # a node no longer in the mesh file is owed nothing
+                continue
+            if node.index in failed:
+                left.append(op)
+                continue
+            try:
+                if op["kind"] == "delete":
+                    node.stub.DeleteKfrags(srs_pb2.DeleteKfragsRequest(
+                        partition=op["partition"], grantee_id=op["grantee_id"]),
+                        timeout=self.timeout)
+                else:
+                    try:
+                        delegating = bytes.fromhex(op["delegating_public_key"])
+                        kfrag = bytes.fromhex(op["kfrag"])
+                    except ValueError:
+                        raise ClientError(f"{pending.path} holds a share that is not hex") from None
+                    node.stub.PutKfrag(srs_pb2.PutKfragRequest(
+                        partition=op["partition"], epoch=op["epoch"],
+                        grantee_id=op["grantee_id"], delegating_public_key=delegating,
+                        kfrag=kfrag), timeout=self.timeout)
+            except grpc.RpcError as e:
+                if e.code() in ANSWER_CODES:  # refused for good (e.g. the grantee is gone)
+                    self.notices.append(f"{node.describe(e)}: owed operation dropped")
+                else:
+                    failed.add(node.index)
+                    left.append(op)
+        pending.save(left)
+        return len(left)
+
+    def reencrypt(self, meta, capsule: crypto.Capsule, owner_vk: bytes,
+                  mine: crypto.KeyPair) -> bytes:
+        """The KEM key of `capsule`, re-encrypted for the caller by t nodes, every cfrag
+        verified against the owner's verifying key before it is used."""
+        req = srs_pb2.ReEncryptRequest(owner_id=meta.owner_id, partition=meta.partition,
+                                       epoch=meta.epoch, capsules=[capsule.to_bytes()],
+                                       record_id=meta.record_id)
+        done, futures = self._start([(node, "ReEncrypt", req) for node in self.nodes])
+        delegating = None
+        by_precursor: dict[bytes, list[crypto.CapsuleFrag]] = {}
+        verified, away, answers = 0, [], []
+        try:
+            for _ in futures:
+                node, fut = done.get()
+                try:
+                    resp = fut.result()
+                except grpc.RpcError as e:
+                    (answers if e.code() in ANSWER_CODES else away).append((node, e))
+                    continue
+                try:
+                    key, cfrag = _check_cfrag(resp, capsule, owner_vk, delegating, mine.public)
+                except ValueError as why:
+                    self.notices.append(f"node {node.index} ({node.url}) returned a {why}; it was "
+                                        "skipped")
+                    away.append((node, f"node {node.index}: {why}"))
+                    continue
+                delegating = key if delegating is None else delegating
+                verified += 1
+                group = by_precursor.setdefault(crypto.encode_point(cfrag.precursor), [])
+                group.append(cfrag)
+                if len(group) == self.threshold:
+                    return crypto.decapsulate_reencrypted(mine.secret, delegating, capsule, group)
+        finally:
+            for fut in futures:  # the read does not wait for the rest
+                fut.cancel()
+        # Fewer than t: an answer (not entitled, unknown) is what the caller needs to hear,
+        # unless nodes were merely away.
+        if not away and answers:
+            node, e = answers[0]
+            raise node.error(e)
+        why = [x if isinstance(x, str) else n.describe(x) for n, x in away + answers]
+        mixed = (f" ({verified} valid cfrags came from different kfrag sharings: a node still "
+                 "holds a share of an earlier grant)" if verified >= self.threshold else "")
+        raise ClientError(
+            f"SRS nodes: unavailable: {max(map(len, by_precursor.values()), default=0)} of the "
+            f"{self.threshold} re-encryption nodes a read needs gave a valid cfrag "
+            f"({len(self.nodes)} in the mesh){mixed}; no usable answer from: {'; '.join(why)}",
+            grpc.StatusCode.UNAVAILABLE)
+
+
+def _check_cfrag(resp, capsule: crypto.Capsule, owner_vk: bytes, agreed, my_pk):
+    """One node's answer for one capsule: exactly one cfrag, which verifies under the owner's
+    key and the same delegating key as the others. ValueError says what is wrong with it."""
+    if len(resp.cfrags) != 1:
+        raise ValueError("answer with other than one cfrag for one capsule")
+    try:
+        delegating = crypto.decode_point(resp.delegating_public_key, "delegating key")
+    except crypto.Malformed:
+        raise ValueError("malformed delegating key") from None
+    if agreed is not None and delegating != agreed:
+        raise ValueError("delegating key other nodes did not give")
+    try:
+        cfrag = crypto.CapsuleFrag.from_bytes(resp.cfrags[0])
+    except crypto.Malformed:
+        raise ValueError("malformed cfrag") from None
+    try:
+        return delegating, cfrag.verify(capsule, owner_vk, delegating, my_pk)
+    except crypto.VerificationFailed:
+        raise ValueError("cfrag that does not verify against the owner's kfrags") from None
+
+
 # Sessions -----------------------------------------------------------------------------------
 def unix_now() -> int:
     return int(time.time())
 
 
 class Session:
-    """One user's mTLS connections to the three services."""
+    """One user's mTLS connections to the three services and the re-encryption nodes, each
+    reached only if it presents its own SPIFFE id (`service/<name>`, `service/srs-node/<i>`)."""
 
     def __init__(self, mesh: MeshFile, home: str | os.PathLike):
         self.profile = Profile(home)
         if self.profile.trust_domain != mesh.trust_domain:
             raise ClientError(f"profile is for trust domain {self.profile.trust_domain}, mesh file "
                               f"for {mesh.trust_domain}")
+        self.mesh = mesh
         self.master = self.profile.master_secret()
         self.pins = PinStore(self.profile.home)
-        ca, key, cert = self.profile.tls_files()
-        self._channels = [secure_channel(u, ca, key, cert)
-                          for u in (mesh.cloud_storage, mesh.srs, mesh.access_policy)]
-        self.cloud = cs_grpc.CloudStorageStub(self._channels[0])
-        self.srs = srs_pb2_grpc.SrsStub(self._channels[1])
-        self.policy = ap_grpc.AccessPolicyStub(self._channels[2])
+        self.pending = Pending(self.profile.home)
+        self.notices: list[str] = []  # what went wrong at single nodes while calls succeeded
+        self.call_timeout = mesh.timeouts.unary
+        ca = self.profile.tls_files()[0]
+        cert, key = self.profile.home / "tls.pem", self.profile.home / "tls.key"
+        self._pinned: dict[str, PinnedChannel] = {}
+        self.nodes = None
+        try:
+            for service, url, name in (("CloudStorage", mesh.cloud_storage, "cloud-storage"),
+                                       ("SRS", mesh.srs, "srs"),
+                                       ("AccessPolicy", mesh.access_policy, "access-policy")):
+                self._pinned[service] = PinnedChannel(url, mesh.service_identity(name), ca, cert,
+                                                      key, mesh.timeouts.connect)
+            self.nodes = Nodes(mesh, ca, cert, key, self.notices)
+        except BaseException:
+            self.close()
+            raise
+        self.cloud = cs_grpc.CloudStorageStub(self._pinned["CloudStorage"].channel)
+        self.srs = srs_pb2_grpc.SrsStub(self._pinned["SRS"].channel)
+        self.policy = ap_grpc.AccessPolicyStub(self._pinned["AccessPolicy"].channel)
 
     def close(self) -> None:
-        for ch in self._channels:
+        for ch in self._pinned.values():
             ch.close()
+        if self.nodes is not None:
+            self.nodes.close()
 
     def __enter__(self):
         return self
@@ -545,15 +1141,24 @@ class Session:
     def __exit__(self, *exc):
         self.close()
 
+    def take_notices(self) -> list[str]:
+        """The notices so far, emptied."""
+        out = list(self.notices)
+        self.notices.clear()
+        return out
+
     @property
     def user_id(self) -> str:
         return self.profile.user_id
 
+    def _error(self, service: str, err: grpc.RpcError) -> ClientError:
+        return self._pinned[service].explain(_rpc(service, err))
+
     def _call(self, service: str, method, request):
         try:
-            return method(request, timeout=CALL_TIMEOUT)
+            return method(request, timeout=self.call_timeout)
         except grpc.RpcError as e:
-            raise _rpc(service, e) from None
+            raise self._error(service, e) from None
 
     def lookup(self, user_id: str):
         """The raw `Srs/GetUser` answer, unchecked and unpinned."""
@@ -603,31 +1208,13 @@ class Session:
 
     # Reading ------------------------------------------------------------------------------
     def _record_key(self, meta, header: crypto.RecordHeader, owner_vk: bytes) -> bytes:
-        """The KEM key: directly for the owner; through the SRS for a grantee, every cfrag
-        verified against the owner's (pinned) verifying key."""
+        """The KEM key: directly for the owner; from t re-encryption nodes for a grantee, every
+        cfrag verified against the owner's (pinned) verifying key."""
         capsule = header.capsule
         if self.profile.role == "patient" and meta.owner_id == self.user_id:
             sk = self.master.partition_keys(meta.partition, meta.epoch).secret
             return crypto.decapsulate_original(sk, capsule)
-        resp = self._call("SRS", self.srs.ReEncrypt, srs_pb2.ReEncryptRequest(
-            owner_id=meta.owner_id, partition=meta.partition, epoch=meta.epoch,
-            capsules=[capsule.to_bytes()], record_id=meta.record_id))
-        try:
-            delegating = crypto.decode_point(resp.delegating_public_key, "delegating key")
-        except crypto.Malformed:
-            raise ClientError("verification failed: delegating key is malformed") from None
-        mine = self.master.receiving_keys()
-        if not resp.results:
-            raise ClientError("verification failed: the SRS returned no cfrags")
-        verified = []
-        for i, raw in enumerate(resp.results[0].cfrags):
-            try:
-                cfrag = crypto.CapsuleFrag.from_bytes(raw)
-                verified.append(cfrag.verify(capsule, owner_vk, delegating, mine.public))
-            except crypto.CryptoError:
-                raise ClientError(f"verification failed: cfrag {i} carries no valid proof of "
-                                  f"re-encryption from {meta.owner_id}'s kfrags") from None
-        return crypto.decapsulate_reencrypted(mine.secret, delegating, capsule, verified)
+        return self.nodes.reencrypt(meta, capsule, owner_vk, self.master.receiving_keys())
 
     def download(self, record_id: str, out: BinaryIO):
         """Downloads and decrypts a record into `out`, segment by segment. Returns its meta.
@@ -698,7 +1285,7 @@ class Session:
                                   "match its id")
             return meta
         except grpc.RpcError as e:
-            raise _rpc("CloudStorage", e) from None
+            raise self._error("CloudStorage", e) from None
         finally:
             stream.cancel()
 
@@ -732,6 +1319,7 @@ class Patient(Session):
         if self.profile.role != "patient":
             self.close()
             raise ClientError(f"{self.user_id} is a {self.profile.role}, not a patient")
+        self.unreached: list[int] = []  # nodes the last revocation could not reach
 
     @property
     def ledger(self) -> Ledger:
@@ -784,7 +1372,7 @@ class Patient(Session):
             resp = self.cloud.PutRecord(requests(), timeout=24 * 3600)
         except grpc.RpcError as e:
             # A local read error explains a broken upload better than the server's complaint.
-            raise (failure[0] if failure else _rpc("CloudStorage", e)) from None
+            raise (failure[0] if failure else self._error("CloudStorage", e)) from None
         if failure:
             raise failure[0]
         return resp.record
@@ -794,12 +1382,21 @@ class Patient(Session):
         return self.upload(partition, io.BytesIO(data), len(data), **kw)
 
     def _put_kfrags(self, partition: str, epoch: int, grantee: UserKeys) -> None:
-        grantee_pk = crypto.decode_point(grantee.pre_public_key, "grantee key")
-        keys = self.master.partition_keys(partition, epoch)
-        kfrags = crypto.generate_kfrags(keys.secret, grantee_pk, self.master.signing_key(), 1, 1)
-        self._call("SRS", self.srs.PutKfrags, srs_pb2.PutKfragsRequest(
-            partition=partition, epoch=epoch, grantee_id=grantee.user_id,
-            delegating_public_key=keys.public_bytes(), kfrags=[k.to_bytes() for k in kfrags]))
+        """Share i of the grantee's t-of-n node-bound kfrags (docs/crypto.md §7.4) to node i."""
+        self.nodes.put_grant(self.user_id, partition, epoch,
+                             self.master.partition_keys(partition, epoch),
+                             self.master.signing_key(), grantee, self.pending)
+
+    def retry_pending(self) -> int:
+        """Sends the owed node operations again; returns how many are still owed."""
+        return self.nodes.retry(self.pending)
+
+    def _settle_pending(self) -> None:
+        """Owed node operations first, so that a later decision is never overtaken by an
+        earlier one; nodes still away stay owed."""
+        still = self.retry_pending()
+        if still:
+            self.notices.append(f"{still} node operation(s) still owed (see `retry`)")
 
     def grant(self, partition: str, grantee_id: str, not_before: int | None = None,
               expires_at: int | None = None):
@@ -812,6 +1409,7 @@ class Patient(Session):
         if grantee_id == self.user_id:
             raise ClientError("you already own your records")
         self.ledger.load()  # a profile without a ledger fails before anything is sent
+        self._settle_pending()
         grantee, _ = self.user_keys(grantee_id)
         current = (self.rotate(partition) if not_before is not None
                    else self.profile.current_epoch(partition))
@@ -840,10 +1438,14 @@ class Patient(Session):
 
     def revoke(self, partition: str, grantee_id: str):
         """First in the ledger (so no later rotation includes the grantee, whatever AccessPolicy
-        does), then at AccessPolicy (effective at once), then the kfrags at the SRS."""
+        does), then at AccessPolicy (effective at once), then the kfrag shares at every node;
+        the nodes that could not be reached are owed the deletion (`self.unreached`)."""
         _check_partition(partition)
         _check_user_id(grantee_id)
         self.ledger.record_revoke(partition, grantee_id, unix_now())
+        # Shares still owed to this grantee are never delivered now.
+        self.pending.drop_puts(partition, grantee_id)
+        self._settle_pending()
         resp = self._call("AccessPolicy", self.policy.Revoke,
                           ap_pb.RevokeRequest(partition=partition, grantee_id=grantee_id))
         got = resp.grant
@@ -852,8 +1454,7 @@ class Patient(Session):
             raise ClientError(f"verification failed: AccessPolicy acknowledged revoking another "
                               f"grant than {partition} from {grantee_id}; your ledger has it "
                               "revoked, so no rotation will include them")
-        self._call("SRS", self.srs.DeleteKfrags,
-                   srs_pb2.DeleteKfragsRequest(partition=partition, grantee_id=grantee_id))
+        self.unreached = self.nodes.delete_grant(partition, grantee_id, self.pending)
         return got
 
     def rotate(self, partition: str) -> int:
@@ -863,6 +1464,7 @@ class Patient(Session):
         nxt = self.profile.current_epoch(partition) + 1
         if nxt >= 2**32:
             raise ClientError("no epochs left")
+        self._settle_pending()
         for grantee_id in self.ledger.active(partition, unix_now()):
             grantee, _ = self.user_keys(grantee_id)
             self._put_kfrags(partition, nxt, grantee)

@@ -1,8 +1,10 @@
 """A real `sesphrd dev` mesh on loopback for the interoperability tests.
 
 The binaries come from $SESPHR_BIN_DIR (run-tests.sh sets it) or
-target/debug. The mesh runs in a temporary directory with `--base-port 0`
-and is always stopped at the end of the session.
+target/debug. Each mesh runs in a temporary directory with `--base-port 0`
+and is always stopped at the end of the session: `mesh` (3 re-encryption
+nodes, threshold 2, as `sesphrd dev` defaults) and, for the tests that ask
+for it, `mesh1` (one node, threshold 1).
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +41,10 @@ class Mesh:
     pki: Path
     homes: Path
 
-    def _run(self, argv: list[str], ok: bool = True, **kw) -> subprocess.CompletedProcess:
-        proc = subprocess.run(argv, capture_output=True, timeout=CLI_TIMEOUT,
-                              env={**os.environ, "SESPHR_MESH": str(self.mesh_file)}, **kw)
+    def _run(self, argv: list[str], ok: bool = True, mesh_file: Path | None = None,
+             **kw) -> subprocess.CompletedProcess:
+        env = {**os.environ, "SESPHR_MESH": str(mesh_file or self.mesh_file)}
+        proc = subprocess.run(argv, capture_output=True, timeout=CLI_TIMEOUT, env=env, **kw)
         if ok and proc.returncode != 0:
             raise AssertionError(f"{argv} failed ({proc.returncode}):\n{proc.stderr.decode()}")
         return proc
@@ -47,14 +52,55 @@ class Mesh:
     def home(self, user: str) -> Path:
         return self.homes / user
 
-    def rust(self, user: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-        """The Rust `sesphr` CLI as `user`."""
-        return self._run([str(bin_dir() / "sesphr"), "--home", str(self.home(user)), *args], ok)
+    def rust(self, user: str, *args: str, ok: bool = True,
+             mesh_file: Path | None = None) -> subprocess.CompletedProcess:
+        """The Rust `sesphr` CLI as `user` (with another mesh file if given)."""
+        return self._run([str(bin_dir() / "sesphr"), "--home", str(self.home(user)), *args], ok,
+                         mesh_file)
 
-    def py(self, user: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    def py(self, user: str, *args: str, ok: bool = True,
+           mesh_file: Path | None = None) -> subprocess.CompletedProcess:
         """The Python CLI (`python -m sesphr_client`) as `user`."""
         return self._run([sys.executable, "-m", "sesphr_client", "--home", str(self.home(user)),
-                          *args], ok, cwd=CLIENT_DIR)
+                          *args], ok, mesh_file, cwd=CLIENT_DIR)
+
+    def toml(self) -> dict:
+        return tomllib.loads(self.mesh_file.read_text())
+
+    def node_urls(self) -> dict[int, str]:
+        return {n["index"]: n["url"] for n in self.toml()["srs_nodes"]}
+
+    def variant(self, path: Path, node_urls: dict[int, str] | None = None, **top) -> Path:
+        """A copy of the mesh file at `path` with some nodes' URLs (or top-level keys)
+        changed: the same mesh as some client would see it with nodes away or moved."""
+        data = self.toml()
+        data.update(top)
+        for n in data["srs_nodes"]:
+            n["url"] = (node_urls or {}).get(n["index"], n["url"])
+        path.write_text(write_mesh_toml(data))
+        return path
+
+
+def write_mesh_toml(data: dict) -> str:
+    """The mesh file's TOML: top-level strings and integers, then [[srs_nodes]] and [timeouts]."""
+    def value(v) -> str:
+        if isinstance(v, int):
+            return str(v)
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    lines = [f"{k} = {value(v)}" for k, v in data.items() if not isinstance(v, (list, dict))]
+    for node in data.get("srs_nodes", []):
+        lines += ["", "[[srs_nodes]]", *(f"{k} = {value(v)}" for k, v in node.items())]
+    if "timeouts" in data:
+        lines += ["", "[timeouts]", *(f"{k} = {value(v)}" for k, v in data["timeouts"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def dead_url() -> str:
+    """An https URL on loopback where nothing listens (connections are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"https://127.0.0.1:{port}"
 
 
 def _pump(stream, lines: queue.Queue) -> None:
@@ -63,19 +109,20 @@ def _pump(stream, lines: queue.Queue) -> None:
     lines.put(None)
 
 
-@pytest.fixture(scope="session")
-def mesh(tmp_path_factory) -> Mesh:
+def _start_mesh(root: Path, *args: str):
+    """Runs `sesphrd dev` in `root` (extra arguments: `args`) until the generator is closed."""
     sesphrd = bin_dir() / "sesphrd"
     for b in (sesphrd, bin_dir() / "sesphr"):
         if not b.exists():
             pytest.fail(f"{b} is missing: run `cargo build --bin sesphrd --bin sesphr` "
                         "(clients/python/run-tests.sh does)")
-    root = tmp_path_factory.mktemp("mesh")
     log = open(root / "sesphrd.log", "wb")
-    proc = subprocess.Popen([str(sesphrd), "dev", "--data-dir", str(root / "data"), "--base-port", "0"],
+    proc = subprocess.Popen([str(sesphrd), "dev", "--data-dir", str(root / "data"),
+                             "--base-port", "0", *args],
                             stdout=subprocess.PIPE, stderr=log, start_new_session=True)
     if os.environ.get("SESPHR_TEST_PIDFILE"):  # run-tests.sh's trap stops it even if we cannot
-        Path(os.environ["SESPHR_TEST_PIDFILE"]).write_text(str(proc.pid))
+        with open(os.environ["SESPHR_TEST_PIDFILE"], "a") as f:
+            f.write(f"{proc.pid}\n")
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
     mesh_file = None
@@ -105,3 +152,16 @@ def mesh(tmp_path_factory) -> Mesh:
                 proc.kill()
                 proc.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def mesh(tmp_path_factory) -> Mesh:
+    """The default dev mesh: the setup service and 3 re-encryption nodes, any 2 of which
+    re-encrypt."""
+    yield from _start_mesh(tmp_path_factory.mktemp("mesh"))
+
+
+@pytest.fixture(scope="session")
+def mesh1(tmp_path_factory) -> Mesh:
+    """A second mesh with a single re-encryption node (threshold 1), started on first use."""
+    yield from _start_mesh(tmp_path_factory.mktemp("mesh1"), "--srs-nodes", "1", "--threshold", "1")

@@ -2,8 +2,9 @@
 
 (1) a record the Rust CLI uploads as patient is read by a Python grantee;
 (2) a record the Python client uploads and grants is read by the Rust CLI;
-(3) the Python client is refused without a grant, after revocation, without
-a client certificate and with a certificate of another CA;
+(3) the Python client is refused without a grant (by every re-encryption
+node), after revocation, without a client certificate and with a certificate
+of another CA;
 (4) a record whose segments someone other than its owner signed is refused by
 both clients, and a changed pinned key is refused until confirmed; both clients
 read each other's known_keys.toml and grants.toml.
@@ -117,7 +118,7 @@ def shared(mesh):
 
 
 def reencrypt_request(rid: str):
-    # Any valid capsule will do: the SRS checks the grant before looking at it.
+    # Any valid capsule will do: a node checks the grant before looking at it.
     capsule, _ = crypto.encapsulate(crypto.KeyPair.random().public)
     return srs_pb2.ReEncryptRequest(owner_id="erin", partition="personal", epoch=0,
                                     capsules=[capsule.to_bytes()], record_id=rid)
@@ -129,9 +130,10 @@ def test_refused_without_grant(mesh, shared):
         with pytest.raises(ClientError) as err:
             frank.get(rid)
         assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
-        with pytest.raises(grpc.RpcError) as rpc:
-            frank.srs.ReEncrypt(reencrypt_request(rid), timeout=30)
-        assert rpc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        for node in frank.nodes.nodes:  # every node asks AccessPolicy itself
+            with pytest.raises(grpc.RpcError) as rpc:
+                node.stub.ReEncrypt(reencrypt_request(rid), timeout=30)
+            assert rpc.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert frank.list(owner="erin") == []
     proc = mesh.py("frank", "get", rid, ok=False)
     assert proc.returncode == 1
@@ -147,9 +149,10 @@ def test_refused_after_revocation(mesh, shared):
         with pytest.raises(ClientError) as err:
             frank.get(rid)
         assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
-        with pytest.raises(grpc.RpcError) as rpc:
-            frank.srs.ReEncrypt(reencrypt_request(rid), timeout=30)
-        assert rpc.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        for node in frank.nodes.nodes:  # every node asks AccessPolicy itself
+            with pytest.raises(grpc.RpcError) as rpc:
+                node.stub.ReEncrypt(reencrypt_request(rid), timeout=30)
+            assert rpc.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with Patient(meshfile, mesh.home("erin")) as erin:
         assert [g.grantee_id for g in erin.grants().given] == []
         assert erin.audit_grants()[1] == []
@@ -185,7 +188,10 @@ def calls(meshfile: MeshFile, key: bytes | None, cert: bytes | None, rid: str):
         stub = srs_pb2_grpc.SrsStub(ch)
         results["Srs/GetUser"] = _code(lambda: stub.GetUser(srs_pb2.GetUserRequest(user_id="erin"),
                                                             timeout=30))
-        results["Srs/ReEncrypt"] = _code(lambda: stub.ReEncrypt(reencrypt_request(rid), timeout=30))
+    for node in meshfile.srs_nodes:
+        with secure_channel(node.url, ca, key, cert) as ch:
+            results[f"SrsNode {node.index}/ReEncrypt"] = _code(lambda: srs_pb2_grpc.SrsNodeStub(
+                ch).ReEncrypt(reencrypt_request(rid), timeout=30))
     with secure_channel(meshfile.access_policy, ca, key, cert) as ch:
         results["AccessPolicy/ListGrants"] = _code(lambda: ap_grpc.AccessPolicyStub(ch).ListGrants(
             ap_pb.ListGrantsRequest(), timeout=30))
@@ -203,13 +209,16 @@ def _code(fn) -> grpc.StatusCode:
 def test_refused_without_client_certificate(mesh, shared):
     meshfile, rid = shared
     codes = calls(meshfile, None, None, rid)
-    # CloudStorage and AccessPolicy demand a certificate in the TLS handshake;
-    # the SRS lets certificate-less callers reach Enroll only.
+    # CloudStorage, AccessPolicy and every re-encryption node demand a certificate
+    # in the TLS handshake; the SRS setup service lets certificate-less callers
+    # reach Enroll only.
     assert codes == {
         "CloudStorage/GetRecord": grpc.StatusCode.UNAVAILABLE,
         "CloudStorage/ListRecords": grpc.StatusCode.UNAVAILABLE,
         "Srs/GetUser": grpc.StatusCode.UNAUTHENTICATED,
-        "Srs/ReEncrypt": grpc.StatusCode.UNAUTHENTICATED,
+        "SrsNode 1/ReEncrypt": grpc.StatusCode.UNAVAILABLE,
+        "SrsNode 2/ReEncrypt": grpc.StatusCode.UNAVAILABLE,
+        "SrsNode 3/ReEncrypt": grpc.StatusCode.UNAVAILABLE,
         "AccessPolicy/ListGrants": grpc.StatusCode.UNAVAILABLE,
     }
 
@@ -249,9 +258,10 @@ def test_refused_with_certificate_of_another_ca(mesh, shared):
     key, cert = foreign_identity("spiffe://sesphr.local/patient/erin")
     codes = calls(meshfile, key, cert, rid)
     assert set(codes) == {"CloudStorage/GetRecord", "CloudStorage/ListRecords", "Srs/GetUser",
-                          "Srs/ReEncrypt", "AccessPolicy/ListGrants"}
-    # Every listener, the SRS's included, rejects a certificate it cannot verify
-    # in the TLS handshake.
+                          "SrsNode 1/ReEncrypt", "SrsNode 2/ReEncrypt", "SrsNode 3/ReEncrypt",
+                          "AccessPolicy/ListGrants"}
+    # Every listener, the SRS's and the nodes' included, rejects a certificate it
+    # cannot verify in the TLS handshake.
     assert set(codes.values()) == {grpc.StatusCode.UNAVAILABLE}, codes
     # The genuine identity still works, so the refusals above are about the certificate.
     with Patient(meshfile, mesh.home("erin")) as erin:
