@@ -118,6 +118,41 @@ async fn reads_survive_one_node_down_and_fail_clearly_with_two_then_recover() {
         b"allergic to penicillin"
     );
 
+    // Bob granted again while node 3 is down: nodes 1 and 2 hold shares of
+    // the new sharing, node 3 (back, not yet retried) of the old one. Reads
+    // combine only cfrags of one sharing.
+    nodes[2].kill();
+    alice
+        .grant("medical", "bob", Default::default())
+        .await
+        .unwrap();
+    assert_eq!(alice.pending_node_ops().unwrap().len(), 1);
+    nodes[2].restart();
+    nodes[0].kill();
+    let e = eventually(Duration::from_secs(30), || async {
+        match download(&bob, &rec.record_id).await {
+            Err(e) if e.to_string().contains("different kfrag sharings") => Ok(e),
+            other => Err(client::ClientError::Invalid(format!("{other:?}"))),
+        }
+    })
+    .await;
+    assert_eq!(e.code(), Some(Code::Unavailable), "{e}");
+    nodes[0].restart();
+    eventually(Duration::from_secs(30), || async {
+        match alice.retry_pending().await? {
+            0 => Ok(()),
+            n => Err(client::ClientError::Invalid(format!("{n} still owed"))),
+        }
+    })
+    .await;
+    for down in [0, 1] {
+        nodes[down].kill();
+        let read = eventually(Duration::from_secs(30), || download(&bob, &rec.record_id)).await;
+        assert_eq!(read, b"allergic to penicillin", "node {} down", down + 1);
+        nodes[down].restart();
+    }
+    eventually(Duration::from_secs(30), || download(&bob, &rec.record_id)).await;
+
     // Node 3 killed: every read, grant and revocation still works with
     // two of three.
     nodes[2].kill();

@@ -330,7 +330,10 @@ impl Nodes {
                 async move { (node, client.re_encrypt(unary(req)).await) }
             })
             .collect();
-        let mut verified = Vec::with_capacity(self.threshold);
+        // Verified cfrags by the sharing they come from: a node that missed
+        // a re-grant still holds a share of the earlier one, and shares of
+        // two sharings do not combine.
+        let mut sharings: Vec<([u8; 33], Vec<crypto::VerifiedCapsuleFrag>)> = Vec::new();
         let mut delegating: Option<PublicKey> = None;
         let mut away = Vec::new();
         let mut answers = Vec::new();
@@ -349,7 +352,10 @@ impl Nodes {
             match check_cfrag(&resp, capsule, verifying_key, delegating.as_ref(), my_pk) {
                 Ok((key, cfrag)) => {
                     delegating.get_or_insert(key);
-                    verified.push(cfrag);
+                    match sharings.iter_mut().find(|(p, _)| p == cfrag.precursor()) {
+                        Some((_, group)) => group.push(cfrag),
+                        None => sharings.push((*cfrag.precursor(), vec![cfrag])),
+                    }
                 }
                 Err(why) => {
                     notices.push(format!(
@@ -360,14 +366,14 @@ impl Nodes {
                     continue;
                 }
             }
-            if verified.len() == self.threshold {
+            if let Some((_, verified)) = sharings.iter().find(|(_, g)| g.len() == self.threshold) {
                 // The rest are dropped (cancelled): the read does not wait.
                 let delegating = delegating.expect("set with the first verified cfrag");
                 return Ok(crypto::decapsulate_reencrypted(
                     my_sk,
                     &delegating,
                     capsule,
-                    &verified,
+                    verified,
                 )?);
             }
         }
@@ -378,12 +384,20 @@ impl Nodes {
             return Err(node_error(node, status));
         }
         away.extend(answers.iter().map(|(n, s)| describe(n, s)));
+        let best = sharings.iter().map(|(_, g)| g.len()).max().unwrap_or(0);
+        if sharings.len() > 1 {
+            away.push(format!(
+                "the valid cfrags come from {} different kfrag sharings (a node missed a \
+                 re-grant; the owner's `sesphr retry` delivers it)",
+                sharings.len()
+            ));
+        }
         Err(ClientError::Rpc {
             service: "SRS nodes",
             status: Box::new(Status::unavailable(format!(
                 "{} of the {} re-encryption nodes a read needs gave a valid cfrag ({} in the \
                  mesh); no usable answer from: {}",
-                verified.len(),
+                best,
                 self.threshold,
                 self.n(),
                 away.join("; ")

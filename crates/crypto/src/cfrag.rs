@@ -111,6 +111,14 @@ impl CapsuleFrag {
         &self.kfrag_id
     }
 
+    /// The precursor `X_A` of the kfrag sharing this cfrag comes from (SEC1
+    /// compressed): only cfrags of one sharing combine, so a grantee whose
+    /// nodes hold shares of two grants (one node missed a re-grant) groups
+    /// cfrags by it.
+    pub fn precursor(&self) -> &[u8; POINT_LEN] {
+        &self.precursor.bytes
+    }
+
     /// Checks the owner's kfrag signature (binding the commitment `U1`, the
     /// precursor and both public keys) and the proof of re-encryption of
     /// `capsule`. All inputs are public, so this runs in variable time.
@@ -173,6 +181,11 @@ impl VerifiedCapsuleFrag {
         grantee_pk: &PublicKey,
     ) -> Result<Self> {
         CapsuleFrag::from_bytes(bytes)?.verify(capsule, verifying_key, owner_pk, grantee_pk)
+    }
+
+    /// See [`CapsuleFrag::precursor`].
+    pub fn precursor(&self) -> &[u8; POINT_LEN] {
+        self.cfrag.precursor()
     }
 
     /// Drops the "verified" mark, e.g. to send the cfrag to the grantee.

@@ -307,7 +307,9 @@ pub fn node_kfrag_id(context: &[u8], node: u32) -> [u8; KFRAG_ID_LEN] {
 /// The `context` of [`node_kfrag_id`] for one grant: which owner's
 /// partition, at which key epoch, to which grantee, each length-prefixed
 /// (`u16be(len(owner)) || owner || u16be(len(partition)) || partition ||
-/// u32be(epoch) || u16be(len(grantee)) || grantee`).
+/// u32be(epoch) || u16be(len(grantee)) || grantee`). Callers pass
+/// validated ids and partition names (at most 64 and 32 bytes); a field
+/// longer than 65535 bytes is cut there.
 pub fn grant_context(owner: &str, partition: &str, epoch: u32, grantee: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(10 + owner.len() + partition.len() + grantee.len());
     for (i, field) in [owner, partition, grantee].into_iter().enumerate() {
