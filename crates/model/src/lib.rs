@@ -94,8 +94,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// The target design: 3 SRS nodes, threshold 2, the adversary holding
-    /// `t − 1 = 1` node, the cloud and the friend.
+    /// The mesh as `sesphrd dev` and the prod overlay run it: 3 SRS nodes,
+    /// threshold 2, the adversary holding `t − 1 = 1` node, the cloud and
+    /// the friend.
     pub fn target() -> Self {
         Self {
             nodes: 3,
@@ -115,8 +116,9 @@ impl Config {
         }
     }
 
-    /// What the mesh runs today: one SRS, threshold 1 of 1, and the
-    /// collusion `docs/design.md` documents (that SRS + a former grantee).
+    /// A 1-of-1 mesh (`sesphrd dev --srs-nodes 1`, or a migrated
+    /// single-SRS directory), with the collusion `docs/design.md` documents
+    /// for it (that one node + a former grantee).
     pub fn current_code() -> Self {
         Self {
             nodes: 1,
