@@ -10,6 +10,7 @@
 
 pub mod codec;
 mod error;
+pub mod reopen;
 #[cfg(feature = "sled")]
 pub mod secret;
 

@@ -26,22 +26,9 @@ impl Default for AuditEvent {
 const T0: i64 = 1_700_000_000;
 const DAY: i64 = 86_400;
 
-/// sled's background threads can hold a just-closed database's lock file
-/// for a moment; under load a reopen waits for them (bounded).
-fn retry_lock<T, E: std::fmt::Debug>(mut open: impl FnMut() -> Result<T, E>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match open() {
-            Ok(v) => return v,
-            Err(e)
-                if Instant::now() < deadline
-                    && format!("{e:?}").contains("could not acquire lock") =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("open failed: {e:?}"),
-        }
-    }
+/// A store opened, waiting out the lock of one just closed.
+fn retry_lock<T, E: std::fmt::Debug>(open: impl FnMut() -> Result<T, E>) -> T {
+    sesphr_domain::reopen::retry_lock(open).expect("the store opens")
 }
 
 fn store() -> (tempfile::TempDir, PolicyStore) {

@@ -8,7 +8,7 @@ const T0: i64 = 1_700_000_000;
 
 fn store() -> (tempfile::TempDir, RecordStore) {
     let dir = tempfile::tempdir().unwrap();
-    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    let s = open_at(dir.path());
     (dir, s)
 }
 
@@ -120,7 +120,7 @@ fn dropped_upload_leaves_nothing() {
 fn crash_mid_upload_is_swept_on_open() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+        let s = open_at(dir.path());
         put(&s, "kept", "alice", "medical", b"abcdef");
         let mut up = s
             .begin_upload(rec("torn", "alice", "medical", 100))
@@ -132,7 +132,7 @@ fn crash_mid_upload_is_swept_on_open() {
         // The process "dies": no Drop runs for the upload.
         std::mem::forget(up);
     }
-    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    let s = open_at(dir.path());
     assert!(s.get("torn").unwrap().is_none());
     assert!(s.shared.pending.is_empty());
     // Only the committed record's object remains.
@@ -145,7 +145,7 @@ fn crash_mid_upload_is_swept_on_open() {
 fn crash_mid_delete_is_swept_on_open() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+        let s = open_at(dir.path());
         put(&s, "r1", "alice", "medical", b"abcdef");
         // State right after the delete transaction, before chunk removal.
         s.shared.meta.remove("r1").unwrap();
@@ -157,7 +157,7 @@ fn crash_mid_delete_is_swept_on_open() {
         s.shared.pending.insert("r1", &[PENDING_DELETE]).unwrap();
         s.shared.db.flush().unwrap();
     }
-    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    let s = open_at(dir.path());
     assert!(objects(&s).is_empty());
     assert!(s.shared.pending.is_empty());
 }
@@ -167,14 +167,14 @@ fn upload_outliving_its_store_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let mut up;
     {
-        let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+        let s = open_at(dir.path());
         up = s.begin_upload(rec("r1", "alice", "medical", 4)).unwrap();
         up.append(b"ab").unwrap();
     }
     let e = up.append(b"cd").unwrap_err();
     assert!(matches!(e, DomainError::Conflict(_)), "{e:?}");
     drop(up);
-    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    let s = open_at(dir.path());
     assert!(objects(&s).is_empty());
 }
 
@@ -427,10 +427,10 @@ fn reader_outlives_store_handle() {
 fn records_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let m = {
-        let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+        let s = open_at(dir.path());
         put(&s, "r1", "alice", "medical", b"persistent")
     };
-    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    let s = open_at(dir.path());
     assert_eq!(s.get("r1").unwrap(), Some(m));
     assert_eq!(read_all(&s, "r1").unwrap(), b"persistent");
     assert_eq!(
@@ -439,7 +439,7 @@ fn records_survive_reopen() {
     );
     s.delete("alice", "r1").unwrap();
     drop(s);
-    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    let s = open_at(dir.path());
     assert!(s.get("r1").unwrap().is_none());
 }
 
@@ -521,7 +521,7 @@ fn blob_files(dir: &Path) -> usize {
 #[test]
 fn equal_blobs_are_stored_once_and_freed_with_the_last_record() {
     let dir = tempfile::tempdir().unwrap();
-    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    let s = open_at(dir.path());
     let content = vec![7u8; 20_000];
     let first = put_blob(&s, "r1", "alice", &content);
     assert_eq!(first.blob, Some(blob_ref(&content)));
@@ -559,7 +559,7 @@ fn equal_blobs_are_stored_once_and_freed_with_the_last_record() {
 #[test]
 fn a_blob_that_does_not_hash_to_its_id_is_refused_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    let s = open_at(dir.path());
     let mut up = s
         .begin_blob_upload(rec("r1", "alice", "medical", 4), blob_ref(b"real"))
         .unwrap();
@@ -597,7 +597,7 @@ fn crashes_around_a_blob_commit_leave_no_orphan_and_no_dangling_reference() {
     let dir = tempfile::tempdir().unwrap();
     let content = vec![3u8; 9000];
     {
-        let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+        let s = open_at(dir.path());
         put_blob(&s, "kept", "alice", &content);
         // Crash mid-upload of another blob.
         let mut up = s
@@ -609,7 +609,7 @@ fn crashes_around_a_blob_commit_leave_no_orphan_and_no_dangling_reference() {
         // committed: a file no metadata names.
         std::fs::write(dir.path().join("blobs.v2").join("ff".repeat(32)), b"orphan").unwrap();
     }
-    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    let s = open_at(dir.path());
     assert!(s.get("torn").unwrap().is_none());
     assert_eq!(
         blob_files(dir.path()),
@@ -699,7 +699,7 @@ fn a_blob_id_ground_to_an_absolute_path_stays_inside_the_store() {
 fn a_blob_id_with_a_slash_before_its_first_zero_uploads() {
     let content = ground_blob(b"a/");
     let dir = tempfile::tempdir().unwrap();
-    let s = RecordStore::open(dir.path(), StoreLimits::default()).unwrap();
+    let s = open_at(dir.path());
     put_blob(&s, "r1", "alice", &content);
     assert_eq!(read_all(&s, "r1").unwrap(), content);
     assert_eq!(blob_files(dir.path()), 1);
@@ -835,4 +835,11 @@ fn layout_entries(dir: &Path) -> Vec<(String, PathBuf)> {
             (e.file_name().into_string().unwrap(), e.path())
         })
         .collect()
+}
+
+/// The store in `dir`, opened at once after an earlier handle closed (sled
+/// may still hold that one's lock for a moment).
+fn open_at(dir: &std::path::Path) -> RecordStore {
+    sesphr_domain::reopen::retry_lock(|| RecordStore::open(dir, StoreLimits::default()))
+        .expect("the store opens")
 }

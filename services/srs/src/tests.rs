@@ -5,7 +5,7 @@ use crate::store_conformance::{self, set, user};
 
 fn store() -> (tempfile::TempDir, SrsStore) {
     let dir = tempfile::tempdir().unwrap();
-    let s = SrsStore::open(dir.path()).unwrap();
+    let s = open_at(dir.path());
     (dir, s)
 }
 
@@ -18,11 +18,8 @@ fn sled_store_conforms() {
 #[test]
 fn service_secrets_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let first = *SrsStore::open(dir.path())
-        .unwrap()
-        .service_secret("oprf")
-        .unwrap();
-    let s = SrsStore::open(dir.path()).unwrap();
+    let first = *open_at(dir.path()).unwrap().service_secret("oprf").unwrap();
+    let s = open_at(dir.path());
     assert_eq!(*s.service_secret("oprf").unwrap(), first);
 }
 
@@ -56,14 +53,14 @@ fn concurrent_registration_admits_one() {
 fn state_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let s = SrsStore::open(dir.path()).unwrap();
+        let s = open_at(dir.path());
         s.register_user(user("alice", Role::Patient)).unwrap();
         s.register_user(user("bob", Role::Doctor)).unwrap();
         s.put_kfrags("alice", "medical", 4, "bob", set(7)).unwrap();
         s.put_kfrags("alice", "medical", 5, "bob", set(8)).unwrap();
         s.delete_kfrags("alice", "medical", "bob", Some(5)).unwrap();
     }
-    let s = SrsStore::open(dir.path()).unwrap();
+    let s = open_at(dir.path());
     assert_eq!(s.users_count().unwrap(), 2);
     assert_eq!(s.user("alice").unwrap(), Some(user("alice", Role::Patient)));
     assert_eq!(
@@ -100,4 +97,10 @@ fn corrupt_values_are_reported() {
         s.kfrag_epochs("alice", "medical", "carol"),
         Err(DomainError::Corrupt(_))
     ));
+}
+
+/// The store in `dir`, opened at once after an earlier handle closed (sled
+/// may still hold that one's lock for a moment).
+fn open_at(dir: &std::path::Path) -> SrsStore {
+    sesphr_domain::reopen::retry_lock(|| SrsStore::open(dir)).expect("the store opens")
 }
