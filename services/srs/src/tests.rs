@@ -18,7 +18,7 @@ fn sled_store_conforms() {
 #[test]
 fn service_secrets_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let first = *open_at(dir.path()).unwrap().service_secret("oprf").unwrap();
+    let first = *open_at(dir.path()).service_secret("oprf").unwrap();
     let s = open_at(dir.path());
     assert_eq!(*s.service_secret("oprf").unwrap(), first);
 }
