@@ -139,7 +139,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// The 32-byte service secret called `name`, created the first time it
     /// is asked for (atomically and durably, so concurrent first calls and
-    /// restarts all see one value). The dedup OPRF key seed lives here.
+    /// restarts all see one value). A single-SRS store kept its dedup OPRF
+    /// key seed here; `sesphrd migrate-srs` reads it from there.
     fn service_secret(&self, name: &str) -> Result<Zeroizing<[u8; 32]>, DomainError>;
 }
 
