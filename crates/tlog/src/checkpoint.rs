@@ -220,7 +220,9 @@ pub struct PublicKey(p256::ecdsa::VerifyingKey);
 
 impl PublicKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CheckpointError> {
-        if bytes.len() != PUBLIC_KEY_LEN {
+        // Compressed form only (tag 2 or 3): SEC1 also has a 33-byte
+        // "compact" form (tag 5), which would give one key two encodings.
+        if bytes.len() != PUBLIC_KEY_LEN || !matches!(bytes[0], 2 | 3) {
             return Err(CheckpointError::Malformed("public key"));
         }
         p256::ecdsa::VerifyingKey::from_sec1_bytes(bytes)
