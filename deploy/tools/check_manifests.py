@@ -23,6 +23,13 @@ says whether the objects fit together and follow the deployment's rules:
 - the setup service, AccessPolicy and CloudStorage run exactly one replica
   (each replica is a separate sled store), and no PodDisruptionBudget
   blocks every eviction;
+- the audit log: AccessPolicy mounts its signing key (Secret
+  access-policy-log-key) at the TOML's access_policy.log_key_file and no
+  other pod mounts it; every witness (each node and CloudStorage) has a
+  [witness] section whose key_file is its own witness key Secret
+  (srs-node-<i>-witness, cloud-storage-witness; never another's, never
+  mounted elsewhere) and whose log_public_key_file is the log's public key
+  (Secret audit-log-public-key);
 - the re-encryption nodes srs-node-1..n: one replica each, identity
   .../service/srs-node/<i> matching the name, their own certificate, volume,
   OPRF key share (at the TOML's oprf_share_file) and Service on 50054; one
@@ -63,13 +70,38 @@ NODE_NAME = re.compile(r"^srs-node-([1-9][0-9]*)$")
 NODE_PORT = 50054
 # On every node StatefulSet: the t of the OPRF deal and of the grants.
 THRESHOLD_ANNOTATION = "sesphr.io/threshold"
+# The setup service's enrollment token (only the setup service mounts it).
+ENROLLMENT_SECRET = "srs-enrollment-token"
+# The audit log's signing key (AccessPolicy only), key `log.key`, and its
+# public key (every witness), key `log.pub`.
+LOG_KEY_SECRET = "access-policy-log-key"
+LOG_KEY_SECRET_KEY = "log.key"
+LOG_PUBLIC_SECRET = "audit-log-public-key"
+LOG_PUBLIC_SECRET_KEY = "log.pub"
+# The witnesses of the audit log (AddCosignature admits these callers only)
+# and each one's own cosigning key, key `witness.key`.
+WITNESS_SERVICES = {"cloud-storage", "srs-node"}
+WITNESS_SECRET_KEY = "witness.key"
+CLOUD_WITNESS_SECRET = "cloud-storage-witness"
+NODE_WITNESS_SECRET = "srs-node-{}-witness"
+NODE_WITNESS_PATTERN = re.compile(r"^srs-node-[1-9][0-9]*-witness$")
 # Secrets the operator creates by hand (deploy/README.md); an overlay may
 # generate them instead (dev).
-OPERATOR_SECRETS = {"srs-enrollment-token"}
+OPERATOR_SECRETS = {ENROLLMENT_SECRET, LOG_KEY_SECRET, LOG_PUBLIC_SECRET, CLOUD_WITNESS_SECRET}
 # Node i's OPRF key share (`sesphrd deal-oprf`), key `share`.
 OPRF_SECRET = "srs-node-{}-oprf"
 OPRF_SECRET_KEY = "share"
-OPERATOR_SECRET_PATTERNS = [re.compile(r"^srs-node-[1-9][0-9]*-oprf$")]
+OPRF_PATTERN = re.compile(r"^srs-node-[1-9][0-9]*-oprf$")
+OPERATOR_SECRET_PATTERNS = [OPRF_PATTERN, NODE_WITNESS_PATTERN]
+
+
+def is_witness_secret(name):
+    return name == CLOUD_WITNESS_SECRET or bool(NODE_WITNESS_PATTERN.match(name))
+
+
+def witness_secret(service, index):
+    """The witness key Secret of the witness `service` (node `index`)."""
+    return NODE_WITNESS_SECRET.format(index) if service == "srs-node" else CLOUD_WITNESS_SECRET
 # Pods of a client (patients', practitioners' and operators' programs).
 CLIENT_LABELS = {"sesphr.io/client": "true"}
 CLIENT = "client"
@@ -80,6 +112,8 @@ REQUIRED_FLOWS = [
     (CLIENT, "srs", 50052),
     (CLIENT, "access-policy", 50053),
     (CLIENT, "srs-node", 50054),
+    # Check, RecordEvent; and, as the audit log's witnesses, GetCheckpoint,
+    # GetConsistencyProof and AddCosignature.
     ("cloud-storage", "access-policy", 50053),
     ("srs", "access-policy", 50053),
     ("srs-node", "access-policy", 50053),
@@ -224,6 +258,7 @@ class Checker:
             if self.identity(sts):
                 self.check_serve_config(sts)
         self.check_single_replicas()
+        self.check_witness_keys(workloads)
         self.check_nodes()
         self.check_flows(workloads)
         return self.errors
@@ -534,6 +569,25 @@ class Checker:
             if target_cert is not None and host not in (target_cert["spec"].get("dnsNames") or []):
                 self.err(sts, f"{key} host {host!r} is not a DNS SAN of {target}'s certificate")
 
+        def secret_file(path, what, want_secret, want_key, whose):
+            """path must be key want_key of the Secret want_secret, mounted."""
+            vol = under(path, "secret", what)
+            if not vol:
+                return
+            secret = volumes[vol]["secret"]
+            rel = path[len(mounts[vol]) + 1:]
+            items = secret.get("items")
+            key = next((it["key"] for it in items if it["path"] == rel), None) if items else rel
+            if secret["secretName"] != want_secret:
+                self.err(sts, f"{what} is on Secret {secret['secretName']!r}, not {whose} {want_secret!r}")
+            if key != want_key:
+                self.err(sts, f"{what} {path!r} is not key {want_key!r} of the mounted Secret {secret['secretName']!r}")
+
+        def positive_ms(section, key):
+            v = section.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                self.err(sts, f"TOML {key} must be a positive number of milliseconds, not {v!r}")
+
         if service in ("cloud-storage", "srs", NODE_SERVICE):
             endpoint("access_policy_endpoint", cfg.get("access_policy_endpoint"), "access-policy")
         if service == NODE_SERVICE:
@@ -542,19 +596,27 @@ class Checker:
                 self.err(sts, "TOML has no [srs_node] section")
                 node = {}
             endpoint("srs_node.setup_endpoint", node.get("setup_endpoint"), "srs")
-            share = node.get("oprf_share_file")
-            vol = under(share, "secret", "srs_node.oprf_share_file")
-            want = OPRF_SECRET.format(index)
-            if vol:
-                secret = volumes[vol]["secret"]
-                mount = mounts[vol]
-                rel = share[len(mount) + 1:]
-                items = secret.get("items")
-                key = next((it["key"] for it in items if it["path"] == rel), None) if items else rel
-                if secret["secretName"] != want:
-                    self.err(sts, f"srs_node.oprf_share_file is on Secret {secret['secretName']!r}, not this node's own {want!r}")
-                if key != OPRF_SECRET_KEY:
-                    self.err(sts, f"srs_node.oprf_share_file {share!r} is not key {OPRF_SECRET_KEY!r} of the mounted Secret {secret['secretName']!r}")
+            secret_file(node.get("oprf_share_file"), "srs_node.oprf_share_file", OPRF_SECRET.format(index), OPRF_SECRET_KEY, "this node's own")
+        # The audit log: AccessPolicy signs checkpoints, the witnesses cosign.
+        if service == "access-policy":
+            ap = cfg.get("access_policy")
+            if not isinstance(ap, dict):
+                self.err(sts, "TOML has no [access_policy] section: access_policy.log_key_file (the audit log's signing key) is required")
+                ap = {}
+            secret_file(ap.get("log_key_file"), "access_policy.log_key_file", LOG_KEY_SECRET, LOG_KEY_SECRET_KEY, "the log key Secret")
+            positive_ms(ap, "checkpoint_interval_ms")
+            if "witness" in cfg:
+                self.err(sts, "TOML [witness]: AccessPolicy cannot witness its own log")
+        elif service in WITNESS_SERVICES:
+            w = cfg.get("witness")
+            if not isinstance(w, dict):
+                self.err(sts, "TOML has no [witness] section: every re-encryption node and CloudStorage witnesses the audit log")
+                w = {}
+            secret_file(w.get("key_file"), "witness.key_file", witness_secret(service, index), WITNESS_SECRET_KEY, "this witness's own")
+            secret_file(w.get("log_public_key_file"), "witness.log_public_key_file", LOG_PUBLIC_SECRET, LOG_PUBLIC_SECRET_KEY, "the log's public key")
+            positive_ms(w, "poll_interval_ms")
+        elif "witness" in cfg:
+            self.err(sts, f"TOML [witness]: {service} is no witness (AddCosignature admits CloudStorage and the nodes only)")
         if service == "srs":
             srs = cfg.get("srs") or {}
             if "reencrypt_rate" in srs:
@@ -568,19 +630,42 @@ class Checker:
         ca_secrets = {x["spec"]["secretName"] for x in self.of_kind("Certificate") if x["spec"].get("isCA")}
         if service != "srs" and any(v.get("secret", {}).get("secretName") in ca_secrets for v in volumes.values()):
             self.err(sts, "mounts the mesh CA key; only the setup service (srs) may")
-        if service != "srs" and any(v.get("secret", {}).get("secretName") in OPERATOR_SECRETS for v in volumes.values()):
+        if service != "srs" and any(v.get("secret", {}).get("secretName") == ENROLLMENT_SECRET for v in volumes.values()):
             self.err(sts, "mounts the enrollment token; only the setup service (srs) may")
         # A node's OPRF share is that node's alone.
-        oprf = {v["secret"]["secretName"] for v in volumes.values() if "secret" in v and any(p.match(v["secret"]["secretName"]) for p in OPERATOR_SECRET_PATTERNS)}
+        mounted = {v["secret"]["secretName"] for v in volumes.values() if "secret" in v}
+        oprf = {m for m in mounted if OPRF_PATTERN.match(m)}
         allowed = {OPRF_SECRET.format(index)} if service == NODE_SERVICE else set()
         if oprf - allowed:
             self.err(sts, f"mounts OPRF key shares {sorted(oprf - allowed)} that are not its own")
+        # The log key signs checkpoints: AccessPolicy's alone. A witness key
+        # is its witness's alone (a second holder could cosign in its name).
+        if service != "access-policy" and LOG_KEY_SECRET in mounted:
+            self.err(sts, f"mounts the audit log's signing key {LOG_KEY_SECRET!r}; only AccessPolicy may")
+        witness = {m for m in mounted if is_witness_secret(m)}
+        allowed = {witness_secret(service, index)} if service in WITNESS_SERVICES else set()
+        if witness - allowed:
+            self.err(sts, f"mounts witness keys {sorted(witness - allowed)} that are not its own")
 
     def check_single_replicas(self):
         for name, why in SINGLE_REPLICA.items():
             sts = self.named("StatefulSet", name)
             if sts is not None and self.replicas(sts) != 1:
                 self.err(sts, f"replicas {self.replicas(sts)}: must be exactly 1 ({why})")
+
+    def check_witness_keys(self, workloads):
+        """Distinct witnesses have distinct keys: a Secret two pods mount
+        would let either cosign in the other's name, and a quorum of w
+        witnesses would be fewer independent parties than w."""
+        users = {}
+        for w in workloads:
+            spec, _ = self.pod_spec(w)
+            for secret in set(self.secret_volumes(spec).values()):
+                if is_witness_secret(secret):
+                    users.setdefault(secret, []).append(w["metadata"]["name"])
+        for secret, names in sorted(users.items()):
+            if len(names) > 1:
+                self.err(None, f"{', '.join(sorted(names))} share the witness key Secret {secret!r}")
 
     def check_nodes(self):
         nodes = self.nodes()
