@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from . import crypto
+from . import crypto, tlog
 
 _GEN = Path(__file__).resolve().parents[1] / "gen"
 if not (_GEN / "sesphr" / "v1" / "srs_pb2.py").exists():
@@ -198,6 +198,73 @@ def _check_timeouts(section) -> Timeouts:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """The mesh file's `[audit]`: the audit log's origin and key, the witnesses (name, key)
+    and how many of them must have cosigned a checkpoint before this client believes it."""
+
+    origin: str
+    log_key: tlog.PublicKey
+    witness_quorum: int
+    witnesses: tuple[tuple[str, tlog.PublicKey], ...]
+
+    def witness_keys(self) -> dict[str, tlog.PublicKey]:
+        return dict(self.witnesses)
+
+
+AUDIT_KEYS = ("origin", "log_key", "witness_quorum", "witnesses")
+
+
+def _check_audit(section, trust_domain: str) -> AuditConfig | None:
+    """`[audit]` (optional): origin (default `<trust_domain>/audit`), log_key (66 hex digits,
+    SEC1 compressed), witness_quorum (0 to the number of witnesses; default a majority) and
+    `[[audit.witnesses]]` name/key, each name and key once."""
+    if section is None:
+        return None
+    if not isinstance(section, dict) or set(section) - set(AUDIT_KEYS):
+        raise ValueError(f"[audit] takes only {', '.join(AUDIT_KEYS)}")
+    try:
+        origin = tlog.check_name(section.get("origin", f"{trust_domain}/audit"), "audit.origin")
+        if "log_key" not in section:
+            raise ValueError("[audit] has no log_key")
+        log_key = _audit_key(section["log_key"], "audit.log_key")
+    except tlog.TlogError as e:
+        raise ValueError(str(e)) from None
+    entries = section.get("witnesses", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError("audit.witnesses must be an array of tables ([[audit.witnesses]])")
+    witnesses: list[tuple[str, tlog.PublicKey]] = []
+    for e in entries:
+        if set(e) != {"name", "key"}:
+            raise ValueError(f"an [[audit.witnesses]] entry takes exactly name and key, not "
+                             f"{sorted(e)}")
+        try:
+            name = tlog.check_name(e["name"], "audit witness name")
+        except tlog.TlogError as err:
+            raise ValueError(str(err)) from None
+        key = _audit_key(e["key"], f"audit witness {name}: key")
+        if any(n == name for n, _ in witnesses):
+            raise ValueError(f"audit witness {name} is listed twice")
+        if key == log_key or any(k == key for _, k in witnesses):
+            raise ValueError(f"audit witness {name}: its key is listed already (one key would "
+                             "count twice)")
+        witnesses.append((name, key))
+    quorum = section.get("witness_quorum", len(witnesses) // 2 + 1 if witnesses else 0)
+    if isinstance(quorum, bool) or not isinstance(quorum, int) or not 0 <= quorum <= len(witnesses):
+        raise ValueError(f"audit.witness_quorum {quorum!r} must be 0 to the number of "
+                         f"[[audit.witnesses]] ({len(witnesses)})")
+    return AuditConfig(origin, log_key, quorum, tuple(witnesses))
+
+
+def _audit_key(value, what: str) -> tlog.PublicKey:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string of 66 hex digits")
+    try:
+        return tlog.PublicKey.from_hex(value)
+    except tlog.TlogError as e:
+        raise ValueError(f"{what}: {e}") from None
+
+
+@dataclass(frozen=True)
 class MeshFile:
     trust_domain: str
     ca: Path
@@ -208,6 +275,7 @@ class MeshFile:
     srs_nodes: tuple[NodeEntry, ...]  # the re-encryption nodes, in index order 1..=n
     enrollment_token: str | None = None
     timeouts: Timeouts = Timeouts()
+    audit: AuditConfig | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MeshFile":
@@ -217,7 +285,7 @@ class MeshFile:
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ClientError(f"{path}: {e}") from None
         known = {"trust_domain", "ca", "enrollment_token", "cloud_storage", "srs", "access_policy",
-                 "threshold", "srs_nodes", "timeouts"}
+                 "threshold", "srs_nodes", "timeouts", "audit"}
         if set(data) - known:
             raise ClientError(f"{path}: unknown keys {sorted(set(data) - known)}")
         try:
@@ -227,7 +295,8 @@ class MeshFile:
             threshold, nodes = _check_nodes(data.get("threshold", 0), data.get("srs_nodes", []))
             return cls(data["trust_domain"], ca, data["cloud_storage"], data["srs"],
                        data["access_policy"], threshold, nodes, data.get("enrollment_token"),
-                       _check_timeouts(data.get("timeouts")))
+                       _check_timeouts(data.get("timeouts")),
+                       _check_audit(data.get("audit"), data["trust_domain"]))
         except KeyError as e:
             raise ClientError(f"{path}: missing {e.args[0]}") from None
         except ValueError as e:
@@ -784,6 +853,62 @@ class Pending:
             self.save(kept)
 
 
+# The pinned audit checkpoint ---------------------------------------------------------------
+_HEAD_KEYS = {"origin", "size", "root", "time", "signature"}
+
+
+class AuditHead:
+    """DIR/audit-head.toml (0600), the Rust client's file: the newest audit checkpoint this
+    profile verified (log signature, quorum of cosignatures), with them. A later checkpoint
+    is accepted only if a consistency proof shows it extends this one."""
+
+    def __init__(self, home: Path):
+        self.path = Path(home) / "audit-head.toml"
+
+    def load(self) -> tlog.SignedCheckpoint | None:
+        data = _load_toml(self.path, lambda: None)
+        if data is None:
+            return None
+        try:
+            cosigs = data.get("cosignatures", [])
+            if set(data) - _HEAD_KEYS - {"cosignatures"} or _HEAD_KEYS - set(data):
+                raise ValueError(f"expected exactly {', '.join(sorted(_HEAD_KEYS))} and "
+                                 "[[cosignatures]]")
+            if not isinstance(cosigs, list) or not all(
+                    isinstance(c, dict) and set(c) == {"witness", "time", "signature"}
+                    for c in cosigs):
+                raise ValueError("[[cosignatures]] take exactly witness, time, signature")
+            for k in ("size", "time"):
+                if isinstance(data[k], bool) or not isinstance(data[k], int):
+                    raise ValueError(f"{k} must be an integer")
+            if not all(isinstance(data[k], str) for k in ("origin", "root", "signature")):
+                raise ValueError("origin, root and signature must be strings")
+            cp = tlog.Checkpoint(tlog.check_name(data["origin"], "origin"), data["size"],
+                                 bytes.fromhex(data["root"]), data["time"])
+            tlog.Checkpoint.parse(cp.body())  # the same rules as a served checkpoint
+            out = []
+            for c in cosigs:
+                if (isinstance(c["time"], bool) or not isinstance(c["time"], int)
+                        or not isinstance(c["signature"], str)):
+                    raise ValueError("a cosignature's time must be an integer, its signature hex")
+                out.append(tlog.Cosignature(tlog.check_name(c["witness"], "witness"), c["time"],
+                                            bytes.fromhex(c["signature"])))
+            return tlog.SignedCheckpoint(cp, bytes.fromhex(data["signature"]), tuple(out))
+        except (ValueError, tlog.TlogError) as e:
+            raise ClientError(f"{self.path}: {e}") from None
+
+    def save(self, signed: tlog.SignedCheckpoint) -> None:
+        cp = signed.checkpoint
+        text = "".join(f"{k} = {_toml_value(v)}\n" for k, v in (
+            ("origin", cp.origin), ("size", cp.size), ("root", cp.root.hex()),
+            ("time", cp.time), ("signature", signed.signature.hex())))
+        for c in signed.cosignatures:
+            text += ("\n[[cosignatures]]\n"
+                     f"witness = {_toml_value(c.witness)}\ntime = {c.time}\n"
+                     f"signature = {_toml_value(c.signature.hex())}\n")
+        _write_secret(self.path, text)
+
+
 # Enrollment --------------------------------------------------------------------------------
 def make_csr() -> tuple[bytes, bytes]:
     """An EC P-256 TLS key and a PKCS#10 CSR for it: (csr DER, key PEM)."""
@@ -1306,6 +1431,114 @@ class Session:
                 break
             token = page.next_page_token
         return out
+
+    # The audit log, checked here ---------------------------------------------------------
+    def _audit(self) -> AuditConfig:
+        if self.mesh.audit is None:
+            raise ClientError("the mesh file has no [audit] section: without the audit log's "
+                              "key and witnesses its checkpoints cannot be checked")
+        return self.mesh.audit
+
+    def audit_entries(self, after_seq: int = 0, limit: int = 0) -> list:
+        """`AccessPolicy/ListAudit`: the entries after `after_seq` this user may see (at most
+        `limit`, 0 = the server's 1000), checked to be in strictly increasing order."""
+        cap = limit or 1000
+        out = []
+        try:
+            for e in self.policy.ListAudit(ap_pb.ListAuditRequest(after_seq=after_seq, limit=limit),
+                                           timeout=self.call_timeout):
+                if len(out) == cap:
+                    raise ClientError(f"AccessPolicy: ListAudit sent more than the {cap} "
+                                      "entries asked for")
+                if e.seq <= (out[-1].seq if out else after_seq):
+                    raise ClientError(f"AccessPolicy: ListAudit sent entry {e.seq} out of order")
+                out.append(e)
+        except grpc.RpcError as err:
+            raise self._error("AccessPolicy", err) from None
+        return out
+
+    def _signed_checkpoint(self, resp) -> tlog.SignedCheckpoint:
+        cfg = self._audit()
+        try:
+            cp = tlog.Checkpoint.parse(resp.checkpoint)
+            if cp.origin != cfg.origin:
+                raise tlog.CheckpointError(f"it is of log {cp.origin!r}, not this mesh's "
+                                           f"{cfg.origin!r}")
+            signed = tlog.SignedCheckpoint(cp, bytes(resp.signature), tuple(
+                tlog.Cosignature(c.witness, c.time, bytes(c.signature))
+                for c in resp.cosignatures))
+            tlog.verify_witnessed(cfg.log_key, signed, cfg.witness_keys(), cfg.witness_quorum)
+        except tlog.TlogError as e:
+            raise ClientError(f"AccessPolicy: audit checkpoint refused: {e}") from None
+        return signed
+
+    def audit_checkpoint(self) -> tlog.SignedCheckpoint:
+        """The newest audit checkpoint with the mesh file's quorum of cosignatures, checked
+        (log signature, cosignatures, origin) and, by a consistency proof, to extend the one
+        this profile pinned before (`audit-head.toml`), which it then replaces."""
+        cfg = self._audit()
+        resp = self._call("AccessPolicy", self.policy.GetCheckpoint,
+                          ap_pb.GetCheckpointRequest(min_cosignatures=cfg.witness_quorum))
+        signed = self._signed_checkpoint(resp)
+        head = AuditHead(self.profile.home)
+        pinned = head.load()
+        if pinned is not None:
+            old, new = pinned.checkpoint, signed.checkpoint
+            self.check_consistent(old, new)
+            if new.size == old.size and new.time < old.time:
+                return signed  # an older head of the same tree: keep the newer pin
+        head.save(signed)
+        return signed
+
+    def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        resp = self._call("AccessPolicy", self.policy.GetConsistencyProof,
+                          ap_pb.GetConsistencyProofRequest(first=first, second=second))
+        return [bytes(x) for x in resp.hashes]
+
+    def check_consistent(self, old: tlog.Checkpoint, new: tlog.Checkpoint) -> None:
+        """That `new` extends `old` (same origin, not smaller, a consistency proof from
+        AccessPolicy when it is larger); ClientError naming the break otherwise."""
+        proof = self.consistency_proof(old.size, new.size) if 0 < old.size < new.size else []
+        try:
+            tlog.check_advance(old, new, proof)
+        except tlog.Inconsistency as e:
+            raise ClientError(f"AccessPolicy: the audit log is not the one seen before: {e}"
+                              ) from None
+
+    def prove_entries(self, entries, signed: tlog.SignedCheckpoint) -> None:
+        """That each audit entry is, as listed, leaf seq - 1 of the tree `signed` commits to
+        (inclusion proofs from AccessPolicy, 256 at a time). An entry at or past the
+        checkpoint's size cannot be proven yet: ClientError."""
+        size = signed.checkpoint.size
+        leaves: dict[int, bytes] = {}
+        try:
+            for e in entries:
+                i = tlog.entry_leaf_index(e)
+                if i >= size:
+                    raise ClientError(f"audit entry {e.seq} is not in the checkpoint of size "
+                                      f"{size} yet")
+                leaf = tlog.entry_leaf_hash(e)
+                if leaves.setdefault(i, leaf) != leaf:
+                    raise ClientError(f"AccessPolicy: two different audit entries {e.seq}")
+        except tlog.TlogError as err:
+            raise ClientError(f"AccessPolicy: {err}") from None
+        wanted = sorted(leaves)
+        for start in range(0, len(wanted), 256):
+            chunk = wanted[start:start + 256]
+            resp = self._call("AccessPolicy", self.policy.GetInclusionProofs,
+                              ap_pb.GetInclusionProofsRequest(tree_size=size, leaf_indexes=chunk))
+            got = {p.leaf_index: p for p in resp.proofs}
+            if resp.tree_size != size or len(resp.proofs) != len(chunk) or set(got) != set(chunk):
+                raise ClientError(f"AccessPolicy: GetInclusionProofs answered for tree size "
+                                  f"{resp.tree_size} and leaves {sorted(got)[:8]}, not size "
+                                  f"{size} and the {len(chunk)} leaves asked")
+            for i in chunk:
+                try:
+                    tlog.verify_inclusion(i, size, leaves[i], got[i].hashes,
+                                          signed.checkpoint.root)
+                except tlog.ProofError as err:
+                    raise ClientError(f"AccessPolicy: audit entry {i + 1} is not in the log as "
+                                      f"listed: {err}") from None
 
     def grants(self):
         return self._call("AccessPolicy", self.policy.ListGrants, ap_pb.ListGrantsRequest())

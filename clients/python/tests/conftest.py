@@ -82,16 +82,32 @@ class Mesh:
 
 
 def write_mesh_toml(data: dict) -> str:
-    """The mesh file's TOML: top-level strings and integers, then [[srs_nodes]] and [timeouts]."""
+    """The mesh file's TOML: top-level strings and integers, then [[srs_nodes]], [timeouts]
+    and [audit] with its [[audit.witnesses]]; any other table is an error, not dropped."""
     def value(v) -> str:
         if isinstance(v, int):
             return str(v)
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    lines = [f"{k} = {value(v)}" for k, v in data.items() if not isinstance(v, (list, dict))]
+
+    def scalars(table: dict) -> list[str]:
+        return [f"{k} = {value(v)}" for k, v in table.items() if not isinstance(v, (list, dict))]
+
+    unknown = {k for k, v in data.items() if isinstance(v, (list, dict))} - {
+        "srs_nodes", "timeouts", "audit"}
+    if unknown:
+        raise ValueError(f"write_mesh_toml cannot write {sorted(unknown)}")
+    lines = scalars(data)
     for node in data.get("srs_nodes", []):
-        lines += ["", "[[srs_nodes]]", *(f"{k} = {value(v)}" for k, v in node.items())]
+        lines += ["", "[[srs_nodes]]", *scalars(node)]
     if "timeouts" in data:
-        lines += ["", "[timeouts]", *(f"{k} = {value(v)}" for k, v in data["timeouts"].items())]
+        lines += ["", "[timeouts]", *scalars(data["timeouts"])]
+    if "audit" in data:
+        audit = data["audit"]
+        if {k for k, v in audit.items() if isinstance(v, (list, dict))} - {"witnesses"}:
+            raise ValueError(f"write_mesh_toml cannot write [audit] {sorted(audit)}")
+        lines += ["", "[audit]", *scalars(audit)]
+        for w in audit.get("witnesses", []):
+            lines += ["", "[[audit.witnesses]]", *scalars(w)]
     return "\n".join(lines) + "\n"
 
 
