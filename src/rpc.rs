@@ -55,6 +55,14 @@ pub enum Rpc {
     ListAudit,
     /// `AccessPolicy/VerifyAudit`.
     VerifyAudit,
+    /// `AccessPolicy/GetCheckpoint`: the newest witnessed tree head.
+    GetCheckpoint,
+    /// `AccessPolicy/GetInclusionProofs`: audit paths of listed entries.
+    GetInclusionProofs,
+    /// `AccessPolicy/GetConsistencyProof`: one tree head extends another.
+    GetConsistencyProof,
+    /// `AccessPolicy/AddCosignature`: a witness cosigns a checkpoint.
+    AddCosignature,
     /// `AccessPolicy/RecordEvent`: a service appends an audit event.
     RecordEvent,
     /// `grpc.health.v1.Health/*`
@@ -214,6 +222,26 @@ pub const TABLE: RpcTable = RpcTable(&[
         Expensive,
     ),
     method(
+        "sesphr.v1.AccessPolicy/GetCheckpoint",
+        ANY_AUTHENTICATED,
+        Cheap,
+    ),
+    method(
+        "sesphr.v1.AccessPolicy/GetInclusionProofs",
+        &[Patient, Operator],
+        Expensive,
+    ),
+    method(
+        "sesphr.v1.AccessPolicy/GetConsistencyProof",
+        ANY_AUTHENTICATED,
+        Cheap,
+    ),
+    method(
+        "sesphr.v1.AccessPolicy/AddCosignature",
+        &[CLOUD, NODE],
+        Cheap,
+    ),
+    method(
         "sesphr.v1.AccessPolicy/RecordEvent",
         &[CLOUD, SRS, NODE],
         Cheap,
@@ -273,7 +301,7 @@ pub fn table_markdown() -> String {
 
 impl Rpc {
     /// Every RPC, in table order.
-    pub const ALL: [Rpc; 20] = [
+    pub const ALL: [Rpc; 24] = [
         Rpc::PutRecord,
         Rpc::GetRecord,
         Rpc::ListRecords,
@@ -291,6 +319,10 @@ impl Rpc {
         Rpc::ListGrants,
         Rpc::ListAudit,
         Rpc::VerifyAudit,
+        Rpc::GetCheckpoint,
+        Rpc::GetInclusionProofs,
+        Rpc::GetConsistencyProof,
+        Rpc::AddCosignature,
         Rpc::RecordEvent,
         Rpc::Health,
         Rpc::Reflection,

@@ -78,6 +78,22 @@ async fn call(c: &MeshClients, rpc: Rpc) -> Result<(), Status> {
             .verify_audit(proto::VerifyAuditRequest::default())
             .await
             .map(drop),
+        Rpc::GetCheckpoint => policy
+            .get_checkpoint(proto::GetCheckpointRequest::default())
+            .await
+            .map(drop),
+        Rpc::GetInclusionProofs => policy
+            .get_inclusion_proofs(proto::GetInclusionProofsRequest::default())
+            .await
+            .map(drop),
+        Rpc::GetConsistencyProof => policy
+            .get_consistency_proof(proto::GetConsistencyProofRequest::default())
+            .await
+            .map(drop),
+        Rpc::AddCosignature => policy
+            .add_cosignature(proto::AddCosignatureRequest::default())
+            .await
+            .map(drop),
         Rpc::RecordEvent => policy
             .record_event(proto::RecordEventRequest::default())
             .await

@@ -571,6 +571,40 @@ pub mod forward {
     ) -> Reply<proto::RecordEventResponse> {
         up.policy.clone().record_event(req.into_inner()).await
     }
+
+    pub async fn get_checkpoint(
+        up: Upstream,
+        req: Request<proto::GetCheckpointRequest>,
+    ) -> Reply<proto::GetCheckpointResponse> {
+        up.policy.clone().get_checkpoint(req.into_inner()).await
+    }
+
+    pub async fn get_inclusion_proofs(
+        up: Upstream,
+        req: Request<proto::GetInclusionProofsRequest>,
+    ) -> Reply<proto::GetInclusionProofsResponse> {
+        up.policy
+            .clone()
+            .get_inclusion_proofs(req.into_inner())
+            .await
+    }
+
+    pub async fn get_consistency_proof(
+        up: Upstream,
+        req: Request<proto::GetConsistencyProofRequest>,
+    ) -> Reply<proto::GetConsistencyProofResponse> {
+        up.policy
+            .clone()
+            .get_consistency_proof(req.into_inner())
+            .await
+    }
+
+    pub async fn add_cosignature(
+        up: Upstream,
+        req: Request<proto::AddCosignatureRequest>,
+    ) -> Reply<proto::AddCosignatureResponse> {
+        up.policy.clone().add_cosignature(req.into_inner()).await
+    }
 }
 
 // ---- CloudStorage ---------------------------------------------------------------
@@ -725,6 +759,12 @@ pub struct AccessPolicyHooks {
     pub list_audit: Option<Hook<proto::ListAuditRequest, ReplyStream<proto::AuditEntry>>>,
     pub verify_audit: Option<Hook<proto::VerifyAuditRequest, proto::VerifyAuditResponse>>,
     pub record_event: Option<Hook<proto::RecordEventRequest, proto::RecordEventResponse>>,
+    pub get_checkpoint: Option<Hook<proto::GetCheckpointRequest, proto::GetCheckpointResponse>>,
+    pub get_inclusion_proofs:
+        Option<Hook<proto::GetInclusionProofsRequest, proto::GetInclusionProofsResponse>>,
+    pub get_consistency_proof:
+        Option<Hook<proto::GetConsistencyProofRequest, proto::GetConsistencyProofResponse>>,
+    pub add_cosignature: Option<Hook<proto::AddCosignatureRequest, proto::AddCosignatureResponse>>,
 }
 
 struct FakeAccessPolicy {
@@ -775,6 +815,34 @@ impl access_policy_server::AccessPolicy for FakeAccessPolicy {
         req: Request<proto::RecordEventRequest>,
     ) -> Reply<proto::RecordEventResponse> {
         relay!(self, "RecordEvent", record_event, req)
+    }
+
+    async fn get_checkpoint(
+        &self,
+        req: Request<proto::GetCheckpointRequest>,
+    ) -> Reply<proto::GetCheckpointResponse> {
+        relay!(self, "GetCheckpoint", get_checkpoint, req)
+    }
+
+    async fn get_inclusion_proofs(
+        &self,
+        req: Request<proto::GetInclusionProofsRequest>,
+    ) -> Reply<proto::GetInclusionProofsResponse> {
+        relay!(self, "GetInclusionProofs", get_inclusion_proofs, req)
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        req: Request<proto::GetConsistencyProofRequest>,
+    ) -> Reply<proto::GetConsistencyProofResponse> {
+        relay!(self, "GetConsistencyProof", get_consistency_proof, req)
+    }
+
+    async fn add_cosignature(
+        &self,
+        req: Request<proto::AddCosignatureRequest>,
+    ) -> Reply<proto::AddCosignatureResponse> {
+        relay!(self, "AddCosignature", add_cosignature, req)
     }
 }
 

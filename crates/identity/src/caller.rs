@@ -33,7 +33,24 @@ pub enum Caller {
     Anonymous,
 }
 
+/// The audit-log witness name of a service: `srs-node-<i>` or the
+/// service's name (`cloud-storage`). Cosignatures carry it, mesh files list
+/// witnesses by it.
+pub fn witness_name_of_node(index: NodeIndex) -> String {
+    format!("srs-node-{index}")
+}
+
 impl Caller {
+    /// The name under which this caller cosigns audit checkpoints, if it is
+    /// a mesh service that may be a witness (CloudStorage or a node).
+    pub fn witness_name(&self) -> Option<String> {
+        match self {
+            Caller::SrsNode(i) => Some(witness_name_of_node(*i)),
+            Caller::Service(Service::CloudStorage) => Some(Service::CloudStorage.to_string()),
+            _ => None,
+        }
+    }
+
     /// The typed caller of a verified identity (its trust domain already
     /// checked against the mesh's).
     pub fn from_identity(id: &Identity) -> Caller {

@@ -23,7 +23,7 @@ mod cert;
 mod ids;
 mod names;
 
-pub use caller::Caller;
+pub use caller::{Caller, witness_name_of_node};
 pub use cert::identity_from_cert_der;
 pub use ids::{PartitionName, RecordId, UserId};
 pub use names::{

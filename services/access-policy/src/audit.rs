@@ -10,9 +10,17 @@ use crate::{AuditEntry, AuditEvent, DomainError};
 /// `prev_hash` of entry 1.
 pub const GENESIS_HASH: [u8; 32] = [0u8; 32];
 
-/// Version tag of the stored value layout, so the layout can change later
-/// without misreading old entries.
-const VALUE_VERSION: u8 = 1;
+/// Version tag of the stored value layout: 1 was the hash chain alone, 2
+/// adds the entry's Merkle leaf salt. Version-1 values are rewritten as
+/// version 2 (with a fresh salt) when the tree is built over them.
+const VALUE_VERSION: u8 = 2;
+const VALUE_VERSION_CHAIN_ONLY: u8 = 1;
+
+/// Length of an entry's leaf salt.
+pub const SALT_LEN: usize = 16;
+
+/// Version byte of the leaf data (see [`leaf_data`]).
+const LEAF_VERSION: u8 = 1;
 
 /// The bytes the chain hashes for one entry (see the crate docs):
 /// `seq` u64 BE ‖ `time` i64 BE ‖ for each of actor, action, owner_id,
@@ -42,7 +50,12 @@ pub fn chain_hash(prev_hash: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
 
 /// Builds the entry that follows `prev` (`None` = genesis): the event's
 /// words become the text that is hashed and stored.
-pub fn next_entry(prev: Option<(u64, [u8; 32])>, time: i64, ev: AuditEvent) -> AuditEntry {
+pub fn next_entry(
+    prev: Option<(u64, [u8; 32])>,
+    time: i64,
+    ev: AuditEvent,
+    salt: [u8; SALT_LEN],
+) -> AuditEntry {
     let (prev_seq, prev_hash) = prev.unwrap_or((0, GENESIS_HASH));
     let mut e = AuditEntry {
         seq: prev_seq + 1,
@@ -57,9 +70,33 @@ pub fn next_entry(prev: Option<(u64, [u8; 32])>, time: i64, ev: AuditEvent) -> A
         detail: ev.detail,
         prev_hash,
         hash: GENESIS_HASH,
+        salt,
     };
     e.hash = recompute_hash(&e);
     e
+}
+
+/// The bytes the Merkle tree hashes as entry `seq`'s leaf (index `seq - 1`):
+/// `0x01 ‖ salt (16 bytes) ‖ canonical bytes`. The salt keeps leaf and
+/// subtree hashes of entries a reader may not see from being confirmed by
+/// guessing their (low-entropy) fields.
+pub fn leaf_data(e: &AuditEntry) -> Vec<u8> {
+    let canonical = canonical_bytes(e.seq, e.time, e.fields());
+    let mut out = Vec::with_capacity(1 + SALT_LEN + canonical.len());
+    out.push(LEAF_VERSION);
+    out.extend_from_slice(&e.salt);
+    out.extend_from_slice(&canonical);
+    out
+}
+
+/// `SHA-256(0x00 ‖ leaf_data(e))`.
+pub fn leaf_hash(e: &AuditEntry) -> [u8; 32] {
+    sesphr_tlog::merkle::leaf_hash(&leaf_data(e))
+}
+
+/// Whether a stored value predates leaf salts (version 1).
+pub fn is_chain_only(v: &[u8]) -> bool {
+    v.first() == Some(&VALUE_VERSION_CHAIN_ONLY)
 }
 
 /// Recomputes an entry's own hash from its fields and `prev_hash`.
@@ -82,14 +119,16 @@ pub fn key_seq(key: &[u8]) -> Result<u64, DomainError> {
     Ok(u64::from_be_bytes(arr))
 }
 
-/// Stored value: version u8 ‖ prev_hash ‖ hash ‖ canonical bytes.
+/// Stored value: version u8 (2) ‖ salt ‖ prev_hash ‖ hash ‖ canonical bytes.
+/// (Version 1, read but no longer written, has no salt.)
 ///
 /// The canonical bytes are stored verbatim (rather than re-encoded from a
 /// struct) so verification hashes exactly what was written.
 pub fn encode_value(e: &AuditEntry) -> Vec<u8> {
     let canonical = canonical_bytes(e.seq, e.time, e.fields());
-    let mut out = Vec::with_capacity(1 + 64 + canonical.len());
+    let mut out = Vec::with_capacity(1 + SALT_LEN + 64 + canonical.len());
     out.push(VALUE_VERSION);
+    out.extend_from_slice(&e.salt);
     out.extend_from_slice(&e.prev_hash);
     out.extend_from_slice(&e.hash);
     out.extend_from_slice(&canonical);
@@ -102,9 +141,14 @@ pub fn decode_value(key_seq: u64, v: &[u8]) -> Result<AuditEntry, DomainError> {
     let bad = |why: &str| DomainError::Corrupt(format!("audit entry {key_seq}: {why}"));
     let mut r = Reader { buf: v };
     let version = r.u8().ok_or_else(|| bad("empty value"))?;
-    if version != VALUE_VERSION {
-        return Err(bad(&format!("unknown value version {version}")));
-    }
+    let salt = match version {
+        VALUE_VERSION => r
+            .take(SALT_LEN)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| bad("truncated salt"))?,
+        VALUE_VERSION_CHAIN_ONLY => [0u8; SALT_LEN],
+        _ => return Err(bad(&format!("unknown value version {version}"))),
+    };
     let prev_hash = r.hash().ok_or_else(|| bad("truncated prev_hash"))?;
     let hash = r.hash().ok_or_else(|| bad("truncated hash"))?;
     let seq = r.u64().ok_or_else(|| bad("truncated seq"))?;
@@ -143,6 +187,7 @@ pub fn decode_value(key_seq: u64, v: &[u8]) -> Result<AuditEntry, DomainError> {
         detail: next(),
         prev_hash,
         hash,
+        salt,
     })
 }
 
@@ -228,7 +273,7 @@ mod tests {
     fn known_hash_vector() {
         // Pinned so an accidental change of the canonical encoding is caught:
         // SHA-256(32 zero bytes ‖ canonical(1, 1700000000, ev("d"))).
-        let e = next_entry(None, 1_700_000_000, ev("d"));
+        let e = next_entry(None, 1_700_000_000, ev("d"), [0; SALT_LEN]);
         let mut manual = Sha256::new();
         manual.update([0u8; 32]);
         manual.update(canonical_bytes(
@@ -253,8 +298,8 @@ mod tests {
 
     #[test]
     fn value_round_trips_and_rejects_garbage() {
-        let e1 = next_entry(None, 5, ev("first"));
-        let e2 = next_entry(Some((e1.seq, e1.hash)), 6, ev("second"));
+        let e1 = next_entry(None, 5, ev("first"), [1; SALT_LEN]);
+        let e2 = next_entry(Some((e1.seq, e1.hash)), 6, ev("second"), [2; SALT_LEN]);
         let v = encode_value(&e2);
         assert_eq!(decode_value(2, &v).unwrap(), e2);
         assert_eq!(recompute_hash(&e2), e2.hash);
@@ -267,6 +312,33 @@ mod tests {
         let mut badver = v;
         badver[0] = 9;
         assert!(decode_value(2, &badver).is_err());
+    }
+
+    #[test]
+    fn chain_only_values_still_decode() {
+        let e = next_entry(None, 5, ev("old"), [9; SALT_LEN]);
+        let v2 = encode_value(&e);
+        // Version 1 = the same value without the salt.
+        let mut v1 = vec![VALUE_VERSION_CHAIN_ONLY];
+        v1.extend_from_slice(&v2[1 + SALT_LEN..]);
+        assert!(is_chain_only(&v1) && !is_chain_only(&v2));
+        let old = decode_value(1, &v1).unwrap();
+        assert_eq!(old.salt, [0; SALT_LEN]);
+        assert_eq!(old.hash, e.hash);
+    }
+
+    #[test]
+    fn leaf_layout_is_as_documented() {
+        let e = next_entry(None, 7, ev("x"), [0xaa; SALT_LEN]);
+        let d = leaf_data(&e);
+        assert_eq!(d[0], 1);
+        assert_eq!(&d[1..17], &[0xaa; 16]);
+        assert_eq!(&d[17..], canonical_bytes(1, 7, e.fields()).as_slice());
+        let mut manual = Sha256::new();
+        manual.update([0u8]);
+        manual.update(&d);
+        let want: [u8; 32] = manual.finalize().into();
+        assert_eq!(leaf_hash(&e), want);
     }
 
     proptest::proptest! {

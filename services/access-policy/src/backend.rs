@@ -8,6 +8,8 @@
 //! order), and refusals are coalesced (see [`crate::coalesce`]) where they
 //! are appended. [`conformance`] is the behaviour every backend must show.
 
+use sesphr_tlog::{Cosignature, Hash, SignedCheckpoint, SigningKey};
+
 use crate::{
     AuditEntry, AuditEvent, AuditFilter, AuditReport, CheckQuery, Decision, DomainError, Grant,
     OwnerAuditReport, PolicyStore,
@@ -56,6 +58,40 @@ pub trait PolicyBackend: Send + Sync + 'static {
 
     /// A page of the log; see [`AuditFilter`].
     fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, DomainError>;
+
+    /// Signs a checkpoint over every durable entry, unless the newest one
+    /// covers them all (see [`crate::tlog`]).
+    fn publish_checkpoint(
+        &self,
+        key: &SigningKey,
+        origin: &str,
+        now: i64,
+    ) -> Result<Option<SignedCheckpoint>, DomainError>;
+
+    /// The newest checkpoint with at least `min` cosignatures.
+    fn witnessed_checkpoint(
+        &self,
+        min: usize,
+    ) -> Result<Option<(SignedCheckpoint, Vec<Cosignature>)>, DomainError>;
+
+    /// Audit paths of leaves in the tree of a published checkpoint.
+    fn inclusion_proofs(
+        &self,
+        tree_size: u64,
+        leaves: &[u64],
+    ) -> Result<Vec<Vec<Hash>>, DomainError>;
+
+    /// Proof that the tree of `first` leaves is a prefix of the published
+    /// tree of `second` leaves.
+    fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<Hash>, DomainError>;
+
+    /// Stores a witness's cosignature of a published checkpoint.
+    fn add_cosignature(
+        &self,
+        witness: &str,
+        body: &str,
+        cosignature: &Cosignature,
+    ) -> Result<(), DomainError>;
 
     /// Recomputes the whole chain, optionally against a published head.
     fn verify_audit(
@@ -116,6 +152,43 @@ impl PolicyBackend for PolicyStore {
 
     fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, DomainError> {
         PolicyStore::audit(self, filter)
+    }
+
+    fn publish_checkpoint(
+        &self,
+        key: &SigningKey,
+        origin: &str,
+        now: i64,
+    ) -> Result<Option<SignedCheckpoint>, DomainError> {
+        PolicyStore::publish_checkpoint(self, key, origin, now)
+    }
+
+    fn witnessed_checkpoint(
+        &self,
+        min: usize,
+    ) -> Result<Option<(SignedCheckpoint, Vec<Cosignature>)>, DomainError> {
+        PolicyStore::witnessed_checkpoint(self, min)
+    }
+
+    fn inclusion_proofs(
+        &self,
+        tree_size: u64,
+        leaves: &[u64],
+    ) -> Result<Vec<Vec<Hash>>, DomainError> {
+        PolicyStore::inclusion_proofs(self, tree_size, leaves)
+    }
+
+    fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<Hash>, DomainError> {
+        PolicyStore::consistency_proof(self, first, second)
+    }
+
+    fn add_cosignature(
+        &self,
+        witness: &str,
+        body: &str,
+        cosignature: &Cosignature,
+    ) -> Result<(), DomainError> {
+        PolicyStore::add_cosignature(self, witness, body, cosignature)
     }
 
     fn verify_audit(

@@ -93,6 +93,7 @@ fn role_from_wire(value: i32, field: &str) -> Result<sesphr_identity::Role, Stat
 }
 
 fn entry_to_proto(e: DomainEntry) -> proto::AuditEntry {
+    let leaf_index = e.leaf_index();
     proto::AuditEntry {
         seq: e.seq,
         time: e.time,
@@ -106,7 +107,29 @@ fn entry_to_proto(e: DomainEntry) -> proto::AuditEntry {
         detail: e.detail,
         prev_hash: e.prev_hash.to_vec(),
         hash: e.hash.to_vec(),
+        leaf_index,
+        salt: e.salt.to_vec(),
     }
+}
+
+fn cosignature_to_proto(c: sesphr_tlog::Cosignature) -> proto::Cosignature {
+    proto::Cosignature {
+        witness: c.witness,
+        time: c.time,
+        signature: c.signature.to_vec(),
+    }
+}
+
+fn cosignature_from_proto(c: proto::Cosignature) -> Result<sesphr_tlog::Cosignature, Status> {
+    let signature: [u8; 64] = c
+        .signature
+        .try_into()
+        .map_err(|_| Status::invalid_argument("cosignature.signature must be 64 bytes"))?;
+    Ok(sesphr_tlog::Cosignature {
+        witness: c.witness,
+        time: c.time,
+        signature,
+    })
 }
 
 type AuditStream = Pin<Box<dyn Stream<Item = Result<proto::AuditEntry, Status>> + Send>>;
@@ -253,6 +276,83 @@ impl<S: PolicyBackend> AccessPolicy for AccessPolicyService<S> {
             first_bad_seq: report.first_bad_seq,
             problem: report.problem.unwrap_or_default(),
         }))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        req: Request<proto::GetCheckpointRequest>,
+    ) -> Result<Response<proto::GetCheckpointResponse>, Status> {
+        let min = req.into_inner().min_cosignatures as usize;
+        let found = self
+            .run(move |p| p.store().witnessed_checkpoint(min))
+            .await?;
+        let Some((signed, cosignatures)) = found else {
+            return Err(Status::failed_precondition(format!(
+                "no checkpoint with {min} or more cosignatures is published yet \
+                 (checkpoints follow new entries within seconds; witnesses cosign them after)"
+            )));
+        };
+        Ok(Response::new(proto::GetCheckpointResponse {
+            checkpoint: signed.checkpoint.body(),
+            signature: signed.signature.to_vec(),
+            cosignatures: cosignatures.into_iter().map(cosignature_to_proto).collect(),
+        }))
+    }
+
+    async fn get_inclusion_proofs(
+        &self,
+        req: Request<proto::GetInclusionProofsRequest>,
+    ) -> Result<Response<proto::GetInclusionProofsResponse>, Status> {
+        let r = req.into_inner();
+        let (size, indexes) = (r.tree_size, r.leaf_indexes);
+        let proofs = self
+            .run(move |p| {
+                let paths = p.store().inclusion_proofs(size, &indexes)?;
+                Ok(indexes.into_iter().zip(paths).collect::<Vec<_>>())
+            })
+            .await?;
+        Ok(Response::new(proto::GetInclusionProofsResponse {
+            tree_size: size,
+            proofs: proofs
+                .into_iter()
+                .map(|(leaf_index, path)| proto::InclusionProof {
+                    leaf_index,
+                    hashes: path.into_iter().map(|h| h.to_vec()).collect(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        req: Request<proto::GetConsistencyProofRequest>,
+    ) -> Result<Response<proto::GetConsistencyProofResponse>, Status> {
+        let r = req.into_inner();
+        let hashes = self
+            .run(move |p| p.store().consistency_proof(r.first, r.second))
+            .await?;
+        Ok(Response::new(proto::GetConsistencyProofResponse {
+            hashes: hashes.into_iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    async fn add_cosignature(
+        &self,
+        req: Request<proto::AddCosignatureRequest>,
+    ) -> Result<Response<proto::AddCosignatureResponse>, Status> {
+        let caller = auth::caller(&req)?;
+        let witness = caller.witness_name().ok_or_else(|| {
+            Status::permission_denied("only CloudStorage and re-encryption nodes are witnesses")
+        })?;
+        let r = req.into_inner();
+        let cosignature = cosignature_from_proto(
+            r.cosignature
+                .ok_or_else(|| Status::invalid_argument("cosignature is required"))?,
+        )?;
+        let body = r.checkpoint;
+        self.run(move |p| p.store().add_cosignature(&witness, &body, &cosignature))
+            .await?;
+        Ok(Response::new(proto::AddCosignatureResponse {}))
     }
 
     async fn record_event(

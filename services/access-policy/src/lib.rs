@@ -70,6 +70,7 @@ pub mod coalesce;
 pub mod grpc;
 pub mod policy;
 mod time;
+pub mod tlog;
 mod vocab;
 
 use std::fmt;
@@ -280,9 +281,22 @@ pub struct AuditEntry {
     pub detail: String,
     pub prev_hash: [u8; 32],
     pub hash: [u8; 32],
+    /// Random bytes hashed into the entry's Merkle leaf (see
+    /// [`AuditEntry::leaf_data`]).
+    pub salt: [u8; 16],
 }
 
 impl AuditEntry {
+    /// The entry's index in the Merkle tree.
+    pub fn leaf_index(&self) -> u64 {
+        self.seq - 1
+    }
+
+    /// The bytes hashed as its Merkle leaf: `0x01 ‖ salt ‖ canonical bytes`.
+    pub fn leaf_data(&self) -> Vec<u8> {
+        audit::leaf_data(self)
+    }
+
     /// The hashed fields, in chain order (see the crate docs).
     pub fn fields(&self) -> [&str; 8] {
         [
@@ -397,6 +411,9 @@ pub struct PolicyStore {
     grants_by_grantee: sled::Tree,
     audit: sled::Tree,
     audit_by_owner: sled::Tree,
+    /// The Merkle tree over `audit` (see [`tlog`]).
+    merkle: sled::Tree,
+    checkpoints: tlog::CheckpointStore,
     head: Mutex<Head>,
 }
 
@@ -657,7 +674,28 @@ impl PolicyStore {
         let grants_by_grantee = db.open_tree("grants_by_grantee")?;
         let audit = db.open_tree("audit")?;
         let audit_by_owner = db.open_tree("audit_by_owner")?;
+        let merkle = db.open_tree("audit_tree")?;
+        let checkpoints = tlog::CheckpointStore {
+            checkpoints: db.open_tree("checkpoints")?,
+            cosignatures: db.open_tree("cosignatures")?,
+        };
         let mut head = recover_head(&audit)?;
+        if head.broken.is_none() {
+            let seq = head.last.map_or(0, |(seq, _)| seq);
+            match tlog::catch_up(&audit, &merkle, seq).and_then(|added| {
+                check_last_leaf(&audit, &merkle, seq)?;
+                Ok(added)
+            }) {
+                Ok(0) => {}
+                Ok(added) => tracing::info!(
+                    path = %path.display(),
+                    added,
+                    "built the audit Merkle tree over entries written before it"
+                ),
+                Err(DomainError::Corrupt(problem)) => head.broken = Some(problem),
+                Err(e) => return Err(e),
+            }
+        }
         head.refusals = coalesce::Coalescer::new(refusals);
         if let Some(problem) = &head.broken {
             tracing::error!(
@@ -674,6 +712,8 @@ impl PolicyStore {
             grants_by_grantee,
             audit,
             audit_by_owner,
+            merkle,
+            checkpoints,
             head: Mutex::new(head),
         })
     }
@@ -724,8 +764,9 @@ impl PolicyStore {
             &self.grants_by_grantee,
             &self.audit,
             &self.audit_by_owner,
+            &self.merkle,
         )
-            .transaction(|(g, bg, a, ao)| {
+            .transaction(|(g, bg, a, ao, t)| {
                 let (r, events) = body(g, bg)?;
                 let mut prev = prev;
                 let mut entries = Vec::with_capacity(events.len());
@@ -733,8 +774,9 @@ impl PolicyStore {
                     if prev.is_some_and(|(seq, _)| seq == u64::MAX) {
                         return Err(ConflictableTransactionError::Abort(exhausted()));
                     }
-                    let entry = audit::next_entry(prev, now, ev);
+                    let entry = audit::next_entry(prev, now, ev, rand::random());
                     a.insert(&audit::seq_key(entry.seq), audit::encode_value(&entry))?;
+                    tlog::append_in_tx(t, &entry)?;
                     if !entry.owner_id.is_empty() {
                         ao.insert(audit::owner_index_key(&entry.owner_id, entry.seq), &[])?;
                     }
@@ -1036,6 +1078,103 @@ impl PolicyStore {
         let events = head.reads.admit(reader, ev, now, at);
         self.append_events(head, now, events)?;
         Ok(())
+    }
+
+    /// Signs a checkpoint over every entry appended so far, unless the
+    /// newest checkpoint already covers them all. Entries are flushed first,
+    /// so the signed head never covers one a crash could take back.
+    pub fn publish_checkpoint(
+        &self,
+        key: &sesphr_tlog::SigningKey,
+        origin: &str,
+        now: i64,
+    ) -> Result<Option<sesphr_tlog::SignedCheckpoint>, DomainError> {
+        let size = {
+            let head = self.lock_head();
+            if let Some(problem) = &head.broken {
+                return Err(DomainError::Corrupt(format!(
+                    "audit log is damaged, not signing it: {problem}"
+                )));
+            }
+            head.last.map_or(0, |(seq, _)| seq)
+        };
+        if size == 0 {
+            return Ok(None);
+        }
+        if self
+            .checkpoints
+            .latest()?
+            .is_some_and(|c| c.checkpoint.size >= size)
+        {
+            return Ok(None);
+        }
+        self.db.flush()?;
+        let root = sesphr_tlog::merkle::root(size, &tlog::StoredTree(&self.merkle))?;
+        self.checkpoints.publish(key, origin, size, root, now)
+    }
+
+    /// The newest checkpoint with at least `min_cosignatures` cosignatures.
+    pub fn witnessed_checkpoint(
+        &self,
+        min_cosignatures: usize,
+    ) -> Result<Option<(sesphr_tlog::SignedCheckpoint, Vec<sesphr_tlog::Cosignature>)>, DomainError>
+    {
+        self.checkpoints.witnessed(min_cosignatures)
+    }
+
+    /// The published checkpoint of `size` leaves, if it is still kept.
+    fn published(&self, size: u64) -> Result<sesphr_tlog::SignedCheckpoint, DomainError> {
+        self.checkpoints.at(size)?.ok_or_else(|| {
+            DomainError::Unknown(format!(
+                "no checkpoint of size {size} is published (ask GetCheckpoint for a current one)"
+            ))
+        })
+    }
+
+    /// Audit paths of `leaf_indexes` in the tree of a published checkpoint.
+    pub fn inclusion_proofs(
+        &self,
+        tree_size: u64,
+        leaf_indexes: &[u64],
+    ) -> Result<Vec<Vec<sesphr_tlog::Hash>>, DomainError> {
+        if leaf_indexes.len() > tlog::MAX_PROOFS_PER_REQUEST {
+            return Err(DomainError::Malformed(format!(
+                "at most {} leaf indexes per request, not {}",
+                tlog::MAX_PROOFS_PER_REQUEST,
+                leaf_indexes.len()
+            )));
+        }
+        self.published(tree_size)?;
+        let source = tlog::StoredTree(&self.merkle);
+        leaf_indexes
+            .iter()
+            .map(|&i| {
+                sesphr_tlog::merkle::inclusion_proof(i, tree_size, &source)?
+                    .map_err(|e| DomainError::Malformed(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Proof that the tree of `first` leaves is a prefix of the published
+    /// tree of `second` leaves.
+    pub fn consistency_proof(
+        &self,
+        first: u64,
+        second: u64,
+    ) -> Result<Vec<sesphr_tlog::Hash>, DomainError> {
+        self.published(second)?;
+        sesphr_tlog::merkle::consistency_proof(first, second, &tlog::StoredTree(&self.merkle))?
+            .map_err(|e| DomainError::Malformed(e.to_string()))
+    }
+
+    /// Stores `witness`'s cosignature of the published checkpoint `body`.
+    pub fn add_cosignature(
+        &self,
+        witness: &str,
+        body: &str,
+        cosignature: &sesphr_tlog::Cosignature,
+    ) -> Result<(), DomainError> {
+        self.checkpoints.add_cosignature(witness, body, cosignature)
     }
 
     /// A page of the audit log; see [`AuditFilter`].
@@ -1354,6 +1493,32 @@ impl Drop for PolicyStore {
             tracing::warn!(error = %e, pending, "could not write coalesced audit entries on close");
         }
     }
+}
+
+/// After the tree caught up: it has exactly `seq` leaves and the last one
+/// is the last entry's, so an entry edited without the tree is noticed.
+fn check_last_leaf(audit: &sled::Tree, merkle: &sled::Tree, seq: u64) -> Result<(), DomainError> {
+    use sesphr_tlog::merkle::HashSource as _;
+    let stored = tlog::StoredTree(merkle);
+    let size = stored.size()?;
+    if size != seq {
+        return Err(DomainError::Corrupt(format!(
+            "the audit tree has {size} leaves, the log {seq} entries"
+        )));
+    }
+    if seq == 0 {
+        return Ok(());
+    }
+    let v = audit
+        .get(audit::seq_key(seq))?
+        .ok_or_else(|| DomainError::Corrupt(format!("audit entry {seq} is missing")))?;
+    let e = audit::decode_value(seq, &v)?;
+    if stored.subtree(0, seq - 1)? != audit::leaf_hash(&e) {
+        return Err(DomainError::Corrupt(format!(
+            "audit entry {seq} does not match its Merkle leaf"
+        )));
+    }
+    Ok(())
 }
 
 /// Reads the last audit entry and checks its hash and its link to the

@@ -539,6 +539,23 @@ fn verify_detects_rewritten_tail_against_published_head() {
         db.flush().unwrap();
     }
     {
+        // The Merkle tree still has four leaves: the store notices.
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
+        let ev = AuditEvent {
+            actor: "a".into(),
+            action: GET_RECORD,
+            ..Default::default()
+        };
+        let e = s.record_event(ev, T0).unwrap_err();
+        assert!(e.to_string().contains("4 leaves"), "{e}");
+    }
+    {
+        // So the insider drops the tree too; it is rebuilt on open.
+        let db = retry_lock(|| sled::open(dir.path()));
+        db.drop_tree("audit_tree").unwrap();
+        db.flush().unwrap();
+    }
+    {
         // The truncated chain is internally consistent...
         let s = retry_lock(|| PolicyStore::open(dir.path()));
         assert!(s.verify_audit(None).unwrap().ok);
@@ -1102,4 +1119,212 @@ fn probes_share_the_refusal_budget() {
     let accounted: u64 = all.iter().map(|e| coalesced_count(e).unwrap_or(1)).sum();
     assert_eq!(accounted, 1000);
     assert!(all.iter().any(|e| e.detail.contains("further probes")));
+}
+
+mod transparency {
+    use super::*;
+    use sesphr_tlog::merkle::{self, MemoryTree};
+    use sesphr_tlog::{Checkpoint, Cosignature, SigningKey, check_advance};
+
+    fn log_key() -> SigningKey {
+        SigningKey::from_hex(&"11".repeat(32)).unwrap()
+    }
+
+    fn event(detail: &str) -> AuditEvent {
+        AuditEvent {
+            actor: "service/cloud-storage".into(),
+            owner_id: "alice".into(),
+            detail: detail.into(),
+            ..Default::default()
+        }
+    }
+
+    fn append(s: &PolicyStore, n: usize) {
+        for i in 0..n {
+            s.record_event(event(&format!("e{i}")), T0).unwrap();
+        }
+    }
+
+    /// The stored tree is the RFC 9162 tree of the entries' leaf data, and
+    /// its proofs verify against an independent in-memory tree's roots.
+    #[test]
+    fn tree_matches_the_entries_and_proves_them() {
+        let (_d, s) = store();
+        append(&s, 13);
+        let cp = s.publish_checkpoint(&log_key(), "o", T0).unwrap().unwrap();
+        log_key().public_key().verify_checkpoint(&cp).unwrap();
+        let entries = all_entries(&s);
+        let mut mem = MemoryTree::new();
+        for e in &entries {
+            mem.push(&e.leaf_data());
+        }
+        assert_eq!(cp.checkpoint.size, 13);
+        assert_eq!(cp.checkpoint.root, mem.root());
+        let indexes: Vec<u64> = entries.iter().map(|e| e.leaf_index()).collect();
+        let proofs = s.inclusion_proofs(13, &indexes).unwrap();
+        for (e, p) in entries.iter().zip(&proofs) {
+            let leaf = merkle::leaf_hash(&e.leaf_data());
+            merkle::verify_inclusion(e.leaf_index(), 13, &leaf, p, &mem.root()).unwrap();
+        }
+        // No new entries, no new checkpoint; then one that extends it.
+        assert!(s.publish_checkpoint(&log_key(), "o", T0).unwrap().is_none());
+        append(&s, 6);
+        let cp2 = s
+            .publish_checkpoint(&log_key(), "o", T0 - 5)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            cp2.checkpoint.time, T0,
+            "a checkpoint's time never goes back"
+        );
+        let proof = s.consistency_proof(13, 19).unwrap();
+        check_advance(&cp.checkpoint, &cp2.checkpoint, &proof).unwrap();
+        // Proofs only at published sizes, in bounds, in bounded batches.
+        assert!(matches!(
+            s.inclusion_proofs(14, &[0]),
+            Err(DomainError::Unknown(_))
+        ));
+        assert!(matches!(
+            s.inclusion_proofs(19, &[19]),
+            Err(DomainError::Malformed(_))
+        ));
+        assert!(s.inclusion_proofs(19, &[0; 257]).is_err());
+        assert!(s.consistency_proof(13, 15).is_err());
+        assert!(s.consistency_proof(20, 19).is_err());
+        assert!(s.consistency_proof(0, 19).is_err());
+    }
+
+    #[test]
+    fn every_entry_has_its_own_salt() {
+        let (_d, s) = store();
+        append(&s, 3);
+        let e = all_entries(&s);
+        assert_ne!(e[0].salt, e[1].salt);
+        assert_ne!(e[0].salt, [0; 16]);
+    }
+
+    #[test]
+    fn cosignatures_are_kept_per_witness_and_checkpoint() {
+        let (_d, s) = store();
+        assert!(s.witnessed_checkpoint(0).unwrap().is_none());
+        append(&s, 2);
+        let cp = s.publish_checkpoint(&log_key(), "o", T0).unwrap().unwrap();
+        let w = SigningKey::from_hex(&"22".repeat(32)).unwrap();
+        let body = cp.checkpoint.body();
+        let co = w.cosign("srs-node-1", T0, &cp.checkpoint);
+        assert!(s.witnessed_checkpoint(1).unwrap().is_none());
+        s.add_cosignature("srs-node-1", &body, &co).unwrap();
+        // Idempotent, and the first one stays.
+        let later = w.cosign("srs-node-1", T0 + 9, &cp.checkpoint);
+        s.add_cosignature("srs-node-1", &body, &later).unwrap();
+        let (got, cosigs) = s.witnessed_checkpoint(1).unwrap().unwrap();
+        assert_eq!(got, cp);
+        assert_eq!(cosigs, vec![co.clone()]);
+        // Another witness's name, an unknown size, another body: refused.
+        assert!(matches!(
+            s.add_cosignature("srs-node-2", &body, &co),
+            Err(DomainError::NotEntitled(_))
+        ));
+        let other = Checkpoint {
+            size: 5,
+            ..cp.checkpoint.clone()
+        };
+        assert!(matches!(
+            s.add_cosignature("srs-node-1", &other.body(), &co),
+            Err(DomainError::Unknown(_))
+        ));
+        let forged = Checkpoint {
+            root: [9; 32],
+            ..cp.checkpoint.clone()
+        };
+        assert!(matches!(
+            s.add_cosignature("srs-node-1", &forged.body(), &co),
+            Err(DomainError::Conflict(_))
+        ));
+        assert!(s.add_cosignature("srs-node-1", "garbage", &co).is_err());
+        // A newer checkpoint without cosignatures: min 1 still finds the old.
+        append(&s, 1);
+        let cp2 = s.publish_checkpoint(&log_key(), "o", T0).unwrap().unwrap();
+        assert_eq!(s.witnessed_checkpoint(0).unwrap().unwrap().0, cp2);
+        assert_eq!(s.witnessed_checkpoint(1).unwrap().unwrap().0, cp);
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_witnessed_checkpoints() {
+        let (_d, s) = store();
+        let w = SigningKey::from_hex(&"22".repeat(32)).unwrap();
+        append(&s, 1);
+        let first = s.publish_checkpoint(&log_key(), "o", T0).unwrap().unwrap();
+        let co: Cosignature = w.cosign("cloud-storage", T0, &first.checkpoint);
+        s.add_cosignature("cloud-storage", &first.checkpoint.body(), &co)
+            .unwrap();
+        for _ in 0..(tlog::KEPT_CHECKPOINTS + 40) {
+            append(&s, 1);
+            s.publish_checkpoint(&log_key(), "o", T0).unwrap().unwrap();
+        }
+        assert!(s.checkpoints.checkpoints.len() <= tlog::KEPT_CHECKPOINTS + 33);
+        assert_eq!(s.witnessed_checkpoint(1).unwrap().unwrap().0, first);
+    }
+
+    /// A log written before the tree existed (chain-only values) gets a
+    /// tree, and salts, on open; its chain still verifies.
+    #[test]
+    fn a_chain_only_log_is_upgraded_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = retry_lock(|| sled::open(dir.path()));
+            let t = db.open_tree("audit").unwrap();
+            let by_owner = db.open_tree("audit_by_owner").unwrap();
+            let mut prev = None;
+            for i in 0..5u64 {
+                let e = audit::next_entry(prev, T0 + i as i64, event(&format!("old {i}")), [0; 16]);
+                let v2 = audit::encode_value(&e);
+                let mut v1 = vec![1u8];
+                v1.extend_from_slice(&v2[1 + audit::SALT_LEN..]);
+                t.insert(audit::seq_key(e.seq), v1).unwrap();
+                by_owner
+                    .insert(audit::owner_index_key("alice", e.seq), &[])
+                    .unwrap();
+                prev = Some((e.seq, e.hash));
+            }
+            db.flush().unwrap();
+        }
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
+        assert!(s.verify_audit(None).unwrap().ok);
+        append(&s, 1);
+        let entries = all_entries(&s);
+        assert_eq!(entries.len(), 6);
+        assert!(entries.iter().all(|e| e.salt != [0; 16]));
+        let cp = s.publish_checkpoint(&log_key(), "o", T0).unwrap().unwrap();
+        let mut mem = MemoryTree::new();
+        for e in &entries {
+            mem.push(&e.leaf_data());
+        }
+        assert_eq!(cp.checkpoint.root, mem.root());
+        drop(s);
+        // Reopening changes nothing (the upgrade ran once).
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
+        assert_eq!(all_entries(&s), entries);
+    }
+
+    #[test]
+    fn an_entry_edited_without_its_leaf_blocks_signing() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = retry_lock(|| PolicyStore::open(dir.path()));
+            append(&s, 3);
+            tamper_detail(&s, 3);
+            // Recompute its chain hash too: only the Merkle leaf disagrees.
+            let v = s.audit.get(3u64.to_be_bytes()).unwrap().unwrap();
+            let mut e = audit::decode_value(3, &v).unwrap();
+            e.hash = audit::recompute_hash(&e);
+            s.audit
+                .insert(3u64.to_be_bytes(), audit::encode_value(&e))
+                .unwrap();
+            s.db.flush().unwrap();
+        }
+        let s = retry_lock(|| PolicyStore::open(dir.path()));
+        let e = s.publish_checkpoint(&log_key(), "o", T0).unwrap_err();
+        assert!(e.to_string().contains("Merkle leaf"), "{e}");
+    }
 }
