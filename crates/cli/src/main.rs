@@ -151,11 +151,17 @@ enum Command {
         #[arg(long)]
         fingerprint: String,
     },
-    /// Your audit trail.
+    /// Your audit trail, each entry checked against a witnessed checkpoint
+    /// of the log that extends the one this profile pinned before.
     Audit {
-        /// Also recompute the hash chain.
+        /// Print what was verified (checkpoint, witnesses, proofs) instead
+        /// of the entries.
         #[arg(long)]
         verify: bool,
+        /// Also write the entries as a FHIR R4 Bundle of AuditEvents, each
+        /// with its inclusion proof, to FILE.
+        #[arg(long, value_name = "FILE")]
+        export: Option<PathBuf>,
     },
     /// Run the whole story on an in-process mesh (or on --mesh).
     Demo,
@@ -222,6 +228,62 @@ fn parse_duration(s: &str) -> anyhow::Result<i64> {
     };
     n.checked_mul(secs)
         .ok_or_else(|| anyhow!("{s:?} is too long"))
+}
+
+/// Writes `bytes` to `path` whole or not at all (a temp file beside it,
+/// synced, then renamed over it).
+fn write_new_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("{}: cannot create a file there", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("{}: write failed", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("{}: cannot write it", path.display()))?;
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// One paragraph on what a verified audit read established.
+fn audit_summary(a: &client::VerifiedAudit) -> String {
+    let Some(head) = &a.head else {
+        return "audit log: no witnessed checkpoint yet, and no entries about you".to_owned();
+    };
+    let proven = a.entries.len() - a.pending();
+    let pin = match a.previous_size {
+        None => "first checkpoint pinned".to_owned(),
+        Some(s) if s == head.size => format!("unchanged since the pinned size {s}"),
+        Some(s) => format!("consistent with the pinned size {s}"),
+    };
+    let witnesses = if a.witnesses.is_empty() {
+        "no witnesses required".to_owned()
+    } else {
+        format!("cosigned by {}", a.witnesses.join(", "))
+    };
+    let mut line = format!(
+        "audit log verified: {proven} entries about you included in the log at size {} (root {}, {}), {witnesses}; {pin}",
+        head.size,
+        hex::encode(head.root),
+        fmt_time(head.time),
+    );
+    if a.pending() > 0 {
+        line.push_str(&format!(
+            "; {} newer entries not yet in a witnessed checkpoint",
+            a.pending()
+        ));
+    }
+    line
 }
 
 fn fmt_time(t: i64) -> String {
@@ -523,44 +585,51 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::Audit { verify } => {
+        Command::Audit { verify, export } => {
             let mesh = mesh_file(&cli.mesh)?;
             let s = Session::open(&mesh, home(&cli.home)?)?;
+            // Verified before anything is printed or written: a log that was
+            // tampered with shows nothing but the one line saying how.
+            let audit = s.verified_audit().await?;
+            if let Some(path) = &export {
+                let bundle = client::audit_export::fhir_bundle(&audit, unix_now());
+                let text = serde_json::to_vec_pretty(&bundle)?;
+                write_new_file(path, &text)?;
+            }
             let mut out = stdout.lock();
             // The entries' text is AccessPolicy's: no control character of
             // it reaches the terminal (or splits a tab-separated line).
             let p = client::printable;
-            for e in s.audit().await? {
-                writeln!(
-                    out,
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                    e.seq,
-                    fmt_time(e.time),
-                    p(&e.actor),
-                    p(&e.action),
-                    p(&e.owner_id),
-                    p(&e.partition),
-                    p(&e.subject),
-                    p(&e.outcome),
-                    p(&e.detail)
-                )?;
-            }
-            if verify {
-                let r = s.verify_audit().await?;
-                if r.ok {
-                    eprintln!(
-                        "audit chain verifies: {} entries about you, your latest #{} {}",
-                        r.entries,
-                        r.head_seq,
-                        hex::encode(&r.head_hash)
-                    );
-                } else {
-                    bail!(
-                        "audit chain does NOT verify at entry {}: {}",
-                        r.first_bad_seq.unwrap_or_default(),
-                        client::printable(&r.problem)
-                    );
+            if !verify {
+                for pe in &audit.entries {
+                    let e = &pe.entry;
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        e.seq,
+                        fmt_time(e.time),
+                        p(&e.actor),
+                        p(&e.action),
+                        p(&e.owner_id),
+                        p(&e.partition),
+                        p(&e.subject),
+                        p(&e.outcome),
+                        p(&e.detail)
+                    )?;
                 }
+            }
+            let summary = audit_summary(&audit);
+            if verify {
+                writeln!(out, "{summary}")?;
+            } else {
+                eprintln!("{summary}");
+            }
+            if let Some(path) = &export {
+                eprintln!(
+                    "wrote {} AuditEvents to {}",
+                    audit.entries.len(),
+                    path.display()
+                );
             }
         }
         Command::Demo => {

@@ -16,6 +16,8 @@
 
 #![warn(missing_docs)]
 
+pub mod audit_export;
+pub mod audit_log;
 mod bounds;
 mod deadline;
 mod dedup;
@@ -53,7 +55,10 @@ pub use pins::{PinStatus, UserKeys, fingerprint};
 pub use profile::Profile;
 pub use types::{AuditEntry, AuditVerification, Grant, Grants, Record};
 
-pub use mesh_file::{MeshFile, MeshFileError, Node, NodeEntry};
+pub use audit_log::{ProvenEntry, VerifiedAudit};
+pub use mesh_file::{
+    AuditLogKeys, AuditSection, MeshFile, MeshFileError, Node, NodeEntry, WitnessEntry,
+};
 pub use nodes::Notices;
 pub use pending::{Owed, PendingOp};
 use raw::MeshClients;
@@ -370,6 +375,8 @@ pub struct Session {
     pins: pins::PinStore,
     /// What went wrong at single re-encryption nodes while calls succeeded.
     pub notices: Notices,
+    /// The mesh file's `[audit]` keys, or why it has none usable.
+    audit_keys: Result<AuditLogKeys, String>,
 }
 
 impl Session {
@@ -391,6 +398,7 @@ impl Session {
             clients,
             pins,
             notices: Notices::default(),
+            audit_keys: mesh.audit_log(),
         })
     }
 
@@ -656,7 +664,23 @@ impl Session {
         bounds::audit(&self.clients).await
     }
 
-    /// Recomputes the audit chain at AccessPolicy.
+    /// The caller's audit entries, each proven included in a checkpoint the
+    /// log signed and a quorum of witnesses cosigned, that checkpoint proven
+    /// to extend the one this profile pinned before (then pinned itself):
+    /// see [`audit_log`]. A log truncated, rewritten or forked relative to
+    /// what this profile saw is a [`ClientError::Verification`] naming the
+    /// sizes and roots.
+    pub async fn verified_audit(&self) -> Result<audit_log::VerifiedAudit, ClientError> {
+        let keys = self
+            .audit_keys
+            .clone()
+            .map_err(|e| ClientError::Config(format!("mesh file {e}")))?;
+        let entries = bounds::audit(&self.clients).await?;
+        audit_log::verified_read(&self.clients, &keys, &self.profile.home, entries).await
+    }
+
+    /// Recomputes the audit chain at AccessPolicy (its own report: the
+    /// client checks nothing; see [`Session::verified_audit`]).
     pub async fn verify_audit(&self) -> Result<AuditVerification, ClientError> {
         let resp = self
             .clients

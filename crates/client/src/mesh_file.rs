@@ -48,6 +48,51 @@ pub struct MeshFile {
     /// [`Timeouts`]); absent keys keep their defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<TimeoutSettings>,
+    /// `[audit]`: the audit log's key and witnesses, with which the client
+    /// checks the log itself (see [`AuditLogKeys`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditSection>,
+}
+
+/// `[audit]` of a mesh file, as written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// The checkpoints' origin line, `<trust_domain>/audit`.
+    pub origin: String,
+    /// The log's public key (hex, 33-byte SEC1 compressed point).
+    pub log_key: String,
+    /// How many listed witnesses must have cosigned a checkpoint before the
+    /// client accepts it. 0: none (the client's own pin still catches a log
+    /// that changes under it, but not one shown differently to others).
+    #[serde(default)]
+    pub witness_quorum: usize,
+    /// `[[audit.witnesses]]`.
+    #[serde(default)]
+    pub witnesses: Vec<WitnessEntry>,
+}
+
+/// One witness of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessEntry {
+    /// Its name in cosignatures: `srs-node-<i>` or `cloud-storage`.
+    pub name: String,
+    /// Its public key (hex, 33-byte SEC1 compressed point).
+    pub key: String,
+}
+
+/// `[audit]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditLogKeys {
+    /// The checkpoints' origin line.
+    pub origin: String,
+    /// The key that signs checkpoints.
+    pub log_key: sesphr_tlog::PublicKey,
+    /// Witness names and keys.
+    pub witnesses: Vec<(String, sesphr_tlog::PublicKey)>,
+    /// Cosignatures required.
+    pub quorum: usize,
 }
 
 /// One re-encryption node, as a client addresses and checks it.
@@ -151,7 +196,15 @@ impl MeshFile {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        if let Err(reason) = mesh.timeouts().and_then(|_| mesh.nodes().map(drop)) {
+        let audit_ok = |m: &MeshFile| match m.audit {
+            Some(_) => m.audit_log().map(drop),
+            None => Ok(()),
+        };
+        if let Err(reason) = mesh
+            .timeouts()
+            .and_then(|_| mesh.nodes().map(drop))
+            .and_then(|_| audit_ok(&mesh))
+        {
             return Err(MeshFileError {
                 path: path.display().to_string(),
                 reason,
@@ -168,6 +221,43 @@ impl MeshFile {
 }
 
 impl MeshFile {
+    /// The audit log's keys: distinct witness names, valid keys, a quorum
+    /// no larger than the witnesses listed.
+    pub fn audit_log(&self) -> Result<AuditLogKeys, String> {
+        let a = self.audit.as_ref().ok_or_else(|| {
+            "has no [audit] section: the client cannot check the audit log without the \
+             log's key (restart `sesphrd dev`, or ask the operator for a current mesh file)"
+                .to_owned()
+        })?;
+        let log_key = sesphr_tlog::PublicKey::from_hex(&a.log_key)
+            .map_err(|e| format!("audit.log_key: {e}"))?;
+        let mut witnesses: Vec<(String, sesphr_tlog::PublicKey)> = Vec::new();
+        for w in &a.witnesses {
+            if witnesses.iter().any(|(n, _)| *n == w.name) {
+                return Err(format!("audit witness {:?} is listed twice", w.name));
+            }
+            let key = sesphr_tlog::PublicKey::from_hex(&w.key)
+                .map_err(|e| format!("audit witness {:?}: {e}", w.name))?;
+            witnesses.push((w.name.clone(), key));
+        }
+        if a.witness_quorum > witnesses.len() {
+            return Err(format!(
+                "audit.witness_quorum {} is more than the {} witnesses listed",
+                a.witness_quorum,
+                witnesses.len()
+            ));
+        }
+        if a.origin.is_empty() {
+            return Err("audit.origin is empty".into());
+        }
+        Ok(AuditLogKeys {
+            origin: a.origin.clone(),
+            log_key,
+            witnesses,
+            quorum: a.witness_quorum,
+        })
+    }
+
     /// The client's deadlines: the defaults, changed by `[timeouts]`.
     pub fn timeouts(&self) -> Result<Timeouts, String> {
         self.timeouts.clone().unwrap_or_default().resolve()

@@ -293,6 +293,8 @@ pub struct AuditEntry {
     pub prev_hash: Vec<u8>,
     /// SHA-256 of `prev_hash` and this entry's canonical encoding.
     pub hash: Vec<u8>,
+    /// The random bytes hashed into its Merkle leaf (16).
+    pub salt: Vec<u8>,
 }
 
 impl AuditEntry {
@@ -310,6 +312,7 @@ impl AuditEntry {
             detail: e.detail,
             prev_hash: e.prev_hash,
             hash: e.hash,
+            salt: e.salt,
         }
     }
 }

@@ -337,7 +337,14 @@ fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError>
     f.write_all(bytes).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))?;
-    set_mode(path, mode)
+    set_mode(path, mode)?;
+    // The rename itself is durable only once the directory is synced.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

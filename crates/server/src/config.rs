@@ -153,6 +153,20 @@ impl std::str::FromStr for ServiceKind {
     }
 }
 
+/// AccessPolicy: the audit log's signing key file (64 hex digits).
+pub const ENV_AUDIT_LOG_KEY_FILE: &str = "SESPHR_AUDIT_LOG_KEY_FILE";
+/// AccessPolicy: how often a new checkpoint may be signed (ms).
+pub const ENV_CHECKPOINT_INTERVAL_MS: &str = "SESPHR_CHECKPOINT_INTERVAL_MS";
+/// Witnesses: this service's cosigning key file.
+pub const ENV_WITNESS_KEY_FILE: &str = "SESPHR_WITNESS_KEY_FILE";
+/// Witnesses: the audit log's public key file (66 hex digits).
+pub const ENV_AUDIT_LOG_PUBLIC_KEY_FILE: &str = "SESPHR_AUDIT_LOG_PUBLIC_KEY_FILE";
+/// Witnesses: how often to fetch and cosign the newest checkpoint (ms).
+pub const ENV_WITNESS_POLL_INTERVAL_MS: &str = "SESPHR_WITNESS_POLL_INTERVAL_MS";
+
+/// Default for `checkpoint_interval_ms` and `poll_interval_ms`.
+pub const DEFAULT_AUDIT_INTERVAL_MS: u64 = 1000;
+
 /// The `sesphrd serve` configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +189,10 @@ pub struct ServeFile {
     pub srs_node: SrsNodeSection,
     #[serde(default)]
     pub cloud_storage: CloudStorageSection,
+    #[serde(default)]
+    pub access_policy: AccessPolicySection,
+    #[serde(default)]
+    pub witness: WitnessSection,
     #[serde(default)]
     pub limits: LimitsSection,
     #[serde(default)]
@@ -213,6 +231,24 @@ pub struct SrsNodeSection {
 pub struct CloudStorageSection {
     pub max_record_bytes: Option<u64>,
     pub dedup_scope: Option<String>,
+}
+
+/// AccessPolicy's audit log: it signs checkpoints with this key.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessPolicySection {
+    pub log_key_file: Option<PathBuf>,
+    pub checkpoint_interval_ms: Option<u64>,
+}
+
+/// A witness of the audit log (CloudStorage or a node): checks each new
+/// checkpoint against the last one it cosigned, then cosigns it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessSection {
+    pub key_file: Option<PathBuf>,
+    pub log_public_key_file: Option<PathBuf>,
+    pub poll_interval_ms: Option<u64>,
 }
 
 /// Sets `slot` from the environment variable `key`, if set.
@@ -378,6 +414,10 @@ pub struct ServeConfig {
     pub peer_timeout_ms: u64,
     pub srs: Option<SrsSettings>,
     pub srs_node: Option<SrsNodeSettings>,
+    /// AccessPolicy only (required there).
+    pub audit_log: Option<AuditLogSettings>,
+    /// CloudStorage and nodes, when configured as witnesses.
+    pub witness: Option<WitnessSettings>,
     pub max_record_bytes: u64,
     pub limits: Limits,
     pub dedup_scope: sesphr_cloud_storage::DedupScope,
@@ -390,6 +430,19 @@ pub struct SrsSettings {
     pub issuer_cert: PathBuf,
     pub issuer_key: PathBuf,
     pub enrollment_token_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditLogSettings {
+    pub log_key_file: PathBuf,
+    pub checkpoint_interval_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct WitnessSettings {
+    pub key_file: PathBuf,
+    pub log_public_key_file: PathBuf,
+    pub poll_interval_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -478,6 +531,24 @@ impl ServeConfig {
             &mut file.srs.enrollment_token_file,
         );
         over(ENV_SETUP_ENDPOINT, &mut file.srs_node.setup_endpoint);
+        over_path(ENV_AUDIT_LOG_KEY_FILE, &mut file.access_policy.log_key_file);
+        over_path(ENV_WITNESS_KEY_FILE, &mut file.witness.key_file);
+        over_path(
+            ENV_AUDIT_LOG_PUBLIC_KEY_FILE,
+            &mut file.witness.log_public_key_file,
+        );
+        num(
+            env,
+            ENV_CHECKPOINT_INTERVAL_MS,
+            &mut file.access_policy.checkpoint_interval_ms,
+            &mut errors,
+        );
+        num(
+            env,
+            ENV_WITNESS_POLL_INTERVAL_MS,
+            &mut file.witness.poll_interval_ms,
+            &mut errors,
+        );
         over_path(ENV_OPRF_SHARE_FILE, &mut file.srs_node.oprf_share_file);
         // Each value parses as its own type: `-1`, `1e9` or `1.5` for a
         // count of bytes or milliseconds is an error, never a default.
@@ -612,6 +683,82 @@ impl ServeConfig {
         } else {
             None
         };
+        let interval = |name: &str, v: Option<u64>, errors: &mut Vec<String>| {
+            let ms = v.unwrap_or(DEFAULT_AUDIT_INTERVAL_MS);
+            if !(10..=3_600_000).contains(&ms) {
+                errors.push(format!("{name} {ms} must be 10 to 3600000 (ms)"));
+            }
+            ms
+        };
+        let audit_log = if service == ServiceKind::Service(Service::AccessPolicy) {
+            require(
+                &mut errors,
+                "access_policy.log_key_file",
+                ENV_AUDIT_LOG_KEY_FILE,
+                &file.access_policy.log_key_file,
+            );
+            let ms = interval(
+                "access_policy.checkpoint_interval_ms",
+                file.access_policy.checkpoint_interval_ms,
+                &mut errors,
+            );
+            file.access_policy
+                .log_key_file
+                .clone()
+                .map(|log_key_file| AuditLogSettings {
+                    log_key_file,
+                    checkpoint_interval_ms: ms,
+                })
+        } else {
+            if file.access_policy.log_key_file.is_some()
+                || file.access_policy.checkpoint_interval_ms.is_some()
+            {
+                errors.push(format!(
+                    "[access_policy] configures AccessPolicy's audit log, not {service}"
+                ));
+            }
+            None
+        };
+        let may_witness = matches!(
+            service,
+            ServiceKind::SrsNode | ServiceKind::Service(Service::CloudStorage)
+        );
+        let w = &file.witness;
+        let witness = match (&w.key_file, &w.log_public_key_file) {
+            (None, None) => {
+                if w.poll_interval_ms.is_some() {
+                    errors.push("witness.poll_interval_ms needs witness.key_file".to_owned());
+                }
+                None
+            }
+            _ if !may_witness => {
+                errors.push(format!(
+                    "[witness]: only CloudStorage and re-encryption nodes witness the audit log, not {service}"
+                ));
+                None
+            }
+            (Some(key_file), Some(log_public_key_file)) => Some(WitnessSettings {
+                key_file: key_file.clone(),
+                log_public_key_file: log_public_key_file.clone(),
+                poll_interval_ms: interval(
+                    "witness.poll_interval_ms",
+                    w.poll_interval_ms,
+                    &mut errors,
+                ),
+            }),
+            (Some(_), None) => {
+                errors.push(format!(
+                    "witness.log_public_key_file is required with witness.key_file (or set {ENV_AUDIT_LOG_PUBLIC_KEY_FILE})"
+                ));
+                None
+            }
+            (None, Some(_)) => {
+                errors.push(format!(
+                    "witness.key_file is required with witness.log_public_key_file (or set {ENV_WITNESS_KEY_FILE})"
+                ));
+                None
+            }
+        };
         let limits = file.limits.clone().resolve(env, &mut errors);
         let transport = file.transport.clone().resolve(env, &mut errors);
         let dedup_scope = match file.cloud_storage.dedup_scope.as_deref() {
@@ -658,6 +805,8 @@ impl ServeConfig {
             peer_timeout_ms,
             srs,
             srs_node,
+            audit_log,
+            witness,
             max_record_bytes: file
                 .cloud_storage
                 .max_record_bytes

@@ -58,6 +58,15 @@ impl Served {
         }
     }
 
+    /// The name it cosigns audit checkpoints under, if it is a witness
+    /// (CloudStorage and the nodes may be).
+    pub fn witness_name(self) -> Option<String> {
+        match self {
+            Served::Service(Service::CloudStorage) | Served::SrsNode(_) => Some(self.name()),
+            Served::Service(_) => None,
+        }
+    }
+
     /// The identity its certificate names.
     pub fn identity(self, trust_domain: &str) -> Identity {
         match self {
@@ -124,12 +133,16 @@ pub enum ServeError {
     MissingSrsSettings,
     #[error("a re-encryption node needs its setup endpoint and OPRF key share")]
     MissingNodeSettings,
+    #[error("AccessPolicy needs its audit log signing key (access_policy.log_key_file)")]
+    MissingAuditLogKey,
     #[error(
         "a re-encryption node's certificate must name spiffe://<td>/service/srs-node/<i>; this one names {0}"
     )]
     NotANodeCertificate(String),
     #[error("OPRF key share {path}: {message}")]
     OprfShare { path: PathBuf, message: String },
+    #[error("audit log key {path}: {message}")]
+    AuditKey { path: PathBuf, message: String },
     #[error("{service} server failed: {source}")]
     Transport {
         service: Served,
@@ -151,6 +164,38 @@ pub enum ServeError {
 pub struct SrsParams {
     pub ca: CertificateAuthority,
     pub enrollment_token: Zeroizing<String>,
+}
+
+/// AccessPolicy's audit log signing key and checkpoint cadence.
+pub struct AuditLogParams {
+    pub key: sesphr_tlog::SigningKey,
+    pub checkpoint_interval: Duration,
+}
+
+/// A witness's cosigning key, the log key it checks, its cadence.
+pub struct WitnessParams {
+    pub key: sesphr_tlog::SigningKey,
+    pub log_key: sesphr_tlog::PublicKey,
+    pub poll_interval: Duration,
+}
+
+fn audit_key_err(path: &Path) -> impl FnOnce(String) -> ServeError + '_ {
+    move |message| ServeError::AuditKey {
+        path: path.to_owned(),
+        message,
+    }
+}
+
+/// Reads a signing key file (64 hex digits).
+pub fn read_signing_key(path: &Path) -> Result<sesphr_tlog::SigningKey, ServeError> {
+    let text = Zeroizing::new(read_file(path)?);
+    sesphr_tlog::SigningKey::from_hex(&text).map_err(|e| audit_key_err(path)(e.to_string()))
+}
+
+/// Reads a public key file (66 hex digits, SEC1 compressed).
+pub fn read_public_key(path: &Path) -> Result<sesphr_tlog::PublicKey, ServeError> {
+    let text = read_file(path)?;
+    sesphr_tlog::PublicKey::from_hex(&text).map_err(|e| audit_key_err(path)(e.to_string()))
 }
 
 /// Re-encryption-node-only material.
@@ -184,6 +229,10 @@ pub struct ServiceParams {
     pub peer_timeout: Duration,
     pub srs: Option<SrsParams>,
     pub node: Option<NodeParams>,
+    /// AccessPolicy: signs the audit log's checkpoints.
+    pub audit_log: Option<AuditLogParams>,
+    /// CloudStorage or a node that witnesses the audit log.
+    pub witness: Option<WitnessParams>,
     pub max_record_bytes: u64,
     /// Per-identity rate and concurrency limits.
     pub limits: Limits,
@@ -223,6 +272,21 @@ impl ServiceParams {
             }),
             None => None,
         };
+        let audit_log = match &cfg.audit_log {
+            Some(a) => Some(AuditLogParams {
+                key: read_signing_key(&a.log_key_file)?,
+                checkpoint_interval: Duration::from_millis(a.checkpoint_interval_ms),
+            }),
+            None => None,
+        };
+        let witness = match &cfg.witness {
+            Some(w) => Some(WitnessParams {
+                key: read_signing_key(&w.key_file)?,
+                log_key: read_public_key(&w.log_public_key_file)?,
+                poll_interval: Duration::from_millis(w.poll_interval_ms),
+            }),
+            None => None,
+        };
         // A node is whichever node its certificate names.
         let service = match cfg.service {
             ServiceKind::Service(s) => Served::Service(s),
@@ -250,6 +314,8 @@ impl ServiceParams {
             peer_timeout: Duration::from_millis(cfg.peer_timeout_ms),
             srs,
             node,
+            audit_log,
+            witness,
             max_record_bytes: cfg.max_record_bytes,
             limits: cfg.limits,
             dedup_scope: cfg.dedup_scope,
@@ -456,6 +522,45 @@ pub async fn run_service(
         let (stop, stopped) = oneshot::channel::<()>();
         (stop, tokio::spawn(flush_coalesced(store, stopped)))
     });
+    // AccessPolicy signs checkpoints; a witness cosigns them.
+    let checkpointer = match (&policy_store, p.audit_log) {
+        (Some(store), Some(log)) => {
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(crate::witness::publish_checkpoints(
+                store.clone(),
+                Arc::new(log.key),
+                crate::witness::origin(&td),
+                log.checkpoint_interval,
+                stopped,
+            ));
+            Some((stop, task))
+        }
+        (Some(_), None) => return Err(ServeError::MissingAuditLogKey),
+        _ => None,
+    };
+    let witness = match (p.witness, service.witness_name()) {
+        (Some(w), Some(name)) => {
+            let endpoint = p
+                .access_policy_endpoint
+                .as_deref()
+                .ok_or(ServeError::MissingPolicyEndpoint(service))?;
+            let policy_id = Identity::service(&td, Service::AccessPolicy);
+            let channel =
+                tls::channel(endpoint, p.tls.client_config(), &policy_id, p.peer_timeout)?;
+            let witness = crate::witness::Witness {
+                name,
+                key: w.key,
+                log_key: w.log_key,
+                origin: crate::witness::origin(&td),
+                pin_path: crate::witness::pin_path(&store_dir),
+                interval: w.poll_interval,
+                timeout: p.peer_timeout,
+            };
+            let (stop, stopped) = oneshot::channel::<()>();
+            Some((stop, tokio::spawn(witness.run(channel, stopped))))
+        }
+        _ => None,
+    };
     tracing::info!(%service, addr = ?addr, "serving");
     let result = router
         .serve_with_incoming_shutdown(incoming, async move {
@@ -466,8 +571,9 @@ pub async fn run_service(
     if let Some(task) = health_task {
         let _ = task.await;
     }
-    if let Some((stop, task)) = flusher {
-        // Not aborted: a flush in progress finishes before the store closes.
+    for (stop, task) in [flusher, checkpointer, witness].into_iter().flatten() {
+        // Not aborted: a flush or signature in progress finishes before the
+        // store closes.
         let _ = stop.send(());
         let _ = task.await;
     }
@@ -541,6 +647,8 @@ pub struct DevOptions {
     pub dedup_scope: sesphr_cloud_storage::DedupScope,
     /// Connection caps and timeouts of every listener.
     pub transport: TransportLimits,
+    /// How often AccessPolicy signs a checkpoint and witnesses cosign (ms).
+    pub audit_interval_ms: u64,
 }
 
 impl DevOptions {
@@ -555,6 +663,7 @@ impl DevOptions {
             limits: Limits::default(),
             dedup_scope: Default::default(),
             transport: TransportLimits::default(),
+            audit_interval_ms: crate::config::DEFAULT_AUDIT_INTERVAL_MS,
         }
     }
 
@@ -585,6 +694,44 @@ pub struct DevLayout {
     listeners: Vec<(Served, TcpListener, SocketAddr)>,
     token: Zeroizing<String>,
     dealing_dir: PathBuf,
+}
+
+/// Where `sesphrd dev` keeps the audit log's key pair (`log.key`,
+/// `log.pub`): `DIR/pki/audit`.
+pub fn dev_audit_dir(dir: &Path) -> PathBuf {
+    dir.join("pki").join("audit")
+}
+
+/// Where `sesphrd dev` keeps each witness's key pair (`<name>.key`,
+/// `<name>.pub`): `DIR/pki/witness`.
+pub fn dev_witness_dir(dir: &Path) -> PathBuf {
+    dir.join("pki").join("witness")
+}
+
+/// The key pair `<dir>/<name>.key` + `.pub`, made on first use; returns
+/// the public key.
+pub fn ensure_key_pair(dir: &Path, name: &str) -> Result<sesphr_tlog::PublicKey, ServeError> {
+    let key_path = dir.join(format!("{name}.key"));
+    let pub_path = dir.join(format!("{name}.pub"));
+    if key_path.exists() {
+        let key = read_signing_key(&key_path)?;
+        let public = key.public_key();
+        if !pub_path.exists() {
+            sesphr_mesh::pki::write_public(&pub_path, format!("{}\n", public.to_hex()).as_bytes())?;
+        }
+        return Ok(public);
+    }
+    std::fs::create_dir_all(dir).map_err(|source| ServeError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let key = sesphr_tlog::SigningKey::generate(&mut rand::rng());
+    let mut text = Zeroizing::new(key.to_hex().to_string());
+    text.push('\n');
+    sesphr_mesh::pki::write_secret(&key_path, text.as_bytes())?;
+    let public = key.public_key();
+    sesphr_mesh::pki::write_public(&pub_path, format!("{}\n", public.to_hex()).as_bytes())?;
+    Ok(public)
 }
 
 /// Where `sesphrd dev` keeps the OPRF dealing: `DIR/pki/oprf`.
@@ -659,7 +806,27 @@ impl DevLayout {
                 oprf_public_share: share.oprf_public_share.clone(),
             })
             .collect();
+        // The audit log's key and one witness key per witness; a majority
+        // of witnesses must cosign what a client accepts.
+        let log_key = ensure_key_pair(&dev_audit_dir(&dir), "log")?;
+        let mut witnesses = Vec::new();
+        for served in &order {
+            if let Some(name) = served.witness_name() {
+                let key = ensure_key_pair(&dev_witness_dir(&dir), &name)?;
+                witnesses.push(sesphr_client::WitnessEntry {
+                    name,
+                    key: key.to_hex(),
+                });
+            }
+        }
+        let audit = sesphr_client::AuditSection {
+            origin: crate::witness::origin(&opts.trust_domain),
+            log_key: log_key.to_hex(),
+            witness_quorum: witnesses.len() / 2 + 1,
+            witnesses,
+        };
         let mesh = MeshFile {
+            audit: Some(audit),
             trust_domain: opts.trust_domain.clone(),
             ca: pki.ca_cert(),
             enrollment_token: Some(token.to_string()),
@@ -754,7 +921,19 @@ fn serve_file(
             };
             file.cloud_storage.dedup_scope = Some(scope.to_owned());
         }
-        Served::Service(Service::AccessPolicy) => {}
+        Served::Service(Service::AccessPolicy) => {
+            file.access_policy = crate::config::AccessPolicySection {
+                log_key_file: Some(dev_audit_dir(dir).join("log.key")),
+                checkpoint_interval_ms: Some(opts.audit_interval_ms),
+            };
+        }
+    }
+    if let Some(name) = served.witness_name() {
+        file.witness = crate::config::WitnessSection {
+            key_file: Some(dev_witness_dir(dir).join(format!("{name}.key"))),
+            log_public_key_file: Some(dev_audit_dir(dir).join("log.pub")),
+            poll_interval_ms: Some(opts.audit_interval_ms),
+        };
     }
     file
 }
@@ -827,6 +1006,22 @@ impl DevMesh {
                 }),
                 _ => None,
             };
+            let interval = Duration::from_millis(opts.audit_interval_ms);
+            let audit_log = match service {
+                Served::Service(Service::AccessPolicy) => Some(AuditLogParams {
+                    key: read_signing_key(&dev_audit_dir(&dir).join("log.key"))?,
+                    checkpoint_interval: interval,
+                }),
+                _ => None,
+            };
+            let witness = match service.witness_name() {
+                Some(name) => Some(WitnessParams {
+                    key: read_signing_key(&dev_witness_dir(&dir).join(format!("{name}.key")))?,
+                    log_key: read_public_key(&dev_audit_dir(&dir).join("log.pub"))?,
+                    poll_interval: interval,
+                }),
+                None => None,
+            };
             let params = ServiceParams {
                 service,
                 trust_domain: opts.trust_domain.clone(),
@@ -838,6 +1033,8 @@ impl DevMesh {
                 peer_timeout: Duration::from_millis(crate::config::DEFAULT_PEER_TIMEOUT_MS),
                 srs,
                 node,
+                audit_log,
+                witness,
                 max_record_bytes: crate::config::DEFAULT_MAX_RECORD_BYTES,
                 limits: opts.limits,
                 dedup_scope: opts.dedup_scope,

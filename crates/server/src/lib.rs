@@ -12,3 +12,4 @@ pub mod config;
 pub mod daemon;
 pub mod dealing;
 pub mod migrate;
+pub mod witness;

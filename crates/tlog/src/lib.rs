@@ -10,6 +10,7 @@
 //! `docs/audit-log.md`.
 
 pub mod checkpoint;
+pub mod entry;
 pub mod merkle;
 
 pub use checkpoint::{

@@ -17,28 +17,12 @@ const VALUE_VERSION: u8 = 2;
 const VALUE_VERSION_CHAIN_ONLY: u8 = 1;
 
 /// Length of an entry's leaf salt.
-pub const SALT_LEN: usize = 16;
-
-/// Version byte of the leaf data (see [`leaf_data`]).
-const LEAF_VERSION: u8 = 1;
+pub const SALT_LEN: usize = sesphr_tlog::entry::SALT_LEN;
 
 /// The bytes the chain hashes for one entry (see the crate docs):
 /// `seq` u64 BE ‖ `time` i64 BE ‖ for each of actor, action, owner_id,
 /// partition, subject, record_id, outcome, detail: u32 BE byte length ‖ UTF-8.
-pub fn canonical_bytes(seq: u64, time: i64, fields: [&str; 8]) -> Vec<u8> {
-    let len = 16 + fields.iter().map(|f| 4 + f.len()).sum::<usize>();
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(&seq.to_be_bytes());
-    out.extend_from_slice(&time.to_be_bytes());
-    for f in fields {
-        // Field lengths are capped far below u32::MAX by validation; the
-        // saturation only guards against misuse, it never triggers.
-        let n = u32::try_from(f.len()).unwrap_or(u32::MAX);
-        out.extend_from_slice(&n.to_be_bytes());
-        out.extend_from_slice(f.as_bytes());
-    }
-    out
-}
+pub use sesphr_tlog::entry::canonical_bytes;
 
 /// `SHA-256(prev_hash ‖ canonical_bytes)`.
 pub fn chain_hash(prev_hash: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
@@ -81,12 +65,7 @@ pub fn next_entry(
 /// subtree hashes of entries a reader may not see from being confirmed by
 /// guessing their (low-entropy) fields.
 pub fn leaf_data(e: &AuditEntry) -> Vec<u8> {
-    let canonical = canonical_bytes(e.seq, e.time, e.fields());
-    let mut out = Vec::with_capacity(1 + SALT_LEN + canonical.len());
-    out.push(LEAF_VERSION);
-    out.extend_from_slice(&e.salt);
-    out.extend_from_slice(&canonical);
-    out
+    sesphr_tlog::entry::leaf_data(e.seq, e.time, e.fields(), &e.salt)
 }
 
 /// `SHA-256(0x00 ‖ leaf_data(e))`.

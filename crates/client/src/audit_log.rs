@@ -1,0 +1,398 @@
+//! Checking the audit log without trusting AccessPolicy.
+//!
+//! The profile pins the last checkpoint it verified (`DIR/audit-head.toml`,
+//! with its witnesses' cosignatures). Reading the log then means:
+//!
+//! 1. fetch the newest checkpoint a quorum of the mesh file's witnesses
+//!    cosigned, and check the log's signature and the cosignatures;
+//! 2. check it extends the pin (RFC 9162 consistency proof): a shorter log,
+//!    another root at the pinned size or a failed proof is tampering, and
+//!    a witness that cosigned two roots at one size is named;
+//! 3. check every listed entry's inclusion proof against it (entries newer
+//!    than the checkpoint are reported as not yet witnessed);
+//! 4. only then pin it.
+//!
+//! A profile without a pin starts one with the first checkpoint it sees.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sesphr::proto;
+use sesphr_tlog::merkle::{self, Hash};
+use sesphr_tlog::{Checkpoint, Cosignature, SignedCheckpoint, check_advance, equivocations};
+
+use crate::mesh_file::AuditLogKeys;
+use crate::raw::MeshClients;
+use crate::{AuditEntry, ClientError, rpc, unary};
+
+/// How long a read waits for witnesses to cosign a checkpoint that covers
+/// the newest listed entry (they do within a few of their rounds).
+pub const WITNESS_WAIT: Duration = Duration::from_secs(8);
+
+/// Most leaf indexes asked per inclusion-proof request (the server's cap).
+const PROOF_BATCH: usize = 256;
+
+/// An entry with the proof that it is in the pinned checkpoint's tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvenEntry {
+    /// The entry as listed.
+    pub entry: AuditEntry,
+    /// Its audit path in [`VerifiedAudit::head`]; `None` when the entry is
+    /// newer than that checkpoint (not yet witnessed).
+    pub proof: Option<Vec<Hash>>,
+}
+
+/// What a verified read of the log established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedAudit {
+    /// The checkpoint now pinned (signed by the log, cosigned by a quorum);
+    /// `None` only when the log has no witnessed checkpoint yet and the
+    /// caller has no entries (nothing to check, nothing pinned).
+    pub head: Option<Checkpoint>,
+    /// The log's signature on it.
+    pub signature: [u8; 64],
+    /// The witnesses whose valid cosignatures were counted.
+    pub witnesses: Vec<String>,
+    /// The cosignatures as received.
+    pub cosignatures: Vec<Cosignature>,
+    /// The size pinned before (`None`: this read started the pin).
+    pub previous_size: Option<u64>,
+    /// The caller's entries, each with its proof.
+    pub entries: Vec<ProvenEntry>,
+}
+
+impl VerifiedAudit {
+    /// Entries newer than the witnessed checkpoint.
+    pub fn pending(&self) -> usize {
+        self.entries.iter().filter(|e| e.proof.is_none()).count()
+    }
+}
+
+/// `DIR/audit-head.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinFile {
+    origin: String,
+    size: u64,
+    root: String,
+    time: i64,
+    signature: String,
+    #[serde(default)]
+    cosignatures: Vec<PinCosignature>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinCosignature {
+    witness: String,
+    time: i64,
+    signature: String,
+}
+
+/// The pinned head of one profile.
+pub(crate) struct AuditPin {
+    path: PathBuf,
+}
+
+fn hex64(s: &str) -> Option<[u8; 64]> {
+    hex::decode(s).ok()?.try_into().ok()
+}
+
+impl AuditPin {
+    pub(crate) fn new(home: &Path) -> Self {
+        Self {
+            path: home.join("audit-head.toml"),
+        }
+    }
+
+    fn bad(&self, why: impl std::fmt::Display) -> ClientError {
+        ClientError::Profile(format!(
+            "{}: {why} (the pinned audit head; restore it from a backup — deleting it \
+             throws away what this profile saw)",
+            self.path.display()
+        ))
+    }
+
+    fn load(&self) -> Result<Option<(Checkpoint, Vec<Cosignature>)>, ClientError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ClientError::io(&self.path, e)),
+        };
+        let f: PinFile = toml::from_str(&text).map_err(|e| self.bad(e))?;
+        let root: Hash = hex::decode(&f.root)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| self.bad("root is not 64 hex digits"))?;
+        let cp = Checkpoint {
+            origin: f.origin,
+            size: f.size,
+            root,
+            time: f.time,
+        };
+        let mut cosigs = Vec::new();
+        for c in f.cosignatures {
+            cosigs.push(Cosignature {
+                witness: c.witness,
+                time: c.time,
+                signature: hex64(&c.signature)
+                    .ok_or_else(|| self.bad("a cosignature is not 128 hex digits"))?,
+            });
+        }
+        Ok(Some((cp, cosigs)))
+    }
+
+    fn save(&self, v: &VerifiedAudit) -> Result<(), ClientError> {
+        let Some(head) = &v.head else {
+            return Ok(());
+        };
+        let f = PinFile {
+            origin: head.origin.clone(),
+            size: head.size,
+            root: hex::encode(head.root),
+            time: head.time,
+            signature: hex::encode(v.signature),
+            cosignatures: v
+                .cosignatures
+                .iter()
+                .map(|c| PinCosignature {
+                    witness: c.witness.clone(),
+                    time: c.time,
+                    signature: hex::encode(c.signature),
+                })
+                .collect(),
+        };
+        let text = toml::to_string(&f).expect("a pin serializes");
+        sesphr_mesh::pki::write_secret(&self.path, text.as_bytes())?;
+        Ok(())
+    }
+}
+
+fn tampered(what: impl std::fmt::Display) -> ClientError {
+    ClientError::Verification(format!("audit log: {what}"))
+}
+
+fn hashes(list: Vec<Vec<u8>>, what: &str) -> Result<Vec<Hash>, ClientError> {
+    if list.len() > merkle::MAX_PROOF_LEN {
+        return Err(tampered(format!("{what} has {} hashes", list.len())));
+    }
+    list.into_iter()
+        .map(|h| {
+            <[u8; 32]>::try_from(h.as_slice())
+                .map_err(|_| tampered(format!("{what} holds a hash that is not 32 bytes")))
+        })
+        .collect()
+}
+
+/// The newest checkpoint with a quorum, verified.
+async fn witnessed_head(
+    clients: &MeshClients,
+    keys: &AuditLogKeys,
+) -> Result<(SignedCheckpoint, Vec<Cosignature>, Vec<String>), ClientError> {
+    let reply = clients
+        .policy
+        .clone()
+        .get_checkpoint(unary(proto::GetCheckpointRequest {
+            min_cosignatures: u32::try_from(keys.quorum).unwrap_or(u32::MAX),
+        }))
+        .await
+        .map_err(rpc("AccessPolicy"))?
+        .into_inner();
+    let checkpoint = Checkpoint::parse(&reply.checkpoint).map_err(tampered)?;
+    let signature: [u8; 64] = reply
+        .signature
+        .try_into()
+        .map_err(|_| tampered("the checkpoint's signature is not 64 bytes"))?;
+    if checkpoint.origin != keys.origin {
+        return Err(tampered(format!(
+            "the checkpoint is of log {:?}, the mesh file names {:?}",
+            checkpoint.origin, keys.origin
+        )));
+    }
+    if reply.cosignatures.len() > 4 * sesphr_tlog::checkpoint::MAX_NAME_LEN {
+        return Err(tampered("too many cosignatures"));
+    }
+    let mut cosignatures = Vec::with_capacity(reply.cosignatures.len());
+    for c in reply.cosignatures {
+        let Ok(sig) = <[u8; 64]>::try_from(c.signature.as_slice()) else {
+            continue; // malformed: does not count
+        };
+        cosignatures.push(Cosignature {
+            witness: c.witness,
+            time: c.time,
+            signature: sig,
+        });
+    }
+    let signed = SignedCheckpoint {
+        checkpoint,
+        signature,
+    };
+    let counted = sesphr_tlog::verify_witnessed(
+        &keys.log_key,
+        &signed,
+        &cosignatures,
+        &keys.witnesses,
+        keys.quorum,
+    )
+    .map_err(|e| {
+        tampered(format!(
+            "checkpoint of size {}: {e}",
+            signed.checkpoint.size
+        ))
+    })?;
+    Ok((signed, cosignatures, counted))
+}
+
+/// Verifies the caller's listed `entries` and the log as the module docs
+/// say; pins the new head.
+pub(crate) async fn verified_read(
+    clients: &MeshClients,
+    keys: &AuditLogKeys,
+    home: &Path,
+    entries: Vec<AuditEntry>,
+) -> Result<VerifiedAudit, ClientError> {
+    let pin = AuditPin::new(home);
+    let pinned = pin.load()?;
+    let want = entries.last().map_or(0, |e| e.seq);
+    // Wait (bounded) for a witnessed checkpoint that covers every listed
+    // entry and does not fall behind the pin.
+    let deadline = Instant::now() + WITNESS_WAIT;
+    let floor = pinned.as_ref().map_or(0, |(c, _)| c.size);
+    let (signed, cosignatures, counted) = loop {
+        let got = witnessed_head(clients, keys).await;
+        let covers = matches!(&got, Ok((s, _, _)) if s.checkpoint.size >= want.max(floor));
+        let none_yet = matches!(&got, Err(ClientError::Rpc { status, .. })
+            if status.code() == tonic::Code::FailedPrecondition);
+        if none_yet && entries.is_empty() && pinned.is_none() {
+            return Ok(VerifiedAudit {
+                head: None,
+                signature: [0; 64],
+                witnesses: Vec::new(),
+                cosignatures: Vec::new(),
+                previous_size: None,
+                entries: Vec::new(),
+            });
+        }
+        if covers || Instant::now() >= deadline || !(none_yet || got.is_ok()) {
+            break got?;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let head = signed.checkpoint.clone();
+    if let Some((old, old_cosigs)) = &pinned {
+        let proof = if head.size > old.size && old.size > 0 {
+            let r = clients
+                .policy
+                .clone()
+                .get_consistency_proof(unary(proto::GetConsistencyProofRequest {
+                    first: old.size,
+                    second: head.size,
+                }))
+                .await
+                .map_err(rpc("AccessPolicy"))?
+                .into_inner();
+            hashes(r.hashes, "the consistency proof")?
+        } else {
+            Vec::new()
+        };
+        if let Err(inconsistency) = check_advance(old, &head, &proof) {
+            let caught = equivocations((old, old_cosigs), (&head, &cosignatures), &keys.witnesses);
+            let mut msg = inconsistency.to_string();
+            for e in caught {
+                msg.push_str(&format!("; {e}"));
+            }
+            return Err(tampered(msg));
+        }
+    }
+    // Inclusion of every listed entry the checkpoint covers.
+    let mut proofs: Vec<Option<Vec<Hash>>> = vec![None; entries.len()];
+    let covered: Vec<usize> = (0..entries.len())
+        .filter(|&i| entries[i].seq <= head.size)
+        .collect();
+    for batch in covered.chunks(PROOF_BATCH) {
+        let indexes: Vec<u64> = batch.iter().map(|&i| entries[i].seq - 1).collect();
+        let r = clients
+            .policy
+            .clone()
+            .get_inclusion_proofs(unary(proto::GetInclusionProofsRequest {
+                tree_size: head.size,
+                leaf_indexes: indexes.clone(),
+            }))
+            .await
+            .map_err(rpc("AccessPolicy"))?
+            .into_inner();
+        if r.tree_size != head.size || r.proofs.len() != batch.len() {
+            return Err(tampered(format!(
+                "asked {} inclusion proofs at size {}, got {} at size {}",
+                batch.len(),
+                head.size,
+                r.proofs.len(),
+                r.tree_size
+            )));
+        }
+        for ((&i, want_index), p) in batch.iter().zip(&indexes).zip(r.proofs) {
+            if p.leaf_index != *want_index {
+                return Err(tampered(format!(
+                    "asked the proof of leaf {want_index}, got leaf {}",
+                    p.leaf_index
+                )));
+            }
+            let path = hashes(p.hashes, "an inclusion proof")?;
+            let e = &entries[i];
+            let leaf = merkle::leaf_hash(&leaf_data(e)?);
+            merkle::verify_inclusion(e.seq - 1, head.size, &leaf, &path, &head.root).map_err(
+                |why| {
+                    tampered(format!(
+                        "entry #{} is not in the log at size {} (root {}): {why}",
+                        e.seq,
+                        head.size,
+                        hex::encode(head.root)
+                    ))
+                },
+            )?;
+            proofs[i] = Some(path);
+        }
+    }
+    let verified = VerifiedAudit {
+        head: Some(head),
+        signature: signed.signature,
+        witnesses: counted,
+        cosignatures,
+        previous_size: pinned.map(|(c, _)| c.size),
+        entries: entries
+            .into_iter()
+            .zip(proofs)
+            .map(|(entry, proof)| ProvenEntry { entry, proof })
+            .collect(),
+    };
+    pin.save(&verified)?;
+    Ok(verified)
+}
+
+/// The leaf data of a listed entry (see `sesphr_tlog::entry`).
+fn leaf_data(e: &AuditEntry) -> Result<Vec<u8>, ClientError> {
+    let salt: [u8; sesphr_tlog::entry::SALT_LEN] = e
+        .salt
+        .as_slice()
+        .try_into()
+        .map_err(|_| tampered(format!("entry #{} has no 16-byte salt", e.seq)))?;
+    if e.seq == 0 {
+        return Err(tampered("an entry has sequence number 0"));
+    }
+    Ok(sesphr_tlog::entry::leaf_data(
+        e.seq,
+        e.time,
+        [
+            &e.actor,
+            &e.action,
+            &e.owner_id,
+            &e.partition,
+            &e.subject,
+            &e.record_id,
+            &e.outcome,
+            &e.detail,
+        ],
+        &salt,
+    ))
+}
