@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import time
+import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,6 +37,15 @@ def parse_duration(s: str) -> int:
     if unit not in units or not num.isdigit() or int(num) <= 0:
         raise ClientError(f"{s!r} is not a duration like 30d, 12h, 15m or 90s")
     return int(num) * units[unit]
+
+
+def printable(text: str) -> str:
+    """AccessPolicy's text with what a terminal would act on (controls, bidi overrides)
+    escaped, as the Rust CLI prints it (`char::escape_default`)."""
+    bidi = {0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+    named = {"\t": "\\t", "\r": "\\r", "\n": "\\n"}
+    return "".join(named.get(c, f"\\u{{{ord(c):x}}}")
+                   if unicodedata.category(c) == "Cc" or ord(c) in bidi else c for c in text)
 
 
 def fmt_time(t: int) -> str:
@@ -82,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list records you may see")
     ls.add_argument("--owner", default="")
     ls.add_argument("--partition", default="")
+    a = sub.add_parser("audit", help="your audit trail (seq, time, actor, action, owner, "
+                       "partition, subject, outcome, detail)")
+    a.add_argument("--verify", action="store_true",
+                   help="also check it against the audit log: a witnessed checkpoint that "
+                        "extends your pinned one, and an inclusion proof for every entry")
     sub.add_parser("grants", help="grants given and received; for your own grants, also where "
                    "AccessPolicy's list disagrees with the ledger in your profile")
     w = sub.add_parser("whois", help="a user's keys as the SRS presents them, their fingerprint "
@@ -195,6 +210,24 @@ def run(args) -> None:
             for r in s.list(args.owner, args.partition):
                 print(f"{r.record_id}\t{r.owner_id}\t{r.partition}\t{r.epoch}\t"
                       f"{fmt_time(r.created_at)}\t{r.ciphertext_size}")
+    elif args.command == "audit":
+        with opened(Session(mesh, home)) as s:
+            entries = s.audit_entries()
+            for e in entries:
+                fields = [e.actor, e.action, e.owner_id, e.partition, e.subject, e.outcome,
+                          e.detail]
+                print("\t".join([str(e.seq), fmt_time(e.time)] + [printable(f) for f in fields]))
+            if args.verify:
+                head = s.audit_checkpoint()
+                size = head.checkpoint.size
+                covered = [e for e in entries if e.seq <= size]
+                s.prove_entries(covered, head)
+                names = sorted({c.witness for c in head.cosignatures})
+                print(f"audit log verifies: {len(covered)} of your entries are in the checkpoint "
+                      f"of size {size} (root {head.checkpoint.root.hex()}, cosigned by "
+                      f"{', '.join(names) or 'no witness'}), which extends the one pinned "
+                      f"before; {len(entries) - len(covered)} newer not in a checkpoint yet",
+                      file=sys.stderr)
     elif args.command == "grants":
         disagreements: list[str] = []
         if Profile(home).role == "patient":  # a patient also checks its own ledger

@@ -212,6 +212,8 @@ class AuditConfig:
 
 
 AUDIT_KEYS = ("origin", "log_key", "witness_quorum", "witnesses")
+AUDIT_PAGE = 1000  # ListAudit entries asked for per reply (crates/client/src/bounds.rs)
+MAX_AUDIT_ENTRIES = 250_000
 
 
 def _check_audit(section, trust_domain: str) -> AuditConfig | None:
@@ -1439,23 +1441,34 @@ class Session:
                               "key and witnesses its checkpoints cannot be checked")
         return self.mesh.audit
 
-    def audit_entries(self, after_seq: int = 0, limit: int = 0) -> list:
-        """`AccessPolicy/ListAudit`: the entries after `after_seq` this user may see (at most
-        `limit`, 0 = the server's 1000), checked to be in strictly increasing order."""
-        cap = limit or 1000
-        out = []
-        try:
-            for e in self.policy.ListAudit(ap_pb.ListAuditRequest(after_seq=after_seq, limit=limit),
-                                           timeout=self.call_timeout):
-                if len(out) == cap:
-                    raise ClientError(f"AccessPolicy: ListAudit sent more than the {cap} "
-                                      "entries asked for")
-                if e.seq <= (out[-1].seq if out else after_seq):
-                    raise ClientError(f"AccessPolicy: ListAudit sent entry {e.seq} out of order")
-                out.append(e)
-        except grpc.RpcError as err:
-            raise self._error("AccessPolicy", err) from None
-        return out
+    def audit_entries(self, after_seq: int = 0) -> list:
+        """`AccessPolicy/ListAudit`, page after page: the entries after `after_seq` this user
+        may see, checked (as the Rust client does) to come at most AUDIT_PAGE a reply, in
+        strictly increasing order, at most MAX_AUDIT_ENTRIES in all."""
+        out: list = []
+        after = after_seq
+        while True:
+            got = 0
+            try:
+                for e in self.policy.ListAudit(
+                        ap_pb.ListAuditRequest(after_seq=after, limit=AUDIT_PAGE),
+                        timeout=self.call_timeout):
+                    got += 1
+                    if got > AUDIT_PAGE:
+                        raise ClientError(f"AccessPolicy sent more than the {AUDIT_PAGE} audit "
+                                          "entries asked for in one reply")
+                    if e.seq <= after:
+                        raise ClientError(f"AccessPolicy sent audit entry #{e.seq} after "
+                                          f"#{after}: sequence numbers must increase")
+                    if len(out) >= MAX_AUDIT_ENTRIES:
+                        raise ClientError(f"AccessPolicy sent more than {MAX_AUDIT_ENTRIES} "
+                                          "audit entries (the client's bound)")
+                    after = e.seq
+                    out.append(e)
+            except grpc.RpcError as err:
+                raise self._error("AccessPolicy", err) from None
+            if got == 0:
+                return out
 
     def _signed_checkpoint(self, resp) -> tlog.SignedCheckpoint:
         cfg = self._audit()

@@ -402,3 +402,46 @@ def test_pin_file_round_trips_and_is_private(tmp_path):
         (tmp_path / "audit-head.toml").write_text(bad)
         with pytest.raises(ClientError, match="audit-head.toml"):
             head.load()
+
+
+# Checkpoints signed by sesphrd ------------------------------------------------
+RUST_VECTORS = Path(__file__).resolve().parent / "vectors" / "tlog-mesh.json"
+
+
+def test_checkpoints_signed_by_sesphrd():
+    """Checkpoints, cosignatures and inclusion proofs recorded from a `sesphrd dev` mesh (the
+    Rust log and witnesses), with the keys from its DIR/pki: this client must accept exactly
+    them, and nothing changed in them."""
+    v = json.loads(RUST_VECTORS.read_text())
+    log_key = t.PublicKey.from_hex(v["log_key"])
+    witnesses = {w["name"]: t.PublicKey.from_hex(w["key"]) for w in v["witnesses"]}
+    signed = []
+    for c in v["checkpoints"]:
+        cp_ = t.Checkpoint.parse(c["body"])
+        assert cp_.origin == v["origin"]
+        s = t.SignedCheckpoint(cp_, h(c["signature"]), tuple(
+            t.Cosignature(x["witness"], x["time"], h(x["signature"])) for x in c["cosignatures"]))
+        assert sorted(t.verify_witnessed(log_key, s, witnesses, len(witnesses))) == sorted(witnesses)
+        # Any flipped bit in the body breaks the log signature.
+        flipped = c["body"].replace(c["body"].split("\n")[2], c["body"].split("\n")[2][::-1])
+        with pytest.raises(t.CheckpointError):
+            t.verify_witnessed(log_key, t.SignedCheckpoint(t.Checkpoint.parse(flipped),
+                                                           s.signature, s.cosignatures),
+                               witnesses, 0)
+        signed.append(s)
+    first, second = signed[0].checkpoint, signed[-1].checkpoint
+    assert 1 < first.size < second.size and v["inclusion"]
+    consistency = [h(x) for x in v["consistency"]]
+    t.check_advance(first, second, consistency)
+    with pytest.raises(t.Inconsistency):
+        t.check_advance(first, t.Checkpoint(second.origin, second.size, first.root, second.time),
+                        consistency)
+    for p in v["inclusion"]:
+        e = Entry(**{**p["entry"], "salt": h(p["entry"]["salt"])})
+        path = [h(x) for x in p["hashes"]]
+        t.verify_inclusion(t.entry_leaf_index(e), second.size, t.entry_leaf_hash(e), path,
+                           second.root)
+        e.detail += "!"
+        with pytest.raises(t.ProofError):
+            t.verify_inclusion(t.entry_leaf_index(e), second.size, t.entry_leaf_hash(e), path,
+                               second.root)
