@@ -10,6 +10,7 @@ shown to fail on a changed entry, root or pin.
 from __future__ import annotations
 
 import time
+import tomllib
 
 import grpc
 import pytest
@@ -148,8 +149,15 @@ def test_audit_entries_are_in_witnessed_checkpoints_that_extend_each_other(mesh,
     assert b"audit log verifies: " in out.stderr, out.stderr
     py_lines = out.stdout.decode().splitlines()
     assert len(py_lines) >= len(everything)
+    # The Rust CLI reads (and advances) the pin the Python client wrote, and the other way
+    # round: one audit-head.toml for both.
     rust_lines = mesh.rust("tlog-erin", "audit").stdout.decode().splitlines()
     assert rust_lines[:len(py_lines)] == py_lines
+    rust_pin = tomllib.loads((mesh.home("tlog-erin") / "audit-head.toml").read_text())
+    assert rust_pin["size"] >= cp2.size
+    assert AuditHead(mesh.home("tlog-erin")).load().checkpoint.size == rust_pin["size"]
+    assert b"audit log verifies: " in mesh.py("tlog-erin", "audit", "--verify").stderr
+    assert AuditHead(mesh.home("tlog-erin")).load().checkpoint.size >= rust_pin["size"]
 
 
 def test_a_mesh_file_with_wrong_audit_keys_is_refused(mesh, tmp_path):
