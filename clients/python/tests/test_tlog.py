@@ -4,7 +4,7 @@ signatures, quorums and the rule for advancing a pinned head. No mesh needed."""
 
 import hashlib
 import json
-import os
+import random
 from pathlib import Path
 
 import ecdsa
@@ -153,7 +153,7 @@ def test_every_proof_of_small_trees_verifies():
 
 
 def test_verifiers_never_crash_on_garbage():
-    rnd = __import__("random").Random(7)
+    rnd = random.Random(7)
     for _ in range(2000):
         size, index, first = rnd.randrange(0, 70), rnd.randrange(0, 70), rnd.randrange(0, 70)
         proof = [rnd.randbytes(32) for _ in range(rnd.randrange(0, 9))]
