@@ -77,6 +77,7 @@ impl Mesh {
                     oprf_public_share: dealt.srs_nodes[0].oprf_public_share.clone(),
                 }],
                 timeouts: None,
+                audit: None,
             },
         }
     }
@@ -127,6 +128,13 @@ impl Mesh {
             peer_timeout: PEER_TIMEOUT,
             srs,
             node,
+            audit_log: (service == Served::Service(Service::AccessPolicy)).then(|| {
+                daemon::AuditLogParams {
+                    key: sesphr_tlog::SigningKey::from_hex(&"42".repeat(32)).unwrap(),
+                    checkpoint_interval: Duration::from_secs(1),
+                }
+            }),
+            witness: None,
             max_record_bytes: sesphr_server::config::DEFAULT_MAX_RECORD_BYTES,
             limits: Limits::default(),
             dedup_scope: Default::default(),

@@ -396,6 +396,11 @@ async fn the_health_port_bounds_watch_streams_and_closes_silent_sockets() {
         peer_timeout: Duration::from_secs(5),
         srs: None,
         node: None,
+        audit_log: Some(sesphr_server::daemon::AuditLogParams {
+            key: sesphr_tlog::SigningKey::generate(&mut rand::rng()),
+            checkpoint_interval: std::time::Duration::from_secs(1),
+        }),
+        witness: None,
         max_record_bytes: 1 << 30,
         limits: Default::default(),
         dedup_scope: Default::default(),

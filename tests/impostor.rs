@@ -194,6 +194,8 @@ async fn cloud_storage_asking(
         peer_timeout: Duration::from_secs(2),
         srs: None,
         node: None,
+        audit_log: None,
+        witness: None,
         max_record_bytes: 1 << 30,
         limits: Default::default(),
         dedup_scope: Default::default(),

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod audit_log;
 mod authorization;
 mod bad_input;
 mod cli;

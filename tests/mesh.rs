@@ -331,6 +331,11 @@ async fn the_plaintext_health_port_answers_health_only() {
         peer_timeout: Duration::from_secs(5),
         srs: None,
         node: None,
+        audit_log: Some(sesphr_server::daemon::AuditLogParams {
+            key: sesphr_tlog::SigningKey::generate(&mut rand::rng()),
+            checkpoint_interval: std::time::Duration::from_secs(1),
+        }),
+        witness: None,
         max_record_bytes: 1 << 30,
         limits: Default::default(),
         dedup_scope: Default::default(),

@@ -58,9 +58,11 @@ impl Sandbox {
     }
 
     pub async fn start_in(data_dir: PathBuf) -> DevMesh {
-        let mesh = DevMesh::start(DevOptions::new(data_dir).ephemeral())
-            .await
-            .expect("mesh starts");
+        let mut opts = DevOptions::new(data_dir).ephemeral();
+        // Checkpoints and cosignatures four times a second: audit reads
+        // wait less for a witnessed head.
+        opts.audit_interval_ms = 250;
+        let mesh = DevMesh::start(opts).await.expect("mesh starts");
         mesh.wait_ready(PATIENCE).await.expect("mesh ready");
         mesh
     }
@@ -70,6 +72,20 @@ impl Sandbox {
     pub async fn restart(self) -> Self {
         let Sandbox { mesh, dir } = self;
         mesh.shutdown().await.expect("clean shutdown");
+        let mesh = Self::start_in(dir.path().join("mesh")).await;
+        Sandbox { mesh, dir }
+    }
+
+    /// Stops the mesh and hands back its directory (to edit a stopped
+    /// service's storage); [`Sandbox::resume`] starts it again.
+    pub async fn stop(self) -> TempDir {
+        let Sandbox { mesh, dir } = self;
+        mesh.shutdown().await.expect("clean shutdown");
+        dir
+    }
+
+    /// Starts the mesh of a directory [`Sandbox::stop`] returned.
+    pub async fn resume(dir: TempDir) -> Self {
         let mesh = Self::start_in(dir.path().join("mesh")).await;
         Sandbox { mesh, dir }
     }

@@ -275,6 +275,14 @@ pub(crate) async fn verified_read(
             });
         }
         if covers || Instant::now() >= deadline || !(none_yet || got.is_ok()) {
+            if none_yet {
+                return Err(tampered(format!(
+                    "no checkpoint of the log carries cosignatures of {} of its witnesses: \
+                     witnesses refuse to cosign a log that does not extend the one they saw \
+                     (it may have been truncated or rewritten), or too few of them are running",
+                    keys.quorum
+                )));
+            }
             break got?;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

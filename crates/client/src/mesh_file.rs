@@ -58,15 +58,17 @@ pub struct MeshFile {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSection {
-    /// The checkpoints' origin line, `<trust_domain>/audit`.
-    pub origin: String,
+    /// The checkpoints' origin line; absent: `<trust_domain>/audit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     /// The log's public key (hex, 33-byte SEC1 compressed point).
     pub log_key: String,
     /// How many listed witnesses must have cosigned a checkpoint before the
-    /// client accepts it. 0: none (the client's own pin still catches a log
-    /// that changes under it, but not one shown differently to others).
-    #[serde(default)]
-    pub witness_quorum: usize,
+    /// client accepts it; absent: a majority of them. 0: none (the client's
+    /// own pin still catches a log that changes under it, but not one shown
+    /// differently to others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness_quorum: Option<usize>,
     /// `[[audit.witnesses]]`.
     #[serde(default)]
     pub witnesses: Vec<WitnessEntry>,
@@ -238,28 +240,130 @@ impl MeshFile {
             }
             let key = sesphr_tlog::PublicKey::from_hex(&w.key)
                 .map_err(|e| format!("audit witness {:?}: {e}", w.name))?;
+            // One key under two names would count one witness twice.
+            if let Some((other, _)) = witnesses.iter().find(|(_, k)| *k == key) {
+                return Err(format!(
+                    "audit witnesses {other:?} and {:?} have the same key",
+                    w.name
+                ));
+            }
+            if key == log_key {
+                return Err(format!(
+                    "audit witness {:?} has the log's own key: it would vouch for itself",
+                    w.name
+                ));
+            }
             witnesses.push((w.name.clone(), key));
         }
-        if a.witness_quorum > witnesses.len() {
+        let quorum = a
+            .witness_quorum
+            .unwrap_or(witnesses.len() / 2 + witnesses.len().min(1));
+        if quorum > witnesses.len() {
             return Err(format!(
-                "audit.witness_quorum {} is more than the {} witnesses listed",
-                a.witness_quorum,
+                "audit.witness_quorum {quorum} is more than the {} witnesses listed",
                 witnesses.len()
             ));
         }
-        if a.origin.is_empty() {
+        let origin = a
+            .origin
+            .clone()
+            .unwrap_or_else(|| format!("{}/audit", self.trust_domain));
+        if origin.is_empty() {
             return Err("audit.origin is empty".into());
         }
         Ok(AuditLogKeys {
-            origin: a.origin.clone(),
+            origin,
             log_key,
             witnesses,
-            quorum: a.witness_quorum,
+            quorum,
         })
     }
 
     /// The client's deadlines: the defaults, changed by `[timeouts]`.
     pub fn timeouts(&self) -> Result<Timeouts, String> {
         self.timeouts.clone().unwrap_or_default().resolve()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> String {
+        // Distinct valid points: multiples of the generator.
+        let mut scalar = [0u8; 32];
+        scalar[31] = byte;
+        sesphr_tlog::SigningKey::from_hex(&hex::encode(scalar))
+            .unwrap()
+            .public_key()
+            .to_hex()
+    }
+
+    fn mesh(audit: AuditSection) -> MeshFile {
+        MeshFile {
+            trust_domain: "td.example".into(),
+            ca: PathBuf::from("ca.pem"),
+            enrollment_token: None,
+            cloud_storage: String::new(),
+            srs: String::new(),
+            access_policy: String::new(),
+            threshold: 0,
+            srs_nodes: Vec::new(),
+            timeouts: None,
+            audit: Some(audit),
+        }
+    }
+
+    fn section(witnesses: &[(&str, u8)], quorum: Option<usize>) -> AuditSection {
+        AuditSection {
+            origin: None,
+            log_key: key(1),
+            witness_quorum: quorum,
+            witnesses: witnesses
+                .iter()
+                .map(|(n, k)| WitnessEntry {
+                    name: (*n).into(),
+                    key: key(*k),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn audit_defaults_to_a_majority_and_the_trust_domains_origin() {
+        let keys = mesh(section(&[("a", 2), ("b", 3), ("c", 4), ("d", 5)], None))
+            .audit_log()
+            .unwrap();
+        assert_eq!(keys.quorum, 3);
+        assert_eq!(keys.origin, "td.example/audit");
+        assert_eq!(mesh(section(&[], None)).audit_log().unwrap().quorum, 0);
+        assert_eq!(
+            mesh(section(&[("a", 2)], Some(0)))
+                .audit_log()
+                .unwrap()
+                .quorum,
+            0
+        );
+    }
+
+    #[test]
+    fn audit_witnesses_must_be_distinct_and_enough() {
+        let refused = |s: AuditSection| mesh(s).audit_log().unwrap_err();
+        assert!(refused(section(&[("a", 2), ("a", 3)], None)).contains("listed twice"));
+        assert!(refused(section(&[("a", 2), ("b", 2)], None)).contains("same key"));
+        assert!(refused(section(&[("a", 1)], None)).contains("log's own key"));
+        assert!(refused(section(&[("a", 2)], Some(2))).contains("more than the 1"));
+        let mut bad = section(&[], None);
+        bad.log_key = "02".repeat(3);
+        assert!(refused(bad).contains("audit.log_key"));
+        assert!(
+            MeshFile {
+                audit: None,
+                ..mesh(section(&[], None))
+            }
+            .audit_log()
+            .unwrap_err()
+            .contains("no [audit] section")
+        );
     }
 }

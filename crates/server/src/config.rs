@@ -850,13 +850,65 @@ mod tests {
     }
 
     #[test]
+    fn audit_log_and_witness_settings_go_where_they_belong() {
+        let parse = |extra: &str, service: ServiceKind, pairs: &[(&str, &str)]| {
+            let file: ServeFile = toml::from_str(&format!("{FULL}\n{extra}")).unwrap();
+            ServeConfig::from_file(file, service, &env(pairs))
+        };
+        let ap = ServiceKind::Service(Service::AccessPolicy);
+        let cs = ServiceKind::Service(Service::CloudStorage);
+        let errs = parse("", ap, &[]).unwrap_err().0.join("\n");
+        assert!(
+            errs.contains("access_policy.log_key_file is required"),
+            "{errs}"
+        );
+        let cfg = parse("[access_policy]\nlog_key_file = \"/k\"", ap, &[]).unwrap();
+        assert_eq!(cfg.audit_log.unwrap().checkpoint_interval_ms, 1000);
+        let errs = parse("[access_policy]\nlog_key_file = \"/k\"", cs, &[])
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(errs.contains("not cloud-storage"), "{errs}");
+        let w = "[witness]\nkey_file = \"/w\"\nlog_public_key_file = \"/p\"";
+        let cfg = parse(w, cs, &[(ENV_WITNESS_POLL_INTERVAL_MS, "250")]).unwrap();
+        let witness = cfg.witness.unwrap();
+        assert_eq!(witness.poll_interval_ms, 250);
+        assert_eq!(witness.key_file, PathBuf::from("/w"));
+        assert!(cfg.audit_log.is_none());
+        let errs = parse(w, ServiceKind::Service(Service::Srs), &[])
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(
+            errs.contains("only CloudStorage and re-encryption nodes"),
+            "{errs}"
+        );
+        let half = "[witness]\nkey_file = \"/w\"";
+        let errs = parse(half, cs, &[]).unwrap_err().0.join("\n");
+        assert!(
+            errs.contains("witness.log_public_key_file is required"),
+            "{errs}"
+        );
+        let errs = parse(w, cs, &[(ENV_WITNESS_POLL_INTERVAL_MS, "0")])
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(errs.contains("must be 10 to 3600000"), "{errs}");
+    }
+
+    #[test]
     fn env_overrides_file() {
         let file: ServeFile = toml::from_str(FULL).unwrap();
         let e = env(&[
             (ENV_LISTEN, "127.0.0.1:7000"),
             (ENV_TRUST_DOMAIN, "example.org"),
+            (ENV_AUDIT_LOG_KEY_FILE, "/keys/log.key"),
         ]);
         let cfg = ServeConfig::from_file(file, Service::AccessPolicy, &e).unwrap();
+        assert_eq!(
+            cfg.audit_log.unwrap().log_key_file,
+            PathBuf::from("/keys/log.key")
+        );
         assert_eq!(cfg.listen.port(), 7000);
         assert_eq!(cfg.trust_domain, "example.org");
     }
@@ -942,6 +994,7 @@ mod tests {
         let e = env(&[
             (ENV_MAX_CONNECTIONS_PER_PEER, "3"),
             (ENV_HANDSHAKE_TIMEOUT_MS, "750"),
+            (ENV_AUDIT_LOG_KEY_FILE, "/keys/log.key"),
         ]);
         let file: ServeFile = toml::from_str(&text).unwrap();
         let t = ServeConfig::from_file(file, Service::AccessPolicy, &e)
@@ -1018,7 +1071,13 @@ mod tests {
     fn the_file_or_the_flag_names_the_service_and_they_agree() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, format!("service = \"access-policy\"\n{FULL}")).unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "service = \"access-policy\"\n{FULL}\n[access_policy]\nlog_key_file = \"/k\"\n"
+            ),
+        )
+        .unwrap();
         let cfg = ServeConfig::load(&path, None, &env(&[])).unwrap();
         assert_eq!(cfg.service, ServiceKind::Service(Service::AccessPolicy));
         let e = ServeConfig::load(&path, Some(Service::Srs.into()), &env(&[]))

@@ -820,9 +820,9 @@ impl DevLayout {
             }
         }
         let audit = sesphr_client::AuditSection {
-            origin: crate::witness::origin(&opts.trust_domain),
+            origin: Some(crate::witness::origin(&opts.trust_domain)),
             log_key: log_key.to_hex(),
-            witness_quorum: witnesses.len() / 2 + 1,
+            witness_quorum: Some(witnesses.len() / 2 + 1),
             witnesses,
         };
         let mesh = MeshFile {

@@ -262,6 +262,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         ),
                     }
                 }
+                if let Some(log) = &cfg.audit_log {
+                    sesphr_server::daemon::read_signing_key(&log.log_key_file)?;
+                }
+                if let Some(w) = &cfg.witness {
+                    let key = sesphr_server::daemon::read_signing_key(&w.key_file)?;
+                    let log = sesphr_server::daemon::read_public_key(&w.log_public_key_file)?;
+                    if key.public_key() == log {
+                        anyhow::bail!(
+                            "{}: the witness key is the audit log's own key: a witness must be independent of the log",
+                            w.key_file.display()
+                        );
+                    }
+                }
                 println!("configuration of {service} is valid");
                 return Ok(ExitCode::SUCCESS);
             }
