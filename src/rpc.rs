@@ -224,7 +224,7 @@ pub const TABLE: RpcTable = RpcTable(&[
     method(
         "sesphr.v1.AccessPolicy/GetCheckpoint",
         ANY_AUTHENTICATED,
-        Cheap,
+        Expensive,
     ),
     method(
         "sesphr.v1.AccessPolicy/GetInclusionProofs",
@@ -234,7 +234,7 @@ pub const TABLE: RpcTable = RpcTable(&[
     method(
         "sesphr.v1.AccessPolicy/GetConsistencyProof",
         ANY_AUTHENTICATED,
-        Cheap,
+        Expensive,
     ),
     method(
         "sesphr.v1.AccessPolicy/AddCosignature",

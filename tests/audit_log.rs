@@ -242,7 +242,24 @@ async fn witnesses_refuse_to_cosign_a_rewritten_log() {
     // With the mesh's witness quorum (a majority of four).
     let v = s.session("alice").verified_audit().await.unwrap();
     assert!(v.witnesses.len() >= 3, "{:?}", v.witnesses);
-    let witnessed = v.head.clone().unwrap();
+    // Every witness has pinned the log (a witness that never saw it would
+    // take whatever it is shown first).
+    let policy = s.operator().policy;
+    let witnessed = common::eventually(Duration::from_secs(10), || {
+        let mut policy = policy.clone();
+        async move {
+            let r = policy
+                .get_checkpoint(proto::GetCheckpointRequest {
+                    min_cosignatures: 4,
+                })
+                .await
+                .map_err(|e| ClientError::Invalid(e.to_string()))?
+                .into_inner();
+            sesphr_tlog::Checkpoint::parse(&r.checkpoint)
+                .map_err(|e| ClientError::Invalid(e.to_string()))
+        }
+    })
+    .await;
     let dir = s.stop().await;
     rewrite_entry(&policy_db(&dir), 1);
     s = Sandbox::resume(dir).await;

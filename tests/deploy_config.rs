@@ -17,8 +17,9 @@ use std::process::{Command, Output};
 use sesphr_identity::{Identity, Service};
 use sesphr_mesh::pki::CertificateAuthority;
 use sesphr_server::config::{
-    ENV_DATA_DIR, ENV_ENROLLMENT_TOKEN_FILE, ENV_ISSUER_CERT, ENV_ISSUER_KEY, ENV_PEER_TIMEOUT_MS,
-    ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ServeConfig, ServeFile,
+    ENV_AUDIT_LOG_KEY_FILE, ENV_AUDIT_LOG_PUBLIC_KEY_FILE, ENV_DATA_DIR, ENV_ENROLLMENT_TOKEN_FILE,
+    ENV_ISSUER_CERT, ENV_ISSUER_KEY, ENV_PEER_TIMEOUT_MS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY,
+    ENV_WITNESS_KEY_FILE, ServeConfig, ServeFile,
 };
 
 /// `sesphrd`'s exit code for a wrong configuration (`EX_USAGE`).
@@ -116,6 +117,11 @@ impl ThrowawayPki {
         fs::write(issuer.join("tls.crt"), ca.cert_pem()).unwrap();
         fs::write(issuer.join("tls.key"), ca_key.as_bytes()).unwrap();
         fs::write(dir.path().join("token"), "test-enrollment-token\n").unwrap();
+        // The audit log's key pair and CloudStorage's witness key, as the
+        // mounted Secrets hold them.
+        sesphr_server::daemon::ensure_key_pair(&dir.path().join("audit"), "log").unwrap();
+        sesphr_server::daemon::ensure_key_pair(&dir.path().join("witness"), "cloud-storage")
+            .unwrap();
         for service in Service::ALL {
             let name = service.as_str();
             let dns = [
@@ -146,6 +152,16 @@ impl ThrowawayPki {
             (ENV_TLS_CA, tls.join("ca.crt")),
             (ENV_DATA_DIR, root.join(service.as_str()).join("db")),
         ];
+        match service {
+            Service::AccessPolicy => {
+                env.push((ENV_AUDIT_LOG_KEY_FILE, root.join("audit/log.key")));
+            }
+            Service::CloudStorage => {
+                env.push((ENV_WITNESS_KEY_FILE, root.join("witness/cloud-storage.key")));
+                env.push((ENV_AUDIT_LOG_PUBLIC_KEY_FILE, root.join("audit/log.pub")));
+            }
+            Service::Srs => {}
+        }
         if service == Service::Srs {
             env.push((ENV_ISSUER_CERT, root.join("issuer/tls.crt")));
             env.push((ENV_ISSUER_KEY, root.join("issuer/tls.key")));
@@ -320,6 +336,9 @@ fn the_shipped_node_config_serves_every_node_and_only_with_its_own_share() {
     fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
     let dealing = dir.path().join("oprf");
     sesphr_server::dealing::deal(&dealing, 2, 3, None).unwrap();
+    let witness_dir = dir.path().join("witness");
+    sesphr_server::daemon::ensure_key_pair(&witness_dir, "log").unwrap();
+    sesphr_server::daemon::ensure_key_pair(&witness_dir, "srs-node-1").unwrap();
     let run = |cert_id: Identity, share: u32| {
         let issued = ca.issue(&cert_id, &["srs-node-1"], &[]).unwrap();
         let cert = dir.path().join("tls.crt");
@@ -344,7 +363,15 @@ fn the_shipped_node_config_serves_every_node_and_only_with_its_own_share() {
             .env(ENV_TLS_CA, dir.path().join("ca.crt"))
             .env(ENV_DATA_DIR, dir.path().join("db"))
             .env(ENV_OPRF_SHARE_FILE, share)
-            .env(ENV_SETUP_ENDPOINT, "https://srs.sesphr.svc:50052");
+            .env(ENV_SETUP_ENDPOINT, "https://srs.sesphr.svc:50052")
+            .env(
+                sesphr_server::config::ENV_WITNESS_KEY_FILE,
+                witness_dir.join("srs-node-1.key"),
+            )
+            .env(
+                sesphr_server::config::ENV_AUDIT_LOG_PUBLIC_KEY_FILE,
+                witness_dir.join("log.pub"),
+            );
         cmd.output().unwrap()
     };
     for i in 1..=3 {

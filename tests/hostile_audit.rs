@@ -189,12 +189,18 @@ fn grow_audit_log(dir: &Path, n: u64) {
     let db = sled::open(dir).unwrap();
     let audit = db.open_tree("audit").unwrap();
     let (mut seq, mut prev) = match audit.last().unwrap() {
+        // Version 2 values carry a 16-byte leaf salt before the hashes.
         Some((k, v)) => (
             u64::from_be_bytes(k.as_ref().try_into().unwrap()),
-            <[u8; 32]>::try_from(&v[33..65]).unwrap(),
+            match v[0] {
+                2 => <[u8; 32]>::try_from(&v[49..81]).unwrap(),
+                _ => <[u8; 32]>::try_from(&v[33..65]).unwrap(),
+            },
         ),
         None => (0, [0u8; 32]),
     };
+    // Written as version 1 (chain only, no salt), as an older AccessPolicy
+    // wrote them: the restart below also upgrades them into the tree.
     let mut batch = sled::Batch::default();
     for i in 0..n {
         seq += 1;

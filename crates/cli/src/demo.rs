@@ -163,22 +163,37 @@ async fn story(
     )
     .await?;
 
-    writeln!(out, "== alice's audit trail")?;
-    for e in alice.audit().await? {
-        writeln!(
-            out,
-            "  #{:<4} {:<34} {:<24} {:<14} {:<8} {}",
-            e.seq, e.action, e.subject, e.partition, e.outcome, e.detail
-        )?;
-    }
-    let verified = alice.verify_audit().await?;
+    writeln!(
+        out,
+        "== alice's audit trail, each entry proven in a witnessed checkpoint"
+    )?;
     report.checks += 1;
-    if verified.ok {
-        writeln!(out, "  audit chain verifies ({} entries)", verified.entries)?;
-    } else {
-        report
+    match alice.verified_audit().await {
+        Ok(audit) => {
+            for p in &audit.entries {
+                let e = &p.entry;
+                writeln!(
+                    out,
+                    "  #{:<4} {:<34} {:<24} {:<14} {:<8} {}",
+                    e.seq, e.action, e.subject, e.partition, e.outcome, e.detail
+                )?;
+            }
+            match &audit.head {
+                Some(head) => writeln!(
+                    out,
+                    "  {} entries included in the log at size {}, cosigned by {}",
+                    audit.entries.len() - audit.pending(),
+                    head.size,
+                    audit.witnesses.join(", ")
+                )?,
+                None => report
+                    .failures
+                    .push("the audit log has no witnessed checkpoint".into()),
+            }
+        }
+        Err(e) => report
             .failures
-            .push(format!("audit chain does not verify: {}", verified.problem));
+            .push(format!("the audit log does not verify: {e}")),
     }
     writeln!(
         out,

@@ -154,8 +154,8 @@ enum Command {
     /// Your audit trail, each entry checked against a witnessed checkpoint
     /// of the log that extends the one this profile pinned before.
     Audit {
-        /// Print what was verified (checkpoint, witnesses, proofs) instead
-        /// of the entries.
+        /// Also print the checkpoint that was verified and pinned (its
+        /// signed text and who cosigned it), on stderr.
         #[arg(long)]
         verify: bool,
         /// Also write the entries as a FHIR R4 Bundle of AuditEvents, each
@@ -600,7 +600,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // The entries' text is AccessPolicy's: no control character of
             // it reaches the terminal (or splits a tab-separated line).
             let p = client::printable;
-            if !verify {
+            {
                 for pe in &audit.entries {
                     let e = &pe.entry;
                     writeln!(
@@ -618,11 +618,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )?;
                 }
             }
-            let summary = audit_summary(&audit);
-            if verify {
-                writeln!(out, "{summary}")?;
-            } else {
-                eprintln!("{summary}");
+            eprintln!("{}", audit_summary(&audit));
+            if verify && let Some(head) = &audit.head {
+                // Parsed strictly: printable ASCII only.
+                eprint!("pinned checkpoint:\n{}", head.body());
+                for c in &audit.cosignatures {
+                    eprintln!("cosigned by {} at {}", p(&c.witness), fmt_time(c.time));
+                }
             }
             if let Some(path) = &export {
                 eprintln!(

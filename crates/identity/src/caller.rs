@@ -37,7 +37,7 @@ pub enum Caller {
 /// service's name (`cloud-storage`). Cosignatures carry it, mesh files list
 /// witnesses by it.
 pub fn witness_name_of_node(index: NodeIndex) -> String {
-    format!("srs-node-{index}")
+    index.name()
 }
 
 impl Caller {

@@ -95,20 +95,34 @@ pub fn root<S: HashSource>(size: u64, source: &S) -> Result<Hash, S::Error> {
     if size == 0 {
         return Ok(empty_root());
     }
-    range_hash(0, size, source)
+    range_hash(0, size, source, &mut Memo::default())
 }
+
+/// Hashes of incomplete subtrees (the tree's right edge) computed once per
+/// request: every proof at one tree size shares them.
+type Memo = std::collections::HashMap<(u64, u64), Hash>;
 
 /// `MTH(D[start:start+len])` for `len > 0` and `start` a multiple of the
 /// smallest power of two `>= len` (every range the RFC's recursions use).
-fn range_hash<S: HashSource>(start: u64, len: u64, source: &S) -> Result<Hash, S::Error> {
+fn range_hash<S: HashSource>(
+    start: u64,
+    len: u64,
+    source: &S,
+    memo: &mut Memo,
+) -> Result<Hash, S::Error> {
     if len.is_power_of_two() {
         let level = len.trailing_zeros() as u8;
         return source.subtree(level, start >> level);
     }
+    if let Some(h) = memo.get(&(start, len)) {
+        return Ok(*h);
+    }
     let k = split(len);
-    let left = range_hash(start, k, source)?;
-    let right = range_hash(start + k, len - k, source)?;
-    Ok(node_hash(&left, &right))
+    let left = range_hash(start, k, source, memo)?;
+    let right = range_hash(start + k, len - k, source, memo)?;
+    let h = node_hash(&left, &right);
+    memo.insert((start, len), h);
+    Ok(h)
 }
 
 /// The largest power of two smaller than `n` (`n >= 2`).
@@ -124,12 +138,31 @@ pub fn inclusion_proof<S: HashSource>(
     size: u64,
     source: &S,
 ) -> Result<Result<Vec<Hash>, ProofError>, S::Error> {
-    if index >= size {
-        return Ok(Err(ProofError::IndexOutOfRange { index, size }));
+    let mut out = inclusion_proofs(&[index], size, source)?;
+    Ok(out
+        .pop()
+        .unwrap_or(Err(ProofError::IndexOutOfRange { index, size })))
+}
+
+/// [`inclusion_proof`] of several leaves of one tree, sharing the work on
+/// the tree's right edge.
+pub fn inclusion_proofs<S: HashSource>(
+    indexes: &[u64],
+    size: u64,
+    source: &S,
+) -> Result<Vec<Result<Vec<Hash>, ProofError>>, S::Error> {
+    let mut memo = Memo::default();
+    let mut all = Vec::with_capacity(indexes.len());
+    for &index in indexes {
+        if index >= size {
+            all.push(Err(ProofError::IndexOutOfRange { index, size }));
+            continue;
+        }
+        let mut proof = Vec::new();
+        path(index, 0, size, source, &mut proof, &mut memo)?;
+        all.push(Ok(proof));
     }
-    let mut proof = Vec::new();
-    path(index, 0, size, source, &mut proof)?;
-    Ok(Ok(proof))
+    Ok(all)
 }
 
 fn path<S: HashSource>(
@@ -138,17 +171,18 @@ fn path<S: HashSource>(
     n: u64,
     source: &S,
     out: &mut Vec<Hash>,
+    memo: &mut Memo,
 ) -> Result<(), S::Error> {
     if n == 1 {
         return Ok(());
     }
     let k = split(n);
     if m < k {
-        path(m, start, k, source, out)?;
-        out.push(range_hash(start + k, n - k, source)?);
+        path(m, start, k, source, out, memo)?;
+        out.push(range_hash(start + k, n - k, source, memo)?);
     } else {
-        path(m - k, start + k, n - k, source, out)?;
-        out.push(range_hash(start, k, source)?);
+        path(m - k, start + k, n - k, source, out, memo)?;
+        out.push(range_hash(start, k, source, memo)?);
     }
     Ok(())
 }
@@ -165,7 +199,15 @@ pub fn consistency_proof<S: HashSource>(
         return Ok(Err(ProofError::BadSizes { first, second }));
     }
     let mut proof = Vec::new();
-    subproof(first, 0, second, true, source, &mut proof)?;
+    subproof(
+        first,
+        0,
+        second,
+        true,
+        source,
+        &mut proof,
+        &mut Memo::default(),
+    )?;
     Ok(Ok(proof))
 }
 
@@ -176,20 +218,21 @@ fn subproof<S: HashSource>(
     whole: bool,
     source: &S,
     out: &mut Vec<Hash>,
+    memo: &mut Memo,
 ) -> Result<(), S::Error> {
     if m == n {
         if !whole {
-            out.push(range_hash(start, n, source)?);
+            out.push(range_hash(start, n, source, memo)?);
         }
         return Ok(());
     }
     let k = split(n);
     if m <= k {
-        subproof(m, start, k, whole, source, out)?;
-        out.push(range_hash(start + k, n - k, source)?);
+        subproof(m, start, k, whole, source, out, memo)?;
+        out.push(range_hash(start + k, n - k, source, memo)?);
     } else {
-        subproof(m - k, start + k, n - k, false, source, out)?;
-        out.push(range_hash(start, k, source)?);
+        subproof(m - k, start + k, n - k, false, source, out, memo)?;
+        out.push(range_hash(start, k, source, memo)?);
     }
     Ok(())
 }
