@@ -412,3 +412,54 @@ async fn a_forged_checkpoint_signature_is_refused() {
     assert!(e.contains("log signature does not verify"), "{e}");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_verifies_and_exports_the_whole_log() {
+    let s = Sandbox::start().await;
+    activity(&s, "alice", "bob", 0).await;
+    activity(&s, "carol", "bob", 0).await;
+    let pins = s.dir.path().join("operator-pin");
+    let all = sesphr_client::audit_log::verified_audit_as(
+        &s.mesh_file(),
+        &s.mesh.pki.cert("operator"),
+        &s.mesh.pki.key("operator"),
+        &pins,
+    )
+    .await
+    .expect("the whole log verifies");
+    let alice = s.session("alice").verified_audit().await.unwrap();
+    assert!(all.entries.len() > alice.entries.len());
+    let owners: std::collections::BTreeSet<&str> = all
+        .entries
+        .iter()
+        .map(|e| e.entry.owner_id.as_str())
+        .collect();
+    assert!(
+        owners.contains("alice") && owners.contains("carol"),
+        "{owners:?}"
+    );
+    assert!(pins.join("audit-head.toml").exists());
+    // Through the CLI, with the export.
+    let out_file = s.dir.path().join("all.json");
+    let out = std::process::Command::new(common::bin("sesphr"))
+        .env("SESPHR_MESH", &s.mesh.mesh_file)
+        .args(["operator-audit", "--cert"])
+        .arg(s.mesh.pki.cert("operator"))
+        .arg("--key")
+        .arg(s.mesh.pki.key("operator"))
+        .arg("--pin-dir")
+        .arg(&pins)
+        .arg("--export")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bundle: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
+    assert!(bundle["entry"].as_array().unwrap().len() >= all.entries.len());
+    s.shutdown().await;
+}

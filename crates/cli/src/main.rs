@@ -163,6 +163,23 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         export: Option<PathBuf>,
     },
+    /// The whole audit log as an operator sees it, verified like `audit`
+    /// and optionally exported as FHIR: authenticated by an operator
+    /// certificate (e.g. `DIR/pki/operator.pem` of `sesphrd dev`).
+    OperatorAudit {
+        /// The operator's certificate (PEM).
+        #[arg(long, value_name = "PEM")]
+        cert: PathBuf,
+        /// Its private key (PEM).
+        #[arg(long, value_name = "PEM")]
+        key: PathBuf,
+        /// Where the operator's pinned checkpoint is kept.
+        #[arg(long, value_name = "DIR")]
+        pin_dir: PathBuf,
+        /// Write every entry as a FHIR R4 Bundle of AuditEvents to FILE.
+        #[arg(long, value_name = "FILE")]
+        export: Option<PathBuf>,
+    },
     /// Run the whole story on an in-process mesh (or on --mesh).
     Demo,
 }
@@ -633,6 +650,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     path.display()
                 );
             }
+        }
+        Command::OperatorAudit {
+            cert,
+            key,
+            pin_dir,
+            export,
+        } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let audit = client::audit_log::verified_audit_as(&mesh, &cert, &key, &pin_dir).await?;
+            match &export {
+                Some(path) => {
+                    let bundle = client::audit_export::fhir_bundle(&audit, unix_now());
+                    write_new_file(path, &serde_json::to_vec_pretty(&bundle)?)?;
+                    eprintln!(
+                        "wrote {} AuditEvents to {}",
+                        audit.entries.len(),
+                        path.display()
+                    );
+                }
+                None => {
+                    let mut out = stdout.lock();
+                    let p = client::printable;
+                    for pe in &audit.entries {
+                        let e = &pe.entry;
+                        writeln!(
+                            out,
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            e.seq,
+                            fmt_time(e.time),
+                            p(&e.actor),
+                            p(&e.action),
+                            p(&e.owner_id),
+                            p(&e.partition),
+                            p(&e.subject),
+                            p(&e.outcome),
+                            p(&e.detail)
+                        )?;
+                    }
+                }
+            }
+            eprintln!("{}", audit_summary(&audit));
         }
         Command::Demo => {
             let mesh = match &cli.mesh {

@@ -404,3 +404,28 @@ fn leaf_data(e: &AuditEntry) -> Result<Vec<u8>, ClientError> {
         &salt,
     ))
 }
+
+/// [`verified_read`] of every entry the caller may list (an operator: the
+/// whole log), for a caller without a user profile, authenticated by the
+/// PEM certificate and key at `cert` and `key`. `pin_dir` holds its pinned
+/// head (`audit-head.toml`), created if missing.
+pub async fn verified_audit_as(
+    mesh: &crate::MeshFile,
+    cert: &Path,
+    key: &Path,
+    pin_dir: &Path,
+) -> Result<VerifiedAudit, ClientError> {
+    let tls = sesphr_mesh::tls::TlsMaterial::load(&sesphr_mesh::tls::TlsFiles {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        ca: mesh.ca.clone(),
+    })?;
+    let tls = &tls;
+    let keys = mesh
+        .audit_log()
+        .map_err(|e| ClientError::Config(format!("mesh file {e}")))?;
+    std::fs::create_dir_all(pin_dir).map_err(|e| ClientError::io(pin_dir, e))?;
+    let clients = MeshClients::connect(mesh, tls)?;
+    let entries = crate::bounds::audit(&clients).await?;
+    verified_read(&clients, &keys, pin_dir, entries).await
+}
