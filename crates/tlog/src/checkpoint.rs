@@ -24,7 +24,7 @@
 //! ([`Equivocation`]).
 
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
-use rand_core::{CryptoRng, RngCore};
+use rand_core::CryptoRng;
 use zeroize::Zeroizing;
 
 use crate::merkle::Hash;
@@ -148,7 +148,7 @@ pub struct SigningKey(p256::ecdsa::SigningKey);
 
 impl SigningKey {
     /// A fresh random key.
-    pub fn generate(rng: &mut (impl CryptoRng + RngCore)) -> Self {
+    pub fn generate(rng: &mut impl CryptoRng) -> Self {
         loop {
             let mut bytes = Zeroizing::new([0u8; 32]);
             rng.fill_bytes(bytes.as_mut());
