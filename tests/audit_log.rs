@@ -463,3 +463,73 @@ async fn an_operator_verifies_and_exports_the_whole_log() {
     assert!(bundle["entry"].as_array().unwrap().len() >= all.entries.len());
     s.shutdown().await;
 }
+
+/// A log operator holding the log key *and* a quorum of witness keys shows
+/// a patient another tree at the size she pinned: she reports the fork and
+/// names every witness that cosigned both roots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn witnesses_that_cosign_two_roots_at_one_size_are_named() {
+    use crate::common::impostor::{AccessPolicyHooks, Impostor, hook};
+    use sesphr_tlog::{Checkpoint, SigningKey};
+    let s = Sandbox::start().await;
+    activity(&s, "alice", "bob", 0).await;
+    let pinned = s.session("alice").verified_audit().await.unwrap();
+    let head = pinned.head.clone().unwrap();
+    let pki = s.dir.path().join("mesh").join("pki");
+    let key = |path: std::path::PathBuf| {
+        SigningKey::from_hex(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let log = key(pki.join("audit").join("log.key"));
+    let forged = Checkpoint {
+        root: [7; 32],
+        ..head.clone()
+    };
+    let signed = log.sign_checkpoint(forged.clone());
+    let cosignatures: Vec<proto::Cosignature> = pinned
+        .witnesses
+        .iter()
+        .map(|name| {
+            let c = key(pki.join("witness").join(format!("{name}.key"))).cosign(
+                name,
+                head.time + 1,
+                &forged,
+            );
+            proto::Cosignature {
+                witness: c.witness,
+                time: c.time,
+                signature: c.signature.to_vec(),
+            }
+        })
+        .collect();
+    let reply = proto::GetCheckpointResponse {
+        checkpoint: forged.body(),
+        signature: signed.signature.to_vec(),
+        cosignatures,
+    };
+    let fake = Impostor::access_policy(
+        &s,
+        "alice",
+        AccessPolicyHooks {
+            get_checkpoint: hook(move |_, _| {
+                let reply = reply.clone();
+                async move { Ok(tonic::Response::new(reply)) }
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mesh = crate::common::impostor::redirect(
+        &s.mesh_file(),
+        sesphr_identity::Service::AccessPolicy,
+        &fake.url,
+    );
+    let e = verification_error(session(&s, &mesh, "alice").verified_audit().await);
+    assert!(e.contains(&format!("forked at size {}", head.size)), "{e}");
+    for name in &pinned.witnesses {
+        assert!(
+            e.contains(&format!("witness {name} cosigned two different roots")),
+            "{name}: {e}"
+        );
+    }
+    s.shutdown().await;
+}
