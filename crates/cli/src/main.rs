@@ -272,6 +272,30 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// One line per verified entry, tab-separated. The entries' text is
+/// AccessPolicy's: no control character of it reaches the terminal (or
+/// splits a line).
+fn print_audit_entries(out: &mut impl Write, audit: &client::VerifiedAudit) -> std::io::Result<()> {
+    let p = client::printable;
+    for pe in &audit.entries {
+        let e = &pe.entry;
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            e.seq,
+            fmt_time(e.time),
+            p(&e.actor),
+            p(&e.action),
+            p(&e.owner_id),
+            p(&e.partition),
+            p(&e.subject),
+            p(&e.outcome),
+            p(&e.detail)
+        )?;
+    }
+    Ok(())
+}
+
 /// One paragraph on what a verified audit read established.
 fn audit_summary(a: &client::VerifiedAudit) -> String {
     let Some(head) = &a.head else {
@@ -613,28 +637,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let text = serde_json::to_vec_pretty(&bundle)?;
                 write_new_file(path, &text)?;
             }
-            let mut out = stdout.lock();
-            // The entries' text is AccessPolicy's: no control character of
-            // it reaches the terminal (or splits a tab-separated line).
+            print_audit_entries(&mut stdout.lock(), &audit)?;
             let p = client::printable;
-            {
-                for pe in &audit.entries {
-                    let e = &pe.entry;
-                    writeln!(
-                        out,
-                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                        e.seq,
-                        fmt_time(e.time),
-                        p(&e.actor),
-                        p(&e.action),
-                        p(&e.owner_id),
-                        p(&e.partition),
-                        p(&e.subject),
-                        p(&e.outcome),
-                        p(&e.detail)
-                    )?;
-                }
-            }
             eprintln!("{}", audit_summary(&audit));
             if verify && let Some(head) = &audit.head {
                 // Parsed strictly: printable ASCII only.
@@ -669,26 +673,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         path.display()
                     );
                 }
-                None => {
-                    let mut out = stdout.lock();
-                    let p = client::printable;
-                    for pe in &audit.entries {
-                        let e = &pe.entry;
-                        writeln!(
-                            out,
-                            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                            e.seq,
-                            fmt_time(e.time),
-                            p(&e.actor),
-                            p(&e.action),
-                            p(&e.owner_id),
-                            p(&e.partition),
-                            p(&e.subject),
-                            p(&e.outcome),
-                            p(&e.detail)
-                        )?;
-                    }
-                }
+                None => print_audit_entries(&mut stdout.lock(), &audit)?,
             }
             eprintln!("{}", audit_summary(&audit));
         }
