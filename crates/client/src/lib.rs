@@ -658,8 +658,10 @@ impl Session {
         Ok(record)
     }
 
-    /// Audit entries (a patient: about its records), bounded: see
-    /// [`MAX_AUDIT_ENTRIES`] and [`AUDIT_PAGE`].
+    /// Audit entries (a patient: about its records) as AccessPolicy lists
+    /// them, bounded ([`MAX_AUDIT_ENTRIES`], [`AUDIT_PAGE`]) but **not
+    /// checked against the log**: [`Session::verified_audit`] is the read
+    /// that proves each entry and pins the log's head.
     pub async fn audit(&self) -> Result<Vec<AuditEntry>, ClientError> {
         bounds::audit(&self.clients).await
     }
