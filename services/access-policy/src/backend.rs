@@ -349,6 +349,66 @@ pub fn conformance(b: &dyn PolicyBackend) {
     assert!(own.ok && own.entries == 6 && own.head_seq == 7, "{own:?}");
     let theirs = b.verify_audit_for("bob", Some(head)).unwrap();
     assert!(!theirs.ok && theirs.entries == 0, "{theirs:?}");
+
+    // The transparency log: a checkpoint over every entry, whose root is the
+    // RFC 9162 tree of the entries' leaf data; proofs at published sizes;
+    // one cosignature per witness and checkpoint.
+    let key = SigningKey::from_hex(&"33".repeat(32)).unwrap();
+    assert!(b.witnessed_checkpoint(0).unwrap().is_none());
+    let cp = b
+        .publish_checkpoint(&key, "test/audit", T0)
+        .unwrap()
+        .expect("the log grew");
+    key.public_key().verify_checkpoint(&cp).unwrap();
+    let mut tree = sesphr_tlog::merkle::MemoryTree::new();
+    for e in &log {
+        tree.push(&e.leaf_data());
+    }
+    assert_eq!((cp.checkpoint.size, cp.checkpoint.root), (7, tree.root()));
+    assert!(
+        b.publish_checkpoint(&key, "test/audit", T0)
+            .unwrap()
+            .is_none()
+    );
+    let leaves: Vec<u64> = log.iter().map(|e| e.leaf_index()).collect();
+    for (e, path) in log.iter().zip(b.inclusion_proofs(7, &leaves).unwrap()) {
+        let leaf = sesphr_tlog::merkle::leaf_hash(&e.leaf_data());
+        sesphr_tlog::merkle::verify_inclusion(e.leaf_index(), 7, &leaf, &path, &tree.root())
+            .unwrap();
+    }
+    assert!(matches!(
+        b.inclusion_proofs(6, &[0]),
+        Err(DomainError::Unknown(_))
+    ));
+    let cosig = key.cosign("srs-node-1", T0, &cp.checkpoint);
+    b.add_cosignature("srs-node-1", &cp.checkpoint.body(), &cosig)
+        .unwrap();
+    assert!(
+        b.add_cosignature("cloud-storage", &cp.checkpoint.body(), &cosig)
+            .is_err()
+    );
+    let (witnessed, cosigs) = b.witnessed_checkpoint(1).unwrap().unwrap();
+    assert_eq!((witnessed, cosigs), (cp.clone(), vec![cosig]));
+    b.record_event(
+        AuditEvent {
+            actor: "service/srs".into(),
+            action: AuditAction::Served(Rpc::GetUser),
+            owner_id: String::new(),
+            partition: String::new(),
+            subject: String::new(),
+            record_id: String::new(),
+            outcome: Outcome::Ok,
+            detail: "one more".into(),
+        },
+        T0,
+    )
+    .unwrap();
+    let cp2 = b
+        .publish_checkpoint(&key, "test/audit", T0)
+        .unwrap()
+        .unwrap();
+    let proof = b.consistency_proof(7, cp2.checkpoint.size).unwrap();
+    sesphr_tlog::check_advance(&cp.checkpoint, &cp2.checkpoint, &proof).unwrap();
 }
 
 #[cfg(test)]
