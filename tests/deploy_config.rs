@@ -395,3 +395,51 @@ fn the_shipped_node_config_serves_every_node_and_only_with_its_own_share() {
         describe(&out)
     );
 }
+
+/// `sesphrd audit-keys` makes the log's and the witnesses' keys once, keeps
+/// them on a second run, and prints an `[audit]` section a client accepts.
+#[test]
+fn audit_keys_are_made_once_and_printed_for_the_mesh_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |witnesses: &[&str]| {
+        let mut cmd = Command::new(crate::common::bin("sesphrd"));
+        cmd.args(["audit-keys", "--out"]).arg(dir.path());
+        for w in witnesses {
+            cmd.args(["--witness", w]);
+        }
+        cmd.output().unwrap()
+    };
+    let names = ["cloud-storage", "srs-node-1", "srs-node-2", "srs-node-3"];
+    let first = run(&names);
+    assert!(first.status.success(), "{}", describe(&first));
+    let again = run(&names);
+    assert_eq!(first.stdout, again.stdout, "the keys are kept");
+    let printed: toml::Table = toml::from_str(&String::from_utf8(first.stdout).unwrap()).unwrap();
+    let audit: sesphr_client::AuditSection = printed["audit"].clone().try_into().unwrap();
+    let mut mesh = sesphr_client::MeshFile {
+        trust_domain: TRUST_DOMAIN.into(),
+        ca: PathBuf::from("ca.pem"),
+        enrollment_token: None,
+        cloud_storage: String::new(),
+        srs: String::new(),
+        access_policy: String::new(),
+        threshold: 0,
+        srs_nodes: Vec::new(),
+        timeouts: None,
+        audit: Some(audit),
+    };
+    let keys = mesh.audit_log().unwrap();
+    assert_eq!(keys.quorum, 3);
+    assert_eq!(keys.witnesses.len(), 4);
+    let log_pub = fs::read_to_string(dir.path().join("log.pub")).unwrap();
+    assert_eq!(keys.log_key.to_hex(), log_pub.trim());
+    mesh.audit.as_mut().unwrap().witnesses.pop();
+    assert_eq!(
+        mesh.audit_log().unwrap().quorum,
+        3,
+        "the printed quorum is kept"
+    );
+    let bad = run(&["mallory"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("witnesses are cloud-storage"));
+}

@@ -74,6 +74,20 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Make the audit log's signing key and one key per witness in OUT (kept
+    /// if already there: OUT/log.key, OUT/<witness>.key, 0600, with .pub
+    /// beside each), and print the `[audit]` section clients put in their
+    /// mesh file.
+    AuditKeys {
+        #[arg(long)]
+        out: PathBuf,
+        /// Trust domain (the checkpoints' origin is `<td>/audit`).
+        #[arg(long, default_value = sesphr_identity::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// A witness name: `cloud-storage` or `srs-node-<i>`; repeat it.
+        #[arg(long = "witness", value_name = "NAME")]
+        witnesses: Vec<String>,
+    },
     /// Split a dev directory that ran a single SRS (an earlier sesphrd) into
     /// the setup service and re-encryption node 1 (1-of-1), keeping every
     /// record, grant and content key readable.
@@ -217,6 +231,45 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 dealing.threshold,
                 dealing.nodes(),
                 sesphr_server::dealing::public_path(&out).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::AuditKeys {
+            out,
+            trust_domain,
+            witnesses,
+        } => {
+            let valid = |name: &str| {
+                name == sesphr_identity::Service::CloudStorage.as_str()
+                    || name
+                        .strip_prefix("srs-node-")
+                        .and_then(|i| i.parse::<u32>().ok())
+                        .is_some_and(|i| sesphr_identity::NodeIndex::new(i).is_ok())
+            };
+            if let Some(bad) = witnesses.iter().find(|w| !valid(w)) {
+                anyhow::bail!("--witness {bad:?}: witnesses are cloud-storage or srs-node-<1..16>");
+            }
+            let log = sesphr_server::daemon::ensure_key_pair(&out, "log")?;
+            let mut section = sesphr_client::AuditSection {
+                origin: Some(sesphr_server::witness::origin(&trust_domain)),
+                log_key: log.to_hex(),
+                witness_quorum: Some(witnesses.len() / 2 + witnesses.len().min(1)),
+                witnesses: Vec::new(),
+            };
+            for name in &witnesses {
+                let key = sesphr_server::daemon::ensure_key_pair(&out, name)?;
+                section.witnesses.push(sesphr_client::WitnessEntry {
+                    name: name.clone(),
+                    key: key.to_hex(),
+                });
+            }
+            #[derive(serde::Serialize)]
+            struct Snippet {
+                audit: sesphr_client::AuditSection,
+            }
+            print!(
+                "# the [audit] section of the clients' mesh.toml\n{}",
+                toml::to_string(&Snippet { audit: section })?
             );
             Ok(ExitCode::SUCCESS)
         }
