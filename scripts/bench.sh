@@ -5,6 +5,7 @@
 # the machine, then a Markdown table. Extra arguments go to
 # `sesphr-bench run` (see `sesphr-bench run --help`), e.g.
 #   bash scripts/bench.sh --seconds 5 --only reencrypt,updown
+#   bash scripts/bench.sh --seconds 10 --only reencrypt,check,concurrent-read
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"

@@ -12,7 +12,9 @@
 //! - a mixed patient/practitioner workload;
 //! - the server's peak resident memory (VmHWM of a fresh `sesphrd`) while
 //!   one 1 GiB record is uploaded and downloaded;
-//! - revocation time with 10 and 10,000 records in the partition.
+//! - revocation time with 10 and 10,000 records in the partition;
+//! - AccessPolicy `Check`s per second from many CloudStorage connections,
+//!   and many grantees reading at once.
 //!
 //! Every loop is bounded by time or count; everything talks to loopback.
 
@@ -619,6 +621,11 @@ pub struct Options {
     pub stream_clients: usize,
     /// Concurrent clients of the mixed workload.
     pub mixed_clients: usize,
+    /// Concurrent CloudStorage connections of the AccessPolicy `Check`
+    /// workload.
+    pub check_clients: usize,
+    /// Concurrent grantees of the concurrent grantee-read workload.
+    pub read_clients: usize,
     /// Record counts of the revocation workload.
     pub revoke_records: Vec<usize>,
     /// Size of the record streamed for the memory measurement (0: skip).
@@ -751,6 +758,117 @@ async fn reencrypt_workload(
         out.push((batch, stats, CpuSplit::since(cpu)));
     }
     Ok(out)
+}
+
+/// AccessPolicy `Check`s as CloudStorage asks them: `n` connections with
+/// the dev PKI's CloudStorage identity, each asking about its own granted
+/// doctor (so every check is allowed and audited individually, none
+/// coalesced).
+async fn check_workload(
+    d: &Daemon,
+    homes: &Path,
+    n: usize,
+    duration: Duration,
+) -> anyhow::Result<(Stats, CpuSplit)> {
+    use sesphr::proto::access_policy_client::AccessPolicyClient;
+    let token = d.token();
+    enroll_many(&d.mesh, homes, &token, "chkowner", 1, Role::Patient).await?;
+    let owner = Patient::open(&d.mesh, &homes.join("chkowner0"))?;
+    let rec = upload_bytes(&owner, "medical", b"lab results".to_vec())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    enroll_many(&d.mesh, homes, &token, "chkdoc", n, Role::Doctor).await?;
+    for i in 0..n {
+        owner
+            .grant("medical", &format!("chkdoc{i}"), Default::default())
+            .await?;
+    }
+    let tls = pki_tls(&d.pki_dir(), "cloud-storage")?;
+    let server = sesphr_identity::Identity::service(
+        &d.mesh.trust_domain,
+        sesphr_identity::Service::AccessPolicy,
+    );
+    let clients: Vec<Arc<(AccessPolicyClient<Channel>, proto::CheckRequest)>> = (0..n)
+        .map(|i| {
+            let ch = tls::channel(
+                &d.mesh.access_policy,
+                tls.client_config(),
+                &server,
+                Duration::from_secs(60),
+            )?;
+            let req = proto::CheckRequest {
+                owner_id: rec.owner_id.to_string(),
+                partition: rec.partition.to_string(),
+                grantee_id: format!("chkdoc{i}"),
+                grantee_role: proto::Role::Doctor as i32,
+                epoch: rec.epoch,
+                record_created_at: None,
+                record_id: rec.record_id.to_string(),
+                action: proto::CheckAction::Reencrypt as i32,
+            };
+            Ok(Arc::new((AccessPolicyClient::new(ch), req)))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let check = |c: Arc<(AccessPolicyClient<Channel>, proto::CheckRequest)>, _| async move {
+        let (client, req) = &*c;
+        let r = client
+            .clone()
+            .check(req.clone())
+            .await
+            .map_err(err)?
+            .into_inner();
+        if !r.allowed {
+            return Err(format!("denied: {}", r.reason));
+        }
+        Ok(0)
+    };
+    // Warm the connections.
+    for c in &clients {
+        check(c.clone(), 0).await.map_err(anyhow::Error::msg)?;
+    }
+    let cpu = CpuSplit::start(d.pid());
+    let stats = drive(&clients, duration, check).await;
+    Ok((stats, CpuSplit::since(cpu)))
+}
+
+/// `n` grantees reading one small record at once (each read: the record
+/// from CloudStorage, then the cfrags from the nodes), on the run's mesh.
+async fn concurrent_read_workload(
+    d: &Daemon,
+    homes: &Path,
+    n: usize,
+    duration: Duration,
+) -> anyhow::Result<(Stats, CpuSplit)> {
+    let token = d.token();
+    enroll_many(&d.mesh, homes, &token, "rdowner", 1, Role::Patient).await?;
+    let owner = Patient::open(&d.mesh, &homes.join("rdowner0"))?;
+    let rec = upload_bytes(&owner, "medical", b"lab results".to_vec())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let docs = enroll_many(&d.mesh, homes, &token, "rddoc", n, Role::Doctor).await?;
+    for i in 0..n {
+        owner
+            .grant("medical", &format!("rddoc{i}"), Default::default())
+            .await?;
+    }
+    let clients: Vec<Arc<Practitioner>> = docs
+        .iter()
+        .map(|h| Practitioner::open(&d.mesh, h).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    let id = rec.record_id.to_string();
+    // Warm the connections.
+    for c in &clients {
+        download_len(&c.session, &id)
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    let cpu = CpuSplit::start(d.pid());
+    let stats = drive(&clients, duration, move |c: Arc<Practitioner>, _| {
+        let id = id.clone();
+        async move { download_len(&c.session, &id).await }
+    })
+    .await;
+    Ok((stats, CpuSplit::since(cpu)))
 }
 
 const MIB: usize = 1 << 20;
@@ -1210,6 +1328,35 @@ async fn run_into(o: &Options, rows: &mut Vec<Row>) -> anyhow::Result<()> {
                 stats: Some(s),
             });
         }
+    }
+    if o.wants("check") {
+        eprintln!("AccessPolicy checks with {} clients ...", o.check_clients);
+        let (s, cpu) = check_workload(&d, &homes, o.check_clients, o.duration).await?;
+        rows.push(Row {
+            workload: "AccessPolicy `Check` (allowed, audited), from CloudStorage".into(),
+            clients: o.check_clients.to_string(),
+            figure: cpu.describe(),
+            target: String::new(),
+            met: None,
+            stats: Some(s),
+        });
+    }
+    if o.wants("concurrent-read") {
+        eprintln!("grantee reads with {} clients ...", o.read_clients);
+        let (s, cpu) = concurrent_read_workload(&d, &homes, o.read_clients, o.duration).await?;
+        rows.push(Row {
+            workload: format!(
+                "grantee read of a small record, {} clients, {}-of-{} nodes",
+                o.read_clients,
+                d.mesh.threshold,
+                d.mesh.srs_nodes.len()
+            ),
+            clients: o.read_clients.to_string(),
+            figure: cpu.describe(),
+            target: String::new(),
+            met: None,
+            stats: Some(s),
+        });
     }
     if o.wants("updown") {
         eprintln!(

@@ -38,13 +38,20 @@ enum Command {
         /// Concurrent clients of the mixed workload.
         #[arg(long, default_value_t = 32)]
         mixed_clients: usize,
+        /// Concurrent connections of the AccessPolicy Check workload.
+        #[arg(long, default_value_t = 64)]
+        check_clients: usize,
+        /// Concurrent grantees of the concurrent-read workload.
+        #[arg(long, default_value_t = 64)]
+        read_clients: usize,
         /// Record counts of the revocation workload.
         #[arg(long, value_delimiter = ',', default_value = "10,10000")]
         revoke_records: Vec<usize>,
         /// MiB of the record streamed for the memory measurement (0: skip).
         #[arg(long, default_value_t = 1024)]
         memory_mib: u64,
-        /// Only these workloads: reencrypt, updown, mixed, revoke, memory.
+        /// Only these workloads: reencrypt, read, check, concurrent-read,
+        /// updown, mixed, revoke, memory.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
@@ -83,6 +90,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             reencrypt_clients,
             stream_clients,
             mixed_clients,
+            check_clients,
+            read_clients,
             revoke_records,
             memory_mib,
             only,
@@ -96,6 +105,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 reencrypt_clients,
                 stream_clients,
                 mixed_clients,
+                check_clients,
+                read_clients,
                 revoke_records,
                 memory_bytes: memory_mib << 20,
                 only,

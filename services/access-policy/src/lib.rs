@@ -57,34 +57,35 @@
 //!
 //! # Concurrency
 //!
-//! Appends hold the append lock only to assign sequence numbers and commit
-//! the sled transaction; the fsync (`Db::flush`) runs after the lock is
-//! released, so concurrent appends share flushes (group commit), and each
-//! call still returns only once its own entries are durable. Verification
-//! snapshots the head under the lock and walks the immutable prefix without
-//! it.
+//! Every change (grant, revoke, check, event) is queued and written by
+//! group commit ([`commit`]): concurrent operations run in queue order in
+//! one sled transaction, which appends all their entries and Merkle nodes,
+//! then share one fsync (`Db::flush`); each call returns only once its own
+//! entries are durable. The batch's transaction runs under the append lock
+//! (the head), the fsync after it is released. Verification snapshots the
+//! head under the lock and walks the immutable prefix without it.
 
 mod audit;
 pub mod backend;
 pub mod coalesce;
+pub mod commit;
 pub mod grpc;
 pub mod policy;
 mod time;
 pub mod tlog;
 mod vocab;
 
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sesphr_identity::{Role, validate_partition, validate_user_id};
 use sled::Transactional;
-use sled::transaction::{
-    ConflictableTransactionError, ConflictableTransactionResult, TransactionalTree,
-};
+use sled::transaction::ConflictableTransactionError;
 
 pub use audit::GENESIS_HASH;
 pub use backend::PolicyBackend;
@@ -415,6 +416,8 @@ pub struct PolicyStore {
     merkle: sled::Tree,
     checkpoints: tlog::CheckpointStore,
     head: Mutex<Head>,
+    /// The queue of appends and its leader (see [`commit`]).
+    committer: commit::Committer,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -637,18 +640,6 @@ fn evaluate(g: &Grant, q: &CheckQuery, now: i64) -> Decision {
     }
 }
 
-type Body<'a, R> = dyn Fn(
-        &TransactionalTree,
-        &TransactionalTree,
-    ) -> ConflictableTransactionResult<(R, AuditEvent), DomainError>
-    + 'a;
-
-type MultiBody<'a, R> = dyn Fn(
-        &TransactionalTree,
-        &TransactionalTree,
-    ) -> ConflictableTransactionResult<(R, Vec<AuditEvent>), DomainError>
-    + 'a;
-
 /// How many of an owner's entries a verification saw, and her last one.
 #[derive(Default)]
 struct OwnerStats {
@@ -715,6 +706,7 @@ impl PolicyStore {
             merkle,
             checkpoints,
             head: Mutex::new(head),
+            committer: commit::Committer::new(),
         })
     }
 
@@ -730,16 +722,28 @@ impl PolicyStore {
         self.head.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `body` on the grant trees and appends the audit event it returns,
-    /// all in one transaction, then flushes (after releasing the lock).
-    fn transact<R>(&self, now: i64, body: &Body<'_, R>) -> Result<(R, AuditEntry), DomainError> {
-        let mut head = self.lock_head();
-        let (r, entries) = self.commit_locked(&mut head, now, &|g, bg| {
-            let (r, ev) = body(g, bg)?;
+    /// Queues `body` and returns once the entries it returned are durable
+    /// (group commit, see [`commit`]). `body` runs inside the batch's
+    /// transaction, after the operations queued before it.
+    fn submit<R, F>(&self, now: i64, body: F) -> Result<(R, Vec<AuditEntry>), DomainError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut commit::OpCtx<'_>) -> commit::Output<R> + Send + 'static,
+    {
+        self.committer
+            .submit(commit::Op::new(now, body), &|batch| self.write_batch(batch))
+    }
+
+    /// [`PolicyStore::submit`] for a body that returns one event.
+    fn submit_one<R, F>(&self, now: i64, body: F) -> Result<(R, AuditEntry), DomainError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut commit::OpCtx<'_>) -> Result<(R, AuditEvent), DomainError> + Send + 'static,
+    {
+        let (r, entries) = self.submit(now, move |cx| {
+            let (r, ev) = body(cx)?;
             Ok((r, vec![ev]))
         })?;
-        drop(head);
-        self.db.flush()?;
         let entry = entries
             .into_iter()
             .next()
@@ -747,19 +751,51 @@ impl PolicyStore {
         Ok((r, entry))
     }
 
-    /// Under the append lock: runs `body` on the grant trees and appends the
-    /// events it returns, in one sled transaction, and moves the head. Does
-    /// not flush: the caller releases the lock, then flushes before it
-    /// acknowledges anything.
-    fn commit_locked<R>(
+    /// The leader's work (see [`commit`]): under the append lock, runs the
+    /// batch's operations in order and appends their entries in one sled
+    /// transaction, moves the head; then, without the lock, one flush; then
+    /// every operation gets its result.
+    fn write_batch(&self, batch: &[Arc<dyn commit::Job>]) {
+        let mut head = self.lock_head();
+        let written = match head.appendable() {
+            Err(e) => Err(e),
+            Ok(()) => self.commit_batch(&mut head, batch),
+        };
+        drop(head);
+        let (results, wrote) = match written {
+            Ok(r) => r,
+            Err(e) => {
+                for job in batch {
+                    job.finish(Err(commit::again(&e)));
+                }
+                return;
+            }
+        };
+        let flushed = if wrote {
+            self.db.flush().map(|_| ())
+        } else {
+            Ok(())
+        };
+        for (job, r) in batch.iter().zip(results) {
+            job.finish(match (&flushed, r) {
+                (Err(e), Ok(_)) => Err(DomainError::from(e.clone())),
+                (_, r) => r,
+            });
+        }
+    }
+
+    /// Under the append lock: the batch's operations and their entries in
+    /// one transaction; each operation's entries (or its own error), and
+    /// whether anything was written. Moves the head once committed.
+    fn commit_batch(
         &self,
         head: &mut Head,
-        now: i64,
-        body: &MultiBody<'_, R>,
-    ) -> Result<(R, Vec<AuditEntry>), DomainError> {
-        head.appendable()?;
-        let prev = head.last;
-        let (r, entries) = (
+        batch: &[Arc<dyn commit::Job>],
+    ) -> Result<(commit::BatchResults, bool), DomainError> {
+        let start = head.last;
+        let runs = Cell::new(0u32);
+        let head_cell = RefCell::new(head);
+        let (results, last, wrote) = (
             &self.grants,
             &self.grants_by_grantee,
             &self.audit,
@@ -767,46 +803,53 @@ impl PolicyStore {
             &self.merkle,
         )
             .transaction(|(g, bg, a, ao, t)| {
-                let (r, events) = body(g, bg)?;
-                let mut prev = prev;
-                let mut entries = Vec::with_capacity(events.len());
-                for ev in events {
-                    if prev.is_some_and(|(seq, _)| seq == u64::MAX) {
-                        return Err(ConflictableTransactionError::Abort(exhausted()));
-                    }
-                    let entry = audit::next_entry(prev, now, ev, rand::random());
-                    a.insert(&audit::seq_key(entry.seq), audit::encode_value(&entry))?;
-                    tlog::append_in_tx(t, &entry)?;
-                    if !entry.owner_id.is_empty() {
-                        ao.insert(audit::owner_index_key(&entry.owner_id, entry.seq), &[])?;
-                    }
-                    prev = Some((entry.seq, entry.hash));
-                    entries.push(entry);
+                // sled 0.34 runs a transaction's closure once (its
+                // concurrency control serialises transactions); should it
+                // ever run again, the operations (already consumed, their
+                // coalescing already charged) fail rather than run twice.
+                if runs.replace(runs.get() + 1) > 0 {
+                    return Err(ConflictableTransactionError::Abort(DomainError::Conflict(
+                        "the audit transaction was retried".into(),
+                    )));
                 }
-                Ok((r, entries))
+                let mut head = head_cell.borrow_mut();
+                let mut prev = start;
+                let mut wrote = false;
+                let mut results = Vec::with_capacity(batch.len());
+                for job in batch {
+                    let mut cx = commit::OpCtx::new(g, bg, &mut head);
+                    let events = match job.run(&mut cx) {
+                        Ok(events) => events,
+                        Err(e) => {
+                            // Nothing of it was applied: the others go on.
+                            results.push(Err(e));
+                            continue;
+                        }
+                    };
+                    wrote |= cx.has_writes() || !events.is_empty();
+                    cx.apply()?;
+                    let mut entries = Vec::with_capacity(events.len());
+                    for ev in events {
+                        if prev.is_some_and(|(seq, _)| seq == u64::MAX) {
+                            return Err(ConflictableTransactionError::Abort(exhausted()));
+                        }
+                        let entry = audit::next_entry(prev, job.now(), ev, rand::random());
+                        a.insert(&audit::seq_key(entry.seq), audit::encode_value(&entry))?;
+                        tlog::append_in_tx(t, &entry)?;
+                        if !entry.owner_id.is_empty() {
+                            ao.insert(audit::owner_index_key(&entry.owner_id, entry.seq), &[])?;
+                        }
+                        prev = Some((entry.seq, entry.hash));
+                        entries.push(entry);
+                    }
+                    results.push(Ok(entries));
+                }
+                Ok((results, prev, wrote))
             })?;
         // Committed (in memory at least): the head must move even if the
         // flush fails, or the next append would reuse these seqs.
-        if let Some(e) = entries.last() {
-            head.last = Some((e.seq, e.hash));
-        }
-        Ok((r, entries))
-    }
-
-    /// Appends `events` (if any) and releases the lock, then flushes.
-    fn append_events(
-        &self,
-        mut head: MutexGuard<'_, Head>,
-        now: i64,
-        events: Vec<AuditEvent>,
-    ) -> Result<Vec<AuditEntry>, DomainError> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ((), entries) = self.commit_locked(&mut head, now, &|_, _| Ok(((), events.clone())))?;
-        drop(head);
-        self.db.flush()?;
-        Ok(entries)
+        head_cell.into_inner().last = last;
+        Ok((results, wrote))
     }
 
     /// Writes the coalesced entries that are due (see [`coalesce`]): the
@@ -823,12 +866,12 @@ impl PolicyStore {
 
     fn flush_coalesced_inner(&self, now: i64, force: bool) -> Result<usize, DomainError> {
         let at = Instant::now();
-        let mut head = self.lock_head();
-        head.appendable()?;
-        let mut events = head.refusals.flush(at, force);
-        events.extend(head.reads.flush(at, force));
-        let n = self.append_events(head, now, events)?.len();
-        Ok(n)
+        let ((), entries) = self.submit(now, move |cx| {
+            let mut events = cx.head.refusals.flush(at, force);
+            events.extend(cx.head.reads.flush(at, force));
+            Ok(((), events))
+        })?;
+        Ok(entries.len())
     }
 
     /// Refusals and reads counted but not yet written.
@@ -849,9 +892,12 @@ impl PolicyStore {
         let key = grant_key(&grant.owner_id, &grant.partition, &grant.grantee_id);
         let idx = by_grantee_key(&grant.grantee_id, &grant.owner_id, &grant.partition);
         let value = encode_grant(&grant)?;
-        let body = |g: &TransactionalTree, bg: &TransactionalTree| {
-            let old = g.insert(key.as_slice(), value.as_slice())?;
-            bg.insert(idx.as_slice(), &[])?;
+        let actor = actor.to_owned();
+        let stored = grant.clone();
+        self.submit_one(now, move |cx| {
+            let old = cx.grant(&key)?;
+            cx.put_grant(key.clone(), value);
+            cx.put_index(idx);
             let mut detail = grant.describe();
             if let Some(old) = old {
                 match decode_grant(&key, &old) {
@@ -862,19 +908,18 @@ impl PolicyStore {
             Ok((
                 (),
                 AuditEvent {
-                    actor: actor.to_owned(),
+                    actor,
                     action: AuditAction::Grant,
-                    owner_id: grant.owner_id.clone(),
-                    partition: grant.partition.clone(),
-                    subject: grant.grantee_id.clone(),
+                    owner_id: grant.owner_id,
+                    partition: grant.partition,
+                    subject: grant.grantee_id,
                     record_id: String::new(),
                     outcome: Outcome::Ok,
                     detail,
                 },
             ))
-        };
-        self.transact(now, &body)?;
-        Ok(grant)
+        })?;
+        Ok(stored)
     }
 
     /// Removes the grant for (owner, partition, grantee) and audits it as
@@ -893,27 +938,33 @@ impl PolicyStore {
         validate_user_id(grantee_id)?;
         let key = grant_key(owner_id, partition, grantee_id);
         let idx = by_grantee_key(grantee_id, owner_id, partition);
-        let body = |g: &TransactionalTree, bg: &TransactionalTree| {
-            let Some(old) = g.remove(key.as_slice())? else {
-                return Err(ConflictableTransactionError::Abort(DomainError::Unknown(
-                    format!("no grant from {owner_id} to {grantee_id} on partition {partition}"),
+        let (actor, owner_id, partition, grantee_id) = (
+            actor.to_owned(),
+            owner_id.to_owned(),
+            partition.to_owned(),
+            grantee_id.to_owned(),
+        );
+        let (old, _) = self.submit_one(now, move |cx| {
+            let Some(old) = cx.grant(&key)? else {
+                return Err(DomainError::Unknown(format!(
+                    "no grant from {owner_id} to {grantee_id} on partition {partition}"
                 )));
             };
-            bg.remove(idx.as_slice())?;
-            let old = decode_grant(&key, &old).map_err(ConflictableTransactionError::Abort)?;
+            let old = decode_grant(&key, &old)?;
+            cx.remove_grant(key);
+            cx.remove_index(idx);
             let ev = AuditEvent {
-                actor: actor.to_owned(),
+                actor,
                 action: AuditAction::Revoke,
-                owner_id: owner_id.to_owned(),
-                partition: partition.to_owned(),
-                subject: grantee_id.to_owned(),
+                owner_id,
+                partition,
+                subject: grantee_id,
                 record_id: String::new(),
                 outcome: Outcome::Ok,
                 detail: format!("revoked {}", old.describe()),
             };
             Ok((old, ev))
-        };
-        let (old, _) = self.transact(now, &body)?;
+        })?;
         Ok(old)
     }
 
@@ -923,9 +974,9 @@ impl PolicyStore {
     /// counted into one coalesced entry (see [`coalesce`]); the decision is
     /// the same either way.
     ///
-    /// The grant is read under the append lock, which every grant change
-    /// holds while it commits, so the log order is the decision order: no
-    /// "allowed" can follow the revoke it missed.
+    /// The grant is read inside the batch transaction that appends the
+    /// decision, after the operations queued before it, so the log order is
+    /// the decision order: no "allowed" can follow the revoke it missed.
     pub fn check(&self, q: &CheckQuery, actor: &str, now: i64) -> Result<Decision, DomainError> {
         check_actor(actor)?;
         validate_user_id(&q.owner_id)?;
@@ -936,50 +987,52 @@ impl PolicyStore {
         let is_owner = q.grantee_id == q.owner_id && q.grantee_role == Role::Patient;
         let key = grant_key(&q.owner_id, &q.partition, &q.grantee_id);
         let at = Instant::now();
-        let mut head = self.lock_head();
-        head.appendable()?;
-        let decision = if is_owner {
-            Decision::allow("owner has access to their own records")
-        } else {
-            match self.grants.get(key.as_slice())? {
-                None => Decision::deny_telling(
-                    format!(
-                        "no grant from {} to {} on partition {}",
-                        q.owner_id, q.grantee_id, q.partition
-                    ),
-                    "no grant covers it",
-                ),
-                Some(v) => {
-                    let grant = decode_grant(&key, &v)?;
-                    let mut decision = evaluate(&grant, q, now);
-                    if decision.allowed {
-                        decision.grant = Some(grant);
-                    }
-                    decision
-                }
-            }
-        };
-        let ev = AuditEvent {
-            actor: actor.to_owned(),
-            action: AuditAction::Check(q.action),
-            owner_id: q.owner_id.clone(),
-            partition: q.partition.clone(),
-            subject: format!("{}/{}", q.grantee_role, q.grantee_id),
-            record_id,
-            outcome: if decision.allowed {
-                Outcome::Allowed
+        let q = q.clone();
+        let actor = actor.to_owned();
+        let (decision, _) = self.submit(now, move |cx| {
+            let decision = if is_owner {
+                Decision::allow("owner has access to their own records")
             } else {
-                Outcome::Denied
-            },
-            detail: format!("epoch {}: {}", q.epoch, decision.reason),
-        };
-        let events = if decision.allowed {
-            vec![ev]
-        } else {
-            let who = coalesce::refused_identity(&ev).to_owned();
-            head.refusals.admit(&who, ev, now, at)
-        };
-        self.append_events(head, now, events)?;
+                match cx.grant(&key)? {
+                    None => Decision::deny_telling(
+                        format!(
+                            "no grant from {} to {} on partition {}",
+                            q.owner_id, q.grantee_id, q.partition
+                        ),
+                        "no grant covers it",
+                    ),
+                    Some(v) => {
+                        let grant = decode_grant(&key, &v)?;
+                        let mut decision = evaluate(&grant, &q, now);
+                        if decision.allowed {
+                            decision.grant = Some(grant);
+                        }
+                        decision
+                    }
+                }
+            };
+            let ev = AuditEvent {
+                actor,
+                action: AuditAction::Check(q.action),
+                owner_id: q.owner_id,
+                partition: q.partition,
+                subject: format!("{}/{}", q.grantee_role, q.grantee_id),
+                record_id,
+                outcome: if decision.allowed {
+                    Outcome::Allowed
+                } else {
+                    Outcome::Denied
+                },
+                detail: format!("epoch {}: {}", q.epoch, decision.reason),
+            };
+            let events = if decision.allowed {
+                vec![ev]
+            } else {
+                let who = coalesce::refused_identity(&ev).to_owned();
+                cx.head.refusals.admit(&who, ev, now, at)
+            };
+            Ok((decision, events))
+        })?;
         Ok(decision)
     }
 
@@ -1032,16 +1085,15 @@ impl PolicyStore {
     ) -> Result<Option<AuditEntry>, DomainError> {
         validate_event(&event)?;
         let at = Instant::now();
-        let mut head = self.lock_head();
-        head.appendable()?;
-        let events = if coalesce::is_refusal(&event) {
-            let who = coalesce::refused_identity(&event).to_owned();
-            head.refusals.admit(&who, event.clone(), now, at)
-        } else {
-            vec![event.clone()]
-        };
-        let individual = events.first() == Some(&event);
-        let entries = self.append_events(head, now, events)?;
+        let (individual, entries) = self.submit(now, move |cx| {
+            let events = if coalesce::is_refusal(&event) {
+                let who = coalesce::refused_identity(&event).to_owned();
+                cx.head.refusals.admit(&who, event.clone(), now, at)
+            } else {
+                vec![event.clone()]
+            };
+            Ok((events.first() == Some(&event), events))
+        })?;
         Ok(entries.into_iter().next().filter(|_| individual))
     }
 
@@ -1073,10 +1125,10 @@ impl PolicyStore {
             detail: format!("listed {returned} entries of {scope} after entry {after_seq}"),
         };
         let at = Instant::now();
-        let mut head = self.lock_head();
-        head.appendable()?;
-        let events = head.reads.admit(reader, ev, now, at);
-        self.append_events(head, now, events)?;
+        let reader = reader.to_owned();
+        self.submit(now, move |cx| {
+            Ok(((), cx.head.reads.admit(&reader, ev, now, at)))
+        })?;
         Ok(())
     }
 
@@ -1146,12 +1198,9 @@ impl PolicyStore {
         }
         self.published(tree_size)?;
         let source = tlog::StoredTree(&self.merkle);
-        leaf_indexes
-            .iter()
-            .map(|&i| {
-                sesphr_tlog::merkle::inclusion_proof(i, tree_size, &source)?
-                    .map_err(|e| DomainError::Malformed(e.to_string()))
-            })
+        sesphr_tlog::merkle::inclusion_proofs(leaf_indexes, tree_size, &source)?
+            .into_iter()
+            .map(|p| p.map_err(|e| DomainError::Malformed(e.to_string())))
             .collect()
     }
 

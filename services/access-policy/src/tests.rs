@@ -954,7 +954,7 @@ fn dropping_the_store_writes_pending_aggregates() {
     assert!(s.verify_audit(None).unwrap().ok);
 }
 
-/// Appends `n` entries of `owner` in large transactions (no fsync each).
+/// Appends `n` entries of `owner` in large transactions (one fsync per 1000).
 fn bulk_append(s: &PolicyStore, n: usize, owner: &str) {
     for chunk in 0..n.div_ceil(1000) {
         let events: Vec<AuditEvent> = (0..1000.min(n - chunk * 1000))
@@ -967,11 +967,8 @@ fn bulk_append(s: &PolicyStore, n: usize, owner: &str) {
                 ..Default::default()
             })
             .collect();
-        let mut head = s.lock_head();
-        s.commit_locked(&mut head, T0, &|_, _| Ok(((), events.clone())))
-            .unwrap();
+        s.submit(T0, move |_| Ok(((), events))).unwrap();
     }
-    s.db.flush().unwrap();
 }
 
 #[test]
@@ -1327,4 +1324,344 @@ mod transparency {
         let e = s.publish_checkpoint(&log_key(), "o", T0).unwrap_err();
         assert!(e.to_string().contains("Merkle leaf"), "{e}");
     }
+}
+
+// ---- group commit -----------------------------------------------------------
+
+/// A store that writes every refusal as its own entry (no coalescing), so
+/// each check leaves exactly one entry.
+fn uncoalesced_store() -> (tempfile::TempDir, PolicyStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = RefusalLimits {
+        rate_per_sec: 1e9,
+        burst: 1_000_000,
+        ..RefusalLimits::REFUSALS
+    };
+    let s = retry_lock(|| PolicyStore::open_with(dir.path(), limits));
+    (dir, s)
+}
+
+fn tagged(grantee: &str, role: Role, tag: String) -> CheckQuery {
+    CheckQuery {
+        record_id: Some(tag),
+        ..query(grantee, role, 1)
+    }
+}
+
+#[test]
+fn group_commit_concurrent_appends_get_contiguous_seqs() {
+    let (_d, s) = uncoalesced_store();
+    let s = Arc::new(s);
+    s.grant(grant("bob", Role::Doctor), "patient/alice", T0)
+        .unwrap();
+    const THREADS: usize = 16;
+    const EACH: usize = 40;
+    let before = s.committer.batches();
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                for i in 0..EACH {
+                    if i % 2 == 0 {
+                        let d = s
+                            .check(
+                                &tagged("bob", Role::Doctor, format!("{t}/{i}")),
+                                "x",
+                                T0 + 1,
+                            )
+                            .unwrap();
+                        assert!(d.allowed);
+                    } else {
+                        let e = s
+                            .record_event(
+                                AuditEvent {
+                                    actor: "service/srs".into(),
+                                    owner_id: "alice".into(),
+                                    detail: format!("{t}/{i}"),
+                                    ..Default::default()
+                                },
+                                T0 + 1,
+                            )
+                            .unwrap()
+                            .expect("not a refusal: written individually");
+                        mine.push(e);
+                    }
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut acked: Vec<AuditEntry> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let ops = (THREADS * EACH) as u64;
+    let batches = s.committer.batches() - before;
+    eprintln!("{ops} appends in {batches} batches");
+    assert!(batches >= 1 && batches <= ops);
+    let all = all_entries(&s);
+    assert_eq!(all.len() as u64, ops + 1);
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.seq, i as u64 + 1, "seqs are contiguous from 1");
+    }
+    // Every acknowledged entry is the stored one, each seq given once.
+    acked.sort_by_key(|e| e.seq);
+    acked.windows(2).for_each(|w| assert!(w[0].seq < w[1].seq));
+    for e in &acked {
+        assert_eq!(&all[e.seq as usize - 1], e);
+    }
+    // Every check left its own entry.
+    let checks = all
+        .iter()
+        .filter(|e| e.action == "check:read" && e.outcome == "allowed")
+        .count();
+    assert_eq!(checks, THREADS * EACH / 2);
+    let r = s.verify_audit(None).unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.head_seq, ops + 1);
+}
+
+#[test]
+fn group_commit_acknowledged_entries_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let acked: Vec<AuditEntry> = {
+        let s = Arc::new(retry_lock(|| PolicyStore::open(dir.path())));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let s = Arc::clone(&s);
+                std::thread::spawn(move || {
+                    (0..25)
+                        .map(|i| {
+                            s.record_event(
+                                AuditEvent {
+                                    actor: "service/cloud-storage".into(),
+                                    owner_id: "alice".into(),
+                                    detail: format!("{t}/{i}"),
+                                    ..Default::default()
+                                },
+                                T0,
+                            )
+                            .unwrap()
+                            .unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    };
+    let s = retry_lock(|| PolicyStore::open(dir.path()));
+    assert_eq!(s.audit_head().map(|h| h.0), Some(200));
+    let all = all_entries(&s);
+    for e in &acked {
+        assert_eq!(&all[e.seq as usize - 1], e, "entry {} survives", e.seq);
+    }
+    let r = s.verify_audit(None).unwrap();
+    assert!(r.ok, "{r:?}");
+    // The Merkle tree was written with the entries, in the same batches.
+    use sesphr_tlog::merkle::HashSource as _;
+    let tree = tlog::StoredTree(&s.merkle);
+    assert_eq!(tree.size().unwrap(), 200);
+    assert_eq!(tree.subtree(0, 199).unwrap(), audit::leaf_hash(&all[199]));
+}
+
+#[test]
+fn group_commit_log_order_is_decision_order() {
+    let (_d, s) = uncoalesced_store();
+    let s = Arc::new(s);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // One owner granting and revoking bob again and again ...
+    let toggler = {
+        let (s, stop) = (Arc::clone(&s), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || rounds < 20 {
+                s.grant(grant("bob", Role::Doctor), "patient/alice", T0)
+                    .unwrap();
+                s.revoke("alice", "medical", "bob", "patient/alice", T0)
+                    .unwrap();
+                rounds += 1;
+            }
+        })
+    };
+    // ... while services check bob's access, each check tagged.
+    let checkers: Vec<_> = (0..8)
+        .map(|t| {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                (0..60)
+                    .map(|i| {
+                        let tag = format!("{t}/{i}");
+                        let d = s
+                            .check(&tagged("bob", Role::Doctor, tag.clone()), "x", T0 + 1)
+                            .unwrap();
+                        (tag, d.allowed)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let answers: std::collections::HashMap<String, bool> = checkers
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    toggler.join().unwrap();
+    // Replaying the log in seq order, each check saw exactly the grant
+    // state the entries before it left, and answered what it logged.
+    let mut granted = false;
+    let (mut allowed, mut denied) = (0, 0);
+    let mut after = 0;
+    loop {
+        let page = s
+            .audit(&AuditFilter {
+                owner_id: None,
+                after_seq: after,
+                limit: MAX_AUDIT_PAGE,
+            })
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in &page {
+            match e.action.as_str() {
+                "grant" => granted = true,
+                "revoke" => granted = false,
+                "check:read" => {
+                    assert_eq!(e.outcome == "allowed", granted, "entry {}", e.seq);
+                    assert_eq!(answers[&e.record_id], granted, "check {}", e.record_id);
+                    if granted {
+                        allowed += 1;
+                    } else {
+                        denied += 1;
+                    }
+                }
+                other => panic!("unexpected entry {other}"),
+            }
+        }
+    }
+    assert_eq!(allowed + denied, answers.len());
+    eprintln!("{allowed} allowed, {denied} denied");
+    assert!(s.verify_audit(None).unwrap().ok);
+}
+
+#[test]
+fn group_commit_a_failing_operation_does_not_fail_its_batch() {
+    let (_d, s) = uncoalesced_store();
+    let s = Arc::new(s);
+    s.grant(grant("bob", Role::Doctor), "patient/alice", T0)
+        .unwrap();
+    // Hold the append lock: the first caller becomes the leader and waits
+    // for it with its own operation; the next ones queue into one batch.
+    let held = s.lock_head();
+    type Call = Box<dyn FnOnce(&PolicyStore) -> Result<String, DomainError> + Send>;
+    let spawn = |f: Call| {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || f(&s))
+    };
+    let wait_queued = |n: usize| {
+        let t = Instant::now();
+        while s.committer.queued() != n {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "operations did not queue"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let batches = s.committer.batches();
+    let first = spawn(Box::new(|s| {
+        s.record_event(
+            AuditEvent {
+                actor: "service/srs".into(),
+                detail: "first".into(),
+                ..Default::default()
+            },
+            T0,
+        )
+        .map(|e| e.unwrap().detail)
+    }));
+    // Taken by its leader, which waits for the lock.
+    let t = Instant::now();
+    while s.committer.batches() == batches {
+        assert!(t.elapsed() < Duration::from_secs(10), "no leader");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    wait_queued(0);
+    let mut ops = Vec::new();
+    // A revoke of a grant that does not exist.
+    ops.push(spawn(Box::new(|s| {
+        s.revoke("alice", "medical", "carol", "patient/alice", T0)
+            .map(|g| g.grantee_id)
+    })));
+    wait_queued(1);
+    // An operation that stages writes, then fails: nothing of it stays.
+    ops.push(spawn(Box::new(|s| {
+        s.submit(T0, |cx| {
+            cx.put_grant(grant_key("alice", "medical", "mallory"), b"{}".to_vec());
+            cx.put_index(by_grantee_key("mallory", "alice", "medical"));
+            Err::<((), Vec<AuditEvent>), _>(DomainError::Conflict("changed my mind".into()))
+        })
+        .map(|_| String::new())
+    })));
+    wait_queued(2);
+    // The others of the batch: a check that sees the grant, a revoke of
+    // it, a check after the revoke.
+    ops.push(spawn(Box::new(|s| {
+        s.check(&tagged("bob", Role::Doctor, "before".into()), "x", T0 + 1)
+            .map(|d| d.allowed.to_string())
+    })));
+    wait_queued(3);
+    ops.push(spawn(Box::new(|s| {
+        s.revoke("alice", "medical", "bob", "patient/alice", T0 + 1)
+            .map(|g| g.grantee_id)
+    })));
+    wait_queued(4);
+    ops.push(spawn(Box::new(|s| {
+        s.check(&tagged("bob", Role::Doctor, "after".into()), "x", T0 + 1)
+            .map(|d| d.allowed.to_string())
+    })));
+    wait_queued(5);
+    drop(held);
+    assert_eq!(first.join().unwrap().unwrap(), "first");
+    let results: Vec<_> = ops.into_iter().map(|t| t.join().unwrap()).collect();
+    // The leader wrote its own operation, then the five queued in one batch.
+    assert_eq!(s.committer.batches() - batches, 2);
+    assert!(
+        matches!(&results[0], Err(DomainError::Unknown(_))),
+        "{results:?}"
+    );
+    assert!(
+        matches!(&results[1], Err(DomainError::Conflict(_))),
+        "{results:?}"
+    );
+    assert_eq!(results[2].as_ref().unwrap(), "true");
+    assert_eq!(results[3].as_ref().unwrap(), "bob");
+    assert_eq!(results[4].as_ref().unwrap(), "false");
+    assert!(s.grants_received("mallory").unwrap().is_empty());
+    assert!(
+        s.grants
+            .get(grant_key("alice", "medical", "mallory"))
+            .unwrap()
+            .is_none()
+    );
+    let all = all_entries(&s);
+    let served = GET_RECORD.to_string();
+    let tail: Vec<(&str, &str, &str)> = all[1..]
+        .iter()
+        .map(|e| (e.action.as_str(), e.outcome.as_str(), e.record_id.as_str()))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            (served.as_str(), "ok", ""),
+            ("check:read", "allowed", "before"),
+            ("revoke", "ok", ""),
+            ("check:read", "denied", "after"),
+        ]
+    );
+    assert!(s.verify_audit(None).unwrap().ok);
 }
