@@ -272,12 +272,13 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// One line per verified entry, tab-separated. The entries' text is
-/// AccessPolicy's: no control character of it reaches the terminal (or
-/// splits a line).
+/// One line per proven entry, tab-separated (entries newer than the
+/// witnessed checkpoint are not shown: nothing vouches for them yet). The
+/// entries' text is AccessPolicy's: no control character of it reaches the
+/// terminal (or splits a line).
 fn print_audit_entries(out: &mut impl Write, audit: &client::VerifiedAudit) -> std::io::Result<()> {
     let p = client::printable;
-    for pe in &audit.entries {
+    for pe in audit.entries.iter().filter(|e| e.proof.is_some()) {
         let e = &pe.entry;
         writeln!(
             out,
@@ -320,7 +321,7 @@ fn audit_summary(a: &client::VerifiedAudit) -> String {
     );
     if a.pending() > 0 {
         line.push_str(&format!(
-            "; {} newer entries not yet in a witnessed checkpoint",
+            "; {} newer entries are not yet in a witnessed checkpoint and are not shown (run again shortly)",
             a.pending()
         ));
     }

@@ -12,8 +12,9 @@
 //! - `audit-log-proof`: `leafIndex`, `treeSize`, `rootHash`, one
 //!   `inclusionProof` per audit-path hash (leaf to root), the `checkpoint`
 //!   body, its `checkpointSignature` and each witness `cosignature`
-//!   (`witness time signature`, base64 signature) — absent for entries
-//!   newer than the witnessed checkpoint.
+//!   (`witness time signature`, base64 signature).
+//!
+//! Only entries proven in the checkpoint are exported.
 //!
 //! Integers beyond FHIR's 32-bit types are strings; binary values are
 //! `valueBase64Binary` (standard base64).
@@ -136,12 +137,15 @@ fn event(p: &ProvenEntry, audit: &VerifiedAudit) -> Value {
     })
 }
 
-/// The Bundle (type `collection`) of every entry of `audit`, stamped `now`.
+/// The Bundle (type `collection`) of every proven entry of `audit` (those
+/// newer than its checkpoint have no proof and are left out), stamped
+/// `now`.
 pub fn fhir_bundle(audit: &VerifiedAudit, now: i64) -> Value {
+    let proven = audit.entries.iter().filter(|p| p.proof.is_some());
     json!({
         "resourceType": "Bundle",
         "type": "collection",
         "timestamp": rfc3339(now),
-        "entry": audit.entries.iter().map(|p| event(p, audit)).collect::<Vec<_>>(),
+        "entry": proven.map(|p| event(p, audit)).collect::<Vec<_>>(),
     })
 }
