@@ -239,7 +239,7 @@ pub const TABLE: RpcTable = RpcTable(&[
     method(
         "sesphr.v1.AccessPolicy/AddCosignature",
         &[CLOUD, NODE],
-        Cheap,
+        Expensive,
     ),
     method(
         "sesphr.v1.AccessPolicy/RecordEvent",

@@ -536,3 +536,105 @@ async fn witnesses_that_cosign_two_roots_at_one_size_are_named() {
     }
     s.shutdown().await;
 }
+
+/// An AccessPolicy that leaves one of alice's entries out of her listing,
+/// one she saw and pinned before, is caught: the pin remembers what she saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_hidden_from_its_owner_after_she_saw_it_is_caught() {
+    use crate::common::impostor::{self, AccessPolicyHooks, Impostor, forward, hook};
+    use futures::StreamExt as _;
+    let s = Sandbox::start().await;
+    activity(&s, "alice", "bob", 0).await;
+    let seen = s.session("alice").verified_audit().await.unwrap();
+    let hidden = seen.entries[1].entry.seq;
+    let fake = Impostor::access_policy(
+        &s,
+        "alice",
+        AccessPolicyHooks {
+            list_audit: hook(move |up, req| async move {
+                let real = forward::list_audit(up, req).await?.into_inner();
+                let filtered: impostor::ReplyStream<proto::AuditEntry> =
+                    Box::pin(real.filter(move |e| {
+                        let keep = !matches!(e, Ok(e) if e.seq == hidden);
+                        async move { keep }
+                    }));
+                Ok(tonic::Response::new(filtered))
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mesh = impostor::redirect(
+        &s.mesh_file(),
+        sesphr_identity::Service::AccessPolicy,
+        &fake.url,
+    );
+    let e = verification_error(session(&s, &mesh, "alice").verified_audit().await);
+    assert!(e.contains("no longer shows"), "{e}");
+    // The honest listing still verifies.
+    s.session("alice").verified_audit().await.unwrap();
+    s.shutdown().await;
+}
+
+/// An AccessPolicy that keeps answering with an old witnessed checkpoint
+/// (validly signed and cosigned, but minutes old) so that new entries stay
+/// "pending" for ever is caught once the checkpoint is too old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_witnessed_checkpoint_cannot_hide_new_entries() {
+    use crate::common::impostor::{AccessPolicyHooks, Impostor, hook};
+    use sesphr_tlog::{Checkpoint, SigningKey};
+    let s = Sandbox::start().await;
+    activity(&s, "alice", "bob", 0).await;
+    let pinned = s.session("alice").verified_audit().await.unwrap();
+    let head = pinned.head.clone().unwrap();
+    // The same tree, re-signed as if published ten minutes ago.
+    let pki = s.dir.path().join("mesh").join("pki");
+    let key = |path: std::path::PathBuf| {
+        SigningKey::from_hex(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let old = Checkpoint {
+        time: head.time - 600,
+        ..head.clone()
+    };
+    let signed = key(pki.join("audit").join("log.key")).sign_checkpoint(old.clone());
+    let cosignatures = pinned
+        .witnesses
+        .iter()
+        .map(|name| {
+            let c =
+                key(pki.join("witness").join(format!("{name}.key"))).cosign(name, old.time, &old);
+            proto::Cosignature {
+                witness: c.witness,
+                time: c.time,
+                signature: c.signature.to_vec(),
+            }
+        })
+        .collect();
+    let reply = proto::GetCheckpointResponse {
+        checkpoint: old.body(),
+        signature: signed.signature.to_vec(),
+        cosignatures,
+    };
+    // New entries for alice, then the stale answer.
+    activity(&s, "alice", "bob", 1).await;
+    let fake = Impostor::access_policy(
+        &s,
+        "alice",
+        AccessPolicyHooks {
+            get_checkpoint: hook(move |_, _| {
+                let reply = reply.clone();
+                async move { Ok(tonic::Response::new(reply)) }
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mesh = crate::common::impostor::redirect(
+        &s.mesh_file(),
+        sesphr_identity::Service::AccessPolicy,
+        &fake.url,
+    );
+    let e = verification_error(session(&s, &mesh, "alice").verified_audit().await);
+    assert!(e.contains("s old) does not cover entry"), "{e}");
+    s.shutdown().await;
+}

@@ -873,9 +873,16 @@ class AuditHead:
             return None
         try:
             cosigs = data.get("cosignatures", [])
-            if set(data) - _HEAD_KEYS - {"cosignatures"} or _HEAD_KEYS - set(data):
+            # seen_entries/seen_digest: the Rust client's record of the entries it
+            # showed up to this size (checked by it on its next read; kept as
+            # written here only if this client does not replace the pin).
+            optional = {"cosignatures", "seen_entries", "seen_digest"}
+            if set(data) - _HEAD_KEYS - optional or _HEAD_KEYS - set(data):
                 raise ValueError(f"expected exactly {', '.join(sorted(_HEAD_KEYS))} and "
                                  "[[cosignatures]]")
+            if not isinstance(data.get("seen_entries", 0), int) or not isinstance(
+                    data.get("seen_digest", ""), str):
+                raise ValueError("seen_entries must be an integer, seen_digest hex")
             if not isinstance(cosigs, list) or not all(
                     isinstance(c, dict) and set(c) == {"witness", "time", "signature"}
                     for c in cosigs):

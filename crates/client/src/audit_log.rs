@@ -30,6 +30,17 @@ use crate::{AuditEntry, ClientError, rpc, unary};
 /// the newest listed entry (they do within a few of their rounds).
 pub const WITNESS_WAIT: Duration = Duration::from_secs(8);
 
+/// How old (by its signed time, against this machine's clock) the witnessed
+/// checkpoint may be while listed entries are newer than it.
+pub const MAX_WITNESSED_AGE: Duration = Duration::from_secs(120);
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// Most leaf indexes asked per inclusion-proof request (the server's cap).
 const PROOF_BATCH: usize = 256;
 
@@ -80,6 +91,27 @@ struct PinFile {
     signature: String,
     #[serde(default)]
     cosignatures: Vec<PinCosignature>,
+    /// How many of the caller's entries the pinned tree holds, and a digest
+    /// of them (see [`seen_digest`]): a later listing must show them all
+    /// again, unchanged.
+    #[serde(default)]
+    seen_entries: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    seen_digest: String,
+}
+
+/// SHA-256 over `seq u64 BE ‖ leaf hash` of `entries` (in listing order)
+/// whose seq is at most `size`: what a caller saw of a tree of that size.
+fn seen_digest(entries: &[AuditEntry], size: u64) -> Result<(u64, Hash), ClientError> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    for e in entries.iter().filter(|e| e.seq <= size) {
+        h.update(e.seq.to_be_bytes());
+        h.update(merkle::leaf_hash(&leaf_data(e)?));
+        n += 1;
+    }
+    Ok((n, h.finalize().into()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +120,14 @@ struct PinCosignature {
     witness: String,
     time: i64,
     signature: String,
+}
+
+/// What a pin file holds.
+struct Pinned {
+    checkpoint: Checkpoint,
+    cosignatures: Vec<Cosignature>,
+    /// (count, digest) of the caller's entries in the pinned tree.
+    seen: Option<(u64, Hash)>,
 }
 
 /// The pinned head of one profile.
@@ -114,7 +154,7 @@ impl AuditPin {
         ))
     }
 
-    fn load(&self) -> Result<Option<(Checkpoint, Vec<Cosignature>)>, ClientError> {
+    fn load(&self) -> Result<Option<Pinned>, ClientError> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -140,13 +180,32 @@ impl AuditPin {
                     .ok_or_else(|| self.bad("a cosignature is not 128 hex digits"))?,
             });
         }
-        Ok(Some((cp, cosigs)))
+        let seen = match f.seen_digest.as_str() {
+            "" => None,
+            d => Some((
+                f.seen_entries,
+                hex::decode(d)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| self.bad("seen_digest is not 64 hex digits"))?,
+            )),
+        };
+        Ok(Some(Pinned {
+            checkpoint: cp,
+            cosignatures: cosigs,
+            seen,
+        }))
     }
 
-    fn save(&self, v: &VerifiedAudit) -> Result<(), ClientError> {
+    fn save(&self, v: &VerifiedAudit, seen: (u64, Hash)) -> Result<(), ClientError> {
         let Some(head) = &v.head else {
             return Ok(());
         };
+        // Another read of this profile may have pinned a larger tree
+        // meanwhile: a pin never moves back.
+        if self.load()?.is_some_and(|p| p.checkpoint.size > head.size) {
+            return Ok(());
+        }
         let f = PinFile {
             origin: head.origin.clone(),
             size: head.size,
@@ -162,6 +221,8 @@ impl AuditPin {
                     signature: hex::encode(c.signature),
                 })
                 .collect(),
+            seen_entries: seen.0,
+            seen_digest: hex::encode(seen.1),
         };
         let text = toml::to_string(&f).expect("a pin serializes");
         sesphr_mesh::pki::write_secret(&self.path, text.as_bytes())?;
@@ -258,12 +319,16 @@ pub(crate) async fn verified_read(
     // Wait (bounded) for a witnessed checkpoint that covers every listed
     // entry and does not fall behind the pin.
     let deadline = Instant::now() + WITNESS_WAIT;
-    let floor = pinned.as_ref().map_or(0, |(c, _)| c.size);
+    let floor = pinned.as_ref().map_or(0, |p| p.checkpoint.size);
     let (signed, cosignatures, counted) = loop {
         let got = witnessed_head(clients, keys).await;
         let covers = matches!(&got, Ok((s, _, _)) if s.checkpoint.size >= want.max(floor));
         let none_yet = matches!(&got, Err(ClientError::Rpc { status, .. })
             if status.code() == tonic::Code::FailedPrecondition);
+        // A checkpoint whose cosignatures do not make the quorum (a witness
+        // still behind, or one sending garbage) may be followed by one that
+        // does: keep asking until the deadline.
+        let not_yet = matches!(&got, Err(ClientError::Verification(_)));
         if none_yet && entries.is_empty() && pinned.is_none() {
             return Ok(VerifiedAudit {
                 head: None,
@@ -274,7 +339,7 @@ pub(crate) async fn verified_read(
                 entries: Vec::new(),
             });
         }
-        if covers || Instant::now() >= deadline || !(none_yet || got.is_ok()) {
+        if covers || Instant::now() >= deadline || !(none_yet || not_yet || got.is_ok()) {
             if none_yet {
                 return Err(tampered(format!(
                     "no checkpoint of the log carries cosignatures of {} of its witnesses: \
@@ -288,7 +353,25 @@ pub(crate) async fn verified_read(
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let head = signed.checkpoint.clone();
-    if let Some((old, old_cosigs)) = &pinned {
+    // A server can keep answering with an old witnessed checkpoint so that
+    // newer entries stay "pending" for ever: entries the witnessed head
+    // does not cover are only tolerated while it is fresh.
+    if want > head.size {
+        let age = unix_now() - head.time;
+        if age > MAX_WITNESSED_AGE.as_secs() as i64 {
+            return Err(tampered(format!(
+                "the newest witnessed checkpoint (size {}, {age} s old) does not cover entry #{want}: \
+                 witnesses are not cosigning new checkpoints, or the log withholds them",
+                head.size
+            )));
+        }
+    }
+    if let Some(Pinned {
+        checkpoint: old,
+        cosignatures: old_cosigs,
+        seen,
+    }) = &pinned
+    {
         let proof = if head.size > old.size && old.size > 0 {
             let r = clients
                 .policy
@@ -311,6 +394,19 @@ pub(crate) async fn verified_read(
                 msg.push_str(&format!("; {e}"));
             }
             return Err(tampered(msg));
+        }
+        // Every entry about the caller that the pinned tree held, and this
+        // profile saw, must be listed again unchanged.
+        if let Some((count, digest)) = seen {
+            let now = seen_digest(&entries, old.size)?;
+            if now != (*count, *digest) {
+                return Err(tampered(format!(
+                    "the listing no longer shows the {count} entries about you this profile saw \
+                     in the log up to size {} ({} listed now, or some changed): entries were \
+                     hidden or altered",
+                    old.size, now.0
+                )));
+            }
         }
     }
     // Inclusion of every listed entry the checkpoint covers.
@@ -362,19 +458,37 @@ pub(crate) async fn verified_read(
             proofs[i] = Some(path);
         }
     }
+    // Only the cosignatures that counted are kept, shown and pinned.
+    let valid = |c: &Cosignature| {
+        keys.witnesses
+            .iter()
+            .any(|(n, k)| *n == c.witness && k.verify_cosignature(&signed.checkpoint, c).is_ok())
+    };
+    let cosignatures: Vec<Cosignature> = counted
+        .iter()
+        .filter_map(|name| {
+            cosignatures
+                .iter()
+                .find(|c| &c.witness == name && valid(c))
+                .cloned()
+        })
+        .collect();
     let verified = VerifiedAudit {
         head: Some(head),
         signature: signed.signature,
         witnesses: counted,
         cosignatures,
-        previous_size: pinned.map(|(c, _)| c.size),
+        previous_size: pinned.map(|p| p.checkpoint.size),
         entries: entries
             .into_iter()
             .zip(proofs)
             .map(|(entry, proof)| ProvenEntry { entry, proof })
             .collect(),
     };
-    pin.save(&verified)?;
+    if let Some(head) = &verified.head {
+        let listed: Vec<AuditEntry> = verified.entries.iter().map(|p| p.entry.clone()).collect();
+        pin.save(&verified, seen_digest(&listed, head.size)?)?;
+    }
     Ok(verified)
 }
 

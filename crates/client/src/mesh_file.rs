@@ -264,6 +264,17 @@ impl MeshFile {
                 witnesses.len()
             ));
         }
+        // Two disjoint minorities could each cosign another root at one
+        // size, and no client would see both: a quorum is a majority, or 0
+        // (the explicit choice of no witness protection).
+        if quorum != 0 && quorum <= witnesses.len() / 2 {
+            return Err(format!(
+                "audit.witness_quorum {quorum} is not a majority of the {} witnesses (at least {}; \
+                 0 turns witness checks off)",
+                witnesses.len(),
+                witnesses.len() / 2 + 1
+            ));
+        }
         let origin = a
             .origin
             .clone()
@@ -353,6 +364,9 @@ mod tests {
         assert!(refused(section(&[("a", 2), ("b", 2)], None)).contains("same key"));
         assert!(refused(section(&[("a", 1)], None)).contains("log's own key"));
         assert!(refused(section(&[("a", 2)], Some(2))).contains("more than the 1"));
+        let four = [("a", 2), ("b", 3), ("c", 4), ("d", 5)];
+        assert!(refused(section(&four, Some(2))).contains("not a majority"));
+        assert_eq!(mesh(section(&four, Some(0))).audit_log().unwrap().quorum, 0);
         let mut bad = section(&[], None);
         bad.log_key = "02".repeat(3);
         assert!(refused(bad).contains("audit.log_key"));

@@ -776,6 +776,15 @@ impl PolicyStore {
         } else {
             Ok(())
         };
+        if let Err(e) = &flushed {
+            // The batch committed in memory and may still reach the disk
+            // (sled flushes in the background), though its callers are told
+            // it failed: stop appending and signing until an operator has
+            // looked, rather than let an outcome nobody saw become history.
+            let problem = format!("a flush failed ({e}); the last batch's outcome is unknown");
+            tracing::error!(%problem, "audit log stopped");
+            self.lock_head().broken = Some(problem);
+        }
         for (job, r) in batch.iter().zip(results) {
             job.finish(match (&flushed, r) {
                 (Err(e), Ok(_)) => Err(DomainError::from(e.clone())),

@@ -310,10 +310,14 @@ impl CheckpointStore {
         v.extend_from_slice(&cosignature.time.to_be_bytes());
         v.extend_from_slice(&cosignature.signature);
         // Compare-and-swap from "absent": the first cosignature stays.
-        let _ = self
+        // Only a new cosignature costs a flush.
+        let inserted = self
             .cosignatures
-            .compare_and_swap(key, None as Option<&[u8]>, Some(v))?;
-        self.cosignatures.flush()?;
+            .compare_and_swap(key, None as Option<&[u8]>, Some(v))?
+            .is_ok();
+        if inserted {
+            self.cosignatures.flush()?;
+        }
         Ok(())
     }
 
