@@ -467,35 +467,27 @@ async fn an_operator_verifies_and_exports_the_whole_log() {
     s.shutdown().await;
 }
 
-/// A log operator holding the log key *and* a quorum of witness keys shows
-/// a patient another tree at the size she pinned: she reports the fork and
-/// names every witness that cosigned both roots.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn witnesses_that_cosign_two_roots_at_one_size_are_named() {
-    use crate::common::impostor::{AccessPolicyHooks, Impostor, hook};
-    use sesphr_tlog::{Checkpoint, SigningKey};
-    let s = Sandbox::start().await;
-    activity(&s, "alice", "bob", 0).await;
-    let pinned = s.session("alice").verified_audit().await.unwrap();
-    let head = pinned.head.clone().unwrap();
+/// A `GetCheckpoint` answer for `checkpoint`, signed with the dev mesh's log
+/// key and cosigned with the keys of `witnesses` (as an insider holding
+/// those keys could).
+fn forged_answer(
+    s: &Sandbox,
+    checkpoint: &sesphr_tlog::Checkpoint,
+    witnesses: &[String],
+    cosigned_at: i64,
+) -> proto::GetCheckpointResponse {
     let pki = s.dir.path().join("mesh").join("pki");
     let key = |path: std::path::PathBuf| {
-        SigningKey::from_hex(&std::fs::read_to_string(path).unwrap()).unwrap()
+        sesphr_tlog::SigningKey::from_hex(&std::fs::read_to_string(path).unwrap()).unwrap()
     };
-    let log = key(pki.join("audit").join("log.key"));
-    let forged = Checkpoint {
-        root: [7; 32],
-        ..head.clone()
-    };
-    let signed = log.sign_checkpoint(forged.clone());
-    let cosignatures: Vec<proto::Cosignature> = pinned
-        .witnesses
+    let signed = key(pki.join("audit").join("log.key")).sign_checkpoint(checkpoint.clone());
+    let cosignatures = witnesses
         .iter()
         .map(|name| {
             let c = key(pki.join("witness").join(format!("{name}.key"))).cosign(
                 name,
-                head.time + 1,
-                &forged,
+                cosigned_at,
+                checkpoint,
             );
             proto::Cosignature {
                 witness: c.witness,
@@ -504,11 +496,29 @@ async fn witnesses_that_cosign_two_roots_at_one_size_are_named() {
             }
         })
         .collect();
-    let reply = proto::GetCheckpointResponse {
-        checkpoint: forged.body(),
+    proto::GetCheckpointResponse {
+        checkpoint: checkpoint.body(),
         signature: signed.signature.to_vec(),
         cosignatures,
+    }
+}
+
+/// A log operator holding the log key *and* a quorum of witness keys shows
+/// a patient another tree at the size she pinned: she reports the fork and
+/// names every witness that cosigned both roots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn witnesses_that_cosign_two_roots_at_one_size_are_named() {
+    use crate::common::impostor::{AccessPolicyHooks, Impostor, hook};
+    use sesphr_tlog::Checkpoint;
+    let s = Sandbox::start().await;
+    activity(&s, "alice", "bob", 0).await;
+    let pinned = s.session("alice").verified_audit().await.unwrap();
+    let head = pinned.head.clone().unwrap();
+    let forged = Checkpoint {
+        root: [7; 32],
+        ..head.clone()
     };
+    let reply = forged_answer(&s, &forged, &pinned.witnesses, head.time + 1);
     let fake = Impostor::access_policy(
         &s,
         "alice",
@@ -582,39 +592,17 @@ async fn an_entry_hidden_from_its_owner_after_she_saw_it_is_caught() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_witnessed_checkpoint_cannot_hide_new_entries() {
     use crate::common::impostor::{AccessPolicyHooks, Impostor, hook};
-    use sesphr_tlog::{Checkpoint, SigningKey};
+    use sesphr_tlog::Checkpoint;
     let s = Sandbox::start().await;
     activity(&s, "alice", "bob", 0).await;
     let pinned = s.session("alice").verified_audit().await.unwrap();
     let head = pinned.head.clone().unwrap();
     // The same tree, re-signed as if published ten minutes ago.
-    let pki = s.dir.path().join("mesh").join("pki");
-    let key = |path: std::path::PathBuf| {
-        SigningKey::from_hex(&std::fs::read_to_string(path).unwrap()).unwrap()
-    };
     let old = Checkpoint {
         time: head.time - 600,
         ..head.clone()
     };
-    let signed = key(pki.join("audit").join("log.key")).sign_checkpoint(old.clone());
-    let cosignatures = pinned
-        .witnesses
-        .iter()
-        .map(|name| {
-            let c =
-                key(pki.join("witness").join(format!("{name}.key"))).cosign(name, old.time, &old);
-            proto::Cosignature {
-                witness: c.witness,
-                time: c.time,
-                signature: c.signature.to_vec(),
-            }
-        })
-        .collect();
-    let reply = proto::GetCheckpointResponse {
-        checkpoint: old.body(),
-        signature: signed.signature.to_vec(),
-        cosignatures,
-    };
+    let reply = forged_answer(&s, &old, &pinned.witnesses, old.time);
     // New entries for alice, then the stale answer.
     activity(&s, "alice", "bob", 1).await;
     let fake = Impostor::access_policy(
