@@ -388,30 +388,25 @@ async fn the_export_carries_proofs_an_outsider_can_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_checkpoint_signature_is_refused() {
-    use crate::common::impostor::{self, AccessPolicyHooks, Impostor, hook};
+    use crate::common::impostor::{self, AccessPolicyHooks, hook};
     let s = Sandbox::start().await;
     activity(&s, "alice", "bob", 0).await;
-    let fake = Impostor::access_policy(
-        &s,
-        "alice",
-        AccessPolicyHooks {
-            get_checkpoint: hook(
-                |up, req: tonic::Request<proto::GetCheckpointRequest>| async move {
-                    let mut r = impostor::forward::get_checkpoint(up, req).await?;
-                    r.get_mut().signature[10] ^= 1;
-                    Ok(r)
-                },
-            ),
-            ..Default::default()
-        },
-    )
-    .await;
-    let mesh = impostor::redirect(
-        &s.mesh_file(),
-        sesphr_identity::Service::AccessPolicy,
-        &fake.url,
+    let e = verification_error(
+        alice_through(
+            &s,
+            AccessPolicyHooks {
+                get_checkpoint: hook(
+                    |up, req: tonic::Request<proto::GetCheckpointRequest>| async move {
+                        let mut r = impostor::forward::get_checkpoint(up, req).await?;
+                        r.get_mut().signature[10] ^= 1;
+                        Ok(r)
+                    },
+                ),
+                ..Default::default()
+            },
+        )
+        .await,
     );
-    let e = verification_error(session(&s, &mesh, "alice").verified_audit().await);
     assert!(e.contains("log signature does not verify"), "{e}");
     s.shutdown().await;
 }
@@ -467,6 +462,22 @@ async fn an_operator_verifies_and_exports_the_whole_log() {
     s.shutdown().await;
 }
 
+/// Alice's verified read through an AccessPolicy impostor with `hooks`
+/// (forwarding the rest to the real one).
+async fn alice_through(
+    s: &Sandbox,
+    hooks: crate::common::impostor::AccessPolicyHooks,
+) -> Result<sesphr_client::VerifiedAudit, ClientError> {
+    use crate::common::impostor::{self, Impostor};
+    let fake = Impostor::access_policy(s, "alice", hooks).await;
+    let mesh = impostor::redirect(
+        &s.mesh_file(),
+        sesphr_identity::Service::AccessPolicy,
+        &fake.url,
+    );
+    session(s, &mesh, "alice").verified_audit().await
+}
+
 /// A `GetCheckpoint` answer for `checkpoint`, signed with the dev mesh's log
 /// key and cosigned with the keys of `witnesses` (as an insider holding
 /// those keys could).
@@ -508,7 +519,7 @@ fn forged_answer(
 /// names every witness that cosigned both roots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn witnesses_that_cosign_two_roots_at_one_size_are_named() {
-    use crate::common::impostor::{AccessPolicyHooks, Impostor, hook};
+    use crate::common::impostor::{AccessPolicyHooks, hook};
     use sesphr_tlog::Checkpoint;
     let s = Sandbox::start().await;
     activity(&s, "alice", "bob", 0).await;
@@ -519,24 +530,19 @@ async fn witnesses_that_cosign_two_roots_at_one_size_are_named() {
         ..head.clone()
     };
     let reply = forged_answer(&s, &forged, &pinned.witnesses, head.time + 1);
-    let fake = Impostor::access_policy(
-        &s,
-        "alice",
-        AccessPolicyHooks {
-            get_checkpoint: hook(move |_, _| {
-                let reply = reply.clone();
-                async move { Ok(tonic::Response::new(reply)) }
-            }),
-            ..Default::default()
-        },
-    )
-    .await;
-    let mesh = crate::common::impostor::redirect(
-        &s.mesh_file(),
-        sesphr_identity::Service::AccessPolicy,
-        &fake.url,
+    let e = verification_error(
+        alice_through(
+            &s,
+            AccessPolicyHooks {
+                get_checkpoint: hook(move |_, _| {
+                    let reply = reply.clone();
+                    async move { Ok(tonic::Response::new(reply)) }
+                }),
+                ..Default::default()
+            },
+        )
+        .await,
     );
-    let e = verification_error(session(&s, &mesh, "alice").verified_audit().await);
     assert!(e.contains(&format!("forked at size {}", head.size)), "{e}");
     for name in &pinned.witnesses {
         assert!(
@@ -551,35 +557,30 @@ async fn witnesses_that_cosign_two_roots_at_one_size_are_named() {
 /// one she saw and pinned before, is caught: the pin remembers what she saw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_hidden_from_its_owner_after_she_saw_it_is_caught() {
-    use crate::common::impostor::{self, AccessPolicyHooks, Impostor, forward, hook};
+    use crate::common::impostor::{self, AccessPolicyHooks, forward, hook};
     use futures::StreamExt as _;
     let s = Sandbox::start().await;
     activity(&s, "alice", "bob", 0).await;
     let seen = s.session("alice").verified_audit().await.unwrap();
     let hidden = seen.entries[1].entry.seq;
-    let fake = Impostor::access_policy(
-        &s,
-        "alice",
-        AccessPolicyHooks {
-            list_audit: hook(move |up, req| async move {
-                let real = forward::list_audit(up, req).await?.into_inner();
-                let filtered: impostor::ReplyStream<proto::AuditEntry> =
-                    Box::pin(real.filter(move |e| {
-                        let keep = !matches!(e, Ok(e) if e.seq == hidden);
-                        async move { keep }
-                    }));
-                Ok(tonic::Response::new(filtered))
-            }),
-            ..Default::default()
-        },
-    )
-    .await;
-    let mesh = impostor::redirect(
-        &s.mesh_file(),
-        sesphr_identity::Service::AccessPolicy,
-        &fake.url,
+    let e = verification_error(
+        alice_through(
+            &s,
+            AccessPolicyHooks {
+                list_audit: hook(move |up, req| async move {
+                    let real = forward::list_audit(up, req).await?.into_inner();
+                    let filtered: impostor::ReplyStream<proto::AuditEntry> =
+                        Box::pin(real.filter(move |e| {
+                            let keep = !matches!(e, Ok(e) if e.seq == hidden);
+                            async move { keep }
+                        }));
+                    Ok(tonic::Response::new(filtered))
+                }),
+                ..Default::default()
+            },
+        )
+        .await,
     );
-    let e = verification_error(session(&s, &mesh, "alice").verified_audit().await);
     assert!(e.contains("no longer shows"), "{e}");
     // The honest listing still verifies.
     s.session("alice").verified_audit().await.unwrap();
@@ -591,7 +592,7 @@ async fn an_entry_hidden_from_its_owner_after_she_saw_it_is_caught() {
 /// "pending" for ever is caught once the checkpoint is too old.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_witnessed_checkpoint_cannot_hide_new_entries() {
-    use crate::common::impostor::{AccessPolicyHooks, Impostor, hook};
+    use crate::common::impostor::{AccessPolicyHooks, hook};
     use sesphr_tlog::Checkpoint;
     let s = Sandbox::start().await;
     activity(&s, "alice", "bob", 0).await;
@@ -605,24 +606,19 @@ async fn a_stale_witnessed_checkpoint_cannot_hide_new_entries() {
     let reply = forged_answer(&s, &old, &pinned.witnesses, old.time);
     // New entries for alice, then the stale answer.
     activity(&s, "alice", "bob", 1).await;
-    let fake = Impostor::access_policy(
-        &s,
-        "alice",
-        AccessPolicyHooks {
-            get_checkpoint: hook(move |_, _| {
-                let reply = reply.clone();
-                async move { Ok(tonic::Response::new(reply)) }
-            }),
-            ..Default::default()
-        },
-    )
-    .await;
-    let mesh = crate::common::impostor::redirect(
-        &s.mesh_file(),
-        sesphr_identity::Service::AccessPolicy,
-        &fake.url,
+    let e = verification_error(
+        alice_through(
+            &s,
+            AccessPolicyHooks {
+                get_checkpoint: hook(move |_, _| {
+                    let reply = reply.clone();
+                    async move { Ok(tonic::Response::new(reply)) }
+                }),
+                ..Default::default()
+            },
+        )
+        .await,
     );
-    let e = verification_error(session(&s, &mesh, "alice").verified_audit().await);
     assert!(e.contains("s old) does not cover entry"), "{e}");
     s.shutdown().await;
 }

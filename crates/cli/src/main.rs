@@ -265,13 +265,6 @@ fn write_new_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// One line per proven entry, tab-separated (entries newer than the
 /// witnessed checkpoint are not shown: nothing vouches for them yet). The
 /// entries' text is AccessPolicy's: no control character of it reaches the
@@ -634,7 +627,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // tampered with shows nothing but the one line saying how.
             let audit = s.verified_audit().await?;
             if let Some(path) = &export {
-                let bundle = client::audit_export::fhir_bundle(&audit, unix_now());
+                let bundle = client::audit_export::fhir_bundle(
+                    &audit,
+                    OffsetDateTime::now_utc().unix_timestamp(),
+                );
                 let text = serde_json::to_vec_pretty(&bundle)?;
                 write_new_file(path, &text)?;
             }
@@ -666,7 +662,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let audit = client::audit_log::verified_audit_as(&mesh, &cert, &key, &pin_dir).await?;
             match &export {
                 Some(path) => {
-                    let bundle = client::audit_export::fhir_bundle(&audit, unix_now());
+                    let bundle = client::audit_export::fhir_bundle(
+                        &audit,
+                        OffsetDateTime::now_utc().unix_timestamp(),
+                    );
                     write_new_file(path, &serde_json::to_vec_pretty(&bundle)?)?;
                     eprintln!(
                         "wrote {} AuditEvents to {}",

@@ -34,13 +34,6 @@ pub const WITNESS_WAIT: Duration = Duration::from_secs(8);
 /// checkpoint may be while listed entries are newer than it.
 pub const MAX_WITNESSED_AGE: Duration = Duration::from_secs(120);
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Most leaf indexes asked per inclusion-proof request (the server's cap).
 const PROOF_BATCH: usize = 256;
 
@@ -357,7 +350,7 @@ pub(crate) async fn verified_read(
     // newer entries stay "pending" for ever: entries the witnessed head
     // does not cover are only tolerated while it is fresh.
     if want > head.size {
-        let age = unix_now() - head.time;
+        let age = sesphr_mesh::unix_now() - head.time;
         if age > MAX_WITNESSED_AGE.as_secs() as i64 {
             return Err(tampered(format!(
                 "the newest witnessed checkpoint (size {}, {age} s old) does not cover entry #{want}: \

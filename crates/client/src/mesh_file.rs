@@ -257,7 +257,7 @@ impl MeshFile {
         }
         let quorum = a
             .witness_quorum
-            .unwrap_or(witnesses.len() / 2 + witnesses.len().min(1));
+            .unwrap_or(sesphr_tlog::majority(witnesses.len()));
         if quorum > witnesses.len() {
             return Err(format!(
                 "audit.witness_quorum {quorum} is more than the {} witnesses listed",
@@ -267,18 +267,18 @@ impl MeshFile {
         // Two disjoint minorities could each cosign another root at one
         // size, and no client would see both: a quorum is a majority, or 0
         // (the explicit choice of no witness protection).
-        if quorum != 0 && quorum <= witnesses.len() / 2 {
+        if quorum != 0 && quorum < sesphr_tlog::majority(witnesses.len()) {
             return Err(format!(
                 "audit.witness_quorum {quorum} is not a majority of the {} witnesses (at least {}; \
                  0 turns witness checks off)",
                 witnesses.len(),
-                witnesses.len() / 2 + 1
+                sesphr_tlog::majority(witnesses.len())
             ));
         }
         let origin = a
             .origin
             .clone()
-            .unwrap_or_else(|| format!("{}/audit", self.trust_domain));
+            .unwrap_or_else(|| sesphr_tlog::audit_origin(&self.trust_domain));
         if origin.is_empty() {
             return Err("audit.origin is empty".into());
         }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sesphr_identity::{Identity, NodeIndex, Service};
+use sesphr_identity::{Caller, Identity, NodeIndex, Service};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -60,11 +60,8 @@ impl Served {
 
     /// The name it cosigns audit checkpoints under, if it is a witness
     /// (CloudStorage and the nodes may be).
-    pub fn witness_name(self) -> Option<String> {
-        match self {
-            Served::Service(Service::CloudStorage) | Served::SrsNode(_) => Some(self.name()),
-            Served::Service(_) => None,
-        }
+    pub fn witness_name(self, trust_domain: &str) -> Option<String> {
+        Caller::from_identity(&self.identity(trust_domain)).witness_name()
     }
 
     /// The identity its certificate names.
@@ -529,7 +526,7 @@ pub async fn run_service(
             let task = tokio::spawn(crate::witness::publish_checkpoints(
                 store.clone(),
                 Arc::new(log.key),
-                crate::witness::origin(&td),
+                sesphr_tlog::audit_origin(&td),
                 log.checkpoint_interval,
                 stopped,
             ));
@@ -538,7 +535,7 @@ pub async fn run_service(
         (Some(_), None) => return Err(ServeError::MissingAuditLogKey),
         _ => None,
     };
-    let witness = match (p.witness, service.witness_name()) {
+    let witness = match (p.witness, service.witness_name(&td)) {
         (Some(w), Some(name)) => {
             let endpoint = p
                 .access_policy_endpoint
@@ -551,7 +548,7 @@ pub async fn run_service(
                 name,
                 key: w.key,
                 log_key: w.log_key,
-                origin: crate::witness::origin(&td),
+                origin: sesphr_tlog::audit_origin(&td),
                 pin_path: crate::witness::pin_path(&store_dir),
                 interval: w.poll_interval,
                 timeout: p.peer_timeout,
@@ -811,7 +808,7 @@ impl DevLayout {
         let log_key = ensure_key_pair(&dev_audit_dir(&dir), "log")?;
         let mut witnesses = Vec::new();
         for served in &order {
-            if let Some(name) = served.witness_name() {
+            if let Some(name) = served.witness_name(&opts.trust_domain) {
                 let key = ensure_key_pair(&dev_witness_dir(&dir), &name)?;
                 witnesses.push(sesphr_client::WitnessEntry {
                     name,
@@ -820,9 +817,9 @@ impl DevLayout {
             }
         }
         let audit = sesphr_client::AuditSection {
-            origin: Some(crate::witness::origin(&opts.trust_domain)),
+            origin: Some(sesphr_tlog::audit_origin(&opts.trust_domain)),
             log_key: log_key.to_hex(),
-            witness_quorum: Some(witnesses.len() / 2 + 1),
+            witness_quorum: Some(sesphr_tlog::majority(witnesses.len())),
             witnesses,
         };
         let mesh = MeshFile {
@@ -928,7 +925,7 @@ fn serve_file(
             };
         }
     }
-    if let Some(name) = served.witness_name() {
+    if let Some(name) = served.witness_name(&opts.trust_domain) {
         file.witness = crate::config::WitnessSection {
             key_file: Some(dev_witness_dir(dir).join(format!("{name}.key"))),
             log_public_key_file: Some(dev_audit_dir(dir).join("log.pub")),
@@ -1014,7 +1011,7 @@ impl DevMesh {
                 }),
                 _ => None,
             };
-            let witness = match service.witness_name() {
+            let witness = match service.witness_name(&opts.trust_domain) {
                 Some(name) => Some(WitnessParams {
                     key: read_signing_key(&dev_witness_dir(&dir).join(format!("{name}.key")))?,
                     log_key: read_public_key(&dev_audit_dir(&dir).join("log.pub"))?,

@@ -251,9 +251,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             let log = sesphr_server::daemon::ensure_key_pair(&out, "log")?;
             let mut section = sesphr_client::AuditSection {
-                origin: Some(sesphr_server::witness::origin(&trust_domain)),
+                origin: Some(sesphr_tlog::audit_origin(&trust_domain)),
                 log_key: log.to_hex(),
-                witness_quorum: Some(witnesses.len() / 2 + witnesses.len().min(1)),
+                witness_quorum: Some(sesphr_tlog::majority(witnesses.len())),
                 witnesses: Vec::new(),
             };
             for name in &witnesses {

@@ -22,11 +22,6 @@ use tonic::transport::Channel;
 
 use sesphr_mesh::unix_now;
 
-/// The checkpoint origin of a mesh's audit log.
-pub fn origin(trust_domain: &str) -> String {
-    format!("{trust_domain}/audit")
-}
-
 /// Where a witness keeps its pin, inside its data directory.
 pub fn pin_path(data_dir: &Path) -> PathBuf {
     data_dir.join("witness-pin")

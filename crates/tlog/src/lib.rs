@@ -19,6 +19,18 @@ pub use checkpoint::{
 };
 pub use merkle::{Hash, ProofError};
 
+/// The checkpoint origin of a mesh's audit log: `<trust_domain>/audit`.
+pub fn audit_origin(trust_domain: &str) -> String {
+    format!("{trust_domain}/audit")
+}
+
+/// The default witness quorum for `witnesses` witnesses: a majority (0 for
+/// none). Two majorities always share a witness, so no two disjoint groups
+/// can each cosign another root at one size.
+pub fn majority(witnesses: usize) -> usize {
+    if witnesses == 0 { 0 } else { witnesses / 2 + 1 }
+}
+
 /// Why a checkpoint cannot follow the one pinned: the log was truncated,
 /// rewritten or forked relative to what this verifier saw before.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
