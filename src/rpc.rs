@@ -33,6 +33,10 @@ pub enum Rpc {
     QueryBlob,
     /// `Srs/Enroll`: a new user gets a certificate.
     Enroll,
+    /// `Srs/Invite`: an operator (any role) or a patient (family, friends) invites one user.
+    Invite,
+    /// `Srs/Renew`: a user renews its certificate.
+    Renew,
     /// `Srs/GetUser`: a user's public keys.
     GetUser,
     /// `SrsNode/PutKfrag`: an owner stores one node's re-encryption key fragment.
@@ -65,6 +69,12 @@ pub enum Rpc {
     AddCosignature,
     /// `AccessPolicy/RecordEvent`: a service appends an audit event.
     RecordEvent,
+    /// `AccessPolicy/DisableUser`: an operator disables a user.
+    DisableUser,
+    /// `AccessPolicy/EnableUser`: an operator enables it again.
+    EnableUser,
+    /// `AccessPolicy/GetDenyList`: the services learn who is disabled.
+    GetDenyList,
     /// `grpc.health.v1.Health/*`
     Health,
     /// `grpc.reflection.*`
@@ -190,6 +200,8 @@ pub const TABLE: RpcTable = RpcTable(&[
     method("sesphr.v1.CloudStorage/DeleteRecord", &[Patient], Expensive),
     method("sesphr.v1.CloudStorage/QueryBlob", &[Patient], Expensive),
     method("sesphr.v1.Srs/Enroll", &[Anyone], Expensive),
+    method("sesphr.v1.Srs/Invite", &[Patient, Operator], Expensive),
+    method("sesphr.v1.Srs/Renew", &[Patient, Practitioner], Expensive),
     method("sesphr.v1.Srs/GetUser", ANY_AUTHENTICATED, Expensive),
     method("sesphr.v1.SrsNode/PutKfrag", &[Patient], Expensive),
     method("sesphr.v1.SrsNode/DeleteKfrags", &[Patient], Expensive),
@@ -243,6 +255,13 @@ pub const TABLE: RpcTable = RpcTable(&[
     ),
     method(
         "sesphr.v1.AccessPolicy/RecordEvent",
+        &[CLOUD, SRS, NODE],
+        Cheap,
+    ),
+    method("sesphr.v1.AccessPolicy/DisableUser", &[Operator], Expensive),
+    method("sesphr.v1.AccessPolicy/EnableUser", &[Operator], Expensive),
+    method(
+        "sesphr.v1.AccessPolicy/GetDenyList",
         &[CLOUD, SRS, NODE],
         Cheap,
     ),
@@ -301,13 +320,15 @@ pub fn table_markdown() -> String {
 
 impl Rpc {
     /// Every RPC, in table order.
-    pub const ALL: [Rpc; 24] = [
+    pub const ALL: [Rpc; 29] = [
         Rpc::PutRecord,
         Rpc::GetRecord,
         Rpc::ListRecords,
         Rpc::DeleteRecord,
         Rpc::QueryBlob,
         Rpc::Enroll,
+        Rpc::Invite,
+        Rpc::Renew,
         Rpc::GetUser,
         Rpc::PutKfrag,
         Rpc::DeleteKfrags,
@@ -324,6 +345,9 @@ impl Rpc {
         Rpc::GetConsistencyProof,
         Rpc::AddCosignature,
         Rpc::RecordEvent,
+        Rpc::DisableUser,
+        Rpc::EnableUser,
+        Rpc::GetDenyList,
         Rpc::Health,
         Rpc::Reflection,
     ];
