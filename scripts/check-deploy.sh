@@ -7,7 +7,10 @@
 #   3. checks the deployment's own rules (deploy/tools/check_manifests.py):
 #      Pod Security "restricted", grpc probes on the health port, references,
 #      NetworkPolicies and the mesh's calls they must admit or refuse,
-#      certificates, TOML vs. StatefulSet, one replica of the setup service
+#      certificates and the two trust roots (no pod holds the service CA's
+#      key, only the setup service the user CA's, every TOML names the user
+#      CA's certificate as tls.user_ca), TOML vs. StatefulSet (the deny
+#      list's timing, no self-registration in production), one replica of the setup service
 #      (and of AccessPolicy and CloudStorage), and the re-encryption nodes:
 #      one identity, volume, OPRF share and Service each, a PDB keeping the
 #      threshold t < n up; the audit log's keys: AccessPolicy's signing key,
@@ -154,10 +157,10 @@ expect_rule_failure probe-on-mtls-port 'pod("srs")["containers"][0]["readinessPr
 expect_rule_failure toml-port 'cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("srs-config")); cm["data"]["sesphrd.toml"] = cm["data"]["sesphrd.toml"].replace("0.0.0.0:50052", "0.0.0.0:50055")'
 expect_rule_failure open-mtls-port 'one("NetworkPolicy", "access-policy")["spec"]["ingress"][0]["from"] = [{"namespaceSelector": {}}]'
 expect_rule_failure missing-secret 'pod("access-policy")["volumes"][1]["secret"]["secretName"] = "nope"'
-expect_rule_failure pkcs1-ca 'one("Certificate", "sesphr-mesh-ca")["spec"]["privateKey"]["encoding"] = "PKCS1"'
+expect_rule_failure pkcs1-ca 'one("Certificate", "sesphr-service-ca")["spec"]["privateKey"]["encoding"] = "PKCS1"'
 # The setup service and the re-encryption nodes.
 expect_rule_failure setup-replicas 'one("StatefulSet", "srs")["spec"]["replicas"] = 3' 'must be exactly 1'
-expect_rule_failure setup-reencrypt-rate 'toml("srs-config", "enrollment_token_file", "reencrypt_rate = 10.0\nenrollment_token_file")' 'srs.reencrypt_rate'
+expect_rule_failure setup-reencrypt-rate 'toml("srs-config", "self_registration =", "reencrypt_rate = 10.0\nself_registration =")' 'srs.reencrypt_rate'
 expect_rule_failure node-replicas 'one("StatefulSet", "srs-node-2")["spec"]["replicas"] = 2' 'a node is one pod'
 expect_rule_failure node-identity 'one("Certificate", "srs-node-2")["spec"]["uris"] = ["spiffe://sesphr.local/service/srs-node/1"]' 'service/srs-node/2'
 expect_rule_failure node-shared-cert 'volume("srs-node-3", "tls")["secret"]["secretName"] = "srs-node-1-tls"' 'share the certificate Secret'
@@ -180,6 +183,23 @@ expect_rule_failure witness-key-at-policy 'p = pod("access-policy"); p["volumes"
 expect_rule_failure no-cloud-witness 'toml("cloud-storage-config", "[witness]", "[not_a_witness]")' 'no [witness] section'
 expect_rule_failure log-public-key-path 'toml("srs-node-config", "/etc/sesphr/audit-log/log.pub", "/etc/sesphr/audit-log/log.key")' 'witness.log_public_key_file'
 expect_rule_failure witness-to-policy-refused 'np = one("NetworkPolicy", "access-policy"); np["spec"]["ingress"][0]["from"] = [p for p in np["spec"]["ingress"][0]["from"] if p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") != "cloud-storage"]' 'refuse cloud-storage -> access-policy:50053'
+# The two trust roots: the service CA's key is no pod's, the user CA's the
+# setup service's alone; every service names the user CA's certificate.
+expect_rule_failure user-ca-key-at-node 'volume("srs-node-2", "user-ca")["secret"]["items"].append({"key": "tls.key", "path": "tls.key"})' 'mounts the user CA key'
+expect_rule_failure user-ca-whole-secret 'del volume("cloud-storage", "user-ca")["secret"]["items"]' 'mounts the user CA key'
+expect_rule_failure service-ca-key-at-setup 'volume("srs", "issuer")["secret"]["secretName"] = "sesphr-service-ca"' 'mounts the service CA key'
+expect_rule_failure service-ca-key-projected 'p = pod("access-policy"); p["volumes"].append({"name": "ca", "projected": {"sources": [{"secret": {"name": "sesphr-service-ca"}}]}}); p["containers"][0]["volumeMounts"].append({"name": "ca", "mountPath": "/etc/sesphr/ca", "readOnly": True})' 'mounts the service CA key'
+expect_rule_failure issuer-not-user-ca 'toml("srs-config", "issuer_key = \"/etc/sesphr/issuer/tls.key\"", "issuer_key = \"/etc/sesphr/tls/tls.key\"")' 'srs.issuer_key'
+expect_rule_failure no-user-ca 'toml("cloud-storage-config", "user_ca = \"/etc/sesphr/user-ca/tls.crt\"\n", "")' 'tls.user_ca is not set'
+expect_rule_failure user-ca-is-service-ca 'toml("srs-node-config", "user_ca = \"/etc/sesphr/user-ca/tls.crt\"", "user_ca = \"/etc/sesphr/tls/ca.crt\"")' 'tls.user_ca is on Secret'
+expect_rule_failure user-ca-issuer 'docs.append({"apiVersion": "cert-manager.io/v1", "kind": "Issuer", "metadata": {"name": "users", "namespace": "sesphr"}, "spec": {"ca": {"secretName": "sesphr-user-ca"}}})' 'signs with the user CA'
+expect_rule_failure operator-from-user-ca 'one("Certificate", "srs")["spec"]["issuerRef"]["name"] = "sesphr-selfsigned"' 'come from the service CA Issuer'
+# Invitations and deactivation.
+expect_rule_failure self-registration-env 'pod("srs")["containers"][0]["env"].append({"name": "SESPHR_SELF_REGISTRATION", "value": "true"})' 'turns self-registration on'
+expect_rule_failure self-registration-toml 'toml("srs-config", "self_registration = false", "self_registration = true")' 'self-registration must be off'
+expect_rule_failure no-policy-setup-endpoint 'toml("access-policy-config", "setup_endpoint = \"https://srs.sesphr.svc:50052\"\n", "")' 'access_policy.setup_endpoint'
+expect_rule_failure policy-to-setup-refused 'np = one("NetworkPolicy", "access-policy"); np["spec"]["egress"] = [r for r in np["spec"]["egress"] if not r.get("to")]' 'refuse access-policy -> srs:50052'
+expect_rule_failure deny-list-staleness 'toml("cloud-storage-config", "max_staleness_ms = 5000", "max_staleness_ms = 1000")' 'deny_list.poll_interval_ms'
 rm -f "$OUT"/mutant-*.yaml
 echo "check-deploy: self-test: every deliberately broken manifest was rejected"
 echo "check-deploy: OK (${targets[*]})"

@@ -18,8 +18,16 @@ says whether the objects fit together and follow the deployment's rules:
   mTLS port is never open to everyone;
 - certificates carry server and client auth, PKCS#8 keys, the service's
   SPIFFE URI SAN and the DNS name peers dial;
+- two trust roots: the service CA (Secret sesphr-service-ca, the CA Issuer
+  of every other Certificate) and the user CA (Secret sesphr-user-ca, no
+  Issuer at all); no pod mounts the service CA's key, and no pod but the
+  setup service mounts the user CA's key, which its TOML names as
+  srs.issuer_cert/issuer_key; every TOML has tls.user_ca, the user CA's
+  certificate (key tls.crt of its Secret);
 - each `sesphrd serve` TOML agrees with its StatefulSet: ports, mount paths,
-  the AccessPolicy and setup endpoints and the trust domain;
+  the AccessPolicy and setup endpoints (the nodes' and AccessPolicy's) and
+  the trust domain; a [deny_list] polls faster than its staleness bound;
+  production renderings: patients' self-registration is off;
 - the setup service, AccessPolicy and CloudStorage run exactly one replica
   (each replica is a separate sled store), and no PodDisruptionBudget
   blocks every eviction;
@@ -70,8 +78,20 @@ NODE_NAME = re.compile(r"^srs-node-([1-9][0-9]*)$")
 NODE_PORT = 50054
 # On every node StatefulSet: the t of the OPRF deal and of the grants.
 THRESHOLD_ANNOTATION = "sesphr.io/threshold"
-# The setup service's enrollment token (only the setup service mounts it).
-ENROLLMENT_SECRET = "srs-enrollment-token"
+# The two trust roots. The service CA signs services, nodes and operators
+# (through its CA Issuer); no pod mounts its key. The user CA signs
+# patients' and practitioners' certificates, at the setup service only,
+# which alone mounts its key; every pod mounts its certificate (tls.user_ca).
+SERVICE_CA_SECRET = "sesphr-service-ca"
+SERVICE_CA_ISSUER = "sesphr-service-ca"
+USER_CA_SECRET = "sesphr-user-ca"
+CA_CERT_KEY = "tls.crt"
+CA_KEY_KEY = "tls.key"
+# Patients' enrollment without an invitation ([srs] self_registration, or
+# this variable): never in production.
+SELF_REGISTRATION_ENV = "SESPHR_SELF_REGISTRATION"
+# The services that poll AccessPolicy's deny list ([deny_list]).
+DENY_LIST_SERVICES = {"cloud-storage", "srs", "srs-node"}
 # The audit log's signing key (AccessPolicy only), key `log.key`, and its
 # public key (every witness), key `log.pub`.
 LOG_KEY_SECRET = "access-policy-log-key"
@@ -87,7 +107,7 @@ NODE_WITNESS_SECRET = "srs-node-{}-witness"
 NODE_WITNESS_PATTERN = re.compile(r"^srs-node-[1-9][0-9]*-witness$")
 # Secrets the operator creates by hand (deploy/README.md); an overlay may
 # generate them instead (dev).
-OPERATOR_SECRETS = {ENROLLMENT_SECRET, LOG_KEY_SECRET, LOG_PUBLIC_SECRET, CLOUD_WITNESS_SECRET}
+OPERATOR_SECRETS = {LOG_KEY_SECRET, LOG_PUBLIC_SECRET, CLOUD_WITNESS_SECRET}
 # Node i's OPRF key share (`sesphrd deal-oprf`), key `share`.
 OPRF_SECRET = "srs-node-{}-oprf"
 OPRF_SECRET_KEY = "share"
@@ -118,6 +138,8 @@ REQUIRED_FLOWS = [
     ("srs", "access-policy", 50053),
     ("srs-node", "access-policy", 50053),
     ("srs-node", "srs", 50052),
+    # GetUser: a grant's grantee must be enrolled with the grant's role.
+    ("access-policy", "srs", 50052),
 ]
 FORBIDDEN_FLOWS = [
     # One node must not reach another's share.
@@ -128,8 +150,8 @@ FORBIDDEN_FLOWS = [
     ("access-policy", "srs-node", 50054),
     ("srs-node", "cloud-storage", 50051),
     ("srs", "cloud-storage", 50051),
-    # AccessPolicy calls nobody.
-    ("access-policy", "srs", 50052),
+    # AccessPolicy calls the setup service only.
+    ("access-policy", "cloud-storage", 50051),
 ]
 HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
 HEALTH_PORT_NAME = "health"
@@ -229,6 +251,18 @@ class Checker:
     def secret_volumes(spec):
         return {v["name"]: v["secret"]["secretName"] for v in spec.get("volumes") or [] if "secret" in v}
 
+    @staticmethod
+    def secret_mounts(spec):
+        """(volume, Secret, keys) for every Secret a pod's volumes project,
+        plain or in a projected volume; keys is None when every key of the
+        Secret is mounted (no items)."""
+        for v in spec.get("volumes") or []:
+            sources = [v["secret"] | {"name": v["secret"].get("secretName")}] if "secret" in v else [
+                src["secret"] for src in (v.get("projected") or {}).get("sources") or [] if "secret" in src]
+            for src in sources:
+                items = src.get("items")
+                yield v["name"], src.get("name"), None if items is None else {it["key"] for it in items}
+
     def service_certificate(self, spiffe_path):
         """Certificates whose URI SAN is exactly spiffe://<any td>/<spiffe_path>."""
         return [
@@ -258,6 +292,7 @@ class Checker:
             if self.identity(sts):
                 self.check_serve_config(sts)
         self.check_single_replicas()
+        self.check_ca_keys(workloads)
         self.check_witness_keys(workloads)
         self.check_nodes()
         self.check_flows(workloads)
@@ -460,11 +495,23 @@ class Checker:
 
     def check_certificates(self):
         issuers = {d["metadata"]["name"] for d in self.of_kind("Issuer")}
+        if any(self.identity(sts) for sts in self.of_kind("StatefulSet")):
+            for secret, what in ((SERVICE_CA_SECRET, "service CA"), (USER_CA_SECRET, "user CA")):
+                if not any(c["spec"].get("isCA") and c["spec"]["secretName"] == secret for c in self.of_kind("Certificate")):
+                    self.err(None, f"no CA Certificate makes the {what} Secret {secret!r}")
+            ca_issuer = self.named("Issuer", SERVICE_CA_ISSUER)
+            if ca_issuer is None or (ca_issuer["spec"].get("ca") or {}).get("secretName") != SERVICE_CA_SECRET:
+                self.err(ca_issuer, f"the CA Issuer {SERVICE_CA_ISSUER!r} must sign with the service CA Secret {SERVICE_CA_SECRET!r}")
+        for issuer in self.of_kind("Issuer"):
+            if (issuer["spec"].get("ca") or {}).get("secretName") == USER_CA_SECRET:
+                self.err(issuer, f"signs with the user CA {USER_CA_SECRET!r}: only the setup service issues user certificates (cert-manager could mint any user)")
         for cert in self.of_kind("Certificate"):
             s = cert["spec"]
             ref = s.get("issuerRef", {})
             if ref.get("kind", "Issuer") == "Issuer" and ref.get("name") not in issuers:
                 self.err(cert, f"issuerRef {ref.get('name')!r} is not a rendered Issuer")
+            if not s.get("isCA") and ref.get("name") != SERVICE_CA_ISSUER:
+                self.err(cert, f"issuerRef {ref.get('name')!r}: service, node and operator certificates come from the service CA Issuer {SERVICE_CA_ISSUER!r}")
             if (s.get("privateKey") or {}).get("encoding") != "PKCS8":
                 self.err(cert, "privateKey.encoding must be PKCS8 (rustls/rcgen with ring read PKCS#8)")
             if not s.get("isCA") and not s.get("uris"):
@@ -588,6 +635,19 @@ class Checker:
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 self.err(sts, f"TOML {key} must be a positive number of milliseconds, not {v!r}")
 
+        # Users' certificates chain to the user CA: its certificate, never its key.
+        secret_file(tls.get("user_ca"), "tls.user_ca", USER_CA_SECRET, CA_CERT_KEY, "the user CA's certificate in")
+        # The deny list: polled faster than a copy goes stale, else the
+        # service would refuse every user between polls.
+        deny = cfg.get("deny_list")
+        if service == "access-policy" and deny is not None:
+            self.err(sts, "TOML [deny_list]: AccessPolicy is the deny list's source, it polls nobody")
+        elif isinstance(deny, dict):
+            positive_ms(deny, "poll_interval_ms")
+            positive_ms(deny, "max_staleness_ms")
+            poll, stale = deny.get("poll_interval_ms"), deny.get("max_staleness_ms")
+            if isinstance(poll, int) and isinstance(stale, int) and not poll < stale:
+                self.err(sts, f"TOML deny_list.poll_interval_ms {poll} must be below deny_list.max_staleness_ms {stale}: the copy would go stale between polls and every user be refused")
         if service in ("cloud-storage", "srs", NODE_SERVICE):
             endpoint("access_policy_endpoint", cfg.get("access_policy_endpoint"), "access-policy")
         if service == NODE_SERVICE:
@@ -604,6 +664,7 @@ class Checker:
                 self.err(sts, "TOML has no [access_policy] section: access_policy.log_key_file (the audit log's signing key) is required")
                 ap = {}
             secret_file(ap.get("log_key_file"), "access_policy.log_key_file", LOG_KEY_SECRET, LOG_KEY_SECRET_KEY, "the log key Secret")
+            endpoint("access_policy.setup_endpoint", ap.get("setup_endpoint"), "srs")
             positive_ms(ap, "checkpoint_interval_ms")
             if "witness" in cfg:
                 self.err(sts, "TOML [witness]: AccessPolicy cannot witness its own log")
@@ -621,17 +682,15 @@ class Checker:
             srs = cfg.get("srs") or {}
             if "reencrypt_rate" in srs:
                 self.err(sts, "srs.reencrypt_rate: re-encryption is the nodes' (srs_node.reencrypt_rate), not the setup service's")
-            issuer_vols = {under(srs.get(k), "secret", f"srs.{k}") for k in ("issuer_cert", "issuer_key")}
-            ca_cert = next((x for x in self.of_kind("Certificate") if x["spec"].get("isCA")), None)
-            if ca_cert and {volumes[v]["secret"]["secretName"] for v in issuer_vols if v} != {ca_cert["spec"]["secretName"]}:
-                self.err(sts, f"srs.issuer_cert/issuer_key are not from the CA Secret {ca_cert['spec']['secretName']!r}")
-            under(srs.get("enrollment_token_file"), "secret", "srs.enrollment_token_file")
-        # Only the setup service may see the CA key and the enrollment token.
-        ca_secrets = {x["spec"]["secretName"] for x in self.of_kind("Certificate") if x["spec"].get("isCA")}
-        if service != "srs" and any(v.get("secret", {}).get("secretName") in ca_secrets for v in volumes.values()):
-            self.err(sts, "mounts the mesh CA key; only the setup service (srs) may")
-        if service != "srs" and any(v.get("secret", {}).get("secretName") == ENROLLMENT_SECRET for v in volumes.values()):
-            self.err(sts, "mounts the enrollment token; only the setup service (srs) may")
+            # The user CA signs users' certificates: its certificate and key.
+            secret_file(srs.get("issuer_cert"), "srs.issuer_cert", USER_CA_SECRET, CA_CERT_KEY, "the user CA")
+            secret_file(srs.get("issuer_key"), "srs.issuer_key", USER_CA_SECRET, CA_KEY_KEY, "the user CA")
+            if self.production:
+                env = {e["name"]: e.get("value") for e in c.get("env") or []}
+                if srs.get("self_registration", False) is not False:
+                    self.err(sts, f"production: TOML srs.self_registration = {srs.get('self_registration')!r}: self-registration must be off (patients enroll by invitation)")
+                if SELF_REGISTRATION_ENV in env and str(env[SELF_REGISTRATION_ENV]).strip().lower() not in ("false", "0", ""):
+                    self.err(sts, f"production: env {SELF_REGISTRATION_ENV}={env[SELF_REGISTRATION_ENV]!r} turns self-registration on")
         # A node's OPRF share is that node's alone.
         mounted = {v["secret"]["secretName"] for v in volumes.values() if "secret" in v}
         oprf = {m for m in mounted if OPRF_PATTERN.match(m)}
@@ -652,6 +711,20 @@ class Checker:
             sts = self.named("StatefulSet", name)
             if sts is not None and self.replicas(sts) != 1:
                 self.err(sts, f"replicas {self.replicas(sts)}: must be exactly 1 ({why})")
+
+    def check_ca_keys(self, workloads):
+        """The service CA's key is no pod's: each finds the CA certificate as
+        ca.crt of its own certificate's Secret. The user CA's key is the
+        setup service's alone: whoever holds it can mint any user."""
+        for w in workloads:
+            spec, _ = self.pod_spec(w)
+            setup = w["kind"] == "StatefulSet" and w["metadata"]["name"] == "srs"
+            for vol, secret, keys in self.secret_mounts(spec):
+                with_key = keys is None or CA_KEY_KEY in keys
+                if secret == SERVICE_CA_SECRET and with_key:
+                    self.err(w, f"volume {vol}: mounts the service CA key ({SERVICE_CA_SECRET!r}{'' if keys else ', every key'}); no pod may")
+                if secret == USER_CA_SECRET and with_key and not setup:
+                    self.err(w, f"volume {vol}: mounts the user CA key ({USER_CA_SECRET!r}{'' if keys else ', every key'}); only the setup service (srs) may: mount items [tls.crt] for tls.user_ca")
 
     def check_witness_keys(self, workloads):
         """Distinct witnesses have distinct keys: a Secret two pods mount
@@ -693,7 +766,8 @@ class Checker:
             # Identity: exactly .../service/srs-node/<i>, from its own Secret.
             mounted = set(self.secret_volumes(spec).values())
             for c in self.of_kind("Certificate"):
-                if c["spec"]["secretName"] in mounted:
+                # (The user CA's certificate, which every node mounts, is no identity.)
+                if c["spec"]["secretName"] in mounted and not c["spec"].get("isCA"):
                     wrong = [u for u in c["spec"].get("uris") or [] if not u.endswith(f"/service/{NODE_SERVICE}/{i}")]
                     if wrong:
                         self.err(sts, f"mounts Certificate {c['metadata']['name']!r} whose identity {wrong} is not node {i}'s")
