@@ -58,12 +58,13 @@ async fn run(mib: u64) {
         }
     }
     let len = mib << 20;
-    let token = mesh.mesh.enrollment_token.clone().unwrap();
+    // Patients register themselves on a dev mesh: no invitation.
+    let token = "";
     let mut times = Vec::new();
     for i in 0..OWNERS {
         let id = format!("owner{i}");
         let home = tmp.path().join("users").join(&id);
-        client::enroll(&mesh.mesh, &home, &id, Role::Patient, &token)
+        client::enroll(&mesh.mesh, &home, &id, Role::Patient, token)
             .await
             .unwrap();
         let p = Patient::open(&mesh.mesh, &home).unwrap();

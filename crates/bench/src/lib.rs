@@ -390,8 +390,12 @@ impl Daemon {
         self.data_dir.join("pki")
     }
 
-    pub fn token(&self) -> String {
-        self.mesh.enrollment_token.clone().unwrap_or_default()
+    /// The dev operator, who invites the practitioners a run enrolls.
+    pub fn operator(&self) -> anyhow::Result<client::admin::Admin> {
+        Ok(client::admin::Admin::open(
+            &self.mesh,
+            &self.data_dir.join("operator"),
+        )?)
     }
 }
 
@@ -537,11 +541,12 @@ pub fn pki_tls(pki: &Path, name: &str) -> anyhow::Result<TlsMaterial> {
 
 // ---- users -------------------------------------------------------------------
 
-/// Enrols `n` users named `{prefix}{i}` with `role`, concurrently.
+/// Enrols `n` users named `{prefix}{i}` with `role`, concurrently:
+/// patients register themselves, others by the operator's invitation.
 async fn enroll_many(
     mesh: &MeshFile,
     homes: &Path,
-    token: &str,
+    ops: &client::admin::Admin,
     prefix: &str,
     n: usize,
     role: Role,
@@ -552,7 +557,11 @@ async fn enroll_many(
             let id = format!("{prefix}{i}");
             let home = homes.join(&id);
             async move {
-                client::enroll(mesh, &home, &id, role, token).await?;
+                let invitation = match role {
+                    Role::Patient => zeroize::Zeroizing::new(String::new()),
+                    _ => ops.invite(&id, role, None).await?.text,
+                };
+                client::enroll(mesh, &home, &id, role, &invitation).await?;
                 Ok::<_, client::ClientError>(home)
             }
         });
@@ -708,13 +717,13 @@ async fn reencrypt_workload(
     batches: &[usize],
     duration: Duration,
 ) -> anyhow::Result<Vec<(usize, Stats, CpuSplit)>> {
-    let token = d.token();
-    enroll_many(&d.mesh, homes, &token, "owner", 1, Role::Patient).await?;
+    let ops = d.operator()?;
+    enroll_many(&d.mesh, homes, &ops, "owner", 1, Role::Patient).await?;
     let alice = Patient::open(&d.mesh, &homes.join("owner0"))?;
     let rec = upload_bytes(&alice, "medical", b"lab results".to_vec())
         .await
         .map_err(anyhow::Error::msg)?;
-    let docs = enroll_many(&d.mesh, homes, &token, "doc", n, Role::Doctor).await?;
+    let docs = enroll_many(&d.mesh, homes, &ops, "doc", n, Role::Doctor).await?;
     for i in 0..n {
         alice
             .grant("medical", &format!("doc{i}"), Default::default())
@@ -771,13 +780,13 @@ async fn check_workload(
     duration: Duration,
 ) -> anyhow::Result<(Stats, CpuSplit)> {
     use sesphr::proto::access_policy_client::AccessPolicyClient;
-    let token = d.token();
-    enroll_many(&d.mesh, homes, &token, "chkowner", 1, Role::Patient).await?;
+    let ops = d.operator()?;
+    enroll_many(&d.mesh, homes, &ops, "chkowner", 1, Role::Patient).await?;
     let owner = Patient::open(&d.mesh, &homes.join("chkowner0"))?;
     let rec = upload_bytes(&owner, "medical", b"lab results".to_vec())
         .await
         .map_err(anyhow::Error::msg)?;
-    enroll_many(&d.mesh, homes, &token, "chkdoc", n, Role::Doctor).await?;
+    enroll_many(&d.mesh, homes, &ops, "chkdoc", n, Role::Doctor).await?;
     for i in 0..n {
         owner
             .grant("medical", &format!("chkdoc{i}"), Default::default())
@@ -839,13 +848,13 @@ async fn concurrent_read_workload(
     n: usize,
     duration: Duration,
 ) -> anyhow::Result<(Stats, CpuSplit)> {
-    let token = d.token();
-    enroll_many(&d.mesh, homes, &token, "rdowner", 1, Role::Patient).await?;
+    let ops = d.operator()?;
+    enroll_many(&d.mesh, homes, &ops, "rdowner", 1, Role::Patient).await?;
     let owner = Patient::open(&d.mesh, &homes.join("rdowner0"))?;
     let rec = upload_bytes(&owner, "medical", b"lab results".to_vec())
         .await
         .map_err(anyhow::Error::msg)?;
-    let docs = enroll_many(&d.mesh, homes, &token, "rddoc", n, Role::Doctor).await?;
+    let docs = enroll_many(&d.mesh, homes, &ops, "rddoc", n, Role::Doctor).await?;
     for i in 0..n {
         owner
             .grant("medical", &format!("rddoc{i}"), Default::default())
@@ -896,9 +905,9 @@ async fn grantee_read_workload(
         ],
     )?;
     let homes = dir.join("users");
-    let token = d.token();
-    enroll_many(&d.mesh, &homes, &token, "owner", 1, Role::Patient).await?;
-    let docs = enroll_many(&d.mesh, &homes, &token, "reader", 1, Role::Doctor).await?;
+    let ops = d.operator()?;
+    enroll_many(&d.mesh, &homes, &ops, "owner", 1, Role::Patient).await?;
+    let docs = enroll_many(&d.mesh, &homes, &ops, "reader", 1, Role::Doctor).await?;
     let alice = Patient::open(&d.mesh, &homes.join("owner0"))?;
     let rec = upload_bytes(&alice, "medical", b"lab results".to_vec())
         .await
@@ -925,8 +934,8 @@ async fn updown_workload(
     n: usize,
     duration: Duration,
 ) -> anyhow::Result<Stats> {
-    let token = d.token();
-    let homes = enroll_many(&d.mesh, homes, &token, "streamer", n, Role::Patient).await?;
+    let ops = d.operator()?;
+    let homes = enroll_many(&d.mesh, homes, &ops, "streamer", n, Role::Patient).await?;
     let clients: Vec<Arc<(Patient, Vec<u8>)>> = homes
         .iter()
         .enumerate()
@@ -990,11 +999,11 @@ async fn mixed_workload(
     n: usize,
     duration: Duration,
 ) -> anyhow::Result<(Stats, BTreeMap<&'static str, Stats>)> {
-    let token = d.token();
+    let ops = d.operator()?;
     let n_patients = (n / 4).max(1);
     let n_staff = n.saturating_sub(n_patients).max(1);
-    let p_homes = enroll_many(&d.mesh, homes, &token, "patient", n_patients, Role::Patient).await?;
-    let s_homes = enroll_many(&d.mesh, homes, &token, "staff", n_staff, Role::Nurse).await?;
+    let p_homes = enroll_many(&d.mesh, homes, &ops, "patient", n_patients, Role::Patient).await?;
+    let s_homes = enroll_many(&d.mesh, homes, &ops, "staff", n_staff, Role::Nurse).await?;
     let patients: Vec<Patient> = p_homes
         .iter()
         .map(|h| Patient::open(&d.mesh, h))
@@ -1108,7 +1117,7 @@ async fn memory_workload(o: &Options, bytes: u64) -> anyhow::Result<BigRecord> {
     let dir = o.work_dir.join("memory");
     let d = Daemon::spawn(&o.sesphrd, &dir.join("mesh"))?;
     let homes = dir.join("users");
-    enroll_many(&d.mesh, &homes, &d.token(), "big", 1, Role::Patient).await?;
+    enroll_many(&d.mesh, &homes, &d.operator()?, "big", 1, Role::Patient).await?;
     let p = Patient::open(&d.mesh, &homes.join("big0"))?;
     // A small record first, so the baseline includes every code path.
     upload_bytes(&p, "medical", vec![1; 4096])
@@ -1168,11 +1177,11 @@ async fn revoke_workload(
     records: usize,
     rounds: usize,
 ) -> anyhow::Result<(Stats, Duration)> {
-    let token = d.token();
+    let ops = d.operator()?;
     let owner = format!("rev{records}x");
-    enroll_many(&d.mesh, homes, &token, &owner, 1, Role::Patient).await?;
+    enroll_many(&d.mesh, homes, &ops, &owner, 1, Role::Patient).await?;
     let grantee = format!("revdoc{records}x");
-    enroll_many(&d.mesh, homes, &token, &grantee, 1, Role::Doctor).await?;
+    enroll_many(&d.mesh, homes, &ops, &grantee, 1, Role::Doctor).await?;
     let (owner, grantee) = (format!("{owner}0"), format!("{grantee}0"));
     let p = Arc::new(Patient::open(&d.mesh, &homes.join(&owner))?);
     // Fill the partition: 32 uploads in flight, 64 bytes each.
@@ -1367,7 +1376,7 @@ async fn run_into(o: &Options, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         let streamer_homes = enroll_many(
             &d.mesh,
             &homes,
-            &d.token(),
+            &d.operator()?,
             "echoer",
             o.stream_clients,
             Role::Patient,

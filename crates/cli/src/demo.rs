@@ -30,16 +30,20 @@ impl DemoReport {
 
 /// Runs the story against `mesh`, or against a fresh in-process mesh in a
 /// temp dir when `mesh` is `None`. Narration goes to `out`.
+///
+/// Practitioners are invited by the operator whose profile is in
+/// `operator` (a dev mesh's `DIR/operator`; the in-process mesh's own when
+/// `mesh` is `None`); the friend by the patient.
 pub async fn run(
-    mesh: Option<MeshFile>,
+    mesh: Option<(MeshFile, std::path::PathBuf)>,
     out: &mut (dyn Write + Send),
 ) -> Result<DemoReport, DemoError> {
     let work = tempfile::tempdir().map_err(|e| DemoError::Setup(e.to_string()))?;
-    let (mesh_file, dev, suffix) = match mesh {
-        Some(m) => {
+    let (mesh_file, operator, dev, suffix) = match mesh {
+        Some((m, operator)) => {
             // Fresh user ids, so the story can run against a mesh repeatedly.
             let suffix = format!("-{}", &hex::encode(rand::random::<[u8; 3]>()));
-            (m, None, suffix)
+            (m, operator, None, suffix)
         }
         None => {
             let dev = DevMesh::start(DevOptions::new(work.path().join("mesh")).ephemeral())
@@ -48,10 +52,11 @@ pub async fn run(
             dev.wait_ready(std::time::Duration::from_secs(30))
                 .await
                 .map_err(|e| DemoError::Setup(e.message().to_owned()))?;
-            (dev.mesh.clone(), Some(dev), String::new())
+            let operator = sesphr_server::daemon::dev_operator_dir(&work.path().join("mesh"));
+            (dev.mesh.clone(), operator, Some(dev), String::new())
         }
     };
-    let result = story(&mesh_file, work.path(), &suffix, out).await;
+    let result = story(&mesh_file, &operator, work.path(), &suffix, out).await;
     if let Some(dev) = dev {
         dev.shutdown()
             .await
@@ -72,14 +77,12 @@ pub enum DemoError {
 
 async fn story(
     mesh: &MeshFile,
+    operator: &Path,
     dir: &Path,
     suffix: &str,
     out: &mut (dyn Write + Send),
 ) -> Result<DemoReport, DemoError> {
-    let token = mesh
-        .enrollment_token
-        .clone()
-        .ok_or_else(|| DemoError::Setup("the mesh file has no enrollment token".into()))?;
+    let ops = client::admin::Admin::open(mesh, operator)?;
     let name = |n: &str| format!("{n}{suffix}");
     let home = |n: &str| dir.join("users").join(name(n));
     let cast = [
@@ -90,7 +93,17 @@ async fn story(
     ];
     writeln!(out, "== enrolment")?;
     for (who, role) in cast {
-        client::enroll(mesh, &home(who), &name(who), role, &token).await?;
+        // The patient registers herself; the operator invites the
+        // practitioners, the patient her friend.
+        let invitation = match role {
+            Role::Patient => zeroize::Zeroizing::new(String::new()),
+            Role::Friend | Role::Family => {
+                let patient = client::Patient::open(mesh, &home("alice"))?;
+                patient.invite(&name(who), role, None).await?.text
+            }
+            _ => ops.invite(&name(who), role, None).await?.text,
+        };
+        client::enroll(mesh, &home(who), &name(who), role, &invitation).await?;
         writeln!(
             out,
             "  {} enrolled as {role} ({:?} domain)",

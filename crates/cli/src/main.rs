@@ -52,9 +52,11 @@ enum Command {
         /// friend (family/friend = private domain, the rest public domain).
         #[arg(long)]
         role: String,
-        /// Enrollment token (default: the one in the mesh file).
-        #[arg(long, env = "SESPHR_ENROLLMENT_TOKEN")]
-        token: Option<String>,
+        /// The invitation an operator (or, for family and friends, the
+        /// patient) issued for this id and role. Without one, only a patient
+        /// on a mesh that allows self-registration can enrol.
+        #[arg(long, env = "SESPHR_INVITATION")]
+        invite: Option<String>,
     },
     /// Encrypt and upload a file; prints the new record id.
     Upload {
@@ -364,15 +366,11 @@ fn print_notices(s: &Session) {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     match cli.command {
-        Command::Enroll { id, role, token } => {
+        Command::Enroll { id, role, invite } => {
             let mesh = mesh_file(&cli.mesh)?;
             let role: Role = role.parse()?;
-            let token = token
-                .or_else(|| mesh.enrollment_token.clone())
-                .ok_or_else(|| {
-                    anyhow!("no enrollment token: pass --token or use a dev mesh file")
-                })?;
-            let profile = client::enroll(&mesh, home(&cli.home)?, &id, role, &token).await?;
+            let invite = zeroize::Zeroizing::new(invite.unwrap_or_default());
+            let profile = client::enroll(&mesh, home(&cli.home)?, &id, role, &invite).await?;
             eprintln!(
                 "enrolled {} ({} domain)",
                 profile.identity,
@@ -678,8 +676,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("{}", audit_summary(&audit));
         }
         Command::Demo => {
+            // Against a mesh, the operator profile is --home, else the dev
+            // layout's DIR/operator beside DIR/mesh.toml.
             let mesh = match &cli.mesh {
-                Some(p) => Some(MeshFile::load(p)?),
+                Some(p) => {
+                    let operator = match &cli.home {
+                        Some(h) => h.clone(),
+                        None => p.parent().unwrap_or(Path::new(".")).join("operator"),
+                    };
+                    Some((MeshFile::load(p)?, operator))
+                }
                 None => None,
             };
             let mut out = std::io::stdout();

@@ -16,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod audit_export;
 pub mod audit_log;
 mod bounds;
@@ -284,13 +285,16 @@ pub fn receiving_keys(master: &MasterSecret) -> Result<(SecretKey, PublicKey), C
 
 /// Enrols a new user with the mesh and writes its profile to `home`:
 /// generates the master secret and a TLS key locally, sends the SRS only a
-/// CSR and public keys, stores the issued certificate.
+/// CSR and public keys, stores the issued certificate. `invitation` is the
+/// one an operator (or, for family and friends, the patient) issued for
+/// this id and role; empty for a patient's self-registration, where the
+/// mesh allows it.
 pub async fn enroll(
     mesh: &MeshFile,
     home: &Path,
     user_id: &str,
     role: Role,
-    enrollment_token: &str,
+    invitation: &str,
 ) -> Result<Profile, ClientError> {
     validate_user_id(user_id).map_err(|e| ClientError::Invalid(e.to_string()))?;
     if Profile::exists(home) {
@@ -314,7 +318,7 @@ pub async fn enroll(
     )?;
     let resp = SrsClient::new(channel)
         .enroll(unary(proto::EnrollRequest {
-            enrollment_token: enrollment_token.to_owned(),
+            invitation: invitation.trim().to_owned(),
             user_id: user_id.to_owned(),
             role: proto::Role::from(role) as i32,
             csr_der,
@@ -830,6 +834,18 @@ impl Patient {
             )));
         }
         Ok(Self { session })
+    }
+
+    /// An invitation for a family member or friend to enrol as `user_id`
+    /// (roles `family` and `friend` only; practitioners are invited by an
+    /// operator). Hand its text to them out of band.
+    pub async fn invite(
+        &self,
+        user_id: &str,
+        role: Role,
+        valid_for: Option<std::time::Duration>,
+    ) -> Result<admin::Invitation, ClientError> {
+        admin::invite(&self.clients, user_id, role, valid_for).await
     }
 
     /// Encrypts `len` bytes from `reader` under the partition's current key

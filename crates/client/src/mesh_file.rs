@@ -27,9 +27,6 @@ pub struct MeshFile {
     pub trust_domain: String,
     /// PEM file of the mesh CA.
     pub ca: PathBuf,
-    /// Enrollment token (dev meshes only; production hands it out of band).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enrollment_token: Option<String>,
     /// CloudStorage's URL (`https://host:port`).
     pub cloud_storage: String,
     /// The SRS setup service's URL (enrolment, the user directory).
@@ -314,7 +311,6 @@ mod tests {
         MeshFile {
             trust_domain: "td.example".into(),
             ca: PathBuf::from("ca.pem"),
-            enrollment_token: None,
             cloud_storage: String::new(),
             srs: String::new(),
             access_policy: String::new(),

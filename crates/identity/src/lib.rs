@@ -357,6 +357,14 @@ impl Identity {
         }
     }
 
+    /// The operator id, if this identity is an operator.
+    pub fn as_operator(&self) -> Option<&str> {
+        match &self.principal {
+            Principal::Operator(id) => Some(id),
+            _ => None,
+        }
+    }
+
     /// Whether this identity is an operator.
     pub fn is_operator(&self) -> bool {
         matches!(self.principal, Principal::Operator(_))

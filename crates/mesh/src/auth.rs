@@ -24,6 +24,7 @@ use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
 use tonic::{Request, Status};
 
+use crate::deny::{DenyList, Verdict};
 use crate::transport::{PeerIdentity, PeerInfo};
 
 /// Whether `id` belongs to the class.
@@ -86,6 +87,31 @@ pub fn decide(table: &RpcTable, path: &str, peer: &PeerIdentity) -> Result<Calle
     }
 }
 
+/// The deny list's word on an admitted caller: users an operator disabled
+/// are refused (audited), and every user while the list is stale.
+pub fn screen(
+    deny: &DenyList,
+    caller: Caller,
+    id: &Identity,
+    spec: &'static RpcSpec,
+) -> Result<Caller, Refusal> {
+    let Some((_, user)) = caller.as_user() else {
+        return Ok(caller);
+    };
+    match deny.verdict(user.as_str()) {
+        Verdict::Allowed => Ok(caller),
+        Verdict::Disabled => Err((
+            Status::permission_denied(format!(
+                "{} may not call {}: user disabled by an operator",
+                id.short(),
+                spec.name
+            )),
+            Some((id.clone(), spec)),
+        )),
+        Verdict::Stale(why) => Err((Status::unavailable(why), None)),
+    }
+}
+
 /// Where refusals of identified callers are recorded.
 pub trait RefusalAudit: Send + Sync + 'static {
     /// Records that `caller` was refused `rpc` with `message`. Best effort:
@@ -114,12 +140,23 @@ impl RefusalAudit for NoAudit {
 pub struct AuthorizeLayer {
     table: RpcTable,
     audit: Arc<dyn RefusalAudit>,
+    deny: Option<Arc<DenyList>>,
 }
 
 impl AuthorizeLayer {
     /// Authorizes against `table` (the mesh's is `sesphr::rpc::TABLE`).
     pub fn new(table: RpcTable, audit: Arc<dyn RefusalAudit>) -> Self {
-        Self { table, audit }
+        Self {
+            table,
+            audit,
+            deny: None,
+        }
+    }
+
+    /// Also refuses the users `deny` lists (see [`screen`]).
+    pub fn with_deny_list(mut self, deny: Arc<DenyList>) -> Self {
+        self.deny = Some(deny);
+        self
     }
 }
 
@@ -131,6 +168,7 @@ impl<S> tower::Layer<S> for AuthorizeLayer {
             inner,
             table: self.table,
             audit: self.audit.clone(),
+            deny: self.deny.clone(),
         }
     }
 }
@@ -141,6 +179,7 @@ pub struct Authorize<S> {
     inner: S,
     table: RpcTable,
     audit: Arc<dyn RefusalAudit>,
+    deny: Option<Arc<DenyList>>,
 }
 
 impl<S> Service<http::Request<Body>> for Authorize<S>
@@ -168,7 +207,18 @@ where
             .get::<PeerInfo>()
             .map(|info| info.identity.clone());
         let decision = match &peer {
-            Some(peer) => decide(&self.table, req.uri().path(), peer),
+            Some(peer) => {
+                let decided = decide(&self.table, req.uri().path(), peer);
+                match (decided, &self.deny, peer.as_ref()) {
+                    (Ok(caller), Some(deny), PeerIdentity::Verified(id)) => {
+                        match self.table.lookup(req.uri().path()) {
+                            Some(spec) => screen(deny, caller, id, spec),
+                            None => Ok(caller),
+                        }
+                    }
+                    (other, _, _) => other,
+                }
+            }
             None => Err((
                 Status::unauthenticated("no verified connection information"),
                 None,
@@ -183,7 +233,7 @@ where
                 let audit = self.audit.clone();
                 Box::pin(async move {
                     if let Some((id, spec)) = audited {
-                        tracing::info!(caller = %id.short(), rpc = spec.name, "refused by the RPC table");
+                        tracing::info!(caller = %id.short(), rpc = spec.name, "refused by the RPC table or the deny list");
                         let _ = audit.refused(id, spec, status.message().to_owned()).await;
                     }
                     Ok(status.into_http())

@@ -12,6 +12,8 @@
 
 pub mod auth;
 pub mod connect;
+pub mod deny;
+pub mod directory;
 pub mod handler;
 pub mod limits;
 pub mod pki;
@@ -20,6 +22,7 @@ pub mod ratelimit;
 pub mod status;
 pub mod tls;
 pub mod transport;
+pub mod trust;
 
 pub use handler::{blocking, require_field, unix_now};
 pub use ratelimit::RateLimiter;

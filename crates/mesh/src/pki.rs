@@ -1,10 +1,12 @@
-//! The mesh CA: dev PKI generation and certificate issuing.
+//! The mesh's CAs: dev PKI generation and certificate issuing.
 //!
-//! One CA signs every certificate in the mesh. Each certificate names its
-//! holder with exactly one SPIFFE URI SAN (see `sesphr-identity`); server
-//! certificates also carry the DNS/IP SANs clients dial. The SRS holds a CA
-//! (or an intermediate) to sign enrolling users' CSRs; `sesphrd dev` creates a
-//! throwaway CA on first start.
+//! Two CAs sign the mesh's certificates (see [`crate::trust`]): the service
+//! CA its servers, nodes and operators, the user CA its patients and
+//! practitioners. Each certificate names its holder with exactly one SPIFFE
+//! URI SAN (see `sesphr-identity`); server certificates also carry the
+//! DNS/IP SANs clients dial. The SRS holds the user CA only, to sign
+//! enrolling users' CSRs; `sesphrd dev` creates throwaway CAs on first
+//! start.
 
 use std::fs;
 use std::io::Write;
@@ -19,8 +21,11 @@ use rcgen::{
 use sesphr_identity::{Identity, Service};
 use time::{Duration, OffsetDateTime};
 
-/// How long dev and enrolled leaf certificates are valid.
+/// How long service and operator certificates of the dev PKI are valid.
 pub const LEAF_VALIDITY: Duration = Duration::days(365);
+/// How long a user certificate is valid unless the SRS is told otherwise
+/// (`sesphr renew` issues the next one).
+pub const USER_CERT_VALIDITY: Duration = Duration::days(30);
 /// How long a generated CA is valid.
 pub const CA_VALIDITY: Duration = Duration::days(3650);
 /// Leaf certificates are back-dated a little to tolerate clock skew.
@@ -75,16 +80,24 @@ impl std::fmt::Debug for CertificateAuthority {
 }
 
 impl CertificateAuthority {
-    /// A fresh self-signed CA for `trust_domain`; returns the CA and its key (PEM).
+    /// A fresh self-signed service CA for `trust_domain`; returns the CA
+    /// and its key (PEM).
     pub fn generate(trust_domain: &str) -> Result<(Self, String), PkiError> {
+        Self::generate_named(&format!("SeSPHR service CA ({trust_domain})"))
+    }
+
+    /// A fresh self-signed user CA for `trust_domain` (what the SRS signs
+    /// enrolling users with); returns the CA and its key (PEM).
+    pub fn generate_user_ca(trust_domain: &str) -> Result<(Self, String), PkiError> {
+        Self::generate_named(&format!("SeSPHR user CA ({trust_domain})"))
+    }
+
+    fn generate_named(common_name: &str) -> Result<(Self, String), PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "SeSPHR mesh");
-        dn.push(
-            DnType::CommonName,
-            format!("SeSPHR mesh CA ({trust_domain})"),
-        );
+        dn.push(DnType::CommonName, common_name);
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -181,16 +194,24 @@ impl CertificateAuthority {
         })
     }
 
-    /// Signs a client certificate for `identity` over the key in a PKCS#10
-    /// CSR (DER). The CSR's self-signature is verified (proof that the caller
-    /// holds the key); its subject and extensions are ignored: the CA alone
-    /// decides what the certificate names.
-    pub fn sign_csr(&self, csr_der: &[u8], identity: &Identity) -> Result<String, PkiError> {
+    /// Signs a client certificate for `identity`, valid for `validity`,
+    /// over the key in a PKCS#10 CSR (DER). The CSR's self-signature is
+    /// verified (proof that the caller holds the key); its subject and
+    /// extensions are ignored: the CA alone decides what the certificate
+    /// names. Returns the PEM and its `notAfter` (unix seconds).
+    pub fn sign_csr(
+        &self,
+        csr_der: &[u8],
+        identity: &Identity,
+        validity: Duration,
+    ) -> Result<(String, i64), PkiError> {
         let der = rustls::pki_types::CertificateSigningRequestDer::from(csr_der);
         let mut csr = CertificateSigningRequestParams::from_der(&der)
             .map_err(|e| PkiError::BadCsr(e.to_string()))?;
         csr.params = Self::leaf_params(identity, false)?;
-        Ok(csr.signed_by(&self.issuer)?.pem())
+        csr.params.not_after = OffsetDateTime::now_utc() + validity;
+        let not_after = csr.params.not_after.unix_timestamp();
+        Ok((csr.signed_by(&self.issuer)?.pem(), not_after))
     }
 }
 
@@ -201,6 +222,14 @@ pub fn make_csr() -> Result<(Vec<u8>, String), PkiError> {
     let params = CertificateParams::default();
     let csr = params.serialize_request(&key)?;
     Ok((csr.der().to_vec(), key.serialize_pem()))
+}
+
+/// A CSR for an existing key (PEM): what a renewal that keeps its TLS key
+/// sends.
+pub fn make_csr_for(key_pem: &str) -> Result<Vec<u8>, PkiError> {
+    let key = KeyPair::from_pem(key_pem)?;
+    let csr = CertificateParams::default().serialize_request(&key)?;
+    Ok(csr.der().to_vec())
 }
 
 /// Paths of the dev PKI under `DIR/pki`.
@@ -222,15 +251,21 @@ impl DevPki {
     pub fn key(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.key"))
     }
-    pub fn enrollment_token(&self) -> PathBuf {
-        self.dir.join("enrollment-token")
+    /// The user CA's certificate (the SRS's issuer).
+    pub fn user_ca_cert(&self) -> PathBuf {
+        self.dir.join("user-ca.pem")
+    }
+    /// The user CA's key: only the SRS reads it.
+    pub fn user_ca_key(&self) -> PathBuf {
+        self.dir.join("user-ca.key")
     }
 
-    /// Creates the dev PKI in `dir` unless it is already there: a CA
-    /// (`ca.pem`, `ca.key` 0600), one cert+key per service with SANs
-    /// `localhost`, `127.0.0.1`, `::1`, an operator identity
-    /// (`operator.pem`/`operator.key`) and an enrollment token. Existing files
-    /// are reused, so restarting keeps every identity.
+    /// Creates the dev PKI in `dir` unless it is already there: the service
+    /// CA (`ca.pem`, `ca.key` 0600), the user CA (`user-ca.pem`,
+    /// `user-ca.key` 0600), one cert+key per service with SANs `localhost`,
+    /// `127.0.0.1`, `::1`, and an operator identity
+    /// (`operator.pem`/`operator.key`), both from the service CA. Existing
+    /// files are reused, so restarting keeps every identity.
     pub fn ensure(dir: &Path, trust_domain: &str) -> Result<Self, PkiError> {
         let pki = DevPki {
             dir: dir.to_owned(),
@@ -267,10 +302,10 @@ impl DevPki {
             write_secret(&pki.key("operator"), issued.key_pem.as_bytes())?;
             write_public(&pki.cert("operator"), issued.cert_pem.as_bytes())?;
         }
-        if !pki.enrollment_token().exists() {
-            let mut token = [0u8; 24];
-            rand::fill(&mut token);
-            write_secret(&pki.enrollment_token(), hex::encode(token).as_bytes())?;
+        if !(pki.user_ca_cert().exists() && pki.user_ca_key().exists()) {
+            let (user_ca, key_pem) = CertificateAuthority::generate_user_ca(trust_domain)?;
+            write_secret(&pki.user_ca_key(), key_pem.as_bytes())?;
+            write_public(&pki.user_ca_cert(), user_ca.cert_pem().as_bytes())?;
         }
         Ok(pki)
     }
@@ -299,9 +334,22 @@ impl DevPki {
         Ok(())
     }
 
-    /// The CA, loaded from disk.
+    /// The service CA, loaded from disk.
     pub fn load_ca(&self) -> Result<CertificateAuthority, PkiError> {
         CertificateAuthority::from_pem(&read(&self.ca_cert())?, &read(&self.ca_key())?)
+    }
+
+    /// The user CA, loaded from disk.
+    pub fn load_user_ca(&self) -> Result<CertificateAuthority, PkiError> {
+        CertificateAuthority::from_pem(&read(&self.user_ca_cert())?, &read(&self.user_ca_key())?)
+    }
+
+    /// The CA that issues `identity`'s class of certificates.
+    pub fn load_ca_for(&self, identity: &Identity) -> Result<CertificateAuthority, PkiError> {
+        match crate::trust::Root::of(identity) {
+            crate::trust::Root::Service => self.load_ca(),
+            crate::trust::Root::User => self.load_user_ca(),
+        }
     }
 }
 
@@ -364,8 +412,11 @@ mod tests {
         let (ca, _) = CertificateAuthority::generate("sesphr.local").unwrap();
         let (csr, _key) = make_csr().unwrap();
         let alice = Identity::user("sesphr.local", Role::Patient, "alice").unwrap();
-        let pem = ca.sign_csr(&csr, &alice).unwrap();
+        let (pem, not_after) = ca.sign_csr(&csr, &alice, USER_CERT_VALIDITY).unwrap();
         assert_eq!(identity_from_cert_der(&der(&pem)).unwrap(), alice);
+        let expected = (OffsetDateTime::now_utc() + USER_CERT_VALIDITY).unix_timestamp();
+        assert!((expected - not_after).abs() < 60);
+        assert_eq!(crate::trust::not_after(&der(&pem)), Some(not_after as u64));
     }
 
     #[test]
@@ -373,13 +424,13 @@ mod tests {
         let (ca, _) = CertificateAuthority::generate("sesphr.local").unwrap();
         let alice = Identity::user("sesphr.local", Role::Patient, "alice").unwrap();
         assert!(matches!(
-            ca.sign_csr(b"junk", &alice),
+            ca.sign_csr(b"junk", &alice, USER_CERT_VALIDITY),
             Err(PkiError::BadCsr(_))
         ));
         let (mut csr, _) = make_csr().unwrap();
         let last = csr.len() - 1;
         csr[last] ^= 1; // break the self-signature
-        assert!(ca.sign_csr(&csr, &alice).is_err());
+        assert!(ca.sign_csr(&csr, &alice, USER_CERT_VALIDITY).is_err());
     }
 
     #[test]

@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use rustls::server::WebPkiClientVerifier;
 use tonic::codegen::http::Uri;
-use tonic::transport::{Certificate, Channel, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{Channel, Endpoint};
 use zeroize::Zeroizing;
 
 use crate::connect::{ExpectServerIdentity, MeshConnector};
+use crate::trust::TrustRoots;
 
 /// How long a TCP connect to a peer may take (default).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -137,44 +137,39 @@ impl TlsMaterial {
         &self.cert_pem
     }
 
-    /// Server side. `require_client_cert = false` only for the SRS, whose
-    /// `Enroll` serves callers that have no certificate yet; every other RPC
-    /// there still demands one (see [`crate::auth::authorize`]).
-    pub fn server_config(&self, require_client_cert: bool) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, self.key_pem.as_bytes()))
-            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+    /// tonic's own server TLS, with client certificates checked against
+    /// this material's CA only (the bench's reference echo server and test
+    /// stand-ins; the mesh's listeners use [`Self::rustls_server_config`]).
+    pub fn server_config(&self, require_client_cert: bool) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(
+                &self.cert_pem,
+                self.key_pem.as_bytes(),
+            ))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca_pem))
             .client_auth_optional(!require_client_cert)
             .timeout(Duration::from_secs(10))
     }
 
     /// The rustls config of a listener that does its own handshakes: this
-    /// identity, client certificates verified against the mesh CA (optional
-    /// only if `require_client_cert` is false, as in [`Self::server_config`]),
-    /// ALPN `h2` only.
+    /// identity; client certificates verified against the mesh's two roots
+    /// (optional only if `require_client_cert` is false: the SRS, whose
+    /// `Enroll` serves callers that have no certificate yet; every other RPC
+    /// there still demands one, see [`crate::auth::authorize`]); ALPN `h2`
+    /// only. Which root a caller must chain to is checked per connection
+    /// ([`TrustRoots::peer_identity`]).
     pub fn rustls_server_config(
         &self,
         require_client_cert: bool,
+        roots: &TrustRoots,
     ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let bad = |e: &dyn std::fmt::Display| TlsError::ServerConfig(e.to_string());
         let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| bad(&e))?;
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| bad(&e))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
-            roots.add(ca.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
-        }
-        let verifier = WebPkiClientVerifier::builder(Arc::new(roots));
-        let verifier = if require_client_cert {
-            verifier
-        } else {
-            verifier.allow_unauthenticated()
-        }
-        .build()
-        .map_err(|e| bad(&e))?;
         let mut config = rustls::ServerConfig::builder()
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(roots.handshake_verifier(require_client_cert))
             .with_single_cert(chain, key)
             .map_err(|e| bad(&e))?;
         config.alpn_protocols = vec![b"h2".to_vec()];

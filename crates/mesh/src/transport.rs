@@ -44,13 +44,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::task::AtomicWaker;
-use sesphr_identity::{Identity, identity_from_cert_der};
+use sesphr_identity::Identity;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
+
+use crate::trust::TrustRoots;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::body::Body;
@@ -465,26 +467,10 @@ pub enum PeerIdentity {
     /// No client certificate (only the SRS listener allows that, for
     /// enrollment).
     NoCertificate,
-    /// A certificate the mesh CA signed but that names no usable identity
-    /// here (no or several SPIFFE SANs, another trust domain).
+    /// A certificate that names no usable identity here (no or several
+    /// SPIFFE SANs, another trust domain, not chaining to the root of its
+    /// class, expired); the reason.
     Rejected(String),
-}
-
-impl PeerIdentity {
-    /// Reads the identity of a verified leaf certificate.
-    pub fn of_certificate(leaf: Option<&[u8]>, trust_domain: &str) -> PeerIdentity {
-        let Some(der) = leaf else {
-            return PeerIdentity::NoCertificate;
-        };
-        match identity_from_cert_der(der) {
-            Ok(id) if id.trust_domain == trust_domain => PeerIdentity::Verified(id),
-            Ok(id) => PeerIdentity::Rejected(format!(
-                "client certificate is for trust domain {:?}, this mesh is {:?}",
-                id.trust_domain, trust_domain
-            )),
-            Err(e) => PeerIdentity::Rejected(format!("client certificate rejected: {e}")),
-        }
-    }
 }
 
 /// The connect info of a TLS connection (in every request's extensions).
@@ -555,6 +541,7 @@ pub fn incoming_tls(
     listener: TcpListener,
     gate: Arc<Gate>,
     tls: Arc<rustls::ServerConfig>,
+    roots: Arc<TrustRoots>,
     trust_domain: &str,
 ) -> Incoming<PeerConn> {
     let acceptor = TlsAcceptor::from(tls);
@@ -565,19 +552,19 @@ pub fn incoming_tls(
         let acceptor = acceptor.clone();
         let name = name.clone();
         let trust_domain = trust_domain.clone();
+        let roots = roots.clone();
         async move {
             let peer = conn.info.remote_addr();
             let tcp = conn.info.clone();
             match tokio::time::timeout(timeout, acceptor.accept(conn)).await {
                 Ok(Ok(tls)) => {
                     tls.get_ref().0.activity.arm();
-                    let leaf = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|certs| certs.first())
-                        .map(|c| c.as_ref());
-                    let identity = Arc::new(PeerIdentity::of_certificate(leaf, &trust_domain));
+                    let chain = tls.get_ref().1.peer_certificates();
+                    let identity = Arc::new(roots.peer_identity(
+                        chain,
+                        &trust_domain,
+                        rustls::pki_types::UnixTime::now(),
+                    ));
                     Some(PeerConn {
                         tls,
                         info: PeerInfo { tcp, identity },

@@ -28,18 +28,32 @@ pub const ENV_DATA_DIR: &str = "SESPHR_DATA_DIR";
 pub const ENV_TLS_CERT: &str = "SESPHR_TLS_CERT";
 /// PEM private key of this service.
 pub const ENV_TLS_KEY: &str = "SESPHR_TLS_KEY";
-/// PEM certificate of the mesh CA (trusted for peers and clients).
+/// PEM certificate of the service CA (the root servers, nodes and
+/// operators chain to; trusted for every server the process calls).
 pub const ENV_TLS_CA: &str = "SESPHR_TLS_CA";
+/// PEM certificate of the user CA (the root patients and practitioners
+/// chain to; the SRS's issuer). Every service and node needs it.
+pub const ENV_TLS_USER_CA: &str = "SESPHR_TLS_USER_CA";
 /// `https://host:port` of AccessPolicy (CloudStorage and SRS need it).
 pub const ENV_ACCESS_POLICY_ENDPOINT: &str = "SESPHR_ACCESS_POLICY_ENDPOINT";
 /// Deadline of every call to a peer service, in milliseconds.
 pub const ENV_PEER_TIMEOUT_MS: &str = "SESPHR_PEER_TIMEOUT_MS";
-/// SRS: PEM certificate of the CA (or intermediate) that signs user certificates.
+/// SRS: PEM certificate of the user CA, which signs user certificates.
 pub const ENV_ISSUER_CERT: &str = "SESPHR_ISSUER_CERT";
 /// SRS: PEM key of that CA.
 pub const ENV_ISSUER_KEY: &str = "SESPHR_ISSUER_KEY";
-/// SRS: file holding the enrollment token.
-pub const ENV_ENROLLMENT_TOKEN_FILE: &str = "SESPHR_ENROLLMENT_TOKEN_FILE";
+/// SRS: `true` lets patients enrol without an invitation (rate-limited).
+pub const ENV_SELF_REGISTRATION: &str = "SESPHR_SELF_REGISTRATION";
+/// SRS: patient self-registrations per minute, mesh-wide (default 60).
+pub const ENV_SELF_REGISTRATIONS_PER_MINUTE: &str = "SESPHR_SELF_REGISTRATIONS_PER_MINUTE";
+/// SRS: days a user certificate lasts (default 30).
+pub const ENV_USER_CERT_VALIDITY_DAYS: &str = "SESPHR_USER_CERT_VALIDITY_DAYS";
+/// CloudStorage, SRS, nodes: how often the deny list is fetched from
+/// AccessPolicy, ms (default 1000).
+pub const ENV_DENY_LIST_POLL_INTERVAL_MS: &str = "SESPHR_DENY_LIST_POLL_INTERVAL_MS";
+/// CloudStorage, SRS, nodes: how old the deny list may get before users are
+/// refused, ms (default 5000).
+pub const ENV_DENY_LIST_MAX_STALENESS_MS: &str = "SESPHR_DENY_LIST_MAX_STALENESS_MS";
 /// CloudStorage: largest accepted record, in bytes.
 pub const ENV_MAX_RECORD_BYTES: &str = "SESPHR_MAX_RECORD_BYTES";
 /// CloudStorage: which uploads share a deduplicated blob: `global` (equal
@@ -48,8 +62,9 @@ pub const ENV_MAX_RECORD_BYTES: &str = "SESPHR_MAX_RECORD_BYTES";
 pub const ENV_DEDUP_SCOPE: &str = "SESPHR_DEDUP_SCOPE";
 /// Re-encryption node: requests per second per identity (burst = 4x).
 pub const ENV_REENCRYPT_RATE: &str = "SESPHR_REENCRYPT_RATE";
-/// Re-encryption node: `https://host:port` of the setup service (the user
-/// directory the node checks kfrag signatures against).
+/// Re-encryption node and AccessPolicy: `https://host:port` of the setup
+/// service (the user directory: nodes check kfrag signatures against it,
+/// AccessPolicy grants only to users enrolled there).
 pub const ENV_SETUP_ENDPOINT: &str = "SESPHR_SETUP_ENDPOINT";
 /// Re-encryption node: file holding this node's share of the dedup OPRF key
 /// (written by `sesphrd deal-oprf`).
@@ -89,6 +104,8 @@ pub const ENV_MAX_HEALTH_WATCHES: &str = "SESPHR_MAX_HEALTH_WATCHES";
 pub const DEFAULT_PEER_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_MAX_RECORD_BYTES: u64 = 64 << 30;
 pub const DEFAULT_REENCRYPT_RATE: f64 = 2_000.0;
+pub const DEFAULT_SELF_REGISTRATIONS_PER_MINUTE: u32 = 60;
+pub const DEFAULT_USER_CERT_VALIDITY_DAYS: u32 = 30;
 
 /// Where configuration strings come from: the process environment in
 /// production, a map in tests (no global state).
@@ -194,6 +211,8 @@ pub struct ServeFile {
     #[serde(default)]
     pub witness: WitnessSection,
     #[serde(default)]
+    pub deny_list: DenyListSection,
+    #[serde(default)]
     pub limits: LimitsSection,
     #[serde(default)]
     pub transport: TransportSection,
@@ -204,7 +223,10 @@ pub struct ServeFile {
 pub struct TlsSection {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// The service CA.
     pub ca: Option<PathBuf>,
+    /// The user CA's certificate.
+    pub user_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -212,7 +234,13 @@ pub struct TlsSection {
 pub struct SrsSection {
     pub issuer_cert: Option<PathBuf>,
     pub issuer_key: Option<PathBuf>,
+    /// Gone (one token let anyone enrol as anything): refused with a
+    /// message saying what replaced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment_token_file: Option<PathBuf>,
+    pub self_registration: Option<bool>,
+    pub self_registrations_per_minute: Option<u32>,
+    pub user_cert_validity_days: Option<u32>,
     /// Moved to `[srs_node]`: refused here with a message saying so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reencrypt_rate: Option<f64>,
@@ -239,6 +267,16 @@ pub struct CloudStorageSection {
 pub struct AccessPolicySection {
     pub log_key_file: Option<PathBuf>,
     pub checkpoint_interval_ms: Option<u64>,
+    /// The setup service (the user directory grants are checked against).
+    pub setup_endpoint: Option<String>,
+}
+
+/// How a service follows AccessPolicy's deny list (`sesphr_mesh::deny`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyListSection {
+    pub poll_interval_ms: Option<u64>,
+    pub max_staleness_ms: Option<u64>,
 }
 
 /// A witness of the audit log (CloudStorage or a node): checks each new
@@ -409,6 +447,8 @@ pub struct ServeConfig {
     pub health_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub tls: TlsFiles,
+    /// The user CA's certificate.
+    pub user_ca: PathBuf,
     /// Required for CloudStorage and SRS.
     pub access_policy_endpoint: Option<String>,
     pub peer_timeout_ms: u64,
@@ -418,6 +458,10 @@ pub struct ServeConfig {
     pub audit_log: Option<AuditLogSettings>,
     /// CloudStorage and nodes, when configured as witnesses.
     pub witness: Option<WitnessSettings>,
+    /// AccessPolicy only (required there): the setup service.
+    pub setup_endpoint: Option<String>,
+    /// How the deny list is followed (all but AccessPolicy).
+    pub deny_list: DenyListSettings,
     pub max_record_bytes: u64,
     pub limits: Limits,
     pub dedup_scope: sesphr_cloud_storage::DedupScope,
@@ -429,7 +473,24 @@ pub struct ServeConfig {
 pub struct SrsSettings {
     pub issuer_cert: PathBuf,
     pub issuer_key: PathBuf,
-    pub enrollment_token_file: PathBuf,
+    /// Patient self-registrations per minute; `None`: invitations only.
+    pub self_registrations_per_minute: Option<u32>,
+    pub user_cert_validity_days: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenyListSettings {
+    pub poll_interval_ms: u64,
+    pub max_staleness_ms: u64,
+}
+
+impl Default for DenyListSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: sesphr_mesh::deny::DEFAULT_POLL_INTERVAL.as_millis() as u64,
+            max_staleness_ms: sesphr_mesh::deny::DEFAULT_MAX_STALENESS.as_millis() as u64,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -524,13 +585,46 @@ impl ServeConfig {
         over_path(ENV_TLS_CERT, &mut file.tls.cert);
         over_path(ENV_TLS_KEY, &mut file.tls.key);
         over_path(ENV_TLS_CA, &mut file.tls.ca);
+        over_path(ENV_TLS_USER_CA, &mut file.tls.user_ca);
         over_path(ENV_ISSUER_CERT, &mut file.srs.issuer_cert);
         over_path(ENV_ISSUER_KEY, &mut file.srs.issuer_key);
-        over_path(
-            ENV_ENROLLMENT_TOKEN_FILE,
-            &mut file.srs.enrollment_token_file,
+        if service == ServiceKind::Service(Service::AccessPolicy) {
+            over(ENV_SETUP_ENDPOINT, &mut file.access_policy.setup_endpoint);
+        } else {
+            over(ENV_SETUP_ENDPOINT, &mut file.srs_node.setup_endpoint);
+        }
+        if let Some(v) = env.get(ENV_SELF_REGISTRATION) {
+            match v.parse::<bool>() {
+                Ok(b) => file.srs.self_registration = Some(b),
+                Err(_) => errors.push(format!(
+                    "{ENV_SELF_REGISTRATION} {v:?} must be true or false"
+                )),
+            }
+        }
+        num(
+            env,
+            ENV_SELF_REGISTRATIONS_PER_MINUTE,
+            &mut file.srs.self_registrations_per_minute,
+            &mut errors,
         );
-        over(ENV_SETUP_ENDPOINT, &mut file.srs_node.setup_endpoint);
+        num(
+            env,
+            ENV_USER_CERT_VALIDITY_DAYS,
+            &mut file.srs.user_cert_validity_days,
+            &mut errors,
+        );
+        num(
+            env,
+            ENV_DENY_LIST_POLL_INTERVAL_MS,
+            &mut file.deny_list.poll_interval_ms,
+            &mut errors,
+        );
+        num(
+            env,
+            ENV_DENY_LIST_MAX_STALENESS_MS,
+            &mut file.deny_list.max_staleness_ms,
+            &mut errors,
+        );
         over_path(ENV_AUDIT_LOG_KEY_FILE, &mut file.access_policy.log_key_file);
         over_path(ENV_WITNESS_KEY_FILE, &mut file.witness.key_file);
         over_path(
@@ -616,6 +710,38 @@ impl ServeConfig {
         require(&mut errors, "tls.cert", ENV_TLS_CERT, &file.tls.cert);
         require(&mut errors, "tls.key", ENV_TLS_KEY, &file.tls.key);
         require(&mut errors, "tls.ca", ENV_TLS_CA, &file.tls.ca);
+        require(
+            &mut errors,
+            "tls.user_ca",
+            ENV_TLS_USER_CA,
+            &file.tls.user_ca,
+        );
+        let deny_list = {
+            let d = DenyListSettings::default();
+            let poll = file
+                .deny_list
+                .poll_interval_ms
+                .unwrap_or(d.poll_interval_ms);
+            let stale = file
+                .deny_list
+                .max_staleness_ms
+                .unwrap_or(d.max_staleness_ms);
+            if !(100..=60_000).contains(&poll) {
+                errors.push(format!(
+                    "deny_list.poll_interval_ms {poll} must be 100 to 60000"
+                ));
+            }
+            if stale < 2 * poll || stale > 300_000 {
+                errors.push(format!(
+                    "deny_list.max_staleness_ms {stale} must be at least twice poll_interval_ms \
+                     ({poll}) and at most 300000"
+                ));
+            }
+            DenyListSettings {
+                poll_interval_ms: poll,
+                max_staleness_ms: stale,
+            }
+        };
         let needs_policy = service != ServiceKind::Service(Service::AccessPolicy);
         match (&file.access_policy_endpoint, needs_policy) {
             (None, true) => errors.push(format!(
@@ -625,6 +751,13 @@ impl ServeConfig {
                 "access_policy_endpoint {e:?} must start with https://"
             )),
             _ => {}
+        }
+        if file.srs.enrollment_token_file.is_some() {
+            errors.push(
+                "srs.enrollment_token_file is gone: users enrol by invitation (`sesphr admin \
+                 invite`), patients also by self-registration where srs.self_registration = true"
+                    .to_owned(),
+            );
         }
         if file.srs.reencrypt_rate.is_some() {
             errors.push(
@@ -646,12 +779,15 @@ impl ServeConfig {
                 ENV_ISSUER_KEY,
                 &file.srs.issuer_key,
             );
-            require(
-                &mut errors,
-                "srs.enrollment_token_file",
-                ENV_ENROLLMENT_TOKEN_FILE,
-                &file.srs.enrollment_token_file,
-            );
+            if file.srs.self_registrations_per_minute == Some(0) {
+                errors.push("srs.self_registrations_per_minute must be >= 1".to_owned());
+            }
+            match file.srs.user_cert_validity_days {
+                Some(d) if !(1..=365).contains(&d) => {
+                    errors.push(format!("srs.user_cert_validity_days {d} must be 1 to 365"))
+                }
+                _ => {}
+            }
             Some(file.srs.clone())
         } else {
             None
@@ -702,6 +838,15 @@ impl ServeConfig {
                 file.access_policy.checkpoint_interval_ms,
                 &mut errors,
             );
+            match &file.access_policy.setup_endpoint {
+                None => errors.push(format!(
+                    "access_policy.setup_endpoint is required (or set {ENV_SETUP_ENDPOINT})"
+                )),
+                Some(e) if !e.starts_with("https://") => errors.push(format!(
+                    "access_policy.setup_endpoint {e:?} must start with https://"
+                )),
+                Some(_) => {}
+            }
             file.access_policy
                 .log_key_file
                 .clone()
@@ -712,6 +857,7 @@ impl ServeConfig {
         } else {
             if file.access_policy.log_key_file.is_some()
                 || file.access_policy.checkpoint_interval_ms.is_some()
+                || file.access_policy.setup_endpoint.is_some()
             {
                 errors.push(format!(
                     "[access_policy] configures AccessPolicy's audit log, not {service}"
@@ -775,19 +921,26 @@ impl ServeConfig {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        let (Some(listen), Some(data_dir), Some(cert), Some(key), Some(ca)) = (
+        let (Some(listen), Some(data_dir), Some(cert), Some(key), Some(ca), Some(user_ca)) = (
             listen,
             file.data_dir,
             file.tls.cert,
             file.tls.key,
             file.tls.ca,
+            file.tls.user_ca,
         ) else {
             unreachable!("missing values were reported above");
         };
         let srs = srs.map(|s| SrsSettings {
             issuer_cert: s.issuer_cert.unwrap_or_default(),
             issuer_key: s.issuer_key.unwrap_or_default(),
-            enrollment_token_file: s.enrollment_token_file.unwrap_or_default(),
+            self_registrations_per_minute: s.self_registration.unwrap_or(false).then(|| {
+                s.self_registrations_per_minute
+                    .unwrap_or(DEFAULT_SELF_REGISTRATIONS_PER_MINUTE)
+            }),
+            user_cert_validity_days: s
+                .user_cert_validity_days
+                .unwrap_or(DEFAULT_USER_CERT_VALIDITY_DAYS),
         });
         let srs_node = srs_node.map(|(rate, n)| SrsNodeSettings {
             setup_endpoint: n.setup_endpoint.unwrap_or_default(),
@@ -801,12 +954,15 @@ impl ServeConfig {
             health_listen,
             data_dir,
             tls: TlsFiles { cert, key, ca },
+            user_ca,
             access_policy_endpoint: file.access_policy_endpoint,
             peer_timeout_ms,
             srs,
             srs_node,
             audit_log,
             witness,
+            setup_endpoint: file.access_policy.setup_endpoint,
+            deny_list,
             max_record_bytes: file
                 .cloud_storage
                 .max_record_bytes

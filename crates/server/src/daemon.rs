@@ -23,16 +23,18 @@ use zeroize::Zeroizing;
 use crate::config::{ServeConfig, ServiceKind};
 use sesphr::proto::{self, service_names};
 use sesphr::rpc;
-use sesphr_access_policy::grpc::{AccessPolicyService, LocalRefusalAudit};
+use sesphr_access_policy::grpc::{AccessPolicyService, LocalRefusalAudit, load_deny_list};
 use sesphr_client::MeshFile;
 use sesphr_cloud_storage::MAX_CHUNK_BYTES;
 use sesphr_cloud_storage::grpc::CloudStorageService;
 use sesphr_mesh::auth::{AuthorizeLayer, RefusalAudit};
+use sesphr_mesh::deny::DenyList;
 use sesphr_mesh::limits::{Limited, Limits};
 use sesphr_mesh::pki::{CertificateAuthority, DevPki, PkiError};
 use sesphr_mesh::policy_client::PolicyClient;
 use sesphr_mesh::tls::{self, TlsError, TlsFiles, TlsMaterial};
 use sesphr_mesh::transport::{self, Gate, TrackStreamsLayer, TransportLimits, WatchCap};
+use sesphr_mesh::trust::TrustRoots;
 use sesphr_mesh::unix_now;
 use sesphr_srs::grpc::{NodeService, SetupDirectory, SetupService};
 
@@ -126,8 +128,15 @@ pub enum ServeError {
     },
     #[error("{0} needs the access policy endpoint")]
     MissingPolicyEndpoint(Served),
-    #[error("the SRS setup service needs its CA and enrollment token")]
+    #[error("the SRS setup service needs the user CA (srs.issuer_cert, srs.issuer_key)")]
     MissingSrsSettings,
+    #[error("AccessPolicy needs the setup service's endpoint (access_policy.setup_endpoint)")]
+    MissingSetupEndpoint,
+    #[error(
+        "srs.issuer_cert is the service CA: the SRS must sign users with the user CA \
+         (tls.user_ca), so that it can never mint service or operator identities"
+    )]
+    IssuerIsServiceCa,
     #[error("a re-encryption node needs its setup endpoint and OPRF key share")]
     MissingNodeSettings,
     #[error("AccessPolicy needs its audit log signing key (access_policy.log_key_file)")]
@@ -159,8 +168,28 @@ pub enum ServeError {
 
 /// Setup-service-only material.
 pub struct SrsParams {
+    /// The user CA (never the service CA).
     pub ca: CertificateAuthority,
-    pub enrollment_token: Zeroizing<String>,
+    /// Patient self-registrations per minute; `None`: invitations only.
+    pub self_registrations_per_minute: Option<u32>,
+    /// How long user certificates last.
+    pub user_cert_validity: time::Duration,
+}
+
+/// How a service follows AccessPolicy's deny list.
+#[derive(Debug, Clone, Copy)]
+pub struct DenyListParams {
+    pub poll_interval: Duration,
+    pub max_staleness: Duration,
+}
+
+impl From<crate::config::DenyListSettings> for DenyListParams {
+    fn from(d: crate::config::DenyListSettings) -> Self {
+        Self {
+            poll_interval: Duration::from_millis(d.poll_interval_ms),
+            max_staleness: Duration::from_millis(d.max_staleness_ms),
+        }
+    }
 }
 
 /// AccessPolicy's audit log signing key and checkpoint cadence.
@@ -221,8 +250,14 @@ pub struct ServiceParams {
     pub listener: TcpListener,
     pub health_listener: Option<TcpListener>,
     pub tls: TlsMaterial,
+    /// The service CA and the user CA, as the listener checks callers.
+    pub roots: Arc<TrustRoots>,
     pub data_dir: PathBuf,
     pub access_policy_endpoint: Option<String>,
+    /// AccessPolicy: the setup service (grants go to enrolled users).
+    pub setup_endpoint: Option<String>,
+    /// All but AccessPolicy: how the deny list is followed.
+    pub deny_list: DenyListParams,
     pub peer_timeout: Duration,
     pub srs: Option<SrsParams>,
     pub node: Option<NodeParams>,
@@ -249,14 +284,18 @@ impl ServiceParams {
     /// Loads TLS material and binds the listeners of a `sesphrd serve` config.
     pub async fn from_config(cfg: &ServeConfig) -> Result<Self, ServeError> {
         let tls = TlsMaterial::load(&cfg.tls)?;
+        let roots = Arc::new(TrustRoots::load(&cfg.tls.ca, &cfg.user_ca)?);
         let srs = match &cfg.srs {
             Some(s) => {
                 let cert = read_file(&s.issuer_cert)?;
                 let key = Zeroizing::new(read_file(&s.issuer_key)?);
-                let token = Zeroizing::new(read_file(&s.enrollment_token_file)?.trim().to_owned());
+                if cert.trim() == read_file(&cfg.tls.ca)?.trim() {
+                    return Err(ServeError::IssuerIsServiceCa);
+                }
                 Some(SrsParams {
                     ca: CertificateAuthority::from_pem(&cert, &key)?,
-                    enrollment_token: token,
+                    self_registrations_per_minute: s.self_registrations_per_minute,
+                    user_cert_validity: time::Duration::days(i64::from(s.user_cert_validity_days)),
                 })
             }
             None => None,
@@ -306,8 +345,11 @@ impl ServiceParams {
             listener,
             health_listener,
             tls,
+            roots,
             data_dir: cfg.data_dir.clone(),
             access_policy_endpoint: cfg.access_policy_endpoint.clone(),
+            setup_endpoint: cfg.setup_endpoint.clone(),
+            deny_list: cfg.deny_list.into(),
             peer_timeout: Duration::from_millis(cfg.peer_timeout_ms),
             srs,
             node,
@@ -355,7 +397,7 @@ pub async fn run_service(
         .expect("embedded descriptor sets are valid");
     let td = p.trust_domain.clone();
     let require_client_cert = service != Served::Service(Service::Srs);
-    let server_tls = p.tls.rustls_server_config(require_client_cert)?;
+    let server_tls = p.tls.rustls_server_config(require_client_cert, &p.roots)?;
     // Connections are accepted, capped and handshaken by `transport`, which
     // also closes those that stay without a request.
     let gate = Gate::new(service.name(), p.transport);
@@ -396,13 +438,43 @@ pub async fn run_service(
         (None, Some(client)) => Arc::new(client.clone()),
         (None, None) => return Err(ServeError::MissingPolicyEndpoint(service)),
     };
+    // Who is disabled: AccessPolicy's own list, or a follower's copy of it.
+    let deny = match &policy_store {
+        Some(store) => Arc::new(
+            load_deny_list(&**store).map_err(|e| store_err(service, &store_dir)(e.to_string()))?,
+        ),
+        None => Arc::new(DenyList::follower(p.deny_list.max_staleness)),
+    };
+    let follower = match &policy_store {
+        Some(_) => None,
+        None => {
+            let endpoint = p
+                .access_policy_endpoint
+                .as_deref()
+                .ok_or(ServeError::MissingPolicyEndpoint(service))?;
+            let policy_id = Identity::service(&td, Service::AccessPolicy);
+            let channel =
+                tls::channel(endpoint, p.tls.client_config(), &policy_id, p.peer_timeout)?;
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(sesphr_mesh::deny::follow(
+                deny.clone(),
+                channel,
+                p.deny_list.poll_interval,
+                p.peer_timeout.min(p.deny_list.poll_interval * 2),
+                async move {
+                    let _ = stopped.await;
+                },
+            ));
+            Some((stop, task))
+        }
+    };
     // Every request passes the stream tracking, then the one RPC table
     // (which hands handlers the typed caller), then the service's limits.
     let mut builder = p
         .transport
         .server()
         .layer(TrackStreamsLayer::new(gate.clone()))
-        .layer(AuthorizeLayer::new(rpc::TABLE, refusals))
+        .layer(AuthorizeLayer::new(rpc::TABLE, refusals).with_deny_list(deny.clone()))
         .max_concurrent_streams(Some(p.limits.max_concurrent_streams));
     let router = builder
         .add_service(health_service.clone())
@@ -411,7 +483,15 @@ pub async fn run_service(
     let router = match service {
         Served::Service(Service::AccessPolicy) => {
             let store = policy_store.clone().expect("opened above for AccessPolicy");
-            let svc = AccessPolicyService::new(store);
+            let endpoint = p
+                .setup_endpoint
+                .as_deref()
+                .ok_or(ServeError::MissingSetupEndpoint)?;
+            // Only the setup service may answer directory lookups.
+            let setup_id = Identity::service(&td, Service::Srs);
+            let channel = tls::channel(endpoint, p.tls.client_config(), &setup_id, p.peer_timeout)?;
+            let directory = Arc::new(SetupDirectory::new(channel, p.peer_timeout));
+            let svc = AccessPolicyService::new(store, directory, deny.clone());
             health.set_serving::<proto::access_policy_server::AccessPolicyServer<AccessPolicyService>>().await;
             router.add_service(Limited::new(
                 proto::access_policy_server::AccessPolicyServer::new(svc),
@@ -440,13 +520,14 @@ pub async fn run_service(
             let srs = p.srs.ok_or(ServeError::MissingSrsSettings)?;
             let store = sesphr_srs::SrsStore::open(&store_dir)
                 .map_err(|e| store_err(service, &store_dir)(e.to_string()))?;
-            let svc = SetupService::new(
-                Arc::new(store),
-                Arc::new(srs.ca),
-                srs.enrollment_token,
-                policy()?,
-                td.clone(),
-            );
+            let config = sesphr_srs::setup::SetupConfig {
+                trust_domain: td.clone(),
+                service_ca_pem: p.tls.ca_pem().to_owned(),
+                user_cert_validity: srs.user_cert_validity,
+                self_registrations_per_minute: srs.self_registrations_per_minute,
+                deny: Some(deny.clone()),
+            };
+            let svc = SetupService::new(Arc::new(store), Arc::new(srs.ca), policy()?, config);
             health
                 .set_serving::<proto::srs_server::SrsServer<SetupService>>()
                 .await;
@@ -495,7 +576,35 @@ pub async fn run_service(
         }
     };
     let addr = p.listener.local_addr().ok();
-    let incoming = transport::incoming_tls(p.listener, gate, server_tls, &td);
+    let incoming = transport::incoming_tls(p.listener, gate, server_tls, p.roots.clone(), &td);
+    // A follower is ready (health SERVING) only while its deny list is
+    // current: until the first answer, and whenever AccessPolicy has been
+    // out of reach for longer than the staleness bound.
+    let readiness = follower.as_ref().map(|_| {
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let (health, deny, name) = (health.clone(), deny.clone(), service.health_name());
+        let task = tokio::spawn(async move {
+            use tonic_health::ServingStatus;
+            let mut serving = None;
+            loop {
+                let now = deny.is_fresh();
+                if serving != Some(now) {
+                    let status = if now {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    health.set_service_status(name, status).await;
+                    serving = Some(now);
+                }
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        });
+        (stop, task)
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     // The plaintext health port serves grpc.health.v1 only (for kubelet
     // probes, which cannot present client certificates), with the same
@@ -568,7 +677,10 @@ pub async fn run_service(
     if let Some(task) = health_task {
         let _ = task.await;
     }
-    for (stop, task) in [flusher, checkpointer, witness].into_iter().flatten() {
+    for (stop, task) in [flusher, checkpointer, witness, follower, readiness]
+        .into_iter()
+        .flatten()
+    {
         // Not aborted: a flush or signature in progress finishes before the
         // store closes.
         let _ = stop.send(());
@@ -624,6 +736,10 @@ impl ServiceHandle {
             .unwrap_or(Err(ServeError::Panicked(self.service)))
     }
 }
+
+/// Patient self-registrations per minute a dev mesh allows (mesh-wide):
+/// enough for test suites, still a bound.
+pub const DEV_SELF_REGISTRATIONS_PER_MINUTE: u32 = 6_000;
 
 /// Options of an in-process mesh.
 #[derive(Debug, Clone)]
@@ -689,7 +805,6 @@ pub struct DevLayout {
     /// `DIR/serve/<name>.toml`, one per service and node, in start order.
     pub serve_files: Vec<(Served, PathBuf)>,
     listeners: Vec<(Served, TcpListener, SocketAddr)>,
-    token: Zeroizing<String>,
     dealing_dir: PathBuf,
 }
 
@@ -729,6 +844,11 @@ pub fn ensure_key_pair(dir: &Path, name: &str) -> Result<sesphr_tlog::PublicKey,
     let public = key.public_key();
     sesphr_mesh::pki::write_public(&pub_path, format!("{}\n", public.to_hex()).as_bytes())?;
     Ok(public)
+}
+
+/// The operator profile `sesphrd dev` writes: `DIR/operator`.
+pub fn dev_operator_dir(dir: &Path) -> PathBuf {
+    dir.join("operator")
 }
 
 /// Where `sesphrd dev` keeps the OPRF dealing: `DIR/pki/oprf`.
@@ -792,7 +912,6 @@ impl DevLayout {
                 .map(|(_, _, a)| *a)
                 .expect("every service was bound")
         };
-        let token = Zeroizing::new(read_file(&pki.enrollment_token())?.trim().to_owned());
         let srs_nodes = dealing
             .srs_nodes
             .iter()
@@ -826,7 +945,6 @@ impl DevLayout {
             audit: Some(audit),
             trust_domain: opts.trust_domain.clone(),
             ca: pki.ca_cert(),
-            enrollment_token: Some(token.to_string()),
             cloud_storage: url(addr_of(Service::CloudStorage.into())),
             srs: url(addr_of(Service::Srs.into())),
             access_policy: url(addr_of(Service::AccessPolicy.into())),
@@ -837,6 +955,18 @@ impl DevLayout {
         let mesh_file = dir.join("mesh.toml");
         let text = toml::to_string(&mesh).expect("mesh file serializes");
         sesphr_mesh::pki::write_secret(&mesh_file, text.as_bytes())?;
+        // A ready operator profile (`sesphr --home DIR/operator admin …`):
+        // invitations, deactivation, the whole audit log.
+        sesphr_client::admin::OperatorProfile::create(
+            &dev_operator_dir(&dir),
+            &read_file(&pki.cert("operator"))?,
+            &read_file(&pki.key("operator"))?,
+            &read_file(&pki.ca_cert())?,
+        )
+        .map_err(|e| ServeError::Io {
+            path: dev_operator_dir(&dir),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         let serve_dir = dir.join("serve");
         std::fs::create_dir_all(&serve_dir).map_err(|source| ServeError::Io {
             path: serve_dir.clone(),
@@ -861,7 +991,6 @@ impl DevLayout {
             pki,
             serve_files,
             listeners,
-            token,
             dealing_dir,
         })
     }
@@ -889,6 +1018,7 @@ fn serve_file(
             cert: Some(pki.cert(&name)),
             key: Some(pki.key(&name)),
             ca: Some(pki.ca_cert()),
+            user_ca: Some(pki.user_ca_cert()),
         },
         ..Default::default()
     };
@@ -897,11 +1027,14 @@ fn serve_file(
     }
     match served {
         Served::Service(Service::Srs) => {
+            // Dev meshes let patients register themselves; practitioners
+            // still need an invitation (`sesphr admin invite`).
             file.srs = SrsSection {
-                issuer_cert: Some(pki.ca_cert()),
-                issuer_key: Some(pki.ca_key()),
-                enrollment_token_file: Some(pki.enrollment_token()),
-                reencrypt_rate: None,
+                issuer_cert: Some(pki.user_ca_cert()),
+                issuer_key: Some(pki.user_ca_key()),
+                self_registration: Some(true),
+                self_registrations_per_minute: Some(DEV_SELF_REGISTRATIONS_PER_MINUTE),
+                ..Default::default()
             }
         }
         Served::SrsNode(index) => {
@@ -922,6 +1055,7 @@ fn serve_file(
             file.access_policy = crate::config::AccessPolicySection {
                 log_key_file: Some(dev_audit_dir(dir).join("log.key")),
                 checkpoint_interval_ms: Some(opts.audit_interval_ms),
+                setup_endpoint: Some(mesh.srs.clone()),
             };
         }
     }
@@ -975,9 +1109,9 @@ impl DevMesh {
             pki,
             serve_files,
             listeners,
-            token,
             dealing_dir,
         } = layout;
+        let roots = Arc::new(TrustRoots::load(&pki.ca_cert(), &pki.user_ca_cert())?);
         let (stop, stop_rx) = watch::channel(false);
         let mut handles = Vec::new();
         for (service, listener, addr) in listeners {
@@ -989,8 +1123,9 @@ impl DevMesh {
             })?;
             let srs = if service == Served::Service(Service::Srs) {
                 Some(SrsParams {
-                    ca: pki.load_ca()?,
-                    enrollment_token: token.clone(),
+                    ca: pki.load_user_ca()?,
+                    self_registrations_per_minute: Some(DEV_SELF_REGISTRATIONS_PER_MINUTE),
+                    user_cert_validity: sesphr_mesh::pki::USER_CERT_VALIDITY,
                 })
             } else {
                 None
@@ -1025,8 +1160,11 @@ impl DevMesh {
                 listener,
                 health_listener: None,
                 tls,
+                roots: roots.clone(),
                 data_dir: dir.join(&name),
                 access_policy_endpoint: Some(mesh.access_policy.clone()),
+                setup_endpoint: Some(mesh.srs.clone()),
+                deny_list: crate::config::DenyListSettings::default().into(),
                 peer_timeout: Duration::from_millis(crate::config::DEFAULT_PEER_TIMEOUT_MS),
                 srs,
                 node,

@@ -93,6 +93,19 @@ pub trait PolicyBackend: Send + Sync + 'static {
         cosignature: &Cosignature,
     ) -> Result<(), DomainError>;
 
+    /// Disables or enables a user, audited; (changed, version after).
+    fn set_user_status(
+        &self,
+        user_id: &str,
+        disabled: bool,
+        reason: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<(bool, u64), DomainError>;
+
+    /// The deny list: its version and every disabled user id, sorted.
+    fn deny_list(&self) -> Result<(u64, Vec<String>), DomainError>;
+
     /// Recomputes the whole chain, optionally against a published head.
     fn verify_audit(
         &self,
@@ -108,6 +121,21 @@ pub trait PolicyBackend: Send + Sync + 'static {
 }
 
 impl PolicyBackend for PolicyStore {
+    fn set_user_status(
+        &self,
+        user_id: &str,
+        disabled: bool,
+        reason: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<(bool, u64), DomainError> {
+        PolicyStore::set_user_status(self, user_id, disabled, reason, actor, now)
+    }
+
+    fn deny_list(&self) -> Result<(u64, Vec<String>), DomainError> {
+        PolicyStore::deny_list(self)
+    }
+
     fn grant(&self, grant: Grant, actor: &str, now: i64) -> Result<Grant, DomainError> {
         PolicyStore::grant(self, grant, actor, now)
     }

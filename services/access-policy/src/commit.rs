@@ -274,6 +274,7 @@ impl Drop for Handover<'_> {
 enum Which {
     Grants,
     ByGrantee,
+    Deny,
 }
 
 /// An operation's view of the batch's transaction: reads see the batch's
@@ -282,6 +283,7 @@ enum Which {
 pub(crate) struct OpCtx<'a> {
     grants: &'a TransactionalTree,
     by_grantee: &'a TransactionalTree,
+    deny: &'a TransactionalTree,
     pub(crate) head: &'a mut Head,
     writes: Vec<(Which, Vec<u8>, Option<Vec<u8>>)>,
 }
@@ -299,11 +301,13 @@ impl<'a> OpCtx<'a> {
     pub(crate) fn new(
         grants: &'a TransactionalTree,
         by_grantee: &'a TransactionalTree,
+        deny: &'a TransactionalTree,
         head: &'a mut Head,
     ) -> Self {
         OpCtx {
             grants,
             by_grantee,
+            deny,
             head,
             writes: Vec::new(),
         }
@@ -320,6 +324,23 @@ impl<'a> OpCtx<'a> {
             return Ok(v.clone());
         }
         Ok(self.grants.get(key).map_err(storage)?.map(|v| v.to_vec()))
+    }
+
+    /// The stored deny-list value under `key` (see `crate::deny`).
+    pub(crate) fn deny_entry(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DomainError> {
+        if let Some((_, _, v)) = self
+            .writes
+            .iter()
+            .rev()
+            .find(|(w, k, _)| *w == Which::Deny && k == key)
+        {
+            return Ok(v.clone());
+        }
+        Ok(self.deny.get(key).map_err(storage)?.map(|v| v.to_vec()))
+    }
+
+    pub(crate) fn put_deny_entry(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.writes.push((Which::Deny, key, value));
     }
 
     pub(crate) fn put_grant(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -348,6 +369,7 @@ impl<'a> OpCtx<'a> {
             let tree = match which {
                 Which::Grants => self.grants,
                 Which::ByGrantee => self.by_grantee,
+                Which::Deny => self.deny,
             };
             match v {
                 Some(v) => tree.insert(k, v)?,

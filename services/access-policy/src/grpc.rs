@@ -15,6 +15,8 @@ use sesphr::proto::access_policy_server::AccessPolicy;
 use sesphr::proto::{self, AccessGrant};
 use sesphr::rpc::RpcSpec;
 use sesphr_mesh::auth::{self, RefusalAudit};
+use sesphr_mesh::deny::DenyList;
+use sesphr_mesh::directory::{Directory, SetupDirectory};
 use sesphr_mesh::status::{IntoStatus, invalid};
 use sesphr_mesh::{blocking, unix_now};
 
@@ -26,12 +28,20 @@ pub use crate::policy::{MAX_CONCURRENT_VERIFICATIONS, VERIFY_QUEUE_WAIT};
 
 pub struct AccessPolicyService<S = PolicyStore> {
     policy: Arc<Policy<S>>,
+    /// Who is enrolled as what (grants go to enrolled users only).
+    directory: Arc<SetupDirectory>,
+    /// The authoritative deny list in memory, kept equal to the store's.
+    deny: Arc<DenyList>,
 }
 
 impl<S: PolicyBackend> AccessPolicyService<S> {
-    pub fn new(store: Arc<S>) -> Self {
+    /// `deny` must hold the store's deny list ([`load_deny_list`]); the
+    /// same list screens this service's own callers.
+    pub fn new(store: Arc<S>, directory: Arc<SetupDirectory>, deny: Arc<DenyList>) -> Self {
         Self {
             policy: Arc::new(Policy::new(store)),
+            directory,
+            deny,
         }
     }
 
@@ -43,6 +53,12 @@ impl<S: PolicyBackend> AccessPolicyService<S> {
         let policy = self.policy.clone();
         blocking(move || f(&policy)).await
     }
+}
+
+/// The store's deny list, as the authoritative copy in memory.
+pub fn load_deny_list(store: &impl PolicyBackend) -> Result<DenyList, crate::DomainError> {
+    let (version, ids) = store.deny_list()?;
+    Ok(DenyList::authoritative(version, ids))
 }
 
 /// Refusals by the RPC table, written straight to this service's own log.
@@ -66,6 +82,29 @@ impl RefusalAudit for LocalRefusalAudit {
             }
             Ok(())
         })
+    }
+}
+
+impl<S: PolicyBackend> AccessPolicyService<S> {
+    async fn set_user_status(
+        &self,
+        req: Request<proto::SetUserStatusRequest>,
+        disabled: bool,
+    ) -> Result<Response<proto::SetUserStatusResponse>, Status> {
+        let caller = auth::caller(&req)?;
+        let r = req.into_inner();
+        let user_id = UserId::parse(r.user_id).map_err(invalid)?;
+        let id = user_id.clone();
+        let (changed, version) = self
+            .run(move |p| p.set_user_status(&caller, &id, disabled, &r.reason, unix_now()))
+            .await?;
+        // Durable now; this service's own callers see it at once.
+        self.deny.set(user_id.as_str(), disabled, version);
+        tracing::info!(user = %user_id, disabled, changed, version, "user status set");
+        Ok(Response::new(proto::SetUserStatusResponse {
+            changed,
+            version,
+        }))
     }
 }
 
@@ -155,8 +194,13 @@ impl<S: PolicyBackend> AccessPolicy for AccessPolicyService<S> {
             not_before: g.not_before,
             expires_at: g.expires_at,
         };
+        let enrolled_role = match self.directory.user(&grant.grantee_id).await {
+            Ok(entry) => Some(entry.role),
+            Err(crate::DomainError::Unknown(_)) => None,
+            Err(e) => return Err(e.into_status()),
+        };
         let stored = self
-            .run(move |p| p.grant(&caller, grant, unix_now()))
+            .run(move |p| p.grant(&caller, grant, enrolled_role, unix_now()))
             .await?;
         tracing::info!(owner = %stored.owner_id, partition = %stored.partition, grantee = %stored.grantee_id, "grant recorded");
         Ok(Response::new(proto::GrantResponse {
@@ -365,6 +409,37 @@ impl<S: PolicyBackend> AccessPolicy for AccessPolicyService<S> {
         self.run(move |p| p.store().add_cosignature(&witness, &body, &cosignature))
             .await?;
         Ok(Response::new(proto::AddCosignatureResponse {}))
+    }
+
+    async fn disable_user(
+        &self,
+        req: Request<proto::SetUserStatusRequest>,
+    ) -> Result<Response<proto::SetUserStatusResponse>, Status> {
+        self.set_user_status(req, true).await
+    }
+
+    async fn enable_user(
+        &self,
+        req: Request<proto::SetUserStatusRequest>,
+    ) -> Result<Response<proto::SetUserStatusResponse>, Status> {
+        self.set_user_status(req, false).await
+    }
+
+    async fn get_deny_list(
+        &self,
+        req: Request<proto::GetDenyListRequest>,
+    ) -> Result<Response<proto::GetDenyListResponse>, Status> {
+        let caller = auth::caller(&req)?;
+        let known = req.into_inner().known_version;
+        // The store answers (not the memory copy): it is what was durably
+        // decided, and the rule (services only) lives in the policy.
+        let (version, ids) = self.run(move |p| p.deny_list(&caller)).await?;
+        let unchanged = version == known;
+        Ok(Response::new(proto::GetDenyListResponse {
+            version,
+            unchanged,
+            disabled_user_ids: if unchanged { Vec::new() } else { ids },
+        }))
     }
 
     async fn record_event(

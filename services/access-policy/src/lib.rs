@@ -28,6 +28,7 @@
 //! | `grants_by_grantee` | grantee ‖ 0x00 ‖ owner ‖ 0x00 ‖ partition | empty |
 //! | `audit` | seq as u64 BE (1, 2, …) | see below |
 //! | `audit_by_owner` | owner ‖ 0x00 ‖ seq u64 BE | empty |
+//! | `deny` | user id (a disabled user) / 0x00 `version` | version u64 BE |
 //!
 //! User ids and partition names never contain 0x00 (see
 //! `sesphr_identity::validate_user_id`), so the separators are unambiguous
@@ -69,6 +70,7 @@ mod audit;
 pub mod backend;
 pub mod coalesce;
 pub mod commit;
+pub mod deny;
 pub mod grpc;
 pub mod policy;
 mod time;
@@ -414,6 +416,8 @@ pub struct PolicyStore {
     audit_by_owner: sled::Tree,
     /// The Merkle tree over `audit` (see [`tlog`]).
     merkle: sled::Tree,
+    /// The disabled users (see [`deny`]).
+    deny: sled::Tree,
     checkpoints: tlog::CheckpointStore,
     head: Mutex<Head>,
     /// The queue of appends and its leader (see [`commit`]).
@@ -666,6 +670,7 @@ impl PolicyStore {
         let audit = db.open_tree("audit")?;
         let audit_by_owner = db.open_tree("audit_by_owner")?;
         let merkle = db.open_tree("audit_tree")?;
+        let deny = db.open_tree("deny")?;
         let checkpoints = tlog::CheckpointStore {
             checkpoints: db.open_tree("checkpoints")?,
             cosignatures: db.open_tree("cosignatures")?,
@@ -704,6 +709,7 @@ impl PolicyStore {
             audit,
             audit_by_owner,
             merkle,
+            deny,
             checkpoints,
             head: Mutex::new(head),
             committer: commit::Committer::new(),
@@ -810,8 +816,9 @@ impl PolicyStore {
             &self.audit,
             &self.audit_by_owner,
             &self.merkle,
+            &self.deny,
         )
-            .transaction(|(g, bg, a, ao, t)| {
+            .transaction(|(g, bg, a, ao, t, d)| {
                 // sled 0.34 runs a transaction's closure once (its
                 // concurrency control serialises transactions); should it
                 // ever run again, the operations (already consumed, their
@@ -826,7 +833,7 @@ impl PolicyStore {
                 let mut wrote = false;
                 let mut results = Vec::with_capacity(batch.len());
                 for job in batch {
-                    let mut cx = commit::OpCtx::new(g, bg, &mut head);
+                    let mut cx = commit::OpCtx::new(g, bg, d, &mut head);
                     let events = match job.run(&mut cx) {
                         Ok(events) => events,
                         Err(e) => {
@@ -904,6 +911,12 @@ impl PolicyStore {
         let actor = actor.to_owned();
         let stored = grant.clone();
         self.submit_one(now, move |cx| {
+            if deny::is_disabled(cx, &grant.grantee_id)? {
+                return Err(DomainError::NotEntitled(format!(
+                    "{} is disabled by an operator: no grants to it",
+                    grant.grantee_id
+                )));
+            }
             let old = cx.grant(&key)?;
             cx.put_grant(key.clone(), value);
             cx.put_index(idx);
@@ -999,7 +1012,12 @@ impl PolicyStore {
         let q = q.clone();
         let actor = actor.to_owned();
         let (decision, _) = self.submit(now, move |cx| {
-            let decision = if is_owner {
+            let decision = if deny::is_disabled(cx, &q.grantee_id)? {
+                Decision::deny_telling(
+                    format!("{} is disabled by an operator", q.grantee_id),
+                    "user disabled",
+                )
+            } else if is_owner {
                 Decision::allow("owner has access to their own records")
             } else {
                 match cx.grant(&key)? {

@@ -152,12 +152,15 @@ impl<S: PolicyBackend> Policy<S> {
         &self.store
     }
 
-    /// A patient grants access to her own partition; naming another owner
-    /// is refused.
+    /// A patient grants access to her own partition, to an enrolled user
+    /// under the role it enrolled with (`enrolled_role`, from the user
+    /// directory; `None`: nobody holds the id); naming another owner is
+    /// refused.
     pub fn grant(
         &self,
         caller: &Caller,
         req: GrantRequest,
+        enrolled_role: Option<Role>,
         now: i64,
     ) -> Result<Grant, DomainError> {
         let owner = patient(caller, "grant access to their records")?;
@@ -166,6 +169,21 @@ impl<S: PolicyBackend> Policy<S> {
                 "patient {owner} may only grant access to its own records, not {:?}'s",
                 req.owner_id
             )));
+        }
+        match enrolled_role {
+            None => {
+                return Err(DomainError::Conflict(format!(
+                    "{} is not enrolled: grants go to enrolled users only",
+                    req.grantee_id
+                )));
+            }
+            Some(role) if role != req.grantee_role => {
+                return Err(DomainError::Conflict(format!(
+                    "{} is enrolled as {role}, not {}: grant it as {role}",
+                    req.grantee_id, req.grantee_role
+                )));
+            }
+            Some(_) => {}
         }
         let grant = Grant {
             owner_id: owner.into_string(),
@@ -179,6 +197,30 @@ impl<S: PolicyBackend> Policy<S> {
             granted_at: 0,
         };
         self.store.grant(grant, &caller.to_string(), now)
+    }
+
+    /// An operator disables (or enables) a user; (changed, version).
+    pub fn set_user_status(
+        &self,
+        caller: &Caller,
+        user_id: &UserId,
+        disabled: bool,
+        reason: &str,
+        now: i64,
+    ) -> Result<(bool, u64), DomainError> {
+        let Caller::Operator(_) = caller else {
+            return Err(DomainError::NotEntitled(format!(
+                "only operators disable or enable users, not {caller}"
+            )));
+        };
+        self.store
+            .set_user_status(user_id, disabled, reason, &caller.to_string(), now)
+    }
+
+    /// The deny list, for the services that enforce it.
+    pub fn deny_list(&self, caller: &Caller) -> Result<(u64, Vec<String>), DomainError> {
+        service(caller, "read the deny list")?;
+        self.store.deny_list()
     }
 
     /// A patient revokes a grant she gave.

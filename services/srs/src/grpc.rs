@@ -101,15 +101,10 @@ impl SetupService {
     pub fn new(
         store: Arc<SrsStore>,
         ca: Arc<CertificateAuthority>,
-        enrollment_token: Zeroizing<String>,
         policy: PolicyClient,
-        trust_domain: String,
+        config: SetupConfig,
     ) -> Self {
-        let gate = PolicyGate::new(policy, trust_domain.clone());
-        let config = SetupConfig {
-            trust_domain,
-            enrollment_token,
-        };
+        let gate = PolicyGate::new(policy, config.trust_domain.clone());
         SetupService {
             setup: Setup::new(store, gate, ca, config),
         }
@@ -172,7 +167,7 @@ impl SrsRpc for SetupService {
             .map(|addr| addr.ip());
         let r = req.into_inner();
         let request = Enrollment {
-            token: Zeroizing::new(r.enrollment_token),
+            invitation: Zeroizing::new(r.invitation),
             user_id: r.user_id,
             role: proto::Role::try_from(r.role)
                 .ok()
@@ -190,6 +185,45 @@ impl SrsRpc for SetupService {
             certificate_pem: enrolled.certificate_pem,
             ca_pem: enrolled.ca_pem,
             spiffe_id: enrolled.identity.to_string(),
+            not_after: enrolled.not_after,
+        }))
+    }
+
+    async fn invite(
+        &self,
+        req: Request<proto::InviteRequest>,
+    ) -> Result<Response<proto::InviteResponse>, Status> {
+        let caller = auth::caller(&req)?;
+        let r = req.into_inner();
+        let role = proto::Role::try_from(r.role)
+            .ok()
+            .and_then(proto::Role::to_domain);
+        let invited = self
+            .setup
+            .invite(&caller, &r.user_id, role, r.valid_for_secs)
+            .await
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(proto::InviteResponse {
+            invitation: invited.invitation.to_string(),
+            expires_at: invited.expires_at,
+            reenrollment: invited.reenrollment,
+        }))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<proto::RenewRequest>,
+    ) -> Result<Response<proto::RenewResponse>, Status> {
+        let caller = auth::caller(&req)?;
+        let r = req.into_inner();
+        let renewed = self
+            .setup
+            .renew(&caller, r.csr_der)
+            .await
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(proto::RenewResponse {
+            certificate_pem: renewed.certificate_pem,
+            not_after: renewed.not_after,
         }))
     }
 

@@ -23,13 +23,15 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `users` | user_id | binary user record (see `codec`) |
+//! | `invitations` | SHA-256 of the invitation | binary invitation (see `codec`) |
+//! | `invitations_by_inviter` | inviter ‖ 0x00 ‖ SHA-256 | empty |
 //! | `kfrags` | owner ‖ 0x00 ‖ partition ‖ 0x00 ‖ grantee ‖ 0x00 ‖ epoch u32 BE | binary kfrag set |
 //!
 //! Ids never contain 0x00, so `owner ‖ 0x00 ‖ partition ‖ 0x00 ‖ grantee ‖
 //! 0x00` is an exact prefix: revoking all epochs of one grant is one scan.
 
 mod codec;
-pub mod directory;
+pub use sesphr_mesh::directory;
 pub mod gate;
 pub mod grpc;
 pub mod kfrag_cache;
@@ -40,6 +42,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sesphr_identity::{Role, validate_partition, validate_user_id};
+use sled::Transactional;
 use zeroize::Zeroizing;
 
 /// Largest accepted public key (PRE or verifying), in bytes. P-256 points
@@ -51,6 +54,9 @@ pub const MAX_CERTIFICATE_LEN: usize = 64 << 10;
 pub const MAX_KFRAGS: usize = 16;
 /// Largest accepted single kfrag.
 pub const MAX_KFRAG_LEN: usize = 4096;
+/// How long an expired invitation is kept (so its holder is told "expired"
+/// or "already used", not "unknown"), in seconds.
+pub const INVITATION_RETENTION_SECS: i64 = 7 * 86_400;
 
 /// The shared error vocabulary of the services (`sesphr-domain`).
 pub use sesphr_domain::DomainError;
@@ -66,6 +72,36 @@ pub struct UserRecord {
     pub verifying_key: Vec<u8>,
     pub certificate_der: Vec<u8>,
     pub enrolled_at: i64,
+}
+
+/// An invitation, as stored under its SHA-256 (the invitation itself is
+/// never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitation {
+    /// The one id it admits.
+    pub user_id: String,
+    /// The one role it admits.
+    pub role: Role,
+    /// Who issued it (`operator/ops`, `patient/alice`).
+    pub issued_by: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    /// When it was used; 0 while unused.
+    pub used_at: i64,
+    /// Whether it re-admits an enrolled user (same keys, new certificate).
+    pub reenrollment: bool,
+}
+
+/// What redeeming an invitation does to the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redeem {
+    /// Enrol a new user (`Exists` if the id is taken).
+    Enroll(UserRecord),
+    /// Give an enrolled user a new certificate (`Unknown` if not enrolled).
+    Reenroll {
+        user_id: String,
+        certificate_der: Vec<u8>,
+    },
 }
 
 /// The re-encryption key fragments from one (owner, partition, epoch) key
@@ -93,6 +129,40 @@ pub trait Store: Send + Sync + 'static {
 
     /// The user enrolled as `user_id`, if any.
     fn user(&self, user_id: &str) -> Result<Option<UserRecord>, DomainError>;
+
+    /// Replaces an enrolled user's certificate (renewal); `Unknown` if the
+    /// user is not enrolled.
+    fn replace_certificate(
+        &self,
+        user_id: &str,
+        certificate_der: Vec<u8>,
+    ) -> Result<(), DomainError>;
+
+    /// Stores an invitation under its hash, first forgetting the inviter's
+    /// invitations that expired more than [`INVITATION_RETENTION_SECS`]
+    /// before `now`. With `max_open`, refused (`UsedUp`) when the inviter
+    /// already has that many unused, unexpired ones.
+    fn put_invitation(
+        &self,
+        hash: [u8; 32],
+        invitation: Invitation,
+        max_open: Option<usize>,
+        now: i64,
+    ) -> Result<(), DomainError>;
+
+    /// The invitation stored under `hash`, if any.
+    fn invitation(&self, hash: &[u8; 32]) -> Result<Option<Invitation>, DomainError>;
+
+    /// Marks the invitation used at `now` and applies `redeem`, atomically:
+    /// `Conflict` if it was used meanwhile (nothing applied), and the
+    /// invitation stays unused if `redeem` fails. `None`: self-registration,
+    /// `redeem` alone.
+    fn redeem_invitation(
+        &self,
+        hash: Option<&[u8; 32]>,
+        redeem: Redeem,
+        now: i64,
+    ) -> Result<(), DomainError>;
 
     /// Stores (replacing any previous) kfrags from `owner_id`'s partition
     /// key at `epoch` to `grantee_id`.
@@ -152,6 +222,8 @@ pub struct SrsStore {
     db: sled::Db,
     users: sled::Tree,
     kfrags: sled::Tree,
+    invitations: sled::Tree,
+    invitations_by_inviter: sled::Tree,
     /// `sled::Tree::len` walks the whole tree; the count is kept here
     /// instead (users are never removed, so it only grows).
     users_count: AtomicU64,
@@ -193,11 +265,15 @@ impl SrsStore {
         let db = sled::Config::new().path(path).open()?;
         let users = db.open_tree("users")?;
         let kfrags = db.open_tree("kfrags")?;
+        let invitations = db.open_tree("invitations")?;
+        let invitations_by_inviter = db.open_tree("invitations_by_inviter")?;
         let users_count = AtomicU64::new(users.len() as u64);
         Ok(SrsStore {
             db,
             users,
             kfrags,
+            invitations,
+            invitations_by_inviter,
             users_count,
         })
     }
@@ -262,6 +338,183 @@ impl Store for SrsStore {
             .get(user_id.as_bytes())?
             .map(|v| codec::decode_user(user_id.as_bytes(), &v))
             .transpose()
+    }
+
+    fn replace_certificate(
+        &self,
+        user_id: &str,
+        certificate_der: Vec<u8>,
+    ) -> Result<(), DomainError> {
+        validate_user_id(user_id)?;
+        check_len("certificate", &certificate_der, 1, MAX_CERTIFICATE_LEN)?;
+        let key = user_id.as_bytes();
+        let missing = || DomainError::Unknown(format!("no enrolled user {user_id}"));
+        // Compare-and-swap on the whole record: a concurrent renewal of the
+        // same user wins or loses whole, never mixes.
+        loop {
+            let old = self.users.get(key)?.ok_or_else(missing)?;
+            let mut user = codec::decode_user(key, &old)?;
+            user.certificate_der = certificate_der.clone();
+            let new = codec::encode_user(&user);
+            if self
+                .users
+                .compare_and_swap(key, Some(old), Some(new))?
+                .is_ok()
+            {
+                break;
+            }
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn put_invitation(
+        &self,
+        hash: [u8; 32],
+        invitation: Invitation,
+        max_open: Option<usize>,
+        now: i64,
+    ) -> Result<(), DomainError> {
+        validate_user_id(&invitation.user_id)?;
+        let prefix = [invitation.issued_by.as_bytes(), &[0]].concat();
+        let mut open = 0usize;
+        for item in self.invitations_by_inviter.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            let h = &k[prefix.len()..];
+            match self.invitations.get(h)? {
+                Some(v) => {
+                    let old = codec::decode_invitation(&v)?;
+                    if old.expires_at + INVITATION_RETENTION_SECS < now {
+                        self.invitations.remove(h)?;
+                        self.invitations_by_inviter.remove(&k)?;
+                    } else if old.used_at == 0 && old.expires_at > now {
+                        open += 1;
+                    }
+                }
+                None => {
+                    self.invitations_by_inviter.remove(&k)?;
+                }
+            }
+        }
+        if let Some(max) = max_open
+            && open >= max
+        {
+            return Err(DomainError::UsedUp(format!(
+                "{} already has {open} unused invitations (at most {max}); wait until one \
+                 is used or expires",
+                invitation.issued_by
+            )));
+        }
+        let index = [prefix.as_slice(), &hash].concat();
+        let value = codec::encode_invitation(&invitation);
+        (&self.invitations, &self.invitations_by_inviter)
+            .transaction(|(inv, by)| {
+                inv.insert(&hash[..], value.as_slice())?;
+                by.insert(index.as_slice(), &[][..])?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => DomainError::from(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    DomainError::Conflict("the invitation could not be stored".into())
+                }
+            })?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn invitation(&self, hash: &[u8; 32]) -> Result<Option<Invitation>, DomainError> {
+        self.invitations
+            .get(hash)?
+            .map(|v| codec::decode_invitation(&v))
+            .transpose()
+    }
+
+    fn redeem_invitation(
+        &self,
+        hash: Option<&[u8; 32]>,
+        redeem: Redeem,
+        now: i64,
+    ) -> Result<(), DomainError> {
+        use sled::transaction::{ConflictableTransactionError as Abort, TransactionError};
+        let (user_key, user_value, new_user) = match &redeem {
+            Redeem::Enroll(user) => {
+                validate_user_id(&user.user_id)?;
+                check_len(
+                    "PRE public key",
+                    &user.pre_public_key,
+                    1,
+                    MAX_PUBLIC_KEY_LEN,
+                )?;
+                check_len("verifying key", &user.verifying_key, 1, MAX_PUBLIC_KEY_LEN)?;
+                check_len("certificate", &user.certificate_der, 0, MAX_CERTIFICATE_LEN)?;
+                (user.user_id.clone(), Some(codec::encode_user(user)), true)
+            }
+            Redeem::Reenroll {
+                user_id,
+                certificate_der,
+            } => {
+                validate_user_id(user_id)?;
+                check_len("certificate", certificate_der, 1, MAX_CERTIFICATE_LEN)?;
+                (user_id.clone(), None, false)
+            }
+        };
+        let result = (&self.users, &self.invitations).transaction(|(users, invs)| {
+            if let Some(h) = hash {
+                let Some(v) = invs.get(&h[..])? else {
+                    return Err(Abort::Abort(DomainError::Unknown(
+                        "the invitation is not known".into(),
+                    )));
+                };
+                let mut inv = codec::decode_invitation(&v).map_err(Abort::Abort)?;
+                if inv.used_at != 0 {
+                    return Err(Abort::Abort(DomainError::Conflict(
+                        "invitation already used".into(),
+                    )));
+                }
+                inv.used_at = now;
+                invs.insert(&h[..], codec::encode_invitation(&inv))?;
+            }
+            let old = users.get(user_key.as_bytes())?;
+            match (&user_value, &redeem, old) {
+                (Some(value), _, None) => {
+                    users.insert(user_key.as_bytes(), value.as_slice())?;
+                }
+                (Some(_), _, Some(_)) => {
+                    return Err(Abort::Abort(DomainError::Exists(format!(
+                        "user id {user_key} is already enrolled"
+                    ))));
+                }
+                (
+                    None,
+                    Redeem::Reenroll {
+                        certificate_der, ..
+                    },
+                    Some(old),
+                ) => {
+                    let mut user =
+                        codec::decode_user(user_key.as_bytes(), &old).map_err(Abort::Abort)?;
+                    user.certificate_der = certificate_der.clone();
+                    users.insert(user_key.as_bytes(), codec::encode_user(&user))?;
+                }
+                (None, _, _) => {
+                    return Err(Abort::Abort(DomainError::Unknown(format!(
+                        "no enrolled user {user_key}"
+                    ))));
+                }
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        }
+        if new_user {
+            self.users_count.fetch_add(1, Ordering::Relaxed);
+        }
+        self.db.flush()?;
+        Ok(())
     }
 
     fn put_kfrags(

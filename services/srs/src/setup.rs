@@ -3,8 +3,13 @@
 //!
 //! [`Setup`] is the one writer of the user directory: every enrolment takes
 //! an id for good, and the re-encryption nodes read owners' and grantees'
-//! registered keys from here (see `crate::directory`). It holds the CA and
-//! the enrollment token, and no key fragment: it cannot re-encrypt.
+//! registered keys from here (see `crate::directory`). It holds the user CA
+//! (never the service CA: it can mint users at worst) and the invitations'
+//! hashes, and no key fragment: it cannot re-encrypt.
+//!
+//! Who may become whom: an invitation names one id and one role, works
+//! once and expires; practitioners enrol only by invitation, patients also
+//! by self-registration where the mesh allows it (one mesh-wide rate).
 //!
 //! The CA stays the concrete [`CertificateAuthority`] of `sesphr-mesh`'s
 //! `pki` module (plain rcgen, no tonic): there is one way to issue mesh
@@ -18,15 +23,16 @@ use std::sync::{Arc, Mutex};
 use sesphr::rpc::Rpc;
 use sesphr_domain::DomainError;
 use sesphr_identity::{Caller, Identity, Role, UserId};
+use sesphr_mesh::deny::{DenyList, Verdict};
 use sesphr_mesh::pki::CertificateAuthority;
+use sesphr_mesh::ratelimit::RateLimiter;
 use sesphr_mesh::unix_now;
-use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::gate::{
     AccessGate, Outcome, off_executor, parse_public_key, parse_verifying_key, refusal_detail,
 };
-use crate::{Store, UserRecord};
+use crate::{Invitation, Redeem, Store, UserRecord};
 
 /// Largest CSR accepted.
 pub const MAX_CSR_BYTES: usize = 16 << 10;
@@ -40,7 +46,8 @@ pub(crate) const MAX_REMEMBERED_LOOKUPS: usize = 100_000;
 /// An enrolment request, as sent (the user id is checked here, so a
 /// malformed one is audited like every other refusal).
 pub struct Enrollment {
-    pub token: Zeroizing<String>,
+    /// The invitation; empty for patient self-registration.
+    pub invitation: Zeroizing<String>,
     pub user_id: String,
     /// `None` when the request names no known role.
     pub role: Option<Role>,
@@ -49,18 +56,47 @@ pub struct Enrollment {
     pub csr_der: Vec<u8>,
 }
 
-/// What an enrolled user is handed.
+/// What an enrolled (or renewed) user is handed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enrolled {
     pub identity: Identity,
     pub certificate_pem: String,
+    /// The service CA: the root the mesh's servers chain to.
     pub ca_pem: String,
+    /// The certificate's expiry, unix seconds.
+    pub not_after: i64,
 }
+
+/// An issued invitation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invited {
+    /// The invitation text (`inv1-` and 64 hex digits): shown once.
+    pub invitation: Zeroizing<String>,
+    pub expires_at: i64,
+    pub reenrollment: bool,
+}
+
+/// How long an invitation lasts unless its issuer says otherwise.
+pub const DEFAULT_INVITATION_VALIDITY_SECS: u64 = 7 * 86_400;
+/// The longest an invitation may last.
+pub const MAX_INVITATION_VALIDITY_SECS: u64 = 30 * 86_400;
+/// Unused invitations one patient may have at a time.
+pub const MAX_OPEN_INVITATIONS_PER_PATIENT: usize = 16;
+/// What every invitation starts with (its version).
+pub const INVITATION_PREFIX: &str = "inv1-";
 
 /// Settings of a [`Setup`].
 pub struct SetupConfig {
     pub trust_domain: String,
-    pub enrollment_token: Zeroizing<String>,
+    /// The service CA's certificate (PEM), handed to enrolling users.
+    pub service_ca_pem: String,
+    /// How long user certificates last.
+    pub user_cert_validity: time::Duration,
+    /// Patient self-registrations allowed per minute, mesh-wide; `None`:
+    /// patients too need an invitation.
+    pub self_registrations_per_minute: Option<u32>,
+    /// Who is disabled (re-invitations of them are refused).
+    pub deny: Option<Arc<DenyList>>,
 }
 
 /// The setup service: enrolment and the user directory, for callers the
@@ -69,9 +105,36 @@ pub struct Setup<S, G> {
     store: Arc<S>,
     gate: G,
     ca: Arc<CertificateAuthority>,
-    enrollment_token: Zeroizing<String>,
-    trust_domain: String,
+    config: SetupConfig,
+    self_registrations: Option<RateLimiter>,
     lookups: AuditedLookups,
+}
+
+/// An invitation's text and the hash it is stored under.
+fn new_invitation() -> (Zeroizing<String>, [u8; 32]) {
+    let mut secret = Zeroizing::new([0u8; 32]);
+    rand::fill(&mut secret[..]);
+    let text = Zeroizing::new(format!("{INVITATION_PREFIX}{}", hex::encode(&secret[..])));
+    (text, invitation_hash(&secret))
+}
+
+fn invitation_hash(secret: &[u8; 32]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret).into()
+}
+
+/// The stored hash of an invitation's text; `NotEntitled` if it is not one.
+fn parse_invitation(text: &str) -> Result<[u8; 32], DomainError> {
+    let malformed = || {
+        DomainError::NotEntitled("invitation is malformed (expected inv1-<64 hex digits>)".into())
+    };
+    let hex_part = text
+        .trim()
+        .strip_prefix(INVITATION_PREFIX)
+        .ok_or_else(malformed)?;
+    let mut secret = Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(hex_part, &mut secret[..]).map_err(|_| malformed())?;
+    Ok(invitation_hash(&secret))
 }
 
 /// Which directory lookups were audited lately, so a client that looks an
@@ -112,12 +175,16 @@ impl Default for AuditedLookups {
 
 impl<S: Store, G: AccessGate> Setup<S, G> {
     pub fn new(store: Arc<S>, gate: G, ca: Arc<CertificateAuthority>, config: SetupConfig) -> Self {
+        let self_registrations = config.self_registrations_per_minute.map(|per_minute| {
+            // One mesh-wide bucket: a minute's worth at once, then the rate.
+            RateLimiter::new(f64::from(per_minute) / 60.0, per_minute.max(1)).with_max_keys(1)
+        });
         Setup {
             store,
             gate,
             ca,
-            enrollment_token: config.enrollment_token,
-            trust_domain: config.trust_domain,
+            config,
+            self_registrations,
             lookups: AuditedLookups::new(),
         }
     }
@@ -142,11 +209,170 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
         crate::gate::audit(&self.gate, subject, rpc, about, outcome, detail).await
     }
 
-    /// Enrols a user: the token is checked (in constant time), then the
+    async fn audit_result<T>(
+        &self,
+        subject: &str,
+        rpc: Rpc,
+        about: &str,
+        result: &Result<T, DomainError>,
+        ok_detail: impl FnOnce(&T) -> String,
+    ) {
+        match result {
+            Ok(v) => {
+                let detail = ok_detail(v);
+                self.audit(subject, rpc, (about, ""), Outcome::Ok, &detail)
+                    .await
+            }
+            Err(e) => {
+                let detail = refusal_detail(e);
+                self.audit(subject, rpc, (about, ""), Outcome::Denied, &detail)
+                    .await
+            }
+        }
+    }
+
+    fn refuse_disabled(&self, user_id: &UserId) -> Result<(), DomainError> {
+        match self
+            .config
+            .deny
+            .as_ref()
+            .map(|d| d.verdict(user_id.as_str()))
+        {
+            None | Some(Verdict::Allowed) => Ok(()),
+            Some(Verdict::Disabled) => Err(DomainError::NotEntitled(format!(
+                "user {user_id} is disabled: user disabled by an operator"
+            ))),
+            Some(Verdict::Stale(why)) => Err(DomainError::Unavailable(why)),
+        }
+    }
+
+    /// Issues an invitation for one id and role. Operators invite any role
+    /// (an enrolled id: a re-invitation, same role only); patients invite
+    /// family and friends to ids nobody holds, a bounded number at a time.
+    /// Audited, attributed to the invited id.
+    pub async fn invite(
+        &self,
+        caller: &Caller,
+        user_id: &str,
+        role: Option<Role>,
+        valid_for_secs: u64,
+    ) -> Result<Invited, DomainError> {
+        self.invite_at(caller, user_id, role, valid_for_secs, unix_now())
+            .await
+    }
+
+    /// [`invite`](Self::invite) at a given time.
+    pub async fn invite_at(
+        &self,
+        caller: &Caller,
+        user_id: &str,
+        role: Option<Role>,
+        valid_for_secs: u64,
+        now: i64,
+    ) -> Result<Invited, DomainError> {
+        let about = UserId::parse(user_id)
+            .map(UserId::into_string)
+            .unwrap_or_default();
+        let result = self
+            .invite_checked(caller, user_id, role, valid_for_secs, now)
+            .await;
+        let subject = caller.to_string();
+        self.audit_result(&subject, Rpc::Invite, &about, &result, |i| {
+            format!(
+                "{} {about} as {}, valid until {}",
+                if i.reenrollment {
+                    "re-invited"
+                } else {
+                    "invited"
+                },
+                role.map(|r| r.as_str()).unwrap_or("?"),
+                i.expires_at
+            )
+        })
+        .await;
+        result
+    }
+
+    async fn invite_checked(
+        &self,
+        caller: &Caller,
+        user_id: &str,
+        role: Option<Role>,
+        valid_for_secs: u64,
+        now: i64,
+    ) -> Result<Invited, DomainError> {
+        let user_id = UserId::parse(user_id)?;
+        let role =
+            role.ok_or_else(|| DomainError::Malformed("role must be set to a known role".into()))?;
+        let valid_for = match valid_for_secs {
+            0 => DEFAULT_INVITATION_VALIDITY_SECS,
+            v if v > MAX_INVITATION_VALIDITY_SECS => {
+                return Err(DomainError::Malformed(format!(
+                    "valid_for_secs must be at most {MAX_INVITATION_VALIDITY_SECS} (30 days)"
+                )));
+            }
+            v => v,
+        };
+        let max_open = match caller {
+            Caller::Operator(_) => None,
+            Caller::Patient(_) if role.domain() == sesphr_identity::Domain::Private => {
+                Some(MAX_OPEN_INVITATIONS_PER_PATIENT)
+            }
+            Caller::Patient(_) => {
+                return Err(DomainError::NotEntitled(format!(
+                    "patients invite family and friends only; a {role} is invited by an operator"
+                )));
+            }
+            other => {
+                return Err(DomainError::NotEntitled(format!("{other} may not invite")));
+            }
+        };
+        let existing = {
+            let store = self.store.clone();
+            let id = user_id.clone();
+            off_executor(move || store.user(&id)).await?
+        };
+        let reenrollment = match existing {
+            None => false,
+            Some(_) if max_open.is_some() => {
+                return Err(DomainError::Exists(format!(
+                    "user id {user_id} is already enrolled"
+                )));
+            }
+            Some(u) if u.role != role => {
+                return Err(DomainError::Conflict(format!(
+                    "user {user_id} is enrolled as {}, not {role}: a re-invitation keeps the role",
+                    u.role
+                )));
+            }
+            Some(_) => true,
+        };
+        let expires_at = now.saturating_add(i64::try_from(valid_for).unwrap_or(i64::MAX));
+        let (invitation, hash) = new_invitation();
+        let record = Invitation {
+            user_id: user_id.into_string(),
+            role,
+            issued_by: caller.to_string(),
+            issued_at: now,
+            expires_at,
+            used_at: 0,
+            reenrollment,
+        };
+        let store = self.store.clone();
+        off_executor(move || store.put_invitation(hash, record, max_open, now)).await?;
+        Ok(Invited {
+            invitation,
+            expires_at,
+            reenrollment,
+        })
+    }
+
+    /// Enrols a user by invitation (or, for a patient where the mesh allows
+    /// it, by self-registration): the invitation is checked, then the
     /// request, then the CA signs the CSR for the identity asked for and the
-    /// directory takes the id for good. Every attempt is audited, ok or
-    /// denied, attributed to the id asked for so its holder sees attempts
-    /// on it.
+    /// directory takes the id for good (a re-invitation: gives the enrolled
+    /// user a new certificate). Every attempt is audited, ok or denied,
+    /// attributed to the id asked for so its holder sees attempts on it.
     ///
     /// `caller` is who presented a mesh certificate, if anyone (enrolment is
     /// the one RPC reachable without); `remote_ip` names anonymous callers.
@@ -156,6 +382,17 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
         remote_ip: Option<IpAddr>,
         request: Enrollment,
     ) -> Result<Enrolled, DomainError> {
+        self.enroll_at(caller, remote_ip, request, unix_now()).await
+    }
+
+    /// [`enroll`](Self::enroll) at a given time.
+    pub async fn enroll_at(
+        &self,
+        caller: &Caller,
+        remote_ip: Option<IpAddr>,
+        request: Enrollment,
+        now: i64,
+    ) -> Result<Enrolled, DomainError> {
         let peer = match (caller, remote_ip) {
             (Caller::Anonymous, Some(ip)) => format!("anonymous@{ip}"),
             (other, _) => other.to_string(),
@@ -163,38 +400,61 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
         let about = UserId::parse(request.user_id.as_str())
             .map(UserId::into_string)
             .unwrap_or_default();
-        let result = self.enroll_checked(request).await;
-        match &result {
-            Ok(enrolled) => {
-                let detail = format!("enrolled as {}", enrolled.identity);
-                self.audit(&peer, Rpc::Enroll, (&about, ""), Outcome::Ok, &detail)
-                    .await
-            }
-            Err(e) => {
-                let detail = refusal_detail(e);
-                self.audit(&peer, Rpc::Enroll, (&about, ""), Outcome::Denied, &detail)
-                    .await
-            }
-        }
-        result
+        let result = self.enroll_checked(request, now).await;
+        self.audit_result(&peer, Rpc::Enroll, &about, &result, |(e, how)| {
+            format!(
+                "{how} as {}, certificate valid until {}",
+                e.identity, e.not_after
+            )
+        })
+        .await;
+        result.map(|(enrolled, _)| enrolled)
     }
 
-    /// Enrolment proper: the token, the request, the certificate.
-    async fn enroll_checked(&self, r: Enrollment) -> Result<Enrolled, DomainError> {
-        let token_ok: bool = r
-            .token
-            .as_bytes()
-            .ct_eq(self.enrollment_token.as_bytes())
-            .into();
-        if !token_ok {
-            return Err(DomainError::BadCredentials(
-                "enrollment token is not valid".into(),
-            ));
-        }
+    /// Enrolment proper: the invitation, the request, the certificate.
+    async fn enroll_checked(
+        &self,
+        r: Enrollment,
+        now: i64,
+    ) -> Result<(Enrolled, &'static str), DomainError> {
         let user_id = UserId::parse(r.user_id)?;
         let role = r
             .role
             .ok_or_else(|| DomainError::Malformed("role must be set to a known role".into()))?;
+        // The invitation first: without a valid one nothing else is told.
+        let invitation = if r.invitation.trim().is_empty() {
+            self.admit_self_registration(role)?;
+            None
+        } else {
+            let hash = parse_invitation(&r.invitation)?;
+            let store = self.store.clone();
+            let found = off_executor(move || store.invitation(&hash)).await?;
+            let inv = found.ok_or_else(|| {
+                DomainError::NotEntitled("invitation is not valid (unknown to this mesh)".into())
+            })?;
+            if inv.used_at != 0 {
+                return Err(DomainError::NotEntitled("invitation already used".into()));
+            }
+            if inv.expires_at <= now {
+                return Err(DomainError::NotEntitled(format!(
+                    "invitation expired at {} (unix seconds); ask for a new one",
+                    inv.expires_at
+                )));
+            }
+            if inv.user_id != user_id.as_str() {
+                return Err(DomainError::NotEntitled(format!(
+                    "invitation is for id {}, not {user_id}",
+                    inv.user_id
+                )));
+            }
+            if inv.role != role {
+                return Err(DomainError::NotEntitled(format!(
+                    "invitation is for role {}, not {role}",
+                    inv.role
+                )));
+            }
+            Some((hash, inv))
+        };
         parse_public_key(&r.pre_public_key, "pre_public_key")?;
         parse_verifying_key(&r.verifying_key, "verifying_key")?;
         if r.csr_der.is_empty() || r.csr_der.len() > MAX_CSR_BYTES {
@@ -202,36 +462,162 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
                 "csr_der must be 1 to {MAX_CSR_BYTES} bytes"
             )));
         }
-        let identity = Identity::user(&self.trust_domain, role, &user_id)?;
+        let reenrollment = invitation.as_ref().is_some_and(|(_, i)| i.reenrollment);
+        if reenrollment {
+            self.refuse_disabled(&user_id)?;
+            let enrolled = self.enrolled(&user_id).await?;
+            if enrolled.pre_public_key != r.pre_public_key
+                || enrolled.verifying_key != r.verifying_key
+            {
+                return Err(DomainError::NotEntitled(format!(
+                    "a re-invitation keeps {user_id}'s registered keys; these are other keys"
+                )));
+            }
+        }
+        let identity = Identity::user(&self.config.trust_domain, role, &user_id)?;
+        let (certificate_pem, not_after, certificate_der) = self.sign(r.csr_der, &identity).await?;
+        let redeem = if reenrollment {
+            Redeem::Reenroll {
+                user_id: user_id.into_string(),
+                certificate_der,
+            }
+        } else {
+            Redeem::Enroll(UserRecord {
+                user_id: user_id.into_string(),
+                role,
+                pre_public_key: r.pre_public_key,
+                verifying_key: r.verifying_key,
+                certificate_der,
+                enrolled_at: now,
+            })
+        };
+        let hash = invitation.map(|(h, _)| h);
+        let store = self.store.clone();
+        off_executor(move || {
+            store
+                .redeem_invitation(hash.as_ref(), redeem, now)
+                .map_err(|e| match e {
+                    // Used by a concurrent enrolment since it was read.
+                    DomainError::Conflict(m) => DomainError::NotEntitled(m),
+                    other => other,
+                })
+        })
+        .await?;
+        let how = match (reenrollment, hash.is_some()) {
+            (true, _) => "re-enrolled by invitation",
+            (false, true) => "enrolled by invitation",
+            (false, false) => "self-registered",
+        };
+        tracing::info!(user = %identity, how, "user enrolled");
+        Ok((
+            Enrolled {
+                identity,
+                certificate_pem,
+                ca_pem: self.config.service_ca_pem.clone(),
+                not_after,
+            },
+            how,
+        ))
+    }
+
+    /// Whether a self-registration of `role` may go ahead now.
+    fn admit_self_registration(&self, role: Role) -> Result<(), DomainError> {
+        if role != Role::Patient {
+            return Err(DomainError::NotEntitled(format!(
+                "enrolling as {role} requires an invitation from an operator{}",
+                if role.domain() == sesphr_identity::Domain::Private {
+                    " or the patient who names you"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let Some(bucket) = &self.self_registrations else {
+            return Err(DomainError::NotEntitled(
+                "this mesh does not allow self-registration: enrolling requires an invitation"
+                    .into(),
+            ));
+        };
+        if !bucket.check("self-registration", std::time::Instant::now()) {
+            return Err(DomainError::UsedUp(
+                "too many self-registrations on this mesh right now; retry in a minute".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The user CA signs `csr` for `identity`: (PEM, notAfter, DER).
+    async fn sign(
+        &self,
+        csr: Vec<u8>,
+        identity: &Identity,
+    ) -> Result<(String, i64, Vec<u8>), DomainError> {
         let ca = self.ca.clone();
-        let csr = r.csr_der;
         let id = identity.clone();
-        let certificate_pem = off_executor(move || {
-            ca.sign_csr(&csr, &id)
+        let validity = self.config.user_cert_validity;
+        let (pem, not_after) = off_executor(move || {
+            ca.sign_csr(&csr, &id, validity)
                 .map_err(|e| DomainError::Malformed(e.to_string()))
         })
         .await?;
-        let certificate_der = {
-            use rustls::pki_types::{CertificateDer, pem::PemObject};
-            CertificateDer::from_pem_slice(certificate_pem.as_bytes())
-                .map_err(|_| DomainError::Corrupt("the issued certificate does not parse".into()))?
-                .to_vec()
-        };
-        let user = UserRecord {
-            user_id: user_id.into_string(),
-            role,
-            pre_public_key: r.pre_public_key,
-            verifying_key: r.verifying_key,
-            certificate_der,
-            enrolled_at: unix_now(),
-        };
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let der = CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|_| DomainError::Corrupt("the issued certificate does not parse".into()))?
+            .to_vec();
+        Ok((pem, not_after, der))
+    }
+
+    /// A new certificate for an enrolled user, over the key in `csr_der`.
+    /// The authorization layer let only users with an unexpired
+    /// certificate (and not disabled) this far. Audited.
+    pub async fn renew(&self, caller: &Caller, csr_der: Vec<u8>) -> Result<Enrolled, DomainError> {
+        let result = self.renew_checked(caller, csr_der).await;
+        let about = caller
+            .as_user()
+            .map(|(_, id)| id.to_string())
+            .unwrap_or_default();
+        self.audit_result(&caller.to_string(), Rpc::Renew, &about, &result, |e| {
+            format!(
+                "renewed {}, certificate valid until {}",
+                e.identity, e.not_after
+            )
+        })
+        .await;
+        result
+    }
+
+    async fn renew_checked(
+        &self,
+        caller: &Caller,
+        csr_der: Vec<u8>,
+    ) -> Result<Enrolled, DomainError> {
+        let (role, user_id) = caller
+            .as_user()
+            .ok_or_else(|| DomainError::NotEntitled("only users renew certificates".into()))?;
+        self.refuse_disabled(user_id)?;
+        if csr_der.is_empty() || csr_der.len() > MAX_CSR_BYTES {
+            return Err(DomainError::Malformed(format!(
+                "csr_der must be 1 to {MAX_CSR_BYTES} bytes"
+            )));
+        }
+        let enrolled = self.enrolled(user_id).await?;
+        if enrolled.role != role {
+            return Err(DomainError::NotEntitled(format!(
+                "{user_id} is enrolled as {}, not {role}",
+                enrolled.role
+            )));
+        }
+        let identity = Identity::user(&self.config.trust_domain, role, user_id)?;
+        let (certificate_pem, not_after, der) = self.sign(csr_der, &identity).await?;
         let store = self.store.clone();
-        off_executor(move || store.register_user(user)).await?;
-        tracing::info!(user = %identity, "user enrolled");
+        let id = user_id.to_string();
+        off_executor(move || store.replace_certificate(&id, der)).await?;
+        tracing::info!(user = %identity, not_after, "certificate renewed");
         Ok(Enrolled {
             identity,
             certificate_pem,
-            ca_pem: self.ca.cert_pem().to_owned(),
+            ca_pem: self.config.service_ca_pem.clone(),
+            not_after,
         })
     }
 

@@ -1,9 +1,12 @@
-//! How a re-encryption node learns an enrolled user's registered keys.
+//! How a re-encryption node or AccessPolicy learns an enrolled user's
+//! registered keys and role.
 //!
 //! The user directory has one home, the setup service, which is its only
-//! writer: nodes never keep a copy of their own that could disagree. A node
+//! writer: nobody keeps a copy of their own that could disagree. A node
 //! asks the setup service (`Srs/GetUser`, over mTLS as itself) when an owner
-//! files a kfrag and when it re-encrypts, and remembers what it was told:
+//! files a kfrag and when it re-encrypts, AccessPolicy when a patient
+//! grants (grants go to enrolled users only, under their enrolled role),
+//! and each remembers what it was told:
 //! an enrolled id is taken for good and its keys never change, so a found
 //! entry stays true. Not-found is never remembered (the user may enrol a
 //! moment later).

@@ -1,0 +1,270 @@
+//! The deny list: the users an operator disabled, as every service holds it.
+//!
+//! AccessPolicy owns it (a disable is one durable write with its audit
+//! entry, `AccessPolicy/DisableUser`) and holds the authoritative copy in
+//! memory. Every other service and node follows it ([`follow`]): it polls
+//! `AccessPolicy/GetDenyList` every `poll_interval` with the version it
+//! holds and takes the whole list when it changed. The authorization layer
+//! ([`crate::auth`]) asks [`DenyList::verdict`] for every call of a patient
+//! or practitioner and refuses a disabled one (`PERMISSION_DENIED`, "user
+//! disabled"), audited like every refusal.
+//!
+//! **Staleness bound.** A follower serves users only while its copy is
+//! younger than `max_staleness` (a copy is as old as the last answer
+//! AccessPolicy gave it); past that it refuses them (`UNAVAILABLE`), so it
+//! fails closed like every call that needs AccessPolicy. A disable that
+//! AccessPolicy acknowledged at time T is therefore enforced everywhere by
+//! T + `max_staleness` + one call's deadline, whatever the caller's
+//! certificate says: 5 s + the poll's timeout with the defaults, within the
+//! 10 s the mesh promises. Operators and services are never on the list.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use sesphr::proto::GetDenyListRequest;
+use sesphr::proto::access_policy_client::AccessPolicyClient;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+/// How often a follower asks by default.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How old a follower's copy may get before it refuses users, by default.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(5);
+/// Most users the list holds (a snapshot must fit one gRPC message).
+pub const MAX_DISABLED_USERS: usize = 100_000;
+
+/// What the list says about one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not disabled (as of a fresh enough copy).
+    Allowed,
+    /// Disabled.
+    Disabled,
+    /// The copy is too old (or was never loaded) to say: refuse.
+    Stale(String),
+}
+
+#[derive(Debug)]
+struct State {
+    version: u64,
+    disabled: BTreeSet<String>,
+    /// When AccessPolicy last answered (followers); `None`: never.
+    fresh_at: Option<Instant>,
+}
+
+/// The disabled users, as this process knows them.
+#[derive(Debug)]
+pub struct DenyList {
+    state: RwLock<State>,
+    /// `None` for AccessPolicy's own copy, which is always current.
+    max_staleness: Option<Duration>,
+}
+
+impl DenyList {
+    /// AccessPolicy's copy, loaded from its store.
+    pub fn authoritative(version: u64, disabled: impl IntoIterator<Item = String>) -> Self {
+        DenyList {
+            state: RwLock::new(State {
+                version,
+                disabled: disabled.into_iter().collect(),
+                fresh_at: Some(Instant::now()),
+            }),
+            max_staleness: None,
+        }
+    }
+
+    /// A follower's copy: empty and stale until the first answer.
+    pub fn follower(max_staleness: Duration) -> Self {
+        DenyList {
+            state: RwLock::new(State {
+                version: 0,
+                disabled: BTreeSet::new(),
+                fresh_at: None,
+            }),
+            max_staleness: Some(max_staleness),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `user_id` may be served now.
+    pub fn verdict(&self, user_id: &str) -> Verdict {
+        self.verdict_at(user_id, Instant::now())
+    }
+
+    fn verdict_at(&self, user_id: &str, now: Instant) -> Verdict {
+        let state = self.read();
+        if let Some(max) = self.max_staleness {
+            match state.fresh_at {
+                None => {
+                    return Verdict::Stale(
+                        "this service has not yet loaded the deny list from AccessPolicy; retry"
+                            .into(),
+                    );
+                }
+                Some(at) if now.duration_since(at) > max => {
+                    return Verdict::Stale(format!(
+                        "this service's copy of the deny list is {} s old (AccessPolicy \
+                         unreachable); users are refused until it is current",
+                        now.duration_since(at).as_secs()
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if state.disabled.contains(user_id) {
+            Verdict::Disabled
+        } else {
+            Verdict::Allowed
+        }
+    }
+
+    /// The version held.
+    pub fn version(&self) -> u64 {
+        self.read().version
+    }
+
+    /// Whether the copy is fresh (always for AccessPolicy's).
+    pub fn is_fresh(&self) -> bool {
+        !matches!(self.verdict(""), Verdict::Stale(_))
+    }
+
+    /// Every disabled id, sorted, with the version.
+    pub fn snapshot(&self) -> (u64, Vec<String>) {
+        let state = self.read();
+        (state.version, state.disabled.iter().cloned().collect())
+    }
+
+    /// AccessPolicy changed one user's status (after its write is durable).
+    pub fn set(&self, user_id: &str, disabled: bool, version: u64) {
+        let mut state = self.write();
+        if disabled {
+            state.disabled.insert(user_id.to_owned());
+        } else {
+            state.disabled.remove(user_id);
+        }
+        state.version = state.version.max(version);
+    }
+
+    /// A follower took a whole list of `version`, answered at `at`.
+    fn replace(&self, version: u64, disabled: Vec<String>, at: Instant) {
+        let mut state = self.write();
+        // Never step back to an older list (a lagging answer).
+        if version >= state.version {
+            state.version = version;
+            state.disabled = disabled.into_iter().collect();
+        }
+        state.fresh_at = Some(state.fresh_at.map_or(at, |old| old.max(at)));
+    }
+
+    /// A follower was told its version is current, answered at `at`.
+    fn confirm(&self, at: Instant) {
+        let mut state = self.write();
+        state.fresh_at = Some(state.fresh_at.map_or(at, |old| old.max(at)));
+    }
+}
+
+/// Keeps `list` current from AccessPolicy until `shutdown` resolves: one
+/// `GetDenyList` per `poll_interval`, each bounded by `timeout`. A copy is
+/// as fresh as the moment its request was sent (the answer reflects
+/// AccessPolicy's state no earlier than that).
+pub async fn follow(
+    list: std::sync::Arc<DenyList>,
+    channel: Channel,
+    poll_interval: Duration,
+    timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let client = AccessPolicyClient::new(channel);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut failures: u32 = 0;
+    loop {
+        let sent = Instant::now();
+        let mut req = tonic::Request::new(GetDenyListRequest {
+            known_version: list.version(),
+        });
+        req.set_timeout(timeout);
+        let mut c = client.clone();
+        let answer = tokio::select! {
+            _ = &mut shutdown => return,
+            a = tokio::time::timeout(timeout, c.get_deny_list(req)) => a,
+        };
+        match answer {
+            Ok(Ok(resp)) => {
+                let resp = resp.into_inner();
+                if resp.unchanged {
+                    list.confirm(sent);
+                } else if resp.disabled_user_ids.len() > MAX_DISABLED_USERS {
+                    tracing::warn!(
+                        n = resp.disabled_user_ids.len(),
+                        "AccessPolicy sent an oversized deny list; ignored"
+                    );
+                } else {
+                    list.replace(resp.version, resp.disabled_user_ids, sent);
+                }
+                if failures > 0 {
+                    tracing::info!(failures, "deny list current again");
+                }
+                failures = 0;
+            }
+            Ok(Err(status)) => {
+                failures += 1;
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(code = ?status.code(), message = status.message(), failures, "deny list refresh refused");
+                }
+            }
+            Err(_) => {
+                failures += 1;
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(failures, "deny list refresh timed out");
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep_until(sent + poll_interval) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authoritative_copy_is_always_current() {
+        let list = DenyList::authoritative(3, ["mallory".to_owned()]);
+        assert_eq!(list.verdict("mallory"), Verdict::Disabled);
+        assert_eq!(list.verdict("alice"), Verdict::Allowed);
+        list.set("mallory", false, 4);
+        list.set("alice", true, 5);
+        assert_eq!(list.verdict("mallory"), Verdict::Allowed);
+        assert_eq!(list.verdict("alice"), Verdict::Disabled);
+        assert_eq!(list.snapshot(), (5, vec!["alice".to_owned()]));
+    }
+
+    #[test]
+    fn a_follower_refuses_until_loaded_and_once_stale() {
+        let list = DenyList::follower(Duration::from_secs(5));
+        assert!(matches!(list.verdict("alice"), Verdict::Stale(_)));
+        let t0 = Instant::now();
+        list.replace(2, vec!["bob".into()], t0);
+        assert_eq!(list.verdict_at("alice", t0), Verdict::Allowed);
+        assert_eq!(list.verdict_at("bob", t0), Verdict::Disabled);
+        let late = t0 + Duration::from_secs(6);
+        assert!(matches!(list.verdict_at("alice", late), Verdict::Stale(_)));
+        list.confirm(late);
+        assert_eq!(list.verdict_at("alice", late), Verdict::Allowed);
+        // An older list arriving late does not undo a newer one.
+        list.replace(1, vec![], late);
+        assert_eq!(list.verdict_at("bob", late), Verdict::Disabled);
+    }
+}
