@@ -57,8 +57,8 @@ def main() -> int:
         gen = _start_mesh(Path(tmp))
         mesh = next(gen)
         try:
-            mesh.py("vera", "enroll", "--id", "vera", "--role", "patient")
-            mesh.rust("walt", "enroll", "--id", "walt", "--role", "doctor")
+            mesh.enroll("py", "vera", "patient")
+            mesh.enroll("rust", "walt", "doctor")
             mf = MeshFile.load(mesh.mesh_file)
             if mf.audit is None:
                 raise SystemExit("the mesh file has no [audit] section")

@@ -14,9 +14,11 @@ import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
 
+import grpc
+
 from . import crypto
-from .client import (ClientError, MeshFile, Patient, Profile, Session, enroll, own_fingerprint,
-                     role_name, spiffe_id, write_atomically)
+from .client import (ClientError, Invitation, MeshFile, Operator, Patient, Profile, Session, enroll,
+                     own_fingerprint, reenroll, role_name, spiffe_id, write_atomically)
 
 
 def parse_time(s: str) -> int:
@@ -63,8 +65,41 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("enroll", help="create keys locally and get a client certificate")
     e.add_argument("--id", required=True)
     e.add_argument("--role", required=True)
-    e.add_argument("--token", default=os.environ.get("SESPHR_ENROLLMENT_TOKEN"),
-                   help="enrollment token (default: the one in the mesh file)")
+    e.add_argument("--invitation", "--invite", default=os.environ.get("SESPHR_INVITATION", ""),
+                   help="the invitation you were given (env SESPHR_INVITATION); a patient may "
+                   "enroll without one where the mesh allows self-registration")
+    re_ = sub.add_parser("reenroll", help="a new certificate for the profile in --home (e.g. "
+                         "after it expired), by an operator's re-invitation: the same id, role "
+                         "and keys")
+    re_.add_argument("--invitation", "--invite", default=os.environ.get("SESPHR_INVITATION", ""),
+                     help="the re-invitation (env SESPHR_INVITATION)")
+    inv = sub.add_parser("invite", help="invite a family member or friend (patients); prints "
+                         "the invitation, which works once")
+    inv.add_argument("--id", required=True)
+    inv.add_argument("--role", required=True, help="family or friend")
+    inv.add_argument("--valid-for", "--for", dest="for_", help="30d, 12h, 15m, 90s (default "
+                     "7d, at most 30d)")
+    sub.add_parser("renew", help="renew your client certificate before it expires (prints its "
+                   "new expiry)")
+    adm = sub.add_parser("admin", help="operator commands, with an operator certificate")
+    adm.add_argument("--cert", required=True, help="the operator certificate (sesphrd dev: "
+                     "DIR/pki/operator.pem)")
+    adm.add_argument("--key", required=True, help="its key (sesphrd dev: DIR/pki/operator.key)")
+    adm.add_argument("--ca", help="the CA the servers' certificates chain to (default: the mesh "
+                     "file's ca)")
+    asub = adm.add_subparsers(dest="admin_command", required=True)
+    ai = asub.add_parser("invite", help="invite a user with any role, or re-invite an enrolled "
+                         "one; prints the invitation, which works once")
+    ai.add_argument("--id", required=True)
+    ai.add_argument("--role", required=True)
+    ai.add_argument("--valid-for", "--for", dest="for_", help="30d, 12h, 15m, 90s (default 7d, "
+                    "at most 30d)")
+    for name, what in (("disable", "refuse every call of a user, on every service, within "
+                        "seconds, and deny every grant to it"),
+                       ("enable", "let a disabled user in again")):
+        a = asub.add_parser(name, help=what)
+        a.add_argument("--id", required=True)
+        a.add_argument("--reason", default="", help="for the audit trail (at most 256 bytes)")
     u = sub.add_parser("upload", help="encrypt and upload a file; prints the record id")
     u.add_argument("--partition", required=True)
     u.add_argument("file", type=Path)
@@ -133,18 +168,69 @@ def need(value, what: str):
     return value
 
 
+def print_invitation(inv: Invitation, user_id: str, role: str) -> None:
+    again = " (a re-invitation: the same keys enroll again with `reenroll`)" \
+        if inv.reenrollment else ""
+    print(f"invitation for {user_id} as {role}{again}, until {fmt_time(inv.expires_at)}; hand "
+          "it over out of band: it works once and is shown only now", file=sys.stderr)
+    print(inv.invitation)
+
+
+def run_admin(args, mesh: MeshFile) -> None:
+    with Operator(mesh, args.cert, args.key, args.ca) as op:
+        if args.admin_command == "invite":
+            secs = parse_duration(args.for_) if args.for_ else 0
+            print_invitation(op.invite(args.id, args.role, secs), args.id, args.role)
+        else:
+            resp = (op.disable if args.admin_command == "disable" else op.enable)(
+                args.id, args.reason)
+            state = "disabled" if args.admin_command == "disable" else "enabled"
+            print(f"{args.id} {state}" + ("" if resp.changed else " (it already was)")
+                  + f"; deny list version {resp.version}", file=sys.stderr)
+
+
+def run_reenroll(args, mesh: MeshFile, home: Path) -> None:
+    not_after = reenroll(mesh, home, args.invitation)
+    prof = Profile(home)
+    print(f"enrolled {prof.user_id} again; certificate valid until {fmt_time(not_after)}",
+          file=sys.stderr)
+    print(spiffe_id(prof.trust_domain, prof.role, prof.user_id))
+
+
+def run_enroll(args, mesh: MeshFile, home: Path) -> None:
+    try:
+        prof = enroll(mesh, home, args.id, args.role, args.invitation)
+    except ClientError as e:
+        if e.code == grpc.StatusCode.PERMISSION_DENIED and not args.invitation.strip():
+            raise ClientError(f"{e} (pass the invitation you were given: --invitation)",
+                              e.code) from None
+        raise
+    print(f"enrolled {prof.user_id} as {prof.role}", file=sys.stderr)
+    print(f"your key fingerprint: {own_fingerprint(prof)} (tell it to those who grant to you "
+          "or read your records)", file=sys.stderr)
+    print(spiffe_id(prof.trust_domain, prof.role, prof.user_id))
+
+
 def run(args) -> None:
     mesh = MeshFile.load(need(args.mesh, "mesh"))
+    if args.command == "admin":
+        run_admin(args, mesh)
+        return
     home = Path(need(args.home, "home"))
     if args.command == "enroll":
-        token = args.token or mesh.enrollment_token
-        if not token:
-            raise ClientError("no enrollment token: pass --token or use a dev mesh file")
-        prof = enroll(mesh, home, args.id, args.role, token)
-        print(f"enrolled {prof.user_id} as {prof.role}", file=sys.stderr)
-        print(f"your key fingerprint: {own_fingerprint(prof)} (tell it to those who grant to you "
-              "or read your records)", file=sys.stderr)
-        print(spiffe_id(prof.trust_domain, prof.role, prof.user_id))
+        run_enroll(args, mesh, home)
+    elif args.command == "reenroll":
+        run_reenroll(args, mesh, home)
+    elif args.command == "invite":
+        secs = parse_duration(args.for_) if args.for_ else 0
+        with opened(Session(mesh, home)) as s:
+            inv = s.invite(args.id, args.role, secs)
+        print_invitation(inv, args.id, args.role)
+    elif args.command == "renew":
+        with opened(Session(mesh, home)) as s:
+            not_after = s.renew_certificate()
+        print(f"certificate renewed until {fmt_time(not_after)}", file=sys.stderr)
+        print(not_after)
     elif args.command == "upload":
         with opened(Patient(mesh, home)) as patient, open(args.file, "rb") as f:
             length = os.fstat(f.fileno()).st_size

@@ -3,8 +3,10 @@
 Same `mesh.toml`, same profile directory (a profile enrolled here works
 with the Rust `sesphr` CLI and vice versa), same wire calls in the same
 order: enroll, upload, get, grant, revoke, list, grants. The SRS is a setup
-service (Enroll, GetUser) and n re-encryption nodes (`SrsNode`): grants are
-t-of-n kfrag shares, one per node, and reads combine t nodes' cfrags.
+service (Enroll, Invite, Renew, GetUser) and n re-encryption nodes (`SrsNode`):
+grants are t-of-n kfrag shares, one per node, and reads combine t nodes'
+cfrags. `Operator` is the operator's side: invitations, and disabling and
+enabling users.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ MAX_MESSAGE = 8 << 20
 ROLES = ["patient", "doctor", "nurse", "pharmacist", "insurer", "researcher", "family", "friend",
          "emergency"]
 USER_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# `inv1-` and 32 random bytes in lowercase hex (Srs/Invite).
+INVITATION = re.compile(r"^inv1-[0-9a-f]{64}$")
+# Srs/Invite: at most 30 days (0 asks for the default, 7 days).
+MAX_INVITATION_SECS = 30 * 86400
 PARTITION = re.compile(r"^[a-z0-9-]{1,32}$")
 
 
@@ -275,7 +281,6 @@ class MeshFile:
     access_policy: str
     threshold: int
     srs_nodes: tuple[NodeEntry, ...]  # the re-encryption nodes, in index order 1..=n
-    enrollment_token: str | None = None
     timeouts: Timeouts = Timeouts()
     audit: AuditConfig | None = None
 
@@ -286,8 +291,11 @@ class MeshFile:
             data = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ClientError(f"{path}: {e}") from None
-        known = {"trust_domain", "ca", "enrollment_token", "cloud_storage", "srs", "access_policy",
+        known = {"trust_domain", "ca", "cloud_storage", "srs", "access_policy",
                  "threshold", "srs_nodes", "timeouts", "audit"}
+        if "enrollment_token" in data:
+            raise ClientError(f"{path}: enrollment_token is no longer used: users enroll with an "
+                              "invitation (or, patients, without one where the mesh allows it)")
         if set(data) - known:
             raise ClientError(f"{path}: unknown keys {sorted(set(data) - known)}")
         try:
@@ -296,7 +304,7 @@ class MeshFile:
                 ca = path.parent / ca
             threshold, nodes = _check_nodes(data.get("threshold", 0), data.get("srs_nodes", []))
             return cls(data["trust_domain"], ca, data["cloud_storage"], data["srs"],
-                       data["access_policy"], threshold, nodes, data.get("enrollment_token"),
+                       data["access_policy"], threshold, nodes,
                        _check_timeouts(data.get("timeouts")),
                        _check_audit(data.get("audit"), data["trust_domain"]))
         except KeyError as e:
@@ -337,7 +345,7 @@ def secure_channel(url: str, ca_pem: bytes, key_pem: bytes | None = None,
 # the server must present (a name override also becomes the SNI, which the servers refuse).
 # So, as the Rust client's connector does its own TLS, each channel here goes through a
 # local relay: gRPC speaks plain HTTP/2 over a Unix socket in a private directory, and the
-# relay makes every connection's TLS itself (mesh CA, host name, ALPN h2, the client's
+# relay makes every connection's TLS itself (service CA, host name, ALPN h2, the client's
 # certificate) and forwards it only if the server's certificate names exactly the expected
 # `spiffe://` URI SAN.
 _LOOP_LOCK = threading.Lock()
@@ -364,7 +372,7 @@ def peer_spiffe_ids(cert: dict) -> list[str]:
 
 class PinnedChannel:
     """A gRPC channel to `url` that reaches only a server presenting `expected` (one SPIFFE
-    id), over the mesh CA; with `cert_file`/`key_file` the client presents that identity.
+    id), over the service CA; with `cert_file`/`key_file` the client presents that identity.
     `last_error` says why the last connection was not made."""
 
     def __init__(self, url: str, expected: str, ca_pem: bytes, cert_file: Path | None = None,
@@ -919,46 +927,144 @@ class AuditHead:
 
 
 # Enrollment --------------------------------------------------------------------------------
-def make_csr() -> tuple[bytes, bytes]:
-    """An EC P-256 TLS key and a PKCS#10 CSR for it: (csr DER, key PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def make_csr(key_pem: bytes | None = None) -> tuple[bytes, bytes]:
+    """A PKCS#10 CSR for an EC P-256 TLS key, a new one unless `key_pem` is given: (csr DER,
+    key PEM)."""
+    if key_pem is None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+    else:
+        key = serialization.load_pem_private_key(key_pem, password=None)
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sesphr-client")]))
            .sign(key, hashes.SHA256()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
     return csr.public_bytes(serialization.Encoding.DER), key_pem
 
 
-def enroll(mesh: MeshFile, home: Path, user_id: str, role: str, token: str) -> Profile:
-    """Generates the master secret and a TLS key locally; the SRS gets a CSR and public keys."""
+def check_invitation(text: str) -> str:
+    """An invitation as typed or pasted (surrounding blanks dropped), checked for its form:
+    `inv1-` and 64 lowercase hex digits. "" (none) passes."""
+    text = text.strip()
+    if text and not INVITATION.match(text):
+        raise ClientError("that is not an invitation (inv1- followed by 64 lowercase hex digits)")
+    return text
+
+
+def check_issued(cert_pem: str, expected: str, key_pem: bytes) -> int:
+    """A certificate the SRS issued to this client: it must name exactly the SPIFFE id
+    `expected`, certify the client's own TLS key and not have expired. Returns its expiry
+    (unix seconds)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        raise ClientError("the SRS returned no usable certificate") from None
+    uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+    if uris != [expected]:
+        raise ClientError(f"the SRS issued a certificate for {' and '.join(uris) or 'no id'} "
+                          f"instead of {expected}")
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ours = serialization.load_pem_private_key(key_pem, password=None).public_key()
+    if cert.public_key().public_bytes(*spki) != ours.public_bytes(*spki):
+        raise ClientError("the SRS issued a certificate for another TLS key than this client's")
+    not_after = int(cert.not_valid_after_utc.timestamp())
+    if not_after <= unix_now():
+        raise ClientError("the SRS issued a certificate that has already expired")
+    return not_after
+
+
+def _enroll_call(mesh: MeshFile, ca_pem: bytes, request):
+    # No client certificate yet; the server must still be the SRS setup service.
+    srs = PinnedChannel(mesh.srs, mesh.service_identity("srs"), ca_pem,
+                        connect_timeout=mesh.timeouts.connect)
+    try:
+        return srs_pb2_grpc.SrsStub(srs.channel).Enroll(request, timeout=mesh.timeouts.unary)
+    except grpc.RpcError as e:
+        raise srs.explain(_rpc("SRS", e)) from None
+    finally:
+        srs.close()
+
+
+def enroll(mesh: MeshFile, home: Path, user_id: str, role: str, invitation: str = "") -> Profile:
+    """Generates the master secret and a TLS key locally; the SRS gets a CSR and public keys.
+
+    `invitation` admits this one id and role, once. Without one (""), only a patient can
+    enroll, and only where the mesh allows self-registration: anyone else is refused
+    (PERMISSION_DENIED)."""
     _check_user_id(user_id)
     role_enum = role_value(role)
+    invitation = check_invitation(invitation)
     if Profile.exists(home):
         raise ClientError(f"{home} already holds a profile; use another --home")
     ca_pem = mesh.ca.read_bytes()
     master = crypto.MasterSecret.generate()
     csr_der, key_pem = make_csr()
-    # No client certificate yet; the server must still be the SRS setup service.
-    srs = PinnedChannel(mesh.srs, mesh.service_identity("srs"), ca_pem,
-                        connect_timeout=mesh.timeouts.connect)
-    try:
-        resp = srs_pb2_grpc.SrsStub(srs.channel).Enroll(srs_pb2.EnrollRequest(
-            enrollment_token=token, user_id=user_id, role=role_enum, csr_der=csr_der,
-            pre_public_key=master.receiving_keys().public_bytes(),
-            verifying_key=master.signing_key().verifying_key_bytes()),
-            timeout=mesh.timeouts.unary)
-    except grpc.RpcError as e:
-        raise srs.explain(_rpc("SRS", e)) from None
-    finally:
-        srs.close()
+    resp = _enroll_call(mesh, ca_pem, srs_pb2.EnrollRequest(
+        invitation=invitation, user_id=user_id, role=role_enum, csr_der=csr_der,
+        pre_public_key=master.receiving_keys().public_bytes(),
+        verifying_key=master.signing_key().verifying_key_bytes()))
     expected = spiffe_id(mesh.trust_domain, role, user_id)
     if resp.spiffe_id != expected:
         raise ClientError(f"the SRS issued a certificate for {resp.spiffe_id} instead of {expected}")
+    check_issued(resp.certificate_pem, expected, key_pem)
     profile = Profile.create(home, user_id, role, mesh.trust_domain, master, key_pem,
                              resp.certificate_pem.encode(), ca_pem)
     Ledger.create(home)  # an empty grants.toml, as the Rust enroll writes
     return profile
+
+
+def reenroll(mesh: MeshFile, home: Path, invitation: str) -> int:
+    """A new certificate for an existing profile (e.g. one whose certificate expired), by an
+    operator's re-invitation: the SRS checks that the profile's keys are the ones it
+    registered. The TLS key stays; only `tls.pem` is replaced. Returns the new expiry."""
+    invitation = check_invitation(invitation)
+    if not invitation:
+        raise ClientError("enrolling again needs a re-invitation from an operator")
+    profile = Profile(home)
+    if profile.trust_domain != mesh.trust_domain:
+        raise ClientError(f"profile is for trust domain {profile.trust_domain}, mesh file for "
+                          f"{mesh.trust_domain}")
+    master = profile.master_secret()
+    csr_der, key_pem = make_csr((profile.home / "tls.key").read_bytes())
+    resp = _enroll_call(mesh, mesh.ca.read_bytes(), srs_pb2.EnrollRequest(
+        invitation=invitation, user_id=profile.user_id, role=role_value(profile.role),
+        csr_der=csr_der, pre_public_key=master.receiving_keys().public_bytes(),
+        verifying_key=master.signing_key().verifying_key_bytes()))
+    expected = spiffe_id(profile.trust_domain, profile.role, profile.user_id)
+    if resp.spiffe_id != expected:
+        raise ClientError(f"the SRS issued a certificate for {resp.spiffe_id} instead of {expected}")
+    not_after = check_issued(resp.certificate_pem, expected, key_pem)
+    _write_public(profile.home / "tls.pem", resp.certificate_pem)
+    return not_after
+
+
+@dataclass(frozen=True)
+class Invitation:
+    """What Srs/Invite answered: the invitation text (shown once), when it expires (unix
+    seconds), and whether it re-admits an enrolled user."""
+
+    invitation: str
+    expires_at: int
+    reenrollment: bool
+
+
+def _invite(stub, call, user_id: str, role: str, valid_for_secs: int) -> Invitation:
+    _check_user_id(user_id)
+    role_enum = role_value(role)
+    if valid_for_secs < 0:
+        raise ClientError("an invitation cannot be valid for a negative time")
+    resp = call(stub.Invite, srs_pb2.InviteRequest(user_id=user_id, role=role_enum,
+                                                   valid_for_secs=valid_for_secs))
+    if not INVITATION.match(resp.invitation):
+        raise ClientError("the SRS answered with something that is not an invitation")
+    now = unix_now()
+    # 0 asks for the default (7 days); allow the clocks a minute of disagreement.
+    longest = valid_for_secs if valid_for_secs else 7 * 86400
+    if not now - 60 < resp.expires_at <= now + longest + 60:
+        raise ClientError(f"the SRS's invitation expires at {resp.expires_at}, not within the "
+                          f"{longest} s asked for")
+    return Invitation(resp.invitation, resp.expires_at, resp.reenrollment)
 
 
 def own_fingerprint(profile: Profile) -> str:
@@ -1293,6 +1399,35 @@ class Session:
             return method(request, timeout=self.call_timeout)
         except grpc.RpcError as e:
             raise self._error(service, e) from None
+
+    def invite(self, user_id: str, role: str, valid_for_secs: int = 0) -> Invitation:
+        """Srs/Invite as this user: a patient invites family and friends (the mesh refuses
+        other roles, ids already enrolled, and more than 16 of her invitations unused at a
+        time). `valid_for_secs` 0 is the default, 7 days; at most 30 days."""
+        return _invite(self.srs, lambda m, r: self._call("SRS", m, r), user_id, role,
+                       valid_for_secs)
+
+    def renew(self, csr_der: bytes):
+        """Srs/Renew: a new certificate for the TLS key of `csr_der`, authenticated by this
+        profile's current, unexpired one. The raw answer, checked to name this user; nothing
+        is written (`renew_certificate` does)."""
+        resp = self._call("SRS", self.srs.Renew, srs_pb2.RenewRequest(csr_der=csr_der))
+        if not resp.certificate_pem:
+            raise ClientError("the SRS renewed nothing: no certificate in its answer")
+        return resp
+
+    def renew_certificate(self) -> int:
+        """Renews this profile's certificate for its current TLS key and replaces `tls.pem`
+        (atomically; the key stays, so a crash leaves the old or the new certificate, both
+        for this key). Returns the new expiry (unix seconds). The open connections keep the
+        old certificate; new sessions use the new one."""
+        key_pem = (self.profile.home / "tls.key").read_bytes()
+        csr_der, _ = make_csr(key_pem)
+        resp = self.renew(csr_der)
+        expected = spiffe_id(self.profile.trust_domain, self.profile.role, self.user_id)
+        not_after = check_issued(resp.certificate_pem, expected, key_pem)
+        _write_public(self.profile.home / "tls.pem", resp.certificate_pem)
+        return not_after
 
     def lookup(self, user_id: str):
         """The raw `Srs/GetUser` answer, unchecked and unpinned."""
@@ -1752,6 +1887,77 @@ def compare_ledger(ledger: dict, given: list, now: int) -> list[str]:
                 out.append(f"{partition} → {grantee}: granted by you, but AccessPolicy does not "
                            "list it")
     return out
+
+
+class Operator:
+    """An operator's mTLS connections to the SRS setup service and AccessPolicy, with an
+    operator certificate of the service CA (`sesphrd dev`: DIR/pki/operator.pem and
+    operator.key) and trusting `ca_file` (default: the mesh file's CA, which `sesphrd dev`
+    writes as DIR/pki/ca.pem). Each server must present its own SPIFFE id."""
+
+    def __init__(self, mesh: MeshFile, cert_file: str | os.PathLike, key_file: str | os.PathLike,
+                 ca_file: str | os.PathLike | None = None):
+        self.mesh = mesh
+        self.call_timeout = mesh.timeouts.unary
+        cert, key = Path(cert_file), Path(key_file)
+        try:
+            ca = Path(ca_file).read_bytes() if ca_file is not None else mesh.ca.read_bytes()
+            for f in (cert, key):
+                f.stat()
+        except OSError as e:
+            raise ClientError(f"operator identity: {e}") from None
+        self._pinned: dict[str, PinnedChannel] = {}
+        try:
+            for service, url, name in (("SRS", mesh.srs, "srs"),
+                                       ("AccessPolicy", mesh.access_policy, "access-policy")):
+                self._pinned[service] = PinnedChannel(url, mesh.service_identity(name), ca, cert,
+                                                      key, mesh.timeouts.connect)
+        except BaseException:
+            self.close()
+            raise
+        self.srs = srs_pb2_grpc.SrsStub(self._pinned["SRS"].channel)
+        self.policy = ap_grpc.AccessPolicyStub(self._pinned["AccessPolicy"].channel)
+
+    def close(self) -> None:
+        for ch in self._pinned.values():
+            ch.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, service: str, method, request):
+        try:
+            return method(request, timeout=self.call_timeout)
+        except grpc.RpcError as e:
+            raise self._pinned[service].explain(_rpc(service, e)) from None
+
+    def invite(self, user_id: str, role: str, valid_for_secs: int = 0) -> Invitation:
+        """Srs/Invite: a single-use invitation for `user_id` as `role` (any role), valid for
+        `valid_for_secs` (0: the default, 7 days; at most 30 days). For an id already
+        enrolled with that role it is a re-invitation (`reenrollment`), which admits the same
+        keys again; another role is refused."""
+        return _invite(self.srs, lambda m, r: self._call("SRS", m, r), user_id, role,
+                       valid_for_secs)
+
+    def _set_status(self, method, user_id: str, reason: str):
+        _check_user_id(user_id)
+        if len(reason.encode()) > 256:
+            raise ClientError("the reason is at most 256 bytes")
+        return self._call("AccessPolicy", method,
+                          ap_pb.SetUserStatusRequest(user_id=user_id, reason=reason))
+
+    def disable(self, user_id: str, reason: str = ""):
+        """AccessPolicy/DisableUser: from now on every grant to the user is denied, and every
+        service and node refuses the user's calls within seconds ("user disabled"). The
+        answer says whether the status `changed` and the deny list's `version`."""
+        return self._set_status(self.policy.DisableUser, user_id, reason)
+
+    def enable(self, user_id: str, reason: str = ""):
+        """AccessPolicy/EnableUser: the user's calls and grants work again."""
+        return self._set_status(self.policy.EnableUser, user_id, reason)
 
 
 def write_atomically(path: Path, session: Session, record_id: str):

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from sesphr_client.client import Invitation, MeshFile, Operator
+
 CLIENT_DIR = Path(__file__).resolve().parents[1]
 REPO = CLIENT_DIR.parents[1]
 START_TIMEOUT = 90  # seconds for sesphrd dev to print its mesh file
@@ -63,6 +65,24 @@ class Mesh:
         """The Python CLI (`python -m sesphr_client`) as `user`."""
         return self._run([sys.executable, "-m", "sesphr_client", "--home", str(self.home(user)),
                           *args], ok, mesh_file, cwd=CLIENT_DIR)
+
+    def operator(self) -> Operator:
+        """The dev operator (DIR/pki/operator.pem, of the service CA), trusting DIR/pki/ca.pem."""
+        return Operator(MeshFile.load(self.mesh_file), self.pki / "operator.pem",
+                        self.pki / "operator.key", self.pki / "ca.pem")
+
+    def invite(self, user_id: str, role: str, valid_for_secs: int = 0) -> Invitation:
+        """An operator's invitation for `user_id` as `role`."""
+        with self.operator() as op:
+            return op.invite(user_id, role, valid_for_secs)
+
+    def enroll(self, client: str, user: str, role: str) -> subprocess.CompletedProcess:
+        """Enrolls `user` (profile and id) with the "py" or "rust" CLI: a patient registers
+        herself (the dev mesh allows it), anyone else with an operator's invitation."""
+        args = ["enroll", "--id", user, "--role", role]
+        if role != "patient":
+            args += ["--invitation", self.invite(user, role).invitation]
+        return {"py": self.py, "rust": self.rust}[client](user, *args)
 
     def toml(self) -> dict:
         return tomllib.loads(self.mesh_file.read_text())

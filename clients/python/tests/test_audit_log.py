@@ -71,8 +71,8 @@ def test_audit_entries_are_in_witnessed_checkpoints_that_extend_each_other(mesh,
     for name, key in mf.audit.witnesses:
         assert key == tlog.PublicKey.from_hex((mesh.pki / "witness" / f"{name}.pub").read_text())
 
-    mesh.py("tlog-erin", "enroll", "--id", "tlog-erin", "--role", "patient")
-    mesh.rust("tlog-frank", "enroll", "--id", "tlog-frank", "--role", "doctor")
+    mesh.enroll("py", "tlog-erin", "patient")
+    mesh.enroll("rust", "tlog-frank", "doctor")
     activity(mesh, tmp_path, "tlog-erin", "tlog-frank", "one")
 
     with Patient(mf, mesh.home("tlog-erin")) as erin:
@@ -163,7 +163,7 @@ def test_audit_entries_are_in_witnessed_checkpoints_that_extend_each_other(mesh,
 def test_a_mesh_file_with_wrong_audit_keys_is_refused(mesh, tmp_path):
     """A client whose mesh file names another log key, or witnesses whose cosignatures it
     cannot find, accepts no checkpoint from this mesh."""
-    mesh.py("tlog-gail", "enroll", "--id", "tlog-gail", "--role", "patient")
+    mesh.enroll("py", "tlog-gail", "patient")
     data = mesh.toml()
     other = tlog.SigningKey(12345).public_key().hex()
 

@@ -32,8 +32,8 @@ SEG = crypto.DEFAULT_SEGMENT_SIZE
 
 
 def test_rust_patient_upload_read_by_python_grantee(mesh, tmp_path):
-    mesh.rust("alice", "enroll", "--id", "alice", "--role", "patient")
-    mesh.py("bob", "enroll", "--id", "bob", "--role", "doctor")
+    mesh.enroll("rust", "alice", "patient")
+    mesh.enroll("py", "bob", "doctor")
     mesh.rust("alice", "grant", "--partition", "medical", "--to", "bob")
     # 2.5 segments: two full non-last segments and a short last one.
     data = os.urandom(2 * SEG + SEG // 2)
@@ -70,8 +70,8 @@ def test_rust_patient_upload_read_by_python_grantee(mesh, tmp_path):
 
 
 def test_python_patient_upload_and_grant_read_by_rust_grantee(mesh, tmp_path):
-    mesh.py("carol", "enroll", "--id", "carol", "--role", "patient")
-    mesh.rust("dave", "enroll", "--id", "dave", "--role", "nurse")
+    mesh.enroll("py", "carol", "patient")
+    mesh.enroll("rust", "dave", "nurse")
     # Like the Rust enroll, the Python one writes an empty grant ledger.
     assert (mesh.home("carol") / "grants.toml").read_text() == ""
     # Exactly two segments: the last one is full and sealed as last.
@@ -109,8 +109,8 @@ def test_python_patient_upload_and_grant_read_by_rust_grantee(mesh, tmp_path):
 @pytest.fixture(scope="module")
 def shared(mesh):
     """A Python patient with one record, and a Python practitioner without a grant."""
-    mesh.py("erin", "enroll", "--id", "erin", "--role", "patient")
-    mesh.py("frank", "enroll", "--id", "frank", "--role", "friend")
+    mesh.enroll("py", "erin", "patient")
+    mesh.enroll("py", "frank", "friend")
     meshfile = MeshFile.load(mesh.mesh_file)
     with Patient(meshfile, mesh.home("erin")) as erin:
         rid = erin.upload_bytes("personal", b"diary").record_id
@@ -272,9 +272,9 @@ def test_segments_signed_by_another_key_are_refused(mesh, tmp_path):
     """A record whose header its owner signed but whose segments another key signed (what a
     grantee, who knows the record's AES key, could write) is refused by both clients, and
     nothing of it reaches the output file."""
-    mesh.py("gina", "enroll", "--id", "gina", "--role", "patient")
-    mesh.py("ivan", "enroll", "--id", "ivan", "--role", "doctor")
-    mesh.rust("jack", "enroll", "--id", "jack", "--role", "doctor")
+    mesh.enroll("py", "gina", "patient")
+    mesh.enroll("py", "ivan", "doctor")
+    mesh.enroll("rust", "jack", "doctor")
     meshfile = MeshFile.load(mesh.mesh_file)
     data = os.urandom(SEG + 100)
     with Patient(meshfile, mesh.home("gina")) as gina:
@@ -299,8 +299,8 @@ def test_segments_signed_by_another_key_are_refused(mesh, tmp_path):
 
 
 def test_changed_key_is_refused_until_trusted(mesh):
-    mesh.py("kate", "enroll", "--id", "kate", "--role", "patient")
-    mesh.rust("liam", "enroll", "--id", "liam", "--role", "family")
+    mesh.enroll("py", "kate", "patient")
+    mesh.enroll("rust", "liam", "family")
     meshfile = MeshFile.load(mesh.mesh_file)
     with Patient(meshfile, mesh.home("kate")) as kate:
         rid = kate.upload_bytes("family", b"for liam").record_id

@@ -66,7 +66,7 @@ def _bad_mesh_files(data: dict):
 
 
 def test_mesh_file_nodes_are_checked_like_the_rust_client_does(mesh, tmp_path):
-    mesh.rust("checker", "enroll", "--id", "checker", "--role", "doctor")
+    mesh.enroll("rust", "checker", "doctor")
     for name, data, why in _bad_mesh_files(mesh.toml()):
         path = tmp_path / f"{name.replace(' ', '-')}.toml"
         path.write_text(write_mesh_toml(data))
@@ -86,8 +86,8 @@ def test_mesh_file_nodes_are_checked_like_the_rust_client_does(mesh, tmp_path):
 
 
 def test_python_grant_read_by_python_two_of_three(mesh, tmp_path):
-    mesh.py("nina", "enroll", "--id", "nina", "--role", "patient")
-    mesh.py("omar", "enroll", "--id", "omar", "--role", "doctor")
+    mesh.enroll("py", "nina", "patient")
+    mesh.enroll("py", "omar", "doctor")
     data = os.urandom(3000)
     src = tmp_path / "labs.bin"
     src.write_bytes(data)
@@ -137,8 +137,8 @@ def test_python_grant_read_by_python_two_of_three(mesh, tmp_path):
 
 
 def test_python_grant_with_a_node_away_read_by_rust(mesh, tmp_path):
-    mesh.py("pia", "enroll", "--id", "pia", "--role", "patient")
-    mesh.rust("quinn", "enroll", "--id", "quinn", "--role", "nurse")
+    mesh.enroll("py", "pia", "patient")
+    mesh.enroll("rust", "quinn", "nurse")
     src = tmp_path / "note.txt"
     src.write_bytes(b"for quinn")
     rid = mesh.py("pia", "upload", "--partition", "medical", str(src)).stdout.decode().strip()
@@ -165,8 +165,8 @@ def test_python_grant_with_a_node_away_read_by_rust(mesh, tmp_path):
 
 
 def test_rust_grant_with_a_node_away_read_by_python(mesh, tmp_path):
-    mesh.rust("rosa", "enroll", "--id", "rosa", "--role", "patient")
-    mesh.py("sam", "enroll", "--id", "sam", "--role", "pharmacist")
+    mesh.enroll("rust", "rosa", "patient")
+    mesh.enroll("py", "sam", "pharmacist")
     src = tmp_path / "rx.txt"
     src.write_bytes(b"for sam")
     rid = mesh.rust("rosa", "upload", "--partition", "medication", str(src)).stdout.decode().strip()
@@ -185,8 +185,8 @@ def test_rust_grant_with_a_node_away_read_by_python(mesh, tmp_path):
 
 
 def test_revoke_with_a_node_away(mesh, tmp_path):
-    mesh.py("tara", "enroll", "--id", "tara", "--role", "patient")
-    mesh.py("uma", "enroll", "--id", "uma", "--role", "friend")
+    mesh.enroll("py", "tara", "patient")
+    mesh.enroll("py", "uma", "friend")
     meshfile = MeshFile.load(mesh.mesh_file)
     with Patient(meshfile, mesh.home("tara")) as tara:
         rid = tara.upload_bytes("personal", b"for uma").record_id
@@ -209,8 +209,8 @@ def test_revoke_with_a_node_away(mesh, tmp_path):
 
 
 def test_grant_needs_threshold_nodes(mesh, tmp_path):
-    mesh.py("vera", "enroll", "--id", "vera", "--role", "patient")
-    mesh.py("walt", "enroll", "--id", "walt", "--role", "doctor")
+    mesh.enroll("py", "vera", "patient")
+    mesh.enroll("py", "walt", "doctor")
     only1 = mesh.variant(tmp_path / "only-1.toml", {2: dead_url(), 3: dead_url()})
     proc = mesh.py("vera", "grant", "--partition", "medical", "--to", "walt", ok=False,
                    mesh_file=only1)
@@ -225,8 +225,8 @@ def test_grant_needs_threshold_nodes(mesh, tmp_path):
 
 
 def test_share_for_one_node_is_refused_by_another(mesh):
-    mesh.py("xena", "enroll", "--id", "xena", "--role", "patient")
-    mesh.py("yuri", "enroll", "--id", "yuri", "--role", "doctor")
+    mesh.enroll("py", "xena", "patient")
+    mesh.enroll("py", "yuri", "doctor")
     with Patient(MeshFile.load(mesh.mesh_file), mesh.home("xena")) as xena:
         yuri, _ = xena.user_keys("yuri")
         keys = xena.master.partition_keys("medical", 0)
@@ -255,7 +255,7 @@ def test_share_for_one_node_is_refused_by_another(mesh):
 
 def test_node_refusals_over_raw_grpc(mesh):
     """A practitioner cannot file kfrags at a node; the setup service files none."""
-    mesh.py("zack", "enroll", "--id", "zack", "--role", "doctor")
+    mesh.enroll("py", "zack", "doctor")
     meshfile = MeshFile.load(mesh.mesh_file)
     ca, key, cert = (mesh.home("zack") / n for n in ("ca.pem", "tls.key", "tls.pem"))
     kfrag = bytes(crypto.KFRAG_LEN)
@@ -275,8 +275,8 @@ def test_node_refusals_over_raw_grpc(mesh):
 def test_servers_presenting_another_identity_are_not_used(mesh, tmp_path):
     """The relay checks every server's SPIFFE id: a node at another node's address, or one
     service at another's, is not talked to (by either client)."""
-    mesh.py("abby", "enroll", "--id", "abby", "--role", "patient")
-    mesh.py("ben", "enroll", "--id", "ben", "--role", "doctor")
+    mesh.enroll("py", "abby", "patient")
+    mesh.enroll("py", "ben", "doctor")
     meshfile = MeshFile.load(mesh.mesh_file)
     with Patient(meshfile, mesh.home("abby")) as abby:
         rid = abby.upload_bytes("medical", b"for ben").record_id
@@ -316,8 +316,8 @@ class ForgingNode(srs_pb2_grpc.SrsNodeServicer):
 
 
 def test_a_node_with_invalid_cfrags_is_skipped_and_reported(mesh, tmp_path):
-    mesh.py("cleo", "enroll", "--id", "cleo", "--role", "patient")
-    mesh.py("dan", "enroll", "--id", "dan", "--role", "doctor")
+    mesh.enroll("py", "cleo", "patient")
+    mesh.enroll("py", "dan", "doctor")
     meshfile = MeshFile.load(mesh.mesh_file)
     with Patient(meshfile, mesh.home("cleo")) as cleo:
         rid = cleo.upload_bytes("medical", b"for dan").record_id
@@ -352,10 +352,10 @@ def test_a_node_with_invalid_cfrags_is_skipped_and_reported(mesh, tmp_path):
 def test_one_node_mesh(mesh1, tmp_path):
     mf = MeshFile.load(mesh1.mesh_file)
     assert mf.threshold == 1 and [n.index for n in mf.srs_nodes] == [1]
-    mesh1.py("eve", "enroll", "--id", "eve", "--role", "patient")
-    mesh1.rust("finn", "enroll", "--id", "finn", "--role", "doctor")
-    mesh1.rust("gail", "enroll", "--id", "gail", "--role", "patient")
-    mesh1.py("hugo", "enroll", "--id", "hugo", "--role", "nurse")
+    mesh1.enroll("py", "eve", "patient")
+    mesh1.enroll("rust", "finn", "doctor")
+    mesh1.enroll("rust", "gail", "patient")
+    mesh1.enroll("py", "hugo", "nurse")
     src = tmp_path / "one.txt"
     src.write_bytes(b"one node")
     rid = mesh1.py("eve", "upload", "--partition", "medical", str(src)).stdout.decode().strip()
