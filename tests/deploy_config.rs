@@ -5,7 +5,9 @@
 //!
 //! The TOMLs name the paths where the pods mount their certificates, which do
 //! not exist here: the daemon runs with `SESPHR_*` overrides pointing at a
-//! throwaway PKI, exactly as an operator would override a single key.
+//! throwaway PKI with the deployment's two roots (a service CA for services,
+//! nodes and operators; a user CA, the setup service's issuer), exactly as an
+//! operator would override a single key.
 //! `scripts/check-deploy.sh` checks the other side (that the manifests mount
 //! those paths and expose those ports).
 
@@ -17,9 +19,9 @@ use std::process::{Command, Output};
 use sesphr_identity::{Identity, Service};
 use sesphr_mesh::pki::CertificateAuthority;
 use sesphr_server::config::{
-    ENV_AUDIT_LOG_KEY_FILE, ENV_AUDIT_LOG_PUBLIC_KEY_FILE, ENV_DATA_DIR, ENV_ENROLLMENT_TOKEN_FILE,
-    ENV_ISSUER_CERT, ENV_ISSUER_KEY, ENV_PEER_TIMEOUT_MS, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY,
-    ENV_WITNESS_KEY_FILE, ServeConfig, ServeFile,
+    DenyListSettings, ENV_AUDIT_LOG_KEY_FILE, ENV_AUDIT_LOG_PUBLIC_KEY_FILE, ENV_DATA_DIR,
+    ENV_ISSUER_CERT, ENV_ISSUER_KEY, ENV_PEER_TIMEOUT_MS, ENV_SELF_REGISTRATION, ENV_TLS_CA,
+    ENV_TLS_CERT, ENV_TLS_KEY, ENV_TLS_USER_CA, ENV_WITNESS_KEY_FILE, ServeConfig, ServeFile,
 };
 
 /// `sesphrd`'s exit code for a wrong configuration (`EX_USAGE`).
@@ -78,6 +80,29 @@ fn shipped_configs_parse_and_validate() {
                 "{name}: tls.{key} must come from the cert-manager Secret at /etc/sesphr/tls"
             );
         }
+        assert_eq!(
+            cfg.user_ca,
+            Path::new("/etc/sesphr/user-ca/tls.crt"),
+            "{name}: tls.user_ca is the user CA's certificate (Secret sesphr-user-ca, tls.crt)"
+        );
+        match service {
+            Service::AccessPolicy => assert_eq!(
+                cfg.setup_endpoint.as_deref(),
+                Some(format!("https://srs.{NAMESPACE}.svc:50052").as_str()),
+                "{name}: access_policy.setup_endpoint"
+            ),
+            Service::CloudStorage | Service::Srs => {
+                assert_eq!(cfg.setup_endpoint, None, "{name}");
+                assert_eq!(
+                    cfg.deny_list,
+                    DenyListSettings {
+                        poll_interval_ms: 1000,
+                        max_staleness_ms: 5000
+                    },
+                    "{name}: [deny_list]"
+                );
+            }
+        }
         match service {
             Service::CloudStorage | Service::Srs => assert_eq!(
                 cfg.access_policy_endpoint.as_deref(),
@@ -90,20 +115,31 @@ fn shipped_configs_parse_and_validate() {
             (Some(srs), Service::Srs) => {
                 assert!(srs.issuer_cert.starts_with("/etc/sesphr/issuer"));
                 assert!(srs.issuer_key.starts_with("/etc/sesphr/issuer"));
-                assert!(
-                    srs.enrollment_token_file
-                        .starts_with("/etc/sesphr/enrollment")
+                assert_eq!(
+                    srs.self_registrations_per_minute, None,
+                    "the shipped TOML keeps self-registration off (production)"
                 );
+                assert_eq!(srs.user_cert_validity_days, 30);
             }
             (None, Service::CloudStorage | Service::AccessPolicy) => {}
             (srs, _) => panic!("{name}: unexpected SRS settings {srs:?}"),
         }
     }
+    // The dev overlay turns self-registration on with the environment.
+    let env = HashMap::from([(ENV_SELF_REGISTRATION.to_owned(), "true".to_owned())]);
+    let cfg = ServeConfig::from_file(shipped(Service::Srs), Service::Srs, &env).unwrap();
+    assert_eq!(
+        cfg.srs.unwrap().self_registrations_per_minute,
+        Some(60),
+        "SESPHR_SELF_REGISTRATION=true, at the TOML's rate"
+    );
 }
 
-/// A CA and, per service, a certificate as cert-manager would issue it (both
-/// usages, SPIFFE URI SAN, the Services' DNS names), laid out like the
-/// mounted Secrets.
+/// The two roots and, per service, a certificate from the service CA as
+/// cert-manager would issue it (both usages, SPIFFE URI SAN, the Services'
+/// DNS names), laid out like the mounted Secrets: `<service>/tls/` (the
+/// leaf and the service CA as ca.crt), `user-ca/tls.crt` (what every pod
+/// mounts), `issuer/` (the user CA with its key, the setup service's).
 struct ThrowawayPki {
     dir: tempfile::TempDir,
 }
@@ -111,12 +147,20 @@ struct ThrowawayPki {
 impl ThrowawayPki {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (ca, ca_key) = CertificateAuthority::generate(TRUST_DOMAIN).expect("CA");
+        let (ca, ca_key) = CertificateAuthority::generate(TRUST_DOMAIN).expect("service CA");
+        let (user_ca, user_ca_key) =
+            CertificateAuthority::generate_user_ca(TRUST_DOMAIN).expect("user CA");
         let issuer = dir.path().join("issuer");
         fs::create_dir_all(&issuer).unwrap();
-        fs::write(issuer.join("tls.crt"), ca.cert_pem()).unwrap();
-        fs::write(issuer.join("tls.key"), ca_key.as_bytes()).unwrap();
-        fs::write(dir.path().join("token"), "test-enrollment-token\n").unwrap();
+        fs::write(issuer.join("tls.crt"), user_ca.cert_pem()).unwrap();
+        fs::write(issuer.join("tls.key"), user_ca_key.as_bytes()).unwrap();
+        // The service CA's key, as no pod has it: only to show the SRS refuses it.
+        let service_issuer = dir.path().join("service-issuer");
+        fs::create_dir_all(&service_issuer).unwrap();
+        fs::write(service_issuer.join("tls.crt"), ca.cert_pem()).unwrap();
+        fs::write(service_issuer.join("tls.key"), ca_key.as_bytes()).unwrap();
+        fs::create_dir_all(dir.path().join("user-ca")).unwrap();
+        fs::write(dir.path().join("user-ca/tls.crt"), user_ca.cert_pem()).unwrap();
         // The audit log's key pair and CloudStorage's witness key, as the
         // mounted Secrets hold them.
         sesphr_server::daemon::ensure_key_pair(&dir.path().join("audit"), "log").unwrap();
@@ -150,6 +194,7 @@ impl ThrowawayPki {
             (ENV_TLS_CERT, tls.join("tls.crt")),
             (ENV_TLS_KEY, tls.join("tls.key")),
             (ENV_TLS_CA, tls.join("ca.crt")),
+            (ENV_TLS_USER_CA, root.join("user-ca/tls.crt")),
             (ENV_DATA_DIR, root.join(service.as_str()).join("db")),
         ];
         match service {
@@ -165,7 +210,6 @@ impl ThrowawayPki {
         if service == Service::Srs {
             env.push((ENV_ISSUER_CERT, root.join("issuer/tls.crt")));
             env.push((ENV_ISSUER_KEY, root.join("issuer/tls.key")));
-            env.push((ENV_ENROLLMENT_TOKEN_FILE, root.join("token")));
         }
         env
     }
@@ -267,10 +311,32 @@ fn sesphrd_check_config_refuses_broken_configs_with_exit_64() {
             ),
             // Not TOML at all.
             ("syntax", format!("{text}\n[tls\n")),
+            // Without the user CA, users' certificates could not be checked.
+            (
+                "no-user-ca",
+                without_line(&text, "user_ca = \"/etc/sesphr/user-ca/tls.crt\""),
+            ),
+            // The deny list polled as rarely as it may get stale.
+            (
+                "deny-list-staleness",
+                format!(
+                    "{}\n[deny_list]\npoll_interval_ms = 5000\nmax_staleness_ms = 5000\n",
+                    without_section(&text, "[deny_list]")
+                ),
+            ),
         ];
         for (what, body) in broken {
+            if what == "deny-list-staleness" && service == Service::AccessPolicy {
+                continue; // AccessPolicy is the deny list's source
+            }
             let path = scratch.path().join(format!("{name}-{what}.toml"));
             fs::write(&path, body).unwrap();
+            // (Without the override too, or the override would stand in.)
+            let env: Vec<_> = env
+                .iter()
+                .filter(|(k, _)| what != "no-user-ca" || *k != ENV_TLS_USER_CA)
+                .cloned()
+                .collect();
             let out = check_config(service, &path, &env, &[]);
             assert_eq!(
                 out.status.code(),
@@ -298,6 +364,121 @@ fn sesphrd_check_config_refuses_broken_configs_with_exit_64() {
             describe(&out)
         );
     }
+}
+
+fn without_line(text: &str, line: &str) -> String {
+    assert!(text.contains(line), "expected `{line}` in the shipped TOML");
+    text.lines()
+        .filter(|l| l.trim() != line)
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// `text` without the TOML table `header` and its keys (up to the next table).
+fn without_section(text: &str, header: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for l in text.lines() {
+        if l.starts_with('[') {
+            skipping = l.trim() == header;
+        }
+        if !skipping {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// What the old single-CA deployment had, and what AccessPolicy cannot do
+/// without: each is refused by `--check-config` with the reason.
+#[test]
+fn sesphrd_check_config_refuses_the_old_and_the_unsafe() {
+    let pki = ThrowawayPki::new();
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let srs = fs::read_to_string(toml_path(Service::Srs)).unwrap();
+    let policy = fs::read_to_string(toml_path(Service::AccessPolicy)).unwrap();
+    let cases = [
+        (
+            Service::Srs,
+            "enrollment-token",
+            srs.replace(
+                "[srs]\n",
+                "[srs]\nenrollment_token_file = \"/etc/sesphr/enrollment/token\"\n",
+            ),
+            "srs.enrollment_token_file is gone",
+        ),
+        (
+            Service::AccessPolicy,
+            "no-setup-endpoint",
+            without_line(
+                &policy,
+                &format!("setup_endpoint = \"https://srs.{NAMESPACE}.svc:50052\""),
+            ),
+            "access_policy.setup_endpoint is required",
+        ),
+    ];
+    for (service, what, body, why) in cases {
+        let path = scratch.path().join(format!("{what}.toml"));
+        fs::write(&path, body).unwrap();
+        let out = check_config(service, &path, &pki.env(service), &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_USAGE),
+            "{what}: {}",
+            describe(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(why),
+            "{what}: {}",
+            describe(&out)
+        );
+    }
+}
+
+/// `--check-config` loads the roots a service will trust: a user CA file
+/// that is not there is refused, and so is a setup service that would sign
+/// users with the service CA (it could then mint services and operators).
+#[test]
+fn sesphrd_check_config_loads_both_roots() {
+    let pki = ThrowawayPki::new();
+    let root = pki.dir.path();
+    for service in Service::ALL {
+        let missing = root.join("nowhere/user-ca.crt");
+        let out = check_config(
+            service,
+            &toml_path(service),
+            &pki.env(service),
+            &[(ENV_TLS_USER_CA, missing.to_str().unwrap())],
+        );
+        assert!(!out.status.success(), "{service}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("nowhere/user-ca.crt"),
+            "{service}: {}",
+            describe(&out)
+        );
+    }
+    let out = check_config(
+        Service::Srs,
+        &toml_path(Service::Srs),
+        &pki.env(Service::Srs),
+        &[
+            (
+                ENV_ISSUER_CERT,
+                root.join("service-issuer/tls.crt").to_str().unwrap(),
+            ),
+            (
+                ENV_ISSUER_KEY,
+                root.join("service-issuer/tls.key").to_str().unwrap(),
+            ),
+        ],
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("srs.issuer_cert is the service CA"),
+        "{}",
+        describe(&out)
+    );
 }
 
 /// The re-encryption nodes' shared config (`deploy/k8s/base/srs-node`):
@@ -331,9 +512,20 @@ fn the_shipped_node_config_serves_every_node_and_only_with_its_own_share() {
         Some(format!("https://access-policy.{NAMESPACE}.svc:50053").as_str())
     );
 
+    assert_eq!(
+        cfg.deny_list,
+        DenyListSettings {
+            poll_interval_ms: 1000,
+            max_staleness_ms: 5000
+        }
+    );
+    assert_eq!(cfg.user_ca, Path::new("/etc/sesphr/user-ca/tls.crt"));
+
     let dir = tempfile::tempdir().unwrap();
     let (ca, _) = CertificateAuthority::generate(TRUST_DOMAIN).expect("CA");
     fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
+    let (user_ca, _) = CertificateAuthority::generate_user_ca(TRUST_DOMAIN).expect("user CA");
+    fs::write(dir.path().join("user-ca.crt"), user_ca.cert_pem()).unwrap();
     let dealing = dir.path().join("oprf");
     sesphr_server::dealing::deal(&dealing, 2, 3, None).unwrap();
     let witness_dir = dir.path().join("witness");
@@ -361,6 +553,7 @@ fn the_shipped_node_config_serves_every_node_and_only_with_its_own_share() {
         cmd.env(ENV_TLS_CERT, &cert)
             .env(ENV_TLS_KEY, &key)
             .env(ENV_TLS_CA, dir.path().join("ca.crt"))
+            .env(ENV_TLS_USER_CA, dir.path().join("user-ca.crt"))
             .env(ENV_DATA_DIR, dir.path().join("db"))
             .env(ENV_OPRF_SHARE_FILE, share)
             .env(ENV_SETUP_ENDPOINT, "https://srs.sesphr.svc:50052")
@@ -419,7 +612,6 @@ fn audit_keys_are_made_once_and_printed_for_the_mesh_file() {
     let mut mesh = sesphr_client::MeshFile {
         trust_domain: TRUST_DOMAIN.into(),
         ca: PathBuf::from("ca.pem"),
-        enrollment_token: None,
         cloud_storage: String::new(),
         srs: String::new(),
         access_policy: String::new(),
