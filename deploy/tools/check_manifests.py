@@ -26,7 +26,7 @@ says whether the objects fit together and follow the deployment's rules:
   certificate (key tls.crt of its Secret);
 - each `sesphrd serve` TOML agrees with its StatefulSet: ports, mount paths,
   the AccessPolicy and setup endpoints (the nodes' and AccessPolicy's) and
-  the trust domain; a [deny_list] polls faster than its staleness bound;
+  the trust domain; a [deny_list] polls at least twice per staleness bound;
   production renderings: patients' self-registration is off;
 - the setup service, AccessPolicy and CloudStorage run exactly one replica
   (each replica is a separate sled store), and no PodDisruptionBudget
@@ -637,8 +637,8 @@ class Checker:
 
         # Users' certificates chain to the user CA: its certificate, never its key.
         secret_file(tls.get("user_ca"), "tls.user_ca", USER_CA_SECRET, CA_CERT_KEY, "the user CA's certificate in")
-        # The deny list: polled faster than a copy goes stale, else the
-        # service would refuse every user between polls.
+        # The deny list: polled at least twice per staleness bound, else one
+        # late poll would make the service refuse every user.
         deny = cfg.get("deny_list")
         if service == "access-policy" and deny is not None:
             self.err(sts, "TOML [deny_list]: AccessPolicy is the deny list's source, it polls nobody")
@@ -646,8 +646,8 @@ class Checker:
             positive_ms(deny, "poll_interval_ms")
             positive_ms(deny, "max_staleness_ms")
             poll, stale = deny.get("poll_interval_ms"), deny.get("max_staleness_ms")
-            if isinstance(poll, int) and isinstance(stale, int) and not poll < stale:
-                self.err(sts, f"TOML deny_list.poll_interval_ms {poll} must be below deny_list.max_staleness_ms {stale}: the copy would go stale between polls and every user be refused")
+            if isinstance(poll, int) and isinstance(stale, int) and not 2 * poll <= stale:
+                self.err(sts, f"TOML deny_list.max_staleness_ms {stale} must be at least twice deny_list.poll_interval_ms {poll}: one late poll would make the copy stale and every user be refused")
         if service in ("cloud-storage", "srs", NODE_SERVICE):
             endpoint("access_policy_endpoint", cfg.get("access_policy_endpoint"), "access-policy")
         if service == NODE_SERVICE:
