@@ -44,6 +44,20 @@ async fn call(c: &MeshClients, rpc: Rpc) -> Result<(), Status> {
             .await
             .map(drop),
         Rpc::Enroll => srs.enroll(proto::EnrollRequest::default()).await.map(drop),
+        Rpc::Invite => srs.invite(proto::InviteRequest::default()).await.map(drop),
+        Rpc::Renew => srs.renew(proto::RenewRequest::default()).await.map(drop),
+        Rpc::DisableUser => policy
+            .disable_user(proto::SetUserStatusRequest::default())
+            .await
+            .map(drop),
+        Rpc::EnableUser => policy
+            .enable_user(proto::SetUserStatusRequest::default())
+            .await
+            .map(drop),
+        Rpc::GetDenyList => policy
+            .get_deny_list(proto::GetDenyListRequest::default())
+            .await
+            .map(drop),
         Rpc::GetUser => srs
             .get_user(proto::GetUserRequest::default())
             .await

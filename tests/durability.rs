@@ -36,13 +36,15 @@ async fn crash_and_recover(seed: u64) {
     let homes = tmp.path().join("users");
     let (mut child, mesh_path) = start(&data);
     let mesh = MeshFile::load(&mesh_path).unwrap();
-    let token = mesh.enrollment_token.clone().unwrap();
-    client::enroll(&mesh, &homes.join("alice"), "alice", Role::Patient, &token)
+    client::enroll(&mesh, &homes.join("alice"), "alice", Role::Patient, "")
         .await
         .unwrap();
     for g in 0..4 {
         let id = format!("doc{g}");
-        client::enroll(&mesh, &homes.join(&id), &id, Role::Doctor, &token)
+        let invitation = common::dev_invitation(&mesh, &id, Role::Doctor)
+            .await
+            .unwrap();
+        client::enroll(&mesh, &homes.join(&id), &id, Role::Doctor, &invitation)
             .await
             .unwrap();
     }

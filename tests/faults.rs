@@ -25,7 +25,6 @@ use sesphr_server::daemon::{self, NodeParams, ServeError, Served, ServiceParams,
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Code;
-use zeroize::Zeroizing;
 
 const TD: &str = "sesphr.local";
 /// Deadline of every inter-service call in these meshes.
@@ -49,6 +48,10 @@ struct Mesh {
     dealing: PathBuf,
     policy_url: String,
     file: MeshFile,
+    /// The setup service's port, bound before anything starts: AccessPolicy
+    /// (started first) must know where the user directory will be.
+    srs_listener: Option<std::net::TcpListener>,
+    srs_url: String,
 }
 
 impl Mesh {
@@ -59,14 +62,17 @@ impl Mesh {
         pki.ensure_node(TD, one).unwrap();
         let dealing = dir.join("pki/oprf");
         let dealt = sesphr_server::dealing::deal(&dealing, 1, 1, None).unwrap();
+        let srs_listener = std::net::TcpListener::bind(any_port()).unwrap();
+        let srs_url = format!("https://{}", srs_listener.local_addr().unwrap());
         Mesh {
             pki,
             dealing,
             policy_url: String::new(),
+            srs_listener: Some(srs_listener),
+            srs_url,
             file: MeshFile {
                 trust_domain: TD.into(),
                 ca: dir.join("pki/ca.pem"),
-                enrollment_token: None,
                 cloud_storage: String::new(),
                 srs: String::new(),
                 access_policy: String::new(),
@@ -84,7 +90,7 @@ impl Mesh {
 
     /// Starts `service` on `addr` (port 0: any) with its data in `data_dir`.
     async fn start(
-        &self,
+        &mut self,
         service: impl Into<Served>,
         addr: SocketAddr,
         data_dir: PathBuf,
@@ -98,10 +104,10 @@ impl Mesh {
             ca: self.pki.ca_cert(),
         })
         .unwrap();
-        let token = std::fs::read_to_string(self.pki.enrollment_token()).unwrap();
         let srs = (service == Served::Service(Service::Srs)).then(|| SrsParams {
-            ca: self.pki.load_ca().unwrap(),
-            enrollment_token: Zeroizing::new(token.trim().to_owned()),
+            ca: self.pki.load_user_ca().unwrap(),
+            self_registrations_per_minute: Some(600),
+            user_cert_validity: sesphr_mesh::pki::USER_CERT_VALIDITY,
         });
         let node = match service {
             Served::SrsNode(i) => Some(NodeParams {
@@ -110,12 +116,22 @@ impl Mesh {
                     i,
                 ))
                 .unwrap(),
-                setup_endpoint: self.file.srs.clone(),
+                setup_endpoint: self.srs_url.clone(),
                 reencrypt_rate: sesphr_server::config::DEFAULT_REENCRYPT_RATE,
             }),
             _ => None,
         };
-        let listener = daemon::bind(addr).await.unwrap();
+        let reserved = match service {
+            Served::Service(Service::Srs) if addr.port() == 0 => self.srs_listener.take(),
+            _ => None,
+        };
+        let listener = match reserved {
+            Some(l) => {
+                l.set_nonblocking(true).unwrap();
+                tokio::net::TcpListener::from_std(l).unwrap()
+            }
+            None => daemon::bind(addr).await.unwrap(),
+        };
         let addr = listener.local_addr().unwrap();
         let params = ServiceParams {
             service,
@@ -123,8 +139,14 @@ impl Mesh {
             listener,
             health_listener: None,
             tls,
+            roots: std::sync::Arc::new(
+                sesphr_mesh::trust::TrustRoots::load(&self.pki.ca_cert(), &self.pki.user_ca_cert())
+                    .unwrap(),
+            ),
             data_dir,
             access_policy_endpoint: Some(self.policy_url.clone()),
+            setup_endpoint: Some(self.srs_url.clone()),
+            deny_list: sesphr_server::config::DenyListSettings::default().into(),
             peer_timeout: PEER_TIMEOUT,
             srs,
             node,
@@ -163,9 +185,23 @@ impl Mesh {
         (setup, node)
     }
 
+    /// Enrols: patients register themselves, others by the operator's
+    /// invitation.
     async fn enroll(&self, home: &Path, id: &str, role: Role) {
-        let token = std::fs::read_to_string(self.pki.enrollment_token()).unwrap();
-        client::enroll(&self.file, home, id, role, token.trim())
+        let invitation = match role {
+            Role::Patient => String::new(),
+            _ => {
+                let tls = TlsMaterial::load(&TlsFiles {
+                    cert: self.pki.cert("operator"),
+                    key: self.pki.key("operator"),
+                    ca: self.pki.ca_cert(),
+                })
+                .unwrap();
+                let ops = client::admin::Admin::connect(&self.file, &tls).unwrap();
+                ops.invite(id, role, None).await.unwrap().text.to_string()
+            }
+        };
+        client::enroll(&self.file, home, id, role, &invitation)
             .await
             .unwrap();
     }
@@ -259,11 +295,20 @@ async fn access_policy_down_or_hung_fails_closed_and_recovers() {
     // 1. AccessPolicy stopped: connections are refused.
     policy.stop().await;
     assert_fails_closed(&bob, &rec, "AccessPolicy down").await;
-    // The owner needs no decision to read her own record.
-    assert_eq!(
-        download(&alice, &rec.record_id).await.unwrap(),
-        b"allergic to penicillin"
-    );
+    // Once the deny list is older than its staleness bound, even the owner
+    // is refused: a disable AccessPolicy acknowledged just before it went
+    // away must still hold everywhere within the bound.
+    let owner = eventually(Duration::from_secs(15), || async {
+        match download(&alice, &rec.record_id).await {
+            Err(e) if e.code() == Some(Code::Unavailable) => Ok(e),
+            Err(e) => Err(e),
+            Ok(_) => Err(ClientError::Invalid(
+                "the owner's read was still served".into(),
+            )),
+        }
+    })
+    .await;
+    assert!(owner.to_string().contains("deny list"), "{owner}");
 
     // 2. AccessPolicy hung: its port accepts connections and never answers
     // (not even the TLS handshake). Only deadlines end the wait.

@@ -361,9 +361,9 @@ async fn refusals_and_probes_reach_the_victims_audit_view() {
             .await
             .unwrap();
     }
-    // Someone with a wrong token tries to take the id "carol".
+    // Someone with a forged invitation tries to take the id "carol".
     let mut req = proto::EnrollRequest {
-        enrollment_token: "not the token".into(),
+        invitation: format!("inv1-{}", "7".repeat(64)),
         user_id: "carol".into(),
         role: proto::Role::Doctor as i32,
         ..Default::default()
@@ -384,8 +384,8 @@ async fn refusals_and_probes_reach_the_victims_audit_view() {
         .enroll(req.clone())
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
-    req.enrollment_token.clear();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    req.invitation.clear();
 
     let trail = alice.session.audit().await.unwrap();
     let delete = trail

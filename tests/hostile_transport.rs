@@ -175,7 +175,7 @@ async fn tls_without_a_certificate_and_no_preface_is_closed_within_the_preface_t
     assert!(took >= SHORT / 2, "closed too early ({took:?})");
 
     // Enrollment itself still works on the same listener.
-    let token = mesh.mesh.enrollment_token.clone().unwrap();
+    let token = String::new(); // a patient registers herself
     let home = dir.path().join("alice");
     sesphr_client::enroll(
         &mesh.mesh,
@@ -392,6 +392,12 @@ async fn the_health_port_bounds_watch_streams_and_closes_silent_sockets() {
         health_listener: Some(health),
         tls,
         data_dir: dir.path().join("access-policy"),
+        roots: std::sync::Arc::new(
+            sesphr_mesh::trust::TrustRoots::load(&pki.ca_cert(), &pki.user_ca_cert()).unwrap(),
+        ),
+        // Nothing here asks the directory; the channel is lazy.
+        setup_endpoint: Some("https://127.0.0.1:9".into()),
+        deny_list: sesphr_server::config::DenyListSettings::default().into(),
         access_policy_endpoint: None,
         peer_timeout: Duration::from_secs(5),
         srs: None,

@@ -153,7 +153,7 @@ async fn a_server_with_another_mesh_identity_is_refused_by_every_client() {
     )
     .await;
     let mesh = impostor::redirect(&s.mesh_file(), Service::Srs, &fake_srs.url);
-    let token = s.mesh.mesh.enrollment_token.clone().unwrap();
+    let token = s.invite("carol", Role::Doctor).await.text;
     let err = sesphr_client::enroll(&mesh, &s.home("carol"), "carol", Role::Doctor, &token)
         .await
         .unwrap_err();
@@ -190,6 +190,12 @@ async fn cloud_storage_asking(
         health_listener: None,
         tls: s.mesh.identity_tls("cloud-storage").unwrap(),
         data_dir,
+        roots: std::sync::Arc::new(
+            sesphr_mesh::trust::TrustRoots::load(&s.mesh.pki.ca_cert(), &s.mesh.pki.user_ca_cert())
+                .unwrap(),
+        ),
+        setup_endpoint: None,
+        deny_list: sesphr_server::config::DenyListSettings::default().into(),
         access_policy_endpoint: Some(policy_url.to_owned()),
         peer_timeout: Duration::from_secs(2),
         srs: None,

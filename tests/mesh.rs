@@ -276,14 +276,13 @@ async fn enrollment_needs_the_token_and_a_free_id() {
     let err = sesphr_client::enroll(&mesh, &s.home("eve"), "eve", Role::Patient, "wrong")
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(Code::Unauthenticated), "{err}");
+    assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
     s.enroll("alice", Role::Patient).await;
-    let token = mesh.enrollment_token.clone().unwrap();
-    let err = sesphr_client::enroll(&mesh, &s.home("alice2"), "alice", Role::Doctor, &token)
+    let err = sesphr_client::enroll(&mesh, &s.home("alice2"), "alice", Role::Patient, "")
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(Code::AlreadyExists), "{err}");
-    let err = sesphr_client::enroll(&mesh, &s.home("bad"), "Bad Id", Role::Doctor, &token)
+    let err = sesphr_client::enroll(&mesh, &s.home("bad"), "Bad Id", Role::Doctor, "")
         .await
         .unwrap_err();
     assert!(err.to_string().contains("invalid user id"), "{err}");
@@ -327,6 +326,12 @@ async fn the_plaintext_health_port_answers_health_only() {
         health_listener: Some(health),
         tls,
         data_dir: dir.path().join("access-policy"),
+        roots: std::sync::Arc::new(
+            sesphr_mesh::trust::TrustRoots::load(&pki.ca_cert(), &pki.user_ca_cert()).unwrap(),
+        ),
+        // Nothing here asks the directory; the channel is lazy.
+        setup_endpoint: Some("https://127.0.0.1:9".into()),
+        deny_list: sesphr_server::config::DenyListSettings::default().into(),
         access_policy_endpoint: None,
         peer_timeout: Duration::from_secs(5),
         srs: None,

@@ -79,7 +79,11 @@ impl Drop for Served {
 }
 
 async fn enroll(mesh: &MeshFile, home: &Path, id: &str, role: Role) {
-    let token = mesh.enrollment_token.clone().unwrap();
+    // The mesh may still be starting: the first invitation waits for it.
+    let token = eventually(Duration::from_secs(30), || {
+        common::dev_invitation(mesh, id, role)
+    })
+    .await;
     eventually(Duration::from_secs(30), || {
         client::enroll(mesh, home, id, role, &token)
     })

@@ -1,4 +1,4 @@
-//! SRS: enrollments with bad tokens, keys, CSRs and stolen names (setup
+//! SRS: enrollments with bad invitations, keys, CSRs and stolen names (setup
 //! service); kfrag shares filed by the wrong hands or at the wrong node,
 //! re-encryption beyond a grant, OPRF inputs off the curve (nodes).
 
@@ -37,13 +37,14 @@ async fn enroll(w: &World, req: proto::EnrollRequest) -> Outcome {
     Ok(format!("enrolled as {}", r.spiffe_id))
 }
 
-/// A complete, valid enrollment request for `user_id` (token aside).
+/// A complete, valid enrollment request for `user_id` (the invitation
+/// aside: `""` is a patient's self-registration).
 fn enroll_request(token: &str, user_id: &str, role: proto::Role) -> proto::EnrollRequest {
     let master = MasterSecret::generate(&mut rand::rng());
     let (_, pk) = receiving_keys(&master).unwrap();
     let (csr_der, _) = sesphr_mesh::pki::make_csr().unwrap();
     proto::EnrollRequest {
-        enrollment_token: token.to_owned(),
+        invitation: token.to_owned(),
         user_id: user_id.to_owned(),
         role: role as i32,
         csr_der,
@@ -154,14 +155,31 @@ fn cases(w: &World) -> Vec<Case<'_>> {
     vec![
         // ---- Enroll ----
         case(
-            "Enroll: wrong token",
-            Refused(Code::Unauthenticated, "enrollment token is not valid"),
+            "Enroll: malformed invitation",
+            Refused(Code::PermissionDenied, "invitation is malformed"),
             enroll(w, enroll_request("guess", "zed", proto::Role::Patient)),
         ),
         case(
-            "Enroll: empty token",
-            Refused(Code::Unauthenticated, "enrollment token is not valid"),
-            enroll(w, enroll_request("", "zed", proto::Role::Patient)),
+            "Enroll: forged invitation (right shape, unknown)",
+            Refused(Code::PermissionDenied, "invitation is not valid"),
+            enroll(
+                w,
+                enroll_request(
+                    &format!("inv1-{}", "0".repeat(64)),
+                    "zed",
+                    proto::Role::Doctor,
+                ),
+            ),
+        ),
+        case(
+            "Enroll: a self-asserted doctor (no invitation)",
+            Refused(Code::PermissionDenied, "requires an invitation"),
+            enroll(w, enroll_request("", "dr-house", proto::Role::Doctor)),
+        ),
+        case(
+            "Enroll: a self-asserted emergency role (no invitation)",
+            Refused(Code::PermissionDenied, "requires an invitation"),
+            enroll(w, enroll_request("", "er-doc", proto::Role::Emergency)),
         ),
         case(
             "Enroll: taking over the victim's user id",
@@ -170,7 +188,7 @@ fn cases(w: &World) -> Vec<Case<'_>> {
         ),
         case(
             "Enroll: taking over the victim's id under another role",
-            Refused(Code::AlreadyExists, "alice"),
+            Refused(Code::PermissionDenied, "requires an invitation"),
             enroll(w, enroll_request(token, "alice", proto::Role::Doctor)),
         ),
         case(

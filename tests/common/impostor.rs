@@ -486,6 +486,20 @@ pub mod forward {
         up.srs.clone().get_user(req.into_inner()).await
     }
 
+    pub async fn invite(
+        up: Upstream,
+        req: Request<proto::InviteRequest>,
+    ) -> Reply<proto::InviteResponse> {
+        up.srs.clone().invite(req.into_inner()).await
+    }
+
+    pub async fn renew(
+        up: Upstream,
+        req: Request<proto::RenewRequest>,
+    ) -> Reply<proto::RenewResponse> {
+        up.srs.clone().renew(req.into_inner()).await
+    }
+
     // A re-encryption node (the upstream's one node, see `upstream_node`).
 
     fn node(up: &Upstream) -> proto::srs_node_client::SrsNodeClient<sesphr_client::TimedChannel> {
@@ -605,6 +619,27 @@ pub mod forward {
     ) -> Reply<proto::AddCosignatureResponse> {
         up.policy.clone().add_cosignature(req.into_inner()).await
     }
+
+    pub async fn disable_user(
+        up: Upstream,
+        req: Request<proto::SetUserStatusRequest>,
+    ) -> Reply<proto::SetUserStatusResponse> {
+        up.policy.clone().disable_user(req.into_inner()).await
+    }
+
+    pub async fn enable_user(
+        up: Upstream,
+        req: Request<proto::SetUserStatusRequest>,
+    ) -> Reply<proto::SetUserStatusResponse> {
+        up.policy.clone().enable_user(req.into_inner()).await
+    }
+
+    pub async fn get_deny_list(
+        up: Upstream,
+        req: Request<proto::GetDenyListRequest>,
+    ) -> Reply<proto::GetDenyListResponse> {
+        up.policy.clone().get_deny_list(req.into_inner()).await
+    }
 }
 
 // ---- CloudStorage ---------------------------------------------------------------
@@ -681,6 +716,8 @@ impl cloud_storage_server::CloudStorage for FakeCloudStorage {
 pub struct SrsHooks {
     pub enroll: Option<Hook<proto::EnrollRequest, proto::EnrollResponse>>,
     pub get_user: Option<Hook<proto::GetUserRequest, proto::UserInfo>>,
+    pub invite: Option<Hook<proto::InviteRequest, proto::InviteResponse>>,
+    pub renew: Option<Hook<proto::RenewRequest, proto::RenewResponse>>,
 }
 
 /// A re-encryption node impostor's hooks: `None` forwards the RPC as is.
@@ -707,6 +744,14 @@ impl srs_server::Srs for FakeSrs {
 
     async fn get_user(&self, req: Request<proto::GetUserRequest>) -> Reply<proto::UserInfo> {
         relay!(self, "GetUser", get_user, req)
+    }
+
+    async fn invite(&self, req: Request<proto::InviteRequest>) -> Reply<proto::InviteResponse> {
+        relay!(self, "Invite", invite, req)
+    }
+
+    async fn renew(&self, req: Request<proto::RenewRequest>) -> Reply<proto::RenewResponse> {
+        relay!(self, "Renew", renew, req)
     }
 }
 
@@ -765,6 +810,9 @@ pub struct AccessPolicyHooks {
     pub get_consistency_proof:
         Option<Hook<proto::GetConsistencyProofRequest, proto::GetConsistencyProofResponse>>,
     pub add_cosignature: Option<Hook<proto::AddCosignatureRequest, proto::AddCosignatureResponse>>,
+    pub disable_user: Option<Hook<proto::SetUserStatusRequest, proto::SetUserStatusResponse>>,
+    pub enable_user: Option<Hook<proto::SetUserStatusRequest, proto::SetUserStatusResponse>>,
+    pub get_deny_list: Option<Hook<proto::GetDenyListRequest, proto::GetDenyListResponse>>,
 }
 
 struct FakeAccessPolicy {
@@ -844,6 +892,27 @@ impl access_policy_server::AccessPolicy for FakeAccessPolicy {
     ) -> Reply<proto::AddCosignatureResponse> {
         relay!(self, "AddCosignature", add_cosignature, req)
     }
+
+    async fn disable_user(
+        &self,
+        req: Request<proto::SetUserStatusRequest>,
+    ) -> Reply<proto::SetUserStatusResponse> {
+        relay!(self, "DisableUser", disable_user, req)
+    }
+
+    async fn enable_user(
+        &self,
+        req: Request<proto::SetUserStatusRequest>,
+    ) -> Reply<proto::SetUserStatusResponse> {
+        relay!(self, "EnableUser", enable_user, req)
+    }
+
+    async fn get_deny_list(
+        &self,
+        req: Request<proto::GetDenyListRequest>,
+    ) -> Reply<proto::GetDenyListResponse> {
+        relay!(self, "GetDenyList", get_deny_list, req)
+    }
 }
 
 // ---- silent listeners -------------------------------------------------------------------
@@ -869,7 +938,11 @@ impl Silent {
     /// neither reads nor writes.
     pub async fn after_tls(tls: &TlsMaterial) -> Self {
         sesphr_mesh::tls::install_crypto_provider();
-        let config = tls.rustls_server_config(false).expect("server TLS config");
+        let roots = sesphr_mesh::trust::TrustRoots::from_pem(tls.ca_pem(), &other_root())
+            .expect("trust roots");
+        let config = tls
+            .rustls_server_config(false, &roots)
+            .expect("server TLS config");
         Self::start(Some(tokio_rustls::TlsAcceptor::from(config))).await
     }
 
@@ -924,4 +997,11 @@ impl Drop for Silent {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A user CA nobody uses: a silent listener only needs some second root.
+fn other_root() -> String {
+    let (ca, _) =
+        sesphr_mesh::pki::CertificateAuthority::generate_user_ca("unused.local").expect("a CA");
+    ca.cert_pem().to_owned()
 }

@@ -98,11 +98,34 @@ impl Sandbox {
         self.dir.path().join("users").join(user)
     }
 
+    /// Enrols `user` as `role`: a patient registers herself (the dev mesh
+    /// allows it), anyone else with the dev operator's invitation.
     pub async fn enroll(&self, user: &str, role: Role) {
-        let token = self.mesh.mesh.enrollment_token.clone().expect("dev token");
-        client::enroll(&self.mesh.mesh, &self.home(user), user, role, &token)
+        let invitation = match role {
+            Role::Patient => String::new(),
+            _ => self.invite(user, role).await.text.to_string(),
+        };
+        client::enroll(&self.mesh.mesh, &self.home(user), user, role, &invitation)
             .await
             .expect("enrollment succeeds");
+    }
+
+    /// The dev operator's invitation of `user` as `role`.
+    pub async fn invite(&self, user: &str, role: Role) -> client::admin::Invitation {
+        self.admin()
+            .invite(user, role, None)
+            .await
+            .expect("the operator invites")
+    }
+
+    /// The dev operator, as the SDK's admin.
+    pub fn admin(&self) -> client::admin::Admin {
+        client::admin::Admin::open(&self.mesh.mesh, &self.operator_home()).expect("operator")
+    }
+
+    /// The dev operator profile (`DIR/operator`).
+    pub fn operator_home(&self) -> PathBuf {
+        sesphr_server::daemon::dev_operator_dir(&self.dir.path().join("mesh"))
     }
 
     pub async fn patient(&self, user: &str) -> Patient {
@@ -123,17 +146,26 @@ impl Sandbox {
         Session::open(&self.mesh.mesh, &self.home(user)).expect("profile opens")
     }
 
-    /// Clients authenticated with a certificate the mesh CA issues directly
-    /// for `identity` (no enrollment): for walking the authorization table.
+    /// Clients authenticated with a certificate the CA of its class (the
+    /// user CA for users, the service CA otherwise) issues directly for
+    /// `identity` (no enrollment): for walking the authorization table.
     pub fn clients_as(&self, identity: &Identity) -> MeshClients {
-        let ca = self.mesh.pki.load_ca().expect("CA loads");
+        let ca = self.mesh.pki.load_ca_for(identity).expect("CA loads");
+        self.clients_signed_by(&ca, identity)
+    }
+
+    /// Clients authenticated with a certificate `ca` issues for `identity`
+    /// (trusting the mesh's service CA for the servers).
+    pub fn clients_signed_by(
+        &self,
+        ca: &sesphr_mesh::pki::CertificateAuthority,
+        identity: &Identity,
+    ) -> MeshClients {
         let issued = ca.issue(identity, &[], &[]).expect("issue");
-        let tls = TlsMaterial::from_pem(
-            issued.cert_pem,
-            Zeroizing::new(issued.key_pem),
-            ca.cert_pem().to_owned(),
-        )
-        .expect("tls material");
+        let service_ca = std::fs::read_to_string(self.mesh.pki.ca_cert()).expect("service CA");
+        let tls =
+            TlsMaterial::from_pem(issued.cert_pem, Zeroizing::new(issued.key_pem), service_ca)
+                .expect("tls material");
         MeshClients::connect(&self.mesh.mesh, &tls).expect("clients")
     }
 
@@ -285,4 +317,25 @@ where
             Err(e) => panic!("did not succeed within {patience:?}: {e}"),
         }
     }
+}
+
+/// The invitation `id` enrols as `role` with on a dev mesh laid out by
+/// `sesphrd dev` (the mesh file's CA is `DIR/pki/ca.pem`, the operator
+/// profile `DIR/operator`): none for a patient (self-registration), the
+/// dev operator's otherwise.
+pub async fn dev_invitation(
+    mesh: &MeshFile,
+    id: &str,
+    role: Role,
+) -> Result<String, client::ClientError> {
+    if role == Role::Patient {
+        return Ok(String::new());
+    }
+    let dir = mesh
+        .ca
+        .parent()
+        .and_then(|pki| pki.parent())
+        .expect("a dev mesh file names DIR/pki/ca.pem");
+    let ops = client::admin::Admin::open(mesh, &sesphr_server::daemon::dev_operator_dir(dir))?;
+    Ok(ops.invite(id, role, None).await?.text.to_string())
 }

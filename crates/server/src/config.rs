@@ -994,6 +994,7 @@ mod tests {
         cert = "/tls/tls.crt"
         key = "/tls/tls.key"
         ca = "/tls/ca.crt"
+        user_ca = "/tls/user-ca.crt"
     "#;
 
     #[test]
@@ -1018,7 +1019,21 @@ mod tests {
             errs.contains("access_policy.log_key_file is required"),
             "{errs}"
         );
-        let cfg = parse("[access_policy]\nlog_key_file = \"/k\"", ap, &[]).unwrap();
+        let errs = parse("[access_policy]\nlog_key_file = \"/k\"", ap, &[])
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(
+            errs.contains("access_policy.setup_endpoint is required"),
+            "{errs}"
+        );
+        let cfg = parse(
+            "[access_policy]\nlog_key_file = \"/k\"",
+            ap,
+            &[(ENV_SETUP_ENDPOINT, "https://srs:50052")],
+        )
+        .unwrap();
+        assert_eq!(cfg.setup_endpoint.as_deref(), Some("https://srs:50052"));
         assert_eq!(cfg.audit_log.unwrap().checkpoint_interval_ms, 1000);
         let errs = parse("[access_policy]\nlog_key_file = \"/k\"", cs, &[])
             .unwrap_err()
@@ -1059,6 +1074,7 @@ mod tests {
             (ENV_LISTEN, "127.0.0.1:7000"),
             (ENV_TRUST_DOMAIN, "example.org"),
             (ENV_AUDIT_LOG_KEY_FILE, "/keys/log.key"),
+            (ENV_SETUP_ENDPOINT, "https://srs:50052"),
         ]);
         let cfg = ServeConfig::from_file(file, Service::AccessPolicy, &e).unwrap();
         assert_eq!(
@@ -1151,6 +1167,7 @@ mod tests {
             (ENV_MAX_CONNECTIONS_PER_PEER, "3"),
             (ENV_HANDSHAKE_TIMEOUT_MS, "750"),
             (ENV_AUDIT_LOG_KEY_FILE, "/keys/log.key"),
+            (ENV_SETUP_ENDPOINT, "https://srs:50052"),
         ]);
         let file: ServeFile = toml::from_str(&text).unwrap();
         let t = ServeConfig::from_file(file, Service::AccessPolicy, &e)
@@ -1230,7 +1247,7 @@ mod tests {
         std::fs::write(
             &path,
             format!(
-                "service = \"access-policy\"\n{FULL}\n[access_policy]\nlog_key_file = \"/k\"\n"
+                "service = \"access-policy\"\n{FULL}\n[access_policy]\nlog_key_file = \"/k\"\nsetup_endpoint = \"https://srs:50052\"\n"
             ),
         )
         .unwrap();

@@ -137,6 +137,11 @@ pub enum ServeError {
          (tls.user_ca), so that it can never mint service or operator identities"
     )]
     IssuerIsServiceCa,
+    #[error(
+        "srs.issuer_cert is not tls.user_ca: the certificates the SRS signs would chain to no \
+         root the mesh's services trust for users"
+    )]
+    IssuerIsNotUserCa,
     #[error("a re-encryption node needs its setup endpoint and OPRF key share")]
     MissingNodeSettings,
     #[error("AccessPolicy needs its audit log signing key (access_policy.log_key_file)")]
@@ -285,21 +290,7 @@ impl ServiceParams {
     pub async fn from_config(cfg: &ServeConfig) -> Result<Self, ServeError> {
         let tls = TlsMaterial::load(&cfg.tls)?;
         let roots = Arc::new(TrustRoots::load(&cfg.tls.ca, &cfg.user_ca)?);
-        let srs = match &cfg.srs {
-            Some(s) => {
-                let cert = read_file(&s.issuer_cert)?;
-                let key = Zeroizing::new(read_file(&s.issuer_key)?);
-                if cert.trim() == read_file(&cfg.tls.ca)?.trim() {
-                    return Err(ServeError::IssuerIsServiceCa);
-                }
-                Some(SrsParams {
-                    ca: CertificateAuthority::from_pem(&cert, &key)?,
-                    self_registrations_per_minute: s.self_registrations_per_minute,
-                    user_cert_validity: time::Duration::days(i64::from(s.user_cert_validity_days)),
-                })
-            }
-            None => None,
-        };
+        let srs = read_srs_params(cfg)?;
         let node = match &cfg.srs_node {
             Some(n) => Some(NodeParams {
                 oprf_share: read_oprf_share(&n.oprf_share_file)?,
@@ -361,6 +352,28 @@ impl ServiceParams {
             transport: cfg.transport,
         })
     }
+}
+
+/// The setup service's user CA and enrolment settings of a config (`None`
+/// for other services); refuses an issuer that is the service CA.
+pub fn read_srs_params(cfg: &ServeConfig) -> Result<Option<SrsParams>, ServeError> {
+    let Some(s) = &cfg.srs else {
+        return Ok(None);
+    };
+    let cert = read_file(&s.issuer_cert)?;
+    let key = Zeroizing::new(read_file(&s.issuer_key)?);
+    if cert.trim() == read_file(&cfg.tls.ca)?.trim() {
+        return Err(ServeError::IssuerIsServiceCa);
+    }
+    let user_ca = read_file(&cfg.user_ca)?;
+    if cert.trim() != user_ca.trim() {
+        return Err(ServeError::IssuerIsNotUserCa);
+    }
+    Ok(Some(SrsParams {
+        ca: CertificateAuthority::from_pem(&cert, &key)?,
+        self_registrations_per_minute: s.self_registrations_per_minute,
+        user_cert_validity: time::Duration::days(i64::from(s.user_cert_validity_days)),
+    }))
 }
 
 fn read_file(path: &Path) -> Result<String, ServeError> {

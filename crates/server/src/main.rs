@@ -299,6 +299,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             if check_config {
                 // Also load every file the config names.
                 let tls = sesphr_mesh::tls::TlsMaterial::load(&cfg.tls).context("tls")?;
+                sesphr_mesh::tls::install_crypto_provider();
+                sesphr_mesh::trust::TrustRoots::load(&cfg.tls.ca, &cfg.user_ca)
+                    .context("tls.ca and tls.user_ca")?;
+                sesphr_server::daemon::read_srs_params(&cfg)?;
                 let service = cfg.service;
                 if let Some(node) = &cfg.srs_node {
                     let share = sesphr_server::daemon::read_oprf_share(&node.oprf_share_file)?;

@@ -480,6 +480,27 @@ mod tests {
         Caller::Operator(user("ops"))
     }
 
+    /// bob's role in the user directory.
+    const BOB_ENROLLED: Option<Role> = Some(Role::Doctor);
+
+    #[test]
+    fn grants_go_to_enrolled_users_under_their_role() {
+        let (_d, p) = policy();
+        let ghost = p.grant(&alice(), grant_to_bob(""), None, T0).unwrap_err();
+        assert!(
+            matches!(&ghost, DomainError::Conflict(m) if m.contains("is not enrolled")),
+            "{ghost:?}"
+        );
+        let wrong = p
+            .grant(&alice(), grant_to_bob(""), Some(Role::Friend), T0)
+            .unwrap_err();
+        assert!(
+            matches!(&wrong, DomainError::Conflict(m) if m.contains("enrolled as friend")),
+            "{wrong:?}"
+        );
+        assert!(p.store().grants_given("alice").unwrap().is_empty());
+    }
+
     fn grant_to_bob(owner_id: &str) -> GrantRequest {
         GrantRequest {
             owner_id: owner_id.into(),
@@ -527,17 +548,23 @@ mod tests {
     #[test]
     fn only_the_owner_grants_and_revokes() {
         let (_d, p) = policy();
-        let g = p.grant(&alice(), grant_to_bob(""), T0).unwrap();
+        let g = p
+            .grant(&alice(), grant_to_bob(""), BOB_ENROLLED, T0)
+            .unwrap();
         assert_eq!((g.owner_id.as_str(), g.granted_at), ("alice", T0));
-        p.grant(&alice(), grant_to_bob("alice"), T0).unwrap();
+        p.grant(&alice(), grant_to_bob("alice"), BOB_ENROLLED, T0)
+            .unwrap();
         for other in ["carol", "Not An Id"] {
             not_entitled(
-                p.grant(&alice(), grant_to_bob(other), T0),
+                p.grant(&alice(), grant_to_bob(other), BOB_ENROLLED, T0),
                 "patient alice may only grant access to its own records",
             );
         }
         for caller in [doctor_bob(), srs(), ops(), Caller::Anonymous] {
-            not_entitled(p.grant(&caller, grant_to_bob("alice"), T0), "only patients");
+            not_entitled(
+                p.grant(&caller, grant_to_bob("alice"), BOB_ENROLLED, T0),
+                "only patients",
+            );
         }
         let medical = PartitionName::parse("medical").unwrap();
         not_entitled(
@@ -565,7 +592,8 @@ mod tests {
     #[test]
     fn only_services_ask_checks_and_are_named_in_the_log() {
         let (_d, p) = policy();
-        p.grant(&alice(), grant_to_bob(""), T0).unwrap();
+        p.grant(&alice(), grant_to_bob(""), BOB_ENROLLED, T0)
+            .unwrap();
         assert!(p.check(&srs(), bob_reads("alice"), T0 + 1).unwrap().allowed);
         assert!(!p.check(&srs(), bob_reads("carol"), T0 + 1).unwrap().allowed);
         for caller in [alice(), doctor_bob(), ops()] {
@@ -591,7 +619,8 @@ mod tests {
     #[test]
     fn patients_see_grants_given_and_practitioners_only_received() {
         let (_d, p) = policy();
-        p.grant(&alice(), grant_to_bob(""), T0).unwrap();
+        p.grant(&alice(), grant_to_bob(""), BOB_ENROLLED, T0)
+            .unwrap();
         let mine = p.list_grants(&alice()).unwrap();
         assert_eq!((mine.given.len(), mine.received.len()), (1, 0));
         let bobs = p.list_grants(&doctor_bob()).unwrap();
@@ -604,7 +633,8 @@ mod tests {
     #[test]
     fn a_patient_reads_only_entries_about_her_records_operators_all() {
         let (_d, p) = policy();
-        p.grant(&alice(), grant_to_bob(""), T0).unwrap();
+        p.grant(&alice(), grant_to_bob(""), BOB_ENROLLED, T0)
+            .unwrap();
         let carol = Caller::Patient(user("carol"));
         p.grant(
             &carol,
@@ -612,6 +642,7 @@ mod tests {
                 owner_id: String::new(),
                 ..grant_to_bob("")
             },
+            BOB_ENROLLED,
             T0,
         )
         .unwrap();
@@ -661,9 +692,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(PolicyStore::open(dir.path()).unwrap());
         let p = Policy::with_verify_wait(store, Duration::from_millis(50));
-        p.grant(&alice(), grant_to_bob(""), T0).unwrap();
-        p.grant(&Caller::Patient(user("carol")), grant_to_bob(""), T0)
+        p.grant(&alice(), grant_to_bob(""), BOB_ENROLLED, T0)
             .unwrap();
+        p.grant(
+            &Caller::Patient(user("carol")),
+            grant_to_bob(""),
+            BOB_ENROLLED,
+            T0,
+        )
+        .unwrap();
 
         let global = p.verify_audit(&ops(), None).await.unwrap().run().unwrap();
         assert!(global.ok && global.entries == 2, "{global:?}");

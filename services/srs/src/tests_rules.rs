@@ -25,7 +25,8 @@ use crate::setup::{
 use crate::{DomainError, KfragSet, SrsStore, Store};
 
 const TD: &str = "sesphr.test";
-const TOKEN: &str = "correct horse battery staple";
+/// A patient's self-registration carries no invitation.
+const TOKEN: &str = "";
 const T0: i64 = 1_700_000_000;
 
 /// One audit entry, as the gate received it.
@@ -125,7 +126,7 @@ impl Keys {
 
     fn enrollment(&self, token: &str, user_id: &str, role: Role) -> Enrollment {
         Enrollment {
-            token: Zeroizing::new(token.into()),
+            invitation: Zeroizing::new(token.into()),
             user_id: user_id.into(),
             role: Some(role),
             pre_public_key: self.pre.public_key().to_bytes().to_vec(),
@@ -189,11 +190,15 @@ fn world() -> World {
         store
     };
     let setup_store = store();
-    let (ca, _) = CertificateAuthority::generate(TD).unwrap();
+    let (ca, _) = CertificateAuthority::generate_user_ca(TD).unwrap();
+    let (service_ca, _) = CertificateAuthority::generate(TD).unwrap();
     let gate = TableGate::default();
     let config = SetupConfig {
         trust_domain: TD.into(),
-        enrollment_token: Zeroizing::new(TOKEN.into()),
+        service_ca_pem: service_ca.cert_pem().to_owned(),
+        user_cert_validity: sesphr_mesh::pki::USER_CERT_VALIDITY,
+        self_registrations_per_minute: Some(600),
+        deny: None,
     };
     let setup = Arc::new(Setup::new(
         setup_store.clone(),
@@ -253,13 +258,31 @@ fn medical() -> PartitionName {
 }
 
 impl World {
+    /// Enrols `id`: a patient by self-registration, anyone else by an
+    /// operator's invitation.
     async fn enroll(&self, id: &str, role: Role) -> Keys {
         let keys = Keys::new();
+        let invitation = match role {
+            Role::Patient => String::new(),
+            _ => self.invite(&operator(), id, role).await.to_string(),
+        };
         self.setup
-            .enroll(&Caller::Anonymous, None, keys.enrollment(TOKEN, id, role))
+            .enroll(
+                &Caller::Anonymous,
+                None,
+                keys.enrollment(&invitation, id, role),
+            )
             .await
             .unwrap();
         keys
+    }
+
+    async fn invite(&self, by: &Caller, id: &str, role: Role) -> Zeroizing<String> {
+        self.setup
+            .invite(by, id, Some(role), 0)
+            .await
+            .unwrap()
+            .invitation
     }
 
     fn node(&self, i: usize) -> &Node<SrsStore, TableGate, LocalDirectory> {
@@ -316,89 +339,271 @@ impl World {
     }
 }
 
+fn operator() -> Caller {
+    Caller::Operator(uid("ops"))
+}
+
+fn denied_with(e: &DomainError, want: &str) -> bool {
+    matches!(e, DomainError::NotEntitled(m) if m.contains(want))
+}
+
 #[tokio::test]
-async fn enrolment_needs_the_exact_token_and_every_attempt_is_audited() {
+async fn practitioners_enrol_only_by_an_invitation_for_their_id_and_role_once() {
     let w = world();
     let keys = Keys::new();
     let ip: IpAddr = "192.0.2.7".parse().unwrap();
-    let near_misses = ["", "guess", &TOKEN[..TOKEN.len() - 1], &format!("{TOKEN} ")];
-    for token in near_misses {
-        let e = w
-            .setup
-            .enroll(
-                &Caller::Anonymous,
-                Some(ip),
-                keys.enrollment(token, "zed", Role::Patient),
-            )
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&e, DomainError::BadCredentials(m) if m == "enrollment token is not valid"),
-            "{token:?}: {e:?}"
-        );
+    let enroll = |invitation: &str, id: &str, role: Role| {
+        let request = keys.enrollment(invitation, id, role);
+        let setup = w.setup.clone();
+        async move { setup.enroll(&Caller::Anonymous, Some(ip), request).await }
+    };
+    // The attack: a self-asserted doctor and emergency clinician.
+    for (id, role) in [("dr-house", Role::Doctor), ("er-doc", Role::Emergency)] {
+        let e = enroll("", id, role).await.unwrap_err();
+        assert!(denied_with(&e, "requires an invitation"), "{e:?}");
     }
-    assert_eq!(w.setup_store.user("zed").unwrap(), None);
+    for bad in ["guess", "inv1-xyz", &format!("inv1-{}", "a".repeat(63))] {
+        let e = enroll(bad, "zed", Role::Doctor).await.unwrap_err();
+        assert!(denied_with(&e, "malformed"), "{bad}: {e:?}");
+    }
+    let forged = format!("inv1-{}", "0".repeat(64));
+    let e = enroll(&forged, "zed", Role::Doctor).await.unwrap_err();
+    assert!(denied_with(&e, "not valid"), "{e:?}");
+    assert_eq!(w.setup_store.user("dr-house").unwrap(), None);
     let denied = w.gate.audits_of(Rpc::Enroll);
-    assert_eq!(denied.len(), near_misses.len());
-    assert!(denied.iter().all(|a| a.outcome == Outcome::Denied
-        && a.subject == "anonymous@192.0.2.7"
-        && a.owner_id == "zed"
-        && a.detail == "enrollment token is not valid"));
+    assert_eq!(denied.len(), 6);
+    assert!(
+        denied
+            .iter()
+            .all(|a| a.outcome == Outcome::Denied && a.subject == "anonymous@192.0.2.7")
+    );
 
+    // An operator's invitation: only its id and role, only once.
+    let inv = w.invite(&operator(), "zed", Role::Doctor).await;
+    assert!(inv.starts_with("inv1-") && inv.len() == 5 + 64);
+    let e = enroll(&inv, "zoe", Role::Doctor).await.unwrap_err();
+    assert!(denied_with(&e, "invitation is for id zed"), "{e:?}");
+    let e = enroll(&inv, "zed", Role::Nurse).await.unwrap_err();
+    assert!(denied_with(&e, "invitation is for role doctor"), "{e:?}");
+    let ok = enroll(&inv, "zed", Role::Doctor).await.unwrap();
+    assert_eq!(
+        ok.identity,
+        Identity::user(TD, Role::Doctor, "zed").unwrap()
+    );
+    assert!(ok.not_after > sesphr_mesh::unix_now() + 29 * 86_400);
+    let e = enroll(&inv, "zed", Role::Doctor).await.unwrap_err();
+    assert!(denied_with(&e, "already used"), "{e:?}");
+    let last = w.gate.audits_of(Rpc::Enroll);
+    assert!(last.iter().any(|a| a.outcome == Outcome::Ok
+        && a.detail.starts_with(
+            "enrolled by invitation as spiffe://sesphr.local/practitioner/doctor/zed"
+        )));
+    // Only the hash is stored: the invitation's text is nowhere in the store.
+    let inviting = w.gate.audits_of(Rpc::Invite);
+    assert!(inviting.iter().all(|a| !a.detail.contains(&inv[5..])));
+
+    // Expired invitations are refused with the reason.
+    let old = w
+        .setup
+        .invite_at(
+            &operator(),
+            "yan",
+            Some(Role::Nurse),
+            60,
+            sesphr_mesh::unix_now() - 120,
+        )
+        .await
+        .unwrap();
+    let e = enroll(&old.invitation, "yan", Role::Nurse)
+        .await
+        .unwrap_err();
+    assert!(denied_with(&e, "invitation expired"), "{e:?}");
+    // More than 30 days is refused at issue.
+    let e = w
+        .setup
+        .invite(&operator(), "yan", Some(Role::Nurse), 31 * 86_400)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DomainError::Malformed(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn patients_invite_family_and_friends_only_and_a_bounded_number() {
+    let w = world();
+    w.enroll("alice", Role::Patient).await;
+    let alice = patient("alice");
+    let e = w
+        .setup
+        .invite(&alice, "dr-evil", Some(Role::Doctor), 0)
+        .await
+        .unwrap_err();
+    assert!(denied_with(&e, "family and friends only"), "{e:?}");
+    let e = w
+        .setup
+        .invite(&alice, "alice", Some(Role::Friend), 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DomainError::Exists(_)), "{e:?}");
+    let inv = w.invite(&alice, "dave", Role::Friend).await;
+    let keys = Keys::new();
+    w.setup
+        .enroll(
+            &Caller::Anonymous,
+            None,
+            keys.enrollment(&inv, "dave", Role::Friend),
+        )
+        .await
+        .unwrap();
+    for i in 0..crate::setup::MAX_OPEN_INVITATIONS_PER_PATIENT {
+        w.invite(&alice, &format!("kin{i}"), Role::Family).await;
+    }
+    let e = w
+        .setup
+        .invite(&alice, "one-more", Some(Role::Family), 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DomainError::UsedUp(_)), "{e:?}");
+    // Operators are not bounded.
+    w.invite(&operator(), "one-more", Role::Family).await;
+}
+
+#[tokio::test]
+async fn a_reinvitation_keeps_the_id_role_and_keys_and_issues_a_new_certificate() {
+    let w = world();
+    let bob = w.enroll("bob", Role::Doctor).await;
+    let before = w.setup_store.user("bob").unwrap().unwrap();
+    let e = w
+        .setup
+        .invite(&operator(), "bob", Some(Role::Nurse), 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DomainError::Conflict(_)), "{e:?}");
+    let again = w
+        .setup
+        .invite(&operator(), "bob", Some(Role::Doctor), 0)
+        .await
+        .unwrap();
+    assert!(again.reenrollment);
+    // Someone else's keys under bob's re-invitation: refused, still unused.
+    let thief = Keys::new();
+    let e = w
+        .setup
+        .enroll(
+            &Caller::Anonymous,
+            None,
+            thief.enrollment(&again.invitation, "bob", Role::Doctor),
+        )
+        .await
+        .unwrap_err();
+    assert!(denied_with(&e, "keeps bob's registered keys"), "{e:?}");
     let ok = w
         .setup
         .enroll(
             &Caller::Anonymous,
-            Some(ip),
-            keys.enrollment(TOKEN, "zed", Role::Patient),
+            None,
+            bob.enrollment(&again.invitation, "bob", Role::Doctor),
         )
         .await
         .unwrap();
     assert_eq!(
         ok.identity,
-        Identity::user(TD, Role::Patient, "zed").unwrap()
+        Identity::user(TD, Role::Doctor, "bob").unwrap()
     );
-    assert!(ok.certificate_pem.contains("BEGIN CERTIFICATE"));
-    let stored = w.setup_store.user("zed").unwrap().unwrap();
-    assert_eq!(stored.pre_public_key, keys.pre.public_key().to_bytes());
-    assert!(!stored.certificate_der.is_empty());
-    let last = w.gate.audits_of(Rpc::Enroll).pop().unwrap();
-    assert_eq!(last.outcome, Outcome::Ok);
-    assert_eq!(last.detail, format!("enrolled as {}", ok.identity));
+    let after = w.setup_store.user("bob").unwrap().unwrap();
+    assert_eq!(after.pre_public_key, before.pre_public_key);
+    assert_eq!(after.enrolled_at, before.enrolled_at);
+    assert_ne!(after.certificate_der, before.certificate_der);
+}
 
-    // Taken for good, under any role; a bad id is audited about nobody.
-    let e = w
-        .setup
-        .enroll(
-            &patient("alice"),
-            None,
-            keys.enrollment(TOKEN, "zed", Role::Doctor),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(e, DomainError::Exists(_)), "{e:?}");
-    let e = w
-        .setup
+#[tokio::test]
+async fn renewal_issues_a_new_certificate_for_the_caller_only() {
+    let w = world();
+    w.enroll("bob", Role::Doctor).await;
+    let before = w.setup_store.user("bob").unwrap().unwrap();
+    let bob = Caller::Practitioner {
+        role: Role::Doctor,
+        id: uid("bob"),
+    };
+    let csr = sesphr_mesh::pki::make_csr().unwrap().0;
+    let renewed = w.setup.renew(&bob, csr.clone()).await.unwrap();
+    assert_eq!(
+        renewed.identity,
+        Identity::user(TD, Role::Doctor, "bob").unwrap()
+    );
+    let after = w.setup_store.user("bob").unwrap().unwrap();
+    assert_ne!(after.certificate_der, before.certificate_der);
+    assert!(
+        w.gate
+            .audits_of(Rpc::Renew)
+            .iter()
+            .any(|a| a.outcome == Outcome::Ok)
+    );
+    // Nobody renews as an id it does not hold, nor under another role.
+    let ghost = Caller::Practitioner {
+        role: Role::Doctor,
+        id: uid("ghost"),
+    };
+    assert!(matches!(
+        w.setup.renew(&ghost, csr.clone()).await,
+        Err(DomainError::Unknown(_))
+    ));
+    let as_friend = Caller::Practitioner {
+        role: Role::Friend,
+        id: uid("bob"),
+    };
+    assert!(matches!(
+        w.setup.renew(&as_friend, csr).await,
+        Err(DomainError::NotEntitled(_))
+    ));
+}
+
+#[tokio::test]
+async fn self_registration_is_a_setting_and_rate_limited() {
+    let w = world();
+    let keys = Keys::new();
+    // The world allows 600 a minute: a burst of 600, then refusals.
+    let mut refused = None;
+    for i in 0..700 {
+        let r = w
+            .setup
+            .enroll(
+                &Caller::Anonymous,
+                None,
+                keys.enrollment("", &format!("p{i}"), Role::Patient),
+            )
+            .await;
+        if let Err(e) = r {
+            refused = Some((i, e));
+            break;
+        }
+    }
+    let (i, e) = refused.expect("self-registration is rate-limited");
+    assert!((590..=610).contains(&i), "refused after {i}");
+    assert!(matches!(e, DomainError::UsedUp(_)), "{e:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = CertificateAuthority::generate_user_ca(TD).unwrap();
+    let closed = Setup::new(
+        Arc::new(SrsStore::open(dir.path()).unwrap()),
+        TableGate::default(),
+        Arc::new(ca),
+        SetupConfig {
+            trust_domain: TD.into(),
+            service_ca_pem: String::new(),
+            user_cert_validity: sesphr_mesh::pki::USER_CERT_VALIDITY,
+            self_registrations_per_minute: None,
+            deny: None,
+        },
+    );
+    let e = closed
         .enroll(
             &Caller::Anonymous,
             None,
-            keys.enrollment(TOKEN, "Zed", Role::Doctor),
+            keys.enrollment("", "zed", Role::Patient),
         )
         .await
         .unwrap_err();
-    assert!(matches!(e, DomainError::BadName(_)), "{e:?}");
-    let audits = w.gate.audits_of(Rpc::Enroll);
-    let [.., taken, bad] = audits.as_slice() else {
-        panic!("{audits:?}")
-    };
-    assert_eq!(
-        (taken.subject.as_str(), taken.outcome),
-        ("patient/alice", Outcome::Denied)
-    );
-    assert_eq!(
-        (bad.subject.as_str(), bad.owner_id.as_str()),
-        ("anonymous", "")
-    );
+    assert!(denied_with(&e, "does not allow self-registration"), "{e:?}");
 }
 
 #[tokio::test]
