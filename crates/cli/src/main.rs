@@ -45,6 +45,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Enrol with the mesh: create keys locally and get a client certificate.
+    ///
+    /// Practitioners (doctor, nurse, pharmacist, insurer, researcher) need an
+    /// invitation from an operator (`sesphr admin invite`), family and
+    /// friends one from an operator or from the patient who names them
+    /// (`sesphr invite`). A patient may register herself where the mesh
+    /// allows it (`sesphrd dev` does). Prints your identity on stdout, your
+    /// key fingerprint and the certificate's expiry on stderr.
     Enroll {
         #[arg(long)]
         id: String,
@@ -52,11 +59,61 @@ enum Command {
         /// friend (family/friend = private domain, the rest public domain).
         #[arg(long)]
         role: String,
-        /// The invitation an operator (or, for family and friends, the
-        /// patient) issued for this id and role. Without one, only a patient
-        /// on a mesh that allows self-registration can enrol.
-        #[arg(long, env = "SESPHR_INVITATION")]
+        /// The invitation (`inv1-…`) issued for this id and role; single
+        /// use. Without one, only a patient on a mesh that allows
+        /// self-registration can enrol.
+        #[arg(
+            long,
+            env = "SESPHR_INVITATION",
+            visible_alias = "invitation",
+            value_name = "TOKEN",
+            hide_env_values = true
+        )]
         invite: Option<String>,
+    },
+    /// Invite a family member or friend to enrol (patients only); prints
+    /// the invitation alone on stdout, to hand to them privately.
+    Invite {
+        /// The id they will enrol as.
+        #[arg(long)]
+        id: String,
+        /// family or friend (practitioners are invited by an operator).
+        #[arg(long)]
+        role: String,
+        /// How long it stays valid: 7d, 12h, 30m (default 7d, at most 30d).
+        #[arg(long, value_name = "DUR")]
+        valid_for: Option<String>,
+    },
+    /// Renew your certificate now (every command renews it by itself once
+    /// it is in the last third of its life); prints the new expiry.
+    ///
+    /// An expired certificate cannot be renewed: ask an operator for a
+    /// re-invitation and run `sesphr reenroll`.
+    Renew {
+        /// Also replace the TLS key the certificate is for.
+        #[arg(long)]
+        new_key: bool,
+    },
+    /// Re-enrol an existing profile with an operator's re-invitation (after
+    /// its certificate expired or its TLS key was lost): the same id, role,
+    /// keys and grants, a new TLS key and certificate.
+    Reenroll {
+        /// The re-invitation (`inv1-…`) an operator issued for your id
+        /// and role (`sesphr admin invite`).
+        #[arg(
+            long,
+            env = "SESPHR_INVITATION",
+            visible_alias = "invitation",
+            value_name = "TOKEN",
+            hide_env_values = true
+        )]
+        invite: String,
+    },
+    /// Operator commands: invite users, disable and enable them. `--home`
+    /// is the operator's profile (`sesphrd dev` writes DIR/operator).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
     },
     /// Encrypt and upload a file; prints the new record id.
     Upload {
@@ -98,11 +155,19 @@ enum Command {
         verify_first: bool,
     },
     /// Grant a user access to one of your partitions.
+    ///
+    /// Prints the grantee's enrolled role and key fingerprint (as the
+    /// directory presents them and your profile pins them) before granting;
+    /// compare the fingerprint with them out of band.
     Grant {
         #[arg(long)]
         partition: String,
         #[arg(long)]
         to: String,
+        /// The role you expect the grantee to have: nothing is granted if
+        /// the directory has them enrolled with another one.
+        #[arg(long)]
+        role: Option<String>,
         /// Expiry as RFC 3339 (e.g. 2027-01-01T00:00:00Z).
         #[arg(long, conflicts_with = "for_")]
         expires: Option<String>,
@@ -186,6 +251,43 @@ enum Command {
     Demo,
 }
 
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Issue a single-use invitation for ID to enrol as ROLE; prints the
+    /// invitation alone on stdout (shown once: the mesh keeps its hash).
+    ///
+    /// For a user already enrolled with that role it is a re-invitation:
+    /// they run `sesphr reenroll --invite TOKEN` on their existing profile.
+    Invite {
+        #[arg(long)]
+        id: String,
+        /// patient, doctor, nurse, pharmacist, insurer, researcher, family,
+        /// friend.
+        #[arg(long)]
+        role: String,
+        /// How long it stays valid: 7d, 12h, 30m (default 7d, at most 30d).
+        #[arg(long, value_name = "DUR")]
+        valid_for: Option<String>,
+    },
+    /// Disable a user: every service refuses their calls (within 10 s)
+    /// and no one can grant to them. Audited.
+    Disable {
+        #[arg(long)]
+        id: String,
+        /// Why (kept in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Enable a disabled user again. Audited.
+    Enable {
+        #[arg(long)]
+        id: String,
+        /// Why (kept in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -219,6 +321,193 @@ fn mesh_file(path: &Option<PathBuf>) -> anyhow::Result<MeshFile> {
 fn home(path: &Option<PathBuf>) -> anyhow::Result<&Path> {
     path.as_deref()
         .ok_or_else(|| anyhow!("no profile: pass --home DIR or set SESPHR_HOME"))
+}
+
+/// How long a certificate may have left before a failed renewal is worth
+/// a warning on every command.
+const EXPIRY_WARNING_SECS: i64 = 7 * 86_400;
+
+/// The user profile in `path`, its certificate checked first: refused if
+/// it has expired (only a re-invitation helps then), renewed if it is in
+/// the last third of its life. A failed renewal only warns: the
+/// certificate still works, and the next command tries again.
+async fn user_home<'a>(mesh: &MeshFile, path: &'a Option<PathBuf>) -> anyhow::Result<&'a Path> {
+    let home = home(path)?;
+    let profile = client::Profile::load(home)?;
+    // A certificate that cannot be read is reported when the profile opens.
+    let Ok(life) = profile.certificate_life() else {
+        return Ok(home);
+    };
+    let now = client::unix_now();
+    if life.expired(now) {
+        bail!("{}", expired_hint(&profile, life.not_after));
+    }
+    match client::admin::renew_if_due(mesh, &profile).await {
+        Ok(None) => {}
+        Ok(Some(not_after)) => eprintln!(
+            "sesphr: renewed your certificate (it was in the last third of its life): \
+             valid until {}",
+            fmt_time(not_after)
+        ),
+        Err(e) => eprintln!(
+            "sesphr: warning: {}",
+            renewal_warning(life.not_after, now, &one_line(&e.into()))
+        ),
+    }
+    Ok(home)
+}
+
+/// What to do about an expired certificate.
+fn expired_hint(profile: &client::Profile, not_after: i64) -> String {
+    format!(
+        "your certificate expired at {}; ask an operator for a re-invitation \
+         (`sesphr admin invite --id {} --role {}`), then run `sesphr reenroll --invite TOKEN`: \
+         it keeps your id and your grants",
+        fmt_time(not_after),
+        profile.user_id(),
+        profile.role()
+    )
+}
+
+/// The one-line warning of a failed automatic renewal.
+fn renewal_warning(not_after: i64, now: i64, why: &str) -> String {
+    let left = not_after - now;
+    if left <= EXPIRY_WARNING_SECS {
+        let days = left / 86_400;
+        let when = match days {
+            0 => format!("in {} h", (left / 3_600).max(1)),
+            1 => "in 1 day".to_owned(),
+            d => format!("in {d} days"),
+        };
+        format!(
+            "your certificate expires {when} ({}) and could not be renewed ({why}); \
+             run `sesphr renew` before then, or afterwards ask an operator for a re-invitation",
+            fmt_time(not_after)
+        )
+    } else {
+        format!(
+            "could not renew your certificate, valid until {} ({why}); the next command \
+             tries again",
+            fmt_time(not_after)
+        )
+    }
+}
+
+/// An enrolment's refusal, with what to do about it.
+fn enroll_error(
+    e: client::ClientError,
+    id: &str,
+    role: Role,
+    had_invitation: bool,
+) -> anyhow::Error {
+    let message = e
+        .status()
+        .map(|s| s.message().to_owned())
+        .unwrap_or_default();
+    let ask = if role.domain() == sesphr_identity::Domain::Private {
+        format!(
+            "ask an operator (`sesphr admin invite --id {id} --role {role}`) or the patient who \
+             names you (`sesphr invite --id {id} --role {role}`) for an invitation"
+        )
+    } else {
+        format!("ask an operator for an invitation (`sesphr admin invite --id {id} --role {role}`)")
+    };
+    let hint = match e.code() {
+        Some(tonic::Code::PermissionDenied) if !had_invitation => {
+            format!("{ask} and pass it with --invite TOKEN")
+        }
+        Some(tonic::Code::PermissionDenied) if message.contains("already used") => {
+            format!("an invitation enrols once: {ask}")
+        }
+        Some(tonic::Code::PermissionDenied) if message.contains("expired") => ask,
+        Some(tonic::Code::PermissionDenied) if message.contains("is for ") => {
+            "pass the --id and --role the invitation was issued for".to_owned()
+        }
+        Some(tonic::Code::PermissionDenied)
+            if message.contains("malformed") || message.contains("unknown") =>
+        {
+            "check that you copied the whole invitation (inv1- and 64 hex digits)".to_owned()
+        }
+        Some(tonic::Code::PermissionDenied) if message.contains("re-invitation") => {
+            "a re-invitation is for an existing profile: run `sesphr reenroll --invite TOKEN` \
+             with that profile's --home"
+                .to_owned()
+        }
+        Some(tonic::Code::AlreadyExists) => format!(
+            "if you are {id} and your certificate expired or your TLS key is lost, ask an \
+             operator for a re-invitation and run `sesphr reenroll --invite TOKEN` with your \
+             profile's --home"
+        ),
+        _ => return e.into(),
+    };
+    anyhow!("{}; {hint}", one_line(&e.into()))
+}
+
+/// A re-enrolment's refusal, with what to do about it.
+fn reenroll_error(e: client::ClientError, profile: &client::Profile) -> anyhow::Error {
+    let message = e
+        .status()
+        .map(|s| s.message().to_owned())
+        .unwrap_or_default();
+    let ask = format!(
+        "ask an operator for a re-invitation (`sesphr admin invite --id {} --role {}`)",
+        profile.user_id(),
+        profile.role()
+    );
+    let hint = match e.code() {
+        Some(tonic::Code::PermissionDenied)
+            if message.contains("already used") || message.contains("expired") =>
+        {
+            ask
+        }
+        Some(tonic::Code::PermissionDenied) if message.contains("is for ") => {
+            format!("this profile is {}; {ask}", profile.identity)
+        }
+        Some(tonic::Code::PermissionDenied) if message.contains("other keys") => {
+            "this profile's keys are not the ones registered for its id: re-enrolment keeps \
+             the registered keys, so only the profile that enrolled can use it"
+                .to_owned()
+        }
+        Some(tonic::Code::PermissionDenied)
+            if message.contains("malformed") || message.contains("unknown") =>
+        {
+            "check that you copied the whole invitation (inv1- and 64 hex digits)".to_owned()
+        }
+        _ => return e.into(),
+    };
+    anyhow!("{}; {hint}", one_line(&e.into()))
+}
+
+/// An invitation's text alone on stdout; what to do with it on stderr.
+fn print_invitation(inv: &client::admin::Invitation, id: &str, role: Role) {
+    println!("{}", inv.text.as_str());
+    if inv.reenrollment {
+        eprintln!(
+            "re-invitation of {id} ({role}), single use, valid until {}: {id} runs \
+             `sesphr reenroll --invite TOKEN` on their existing profile (same id, role, keys \
+             and grants; a new certificate); it is shown once, hand it over privately",
+            fmt_time(inv.expires_at)
+        );
+    } else {
+        eprintln!(
+            "invitation of {id} as {role}, single use, valid until {}: {id} runs \
+             `sesphr enroll --id {id} --role {role} --invite TOKEN`; it is shown once, hand it \
+             over privately",
+            fmt_time(inv.expires_at)
+        );
+    }
+}
+
+/// The longest an invitation may stay valid (the SRS refuses more).
+const MAX_INVITATION_SECS: i64 = 30 * 86_400;
+
+/// An invitation's validity: a duration like 7d, 12h, 30m, at most 30d.
+fn parse_validity(s: &str) -> anyhow::Result<std::time::Duration> {
+    let secs = parse_duration(s)?;
+    if secs > MAX_INVITATION_SECS {
+        bail!("--valid-for {s}: an invitation stays valid for at most 30d");
+    }
+    Ok(std::time::Duration::from_secs(secs.unsigned_abs()))
 }
 
 fn parse_time(s: &str) -> anyhow::Result<i64> {
@@ -370,7 +659,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mesh = mesh_file(&cli.mesh)?;
             let role: Role = role.parse()?;
             let invite = zeroize::Zeroizing::new(invite.unwrap_or_default());
-            let profile = client::enroll(&mesh, home(&cli.home)?, &id, role, &invite).await?;
+            let profile = client::enroll(&mesh, home(&cli.home)?, &id, role, &invite)
+                .await
+                .map_err(|e| enroll_error(e, &id, role, !invite.trim().is_empty()))?;
             eprintln!(
                 "enrolled {} ({} domain)",
                 profile.identity,
@@ -384,11 +675,106 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "your key fingerprint: {} (tell it to those who grant to you or read your records)",
                 client::own_fingerprint(&profile)?
             );
+            if let Ok(life) = profile.certificate_life() {
+                eprintln!(
+                    "your certificate is valid until {} (later commands renew it by themselves)",
+                    fmt_time(life.not_after)
+                );
+            }
             println!("{}", profile.identity);
+        }
+        Command::Invite {
+            id,
+            role,
+            valid_for,
+        } => {
+            let role: Role = role.parse()?;
+            if role.domain() != sesphr_identity::Domain::Private {
+                bail!(
+                    "patients invite family and friends only (--role family or --role friend); \
+                     a {role} is invited by an operator (`sesphr admin invite`)"
+                );
+            }
+            let valid_for = valid_for.as_deref().map(parse_validity).transpose()?;
+            let mesh = mesh_file(&cli.mesh)?;
+            let patient = Patient::open(&mesh, user_home(&mesh, &cli.home).await?)?;
+            let inv = patient.invite(&id, role, valid_for).await?;
+            print_invitation(&inv, &id, role);
+        }
+        Command::Renew { new_key } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let profile = client::Profile::load(home(&cli.home)?)?;
+            let not_after = client::admin::renew(&mesh, &profile, new_key).await?;
+            eprintln!(
+                "renewed the certificate of {}{}: valid until {}",
+                profile.identity,
+                if new_key { " (for a new TLS key)" } else { "" },
+                fmt_time(not_after)
+            );
+            println!("{}", fmt_time(not_after));
+        }
+        Command::Reenroll { invite } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let home = home(&cli.home)?;
+            let profile = client::Profile::load(home)?;
+            let invite = zeroize::Zeroizing::new(invite);
+            let not_after = client::admin::reenroll(&mesh, home, &invite)
+                .await
+                .map_err(|e| reenroll_error(e, &profile))?;
+            eprintln!(
+                "re-enrolled {} with the same keys and grants: a new TLS key and certificate, \
+                 valid until {}",
+                profile.identity,
+                fmt_time(not_after)
+            );
+            println!("{}", fmt_time(not_after));
+        }
+        Command::Admin { command } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let home = cli.home.as_deref().ok_or_else(|| {
+                anyhow!(
+                    "no operator profile: pass --home DIR with the operator's profile \
+                     (`sesphrd dev` writes DIR/operator)"
+                )
+            })?;
+            let admin = client::admin::Admin::open(&mesh, home)?;
+            match command {
+                AdminCommand::Invite {
+                    id,
+                    role,
+                    valid_for,
+                } => {
+                    let role: Role = role.parse()?;
+                    let valid_for = valid_for.as_deref().map(parse_validity).transpose()?;
+                    let inv = admin.invite(&id, role, valid_for).await?;
+                    print_invitation(&inv, &id, role);
+                }
+                AdminCommand::Disable { id, reason } => {
+                    let changed = admin.disable(&id, &reason).await?;
+                    if changed {
+                        println!("disabled {id}");
+                        eprintln!(
+                            "every service refuses {id}'s calls within 10 s and no one can grant \
+                             to {id}; `sesphr admin enable --id {id}` undoes it"
+                        );
+                    } else {
+                        println!("{id} was already disabled (unchanged)");
+                    }
+                }
+                AdminCommand::Enable { id, reason } => {
+                    let changed = admin.enable(&id, &reason).await?;
+                    if changed {
+                        println!("enabled {id}");
+                        eprintln!("the services accept {id}'s calls again within 10 s");
+                    } else {
+                        println!("{id} was not disabled (unchanged)");
+                    }
+                }
+            }
         }
         Command::Upload { partition, file } => {
             let mesh = mesh_file(&cli.mesh)?;
-            let patient = Patient::open(&mesh, home(&cli.home)?)?;
+            let patient = Patient::open(&mesh, user_home(&mesh, &cli.home).await?)?;
             let f = std::fs::File::open(&file).with_context(|| file.display().to_string())?;
             let len = f
                 .metadata()
@@ -408,7 +794,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::ImportFhir { bundle, map } => {
             let mesh = mesh_file(&cli.mesh)?;
-            let patient = Patient::open(&mesh, home(&cli.home)?)?;
+            let patient = Patient::open(&mesh, user_home(&mesh, &cli.home).await?)?;
             let text =
                 std::fs::read_to_string(&bundle).with_context(|| bundle.display().to_string())?;
             let map = match map {
@@ -423,7 +809,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Ls { owner, partition } => {
             let mesh = mesh_file(&cli.mesh)?;
-            let s = Session::open(&mesh, home(&cli.home)?)?;
+            let s = Session::open(&mesh, user_home(&mesh, &cli.home).await?)?;
             let mut out = stdout.lock();
             for r in s.list(owner.as_deref(), partition.as_deref()).await? {
                 writeln!(
@@ -444,7 +830,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verify_first,
         } => {
             let mesh = mesh_file(&cli.mesh)?;
-            let s = Session::open(&mesh, home(&cli.home)?)?;
+            let s = Session::open(&mesh, user_home(&mesh, &cli.home).await?)?;
             let (cb, bar) = progress(0, "downloading + decrypting");
             let target = match output {
                 Some(path) => get::Target::File(path),
@@ -460,18 +846,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Grant {
             partition,
             to,
+            role,
             expires,
             for_,
             not_before,
         } => {
-            let mesh = mesh_file(&cli.mesh)?;
-            let patient = Patient::open(&mesh, home(&cli.home)?)?;
+            let expected_role: Option<Role> = role.as_deref().map(str::parse).transpose()?;
             let expires_at = match (expires, for_) {
                 (Some(t), _) => Some(parse_time(&t)?),
                 (None, Some(d)) => Some(client::unix_now() + parse_duration(&d)?),
                 (None, None) => None,
             };
             let not_before = not_before.map(|t| parse_time(&t)).transpose()?;
+            let mesh = mesh_file(&cli.mesh)?;
+            let patient = Patient::open(&mesh, user_home(&mesh, &cli.home).await?)?;
+            // Who the grant goes to, as the directory has them enrolled:
+            // their role decides the grant, whatever --role said.
+            if to == patient.user_id() {
+                bail!("you already own your records");
+            }
+            let (keys, status) = patient.whois(&to).await?;
+            if let Some(expected) = expected_role
+                && expected != keys.role
+            {
+                bail!(
+                    "{to} is enrolled as {}, not {expected}; nothing was granted \
+                     (`sesphr whois {to}` shows who they are)",
+                    keys.role
+                );
+            }
+            let pin = match status {
+                client::PinStatus::Pinned => "matches your pin",
+                client::PinStatus::New => "new to you: pinned now, compare it with them",
+                // The grant refuses a changed key, saying what to do.
+                client::PinStatus::Changed { .. } => "",
+            };
+            if !pin.is_empty() {
+                eprintln!(
+                    "granting to {to}: {}, key fingerprint {} ({pin})",
+                    keys.role,
+                    keys.fingerprint()
+                );
+            }
             let g = patient
                 .grant(
                     &partition,
@@ -483,11 +899,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             print_notices(&patient);
-            let fp = patient
-                .pinned_fingerprint(&to)?
-                .unwrap_or_else(|| "unknown".into());
             eprintln!(
-                "granted {} ({}, key fingerprint {fp}) {} from epoch {}{}{}",
+                "granted {} ({}) {} from epoch {}{}{}",
                 g.grantee_id,
                 g.grantee_role,
                 g.partition,
@@ -508,7 +921,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_rotate,
         } => {
             let mesh = mesh_file(&cli.mesh)?;
-            let patient = Patient::open(&mesh, home(&cli.home)?)?;
+            let patient = Patient::open(&mesh, user_home(&mesh, &cli.home).await?)?;
             patient.revoke(&partition, &from).await?;
             print_notices(&patient);
             if no_rotate {
@@ -528,7 +941,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Retry => {
             let mesh = mesh_file(&cli.mesh)?;
-            let patient = Patient::open(&mesh, home(&cli.home)?)?;
+            let patient = Patient::open(&mesh, user_home(&mesh, &cli.home).await?)?;
             let before = patient.pending_node_ops()?.len();
             let still = patient.retry_pending().await?;
             eprintln!(
@@ -541,7 +954,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rotate { partition } => {
             let mesh = mesh_file(&cli.mesh)?;
-            let patient = Patient::open(&mesh, home(&cli.home)?)?;
+            let patient = Patient::open(&mesh, user_home(&mesh, &cli.home).await?)?;
             let epoch = patient.rotate(&partition).await?;
             print_notices(&patient);
             eprintln!("{partition} now uses key epoch {epoch} for new records");
@@ -549,7 +962,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Whois { user_id } => {
             let mesh = mesh_file(&cli.mesh)?;
-            let s = Session::open(&mesh, home(&cli.home)?)?;
+            let s = Session::open(&mesh, user_home(&mesh, &cli.home).await?)?;
             let (keys, status) = s.whois(&user_id).await?;
             let status = match status {
                 client::PinStatus::Pinned => "pinned (matches the keys you used before)".to_owned(),
@@ -568,7 +981,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             fingerprint,
         } => {
             let mesh = mesh_file(&cli.mesh)?;
-            let s = Session::open(&mesh, home(&cli.home)?)?;
+            let s = Session::open(&mesh, user_home(&mesh, &cli.home).await?)?;
             let keys = s.trust(&user_id, &fingerprint).await?;
             eprintln!(
                 "pinned {} ({}) {}",
@@ -579,13 +992,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Grants { adopt: true } => {
             let mesh = mesh_file(&cli.mesh)?;
-            let patient = Patient::open(&mesh, home(&cli.home)?)?;
+            let patient = Patient::open(&mesh, user_home(&mesh, &cli.home).await?)?;
             let n = patient.adopt_ledger().await?;
             eprintln!("your grant ledger now holds the {n} grant(s) AccessPolicy listed");
         }
         Command::Grants { adopt: false } => {
             let mesh = mesh_file(&cli.mesh)?;
-            let s = Session::open(&mesh, home(&cli.home)?)?;
+            let s = Session::open(&mesh, user_home(&mesh, &cli.home).await?)?;
             let (g, disagreements) = if s.profile.role() == Role::Patient {
                 Patient { session: s }.audit_grants().await?
             } else {
@@ -620,7 +1033,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit { verify, export } => {
             let mesh = mesh_file(&cli.mesh)?;
-            let s = Session::open(&mesh, home(&cli.home)?)?;
+            let s = Session::open(&mesh, user_home(&mesh, &cli.home).await?)?;
             // Verified before anything is printed or written: a log that was
             // tampered with shows nothing but the one line saying how.
             let audit = s.verified_audit().await?;
@@ -696,4 +1109,98 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_renewal_warns_louder_in_the_last_week() {
+        let now = 1_800_000_000;
+        let soon = renewal_warning(now + 3 * 86_400 + 60, now, "SRS: unavailable");
+        assert!(
+            soon.starts_with("your certificate expires in 3 days"),
+            "{soon}"
+        );
+        assert!(
+            soon.contains("could not be renewed (SRS: unavailable)"),
+            "{soon}"
+        );
+        assert!(soon.contains("sesphr renew"), "{soon}");
+        let hours = renewal_warning(now + 5 * 3_600, now, "x");
+        assert!(
+            hours.starts_with("your certificate expires in 5 h"),
+            "{hours}"
+        );
+        let later = renewal_warning(now + 9 * 86_400, now, "x");
+        assert!(
+            later.starts_with("could not renew your certificate"),
+            "{later}"
+        );
+        for w in [soon, hours, later] {
+            assert!(!w.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn invitation_validity_is_a_duration_of_at_most_30_days() {
+        assert_eq!(parse_validity("7d").unwrap().as_secs(), 7 * 86_400);
+        assert_eq!(parse_validity("12h").unwrap().as_secs(), 12 * 3_600);
+        assert_eq!(parse_validity("30m").unwrap().as_secs(), 1_800);
+        assert_eq!(parse_validity("30d").unwrap().as_secs(), 30 * 86_400);
+        assert!(
+            parse_validity("31d")
+                .unwrap_err()
+                .to_string()
+                .contains("at most 30d")
+        );
+        assert!(parse_validity("soon").is_err());
+        assert!(parse_validity("0d").is_err());
+    }
+
+    #[test]
+    fn the_command_line_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "sesphr",
+            "--home",
+            "op",
+            "admin",
+            "invite",
+            "--id",
+            "bob",
+            "--role",
+            "doctor",
+            "--valid-for",
+            "12h",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Admin {
+                command: AdminCommand::Invite { .. }
+            }
+        ));
+        // `--invitation` is an alias of `--invite`.
+        let cli = Cli::try_parse_from([
+            "sesphr",
+            "enroll",
+            "--id",
+            "bob",
+            "--role",
+            "doctor",
+            "--invitation",
+            "inv1-x",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Enroll {
+                invite: Some(_),
+                ..
+            }
+        ));
+    }
 }
