@@ -18,6 +18,7 @@ mod faults;
 mod hostile_audit;
 mod hostile_clients;
 mod hostile_transport;
+mod identities;
 mod impostor;
 mod impostor_forgery;
 mod mesh;

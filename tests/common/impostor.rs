@@ -133,17 +133,20 @@ pub fn endless<T: Send + 'static>(make: impl FnMut(u64) -> T + Send + 'static) -
     }))
 }
 
-/// Server TLS material for `identity` from the sandbox's mesh CA, valid for
-/// `localhost` and `127.0.0.1` (where every test endpoint is).
+/// Server TLS material for `identity` from the sandbox's service CA, valid
+/// for `localhost` and `127.0.0.1` (where every test endpoint is). Its CA
+/// bundle holds both roots, so the impostor accepts users and services
+/// alike (it is a server in bad faith, not a careful one).
 pub fn server_tls(s: &Sandbox, identity: &Identity) -> TlsMaterial {
     let ca = s.mesh.pki.load_ca().expect("the sandbox CA loads");
     let issued = ca
         .issue(identity, &["localhost"], &[IpAddr::from([127, 0, 0, 1])])
         .expect("a certificate");
+    let user_ca = std::fs::read_to_string(s.mesh.pki.user_ca_cert()).expect("the user CA");
     TlsMaterial::from_pem(
         issued.cert_pem,
         Zeroizing::new(issued.key_pem),
-        ca.cert_pem().to_owned(),
+        format!("{}{user_ca}", ca.cert_pem()),
     )
     .expect("TLS material")
 }
@@ -940,6 +943,7 @@ impl Silent {
         sesphr_mesh::tls::install_crypto_provider();
         let roots = sesphr_mesh::trust::TrustRoots::from_pem(tls.ca_pem(), &other_root())
             .expect("trust roots");
+        // (A silent listener checks nothing it is never sent.)
         let config = tls
             .rustls_server_config(false, &roots)
             .expect("server TLS config");

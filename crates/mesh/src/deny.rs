@@ -178,12 +178,11 @@ impl DenyList {
 /// AccessPolicy's state no earlier than that).
 pub async fn follow(
     list: std::sync::Arc<DenyList>,
-    channel: Channel,
+    client: AccessPolicyClient<Channel>,
     poll_interval: Duration,
     timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    let client = AccessPolicyClient::new(channel);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut failures: u32 = 0;
     loop {

@@ -45,6 +45,12 @@ impl PolicyClient {
         }
     }
 
+    /// The generated client over the same connection (the deny-list
+    /// follower shares it: one connection per service to AccessPolicy).
+    pub fn grpc(&self) -> AccessPolicyClient<Channel> {
+        self.inner.clone()
+    }
+
     /// Asks whether `grantee` may act on the subject. `Ok` carries the
     /// decision (allowed or not, with the grant window); `Err` means no
     /// decision could be had, and the caller must refuse.

@@ -458,26 +458,25 @@ pub async fn run_service(
         ),
         None => Arc::new(DenyList::follower(p.deny_list.max_staleness)),
     };
-    let follower = match &policy_store {
-        Some(_) => None,
-        None => {
-            let endpoint = p
-                .access_policy_endpoint
-                .as_deref()
-                .ok_or(ServeError::MissingPolicyEndpoint(service))?;
-            let policy_id = Identity::service(&td, Service::AccessPolicy);
-            let channel =
-                tls::channel(endpoint, p.tls.client_config(), &policy_id, p.peer_timeout)?;
+    let follower = match &policy_client {
+        None => None,
+        Some(client) => {
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(sesphr_mesh::deny::follow(
                 deny.clone(),
-                channel,
+                client.grpc(),
                 p.deny_list.poll_interval,
                 p.peer_timeout.min(p.deny_list.poll_interval * 2),
                 async move {
                     let _ = stopped.await;
                 },
             ));
+            // Serve users only with a list in hand, if AccessPolicy answers
+            // soon (otherwise they are refused until it does).
+            let loaded = tokio::time::Instant::now() + p.peer_timeout;
+            while !deny.is_fresh() && tokio::time::Instant::now() < loaded {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             Some((stop, task))
         }
     };
@@ -659,13 +658,11 @@ pub async fn run_service(
     };
     let witness = match (p.witness, service.witness_name(&td)) {
         (Some(w), Some(name)) => {
-            let endpoint = p
-                .access_policy_endpoint
-                .as_deref()
-                .ok_or(ServeError::MissingPolicyEndpoint(service))?;
-            let policy_id = Identity::service(&td, Service::AccessPolicy);
-            let channel =
-                tls::channel(endpoint, p.tls.client_config(), &policy_id, p.peer_timeout)?;
+            // The service's one connection to AccessPolicy.
+            let client = policy_client
+                .as_ref()
+                .ok_or(ServeError::MissingPolicyEndpoint(service))?
+                .grpc();
             let witness = crate::witness::Witness {
                 name,
                 key: w.key,
@@ -676,7 +673,7 @@ pub async fn run_service(
                 timeout: p.peer_timeout,
             };
             let (stop, stopped) = oneshot::channel::<()>();
-            Some((stop, tokio::spawn(witness.run(channel, stopped))))
+            Some((stop, tokio::spawn(witness.run(client, stopped))))
         }
         _ => None,
     };

@@ -185,8 +185,11 @@ impl Witness {
     }
 
     /// Rounds every `interval` until `stop` fires.
-    pub async fn run(self, channel: Channel, mut stop: oneshot::Receiver<()>) {
-        let mut client = AccessPolicyClient::new(channel);
+    pub async fn run(
+        self,
+        mut client: AccessPolicyClient<Channel>,
+        mut stop: oneshot::Receiver<()>,
+    ) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sent = None;
