@@ -35,7 +35,8 @@ struct Cli {
     /// fails the command with a "deadline" error.
     #[arg(long, env = "SESPHR_MESH", global = true)]
     mesh: Option<PathBuf>,
-    /// Your profile directory (keys, certificate).
+    /// Your profile directory (keys, certificate); for `sesphr admin`, the
+    /// operator's profile (`sesphrd dev` writes DIR/operator).
     #[arg(long, env = "SESPHR_HOME", global = true)]
     home: Option<PathBuf>,
     #[command(subcommand)]
@@ -404,22 +405,25 @@ fn enroll_error(
         .status()
         .map(|s| s.message().to_owned())
         .unwrap_or_default();
-    let ask = if role.domain() == sesphr_identity::Domain::Private {
-        format!(
-            "ask an operator (`sesphr admin invite --id {id} --role {role}`) or the patient who \
-             names you (`sesphr invite --id {id} --role {role}`) for an invitation"
-        )
-    } else {
-        format!("ask an operator for an invitation (`sesphr admin invite --id {id} --role {role}`)")
+    // Whom to ask for an invitation ("an invitation", "a new one").
+    let ask = |what: &str| {
+        if role.domain() == sesphr_identity::Domain::Private {
+            format!(
+                "ask an operator (`sesphr admin invite --id {id} --role {role}`) or the patient \
+                 who names you (`sesphr invite --id {id} --role {role}`) for {what}"
+            )
+        } else {
+            format!("ask an operator for {what} (`sesphr admin invite --id {id} --role {role}`)")
+        }
     };
     let hint = match e.code() {
         Some(tonic::Code::PermissionDenied) if !had_invitation => {
-            format!("{ask} and pass it with --invite TOKEN")
+            format!("{} and pass it with --invite TOKEN", ask("an invitation"))
         }
         Some(tonic::Code::PermissionDenied) if message.contains("already used") => {
-            format!("an invitation enrols once: {ask}")
+            format!("an invitation enrols once: {}", ask("a new one"))
         }
-        Some(tonic::Code::PermissionDenied) if message.contains("expired") => ask,
+        Some(tonic::Code::PermissionDenied) if message.contains("expired") => ask("a new one"),
         Some(tonic::Code::PermissionDenied) if message.contains("is for ") => {
             "pass the --id and --role the invitation was issued for".to_owned()
         }
