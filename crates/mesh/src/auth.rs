@@ -206,7 +206,23 @@ where
             .extensions()
             .get::<PeerInfo>()
             .map(|info| info.identity.clone());
+        // The identity was read at the handshake; a connection must not
+        // outlive its certificate.
+        let expired = req
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|info| info.validity)
+            .filter(|(_, not_after)| crate::unix_now() >= *not_after);
         let decision = match &peer {
+            Some(_) if expired.is_some() => Err((
+                Status::unauthenticated(format!(
+                    "client certificate expired at {} (unix seconds) during this connection: \
+                     renew before it expires (`sesphr renew`); once expired, ask an operator \
+                     for a re-invitation",
+                    expired.map_or(0, |(_, at)| at)
+                )),
+                None,
+            )),
             Some(peer) => {
                 let decided = decide(&self.table, req.uri().path(), peer);
                 match (decided, &self.deny, peer.as_ref()) {
@@ -408,6 +424,7 @@ mod tests {
                     remote_addr: None,
                 },
                 identity: Arc::new(PeerIdentity::Verified(id)),
+                validity: None,
             });
             req
         };

@@ -32,8 +32,9 @@ use tonic::transport::Channel;
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How old a follower's copy may get before it refuses users, by default.
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(5);
-/// Most users the list holds (a snapshot must fit one gRPC message).
-pub const MAX_DISABLED_USERS: usize = 100_000;
+/// Most users the list holds (a snapshot of ids up to 64 bytes must fit
+/// one 4 MiB gRPC message).
+pub const MAX_DISABLED_USERS: usize = 50_000;
 
 /// What the list says about one user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,14 +155,32 @@ impl DenyList {
         state.version = state.version.max(version);
     }
 
-    /// A follower took a whole list of `version`, answered at `at`.
-    fn replace(&self, version: u64, disabled: Vec<String>, at: Instant) {
+    /// AccessPolicy's copy after a change: the whole list as the store
+    /// now holds it, unless a newer one is already in (concurrent changes
+    /// finish in any order).
+    pub fn reload(&self, version: u64, disabled: Vec<String>) {
         let mut state = self.write();
-        // Never step back to an older list (a lagging answer).
         if version >= state.version {
             state.version = version;
             state.disabled = disabled.into_iter().collect();
         }
+    }
+
+    /// A follower took the whole list of `version`, answered at `at`. Polls
+    /// are sequential, so the answer is AccessPolicy's current state even
+    /// when its version went down (a store restored from a backup): taking
+    /// it is the only way to stay equal to it.
+    fn replace(&self, version: u64, disabled: Vec<String>, at: Instant) {
+        let mut state = self.write();
+        if version < state.version {
+            tracing::warn!(
+                held = state.version,
+                answered = version,
+                "AccessPolicy's deny list version went back (restored store?); following it"
+            );
+        }
+        state.version = version;
+        state.disabled = disabled.into_iter().collect();
         state.fresh_at = Some(state.fresh_at.map_or(at, |old| old.max(at)));
     }
 
@@ -245,6 +264,8 @@ mod tests {
         assert_eq!(list.verdict("alice"), Verdict::Allowed);
         list.set("mallory", false, 4);
         list.set("alice", true, 5);
+        // A reload older than what is held is ignored.
+        list.reload(4, vec!["mallory".to_owned()]);
         assert_eq!(list.verdict("mallory"), Verdict::Allowed);
         assert_eq!(list.verdict("alice"), Verdict::Disabled);
         assert_eq!(list.snapshot(), (5, vec!["alice".to_owned()]));
@@ -262,8 +283,10 @@ mod tests {
         assert!(matches!(list.verdict_at("alice", late), Verdict::Stale(_)));
         list.confirm(late);
         assert_eq!(list.verdict_at("alice", late), Verdict::Allowed);
-        // An older list arriving late does not undo a newer one.
-        list.replace(1, vec![], late);
-        assert_eq!(list.verdict_at("bob", late), Verdict::Disabled);
+        // A version that went back (a restored AccessPolicy) is followed:
+        // the follower must equal what AccessPolicy now enforces.
+        list.replace(1, vec!["carol".into()], late);
+        assert_eq!(list.verdict_at("bob", late), Verdict::Allowed);
+        assert_eq!(list.verdict_at("carol", late), Verdict::Disabled);
     }
 }

@@ -478,6 +478,11 @@ pub enum PeerIdentity {
 pub struct PeerInfo {
     pub tcp: TcpConnectInfo,
     pub identity: Arc<PeerIdentity>,
+    /// The client certificate's validity (unix seconds, notBefore and
+    /// notAfter), if it presented one: a connection outliving its
+    /// certificate is refused per request, and renewal compares it with
+    /// the certificate the directory holds.
+    pub validity: Option<(i64, i64)>,
 }
 
 /// A TLS connection whose peer identity was read at the handshake.
@@ -565,9 +570,16 @@ pub fn incoming_tls(
                         &trust_domain,
                         rustls::pki_types::UnixTime::now(),
                     ));
+                    let validity = chain
+                        .and_then(|c| c.first())
+                        .and_then(|leaf| crate::trust::validity(leaf));
                     Some(PeerConn {
                         tls,
-                        info: PeerInfo { tcp, identity },
+                        info: PeerInfo {
+                            tcp,
+                            identity,
+                            validity,
+                        },
                     })
                 }
                 Ok(Err(e)) => {

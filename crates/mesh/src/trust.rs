@@ -112,9 +112,27 @@ fn verifier(
 impl TrustRoots {
     /// From the two CA certificates (PEM).
     pub fn from_pem(service_ca_pem: &str, user_ca_pem: &str) -> Result<Self, TlsError> {
-        if service_ca_pem.trim() == user_ca_pem.trim() {
+        // One certificate each, and not the same one: a bundle in either
+        // file would let one root vouch for the other's class.
+        let one = |pem: &str, what: &str| -> Result<CertificateDer<'static>, TlsError> {
+            let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| TlsError::ServerConfig(format!("{what}: {e}")))?;
+            match <[_; 1]>::try_from(certs) {
+                Ok([cert]) => Ok(cert),
+                Err(certs) => Err(TlsError::ServerConfig(format!(
+                    "{what} must hold exactly one certificate, not {}",
+                    certs.len()
+                ))),
+            }
+        };
+        let service = one(service_ca_pem, "the service CA file")?;
+        let user = one(user_ca_pem, "the user CA file")?;
+        if service == user || spki(&service).is_some() && spki(&service) == spki(&user) {
             return Err(TlsError::ServerConfig(
-                "the service CA and the user CA must be different certificates".into(),
+                "the service CA and the user CA must be different certificates with \
+                 different keys"
+                    .into(),
             ));
         }
         Ok(TrustRoots {
@@ -225,11 +243,26 @@ fn verify_at(
     }
 }
 
-/// A certificate's `notAfter`, unix seconds.
-pub fn not_after(der: &[u8]) -> Option<u64> {
+/// A certificate's public key (DER of its SubjectPublicKeyInfo).
+fn spki(der: &[u8]) -> Option<Vec<u8>> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    u64::try_from(cert.validity().not_after.timestamp()).ok()
+    Some(cert.public_key().raw.to_vec())
+}
+
+/// A certificate's `notAfter`, unix seconds.
+pub fn not_after(der: &[u8]) -> Option<u64> {
+    validity(der).and_then(|(_, after)| u64::try_from(after).ok())
+}
+
+/// A certificate's `(notBefore, notAfter)`, unix seconds.
+pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some((
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    ))
 }
 
 /// The handshake's verifier: `inner`'s verdict, except that a chain valid
@@ -370,8 +403,11 @@ mod tests {
     }
 
     #[test]
-    fn the_two_roots_must_differ() {
-        let (service_ca, _, _) = setup();
+    fn the_two_roots_must_differ_and_be_one_certificate_each() {
+        let (service_ca, user_ca, _) = setup();
         assert!(TrustRoots::from_pem(service_ca.cert_pem(), service_ca.cert_pem()).is_err());
+        let bundle = format!("{}{}", service_ca.cert_pem(), user_ca.cert_pem());
+        assert!(TrustRoots::from_pem(&bundle, user_ca.cert_pem()).is_err());
+        assert!(TrustRoots::from_pem(service_ca.cert_pem(), &bundle).is_err());
     }
 }

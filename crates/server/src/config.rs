@@ -731,10 +731,12 @@ impl ServeConfig {
                     "deny_list.poll_interval_ms {poll} must be 100 to 60000"
                 ));
             }
-            if stale < 2 * poll || stale > 300_000 {
+            // The mesh promises a disable holds everywhere within 10 s:
+            // the bound plus one poll's timeout must stay under it.
+            if stale < 2 * poll || stale > 8_000 {
                 errors.push(format!(
                     "deny_list.max_staleness_ms {stale} must be at least twice poll_interval_ms \
-                     ({poll}) and at most 300000"
+                     ({poll}) and at most 8000 (a disable must hold everywhere within 10 s)"
                 ));
             }
             DenyListSettings {

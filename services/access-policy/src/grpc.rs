@@ -95,11 +95,18 @@ impl<S: PolicyBackend> AccessPolicyService<S> {
         let r = req.into_inner();
         let user_id = UserId::parse(r.user_id).map_err(invalid)?;
         let id = user_id.clone();
-        let (changed, version) = self
-            .run(move |p| p.set_user_status(&caller, &id, disabled, &r.reason, unix_now()))
+        let (changed, version, list) = self
+            .run(move |p| {
+                let (changed, version) =
+                    p.set_user_status(&caller, &id, disabled, &r.reason, unix_now())?;
+                // The whole list as now stored: concurrent changes may
+                // finish in any order, the newest snapshot wins.
+                let list = p.store().deny_list()?;
+                Ok((changed, version, list))
+            })
             .await?;
         // Durable now; this service's own callers see it at once.
-        self.deny.set(user_id.as_str(), disabled, version);
+        self.deny.reload(list.0, list.1);
         tracing::info!(user = %user_id, disabled, changed, version, "user status set");
         Ok(Response::new(proto::SetUserStatusResponse {
             changed,

@@ -215,10 +215,15 @@ impl SrsRpc for SetupService {
         req: Request<proto::RenewRequest>,
     ) -> Result<Response<proto::RenewResponse>, Status> {
         let caller = auth::caller(&req)?;
+        let presented = req
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|info| info.validity)
+            .map(|(not_before, _)| not_before);
         let r = req.into_inner();
         let renewed = self
             .setup
-            .renew(&caller, r.csr_der)
+            .renew(&caller, presented, r.csr_der)
             .await
             .map_err(IntoStatus::into_status)?;
         Ok(Response::new(proto::RenewResponse {

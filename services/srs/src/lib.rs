@@ -92,6 +92,15 @@ pub struct Invitation {
     pub reenrollment: bool,
 }
 
+/// How many invitations one inviter may hold (patients; operators have none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InviteLimits {
+    /// Unused and unexpired at a time.
+    pub open: usize,
+    /// Issued in the last 24 hours, used or not.
+    pub per_day: usize,
+}
+
 /// What redeeming an invitation does to the directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redeem {
@@ -140,13 +149,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores an invitation under its hash, first forgetting the inviter's
     /// invitations that expired more than [`INVITATION_RETENTION_SECS`]
-    /// before `now`. With `max_open`, refused (`UsedUp`) when the inviter
-    /// already has that many unused, unexpired ones.
+    /// before `now`. With `limits`, refused (`UsedUp`) when the inviter is
+    /// at either of them; the count and the insert are atomic.
     fn put_invitation(
         &self,
         hash: [u8; 32],
         invitation: Invitation,
-        max_open: Option<usize>,
+        limits: Option<InviteLimits>,
         now: i64,
     ) -> Result<(), DomainError>;
 
@@ -224,6 +233,9 @@ pub struct SrsStore {
     kfrags: sled::Tree,
     invitations: sled::Tree,
     invitations_by_inviter: sled::Tree,
+    /// Serialises invitation counts and inserts (so concurrent invites
+    /// cannot all pass a cap).
+    invite_lock: std::sync::Mutex<()>,
     /// `sled::Tree::len` walks the whole tree; the count is kept here
     /// instead (users are never removed, so it only grows).
     users_count: AtomicU64,
@@ -274,6 +286,7 @@ impl SrsStore {
             kfrags,
             invitations,
             invitations_by_inviter,
+            invite_lock: std::sync::Mutex::new(()),
             users_count,
         })
     }
@@ -372,12 +385,14 @@ impl Store for SrsStore {
         &self,
         hash: [u8; 32],
         invitation: Invitation,
-        max_open: Option<usize>,
+        limits: Option<InviteLimits>,
         now: i64,
     ) -> Result<(), DomainError> {
         validate_user_id(&invitation.user_id)?;
+        let _serial = self.invite_lock.lock().unwrap_or_else(|p| p.into_inner());
         let prefix = [invitation.issued_by.as_bytes(), &[0]].concat();
         let mut open = 0usize;
+        let mut today = 0usize;
         for item in self.invitations_by_inviter.scan_prefix(&prefix) {
             let (k, _) = item?;
             let h = &k[prefix.len()..];
@@ -387,8 +402,13 @@ impl Store for SrsStore {
                     if old.expires_at + INVITATION_RETENTION_SECS < now {
                         self.invitations.remove(h)?;
                         self.invitations_by_inviter.remove(&k)?;
-                    } else if old.used_at == 0 && old.expires_at > now {
-                        open += 1;
+                    } else {
+                        if old.used_at == 0 && old.expires_at > now {
+                            open += 1;
+                        }
+                        if old.issued_at > now - 86_400 {
+                            today += 1;
+                        }
                     }
                 }
                 None => {
@@ -396,14 +416,20 @@ impl Store for SrsStore {
                 }
             }
         }
-        if let Some(max) = max_open
-            && open >= max
-        {
-            return Err(DomainError::UsedUp(format!(
-                "{} already has {open} unused invitations (at most {max}); wait until one \
-                 is used or expires",
-                invitation.issued_by
-            )));
+        if let Some(limits) = limits {
+            if open >= limits.open {
+                return Err(DomainError::UsedUp(format!(
+                    "{} already has {open} unused invitations (at most {}); wait until one \
+                     is used or expires",
+                    invitation.issued_by, limits.open
+                )));
+            }
+            if today >= limits.per_day {
+                return Err(DomainError::UsedUp(format!(
+                    "{} issued {today} invitations in the last 24 hours (at most {})",
+                    invitation.issued_by, limits.per_day
+                )));
+            }
         }
         let index = [prefix.as_slice(), &hash].concat();
         let value = codec::encode_invitation(&invitation);

@@ -32,7 +32,7 @@ use zeroize::Zeroizing;
 use crate::gate::{
     AccessGate, Outcome, off_executor, parse_public_key, parse_verifying_key, refusal_detail,
 };
-use crate::{Invitation, Redeem, Store, UserRecord};
+use crate::{Invitation, InviteLimits, Redeem, Store, UserRecord};
 
 /// Largest CSR accepted.
 pub const MAX_CSR_BYTES: usize = 16 << 10;
@@ -80,8 +80,13 @@ pub struct Invited {
 pub const DEFAULT_INVITATION_VALIDITY_SECS: u64 = 7 * 86_400;
 /// The longest an invitation may last.
 pub const MAX_INVITATION_VALIDITY_SECS: u64 = 30 * 86_400;
+/// The shortest a patient's invitation may last (shorter ones would let
+/// her cycle through the open-invitation cap by letting them expire).
+pub const MIN_INVITATION_VALIDITY_SECS: u64 = 3_600;
 /// Unused invitations one patient may have at a time.
 pub const MAX_OPEN_INVITATIONS_PER_PATIENT: usize = 16;
+/// Invitations one patient may issue per day, used or not.
+pub const MAX_INVITATIONS_PER_PATIENT_PER_DAY: usize = 32;
 /// What every invitation starts with (its version).
 pub const INVITATION_PREFIX: &str = "inv1-";
 
@@ -311,12 +316,21 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
                     "valid_for_secs must be at most {MAX_INVITATION_VALIDITY_SECS} (30 days)"
                 )));
             }
+            v if v < MIN_INVITATION_VALIDITY_SECS && matches!(caller, Caller::Patient(_)) => {
+                return Err(DomainError::Malformed(format!(
+                    "a patient's invitation lasts at least {MIN_INVITATION_VALIDITY_SECS} s \
+                     (1 hour)"
+                )));
+            }
             v => v,
         };
         let max_open = match caller {
             Caller::Operator(_) => None,
             Caller::Patient(_) if role.domain() == sesphr_identity::Domain::Private => {
-                Some(MAX_OPEN_INVITATIONS_PER_PATIENT)
+                Some(InviteLimits {
+                    open: MAX_OPEN_INVITATIONS_PER_PATIENT,
+                    per_day: MAX_INVITATIONS_PER_PATIENT_PER_DAY,
+                })
             }
             Caller::Patient(_) => {
                 return Err(DomainError::NotEntitled(format!(
@@ -570,8 +584,20 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
     /// A new certificate for an enrolled user, over the key in `csr_der`.
     /// The authorization layer let only users with an unexpired
     /// certificate (and not disabled) this far. Audited.
-    pub async fn renew(&self, caller: &Caller, csr_der: Vec<u8>) -> Result<Enrolled, DomainError> {
-        let result = self.renew_checked(caller, csr_der).await;
+    ///
+    /// `presented_not_before` is the `notBefore` of the certificate the
+    /// caller presented: one older than the certificate the directory holds
+    /// was superseded (by a renewal or re-enrolment, perhaps after it was
+    /// stolen) and renews nothing.
+    pub async fn renew(
+        &self,
+        caller: &Caller,
+        presented_not_before: Option<i64>,
+        csr_der: Vec<u8>,
+    ) -> Result<Enrolled, DomainError> {
+        let result = self
+            .renew_checked(caller, presented_not_before, csr_der)
+            .await;
         let about = caller
             .as_user()
             .map(|(_, id)| id.to_string())
@@ -589,6 +615,7 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
     async fn renew_checked(
         &self,
         caller: &Caller,
+        presented_not_before: Option<i64>,
         csr_der: Vec<u8>,
     ) -> Result<Enrolled, DomainError> {
         let (role, user_id) = caller
@@ -606,6 +633,21 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
                 "{user_id} is enrolled as {}, not {role}",
                 enrolled.role
             )));
+        }
+        let current = sesphr_mesh::trust::validity(&enrolled.certificate_der).map(|(nb, _)| nb);
+        match (presented_not_before, current) {
+            (Some(presented), Some(current)) if presented < current => {
+                return Err(DomainError::NotEntitled(format!(
+                    "this certificate of {user_id} was superseded by one issued at {current} \
+                     (unix seconds): only the newest certificate renews"
+                )));
+            }
+            (None, _) => {
+                return Err(DomainError::NotEntitled(
+                    "renewal needs the caller's certificate".into(),
+                ));
+            }
+            _ => {}
         }
         let identity = Identity::user(&self.config.trust_domain, role, user_id)?;
         let (certificate_pem, not_after, der) = self.sign(csr_der, &identity).await?;

@@ -396,7 +396,7 @@ async fn practitioners_enrol_only_by_an_invitation_for_their_id_and_role_once() 
     let last = w.gate.audits_of(Rpc::Enroll);
     assert!(last.iter().any(|a| a.outcome == Outcome::Ok
         && a.detail.starts_with(
-            "enrolled by invitation as spiffe://sesphr.local/practitioner/doctor/zed"
+            "enrolled by invitation as spiffe://sesphr.test/practitioner/doctor/zed"
         )));
     // Only the hash is stored: the invitation's text is nowhere in the store.
     let inviting = w.gate.audits_of(Rpc::Invite);
@@ -409,8 +409,8 @@ async fn practitioners_enrol_only_by_an_invitation_for_their_id_and_role_once() 
             &operator(),
             "yan",
             Some(Role::Nurse),
-            60,
-            sesphr_mesh::unix_now() - 120,
+            3_600,
+            sesphr_mesh::unix_now() - 7_200,
         )
         .await
         .unwrap();
@@ -454,6 +454,14 @@ async fn patients_invite_family_and_friends_only_and_a_bounded_number() {
         )
         .await
         .unwrap();
+    // A patient's invitation lasts an hour at least (short ones would let
+    // her cycle through the cap below).
+    let e = w
+        .setup
+        .invite(&alice, "quick", Some(Role::Friend), 60)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DomainError::Malformed(_)), "{e:?}");
     for i in 0..crate::setup::MAX_OPEN_INVITATIONS_PER_PATIENT {
         w.invite(&alice, &format!("kin{i}"), Role::Family).await;
     }
@@ -525,7 +533,14 @@ async fn renewal_issues_a_new_certificate_for_the_caller_only() {
         id: uid("bob"),
     };
     let csr = sesphr_mesh::pki::make_csr().unwrap().0;
-    let renewed = w.setup.renew(&bob, csr.clone()).await.unwrap();
+    let issued_at = sesphr_mesh::trust::validity(&before.certificate_der)
+        .unwrap()
+        .0;
+    let renewed = w
+        .setup
+        .renew(&bob, Some(issued_at), csr.clone())
+        .await
+        .unwrap();
     assert_eq!(
         renewed.identity,
         Identity::user(TD, Role::Doctor, "bob").unwrap()
@@ -544,7 +559,7 @@ async fn renewal_issues_a_new_certificate_for_the_caller_only() {
         id: uid("ghost"),
     };
     assert!(matches!(
-        w.setup.renew(&ghost, csr.clone()).await,
+        w.setup.renew(&ghost, Some(issued_at), csr.clone()).await,
         Err(DomainError::Unknown(_))
     ));
     let as_friend = Caller::Practitioner {
@@ -552,7 +567,7 @@ async fn renewal_issues_a_new_certificate_for_the_caller_only() {
         id: uid("bob"),
     };
     assert!(matches!(
-        w.setup.renew(&as_friend, csr).await,
+        w.setup.renew(&as_friend, Some(issued_at), csr).await,
         Err(DomainError::NotEntitled(_))
     ));
 }
