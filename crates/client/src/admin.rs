@@ -203,32 +203,31 @@ impl Admin {
     /// Disables `user_id` everywhere (within the deny list's staleness
     /// bound); whether its status changed.
     pub async fn disable(&self, user_id: &str, reason: &str) -> Result<bool, ClientError> {
-        let resp = self
-            .clients
-            .policy
-            .clone()
-            .disable_user(unary(proto::SetUserStatusRequest {
-                user_id: user_id.to_owned(),
-                reason: reason.to_owned(),
-            }))
-            .await
-            .map_err(rpc("AccessPolicy"))?;
-        Ok(resp.into_inner().changed)
+        self.set_status(user_id, reason, true).await
     }
 
     /// Enables `user_id` again; whether its status changed.
     pub async fn enable(&self, user_id: &str, reason: &str) -> Result<bool, ClientError> {
-        let resp = self
-            .clients
-            .policy
-            .clone()
-            .enable_user(unary(proto::SetUserStatusRequest {
-                user_id: user_id.to_owned(),
-                reason: reason.to_owned(),
-            }))
-            .await
-            .map_err(rpc("AccessPolicy"))?;
-        Ok(resp.into_inner().changed)
+        self.set_status(user_id, reason, false).await
+    }
+
+    async fn set_status(
+        &self,
+        user_id: &str,
+        reason: &str,
+        disable: bool,
+    ) -> Result<bool, ClientError> {
+        let req = unary(proto::SetUserStatusRequest {
+            user_id: user_id.to_owned(),
+            reason: reason.to_owned(),
+        });
+        let mut policy = self.clients.policy.clone();
+        let resp = if disable {
+            policy.disable_user(req).await
+        } else {
+            policy.enable_user(req).await
+        };
+        Ok(resp.map_err(rpc("AccessPolicy"))?.into_inner().changed)
     }
 }
 

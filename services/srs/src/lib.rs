@@ -318,17 +318,22 @@ impl SrsStore {
     }
 }
 
+/// A user record's fields are within what the store keeps.
+fn check_user(user: &UserRecord) -> Result<(), DomainError> {
+    validate_user_id(&user.user_id)?;
+    check_len(
+        "PRE public key",
+        &user.pre_public_key,
+        1,
+        MAX_PUBLIC_KEY_LEN,
+    )?;
+    check_len("verifying key", &user.verifying_key, 1, MAX_PUBLIC_KEY_LEN)?;
+    check_len("certificate", &user.certificate_der, 0, MAX_CERTIFICATE_LEN)
+}
+
 impl Store for SrsStore {
     fn register_user(&self, user: UserRecord) -> Result<(), DomainError> {
-        validate_user_id(&user.user_id)?;
-        check_len(
-            "PRE public key",
-            &user.pre_public_key,
-            1,
-            MAX_PUBLIC_KEY_LEN,
-        )?;
-        check_len("verifying key", &user.verifying_key, 1, MAX_PUBLIC_KEY_LEN)?;
-        check_len("certificate", &user.certificate_der, 0, MAX_CERTIFICATE_LEN)?;
+        check_user(&user)?;
         let value = codec::encode_user(&user);
         let swapped =
             self.users
@@ -465,15 +470,7 @@ impl Store for SrsStore {
         use sled::transaction::{ConflictableTransactionError as Abort, TransactionError};
         let (user_key, user_value, new_user) = match &redeem {
             Redeem::Enroll(user) => {
-                validate_user_id(&user.user_id)?;
-                check_len(
-                    "PRE public key",
-                    &user.pre_public_key,
-                    1,
-                    MAX_PUBLIC_KEY_LEN,
-                )?;
-                check_len("verifying key", &user.verifying_key, 1, MAX_PUBLIC_KEY_LEN)?;
-                check_len("certificate", &user.certificate_der, 0, MAX_CERTIFICATE_LEN)?;
+                check_user(user)?;
                 (user.user_id.clone(), Some(codec::encode_user(user)), true)
             }
             Redeem::Reenroll {

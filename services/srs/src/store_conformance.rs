@@ -2,7 +2,10 @@
 //! (today: sled, in `tests`). A new backend adds one test calling
 //! [`check`] on a fresh, empty store.
 
-use crate::{DomainError, KfragSet, MAX_CERTIFICATE_LEN, MAX_KFRAG_LEN, MAX_KFRAGS};
+use crate::{
+    DomainError, Invitation, InviteLimits, KfragSet, MAX_CERTIFICATE_LEN, MAX_KFRAG_LEN,
+    MAX_KFRAGS, Redeem,
+};
 use crate::{MAX_PUBLIC_KEY_LEN, Store, UserRecord};
 use sesphr_identity::Role;
 
@@ -45,6 +48,7 @@ pub fn check(s: &dyn Store) {
     kfrag_validation(s);
     delete_one_epoch_or_all(s);
     service_secrets(s);
+    invitations(s);
 }
 
 fn users(s: &dyn Store) {
@@ -170,4 +174,86 @@ fn service_secrets(s: &dyn Store) {
     assert_eq!(*s.service_secret("oprf").unwrap(), *a);
     assert_ne!(*s.service_secret("other").unwrap(), *a);
     assert_ne!(*a, [0; 32], "drawn at random, not left zero");
+}
+
+fn invitations(s: &dyn Store) {
+    let inv = |id: &str, issued_at: i64, expires_at: i64| Invitation {
+        user_id: id.into(),
+        role: Role::Friend,
+        issued_by: "patient/alice".into(),
+        issued_at,
+        expires_at,
+        used_at: 0,
+        reenrollment: false,
+    };
+    let limits = Some(InviteLimits {
+        open: 2,
+        per_day: 2,
+    });
+    s.put_invitation([1; 32], inv("dave", T0, T0 + 3600), limits, T0)
+        .unwrap();
+    assert_eq!(
+        s.invitation(&[1; 32]).unwrap(),
+        Some(inv("dave", T0, T0 + 3600))
+    );
+    assert_eq!(s.invitation(&[9; 32]).unwrap(), None);
+    s.put_invitation([2; 32], inv("erin", T0, T0 + 3600), limits, T0)
+        .unwrap();
+    // Two open: the third is over the cap.
+    assert!(matches!(
+        s.put_invitation([3; 32], inv("fay", T0, T0 + 3600), limits, T0),
+        Err(DomainError::UsedUp(_))
+    ));
+    // Redeeming marks it used and takes the id, once.
+    s.redeem_invitation(
+        Some(&[1; 32]),
+        Redeem::Enroll(user("dave", Role::Friend)),
+        T0 + 5,
+    )
+    .unwrap();
+    assert_eq!(s.invitation(&[1; 32]).unwrap().unwrap().used_at, T0 + 5);
+    assert!(s.user("dave").unwrap().is_some());
+    assert!(matches!(
+        s.redeem_invitation(
+            Some(&[1; 32]),
+            Redeem::Enroll(user("dave2", Role::Friend)),
+            T0 + 6
+        ),
+        Err(DomainError::Conflict(_))
+    ));
+    assert!(s.user("dave2").unwrap().is_none(), "nothing applied");
+    // A failed redemption (the id is taken) leaves the invitation unused.
+    assert!(matches!(
+        s.redeem_invitation(
+            Some(&[2; 32]),
+            Redeem::Enroll(user("dave", Role::Friend)),
+            T0 + 7
+        ),
+        Err(DomainError::Exists(_))
+    ));
+    assert_eq!(s.invitation(&[2; 32]).unwrap().unwrap().used_at, 0);
+    // One open now, but two issued today: the daily cap holds.
+    let r = s.put_invitation([3; 32], inv("fay", T0, T0 + 3600), limits, T0 + 10);
+    assert!(matches!(r, Err(DomainError::UsedUp(_))), "{r:?}");
+    // Long expired ones are forgotten when their inviter invites again.
+    let later = T0 + 3600 + crate::INVITATION_RETENTION_SECS + 86_400 + 1;
+    s.put_invitation([4; 32], inv("gus", later, later + 3600), limits, later)
+        .unwrap();
+    assert_eq!(s.invitation(&[1; 32]).unwrap(), None);
+    // A re-enrolment replaces the certificate of an enrolled user only.
+    let cert = vec![0x30, 0x03, 1, 2, 3];
+    s.redeem_invitation(
+        None,
+        Redeem::Reenroll {
+            user_id: "dave".into(),
+            certificate_der: cert.clone(),
+        },
+        later,
+    )
+    .unwrap();
+    assert_eq!(s.user("dave").unwrap().unwrap().certificate_der, cert);
+    assert!(matches!(
+        s.replace_certificate("nobody", cert),
+        Err(DomainError::Unknown(_))
+    ));
 }
