@@ -941,9 +941,11 @@ impl Silent {
     /// neither reads nor writes.
     pub async fn after_tls(tls: &TlsMaterial) -> Self {
         sesphr_mesh::tls::install_crypto_provider();
-        let roots = sesphr_mesh::trust::TrustRoots::from_pem(tls.ca_pem(), &other_root())
-            .expect("trust roots");
-        // (A silent listener checks nothing it is never sent.)
+        // `server_tls` bundles the service CA and then the user CA: the
+        // handshake verifies whichever the client presents.
+        let (service_ca, user_ca) = split_bundle(tls.ca_pem());
+        let roots =
+            sesphr_mesh::trust::TrustRoots::from_pem(&service_ca, &user_ca).expect("trust roots");
         let config = tls
             .rustls_server_config(false, &roots)
             .expect("server TLS config");
@@ -1003,9 +1005,9 @@ impl Drop for Silent {
     }
 }
 
-/// A user CA nobody uses: a silent listener only needs some second root.
-fn other_root() -> String {
-    let (ca, _) =
-        sesphr_mesh::pki::CertificateAuthority::generate_user_ca("unused.local").expect("a CA");
-    ca.cert_pem().to_owned()
+/// The two certificates of a [`server_tls`] CA bundle, as PEM.
+fn split_bundle(bundle: &str) -> (String, String) {
+    const END: &str = "-----END CERTIFICATE-----";
+    let cut = bundle.find(END).expect("a PEM certificate") + END.len();
+    (bundle[..cut].to_owned(), bundle[cut..].trim().to_owned())
 }
