@@ -125,6 +125,50 @@ pub fn decode_kfrags(label: &str, v: &[u8]) -> Result<KfragSet, DomainError> {
     })
 }
 
+pub fn encode_invitation(i: &Invitation) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 12 + 25 + i.user_id.len() + 16 + i.issued_by.len());
+    out.push(VERSION);
+    put_bytes(&mut out, i.user_id.as_bytes());
+    put_bytes(&mut out, i.role.as_str().as_bytes());
+    put_bytes(&mut out, i.issued_by.as_bytes());
+    out.extend_from_slice(&i.issued_at.to_be_bytes());
+    out.extend_from_slice(&i.expires_at.to_be_bytes());
+    out.extend_from_slice(&i.used_at.to_be_bytes());
+    out.push(u8::from(i.reenrollment));
+    out
+}
+
+pub fn decode_invitation(v: &[u8]) -> Result<Invitation, DomainError> {
+    let bad = |why: &str| DomainError::Corrupt(format!("an invitation: {why}"));
+    let mut r = Reader::new(v);
+    r.version(VERSION).map_err(|w| bad(&w))?;
+    let user_id = r.string().ok_or_else(|| bad("bad user id"))?;
+    let role = r
+        .string()
+        .ok_or_else(|| bad("bad role"))?
+        .parse()
+        .map_err(|_| bad("unknown role"))?;
+    let issued_by = r.string().ok_or_else(|| bad("bad issuer"))?;
+    let issued_at = r.i64().ok_or_else(|| bad("truncated"))?;
+    let expires_at = r.i64().ok_or_else(|| bad("truncated"))?;
+    let used_at = r.i64().ok_or_else(|| bad("truncated"))?;
+    let reenrollment = match r.u8().ok_or_else(|| bad("truncated"))? {
+        0 => false,
+        1 => true,
+        _ => return Err(bad("bad flag")),
+    };
+    r.end().map_err(|w| bad(&w))?;
+    Ok(Invitation {
+        user_id,
+        role,
+        issued_by,
+        issued_at,
+        expires_at,
+        used_at,
+        reenrollment,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use sesphr_identity::Role;
@@ -183,48 +227,4 @@ mod tests {
             let _ = decode_kfrags("x", &bytes);
         }
     }
-}
-
-pub fn encode_invitation(i: &Invitation) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + 12 + 25 + i.user_id.len() + 16 + i.issued_by.len());
-    out.push(VERSION);
-    put_bytes(&mut out, i.user_id.as_bytes());
-    put_bytes(&mut out, i.role.as_str().as_bytes());
-    put_bytes(&mut out, i.issued_by.as_bytes());
-    out.extend_from_slice(&i.issued_at.to_be_bytes());
-    out.extend_from_slice(&i.expires_at.to_be_bytes());
-    out.extend_from_slice(&i.used_at.to_be_bytes());
-    out.push(u8::from(i.reenrollment));
-    out
-}
-
-pub fn decode_invitation(v: &[u8]) -> Result<Invitation, DomainError> {
-    let bad = |why: &str| DomainError::Corrupt(format!("an invitation: {why}"));
-    let mut r = Reader::new(v);
-    r.version(VERSION).map_err(|w| bad(&w))?;
-    let user_id = r.string().ok_or_else(|| bad("bad user id"))?;
-    let role = r
-        .string()
-        .ok_or_else(|| bad("bad role"))?
-        .parse()
-        .map_err(|_| bad("unknown role"))?;
-    let issued_by = r.string().ok_or_else(|| bad("bad issuer"))?;
-    let issued_at = r.i64().ok_or_else(|| bad("truncated"))?;
-    let expires_at = r.i64().ok_or_else(|| bad("truncated"))?;
-    let used_at = r.i64().ok_or_else(|| bad("truncated"))?;
-    let reenrollment = match r.u8().ok_or_else(|| bad("truncated"))? {
-        0 => false,
-        1 => true,
-        _ => return Err(bad("bad flag")),
-    };
-    r.end().map_err(|w| bad(&w))?;
-    Ok(Invitation {
-        user_id,
-        role,
-        issued_by,
-        issued_at,
-        expires_at,
-        used_at,
-        reenrollment,
-    })
 }
