@@ -38,7 +38,7 @@ pub enum DomainError {
     /// The storage backend failed; the operation was not applied.
     #[error("{0}")]
     Backend(#[from] BackendError),
-    /// The credentials presented are not valid (a wrong enrollment token).
+    /// The credentials presented are not valid.
     #[error("{0}")]
     BadCredentials(String),
     /// Something the answer depends on could not be had right now (the
