@@ -188,19 +188,14 @@ impl Mesh {
     /// Enrols: patients register themselves, others by the operator's
     /// invitation.
     async fn enroll(&self, home: &Path, id: &str, role: Role) {
-        let invitation = match role {
-            Role::Patient => String::new(),
-            _ => {
-                let tls = TlsMaterial::load(&TlsFiles {
-                    cert: self.pki.cert("operator"),
-                    key: self.pki.key("operator"),
-                    ca: self.pki.ca_cert(),
-                })
-                .unwrap();
-                let ops = client::admin::Admin::connect(&self.file, &tls).unwrap();
-                ops.invite(id, role, None).await.unwrap().text.to_string()
-            }
-        };
+        let tls = TlsMaterial::load(&TlsFiles {
+            cert: self.pki.cert("operator"),
+            key: self.pki.key("operator"),
+            ca: self.pki.ca_cert(),
+        })
+        .unwrap();
+        let ops = client::admin::Admin::connect(&self.file, &tls).unwrap();
+        let invitation = ops.enrolment_invitation(id, role).await.unwrap();
         client::enroll(&self.file, home, id, role, &invitation)
             .await
             .unwrap();

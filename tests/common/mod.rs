@@ -101,10 +101,11 @@ impl Sandbox {
     /// Enrols `user` as `role`: a patient registers herself (the dev mesh
     /// allows it), anyone else with the dev operator's invitation.
     pub async fn enroll(&self, user: &str, role: Role) {
-        let invitation = match role {
-            Role::Patient => String::new(),
-            _ => self.invite(user, role).await.text.to_string(),
-        };
+        let invitation = self
+            .admin()
+            .enrolment_invitation(user, role)
+            .await
+            .expect("the operator invites");
         client::enroll(&self.mesh.mesh, &self.home(user), user, role, &invitation)
             .await
             .expect("enrollment succeeds");
@@ -328,14 +329,11 @@ pub async fn dev_invitation(
     id: &str,
     role: Role,
 ) -> Result<String, client::ClientError> {
-    if role == Role::Patient {
-        return Ok(String::new());
-    }
     let dir = mesh
         .ca
         .parent()
         .and_then(|pki| pki.parent())
         .expect("a dev mesh file names DIR/pki/ca.pem");
     let ops = client::admin::Admin::open(mesh, &sesphr_server::daemon::dev_operator_dir(dir))?;
-    Ok(ops.invite(id, role, None).await?.text.to_string())
+    Ok(ops.enrolment_invitation(id, role).await?.to_string())
 }

@@ -557,10 +557,7 @@ async fn enroll_many(
             let id = format!("{prefix}{i}");
             let home = homes.join(&id);
             async move {
-                let invitation = match role {
-                    Role::Patient => zeroize::Zeroizing::new(String::new()),
-                    _ => ops.invite(&id, role, None).await?.text,
-                };
+                let invitation = ops.enrolment_invitation(&id, role).await?;
                 client::enroll(mesh, &home, &id, role, &invitation).await?;
                 Ok::<_, client::ClientError>(home)
             }

@@ -200,6 +200,20 @@ impl Admin {
         invite(&self.clients, user_id, role, valid_for).await
     }
 
+    /// What `user_id` enrols as `role` with on a mesh that lets patients
+    /// register themselves: nothing for a patient, this operator's
+    /// invitation for anyone else.
+    pub async fn enrolment_invitation(
+        &self,
+        user_id: &str,
+        role: Role,
+    ) -> Result<Zeroizing<String>, ClientError> {
+        match role {
+            Role::Patient => Ok(Zeroizing::new(String::new())),
+            _ => Ok(self.invite(user_id, role, None).await?.text),
+        }
+    }
+
     /// Disables `user_id` everywhere (within the deny list's staleness
     /// bound); whether its status changed.
     pub async fn disable(&self, user_id: &str, reason: &str) -> Result<bool, ClientError> {
@@ -244,13 +258,12 @@ impl CertificateLife {
     /// Of a PEM certificate.
     pub fn of_pem(pem: &str) -> Result<Self, ClientError> {
         use rustls::pki_types::{CertificateDer, pem::PemObject};
-        use x509_parser::prelude::{FromDer, X509Certificate};
         let bad = || ClientError::Profile("the certificate does not parse".into());
         let der = CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|_| bad())?;
-        let (_, cert) = X509Certificate::from_der(&der).map_err(|_| bad())?;
+        let (not_before, not_after) = sesphr_mesh::trust::validity(&der).ok_or_else(bad)?;
         Ok(Self {
-            not_before: cert.validity().not_before.timestamp(),
-            not_after: cert.validity().not_after.timestamp(),
+            not_before,
+            not_after,
         })
     }
 

@@ -56,12 +56,21 @@ pub type Refusal = (Status, Option<(Identity, &'static RpcSpec)>);
 
 /// The decision for one request: the typed caller, or the refusal.
 pub fn decide(table: &RpcTable, path: &str, peer: &PeerIdentity) -> Result<Caller, Refusal> {
-    let Some(spec) = table.lookup(path) else {
-        return Err((
+    decide_row(row(table, path)?, peer)
+}
+
+/// The table's row for `path`, or the refusal of a path with none.
+fn row(table: &RpcTable, path: &str) -> Result<&'static RpcSpec, Refusal> {
+    table.lookup(path).ok_or_else(|| {
+        (
             Status::unimplemented(format!("{path} is not an RPC of this mesh")),
             None,
-        ));
-    };
+        )
+    })
+}
+
+/// [`decide`] once the row is known.
+fn decide_row(spec: &'static RpcSpec, peer: &PeerIdentity) -> Result<Caller, Refusal> {
     let name = spec.name;
     match peer {
         PeerIdentity::Rejected(why) => Err((Status::unauthenticated(why.clone()), None)),
@@ -182,6 +191,33 @@ pub struct Authorize<S> {
     deny: Option<Arc<DenyList>>,
 }
 
+impl<S> Authorize<S> {
+    /// The decision for one request on a verified connection: the
+    /// certificate still valid, the table's row, then the deny list.
+    fn admit(&self, path: &str, info: &PeerInfo) -> Result<Caller, Refusal> {
+        // The identity was read at the handshake; a connection must not
+        // outlive its certificate.
+        if let Some((_, not_after)) = info.validity
+            && crate::unix_now() >= not_after
+        {
+            return Err((
+                Status::unauthenticated(format!(
+                    "client certificate expired at {not_after} (unix seconds) during this \
+                     connection: renew before it expires (`sesphr renew`); once expired, ask \
+                     an operator for a re-invitation"
+                )),
+                None,
+            ));
+        }
+        let spec = row(&self.table, path)?;
+        let caller = decide_row(spec, &info.identity)?;
+        match (&self.deny, info.identity.as_ref()) {
+            (Some(deny), PeerIdentity::Verified(id)) => screen(deny, caller, id, spec),
+            _ => Ok(caller),
+        }
+    }
+}
+
 impl<S> Service<http::Request<Body>> for Authorize<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
@@ -202,39 +238,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         // A request without connect info did not come through
         // `transport::incoming_tls`: fail closed.
-        let peer = req
-            .extensions()
-            .get::<PeerInfo>()
-            .map(|info| info.identity.clone());
-        // The identity was read at the handshake; a connection must not
-        // outlive its certificate.
-        let expired = req
-            .extensions()
-            .get::<PeerInfo>()
-            .and_then(|info| info.validity)
-            .filter(|(_, not_after)| crate::unix_now() >= *not_after);
-        let decision = match &peer {
-            Some(_) if expired.is_some() => Err((
-                Status::unauthenticated(format!(
-                    "client certificate expired at {} (unix seconds) during this connection: \
-                     renew before it expires (`sesphr renew`); once expired, ask an operator \
-                     for a re-invitation",
-                    expired.map_or(0, |(_, at)| at)
-                )),
-                None,
-            )),
-            Some(peer) => {
-                let decided = decide(&self.table, req.uri().path(), peer);
-                match (decided, &self.deny, peer.as_ref()) {
-                    (Ok(caller), Some(deny), PeerIdentity::Verified(id)) => {
-                        match self.table.lookup(req.uri().path()) {
-                            Some(spec) => screen(deny, caller, id, spec),
-                            None => Ok(caller),
-                        }
-                    }
-                    (other, _, _) => other,
-                }
-            }
+        let decision = match req.extensions().get::<PeerInfo>() {
+            Some(info) => self.admit(req.uri().path(), info),
             None => Err((
                 Status::unauthenticated("no verified connection information"),
                 None,

@@ -103,28 +103,29 @@ impl DenyList {
 
     fn verdict_at(&self, user_id: &str, now: Instant) -> Verdict {
         let state = self.read();
-        if let Some(max) = self.max_staleness {
-            match state.fresh_at {
-                None => {
-                    return Verdict::Stale(
-                        "this service has not yet loaded the deny list from AccessPolicy; retry"
-                            .into(),
-                    );
-                }
-                Some(at) if now.duration_since(at) > max => {
-                    return Verdict::Stale(format!(
-                        "this service's copy of the deny list is {} s old (AccessPolicy \
-                         unreachable); users are refused until it is current",
-                        now.duration_since(at).as_secs()
-                    ));
-                }
-                Some(_) => {}
-            }
+        if let Some(why) = self.staleness(&state, now) {
+            return Verdict::Stale(why);
         }
         if state.disabled.contains(user_id) {
             Verdict::Disabled
         } else {
             Verdict::Allowed
+        }
+    }
+
+    /// Why the copy is too old to go by at `now`, if it is.
+    fn staleness(&self, state: &State, now: Instant) -> Option<String> {
+        let max = self.max_staleness?;
+        match state.fresh_at {
+            None => Some(
+                "this service has not yet loaded the deny list from AccessPolicy; retry".into(),
+            ),
+            Some(at) if now.duration_since(at) > max => Some(format!(
+                "this service's copy of the deny list is {} s old (AccessPolicy \
+                 unreachable); users are refused until it is current",
+                now.duration_since(at).as_secs()
+            )),
+            Some(_) => None,
         }
     }
 
@@ -135,24 +136,13 @@ impl DenyList {
 
     /// Whether the copy is fresh (always for AccessPolicy's).
     pub fn is_fresh(&self) -> bool {
-        !matches!(self.verdict(""), Verdict::Stale(_))
+        self.staleness(&self.read(), Instant::now()).is_none()
     }
 
     /// Every disabled id, sorted, with the version.
     pub fn snapshot(&self) -> (u64, Vec<String>) {
         let state = self.read();
         (state.version, state.disabled.iter().cloned().collect())
-    }
-
-    /// AccessPolicy changed one user's status (after its write is durable).
-    pub fn set(&self, user_id: &str, disabled: bool, version: u64) {
-        let mut state = self.write();
-        if disabled {
-            state.disabled.insert(user_id.to_owned());
-        } else {
-            state.disabled.remove(user_id);
-        }
-        state.version = state.version.max(version);
     }
 
     /// AccessPolicy's copy after a change: the whole list as the store
@@ -262,8 +252,7 @@ mod tests {
         let list = DenyList::authoritative(3, ["mallory".to_owned()]);
         assert_eq!(list.verdict("mallory"), Verdict::Disabled);
         assert_eq!(list.verdict("alice"), Verdict::Allowed);
-        list.set("mallory", false, 4);
-        list.set("alice", true, 5);
+        list.reload(5, vec!["alice".to_owned()]);
         // A reload older than what is held is ignored.
         list.reload(4, vec!["mallory".to_owned()]);
         assert_eq!(list.verdict("mallory"), Verdict::Allowed);

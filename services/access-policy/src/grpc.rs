@@ -437,15 +437,25 @@ impl<S: PolicyBackend> AccessPolicy for AccessPolicyService<S> {
         req: Request<proto::GetDenyListRequest>,
     ) -> Result<Response<proto::GetDenyListResponse>, Status> {
         let caller = auth::caller(&req)?;
+        self.policy
+            .may_read_deny_list(&caller)
+            .map_err(IntoStatus::into_status)?;
         let known = req.into_inner().known_version;
-        // The store answers (not the memory copy): it is what was durably
-        // decided, and the rule (services only) lives in the policy.
-        let (version, ids) = self.run(move |p| p.deny_list(&caller)).await?;
-        let unchanged = version == known;
+        // From memory: loaded from the store at start and reloaded from it
+        // after every change, so it is what was durably decided; every
+        // follower polls every second, mostly to hear "unchanged".
+        if self.deny.version() == known {
+            return Ok(Response::new(proto::GetDenyListResponse {
+                version: known,
+                unchanged: true,
+                disabled_user_ids: Vec::new(),
+            }));
+        }
+        let (version, disabled_user_ids) = self.deny.snapshot();
         Ok(Response::new(proto::GetDenyListResponse {
             version,
-            unchanged,
-            disabled_user_ids: if unchanged { Vec::new() } else { ids },
+            unchanged: version == known,
+            disabled_user_ids,
         }))
     }
 

@@ -217,10 +217,10 @@ impl<S: PolicyBackend> Policy<S> {
             .set_user_status(user_id, disabled, reason, &caller.to_string(), now)
     }
 
-    /// The deny list, for the services that enforce it.
-    pub fn deny_list(&self, caller: &Caller) -> Result<(u64, Vec<String>), DomainError> {
-        service(caller, "read the deny list")?;
-        self.store.deny_list()
+    /// Whether `caller` may read the deny list (the services that
+    /// enforce it).
+    pub fn may_read_deny_list(&self, caller: &Caller) -> Result<(), DomainError> {
+        service(caller, "read the deny list")
     }
 
     /// A patient revokes a grant she gave.

@@ -133,8 +133,12 @@ pub struct KfragSet {
 pub trait Store: Send + Sync + 'static {
     /// Enrols a user. A user id is taken for good, whatever the role: a
     /// second enrolment under the same id is `Exists`, so nobody can
-    /// replace someone else's public keys.
-    fn register_user(&self, user: UserRecord) -> Result<(), DomainError>;
+    /// replace someone else's public keys. (A redemption without an
+    /// invitation: there is one way to take an id.)
+    fn register_user(&self, user: UserRecord) -> Result<(), DomainError> {
+        let at = user.enrolled_at;
+        self.redeem_invitation(None, Redeem::Enroll(user), at)
+    }
 
     /// The user enrolled as `user_id`, if any.
     fn user(&self, user_id: &str) -> Result<Option<UserRecord>, DomainError>;
@@ -332,24 +336,6 @@ fn check_user(user: &UserRecord) -> Result<(), DomainError> {
 }
 
 impl Store for SrsStore {
-    fn register_user(&self, user: UserRecord) -> Result<(), DomainError> {
-        check_user(&user)?;
-        let value = codec::encode_user(&user);
-        let swapped =
-            self.users
-                .compare_and_swap(user.user_id.as_bytes(), None::<&[u8]>, Some(value))?;
-        if swapped.is_err() {
-            return Err(DomainError::Exists(format!(
-                "user id {} is already enrolled",
-                user.user_id
-            )));
-        }
-        self.users_count.fetch_add(1, Ordering::Relaxed);
-        self.db.flush()?;
-        tracing::debug!(user_id = %user.user_id, role = %user.role, "user enrolled");
-        Ok(())
-    }
-
     fn user(&self, user_id: &str) -> Result<Option<UserRecord>, DomainError> {
         validate_user_id(user_id)?;
         self.users
