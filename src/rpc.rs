@@ -39,6 +39,16 @@ pub enum Rpc {
     Renew,
     /// `Srs/GetUser`: a user's public keys.
     GetUser,
+    /// `Srs/ListDevices`: a user's enrolled devices.
+    ListDevices,
+    /// `Srs/RemoveDevice`: a user revokes one of its devices.
+    RemoveDevice,
+    /// `Srs/SetRecovery`: a user stores trustee shares of its master secret.
+    SetRecovery,
+    /// `Srs/GetRecovery`: a user's own recovery setup (no shares).
+    GetRecovery,
+    /// `Srs/GetRecoveryShare`: a trustee fetches the share sealed to it.
+    GetRecoveryShare,
     /// `SrsNode/PutKfrag`: an owner stores one node's re-encryption key fragment.
     PutKfrag,
     /// `SrsNode/DeleteKfrags`: an owner removes them.
@@ -75,6 +85,8 @@ pub enum Rpc {
     EnableUser,
     /// `AccessPolicy/GetDenyList`: the services learn who is disabled.
     GetDenyList,
+    /// `AccessPolicy/RevokeDevice`: the SRS revokes a removed device's certificates.
+    RevokeDevice,
     /// `grpc.health.v1.Health/*`
     Health,
     /// `grpc.reflection.*`
@@ -203,6 +215,31 @@ pub const TABLE: RpcTable = RpcTable(&[
     method("sesphr.v1.Srs/Invite", &[Patient, Operator], Expensive),
     method("sesphr.v1.Srs/Renew", &[Patient, Practitioner], Expensive),
     method("sesphr.v1.Srs/GetUser", ANY_AUTHENTICATED, Expensive),
+    method(
+        "sesphr.v1.Srs/ListDevices",
+        &[Patient, Practitioner],
+        Expensive,
+    ),
+    method(
+        "sesphr.v1.Srs/RemoveDevice",
+        &[Patient, Practitioner],
+        Expensive,
+    ),
+    method(
+        "sesphr.v1.Srs/SetRecovery",
+        &[Patient, Practitioner],
+        Expensive,
+    ),
+    method(
+        "sesphr.v1.Srs/GetRecovery",
+        &[Patient, Practitioner],
+        Expensive,
+    ),
+    method(
+        "sesphr.v1.Srs/GetRecoveryShare",
+        &[Patient, Practitioner],
+        Expensive,
+    ),
     method("sesphr.v1.SrsNode/PutKfrag", &[Patient], Expensive),
     method("sesphr.v1.SrsNode/DeleteKfrags", &[Patient], Expensive),
     method(
@@ -265,6 +302,7 @@ pub const TABLE: RpcTable = RpcTable(&[
         &[CLOUD, SRS, NODE],
         Cheap,
     ),
+    method("sesphr.v1.AccessPolicy/RevokeDevice", &[SRS], Expensive),
     RpcSpec {
         name: "grpc.health.v1.Health",
         scope: Scope::Services,
@@ -320,7 +358,7 @@ pub fn table_markdown() -> String {
 
 impl Rpc {
     /// Every RPC, in table order.
-    pub const ALL: [Rpc; 29] = [
+    pub const ALL: [Rpc; 35] = [
         Rpc::PutRecord,
         Rpc::GetRecord,
         Rpc::ListRecords,
@@ -330,6 +368,11 @@ impl Rpc {
         Rpc::Invite,
         Rpc::Renew,
         Rpc::GetUser,
+        Rpc::ListDevices,
+        Rpc::RemoveDevice,
+        Rpc::SetRecovery,
+        Rpc::GetRecovery,
+        Rpc::GetRecoveryShare,
         Rpc::PutKfrag,
         Rpc::DeleteKfrags,
         Rpc::ReEncrypt,
@@ -348,6 +391,7 @@ impl Rpc {
         Rpc::DisableUser,
         Rpc::EnableUser,
         Rpc::GetDenyList,
+        Rpc::RevokeDevice,
         Rpc::Health,
         Rpc::Reflection,
     ];

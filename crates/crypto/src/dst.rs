@@ -23,6 +23,11 @@ pub const KFRAG_NODE_ID_PREFIX: &[u8] = b"SESPHR-V1-KFRAG-NODE-ID";
 /// Prefix of the message signed (ECDSA P-256/SHA-256) for every kfrag.
 pub const KFRAG_SIGNATURE_PREFIX: &[u8] = b"SESPHR-V1-KFRAG-SIGNATURE";
 
+/// Prefix of the message a user signs to prove possession of its
+/// registered kfrag-signing key when asking for a certificate
+/// (`key_proof`).
+pub const KEY_PROOF_PREFIX: &[u8] = b"SESPHR-V1-KEY-PROOF";
+
 /// Prefix of the message the owner signs over a record header (the
 /// unsigned header bytes and the binding follow).
 pub const RECORD_HEADER_SIGNATURE_PREFIX: &[u8] = b"SESPHR-V2-RECORD-HEADER-SIGNATURE";

@@ -79,6 +79,7 @@ mod cfrag;
 pub mod dst;
 mod ec;
 mod error;
+mod key_proof;
 mod keys;
 mod kfrag;
 mod master;

@@ -97,18 +97,30 @@ fn decide_row(spec: &'static RpcSpec, peer: &PeerIdentity) -> Result<Caller, Ref
 }
 
 /// The deny list's word on an admitted caller: users an operator disabled
-/// are refused (audited), and every user while the list is stale.
+/// and removed devices (`device`, from the caller's certificate) are
+/// refused (audited), and every user while the list is stale.
 pub fn screen(
     deny: &DenyList,
     caller: Caller,
     id: &Identity,
+    device: Option<&str>,
     spec: &'static RpcSpec,
 ) -> Result<Caller, Refusal> {
     let Some((_, user)) = caller.as_user() else {
         return Ok(caller);
     };
-    match deny.verdict(user.as_str()) {
+    match deny.verdict(user.as_str(), device) {
         Verdict::Allowed => Ok(caller),
+        Verdict::DeviceRevoked => Err((
+            Status::permission_denied(format!(
+                "{} may not call {}: this device ({}) was removed by its user; its \
+                 certificate is revoked",
+                id.short(),
+                spec.name,
+                device.unwrap_or_default()
+            )),
+            Some((id.clone(), spec)),
+        )),
         Verdict::Disabled => Err((
             Status::permission_denied(format!(
                 "{} may not call {}: user disabled by an operator",
@@ -212,7 +224,9 @@ impl<S> Authorize<S> {
         let spec = row(&self.table, path)?;
         let caller = decide_row(spec, &info.identity)?;
         match (&self.deny, info.identity.as_ref()) {
-            (Some(deny), PeerIdentity::Verified(id)) => screen(deny, caller, id, spec),
+            (Some(deny), PeerIdentity::Verified(id)) => {
+                screen(deny, caller, id, info.device.as_deref(), spec)
+            }
             _ => Ok(caller),
         }
     }
@@ -430,6 +444,7 @@ mod tests {
                 },
                 identity: Arc::new(PeerIdentity::Verified(id)),
                 validity: None,
+                device: None,
             });
             req
         };

@@ -1,4 +1,5 @@
-//! The deny list: the users an operator disabled, as every service holds it.
+//! The deny list: the users an operator disabled and the devices users
+//! removed, as every service holds it.
 //!
 //! AccessPolicy owns it (a disable is one durable write with its audit
 //! entry, `AccessPolicy/DisableUser`) and holds the authoritative copy in
@@ -17,8 +18,15 @@
 //! T + `max_staleness` + one call's deadline, whatever the caller's
 //! certificate says: 5 s + the poll's timeout with the defaults, within the
 //! 10 s the mesh promises. Operators and services are never on the list.
+//!
+//! **Revoked devices.** A user who removes a device (`Srs/RemoveDevice`)
+//! has the setup service put (user, device, until) on the list
+//! (`AccessPolicy/RevokeDevice`): every certificate naming that device
+//! ([`crate::trust::device`]) is refused like a disabled user's, until
+//! `until`, when the last of them has expired anyway and the entry is
+//! dropped.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::RwLock;
 use std::time::Duration;
@@ -36,6 +44,45 @@ pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(5);
 /// one 4 MiB gRPC message).
 pub const MAX_DISABLED_USERS: usize = 50_000;
 
+/// Most revoked devices the list holds.
+pub const MAX_REVOKED_DEVICES: usize = 50_000;
+
+/// What the list holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DenyEntries {
+    /// Disabled user ids.
+    pub disabled: BTreeSet<String>,
+    /// (user id, device) → until when (unix seconds) its certificates are
+    /// refused.
+    pub revoked_devices: BTreeMap<(String, String), i64>,
+}
+
+impl DenyEntries {
+    /// The entries of a `GetDenyList` answer.
+    pub fn from_proto(resp: &sesphr::proto::GetDenyListResponse) -> Self {
+        DenyEntries {
+            disabled: resp.disabled_user_ids.iter().cloned().collect(),
+            revoked_devices: resp
+                .revoked_devices
+                .iter()
+                .map(|d| ((d.user_id.clone(), d.device.clone()), d.until))
+                .collect(),
+        }
+    }
+
+    /// The revoked devices as `GetDenyList` sends them (sorted).
+    pub fn revoked_to_proto(&self) -> Vec<sesphr::proto::RevokedDevice> {
+        self.revoked_devices
+            .iter()
+            .map(|((user_id, device), until)| sesphr::proto::RevokedDevice {
+                user_id: user_id.clone(),
+                device: device.clone(),
+                until: *until,
+            })
+            .collect()
+    }
+}
+
 /// What the list says about one user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -43,6 +90,8 @@ pub enum Verdict {
     Allowed,
     /// Disabled.
     Disabled,
+    /// The certificate's device was removed by its user.
+    DeviceRevoked,
     /// The copy is too old (or was never loaded) to say: refuse.
     Stale(String),
 }
@@ -50,7 +99,7 @@ pub enum Verdict {
 #[derive(Debug)]
 struct State {
     version: u64,
-    disabled: BTreeSet<String>,
+    entries: DenyEntries,
     /// When AccessPolicy last answered (followers); `None`: never.
     fresh_at: Option<Instant>,
 }
@@ -65,11 +114,11 @@ pub struct DenyList {
 
 impl DenyList {
     /// AccessPolicy's copy, loaded from its store.
-    pub fn authoritative(version: u64, disabled: impl IntoIterator<Item = String>) -> Self {
+    pub fn authoritative(version: u64, entries: DenyEntries) -> Self {
         DenyList {
             state: RwLock::new(State {
                 version,
-                disabled: disabled.into_iter().collect(),
+                entries,
                 fresh_at: Some(Instant::now()),
             }),
             max_staleness: None,
@@ -81,7 +130,7 @@ impl DenyList {
         DenyList {
             state: RwLock::new(State {
                 version: 0,
-                disabled: BTreeSet::new(),
+                entries: DenyEntries::default(),
                 fresh_at: None,
             }),
             max_staleness: Some(max_staleness),
@@ -96,21 +145,32 @@ impl DenyList {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether `user_id` may be served now.
-    pub fn verdict(&self, user_id: &str) -> Verdict {
-        self.verdict_at(user_id, Instant::now())
+    /// Whether `user_id` may be served now, calling from a certificate
+    /// of `device` (`None`: whatever the device).
+    pub fn verdict(&self, user_id: &str, device: Option<&str>) -> Verdict {
+        self.verdict_at(user_id, device, Instant::now(), unix_now())
     }
 
-    fn verdict_at(&self, user_id: &str, now: Instant) -> Verdict {
+    fn verdict_at(&self, user_id: &str, device: Option<&str>, now: Instant, unix: i64) -> Verdict {
         let state = self.read();
         if let Some(why) = self.staleness(&state, now) {
             return Verdict::Stale(why);
         }
-        if state.disabled.contains(user_id) {
-            Verdict::Disabled
-        } else {
-            Verdict::Allowed
+        if state.entries.disabled.contains(user_id) {
+            return Verdict::Disabled;
         }
+        if let Some(device) = device {
+            let key = (user_id.to_owned(), device.to_owned());
+            if state
+                .entries
+                .revoked_devices
+                .get(&key)
+                .is_some_and(|until| *until > unix)
+            {
+                return Verdict::DeviceRevoked;
+            }
+        }
+        Verdict::Allowed
     }
 
     /// Why the copy is too old to go by at `now`, if it is.
@@ -139,20 +199,20 @@ impl DenyList {
         self.staleness(&self.read(), Instant::now()).is_none()
     }
 
-    /// Every disabled id, sorted, with the version.
-    pub fn snapshot(&self) -> (u64, Vec<String>) {
+    /// Every entry, with the version.
+    pub fn snapshot(&self) -> (u64, DenyEntries) {
         let state = self.read();
-        (state.version, state.disabled.iter().cloned().collect())
+        (state.version, state.entries.clone())
     }
 
     /// AccessPolicy's copy after a change: the whole list as the store
     /// now holds it, unless a newer one is already in (concurrent changes
     /// finish in any order).
-    pub fn reload(&self, version: u64, disabled: Vec<String>) {
+    pub fn reload(&self, version: u64, entries: DenyEntries) {
         let mut state = self.write();
         if version >= state.version {
             state.version = version;
-            state.disabled = disabled.into_iter().collect();
+            state.entries = entries;
         }
     }
 
@@ -160,7 +220,7 @@ impl DenyList {
     /// are sequential, so the answer is AccessPolicy's current state even
     /// when its version went down (a store restored from a backup): taking
     /// it is the only way to stay equal to it.
-    fn replace(&self, version: u64, disabled: Vec<String>, at: Instant) {
+    fn replace(&self, version: u64, entries: DenyEntries, at: Instant) {
         let mut state = self.write();
         if version < state.version {
             tracing::warn!(
@@ -170,7 +230,7 @@ impl DenyList {
             );
         }
         state.version = version;
-        state.disabled = disabled.into_iter().collect();
+        state.entries = entries;
         state.fresh_at = Some(state.fresh_at.map_or(at, |old| old.max(at)));
     }
 
@@ -210,13 +270,16 @@ pub async fn follow(
                 let resp = resp.into_inner();
                 if resp.unchanged {
                     list.confirm(sent);
-                } else if resp.disabled_user_ids.len() > MAX_DISABLED_USERS {
+                } else if resp.disabled_user_ids.len() > MAX_DISABLED_USERS
+                    || resp.revoked_devices.len() > MAX_REVOKED_DEVICES
+                {
                     tracing::warn!(
-                        n = resp.disabled_user_ids.len(),
+                        users = resp.disabled_user_ids.len(),
+                        devices = resp.revoked_devices.len(),
                         "AccessPolicy sent an oversized deny list; ignored"
                     );
                 } else {
-                    list.replace(resp.version, resp.disabled_user_ids, sent);
+                    list.replace(resp.version, DenyEntries::from_proto(&resp), sent);
                 }
                 if failures > 0 {
                     tracing::info!(failures, "deny list current again");
@@ -243,39 +306,73 @@ pub async fn follow(
     }
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn users(ids: &[&str]) -> DenyEntries {
+        DenyEntries {
+            disabled: ids.iter().map(|s| s.to_string()).collect(),
+            ..DenyEntries::default()
+        }
+    }
+
     #[test]
     fn authoritative_copy_is_always_current() {
-        let list = DenyList::authoritative(3, ["mallory".to_owned()]);
-        assert_eq!(list.verdict("mallory"), Verdict::Disabled);
-        assert_eq!(list.verdict("alice"), Verdict::Allowed);
-        list.reload(5, vec!["alice".to_owned()]);
+        let list = DenyList::authoritative(3, users(&["mallory"]));
+        assert_eq!(list.verdict("mallory", None), Verdict::Disabled);
+        assert_eq!(list.verdict("alice", None), Verdict::Allowed);
+        list.reload(5, users(&["alice"]));
         // A reload older than what is held is ignored.
-        list.reload(4, vec!["mallory".to_owned()]);
-        assert_eq!(list.verdict("mallory"), Verdict::Allowed);
-        assert_eq!(list.verdict("alice"), Verdict::Disabled);
-        assert_eq!(list.snapshot(), (5, vec!["alice".to_owned()]));
+        list.reload(4, users(&["mallory"]));
+        assert_eq!(list.verdict("mallory", None), Verdict::Allowed);
+        assert_eq!(list.verdict("alice", Some("device-1")), Verdict::Disabled);
+        assert_eq!(list.snapshot(), (5, users(&["alice"])));
+    }
+
+    #[test]
+    fn a_revoked_device_is_refused_until_its_certificates_expire() {
+        let mut entries = DenyEntries::default();
+        entries
+            .revoked_devices
+            .insert(("alice".into(), "laptop".into()), 1_000);
+        let list = DenyList::authoritative(1, entries);
+        let now = Instant::now();
+        let at = |device, unix| list.verdict_at("alice", device, now, unix);
+        assert_eq!(at(Some("laptop"), 999), Verdict::DeviceRevoked);
+        assert_eq!(at(Some("phone"), 999), Verdict::Allowed);
+        assert_eq!(at(None, 999), Verdict::Allowed);
+        assert_eq!(at(Some("laptop"), 1_000), Verdict::Allowed);
+        assert_eq!(
+            list.verdict_at("bob", Some("laptop"), now, 999),
+            Verdict::Allowed
+        );
     }
 
     #[test]
     fn a_follower_refuses_until_loaded_and_once_stale() {
         let list = DenyList::follower(Duration::from_secs(5));
-        assert!(matches!(list.verdict("alice"), Verdict::Stale(_)));
+        assert!(matches!(list.verdict("alice", None), Verdict::Stale(_)));
         let t0 = Instant::now();
-        list.replace(2, vec!["bob".into()], t0);
-        assert_eq!(list.verdict_at("alice", t0), Verdict::Allowed);
-        assert_eq!(list.verdict_at("bob", t0), Verdict::Disabled);
+        let v = |id, at| list.verdict_at(id, None, at, 0);
+        list.replace(2, users(&["bob"]), t0);
+        assert_eq!(v("alice", t0), Verdict::Allowed);
+        assert_eq!(v("bob", t0), Verdict::Disabled);
         let late = t0 + Duration::from_secs(6);
-        assert!(matches!(list.verdict_at("alice", late), Verdict::Stale(_)));
+        assert!(matches!(v("alice", late), Verdict::Stale(_)));
         list.confirm(late);
-        assert_eq!(list.verdict_at("alice", late), Verdict::Allowed);
+        assert_eq!(v("alice", late), Verdict::Allowed);
         // A version that went back (a restored AccessPolicy) is followed:
         // the follower must equal what AccessPolicy now enforces.
-        list.replace(1, vec!["carol".into()], late);
-        assert_eq!(list.verdict_at("bob", late), Verdict::Allowed);
-        assert_eq!(list.verdict_at("carol", late), Verdict::Disabled);
+        list.replace(1, users(&["carol"]), late);
+        assert_eq!(v("bob", late), Verdict::Allowed);
+        assert_eq!(v("carol", late), Verdict::Disabled);
     }
 }

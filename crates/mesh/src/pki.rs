@@ -198,17 +198,23 @@ impl CertificateAuthority {
     /// over the key in a PKCS#10 CSR (DER). The CSR's self-signature is
     /// verified (proof that the caller holds the key); its subject and
     /// extensions are ignored: the CA alone decides what the certificate
-    /// names. Returns the PEM and its `notAfter` (unix seconds).
+    /// names. `device` goes into the subject's organizational unit (see
+    /// [`crate::trust::device`]). Returns the PEM and its `notAfter` (unix
+    /// seconds).
     pub fn sign_csr(
         &self,
         csr_der: &[u8],
         identity: &Identity,
+        device: &str,
         validity: Duration,
     ) -> Result<(String, i64), PkiError> {
         let der = rustls::pki_types::CertificateSigningRequestDer::from(csr_der);
         let mut csr = CertificateSigningRequestParams::from_der(&der)
             .map_err(|e| PkiError::BadCsr(e.to_string()))?;
         csr.params = Self::leaf_params(identity, false)?;
+        csr.params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, device);
         csr.params.not_after = OffsetDateTime::now_utc() + validity;
         let not_after = csr.params.not_after.unix_timestamp();
         Ok((csr.signed_by(&self.issuer)?.pem(), not_after))
@@ -412,11 +418,14 @@ mod tests {
         let (ca, _) = CertificateAuthority::generate("sesphr.local").unwrap();
         let (csr, _key) = make_csr().unwrap();
         let alice = Identity::user("sesphr.local", Role::Patient, "alice").unwrap();
-        let (pem, not_after) = ca.sign_csr(&csr, &alice, USER_CERT_VALIDITY).unwrap();
+        let (pem, not_after) = ca
+            .sign_csr(&csr, &alice, "laptop", USER_CERT_VALIDITY)
+            .unwrap();
         assert_eq!(identity_from_cert_der(&der(&pem)).unwrap(), alice);
         let expected = (OffsetDateTime::now_utc() + USER_CERT_VALIDITY).unix_timestamp();
         assert!((expected - not_after).abs() < 60);
         assert_eq!(crate::trust::not_after(&der(&pem)), Some(not_after as u64));
+        assert_eq!(crate::trust::device(&der(&pem)).as_deref(), Some("laptop"));
     }
 
     #[test]
@@ -424,13 +433,16 @@ mod tests {
         let (ca, _) = CertificateAuthority::generate("sesphr.local").unwrap();
         let alice = Identity::user("sesphr.local", Role::Patient, "alice").unwrap();
         assert!(matches!(
-            ca.sign_csr(b"junk", &alice, USER_CERT_VALIDITY),
+            ca.sign_csr(b"junk", &alice, "laptop", USER_CERT_VALIDITY),
             Err(PkiError::BadCsr(_))
         ));
         let (mut csr, _) = make_csr().unwrap();
         let last = csr.len() - 1;
         csr[last] ^= 1; // break the self-signature
-        assert!(ca.sign_csr(&csr, &alice, USER_CERT_VALIDITY).is_err());
+        assert!(
+            ca.sign_csr(&csr, &alice, "laptop", USER_CERT_VALIDITY)
+                .is_err()
+        );
     }
 
     #[test]

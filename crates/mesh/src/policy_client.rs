@@ -198,6 +198,39 @@ impl PolicyClient {
     /// The deadline, enforced here too: `grpc-timeout` bounds only calls on
     /// an established connection, not a peer that accepts TCP and then
     /// never completes the TLS handshake.
+    /// Puts `device` of `user_id` on the deny list until `until` (the
+    /// setup service, when a user removes a device). `Ok` once AccessPolicy
+    /// stored it durably; any failure is `Unavailable`: the caller retries.
+    pub async fn revoke_device(
+        &self,
+        user_id: &str,
+        device: &str,
+        until: i64,
+        reason: &str,
+    ) -> Result<(), DomainError> {
+        let mut req = tonic::Request::new(sesphr::proto::RevokeDeviceRequest {
+            device: Some(sesphr::proto::RevokedDevice {
+                user_id: user_id.to_owned(),
+                device: device.to_owned(),
+                until,
+            }),
+            reason: reason.to_owned(),
+        });
+        req.set_timeout(self.timeout);
+        let mut inner = self.inner.clone();
+        self.bounded(inner.revoke_device(req))
+            .await
+            .map(|_| ())
+            .map_err(|status| {
+                tracing::warn!(code = ?status.code(), message = status.message(), "device revocation failed");
+                DomainError::Unavailable(format!(
+                    "the device is removed, but AccessPolicy could not be told to revoke its \
+                     certificates ({}); repeat the removal",
+                    status.message()
+                ))
+            })
+    }
+
     async fn bounded<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, Status>>,

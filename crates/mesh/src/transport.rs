@@ -483,6 +483,9 @@ pub struct PeerInfo {
     /// certificate is refused per request, and renewal compares it with
     /// the certificate the directory holds.
     pub validity: Option<(i64, i64)>,
+    /// The device a user certificate names ([`crate::trust::device`]): the
+    /// deny list may revoke one device of a user.
+    pub device: Option<Arc<str>>,
 }
 
 /// A TLS connection whose peer identity was read at the handshake.
@@ -570,15 +573,18 @@ pub fn incoming_tls(
                         &trust_domain,
                         rustls::pki_types::UnixTime::now(),
                     ));
-                    let validity = chain
-                        .and_then(|c| c.first())
-                        .and_then(|leaf| crate::trust::validity(leaf));
+                    let leaf = chain.and_then(|c| c.first());
+                    let validity = leaf.and_then(|leaf| crate::trust::validity(leaf));
+                    let device = leaf
+                        .and_then(|leaf| crate::trust::device(leaf))
+                        .map(Arc::from);
                     Some(PeerConn {
                         tls,
                         info: PeerInfo {
                             tcp,
                             identity,
                             validity,
+                            device,
                         },
                     })
                 }

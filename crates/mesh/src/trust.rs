@@ -265,6 +265,26 @@ pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
     ))
 }
 
+/// The device a user certificate was issued to: its subject's
+/// organizational unit, set by the SRS (`Srs/Enroll`'s `device`).
+/// Certificates issued before devices were named carry none and belong to
+/// [`LEGACY_DEVICE`].
+pub fn device(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let name = cert
+        .subject()
+        .iter_organizational_unit()
+        .next()
+        .and_then(|ou| ou.as_str().ok())
+        .unwrap_or(LEGACY_DEVICE);
+    Some(name.to_owned())
+}
+
+/// The device of a user's certificates that name none: a user's first
+/// device is called so too.
+pub const LEGACY_DEVICE: &str = "device-1";
+
 /// The handshake's verifier: `inner`'s verdict, except that a chain valid
 /// but for its expiry is let through (refused per call by
 /// [`TrustRoots::peer_identity`], with the reason).

@@ -103,8 +103,20 @@ pub trait PolicyBackend: Send + Sync + 'static {
         now: i64,
     ) -> Result<(bool, u64), DomainError>;
 
-    /// The deny list: its version and every disabled user id, sorted.
-    fn deny_list(&self) -> Result<(u64, Vec<String>), DomainError>;
+    /// Revokes one device of a user until `until`, audited; (changed,
+    /// version after).
+    fn revoke_device(
+        &self,
+        user_id: &str,
+        device: &str,
+        until: i64,
+        reason: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<(bool, u64), DomainError>;
+
+    /// The deny list: its version and every entry.
+    fn deny_list(&self) -> Result<(u64, sesphr_mesh::deny::DenyEntries), DomainError>;
 
     /// Recomputes the whole chain, optionally against a published head.
     fn verify_audit(
@@ -132,7 +144,19 @@ impl PolicyBackend for PolicyStore {
         PolicyStore::set_user_status(self, user_id, disabled, reason, actor, now)
     }
 
-    fn deny_list(&self) -> Result<(u64, Vec<String>), DomainError> {
+    fn revoke_device(
+        &self,
+        user_id: &str,
+        device: &str,
+        until: i64,
+        reason: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<(bool, u64), DomainError> {
+        PolicyStore::revoke_device(self, user_id, device, until, reason, actor, now)
+    }
+
+    fn deny_list(&self) -> Result<(u64, sesphr_mesh::deny::DenyEntries), DomainError> {
         PolicyStore::deny_list(self)
     }
 

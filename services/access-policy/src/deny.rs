@@ -1,5 +1,6 @@
 //! The deny list as AccessPolicy stores it: the users an operator
-//! disabled, and a version that grows with every change.
+//! disabled, the devices users removed, and a version that grows with
+//! every change.
 //!
 //! A status change and its audit entry commit in one batch transaction (see
 //! [`crate::commit`]), like a grant, and checks and grants read the list in
@@ -8,10 +9,12 @@
 //! `GetDenyList` (`sesphr_mesh::deny` says how, and how stale it may get).
 //!
 //! Stored in the `deny` tree: `user id → version u64 BE` for each disabled
-//! user, and `0x00 "version" → u64 BE`, the list's version (user ids never
-//! start with 0x00).
+//! user, `0x01 user id 0x00 device → version u64 BE ‖ until i64 BE` for
+//! each revoked device, and `0x00 "version" → u64 BE`, the list's version
+//! (user ids never start with 0x00 or 0x01, nor contain 0x00).
 
 use sesphr_identity::validate_user_id;
+use sesphr_mesh::deny::{DenyEntries, MAX_REVOKED_DEVICES};
 
 use crate::commit::OpCtx;
 use crate::vocab::{AuditAction, Outcome};
@@ -19,11 +22,34 @@ use crate::{AuditEvent, DomainError, PolicyStore, check_actor, check_field};
 use sesphr::rpc::Rpc;
 
 const VERSION_KEY: &[u8] = b"\0version";
+const DEVICE_PREFIX: u8 = 0x01;
+
+fn device_key(user_id: &str, device: &str) -> Vec<u8> {
+    let mut k = vec![DEVICE_PREFIX];
+    k.extend_from_slice(user_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(device.as_bytes());
+    k
+}
+
+/// The longest device name (the SRS's rule, checked again here).
+pub const MAX_DEVICE_NAME_LEN: usize = 32;
 
 fn version_of(v: &[u8]) -> Result<u64, DomainError> {
     <[u8; 8]>::try_from(v)
         .map(u64::from_be_bytes)
         .map_err(|_| DomainError::Corrupt("a deny-list version is not 8 bytes".into()))
+}
+
+fn decode_device_value(v: &[u8]) -> Result<(u64, i64), DomainError> {
+    let arr: [u8; 16] = v
+        .try_into()
+        .map_err(|_| DomainError::Corrupt("a revoked-device entry is not 16 bytes".into()))?;
+    let (a, b) = arr.split_at(8);
+    Ok((
+        u64::from_be_bytes(a.try_into().expect("8 bytes")),
+        i64::from_be_bytes(b.try_into().expect("8 bytes")),
+    ))
 }
 
 /// Whether `user_id` is disabled, as of the batch's transaction.
@@ -102,20 +128,139 @@ impl PolicyStore {
         Ok((changed, version))
     }
 
-    /// The list's version and every disabled user id, sorted.
-    pub fn deny_list(&self) -> Result<(u64, Vec<String>), DomainError> {
+    /// Puts `device` of `user_id` on the list until `until` (unix
+    /// seconds), audited (`actor`, with `reason`); entries whose time has
+    /// passed are dropped in the same change. Returns whether it was new
+    /// and the version after it.
+    pub fn revoke_device(
+        &self,
+        user_id: &str,
+        device: &str,
+        until: i64,
+        reason: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<(bool, u64), DomainError> {
+        check_actor(actor)?;
+        validate_user_id(user_id)?;
+        if device.is_empty()
+            || device.len() > MAX_DEVICE_NAME_LEN
+            || !device
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(DomainError::Malformed(format!(
+                "device name must be 1 to {MAX_DEVICE_NAME_LEN} of [a-z0-9-]"
+            )));
+        }
+        check_field("reason", reason)?;
+        if reason.len() > 256 {
+            return Err(DomainError::Malformed(
+                "reason must be at most 256 bytes".into(),
+            ));
+        }
+        // Expired entries go in the same change (outside the transaction:
+        // one found expired now stays expired).
+        let mut expired = Vec::new();
+        let mut live = 0usize;
+        for item in self.deny.scan_prefix([DEVICE_PREFIX]) {
+            let (k, v) = item?;
+            if decode_device_value(&v)?.1 <= now {
+                expired.push(k.to_vec());
+            } else {
+                live += 1;
+            }
+        }
+        if live >= MAX_REVOKED_DEVICES {
+            return Err(DomainError::UsedUp(format!(
+                "at most {MAX_REVOKED_DEVICES} devices can be revoked at once"
+            )));
+        }
+        let key = device_key(user_id, device);
+        let (user_id, device, reason, actor) = (
+            user_id.to_owned(),
+            device.to_owned(),
+            reason.to_owned(),
+            actor.to_owned(),
+        );
+        let ((changed, version), _) = self.submit_one(now, move |cx| {
+            let current = match cx.deny_entry(VERSION_KEY)? {
+                Some(v) => version_of(&v)?,
+                None => 0,
+            };
+            let held = match cx.deny_entry(&key)? {
+                Some(v) => Some(decode_device_value(&v)?.1),
+                None => None,
+            };
+            // A later `until` extends the entry; an earlier one changes
+            // nothing (the entry already covers it).
+            let changed = held.is_none_or(|held| held <= now || held < until) && until > now;
+            let dropped = expired.iter().any(|k| *k != key);
+            let version = if changed || dropped {
+                current + 1
+            } else {
+                current
+            };
+            for k in &expired {
+                if *k != key {
+                    cx.put_deny_entry(k.clone(), None);
+                }
+            }
+            if changed {
+                let mut value = version.to_be_bytes().to_vec();
+                value.extend_from_slice(&until.to_be_bytes());
+                cx.put_deny_entry(key.clone(), Some(value));
+            }
+            if version != current {
+                cx.put_deny_entry(VERSION_KEY.to_vec(), Some(version.to_be_bytes().to_vec()));
+            }
+            let mut detail = if changed {
+                format!(
+                    "revoked device {device} of {user_id} until {until} (deny list version \
+                     {version})"
+                )
+            } else {
+                format!("device {device} of {user_id} was already revoked")
+            };
+            if !reason.is_empty() {
+                detail.push_str(&format!(": {reason}"));
+            }
+            let event = AuditEvent {
+                actor,
+                action: AuditAction::Served(Rpc::RevokeDevice),
+                owner_id: String::new(),
+                partition: String::new(),
+                subject: user_id,
+                record_id: String::new(),
+                outcome: Outcome::Ok,
+                detail,
+            };
+            Ok(((changed, version), event))
+        })?;
+        Ok((changed, version))
+    }
+
+    /// The list's version and every entry.
+    pub fn deny_list(&self) -> Result<(u64, DenyEntries), DomainError> {
         let mut version = 0;
-        let mut ids = Vec::new();
+        let mut entries = DenyEntries::default();
+        let corrupt = || DomainError::Corrupt("a deny-list key is not a user id".into());
         for item in self.deny.iter() {
             let (k, v) = item?;
             if k.as_ref() == VERSION_KEY {
                 version = version_of(&v)?;
+            } else if k.first() == Some(&DEVICE_PREFIX) {
+                let text = std::str::from_utf8(&k[1..]).map_err(|_| corrupt())?;
+                let (user, device) = text.split_once('\0').ok_or_else(corrupt)?;
+                let (_, until) = decode_device_value(&v)?;
+                entries
+                    .revoked_devices
+                    .insert((user.to_owned(), device.to_owned()), until);
             } else {
-                let id = std::str::from_utf8(&k)
-                    .map_err(|_| DomainError::Corrupt("a deny-list id is not UTF-8".into()))?;
-                ids.push(id.to_owned());
+                let id = std::str::from_utf8(&k).map_err(|_| corrupt())?;
+                entries.disabled.insert(id.to_owned());
             }
         }
-        Ok((version, ids))
+        Ok((version, entries))
     }
 }

@@ -57,8 +57,8 @@ impl<S: PolicyBackend> AccessPolicyService<S> {
 
 /// The store's deny list, as the authoritative copy in memory.
 pub fn load_deny_list(store: &impl PolicyBackend) -> Result<DenyList, crate::DomainError> {
-    let (version, ids) = store.deny_list()?;
-    Ok(DenyList::authoritative(version, ids))
+    let (version, entries) = store.deny_list()?;
+    Ok(DenyList::authoritative(version, entries))
 }
 
 /// Refusals by the RPC table, written straight to this service's own log.
@@ -448,14 +448,40 @@ impl<S: PolicyBackend> AccessPolicy for AccessPolicyService<S> {
             return Ok(Response::new(proto::GetDenyListResponse {
                 version: known,
                 unchanged: true,
-                disabled_user_ids: Vec::new(),
+                ..Default::default()
             }));
         }
-        let (version, disabled_user_ids) = self.deny.snapshot();
+        let (version, entries) = self.deny.snapshot();
         Ok(Response::new(proto::GetDenyListResponse {
             version,
             unchanged: version == known,
-            disabled_user_ids,
+            disabled_user_ids: entries.disabled.iter().cloned().collect(),
+            revoked_devices: entries.revoked_to_proto(),
+        }))
+    }
+
+    async fn revoke_device(
+        &self,
+        req: Request<proto::RevokeDeviceRequest>,
+    ) -> Result<Response<proto::RevokeDeviceResponse>, Status> {
+        let caller = auth::caller(&req)?;
+        let r = req.into_inner();
+        let d = r
+            .device
+            .ok_or_else(|| Status::invalid_argument("device is required"))?;
+        let user_id = UserId::parse(d.user_id).map_err(invalid)?;
+        let (changed, version, list) = self
+            .run(move |p| {
+                let (changed, version) =
+                    p.revoke_device(&caller, &user_id, &d.device, d.until, &r.reason, unix_now())?;
+                let list = p.store().deny_list()?;
+                Ok((changed, version, list))
+            })
+            .await?;
+        self.deny.reload(list.0, list.1);
+        Ok(Response::new(proto::RevokeDeviceResponse {
+            changed,
+            version,
         }))
     }
 

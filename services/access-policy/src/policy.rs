@@ -217,6 +217,25 @@ impl<S: PolicyBackend> Policy<S> {
             .set_user_status(user_id, disabled, reason, &caller.to_string(), now)
     }
 
+    /// The setup service revokes a device its user removed.
+    pub fn revoke_device(
+        &self,
+        caller: &Caller,
+        user_id: &UserId,
+        device: &str,
+        until: i64,
+        reason: &str,
+        now: i64,
+    ) -> Result<(bool, u64), DomainError> {
+        if !matches!(caller, Caller::Service(sesphr_identity::Service::Srs)) {
+            return Err(DomainError::NotEntitled(format!(
+                "only the setup service revokes devices, not {caller}"
+            )));
+        }
+        self.store
+            .revoke_device(user_id, device, until, reason, &caller.to_string(), now)
+    }
+
     /// Whether `caller` may read the deny list (the services that
     /// enforce it).
     pub fn may_read_deny_list(&self, caller: &Caller) -> Result<(), DomainError> {

@@ -73,6 +73,15 @@ pub trait AccessGate: Send + Sync + 'static {
     /// Records an event. Best effort: a failure never changes an answer
     /// already decided.
     fn audit(&self, event: AuditEvent<'_>) -> impl Future<Output = ()> + Send;
+
+    /// Puts a removed device of `user_id` on the deny list until `until`
+    /// (unix seconds); returns once that is durable.
+    fn revoke_device(
+        &self,
+        user_id: &str,
+        device: &str,
+        until: i64,
+    ) -> impl Future<Output = Result<(), DomainError>> + Send;
 }
 
 /// Runs store work (sled flushes are fsyncs) and CPU-heavy crypto off the

@@ -90,6 +90,17 @@ impl AccessGate for PolicyGate {
             )
             .await;
     }
+
+    async fn revoke_device(
+        &self,
+        user_id: &str,
+        device: &str,
+        until: i64,
+    ) -> Result<(), DomainError> {
+        self.policy
+            .revoke_device(user_id, device, until, "removed by its user")
+            .await
+    }
 }
 
 /// The setup service's gRPC service (`sesphr.v1.Srs`).
@@ -175,6 +186,8 @@ impl SrsRpc for SetupService {
             pre_public_key: r.pre_public_key,
             verifying_key: r.verifying_key,
             csr_der: r.csr_der,
+            key_proof: r.key_proof,
+            device: r.device,
         };
         let enrolled = self
             .setup
@@ -186,6 +199,7 @@ impl SrsRpc for SetupService {
             ca_pem: enrolled.ca_pem,
             spiffe_id: enrolled.identity.to_string(),
             not_after: enrolled.not_after,
+            device: enrolled.device,
         }))
     }
 
@@ -215,11 +229,11 @@ impl SrsRpc for SetupService {
         req: Request<proto::RenewRequest>,
     ) -> Result<Response<proto::RenewResponse>, Status> {
         let caller = auth::caller(&req)?;
-        let presented = req
-            .extensions()
-            .get::<PeerInfo>()
-            .and_then(|info| info.validity)
-            .map(|(not_before, _)| not_before);
+        let presented = req.extensions().get::<PeerInfo>().and_then(|info| {
+            let (not_before, _) = info.validity?;
+            let device = info.device.as_deref()?.to_owned();
+            Some((not_before, device))
+        });
         let r = req.into_inner();
         let renewed = self
             .setup
@@ -245,6 +259,108 @@ impl SrsRpc for SetupService {
             .map_err(IntoStatus::into_status)?;
         Ok(Response::new(user_to_proto(user)))
     }
+
+    async fn list_devices(
+        &self,
+        req: Request<proto::ListDevicesRequest>,
+    ) -> Result<Response<proto::ListDevicesResponse>, Status> {
+        let caller = auth::caller(&req)?;
+        let current = presented_device(&req);
+        let devices = self
+            .setup
+            .list_devices(&caller)
+            .await
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(proto::ListDevicesResponse {
+            devices: devices
+                .into_iter()
+                .map(|d| proto::Device {
+                    current: current.as_deref() == Some(d.name.as_str()),
+                    name: d.name,
+                    issued_at: d.issued_at,
+                    not_after: d.not_after,
+                    added_at: d.added_at,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn remove_device(
+        &self,
+        req: Request<proto::RemoveDeviceRequest>,
+    ) -> Result<Response<proto::RemoveDeviceResponse>, Status> {
+        let caller = auth::caller(&req)?;
+        let current = presented_device(&req);
+        let name = req.into_inner().name;
+        let revoked_until = self
+            .setup
+            .remove_device(&caller, current.as_deref(), &name)
+            .await
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(proto::RemoveDeviceResponse { revoked_until }))
+    }
+
+    async fn set_recovery(
+        &self,
+        req: Request<proto::SetRecoveryRequest>,
+    ) -> Result<Response<proto::SetRecoveryResponse>, Status> {
+        let caller = auth::caller(&req)?;
+        let r = req.into_inner();
+        let shares = r
+            .shares
+            .into_iter()
+            .map(|s| (s.trustee_id, s.sealed_share))
+            .collect();
+        let created_at = self
+            .setup
+            .set_recovery(&caller, r.threshold, shares)
+            .await
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(proto::SetRecoveryResponse { created_at }))
+    }
+
+    async fn get_recovery(
+        &self,
+        req: Request<proto::GetRecoveryRequest>,
+    ) -> Result<Response<proto::RecoverySetup>, Status> {
+        let caller = auth::caller(&req)?;
+        let setup = self
+            .setup
+            .get_recovery(&caller)
+            .await
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(proto::RecoverySetup {
+            threshold: setup.threshold,
+            trustee_ids: setup.shares.into_iter().map(|(t, _)| t).collect(),
+            created_at: setup.created_at,
+        }))
+    }
+
+    async fn get_recovery_share(
+        &self,
+        req: Request<proto::GetRecoveryShareRequest>,
+    ) -> Result<Response<proto::GetRecoveryShareResponse>, Status> {
+        let caller = auth::caller(&req)?;
+        let r = req.into_inner();
+        let owner_id = parse(UserId::parse(r.owner_id))?;
+        let (setup, sealed_share) = self
+            .setup
+            .get_recovery_share(&caller, &owner_id, &r.request_fingerprint)
+            .await
+            .map_err(IntoStatus::into_status)?;
+        Ok(Response::new(proto::GetRecoveryShareResponse {
+            sealed_share,
+            threshold: setup.threshold,
+            created_at: setup.created_at,
+        }))
+    }
+}
+
+/// The device named by the caller's certificate.
+fn presented_device<T>(req: &Request<T>) -> Option<String> {
+    req.extensions()
+        .get::<PeerInfo>()
+        .and_then(|info| info.device.as_deref().map(str::to_owned))
 }
 
 #[tonic::async_trait]

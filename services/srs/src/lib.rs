@@ -25,17 +25,20 @@
 //! | `users` | user_id | binary user record (see `codec`) |
 //! | `invitations` | SHA-256 of the invitation | binary invitation (see `codec`) |
 //! | `invitations_by_inviter` | inviter ‖ 0x00 ‖ SHA-256 | empty |
+//! | `recovery` | owner user_id | binary trustee recovery setup (see `codec`) |
 //! | `kfrags` | owner ‖ 0x00 ‖ partition ‖ 0x00 ‖ grantee ‖ 0x00 ‖ epoch u32 BE | binary kfrag set |
 //!
 //! Ids never contain 0x00, so `owner ‖ 0x00 ‖ partition ‖ 0x00 ‖ grantee ‖
 //! 0x00` is an exact prefix: revoking all epochs of one grant is one scan.
 
 mod codec;
+pub mod devices;
 pub use sesphr_mesh::directory;
 pub mod gate;
 pub mod grpc;
 pub mod kfrag_cache;
 pub mod node;
+pub mod recovery;
 pub mod setup;
 
 use std::path::Path;
@@ -70,9 +73,27 @@ pub struct UserRecord {
     pub pre_public_key: Vec<u8>,
     /// Key that verifies this user's kfrag signatures.
     pub verifying_key: Vec<u8>,
+    /// The newest certificate issued to any of its devices.
     pub certificate_der: Vec<u8>,
     pub enrolled_at: i64,
+    /// Its devices, removed ones included until their certificates expire.
+    pub devices: Vec<devices::DeviceRecord>,
 }
+
+/// A user's trustee recovery setup: shares of her master secret, each
+/// sealed to one trustee (opaque here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryRecord {
+    pub threshold: u32,
+    pub created_at: i64,
+    /// (trustee user id, sealed share), sorted by trustee.
+    pub shares: Vec<(String, Vec<u8>)>,
+}
+
+/// Largest sealed recovery share.
+pub const MAX_SEALED_SHARE_LEN: usize = 1024;
+/// Most trustees of one user.
+pub const MAX_TRUSTEES: usize = 10;
 
 /// An invitation, as stored under its SHA-256 (the invitation itself is
 /// never stored).
@@ -106,9 +127,11 @@ pub struct InviteLimits {
 pub enum Redeem {
     /// Enrol a new user (`Exists` if the id is taken).
     Enroll(UserRecord),
-    /// Give an enrolled user a new certificate (`Unknown` if not enrolled).
+    /// Give an enrolled user a new device with a new certificate
+    /// (`Unknown` if not enrolled; the device rules of [`devices::add`]).
     Reenroll {
         user_id: String,
+        device: devices::DeviceRecord,
         certificate_der: Vec<u8>,
     },
 }
@@ -143,13 +166,22 @@ pub trait Store: Send + Sync + 'static {
     /// The user enrolled as `user_id`, if any.
     fn user(&self, user_id: &str) -> Result<Option<UserRecord>, DomainError>;
 
-    /// Replaces an enrolled user's certificate (renewal); `Unknown` if the
-    /// user is not enrolled.
-    fn replace_certificate(
+    /// Changes an enrolled user's record atomically (a renewal, a device
+    /// removal): `change` sees the current record and may refuse; it may
+    /// run more than once under contention, and only its last run's result
+    /// is stored. The user id and keys cannot change. Returns the record as
+    /// stored; `Unknown` if the user is not enrolled.
+    fn update_user(
         &self,
         user_id: &str,
-        certificate_der: Vec<u8>,
-    ) -> Result<(), DomainError>;
+        change: &mut dyn FnMut(&mut UserRecord) -> Result<(), DomainError>,
+    ) -> Result<UserRecord, DomainError>;
+
+    /// Stores `owner_id`'s trustee recovery setup, replacing any earlier.
+    fn put_recovery(&self, owner_id: &str, setup: RecoveryRecord) -> Result<(), DomainError>;
+
+    /// `owner_id`'s trustee recovery setup, if any.
+    fn recovery(&self, owner_id: &str) -> Result<Option<RecoveryRecord>, DomainError>;
 
     /// Stores an invitation under its hash, first forgetting the inviter's
     /// invitations that expired more than [`INVITATION_RETENTION_SECS`]
@@ -237,6 +269,7 @@ pub struct SrsStore {
     kfrags: sled::Tree,
     invitations: sled::Tree,
     invitations_by_inviter: sled::Tree,
+    recovery: sled::Tree,
     /// Serialises invitation counts and inserts (so concurrent invites
     /// cannot all pass a cap).
     invite_lock: std::sync::Mutex<()>,
@@ -283,6 +316,7 @@ impl SrsStore {
         let kfrags = db.open_tree("kfrags")?;
         let invitations = db.open_tree("invitations")?;
         let invitations_by_inviter = db.open_tree("invitations_by_inviter")?;
+        let recovery = db.open_tree("recovery")?;
         let users_count = AtomicU64::new(users.len() as u64);
         Ok(SrsStore {
             db,
@@ -290,6 +324,7 @@ impl SrsStore {
             kfrags,
             invitations,
             invitations_by_inviter,
+            recovery,
             invite_lock: std::sync::Mutex::new(()),
             users_count,
         })
@@ -344,32 +379,66 @@ impl Store for SrsStore {
             .transpose()
     }
 
-    fn replace_certificate(
+    fn update_user(
         &self,
         user_id: &str,
-        certificate_der: Vec<u8>,
-    ) -> Result<(), DomainError> {
+        change: &mut dyn FnMut(&mut UserRecord) -> Result<(), DomainError>,
+    ) -> Result<UserRecord, DomainError> {
         validate_user_id(user_id)?;
-        check_len("certificate", &certificate_der, 1, MAX_CERTIFICATE_LEN)?;
         let key = user_id.as_bytes();
         let missing = || DomainError::Unknown(format!("no enrolled user {user_id}"));
-        // Compare-and-swap on the whole record: a concurrent renewal of the
-        // same user wins or loses whole, never mixes.
-        loop {
+        // Compare-and-swap on the whole record: concurrent changes of the
+        // same user win or lose whole, never mix.
+        let user = loop {
             let old = self.users.get(key)?.ok_or_else(missing)?;
-            let mut user = codec::decode_user(key, &old)?;
-            user.certificate_der = certificate_der.clone();
+            let before = codec::decode_user(key, &old)?;
+            let mut user = before.clone();
+            change(&mut user)?;
+            if user.user_id != before.user_id
+                || user.pre_public_key != before.pre_public_key
+                || user.verifying_key != before.verifying_key
+            {
+                return Err(DomainError::Malformed(
+                    "an update may not change a user's id or keys".into(),
+                ));
+            }
+            check_user(&user)?;
             let new = codec::encode_user(&user);
             if self
                 .users
                 .compare_and_swap(key, Some(old), Some(new))?
                 .is_ok()
             {
-                break;
+                break user;
             }
+        };
+        self.db.flush()?;
+        Ok(user)
+    }
+
+    fn put_recovery(&self, owner_id: &str, setup: RecoveryRecord) -> Result<(), DomainError> {
+        validate_user_id(owner_id)?;
+        if setup.shares.len() > MAX_TRUSTEES {
+            return Err(DomainError::Malformed(format!(
+                "at most {MAX_TRUSTEES} trustees"
+            )));
         }
+        for (trustee, share) in &setup.shares {
+            validate_user_id(trustee)?;
+            check_len("sealed share", share, 1, MAX_SEALED_SHARE_LEN)?;
+        }
+        self.recovery
+            .insert(owner_id.as_bytes(), codec::encode_recovery(&setup))?;
         self.db.flush()?;
         Ok(())
+    }
+
+    fn recovery(&self, owner_id: &str) -> Result<Option<RecoveryRecord>, DomainError> {
+        validate_user_id(owner_id)?;
+        self.recovery
+            .get(owner_id.as_bytes())?
+            .map(|v| codec::decode_recovery(owner_id, &v))
+            .transpose()
     }
 
     fn put_invitation(
@@ -462,9 +531,11 @@ impl Store for SrsStore {
             Redeem::Reenroll {
                 user_id,
                 certificate_der,
+                device,
             } => {
                 validate_user_id(user_id)?;
                 check_len("certificate", certificate_der, 1, MAX_CERTIFICATE_LEN)?;
+                devices::validate_name(&device.name)?;
                 (user_id.clone(), None, false)
             }
         };
@@ -497,12 +568,15 @@ impl Store for SrsStore {
                 (
                     None,
                     Redeem::Reenroll {
-                        certificate_der, ..
+                        certificate_der,
+                        device,
+                        ..
                     },
                     Some(old),
                 ) => {
                     let mut user =
                         codec::decode_user(user_key.as_bytes(), &old).map_err(Abort::Abort)?;
+                    devices::add(&mut user.devices, device.clone()).map_err(Abort::Abort)?;
                     user.certificate_der = certificate_der.clone();
                     users.insert(user_key.as_bytes(), codec::encode_user(&user))?;
                 }

@@ -54,6 +54,11 @@ pub struct Enrollment {
     pub pre_public_key: Vec<u8>,
     pub verifying_key: Vec<u8>,
     pub csr_der: Vec<u8>,
+    /// Proof of possession of the registered keys (re-enrolments); empty
+    /// for a new id.
+    pub key_proof: Vec<u8>,
+    /// The device's name; empty: `device-N`.
+    pub device: String,
 }
 
 /// What an enrolled (or renewed) user is handed.
@@ -65,6 +70,8 @@ pub struct Enrolled {
     pub ca_pem: String,
     /// The certificate's expiry, unix seconds.
     pub not_after: i64,
+    /// The device it was issued to.
+    pub device: String,
 }
 
 /// An issued invitation.
@@ -107,13 +114,19 @@ pub struct SetupConfig {
 /// The setup service: enrolment and the user directory, for callers the
 /// authorization layer admitted.
 pub struct Setup<S, G> {
-    store: Arc<S>,
-    gate: G,
+    pub(crate) store: Arc<S>,
+    pub(crate) gate: G,
     ca: Arc<CertificateAuthority>,
     config: SetupConfig,
     self_registrations: Option<RateLimiter>,
+    /// Self-service re-enrolments (by key proof), mesh-wide.
+    reenrolments: RateLimiter,
     lookups: AuditedLookups,
 }
+
+/// Self-service re-enrolments allowed per minute, mesh-wide, at least (or
+/// the self-registration rate, if higher).
+pub const REENROLMENTS_PER_MINUTE: u32 = 60;
 
 /// An invitation's text and the hash it is stored under.
 fn new_invitation() -> (Zeroizing<String>, [u8; 32]) {
@@ -184,18 +197,25 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
             // One mesh-wide bucket: a minute's worth at once, then the rate.
             RateLimiter::new(f64::from(per_minute) / 60.0, per_minute.max(1)).with_max_keys(1)
         });
+        let per_minute = config
+            .self_registrations_per_minute
+            .unwrap_or(0)
+            .max(REENROLMENTS_PER_MINUTE);
+        let reenrolments =
+            RateLimiter::new(f64::from(per_minute) / 60.0, per_minute).with_max_keys(1);
         Setup {
             store,
             gate,
             ca,
             config,
             self_registrations,
+            reenrolments,
             lookups: AuditedLookups::new(),
         }
     }
 
     /// The enrolled user `user_id`; `Unknown` if there is none.
-    async fn enrolled(&self, user_id: &UserId) -> Result<UserRecord, DomainError> {
+    pub(crate) async fn enrolled(&self, user_id: &UserId) -> Result<UserRecord, DomainError> {
         let store = self.store.clone();
         let id = user_id.clone();
         off_executor(move || store.user(&id))
@@ -214,7 +234,7 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
         crate::gate::audit(&self.gate, subject, rpc, about, outcome, detail).await
     }
 
-    async fn audit_result<T>(
+    pub(crate) async fn audit_result<T>(
         &self,
         subject: &str,
         rpc: Rpc,
@@ -241,9 +261,12 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
             .config
             .deny
             .as_ref()
-            .map(|d| d.verdict(user_id.as_str()))
+            .map(|d| d.verdict(user_id.as_str(), None))
         {
             None | Some(Verdict::Allowed) => Ok(()),
+            Some(Verdict::DeviceRevoked) => Err(DomainError::NotEntitled(
+                "this device was removed by its user".into(),
+            )),
             Some(Verdict::Disabled) => Err(DomainError::NotEntitled(format!(
                 "user {user_id} is disabled: user disabled by an operator"
             ))),
@@ -417,27 +440,43 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
         let result = self.enroll_checked(request, now).await;
         self.audit_result(&peer, Rpc::Enroll, &about, &result, |(e, how)| {
             format!(
-                "{how} as {}, certificate valid until {}",
-                e.identity, e.not_after
+                "{how} as {} (device {}), certificate valid until {}",
+                e.identity, e.device, e.not_after
             )
         })
         .await;
         result.map(|(enrolled, _)| enrolled)
     }
 
-    /// Enrolment proper: the invitation, the request, the certificate.
+    /// Enrolment proper: the invitation or key proof, the request, the
+    /// certificate.
     async fn enroll_checked(
         &self,
         r: Enrollment,
         now: i64,
     ) -> Result<(Enrolled, &'static str), DomainError> {
         let user_id = UserId::parse(r.user_id)?;
-        let role = r
-            .role
-            .ok_or_else(|| DomainError::Malformed("role must be set to a known role".into()))?;
+        let key_proof = !r.key_proof.is_empty();
+        let role = match (r.role, key_proof) {
+            (Some(role), _) => Some(role),
+            // A re-enrolment may leave the role to the directory.
+            (None, true) => None,
+            (None, false) => {
+                return Err(DomainError::Malformed(
+                    "role must be set to a known role".into(),
+                ));
+            }
+        };
+        if !r.device.is_empty() {
+            crate::devices::validate_name(&r.device)?;
+        }
         // The invitation first: without a valid one nothing else is told.
         let invitation = if r.invitation.trim().is_empty() {
-            self.admit_self_registration(role)?;
+            match (key_proof, role) {
+                (true, _) => self.admit_reenrolment()?,
+                (false, Some(role)) => self.admit_self_registration(role)?,
+                (false, None) => unreachable!("checked above"),
+            }
             None
         } else {
             let hash = parse_invitation(&r.invitation)?;
@@ -461,38 +500,89 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
                     inv.user_id
                 )));
             }
-            if inv.role != role {
+            if role.is_some_and(|role| role != inv.role) {
                 return Err(DomainError::NotEntitled(format!(
-                    "invitation is for role {}, not {role}",
-                    inv.role
+                    "invitation is for role {}, not {}",
+                    inv.role,
+                    role.map(|r| r.to_string()).unwrap_or_default()
+                )));
+            }
+            if inv.reenrollment && !key_proof {
+                return Err(DomainError::NotEntitled(format!(
+                    "a re-invitation admits only the holder of {user_id}'s registered keys: \
+                     the request needs their key proof (update the client)"
+                )));
+            }
+            if !inv.reenrollment && key_proof {
+                return Err(DomainError::NotEntitled(format!(
+                    "this invitation enrols a new id; {user_id} is re-enrolled by its key \
+                     proof alone"
                 )));
             }
             Some((hash, inv))
         };
-        parse_public_key(&r.pre_public_key, "pre_public_key")?;
-        parse_verifying_key(&r.verifying_key, "verifying_key")?;
         if r.csr_der.is_empty() || r.csr_der.len() > MAX_CSR_BYTES {
             return Err(DomainError::Malformed(format!(
                 "csr_der must be 1 to {MAX_CSR_BYTES} bytes"
             )));
         }
-        let reenrollment = invitation.as_ref().is_some_and(|(_, i)| i.reenrollment);
-        if reenrollment {
+        let (role, enrolled) = if key_proof {
             self.refuse_disabled(&user_id)?;
             let enrolled = self.enrolled(&user_id).await?;
-            if enrolled.pre_public_key != r.pre_public_key
-                || enrolled.verifying_key != r.verifying_key
-            {
+            if role.is_some_and(|role| role != enrolled.role) {
                 return Err(DomainError::NotEntitled(format!(
-                    "a re-invitation keeps {user_id}'s registered keys; these are other keys"
+                    "{user_id} is enrolled as {}, not {}",
+                    enrolled.role,
+                    role.map(|r| r.to_string()).unwrap_or_default()
                 )));
             }
-        }
+            let other = |sent: &[u8], registered: &[u8]| !sent.is_empty() && sent != registered;
+            if other(&r.pre_public_key, &enrolled.pre_public_key)
+                || other(&r.verifying_key, &enrolled.verifying_key)
+            {
+                return Err(DomainError::NotEntitled(format!(
+                    "a re-enrolment keeps {user_id}'s registered keys; these are other keys"
+                )));
+            }
+            let vk = parse_verifying_key(&enrolled.verifying_key, "registered verifying key")?;
+            vk.verify_key_proof(
+                &self.config.trust_domain,
+                user_id.as_str(),
+                &r.csr_der,
+                &r.key_proof,
+            )
+            .map_err(|_| {
+                DomainError::NotEntitled(format!(
+                    "the key proof does not verify against {user_id}'s registered key: \
+                     only its holder re-enrols it"
+                ))
+            })?;
+            (enrolled.role, Some(enrolled))
+        } else {
+            parse_public_key(&r.pre_public_key, "pre_public_key")?;
+            parse_verifying_key(&r.verifying_key, "verifying_key")?;
+            (role.expect("checked above"), None)
+        };
+        let device = match (&r.device, &enrolled) {
+            (name, _) if !name.is_empty() => name.clone(),
+            (_, Some(user)) => crate::devices::default_name(&user.devices),
+            (_, None) => sesphr_mesh::trust::LEGACY_DEVICE.to_owned(),
+        };
         let identity = Identity::user(&self.config.trust_domain, role, &user_id)?;
-        let (certificate_pem, not_after, certificate_der) = self.sign(r.csr_der, &identity).await?;
-        let redeem = if reenrollment {
+        let (certificate_pem, not_after, certificate_der) =
+            self.sign(r.csr_der, &identity, &device).await?;
+        let (issued_at, _) = sesphr_mesh::trust::validity(&certificate_der).unwrap_or((now, now));
+        let record = crate::devices::DeviceRecord {
+            name: device.clone(),
+            added_at: now,
+            issued_at,
+            not_after,
+            removed_at: 0,
+        };
+        let redeem = if enrolled.is_some() {
             Redeem::Reenroll {
                 user_id: user_id.into_string(),
+                device: record,
                 certificate_der,
             }
         } else {
@@ -503,6 +593,7 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
                 verifying_key: r.verifying_key,
                 certificate_der,
                 enrolled_at: now,
+                devices: vec![record],
             })
         };
         let hash = invitation.map(|(h, _)| h);
@@ -517,21 +608,37 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
                 })
         })
         .await?;
-        let how = match (reenrollment, hash.is_some()) {
-            (true, _) => "re-enrolled by invitation",
+        let how = match (enrolled.is_some(), hash.is_some()) {
+            (true, true) => "re-enrolled by re-invitation and key proof",
+            (true, false) => "re-enrolled by key proof",
             (false, true) => "enrolled by invitation",
             (false, false) => "self-registered",
         };
-        tracing::info!(user = %identity, how, "user enrolled");
+        tracing::info!(user = %identity, how, device, "user enrolled");
         Ok((
             Enrolled {
                 identity,
                 certificate_pem,
                 ca_pem: self.config.service_ca_pem.clone(),
                 not_after,
+                device,
             },
             how,
         ))
+    }
+
+    /// Whether a self-service re-enrolment may go ahead now (one mesh-wide
+    /// rate: each costs a signature check and a certificate).
+    fn admit_reenrolment(&self) -> Result<(), DomainError> {
+        if !self
+            .reenrolments
+            .check("reenrolment", std::time::Instant::now())
+        {
+            return Err(DomainError::UsedUp(
+                "too many re-enrolments on this mesh right now; retry in a minute".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether a self-registration of `role` may go ahead now.
@@ -565,12 +672,14 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
         &self,
         csr: Vec<u8>,
         identity: &Identity,
+        device: &str,
     ) -> Result<(String, i64, Vec<u8>), DomainError> {
         let ca = self.ca.clone();
         let id = identity.clone();
+        let device = device.to_owned();
         let validity = self.config.user_cert_validity;
         let (pem, not_after) = off_executor(move || {
-            ca.sign_csr(&csr, &id, validity)
+            ca.sign_csr(&csr, &id, &device, validity)
                 .map_err(|e| DomainError::Malformed(e.to_string()))
         })
         .await?;
@@ -581,31 +690,30 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
         Ok((pem, not_after, der))
     }
 
-    /// A new certificate for an enrolled user, over the key in `csr_der`.
-    /// The authorization layer let only users with an unexpired
-    /// certificate (and not disabled) this far. Audited.
+    /// A new certificate for an enrolled user's device, over the key in
+    /// `csr_der`. The authorization layer let only users with an unexpired
+    /// certificate (and not disabled, nor of a removed device) this far.
+    /// Audited.
     ///
-    /// `presented_not_before` is the `notBefore` of the certificate the
-    /// caller presented: one older than the certificate the directory holds
-    /// was superseded (by a renewal or re-enrolment, perhaps after it was
-    /// stolen) and renews nothing.
+    /// `presented` is what the caller's certificate says: its `notBefore`
+    /// and device. A certificate older than the newest one issued to that
+    /// device was superseded (by a renewal, perhaps after it was stolen)
+    /// and renews nothing; neither does one of a removed device.
     pub async fn renew(
         &self,
         caller: &Caller,
-        presented_not_before: Option<i64>,
+        presented: Option<(i64, String)>,
         csr_der: Vec<u8>,
     ) -> Result<Enrolled, DomainError> {
-        let result = self
-            .renew_checked(caller, presented_not_before, csr_der)
-            .await;
+        let result = self.renew_checked(caller, presented, csr_der).await;
         let about = caller
             .as_user()
             .map(|(_, id)| id.to_string())
             .unwrap_or_default();
         self.audit_result(&caller.to_string(), Rpc::Renew, &about, &result, |e| {
             format!(
-                "renewed {}, certificate valid until {}",
-                e.identity, e.not_after
+                "renewed {} (device {}), certificate valid until {}",
+                e.identity, e.device, e.not_after
             )
         })
         .await;
@@ -615,7 +723,7 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
     async fn renew_checked(
         &self,
         caller: &Caller,
-        presented_not_before: Option<i64>,
+        presented: Option<(i64, String)>,
         csr_der: Vec<u8>,
     ) -> Result<Enrolled, DomainError> {
         let (role, user_id) = caller
@@ -627,6 +735,11 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
                 "csr_der must be 1 to {MAX_CSR_BYTES} bytes"
             )));
         }
+        let Some((presented_not_before, device)) = presented else {
+            return Err(DomainError::NotEntitled(
+                "renewal needs the caller's certificate".into(),
+            ));
+        };
         let enrolled = self.enrolled(user_id).await?;
         if enrolled.role != role {
             return Err(DomainError::NotEntitled(format!(
@@ -634,33 +747,144 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
                 enrolled.role
             )));
         }
-        let current = sesphr_mesh::trust::validity(&enrolled.certificate_der).map(|(nb, _)| nb);
-        match (presented_not_before, current) {
-            (Some(presented), Some(current)) if presented < current => {
+        let check = |user: &mut UserRecord| -> Result<(), DomainError> {
+            let d = crate::devices::active(&mut user.devices, user_id.as_str(), &device)?;
+            if presented_not_before < d.issued_at {
                 return Err(DomainError::NotEntitled(format!(
-                    "this certificate of {user_id} was superseded by one issued at {current} \
-                     (unix seconds): only the newest certificate renews"
+                    "this certificate of {user_id} (device {device}) was superseded by one \
+                     issued at {} (unix seconds): only the newest certificate renews",
+                    d.issued_at
                 )));
             }
-            (None, _) => {
-                return Err(DomainError::NotEntitled(
-                    "renewal needs the caller's certificate".into(),
-                ));
-            }
-            _ => {}
-        }
+            Ok(())
+        };
+        check(&mut enrolled.clone())?;
         let identity = Identity::user(&self.config.trust_domain, role, user_id)?;
-        let (certificate_pem, not_after, der) = self.sign(csr_der, &identity).await?;
+        let (certificate_pem, not_after, der) = self.sign(csr_der, &identity, &device).await?;
+        let (issued_at, _) =
+            sesphr_mesh::trust::validity(&der).unwrap_or((presented_not_before, not_after));
         let store = self.store.clone();
         let id = user_id.to_string();
-        off_executor(move || store.replace_certificate(&id, der)).await?;
-        tracing::info!(user = %identity, not_after, "certificate renewed");
+        let device_name = device.clone();
+        let uid = user_id.clone();
+        off_executor(move || {
+            store.update_user(&id, &mut |user| {
+                // Checked again on the record being replaced: a removal or
+                // another renewal may have won meanwhile.
+                let d = crate::devices::active(&mut user.devices, uid.as_str(), &device_name)?;
+                if presented_not_before < d.issued_at {
+                    return Err(DomainError::NotEntitled(format!(
+                        "this certificate of {uid} was superseded meanwhile"
+                    )));
+                }
+                d.issued_at = d.issued_at.max(issued_at);
+                d.not_after = d.not_after.max(not_after);
+                user.certificate_der = der.clone();
+                Ok(())
+            })
+        })
+        .await?;
+        tracing::info!(user = %identity, not_after, device, "certificate renewed");
         Ok(Enrolled {
             identity,
             certificate_pem,
             ca_pem: self.config.service_ca_pem.clone(),
             not_after,
+            device,
         })
+    }
+
+    /// The caller's devices, not removed, oldest first, with which one the
+    /// call came from (`presented_device`).
+    pub async fn list_devices(
+        &self,
+        caller: &Caller,
+    ) -> Result<Vec<crate::devices::DeviceRecord>, DomainError> {
+        let (_, user_id) = caller
+            .as_user()
+            .ok_or_else(|| DomainError::NotEntitled("only users have devices".into()))?;
+        let user = self.enrolled(user_id).await?;
+        Ok(user.devices.into_iter().filter(|d| d.is_active()).collect())
+    }
+
+    /// Removes one of the caller's devices and revokes its certificates
+    /// (AccessPolicy's deny list) before answering; returns until when they
+    /// are revoked (0: all had expired). Audited.
+    pub async fn remove_device(
+        &self,
+        caller: &Caller,
+        presented_device: Option<&str>,
+        name: &str,
+    ) -> Result<i64, DomainError> {
+        let result = self
+            .remove_device_checked(caller, presented_device, name)
+            .await;
+        let about = caller
+            .as_user()
+            .map(|(_, id)| id.to_string())
+            .unwrap_or_default();
+        self.audit_result(
+            &caller.to_string(),
+            Rpc::RemoveDevice,
+            &about,
+            &result,
+            |until| format!("removed device {name}; its certificates are revoked until {until}"),
+        )
+        .await;
+        result
+    }
+
+    async fn remove_device_checked(
+        &self,
+        caller: &Caller,
+        presented_device: Option<&str>,
+        name: &str,
+    ) -> Result<i64, DomainError> {
+        let (_, user_id) = caller
+            .as_user()
+            .ok_or_else(|| DomainError::NotEntitled("only users have devices".into()))?;
+        crate::devices::validate_name(name)?;
+        if presented_device == Some(name) {
+            return Err(DomainError::NotEntitled(format!(
+                "device {name} is the one this call comes from; remove it from another device"
+            )));
+        }
+        let now = unix_now();
+        let store = self.store.clone();
+        let (id, device) = (user_id.to_string(), name.to_owned());
+        let user = off_executor(move || {
+            store.update_user(&id, &mut |user| match user
+                .devices
+                .iter_mut()
+                .find(|d| d.name == device)
+            {
+                Some(d) => {
+                    if d.removed_at == 0 {
+                        d.removed_at = now;
+                    }
+                    Ok(())
+                }
+                None => Err(DomainError::Unknown(format!("{id} has no device {device}"))),
+            })
+        })
+        .await?;
+        let until = user
+            .devices
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| d.not_after)
+            .unwrap_or(0);
+        if until <= now {
+            return Ok(0);
+        }
+        // Removed in the directory (it renews nothing from now on); its
+        // live certificates are refused once AccessPolicy has the entry.
+        // Should this fail, the call fails, and repeating it sends it again.
+        self.gate
+            .revoke_device(user_id.as_str(), name, until)
+            .await?;
+        tracing::info!(user = %user_id, device = name, until, "device removed");
+        Ok(until)
     }
 
     /// Looks `user_id` up. A user looking up someone else is audited as a

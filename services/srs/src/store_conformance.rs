@@ -19,6 +19,17 @@ pub fn user(id: &str, role: Role) -> UserRecord {
         verifying_key: vec![3; 33],
         certificate_der: vec![0x30, 0x82, 0, 1, 0xff],
         enrolled_at: T0,
+        devices: vec![device("device-1", T0)],
+    }
+}
+
+pub fn device(name: &str, at: i64) -> crate::devices::DeviceRecord {
+    crate::devices::DeviceRecord {
+        name: name.into(),
+        added_at: at,
+        issued_at: at,
+        not_after: at + 30 * 86_400,
+        removed_at: 0,
     }
 }
 
@@ -240,20 +251,68 @@ fn invitations(s: &dyn Store) {
     s.put_invitation([4; 32], inv("gus", later, later + 3600), limits, later)
         .unwrap();
     assert_eq!(s.invitation(&[1; 32]).unwrap(), None);
-    // A re-enrolment replaces the certificate of an enrolled user only.
+    // A re-enrolment adds a device to an enrolled user only, under a
+    // name not in use.
     let cert = vec![0x30, 0x03, 1, 2, 3];
-    s.redeem_invitation(
-        None,
-        Redeem::Reenroll {
-            user_id: "dave".into(),
-            certificate_der: cert.clone(),
-        },
-        later,
-    )
-    .unwrap();
-    assert_eq!(s.user("dave").unwrap().unwrap().certificate_der, cert);
+    let reenrol = |name: &str| Redeem::Reenroll {
+        user_id: "dave".into(),
+        certificate_der: cert.clone(),
+        device: device(name, later),
+    };
+    s.redeem_invitation(None, reenrol("phone"), later).unwrap();
+    let dave = s.user("dave").unwrap().unwrap();
+    assert_eq!(dave.certificate_der, cert);
+    let names: Vec<_> = dave.devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["device-1", "phone"]);
     assert!(matches!(
-        s.replace_certificate("nobody", cert),
+        s.redeem_invitation(None, reenrol("phone"), later),
+        Err(DomainError::Exists(_))
+    ));
+    let ghost = Redeem::Reenroll {
+        user_id: "nobody".into(),
+        certificate_der: cert.clone(),
+        device: device("x", later),
+    };
+    assert!(matches!(
+        s.redeem_invitation(None, ghost, later),
         Err(DomainError::Unknown(_))
     ));
+    // An update changes the record atomically, refuses whole, and never
+    // changes the id or keys.
+    let updated = s
+        .update_user("dave", &mut |u| {
+            u.devices[1].removed_at = later + 1;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(s.user("dave").unwrap().unwrap(), updated);
+    assert!(matches!(
+        s.update_user("dave", &mut |_| Err(DomainError::NotEntitled("no".into()))),
+        Err(DomainError::NotEntitled(_))
+    ));
+    assert_eq!(s.user("dave").unwrap().unwrap(), updated);
+    assert!(
+        s.update_user("dave", &mut |u| {
+            u.verifying_key = vec![9; 33];
+            Ok(())
+        })
+        .is_err()
+    );
+    assert!(matches!(
+        s.update_user("nobody", &mut |_| Ok(())),
+        Err(DomainError::Unknown(_))
+    ));
+    // Recovery setups: one per owner, replaced whole.
+    assert_eq!(s.recovery("dave").unwrap(), None);
+    let setup = |t| crate::RecoveryRecord {
+        threshold: t,
+        created_at: later,
+        shares: vec![("bob".into(), vec![1; 90]), ("carol".into(), vec![2; 90])],
+    };
+    s.put_recovery("dave", setup(2)).unwrap();
+    s.put_recovery("dave", setup(1)).unwrap();
+    assert_eq!(s.recovery("dave").unwrap(), Some(setup(1)));
+    let mut huge = setup(2);
+    huge.shares[0].1 = vec![0; crate::MAX_SEALED_SHARE_LEN + 1];
+    assert!(s.put_recovery("dave", huge).is_err());
 }

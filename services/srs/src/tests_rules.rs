@@ -48,6 +48,8 @@ struct TableGate {
     grants: Arc<Mutex<HashSet<(String, String, String)>>>,
     down: Arc<AtomicBool>,
     audits: Arc<Mutex<Vec<Audited>>>,
+    /// (user, device, until) the setup service asked AccessPolicy to revoke.
+    revoked: Arc<Mutex<Vec<(String, String, i64)>>>,
 }
 
 impl TableGate {
@@ -107,6 +109,22 @@ impl AccessGate for TableGate {
             detail: e.detail.into(),
         });
     }
+
+    async fn revoke_device(
+        &self,
+        user_id: &str,
+        device: &str,
+        until: i64,
+    ) -> Result<(), DomainError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(DomainError::Unavailable("access policy down".into()));
+        }
+        self.revoked
+            .lock()
+            .unwrap()
+            .push((user_id.into(), device.into(), until));
+        Ok(())
+    }
 }
 
 /// A user's client-side keys.
@@ -137,7 +155,24 @@ impl Keys {
                 .to_bytes()
                 .to_vec(),
             csr_der: sesphr_mesh::pki::make_csr().unwrap().0,
+            key_proof: Vec::new(),
+            device: String::new(),
         }
+    }
+
+    /// A re-enrolment of an enrolled id: the same request with a key
+    /// proof over its CSR.
+    fn reenrollment(&self, token: &str, user_id: &str, device: &str) -> Enrollment {
+        let mut e = self.enrollment(token, user_id, Role::Patient);
+        e.role = None;
+        e.device = device.into();
+        e.key_proof = self
+            .master
+            .signing_key()
+            .sign_key_proof(TD, user_id, &e.csr_der)
+            .unwrap()
+            .to_vec();
+        e
     }
 }
 
@@ -494,23 +529,44 @@ async fn a_reinvitation_keeps_the_id_role_and_keys_and_issues_a_new_certificate(
     assert!(again.reenrollment);
     // Someone else's keys under bob's re-invitation: refused, still unused.
     let thief = Keys::new();
+    let mut stolen = thief.reenrollment(&again.invitation, "bob", "");
+    stolen.role = Some(Role::Doctor);
     let e = w
         .setup
-        .enroll(
-            &Caller::Anonymous,
-            None,
-            thief.enrollment(&again.invitation, "bob", Role::Doctor),
-        )
+        .enroll(&Caller::Anonymous, None, stolen)
         .await
         .unwrap_err();
     assert!(denied_with(&e, "keeps bob's registered keys"), "{e:?}");
-    let ok = w
+    // bob's own public keys with the thief's proof: the proof fails.
+    let mut forged = bob.reenrollment(&again.invitation, "bob", "");
+    forged.key_proof = thief
+        .master
+        .signing_key()
+        .sign_key_proof(TD, "bob", &forged.csr_der)
+        .unwrap()
+        .to_vec();
+    let e = w
+        .setup
+        .enroll(&Caller::Anonymous, None, forged)
+        .await
+        .unwrap_err();
+    assert!(denied_with(&e, "does not verify"), "{e:?}");
+    // The re-invitation alone (a bearer token) is not enough.
+    let e = w
         .setup
         .enroll(
             &Caller::Anonymous,
             None,
             bob.enrollment(&again.invitation, "bob", Role::Doctor),
         )
+        .await
+        .unwrap_err();
+    assert!(denied_with(&e, "needs their key proof"), "{e:?}");
+    let mut proven = bob.reenrollment(&again.invitation, "bob", "");
+    proven.role = Some(Role::Doctor);
+    let ok = w
+        .setup
+        .enroll(&Caller::Anonymous, None, proven)
         .await
         .unwrap();
     assert_eq!(
@@ -538,7 +594,7 @@ async fn renewal_issues_a_new_certificate_for_the_caller_only() {
         .0;
     let renewed = w
         .setup
-        .renew(&bob, Some(issued_at), csr.clone())
+        .renew(&bob, Some((issued_at, "device-1".into())), csr.clone())
         .await
         .unwrap();
     assert_eq!(
@@ -559,7 +615,9 @@ async fn renewal_issues_a_new_certificate_for_the_caller_only() {
         id: uid("ghost"),
     };
     assert!(matches!(
-        w.setup.renew(&ghost, Some(issued_at), csr.clone()).await,
+        w.setup
+            .renew(&ghost, Some((issued_at, "device-1".into())), csr.clone())
+            .await,
         Err(DomainError::Unknown(_))
     ));
     let as_friend = Caller::Practitioner {
@@ -567,7 +625,9 @@ async fn renewal_issues_a_new_certificate_for_the_caller_only() {
         id: uid("bob"),
     };
     assert!(matches!(
-        w.setup.renew(&as_friend, Some(issued_at), csr).await,
+        w.setup
+            .renew(&as_friend, Some((issued_at, "device-1".into())), csr)
+            .await,
         Err(DomainError::NotEntitled(_))
     ));
 }
@@ -1110,5 +1170,300 @@ fn a_node_refuses_another_nodes_oprf_share() {
     assert!(
         matches!(&e, DomainError::Malformed(m) if m.contains("share 2 but this is node 1")),
         "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_proof_alone_enrols_a_new_device_of_an_enrolled_user() {
+    let w = world();
+    let alice = w.enroll("alice", Role::Patient).await;
+    let ok = w
+        .setup
+        .enroll(
+            &Caller::Anonymous,
+            None,
+            alice.reenrollment("", "alice", "phone"),
+        )
+        .await
+        .unwrap();
+    // The registered role, though the request named none.
+    assert_eq!(
+        ok.identity,
+        Identity::user(TD, Role::Patient, "alice").unwrap()
+    );
+    assert_eq!(ok.device, "phone");
+    let der = {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        CertificateDer::from_pem_slice(ok.certificate_pem.as_bytes()).unwrap()
+    };
+    assert_eq!(sesphr_mesh::trust::device(&der).as_deref(), Some("phone"));
+    // No name: the next free device-N.
+    let next = w
+        .setup
+        .enroll(
+            &Caller::Anonymous,
+            None,
+            alice.reenrollment("", "alice", ""),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.device, "device-2");
+    let names: Vec<String> = w
+        .setup
+        .list_devices(&patient("alice"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, ["device-1", "phone", "device-2"]);
+    // A name in use is refused.
+    let e = w
+        .setup
+        .enroll(
+            &Caller::Anonymous,
+            None,
+            alice.reenrollment("", "alice", "phone"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DomainError::Exists(_)), "{e:?}");
+
+    // Someone else's proof, a proof over another CSR, or another id.
+    let mallory = Keys::new();
+    let mut forged = alice.reenrollment("", "alice", "x1");
+    forged.pre_public_key.clear();
+    forged.verifying_key.clear();
+    forged.key_proof = mallory
+        .master
+        .signing_key()
+        .sign_key_proof(TD, "alice", &forged.csr_der)
+        .unwrap()
+        .to_vec();
+    let e = w
+        .setup
+        .enroll(&Caller::Anonymous, None, forged)
+        .await
+        .unwrap_err();
+    assert!(denied_with(&e, "does not verify"), "{e:?}");
+    let mut replayed = alice.reenrollment("", "alice", "x2");
+    replayed.csr_der = sesphr_mesh::pki::make_csr().unwrap().0;
+    let e = w
+        .setup
+        .enroll(&Caller::Anonymous, None, replayed)
+        .await
+        .unwrap_err();
+    assert!(denied_with(&e, "does not verify"), "{e:?}");
+    let e = w
+        .setup
+        .enroll(
+            &Caller::Anonymous,
+            None,
+            alice.reenrollment("", "nobody", "x3"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DomainError::Unknown(_)), "{e:?}");
+    // A role other than the registered one.
+    let mut as_doctor = alice.reenrollment("", "alice", "x4");
+    as_doctor.role = Some(Role::Doctor);
+    let e = w
+        .setup
+        .enroll(&Caller::Anonymous, None, as_doctor)
+        .await
+        .unwrap_err();
+    assert!(denied_with(&e, "enrolled as patient"), "{e:?}");
+    // Every attempt is audited, with alice as subject.
+    let enrolments = w.gate.audits_of(Rpc::Enroll);
+    assert!(enrolments.iter().any(|a| a.owner_id == "alice"
+        && a.outcome == Outcome::Ok
+        && a.detail.contains("re-enrolled by key proof")
+        && a.detail.contains("device phone")));
+    assert!(
+        enrolments
+            .iter()
+            .filter(|a| a.outcome == Outcome::Denied && a.owner_id == "alice")
+            .count()
+            >= 4
+    );
+}
+
+#[tokio::test]
+async fn a_removed_device_is_revoked_and_renews_nothing() {
+    let w = world();
+    let alice = w.enroll("alice", Role::Patient).await;
+    let phone = w
+        .setup
+        .enroll(
+            &Caller::Anonymous,
+            None,
+            alice.reenrollment("", "alice", "phone"),
+        )
+        .await
+        .unwrap();
+    let me = patient("alice");
+    // A device cannot remove itself (it would lock its user out of it).
+    let e = w
+        .setup
+        .remove_device(&me, Some("phone"), "phone")
+        .await
+        .unwrap_err();
+    assert!(denied_with(&e, "the one this call comes from"), "{e:?}");
+    // Nor a device nobody has, nor a malformed name.
+    assert!(matches!(
+        w.setup.remove_device(&me, Some("device-1"), "tablet").await,
+        Err(DomainError::Unknown(_))
+    ));
+    assert!(matches!(
+        w.setup.remove_device(&me, Some("device-1"), "Ph/one").await,
+        Err(DomainError::Malformed(_))
+    ));
+    // AccessPolicy unreachable: the removal fails (and is kept), a retry
+    // sends the revocation.
+    w.gate.down.store(true, Ordering::SeqCst);
+    assert!(matches!(
+        w.setup.remove_device(&me, Some("device-1"), "phone").await,
+        Err(DomainError::Unavailable(_))
+    ));
+    w.gate.down.store(false, Ordering::SeqCst);
+    let until = w
+        .setup
+        .remove_device(&me, Some("device-1"), "phone")
+        .await
+        .unwrap();
+    assert_eq!(until, phone.not_after);
+    assert_eq!(
+        *w.gate.revoked.lock().unwrap(),
+        [("alice".to_string(), "phone".to_string(), phone.not_after)]
+    );
+    let names: Vec<String> = w
+        .setup
+        .list_devices(&me)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, ["device-1"]);
+    // Its certificate renews nothing, and its name is not given out again.
+    let csr = sesphr_mesh::pki::make_csr().unwrap().0;
+    let e = w
+        .setup
+        .renew(
+            &me,
+            Some((sesphr_mesh::unix_now(), "phone".into())),
+            csr.clone(),
+        )
+        .await
+        .unwrap_err();
+    assert!(denied_with(&e, "was removed"), "{e:?}");
+    let e = w
+        .setup
+        .enroll(
+            &Caller::Anonymous,
+            None,
+            alice.reenrollment("", "alice", "phone"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DomainError::Exists(_)), "{e:?}");
+    // The other device renews; a superseded certificate of it does not.
+    let old = w.setup_store.user("alice").unwrap().unwrap();
+    let issued = old.devices[0].issued_at;
+    w.setup
+        .renew(&me, Some((issued, "device-1".into())), csr.clone())
+        .await
+        .unwrap();
+    let e = w
+        .setup
+        .renew(&me, Some((issued - 1_000, "device-1".into())), csr)
+        .await
+        .unwrap_err();
+    assert!(denied_with(&e, "superseded"), "{e:?}");
+    assert!(
+        w.gate
+            .audits_of(Rpc::RemoveDevice)
+            .iter()
+            .any(|a| a.owner_id == "alice" && a.outcome == Outcome::Ok)
+    );
+}
+
+#[tokio::test]
+async fn recovery_shares_go_to_their_trustee_only() {
+    let w = world();
+    w.enroll("alice", Role::Patient).await;
+    for id in ["bob", "carol", "dave"] {
+        w.enroll(id, Role::Friend).await;
+    }
+    let alice = patient("alice");
+    let share = |t: &str| (t.to_string(), format!("sealed for {t}").into_bytes());
+    // The bounds: 2 <= t <= n <= 10, distinct enrolled trustees, not herself.
+    for (t, shares) in [
+        (1, vec![share("bob"), share("carol")]),
+        (3, vec![share("bob"), share("carol")]),
+        (2, vec![share("bob"), share("bob")]),
+        (2, vec![share("bob"), share("alice")]),
+        (2, vec![share("bob"), (String::from("carol"), Vec::new())]),
+        (2, (0..11).map(|i| share(&format!("t{i}"))).collect()),
+    ] {
+        let e = w.setup.set_recovery(&alice, t, shares).await.unwrap_err();
+        assert!(matches!(e, DomainError::Malformed(_)), "{e:?}");
+    }
+    let e = w
+        .setup
+        .set_recovery(&alice, 2, vec![share("bob"), share("ghost")])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DomainError::Conflict(_)), "{e:?}");
+    assert!(matches!(
+        w.setup.get_recovery(&alice).await,
+        Err(DomainError::Unknown(_))
+    ));
+    w.setup
+        .set_recovery(&alice, 2, vec![share("carol"), share("bob"), share("dave")])
+        .await
+        .unwrap();
+    let setup = w.setup.get_recovery(&alice).await.unwrap();
+    assert_eq!(setup.threshold, 2);
+    let fp = "ab".repeat(32);
+    let bob = Caller::Practitioner {
+        role: Role::Friend,
+        id: uid("bob"),
+    };
+    let (_, got) = w
+        .setup
+        .get_recovery_share(&bob, &uid("alice"), &fp)
+        .await
+        .unwrap();
+    assert_eq!(got, b"sealed for bob");
+    // Not a trustee, or no setup: the same answer.
+    let mallory = patient("mallory");
+    let not_trustee = w
+        .setup
+        .get_recovery_share(&mallory, &uid("alice"), &fp)
+        .await
+        .unwrap_err();
+    let no_setup = w
+        .setup
+        .get_recovery_share(&mallory, &uid("bob"), &fp)
+        .await
+        .unwrap_err();
+    assert!(matches!(not_trustee, DomainError::Unknown(_)));
+    assert!(matches!(no_setup, DomainError::Unknown(_)));
+    assert!(matches!(
+        w.setup.get_recovery_share(&bob, &uid("alice"), "xyz").await,
+        Err(DomainError::Malformed(_))
+    ));
+    // The owner sees every release (and every probe) in her entries.
+    let releases = w.gate.audits_of(Rpc::GetRecoveryShare);
+    assert!(
+        releases
+            .iter()
+            .any(|a| a.owner_id == "alice" && a.outcome == Outcome::Ok && a.detail.contains(&fp))
+    );
+    assert!(
+        releases
+            .iter()
+            .any(|a| a.owner_id == "alice" && a.outcome == Outcome::Denied)
     );
 }
