@@ -62,6 +62,30 @@ async fn call(c: &MeshClients, rpc: Rpc) -> Result<(), Status> {
             .get_user(proto::GetUserRequest::default())
             .await
             .map(drop),
+        Rpc::ListDevices => srs
+            .list_devices(proto::ListDevicesRequest::default())
+            .await
+            .map(drop),
+        Rpc::RemoveDevice => srs
+            .remove_device(proto::RemoveDeviceRequest::default())
+            .await
+            .map(drop),
+        Rpc::SetRecovery => srs
+            .set_recovery(proto::SetRecoveryRequest::default())
+            .await
+            .map(drop),
+        Rpc::GetRecovery => srs
+            .get_recovery(proto::GetRecoveryRequest::default())
+            .await
+            .map(drop),
+        Rpc::GetRecoveryShare => srs
+            .get_recovery_share(proto::GetRecoveryShareRequest::default())
+            .await
+            .map(drop),
+        Rpc::RevokeDevice => policy
+            .revoke_device(proto::RevokeDeviceRequest::default())
+            .await
+            .map(drop),
         Rpc::PutKfrag => node
             .put_kfrag(proto::PutKfragRequest::default())
             .await

@@ -814,7 +814,7 @@ fn cert_life(home: &Path) -> sesphr_client::admin::CertificateLife {
 }
 
 #[test]
-fn certificates_renew_themselves_and_an_expired_one_needs_a_reinvitation() {
+fn certificates_renew_themselves_and_an_expired_one_re_enrols() {
     const DAY: i64 = 86_400;
     let m = DevProcess::start();
     m.ok("alice", &["enroll", "--id", "alice", "--role", "patient"]);
@@ -861,7 +861,7 @@ fn certificates_renew_themselves_and_an_expired_one_needs_a_reinvitation() {
     assert!(err.contains("sesphr reenroll"), "{err}");
     let err = m.fails("bob", &["renew"]);
     assert!(err.contains("expired"), "{err}");
-    assert!(err.contains("re-invitation"), "{err}");
+    assert!(err.contains("sesphr reenroll"), "{err}");
 
     // The operator re-invites bob (same id and role), bob re-enrols his
     // profile and reads again with his old grant.
@@ -887,6 +887,10 @@ fn certificates_renew_themselves_and_an_expired_one_needs_a_reinvitation() {
     // A re-invitation keeps the role.
     let out = m.admin(&["admin", "invite", "--id", "bob", "--role", "nurse"]);
     assert!(!out.status.success());
+    // Expired again: the proof of bob's registered key alone re-enrols.
+    install_cert(&m, &m.home("bob"), bob, -31 * DAY, -DAY);
+    m.ok("bob", &["reenroll"]);
+    assert_eq!(m.ok("bob", &["get", id]), "kept across re-enrolment");
     m.stop();
 }
 

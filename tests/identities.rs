@@ -280,7 +280,7 @@ async fn a_disabled_doctor_is_refused_everywhere_within_ten_seconds_and_restored
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renewal_keeps_every_grant_and_an_expired_certificate_needs_a_reinvitation() {
+async fn renewal_keeps_every_grant_and_an_expired_certificate_re_enrols() {
     let s = Sandbox::start().await;
     let alice = s.patient("alice").await;
     let bob = s.practitioner("bob", Role::Doctor).await;
@@ -356,20 +356,26 @@ async fn renewal_keeps_every_grant_and_an_expired_certificate_needs_a_reinvitati
     std::fs::write(s.home("bob").join("tls.pem"), &expired.cert_pem).unwrap();
     std::fs::write(s.home("bob").join("tls.key"), &expired.key_pem).unwrap();
     let err = admin::renew(&mesh, &profile, false).await.unwrap_err();
-    assert!(err.to_string().contains("re-invitation"), "{err}");
+    assert!(err.to_string().contains("sesphr reenroll"), "{err}");
 
-    // An operator's re-invitation: same id, role, keys and grants.
+    // An operator's re-invitation, with the proof of bob's registered key:
+    // same id, role, keys and grants.
     let again = s.invite("bob", Role::Doctor).await;
     assert!(again.reenrollment);
-    admin::reenroll(&mesh, &s.home("bob"), &again.text)
+    admin::reenroll(&mesh, &s.home("bob"), Some(&again.text))
         .await
         .unwrap();
     let bob = s.practitioner("bob", Role::Doctor).await;
     assert_eq!(download(&bob, &rec.record_id).await.unwrap(), b"x-ray");
     // It worked once.
-    let err = admin::reenroll(&mesh, &s.home("bob"), &again.text)
+    let err = admin::reenroll(&mesh, &s.home("bob"), Some(&again.text))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
+    // The key proof alone re-enrols too (a new device; the previous one
+    // is removed).
+    admin::reenroll(&mesh, &s.home("bob"), None).await.unwrap();
+    let bob = s.practitioner("bob", Role::Doctor).await;
+    assert_eq!(download(&bob, &rec.record_id).await.unwrap(), b"x-ray");
     s.shutdown().await;
 }

@@ -22,5 +22,6 @@ mod identities;
 mod impostor;
 mod impostor_forgery;
 mod mesh;
+mod secrets;
 mod sharing;
 mod srs_nodes;

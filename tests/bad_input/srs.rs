@@ -50,6 +50,7 @@ fn enroll_request(token: &str, user_id: &str, role: proto::Role) -> proto::Enrol
         csr_der,
         pre_public_key: pk.to_bytes().to_vec(),
         verifying_key: master.signing_key().verifying_key().to_bytes().to_vec(),
+        ..Default::default()
     }
 }
 

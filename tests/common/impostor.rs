@@ -503,6 +503,41 @@ pub mod forward {
         up.srs.clone().renew(req.into_inner()).await
     }
 
+    pub async fn list_devices(
+        up: Upstream,
+        req: Request<proto::ListDevicesRequest>,
+    ) -> Reply<proto::ListDevicesResponse> {
+        up.srs.clone().list_devices(req.into_inner()).await
+    }
+
+    pub async fn remove_device(
+        up: Upstream,
+        req: Request<proto::RemoveDeviceRequest>,
+    ) -> Reply<proto::RemoveDeviceResponse> {
+        up.srs.clone().remove_device(req.into_inner()).await
+    }
+
+    pub async fn set_recovery(
+        up: Upstream,
+        req: Request<proto::SetRecoveryRequest>,
+    ) -> Reply<proto::SetRecoveryResponse> {
+        up.srs.clone().set_recovery(req.into_inner()).await
+    }
+
+    pub async fn get_recovery(
+        up: Upstream,
+        req: Request<proto::GetRecoveryRequest>,
+    ) -> Reply<proto::RecoverySetup> {
+        up.srs.clone().get_recovery(req.into_inner()).await
+    }
+
+    pub async fn get_recovery_share(
+        up: Upstream,
+        req: Request<proto::GetRecoveryShareRequest>,
+    ) -> Reply<proto::GetRecoveryShareResponse> {
+        up.srs.clone().get_recovery_share(req.into_inner()).await
+    }
+
     // A re-encryption node (the upstream's one node, see `upstream_node`).
 
     fn node(up: &Upstream) -> proto::srs_node_client::SrsNodeClient<sesphr_client::TimedChannel> {
@@ -643,6 +678,13 @@ pub mod forward {
     ) -> Reply<proto::GetDenyListResponse> {
         up.policy.clone().get_deny_list(req.into_inner()).await
     }
+
+    pub async fn revoke_device(
+        up: Upstream,
+        req: Request<proto::RevokeDeviceRequest>,
+    ) -> Reply<proto::RevokeDeviceResponse> {
+        up.policy.clone().revoke_device(req.into_inner()).await
+    }
 }
 
 // ---- CloudStorage ---------------------------------------------------------------
@@ -721,6 +763,12 @@ pub struct SrsHooks {
     pub get_user: Option<Hook<proto::GetUserRequest, proto::UserInfo>>,
     pub invite: Option<Hook<proto::InviteRequest, proto::InviteResponse>>,
     pub renew: Option<Hook<proto::RenewRequest, proto::RenewResponse>>,
+    pub list_devices: Option<Hook<proto::ListDevicesRequest, proto::ListDevicesResponse>>,
+    pub remove_device: Option<Hook<proto::RemoveDeviceRequest, proto::RemoveDeviceResponse>>,
+    pub set_recovery: Option<Hook<proto::SetRecoveryRequest, proto::SetRecoveryResponse>>,
+    pub get_recovery: Option<Hook<proto::GetRecoveryRequest, proto::RecoverySetup>>,
+    pub get_recovery_share:
+        Option<Hook<proto::GetRecoveryShareRequest, proto::GetRecoveryShareResponse>>,
 }
 
 /// A re-encryption node impostor's hooks: `None` forwards the RPC as is.
@@ -755,6 +803,41 @@ impl srs_server::Srs for FakeSrs {
 
     async fn renew(&self, req: Request<proto::RenewRequest>) -> Reply<proto::RenewResponse> {
         relay!(self, "Renew", renew, req)
+    }
+
+    async fn list_devices(
+        &self,
+        req: Request<proto::ListDevicesRequest>,
+    ) -> Reply<proto::ListDevicesResponse> {
+        relay!(self, "ListDevices", list_devices, req)
+    }
+
+    async fn remove_device(
+        &self,
+        req: Request<proto::RemoveDeviceRequest>,
+    ) -> Reply<proto::RemoveDeviceResponse> {
+        relay!(self, "RemoveDevice", remove_device, req)
+    }
+
+    async fn set_recovery(
+        &self,
+        req: Request<proto::SetRecoveryRequest>,
+    ) -> Reply<proto::SetRecoveryResponse> {
+        relay!(self, "SetRecovery", set_recovery, req)
+    }
+
+    async fn get_recovery(
+        &self,
+        req: Request<proto::GetRecoveryRequest>,
+    ) -> Reply<proto::RecoverySetup> {
+        relay!(self, "GetRecovery", get_recovery, req)
+    }
+
+    async fn get_recovery_share(
+        &self,
+        req: Request<proto::GetRecoveryShareRequest>,
+    ) -> Reply<proto::GetRecoveryShareResponse> {
+        relay!(self, "GetRecoveryShare", get_recovery_share, req)
     }
 }
 
@@ -816,6 +899,7 @@ pub struct AccessPolicyHooks {
     pub disable_user: Option<Hook<proto::SetUserStatusRequest, proto::SetUserStatusResponse>>,
     pub enable_user: Option<Hook<proto::SetUserStatusRequest, proto::SetUserStatusResponse>>,
     pub get_deny_list: Option<Hook<proto::GetDenyListRequest, proto::GetDenyListResponse>>,
+    pub revoke_device: Option<Hook<proto::RevokeDeviceRequest, proto::RevokeDeviceResponse>>,
 }
 
 struct FakeAccessPolicy {
@@ -915,6 +999,13 @@ impl access_policy_server::AccessPolicy for FakeAccessPolicy {
         req: Request<proto::GetDenyListRequest>,
     ) -> Reply<proto::GetDenyListResponse> {
         relay!(self, "GetDenyList", get_deny_list, req)
+    }
+
+    async fn revoke_device(
+        &self,
+        req: Request<proto::RevokeDeviceRequest>,
+    ) -> Reply<proto::RevokeDeviceResponse> {
+        relay!(self, "RevokeDevice", revoke_device, req)
     }
 }
 

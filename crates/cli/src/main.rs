@@ -5,6 +5,7 @@
 
 mod demo;
 mod get;
+mod secrets;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -71,6 +72,8 @@ enum Command {
             hide_env_values = true
         )]
         invite: Option<String>,
+        #[command(flatten)]
+        secrets: secrets::EnrollSecrets,
     },
     /// Invite a family member or friend to enrol (patients only); prints
     /// the invitation alone on stdout, to hand to them privately.
@@ -88,19 +91,19 @@ enum Command {
     /// Renew your certificate now (every command renews it by itself once
     /// it is in the last third of its life); prints the new expiry.
     ///
-    /// An expired certificate cannot be renewed: ask an operator for a
-    /// re-invitation and run `sesphr reenroll`.
+    /// An expired certificate cannot be renewed: run `sesphr reenroll`.
     Renew {
         /// Also replace the TLS key the certificate is for.
         #[arg(long)]
         new_key: bool,
     },
-    /// Re-enrol an existing profile with an operator's re-invitation (after
-    /// its certificate expired or its TLS key was lost): the same id, role,
-    /// keys and grants, a new TLS key and certificate.
+    /// Re-enrol an existing profile (after its certificate expired or its
+    /// TLS key was lost): the same id, role, keys and grants, proven by a
+    /// signature of your registered key; a new TLS key and certificate on a
+    /// new device, and the profile's previous device is removed.
     Reenroll {
-        /// The re-invitation (`inv1-…`) an operator issued for your id
-        /// and role (`sesphr admin invite`).
+        /// An operator's re-invitation (`inv1-…`, `sesphr admin invite`),
+        /// only where the mesh asks for one.
         #[arg(
             long,
             env = "SESPHR_INVITATION",
@@ -108,7 +111,7 @@ enum Command {
             value_name = "TOKEN",
             hide_env_values = true
         )]
-        invite: String,
+        invite: Option<String>,
     },
     /// Operator commands: invite users, disable and enable them. `--home`
     /// is the operator's profile (`sesphrd dev` writes DIR/operator).
@@ -250,6 +253,22 @@ enum Command {
     },
     /// Run the whole story on an in-process mesh (or on --mesh).
     Demo,
+    #[command(flatten)]
+    Secrets(secrets::Command),
+    /// Your devices: each has its own TLS key and certificate for the same
+    /// user id and keys.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// Make this machine another device of yours from a backup file of
+    /// the first (`sesphr backup`): --home NEWDIR is where its profile
+    /// goes, with a new TLS key and certificate.
+    Add(secrets::DeviceAdd),
 }
 
 #[derive(Subcommand)]
@@ -329,7 +348,7 @@ fn home(path: &Option<PathBuf>) -> anyhow::Result<&Path> {
 const EXPIRY_WARNING_SECS: i64 = 7 * 86_400;
 
 /// The user profile in `path`, its certificate checked first: refused if
-/// it has expired (only a re-invitation helps then), renewed if it is in
+/// it has expired (`sesphr reenroll` helps then), renewed if it is in
 /// the last third of its life. A failed renewal only warns: the
 /// certificate still works, and the next command tries again.
 async fn user_home<'a>(mesh: &MeshFile, path: &'a Option<PathBuf>) -> anyhow::Result<&'a Path> {
@@ -361,12 +380,10 @@ async fn user_home<'a>(mesh: &MeshFile, path: &'a Option<PathBuf>) -> anyhow::Re
 /// What to do about an expired certificate.
 fn expired_hint(profile: &client::Profile, not_after: i64) -> String {
     format!(
-        "your certificate expired at {}; ask an operator for a re-invitation \
-         (`sesphr admin invite --id {} --role {}`), then run `sesphr reenroll --invite TOKEN`: \
-         it keeps your id and your grants",
-        fmt_time(not_after),
-        profile.user_id(),
-        profile.role()
+        "your certificate of {} expired at {}; run `sesphr reenroll`: it proves your \
+         registered key and keeps your id and your grants",
+        profile.identity,
+        fmt_time(not_after)
     )
 }
 
@@ -382,7 +399,7 @@ fn renewal_warning(not_after: i64, now: i64, why: &str) -> String {
         };
         format!(
             "your certificate expires {when} ({}) and could not be renewed ({why}); \
-             run `sesphr renew` before then, or afterwards ask an operator for a re-invitation",
+             run `sesphr renew` before then, or `sesphr reenroll` afterwards",
             fmt_time(not_after)
         )
     } else {
@@ -438,9 +455,9 @@ fn enroll_error(
                 .to_owned()
         }
         Some(tonic::Code::AlreadyExists) => format!(
-            "if you are {id} and your certificate expired or your TLS key is lost, ask an \
-             operator for a re-invitation and run `sesphr reenroll --invite TOKEN` with your \
-             profile's --home"
+            "if you are {id} and your certificate expired or your TLS key is lost, run \
+             `sesphr reenroll` with your profile's --home; if the profile is lost, `sesphr \
+             restore` from your backup or recovery phrase"
         ),
         _ => return e.into(),
     };
@@ -466,6 +483,11 @@ fn reenroll_error(e: client::ClientError, profile: &client::Profile) -> anyhow::
         }
         Some(tonic::Code::PermissionDenied) if message.contains("is for ") => {
             format!("this profile is {}; {ask}", profile.identity)
+        }
+        Some(tonic::Code::PermissionDenied) if message.contains("key proof") => {
+            "this profile's key is not the one registered for its id, or the mesh asks for an \
+             operator's re-invitation: pass it with --invite TOKEN"
+                .to_owned()
         }
         Some(tonic::Code::PermissionDenied) if message.contains("other keys") => {
             "this profile's keys are not the ones registered for its id: re-enrolment keeps \
@@ -658,14 +680,28 @@ fn print_notices(s: &Session) {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
+    secrets::install_prompt();
     match cli.command {
-        Command::Enroll { id, role, invite } => {
+        Command::Enroll {
+            id,
+            role,
+            invite,
+            secrets: protect,
+        } => {
             let mesh = mesh_file(&cli.mesh)?;
             let role: Role = role.parse()?;
             let invite = zeroize::Zeroizing::new(invite.unwrap_or_default());
-            let profile = client::enroll(&mesh, home(&cli.home)?, &id, role, &invite)
-                .await
-                .map_err(|e| enroll_error(e, &id, role, !invite.trim().is_empty()))?;
+            let passphrase = secrets::enroll_passphrase(&protect)?;
+            let profile = client::enroll_protected(
+                &mesh,
+                home(&cli.home)?,
+                &id,
+                role,
+                &invite,
+                passphrase.as_ref(),
+            )
+            .await
+            .map_err(|e| enroll_error(e, &id, role, !invite.trim().is_empty()))?;
             eprintln!(
                 "enrolled {} ({} domain)",
                 profile.identity,
@@ -685,6 +721,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     fmt_time(life.not_after)
                 );
             }
+            secrets::after_enroll(&profile, &protect, passphrase.is_some())?;
             println!("{}", profile.identity);
         }
         Command::Invite {
@@ -721,10 +758,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mesh = mesh_file(&cli.mesh)?;
             let home = home(&cli.home)?;
             let profile = client::Profile::load(home)?;
-            let invite = zeroize::Zeroizing::new(invite);
-            let not_after = client::admin::reenroll(&mesh, home, &invite)
-                .await
-                .map_err(|e| reenroll_error(e, &profile))?;
+            let invite = invite.map(zeroize::Zeroizing::new);
+            let not_after =
+                client::admin::reenroll(&mesh, home, invite.as_ref().map(|i| i.as_str()))
+                    .await
+                    .map_err(|e| reenroll_error(e, &profile))?;
             eprintln!(
                 "re-enrolled {} with the same keys and grants: a new TLS key and certificate, \
                  valid until {}",
@@ -1092,6 +1130,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             eprintln!("{}", audit_summary(&audit));
         }
+        Command::Secrets(command) => secrets::run(command, &cli.mesh, &cli.home).await?,
+        Command::Device {
+            command: DeviceCommand::Add(args),
+        } => secrets::device_add(args, &cli.mesh, &cli.home).await?,
         Command::Demo => {
             // Against a mesh, the operator profile is --home, else the dev
             // layout's DIR/operator beside DIR/mesh.toml.

@@ -291,6 +291,18 @@ impl Profile {
     /// each file by a durable rename, the new pair first written beside
     /// the old one, so a crash leaves a complete old or new pair except in
     /// the instant between the two renames.
+    /// The device the profile's certificate was issued to.
+    pub fn device(&self) -> Result<String, ClientError> {
+        let path = self.home.join("tls.pem");
+        let pem = std::fs::read(&path).map_err(|e| ClientError::io(&path, e))?;
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let der = CertificateDer::from_pem_slice(&pem).map_err(|_| {
+            ClientError::Profile(format!("{} is not a certificate", path.display()))
+        })?;
+        sesphr_mesh::trust::device(&der)
+            .ok_or_else(|| ClientError::Profile(format!("{} does not parse", path.display())))
+    }
+
     pub(crate) fn install_certificate(
         &self,
         cert_pem: &str,
@@ -299,7 +311,9 @@ impl Profile {
         match new_key_pem {
             None => write_public(&self.home.join("tls.pem"), cert_pem.as_bytes())?,
             Some(key) => {
-                write_secret(&self.home.join("tls.key.new"), key.as_bytes())?;
+                // Sealed under the profile's passphrase if tls.key is now.
+                let key = self.encode_like_current(crate::profile::TLS_KEY, key.as_bytes())?;
+                write_secret(&self.home.join("tls.key.new"), &key)?;
                 write_public(&self.home.join("tls.pem.new"), cert_pem.as_bytes())?;
                 let rename = |from: &str, to: &str| {
                     std::fs::rename(self.home.join(from), self.home.join(to))
@@ -314,8 +328,8 @@ impl Profile {
 }
 
 /// Renews the profile's certificate with its current one (which must not
-/// have expired: an expired one is refused `UNAUTHENTICATED`, and only an
-/// operator's re-invitation helps, see [`reenroll`]). With `new_key`, the
+/// have expired: an expired one is refused `UNAUTHENTICATED`, and
+/// [`reenroll`] helps). With `new_key`, the
 /// new certificate is for a fresh TLS key. Returns its expiry.
 pub async fn renew(mesh: &MeshFile, profile: &Profile, new_key: bool) -> Result<i64, ClientError> {
     let tls = profile.tls()?;
@@ -324,10 +338,7 @@ pub async fn renew(mesh: &MeshFile, profile: &Profile, new_key: bool) -> Result<
         let (csr, key) = sesphr_mesh::pki::make_csr()?;
         (csr, Some(Zeroizing::new(key)))
     } else {
-        let key_path = profile.home.join("tls.key");
-        let key = Zeroizing::new(
-            std::fs::read_to_string(&key_path).map_err(|e| ClientError::io(&key_path, e))?,
-        );
+        let key = profile.tls_key_pem()?;
         (sesphr_mesh::pki::make_csr_for(&key)?, None)
     };
     let resp = clients
@@ -339,12 +350,9 @@ pub async fn renew(mesh: &MeshFile, profile: &Profile, new_key: bool) -> Result<
             if status.code() == tonic::Code::Unauthenticated && status.message().contains("expired")
             {
                 ClientError::Invalid(format!(
-                    "your certificate has expired ({}); ask an operator for a re-invitation \
-                     (`sesphr admin invite --id {} --role {}`), then run `sesphr reenroll \
-                     --invite TOKEN`: it keeps your id and your grants",
-                    status.message(),
-                    profile.user_id(),
-                    profile.role()
+                    "your certificate has expired ({}); run `sesphr reenroll`: it proves \
+                     your registered key and keeps your id and your grants",
+                    status.message()
                 ))
             } else {
                 rpc("SRS")(status)
@@ -377,17 +385,57 @@ fn check_issued(cert_pem: &str, expected: &Identity) -> Result<(), ClientError> 
     Ok(())
 }
 
-/// Re-enrols the existing profile in `home` with an operator's
-/// re-invitation (after its certificate expired or its TLS key was lost):
-/// the same id, role and keys, a new TLS key and certificate. Returns the
-/// certificate's expiry.
-pub async fn reenroll(mesh: &MeshFile, home: &Path, invitation: &str) -> Result<i64, ClientError> {
-    let profile = Profile::load(home)?;
-    let master = profile.master_secret()?;
-    let (_, receiving_pk) = crate::receiving_keys(&master)?;
-    let verifying_key = master.signing_key().verifying_key();
+/// A certificate for a new device of an enrolled user, with its TLS key:
+/// what a restore, a recovery or `device add` installs into a new profile.
+pub struct IssuedCertificate {
+    /// Whom the certificate names.
+    pub identity: Identity,
+    /// The certificate (PEM), signed by the user CA.
+    pub certificate_pem: String,
+    /// The new device's TLS key (PEM).
+    pub tls_key_pem: Zeroizing<String>,
+    /// The service CA (PEM) the mesh's servers chain to.
+    pub ca_pem: String,
+    /// When the certificate expires (unix seconds).
+    pub not_after: i64,
+    /// The device name the SRS gave it.
+    pub device: String,
+}
+
+impl std::fmt::Debug for IssuedCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCertificate")
+            .field("identity", &self.identity.to_string())
+            .field("device", &self.device)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Enrols a new device of the enrolled user `user_id` from her master
+/// secret alone: a fresh TLS key, and a proof of possession of the
+/// registered keys (docs/crypto.md, "Key proof") instead of the old
+/// certificate, which is not needed. `role`: `None` takes the one the
+/// directory holds. `invitation`: an operator's re-invitation, where the
+/// mesh wants one; `None` for the self-service path. `device`: its name
+/// (`None`: the SRS picks `device-N`). Writes nothing.
+pub async fn obtain_device_certificate(
+    mesh: &MeshFile,
+    master: &sesphr_crypto::MasterSecret,
+    user_id: &str,
+    role: Option<Role>,
+    invitation: Option<&str>,
+    device: Option<&str>,
+) -> Result<IssuedCertificate, ClientError> {
+    sesphr_identity::validate_user_id(user_id).map_err(|e| ClientError::Invalid(e.to_string()))?;
+    sesphr_mesh::tls::install_crypto_provider();
+    let (_, receiving_pk) = crate::receiving_keys(master)?;
+    let signing_key = master.signing_key();
     let (csr_der, key_pem) = sesphr_mesh::pki::make_csr()?;
-    let key_pem = Zeroizing::new(key_pem);
+    let tls_key_pem = Zeroizing::new(key_pem);
+    let key_proof = signing_key
+        .sign_key_proof(&mesh.trust_domain, user_id, &csr_der)
+        .map_err(|e| ClientError::Invalid(format!("key proof: {e}")))?;
     let ca_pem = std::fs::read_to_string(&mesh.ca).map_err(|e| ClientError::io(&mesh.ca, e))?;
     let channel = crate::deadline::TimedChannel::connect(
         &mesh.srs,
@@ -398,19 +446,144 @@ pub async fn reenroll(mesh: &MeshFile, home: &Path, invitation: &str) -> Result<
     )?;
     let resp = proto::srs_client::SrsClient::new(channel)
         .enroll(unary(proto::EnrollRequest {
-            invitation: invitation.trim().to_owned(),
-            user_id: profile.user_id().to_owned(),
-            role: proto::Role::from(profile.role()) as i32,
+            invitation: invitation.unwrap_or_default().trim().to_owned(),
+            user_id: user_id.to_owned(),
+            role: role.map_or(proto::Role::Unspecified, proto::Role::from) as i32,
             csr_der,
             pre_public_key: receiving_pk.to_bytes().to_vec(),
-            verifying_key: verifying_key.to_bytes().to_vec(),
+            verifying_key: signing_key.verifying_key().to_bytes().to_vec(),
+            key_proof: key_proof.to_vec(),
+            device: device.unwrap_or_default().to_owned(),
         }))
         .await
         .map_err(rpc("SRS"))?
         .into_inner();
-    check_issued(&resp.certificate_pem, &profile.identity)?;
-    profile.install_certificate(&resp.certificate_pem, Some(&key_pem))?;
-    Ok(resp.not_after)
+    let identity: Identity = resp.spiffe_id.parse().map_err(|_| {
+        ClientError::Verification(format!(
+            "the SRS named an unreadable identity {:?}",
+            resp.spiffe_id
+        ))
+    })?;
+    match identity.as_user() {
+        Some((got_role, got_id))
+            if got_id == user_id
+                && identity.trust_domain == mesh.trust_domain
+                && role.is_none_or(|r| r == got_role) => {}
+        _ => {
+            return Err(ClientError::Verification(format!(
+                "the SRS issued a certificate for {identity}, not for {user_id}"
+            )));
+        }
+    }
+    check_issued(&resp.certificate_pem, &identity)?;
+    Ok(IssuedCertificate {
+        identity,
+        certificate_pem: resp.certificate_pem,
+        tls_key_pem,
+        ca_pem,
+        not_after: resp.not_after,
+        device: resp.device,
+    })
+}
+
+/// Re-enrols the existing profile in `home` (after its certificate
+/// expired or its TLS key was lost): the same id, role and keys, proven by
+/// the key proof, on a new device with a new TLS key and certificate; the
+/// profile's previous device is then removed (its certificates revoked).
+/// `invitation`: an operator's re-invitation, if the mesh asks for one.
+/// Returns the certificate's expiry.
+pub async fn reenroll(
+    mesh: &MeshFile,
+    home: &Path,
+    invitation: Option<&str>,
+) -> Result<i64, ClientError> {
+    let profile = Profile::load(home)?;
+    let master = profile.master_secret()?;
+    let old_device = profile.device().ok();
+    let issued = obtain_device_certificate(
+        mesh,
+        &master,
+        profile.user_id(),
+        Some(profile.role()),
+        invitation,
+        None,
+    )
+    .await?;
+    if issued.identity != profile.identity {
+        return Err(ClientError::Verification(format!(
+            "the SRS issued a certificate for {} instead of {}",
+            issued.identity, profile.identity
+        )));
+    }
+    profile.install_certificate(&issued.certificate_pem, Some(issued.tls_key_pem.as_str()))?;
+    if let Some(old) = old_device.filter(|old| *old != issued.device)
+        && let Err(e) = remove_device(mesh, &profile, &old).await
+    {
+        tracing::warn!(device = %old, error = %e, "could not remove the previous device");
+    }
+    Ok(issued.not_after)
+}
+
+/// One of a user's devices, as the SRS lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceInfo {
+    /// Its name (in its certificates' subject).
+    pub name: String,
+    /// When the device was enrolled (unix seconds).
+    pub added_at: i64,
+    /// When its newest certificate was issued.
+    pub issued_at: i64,
+    /// When its last certificate expires.
+    pub not_after: i64,
+    /// The device this profile runs on.
+    pub current: bool,
+}
+
+/// The profile's user's devices (not removed), oldest first.
+pub async fn list_devices(
+    mesh: &MeshFile,
+    profile: &Profile,
+) -> Result<Vec<DeviceInfo>, ClientError> {
+    let tls = profile.tls()?;
+    let mut clients = MeshClients::connect(mesh, &tls)?;
+    let resp = clients
+        .srs
+        .list_devices(unary(proto::ListDevicesRequest {}))
+        .await
+        .map_err(rpc("SRS"))?
+        .into_inner();
+    Ok(resp
+        .devices
+        .into_iter()
+        .map(|d| DeviceInfo {
+            name: d.name,
+            added_at: d.added_at,
+            issued_at: d.issued_at,
+            not_after: d.not_after,
+            current: d.current,
+        })
+        .collect())
+}
+
+/// Removes one of the user's devices (not the profile's own): every
+/// certificate it got is revoked at once. Returns until when (unix
+/// seconds; 0 when they had all expired).
+pub async fn remove_device(
+    mesh: &MeshFile,
+    profile: &Profile,
+    name: &str,
+) -> Result<i64, ClientError> {
+    let tls = profile.tls()?;
+    let mut clients = MeshClients::connect(mesh, &tls)?;
+    Ok(clients
+        .srs
+        .remove_device(unary(proto::RemoveDeviceRequest {
+            name: name.to_owned(),
+        }))
+        .await
+        .map_err(rpc("SRS"))?
+        .into_inner()
+        .revoked_until)
 }
 
 /// Renews the profile's certificate if it is in the last third of its

@@ -29,6 +29,8 @@ mod nodes;
 mod pending;
 mod pins;
 mod profile;
+pub mod restore;
+pub mod sealed;
 mod types;
 mod upload;
 
@@ -53,7 +55,7 @@ pub use deadline::{TimedChannel, TimeoutSettings, Timeouts};
 pub use dedup::{Stored, blob_len as dedup_blob_len};
 pub use ledger::{Disagreement, LedgerEntry};
 pub use pins::{PinStatus, UserKeys, fingerprint};
-pub use profile::Profile;
+pub use profile::{NewProfile, PassphrasePrompt, Profile, set_passphrase_prompt};
 pub use types::{AuditEntry, AuditVerification, Grant, Grants, Record};
 
 pub use audit_log::{ProvenEntry, VerifiedAudit};
@@ -296,6 +298,22 @@ pub async fn enroll(
     role: Role,
     invitation: &str,
 ) -> Result<Profile, ClientError> {
+    enroll_protected(mesh, home, user_id, role, invitation, None).await
+}
+
+/// [`enroll`], the new profile's secret files sealed under `passphrase`
+/// from the start if one is given (see [`sealed`]).
+pub async fn enroll_protected(
+    mesh: &MeshFile,
+    home: &Path,
+    user_id: &str,
+    role: Role,
+    invitation: &str,
+    passphrase: Option<&sealed::Passphrase>,
+) -> Result<Profile, ClientError> {
+    if passphrase.is_some_and(sealed::Passphrase::is_empty) {
+        return Err(ClientError::Invalid("a passphrase may not be empty".into()));
+    }
     validate_user_id(user_id).map_err(|e| ClientError::Invalid(e.to_string()))?;
     if Profile::exists(home) {
         return Err(ClientError::Profile(format!(
@@ -324,6 +342,8 @@ pub async fn enroll(
             csr_der,
             pre_public_key: receiving_pk.to_bytes().to_vec(),
             verifying_key: verifying_key.to_bytes().to_vec(),
+            key_proof: Vec::new(),
+            device: String::new(),
         }))
         .await
         .map_err(rpc("SRS"))?
@@ -336,13 +356,17 @@ pub async fn enroll(
             resp.spiffe_id
         )));
     }
-    let profile = Profile::create(
+    let profile = Profile::create_with(
         home,
         &identity,
         &master,
         &tls_key_pem,
         &resp.certificate_pem,
         &ca_pem,
+        NewProfile {
+            passphrase,
+            ..NewProfile::default()
+        },
     )?;
     ledger::Ledger::create(home)?;
     Ok(profile)

@@ -5,14 +5,27 @@
 //! ```text
 //! DIR/profile.toml   user id, role, trust domain
 //! DIR/master.key     the master secret (hex, 0600) — back this up
-//! DIR/tls.key        TLS private key (0600)
+//! DIR/tls.key        TLS private key (PEM, 0600)
 //! DIR/tls.pem        client certificate issued at enrollment
 //! DIR/ca.pem         mesh CA certificate
 //! DIR/epochs.toml    current key epoch per partition (owners)
 //! ```
+//!
+//! A profile may be protected by a passphrase: `master.key` and `tls.key`
+//! are then sealed files ([`crate::sealed`]) instead of hex and PEM, both
+//! under the same passphrase. Readers tell the two apart by the file's
+//! first bytes, so unprotected profiles keep loading. The passphrase comes
+//! from [`Profile::with_passphrase`], else from the process's prompt
+//! ([`set_passphrase_prompt`]), asked only when a sealed file is read.
+//! [`Profile::set_passphrase`] adds, changes or removes it for both files
+//! at once: new files are written beside the old ones and a commit marker
+//! (`DIR/secrets.commit`) makes the two renames roll forward on the next
+//! load if a crash interrupts them, so a profile is never left with one
+//! file under the old passphrase and one under the new.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use sesphr_crypto::MasterSecret;
@@ -20,8 +33,33 @@ use sesphr_identity::{Identity, Role};
 use zeroize::Zeroizing;
 
 use super::ClientError;
+use crate::sealed::{self, Passphrase, SealError};
 use sesphr_mesh::pki::{write_public, write_secret};
-use sesphr_mesh::tls::{TlsFiles, TlsMaterial};
+use sesphr_mesh::tls::TlsMaterial;
+
+/// The profile's secret files, as they are named and as their sealed form
+/// names its role.
+pub(crate) const MASTER_KEY: &str = "master.key";
+pub(crate) const TLS_KEY: &str = "tls.key";
+/// Present while a change of passphrase is being committed.
+const COMMIT_MARKER: &str = "secrets.commit";
+/// Suffix of a secret file's replacement during a change of passphrase.
+const NEXT: &str = "next";
+
+/// What asks for a passphrase when a profile without one reads a sealed
+/// file: given the file, the passphrase (or why there is none).
+pub type PassphrasePrompt = dyn Fn(&Path) -> Result<Zeroizing<String>, String> + Send + Sync;
+
+static PROMPT: OnceLock<Box<PassphrasePrompt>> = OnceLock::new();
+
+/// Installs the process's passphrase prompt (the CLI's asks on the
+/// terminal or reads `SESPHR_PASSPHRASE`); once per process. Returns
+/// whether it was installed (false: one already was).
+pub fn set_passphrase_prompt(
+    prompt: impl Fn(&Path) -> Result<Zeroizing<String>, String> + Send + Sync + 'static,
+) -> bool {
+    PROMPT.set(Box::new(prompt)).is_ok()
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +76,9 @@ pub struct Profile {
     pub home: PathBuf,
     /// The user the profile belongs to.
     pub identity: Identity,
+    /// The passphrase its sealed files open with, once known (given, or
+    /// asked once and shared by the clones).
+    passphrase: Arc<OnceLock<Passphrase>>,
 }
 
 impl Profile {
@@ -50,7 +91,7 @@ impl Profile {
         Self::path(home, "profile.toml").exists()
     }
 
-    /// Writes a new profile (refuses to overwrite one).
+    /// Writes a new profile (refuses to overwrite one), unprotected.
     pub fn create(
         home: &Path,
         identity: &Identity,
@@ -59,6 +100,35 @@ impl Profile {
         cert_pem: &str,
         ca_pem: &str,
     ) -> Result<Self, ClientError> {
+        Self::create_with(
+            home,
+            identity,
+            master,
+            tls_key_pem,
+            cert_pem,
+            ca_pem,
+            NewProfile::default(),
+        )
+    }
+
+    /// Writes a new profile (refuses to overwrite one): its secret files
+    /// sealed under `new.passphrase` from the start if one is given, and
+    /// `new.files` (epochs, ledger, pins of a restored profile) written
+    /// before `profile.toml`, whose presence means the profile is complete.
+    pub fn create_with(
+        home: &Path,
+        identity: &Identity,
+        master: &MasterSecret,
+        tls_key_pem: &str,
+        cert_pem: &str,
+        ca_pem: &str,
+        new: NewProfile<'_>,
+    ) -> Result<Self, ClientError> {
+        if let Some(p) = new.passphrase
+            && p.is_empty()
+        {
+            return Err(ClientError::Invalid("a passphrase may not be empty".into()));
+        }
         if Self::exists(home) {
             return Err(ClientError::Profile(format!(
                 "{} already holds a profile; use another --home",
@@ -77,22 +147,143 @@ impl Profile {
             role: role.as_str().to_owned(),
             trust_domain: identity.trust_domain.clone(),
         };
-        let master_hex = Zeroizing::new(hex::encode(master.to_bytes().as_slice()));
-        write_secret(&Self::path(home, "master.key"), master_hex.as_bytes())?;
-        write_secret(&Self::path(home, "tls.key"), tls_key_pem.as_bytes())?;
+        let master_hex = master_hex(master);
+        let seal = |role: &str, plain: &[u8]| encode_secret(role, plain, new.passphrase);
+        write_secret(
+            &Self::path(home, MASTER_KEY),
+            &seal(MASTER_KEY, master_hex.as_bytes())?,
+        )?;
+        write_secret(
+            &Self::path(home, TLS_KEY),
+            &seal(TLS_KEY, tls_key_pem.as_bytes())?,
+        )?;
         write_public(&Self::path(home, "tls.pem"), cert_pem.as_bytes())?;
         write_public(&Self::path(home, "ca.pem"), ca_pem.as_bytes())?;
+        if !new.epochs.is_empty() {
+            let text = toml::to_string(new.epochs).expect("epochs serialize");
+            write_public(&Self::path(home, "epochs.toml"), text.as_bytes())?;
+        }
+        for (name, text) in new.files {
+            write_public(&Self::path(home, name), text.as_bytes())?;
+        }
         // profile.toml last: its presence means the profile is complete.
         let text = toml::to_string(&file).expect("profile serializes");
         write_public(&Self::path(home, "profile.toml"), text.as_bytes())?;
-        Ok(Self {
+        let profile = Self {
             home: home.to_owned(),
             identity: identity.clone(),
+            passphrase: Arc::default(),
+        };
+        Ok(match new.passphrase {
+            Some(p) => profile.with_passphrase(p.clone()),
+            None => profile,
         })
     }
 
-    /// Reads the profile in `home`.
+    /// The same profile, opening its sealed files with `passphrase`.
+    pub fn with_passphrase(mut self, passphrase: Passphrase) -> Self {
+        self.passphrase = Arc::new(OnceLock::from(passphrase));
+        self
+    }
+
+    /// Whether the profile's secrets are sealed under a passphrase.
+    pub fn is_protected(&self) -> Result<bool, ClientError> {
+        let path = Self::path(&self.home, MASTER_KEY);
+        let bytes = Zeroizing::new(std::fs::read(&path).map_err(|e| ClientError::io(&path, e))?);
+        Ok(sealed::is_sealed(&bytes))
+    }
+
+    /// The passphrase, given or asked for (once) because `path` is sealed.
+    fn unlock(&self, path: &Path) -> Result<&Passphrase, ClientError> {
+        if let Some(p) = self.passphrase.get() {
+            return Ok(p);
+        }
+        let prompt = PROMPT.get().ok_or_else(|| {
+            ClientError::Profile(format!(
+                "{} is protected by a passphrase and none was given",
+                path.display()
+            ))
+        })?;
+        let secret = prompt(path).map_err(|why| {
+            ClientError::Profile(format!(
+                "{} is protected by a passphrase: {why}",
+                path.display()
+            ))
+        })?;
+        if secret.is_empty() {
+            return Err(ClientError::Profile(format!(
+                "{} is protected by a passphrase and none was given",
+                path.display()
+            )));
+        }
+        Ok(self.passphrase.get_or_init(|| Passphrase::new(secret)))
+    }
+
+    /// A secret file's plaintext: as it is, or opened with the passphrase
+    /// if it is sealed.
+    fn read_secret(&self, role: &str) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        let path = Self::path(&self.home, role);
+        let bytes = Zeroizing::new(std::fs::read(&path).map_err(|e| ClientError::io(&path, e))?);
+        if !sealed::is_sealed(&bytes) {
+            return Ok(bytes);
+        }
+        let passphrase = self.unlock(&path)?;
+        sealed::open(role, &bytes, passphrase).map_err(|e| sealed_error(&path, e))
+    }
+
+    /// `plain` as the file of `role` holds it in this profile: sealed
+    /// under its passphrase if that file is sealed now, else as it is.
+    pub(crate) fn encode_like_current(
+        &self,
+        role: &str,
+        plain: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        let path = Self::path(&self.home, role);
+        let current = Zeroizing::new(std::fs::read(&path).map_err(|e| ClientError::io(&path, e))?);
+        if !sealed::is_sealed(&current) {
+            return Ok(Zeroizing::new(plain.to_vec()));
+        }
+        let passphrase = self.unlock(&path)?;
+        // The passphrase must open what is there before anything is
+        // written under it.
+        sealed::open(role, &current, passphrase).map_err(|e| sealed_error(&path, e))?;
+        encode_secret(role, plain, Some(passphrase))
+    }
+
+    /// Seals both secret files under `new` (adding or changing the
+    /// passphrase) or, with `None`, stores them unprotected again. Both
+    /// files are first opened with the current passphrase (nothing is
+    /// written if it is wrong), then replaced together (see the module
+    /// docs). Returns the profile opening with the new passphrase.
+    pub fn set_passphrase(&self, new: Option<&Passphrase>) -> Result<Self, ClientError> {
+        if let Some(p) = new
+            && p.is_empty()
+        {
+            return Err(ClientError::Invalid("a passphrase may not be empty".into()));
+        }
+        let master = self.read_secret(MASTER_KEY)?;
+        let tls_key = self.read_secret(TLS_KEY)?;
+        let next = |role: &str| Self::path(&self.home, &format!("{role}.{NEXT}"));
+        write_secret(&next(MASTER_KEY), &encode_secret(MASTER_KEY, &master, new)?)?;
+        write_secret(&next(TLS_KEY), &encode_secret(TLS_KEY, &tls_key, new)?)?;
+        // From here on the change rolls forward, even after a crash.
+        write_public(&Self::path(&self.home, COMMIT_MARKER), b"")?;
+        roll_forward(&self.home)?;
+        let profile = Self {
+            home: self.home.clone(),
+            identity: self.identity.clone(),
+            passphrase: Arc::default(),
+        };
+        Ok(match new {
+            Some(p) => profile.with_passphrase(p.clone()),
+            None => profile,
+        })
+    }
+
+    /// Reads the profile in `home` (finishing a change of passphrase that
+    /// a crash interrupted).
     pub fn load(home: &Path) -> Result<Self, ClientError> {
+        recover_passphrase_change(home)?;
         let path = Self::path(home, "profile.toml");
         let text = std::fs::read_to_string(&path).map_err(|_| {
             ClientError::Profile(format!(
@@ -111,6 +302,7 @@ impl Profile {
         Ok(Self {
             home: home.to_owned(),
             identity,
+            passphrase: Arc::default(),
         })
     }
 
@@ -132,9 +324,10 @@ impl Profile {
 
     /// Reads the master secret every key of the user derives from.
     pub fn master_secret(&self) -> Result<MasterSecret, ClientError> {
-        let path = Self::path(&self.home, "master.key");
-        let text =
-            Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| ClientError::io(&path, e))?);
+        let path = Self::path(&self.home, MASTER_KEY);
+        let plain = self.read_secret(MASTER_KEY)?;
+        let text = std::str::from_utf8(&plain)
+            .map_err(|_| ClientError::Profile(format!("{} is not hex", path.display())))?;
         let bytes = Zeroizing::new(
             hex::decode(text.trim())
                 .map_err(|_| ClientError::Profile(format!("{} is not hex", path.display())))?,
@@ -143,20 +336,37 @@ impl Profile {
             .map_err(|_| ClientError::Profile(format!("{} is not a master secret", path.display())))
     }
 
+    /// The TLS private key (PEM), opened if it is sealed.
+    pub fn tls_key_pem(&self) -> Result<Zeroizing<String>, ClientError> {
+        let path = Self::path(&self.home, TLS_KEY);
+        let plain = self.read_secret(TLS_KEY)?;
+        let text = std::str::from_utf8(&plain)
+            .map_err(|_| ClientError::Profile(format!("{} is not a PEM key", path.display())))?;
+        Ok(Zeroizing::new(text.to_owned()))
+    }
+
     /// Loads the TLS key, certificate and CA the user's mTLS runs on.
     pub fn tls(&self) -> Result<TlsMaterial, ClientError> {
-        Ok(TlsMaterial::load(&TlsFiles {
-            cert: Self::path(&self.home, "tls.pem"),
-            key: Self::path(&self.home, "tls.key"),
-            ca: Self::path(&self.home, "ca.pem"),
-        })?)
+        let read = |name: &str| {
+            let path = Self::path(&self.home, name);
+            std::fs::read_to_string(&path).map_err(|e| ClientError::io(&path, e))
+        };
+        let (cert, ca) = (read("tls.pem")?, read("ca.pem")?);
+        let key = self.tls_key_pem()?;
+        TlsMaterial::from_pem(cert, key, ca).map_err(|e| {
+            ClientError::Profile(format!(
+                "{}: the TLS key, certificate or CA does not load ({e})",
+                self.home.display()
+            ))
+        })
     }
 
     fn epochs_path(&self) -> PathBuf {
         Self::path(&self.home, "epochs.toml")
     }
 
-    fn epochs(&self) -> Result<BTreeMap<String, u32>, ClientError> {
+    /// The current key epoch of every partition that has moved past 0.
+    pub fn epochs(&self) -> Result<BTreeMap<String, u32>, ClientError> {
         let path = self.epochs_path();
         match std::fs::read_to_string(&path) {
             Ok(text) => toml::from_str(&text)
@@ -175,8 +385,103 @@ impl Profile {
     pub fn set_epoch(&self, partition: &str, epoch: u32) -> Result<(), ClientError> {
         let mut all = self.epochs()?;
         all.insert(partition.to_owned(), epoch);
-        let text = toml::to_string(&all).expect("epochs serialize");
+        self.set_epochs(&all)
+    }
+
+    /// Saves every partition's epoch at once.
+    pub fn set_epochs(&self, all: &BTreeMap<String, u32>) -> Result<(), ClientError> {
+        let text = toml::to_string(all).expect("epochs serialize");
         write_public(&self.epochs_path(), text.as_bytes())?;
         Ok(())
     }
+}
+
+/// What a new profile starts with besides its keys and certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct NewProfile<'a> {
+    /// Seal the secret files under this passphrase from the start.
+    pub passphrase: Option<&'a Passphrase>,
+    /// Key epochs (a restored profile's).
+    pub epochs: &'a BTreeMap<String, u32>,
+    /// Further files by name (a restored profile's ledger and pins); the
+    /// caller names only files a profile has.
+    pub files: &'a [(&'a str, &'a str)],
+}
+
+static NO_EPOCHS: BTreeMap<String, u32> = BTreeMap::new();
+
+impl Default for NewProfile<'_> {
+    fn default() -> Self {
+        Self {
+            passphrase: None,
+            epochs: &NO_EPOCHS,
+            files: &[],
+        }
+    }
+}
+
+fn master_hex(master: &MasterSecret) -> Zeroizing<String> {
+    Zeroizing::new(hex::encode(master.to_bytes().as_slice()))
+}
+
+/// A secret file's bytes: `plain`, or sealed as `role` under `passphrase`.
+fn encode_secret(
+    role: &str,
+    plain: &[u8],
+    passphrase: Option<&Passphrase>,
+) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+    match passphrase {
+        None => Ok(Zeroizing::new(plain.to_vec())),
+        Some(p) => sealed::seal(role, plain, p)
+            .map(|text| Zeroizing::new(text.into_bytes()))
+            .map_err(|e| ClientError::Invalid(format!("cannot seal {role}: {e}"))),
+    }
+}
+
+/// The one line a sealed file's refusal is.
+pub(crate) fn sealed_error(path: &Path, e: SealError) -> ClientError {
+    let path = path.display();
+    ClientError::Profile(match e {
+        SealError::WrongPassphrase => format!("wrong passphrase for {path}"),
+        other => format!("{path}: {other}"),
+    })
+}
+
+/// Finishes a change of passphrase whose commit marker is on disk (its new
+/// files were complete before the marker was written); drops the
+/// replacements of one that never committed.
+fn recover_passphrase_change(home: &Path) -> Result<(), ClientError> {
+    if home.join(COMMIT_MARKER).exists() {
+        return roll_forward(home);
+    }
+    for role in [MASTER_KEY, TLS_KEY] {
+        let next = home.join(format!("{role}.{NEXT}"));
+        match std::fs::remove_file(&next) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ClientError::io(&next, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Renames each `ROLE.next` over `ROLE`, syncs the directory, removes the
+/// commit marker. Idempotent: a rename already done is skipped.
+fn roll_forward(home: &Path) -> Result<(), ClientError> {
+    for role in [MASTER_KEY, TLS_KEY] {
+        let next = home.join(format!("{role}.{NEXT}"));
+        if next.exists() {
+            std::fs::rename(&next, home.join(role)).map_err(|e| ClientError::io(&next, e))?;
+        }
+    }
+    sync_dir(home)?;
+    let marker = home.join(COMMIT_MARKER);
+    std::fs::remove_file(&marker).map_err(|e| ClientError::io(&marker, e))?;
+    sync_dir(home)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ClientError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ClientError::io(dir, e))
 }

@@ -215,8 +215,8 @@ impl<S> Authorize<S> {
             return Err((
                 Status::unauthenticated(format!(
                     "client certificate expired at {not_after} (unix seconds) during this \
-                     connection: renew before it expires (`sesphr renew`); once expired, ask \
-                     an operator for a re-invitation"
+                     connection: renew before it expires (`sesphr renew`); once expired, \
+                     re-enrol (`sesphr reenroll`), which keeps the user id and its grants"
                 )),
                 None,
             ));

@@ -197,8 +197,8 @@ impl TrustRoots {
             Ok(()) => PeerIdentity::Verified(id),
             Err(Verdict::Expired(at)) => PeerIdentity::Rejected(format!(
                 "client certificate of {} expired at {at} (unix seconds): renew before it \
-                 expires (`sesphr renew`); once expired, ask an operator for a re-invitation, \
-                 which keeps the user id and its grants",
+                 expires (`sesphr renew`); once expired, re-enrol (`sesphr reenroll`, a proof \
+                 of the registered key), which keeps the user id and its grants",
                 id.short()
             )),
             Err(Verdict::Invalid(e)) => PeerIdentity::Rejected(format!(
