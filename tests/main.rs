@@ -12,6 +12,7 @@ mod bad_input;
 mod cli;
 mod dedup;
 mod deploy_config;
+mod devices;
 mod distrust;
 mod durability;
 mod faults;

@@ -269,6 +269,16 @@ enum DeviceCommand {
     /// the first (`sesphr backup`): --home NEWDIR is where its profile
     /// goes, with a new TLS key and certificate.
     Add(secrets::DeviceAdd),
+    /// List your devices (`*` marks this one): name, when it was added,
+    /// when its certificate expires.
+    List,
+    /// Remove one of your devices (a lost or retired machine): every
+    /// certificate it got is revoked at once and it renews nothing. Run it
+    /// from another device.
+    Remove {
+        /// The device's name (`sesphr device list`).
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1134,6 +1144,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Device {
             command: DeviceCommand::Add(args),
         } => secrets::device_add(args, &cli.mesh, &cli.home).await?,
+        Command::Device {
+            command: DeviceCommand::List,
+        } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let profile = client::Profile::load(user_home(&mesh, &cli.home).await?)?;
+            let devices = client::admin::list_devices(&mesh, &profile).await?;
+            let mut stdout = std::io::stdout().lock();
+            for d in &devices {
+                writeln!(
+                    stdout,
+                    "{} {}\tadded {}\tcertificate until {}",
+                    if d.current { "*" } else { " " },
+                    d.name,
+                    fmt_time(d.added_at),
+                    fmt_time(d.not_after)
+                )?;
+            }
+        }
+        Command::Device {
+            command: DeviceCommand::Remove { name },
+        } => {
+            let mesh = mesh_file(&cli.mesh)?;
+            let profile = client::Profile::load(user_home(&mesh, &cli.home).await?)?;
+            let until = client::admin::remove_device(&mesh, &profile, &name).await?;
+            if until > 0 {
+                eprintln!(
+                    "removed device {name} of {}: its certificates are revoked (they would \
+                     have expired at {})",
+                    profile.identity,
+                    fmt_time(until)
+                );
+            } else {
+                eprintln!("removed device {name} of {}", profile.identity);
+            }
+        }
         Command::Demo => {
             // Against a mesh, the operator profile is --home, else the dev
             // layout's DIR/operator beside DIR/mesh.toml.
