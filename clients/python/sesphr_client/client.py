@@ -535,6 +535,25 @@ def _load_toml(path: Path, missing):
         raise ClientError(f"{path}: {e}") from None
 
 
+SEALED_MAGIC = b"sesphr-sealed-"
+
+
+def _refuse_sealed(path: Path) -> None:
+    """A profile the `sesphr` CLI protected with a passphrase keeps master.key and tls.key
+    sealed (Argon2id + AES-256-GCM, docs/recovery.md); this client does not open them."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SEALED_MAGIC))
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ClientError(f"{path}: {e}") from None
+    if head == SEALED_MAGIC:
+        raise ClientError(
+            f"{path} is protected by a passphrase (sealed by the sesphr CLI), which the Python "
+            f"client does not read; `sesphr passphrase remove` stores it unprotected")
+
+
 class Profile:
     """`--home DIR`: profile.toml, master.key, tls.key, tls.pem, ca.pem, epochs.toml,
     known_keys.toml (pinned user keys) and grants.toml (the owner's grant ledger)."""
@@ -554,6 +573,8 @@ class Profile:
         self.trust_domain: str = data["trust_domain"]
         if self.role not in ROLES:
             raise ClientError(f"{path}: unknown role {self.role!r}")
+        for name in ("master.key", "tls.key"):
+            _refuse_sealed(self.home / name)
 
     @staticmethod
     def exists(home: Path) -> bool:
