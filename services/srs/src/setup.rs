@@ -472,10 +472,14 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
         }
         // The invitation first: without a valid one nothing else is told.
         let invitation = if r.invitation.trim().is_empty() {
-            match (key_proof, role) {
-                (true, _) => self.admit_reenrolment()?,
-                (false, Some(role)) => self.admit_self_registration(role)?,
-                (false, None) => unreachable!("checked above"),
+            match role {
+                _ if key_proof => self.admit_reenrolment()?,
+                Some(role) => self.admit_self_registration(role)?,
+                None => {
+                    return Err(DomainError::Malformed(
+                        "role must be set to a known role".into(),
+                    ));
+                }
             }
             None
         } else {
@@ -561,7 +565,9 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
         } else {
             parse_public_key(&r.pre_public_key, "pre_public_key")?;
             parse_verifying_key(&r.verifying_key, "verifying_key")?;
-            (role.expect("checked above"), None)
+            let role = role
+                .ok_or_else(|| DomainError::Malformed("role must be set to a known role".into()))?;
+            (role, None)
         };
         let device = match (&r.device, &enrolled) {
             (name, _) if !name.is_empty() => name.clone(),
@@ -794,8 +800,7 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
         })
     }
 
-    /// The caller's devices, not removed, oldest first, with which one the
-    /// call came from (`presented_device`).
+    /// The caller's devices, not removed, oldest first.
     pub async fn list_devices(
         &self,
         caller: &Caller,
