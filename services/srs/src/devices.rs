@@ -50,8 +50,15 @@ pub fn validate_name(name: &str) -> Result<(), DomainError> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
+        // Named back only when short: a status message echoes no
+        // megabyte of the caller's.
+        let shown = if name.len() <= MAX_DEVICE_NAME_LEN * 2 {
+            format!("{name:?} ")
+        } else {
+            String::new()
+        };
         return Err(DomainError::Malformed(format!(
-            "device name {name:?} must be 1 to {MAX_DEVICE_NAME_LEN} of a-z, 0-9 and -"
+            "device name {shown}must be 1 to {MAX_DEVICE_NAME_LEN} of a-z, 0-9 and -"
         )));
     }
     Ok(())
@@ -144,6 +151,11 @@ mod tests {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
         validate_name("laptop-2").unwrap();
+        let huge = "x".repeat(1 << 20);
+        let Err(DomainError::Malformed(m)) = validate_name(&huge) else {
+            panic!("a huge name passed");
+        };
+        assert!(m.len() < 100, "{m}");
         let mut list = vec![device("device-1", 100), device("device-3", 100)];
         assert_eq!(default_name(&list), "device-2");
         add(&mut list, device("device-2", 100)).unwrap();
