@@ -560,6 +560,18 @@ fn report_restored(r: &Restored, verb: &str) {
              the mesh file's"
         );
     }
+    if r.ledger && r.profile.role() == Role::Patient {
+        eprintln!(
+            "your grant ledger is as old as the backup: `sesphr grants` shows where it \
+             disagrees with AccessPolicy"
+        );
+    }
+    if verb == "restored" {
+        eprintln!(
+            "if a device of yours is lost, remove it: `sesphr device list`, then \
+             `sesphr device remove NAME`"
+        );
+    }
     if !r.ledger && r.profile.role() == Role::Patient {
         eprintln!(
             "your grant ledger was not restored (a recovery phrase holds keys only): check \

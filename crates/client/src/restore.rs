@@ -551,7 +551,7 @@ fn check_new_home(home: &Path) -> Result<(), ClientError> {
 /// partitions: her records' epochs (CloudStorage's listing) and the epoch
 /// ranges of the grants she gave (AccessPolicy's list). A rotation that
 /// left neither a record nor a grant behind does not show (see
-/// docs/design.md, "Restoring a profile").
+/// docs/recovery.md, "Backup and restore").
 pub async fn mesh_epochs(
     clients: &MeshClients,
     owner: &str,

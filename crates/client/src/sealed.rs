@@ -68,9 +68,9 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// What profiles and backups are sealed with: 64 MiB, 3 passes, 1 lane
-    /// (RFC 9106's second recommended option, with one lane: on the 2-core
-    /// machines this runs on, one derivation takes a few hundred ms; see
-    /// docs/design.md for the measured cost of guessing).
+    /// (RFC 9106's second recommended option, with one lane: one derivation
+    /// takes about 0.12 s on one core of the machines this is built on; see
+    /// docs/recovery.md for the measured cost of guessing).
     pub const INTERACTIVE: Self = Self {
         m_kib: 64 * 1024,
         t: 3,
