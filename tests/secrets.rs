@@ -565,3 +565,50 @@ fn an_interrupted_change_of_passphrase_never_leaves_a_half_sealed_profile() {
         format!("wrong passphrase for {}", home.join("master.key").display())
     );
 }
+
+/// The SDK: a protected profile opens with its passphrase given, and
+/// refuses with one clear error without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protected_profile_opens_through_the_sdk_with_its_passphrase() {
+    use sesphr_client::sealed::{KdfParams, Passphrase};
+    use sesphr_client::{Patient, Profile};
+    let s = common::Sandbox::start().await;
+    let mesh = s.mesh_file();
+    let home = s.home("alice");
+    let pass = Passphrase::new(zeroize::Zeroizing::new("sdk passphrase".to_owned()))
+        .with_kdf(KdfParams::INSECURE_TEST);
+    sesphr_client::enroll_protected(
+        &mesh,
+        &home,
+        "alice",
+        sesphr_identity::Role::Patient,
+        "",
+        Some(&pass),
+    )
+    .await
+    .unwrap();
+    assert!(is_sealed(&home.join("master.key")));
+    let err = Patient::open(&mesh, &home).err().expect("refused");
+    assert!(
+        err.to_string().contains("is protected by a passphrase"),
+        "{err}"
+    );
+    let alice = Patient::open_profile(
+        &mesh,
+        Profile::load(&home).unwrap().with_passphrase(pass.clone()),
+    )
+    .unwrap();
+    let rec = common::upload(&alice, "medical", b"through the SDK").await;
+    assert_eq!(
+        common::download(&alice, &rec.record_id).await.unwrap(),
+        b"through the SDK"
+    );
+    let profile = Profile::load(&home).unwrap().with_passphrase(pass);
+    assert!(
+        sesphr_client::reconcile_epochs(&mesh, &profile)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.shutdown().await;
+}

@@ -56,6 +56,7 @@ pub use dedup::{Stored, blob_len as dedup_blob_len};
 pub use ledger::{Disagreement, LedgerEntry};
 pub use pins::{PinStatus, UserKeys, fingerprint};
 pub use profile::{NewProfile, PassphrasePrompt, Profile, set_passphrase_prompt};
+pub use restore::reconcile_epochs;
 pub use types::{AuditEntry, AuditVerification, Grant, Grants, Record};
 
 pub use audit_log::{ProvenEntry, VerifiedAudit};
@@ -410,7 +411,12 @@ pub struct Session {
 impl Session {
     /// Opens the profile in `home` against `mesh`.
     pub fn open(mesh: &MeshFile, home: &Path) -> Result<Self, ClientError> {
-        let profile = Profile::load(home)?;
+        Self::open_profile(mesh, Profile::load(home)?)
+    }
+
+    /// Opens `profile` against `mesh` (e.g. a protected profile given its
+    /// passphrase with [`Profile::with_passphrase`]).
+    pub fn open_profile(mesh: &MeshFile, profile: Profile) -> Result<Self, ClientError> {
         if profile.identity.trust_domain != mesh.trust_domain {
             return Err(ClientError::Config(format!(
                 "profile is for trust domain {}, mesh file for {}",
@@ -849,7 +855,13 @@ impl Patient {
 
     /// Opens the profile in `home` against `mesh`; it must be a patient's.
     pub fn open(mesh: &MeshFile, home: &Path) -> Result<Self, ClientError> {
-        let session = Session::open(mesh, home)?;
+        Self::open_profile(mesh, Profile::load(home)?)
+    }
+
+    /// Opens `profile` against `mesh` (see [`Session::open_profile`]); it
+    /// must be a patient's.
+    pub fn open_profile(mesh: &MeshFile, profile: Profile) -> Result<Self, ClientError> {
+        let session = Session::open_profile(mesh, profile)?;
         if session.profile.role() != Role::Patient {
             return Err(ClientError::Invalid(format!(
                 "{} is a {}, not a patient",

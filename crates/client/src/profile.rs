@@ -485,3 +485,75 @@ fn sync_dir(dir: &Path) -> Result<(), ClientError> {
         .and_then(|d| d.sync_all())
         .map_err(|e| ClientError::io(dir, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sealed::KdfParams;
+
+    fn pass(s: &str) -> Passphrase {
+        Passphrase::new(Zeroizing::new(s.to_owned())).with_kdf(KdfParams::INSECURE_TEST)
+    }
+
+    #[test]
+    fn plain_profiles_keep_loading_and_a_passphrase_comes_and_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("p");
+        let identity = Identity::user("sesphr.local", Role::Patient, "alice").unwrap();
+        let master = MasterSecret::generate(&mut rand::rng());
+        let (_, key) = sesphr_mesh::pki::make_csr().unwrap();
+        let plain = Profile::create(&home, &identity, &master, &key, "c", "ca").unwrap();
+        let hex_file = std::fs::read_to_string(home.join(MASTER_KEY)).unwrap();
+        assert_eq!(hex_file, hex::encode(master.to_bytes().as_slice()));
+        assert!(!plain.is_protected().unwrap());
+        let loaded = Profile::load(&home).unwrap();
+        assert_eq!(
+            loaded.master_secret().unwrap().to_bytes(),
+            master.to_bytes()
+        );
+        assert_eq!(loaded.tls_key_pem().unwrap().as_str(), key);
+
+        let sealed = loaded.set_passphrase(Some(&pass("pw"))).unwrap();
+        assert!(sealed.is_protected().unwrap());
+        for role in [MASTER_KEY, TLS_KEY] {
+            assert!(sealed::is_sealed(&std::fs::read(home.join(role)).unwrap()));
+        }
+        assert_eq!(
+            sealed.master_secret().unwrap().to_bytes(),
+            master.to_bytes()
+        );
+        // Loaded afresh: no passphrase, no prompt in this process.
+        let err = Profile::load(&home).unwrap().master_secret().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} is protected by a passphrase and none was given",
+                home.join(MASTER_KEY).display()
+            )
+        );
+        let before = std::fs::read(home.join(MASTER_KEY)).unwrap();
+        let wrong = Profile::load(&home).unwrap().with_passphrase(pass("nope"));
+        let err = wrong.set_passphrase(None).unwrap_err();
+        assert!(err.to_string().starts_with("wrong passphrase for"), "{err}");
+        assert_eq!(std::fs::read(home.join(MASTER_KEY)).unwrap(), before);
+        // The TLS key rewritten by a renewal stays sealed.
+        let (_, new_key) = sesphr_mesh::pki::make_csr().unwrap();
+        sealed.install_certificate("c2", Some(&new_key)).unwrap();
+        assert!(sealed::is_sealed(
+            &std::fs::read(home.join(TLS_KEY)).unwrap()
+        ));
+        assert_eq!(sealed.tls_key_pem().unwrap().as_str(), new_key);
+
+        let plain = sealed.set_passphrase(None).unwrap();
+        assert!(!plain.is_protected().unwrap());
+        assert_eq!(
+            Profile::load(&home)
+                .unwrap()
+                .tls_key_pem()
+                .unwrap()
+                .as_str(),
+            new_key
+        );
+        assert!(plain.set_passphrase(Some(&pass(""))).is_err());
+    }
+}
