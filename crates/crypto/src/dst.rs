@@ -46,3 +46,10 @@ pub const MASTER_SALT: &[u8] = b"SESPHR-V1-MASTER-SECRET";
 pub const PARTITION_KEY_INFO: &[u8] = b"SESPHR-V1-PARTITION-KEY";
 /// HKDF-SHA256 `info` of the owner's kfrag-signing key.
 pub const SIGNING_KEY_INFO: &[u8] = b"SESPHR-V1-KFRAG-SIGNING-KEY";
+
+/// Prefix of the check value every Shamir share of a master secret carries
+/// (`SHA-256(prefix || set_id || secret)`).
+pub const SHAMIR_CHECK_PREFIX: &[u8] = b"SESPHR-V1-SHAMIR-CHECK";
+/// HKDF-SHA256 `info` deriving the AES-256-GCM key of a sealed share from
+/// the KEM key of its capsule.
+pub const SEALED_SHARE_KEY_INFO: &[u8] = b"SESPHR-V1-SEALED-SHARE-AES256GCM";

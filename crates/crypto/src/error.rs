@@ -29,6 +29,12 @@ pub enum Error {
     #[error("record truncated: final segment missing")]
     Truncated,
 
+    /// Secret shares cannot be combined: too few, of different splits, two
+    /// with one index, or they do not rebuild the secret they were split
+    /// from.
+    #[error("cannot combine the shares: {0}")]
+    Shares(&'static str),
+
     /// A caller-supplied parameter is out of its documented range.
     #[error("invalid parameter: {0}")]
     InvalidParameter(&'static str),
@@ -40,7 +46,9 @@ pub type Result<T> = core::result::Result<T, Error>;
 impl From<Error> for std::io::Error {
     fn from(err: Error) -> Self {
         let kind = match err {
-            Error::Malformed(_) | Error::Truncated => std::io::ErrorKind::InvalidData,
+            Error::Malformed(_) | Error::Truncated | Error::Shares(_) => {
+                std::io::ErrorKind::InvalidData
+            }
             Error::VerificationFailed | Error::DecryptionFailed => std::io::ErrorKind::InvalidData,
             Error::InvalidParameter(_) => std::io::ErrorKind::InvalidInput,
         };

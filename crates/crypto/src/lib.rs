@@ -84,6 +84,7 @@ mod keys;
 mod kfrag;
 mod master;
 pub mod record;
+pub mod shamir;
 pub mod stream;
 
 #[doc(hidden)]

@@ -162,3 +162,34 @@ pub fn header_with_nonce_prefix(
         nonce_prefix,
     )
 }
+
+/// Shamir split with an explicit set id and coefficients `[a_{k,0}, a_{k,1}]`
+/// for `k = 1..t−1` (the threshold is one more than their number).
+pub fn split_with(
+    secret: &crate::MasterSecret,
+    set_id: &[u8; crate::shamir::SET_ID_LEN],
+    coefficients: &[[[u8; 32]; 2]],
+    n: u8,
+) -> Result<Vec<crate::shamir::Share>> {
+    let coefficients = coefficients
+        .iter()
+        .map(|[a, b]| Ok([scalar(a)?, scalar(b)?]))
+        .collect::<Result<Vec<_>>>()?;
+    crate::shamir::split_with(secret, set_id, &coefficients, n)
+}
+
+/// Sealing a share with explicit `r` and `u` of its capsule; also returns
+/// the KEM key and the AES-256-GCM key derived from it.
+pub fn seal_share_with(
+    r: &[u8; 32],
+    u: &[u8; 32],
+    recipient: &PublicKey,
+    context: &crate::shamir::ShareContext,
+    share: &crate::shamir::Share,
+) -> Result<(Vec<u8>, KemKey, [u8; 32])> {
+    let (r, u) = (scalar(r)?, scalar(u)?);
+    let (capsule, kem_key) = capsule::encapsulate_with(&r, &u, recipient);
+    let sealed = crate::shamir::seal_share_with(&capsule, &kem_key, context, share)?;
+    let key = *crate::shamir::seal_key(&kem_key);
+    Ok((sealed, kem_key, key))
+}

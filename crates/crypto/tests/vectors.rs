@@ -10,6 +10,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde_json::{Value, json};
 use sesphr_crypto::record::{DemKey, DemKeySource};
+use sesphr_crypto::shamir;
 use sesphr_crypto::vectors as det;
 use sesphr_crypto::{
     Capsule, CapsuleFrag, KeyFrag, MasterSecret, PublicKey, RecordOpener, RecordSealer, SecretKey,
@@ -309,10 +310,89 @@ fn build() -> Vec<(&'static str, Value)> {
         ],
     });
 
+    // ---- recovery.json ---------------------------------------------------
+    // The master secret of keys.json, 2-of-3 and 3-of-4.
+    let mut splits = Vec::new();
+    let mut first_shares = Vec::new();
+    for (t, n) in [(2u8, 3u8), (3, 4)] {
+        let mut set_id = [0u8; shamir::SET_ID_LEN];
+        rng.fill_bytes(&mut set_id);
+        let coefficients: Vec<[[u8; 32]; 2]> = (1..t)
+            .map(|_| [det::random_scalar(&mut rng), det::random_scalar(&mut rng)])
+            .collect();
+        let shares = det::split_with(&master, &set_id, &coefficients, n).unwrap();
+        let mut combines = Vec::new();
+        for k in 0..usize::from(n) {
+            let subset: Vec<usize> = (0..usize::from(t))
+                .map(|j| (k + j) % usize::from(n))
+                .collect();
+            let chosen: Vec<_> = subset.iter().map(|&i| shares[i].clone()).collect();
+            let back = shamir::combine(&chosen).unwrap();
+            assert_eq!(*back.to_bytes(), master_bytes);
+            combines.push(json!({"share_indices": subset, "secret": h(*back.to_bytes())}));
+        }
+        splits.push(json!({
+            "threshold": t,
+            "shares": n,
+            "set_id": h(set_id),
+            "check": h(&shares[0].to_bytes()[19..51]),
+            "coefficients": coefficients.iter().map(|[a, b]| json!([h(a), h(b)])).collect::<Vec<_>>(),
+            "share_bytes": shares.iter().map(|s| h(*s.to_bytes())).collect::<Vec<_>>(),
+            "combine": combines,
+        }));
+        first_shares.push(shares);
+    }
+    let trustee_sk = SecretKey::from_bytes(&det::random_scalar(&mut rng)).unwrap();
+    let request_sk = SecretKey::from_bytes(&det::random_scalar(&mut rng)).unwrap();
+    let mut seals = Vec::new();
+    for (purpose, recipient, holder, share) in [
+        (
+            shamir::SealPurpose::Trustee,
+            &trustee_sk,
+            "bob",
+            &first_shares[0][1],
+        ),
+        (
+            shamir::SealPurpose::Request,
+            &request_sk,
+            "bob",
+            &first_shares[0][1],
+        ),
+    ] {
+        let context =
+            shamir::ShareContext::new(purpose, "patient-42", holder, 2, 1_800_000_000).unwrap();
+        let r = det::random_scalar(&mut rng);
+        let u = det::random_scalar(&mut rng);
+        let (sealed, kem_key, aead_key) =
+            det::seal_share_with(&r, &u, &recipient.public_key(), &context, share).unwrap();
+        seals.push(json!({
+            "purpose": purpose as u8,
+            "owner_id": "patient-42",
+            "holder_id": holder,
+            "threshold": 2,
+            "created_at": 1_800_000_000i64,
+            "recipient_secret_key": h(*recipient.to_bytes()),
+            "recipient_public_key": h(recipient.public_key().to_bytes()),
+            "share": h(*share.to_bytes()),
+            "r": h(r),
+            "u": h(u),
+            "kem_key": h(kem_key.as_bytes()),
+            "aead_key": h(aead_key),
+            "sealed": h(&sealed),
+        }));
+    }
+    let recovery = json!({
+        "description": SEED_NOTE,
+        "master_secret": h(master_bytes),
+        "splits": splits,
+        "sealed_shares": seals,
+    });
+
     vec![
         ("keys.json", keys),
         ("pre.json", pre),
         ("record.json", records),
+        ("recovery.json", recovery),
     ]
 }
 
@@ -408,6 +488,45 @@ fn vectors_verify_through_the_public_api() {
         let mut out: Vec<u8> = opener.push(&bytes[hlen..]).unwrap().concat();
         out.extend(opener.finish().unwrap());
         assert_eq!(out, unhex(&r["plaintext"]));
+    }
+}
+
+/// recovery.json through the public API: every listed subset combines to
+/// the secret, and each sealed share opens to its share.
+#[test]
+fn recovery_vectors_verify_through_the_public_api() {
+    let rec: Value = serde_json::from_str(
+        &std::fs::read_to_string(vectors_dir().join("recovery.json")).unwrap(),
+    )
+    .unwrap();
+    let secret = unhex(&rec["master_secret"]);
+    for split in rec["splits"].as_array().unwrap() {
+        let shares: Vec<shamir::Share> = split["share_bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| shamir::Share::from_bytes(&unhex(b)).unwrap())
+            .collect();
+        for c in split["combine"].as_array().unwrap() {
+            let chosen: Vec<_> = c["share_indices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| shares[i.as_u64().unwrap() as usize].clone())
+                .collect();
+            assert_eq!(shamir::combine(&chosen).unwrap().to_bytes()[..], secret[..]);
+        }
+    }
+    for s in rec["sealed_shares"].as_array().unwrap() {
+        let sk = SecretKey::from_bytes(&unhex(&s["recipient_secret_key"])).unwrap();
+        let sealed = shamir::SealedShare::from_bytes(&unhex(&s["sealed"])).unwrap();
+        assert_eq!(sealed.context().owner_id(), s["owner_id"].as_str().unwrap());
+        assert_eq!(
+            sealed.context().purpose() as u64,
+            s["purpose"].as_u64().unwrap()
+        );
+        let share = sealed.open(&sk).unwrap();
+        assert_eq!(share.to_bytes()[..], unhex(&s["share"])[..]);
     }
 }
 
