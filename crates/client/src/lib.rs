@@ -29,6 +29,7 @@ mod nodes;
 mod pending;
 mod pins;
 mod profile;
+pub mod recovery;
 pub mod restore;
 pub mod sealed;
 mod types;
