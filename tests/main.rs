@@ -26,3 +26,4 @@ mod mesh;
 mod secrets;
 mod sharing;
 mod srs_nodes;
+mod trustees;

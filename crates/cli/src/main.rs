@@ -5,6 +5,7 @@
 
 mod demo;
 mod get;
+mod recovery;
 mod secrets;
 
 use std::io::{IsTerminal, Write};
@@ -260,6 +261,12 @@ enum Command {
     Device {
         #[command(subcommand)]
         command: DeviceCommand,
+    },
+    /// Trustee recovery: trustees you choose, any t of them together, help
+    /// you rebuild your keys on a new machine (docs/recovery.md).
+    Recovery {
+        #[command(subcommand)]
+        command: recovery::Command,
     },
 }
 
@@ -1141,6 +1148,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("{}", audit_summary(&audit));
         }
         Command::Secrets(command) => secrets::run(command, &cli.mesh, &cli.home).await?,
+        Command::Recovery { command } => recovery::run(command, &cli.mesh, &cli.home).await?,
         Command::Device {
             command: DeviceCommand::Add(args),
         } => secrets::device_add(args, &cli.mesh, &cli.home).await?,

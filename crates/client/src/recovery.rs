@@ -90,6 +90,11 @@ pub fn is_recovery_event(entry: &AuditEntry) -> bool {
     action == Rpc::SetRecovery.audit_action() || action == Rpc::GetRecoveryShare.audit_action()
 }
 
+/// Whether an audit entry records a share released to a trustee.
+pub fn is_share_release(entry: &AuditEntry) -> bool {
+    entry.action == Rpc::GetRecoveryShare.audit_action() && entry.outcome == "ok"
+}
+
 /// Splits the master secret of `profile` among `trustees` (enrolled user
 /// ids, distinct, not oneself), any `threshold` of whom can rebuild it,
 /// and stores the sealed shares at the SRS, replacing any earlier setup.
