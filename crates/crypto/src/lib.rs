@@ -63,8 +63,8 @@
 //!   constant-time. Variable-time routines are used only where every input
 //!   is public (capsule, kfrag-signature and proof verification).
 //! - Secrets ([`SecretKey`], [`SigningKey`], [`MasterSecret`], [`KemKey`],
-//!   the share inside a [`KeyFrag`]) are zeroized on drop and redacted in
-//!   `Debug`.
+//!   the share inside a [`KeyFrag`], a [`shamir::Share`] of the master
+//!   secret) are zeroized on drop and redacted in `Debug`.
 //! - Cryptographic failures are opaque: [`Error::VerificationFailed`] and
 //!   [`Error::DecryptionFailed`] never say which check failed.
 //! - Random numbers come from a caller-supplied [`rand_core::CryptoRng`]
@@ -127,6 +127,8 @@ mod send_sync {
         assert_send_sync::<RecordHeader>();
         assert_send_sync::<RecordSealer>();
         assert_send_sync::<RecordOpener>();
+        assert_send_sync::<shamir::Share>();
+        assert_send_sync::<shamir::SealedShare>();
         assert_send_sync::<Error>();
     }
 }
