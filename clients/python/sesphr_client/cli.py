@@ -68,11 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--invitation", "--invite", default=os.environ.get("SESPHR_INVITATION", ""),
                    help="the invitation you were given (env SESPHR_INVITATION); a patient may "
                    "enroll without one where the mesh allows self-registration")
-    re_ = sub.add_parser("reenroll", help="a new certificate for the profile in --home (e.g. "
-                         "after it expired), by an operator's re-invitation: the same id, role "
-                         "and keys")
+    re_ = sub.add_parser("reenroll", help="enrol the profile in --home again (after its "
+                         "certificate expired or its TLS key was lost): the same id, role and "
+                         "keys, proven by a signature of your registered key; a new TLS key and "
+                         "certificate on a new device, and the previous device is removed")
     re_.add_argument("--invitation", "--invite", default=os.environ.get("SESPHR_INVITATION", ""),
-                     help="the re-invitation (env SESPHR_INVITATION)")
+                     help="an operator's re-invitation, only where the mesh asks for one (env "
+                     "SESPHR_INVITATION)")
+    dev = sub.add_parser("devices", help="your devices: each has its own TLS key and "
+                         "certificate for the same id and keys")
+    dsub = dev.add_subparsers(dest="devices_command", required=True)
+    dsub.add_parser("list", help="list your devices (`*` marks this one): name, when it was "
+                    "added, when its certificate expires")
+    drm = dsub.add_parser("remove", help="remove one of your devices (a lost or retired "
+                          "machine): every certificate it got is revoked at once; run it from "
+                          "another device")
+    drm.add_argument("name", help="the device's name (`devices list`)")
     inv = sub.add_parser("invite", help="invite a family member or friend (patients); prints "
                          "the invitation, which works once")
     inv.add_argument("--id", required=True)
@@ -190,11 +201,28 @@ def run_admin(args, mesh: MeshFile) -> None:
 
 
 def run_reenroll(args, mesh: MeshFile, home: Path) -> None:
-    not_after = reenroll(mesh, home, args.invitation)
+    notices: list[str] = []
+    not_after = reenroll(mesh, home, args.invitation, notices)
     prof = Profile(home)
-    print(f"enrolled {prof.user_id} again; certificate valid until {fmt_time(not_after)}",
-          file=sys.stderr)
+    for notice in notices:
+        print(f"sesphr-py: note: {notice}", file=sys.stderr)
+    print(f"enrolled {prof.user_id} again on a new device; certificate valid until "
+          f"{fmt_time(not_after)}", file=sys.stderr)
     print(spiffe_id(prof.trust_domain, prof.role, prof.user_id))
+
+
+def run_devices(args, mesh: MeshFile, home: Path) -> None:
+    with opened(Session(mesh, home)) as s:
+        if args.devices_command == "list":
+            for d in s.list_devices():
+                print(f"{'*' if d.current else ' '} {d.name}\tadded {fmt_time(d.added_at)}\t"
+                      f"certificate until {fmt_time(d.not_after)}")
+            return
+        until = s.remove_device(args.name)
+        who = spiffe_id(s.profile.trust_domain, s.profile.role, s.user_id)
+    extra = (f": its certificates are revoked (they would have expired at {fmt_time(until)})"
+             if until > 0 else "")
+    print(f"removed device {args.name} of {who}{extra}", file=sys.stderr)
 
 
 def run_enroll(args, mesh: MeshFile, home: Path) -> None:
@@ -221,6 +249,8 @@ def run(args) -> None:
         run_enroll(args, mesh, home)
     elif args.command == "reenroll":
         run_reenroll(args, mesh, home)
+    elif args.command == "devices":
+        run_devices(args, mesh, home)
     elif args.command == "invite":
         secs = parse_duration(args.for_) if args.for_ else 0
         with opened(Session(mesh, home)) as s:

@@ -1035,28 +1035,65 @@ def enroll(mesh: MeshFile, home: Path, user_id: str, role: str, invitation: str 
     return profile
 
 
-def reenroll(mesh: MeshFile, home: Path, invitation: str) -> int:
-    """A new certificate for an existing profile (e.g. one whose certificate expired), by an
-    operator's re-invitation: the SRS checks that the profile's keys are the ones it
-    registered. The TLS key stays; only `tls.pem` is replaced. Returns the new expiry."""
+LEGACY_DEVICE = "device-1"  # the device of certificates that name none (a user's first)
+
+
+def certificate_device(cert_pem: bytes) -> str:
+    """The device a certificate was issued to: its subject's organizational unit (the SRS
+    puts the device name there), `device-1` where it names none."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise ClientError("not a certificate") from None
+    ous = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    return str(ous[0].value) if ous else LEGACY_DEVICE
+
+
+def reenroll(mesh: MeshFile, home: Path, invitation: str = "", notices: list[str] | None = None
+             ) -> int:
+    """Re-enrols the existing profile in `home` (after its certificate expired or its TLS key
+    was lost): the same id, role and keys, proven by a key proof (docs/crypto.md §4.3: a
+    signature of the registered kfrag-signing key over the trust domain, the id and the CSR),
+    on a new device with a new TLS key and certificate (`tls.key` and `tls.pem` replaced).
+    The old certificate is not needed. `invitation`: an operator's re-invitation, only where
+    the mesh asks for one ("": the key proof alone). The profile's previous device is then
+    removed (its certificates revoked); if that fails, a line is added to `notices`. Returns
+    the new certificate's expiry (unix seconds)."""
     invitation = check_invitation(invitation)
-    if not invitation:
-        raise ClientError("enrolling again needs a re-invitation from an operator")
     profile = Profile(home)
     if profile.trust_domain != mesh.trust_domain:
         raise ClientError(f"profile is for trust domain {profile.trust_domain}, mesh file for "
                           f"{mesh.trust_domain}")
     master = profile.master_secret()
-    csr_der, key_pem = make_csr((profile.home / "tls.key").read_bytes())
+    try:
+        old_device = certificate_device((profile.home / "tls.pem").read_bytes())
+    except (OSError, ClientError):
+        old_device = None
+    signing = master.signing_key()
+    csr_der, key_pem = make_csr()
     resp = _enroll_call(mesh, mesh.ca.read_bytes(), srs_pb2.EnrollRequest(
         invitation=invitation, user_id=profile.user_id, role=role_value(profile.role),
         csr_der=csr_der, pre_public_key=master.receiving_keys().public_bytes(),
-        verifying_key=master.signing_key().verifying_key_bytes()))
+        verifying_key=signing.verifying_key_bytes(),
+        key_proof=crypto.sign_key_proof(signing, mesh.trust_domain, profile.user_id, csr_der)))
     expected = spiffe_id(profile.trust_domain, profile.role, profile.user_id)
     if resp.spiffe_id != expected:
         raise ClientError(f"the SRS issued a certificate for {resp.spiffe_id} instead of {expected}")
     not_after = check_issued(resp.certificate_pem, expected, key_pem)
-    _write_public(profile.home / "tls.pem", resp.certificate_pem)
+    # The new key, then its certificate: each replaced atomically, as the Rust client does.
+    tmp = profile.home / "tls.key.new"
+    _write(tmp, key_pem, 0o600)
+    _write_public(profile.home / "tls.pem.new", resp.certificate_pem)
+    os.replace(tmp, profile.home / "tls.key")
+    os.replace(profile.home / "tls.pem.new", profile.home / "tls.pem")
+    new_device = resp.device or certificate_device(resp.certificate_pem.encode())
+    if old_device and old_device != new_device:
+        try:
+            with Session(mesh, home) as s:
+                s.remove_device(old_device)
+        except (ClientError, OSError) as e:
+            if notices is not None:
+                notices.append(f"could not remove the previous device {old_device}: {e}")
     return not_after
 
 
@@ -1453,6 +1490,22 @@ class Session:
     def lookup(self, user_id: str):
         """The raw `Srs/GetUser` answer, unchecked and unpinned."""
         return self._call("SRS", self.srs.GetUser, srs_pb2.GetUserRequest(user_id=user_id))
+
+    # Devices ----------------------------------------------------------------------------------
+    def list_devices(self) -> list:
+        """Srs/ListDevices: this user's devices that were not removed, oldest first (each with
+        name, added_at, issued_at, not_after, and `current` for the one this profile runs on)."""
+        return list(self._call("SRS", self.srs.ListDevices, srs_pb2.ListDevicesRequest()).devices)
+
+    def remove_device(self, name: str) -> int:
+        """Srs/RemoveDevice: every certificate the device `name` got is revoked (services
+        refuse it within the deny list's staleness bound) and it renews nothing. Not the
+        device this profile runs on. Returns until when its certificates are on the deny list
+        (unix seconds; 0 when they had all expired)."""
+        if not name:
+            raise ClientError("which device? (see `devices`)")
+        return self._call("SRS", self.srs.RemoveDevice,
+                          srs_pb2.RemoveDeviceRequest(name=name)).revoked_until
 
     # Keys of other users ----------------------------------------------------------------------
     def directory_keys(self, user_id: str) -> UserKeys:

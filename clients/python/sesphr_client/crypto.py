@@ -50,6 +50,7 @@ DEM_KEY_INFO = b"SESPHR-V1-DEM-KEY-AES256GCM-STREAM-BE32"
 MASTER_SALT = b"SESPHR-V1-MASTER-SECRET"
 PARTITION_KEY_INFO = b"SESPHR-V1-PARTITION-KEY"
 SIGNING_KEY_INFO = b"SESPHR-V1-KFRAG-SIGNING-KEY"
+KEY_PROOF_PREFIX = b"SESPHR-V1-KEY-PROOF"
 
 CAPSULE_LEN = 98
 KFRAG_LEN = 194
@@ -297,6 +298,30 @@ def verify_signature(q33: bytes, msg: bytes, sig: bytes) -> bool:
 def verify_signature_prehashed(q33: bytes, digest: bytes, sig: bytes) -> bool:
     """verify_signature of a message whose SHA-256 is `digest`."""
     return len(digest) == 32 and _verify(q33, digest, sig, utils.Prehashed(hashes.SHA256()))
+
+
+# §4.3 key proof (re-enrolment) ------------------------------------------------------
+def key_proof_message(trust_domain: str, user_id: str, csr_der: bytes) -> bytes:
+    """§4.3: KEY_PROOF_PREFIX || I2OSP(len(trust_domain), 2) || trust_domain
+    || I2OSP(len(user_id), 2) || user_id || SHA-256(csr_der), the message a key proof signs."""
+    out = KEY_PROOF_PREFIX
+    for field in (trust_domain.encode("utf-8"), user_id.encode("utf-8")):
+        if len(field) > 0xFFFF:
+            raise InvalidParameter("a key proof field is at most 65535 bytes")
+        out += struct.pack(">H", len(field)) + field
+    return out + hashlib.sha256(csr_der).digest()
+
+
+def sign_key_proof(key: "SigningKey", trust_domain: str, user_id: str, csr_der: bytes) -> bytes:
+    """§4.3: proves possession of the kfrag-signing key `key` for the certificate request
+    `csr_der` of `user_id` in `trust_domain` (Srs/Enroll.key_proof, 64 bytes r || s, low s)."""
+    return key.sign(key_proof_message(trust_domain, user_id, csr_der))
+
+
+def verify_key_proof(q33: bytes, trust_domain: str, user_id: str, csr_der: bytes,
+                     proof: bytes) -> bool:
+    """Whether `proof` is a key proof by the verifying key `q33` (what the SRS checks)."""
+    return verify_signature(q33, key_proof_message(trust_domain, user_id, csr_der), proof)
 
 
 # §6 encapsulation --------------------------------------------------------------

@@ -3,7 +3,8 @@
 (1) a practitioner without an invitation is refused (PERMISSION_DENIED); a patient may
 register herself (the dev mesh allows it); (2) an invitation admits its one id and role,
 once, until it expires; a patient invites family and friends only; an operator's
-re-invitation admits the registered keys again and no others; (3) a renewed certificate
+re-invitation admits the registered keys again, with their key proof, and no others; the
+key proof alone re-enrols on a new device, and the old device is removed; (3) a renewed certificate
 replaces the old one and works with both clients; (4) a disabled user is refused by every
 service and node ("user disabled") within 10 s, and works again after being enabled;
 (5) service identities must chain to the service CA and users' to the user CA.
@@ -19,13 +20,16 @@ import grpc
 import pytest
 from cryptography import x509
 
-from sesphr_client.client import (INVITATION, ClientError, MeshFile, Patient, Session, ap_grpc,
-                                  ap_pb, common_pb2, crypto, cs_grpc, cs_pb, enroll, make_csr,
-                                  secure_channel, srs_pb2)
+from sesphr_client.client import (INVITATION, ClientError, MeshFile, Patient, Profile, Session,
+                                  _enroll_call, ap_grpc, ap_pb, certificate_device, common_pb2,
+                                  crypto, cs_grpc, cs_pb, enroll, make_csr, secure_channel,
+                                  srs_pb2)
 
 DAY = 86400
 # Deactivation reaches every service within this (docs/design.md, "Deactivation").
 DISABLE_BOUND = 10.0
+# A removed device's certificates are refused within the deny list's staleness bound (~5 s).
+DEVICE_REVOKE_BOUND = 10.0
 
 
 def meshfile(mesh) -> MeshFile:
@@ -163,15 +167,98 @@ def test_reinvitation_admits_the_registered_keys_only(mesh):
     code, text = refused(lambda: enroll(mf, mesh.home("again-doc-thief"), "again-doc", "doctor",
                                         stolen.invitation))
     assert code == grpc.StatusCode.PERMISSION_DENIED, text
-    # ... and the user, with its own profile, gets a new certificate for the same id.
-    old_cert = (home / "tls.pem").read_bytes()
+    # A re-invitation alone (no key proof, as an old client sends it) admits no one.
+    bare = mesh.invite("again-doc", "doctor")
+    master = Profile(home).master_secret()
+    csr, _ = make_csr()
+    code, text = refused(lambda: _enroll_call(mf, mf.ca.read_bytes(), srs_pb2.EnrollRequest(
+        invitation=bare.invitation, user_id="again-doc", role=common_pb2.ROLE_DOCTOR,
+        csr_der=csr, pre_public_key=master.receiving_keys().public_bytes(),
+        verifying_key=master.signing_key().verifying_key_bytes())))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "needs their key proof" in text, text
+    # ... and the user, with its own profile, gets a new certificate (and TLS key) for the
+    # same id, on a new device.
+    old_cert, old_key = (home / "tls.pem").read_bytes(), (home / "tls.key").read_bytes()
     inv = mesh.invite("again-doc", "doctor")
     assert inv.reenrollment
     proc = mesh.py("again-doc", "reenroll", "--invitation", inv.invitation)
     assert proc.stdout.decode().strip() == "spiffe://sesphr.local/practitioner/doctor/again-doc"
     assert (home / "tls.pem").read_bytes() != old_cert
+    assert (home / "tls.key").read_bytes() != old_key
+    assert certificate_device((home / "tls.pem").read_bytes()) != certificate_device(old_cert)
     assert b"pinned" in mesh.py("again-doc", "whois", "again-doc").stderr
     assert b"pinned" in mesh.rust("again-doc", "whois", "again-doc").stderr
+
+
+def _devices(mesh, user: str) -> list[tuple[bool, str]]:
+    out = mesh.py(user, "devices", "list").stdout.decode().splitlines()
+    return [(line.startswith("*"), line[2:].split("\t")[0]) for line in out]
+
+
+def test_reenrolment_by_key_proof_alone(mesh):
+    """No invitation: the key proof of the registered keys is enough; the previous device is
+    removed (its certificate refused within the deny list's bound); a proof by another key,
+    or for another CSR, is refused."""
+    mesh.enroll("py", "kp-pat", "patient")
+    mf = meshfile(mesh)
+    home = mesh.home("kp-pat")
+    assert _devices(mesh, "kp-pat") == [(True, "device-1")]
+    old_key, old_cert = (home / "tls.key").read_bytes(), (home / "tls.pem").read_bytes()
+    with Patient(mf, home) as pat:
+        rid = pat.upload_bytes("medical", b"before").record_id
+
+    proc = mesh.py("kp-pat", "reenroll")
+    assert proc.stdout.decode().strip() == "spiffe://sesphr.local/patient/kp-pat"
+    assert b"note:" not in proc.stderr, proc.stderr
+    assert _devices(mesh, "kp-pat") == [(True, "device-2")]
+    assert mesh.rust("kp-pat", "get", rid).stdout == b"before"
+    assert b"pinned" in mesh.py("kp-pat", "whois", "kp-pat").stderr
+    # The old device's certificate is refused by every service within the bound.
+    ca = mf.ca.read_bytes()
+    deadline = time.monotonic() + DEVICE_REVOKE_BOUND
+    while True:
+        with secure_channel(mf.cloud_storage, ca, old_key, old_cert) as ch:
+            try:
+                cs_grpc.CloudStorageStub(ch).ListRecords(cs_pb.ListRecordsRequest(), timeout=10)
+                err = None
+            except grpc.RpcError as e:
+                err = e
+        if err is not None:
+            break
+        assert time.monotonic() < deadline, "the removed device is still served"
+        time.sleep(0.25)
+    assert err.code() == grpc.StatusCode.PERMISSION_DENIED, err
+    assert "(device-1) was removed by its user" in err.details(), err.details()
+
+    # A proof by another key (a thief who knows the id, not the master secret) is refused,
+    # and so is a proof of the right key made for another CSR.
+    master = Profile(home).master_secret()
+    thief = crypto.MasterSecret.generate().signing_key()
+
+    def attempt(signer, proof_csr=None, role=common_pb2.ROLE_UNSPECIFIED):
+        csr, _ = make_csr()
+        return _enroll_call(mf, ca, srs_pb2.EnrollRequest(
+            user_id="kp-pat", role=role, csr_der=csr,
+            key_proof=crypto.sign_key_proof(signer, mf.trust_domain, "kp-pat",
+                                            proof_csr or csr)))
+    for bad in (lambda: attempt(thief), lambda: attempt(master.signing_key(), b"other csr"),
+                lambda: attempt(thief, role=common_pb2.ROLE_PATIENT)):
+        code, text = refused(bad)
+        assert code == grpc.StatusCode.PERMISSION_DENIED, text
+        assert "does not verify" in text, text
+    # The right key with the role left to the directory: a new device.
+    resp = attempt(master.signing_key())
+    assert resp.spiffe_id == "spiffe://sesphr.local/patient/kp-pat" and resp.device == "device-3"
+    assert [n for _, n in _devices(mesh, "kp-pat")] == ["device-2", "device-3"]
+    # A device cannot remove itself; another one can remove it.
+    proc = mesh.py("kp-pat", "devices", "remove", "device-2", ok=False)
+    assert proc.returncode == 1 and b"the one this call comes from" in proc.stderr, proc.stderr
+    proc = mesh.py("kp-pat", "devices", "remove", "device-9", ok=False)
+    assert proc.returncode == 1 and b"not found" in proc.stderr, proc.stderr
+    proc = mesh.py("kp-pat", "devices", "remove", "device-3")
+    assert b"removed device device-3" in proc.stderr, proc.stderr
+    assert _devices(mesh, "kp-pat") == [(True, "device-2")]
+    assert b"device-2" in mesh.rust("kp-pat", "device", "list").stdout
 
 
 def test_renewed_certificate_replaces_the_old_one(mesh):
