@@ -19,11 +19,14 @@ bash scripts/grpcurl-check.sh 2>&1 | tee -a "$log"
 
 # Kubernetes manifests: rendered and validated offline (tools go to target/).
 bash scripts/check-deploy.sh
+# The image, built offline, running the prod overlay's mesh (podman, as root).
+bash scripts/image-test.sh 2>&1 | tee -a "$log"
 
 # One closing line for the whole suite (any failure above already stopped
 # the script with a non-zero exit).
 cargo_passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
 python_passed=$(grep -Eo '^== python client: [0-9]+ tests ran' "$log" | awk '{print $4}' | tail -1)
 grpcurl_passed=$(grep -Eo '^grpcurl-check: [0-9]+ passed' "$log" | awk '{print $2}' | tail -1)
-echo "rust ${cargo_passed}, python ${python_passed:-0}, grpcurl ${grpcurl_passed:-0}"
-echo "summary: $((cargo_passed + ${python_passed:-0} + ${grpcurl_passed:-0})) passed, 0 failed"
+image_passed=$(grep -Eo '^image-test: [0-9]+ passed' "$log" | awk '{print $2}' | tail -1)
+echo "rust ${cargo_passed}, python ${python_passed:-0}, grpcurl ${grpcurl_passed:-0}, image-test ${image_passed:-0}"
+echo "summary: $((cargo_passed + ${python_passed:-0} + ${grpcurl_passed:-0} + ${image_passed:-0})) passed, 0 failed"
