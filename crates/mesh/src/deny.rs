@@ -46,6 +46,13 @@ pub const MAX_DISABLED_USERS: usize = 50_000;
 
 /// Most revoked devices the list holds.
 pub const MAX_REVOKED_DEVICES: usize = 50_000;
+/// Most revoked devices of one user the list holds (as many as the setup
+/// service keeps records of), so that a few accounts cannot fill it.
+pub const MAX_REVOKED_DEVICES_PER_USER: usize = 64;
+/// The largest `GetDenyList` answer a follower accepts: a full list (every
+/// disabled user and every revoked device, ids and names at their longest)
+/// fits with room to spare, where tonic's default of 4 MiB would not.
+pub const MAX_DENY_LIST_MESSAGE: usize = 16 << 20;
 
 /// What the list holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -253,6 +260,7 @@ pub async fn follow(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
+    let client = client.max_decoding_message_size(MAX_DENY_LIST_MESSAGE);
     let mut failures: u32 = 0;
     loop {
         let sent = Instant::now();
@@ -335,6 +343,29 @@ mod tests {
         assert_eq!(list.verdict("mallory", None), Verdict::Allowed);
         assert_eq!(list.verdict("alice", Some("device-1")), Verdict::Disabled);
         assert_eq!(list.snapshot(), (5, users(&["alice"])));
+    }
+
+    /// A list at both caps, every id and name at its longest, still fits
+    /// one answer a follower accepts.
+    #[test]
+    fn a_full_list_fits_one_answer() {
+        use prost::Message as _;
+        let id = |i: usize| format!("{i:0>64}");
+        let resp = sesphr::proto::GetDenyListResponse {
+            version: u64::MAX,
+            unchanged: false,
+            disabled_user_ids: (0..MAX_DISABLED_USERS).map(id).collect(),
+            revoked_devices: (0..MAX_REVOKED_DEVICES)
+                .map(|i| sesphr::proto::RevokedDevice {
+                    user_id: id(i),
+                    device: "d".repeat(32),
+                    until: i64::MAX,
+                })
+                .collect(),
+        };
+        let len = resp.encoded_len();
+        assert!(len > 4 << 20, "the default limit would do: {len}");
+        assert!(len < MAX_DENY_LIST_MESSAGE * 2 / 3, "{len}");
     }
 
     #[test]

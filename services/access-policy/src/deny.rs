@@ -14,7 +14,7 @@
 //! (user ids never start with 0x00 or 0x01, nor contain 0x00).
 
 use sesphr_identity::validate_user_id;
-use sesphr_mesh::deny::{DenyEntries, MAX_REVOKED_DEVICES};
+use sesphr_mesh::deny::{DenyEntries, MAX_REVOKED_DEVICES, MAX_REVOKED_DEVICES_PER_USER};
 
 use crate::commit::OpCtx;
 use crate::vocab::{AuditAction, Outcome};
@@ -77,7 +77,7 @@ impl PolicyStore {
                 "reason must be at most 256 bytes".into(),
             ));
         }
-        if disabled && self.deny.len() > sesphr_mesh::deny::MAX_DISABLED_USERS {
+        if disabled && self.disabled_count()? >= sesphr_mesh::deny::MAX_DISABLED_USERS {
             return Err(DomainError::UsedUp(format!(
                 "at most {} users can be disabled at once",
                 sesphr_mesh::deny::MAX_DISABLED_USERS
@@ -128,6 +128,19 @@ impl PolicyStore {
         Ok((changed, version))
     }
 
+    /// How many users are disabled (device entries and the version key do
+    /// not count: removed devices must never stop an operator's disable).
+    fn disabled_count(&self) -> Result<usize, DomainError> {
+        let mut n = 0;
+        for key in self.deny.iter().keys() {
+            let key = key?;
+            if !matches!(key.first(), Some(0x00) | Some(&DEVICE_PREFIX)) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Puts `device` of `user_id` on the list until `until` (unix
     /// seconds), audited (`actor`, with `reason`); entries whose time has
     /// passed are dropped in the same change. Returns whether it was new
@@ -161,22 +174,30 @@ impl PolicyStore {
         }
         // Expired entries go in the same change (outside the transaction:
         // one found expired now stays expired).
+        let key = device_key(user_id, device);
+        let user_prefix = device_key(user_id, "");
         let mut expired = Vec::new();
-        let mut live = 0usize;
+        let (mut live, mut of_user) = (0usize, 0usize);
         for item in self.deny.scan_prefix([DEVICE_PREFIX]) {
             let (k, v) = item?;
             if decode_device_value(&v)?.1 <= now {
                 expired.push(k.to_vec());
-            } else {
+            } else if k.as_ref() != key.as_slice() {
                 live += 1;
+                of_user += usize::from(k.starts_with(&user_prefix));
             }
+        }
+        if of_user >= MAX_REVOKED_DEVICES_PER_USER {
+            return Err(DomainError::UsedUp(format!(
+                "{user_id} has {of_user} revoked devices whose certificates are still valid \
+                 (at most {MAX_REVOKED_DEVICES_PER_USER}); retry once some have expired"
+            )));
         }
         if live >= MAX_REVOKED_DEVICES {
             return Err(DomainError::UsedUp(format!(
                 "at most {MAX_REVOKED_DEVICES} devices can be revoked at once"
             )));
         }
-        let key = device_key(user_id, device);
         let (user_id, device, reason, actor) = (
             user_id.to_owned(),
             device.to_owned(),

@@ -1665,3 +1665,46 @@ fn group_commit_a_failing_operation_does_not_fail_its_batch() {
     );
     assert!(s.verify_audit(None).unwrap().ok);
 }
+
+/// Removed devices never stop an operator's disable, and one user cannot
+/// fill the list with them.
+#[test]
+fn revoked_devices_are_bounded_per_user_and_do_not_count_as_disabled() {
+    let (_d, s) = store();
+    let now = 1_700_000_000;
+    let per_user = sesphr_mesh::deny::MAX_REVOKED_DEVICES_PER_USER;
+    for i in 0..per_user {
+        let (changed, _) = s
+            .revoke_device("mallory", &format!("d{i}"), now + 100, "", "srs", now)
+            .unwrap();
+        assert!(changed);
+    }
+    let e = s
+        .revoke_device("mallory", "one-more", now + 100, "", "srs", now)
+        .unwrap_err();
+    assert!(matches!(e, DomainError::UsedUp(_)), "{e:?}");
+    // Idempotent for one already there; another user is not held back.
+    assert!(
+        !s.revoke_device("mallory", "d0", now + 100, "", "srs", now)
+            .unwrap()
+            .0
+    );
+    assert!(
+        s.revoke_device("alice", "phone", now + 100, "", "srs", now)
+            .unwrap()
+            .0
+    );
+    // Once they expire they are dropped, and the user may revoke again.
+    s.revoke_device("mallory", "later", now + 500, "", "srs", now + 200)
+        .unwrap();
+    let (_, entries) = s.deny_list().unwrap();
+    assert_eq!(entries.revoked_devices.len(), 1);
+    // Device entries are no disabled users.
+    assert!(
+        s.set_user_status("mallory", true, "", "operator/ops", now)
+            .unwrap()
+            .0
+    );
+    let (_, entries) = s.deny_list().unwrap();
+    assert_eq!(entries.disabled.len(), 1);
+}
