@@ -51,18 +51,21 @@ die() { echo "image-test: $*" >&2; echo "image-test: $passed passed, $((failed +
 step() { echo "== $*"; }
 
 # --- tools -------------------------------------------------------------------
+# Rootful podman: the Secrets' files are owned root, group 65532, as the
+# kubelet projects them, and the data volumes are handed to 65532.
+[ "$(id -u)" = 0 ] || die "runs as root only (rootful podman)"
+mkdir -p "$CACHE"
 missing=()
 for tool in podman buildah runc; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
-    [ "$(id -u)" = 0 ] || die "needs ${missing[*]} (apt-get install podman buildah runc debootstrap, as root)"
     step "installing ${missing[*]} from Debian's packages"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q "${missing[@]}" >"$CACHE.apt.log" 2>&1 \
-        || { apt-get update -q >>"$CACHE.apt.log" 2>&1 && apt-get install -y -q "${missing[@]}" >>"$CACHE.apt.log" 2>&1; } \
-        || die "apt-get install ${missing[*]} failed (see $CACHE.apt.log)"
+    timeout 900 apt-get install -y -q "${missing[@]}" >"$CACHE/apt.log" 2>&1 \
+        || { timeout 600 apt-get update -q >>"$CACHE/apt.log" 2>&1 \
+            && timeout 900 apt-get install -y -q "${missing[@]}" >>"$CACHE/apt.log" 2>&1; } \
+        || die "apt-get install ${missing[*]} failed (see $CACHE/apt.log)"
 fi
-mkdir -p "$CACHE"
 # crun (podman's default) refuses this kind of host's hybrid cgroup layout;
 # runc works once podman stops setting a RLIMIT_NOFILE it may not raise.
 cat >"$CACHE/containers.conf" <<'EOF'
@@ -126,7 +129,7 @@ if ! podman image exists "$BASE_IMAGE"; then
     step "debootstrap --variant=minbase $SUITE -> $BASE_IMAGE"
     rootfs="$CACHE/rootfs-$SUITE"
     rm -rf "$rootfs"
-    debootstrap --variant=minbase "$SUITE" "$rootfs" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
+    timeout 900 debootstrap --variant=minbase "$SUITE" "$rootfs" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
         || die "debootstrap failed (see $CACHE/debootstrap.log)"
     tar -C "$rootfs" -c . | podman import --quiet - "$BASE_IMAGE" >/dev/null
     rm -rf "$rootfs"
