@@ -140,11 +140,16 @@ async fn only_the_holder_of_the_registered_key_gets_a_device() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
-    // An id nobody enrolled.
-    let err = admin::obtain_device_certificate(&mesh, &mallory, "nobody", None, None, None)
+    // An id nobody enrolled: the same answer (nothing tells a stranger
+    // whether an id is enrolled).
+    let err2 = admin::obtain_device_certificate(&mesh, &mallory, "nobody", None, None, None)
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(Code::NotFound), "{err}");
+    assert_eq!(err2.code(), Some(Code::PermissionDenied), "{err2}");
+    assert_eq!(
+        err.status().map(|s| s.message().to_owned()),
+        err2.status().map(|s| s.message().to_owned())
+    );
     // Alice's own key gets one, under her registered role.
     let master = Profile::load(&s.home("alice"))
         .unwrap()

@@ -124,8 +124,14 @@ pub struct Setup<S, G> {
     lookups: AuditedLookups,
 }
 
+/// What a re-enrolment by key proof alone hears when it is refused for its
+/// id, whatever the reason (the audit entry has it).
+pub const KEY_PROOF_REFUSED: &str = "the key proof does not verify for this id: only the holder \
+     of its registered key re-enrols it";
+
 /// Self-service re-enrolments allowed per minute, mesh-wide, at least (or
-/// the self-registration rate, if higher).
+/// the self-registration rate, if higher): they count once their proof
+/// verified, so refused attempts cannot use them up.
 pub const REENROLMENTS_PER_MINUTE: u32 = 60;
 
 /// An invitation's text and the hash it is stored under.
@@ -437,7 +443,11 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
         let about = UserId::parse(request.user_id.as_str())
             .map(UserId::into_string)
             .unwrap_or_default();
+        let by_proof_alone = !request.key_proof.is_empty() && request.invitation.trim().is_empty();
         let result = self.enroll_checked(request, now).await;
+        // The audit entry says why; the caller, who showed nothing but a
+        // proof, hears one answer for an id nobody holds, a disabled one,
+        // another role or other keys, and a proof that does not verify.
         self.audit_result(&peer, Rpc::Enroll, &about, &result, |(e, how)| {
             format!(
                 "{how} as {} (device {}), certificate valid until {}",
@@ -445,7 +455,12 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
             )
         })
         .await;
-        result.map(|(enrolled, _)| enrolled)
+        result.map(|(enrolled, _)| enrolled).map_err(|e| match e {
+            DomainError::Unknown(_) | DomainError::NotEntitled(_) if by_proof_alone => {
+                DomainError::NotEntitled(KEY_PROOF_REFUSED.into())
+            }
+            other => other,
+        })
     }
 
     /// Enrolment proper: the invitation or key proof, the request, the
@@ -473,7 +488,8 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
         // The invitation first: without a valid one nothing else is told.
         let invitation = if r.invitation.trim().is_empty() {
             match role {
-                _ if key_proof => self.admit_reenrolment()?,
+                // Counted once the proof verified (below).
+                _ if key_proof => {}
                 Some(role) => self.admit_self_registration(role)?,
                 None => {
                     return Err(DomainError::Malformed(
@@ -531,8 +547,21 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
             )));
         }
         let (role, enrolled) = if key_proof {
+            let enrolled = match self.enrolled(&user_id).await {
+                Ok(user) => user,
+                Err(DomainError::Unknown(m)) => {
+                    // As long as a real check, so timing tells nothing.
+                    let _ = dummy_verifying_key().verify_key_proof(
+                        &self.config.trust_domain,
+                        user_id.as_str(),
+                        &r.csr_der,
+                        &r.key_proof,
+                    );
+                    return Err(DomainError::Unknown(m));
+                }
+                Err(e) => return Err(e),
+            };
             self.refuse_disabled(&user_id)?;
-            let enrolled = self.enrolled(&user_id).await?;
             if role.is_some_and(|role| role != enrolled.role) {
                 return Err(DomainError::NotEntitled(format!(
                     "{user_id} is enrolled as {}, not {}",
@@ -561,6 +590,9 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
                      only its holder re-enrols it"
                 ))
             })?;
+            if invitation.is_none() {
+                self.admit_reenrolment()?;
+            }
             (enrolled.role, Some(enrolled))
         } else {
             parse_public_key(&r.pre_public_key, "pre_public_key")?;
@@ -931,4 +963,10 @@ impl<S: Store, G: AccessGate> Setup<S, G> {
         }
         found
     }
+}
+
+/// A verifying key nobody holds, checked against when the id is unknown.
+fn dummy_verifying_key() -> sesphr_crypto::VerifyingKey {
+    static KEY: std::sync::OnceLock<sesphr_crypto::VerifyingKey> = std::sync::OnceLock::new();
+    *KEY.get_or_init(|| sesphr_crypto::SigningKey::generate(&mut rand::rng()).verifying_key())
 }

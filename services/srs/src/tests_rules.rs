@@ -1263,8 +1263,9 @@ async fn a_key_proof_alone_enrols_a_new_device_of_an_enrolled_user() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(e, DomainError::Unknown(_)), "{e:?}");
-    // A role other than the registered one.
+    // An id nobody holds, or a role other than the registered one: the
+    // caller hears the same as for a bad proof (the audit entry says why).
+    assert_eq!(e.to_string(), crate::setup::KEY_PROOF_REFUSED);
     let mut as_doctor = alice.reenrollment("", "alice", "x4");
     as_doctor.role = Some(Role::Doctor);
     let e = w
@@ -1272,7 +1273,13 @@ async fn a_key_proof_alone_enrols_a_new_device_of_an_enrolled_user() {
         .enroll(&Caller::Anonymous, None, as_doctor)
         .await
         .unwrap_err();
-    assert!(denied_with(&e, "enrolled as patient"), "{e:?}");
+    assert_eq!(e.to_string(), crate::setup::KEY_PROOF_REFUSED);
+    assert!(
+        w.gate
+            .audits_of(Rpc::Enroll)
+            .iter()
+            .any(|a| a.detail.contains("enrolled as patient"))
+    );
     // Every attempt is audited, with alice as subject.
     let enrolments = w.gate.audits_of(Rpc::Enroll);
     assert!(enrolments.iter().any(|a| a.owner_id == "alice"
@@ -1466,4 +1473,39 @@ async fn recovery_shares_go_to_their_trustee_only() {
             .iter()
             .any(|a| a.owner_id == "alice" && a.outcome == Outcome::Denied)
     );
+}
+
+#[tokio::test]
+async fn refused_key_proofs_use_up_no_reenrolment() {
+    let w = world();
+    let alice = w.enroll("alice", Role::Patient).await;
+    let mallory = Keys::new();
+    // Far more junk than the mesh-wide rate (600 a minute here) allows.
+    for i in 0..700 {
+        let mut junk = alice.reenrollment("", "alice", "");
+        junk.key_proof = if i % 2 == 0 {
+            vec![1]
+        } else {
+            mallory
+                .master
+                .signing_key()
+                .sign_key_proof(TD, "alice", &junk.csr_der)
+                .unwrap()
+                .to_vec()
+        };
+        let e = w
+            .setup
+            .enroll(&Caller::Anonymous, None, junk)
+            .await
+            .unwrap_err();
+        assert!(denied_with(&e, "does not verify"), "{e:?}");
+    }
+    w.setup
+        .enroll(
+            &Caller::Anonymous,
+            None,
+            alice.reenrollment("", "alice", "phone"),
+        )
+        .await
+        .unwrap();
 }
