@@ -489,6 +489,27 @@ fn a_passphrase_protects_the_keys_at_rest() {
     );
     assert!(err.contains("wrong passphrase"), "{err}");
     assert!(!m.home("x").exists());
+    // --new-passphrase: the profile opens with its own, the backup is
+    // sealed under the new one.
+    let other = m.path().join("b2");
+    m.ok(
+        &alice,
+        &[
+            ("SESPHR_PASSPHRASE", "third passphrase"),
+            ("SESPHR_NEW_PASSPHRASE", "backup passphrase"),
+        ],
+        &["backup", "--new-passphrase", "-o", other.to_str().unwrap()],
+    );
+    use sesphr_client::sealed::Passphrase;
+    let given = |s: &str| Passphrase::new(zeroize::Zeroizing::new(s.to_owned()));
+    let opened = sesphr_client::restore::Backup::read(&other, &given("backup passphrase")).unwrap();
+    assert_eq!(
+        opened.identity().to_string(),
+        "spiffe://sesphr.local/patient/alice"
+    );
+    assert!(sesphr_client::restore::Backup::read(&other, &given("third passphrase")).is_err());
+    assert!(is_sealed(&alice.join("master.key")));
+    assert_eq!(m.get(&alice, &third, &id), "sealed at rest");
 }
 
 /// A change of passphrase interrupted after its commit marker rolls

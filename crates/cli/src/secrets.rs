@@ -347,19 +347,27 @@ pub async fn run(
         } => {
             let profile = Profile::load(home_dir()?)?;
             let protected = profile.is_protected()?;
-            let seal_with = if other {
-                new_passphrase(NEW_PASSPHRASE_ENV, "the backup")?
-            } else if protected {
-                // The profile's own, once it has opened the profile.
+            // A protected profile opens with its own passphrase, whatever
+            // the backup is sealed under.
+            let (profile, own) = if protected {
                 let p = current_passphrase(&format!(
                     "passphrase of the profile in {}: ",
                     profile.home.display()
                 ))?;
-                passphrase(p.0)
+                let own = passphrase(p.0);
+                let profile = profile.with_passphrase(own.clone());
+                profile.master_secret()?;
+                (profile, Some(own))
+            } else {
+                (profile, None)
+            };
+            let seal_with = if other {
+                new_passphrase(NEW_PASSPHRASE_ENV, "the backup")?
+            } else if let Some(own) = own {
+                own
             } else {
                 new_passphrase(PASSPHRASE_ENV, "the backup")?
             };
-            let profile = profile.with_passphrase(seal_with.clone());
             let backup = Backup::of_profile(&profile)?;
             backup.write(&output, &seal_with, force)?;
             warn_if_test_params();
