@@ -158,6 +158,7 @@ static ASKED: Mutex<Option<Zeroizing<String>>> = Mutex::new(None);
 /// else the terminal (once per command).
 pub fn install_prompt() {
     client::set_passphrase_prompt(|path: &Path| {
+        warn_if_weak(path);
         let dir = path.parent().unwrap_or(path).display().to_string();
         current_passphrase(&format!("passphrase of the profile in {dir}: "))
             .map(|p| p.0)
@@ -221,6 +222,16 @@ fn ask(prompt: &str, env: &str) -> anyhow::Result<Zeroizing<String>> {
     rpassword::prompt_password(prompt)
         .map(Zeroizing::new)
         .map_err(|e| anyhow!("cannot read the passphrase ({e}); set {env}"))
+}
+
+/// The warning a sealed file below the interactive cost deserves (it still
+/// opens), unless the test parameters are asked for.
+fn warn_if_weak(path: &Path) {
+    if let Ok(bytes) = std::fs::read(path).map(Zeroizing::new)
+        && let Some(warning) = client::sealed::weak_params_warning(&bytes)
+    {
+        eprintln!("sesphr: warning: {}: {warning}", path.display());
+    }
 }
 
 /// The warning sealing with the test parameters deserves.
@@ -354,6 +365,7 @@ pub async fn run(
                     "passphrase of the profile in {}: ",
                     profile.home.display()
                 ))?;
+                warn_if_weak(&profile.home.join("master.key"));
                 let own = passphrase(p.0);
                 let profile = profile.with_passphrase(own.clone());
                 profile.master_secret()?;
@@ -431,6 +443,7 @@ fn unlocked(profile: Profile) -> anyhow::Result<Profile> {
         "current passphrase of the profile in {}: ",
         profile.home.display()
     ))?;
+    warn_if_weak(&profile.home.join("master.key"));
     let profile = profile.with_passphrase(passphrase(p.0));
     profile.master_secret()?;
     Ok(profile)
@@ -454,6 +467,7 @@ async fn restore_backup(
     // refused before the mesh is asked or NEWDIR created.
     let given = current_passphrase(&format!("passphrase of {}: ", file.display()))?;
     let opened = passphrase(given.0);
+    warn_if_weak(file);
     let backup = Backup::read(file, &opened)?;
     let seal = if how.no_passphrase {
         None

@@ -30,8 +30,11 @@
 //! seals with [`KdfParams::INSECURE_TEST`]: for test suites only, a file so
 //! sealed falls to a brute-force search thousands of times faster.
 //! Readers take the parameters from the file, within bounds
-//! ([`KdfParams::check`]) so that a planted file cannot make a reader
-//! allocate gigabytes.
+//! ([`KdfParams::check`]: at most 256 MiB, 10 passes, 16 lanes) so that a
+//! planted file cannot make a reader spend gigabytes or minutes. A file
+//! sealed below [`KdfParams::INTERACTIVE`] still opens (older files must),
+//! with a warning ([`weak_params_warning`]) unless the process runs with the
+//! test knob.
 
 use std::sync::Arc;
 
@@ -83,10 +86,10 @@ impl KdfParams {
         t: 1,
         p: 1,
     };
-    /// The most memory a reader spends on one file (2 GiB).
-    pub const MAX_M_KIB: u32 = 2 * 1024 * 1024;
+    /// The most memory a reader spends on one file (256 MiB).
+    pub const MAX_M_KIB: u32 = 256 * 1024;
     /// The most passes a reader makes.
-    pub const MAX_T: u32 = 64;
+    pub const MAX_T: u32 = 10;
     /// The most lanes a reader accepts.
     pub const MAX_P: u32 = 16;
 
@@ -403,13 +406,42 @@ pub fn params_of(bytes: &[u8]) -> Result<KdfParams, SealError> {
     Ok(parse(bytes)?.params)
 }
 
-/// Opens a sealed file of `role` with `passphrase`.
+/// The warning a sealed file deserves when its parameters are below
+/// [`KdfParams::INTERACTIVE`] (a guess at its passphrase costs less than
+/// this version asks for), unless `SESPHR_KDF_TEST_PARAMS=1` is set; `None`
+/// for files sealed at full cost and for what is not a sealed file. Such a
+/// file still opens; re-sealing it (a change of passphrase, a new backup)
+/// brings it to full cost.
+pub fn weak_params_warning(bytes: &[u8]) -> Option<String> {
+    let params = params_of(bytes).ok()?;
+    weak_warning(params, KdfParams::test_params_requested())
+}
+
+fn weak_warning(params: KdfParams, test_knob: bool) -> Option<String> {
+    (!test_knob && params.is_weaker_than_interactive()).then(|| {
+        format!(
+            "sealed with weak Argon2id parameters (m={} t={} p={}, below m={} t={}): a \
+             passphrase guess costs less than it should; seal it again",
+            params.m_kib,
+            params.t,
+            params.p,
+            KdfParams::INTERACTIVE.m_kib,
+            KdfParams::INTERACTIVE.t
+        )
+    })
+}
+
+/// Opens a sealed file of `role` with `passphrase` (logging, through
+/// `tracing`, the warning of [`weak_params_warning`] if it has one).
 pub fn open(
     role: &str,
     bytes: &[u8],
     passphrase: &Passphrase,
 ) -> Result<Zeroizing<Vec<u8>>, SealError> {
     let p = parse(bytes)?;
+    if let Some(warning) = weak_warning(p.params, KdfParams::test_params_requested()) {
+        tracing::warn!(role = %crate::printable(p.role), "{warning}");
+    }
     if p.role != role {
         return Err(SealError::WrongRole {
             expected: role.to_owned(),
@@ -548,5 +580,39 @@ mod tests {
             KdfParams::parse("argon2id v=19 m=65536 t=3 p=1").unwrap(),
             KdfParams::INTERACTIVE
         );
+        // At most 256 MiB, 10 passes, 16 lanes.
+        for kdf in [
+            "argon2id v=19 m=262145 t=3 p=1",
+            "argon2id v=19 m=2097152 t=3 p=1",
+            "argon2id v=19 m=65536 t=11 p=1",
+            "argon2id v=19 m=65536 t=64 p=1",
+            "argon2id v=19 m=65536 t=3 p=17",
+        ] {
+            let err = KdfParams::parse(kdf).unwrap_err();
+            assert!(matches!(err, SealError::Corrupt(_)), "{kdf}: {err:?}");
+        }
+        assert!(KdfParams::parse("argon2id v=19 m=262144 t=10 p=16").is_ok());
+    }
+
+    #[test]
+    fn files_below_the_interactive_cost_open_with_a_warning() {
+        let weak = seal("backup", b"x", &pass("pw")).unwrap();
+        assert_eq!(
+            open("backup", weak.as_bytes(), &pass("pw"))
+                .unwrap()
+                .as_slice(),
+            b"x"
+        );
+        let warning = weak_warning(KdfParams::INSECURE_TEST, false).unwrap();
+        assert!(warning.contains("m=256 t=1 p=1"), "{warning}");
+        // Not under the test knob, not at full cost, not for other files.
+        assert_eq!(weak_warning(KdfParams::INSECURE_TEST, true), None);
+        assert_eq!(weak_warning(KdfParams::INTERACTIVE, false), None);
+        let fewer_passes = KdfParams {
+            t: 2,
+            ..KdfParams::INTERACTIVE
+        };
+        assert!(weak_warning(fewer_passes, false).is_some());
+        assert_eq!(weak_params_warning(b"deadbeef"), None);
     }
 }
