@@ -378,19 +378,20 @@ pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
 }
 
 /// Write to a temp file, fsync, rename: a crash never leaves a half-written
-/// key or certificate behind.
+/// key or certificate behind. The temp file is new (`create_new`, so it
+/// is created with `mode` and no file already there is reused), and named
+/// for this write alone: `.NAME.<random hex>.tmp` beside `path`.
 fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))?;
+    let (tmp, mut f) = create_temp(path, mode)?;
+    let written = f
+        .write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err(&tmp));
+    drop(f);
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path).map_err(io_err(path))) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     set_mode(path, mode)?;
     // The rename itself is durable only once the directory is synced.
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -399,6 +400,28 @@ fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError>
             .map_err(io_err(dir))?;
     }
     Ok(())
+}
+
+/// A new temp file beside `path` for one write, created with `mode`.
+fn create_temp(path: &Path, mode: u32) -> Result<(PathBuf, fs::File), PkiError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut tries = 0;
+    loop {
+        let tmp = path.with_file_name(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 8 => tries += 1,
+            Err(e) => return Err(io_err(&tmp)(e)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -411,6 +434,46 @@ mod tests {
         CertificateDer::from_pem_slice(pem_str.as_bytes())
             .unwrap()
             .to_vec()
+    }
+
+    #[test]
+    fn writes_go_through_a_new_temp_file_of_their_own() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("tls.key");
+        let pem = dir.path().join("tls.pem");
+        // A planted, world-readable temp file of the old naming is neither
+        // reused nor does it widen the key's mode.
+        let planted = dir.path().join("tls.tmp");
+        fs::write(&planted, b"planted").unwrap();
+        fs::set_permissions(&planted, fs::Permissions::from_mode(0o644)).unwrap();
+        write_secret(&key, b"secret").unwrap();
+        write_public(&pem, b"cert").unwrap();
+        assert_eq!(fs::read(&key).unwrap(), b"secret");
+        assert_eq!(fs::read(&pem).unwrap(), b"cert");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(mode(&pem), 0o644);
+        assert_eq!(fs::read(&planted).unwrap(), b"planted");
+        // No temp file is left behind.
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["tls.key", "tls.pem", "tls.tmp"]);
+        // Two writers of the same file at once each use their own temp file.
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let key = key.clone();
+                std::thread::spawn(move || write_secret(&key, format!("k{i}").as_bytes()))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+        assert!(fs::read_to_string(&key).unwrap().starts_with('k'));
+        assert_eq!(mode(&key), 0o600);
     }
 
     #[test]
