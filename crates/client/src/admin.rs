@@ -308,6 +308,9 @@ impl Profile {
         cert_pem: &str,
         new_key_pem: Option<&str>,
     ) -> Result<(), ClientError> {
+        // Not while a change of passphrase runs: the key would be sealed
+        // under the passphrase it is leaving.
+        let _lock = crate::profile::lock_secrets(&self.home)?;
         match new_key_pem {
             None => write_public(&self.home.join("tls.pem"), cert_pem.as_bytes())?,
             Some(key) => {

@@ -21,7 +21,10 @@
 //! at once: new files are written beside the old ones and a commit marker
 //! (`DIR/secrets.commit`) makes the two renames roll forward on the next
 //! load if a crash interrupts them, so a profile is never left with one
-//! file under the old passphrase and one under the new.
+//! file under the old passphrase and one under the new. A change holds an
+//! exclusive lock on `DIR/.lock` for its whole run, as do a rewrite of the
+//! TLS key and a load's recovery of an interrupted change, so concurrent
+//! commands on one profile never see, drop or undo half of a change.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,6 +48,25 @@ pub(crate) const TLS_KEY: &str = "tls.key";
 const COMMIT_MARKER: &str = "secrets.commit";
 /// Suffix of a secret file's replacement during a change of passphrase.
 const NEXT: &str = "next";
+/// The lock a change of the secret files holds.
+const LOCK: &str = ".lock";
+
+/// Holds the profile's exclusive lock on `DIR/.lock` (released on drop),
+/// waiting for whoever holds it now.
+pub(crate) fn lock_secrets(home: &Path) -> Result<std::fs::File, ClientError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = home.join(LOCK);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| ClientError::io(&path, e))?;
+    file.lock().map_err(|e| ClientError::io(&path, e))?;
+    Ok(file)
+}
 
 /// What asks for a passphrase when a profile without one reads a sealed
 /// file: given the file, the passphrase (or why there is none).
@@ -261,6 +283,9 @@ impl Profile {
         {
             return Err(ClientError::Invalid("a passphrase may not be empty".into()));
         }
+        // Held until the change is complete (or refused).
+        let _lock = lock_secrets(&self.home)?;
+        recover_locked(&self.home)?;
         let master = self.read_secret(MASTER_KEY)?;
         let tls_key = self.read_secret(TLS_KEY)?;
         let next = |role: &str| Self::path(&self.home, &format!("{role}.{NEXT}"));
@@ -451,6 +476,19 @@ pub(crate) fn sealed_error(path: &Path, e: SealError) -> ClientError {
 /// files were complete before the marker was written); drops the
 /// replacements of one that never committed.
 fn recover_passphrase_change(home: &Path) -> Result<(), ClientError> {
+    let pending = [COMMIT_MARKER, "master.key.next", "tls.key.next"]
+        .iter()
+        .any(|name| home.join(name).exists());
+    if !pending {
+        return Ok(());
+    }
+    // A change may be running: wait for it, then look again.
+    let _lock = lock_secrets(home)?;
+    recover_locked(home)
+}
+
+/// [`recover_passphrase_change`] with the lock held.
+fn recover_locked(home: &Path) -> Result<(), ClientError> {
     if home.join(COMMIT_MARKER).exists() {
         return roll_forward(home);
     }
@@ -466,7 +504,8 @@ fn recover_passphrase_change(home: &Path) -> Result<(), ClientError> {
 }
 
 /// Renames each `ROLE.next` over `ROLE`, syncs the directory, removes the
-/// commit marker. Idempotent: a rename already done is skipped.
+/// commit marker. Idempotent: a rename already done is skipped, a marker
+/// already removed is success.
 fn roll_forward(home: &Path) -> Result<(), ClientError> {
     for role in [MASTER_KEY, TLS_KEY] {
         let next = home.join(format!("{role}.{NEXT}"));
@@ -476,7 +515,11 @@ fn roll_forward(home: &Path) -> Result<(), ClientError> {
     }
     sync_dir(home)?;
     let marker = home.join(COMMIT_MARKER);
-    std::fs::remove_file(&marker).map_err(|e| ClientError::io(&marker, e))?;
+    match std::fs::remove_file(&marker) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ClientError::io(&marker, e)),
+    }
     sync_dir(home)
 }
 
@@ -555,5 +598,53 @@ mod tests {
             new_key
         );
         assert!(plain.set_passphrase(Some(&pass(""))).is_err());
+    }
+
+    #[test]
+    fn a_change_of_passphrase_is_whole_while_other_commands_load_the_profile() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("p");
+        let identity = Identity::user("sesphr.local", Role::Patient, "alice").unwrap();
+        let master = MasterSecret::generate(&mut rand::rng());
+        let (_, key) = sesphr_mesh::pki::make_csr().unwrap();
+        let new = NewProfile {
+            passphrase: Some(&pass("pw0")),
+            ..Default::default()
+        };
+        Profile::create_with(&home, &identity, &master, &key, "c", "ca", new).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let loader = {
+            let (home, stop) = (home.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = Profile::load(&home);
+                }
+            })
+        };
+        let opens = |pw: &str| {
+            let p = Profile::load(&home).unwrap().with_passphrase(pass(pw));
+            p.master_secret()
+                .is_ok_and(|m| m.to_bytes() == master.to_bytes())
+                && p.tls_key_pem().is_ok_and(|k| k.as_str() == key)
+        };
+        let mut current = "pw0".to_owned();
+        for i in 1..=20 {
+            let next = format!("pw{i}");
+            let profile = Profile::load(&home)
+                .unwrap()
+                .with_passphrase(pass(&current));
+            match profile.set_passphrase(Some(&pass(&next))) {
+                Ok(_) => {
+                    assert!(opens(&next), "change {i} returned Ok but is not whole");
+                    current = next;
+                }
+                Err(e) => assert!(opens(&current), "change {i} failed ({e}) and broke"),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        loader.join().unwrap();
+        assert!(opens(&current));
+        assert_eq!(current, "pw20", "every change should have gone through");
     }
 }
