@@ -57,6 +57,12 @@ pub enum BackendError {
     /// Files beside the database (ciphertext objects, secrets).
     #[error("files: {0}")]
     Files(String),
+    /// The scale-out metadata database.
+    #[error("postgres: {0}")]
+    Postgres(Box<dyn std::error::Error + Send + Sync>),
+    /// The scale-out object store (S3 API).
+    #[error("object store: {0}")]
+    Objects(Box<dyn std::error::Error + Send + Sync>),
 }
 
 #[cfg(feature = "sled")]
@@ -72,6 +78,18 @@ impl From<sled::transaction::TransactionError<DomainError>> for DomainError {
         match e {
             sled::transaction::TransactionError::Abort(e) => e,
             sled::transaction::TransactionError::Storage(e) => e.into(),
+        }
+    }
+}
+
+impl BackendError {
+    /// What kind of storage failed, as clients and the audit trail are told
+    /// (the details stay in the log).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::Sled(_) | BackendError::Postgres(_) => "database",
+            BackendError::Files(_) => "file",
+            BackendError::Objects(_) => "object",
         }
     }
 }

@@ -10,6 +10,8 @@
 
 pub mod codec;
 mod error;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod reopen;
 #[cfg(feature = "sled")]
 pub mod secret;

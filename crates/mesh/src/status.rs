@@ -6,7 +6,7 @@
 //! status code. Backend and corruption details are logged, not sent:
 //! clients get a stable, readable message.
 
-use sesphr_domain::{BackendError, DomainError};
+use sesphr_domain::DomainError;
 use sesphr_identity::IdentityError;
 use tonic::Status;
 
@@ -36,10 +36,7 @@ impl IntoStatus for DomainError {
                 Status::data_loss(format!("stored data is corrupt: {problem}"))
             }
             DomainError::Backend(e) => {
-                let what = match &e {
-                    BackendError::Sled(_) => "database",
-                    BackendError::Files(_) => "file",
-                };
+                let what = e.kind();
                 tracing::error!(error = %e, "{what} storage error");
                 Status::internal(format!(
                     "{what} storage error; the operation was not applied"

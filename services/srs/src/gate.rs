@@ -127,10 +127,7 @@ pub(crate) fn parse_verifying_key(
 pub(crate) fn refusal_detail(e: &DomainError) -> String {
     match e {
         DomainError::Backend(b) => {
-            let what = match b {
-                sesphr_domain::BackendError::Sled(_) => "database",
-                sesphr_domain::BackendError::Files(_) => "file",
-            };
+            let what = b.kind();
             format!("{what} storage error; the operation was not applied")
         }
         other => other.to_string(),
