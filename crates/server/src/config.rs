@@ -216,6 +216,9 @@ pub struct ServeFile {
     pub limits: LimitsSection,
     #[serde(default)]
     pub transport: TransportSection,
+    /// sled (default) or PostgreSQL + S3 (see [`crate::storage`]).
+    #[serde(default)]
+    pub storage: crate::storage::StorageSection,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -467,6 +470,8 @@ pub struct ServeConfig {
     pub dedup_scope: sesphr_cloud_storage::DedupScope,
     /// Connection limits of every listener.
     pub transport: TransportLimits,
+    /// Where the service keeps its state.
+    pub storage: crate::storage::StorageSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -909,6 +914,7 @@ impl ServeConfig {
         };
         let limits = file.limits.clone().resolve(env, &mut errors);
         let transport = file.transport.clone().resolve(env, &mut errors);
+        let storage = file.storage.clone().resolve(service, env, &mut errors);
         let dedup_scope = match file.cloud_storage.dedup_scope.as_deref() {
             None => Default::default(),
             Some(s) => s.parse().unwrap_or_else(|e: String| {
@@ -972,6 +978,7 @@ impl ServeConfig {
             limits,
             dedup_scope,
             transport,
+            storage,
         })
     }
 }
