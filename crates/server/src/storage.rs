@@ -91,7 +91,8 @@ pub enum StorageSettings {
     /// PostgreSQL metadata; S3 ciphertext for CloudStorage.
     Postgres {
         pg: PgConfig,
-        s3: Option<S3Settings>,
+        /// Boxed: the settings are large and most deployments have none.
+        s3: Option<Box<S3Settings>>,
     },
 }
 
@@ -212,7 +213,7 @@ impl StorageSection {
                 }
                 let pg = self.postgres.resolve(env, errors);
                 let s3 = if service == ServiceKind::Service(Service::CloudStorage) {
-                    self.s3.resolve(env, errors)
+                    self.s3.resolve(env, errors).map(Box::new)
                 } else {
                     if s3_named {
                         errors.push(format!(
