@@ -130,6 +130,15 @@ pub trait PolicyBackend: Send + Sync + 'static {
         owner_id: &str,
         expected_own: Option<(u64, [u8; 32])>,
     ) -> Result<OwnerAuditReport, DomainError>;
+
+    /// Appends the coalesced refusal and read entries that are due (see
+    /// [`crate::coalesce`]); the server calls it about once per
+    /// [`crate::coalesce::FLUSH_INTERVAL`]. Returns how many were appended.
+    fn flush_coalesced(&self, now: i64) -> Result<usize, DomainError>;
+
+    /// Appends every pending coalesced entry, due or not (at shutdown, so
+    /// no count is lost with the process).
+    fn flush_all_coalesced(&self, now: i64) -> Result<usize, DomainError>;
 }
 
 impl PolicyBackend for PolicyStore {
@@ -256,6 +265,14 @@ impl PolicyBackend for PolicyStore {
         expected_own: Option<(u64, [u8; 32])>,
     ) -> Result<OwnerAuditReport, DomainError> {
         PolicyStore::verify_audit_for(self, owner_id, expected_own)
+    }
+
+    fn flush_coalesced(&self, now: i64) -> Result<usize, DomainError> {
+        PolicyStore::flush_coalesced(self, now)
+    }
+
+    fn flush_all_coalesced(&self, now: i64) -> Result<usize, DomainError> {
+        PolicyStore::flush_all_coalesced(self, now)
     }
 }
 
