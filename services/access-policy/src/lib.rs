@@ -72,6 +72,7 @@ pub mod coalesce;
 pub mod commit;
 pub mod deny;
 pub mod grpc;
+pub mod pg;
 pub mod policy;
 mod time;
 pub mod tlog;

@@ -155,7 +155,7 @@ pub struct CheckpointStore {
     pub cosignatures: sled::Tree,
 }
 
-fn encode_checkpoint(s: &SignedCheckpoint) -> Vec<u8> {
+pub(crate) fn encode_checkpoint(s: &SignedCheckpoint) -> Vec<u8> {
     let body = s.checkpoint.body();
     let mut v = Vec::with_capacity(64 + body.len());
     v.extend_from_slice(&s.signature);
@@ -163,7 +163,7 @@ fn encode_checkpoint(s: &SignedCheckpoint) -> Vec<u8> {
     v
 }
 
-fn decode_checkpoint(v: &[u8]) -> Result<SignedCheckpoint, DomainError> {
+pub(crate) fn decode_checkpoint(v: &[u8]) -> Result<SignedCheckpoint, DomainError> {
     let bad = |why: &str| DomainError::Corrupt(format!("stored checkpoint: {why}"));
     if v.len() < 64 {
         return Err(bad("truncated"));
@@ -243,26 +243,10 @@ impl CheckpointStore {
         root: Hash,
         now: i64,
     ) -> Result<Option<SignedCheckpoint>, DomainError> {
-        if let Some(latest) = self.latest()? {
-            if latest.checkpoint.size >= size {
-                return Ok(None);
-            }
-            // Never sign a time before the last one: a checkpoint's time
-            // only moves forward, whatever the clock does.
-            let time = now.max(latest.checkpoint.time);
-            return self.store(key.sign_checkpoint(Checkpoint {
-                origin: origin.to_owned(),
-                size,
-                root,
-                time,
-            }));
+        match next_checkpoint(self.latest()?.as_ref(), origin, size, root, now) {
+            None => Ok(None),
+            Some(cp) => self.store(key.sign_checkpoint(cp)),
         }
-        self.store(key.sign_checkpoint(Checkpoint {
-            origin: origin.to_owned(),
-            size,
-            root,
-            time: now,
-        }))
     }
 
     fn store(&self, signed: SignedCheckpoint) -> Result<Option<SignedCheckpoint>, DomainError> {
@@ -284,26 +268,8 @@ impl CheckpointStore {
         body: &str,
         cosignature: &Cosignature,
     ) -> Result<(), DomainError> {
-        if witness.is_empty() || witness.len() > MAX_WITNESS_NAME {
-            return Err(DomainError::Malformed("witness name".into()));
-        }
-        if cosignature.witness != witness {
-            return Err(DomainError::NotEntitled(format!(
-                "a cosignature by {witness} must name {witness}, not {:?}",
-                cosignature.witness
-            )));
-        }
-        let cp = Checkpoint::parse(body)
-            .map_err(|e| DomainError::Malformed(format!("checkpoint: {e}")))?;
-        let stored = self.at(cp.size)?.ok_or_else(|| {
-            DomainError::Unknown(format!("no checkpoint of size {} is published", cp.size))
-        })?;
-        if stored.checkpoint != cp {
-            return Err(DomainError::Conflict(format!(
-                "the checkpoint of size {} is not the one published",
-                cp.size
-            )));
-        }
+        let cp = checked_cosignature(witness, body, cosignature)?;
+        matches_published(self.at(cp.size)?, &cp)?;
         let mut key = cosig_prefix(cp.size).to_vec();
         key.extend_from_slice(witness.as_bytes());
         let mut v = Vec::with_capacity(72);
@@ -334,18 +300,11 @@ impl CheckpointStore {
             let (k, _) = kv?;
             sizes.push(decode_u64(&k, "checkpoint key")?);
         }
-        let keep_from = sizes.len().saturating_sub(KEPT_CHECKPOINTS);
-        let mut keep: Vec<bool> = (0..sizes.len()).map(|i| i >= keep_from).collect();
-        // Newest first: a checkpoint with more cosignatures than every newer
-        // one is the newest with that many.
-        let mut most = 0usize;
-        for (i, size) in sizes.iter().enumerate().rev() {
-            let n = self.cosignatures.scan_prefix(cosig_prefix(*size)).count();
-            if n > most {
-                keep[i] = true;
-                most = n;
-            }
+        let mut counts = Vec::with_capacity(sizes.len());
+        for size in &sizes {
+            counts.push(self.cosignatures.scan_prefix(cosig_prefix(*size)).count());
         }
+        let keep = kept_checkpoints(&counts);
         for (i, size) in sizes.iter().enumerate() {
             if keep[i] {
                 continue;
@@ -358,4 +317,80 @@ impl CheckpointStore {
         }
         Ok(())
     }
+}
+
+/// The checkpoint to sign over `size` leaves with `root`, or `None` when
+/// `latest` already covers them. Its time never goes before the latest
+/// one's, whatever the clock does.
+pub(crate) fn next_checkpoint(
+    latest: Option<&SignedCheckpoint>,
+    origin: &str,
+    size: u64,
+    root: Hash,
+    now: i64,
+) -> Option<Checkpoint> {
+    let time = match latest {
+        Some(l) if l.checkpoint.size >= size => return None,
+        Some(l) => now.max(l.checkpoint.time),
+        None => now,
+    };
+    Some(Checkpoint {
+        origin: origin.to_owned(),
+        size,
+        root,
+        time,
+    })
+}
+
+/// Checks a cosignature's form and names; the checkpoint it is for.
+pub(crate) fn checked_cosignature(
+    witness: &str,
+    body: &str,
+    cosignature: &Cosignature,
+) -> Result<Checkpoint, DomainError> {
+    if witness.is_empty() || witness.len() > MAX_WITNESS_NAME {
+        return Err(DomainError::Malformed("witness name".into()));
+    }
+    if cosignature.witness != witness {
+        return Err(DomainError::NotEntitled(format!(
+            "a cosignature by {witness} must name {witness}, not {:?}",
+            cosignature.witness
+        )));
+    }
+    Checkpoint::parse(body).map_err(|e| DomainError::Malformed(format!("checkpoint: {e}")))
+}
+
+/// Whether `cp` is the checkpoint `stored` at its size.
+pub(crate) fn matches_published(
+    stored: Option<SignedCheckpoint>,
+    cp: &Checkpoint,
+) -> Result<(), DomainError> {
+    let stored = stored.ok_or_else(|| {
+        DomainError::Unknown(format!("no checkpoint of size {} is published", cp.size))
+    })?;
+    if stored.checkpoint != *cp {
+        return Err(DomainError::Conflict(format!(
+            "the checkpoint of size {} is not the one published",
+            cp.size
+        )));
+    }
+    Ok(())
+}
+
+/// Which checkpoints pruning keeps, given each one's cosignature count,
+/// oldest first: the newest [`KEPT_CHECKPOINTS`], and for every k the
+/// newest with at least k cosignatures.
+pub(crate) fn kept_checkpoints(cosignatures: &[usize]) -> Vec<bool> {
+    let keep_from = cosignatures.len().saturating_sub(KEPT_CHECKPOINTS);
+    let mut keep: Vec<bool> = (0..cosignatures.len()).map(|i| i >= keep_from).collect();
+    // Newest first: a checkpoint with more cosignatures than every newer
+    // one is the newest with that many.
+    let mut most = 0usize;
+    for (i, n) in cosignatures.iter().enumerate().rev() {
+        if *n > most {
+            keep[i] = true;
+            most = *n;
+        }
+    }
+    keep
 }
