@@ -38,6 +38,7 @@ pub mod gate;
 pub mod grpc;
 pub mod kfrag_cache;
 pub mod node;
+pub mod pg;
 pub mod recovery;
 pub mod setup;
 
@@ -370,6 +371,67 @@ fn check_user(user: &UserRecord) -> Result<(), DomainError> {
     check_len("certificate", &user.certificate_der, 0, MAX_CERTIFICATE_LEN)
 }
 
+/// An update left the user's id and keys as they were, and the record is
+/// within what the store keeps.
+fn check_update(before: &UserRecord, after: &UserRecord) -> Result<(), DomainError> {
+    if after.user_id != before.user_id
+        || after.pre_public_key != before.pre_public_key
+        || after.verifying_key != before.verifying_key
+    {
+        return Err(DomainError::Malformed(
+            "an update may not change a user's id or keys".into(),
+        ));
+    }
+    check_user(after)
+}
+
+/// A redemption's fields are within what the store keeps.
+fn check_redeem(redeem: &Redeem) -> Result<(), DomainError> {
+    match redeem {
+        Redeem::Enroll(user) => check_user(user),
+        Redeem::Reenroll {
+            user_id,
+            certificate_der,
+            device,
+        } => {
+            validate_user_id(user_id)?;
+            check_len("certificate", certificate_der, 1, MAX_CERTIFICATE_LEN)?;
+            devices::validate_name(&device.name)
+        }
+    }
+}
+
+/// A kfrag set may be stored under these ids.
+fn check_kfrag_set(
+    owner_id: &str,
+    partition: &str,
+    grantee_id: &str,
+    set: &KfragSet,
+) -> Result<(), DomainError> {
+    validate_grant_ids(owner_id, partition, grantee_id)?;
+    if owner_id == grantee_id {
+        return Err(DomainError::Malformed(format!(
+            "{owner_id} cannot delegate to themselves"
+        )));
+    }
+    check_len(
+        "delegating public key",
+        &set.delegating_public_key,
+        1,
+        MAX_PUBLIC_KEY_LEN,
+    )?;
+    if set.kfrags.is_empty() || set.kfrags.len() > MAX_KFRAGS {
+        return Err(DomainError::Malformed(format!(
+            "a kfrag set holds 1 to {MAX_KFRAGS} kfrags, not {}",
+            set.kfrags.len()
+        )));
+    }
+    for (i, k) in set.kfrags.iter().enumerate() {
+        check_len(&format!("kfrag {i}"), k, 1, MAX_KFRAG_LEN)?;
+    }
+    Ok(())
+}
+
 impl Store for SrsStore {
     fn user(&self, user_id: &str) -> Result<Option<UserRecord>, DomainError> {
         validate_user_id(user_id)?;
@@ -394,15 +456,7 @@ impl Store for SrsStore {
             let before = codec::decode_user(key, &old)?;
             let mut user = before.clone();
             change(&mut user)?;
-            if user.user_id != before.user_id
-                || user.pre_public_key != before.pre_public_key
-                || user.verifying_key != before.verifying_key
-            {
-                return Err(DomainError::Malformed(
-                    "an update may not change a user's id or keys".into(),
-                ));
-            }
-            check_user(&user)?;
+            check_update(&before, &user)?;
             let new = codec::encode_user(&user);
             if self
                 .users
@@ -523,21 +577,10 @@ impl Store for SrsStore {
         now: i64,
     ) -> Result<(), DomainError> {
         use sled::transaction::{ConflictableTransactionError as Abort, TransactionError};
+        check_redeem(&redeem)?;
         let (user_key, user_value, new_user) = match &redeem {
-            Redeem::Enroll(user) => {
-                check_user(user)?;
-                (user.user_id.clone(), Some(codec::encode_user(user)), true)
-            }
-            Redeem::Reenroll {
-                user_id,
-                certificate_der,
-                device,
-            } => {
-                validate_user_id(user_id)?;
-                check_len("certificate", certificate_der, 1, MAX_CERTIFICATE_LEN)?;
-                devices::validate_name(&device.name)?;
-                (user_id.clone(), None, false)
-            }
+            Redeem::Enroll(user) => (user.user_id.clone(), Some(codec::encode_user(user)), true),
+            Redeem::Reenroll { user_id, .. } => (user_id.clone(), None, false),
         };
         let result = (&self.users, &self.invitations).transaction(|(users, invs)| {
             if let Some(h) = hash {
@@ -608,27 +651,7 @@ impl Store for SrsStore {
         grantee_id: &str,
         set: KfragSet,
     ) -> Result<(), DomainError> {
-        validate_grant_ids(owner_id, partition, grantee_id)?;
-        if owner_id == grantee_id {
-            return Err(DomainError::Malformed(format!(
-                "{owner_id} cannot delegate to themselves"
-            )));
-        }
-        check_len(
-            "delegating public key",
-            &set.delegating_public_key,
-            1,
-            MAX_PUBLIC_KEY_LEN,
-        )?;
-        if set.kfrags.is_empty() || set.kfrags.len() > MAX_KFRAGS {
-            return Err(DomainError::Malformed(format!(
-                "a kfrag set holds 1 to {MAX_KFRAGS} kfrags, not {}",
-                set.kfrags.len()
-            )));
-        }
-        for (i, k) in set.kfrags.iter().enumerate() {
-            check_len(&format!("kfrag {i}"), k, 1, MAX_KFRAG_LEN)?;
-        }
+        check_kfrag_set(owner_id, partition, grantee_id, &set)?;
         self.kfrags.insert(
             kfrag_key(owner_id, partition, grantee_id, epoch),
             codec::encode_kfrags(&set),
