@@ -17,8 +17,8 @@ use zeroize::Zeroizing;
 
 use crate::{BackendError, DomainError};
 
-/// How to reach the database.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How to reach the database. `Debug` hides the URL's password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PgConfig {
     /// `postgres://user@host:port/db?sslmode=…`; a password, if any, comes
     /// from the URL (read from a file or the environment by the daemon).
@@ -33,7 +33,40 @@ pub struct PgConfig {
     pub connect_timeout: Duration,
 }
 
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("url", &self.redacted_url())
+            .field("ca_file", &self.ca_file)
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
 impl PgConfig {
+    /// The URL with any password replaced, for logs and messages.
+    pub fn redacted_url(&self) -> String {
+        let Some((scheme, rest)) = self.url.split_once("://") else {
+            return "<not a postgres url>".into();
+        };
+        // userinfo ends at the last '@' before the path: a password may
+        // itself hold '@' or '/' only percent-encoded, but be safe anyway.
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => {
+                let user = rest[..at].split(':').next().unwrap_or("");
+                let tail = &rest[at..];
+                if rest[..at].contains(':') {
+                    format!("{scheme}://{user}:<redacted>{tail}")
+                } else {
+                    self.url.clone()
+                }
+            }
+            None => self.url.clone(),
+        }
+    }
+
     /// A config with the defaults every other field has.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
@@ -87,6 +120,12 @@ impl Pg {
     pub fn new(config: &PgConfig, runtime: tokio::runtime::Handle) -> Result<Self, DomainError> {
         let mut parsed = config.validate().map_err(DomainError::Malformed)?;
         parsed.connect_timeout(config.connect_timeout);
+        // libpq's default `prefer` falls back to plaintext when the server
+        // offers no TLS: anyone on the path could then read and change the
+        // metadata. Only an explicit `sslmode=disable` turns TLS off.
+        if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Prefer {
+            parsed.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         let tls = tls(config)?;
         let manager = Manager::from_config(
             parsed,
@@ -252,4 +291,32 @@ fn tls(config: &PgConfig) -> Result<tokio_postgres_rustls::MakeRustlsConnect, Do
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_messages_never_show_the_password() {
+        let c = PgConfig::new("postgres://app:s3cr3t@db.example:5432/sesphr?sslmode=verify-full");
+        assert_eq!(
+            c.redacted_url(),
+            "postgres://app:<redacted>@db.example:5432/sesphr?sslmode=verify-full"
+        );
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+        let no_password = PgConfig::new("postgres://app@127.0.0.1/db?sslmode=disable");
+        assert_eq!(no_password.redacted_url(), no_password.url);
+        assert_eq!(PgConfig::new("mysql:x").redacted_url(), "<not a postgres url>");
+    }
+
+    #[test]
+    fn tls_is_required_unless_disabled_in_the_url() {
+        let mut c = PgConfig::new("postgres://app@db.example/sesphr");
+        assert!(c.validate().unwrap_err().contains("ca_file"));
+        c.url = "postgres://app@127.0.0.1/sesphr?sslmode=disable".into();
+        assert!(c.validate().is_ok());
+        c.max_connections = 0;
+        assert!(c.validate().is_err());
+    }
 }
