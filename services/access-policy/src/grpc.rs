@@ -26,7 +26,7 @@ use crate::{Action, AuditEntry as DomainEntry, Grant, PolicyStore};
 
 pub use crate::policy::{MAX_CONCURRENT_VERIFICATIONS, VERIFY_QUEUE_WAIT};
 
-pub struct AccessPolicyService<S = PolicyStore> {
+pub struct AccessPolicyService<S: ?Sized = PolicyStore> {
     policy: Arc<Policy<S>>,
     /// Who is enrolled as what (grants go to enrolled users only).
     directory: Arc<SetupDirectory>,
@@ -34,7 +34,7 @@ pub struct AccessPolicyService<S = PolicyStore> {
     deny: Arc<DenyList>,
 }
 
-impl<S: PolicyBackend> AccessPolicyService<S> {
+impl<S: PolicyBackend + ?Sized> AccessPolicyService<S> {
     /// `deny` must hold the store's deny list ([`load_deny_list`]); the
     /// same list screens this service's own callers.
     pub fn new(store: Arc<S>, directory: Arc<SetupDirectory>, deny: Arc<DenyList>) -> Self {
@@ -56,13 +56,15 @@ impl<S: PolicyBackend> AccessPolicyService<S> {
 }
 
 /// The store's deny list, as the authoritative copy in memory.
-pub fn load_deny_list(store: &impl PolicyBackend) -> Result<DenyList, crate::DomainError> {
+pub fn load_deny_list(
+    store: &(impl PolicyBackend + ?Sized),
+) -> Result<DenyList, crate::DomainError> {
     let (version, entries) = store.deny_list()?;
     Ok(DenyList::authoritative(version, entries))
 }
 
 /// Refusals by the RPC table, written straight to this service's own log.
-pub struct LocalRefusalAudit(pub Arc<PolicyStore>);
+pub struct LocalRefusalAudit(pub Arc<dyn PolicyBackend>);
 
 impl RefusalAudit for LocalRefusalAudit {
     fn refused(
@@ -85,7 +87,7 @@ impl RefusalAudit for LocalRefusalAudit {
     }
 }
 
-impl<S: PolicyBackend> AccessPolicyService<S> {
+impl<S: PolicyBackend + ?Sized> AccessPolicyService<S> {
     async fn set_user_status(
         &self,
         req: Request<proto::SetUserStatusRequest>,
@@ -181,7 +183,7 @@ fn cosignature_from_proto(c: proto::Cosignature) -> Result<sesphr_tlog::Cosignat
 type AuditStream = Pin<Box<dyn Stream<Item = Result<proto::AuditEntry, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl<S: PolicyBackend> AccessPolicy for AccessPolicyService<S> {
+impl<S: PolicyBackend + ?Sized> AccessPolicy for AccessPolicyService<S> {
     async fn grant(
         &self,
         req: Request<proto::GrantRequest>,

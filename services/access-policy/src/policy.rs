@@ -128,13 +128,13 @@ pub fn expected_head(seq: u64, hash: &[u8]) -> Result<Option<(u64, [u8; 32])>, D
 }
 
 /// AccessPolicy's request rules over a [`PolicyBackend`].
-pub struct Policy<S> {
+pub struct Policy<S: ?Sized> {
     store: Arc<S>,
     verifications: Arc<Semaphore>,
     verify_wait: Duration,
 }
 
-impl<S: PolicyBackend> Policy<S> {
+impl<S: PolicyBackend + ?Sized> Policy<S> {
     pub fn new(store: Arc<S>) -> Self {
         Self::with_verify_wait(store, VERIFY_QUEUE_WAIT)
     }
@@ -431,14 +431,14 @@ pub fn record_refusal<S: PolicyBackend + ?Sized>(
 
 /// An admitted verification; holds its slot until it has run, so a caller
 /// that goes away does not free the slot while the walk still runs.
-pub struct Verification<S> {
+pub struct Verification<S: ?Sized> {
     store: Arc<S>,
     scope: Scope,
     expected: Option<(u64, [u8; 32])>,
     _permit: OwnedSemaphorePermit,
 }
 
-impl<S: PolicyBackend> Verification<S> {
+impl<S: PolicyBackend + ?Sized> Verification<S> {
     /// Walks the log (blocking: it reads every entry). A patient's report
     /// counts her own entries and never says where another user's entry
     /// failed (`first_bad_seq` is `None`).

@@ -25,7 +25,7 @@ use crate::service::{
     AccessGate, AuditNote, CloudStorage, Dedup, GateAction, GateSubject, ListQuery, PutError,
     PutHeader, Settings, Verdict,
 };
-use crate::{BlobRef, DomainError, RecordMeta, RecordStore, Window};
+use crate::{BlobRef, DomainError, RecordBackend, RecordMeta, Window};
 
 /// Chunks read ahead of a slow downloader (bounds server memory per stream).
 const DOWNLOAD_READ_AHEAD: usize = 4;
@@ -105,8 +105,10 @@ pub struct CloudStorageService {
 }
 
 impl CloudStorageService {
+    /// `store` is any [`RecordBackend`]: sled and files in the data
+    /// directory, or PostgreSQL and an S3 bucket shared by replicas.
     pub fn new(
-        store: Arc<RecordStore>,
+        store: Arc<dyn RecordBackend>,
         policy: PolicyClient,
         trust_domain: String,
     ) -> Result<Self, DomainError> {

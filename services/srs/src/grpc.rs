@@ -27,7 +27,7 @@ pub use crate::directory::SetupDirectory;
 use crate::gate::{AccessGate, AuditEvent, Decision, ReEncryptSubject};
 use crate::node::{KfragFiling, Node, NodeConfig, ReEncryption};
 use crate::setup::{Enrollment, Setup, SetupConfig};
-use crate::{SrsStore, UserRecord};
+use crate::{SrsStore, Store, UserRecord};
 
 pub use crate::node::{DEFAULT_CONTENT_KEY_RATE, MAX_CAPSULES};
 pub use crate::setup::MAX_CSR_BYTES;
@@ -105,12 +105,14 @@ impl AccessGate for PolicyGate {
 
 /// The setup service's gRPC service (`sesphr.v1.Srs`).
 pub struct SetupService {
-    setup: Setup<SrsStore, PolicyGate>,
+    setup: Setup<dyn Store, PolicyGate>,
 }
 
 impl SetupService {
+    /// `store` is any [`Store`] backend: sled in the data directory, or
+    /// PostgreSQL shared by several setup-service replicas.
     pub fn new(
-        store: Arc<SrsStore>,
+        store: Arc<dyn Store>,
         ca: Arc<CertificateAuthority>,
         policy: PolicyClient,
         config: SetupConfig,

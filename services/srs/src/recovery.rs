@@ -24,7 +24,7 @@ fn user_of(caller: &Caller) -> Result<&UserId, DomainError> {
         .ok_or_else(|| DomainError::NotEntitled("only users set up recovery".into()))
 }
 
-impl<S: Store, G: AccessGate> Setup<S, G> {
+impl<S: Store + ?Sized, G: AccessGate> Setup<S, G> {
     /// Stores the caller's trustee shares (replacing any earlier setup).
     /// Returns the setup's time. Audited.
     pub async fn set_recovery(

@@ -113,7 +113,7 @@ pub struct SetupConfig {
 
 /// The setup service: enrolment and the user directory, for callers the
 /// authorization layer admitted.
-pub struct Setup<S, G> {
+pub struct Setup<S: ?Sized, G> {
     pub(crate) store: Arc<S>,
     pub(crate) gate: G,
     ca: Arc<CertificateAuthority>,
@@ -197,7 +197,7 @@ impl Default for AuditedLookups {
     }
 }
 
-impl<S: Store, G: AccessGate> Setup<S, G> {
+impl<S: Store + ?Sized, G: AccessGate> Setup<S, G> {
     pub fn new(store: Arc<S>, gate: G, ca: Arc<CertificateAuthority>, config: SetupConfig) -> Self {
         let self_registrations = config.self_registrations_per_minute.map(|per_minute| {
             // One mesh-wide bucket: a minute's worth at once, then the rate.
