@@ -1,6 +1,6 @@
 //! Signed checkpoints, cosignatures and proofs over the stored tree.
 //!
-//! Signing runs under its own advisory lock ([`CHECKPOINT_LOCK`]), not the
+//! Signing runs under its own advisory lock ([`log::CHECKPOINT_LOCK`]), not the
 //! log's, so appends go on meanwhile: the size signed is the log's size
 //! when the lock was taken, whose entries and nodes are committed (and so
 //! durable) and never change. A replica that finds a checkpoint covering
@@ -12,15 +12,13 @@ use sesphr_tlog::{Checkpoint, Cosignature, SignedCheckpoint, SigningKey};
 use tokio_postgres::{GenericClient, IsolationLevel};
 
 use super::PgPolicyStore;
-use super::log;
+use super::log::{self, CHECKPOINT_LOCK};
 use super::rows::{col, q, to_i64};
 use crate::DomainError;
 use crate::tlog::{
     KEPT_CHECKPOINTS, MAX_PROOFS_PER_REQUEST, checked_cosignature, kept_checkpoints,
     matches_published, next_checkpoint,
 };
-
-const CHECKPOINT_LOCK: &str = "access_policy.checkpoint";
 
 fn decode(size: i64, signature: &[u8], body: &str) -> Result<SignedCheckpoint, DomainError> {
     let bad = |why: String| DomainError::Corrupt(format!("stored checkpoint {size}: {why}"));
@@ -130,11 +128,7 @@ async fn begin(
         .isolation_level(IsolationLevel::ReadCommitted)
         .start())
     .await?;
-    q(tx.execute(
-        "SELECT pg_advisory_xact_lock($1)",
-        &[&sesphr_domain::pg::lock_key(CHECKPOINT_LOCK)],
-    ))
-    .await?;
+    log::lock(&tx, CHECKPOINT_LOCK).await?;
     Ok(tx)
 }
 

@@ -7,14 +7,13 @@
 //! nothing is committed. The copy is one transaction under the log and
 //! checkpoint locks: either all of it is there or none.
 
-use sesphr_domain::pg::lock_key;
 use sesphr_tlog::merkle::{self, Hash};
 use tokio_postgres::{GenericClient, IsolationLevel};
 
 use super::PgPolicyStore;
 use super::checkpoints::{insert, insert_cosignature};
 use super::grants::put;
-use super::log::{self, LOG_LOCK, Nodes};
+use super::log::{self, CHECKPOINT_LOCK, LOG_LOCK, Nodes};
 use super::rows::{col, q, to_i64};
 use crate::{DomainError, PolicyStore, audit, decode_grant, tlog};
 
@@ -77,8 +76,8 @@ pub fn copy_from_sled(src: &PolicyStore, dst: &PgPolicyStore) -> Result<CopyRepo
             .isolation_level(IsolationLevel::ReadCommitted)
             .start())
         .await?;
-        for name in [LOG_LOCK, "access_policy.checkpoint"] {
-            q(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(name)])).await?;
+        for name in [LOG_LOCK, CHECKPOINT_LOCK] {
+            log::lock(&tx, name).await?;
         }
         refuse_unless_empty(&tx).await?;
 

@@ -21,6 +21,36 @@ use crate::{AuditEntry, AuditEvent, DomainError};
 /// under, across replicas.
 pub(super) const LOG_LOCK: &str = "access_policy.audit";
 
+/// The advisory lock checkpoints are signed (and cosignatures stored)
+/// under (see [`super::checkpoints`]).
+pub(super) const CHECKPOINT_LOCK: &str = "access_policy.checkpoint";
+
+/// How long a transaction waits for a lock another replica holds. A
+/// replica that hangs with the lock must not stop every other one for
+/// good; past this the call fails as unavailable and may be retried.
+pub(super) const LOCK_WAIT: &str = "10s";
+
+/// Takes the advisory lock `name` for the rest of transaction `tx`,
+/// waiting at most [`LOCK_WAIT`]. One round trip: the key is a number
+/// computed here, so it can be sent as a literal.
+pub(super) async fn lock<C: GenericClient>(tx: &C, name: &str) -> Result<(), DomainError> {
+    let key = sesphr_domain::pg::lock_key(name);
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '{LOCK_WAIT}'; SELECT pg_advisory_xact_lock({key})"
+    ))
+    .await
+    .map_err(|e| {
+        if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+            tracing::warn!(lock = name, "timed out waiting for a policy-store lock");
+            DomainError::Unavailable(format!(
+                "the policy store is busy (waited {LOCK_WAIT} for {name}); try again"
+            ))
+        } else {
+            sesphr_domain::pg::pg_error(e)
+        }
+    })
+}
+
 /// The last entry, decoded and checked against its own hash.
 pub(super) async fn last_entry<C: GenericClient>(c: &C) -> Result<Option<AuditEntry>, DomainError> {
     let row = q(c.query_opt(

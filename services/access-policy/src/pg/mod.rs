@@ -50,7 +50,7 @@ mod verify;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use sesphr_domain::pg::{Pg, PgConfig, lock_key, pg_error};
+use sesphr_domain::pg::{Pg, PgConfig, pg_error};
 use sesphr_tlog::{Cosignature, Hash, SignedCheckpoint, SigningKey};
 use tokio_postgres::{IsolationLevel, Transaction};
 
@@ -79,7 +79,6 @@ struct Coalescers {
 /// never from an async task.
 pub struct PgPolicyStore {
     pg: Pg,
-    log_lock: i64,
     coalesce: Mutex<Coalescers>,
     /// Why the log's tail failed its check at open, if it did: appends
     /// and signing refuse, reads and verification go on.
@@ -118,7 +117,6 @@ impl PgPolicyStore {
         }
         Ok(PgPolicyStore {
             pg,
-            log_lock: lock_key(log::LOG_LOCK),
             coalesce: Mutex::new(Coalescers {
                 refusals: Coalescer::new(refusals),
                 reads: Coalescer::new(RefusalLimits::AUDIT_READS),
@@ -190,9 +188,7 @@ impl PgPolicyStore {
                 .start()
                 .await
                 .map_err(pg_error)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.log_lock])
-                .await
-                .map_err(pg_error)?;
+            log::lock(&tx, log::LOG_LOCK).await?;
             let (r, events) = op(&tx).await?;
             let entries = log::append(&tx, now, events).await?;
             tx.commit().await.map_err(pg_error)?;
