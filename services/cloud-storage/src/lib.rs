@@ -46,6 +46,7 @@ pub mod grpc;
 mod header_check;
 mod layout;
 mod page_token;
+pub mod remote;
 pub mod service;
 
 use std::collections::HashSet;
