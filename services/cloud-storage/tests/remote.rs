@@ -314,6 +314,18 @@ fn dropped_and_abandoned_uploads_leave_nothing() {
     assert!(matches!(short.commit(T0), Err(DomainError::Conflict(_))));
     assert!(pending("after a short commit").is_empty());
 
+    // Dropped inside an async task (a client stream that broke): the
+    // discard runs in the background and a new upload of the id waits
+    // for it instead of failing.
+    let mut up = store
+        .begin_upload(rec("d-2", "alice", "medical", 8 << 20))
+        .unwrap();
+    up.append(&bytes[..1 << 20]).unwrap();
+    env.runtime.block_on(async move { drop(up) });
+    put(&store, rec("d-2", "alice", "medical", 2), b"ok", T0);
+    assert_eq!(read_all(&store, "d-2").unwrap(), b"ok");
+    store.delete("alice", "d-2").unwrap();
+
     // Abandoned (a replica that died mid-upload): only the sweep frees it.
     let mut up = store
         .begin_upload(rec("s-1", "alice", "medical", 8 << 20))
@@ -548,4 +560,36 @@ fn a_three_node_garage_with_one_node_lost_still_reads_and_writes() {
     // A second replica talking to another surviving node sees the same.
     let other = env.open(&pg, &env.s3(1, "replicated"), StoreLimits::default());
     assert_eq!(read_all(&other, "after").unwrap(), after);
+}
+
+#[test]
+fn an_unreachable_object_store_is_unavailable_and_frees_the_id() {
+    let env = Env::start(1);
+    let pg = env.database("outage");
+    let mut s3 = env.s3(0, "outage");
+    let good = env.open(&pg, &s3, StoreLimits::default());
+    // Nothing listens there.
+    s3.endpoint = format!("http://127.0.0.1:{}", sesphr_testkit::free_port().unwrap());
+    let cut_off = env.open(&pg, &s3, StoreLimits::default());
+    let err = cut_off
+        .begin_upload(rec("u-1", "alice", "medical", 1))
+        .err();
+    assert!(matches!(err, Some(DomainError::Unavailable(_))), "{err:?}");
+    assert!(
+        env.rows(&pg, "SELECT * FROM cloud_storage.pending")
+            .is_empty()
+    );
+    put(&good, rec("u-1", "alice", "medical", 1), b"z", T0);
+    let err = read_all(&cut_off, "u-1").unwrap_err();
+    assert!(matches!(err, DomainError::Unavailable(_)), "{err}");
+    assert_eq!(read_all(&good, "u-1").unwrap(), b"z");
+    // A delete commits without the object store; the sweep removes the
+    // object once it is back.
+    cut_off.delete("alice", "u-1").unwrap();
+    assert_eq!(env.objects("outage").len(), 1);
+    let later = i64::MAX / 2;
+    assert!(cut_off.sweep_stale_uploads(0, later).is_err());
+    assert_eq!(good.sweep_stale_uploads(0, later).unwrap(), 1);
+    env.objects_match_rows(&pg, "outage");
+    assert!(env.objects("outage").is_empty());
 }

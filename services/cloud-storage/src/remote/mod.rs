@@ -87,9 +87,12 @@ impl Inner {
     fn wait_for_discard(&self, record_id: &str) {
         let pending = self.discards().get(record_id).cloned();
         if let Some(mut rx) = pending {
-            let waited = self.block_on(tokio::time::timeout(DISCARD_WAIT, async move {
-                rx.wait_for(|done| *done).await.map(drop)
-            }));
+            // The timer is made inside the runtime, which it needs.
+            let waited = self.block_on(async move {
+                tokio::time::timeout(DISCARD_WAIT, rx.wait_for(|done| *done))
+                    .await
+                    .map(drop)
+            });
             if waited.is_err() {
                 tracing::warn!(record_id, "a discarded upload is still being removed");
             }

@@ -417,17 +417,21 @@ impl Discard {
 }
 
 /// Aborts an upload's multipart upload and deletes its object, if either
-/// exists. An abort that fails is only logged (the bucket's lifecycle rule
-/// for incomplete uploads is the backstop); a delete that fails is an error,
-/// so the row that names the object stays.
+/// exists. Without a multipart upload there is no object either (only a
+/// completed one makes it), so an upload the object store never answered
+/// frees its id without asking it again. An abort that fails is only logged
+/// (the bucket's lifecycle rule for incomplete uploads is the backstop); a
+/// delete that fails is an error, so the row that names the object stays.
 pub(crate) async fn remove_upload_object(
     inner: &Inner,
     key: &str,
     multipart: Option<&MultipartId>,
 ) -> Result<(), DomainError> {
+    let Some(m) = multipart else {
+        return Ok(());
+    };
     let path = inner.objects.path(key);
-    if let Some(m) = multipart
-        && let Err(e) = inner.objects.s3.abort_multipart(&path, m).await
+    if let Err(e) = inner.objects.s3.abort_multipart(&path, m).await
         && !is_not_found(&e)
     {
         tracing::warn!(error = %e, "could not abort a multipart upload");
