@@ -307,7 +307,10 @@ mod tests {
         assert!(!format!("{c:?}").contains("s3cr3t"));
         let no_password = PgConfig::new("postgres://app@127.0.0.1/db?sslmode=disable");
         assert_eq!(no_password.redacted_url(), no_password.url);
-        assert_eq!(PgConfig::new("mysql:x").redacted_url(), "<not a postgres url>");
+        assert_eq!(
+            PgConfig::new("mysql:x").redacted_url(),
+            "<not a postgres url>"
+        );
     }
 
     #[test]
