@@ -160,6 +160,7 @@ impl Mesh {
             max_record_bytes: sesphr_server::config::DEFAULT_MAX_RECORD_BYTES,
             limits: Limits::default(),
             dedup_scope: Default::default(),
+            storage: Default::default(),
             transport: Default::default(),
         };
         let (stop, rx) = oneshot::channel::<()>();

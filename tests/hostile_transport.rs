@@ -410,6 +410,7 @@ async fn the_health_port_bounds_watch_streams_and_closes_silent_sockets() {
         max_record_bytes: 1 << 30,
         limits: Default::default(),
         dedup_scope: Default::default(),
+        storage: Default::default(),
         transport: TransportLimits {
             max_health_watches: WATCHES,
             ..short_limits()

@@ -205,6 +205,7 @@ async fn cloud_storage_asking(
         max_record_bytes: 1 << 30,
         limits: Default::default(),
         dedup_scope: Default::default(),
+        storage: Default::default(),
         transport: Default::default(),
     };
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();

@@ -24,6 +24,7 @@ mod impostor;
 mod impostor_forgery;
 mod mesh;
 mod secrets;
+mod shared_storage;
 mod sharing;
 mod srs_nodes;
 mod trustees;

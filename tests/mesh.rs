@@ -344,6 +344,7 @@ async fn the_plaintext_health_port_answers_health_only() {
         max_record_bytes: 1 << 30,
         limits: Default::default(),
         dedup_scope: Default::default(),
+        storage: Default::default(),
         transport: Default::default(),
     };
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();

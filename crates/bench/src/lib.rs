@@ -353,11 +353,23 @@ impl Daemon {
     /// [`spawn`](Self::spawn) with more `sesphrd dev` arguments (e.g.
     /// `--srs-nodes 5 --threshold 3`).
     pub fn spawn_with(sesphrd: &Path, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::spawn_env(sesphrd, data_dir, extra, &[])
+    }
+
+    /// [`spawn_with`](Self::spawn_with) with more environment variables
+    /// (e.g. the `SESPHR_STORAGE_*` ones).
+    pub fn spawn_env(
+        sesphrd: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(sesphrd)
             .args(["dev", "--data-dir"])
             .arg(data_dir)
             .args(["--base-port", "0"])
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "error")
             // Every bench client connects from 127.0.0.1: one peer address
             // holds all the connections the per-peer cap would otherwise
@@ -1248,6 +1260,8 @@ fn mib(b: u64) -> f64 {
 
 /// Runs the selected workloads and returns the table rows (on a failure,
 /// what was measured until then goes to stderr).
+mod scale;
+
 pub async fn run(o: &Options) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     let result = run_into(o, &mut rows).await;
@@ -1260,6 +1274,12 @@ pub async fn run(o: &Options) -> anyhow::Result<Vec<Row>> {
 async fn run_into(o: &Options, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     sesphr_mesh::tls::install_crypto_provider();
     std::fs::create_dir_all(&o.work_dir)?;
+    if scale::wanted(o) {
+        scale::scale_rows(o, rows).await?;
+        if o.only.len() == 1 {
+            return Ok(());
+        }
+    }
     let d = Daemon::spawn(&o.sesphrd, &o.work_dir.join("mesh"))?;
     let homes = o.work_dir.join("users");
     eprintln!(

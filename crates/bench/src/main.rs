@@ -51,7 +51,8 @@ enum Command {
         #[arg(long, default_value_t = 1024)]
         memory_mib: u64,
         /// Only these workloads: reencrypt, read, check, concurrent-read,
-        /// updown, mixed, revoke, memory.
+        /// updown, mixed, revoke, memory; and scale (PostgreSQL + a 3-node
+        /// Garage, 1 and 2 CloudStorage replicas vs. plain S3: only when named).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

@@ -20,9 +20,12 @@ use tokio::task::JoinHandle;
 use tonic::Status;
 use zeroize::Zeroizing;
 
+use crate::backends;
 use crate::config::{ServeConfig, ServiceKind};
+use crate::storage::StorageSettings;
 use sesphr::proto::{self, service_names};
 use sesphr::rpc;
+use sesphr_access_policy::backend::PolicyBackend;
 use sesphr_access_policy::grpc::{AccessPolicyService, LocalRefusalAudit, load_deny_list};
 use sesphr_client::MeshFile;
 use sesphr_cloud_storage::MAX_CHUNK_BYTES;
@@ -277,6 +280,8 @@ pub struct ServiceParams {
     pub dedup_scope: sesphr_cloud_storage::DedupScope,
     /// Connection caps and timeouts of both listeners.
     pub transport: TransportLimits,
+    /// Where the service keeps its state (sled in `data_dir` by default).
+    pub storage: StorageSettings,
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -349,6 +354,7 @@ impl ServiceParams {
             max_record_bytes: cfg.max_record_bytes,
             limits: cfg.limits,
             dedup_scope: cfg.dedup_scope,
+            storage: cfg.storage.clone(),
             transport: cfg.transport,
         })
     }
@@ -428,12 +434,15 @@ pub async fn run_service(
     let store_dir = p.data_dir.clone();
     // AccessPolicy audits refusals into its own log; the others send them
     // there.
-    let policy_store = match service {
-        Served::Service(Service::AccessPolicy) => Some(Arc::new(
-            sesphr_access_policy::PolicyStore::open(&store_dir)
-                .map_err(|e| store_err(service, &store_dir)(e.to_string()))?,
-        )),
-        _ => None,
+    let (policy_store, shared_policy_store) = match service {
+        Served::Service(Service::AccessPolicy) => {
+            let (storage, dir) = (p.storage.clone(), store_dir.clone());
+            let (store, shared) = open_blocking(move || backends::policy(&storage, &dir))
+                .await
+                .map_err(|e| store_err(service, &store_dir)(e.to_string()))?;
+            (Some(store), shared)
+        }
+        _ => (None, false),
     };
     // One AccessPolicy client per process (CloudStorage, SRS): the service
     // and its refusal audit share it.
@@ -453,10 +462,29 @@ pub async fn run_service(
     };
     // Who is disabled: AccessPolicy's own list, or a follower's copy of it.
     let deny = match &policy_store {
-        Some(store) => Arc::new(
-            load_deny_list(&**store).map_err(|e| store_err(service, &store_dir)(e.to_string()))?,
-        ),
+        Some(store) => {
+            let store = store.clone();
+            Arc::new(
+                open_blocking(move || load_deny_list(&*store).map_err(backends::OpenError::from))
+                    .await
+                    .map_err(|e| store_err(service, &store_dir)(e.to_string()))?,
+            )
+        }
         None => Arc::new(DenyList::follower(p.deny_list.max_staleness)),
+    };
+    // Replicas sharing one database: a change made at another replica
+    // reaches this one's list within SHARED_DENY_LIST_POLL.
+    let shared_deny = match (&policy_store, shared_policy_store) {
+        (Some(store), true) => {
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(follow_shared_deny_list(
+                store.clone(),
+                deny.clone(),
+                stopped,
+            ));
+            Some((stop, task))
+        }
+        _ => None,
     };
     let follower = match &policy_client {
         None => None,
@@ -492,6 +520,7 @@ pub async fn run_service(
         .add_service(health_service.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
+    let mut sweeper = None;
     let router = match service {
         Served::Service(Service::AccessPolicy) => {
             let store = policy_store.clone().expect("opened above for AccessPolicy");
@@ -516,10 +545,22 @@ pub async fn run_service(
                 dedup_scope: p.dedup_scope,
                 ..Default::default()
             };
-            let store = sesphr_cloud_storage::RecordStore::open(&store_dir, limits)
+            let (storage, dir) = (p.storage.clone(), store_dir.clone());
+            let records = open_blocking(move || backends::records(&storage, &dir, limits))
+                .await
                 .map_err(|e| store_err(service, &store_dir)(e.to_string()))?;
-            let svc = CloudStorageService::new(Arc::new(store), policy()?, td.clone())
-                .map_err(|e| store_err(service, &store_dir)(e.to_string()))?;
+            if let Some(remote) = records.remote.clone() {
+                let (stop, stopped) = oneshot::channel::<()>();
+                sweeper = Some((stop, tokio::spawn(sweep_stale_uploads(remote, stopped))));
+            }
+            // The service reads its page-token secret from the store.
+            let (policy, td2) = (policy()?, td.clone());
+            let svc = open_blocking(move || {
+                CloudStorageService::new(records.store, policy, td2)
+                    .map_err(backends::OpenError::from)
+            })
+            .await
+            .map_err(|e| store_err(service, &store_dir)(e.to_string()))?;
             health.set_serving::<proto::cloud_storage_server::CloudStorageServer<CloudStorageService>>().await;
             router.add_service(Limited::new(
                 proto::cloud_storage_server::CloudStorageServer::new(svc)
@@ -530,7 +571,9 @@ pub async fn run_service(
         }
         Served::Service(Service::Srs) => {
             let srs = p.srs.ok_or(ServeError::MissingSrsSettings)?;
-            let store = sesphr_srs::SrsStore::open(&store_dir)
+            let (storage, dir) = (p.storage.clone(), store_dir.clone());
+            let store = open_blocking(move || backends::setup_store(&storage, &dir))
+                .await
                 .map_err(|e| store_err(service, &store_dir)(e.to_string()))?;
             let config = sesphr_srs::setup::SetupConfig {
                 trust_domain: td.clone(),
@@ -539,7 +582,7 @@ pub async fn run_service(
                 self_registrations_per_minute: srs.self_registrations_per_minute,
                 deny: Some(deny.clone()),
             };
-            let svc = SetupService::new(Arc::new(store), Arc::new(srs.ca), policy()?, config);
+            let svc = SetupService::new(store, Arc::new(srs.ca), policy()?, config);
             health
                 .set_serving::<proto::srs_server::SrsServer<SetupService>>()
                 .await;
@@ -687,9 +730,17 @@ pub async fn run_service(
     if let Some(task) = health_task {
         let _ = task.await;
     }
-    for (stop, task) in [flusher, checkpointer, witness, follower, readiness]
-        .into_iter()
-        .flatten()
+    for (stop, task) in [
+        flusher,
+        checkpointer,
+        witness,
+        follower,
+        readiness,
+        shared_deny,
+        sweeper,
+    ]
+    .into_iter()
+    .flatten()
     {
         // Not aborted: a flush or signature in progress finishes before the
         // store closes.
@@ -710,10 +761,7 @@ pub async fn run_service(
 
 /// Writes AccessPolicy's coalesced refusal entries as they fall due (see
 /// `sesphr_access_policy::coalesce`), until `stop` fires.
-async fn flush_coalesced(
-    store: Arc<sesphr_access_policy::PolicyStore>,
-    mut stop: oneshot::Receiver<()>,
-) {
+async fn flush_coalesced(store: Arc<dyn PolicyBackend>, mut stop: oneshot::Receiver<()>) {
     let mut tick = tokio::time::interval(sesphr_access_policy::coalesce::FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -727,6 +775,93 @@ async fn flush_coalesced(
             Ok(Ok(n)) => tracing::debug!(entries = n, "coalesced audit entries written"),
             Ok(Err(e)) => tracing::warn!(error = %e, "could not write coalesced audit entries"),
             Err(e) => tracing::error!(error = %e, "coalesced audit flush task failed"),
+        }
+    }
+}
+
+/// What one service of a dev mesh keeps its state in: the mesh's choice,
+/// with S3 for CloudStorage only and sled for every node.
+fn dev_storage(storage: &StorageSettings, service: Served) -> StorageSettings {
+    match (storage, service) {
+        (StorageSettings::Sled, _) | (_, Served::SrsNode(_)) => StorageSettings::Sled,
+        (StorageSettings::Postgres { .. }, Served::Service(Service::CloudStorage)) => {
+            storage.clone()
+        }
+        (StorageSettings::Postgres { pg, .. }, Served::Service(_)) => StorageSettings::Postgres {
+            pg: pg.clone(),
+            s3: None,
+        },
+    }
+}
+
+/// Runs a store's opening (or a first call into it) on the blocking pool:
+/// a PostgreSQL backend blocks on its own queries, which must not happen
+/// on an async worker.
+async fn open_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, backends::OpenError> + Send + 'static,
+) -> Result<T, backends::OpenError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(backends::OpenError(format!("store task failed: {e}"))))
+}
+
+/// How often an AccessPolicy replica re-reads a shared deny list.
+pub const SHARED_DENY_LIST_POLL: Duration = Duration::from_secs(1);
+
+/// Keeps an AccessPolicy replica's authoritative deny list equal to the
+/// shared store's, which other replicas change too, until `stop` fires.
+async fn follow_shared_deny_list(
+    store: Arc<dyn PolicyBackend>,
+    deny: Arc<DenyList>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut tick = tokio::time::interval(SHARED_DENY_LIST_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => return,
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.deny_list()).await {
+            // `reload` keeps a newer list a local change already put in.
+            Ok(Ok((version, entries))) => deny.reload(version, entries),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not re-read the shared deny list"),
+            Err(e) => tracing::error!(error = %e, "deny list task failed"),
+        }
+    }
+}
+
+/// How long an upload may stay without progress before a replica treats
+/// it as left by a crashed one and aborts it.
+pub const STALE_UPLOAD_SECS: i64 = 15 * 60;
+/// How often CloudStorage looks for such uploads.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Aborts uploads that crashed replicas left in the shared store (their
+/// multipart objects and pending rows), every [`SWEEP_INTERVAL`], until
+/// `stop` fires.
+async fn sweep_stale_uploads(
+    store: Arc<sesphr_cloud_storage::remote::RemoteStore>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => return,
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || {
+            s.sweep_stale_uploads(STALE_UPLOAD_SECS, unix_now())
+        })
+        .await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(uploads = n, "aborted uploads left by a stopped replica"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not sweep stale uploads"),
+            Err(e) => tracing::error!(error = %e, "upload sweep task failed"),
         }
     }
 }
@@ -772,6 +907,10 @@ pub struct DevOptions {
     pub transport: TransportLimits,
     /// How often AccessPolicy signs a checkpoint and witnesses cosign (ms).
     pub audit_interval_ms: u64,
+    /// Sled (default), or PostgreSQL for CloudStorage, AccessPolicy and the
+    /// setup service with CloudStorage's ciphertext in S3; the nodes always
+    /// keep their own sled directories.
+    pub storage: StorageSettings,
 }
 
 impl DevOptions {
@@ -787,6 +926,7 @@ impl DevOptions {
             dedup_scope: Default::default(),
             transport: TransportLimits::default(),
             audit_interval_ms: crate::config::DEFAULT_AUDIT_INTERVAL_MS,
+            storage: StorageSettings::Sled,
         }
     }
 
@@ -1183,6 +1323,7 @@ impl DevMesh {
                 max_record_bytes: crate::config::DEFAULT_MAX_RECORD_BYTES,
                 limits: opts.limits,
                 dedup_scope: opts.dedup_scope,
+                storage: dev_storage(&opts.storage, service),
                 transport: opts.transport,
             };
             let mut rx = stop_rx.clone();

@@ -9,9 +9,11 @@
 //! gRPC adapter each); this crate wires them to listeners, the mesh layers,
 //! reflection and health.
 
+pub mod backends;
 pub mod config;
 pub mod daemon;
 pub mod dealing;
 pub mod migrate;
+pub mod move_store;
 pub mod storage;
 pub mod witness;

@@ -5,6 +5,8 @@
 //!   `DIR/mesh.toml` on first start.
 //! - `sesphrd serve --service NAME --config FILE` runs one service for a real
 //!   deployment (`--check-config` only validates).
+//! - `sesphrd migrate --config FILE` copies a stopped service's sled store
+//!   into the PostgreSQL (+ S3) storage FILE names.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,6 +97,21 @@ enum Command {
         #[arg(long, env = "SESPHR_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// Copy a stopped service's sled store into the PostgreSQL (and S3)
+    /// storage its serve config names (`[storage]`); the sled directory is
+    /// left as it was.
+    Migrate {
+        /// cloud-storage, srs or access-policy (default: the config's
+        /// `service`).
+        #[arg(long, value_parser = parse_service)]
+        service: Option<ServiceKind>,
+        /// The serve config naming the destination.
+        #[arg(long)]
+        config: PathBuf,
+        /// The sled data directory to copy (default: the config's data_dir).
+        #[arg(long)]
+        from_dir: Option<PathBuf>,
+    },
     /// Run one service or re-encryption node from a TOML config (SESPHR_*
     /// variables override it).
     Serve {
@@ -176,6 +193,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            // SESPHR_STORAGE_BACKEND=postgres (and the SESPHR_POSTGRES_* and
+            // SESPHR_S3_* variables) put CloudStorage, AccessPolicy and the
+            // setup service on shared storage.
+            opts.storage = sesphr_server::storage::StorageSection::default().resolve(
+                ServiceKind::Service(Service::CloudStorage),
+                &Env,
+                &mut errors,
+            );
             if !errors.is_empty() {
                 eprintln!("sesphrd: {}", sesphr_server::config::ConfigErrors(errors));
                 return Ok(ExitCode::from(EXIT_USAGE));
@@ -284,6 +309,26 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Migrate {
+            service,
+            config,
+            from_dir,
+        } => {
+            let cfg = match ServeConfig::load(&config, service, &Env) {
+                Ok(cfg) => cfg,
+                Err(errors) => {
+                    eprintln!("sesphrd: {errors}");
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                }
+            };
+            sesphr_mesh::tls::install_crypto_provider();
+            let line = tokio::task::spawn_blocking(move || {
+                sesphr_server::move_store::migrate(&cfg, from_dir.as_deref())
+            })
+            .await??;
+            println!("{line}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve {
             service,
             config,
@@ -332,12 +377,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         );
                     }
                 }
+                println!("storage: {}", cfg.storage.describe(&cfg.data_dir));
                 println!("configuration of {service} is valid");
                 return Ok(ExitCode::SUCCESS);
             }
             sesphr_mesh::tls::install_crypto_provider();
             let params = ServiceParams::from_config(&cfg).await?;
-            tracing::info!(service = %params.service, listen = %cfg.listen, health = ?cfg.health_listen, trust_domain = %cfg.trust_domain, "starting");
+            tracing::info!(service = %params.service, listen = %cfg.listen, health = ?cfg.health_listen, trust_domain = %cfg.trust_domain, storage = %cfg.storage.describe(&cfg.data_dir), "starting");
             run_service(params, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -97,6 +97,24 @@ pub enum StorageSettings {
 }
 
 impl StorageSettings {
+    /// One line for `--check-config` and the start-up log: where the state
+    /// goes, without credentials.
+    pub fn describe(&self, data_dir: &Path) -> String {
+        match self {
+            StorageSettings::Sled => format!("sled in {}", data_dir.display()),
+            StorageSettings::Postgres { pg, s3 } => {
+                let mut line = format!("postgres at {}", pg.redacted_url());
+                if let Some(s3) = s3 {
+                    line.push_str(&format!(
+                        ", ciphertext in s3://{}/{} at {}",
+                        s3.bucket, s3.prefix, s3.endpoint
+                    ));
+                }
+                line
+            }
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             StorageSettings::Sled => "sled",

@@ -30,7 +30,7 @@ pub fn pin_path(data_dir: &Path) -> PathBuf {
 /// Signs a checkpoint whenever the log grew, every `interval`, until
 /// `stop` fires.
 pub async fn publish_checkpoints(
-    store: Arc<sesphr_access_policy::PolicyStore>,
+    store: Arc<dyn sesphr_access_policy::backend::PolicyBackend>,
     key: Arc<SigningKey>,
     origin: String,
     interval: Duration,
