@@ -833,8 +833,10 @@ async fn follow_shared_deny_list(
 }
 
 /// How long an upload may stay without progress before a replica treats
-/// it as left by a crashed one and aborts it.
-pub const STALE_UPLOAD_SECS: i64 = 15 * 60;
+/// it as left by a crashed one and aborts it. Progress is counted per
+/// multipart part (at least 5 MiB), so a slow client's live upload must
+/// not look dead: an hour covers one part at 1.5 kB/s.
+pub const STALE_UPLOAD_SECS: i64 = 60 * 60;
 /// How often CloudStorage looks for such uploads.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
