@@ -82,8 +82,9 @@ impl PgConfig {
         if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
             return Err("postgres url must start with postgres://".into());
         }
-        let parsed: tokio_postgres::Config =
-            self.url.parse().map_err(|e| format!("postgres url: {e}"))?;
+        let parsed: tokio_postgres::Config = libpq_sslmodes(&self.url)
+            .parse()
+            .map_err(|e| format!("postgres url: {e}"))?;
         let tls_off = matches!(
             parsed.get_ssl_mode(),
             tokio_postgres::config::SslMode::Disable
@@ -100,6 +101,20 @@ impl PgConfig {
         }
         Ok(parsed)
     }
+}
+
+/// The URL with libpq's `sslmode=verify-full` or `verify-ca` said as
+/// `require`, the strongest mode the driver parses: with TLS on, rustls
+/// always checks the chain against `ca_file` and the host name, so both
+/// get what they ask for (`verify-ca` more: the name is checked too).
+fn libpq_sslmodes(url: &str) -> std::borrow::Cow<'_, str> {
+    let mut out = std::borrow::Cow::Borrowed(url);
+    for mode in ["sslmode=verify-full", "sslmode=verify-ca"] {
+        if out.contains(mode) {
+            out = std::borrow::Cow::Owned(out.replace(mode, "sslmode=require"));
+        }
+    }
+    out
 }
 
 /// A connection pool and the runtime its connections live on.
@@ -321,5 +336,15 @@ mod tests {
         assert!(c.validate().is_ok());
         c.max_connections = 0;
         assert!(c.validate().is_err());
+        // libpq's verifying modes parse (rustls verifies either way).
+        let mut c = PgConfig::new("postgres://app@db.example/sesphr?sslmode=verify-full");
+        c.ca_file = Some("/etc/sesphr/postgres/ca.crt".into());
+        let parsed = c.validate().unwrap();
+        assert_eq!(
+            parsed.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        c.url = "postgres://app@db.example/sesphr?sslmode=verify-ca".into();
+        assert!(c.validate().is_ok());
     }
 }

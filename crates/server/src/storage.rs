@@ -421,18 +421,45 @@ fn read_credentials(path: &Path) -> Result<Credentials, String> {
 /// Secrets in files readable by group or others are refused (as the
 /// daemon's private keys are).
 fn refuse_shared(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    // Kubernetes mounts Secrets through symlinks with mode 0644 unless told
-    // otherwise; the manifests set defaultMode 0400.
-    if meta.permissions().mode() & 0o077 != 0 {
+    let mode = meta.permissions().mode() & 0o777;
+    // Kubernetes mounts a Secret under fsGroup as 0440, root:<fsGroup>,
+    // whatever defaultMode says: group read is fine when that group is one
+    // of this process's own (then only this pod's user reads it). Anything
+    // for others, or group write, is refused.
+    let group_read_only = mode & 0o070 == 0o040;
+    let ours = group_read_only && own_groups().contains(&meta.gid());
+    if mode & 0o007 != 0 || (mode & 0o070 != 0 && !ours) {
         return Err(format!(
-            "{} may be read by others (mode {:o}): chmod 600 it",
+            "{} may be read by others (mode {mode:o}): chmod 600 it (or 0440 with \
+             this process's group, as a Kubernetes Secret under fsGroup)",
             path.display(),
-            meta.permissions().mode() & 0o777
         ));
     }
     Ok(())
+}
+
+/// This process's effective and supplementary group ids, from
+/// /proc/self/status (empty if it cannot be read: then no group counts).
+fn own_groups() -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return Vec::new();
+    };
+    let mut groups = Vec::new();
+    for line in status.lines() {
+        if let Some(ids) = line.strip_prefix("Gid:") {
+            // real, effective, saved, filesystem: the effective one counts.
+            groups.extend(
+                ids.split_whitespace()
+                    .nth(1)
+                    .and_then(|g| g.parse::<u32>().ok()),
+            );
+        } else if let Some(ids) = line.strip_prefix("Groups:") {
+            groups.extend(ids.split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
+        }
+    }
+    groups
 }
 
 #[cfg(test)]
@@ -569,6 +596,24 @@ mod tests {
         let (s, errors) = resolve(&text, AP, &env(&[]));
         assert!(errors.is_empty(), "{errors:?}");
         assert!(matches!(s, StorageSettings::Postgres { .. }));
+
+        // A Kubernetes Secret under fsGroup: 0440 with this process's group
+        // passes; group write, or a group that is not ours, does not.
+        std::fs::set_permissions(&url, std::fs::Permissions::from_mode(0o440)).unwrap();
+        let (_, errors) = resolve(&text, AP, &env(&[]));
+        assert!(errors.is_empty(), "{errors:?}");
+        std::fs::set_permissions(&url, std::fs::Permissions::from_mode(0o460)).unwrap();
+        let (_, errors) = resolve(&text, AP, &env(&[]));
+        assert!(errors.join("").contains("chmod 600"), "{errors:?}");
+        std::fs::set_permissions(&url, std::fs::Permissions::from_mode(0o440)).unwrap();
+        let foreign = 54_321;
+        if !own_groups().contains(&foreign)
+            && std::os::unix::fs::chown(&url, None, Some(foreign)).is_ok()
+        {
+            let (_, errors) = resolve(&text, AP, &env(&[]));
+            assert!(errors.join("").contains("chmod 600"), "{errors:?}");
+        }
+        std::fs::set_permissions(&url, std::fs::Permissions::from_mode(0o600)).unwrap();
 
         let creds = dir.path().join("creds");
         std::fs::write(
