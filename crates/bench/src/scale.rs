@@ -231,6 +231,51 @@ pub(crate) async fn scale_rows(o: &Options, rows: &mut Vec<Row>) -> anyhow::Resu
         stats: Some(two),
     });
     drop(replica);
+
+    if o.memory_bytes > 0 {
+        let bytes = o.memory_bytes;
+        eprintln!(
+            "one {} MiB record up and down on PostgreSQL + Garage ...",
+            bytes >> 20
+        );
+        let p = Patient::open(&d.mesh, &homes[0])?;
+        let (baseline, _) = d.memory();
+        let t = Instant::now();
+        let rec = p
+            .upload(
+                "medical",
+                std::io::repeat(0x61).take(bytes),
+                bytes,
+                client::no_progress(),
+            )
+            .await?;
+        let up = t.elapsed();
+        let t = Instant::now();
+        let got = download_len(&p, &rec.record_id)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let down = t.elapsed();
+        anyhow::ensure!(got == bytes, "downloaded {got} of {bytes} bytes");
+        let (peak, _) = d.memory();
+        let rate = |d: Duration| mib(bytes) / d.as_secs_f64();
+        rows.push(Row {
+            workload: format!(
+                "one {} MiB record, PostgreSQL + Garage (multipart up, ranged reads down)",
+                bytes >> 20
+            ),
+            clients: "1".into(),
+            figure: format!(
+                "up {:.0} MiB/s, down {:.0} MiB/s; mesh process peak RSS {:.0} MiB (baseline {:.0} MiB)",
+                rate(up),
+                rate(down),
+                mib(peak),
+                mib(baseline)
+            ),
+            target: "bounded memory".into(),
+            met: Some(peak.saturating_sub(baseline) < 256 << 20),
+            stats: None,
+        });
+    }
     drop(d);
     drop((pg, garage));
     Ok(())
