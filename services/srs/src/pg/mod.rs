@@ -36,7 +36,7 @@ mod embedded {
 pub const MIGRATIONS_TABLE: &str = "sesphr_srs_migrations";
 
 /// Users, invitations, recovery setups, kfrag sets and service secrets in
-/// PostgreSQL. Cheap to share: clone-free, `Send + Sync`, one pool inside.
+/// PostgreSQL. `Send + Sync`: share one behind an `Arc` (one pool inside).
 pub struct PgStore {
     pg: Pg,
 }
