@@ -98,10 +98,10 @@ async fn a_sled_mesh_moves_to_postgres_and_s3_with_every_record_grant_and_audit_
     let dir = s.stop().await;
     let mesh_dir = dir.path().join("mesh");
 
-    let (pg, garage) = tokio::task::spawn_blocking(|| (Postgres::start(), Garage::start(1)))
-        .await
-        .unwrap();
-    let (pg, garage) = (pg.expect("postgres starts"), garage.expect("garage starts"));
+    // On the test's own thread: the servers die with the thread that
+    // started them, and a blocking-pool thread may end mid-test.
+    let pg = Postgres::start().expect("postgres starts");
+    let garage = Garage::start(1).expect("garage starts");
     // Loopback: no TLS to PostgreSQL here.
     let pg_url = format!("{}?sslmode=disable", pg.url());
     let env = storage_env(&pg_url, &garage);

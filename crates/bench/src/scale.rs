@@ -173,10 +173,10 @@ fn second_replica(
 
 pub(crate) async fn scale_rows(o: &Options, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     eprintln!("starting PostgreSQL and a 3-node Garage cluster ...");
-    let (pg, garage) = tokio::task::spawn_blocking(|| {
-        Ok::<_, anyhow::Error>((Postgres::start()?, Garage::start(3)?))
-    })
-    .await??;
+    // Started on this thread (the runtime's main thread, which outlives
+    // the run), never on a pool thread: the servers die with the thread
+    // that started them (sesphr-testkit).
+    let (pg, garage) = (Postgres::start()?, Garage::start(3)?);
     let n = o.stream_clients;
 
     eprintln!("plain S3 PUT + GET of 1 MiB with {n} clients ...");
@@ -231,6 +231,51 @@ pub(crate) async fn scale_rows(o: &Options, rows: &mut Vec<Row>) -> anyhow::Resu
         stats: Some(two),
     });
     drop(replica);
+
+    // AccessPolicy's `Check` (each allowed and audited as its own entry):
+    // on PostgreSQL every append is its own locked transaction, on sled
+    // concurrent ones share a group commit. Same clients, same run.
+    eprintln!(
+        "AccessPolicy checks with {} clients, PostgreSQL ...",
+        o.check_clients
+    );
+    let (pg_checks, pg_cpu) = check_workload(
+        &d,
+        &o.work_dir.join("scale-check-users"),
+        o.check_clients,
+        o.duration,
+    )
+    .await?;
+    let sled = Daemon::spawn(&o.sesphrd, &o.work_dir.join("scale-sled-mesh"))?;
+    eprintln!(
+        "AccessPolicy checks with {} clients, sled ...",
+        o.check_clients
+    );
+    let (sled_checks, sled_cpu) = check_workload(
+        &sled,
+        &o.work_dir.join("scale-sled-users"),
+        o.check_clients,
+        o.duration,
+    )
+    .await?;
+    drop(sled);
+    let ratio = pg_checks.ops_per_sec() / sled_checks.ops_per_sec();
+    rows.push(Row {
+        workload: "AccessPolicy `Check` (allowed, audited), sled (group commit)".into(),
+        clients: o.check_clients.to_string(),
+        figure: sled_cpu.describe(),
+        target: String::new(),
+        met: None,
+        stats: Some(sled_checks),
+    });
+    rows.push(Row {
+        workload: "AccessPolicy `Check` (allowed, audited), PostgreSQL".into(),
+        clients: o.check_clients.to_string(),
+        figure: format!("{ratio:.2}× sled; {}", pg_cpu.describe()),
+        target: String::new(),
+        met: None,
+        stats: Some(pg_checks),
+    });
 
     if o.memory_bytes > 0 {
         let bytes = o.memory_bytes;
