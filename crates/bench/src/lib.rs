@@ -945,12 +945,22 @@ async fn updown_workload(
 ) -> anyhow::Result<Stats> {
     let ops = d.operator()?;
     let homes = enroll_many(&d.mesh, homes, &ops, "streamer", n, Role::Patient).await?;
+    updown_over(std::slice::from_ref(&d.mesh), &homes, duration).await
+}
+
+/// 1 MiB up + down per client and iteration, client `i` (profile
+/// `homes[i]`) through `meshes[i % meshes.len()]`.
+async fn updown_over(
+    meshes: &[MeshFile],
+    homes: &[PathBuf],
+    duration: Duration,
+) -> anyhow::Result<Stats> {
     let clients: Vec<Arc<(Patient, Vec<u8>)>> = homes
         .iter()
         .enumerate()
         .map(|(i, h)| {
             Ok(Arc::new((
-                Patient::open(&d.mesh, h)?,
+                Patient::open(&meshes[i % meshes.len()], h)?,
                 random_bytes(MIB, i as u64),
             )))
         })

@@ -92,39 +92,6 @@ async fn plain_s3_workload(store: Arc<AmazonS3>, n: usize, duration: Duration) -
     .await
 }
 
-/// 1 MiB up + down per client and iteration, client `i` through
-/// `meshes[i % meshes.len()]`.
-async fn updown_over(
-    meshes: &[MeshFile],
-    homes: &[std::path::PathBuf],
-    duration: Duration,
-) -> anyhow::Result<Stats> {
-    let clients: Vec<Arc<(Patient, Vec<u8>)>> = homes
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            Ok(Arc::new((
-                Patient::open(&meshes[i % meshes.len()], h)?,
-                random_bytes(MIB, i as u64),
-            )))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    Ok(drive(
-        &clients,
-        duration,
-        |c: Arc<(Patient, Vec<u8>)>, _| async move {
-            let (p, data) = &*c;
-            let rec = upload_bytes(p, "medical", data.clone()).await?;
-            let got = download_len(p, &rec.record_id).await?;
-            if got != MIB as u64 {
-                return Err(format!("downloaded {got} bytes"));
-            }
-            Ok(2 * rec.ciphertext_size)
-        },
-    )
-    .await)
-}
-
 /// Starts a second CloudStorage on the dev mesh's storage, on a free port;
 /// returns it and the mesh file that points at it.
 fn second_replica(

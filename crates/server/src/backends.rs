@@ -14,7 +14,7 @@ use sesphr_cloud_storage::remote::RemoteStore;
 use sesphr_cloud_storage::{RecordBackend, StoreLimits};
 use sesphr_srs::Store;
 
-use crate::storage::{S3Settings, StorageSettings};
+use crate::storage::StorageSettings;
 
 /// Why a store did not open (the caller adds which service and where).
 #[derive(Debug, thiserror::Error)]
@@ -60,32 +60,14 @@ pub fn records(
                 )
             })?;
             let store = Arc::new(
-                RemoteStore::open(
-                    pg,
-                    &s3_config(s3),
-                    limits,
-                    tokio::runtime::Handle::current(),
-                )
-                .map_err(open_err)?,
+                RemoteStore::open(pg, s3, limits, tokio::runtime::Handle::current())
+                    .map_err(open_err)?,
             );
             Ok(Records {
                 store: store.clone(),
                 remote: Some(store),
             })
         }
-    }
-}
-
-/// The S3 settings as CloudStorage's object store takes them.
-pub fn s3_config(s3: &S3Settings) -> sesphr_cloud_storage::remote::S3Config {
-    sesphr_cloud_storage::remote::S3Config {
-        endpoint: s3.endpoint.clone(),
-        region: s3.region.clone(),
-        bucket: s3.bucket.clone(),
-        prefix: s3.prefix.clone(),
-        allow_http: s3.allow_http,
-        access_key_id: s3.access_key_id.clone(),
-        secret_access_key: s3.secret_access_key.clone(),
     }
 }
 

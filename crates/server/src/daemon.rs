@@ -761,20 +761,46 @@ pub async fn run_service(
 
 /// Writes AccessPolicy's coalesced refusal entries as they fall due (see
 /// `sesphr_access_policy::coalesce`), until `stop` fires.
-async fn flush_coalesced(store: Arc<dyn PolicyBackend>, mut stop: oneshot::Receiver<()>) {
-    let mut tick = tokio::time::interval(sesphr_access_policy::coalesce::FLUSH_INTERVAL);
+async fn flush_coalesced(store: Arc<dyn PolicyBackend>, stop: oneshot::Receiver<()>) {
+    let interval = sesphr_access_policy::coalesce::FLUSH_INTERVAL;
+    let flush = move || store.flush_coalesced(unix_now());
+    every(
+        interval,
+        stop,
+        "write coalesced audit entries",
+        flush,
+        |n| {
+            if n > 0 {
+                tracing::debug!(entries = n, "coalesced audit entries written")
+            }
+        },
+    )
+    .await
+}
+
+/// Runs the blocking `job` every `interval` on the blocking pool until
+/// `stop` fires, handing each result to `done`; a failure is logged (as
+/// "could not {what}") and the next tick tries again.
+async fn every<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    interval: Duration,
+    mut stop: oneshot::Receiver<()>,
+    what: &'static str,
+    job: impl Fn() -> Result<T, E> + Send + Sync + 'static,
+    done: impl Fn(T),
+) {
+    let job = Arc::new(job);
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = &mut stop => return,
         }
-        let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.flush_coalesced(unix_now())).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::debug!(entries = n, "coalesced audit entries written"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not write coalesced audit entries"),
-            Err(e) => tracing::error!(error = %e, "coalesced audit flush task failed"),
+        let job = job.clone();
+        match tokio::task::spawn_blocking(move || job()).await {
+            Ok(Ok(t)) => done(t),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not {what}"),
+            Err(e) => tracing::error!(error = %e, "background task failed: {what}"),
         }
     }
 }
@@ -813,23 +839,20 @@ pub const SHARED_DENY_LIST_POLL: Duration = Duration::from_secs(1);
 async fn follow_shared_deny_list(
     store: Arc<dyn PolicyBackend>,
     deny: Arc<DenyList>,
-    mut stop: oneshot::Receiver<()>,
+    stop: oneshot::Receiver<()>,
 ) {
-    let mut tick = tokio::time::interval(SHARED_DENY_LIST_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = &mut stop => return,
-        }
-        let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.deny_list()).await {
+    let read = move || store.deny_list();
+    every(
+        SHARED_DENY_LIST_POLL,
+        stop,
+        "re-read the shared deny list",
+        read,
+        |(v, e)| {
             // `reload` keeps a newer list a local change already put in.
-            Ok(Ok((version, entries))) => deny.reload(version, entries),
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not re-read the shared deny list"),
-            Err(e) => tracing::error!(error = %e, "deny list task failed"),
-        }
-    }
+            deny.reload(v, e)
+        },
+    )
+    .await
 }
 
 /// How long an upload may stay without progress before a replica treats
@@ -845,27 +868,15 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// `stop` fires.
 async fn sweep_stale_uploads(
     store: Arc<sesphr_cloud_storage::remote::RemoteStore>,
-    mut stop: oneshot::Receiver<()>,
+    stop: oneshot::Receiver<()>,
 ) {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = &mut stop => return,
+    let sweep = move || store.sweep_stale_uploads(STALE_UPLOAD_SECS, unix_now());
+    every(SWEEP_INTERVAL, stop, "sweep stale uploads", sweep, |n| {
+        if n > 0 {
+            tracing::info!(uploads = n, "aborted uploads left by a stopped replica")
         }
-        let s = store.clone();
-        match tokio::task::spawn_blocking(move || {
-            s.sweep_stale_uploads(STALE_UPLOAD_SECS, unix_now())
-        })
-        .await
-        {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!(uploads = n, "aborted uploads left by a stopped replica"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not sweep stale uploads"),
-            Err(e) => tracing::error!(error = %e, "upload sweep task failed"),
-        }
-    }
+    })
+    .await
 }
 
 /// A running service task.

@@ -314,12 +314,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
             from_dir,
         } => {
-            let cfg = match ServeConfig::load(&config, service, &Env) {
-                Ok(cfg) => cfg,
-                Err(errors) => {
-                    eprintln!("sesphrd: {errors}");
-                    return Ok(ExitCode::from(EXIT_USAGE));
-                }
+            let Some(cfg) = load_serve_config(&config, service) else {
+                return Ok(ExitCode::from(EXIT_USAGE));
             };
             sesphr_mesh::tls::install_crypto_provider();
             let line = tokio::task::spawn_blocking(move || {
@@ -334,12 +330,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
             check_config,
         } => {
-            let cfg = match ServeConfig::load(&config, service, &Env) {
-                Ok(cfg) => cfg,
-                Err(errors) => {
-                    eprintln!("sesphrd: {errors}");
-                    return Ok(ExitCode::from(EXIT_USAGE));
-                }
+            let Some(cfg) = load_serve_config(&config, service) else {
+                return Ok(ExitCode::from(EXIT_USAGE));
             };
             if check_config {
                 // Also load every file the config names.
@@ -386,6 +378,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             tracing::info!(service = %params.service, listen = %cfg.listen, health = ?cfg.health_listen, trust_domain = %cfg.trust_domain, storage = %cfg.storage.describe(&cfg.data_dir), "starting");
             run_service(params, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A serve config with its `SESPHR_*` overrides, or `None` once every
+/// problem has been printed (the caller exits with `EX_USAGE`).
+fn load_serve_config(path: &std::path::Path, service: Option<ServiceKind>) -> Option<ServeConfig> {
+    match ServeConfig::load(path, service, &Env) {
+        Ok(cfg) => Some(cfg),
+        Err(errors) => {
+            eprintln!("sesphrd: {errors}");
+            None
         }
     }
 }

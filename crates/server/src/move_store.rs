@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use sesphr_identity::Service;
 
-use crate::backends::s3_config;
 use crate::config::{ServeConfig, ServiceKind};
 use crate::storage::StorageSettings;
 
@@ -66,13 +65,8 @@ pub fn migrate(cfg: &ServeConfig, from: Option<&Path>) -> Result<String, MoveErr
                 ..Default::default()
             };
             let src = sesphr_cloud_storage::RecordStore::open(from, limits).map_err(source)?;
-            let dst = sesphr_cloud_storage::remote::RemoteStore::open(
-                pg,
-                &s3_config(s3),
-                limits,
-                runtime,
-            )
-            .map_err(dest)?;
+            let dst = sesphr_cloud_storage::remote::RemoteStore::open(pg, s3, limits, runtime)
+                .map_err(dest)?;
             let r = sesphr_cloud_storage::remote::copy_from_sled(&src, &dst).map_err(dest)?;
             Ok(format!(
                 "cloud-storage: copied {} record(s) ({} already there from an earlier run), \

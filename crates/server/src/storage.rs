@@ -123,31 +123,9 @@ impl StorageSettings {
     }
 }
 
-/// Where CloudStorage's ciphertext objects go.
-#[derive(Clone)]
-pub struct S3Settings {
-    pub endpoint: String,
-    pub region: String,
-    pub bucket: String,
-    pub prefix: String,
-    pub allow_http: bool,
-    pub access_key_id: String,
-    pub secret_access_key: Zeroizing<String>,
-}
-
-impl std::fmt::Debug for S3Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Settings")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("bucket", &self.bucket)
-            .field("prefix", &self.prefix)
-            .field("allow_http", &self.allow_http)
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .finish()
-    }
-}
+/// Where CloudStorage's ciphertext objects go (its `Debug` hides the
+/// secret key).
+pub use sesphr_cloud_storage::remote::S3Config as S3Settings;
 
 struct Credentials {
     access_key_id: String,
