@@ -26,6 +26,7 @@ pub mod fhir;
 mod ledger;
 mod mesh_file;
 mod nodes;
+mod parallel;
 mod pending;
 mod pins;
 mod profile;
@@ -661,31 +662,45 @@ impl Session {
             dedup::download_blob(&meta, header, &key, stream, out, progress).await?;
             return Ok(record);
         }
-        let mut opener = RecordOpener::new(header, &key, &owner_key)?;
+        let mut opener = parallel::ParallelOpener::new(
+            RecordOpener::new(header, &key, &owner_key)?.into_parallel()?,
+        );
         let mut done = 0u64;
-        let write = |out: &mut (dyn Write + Send), seg: &[u8]| {
-            out.write_all(seg).map_err(|e| ClientError::Io {
-                path: "output".into(),
-                source: e,
-            })
-        };
-        while let Some(msg) = stream.message().await.map_err(rpc("CloudStorage"))? {
+        loop {
+            // Segments are written as soon as they verify, also while the
+            // next message is awaited.
+            let next = loop {
+                tokio::select! {
+                    next = stream.message() => break next,
+                    plain = opener.oldest() => {
+                        out.write_all(&plain?).map_err(parallel::write_err)?;
+                    }
+                }
+            };
+            // A segment already received that fails is reported before
+            // whatever the transport did next, as when opening one by one.
+            let msg = match next {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(status) => {
+                    opener.drain(out).await?;
+                    return Err(rpc("CloudStorage")(status));
+                }
+            };
             let chunk = match msg.part {
                 Some(get_record_response::Part::Chunk(c)) => c,
                 _ => {
+                    opener.drain(out).await?;
                     return Err(ClientError::Verification(
                         "CloudStorage sent metadata twice".into(),
                     ));
                 }
             };
             done += chunk.len() as u64;
-            for seg in opener.push(&chunk).map_err(refused_segment)? {
-                write(out, &seg)?;
-            }
+            opener.push(&chunk, out).await?;
             progress(done);
         }
-        let last = opener.finish().map_err(refused_segment)?;
-        write(out, &last)?;
+        opener.finish(out).await?;
         out.flush().map_err(|e| ClientError::Io {
             path: "output".into(),
             source: e,
@@ -733,7 +748,7 @@ impl Session {
 
 /// A segment that authenticates under the record's key but was not signed
 /// by the owner was written by someone else who holds the key.
-fn refused_segment(e: crypto::Error) -> ClientError {
+pub(crate) fn refused_segment(e: crypto::Error) -> ClientError {
     match e {
         crypto::Error::VerificationFailed => ClientError::Verification(
             "a segment of the record is not signed by its owner: refusing it".into(),
@@ -1140,11 +1155,17 @@ fn seal_stream(
     progress: Progress,
 ) -> Result<(), ClientError> {
     let mut done = 0u64;
-    let all_sent = upload::seal_segments(&mut reader, len, seg, sealer, |chunk| {
+    let emit = |chunk: Vec<u8>| {
         done += chunk.len().saturating_sub(crypto::record::SEGMENT_OVERHEAD) as u64;
         progress(done);
         Ok(send(chunk))
-    })?;
+    };
+    let all_sent = if parallel::worth_it(len, seg) {
+        let sealer = sealer.into_parallel()?;
+        parallel::seal_segments(&mut reader, len, seg, &sealer, emit)?
+    } else {
+        upload::seal_segments(&mut reader, len, seg, sealer, emit)?
+    };
     // Not all sent: the upload call ended early, and its error is reported.
     if all_sent {
         // The input must end where it said it would.

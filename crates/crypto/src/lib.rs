@@ -104,7 +104,7 @@ pub use kfrag::{
 pub use master::{MAX_PARTITION_LEN, MasterSecret};
 pub use record::{
     DemKey, DemKeySource, HeaderDraft, RecordHeader, RecordOpener, RecordReader, RecordSealer,
-    RecordWriter, decrypt_record, encrypt_record,
+    RecordSegmentOpener, RecordSegmentSealer, RecordWriter, decrypt_record, encrypt_record,
 };
 
 #[cfg(test)]
@@ -127,6 +127,11 @@ mod send_sync {
         assert_send_sync::<RecordHeader>();
         assert_send_sync::<RecordSealer>();
         assert_send_sync::<RecordOpener>();
+        // Shared by reference between the threads sealing or opening one
+        // record's segments.
+        assert_send_sync::<RecordSegmentSealer>();
+        assert_send_sync::<RecordSegmentOpener>();
+        assert_send_sync::<stream::SegmentCipher>();
         assert_send_sync::<shamir::Share>();
         assert_send_sync::<shamir::SealedShare>();
         assert_send_sync::<Error>();

@@ -75,7 +75,7 @@ use crate::dst;
 use crate::error::{Error, Result};
 use crate::keys::{SIGNATURE_LEN, Signature, SigningKey, VerifyingKey};
 use crate::master::validate_partition;
-use crate::stream::{Lookahead, StreamOpener, StreamSealer};
+use crate::stream::{Lookahead, SegmentCipher};
 pub use crate::stream::{NONCE_PREFIX_LEN, TAG_LEN};
 
 /// First four bytes of every record.
@@ -554,22 +554,13 @@ impl DemKey {
         Zeroizing::new(self.0)
     }
 
-    fn sealer(&self, header: &RecordHeader) -> StreamSealer {
-        StreamSealer::new(
+    fn cipher(&self, header: &RecordHeader) -> SegmentCipher {
+        SegmentCipher::new(
             &self.0,
             &header.nonce_prefix,
             &header.encoded,
             header.segment_len(),
             "record has too many segments",
-        )
-    }
-
-    fn opener(&self, header: &RecordHeader) -> StreamOpener {
-        StreamOpener::new(
-            &self.0,
-            &header.nonce_prefix,
-            &header.encoded,
-            header.segment_len(),
         )
     }
 }
@@ -612,10 +603,10 @@ enum KeyRef<'a> {
 /// [`seal_last`](Self::seal_last). Write [`RecordHeader::as_bytes`] first.
 /// Every sealed segment comes out with the owner's signature appended
 /// ([`SEGMENT_OVERHEAD`] bytes longer than its plaintext).
+/// [`into_parallel`](Self::into_parallel) seals on several threads instead.
 pub struct RecordSealer {
-    header: RecordHeader,
-    stream: StreamSealer,
-    owner: SigningKey,
+    segments: RecordSegmentSealer,
+    position: u32,
 }
 
 impl RecordSealer {
@@ -637,17 +628,32 @@ impl RecordSealer {
     }
 
     fn with_key(header: RecordHeader, key: KeyRef<'_>, owner: &SigningKey) -> Result<Self> {
-        let stream = key_for(&header, key)?.sealer(&header);
+        let cipher = key_for(&header, key)?.cipher(&header);
         Ok(Self {
-            header,
-            stream,
-            owner: owner.clone(),
+            segments: RecordSegmentSealer {
+                header,
+                cipher,
+                owner: owner.clone(),
+            },
+            position: 0,
         })
     }
 
     /// The header to write before the first segment.
     pub fn header(&self) -> &RecordHeader {
-        &self.header
+        &self.segments.header
+    }
+
+    /// The same sealer, sealing each segment at an index the caller gives,
+    /// from any thread. Only before the first segment was sealed here, so
+    /// that no index is sealed twice by the two.
+    pub fn into_parallel(self) -> Result<RecordSegmentSealer> {
+        if self.position != 0 {
+            return Err(Error::InvalidParameter(
+                "a record sealer goes parallel before its first segment only",
+            ));
+        }
+        Ok(self.segments)
     }
 
     /// Seals one non-last segment; `plaintext` must be exactly
@@ -661,9 +667,8 @@ impl RecordSealer {
     /// In-place variant of [`seal_segment`](Self::seal_segment): `buf` holds
     /// the plaintext and receives the signed ciphertext.
     pub fn seal_segment_in_place(&mut self, buf: &mut Vec<u8>) -> Result<()> {
-        let index = self.stream.position();
-        self.stream.seal_segment_in_place(buf)?;
-        append_signature(&self.owner, &self.header, index, false, buf);
+        self.segments.seal_at(self.position, false, buf)?;
+        self.position += 1;
         Ok(())
     }
 
@@ -676,15 +681,44 @@ impl RecordSealer {
 
     /// In-place variant of [`seal_last`](Self::seal_last).
     pub fn seal_last_in_place(self, buf: &mut Vec<u8>) -> Result<()> {
-        let index = self.stream.position();
-        let Self {
-            header,
-            stream,
-            owner,
-        } = self;
-        stream.seal_last_in_place(buf)?;
-        append_signature(&owner, &header, index, true, buf);
+        self.segments.seal_at(self.position, true, buf)
+    }
+}
+
+/// A record's sealer for segments at any index, shared by reference
+/// between threads ([`RecordSealer::into_parallel`]): segment `i` comes out
+/// exactly as the `i`-th segment of the sequential sealer, signature
+/// included (ECDSA here is deterministic, RFC 6979).
+///
+/// **Seal each index once**, with one plaintext, and exactly one segment
+/// as the last: see [`SegmentCipher`].
+pub struct RecordSegmentSealer {
+    header: RecordHeader,
+    cipher: SegmentCipher,
+    owner: SigningKey,
+}
+
+impl RecordSegmentSealer {
+    /// The header to write before the first segment.
+    pub fn header(&self) -> &RecordHeader {
+        &self.header
+    }
+
+    /// Seals segment `index` in place and appends the owner's signature:
+    /// `buf` holds exactly `segment_size` plaintext bytes (`0..=` that if
+    /// `last`) and receives [`SEGMENT_OVERHEAD`] more.
+    pub fn seal_at(&self, index: u32, last: bool, buf: &mut Vec<u8>) -> Result<()> {
+        self.cipher.seal_at(index, last, buf)?;
+        append_signature(&self.owner, &self.header, index, last, buf);
         Ok(())
+    }
+}
+
+impl fmt::Debug for RecordSegmentSealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordSegmentSealer")
+            .field("header", &self.header)
+            .finish_non_exhaustive()
     }
 }
 
@@ -709,8 +743,8 @@ fn with_room(plaintext: &[u8]) -> Vec<u8> {
 impl fmt::Debug for RecordSealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RecordSealer")
-            .field("header", &self.header)
-            .field("position", &self.stream.position())
+            .field("header", &self.segments.header)
+            .field("position", &self.position)
             .finish_non_exhaustive()
     }
 }
@@ -722,9 +756,7 @@ impl fmt::Debug for RecordSealer {
 /// and fails if the record was truncated. Nothing unverified is ever
 /// returned. After any error the opener is poisoned.
 pub struct RecordOpener {
-    header: RecordHeader,
-    stream: StreamOpener,
-    owner: VerifyingKey,
+    segments: RecordSegmentOpener,
     /// Signed ciphertext not yet opened: at most one unit plus one byte.
     ahead: Lookahead,
     position: u32,
@@ -754,12 +786,14 @@ impl RecordOpener {
     }
 
     fn with_key(header: RecordHeader, key: KeyRef<'_>, owner: &VerifyingKey) -> Result<Self> {
-        let stream = key_for(&header, key)?.opener(&header);
+        let cipher = key_for(&header, key)?.cipher(&header);
         let unit = header.segment_len() + SEGMENT_OVERHEAD;
         Ok(Self {
-            header,
-            stream,
-            owner: *owner,
+            segments: RecordSegmentOpener {
+                header,
+                cipher,
+                owner: *owner,
+            },
             ahead: Lookahead::new(unit),
             position: 0,
             poisoned: false,
@@ -768,12 +802,25 @@ impl RecordOpener {
 
     /// The record's header.
     pub fn header(&self) -> &RecordHeader {
-        &self.header
+        &self.segments.header
+    }
+
+    /// The same opener, opening each signed segment at an index the caller
+    /// gives, from any thread. Only before anything was pushed or opened
+    /// here.
+    pub fn into_parallel(self) -> Result<RecordSegmentOpener> {
+        self.check_poison()?;
+        if self.position != 0 || !self.ahead.is_empty() {
+            return Err(Error::InvalidParameter(
+                "a record opener goes parallel before its first segment only",
+            ));
+        }
+        Ok(self.segments)
     }
 
     /// Length of one signed non-last ciphertext segment.
     fn unit(&self) -> usize {
-        self.header.segment_len() + SEGMENT_OVERHEAD
+        self.segments.unit()
     }
 
     /// Buffers `data` and returns every plaintext segment it completes.
@@ -825,16 +872,7 @@ impl RecordOpener {
     pub fn finish(mut self) -> Result<Vec<u8>> {
         self.check_poison()?;
         let mut last = self.ahead.take_rest();
-        if last.len() < SEGMENT_OVERHEAD {
-            return Err(Error::Truncated);
-        }
-        let signature = last.split_off(last.len() - SIGNATURE_LEN);
-        let digest = self.header.segment_digest(self.position, true, &last);
-        self.stream.open_last_in_place(&mut last)?;
-        if let Err(e) = verify_segment(&self.owner, &digest, &signature) {
-            last.zeroize();
-            return Err(e);
-        }
+        self.segments.open_at(self.position, true, &mut last)?;
         Ok(last)
     }
 
@@ -847,22 +885,14 @@ impl RecordOpener {
     }
 
     /// Opens `unit` (ciphertext || signature) in place as the non-last
-    /// segment at the current position, then checks the owner's signature
-    /// over its ciphertext; nothing is returned unless both hold.
+    /// segment at the current position; poisons the opener if it fails.
     fn open_unit(&mut self, unit: &mut Vec<u8>) -> Result<()> {
-        let signature = unit.split_off(unit.len() - SIGNATURE_LEN);
-        let digest = self.header.segment_digest(self.position, false, unit);
-        let res = self
-            .stream
-            .open_segment_in_place(unit)
-            .and_then(|()| verify_segment(&self.owner, &digest, &signature));
-        match res {
+        match self.segments.open_at(self.position, false, unit) {
             Ok(()) => {
                 self.position += 1;
                 Ok(())
             }
             Err(e) => {
-                unit.zeroize();
                 self.poisoned = true;
                 Err(e)
             }
@@ -881,15 +911,71 @@ impl RecordOpener {
     }
 }
 
+/// A record's opener for signed segments at any index, shared by
+/// reference between threads ([`RecordOpener::into_parallel`]). The header
+/// signature was verified when the [`RecordOpener`] was made.
+pub struct RecordSegmentOpener {
+    header: RecordHeader,
+    cipher: SegmentCipher,
+    owner: VerifyingKey,
+}
+
+impl RecordSegmentOpener {
+    /// The record's header.
+    pub fn header(&self) -> &RecordHeader {
+        &self.header
+    }
+
+    /// Length of one signed non-last ciphertext segment.
+    pub fn unit(&self) -> usize {
+        self.header.segment_len() + SEGMENT_OVERHEAD
+    }
+
+    /// Opens signed segment `index` (ciphertext || signature) in place and
+    /// checks the owner's signature over its ciphertext; `buf` holds the
+    /// plaintext only if both hold, and is cleared of it otherwise. A
+    /// non-last segment must be exactly [`unit`](Self::unit) bytes. Errors
+    /// are those of [`RecordOpener::finish`] (for the last segment) and
+    /// [`RecordOpener::push`] (for the others).
+    pub fn open_at(&self, index: u32, last: bool, buf: &mut Vec<u8>) -> Result<()> {
+        if !last && buf.len() != self.unit() {
+            return Err(Error::InvalidParameter(
+                "in-place opening takes exactly one full segment and no pushed bytes",
+            ));
+        }
+        if buf.len() < SEGMENT_OVERHEAD {
+            return Err(Error::Truncated);
+        }
+        let signature = buf.split_off(buf.len() - SIGNATURE_LEN);
+        let digest = self.header.segment_digest(index, last, buf);
+        let res = self
+            .cipher
+            .open_at(index, last, buf)
+            .and_then(|()| verify_segment(&self.owner, &digest, &signature));
+        if res.is_err() {
+            buf.zeroize();
+        }
+        res
+    }
+}
+
 fn verify_segment(owner: &VerifyingKey, digest: &[u8; 32], signature: &[u8]) -> Result<()> {
     let signature = Signature::from_bytes(signature).map_err(|_| Error::VerificationFailed)?;
     owner.verify_prehashed(digest, &signature)
 }
 
+impl fmt::Debug for RecordSegmentOpener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordSegmentOpener")
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
+}
+
 impl fmt::Debug for RecordOpener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RecordOpener")
-            .field("header", &self.header)
+            .field("header", &self.segments.header)
             .field("position", &self.position)
             .field("buffered", &self.ahead.len())
             .finish_non_exhaustive()

@@ -34,21 +34,38 @@ pub const TAG_LEN: usize = 16;
 
 type Stream = aead_stream::StreamBE32<Aes256Gcm>;
 
-/// What a sealer and its opener must agree on, plus the position of the
-/// next segment.
-struct Segments {
+/// One STREAM's key, nonce prefix and associated data: seals or opens the
+/// segment at any index. Segment `i`'s nonce is the prefix, `i` and the
+/// last flag, so no segment depends on another and a stream can be sealed
+/// or opened on several threads at once, with exactly the bytes
+/// [`StreamSealer`] and [`StreamOpener`] produce (which are built on it).
+///
+/// It is `Sync`: threads share one by reference (or in an `Arc`), so the
+/// key schedule exists once and is cleared when it drops, as the
+/// sequential types' is.
+///
+/// **Each index must be sealed with one plaintext only**: two plaintexts
+/// under one nonce reveal their XOR and GCM's authentication key. Hand out
+/// indices from one counter, as [`StreamSealer`] does; the sequential types
+/// exist so that callers without that need cannot get it wrong.
+pub struct SegmentCipher {
     stream: Stream,
     aad: Vec<u8>,
     segment_len: usize,
-    position: u32,
+    too_many_segments: &'static str,
 }
 
-impl Segments {
-    fn new(
+impl SegmentCipher {
+    /// A cipher of `segment_len`-byte segments under `key` and
+    /// `nonce_prefix`, binding `aad` to every segment;
+    /// `too_many_segments` is the [`Error::InvalidParameter`] message for a
+    /// non-last segment at index `u32::MAX` (see [`StreamSealer::new`]).
+    pub fn new(
         key: &[u8; KEY_LEN],
         nonce_prefix: &[u8; NONCE_PREFIX_LEN],
         aad: &[u8],
         segment_len: usize,
+        too_many_segments: &'static str,
     ) -> Self {
         let aead = Aes256Gcm::new(&(*key).into());
         Self {
@@ -58,6 +75,106 @@ impl Segments {
             ),
             aad: aad.to_vec(),
             segment_len,
+            too_many_segments,
+        }
+    }
+
+    /// Plaintext length of every segment but the last.
+    pub fn segment_len(&self) -> usize {
+        self.segment_len
+    }
+
+    /// Seals segment `index` in place: `buf` holds its plaintext (exactly
+    /// `segment_len` bytes unless `last`, then `0..=segment_len`) and
+    /// receives the ciphertext, [`TAG_LEN`] bytes longer.
+    pub fn seal_at(&self, index: u32, last: bool, buf: &mut Vec<u8>) -> Result<()> {
+        if last {
+            if buf.len() > self.segment_len {
+                return Err(Error::InvalidParameter(
+                    "the last segment must be at most segment_size bytes",
+                ));
+            }
+        } else {
+            if buf.len() != self.segment_len {
+                return Err(Error::InvalidParameter(
+                    "non-last segments must be exactly segment_size bytes",
+                ));
+            }
+            // The last segment may still use `u32::MAX`; a non-last one there
+            // would leave no position for the last.
+            if index == u32::MAX {
+                return Err(Error::InvalidParameter(self.too_many_segments));
+            }
+        }
+        self.stream
+            .encrypt_in_place(index, last, &self.aad, buf)
+            .map_err(|_| Error::InvalidParameter("segment encryption failed"))
+    }
+
+    /// Opens segment `index` in place: `buf` holds its ciphertext and
+    /// receives the plaintext only if it authenticates (otherwise it keeps
+    /// the ciphertext). A non-last segment must be exactly `segment_len +
+    /// 16` bytes ([`Error::DecryptionFailed`] otherwise). The last one fails
+    /// with [`Error::Truncated`] if it is shorter than a tag or is a whole
+    /// segment that authenticates as a *non-last* one (the stream was cut at
+    /// a segment boundary), and with [`Error::DecryptionFailed`] if it does
+    /// not authenticate at all.
+    pub fn open_at(&self, index: u32, last: bool, buf: &mut Vec<u8>) -> Result<()> {
+        let full = self.segment_len + TAG_LEN;
+        if !last {
+            if index == u32::MAX
+                || buf.len() != full
+                || self
+                    .stream
+                    .decrypt_in_place(index, false, &self.aad, buf)
+                    .is_err()
+            {
+                return Err(Error::DecryptionFailed);
+            }
+            return Ok(());
+        }
+        if buf.len() < TAG_LEN {
+            return Err(Error::Truncated);
+        }
+        let probe = (buf.len() == full).then(|| buf.clone());
+        if self
+            .stream
+            .decrypt_in_place(index, true, &self.aad, buf)
+            .is_ok()
+        {
+            return Ok(());
+        }
+        if let Some(mut probe) = probe
+            && self
+                .stream
+                .decrypt_in_place(index, false, &self.aad, &mut probe)
+                .is_ok()
+        {
+            probe.zeroize();
+            return Err(Error::Truncated);
+        }
+        Err(Error::DecryptionFailed)
+    }
+}
+
+impl fmt::Debug for SegmentCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SegmentCipher")
+            .field("segment_len", &self.segment_len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A [`SegmentCipher`] and the position of the next segment.
+struct Segments {
+    cipher: SegmentCipher,
+    position: u32,
+}
+
+impl Segments {
+    fn new(cipher: SegmentCipher) -> Self {
+        Self {
+            cipher,
             position: 0,
         }
     }
@@ -68,7 +185,6 @@ impl Segments {
 /// [`seal_last`](Self::seal_last), which consumes the sealer.
 pub struct StreamSealer {
     shared: Segments,
-    too_many_segments: &'static str,
 }
 
 impl StreamSealer {
@@ -85,9 +201,19 @@ impl StreamSealer {
         segment_len: usize,
         too_many_segments: &'static str,
     ) -> Self {
-        Self {
-            shared: Segments::new(key, nonce_prefix, aad, segment_len),
+        Self::from_cipher(SegmentCipher::new(
+            key,
+            nonce_prefix,
+            aad,
+            segment_len,
             too_many_segments,
+        ))
+    }
+
+    /// A sealer from segment 0 of `cipher`'s stream.
+    pub fn from_cipher(cipher: SegmentCipher) -> Self {
+        Self {
+            shared: Segments::new(cipher),
         }
     }
 
@@ -107,20 +233,9 @@ impl StreamSealer {
     /// In-place [`seal_segment`](Self::seal_segment): `buf` holds the
     /// plaintext and receives the ciphertext (16 bytes longer).
     pub fn seal_segment_in_place(&mut self, buf: &mut Vec<u8>) -> Result<()> {
-        if buf.len() != self.shared.segment_len {
-            return Err(Error::InvalidParameter(
-                "non-last segments must be exactly segment_size bytes",
-            ));
-        }
-        // The last segment may still use `u32::MAX`; a non-last one there
-        // would leave no position for the last.
-        if self.shared.position == u32::MAX {
-            return Err(Error::InvalidParameter(self.too_many_segments));
-        }
         self.shared
-            .stream
-            .encrypt_in_place(self.shared.position, false, &self.shared.aad, buf)
-            .map_err(|_| Error::InvalidParameter("segment encryption failed"))?;
+            .cipher
+            .seal_at(self.shared.position, false, buf)?;
         self.shared.position += 1;
         Ok(())
     }
@@ -134,22 +249,14 @@ impl StreamSealer {
 
     /// In-place [`seal_last`](Self::seal_last).
     pub fn seal_last_in_place(self, buf: &mut Vec<u8>) -> Result<()> {
-        if buf.len() > self.shared.segment_len {
-            return Err(Error::InvalidParameter(
-                "the last segment must be at most segment_size bytes",
-            ));
-        }
-        self.shared
-            .stream
-            .encrypt_in_place(self.shared.position, true, &self.shared.aad, buf)
-            .map_err(|_| Error::InvalidParameter("segment encryption failed"))
+        self.shared.cipher.seal_at(self.shared.position, true, buf)
     }
 }
 
 impl fmt::Debug for StreamSealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StreamSealer")
-            .field("segment_len", &self.shared.segment_len)
+            .field("segment_len", &self.shared.cipher.segment_len)
             .field("position", &self.shared.position)
             .finish_non_exhaustive()
     }
@@ -263,7 +370,13 @@ impl StreamOpener {
         segment_len: usize,
     ) -> Self {
         Self {
-            shared: Segments::new(key, nonce_prefix, aad, segment_len),
+            shared: Segments::new(SegmentCipher::new(
+                key,
+                nonce_prefix,
+                aad,
+                segment_len,
+                "stream has too many segments",
+            )),
             ahead: Lookahead::new(segment_len + TAG_LEN),
             poisoned: false,
         }
@@ -280,7 +393,7 @@ impl StreamOpener {
     }
 
     fn segment_ct_len(&self) -> usize {
-        self.shared.segment_len + TAG_LEN
+        self.shared.cipher.segment_len + TAG_LEN
     }
 
     /// Buffers `data` and returns every plaintext segment it completes.
@@ -309,15 +422,9 @@ impl StreamOpener {
 
     /// Opens `buf` as the non-last segment at the current position.
     fn open_in_place(&mut self, buf: &mut Vec<u8>) -> Result<()> {
-        if self.shared.position == u32::MAX
-            || self
-                .shared
-                .stream
-                .decrypt_in_place(self.shared.position, false, &self.shared.aad, buf)
-                .is_err()
-        {
+        if let Err(e) = self.shared.cipher.open_at(self.shared.position, false, buf) {
             self.poisoned = true;
-            return Err(Error::DecryptionFailed);
+            return Err(e);
         }
         self.shared.position += 1;
         Ok(())
@@ -360,40 +467,137 @@ impl StreamOpener {
     pub fn finish(mut self) -> Result<Vec<u8>> {
         self.check_poison()?;
         let mut last = self.ahead.take_rest();
-        if last.len() < TAG_LEN {
-            return Err(Error::Truncated);
-        }
-        let probe = (last.len() == self.segment_ct_len()).then(|| last.clone());
-        if self
-            .shared
-            .stream
-            .decrypt_in_place(self.shared.position, true, &self.shared.aad, &mut last)
-            .is_ok()
-        {
-            return Ok(last);
-        }
-        // A full segment that authenticates as a *non-last* segment means
-        // the stream was cut at a segment boundary.
-        if let Some(mut probe) = probe
-            && self
-                .shared
-                .stream
-                .decrypt_in_place(self.shared.position, false, &self.shared.aad, &mut probe)
-                .is_ok()
-        {
-            probe.zeroize();
-            return Err(Error::Truncated);
-        }
-        Err(Error::DecryptionFailed)
+        self.shared
+            .cipher
+            .open_at(self.shared.position, true, &mut last)?;
+        Ok(last)
     }
 }
 
 impl fmt::Debug for StreamOpener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StreamOpener")
-            .field("segment_len", &self.shared.segment_len)
+            .field("segment_len", &self.shared.cipher.segment_len)
             .field("position", &self.shared.position)
             .field("buffered", &self.ahead.len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: usize = 64;
+    const KEY: [u8; KEY_LEN] = [0x42; KEY_LEN];
+    const PREFIX: [u8; NONCE_PREFIX_LEN] = [1, 2, 3, 4, 5, 6, 7];
+
+    fn cipher() -> SegmentCipher {
+        SegmentCipher::new(&KEY, &PREFIX, b"aad", SEG, "too many")
+    }
+
+    fn plaintext(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + 7) as u8).collect()
+    }
+
+    /// The sequential sealer's segments of `data`.
+    fn sealed_sequentially(data: &[u8]) -> Vec<Vec<u8>> {
+        let mut sealer = StreamSealer::new(&KEY, &PREFIX, b"aad", SEG, "too many");
+        let mut out = Vec::new();
+        let mut rest = data;
+        while rest.len() > SEG {
+            out.push(sealer.seal_segment(&rest[..SEG]).unwrap());
+            rest = &rest[SEG..];
+        }
+        out.push(sealer.seal_last(rest).unwrap());
+        out
+    }
+
+    /// Every length around the segment boundaries, the empty last segment
+    /// (lengths 0 and k * SEG) among them: index-addressed segments, sealed
+    /// in reverse order to show that no state carries between them, are
+    /// byte for byte the sequential ones, and open both ways.
+    #[test]
+    fn seal_at_matches_the_sequential_sealer() {
+        let c = cipher();
+        for len in (0..=4 * SEG + 1).filter(|l| l % SEG <= 2 || l % SEG >= SEG - 2 || l % 17 == 0) {
+            let data = plaintext(len);
+            let expected = sealed_sequentially(&data);
+            let count = expected.len();
+            let chunks: Vec<&[u8]> = if len == 0 {
+                vec![&[][..]]
+            } else {
+                data.chunks(SEG).collect()
+            };
+            // A length that is a whole number of segments ends in a full
+            // last segment, as the sequential sealer leaves it.
+            assert_eq!(chunks.len(), count, "len {len}");
+            for i in (0..count).rev() {
+                let mut buf = chunks[i].to_vec();
+                c.seal_at(i as u32, i + 1 == count, &mut buf).unwrap();
+                assert_eq!(buf, expected[i], "len {len}, segment {i}");
+            }
+            let mut opener = StreamOpener::new(&KEY, &PREFIX, b"aad", SEG);
+            let mut opened: Vec<u8> = opener.push(&expected.concat()).unwrap().concat();
+            opened.extend(opener.finish().unwrap());
+            assert_eq!(opened, data);
+            for (i, seg) in expected.iter().enumerate() {
+                let mut buf = seg.clone();
+                c.open_at(i as u32, i + 1 == count, &mut buf).unwrap();
+                assert_eq!(buf, chunks[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn open_at_refuses_other_positions_flags_and_bit_flips() {
+        let c = cipher();
+        let data = plaintext(2 * SEG + 5);
+        let segs = sealed_sequentially(&data);
+        let try_open = |i: u32, last: bool, seg: &[u8]| c.open_at(i, last, &mut seg.to_vec());
+        assert!(matches!(
+            try_open(1, false, &segs[0]),
+            Err(Error::DecryptionFailed)
+        ));
+        assert!(matches!(
+            try_open(0, true, &segs[2]),
+            Err(Error::DecryptionFailed)
+        ));
+        assert!(matches!(
+            try_open(2, false, &segs[2]),
+            Err(Error::DecryptionFailed)
+        ));
+        let mut flipped = segs[1].clone();
+        flipped[3] ^= 1;
+        assert!(matches!(
+            try_open(1, false, &flipped),
+            Err(Error::DecryptionFailed)
+        ));
+        // A whole non-last segment offered as the last: the stream was cut
+        // at a segment boundary.
+        assert!(matches!(try_open(1, true, &segs[1]), Err(Error::Truncated)));
+        assert!(matches!(
+            try_open(2, true, &segs[2][..TAG_LEN - 1]),
+            Err(Error::Truncated)
+        ));
+        // A failed open leaves the ciphertext, never a partial plaintext.
+        let mut buf = flipped.clone();
+        assert!(c.open_at(1, false, &mut buf).is_err());
+        assert_eq!(buf, flipped);
+    }
+
+    #[test]
+    fn seal_at_checks_lengths_and_the_last_index() {
+        let c = cipher();
+        assert!(c.seal_at(0, false, &mut plaintext(SEG - 1)).is_err());
+        assert!(c.seal_at(0, true, &mut plaintext(SEG + 1)).is_err());
+        assert!(matches!(
+            c.seal_at(u32::MAX, false, &mut plaintext(SEG)),
+            Err(Error::InvalidParameter("too many"))
+        ));
+        let mut last = plaintext(SEG);
+        c.seal_at(u32::MAX, true, &mut last).unwrap();
+        c.open_at(u32::MAX, true, &mut last).unwrap();
+        assert_eq!(last, plaintext(SEG));
     }
 }
