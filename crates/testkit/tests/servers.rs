@@ -7,7 +7,7 @@ use sesphr_testkit::{Garage, Postgres};
 fn alive(pid: u32) -> bool {
     // A zombie is gone for our purpose; /proc/PID/stat's state says which.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+        .map(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
         .unwrap_or(false)
 }
 
