@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use sesphr_domain::reopen::retry_lock;
 use sesphr_srs::{SrsStore, Store};
 
 use crate::daemon::dev_dealing_dir;
@@ -58,7 +59,8 @@ pub fn migrate_single_srs(dir: &Path) -> Result<Migrated, MigrateError> {
             message: e.to_string(),
         }
     };
-    let old = SrsStore::open(&old_dir).map_err(store_err(&old_dir))?;
+    // Reopened right after a stop: sled's flusher may hold the lock a moment.
+    let old = retry_lock(|| SrsStore::open(&old_dir)).map_err(store_err(&old_dir))?;
     let seed = old
         .service_secret(SINGLE_SRS_OPRF_SEED_SECRET)
         .map_err(store_err(&old_dir))?;
@@ -69,7 +71,7 @@ pub fn migrate_single_srs(dir: &Path) -> Result<Migrated, MigrateError> {
         }
     })?;
     let node_dir = dir.join("srs-node-1");
-    let node = SrsStore::open(&node_dir).map_err(store_err(&node_dir))?;
+    let node = retry_lock(|| SrsStore::open(&node_dir)).map_err(store_err(&node_dir))?;
     let sets = old.kfrag_sets().map_err(store_err(&old_dir))?;
     for (owner, partition, grantee, epoch, set) in &sets {
         // Every put is flushed before it returns.
@@ -117,9 +119,9 @@ mod tests {
             dealing.srs_nodes[0].oprf_public_share,
             hex::encode(old_key.public_key())
         );
-        let node = SrsStore::open(&dir.path().join("srs-node-1")).unwrap();
+        let node = retry_lock(|| SrsStore::open(&dir.path().join("srs-node-1"))).unwrap();
         assert!(node.kfrags("alice", "medical", 3, "bob").unwrap().is_some());
-        let old = SrsStore::open(&dir.path().join("srs")).unwrap();
+        let old = retry_lock(|| SrsStore::open(&dir.path().join("srs"))).unwrap();
         assert!(old.kfrag_sets().unwrap().is_empty());
         drop((node, old));
         assert!(matches!(

@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use sesphr_domain::reopen::retry_lock;
 use sesphr_identity::Service;
 
 use crate::config::{ServeConfig, ServiceKind};
@@ -64,7 +65,9 @@ pub fn migrate(cfg: &ServeConfig, from: Option<&Path>) -> Result<String, MoveErr
                 dedup_scope: cfg.dedup_scope,
                 ..Default::default()
             };
-            let src = sesphr_cloud_storage::RecordStore::open(from, limits).map_err(source)?;
+            // A service stopped a moment ago may still hold sled's lock briefly.
+            let src = retry_lock(|| sesphr_cloud_storage::RecordStore::open(from, limits))
+                .map_err(source)?;
             let dst = sesphr_cloud_storage::remote::RemoteStore::open(pg, s3, limits, runtime)
                 .map_err(dest)?;
             let r = sesphr_cloud_storage::remote::copy_from_sled(&src, &dst).map_err(dest)?;
@@ -76,7 +79,8 @@ pub fn migrate(cfg: &ServeConfig, from: Option<&Path>) -> Result<String, MoveErr
             ))
         }
         ServiceKind::Service(Service::AccessPolicy) => {
-            let src = sesphr_access_policy::PolicyStore::open(from).map_err(source)?;
+            let src =
+                retry_lock(|| sesphr_access_policy::PolicyStore::open(from)).map_err(source)?;
             let dst = sesphr_access_policy::pg::PgPolicyStore::open(
                 pg,
                 sesphr_access_policy::RefusalLimits::REFUSALS,
@@ -102,7 +106,7 @@ pub fn migrate(cfg: &ServeConfig, from: Option<&Path>) -> Result<String, MoveErr
             ))
         }
         ServiceKind::Service(Service::Srs) => {
-            let src = sesphr_srs::SrsStore::open(from).map_err(source)?;
+            let src = retry_lock(|| sesphr_srs::SrsStore::open(from)).map_err(source)?;
             let dst = sesphr_srs::pg::PgStore::open(pg, runtime).map_err(dest)?;
             let r = sesphr_srs::pg::copy_from_sled(&src, &dst).map_err(dest)?;
             Ok(format!(
