@@ -35,6 +35,34 @@ fn device_key(user_id: &str, device: &str) -> Vec<u8> {
 /// The longest device name (the SRS's rule, checked again here).
 pub const MAX_DEVICE_NAME_LEN: usize = 32;
 
+/// A device name as the deny list keys it: 1 to [`MAX_DEVICE_NAME_LEN`] of
+/// `[a-z0-9-]` (every backend checks it here).
+pub(crate) fn check_device_name(device: &str) -> Result<(), DomainError> {
+    if device.is_empty()
+        || device.len() > MAX_DEVICE_NAME_LEN
+        || !device
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(DomainError::Malformed(format!(
+            "device name must be 1 to {MAX_DEVICE_NAME_LEN} of [a-z0-9-]"
+        )));
+    }
+    Ok(())
+}
+
+/// The reason audited with a deny-list change: a printable field of at
+/// most 256 bytes.
+pub(crate) fn check_reason(reason: &str) -> Result<(), DomainError> {
+    check_field("reason", reason)?;
+    if reason.len() > 256 {
+        return Err(DomainError::Malformed(
+            "reason must be at most 256 bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn version_of(v: &[u8]) -> Result<u64, DomainError> {
     <[u8; 8]>::try_from(v)
         .map(u64::from_be_bytes)
@@ -71,12 +99,7 @@ impl PolicyStore {
     ) -> Result<(bool, u64), DomainError> {
         check_actor(actor)?;
         validate_user_id(user_id)?;
-        check_field("reason", reason)?;
-        if reason.len() > 256 {
-            return Err(DomainError::Malformed(
-                "reason must be at most 256 bytes".into(),
-            ));
-        }
+        check_reason(reason)?;
         if disabled && self.disabled_count()? >= sesphr_mesh::deny::MAX_DISABLED_USERS {
             return Err(DomainError::UsedUp(format!(
                 "at most {} users can be disabled at once",
@@ -156,22 +179,8 @@ impl PolicyStore {
     ) -> Result<(bool, u64), DomainError> {
         check_actor(actor)?;
         validate_user_id(user_id)?;
-        if device.is_empty()
-            || device.len() > MAX_DEVICE_NAME_LEN
-            || !device
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(DomainError::Malformed(format!(
-                "device name must be 1 to {MAX_DEVICE_NAME_LEN} of [a-z0-9-]"
-            )));
-        }
-        check_field("reason", reason)?;
-        if reason.len() > 256 {
-            return Err(DomainError::Malformed(
-                "reason must be at most 256 bytes".into(),
-            ));
-        }
+        check_device_name(device)?;
+        check_reason(reason)?;
         // Expired entries go in the same change (outside the transaction:
         // one found expired now stays expired).
         let key = device_key(user_id, device);

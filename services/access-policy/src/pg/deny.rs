@@ -14,8 +14,8 @@ use tokio_postgres::{GenericClient, IsolationLevel};
 use super::PgPolicyStore;
 use super::grants::is_disabled;
 use super::rows::{col, q, to_i64, to_u64};
-use crate::deny::MAX_DEVICE_NAME_LEN;
-use crate::{AuditAction, AuditEvent, DomainError, Outcome, check_actor, check_field};
+use crate::deny::{check_device_name, check_reason};
+use crate::{AuditAction, AuditEvent, DomainError, Outcome, check_actor};
 
 async fn version<C: GenericClient>(c: &C) -> Result<u64, DomainError> {
     let row = q(c.query_one("SELECT version FROM access_policy.deny_version", &[])).await?;
@@ -25,16 +25,6 @@ async fn version<C: GenericClient>(c: &C) -> Result<u64, DomainError> {
 async fn set_version<C: GenericClient>(c: &C, v: u64) -> Result<(), DomainError> {
     let v = to_i64(v, "deny-list version")?;
     q(c.execute("UPDATE access_policy.deny_version SET version = $1", &[&v])).await?;
-    Ok(())
-}
-
-fn check_reason(reason: &str) -> Result<(), DomainError> {
-    check_field("reason", reason)?;
-    if reason.len() > 256 {
-        return Err(DomainError::Malformed(
-            "reason must be at most 256 bytes".into(),
-        ));
-    }
     Ok(())
 }
 
@@ -119,16 +109,7 @@ pub(super) fn revoke_device(
 ) -> Result<(bool, u64), DomainError> {
     check_actor(actor)?;
     validate_user_id(user_id)?;
-    if device.is_empty()
-        || device.len() > MAX_DEVICE_NAME_LEN
-        || !device
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return Err(DomainError::Malformed(format!(
-            "device name must be 1 to {MAX_DEVICE_NAME_LEN} of [a-z0-9-]"
-        )));
-    }
+    check_device_name(device)?;
     check_reason(reason)?;
     let ((changed, version), _) = s.locked_one(now, async |tx| {
         // Entries whose time has passed go in the same change (this one's
