@@ -1,7 +1,8 @@
 //! Crash durability: `sesphrd dev` is killed with SIGKILL at a random point
 //! of a write burst, restarted on the same data directory, and every
 //! acknowledged write must be there, nothing half-written may be visible, and
-//! the audit chain must still verify. Several seeds.
+//! the audit chain must still verify. Four clients upload at once (their
+//! commits share syncs); eight seeds.
 
 use crate::common;
 
@@ -26,6 +27,9 @@ impl Lcg {
     }
 }
 
+/// Clients uploading at once.
+const UPLOADERS: usize = 4;
+
 fn content(i: usize) -> Vec<u8> {
     format!("record {i} ").repeat(1 + i % 50).into_bytes()
 }
@@ -48,9 +52,10 @@ async fn crash_and_recover(seed: u64) {
             .await
             .unwrap();
     }
-    let alice = Patient::open(&mesh, &homes.join("alice")).unwrap();
+    let alice = std::sync::Arc::new(Patient::open(&mesh, &homes.join("alice")).unwrap());
 
-    // Kill after a seeded delay while uploads and grants are in flight.
+    // Kill after a seeded delay while uploads (from several clients at once,
+    // so commits share their syncs) and grants are in flight.
     let mut rng = Lcg(seed);
     let kill_after = Duration::from_millis(150 + rng.next() % 600);
     let pid = child.id();
@@ -61,38 +66,53 @@ async fn crash_and_recover(seed: u64) {
             .status();
     });
 
-    let mut acked: Vec<(client::RecordId, Vec<u8>)> = Vec::new();
-    let mut granted: Vec<String> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    for i in 0..10_000 {
-        if Instant::now() > deadline {
-            break;
-        }
-        let data = content(i);
-        let len = data.len() as u64;
-        let r = alice
-            .upload(
-                "medical",
-                std::io::Cursor::new(data.clone()),
-                len,
-                client::no_progress(),
-            )
-            .await;
-        match r {
-            Ok(rec) => acked.push((rec.record_id, data)),
-            Err(_) => break, // the server is gone
-        }
-        if i % 20 == 3 && granted.len() < 4 {
-            let g = format!("doc{}", granted.len());
-            if alice
-                .grant("medical", &g, Default::default())
-                .await
-                .is_err()
-            {
-                break;
-            }
-            granted.push(g);
-        }
+    let uploaders: Vec<_> = (0..UPLOADERS)
+        .map(|u| {
+            let alice = alice.clone();
+            tokio::spawn(async move {
+                let mut acked: Vec<(client::RecordId, Vec<u8>)> = Vec::new();
+                let mut granted: Vec<String> = Vec::new();
+                for i in (u..10_000).step_by(UPLOADERS) {
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    let data = content(i);
+                    let len = data.len() as u64;
+                    let r = alice
+                        .upload(
+                            "medical",
+                            std::io::Cursor::new(data.clone()),
+                            len,
+                            client::no_progress(),
+                        )
+                        .await;
+                    match r {
+                        Ok(rec) => acked.push((rec.record_id, data)),
+                        Err(_) => break, // the server is gone
+                    }
+                    if u == 0 && i % 20 == 0 && granted.len() < 4 {
+                        let g = format!("doc{}", granted.len());
+                        if alice
+                            .grant("medical", &g, Default::default())
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                        granted.push(g);
+                    }
+                }
+                (acked, granted)
+            })
+        })
+        .collect();
+    let mut acked = Vec::new();
+    let mut granted = Vec::new();
+    for u in uploaders {
+        let (a, g) = u.await.unwrap();
+        acked.extend(a);
+        granted.extend(g);
     }
     killer.join().unwrap();
     let _ = child.wait();
@@ -114,12 +134,13 @@ async fn crash_and_recover(seed: u64) {
             .unwrap_or_else(|e| panic!("seed {seed}: acknowledged record {id} lost: {e}"));
         assert_eq!(&out, data, "seed {seed}: record {id} corrupted");
     }
-    // Nothing half-written is visible: at most the one upload that was in
-    // flight may have committed without its acknowledgement arriving, and
-    // whatever is listed decrypts completely (authenticated).
+    // Nothing half-written is visible: at most the uploads that were in
+    // flight (one per client) may have committed without their
+    // acknowledgements arriving, and whatever is listed decrypts completely
+    // (authenticated).
     let listed = alice.list(None, None).await.unwrap();
     assert!(
-        listed.len() <= acked.len() + 1,
+        listed.len() <= acked.len() + UPLOADERS,
         "seed {seed}: unexpected records"
     );
     for r in &listed {
@@ -158,7 +179,7 @@ async fn crash_and_recover(seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9() {
-    for seed in [1, 2, 3, 4] {
+    for seed in 1..=8 {
         crash_and_recover(seed).await;
     }
 }

@@ -139,13 +139,17 @@ impl Layout {
         self.staging.join(hex(record_id.as_bytes()))
     }
 
-    /// A fresh, empty object file for an upload (replacing any leftover),
-    /// with its directory entry durable.
+    /// A fresh, empty object file for an upload (replacing any leftover).
+    /// Its directory entry is durable only after [`Self::sync_records_dir`]
+    /// (which concurrent uploads share).
     pub(crate) fn create_record(&self, record_id: &str) -> Result<File, DomainError> {
         let path = self.record_path(record_id);
-        let f = File::create(&path).map_err(|e| io_error(&path, e))?;
-        sync_dir(&self.records)?;
-        Ok(f)
+        File::create(&path).map_err(|e| io_error(&path, e))
+    }
+
+    /// Makes the entries of every object file created so far durable.
+    pub(crate) fn sync_records_dir(&self) -> Result<(), DomainError> {
+        sync_dir(&self.records)
     }
 
     pub(crate) fn create_staging(&self, record_id: &str) -> Result<File, DomainError> {

@@ -14,7 +14,7 @@
 //! | `meta` | record_id | binary metadata, see `codec` (the commit point) |
 //! | `by_owner` | owner ‖ 0x00 ‖ record_id | empty |
 //! | `by_partition` | owner ‖ 0x00 ‖ partition ‖ 0x00 ‖ record_id | empty |
-//! | `pending` | record_id | 1 byte: 1 = upload in progress, 2 = delete in progress |
+//! | `pending` | record_id | left by earlier versions (1 = upload, 2 = delete in progress); only swept |
 //!
 //! Ciphertext lives in files beside sled's directory (see [`layout`]): one
 //! append-only object file per record, one file per deduplicated blob. sled 0.34 keeps every value it writes in memory (measured: 200 MiB
@@ -28,13 +28,21 @@
 //!
 //! # Crash safety
 //!
-//! An upload first writes (and flushes) a `pending` marker, then appends
-//! chunks to its object file as they arrive, fsyncs the file, and finally
-//! inserts `meta` plus both index keys and removes the marker in one
-//! transaction: a record is visible only once complete and durable. A delete
-//! removes `meta` and the index keys and sets the marker in one transaction,
-//! then removes the object. On [`RecordStore::open`], every object without
-//! `meta` (marker or not) is swept.
+//! An upload creates its object file, appends chunks to it as they arrive,
+//! fsyncs the file, then the records directory (its entry), and finally
+//! inserts `meta` plus both index keys in one transaction and flushes sled:
+//! a record is visible only once complete, and acknowledged only once
+//! durable. A delete removes `meta` and the index keys in one transaction,
+//! flushes, and only then removes the object. On [`RecordStore::open`],
+//! every object file that no `meta` names is swept, so a crash at any point
+//! leaves either the whole record or nothing; no marker has to be made
+//! durable before the first byte (earlier versions wrote one; the ones they
+//! left are still swept).
+//!
+//! The directory fsync and the sled flush are *group syncs* ([`group_sync`]):
+//! concurrent uploads share them, so `k` uploads committing together cost
+//! `k` object fsyncs but about two directory fsyncs and two flushes, not
+//! `k` of each.
 
 pub mod backend;
 mod blobs;
@@ -42,6 +50,7 @@ mod challenges;
 mod codec;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+mod group_sync;
 pub mod grpc;
 mod header_check;
 mod layout;
@@ -66,6 +75,7 @@ use blobs::BlobKey;
 pub use blobs::{BlobInfo, DedupScope};
 pub use challenges::{ChallengeBook, ChallengePolicy};
 use codec::StoredMeta;
+use group_sync::{GroupSync, Ticket};
 use layout::{Layout, io_error};
 pub use page_token::{Cursor, PageTokens, TokenScope};
 use sha2::{Digest, Sha256};
@@ -79,7 +89,8 @@ pub const MAX_CHUNK_BYTES: usize = 4 << 20;
 /// Largest encoded record header, by default.
 pub const MAX_HEADER_BYTES: usize = 64 << 10;
 
-const PENDING_UPLOAD: u8 = 1;
+/// Marker values earlier versions wrote to `pending` (now only swept).
+#[cfg(test)]
 const PENDING_DELETE: u8 = 2;
 
 /// The shared error vocabulary of the services (`sesphr-domain`).
@@ -227,6 +238,10 @@ struct Shared {
     /// Record ids with an upload or delete in flight: a second upload of
     /// the same id must fail instead of interleaving chunks.
     busy: Mutex<HashSet<String>>,
+    /// Shared fsyncs of the records directory (new object files' entries).
+    records_dir: GroupSync,
+    /// Shared `Db::flush`es (commits and deletes).
+    metadata: GroupSync,
 }
 
 impl Shared {
@@ -249,6 +264,23 @@ impl Shared {
             .get(record_id.as_bytes())?
             .map(|v| codec::decode(record_id.as_bytes(), &v))
             .transpose()
+    }
+
+    /// Makes every sled write this thread finished durable; concurrent
+    /// callers share one flush.
+    fn flush_metadata(&self) -> Result<(), DomainError> {
+        let ticket = self.metadata.written();
+        self.metadata.sync(ticket, || {
+            self.db.flush()?;
+            Ok(())
+        })
+    }
+
+    /// Makes the directory entry of the object file created under
+    /// `ticket` durable; concurrent callers share one fsync.
+    fn sync_records_dir(&self, ticket: Ticket) -> Result<(), DomainError> {
+        self.records_dir
+            .sync(ticket, || self.files.sync_records_dir())
     }
 }
 
@@ -293,6 +325,8 @@ impl RecordStore {
             db,
             limits,
             busy: Mutex::new(HashSet::new()),
+            records_dir: GroupSync::new("records directory"),
+            metadata: GroupSync::new("record metadata"),
         };
         if let Some(legacy) = legacy {
             migrate(&shared, legacy)?;
@@ -377,21 +411,20 @@ impl RecordStore {
                 merkle: sesphr_dedup::pow::MerkleBuilder::new(),
             }),
             file: None,
+            dir_entry: None,
             next_index: 0,
             received: 0,
             committed: false,
         };
-        // Durable before any byte is written, so a crash mid-upload always
-        // leaves the marker that lets `open` find the orphans.
-        self.shared
-            .pending
-            .insert(upload.rec.record_id.as_bytes(), &[PENDING_UPLOAD])?;
-        self.shared.db.flush()?;
+        // No marker first: a crash from here on leaves an object file no
+        // metadata names, which `open` sweeps.
         let id = &upload.rec.record_id;
         upload.file = Some(if upload.blob.is_some() {
             self.shared.files.create_staging(id)?
         } else {
-            self.shared.files.create_record(id)?
+            let file = self.shared.files.create_record(id)?;
+            upload.dir_entry = Some(self.shared.records_dir.written());
+            file
         });
         Ok(upload)
     }
@@ -469,7 +502,7 @@ impl RecordStore {
                 by_partition.insert(partition_key(&rec.owner_id, &rec.partition, &id), &[])?;
                 Ok(stored.meta)
             })?;
-        shared.db.flush()?;
+        shared.flush_metadata()?;
         Ok(meta)
     }
 
@@ -498,7 +531,7 @@ impl RecordStore {
     pub fn chunks(
         &self,
         record_id: &str,
-    ) -> impl Iterator<Item = Result<sled::IVec, DomainError>> + Send + 'static {
+    ) -> impl Iterator<Item = Result<Vec<u8>, DomainError>> + Send + 'static {
         let state = match validate_record_id(record_id)
             .map_err(DomainError::from)
             .and_then(|()| self.shared.load(record_id))
@@ -720,10 +753,9 @@ impl RecordStore {
             &shared.meta,
             &shared.by_owner,
             &shared.by_partition,
-            &shared.pending,
             &shared.blob_meta,
         )
-            .transaction(|(meta, by_owner, by_partition, pending, blobs)| {
+            .transaction(|(meta, by_owner, by_partition, blobs)| {
                 let abort = ConflictableTransactionError::Abort;
                 let Some(v) = meta.get(record_id.as_bytes())? else {
                     return Err(abort(DomainError::Unknown(format!(
@@ -754,21 +786,20 @@ impl RecordStore {
                             }
                         }
                     }
-                    None => {
-                        pending.insert(record_id.as_bytes(), &[PENDING_DELETE])?;
-                    }
+                    None => {}
                 }
                 Ok((m.meta, freed))
             })?;
+        // The record is gone durably before its bytes are: removing them
+        // first would let a crash bring back metadata naming a missing
+        // object. A crash after the flush leaves a file no metadata names,
+        // which `open` sweeps.
+        shared.flush_metadata()?;
         if let Some(key) = freed_blob {
-            // A crash before this leaves a file no metadata names; `open`
-            // sweeps it.
             Layout::remove(&shared.files.blob_path(&BlobKey::from_tree_key(&key)?))?;
         } else {
             Layout::remove(&shared.files.record_path(record_id))?;
         }
-        shared.pending.remove(record_id.as_bytes())?;
-        shared.db.flush()?;
         Ok(meta)
     }
 }
@@ -867,6 +898,8 @@ pub struct Upload {
     rec: NewRecord,
     blob: Option<BlobUpload>,
     file: Option<File>,
+    /// The object file's directory entry, until a directory sync covers it.
+    dir_entry: Option<Ticket>,
     next_index: u32,
     received: u64,
     committed: bool,
@@ -951,10 +984,14 @@ impl Upload {
                 self.received, self.rec.declared_size
             )));
         }
-        // The bytes are durable before the record becomes visible.
+        // The bytes, and the object's name, are durable before the record
+        // becomes visible.
         if let Some(file) = self.file.take() {
             file.sync_all()
                 .map_err(|e| io_error(&shared.files.record_path(&id), e))?;
+        }
+        if let Some(ticket) = self.dir_entry.take() {
+            shared.sync_records_dir(ticket)?;
         }
         if let Some(blob) = self.blob.take() {
             return self.commit_blob(&shared, blob, now);
@@ -976,13 +1013,8 @@ impl Upload {
         let value = codec::encode(&stored);
         let owner_k = owner_key(&stored.meta.owner_id, &id);
         let partition_k = partition_key(&stored.meta.owner_id, &stored.meta.partition, &id);
-        (
-            &shared.meta,
-            &shared.by_owner,
-            &shared.by_partition,
-            &shared.pending,
-        )
-            .transaction(|(meta, by_owner, by_partition, pending)| {
+        (&shared.meta, &shared.by_owner, &shared.by_partition).transaction(
+            |(meta, by_owner, by_partition)| {
                 if meta.get(id.as_bytes())?.is_some() {
                     return Err(ConflictableTransactionError::Abort(DomainError::Exists(
                         format!("record {id} already exists"),
@@ -991,13 +1023,13 @@ impl Upload {
                 meta.insert(id.as_bytes(), value.as_slice())?;
                 by_owner.insert(owner_k.as_slice(), &[])?;
                 by_partition.insert(partition_k.as_slice(), &[])?;
-                pending.remove(id.as_bytes())?;
                 Ok(())
-            })?;
+            },
+        )?;
         // The record is committed: from here on dropping must not touch it.
         self.committed = true;
         shared.busy().remove(&id);
-        shared.db.flush()?;
+        shared.flush_metadata()?;
         Ok(stored.meta)
     }
 }
@@ -1057,10 +1089,9 @@ impl Upload {
             &shared.meta,
             &shared.by_owner,
             &shared.by_partition,
-            &shared.pending,
             &shared.blob_meta,
         )
-            .transaction(|(meta, by_owner, by_partition, pending, blobs)| {
+            .transaction(|(meta, by_owner, by_partition, blobs)| {
                 let abort = ConflictableTransactionError::Abort;
                 if meta.get(id.as_bytes())?.is_some() {
                     return Err(abort(DomainError::Exists(format!(
@@ -1079,7 +1110,6 @@ impl Upload {
                 meta.insert(id.as_bytes(), value.as_slice())?;
                 by_owner.insert(owner_k.as_slice(), &[])?;
                 by_partition.insert(partition_k.as_slice(), &[])?;
-                pending.remove(id.as_bytes())?;
                 Ok(())
             });
         if let Err(e) = committed {
@@ -1091,7 +1121,7 @@ impl Upload {
         // Left over only if an equal blob was stored first.
         Layout::remove(&shared.files.staging_path(&id))?;
         shared.busy().remove(&id);
-        shared.db.flush()?;
+        shared.flush_metadata()?;
         Ok(stored.meta)
     }
 }
@@ -1102,8 +1132,7 @@ impl Drop for Upload {
             return;
         }
         let Some(shared) = self.shared.upgrade() else {
-            // Store already gone: the pending marker stays and the next
-            // open sweeps the chunks.
+            // Store already gone: the next open sweeps the object file.
             return;
         };
         let id = &self.rec.record_id;
@@ -1113,16 +1142,9 @@ impl Drop for Upload {
         } else {
             shared.files.record_path(id)
         });
-        let cleanup = removed.and_then(|_| {
-            shared
-                .pending
-                .remove(id.as_bytes())
-                .map(drop)
-                .map_err(DomainError::from)
-        });
-        match cleanup {
-            Ok(()) => tracing::debug!(record_id = %id, "discarded uncommitted upload"),
-            // The marker is still there, so the next open retries.
+        match removed {
+            Ok(_) => tracing::debug!(record_id = %id, "discarded uncommitted upload"),
+            // No metadata names the file, so the next open removes it.
             Err(e) => {
                 tracing::warn!(record_id = %id, error = %e, "could not discard uncommitted upload")
             }
@@ -1148,7 +1170,7 @@ struct ChunkReader {
 }
 
 impl Iterator for ChunkReader {
-    type Item = Result<sled::IVec, DomainError>;
+    type Item = Result<Vec<u8>, DomainError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let (meta, file, bytes) = match &mut self.state {
@@ -1172,7 +1194,7 @@ impl Iterator for ChunkReader {
         match file.read_exact(&mut buf) {
             Ok(()) => {
                 *bytes += want as u64;
-                Some(Ok(sled::IVec::from(buf)))
+                Some(Ok(buf))
             }
             Err(e) => {
                 self.state = ReaderState::Failed(None);

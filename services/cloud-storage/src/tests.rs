@@ -116,6 +116,52 @@ fn dropped_upload_leaves_nothing() {
     put(&s, "r1", "alice", "medical", b"0123456789");
 }
 
+/// Uploads committing at the same time share their directory fsyncs and
+/// sled flushes, and each is still whole and durable when acknowledged.
+#[test]
+fn concurrent_commits_share_syncs() {
+    const UPLOADERS: usize = 8;
+    const EACH: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open_at(dir.path()));
+    // Every uploader stages its object, then all of them commit together.
+    let start = Arc::new(std::sync::Barrier::new(UPLOADERS));
+    let threads: Vec<_> = (0..UPLOADERS)
+        .map(|t| {
+            let (s, start) = (s.clone(), start.clone());
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    let id = format!("r{t}-{i}");
+                    let body = id.repeat(100);
+                    let mut up = s
+                        .begin_upload(rec(&id, "alice", "medical", body.len() as u64))
+                        .unwrap();
+                    up.append(body.as_bytes()).unwrap();
+                    start.wait();
+                    up.commit(T0).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let commits = (UPLOADERS * EACH) as u64;
+    let (dirs, flushes) = (s.shared.records_dir.syncs(), s.shared.metadata.syncs());
+    assert!(
+        dirs < commits && flushes < commits,
+        "{commits} commits took {dirs} directory syncs and {flushes} flushes: none shared"
+    );
+    drop(s);
+    let s = open_at(dir.path());
+    for t in 0..UPLOADERS {
+        for i in 0..EACH {
+            let id = format!("r{t}-{i}");
+            assert_eq!(read_all(&s, &id).unwrap(), id.repeat(100).as_bytes());
+        }
+    }
+}
+
 #[test]
 fn crash_mid_upload_is_swept_on_open() {
     let dir = tempfile::tempdir().unwrap();
