@@ -772,21 +772,18 @@ impl RecordStore {
                 by_owner.remove(owner_key(owner_id, record_id))?;
                 by_partition.remove(partition_key(owner_id, &m.meta.partition, record_id))?;
                 let mut freed = None;
-                match &m.blob_key {
-                    // The last reference frees the blob.
-                    Some(key) => {
-                        if let Some(v) = blobs.get(key)? {
-                            let mut info = BlobInfo::decode(&v).map_err(abort)?;
-                            info.refcount = info.refcount.saturating_sub(1);
-                            if info.refcount == 0 {
-                                blobs.remove(key.as_slice())?;
-                                freed = Some(key.clone());
-                            } else {
-                                blobs.insert(key.as_slice(), info.encode())?;
-                            }
-                        }
+                // The last reference frees the blob.
+                if let Some(key) = &m.blob_key
+                    && let Some(v) = blobs.get(key)?
+                {
+                    let mut info = BlobInfo::decode(&v).map_err(abort)?;
+                    info.refcount = info.refcount.saturating_sub(1);
+                    if info.refcount == 0 {
+                        blobs.remove(key.as_slice())?;
+                        freed = Some(key.clone());
+                    } else {
+                        blobs.insert(key.as_slice(), info.encode())?;
                     }
-                    None => {}
                 }
                 Ok((m.meta, freed))
             })?;
