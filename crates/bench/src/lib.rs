@@ -8,7 +8,9 @@
 //!   cores measured in the same run;
 //! - upload + download of 1 MiB records, next to the same bytes streamed over
 //!   a plain tonic mTLS echo service ([`EchoServer`]: no crypto, no storage,
-//!   run in a process of its own like the mesh);
+//!   run in a process of its own like the mesh) and over the same service
+//!   writing, fsyncing and reading back what it moves (the durable
+//!   baseline);
 //! - a mixed patient/practitioner workload;
 //! - the server's peak resident memory (VmHWM of a fresh `sesphrd`) while
 //!   one 1 GiB record is uploaded and downloaded;
@@ -19,28 +21,25 @@
 //! Every loop is bounded by time or count; everything talks to loopback.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use rand::{Rng, RngCore, SeedableRng};
-use tonic::body::Body;
-use tonic::codegen::{BoxFuture, Service, http};
 use tonic::transport::Channel;
-use tonic::{Status, Streaming};
 
 use sesphr::proto;
 use sesphr_client::{self as client, MeshFile, Patient, Practitioner, Session};
 use sesphr_crypto as crypto;
 use sesphr_identity::Role;
 use sesphr_mesh::tls::{self, TlsFiles, TlsMaterial};
+
+mod echo;
+pub use echo::{EchoChunk, EchoClient, EchoServer, EchoSize, serve_echo};
 
 // ---- statistics ----------------------------------------------------------
 
@@ -138,202 +137,6 @@ where
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
-}
-
-// ---- the plain mTLS echo service ------------------------------------------
-
-/// One message of the echo service: a chunk of bytes.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct EchoChunk {
-    #[prost(bytes = "bytes", tag = "1")]
-    pub data: Bytes,
-}
-
-/// How many bytes (`Down`) or were received (`Up`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct EchoSize {
-    #[prost(uint64, tag = "1")]
-    pub bytes: u64,
-    #[prost(uint64, tag = "2")]
-    pub chunk: u64,
-}
-
-const ECHO_UP: &str = "/sesphr.bench.Echo/Up";
-const ECHO_DOWN: &str = "/sesphr.bench.Echo/Down";
-const ECHO_MAX_MESSAGE: usize = 8 << 20;
-
-/// `sesphr.bench.Echo`, written by hand over tonic's generic gRPC server:
-/// `Up` (client stream of chunks, answers how many bytes arrived) and `Down`
-/// (streams the requested number of bytes). The transport cost of a record
-/// upload and download, with no crypto and no storage.
-#[derive(Clone, Default)]
-pub struct EchoServer;
-
-impl tonic::server::NamedService for EchoServer {
-    const NAME: &'static str = "sesphr.bench.Echo";
-}
-
-struct Up;
-
-impl tonic::server::ClientStreamingService<EchoChunk> for Up {
-    type Response = EchoSize;
-    type Future = BoxFuture<tonic::Response<EchoSize>, Status>;
-
-    fn call(&mut self, req: tonic::Request<Streaming<EchoChunk>>) -> Self::Future {
-        Box::pin(async move {
-            let mut stream = req.into_inner();
-            let mut bytes = 0u64;
-            while let Some(c) = stream.message().await? {
-                bytes += c.data.len() as u64;
-            }
-            Ok(tonic::Response::new(EchoSize { bytes, chunk: 0 }))
-        })
-    }
-}
-
-struct Down;
-
-type ChunkStream = futures::stream::BoxStream<'static, Result<EchoChunk, Status>>;
-
-impl tonic::server::ServerStreamingService<EchoSize> for Down {
-    type Response = EchoChunk;
-    type ResponseStream = ChunkStream;
-    type Future = BoxFuture<tonic::Response<ChunkStream>, Status>;
-
-    fn call(&mut self, req: tonic::Request<EchoSize>) -> Self::Future {
-        Box::pin(async move {
-            let EchoSize { bytes, chunk } = req.into_inner();
-            let chunk = chunk.clamp(1, 4 << 20) as usize;
-            // One buffer, shared by every message (no copies, as the
-            // cheapest possible server would do).
-            let buf = Bytes::from(vec![0x42u8; chunk]);
-            let mut left = bytes;
-            let stream = futures::stream::iter(std::iter::from_fn(move || {
-                if left == 0 {
-                    return None;
-                }
-                let n = left.min(chunk as u64) as usize;
-                left -= n as u64;
-                Some(Ok(EchoChunk {
-                    data: buf.slice(..n),
-                }))
-            }));
-            Ok(tonic::Response::new(stream.boxed()))
-        })
-    }
-}
-
-impl Service<http::Request<Body>> for EchoServer {
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        match req.uri().path() {
-            ECHO_UP => Box::pin(async move {
-                let codec = tonic_prost::ProstCodec::<EchoSize, EchoChunk>::default();
-                let mut grpc = tonic::server::Grpc::new(codec)
-                    .max_decoding_message_size(ECHO_MAX_MESSAGE)
-                    .max_encoding_message_size(ECHO_MAX_MESSAGE);
-                Ok(grpc.client_streaming(Up, req).await)
-            }),
-            ECHO_DOWN => Box::pin(async move {
-                let codec = tonic_prost::ProstCodec::<EchoChunk, EchoSize>::default();
-                let mut grpc = tonic::server::Grpc::new(codec)
-                    .max_decoding_message_size(ECHO_MAX_MESSAGE)
-                    .max_encoding_message_size(ECHO_MAX_MESSAGE);
-                Ok(grpc.server_streaming(Down, req).await)
-            }),
-            _ => Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) }),
-        }
-    }
-}
-
-/// Serves [`EchoServer`] over mTLS (client certificates from `tls`'s CA
-/// required) on `listener` until the process ends.
-pub async fn serve_echo(
-    listener: tokio::net::TcpListener,
-    tls: &TlsMaterial,
-) -> anyhow::Result<()> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .tls_config(tls.server_config(true))?
-        .add_service(EchoServer)
-        .serve_with_incoming(incoming)
-        .await?;
-    Ok(())
-}
-
-/// A client of [`EchoServer`].
-#[derive(Clone)]
-pub struct EchoClient {
-    grpc: tonic::client::Grpc<Channel>,
-}
-
-impl EchoClient {
-    /// The echo server presents the dev PKI's CloudStorage certificate
-    /// (`sesphr-bench echo-server`); nothing else is accepted there.
-    pub fn connect(url: &str, tls: &TlsMaterial) -> anyhow::Result<Self> {
-        let server = sesphr_identity::Identity::service(
-            sesphr_identity::DEFAULT_TRUST_DOMAIN,
-            sesphr_identity::Service::CloudStorage,
-        );
-        let channel = tls::channel(url, tls.client_config(), &server, Duration::from_secs(3600))?;
-        let grpc = tonic::client::Grpc::new(channel)
-            .max_decoding_message_size(ECHO_MAX_MESSAGE)
-            .max_encoding_message_size(ECHO_MAX_MESSAGE);
-        Ok(Self { grpc })
-    }
-
-    /// Streams `bytes` up in chunks of `chunk`; returns what the server counted.
-    pub async fn up(&self, bytes: u64, chunk: usize) -> Result<u64, Status> {
-        let mut grpc = self.grpc.clone();
-        grpc.ready()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let buf = Bytes::from(vec![0x17u8; chunk]);
-        let mut left = bytes;
-        let stream = futures::stream::iter(std::iter::from_fn(move || {
-            if left == 0 {
-                return None;
-            }
-            let n = left.min(chunk as u64) as usize;
-            left -= n as u64;
-            Some(EchoChunk {
-                data: buf.slice(..n),
-            })
-        }));
-        let path = http::uri::PathAndQuery::from_static(ECHO_UP);
-        let codec = tonic_prost::ProstCodec::<EchoChunk, EchoSize>::default();
-        let r = grpc
-            .client_streaming(tonic::Request::new(stream), path, codec)
-            .await?;
-        Ok(r.into_inner().bytes)
-    }
-
-    /// Streams `bytes` down in chunks of `chunk`; returns the bytes received.
-    pub async fn down(&self, bytes: u64, chunk: usize) -> Result<u64, Status> {
-        let mut grpc = self.grpc.clone();
-        grpc.ready()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let path = http::uri::PathAndQuery::from_static(ECHO_DOWN);
-        let codec = tonic_prost::ProstCodec::<EchoSize, EchoChunk>::default();
-        let req = tonic::Request::new(EchoSize {
-            bytes,
-            chunk: chunk as u64,
-        });
-        let mut stream = grpc.server_streaming(req, path, codec).await?.into_inner();
-        let mut got = 0u64;
-        while let Some(c) = stream.message().await? {
-            got += c.data.len() as u64;
-        }
-        Ok(got)
-    }
 }
 
 // ---- processes -------------------------------------------------------------
@@ -520,10 +323,14 @@ impl EchoProcess {
         self.child.id()
     }
 
-    pub fn spawn(exe: &Path, pki: &Path) -> anyhow::Result<Self> {
-        let mut child = Command::new(exe)
-            .args(["echo-server", "--pki"])
-            .arg(pki)
+    /// `store`: run the durable baseline, keeping its objects there.
+    pub fn spawn(exe: &Path, pki: &Path, store: Option<&Path>) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(exe);
+        cmd.args(["echo-server", "--pki"]).arg(pki);
+        if let Some(dir) = store {
+            cmd.arg("--store").arg(dir);
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -1000,8 +807,8 @@ async fn echo_workload(
         &clients,
         duration,
         move |c: Arc<EchoClient>, _| async move {
-            let up = c.up(size, chunk).await.map_err(err)?;
-            let down = c.down(size, chunk).await.map_err(err)?;
+            let (up, object) = c.up(size, chunk).await.map_err(err)?;
+            let down = c.down(size, chunk, object).await.map_err(err)?;
             if up != size || down != size {
                 return Err(format!("echo moved {up}/{down} of {size} bytes"));
             }
@@ -1128,6 +935,8 @@ struct BigRecord {
     down: Duration,
     echo_up: Duration,
     echo_down: Duration,
+    durable_up: Duration,
+    durable_down: Duration,
 }
 
 /// Peak resident memory of a fresh daemon while one `bytes`-long record is
@@ -1160,21 +969,26 @@ async fn memory_workload(o: &Options, bytes: u64) -> anyhow::Result<BigRecord> {
     let down = t.elapsed();
     anyhow::ensure!(got == bytes, "downloaded {got} of {bytes} bytes");
     let (peak, _) = d.memory();
-    // The same bytes, one stream each way, over the plain echo service.
-    let echo = EchoProcess::spawn(&o.exe, &d.pki_dir())?;
-    let c = EchoClient::connect(
-        &echo.url,
-        &client::Profile::load(&homes.join("big0"))?.tls()?,
-    )?;
+    // The same bytes, one stream each way, over the plain echo service and
+    // over the durable one.
+    let tls = client::Profile::load(&homes.join("big0"))?.tls()?;
     let size = client::ciphertext_len(bytes, crypto::record::DEFAULT_SEGMENT_SIZE as u64);
     let chunk = crypto::record::DEFAULT_SEGMENT_SIZE as usize + crypto::record::SEGMENT_OVERHEAD;
-    let t = Instant::now();
-    anyhow::ensure!(c.up(size, chunk).await? == size, "echo up");
-    let echo_up = t.elapsed();
-    let t = Instant::now();
-    anyhow::ensure!(c.down(size, chunk).await? == size, "echo down");
-    let echo_down = t.elapsed();
-    drop(echo);
+    let mut times = Vec::new();
+    for store in [None, Some(dir.join("echo-objects"))] {
+        let echo = EchoProcess::spawn(&o.exe, &d.pki_dir(), store.as_deref())?;
+        let c = EchoClient::connect(&echo.url, &tls)?;
+        let t = Instant::now();
+        let (up, object) = c.up(size, chunk).await?;
+        anyhow::ensure!(up == size, "echo up");
+        let echo_up = t.elapsed();
+        let t = Instant::now();
+        anyhow::ensure!(c.down(size, chunk, object).await? == size, "echo down");
+        times.push((echo_up, t.elapsed()));
+    }
+    let [(echo_up, echo_down), (durable_up, durable_down)] = times[..] else {
+        unreachable!("two baselines were run")
+    };
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(BigRecord {
@@ -1184,6 +998,8 @@ async fn memory_workload(o: &Options, bytes: u64) -> anyhow::Result<BigRecord> {
         down,
         echo_up,
         echo_down,
+        durable_up,
+        durable_down,
     })
 }
 
@@ -1399,7 +1215,6 @@ async fn run_into(o: &Options, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             "echo server and 1 MiB up+down with {} clients ...",
             o.stream_clients
         );
-        let echo = EchoProcess::spawn(&o.exe, &d.pki_dir())?;
         let streamer_homes = enroll_many(
             &d.mesh,
             &homes,
@@ -1413,14 +1228,23 @@ async fn run_into(o: &Options, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             .iter()
             .map(|h| client::Profile::load(h).and_then(|p| p.tls()))
             .collect::<Result<_, client::ClientError>>()?;
+        let echo = EchoProcess::spawn(&o.exe, &d.pki_dir(), None)?;
         let cpu = CpuSplit::start(echo.pid());
         let e = echo_workload(&echo, &tls, o.duration).await?;
         let echo_cpu = CpuSplit::since(cpu);
         drop(echo);
+        let objects = o.work_dir.join("echo-objects");
+        let echo = EchoProcess::spawn(&o.exe, &d.pki_dir(), Some(&objects))?;
+        let cpu = CpuSplit::start(echo.pid());
+        let durable = echo_workload(&echo, &tls, o.duration).await?;
+        let durable_cpu = CpuSplit::since(cpu);
+        drop(echo);
+        let _ = std::fs::remove_dir_all(&objects);
         let cpu = CpuSplit::start(d.pid());
         let s = updown_workload(&d, &homes, o.stream_clients, o.duration).await?;
         let cpu = CpuSplit::since(cpu);
         let ratio = s.mib_per_sec() / e.mib_per_sec();
+        let durable_ratio = s.mib_per_sec() / durable.mib_per_sec();
         rows.push(Row {
             workload: "plain tonic mTLS echo, 1 MiB up + down (baseline)".into(),
             clients: o.stream_clients.to_string(),
@@ -1430,9 +1254,20 @@ async fn run_into(o: &Options, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             stats: Some(e),
         });
         rows.push(Row {
+            workload: "durable echo (writes + fsyncs, reads back), 1 MiB up + down".into(),
+            clients: o.stream_clients.to_string(),
+            figure: durable_cpu.describe(),
+            target: String::new(),
+            met: None,
+            stats: Some(durable),
+        });
+        rows.push(Row {
             workload: "encrypted 1 MiB record upload + download".into(),
             clients: o.stream_clients.to_string(),
-            figure: format!("{ratio:.2}× echo; {}", cpu.describe()),
+            figure: format!(
+                "{ratio:.2}× echo, {durable_ratio:.2}× durable echo; {}",
+                cpu.describe()
+            ),
             target: "≥ 0.8× echo".into(),
             met: Some(ratio >= 0.8 && s.errors == 0),
             stats: Some(s),
@@ -1497,22 +1332,26 @@ async fn run_into(o: &Options, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         let big = memory_workload(o, o.memory_bytes).await?;
         let m = mib(o.memory_bytes);
         let rate = |d: Duration| m / d.as_secs_f64();
-        let ratio = 2.0 * m
-            / (big.up + big.down).as_secs_f64()
-            / (2.0 * m / (big.echo_up + big.echo_down).as_secs_f64());
+        // A ratio of rates is the inverse ratio of times.
+        let vs = |ours: Duration, base: Duration| base.as_secs_f64() / ours.as_secs_f64();
+        let (up, down) = (vs(big.up, big.echo_up), vs(big.down, big.echo_down));
         rows.push(Row {
             workload: format!("one {m} MiB record, upload then download"),
             clients: "1".into(),
             stats: None,
             figure: format!(
-                "up {:.0} MiB/s, down {:.0} MiB/s; echo of the same bytes up {:.0}, down {:.0} MiB/s: {ratio:.2}× echo",
+                "up {:.0} MiB/s ({up:.2}× echo, {:.2}× durable echo), down {:.0} MiB/s ({down:.2}× echo, {:.2}× durable echo); echo up {:.0}, down {:.0}; durable echo up {:.0}, down {:.0} MiB/s",
                 rate(big.up),
+                vs(big.up, big.durable_up),
                 rate(big.down),
+                vs(big.down, big.durable_down),
                 rate(big.echo_up),
-                rate(big.echo_down)
+                rate(big.echo_down),
+                rate(big.durable_up),
+                rate(big.durable_down),
             ),
-            target: "≥ 0.8× echo".into(),
-            met: Some(ratio >= 0.8),
+            target: "≥ 0.8× echo each way".into(),
+            met: Some(up >= 0.8 && down >= 0.8),
         });
         rows.push(Row {
             workload: "server VmHWM while streaming that record".into(),

@@ -61,6 +61,10 @@ enum Command {
     EchoServer {
         #[arg(long)]
         pki: PathBuf,
+        /// Also write and fsync what is received under this directory, and
+        /// serve downloads from it (the durable baseline).
+        #[arg(long)]
+        store: Option<PathBuf>,
     },
 }
 
@@ -77,12 +81,16 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::EchoServer { pki } => {
+        Command::EchoServer { pki, store } => {
             sesphr_mesh::tls::install_crypto_provider();
             let tls = bench::pki_tls(&pki, "cloud-storage")?;
+            let echo = match store {
+                Some(dir) => bench::EchoServer::durable(&dir)?,
+                None => bench::EchoServer::plain(),
+            };
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             println!("echo listening on {}", listener.local_addr()?);
-            bench::serve_echo(listener, &tls).await
+            bench::serve_echo(listener, &tls, echo).await
         }
         Command::Run {
             sesphrd,
