@@ -358,6 +358,22 @@ pub fn pki_tls(pki: &Path, name: &str) -> anyhow::Result<TlsMaterial> {
     })?)
 }
 
+/// The echo server's TLS: the dev PKI's `name` identity, accepting client
+/// certificates from both of the mesh's roots (services and operator from
+/// the service CA, enrolled users from the user CA), as the mesh does.
+pub fn echo_server_tls(pki: &Path, name: &str) -> anyhow::Result<TlsMaterial> {
+    let read = |file: &str| {
+        let path = pki.join(file);
+        std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    };
+    let roots = format!("{}\n{}", read("ca.pem")?, read("user-ca.pem")?);
+    Ok(TlsMaterial::from_pem(
+        read(&format!("{name}.pem"))?,
+        zeroize::Zeroizing::new(read(&format!("{name}.key"))?),
+        roots,
+    )?)
+}
+
 // ---- users -------------------------------------------------------------------
 
 /// Enrols `n` users named `{prefix}{i}` with `role`, concurrently:

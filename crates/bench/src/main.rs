@@ -83,7 +83,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::EchoServer { pki, store } => {
             sesphr_mesh::tls::install_crypto_provider();
-            let tls = bench::pki_tls(&pki, "cloud-storage")?;
+            let tls = bench::echo_server_tls(&pki, "cloud-storage")?;
             let echo = match store {
                 Some(dir) => bench::EchoServer::durable(&dir)?,
                 None => bench::EchoServer::plain(),

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use sesphr_bench::{EchoClient, EchoServer, pki_tls, serve_echo};
+use sesphr_bench::{EchoClient, EchoServer, echo_server_tls, pki_tls, serve_echo};
 
 const CHUNK: usize = 1 << 20;
 
 async fn start(echo: EchoServer, pki: &std::path::Path) -> String {
-    let tls = pki_tls(pki, "cloud-storage").unwrap();
+    let tls = echo_server_tls(pki, "cloud-storage").unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { serve_echo(listener, &tls, echo).await });
@@ -52,7 +52,23 @@ async fn plain_echo_stores_nothing() {
     let pki = tmp.path().join("pki");
     sesphr_mesh::pki::DevPki::ensure(&pki, sesphr_identity::DEFAULT_TRUST_DOMAIN).unwrap();
     let url = start(EchoServer::plain(), &pki).await;
-    let client = EchoClient::connect(&url, &pki_tls(&pki, "operator").unwrap()).unwrap();
+    // An enrolled user's certificate (from the user CA), as the bench's
+    // clients have.
+    let dev = sesphr_mesh::pki::DevPki { dir: pki.clone() };
+    let user = sesphr_identity::Identity::user(
+        sesphr_identity::DEFAULT_TRUST_DOMAIN,
+        sesphr_identity::Role::Patient,
+        "echoer0",
+    )
+    .unwrap();
+    let cert = dev.load_user_ca().unwrap().issue(&user, &[], &[]).unwrap();
+    let tls = sesphr_mesh::tls::TlsMaterial::from_pem(
+        cert.cert_pem.clone(),
+        zeroize::Zeroizing::new(cert.key_pem.clone()),
+        std::fs::read_to_string(dev.ca_cert()).unwrap(),
+    )
+    .unwrap();
+    let client = EchoClient::connect(&url, &tls).unwrap();
     let size = 2 * CHUNK as u64 + 1;
     assert_eq!(client.up(size, CHUNK).await.unwrap().0, size);
     assert_eq!(client.down(size, CHUNK, 0).await.unwrap(), size);
