@@ -23,17 +23,25 @@
 //! secret. Field temporaries inside the formulas are overwritten by the
 //! next operation and are not tracked.
 
+#[cfg(not(feature = "fiat-field"))]
+use p256::NistP256;
+#[cfg(not(feature = "fiat-field"))]
+use p256::elliptic_curve::hazmat::FieldArithmetic;
 use p256::elliptic_curve::{
     PrimeField,
-    hazmat::FieldArithmetic,
     point::AffineCoordinates,
     subtle::{Choice, ConditionallySelectable, ConstantTimeEq},
 };
-use p256::{AffinePoint, FieldBytes, NistP256, Scalar};
+use p256::{AffinePoint, FieldBytes, Scalar};
 use zeroize::{Zeroize, Zeroizing};
 
 /// The P-256 base field element type of `p256`.
+#[cfg(not(feature = "fiat-field"))]
 pub(crate) type Fe = <NistP256 as FieldArithmetic>::FieldElement;
+
+/// The P-256 base field element type: fiat-crypto's (see [`crate::field`]).
+#[cfg(feature = "fiat-field")]
+pub(crate) type Fe = crate::field::FieldElement;
 
 /// An affine point that is never the identity (except once zeroized, when
 /// both coordinates are 0).
