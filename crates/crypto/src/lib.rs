@@ -79,7 +79,6 @@ mod cfrag;
 pub mod dst;
 mod ec;
 mod error;
-#[cfg(feature = "fiat-field")]
 mod field;
 mod key_proof;
 mod keys;
