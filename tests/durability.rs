@@ -56,10 +56,20 @@ async fn crash_and_recover(seed: u64) {
 
     // Kill after a seeded delay while uploads (from several clients at once,
     // so commits share their syncs) and grants are in flight.
+    // The delay counts from the first acknowledgement, so a slow machine
+    // still kills mid-burst, not before it.
     let mut rng = Lcg(seed);
     let kill_after = Duration::from_millis(150 + rng.next() % 600);
     let pid = child.id();
+    let first_ack = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = first_ack.clone();
     let killer = std::thread::spawn(move || {
+        for _ in 0..3000 {
+            if seen.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         std::thread::sleep(kill_after);
         let _ = Command::new("kill")
             .args(["-KILL", &pid.to_string()])
@@ -70,6 +80,7 @@ async fn crash_and_recover(seed: u64) {
     let uploaders: Vec<_> = (0..UPLOADERS)
         .map(|u| {
             let alice = alice.clone();
+            let first_ack = first_ack.clone();
             tokio::spawn(async move {
                 let mut acked: Vec<(client::RecordId, Vec<u8>)> = Vec::new();
                 let mut granted: Vec<String> = Vec::new();
@@ -88,7 +99,10 @@ async fn crash_and_recover(seed: u64) {
                         )
                         .await;
                     match r {
-                        Ok(rec) => acked.push((rec.record_id, data)),
+                        Ok(rec) => {
+                            acked.push((rec.record_id, data));
+                            first_ack.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
                         Err(_) => break, // the server is gone
                     }
                     if u == 0 && i % 20 == 0 && granted.len() < 4 {

@@ -455,8 +455,22 @@ async fn disk_full_refuses_the_write_and_leaves_no_partial_record() {
         );
     };
     let mut sled_failed = false;
+    // Small records to delete once the disk is full (see below).
+    let mut small = Vec::new();
+    let mut deleted: Vec<String> = Vec::new();
+    let mut expected_objects = before.clone();
     match &tmpfs {
         Some(_) => {
+            for i in 0..100u8 {
+                small.push(
+                    upload(&alice, "medical", &[i; 16])
+                        .await
+                        .record_id
+                        .to_string(),
+                );
+            }
+            expected_objects = objects_in(&objects);
+            let before = expected_objects.clone();
             // The object file runs into ENOSPC mid-stream.
             let err = upload_refused(&alice, 40 << 20, "40 MiB upload onto a 24 MiB disk").await;
             storage_error(&err, "object write");
@@ -475,23 +489,32 @@ async fn disk_full_refuses_the_write_and_leaves_no_partial_record() {
             drop(f);
             let err = upload_refused(&alice, 10, "upload onto a full disk").await;
             storage_error(&err, "full disk");
-            // Each refused upload still leaves a few bytes in sled's log
-            // (its pending marker); soon sled itself cannot write.
-            for _ in 0..300 {
-                let err = alice
-                    .upload(
-                        "medical",
-                        std::io::Cursor::new(vec![1u8; 10]),
-                        10,
-                        client::no_progress(),
-                    )
-                    .await
-                    .expect_err("no space");
-                storage_error(&err, "full disk");
-                if err.to_string().contains("database storage error") {
-                    eprintln!("sled ran out of space: {err}");
-                    sled_failed = true;
-                    break;
+            // A refused upload writes nothing to sled; a delete does (and
+            // frees its object only once that write is durable). Deleting
+            // the small records one by one soon needs a page sled cannot
+            // get: that delete is refused, and its record keeps its bytes.
+            // Each delete frees its object's page; take it back at once, so
+            // only sled's own log can grow into nothing.
+            let top_up = |path: &Path| {
+                let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+                for _ in 0..64 {
+                    if std::io::Write::write_all(&mut f, &[0u8; 4096]).is_err() {
+                        break;
+                    }
+                }
+            };
+            for id in &small {
+                match alice.delete(id).await {
+                    Ok(_) => {
+                        deleted.push(id.clone());
+                        top_up(&filler);
+                    }
+                    Err(err) => {
+                        storage_error(&err, "delete on a full disk");
+                        eprintln!("sled ran out of space: {err}");
+                        sled_failed = true;
+                        break;
+                    }
                 }
             }
             assert!(sled_failed, "sled never failed to write");
@@ -506,18 +529,30 @@ async fn disk_full_refuses_the_write_and_leaves_no_partial_record() {
             std::fs::set_permissions(&objects, std::fs::Permissions::from_mode(0o700)).unwrap();
         }
     }
-    // Reads go on, nothing partial is visible, the earlier record is intact.
-    let listed = alice.list(None, None).await.unwrap();
-    assert_eq!(
-        listed
+    // Nothing partial is left. Reads go on, nothing partial is visible,
+    // the earlier record is intact; once sled itself failed, it refuses
+    // reads too (cleanly) until CloudStorage restarts (checked below).
+    assert!(
+        objects_in(&objects)
             .iter()
-            .map(|r| r.record_id.as_str())
-            .collect::<Vec<_>>(),
-        [kept.record_id.as_str()],
-        "only the acknowledged record is listed"
+            .all(|o| expected_objects.contains(o)),
+        "a partial object was left"
     );
-    assert_eq!(objects_in(&objects), before, "a partial object was left");
-    assert_eq!(download(&alice, &kept.record_id).await.unwrap(), first);
+    match alice.list(None, None).await {
+        Err(err) if sled_failed => storage_error(&err, "listing after sled failed"),
+        listed => {
+            let listed = listed.unwrap();
+            assert!(
+                listed
+                    .iter()
+                    .all(|r| r.record_id == kept.record_id
+                        || small.contains(&r.record_id.to_string())),
+                "only acknowledged records are listed: {listed:?}"
+            );
+            assert!(listed.iter().any(|r| r.record_id == kept.record_id));
+            assert_eq!(download(&alice, &kept.record_id).await.unwrap(), first);
+        }
+    }
     // sled 0.34 refuses every write after an I/O error until the database
     // is reopened: with space free again, writes still fail (cleanly) until
     // CloudStorage restarts, which is what an orchestrator does. After the
@@ -543,9 +578,25 @@ async fn disk_full_refuses_the_write_and_leaves_no_partial_record() {
         let alice = Patient::open(&mesh.file, &homes.join("alice")).unwrap();
         let listed = alice.list(None, None).await.unwrap();
         assert!(
-            listed.iter().any(|r| r.record_id == kept.record_id) && listed.len() <= 2,
+            listed.iter().any(|r| r.record_id == kept.record_id),
             "after the restart: {listed:?}"
         );
+        // Acknowledged deletes stay done, the records never deleted are
+        // all there, and every listed record has all its bytes (the refused
+        // delete's record included, if sled had kept it).
+        for r in &listed {
+            let id = r.record_id.to_string();
+            assert!(!deleted.contains(&id), "deleted record {id} came back");
+            download(&alice, &r.record_id)
+                .await
+                .unwrap_or_else(|e| panic!("listed record {id} unreadable: {e}"));
+        }
+        for id in small.iter().skip(deleted.len() + 1) {
+            assert!(
+                listed.iter().any(|r| r.record_id.as_str() == id.as_str()),
+                "record {id} was never deleted but is gone"
+            );
+        }
         (cloud, alice)
     } else {
         (cloud, alice)

@@ -15,12 +15,18 @@ async fn start(echo: EchoServer, pki: &std::path::Path) -> String {
     url
 }
 
-#[tokio::test]
-async fn durable_echo_stores_what_it_moves_and_reads_it_back() {
+/// A fresh dev PKI in a temporary directory, and its path.
+fn dev_pki() -> (tempfile::TempDir, std::path::PathBuf) {
     sesphr_mesh::tls::install_crypto_provider();
     let tmp = tempfile::tempdir().unwrap();
     let pki = tmp.path().join("pki");
     sesphr_mesh::pki::DevPki::ensure(&pki, sesphr_identity::DEFAULT_TRUST_DOMAIN).unwrap();
+    (tmp, pki)
+}
+
+#[tokio::test]
+async fn durable_echo_stores_what_it_moves_and_reads_it_back() {
+    let (tmp, pki) = dev_pki();
     let objects = tmp.path().join("objects");
     let url = start(EchoServer::durable(&objects).unwrap(), &pki).await;
     let client = EchoClient::connect(&url, &pki_tls(&pki, "operator").unwrap()).unwrap();
@@ -47,10 +53,7 @@ async fn durable_echo_stores_what_it_moves_and_reads_it_back() {
 
 #[tokio::test]
 async fn plain_echo_stores_nothing() {
-    sesphr_mesh::tls::install_crypto_provider();
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = tmp.path().join("pki");
-    sesphr_mesh::pki::DevPki::ensure(&pki, sesphr_identity::DEFAULT_TRUST_DOMAIN).unwrap();
+    let (tmp, pki) = dev_pki();
     let url = start(EchoServer::plain(), &pki).await;
     // An enrolled user's certificate (from the user CA), as the bench's
     // clients have.

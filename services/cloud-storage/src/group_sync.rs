@@ -101,16 +101,21 @@ impl GroupSync {
         let mut st = self.lock();
         st.syncing = false;
         st.syncs += 1;
-        match result {
-            Ok(()) => st.durable = st.durable.max(covers),
+        let r = match result {
+            Ok(()) => {
+                st.durable = st.durable.max(covers);
+                match &st.failed {
+                    Some(why) => Err(self.failed(why)),
+                    None => Ok(()),
+                }
+            }
+            // This caller gets the error itself; everyone after it, the
+            // refusal that names it.
             Err(e) => {
                 tracing::error!(what = self.what, error = %e, "a sync failed; no write is acknowledged from now on");
                 st.failed = Some(e.to_string());
+                Err(e)
             }
-        }
-        let r = match &st.failed {
-            Some(why) => Err(self.failed(why)),
-            None => Ok(()),
         };
         drop(st);
         self.done.notify_all();
