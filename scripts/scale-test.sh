@@ -59,7 +59,16 @@ cleanup() {
     # Closing the testkit's stdin stops PostgreSQL and Garage.
     exec 7>&- 2>/dev/null || true
     wait 2>/dev/null || true
-    if [ "${SCALE_TEST_KEEP:-}" = 1 ]; then echo "scale-test: kept $WORK"; else rm -rf "$WORK"; fi
+    if [ "${SCALE_TEST_KEEP:-}" = 1 ]; then echo "scale-test: kept $WORK"; return; fi
+    # PostgreSQL and Garage stop asynchronously once their stdin closes and
+    # may still write into $WORK for a moment: retry (bounded), and never let
+    # the clean-up turn a passing run into a failing one.
+    local i
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        rm -rf "$WORK" 2>/dev/null && return
+        sleep 0.5
+    done
+    echo "scale-test: could not remove $WORK" >&2
 }
 trap cleanup EXIT
 
