@@ -112,6 +112,23 @@ async fn blocking<T: Send + 'static>(
         .map_err(io_status)
 }
 
+/// `bytes` bytes of `fill` in messages of at most `chunk` bytes, all slices
+/// of one buffer (no copies, as the cheapest possible sender would do).
+fn chunks_of(fill: u8, bytes: u64, chunk: usize) -> impl Iterator<Item = EchoChunk> {
+    let buf = Bytes::from(vec![fill; chunk]);
+    let mut left = bytes;
+    std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        let n = left.min(chunk as u64) as usize;
+        left -= n as u64;
+        Some(EchoChunk {
+            data: buf.slice(..n),
+        })
+    })
+}
+
 struct Up(Option<Arc<Objects>>);
 
 impl tonic::server::ClientStreamingService<EchoChunk> for Up {
@@ -208,20 +225,7 @@ impl tonic::server::ServerStreamingService<EchoSize> for Down {
                     chunk,
                 )));
             }
-            // One buffer, shared by every message (no copies, as the
-            // cheapest possible server would do).
-            let buf = Bytes::from(vec![0x42u8; chunk]);
-            let mut left = bytes;
-            let stream = futures::stream::iter(std::iter::from_fn(move || {
-                if left == 0 {
-                    return None;
-                }
-                let n = left.min(chunk as u64) as usize;
-                left -= n as u64;
-                Some(Ok(EchoChunk {
-                    data: buf.slice(..n),
-                }))
-            }));
+            let stream = futures::stream::iter(chunks_of(0x42, bytes, chunk).map(Ok));
             Ok(tonic::Response::new(stream.boxed()))
         })
     }
@@ -302,18 +306,7 @@ impl EchoClient {
         grpc.ready()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let buf = Bytes::from(vec![0x17u8; chunk]);
-        let mut left = bytes;
-        let stream = futures::stream::iter(std::iter::from_fn(move || {
-            if left == 0 {
-                return None;
-            }
-            let n = left.min(chunk as u64) as usize;
-            left -= n as u64;
-            Some(EchoChunk {
-                data: buf.slice(..n),
-            })
-        }));
+        let stream = futures::stream::iter(chunks_of(0x17, bytes, chunk));
         let path = http::uri::PathAndQuery::from_static(ECHO_UP);
         let codec = tonic_prost::ProstCodec::<EchoChunk, EchoSize>::default();
         let r = grpc

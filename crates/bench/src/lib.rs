@@ -805,23 +805,35 @@ async fn updown_over(
     .await)
 }
 
-/// The same bytes over the echo service: up then down, 1 MiB + tag + owner
-/// signature each,
-/// in the chunks the SDK sends (one per 1 MiB segment).
-async fn echo_workload(
-    echo: &EchoProcess,
-    tls: &[TlsMaterial],
-    duration: Duration,
-) -> anyhow::Result<Stats> {
-    let size = client::ciphertext_len(MIB as u64, crypto::record::DEFAULT_SEGMENT_SIZE as u64);
+/// What the SDK sends for a record of `plain` bytes: the ciphertext's
+/// length, and the chunk size (one message per segment, with its tag and
+/// owner signature).
+fn as_the_sdk_sends(plain: u64) -> (u64, usize) {
+    let size = client::ciphertext_len(plain, crypto::record::DEFAULT_SEGMENT_SIZE as u64);
     let chunk = crypto::record::DEFAULT_SEGMENT_SIZE as usize + crypto::record::SEGMENT_OVERHEAD;
+    (size, chunk)
+}
+
+/// The same bytes as the 1 MiB records over an echo server in a process of
+/// its own (the durable one when `store` is given; its objects are removed
+/// afterwards): up then down, in the chunks the SDK sends. Also the
+/// server's and load generator's CPU.
+async fn echo_workload(
+    o: &Options,
+    pki: &Path,
+    store: Option<&Path>,
+    tls: &[TlsMaterial],
+) -> anyhow::Result<(Stats, CpuSplit)> {
+    let (size, chunk) = as_the_sdk_sends(MIB as u64);
+    let echo = EchoProcess::spawn(&o.exe, pki, store)?;
     let clients: Vec<Arc<EchoClient>> = tls
         .iter()
         .map(|t| EchoClient::connect(&echo.url, t).map(Arc::new))
         .collect::<anyhow::Result<_>>()?;
-    Ok(drive(
+    let cpu = CpuSplit::start(echo.pid());
+    let stats = drive(
         &clients,
-        duration,
+        o.duration,
         move |c: Arc<EchoClient>, _| async move {
             let (up, object) = c.up(size, chunk).await.map_err(err)?;
             let down = c.down(size, chunk, object).await.map_err(err)?;
@@ -831,7 +843,13 @@ async fn echo_workload(
             Ok(up + down)
         },
     )
-    .await)
+    .await;
+    let cpu = CpuSplit::since(cpu);
+    drop(echo);
+    if let Some(dir) = store {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok((stats, cpu))
 }
 
 /// A clinic at work: a quarter patients, the rest practitioners.
@@ -988,8 +1006,7 @@ async fn memory_workload(o: &Options, bytes: u64) -> anyhow::Result<BigRecord> {
     // The same bytes, one stream each way, over the plain echo service and
     // over the durable one.
     let tls = client::Profile::load(&homes.join("big0"))?.tls()?;
-    let size = client::ciphertext_len(bytes, crypto::record::DEFAULT_SEGMENT_SIZE as u64);
-    let chunk = crypto::record::DEFAULT_SEGMENT_SIZE as usize + crypto::record::SEGMENT_OVERHEAD;
+    let (size, chunk) = as_the_sdk_sends(bytes);
     let mut times = Vec::new();
     for store in [None, Some(dir.join("echo-objects"))] {
         let echo = EchoProcess::spawn(&o.exe, &d.pki_dir(), store.as_deref())?;
@@ -1244,18 +1261,9 @@ async fn run_into(o: &Options, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             .iter()
             .map(|h| client::Profile::load(h).and_then(|p| p.tls()))
             .collect::<Result<_, client::ClientError>>()?;
-        let echo = EchoProcess::spawn(&o.exe, &d.pki_dir(), None)?;
-        let cpu = CpuSplit::start(echo.pid());
-        let e = echo_workload(&echo, &tls, o.duration).await?;
-        let echo_cpu = CpuSplit::since(cpu);
-        drop(echo);
+        let (e, echo_cpu) = echo_workload(o, &d.pki_dir(), None, &tls).await?;
         let objects = o.work_dir.join("echo-objects");
-        let echo = EchoProcess::spawn(&o.exe, &d.pki_dir(), Some(&objects))?;
-        let cpu = CpuSplit::start(echo.pid());
-        let durable = echo_workload(&echo, &tls, o.duration).await?;
-        let durable_cpu = CpuSplit::since(cpu);
-        drop(echo);
-        let _ = std::fs::remove_dir_all(&objects);
+        let (durable, durable_cpu) = echo_workload(o, &d.pki_dir(), Some(&objects), &tls).await?;
         let cpu = CpuSplit::start(d.pid());
         let s = updown_workload(&d, &homes, o.stream_clients, o.duration).await?;
         let cpu = CpuSplit::since(cpu);

@@ -102,12 +102,11 @@ impl GroupSync {
         st.syncing = false;
         st.syncs += 1;
         let r = match result {
+            // Only a sync sets `failed`, and none ran beside this one, which
+            // started with `failed` unset.
             Ok(()) => {
                 st.durable = st.durable.max(covers);
-                match &st.failed {
-                    Some(why) => Err(self.failed(why)),
-                    None => Ok(()),
-                }
+                Ok(())
             }
             // This caller gets the error itself; everyone after it, the
             // refusal that names it.

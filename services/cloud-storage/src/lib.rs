@@ -89,10 +89,6 @@ pub const MAX_CHUNK_BYTES: usize = 4 << 20;
 /// Largest encoded record header, by default.
 pub const MAX_HEADER_BYTES: usize = 64 << 10;
 
-/// Marker values earlier versions wrote to `pending` (now only swept).
-#[cfg(test)]
-const PENDING_DELETE: u8 = 2;
-
 /// The shared error vocabulary of the services (`sesphr-domain`).
 pub use sesphr_domain::DomainError;
 

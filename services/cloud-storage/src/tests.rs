@@ -187,6 +187,10 @@ fn crash_mid_upload_is_swept_on_open() {
     put(&s, "torn", "alice", "medical", b"again");
 }
 
+/// The marker earlier versions wrote to `pending` for a delete in progress
+/// (stores they left still carry them; `open` sweeps them).
+const PENDING_DELETE: u8 = 2;
+
 #[test]
 fn crash_mid_delete_is_swept_on_open() {
     let dir = tempfile::tempdir().unwrap();
