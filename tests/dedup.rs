@@ -319,3 +319,43 @@ async fn per_owner_scope_stores_one_copy_per_owner() {
     assert_eq!(blob_files(&s), 2);
     s.shutdown().await;
 }
+
+/// The stored blob, changed under the mesh's feet (a cloud insider): a
+/// flipped byte in a middle segment or a cut at a segment boundary fails
+/// the download, and nothing past the last segment that verified is
+/// written, though segments are opened on every core.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_blob_is_refused_where_it_breaks() {
+    const SEG: usize = 1 << 20;
+    const UNIT: usize = SEG + 16;
+    let s = Sandbox::start().await;
+    let data = content(4 * SEG + 5, 7);
+    let p = s.patient("ann").await;
+    let (rec, _) = upload(&p, &data).await;
+    let dir = s.dir.path().join("mesh/cloud-storage/blobs.v2");
+    let blob = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_file())
+        .expect("one blob file");
+    let original = std::fs::read(&blob).unwrap();
+    let mut flipped = original.clone();
+    flipped[9 + 2 * UNIT + 100] ^= 1;
+    let cut = original[..9 + 2 * UNIT].to_vec();
+    for (what, bytes) in [("a flipped byte", flipped), ("a cut", cut)] {
+        std::fs::write(&blob, &bytes).unwrap();
+        let mut out = Vec::new();
+        let res = p
+            .download(&rec.record_id, &mut out, client::no_progress())
+            .await;
+        assert!(res.is_err(), "{what}: the download must fail");
+        assert!(
+            out.len() <= 2 * SEG && data.starts_with(&out),
+            "{what}: only verified segments before the damage are written ({} bytes)",
+            out.len()
+        );
+    }
+    std::fs::write(&blob, &original).unwrap();
+    assert_eq!(download(&p, &rec.record_id).await.unwrap(), data);
+    s.shutdown().await;
+}

@@ -61,6 +61,7 @@ async fn run(mib: u64) {
     // Patients register themselves on a dev mesh: no invitation.
     let token = "";
     let mut times = Vec::new();
+    let mut first_owner = None;
     for i in 0..OWNERS {
         let id = format!("owner{i}");
         let home = tmp.path().join("users").join(&id);
@@ -70,15 +71,19 @@ async fn run(mib: u64) {
         let p = Patient::open(&mesh.mesh, &home).unwrap();
         let f = std::fs::File::open(&file).unwrap();
         let start = Instant::now();
-        let (_, stored) = p
+        let (record, stored) = p
             .upload_dedup("imaging", f, len, client::no_progress())
             .await
             .unwrap();
         times.push((start.elapsed(), stored));
+        first_owner.get_or_insert((p, record.record_id));
     }
-    let stored = dir_bytes(&tmp.path().join("mesh/cloud-storage/blobs"))
-        + dir_bytes(&tmp.path().join("mesh/cloud-storage/objects"));
-    let sled = dir_bytes(&tmp.path().join("mesh/cloud-storage")) - stored;
+    // CloudStorage's layout (services/cloud-storage/src/layout.rs): blobs
+    // and records beside the metadata database.
+    let cs = tmp.path().join("mesh/cloud-storage");
+    let stored = dir_bytes(&cs.join("blobs.v2")) + dir_bytes(&cs.join("records"));
+    let sled = dir_bytes(&cs.join("metadata"));
+    assert!(stored > 0, "the layout named here is CloudStorage's");
     let one_copy = sesphr_client::dedup_blob_len(len);
     assert_eq!(times[0].1, Stored::New);
     assert!(times[1..].iter().all(|(_, s)| *s == Stored::Deduplicated));
@@ -103,5 +108,24 @@ async fn run(mib: u64) {
         dups.len(),
         dup_mean / first
     );
+    // Reading it back (min of 3): the blob streamed, opened and checked
+    // against its id.
+    let (owner, record_id) = first_owner.expect("an owner uploaded");
+    let back = tmp.path().join("back.bin");
+    let mut down = f64::INFINITY;
+    for _ in 0..3 {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&back).unwrap());
+        let start = Instant::now();
+        owner
+            .download(&record_id, &mut out, client::no_progress())
+            .await
+            .unwrap();
+        down = down.min(start.elapsed().as_secs_f64());
+    }
+    assert!(
+        std::fs::read(&back).unwrap() == std::fs::read(&file).unwrap(),
+        "the download is the file"
+    );
+    println!("| download (min of 3) | {down:.2} s |");
     mesh.shutdown().await.unwrap();
 }

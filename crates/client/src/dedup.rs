@@ -16,13 +16,15 @@ use std::io::{Read, Seek, SeekFrom};
 
 use sesphr_crypto::record::DemKeySource;
 use sesphr_crypto::{self as crypto, KemKey, RecordHeader};
+use sesphr_dedup::convergent::BLOB_HEADER_LEN;
 use sesphr_dedup::pow::{Challenge, ProofBuilder};
 use sesphr_dedup::{BlobOpener, BlobSealer, ContentKey, Sha256Hasher};
 
 use super::{ClientError, Patient, Progress, Record, check_partition, rpc, unary};
+use crate::parallel;
 use crate::types::record_of;
 use crate::upload::{self, read_err};
-use sesphr::proto::{self, get_record_response};
+use sesphr::proto;
 
 /// Whether an upload stored new bytes or linked to an equal stored blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +108,7 @@ fn seal<R: Read + Seek>(
     if !emit(sealer.header_bytes().to_vec())? {
         return Ok(());
     }
-    upload::seal_segments(input, len, SEGMENT, sealer, emit)?;
+    upload::seal_all(input, len, SEGMENT, sealer, emit)?;
     Ok(())
 }
 
@@ -283,38 +285,32 @@ pub(super) async fn download_blob(
         header.unsigned_bytes(),
     )
     .map_err(|_| ClientError::Crypto(crypto::Error::DecryptionFailed))?;
-    let mut opener = BlobOpener::new(&content_key);
-    let write_err = |e| ClientError::Io {
-        path: "output".into(),
-        source: e,
-    };
-    let mut done = 0u64;
+    // The blob's header comes first; its segments are then opened on
+    // every core, as a record's are.
     let mut blob_hash = Sha256Hasher::new();
-    while let Some(msg) = stream.message().await.map_err(rpc("CloudStorage"))? {
-        let chunk = match msg.part {
-            Some(get_record_response::Part::Chunk(c)) => c,
-            _ => {
-                return Err(ClientError::Verification(
-                    "CloudStorage sent metadata twice".into(),
-                ));
-            }
-        };
+    let mut done = 0u64;
+    let mut seen = |chunk: &[u8]| {
+        blob_hash.update(chunk);
         done += chunk.len() as u64;
-        blob_hash.update(&chunk);
-        for seg in opener
-            .push(&chunk)
-            .map_err(|_| ClientError::Crypto(crypto::Error::DecryptionFailed))?
-        {
-            out.write_all(&seg).map_err(write_err)?;
-        }
         progress(done);
+    };
+    let mut head = Vec::with_capacity(BLOB_HEADER_LEN);
+    while head.len() < BLOB_HEADER_LEN {
+        let Some(chunk) = parallel::next_chunk(&mut stream).await? else {
+            return Err(ClientError::Crypto(crypto::Error::Truncated));
+        };
+        seen(&chunk);
+        head.extend_from_slice(&chunk);
     }
-    let last = opener.finish().map_err(|e| match e {
-        sesphr_dedup::Error::Truncated => ClientError::Crypto(crypto::Error::Truncated),
-        _ => ClientError::Crypto(crypto::Error::DecryptionFailed),
-    })?;
-    out.write_all(&last).map_err(write_err)?;
-    out.flush().map_err(write_err)?;
+    let mut opener = BlobOpener::new(&content_key);
+    opener
+        .push(&head[..BLOB_HEADER_LEN])
+        .map_err(|_| ClientError::Crypto(crypto::Error::DecryptionFailed))?;
+    let (_, cipher) = opener
+        .into_parallel()
+        .map_err(|_| ClientError::Crypto(crypto::Error::DecryptionFailed))?;
+    let opener = parallel::ParallelOpener::new(cipher);
+    parallel::open_stream(opener, &head[BLOB_HEADER_LEN..], &mut stream, out, seen).await?;
     if blob_hash.finalize().as_slice() != meta.blob_id.as_slice() {
         return Err(ClientError::Verification(
             "the blob CloudStorage served does not match its id".into(),

@@ -662,49 +662,15 @@ impl Session {
             dedup::download_blob(&meta, header, &key, stream, out, progress).await?;
             return Ok(record);
         }
-        let mut opener = parallel::ParallelOpener::new(
+        let opener = parallel::ParallelOpener::new(
             RecordOpener::new(header, &key, &owner_key)?.into_parallel()?,
         );
         let mut done = 0u64;
-        loop {
-            // Segments are written as soon as they verify, also while the
-            // next message is awaited.
-            let next = loop {
-                tokio::select! {
-                    next = stream.message() => break next,
-                    plain = opener.oldest() => {
-                        out.write_all(&plain?).map_err(parallel::write_err)?;
-                    }
-                }
-            };
-            // A segment already received that fails is reported before
-            // whatever the transport did next, as when opening one by one.
-            let msg = match next {
-                Ok(Some(msg)) => msg,
-                Ok(None) => break,
-                Err(status) => {
-                    opener.drain(out).await?;
-                    return Err(rpc("CloudStorage")(status));
-                }
-            };
-            let chunk = match msg.part {
-                Some(get_record_response::Part::Chunk(c)) => c,
-                _ => {
-                    opener.drain(out).await?;
-                    return Err(ClientError::Verification(
-                        "CloudStorage sent metadata twice".into(),
-                    ));
-                }
-            };
+        parallel::open_stream(opener, &[], &mut stream, out, |chunk| {
             done += chunk.len() as u64;
-            opener.push(&chunk, out).await?;
             progress(done);
-        }
-        opener.finish(out).await?;
-        out.flush().map_err(|e| ClientError::Io {
-            path: "output".into(),
-            source: e,
-        })?;
+        })
+        .await?;
         Ok(record)
     }
 
@@ -1160,12 +1126,7 @@ fn seal_stream(
         progress(done);
         Ok(send(chunk))
     };
-    let all_sent = if parallel::worth_it(len, seg) {
-        let sealer = sealer.into_parallel()?;
-        parallel::seal_segments(&mut reader, len, seg, &sealer, emit)?
-    } else {
-        upload::seal_segments(&mut reader, len, seg, sealer, emit)?
-    };
+    let all_sent = upload::seal_all(&mut reader, len, seg, sealer, emit)?;
     // Not all sent: the upload call ended early, and its error is reported.
     if all_sent {
         // The input must end where it said it would.

@@ -1,6 +1,7 @@
-//! Sealing and opening a record's segments on every core. Segment `i` of a
-//! STREAM depends only on the key, the nonce prefix, `i` and the last flag,
-//! so a record's segments are sealed (or opened and verified) by several
+//! Sealing and opening a record's (or a deduplicated blob's) segments on
+//! every core. Segment `i` of a STREAM depends only on the key, the nonce
+//! prefix, `i` and the last flag, so the segments are sealed (or opened and
+//! verified) by several
 //! threads at once and put back in order: the bytes on the wire and the
 //! plaintext written out are those of the sequential sealer and opener.
 //!
@@ -11,8 +12,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex, mpsc};
 
+use bytes::Bytes;
+use sesphr::proto::{self, get_record_response};
+use sesphr_crypto::stream::SegmentCipher;
 use sesphr_crypto::{self as crypto, RecordSegmentOpener, RecordSegmentSealer};
 use tokio::task::JoinHandle;
+use tonic::Streaming;
 
 use crate::ClientError;
 use crate::upload::read_err;
@@ -34,6 +39,53 @@ pub(crate) fn worth_it(len: u64, seg: u64) -> bool {
     workers() > 1 && len > seg
 }
 
+/// Seals segment `i` at any index, from any thread: a record's segments
+/// (signed) or a deduplicated blob's.
+pub(crate) trait SealAt: Sync {
+    /// Bytes sealing adds to a segment.
+    const OVERHEAD: usize;
+    fn seal_at(&self, index: u32, last: bool, buf: &mut Vec<u8>) -> crypto::Result<()>;
+}
+
+impl SealAt for RecordSegmentSealer {
+    const OVERHEAD: usize = crypto::record::SEGMENT_OVERHEAD;
+    fn seal_at(&self, index: u32, last: bool, buf: &mut Vec<u8>) -> crypto::Result<()> {
+        RecordSegmentSealer::seal_at(self, index, last, buf)
+    }
+}
+
+impl SealAt for SegmentCipher {
+    const OVERHEAD: usize = crypto::stream::TAG_LEN;
+    fn seal_at(&self, index: u32, last: bool, buf: &mut Vec<u8>) -> crypto::Result<()> {
+        SegmentCipher::seal_at(self, index, last, buf)
+    }
+}
+
+/// Opens segment `i` at any index, from any thread.
+pub(crate) trait OpenAt: Send + Sync + 'static {
+    /// Length of a sealed non-last segment.
+    fn unit(&self) -> usize;
+    fn open_at(&self, index: u32, last: bool, buf: &mut Vec<u8>) -> crypto::Result<()>;
+}
+
+impl OpenAt for RecordSegmentOpener {
+    fn unit(&self) -> usize {
+        RecordSegmentOpener::unit(self)
+    }
+    fn open_at(&self, index: u32, last: bool, buf: &mut Vec<u8>) -> crypto::Result<()> {
+        RecordSegmentOpener::open_at(self, index, last, buf)
+    }
+}
+
+impl OpenAt for SegmentCipher {
+    fn unit(&self) -> usize {
+        self.segment_len() + crypto::stream::TAG_LEN
+    }
+    fn open_at(&self, index: u32, last: bool, buf: &mut Vec<u8>) -> crypto::Result<()> {
+        SegmentCipher::open_at(self, index, last, buf)
+    }
+}
+
 fn too_many_segments() -> ClientError {
     ClientError::Crypto(crypto::Error::InvalidParameter(
         "record has too many segments",
@@ -45,11 +97,11 @@ fn too_many_segments() -> ClientError {
 /// concurrently and hands them to `emit` strictly in order (false: stop
 /// early). Input is read and `emit` called on the calling thread. Returns
 /// whether every segment was emitted.
-pub(crate) fn seal_segments(
+pub(crate) fn seal_segments<S: SealAt>(
     input: &mut impl Read,
     len: u64,
     seg: u64,
-    sealer: &RecordSegmentSealer,
+    sealer: &S,
     mut emit: impl FnMut(Vec<u8>) -> Result<bool, ClientError>,
 ) -> Result<bool, ClientError> {
     let count = len.div_ceil(seg).max(1);
@@ -58,7 +110,7 @@ pub(crate) fn seal_segments(
         return Err(too_many_segments());
     }
     let window = window() as u64;
-    let room = crypto::record::SEGMENT_OVERHEAD;
+    let room = S::OVERHEAD;
     type Sealed = (u64, crypto::Result<Vec<u8>>);
     let (jobs, job_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(window as usize);
     let job_rx = Mutex::new(job_rx);
@@ -165,8 +217,8 @@ type Opening = JoinHandle<crypto::Result<Vec<u8>>>;
 /// [`window`] at once, and written out strictly in order: a segment is
 /// written once it and every one before it verified, and the first that
 /// fails stops the writing with the error the sequential opener gives.
-pub(crate) struct ParallelOpener {
-    opener: Arc<RecordSegmentOpener>,
+pub(crate) struct ParallelOpener<O: OpenAt> {
+    opener: Arc<O>,
     units: Units,
     in_flight: VecDeque<Opening>,
     next: u32,
@@ -180,8 +232,8 @@ pub(crate) fn write_err(e: std::io::Error) -> ClientError {
     }
 }
 
-impl ParallelOpener {
-    pub(crate) fn new(opener: RecordSegmentOpener) -> Self {
+impl<O: OpenAt> ParallelOpener<O> {
+    pub(crate) fn new(opener: O) -> Self {
         let units = Units::new(opener.unit());
         Self {
             opener: Arc::new(opener),
@@ -269,6 +321,67 @@ impl ParallelOpener {
         self.spawn(last, true);
         self.write_oldest(out).await
     }
+}
+
+/// The next chunk of a record's ciphertext, `None` at the end of the
+/// stream.
+pub(crate) async fn next_chunk(
+    stream: &mut Streaming<proto::GetRecordResponse>,
+) -> Result<Option<Bytes>, ClientError> {
+    match stream.message().await.map_err(crate::rpc("CloudStorage"))? {
+        None => Ok(None),
+        Some(msg) => chunk_of(msg).map(Some),
+    }
+}
+
+fn chunk_of(msg: proto::GetRecordResponse) -> Result<Bytes, ClientError> {
+    match msg.part {
+        Some(get_record_response::Part::Chunk(c)) => Ok(c),
+        _ => Err(ClientError::Verification(
+            "CloudStorage sent metadata twice".into(),
+        )),
+    }
+}
+
+/// Opens the rest of a record's ciphertext with `opener`: `leading` (bytes
+/// of it already taken off the stream), then every chunk that arrives,
+/// each shown to `seen` first (a hash, the progress). Segments are written
+/// as soon as they and every one before them verified, also while the next
+/// message is awaited; at the end what is left is opened as the last
+/// segment. A segment already received that fails is reported before
+/// whatever the transport did next, as when opening one by one.
+pub(crate) async fn open_stream<O: OpenAt>(
+    mut opener: ParallelOpener<O>,
+    leading: &[u8],
+    stream: &mut Streaming<proto::GetRecordResponse>,
+    out: &mut (dyn Write + Send),
+    mut seen: impl FnMut(&[u8]),
+) -> Result<(), ClientError> {
+    opener.push(leading, out).await?;
+    loop {
+        let next = loop {
+            tokio::select! {
+                next = stream.message() => break next,
+                plain = opener.oldest() => out.write_all(&plain?).map_err(write_err)?,
+            }
+        };
+        let chunk = match next.map_err(crate::rpc("CloudStorage")) {
+            Ok(None) => break,
+            Ok(Some(msg)) => chunk_of(msg),
+            Err(e) => Err(e),
+        };
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                opener.drain(out).await?;
+                return Err(e);
+            }
+        };
+        seen(&chunk);
+        opener.push(&chunk, out).await?;
+    }
+    opener.finish(out).await?;
+    out.flush().map_err(write_err)
 }
 
 #[cfg(test)]

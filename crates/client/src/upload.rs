@@ -6,11 +6,13 @@
 use std::io::Read;
 
 use sesphr::proto::{self, put_record_request};
-use sesphr_crypto::RecordSealer;
+use sesphr_crypto::stream::SegmentCipher;
+use sesphr_crypto::{RecordSealer, RecordSegmentSealer};
 use sesphr_dedup::BlobSealer;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::parallel::{self, SealAt};
 use crate::types::reply_to_upload;
 use crate::{ClientError, Record, raw::MeshClients, rpc};
 
@@ -19,12 +21,17 @@ const UPLOAD_QUEUE: usize = 2;
 
 /// A streaming sealer: every segment but the last is exactly one segment
 /// long; the last one consumes the sealer.
-pub(crate) trait SegmentSealer {
+pub(crate) trait SegmentSealer: Sized {
+    /// The same sealer, addressed by index from any thread.
+    type Parallel: SealAt;
     fn seal_segment(&mut self, buf: &mut Vec<u8>) -> Result<(), ClientError>;
     fn seal_last(self, buf: &mut Vec<u8>) -> Result<(), ClientError>;
+    fn into_parallel(self) -> Result<Self::Parallel, ClientError>;
 }
 
 impl SegmentSealer for RecordSealer {
+    type Parallel = RecordSegmentSealer;
+
     fn seal_segment(&mut self, buf: &mut Vec<u8>) -> Result<(), ClientError> {
         Ok(self.seal_segment_in_place(buf)?)
     }
@@ -32,9 +39,15 @@ impl SegmentSealer for RecordSealer {
     fn seal_last(self, buf: &mut Vec<u8>) -> Result<(), ClientError> {
         Ok(self.seal_last_in_place(buf)?)
     }
+
+    fn into_parallel(self) -> Result<Self::Parallel, ClientError> {
+        Ok(RecordSealer::into_parallel(self)?)
+    }
 }
 
 impl SegmentSealer for BlobSealer {
+    type Parallel = SegmentCipher;
+
     fn seal_segment(&mut self, buf: &mut Vec<u8>) -> Result<(), ClientError> {
         self.seal_segment_in_place(buf)
             .map_err(crate::dedup::dedup_err)
@@ -43,6 +56,29 @@ impl SegmentSealer for BlobSealer {
     fn seal_last(self, buf: &mut Vec<u8>) -> Result<(), ClientError> {
         self.seal_last_in_place(buf)
             .map_err(crate::dedup::dedup_err)
+    }
+
+    fn into_parallel(self) -> Result<Self::Parallel, ClientError> {
+        BlobSealer::into_parallel(self).map_err(crate::dedup::dedup_err)
+    }
+}
+
+/// Reads exactly `len` bytes from `input`, seals them in segments of `seg`
+/// bytes and hands them to `emit` in order (false: stop early): on every
+/// core when there is more than one segment, where it is otherwise.
+/// Returns whether every segment was emitted.
+pub(crate) fn seal_all<S: SegmentSealer>(
+    input: &mut impl Read,
+    len: u64,
+    seg: u64,
+    sealer: S,
+    emit: impl FnMut(Vec<u8>) -> Result<bool, ClientError>,
+) -> Result<bool, ClientError> {
+    if parallel::worth_it(len, seg) {
+        let sealer = sealer.into_parallel()?;
+        parallel::seal_segments(input, len, seg, &sealer, emit)
+    } else {
+        seal_segments(input, len, seg, sealer, emit)
     }
 }
 

@@ -222,6 +222,18 @@ impl StreamSealer {
         self.shared.position
     }
 
+    /// The cipher, sealing each segment at an index the caller gives, from
+    /// any thread. Only before the first segment was sealed here, so that
+    /// no index is sealed twice by the two.
+    pub fn into_parallel(self) -> Result<SegmentCipher> {
+        if self.shared.position != 0 {
+            return Err(Error::InvalidParameter(
+                "a stream sealer goes parallel before its first segment only",
+            ));
+        }
+        Ok(self.shared.cipher)
+    }
+
     /// Seals one non-last segment; `plaintext` must be exactly
     /// `segment_len` bytes. Returns `segment_len + 16` bytes.
     pub fn seal_segment(&mut self, plaintext: &[u8]) -> Result<Vec<u8>> {
@@ -390,6 +402,18 @@ impl StreamOpener {
     /// Number of pushed ciphertext bytes not yet opened.
     pub fn buffered(&self) -> usize {
         self.ahead.len()
+    }
+
+    /// The cipher, opening each segment at an index the caller gives, from
+    /// any thread. Only before anything was pushed or opened here.
+    pub fn into_parallel(self) -> Result<SegmentCipher> {
+        self.check_poison()?;
+        if self.shared.position != 0 || !self.ahead.is_empty() {
+            return Err(Error::InvalidParameter(
+                "a stream opener goes parallel before its first segment only",
+            ));
+        }
+        Ok(self.shared.cipher)
     }
 
     fn segment_ct_len(&self) -> usize {

@@ -55,7 +55,7 @@ use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit};
 use hkdf::Hkdf;
 use rand_core::CryptoRng;
-use sesphr_crypto::stream::{self, StreamOpener, StreamSealer};
+use sesphr_crypto::stream::{self, SegmentCipher, StreamOpener, StreamSealer};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
@@ -323,6 +323,14 @@ impl BlobSealer {
             .map_err(Error::from_stream)
     }
 
+    /// The same sealer, sealing each segment at an index the caller gives,
+    /// from any thread (segment `i` comes out exactly as the `i`-th of the
+    /// sequential sealer). Only before the first segment was sealed here.
+    /// **Seal each index once**: see [`SegmentCipher`].
+    pub fn into_parallel(self) -> Result<SegmentCipher> {
+        self.stream.into_parallel().map_err(Error::from_stream)
+    }
+
     /// Seals the last segment (`0..=segment_size` bytes) and ends the blob.
     pub fn seal_last(self, plaintext: &[u8]) -> Result<Vec<u8>> {
         self.stream.seal_last(plaintext).map_err(Error::from_stream)
@@ -401,6 +409,21 @@ impl BlobOpener {
         }
         let (_, opener) = self.state.as_mut().expect("header parsed");
         opener.push(data).map_err(Error::from_stream)
+    }
+
+    /// The same opener, opening each segment at an index the caller gives,
+    /// from any thread, and the blob's header. Only once exactly the
+    /// header's 9 bytes were pushed, nothing more: the segments that follow
+    /// are the caller's to cut (each `segment_size + 16` bytes but the
+    /// last) and open in order of index.
+    pub fn into_parallel(self) -> Result<(BlobHeader, SegmentCipher)> {
+        if self.poisoned {
+            return Err(Error::DecryptionFailed);
+        }
+        let Some((header, opener)) = self.state else {
+            return Err(Error::Truncated);
+        };
+        Ok((header, opener.into_parallel().map_err(Error::from_stream)?))
     }
 
     /// Authenticates and returns the last segment. Fails with
