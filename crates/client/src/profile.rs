@@ -333,18 +333,12 @@ impl Profile {
 
     /// The profile's user id.
     pub fn user_id(&self) -> &str {
-        self.identity
-            .as_user()
-            .map(|(_, id)| id)
-            .unwrap_or_default()
+        user_of(&self.identity).1
     }
 
     /// The profile's role.
     pub fn role(&self) -> Role {
-        self.identity
-            .as_user()
-            .map(|(r, _)| r)
-            .unwrap_or(Role::Patient)
+        user_of(&self.identity).0
     }
 
     /// Reads the master secret every key of the user derives from.
@@ -527,6 +521,13 @@ fn sync_dir(dir: &Path) -> Result<(), ClientError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| ClientError::io(dir, e))
+}
+
+/// A profile's or a backup's identity as (role, user id). Both are checked
+/// to be a user's when they are read or made, so the fallback is never
+/// what a caller sees.
+pub(crate) fn user_of(identity: &Identity) -> (Role, &str) {
+    identity.as_user().unwrap_or((Role::Patient, ""))
 }
 
 #[cfg(test)]

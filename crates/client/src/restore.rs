@@ -120,18 +120,12 @@ impl Backup {
 
     /// The user id.
     pub fn user_id(&self) -> &str {
-        self.identity
-            .as_user()
-            .map(|(_, id)| id)
-            .unwrap_or_default()
+        crate::profile::user_of(&self.identity).1
     }
 
     /// The role.
     pub fn role(&self) -> Role {
-        self.identity
-            .as_user()
-            .map(|(r, _)| r)
-            .unwrap_or(Role::Patient)
+        crate::profile::user_of(&self.identity).0
     }
 
     /// The key epochs when it was made.

@@ -27,8 +27,9 @@ pub use caller::{Caller, witness_name_of_node};
 pub use cert::identity_from_cert_der;
 pub use ids::{PartitionName, RecordId, UserId};
 pub use names::{
-    MAX_PARTITION_LEN, MAX_RECORD_ID_LEN, MAX_USER_ID_LEN, STANDARD_PARTITIONS, validate_partition,
-    validate_record_id, validate_user_id,
+    MAX_DEVICE_NAME_LEN, MAX_PARTITION_LEN, MAX_RECORD_ID_LEN, MAX_USER_ID_LEN,
+    STANDARD_PARTITIONS, validate_device_name, validate_partition, validate_record_id,
+    validate_user_id,
 };
 
 /// The trust domain used by `sesphrd dev` when none is configured.
@@ -50,6 +51,9 @@ pub enum IdentityError {
     )]
     /// A record id breaks its syntax.
     InvalidRecordId(String),
+    #[error("invalid device name {0:?}: expected 1-32 characters of [a-z0-9-]")]
+    /// A device name breaks its syntax.
+    InvalidDeviceName(String),
     #[error(
         "unknown role {0:?}: expected one of patient, doctor, nurse, pharmacist, insurer, researcher, family, friend, emergency"
     )]

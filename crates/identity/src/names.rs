@@ -1,4 +1,4 @@
-//! Syntax of user ids, record ids and partition names: each is written here
+//! Syntax of user ids, record ids, partition names and device names: each is written here
 //! once, and every service and client checks it through these functions.
 //!
 //! Both end up in certificate SANs, sled keys and file names, so they are
@@ -13,6 +13,8 @@ pub const MAX_USER_ID_LEN: usize = 64;
 pub const MAX_PARTITION_LEN: usize = 32;
 /// Longest record id, in bytes.
 pub const MAX_RECORD_ID_LEN: usize = 128;
+/// Longest device name, in bytes.
+pub const MAX_DEVICE_NAME_LEN: usize = 32;
 
 /// The partitions every client knows by name; any other valid name also works.
 pub const STANDARD_PARTITIONS: [&str; 5] =
@@ -53,18 +55,31 @@ pub fn validate_record_id(id: &str) -> Result<(), IdentityError> {
 
 /// A partition name is `[a-z0-9-]{1,32}`.
 pub fn validate_partition(partition: &str) -> Result<(), IdentityError> {
-    let ok = !partition.is_empty()
-        && partition.len() <= MAX_PARTITION_LEN
-        && partition
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
+    if short_name(partition, MAX_PARTITION_LEN) {
         Ok(())
     } else {
         Err(IdentityError::InvalidPartition(truncate_for_error(
             partition,
         )))
     }
+}
+
+/// A device name (one enrolment of a user, named in its certificate's
+/// subject and keyed in the deny list) is `[a-z0-9-]{1,32}`.
+pub fn validate_device_name(name: &str) -> Result<(), IdentityError> {
+    if short_name(name, MAX_DEVICE_NAME_LEN) {
+        Ok(())
+    } else {
+        Err(IdentityError::InvalidDeviceName(truncate_for_error(name)))
+    }
+}
+
+/// 1 to `max` bytes of `[a-z0-9-]`: partitions and device names.
+fn short_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Hostile input can be megabytes long; error messages quote only its start.
@@ -102,6 +117,28 @@ mod tests {
         ] {
             assert!(validate_user_id(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn device_names() {
+        for ok in ["a", "laptop-2", "0", &"d".repeat(MAX_DEVICE_NAME_LEN)] {
+            validate_device_name(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "Laptop",
+            "a b",
+            "x/y",
+            "a.b",
+            "a_b",
+            "é",
+            &"d".repeat(MAX_DEVICE_NAME_LEN + 1),
+        ] {
+            assert!(validate_device_name(bad).is_err(), "{bad:?}");
+        }
+        // A status message quotes no megabyte of the caller's.
+        let huge = "x".repeat(1 << 20);
+        assert!(validate_device_name(&huge).unwrap_err().to_string().len() < 200);
     }
 
     #[test]

@@ -32,23 +32,11 @@ fn device_key(user_id: &str, device: &str) -> Vec<u8> {
     k
 }
 
-/// The longest device name (the SRS's rule, checked again here).
-pub const MAX_DEVICE_NAME_LEN: usize = 32;
-
-/// A device name as the deny list keys it: 1 to [`MAX_DEVICE_NAME_LEN`] of
-/// `[a-z0-9-]` (every backend checks it here).
+/// A device name as the deny list keys it: the mesh's one rule
+/// ([`sesphr_identity::validate_device_name`]), checked by every backend
+/// here.
 pub(crate) fn check_device_name(device: &str) -> Result<(), DomainError> {
-    if device.is_empty()
-        || device.len() > MAX_DEVICE_NAME_LEN
-        || !device
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return Err(DomainError::Malformed(format!(
-            "device name must be 1 to {MAX_DEVICE_NAME_LEN} of [a-z0-9-]"
-        )));
-    }
-    Ok(())
+    sesphr_identity::validate_device_name(device).map_err(|e| DomainError::Malformed(e.to_string()))
 }
 
 /// The reason audited with a deny-list change: a printable field of at
@@ -67,6 +55,70 @@ fn version_of(v: &[u8]) -> Result<u64, DomainError> {
     <[u8; 8]>::try_from(v)
         .map(u64::from_be_bytes)
         .map_err(|_| DomainError::Corrupt("a deny-list version is not 8 bytes".into()))
+}
+
+/// The audit entry of a user's disable or enable (every backend writes
+/// this one): what changed, or that nothing did, and the reason.
+pub(crate) fn user_status_event(
+    actor: &str,
+    user_id: &str,
+    disabled: bool,
+    changed: bool,
+    version: u64,
+    reason: &str,
+) -> AuditEvent {
+    let (rpc, verb) = if disabled {
+        (Rpc::DisableUser, "disabled")
+    } else {
+        (Rpc::EnableUser, "enabled")
+    };
+    let detail = if changed {
+        format!("{verb} {user_id} (deny list version {version})")
+    } else {
+        format!("{user_id} was already {verb}")
+    };
+    deny_event(actor, rpc, user_id, detail, reason)
+}
+
+/// The audit entry of a device's revocation (every backend writes this
+/// one).
+pub(crate) fn device_event(
+    actor: &str,
+    user_id: &str,
+    device: &str,
+    until: i64,
+    changed: bool,
+    version: u64,
+    reason: &str,
+) -> AuditEvent {
+    let detail = if changed {
+        format!("revoked device {device} of {user_id} until {until} (deny list version {version})")
+    } else {
+        format!("device {device} of {user_id} was already revoked")
+    };
+    deny_event(actor, Rpc::RevokeDevice, user_id, detail, reason)
+}
+
+fn deny_event(
+    actor: &str,
+    rpc: Rpc,
+    subject: &str,
+    mut detail: String,
+    reason: &str,
+) -> AuditEvent {
+    if !reason.is_empty() {
+        detail.push_str(&format!(": {reason}"));
+    }
+    AuditEvent {
+        actor: actor.to_owned(),
+        action: AuditAction::Served(rpc),
+        owner_id: String::new(),
+        partition: String::new(),
+        subject: subject.to_owned(),
+        record_id: String::new(),
+        outcome: Outcome::Ok,
+        detail,
+    }
 }
 
 fn decode_device_value(v: &[u8]) -> Result<(u64, i64), DomainError> {
@@ -123,29 +175,7 @@ impl PolicyStore {
                 );
                 cx.put_deny_entry(VERSION_KEY.to_vec(), Some(value));
             }
-            let (rpc, verb) = if disabled {
-                (Rpc::DisableUser, "disabled")
-            } else {
-                (Rpc::EnableUser, "enabled")
-            };
-            let mut detail = if changed {
-                format!("{verb} {user_id} (deny list version {version})")
-            } else {
-                format!("{user_id} was already {verb}")
-            };
-            if !reason.is_empty() {
-                detail.push_str(&format!(": {reason}"));
-            }
-            let event = AuditEvent {
-                actor,
-                action: AuditAction::Served(rpc),
-                owner_id: String::new(),
-                partition: String::new(),
-                subject: user_id,
-                record_id: String::new(),
-                outcome: Outcome::Ok,
-                detail,
-            };
+            let event = user_status_event(&actor, &user_id, disabled, changed, version, &reason);
             Ok(((changed, version), event))
         })?;
         Ok((changed, version))
@@ -244,27 +274,7 @@ impl PolicyStore {
             if version != current {
                 cx.put_deny_entry(VERSION_KEY.to_vec(), Some(version.to_be_bytes().to_vec()));
             }
-            let mut detail = if changed {
-                format!(
-                    "revoked device {device} of {user_id} until {until} (deny list version \
-                     {version})"
-                )
-            } else {
-                format!("device {device} of {user_id} was already revoked")
-            };
-            if !reason.is_empty() {
-                detail.push_str(&format!(": {reason}"));
-            }
-            let event = AuditEvent {
-                actor,
-                action: AuditAction::Served(Rpc::RevokeDevice),
-                owner_id: String::new(),
-                partition: String::new(),
-                subject: user_id,
-                record_id: String::new(),
-                outcome: Outcome::Ok,
-                detail,
-            };
+            let event = device_event(&actor, &user_id, &device, until, changed, version, &reason);
             Ok(((changed, version), event))
         })?;
         Ok((changed, version))

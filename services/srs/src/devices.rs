@@ -15,8 +15,7 @@ pub const MAX_ACTIVE_DEVICES: usize = 16;
 /// Most device records kept per user, removed ones included (a removed
 /// device is forgotten once its last certificate has expired).
 pub const MAX_DEVICE_RECORDS: usize = 64;
-/// Longest device name.
-pub const MAX_DEVICE_NAME_LEN: usize = 32;
+pub use sesphr_identity::MAX_DEVICE_NAME_LEN;
 
 /// One device of a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,26 +41,10 @@ impl DeviceRecord {
     }
 }
 
-/// Checks a device name's syntax.
+/// Checks a device name's syntax (the mesh's one rule,
+/// [`sesphr_identity::validate_device_name`]).
 pub fn validate_name(name: &str) -> Result<(), DomainError> {
-    if name.is_empty()
-        || name.len() > MAX_DEVICE_NAME_LEN
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        // Named back only when short: a status message echoes no
-        // megabyte of the caller's.
-        let shown = if name.len() <= MAX_DEVICE_NAME_LEN * 2 {
-            format!("{name:?} ")
-        } else {
-            String::new()
-        };
-        return Err(DomainError::Malformed(format!(
-            "device name {shown}must be 1 to {MAX_DEVICE_NAME_LEN} of a-z, 0-9 and -"
-        )));
-    }
-    Ok(())
+    sesphr_identity::validate_device_name(name).map_err(|e| DomainError::Malformed(e.to_string()))
 }
 
 /// The name a new device gets when it asks for none: the first free
@@ -155,7 +138,7 @@ mod tests {
         let Err(DomainError::Malformed(m)) = validate_name(&huge) else {
             panic!("a huge name passed");
         };
-        assert!(m.len() < 100, "{m}");
+        assert!(m.len() < 200, "{m}");
         let mut list = vec![device("device-1", 100), device("device-3", 100)];
         assert_eq!(default_name(&list), "device-2");
         add(&mut list, device("device-2", 100)).unwrap();

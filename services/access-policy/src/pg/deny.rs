@@ -4,7 +4,6 @@
 //! that transaction, so it grows strictly across replicas. The rules and
 //! the audit texts are the sled store's (see [`crate::deny`]).
 
-use sesphr::rpc::Rpc;
 use sesphr_identity::validate_user_id;
 use sesphr_mesh::deny::{
     DenyEntries, MAX_DISABLED_USERS, MAX_REVOKED_DEVICES, MAX_REVOKED_DEVICES_PER_USER,
@@ -14,8 +13,8 @@ use tokio_postgres::{GenericClient, IsolationLevel};
 use super::PgPolicyStore;
 use super::grants::is_disabled;
 use super::rows::{col, q, to_i64, to_u64};
-use crate::deny::{check_device_name, check_reason};
-use crate::{AuditAction, AuditEvent, DomainError, Outcome, check_actor};
+use crate::deny::{check_device_name, check_reason, device_event, user_status_event};
+use crate::{DomainError, check_actor};
 
 async fn version<C: GenericClient>(c: &C) -> Result<u64, DomainError> {
     let row = q(c.query_one("SELECT version FROM access_policy.deny_version", &[])).await?;
@@ -70,29 +69,7 @@ pub(super) fn set_user_status(
             }
             set_version(tx, version).await?;
         }
-        let (rpc, verb) = if disabled {
-            (Rpc::DisableUser, "disabled")
-        } else {
-            (Rpc::EnableUser, "enabled")
-        };
-        let mut detail = if changed {
-            format!("{verb} {user_id} (deny list version {version})")
-        } else {
-            format!("{user_id} was already {verb}")
-        };
-        if !reason.is_empty() {
-            detail.push_str(&format!(": {reason}"));
-        }
-        let event = AuditEvent {
-            actor: actor.to_owned(),
-            action: AuditAction::Served(rpc),
-            owner_id: String::new(),
-            partition: String::new(),
-            subject: user_id.to_owned(),
-            record_id: String::new(),
-            outcome: Outcome::Ok,
-            detail,
-        };
+        let event = user_status_event(actor, user_id, disabled, changed, version, reason);
         Ok(((changed, version), event))
     })?;
     Ok((changed, version))
@@ -171,27 +148,7 @@ pub(super) fn revoke_device(
         if version != current {
             set_version(tx, version).await?;
         }
-        let mut detail = if changed {
-            format!(
-                "revoked device {device} of {user_id} until {until} (deny list version \
-                 {version})"
-            )
-        } else {
-            format!("device {device} of {user_id} was already revoked")
-        };
-        if !reason.is_empty() {
-            detail.push_str(&format!(": {reason}"));
-        }
-        let event = AuditEvent {
-            actor: actor.to_owned(),
-            action: AuditAction::Served(Rpc::RevokeDevice),
-            owner_id: String::new(),
-            partition: String::new(),
-            subject: user_id.to_owned(),
-            record_id: String::new(),
-            outcome: Outcome::Ok,
-            detail,
-        };
+        let event = device_event(actor, user_id, device, until, changed, version, reason);
         Ok(((changed, version), event))
     })?;
     Ok((changed, version))
