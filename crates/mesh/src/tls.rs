@@ -275,6 +275,21 @@ impl From<Duration> for ChannelTimeouts {
     }
 }
 
+/// HTTP/2 receive window of each stream a mesh client opens. Records and
+/// blobs come down in 1 MiB + 16 B messages; hyper's default (2 MiB) lets
+/// the sender get barely two ahead before it waits for a window update.
+/// Measured with `scripts/bench.sh` (docs/BENCHMARKS.md, "HTTP/2 windows
+/// and frames"): a 1 GiB download +25 %, uploads unchanged.
+pub const CLIENT_STREAM_WINDOW: u32 = 8 << 20;
+/// HTTP/2 receive window of a mesh client's connection: what a peer can
+/// make the client hold unread, at most, per connection (a client's own
+/// memory; servers keep hyper's smaller defaults, see
+/// [`crate::transport::TransportLimits::server`]).
+pub const CLIENT_CONNECTION_WINDOW: u32 = 16 << 20;
+/// Largest HTTP/2 frame a mesh client accepts: one download message in
+/// one frame rather than 64 of hyper's default 16 KiB.
+pub const CLIENT_MAX_FRAME_SIZE: u32 = 1 << 20;
+
 /// A lazily connecting mTLS channel to `uri` (`https://host:port`) that
 /// only talks to a server whose certificate names `server`.
 ///
@@ -328,7 +343,10 @@ pub fn channel(
         .map_err(|e| bad(e.to_string()))?
         .origin(parsed)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true);
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(CLIENT_STREAM_WINDOW)
+        .initial_connection_window_size(CLIENT_CONNECTION_WINDOW)
+        .max_frame_size(CLIENT_MAX_FRAME_SIZE);
     let endpoint = match timeouts.request {
         Some(t) => endpoint.timeout(t),
         None => endpoint,
