@@ -321,13 +321,16 @@ async fn per_owner_scope_stores_one_copy_per_owner() {
 }
 
 /// The stored blob, changed under the mesh's feet (a cloud insider): a
-/// flipped byte in a middle segment or a cut at a segment boundary fails
-/// the download, and nothing past the last segment that verified is
-/// written, though segments are opened on every core.
+/// flipped byte in a middle segment or two segments swapped fail the
+/// download as a decryption failure, and nothing past the last segment
+/// that verified is written, though segments are opened on every core. A
+/// blob cut short is refused too (CloudStorage itself notices the object
+/// is shorter than its metadata).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_blob_is_refused_where_it_breaks() {
     const SEG: usize = 1 << 20;
     const UNIT: usize = SEG + 16;
+    const HEAD: usize = 9;
     let s = Sandbox::start().await;
     let data = content(4 * SEG + 5, 7);
     let p = s.patient("ann").await;
@@ -340,22 +343,68 @@ async fn a_tampered_blob_is_refused_where_it_breaks() {
         .expect("one blob file");
     let original = std::fs::read(&blob).unwrap();
     let mut flipped = original.clone();
-    flipped[9 + 2 * UNIT + 100] ^= 1;
-    let cut = original[..9 + 2 * UNIT].to_vec();
-    for (what, bytes) in [("a flipped byte", flipped), ("a cut", cut)] {
+    flipped[HEAD + 2 * UNIT + 100] ^= 1;
+    let mut swapped = original.clone();
+    swapped[HEAD + UNIT..HEAD + 3 * UNIT].rotate_left(UNIT);
+    let cut = original[..HEAD + 2 * UNIT].to_vec();
+    for (what, bytes, intact) in [
+        ("a flipped byte", flipped, Some(2 * SEG)),
+        ("two segments swapped", swapped, Some(SEG)),
+        ("a cut", cut, None),
+    ] {
         std::fs::write(&blob, &bytes).unwrap();
         let mut out = Vec::new();
         let res = p
             .download(&rec.record_id, &mut out, client::no_progress())
             .await;
-        assert!(res.is_err(), "{what}: the download must fail");
+        let err = res.expect_err(what);
+        if let Some(intact) = intact {
+            assert!(
+                matches!(
+                    err,
+                    client::ClientError::Crypto(sesphr_crypto::Error::DecryptionFailed)
+                ),
+                "{what}: {err}"
+            );
+            assert!(
+                out.len() <= intact && data.starts_with(&out),
+                "{what}: only verified segments before the damage are written ({} bytes)",
+                out.len()
+            );
+        }
         assert!(
-            out.len() <= 2 * SEG && data.starts_with(&out),
-            "{what}: only verified segments before the damage are written ({} bytes)",
-            out.len()
+            data.starts_with(&out),
+            "{what}: nothing unverified is written"
         );
     }
     std::fs::write(&blob, &original).unwrap();
     assert_eq!(download(&p, &rec.record_id).await.unwrap(), data);
+    s.shutdown().await;
+}
+
+/// The content key must come from exactly the bytes that are sealed: an
+/// input longer or shorter than its declared size is refused before
+/// anything is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_of_another_size_than_declared_is_refused() {
+    let s = Sandbox::start().await;
+    let p = s.patient("ann").await;
+    let data = content(100_000, 9);
+    for (declared, what) in [(99_999u64, "longer"), (100_001, "fewer")] {
+        let err = p
+            .upload_dedup(
+                "imaging",
+                std::io::Cursor::new(data.clone()),
+                declared,
+                client::no_progress(),
+            )
+            .await
+            .expect_err(what);
+        assert!(
+            matches!(&err, client::ClientError::Invalid(m) if m.contains(what)),
+            "{what}: {err}"
+        );
+    }
+    assert_eq!(blob_files(&s), 0, "nothing was stored");
     s.shutdown().await;
 }

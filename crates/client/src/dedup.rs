@@ -77,20 +77,37 @@ pub(crate) fn dedup_err(e: sesphr_dedup::Error) -> ClientError {
     ClientError::Invalid(format!("deduplication: {e}"))
 }
 
-/// Pass 1: SHA-256 of the plaintext.
-fn digest<R: Read + Seek>(input: &mut R, progress: &Progress) -> Result<[u8; 32], ClientError> {
+/// Pass 1: SHA-256 of the plaintext, exactly `len` bytes of it: the content
+/// key must come from the bytes the later passes seal, so an input of
+/// another length than declared is refused here, before anything is sent.
+fn digest<R: Read + Seek>(
+    input: &mut R,
+    len: u64,
+    progress: &Progress,
+) -> Result<[u8; 32], ClientError> {
     input.seek(SeekFrom::Start(0)).map_err(read_err)?;
     let mut h = Sha256Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
+    let mut within = input.by_ref().take(len);
     loop {
-        let n = input.read(&mut buf).map_err(read_err)?;
+        let n = within.read(&mut buf).map_err(read_err)?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
         done += n as u64;
         progress(done / 3);
+    }
+    if done < len {
+        return Err(ClientError::Invalid(format!(
+            "input has {done} bytes, fewer than its declared size {len} (did the file shrink?)"
+        )));
+    }
+    if input.read(&mut [0u8; 1]).map_err(read_err)? != 0 {
+        return Err(ClientError::Invalid(
+            "input is longer than its declared size (did the file grow?)".into(),
+        ));
     }
     Ok(h.finalize())
 }
@@ -143,7 +160,7 @@ impl Patient {
     {
         check_partition(partition)?;
         let p = progress.clone();
-        let (input, digest) = on_input(input, move |i| digest(i, &p)).await?;
+        let (input, digest) = on_input(input, move |i| digest(i, len, &p)).await?;
 
         // Server-aided content key: each of t nodes sees only a blinded point
         // and evaluates its share of the key.

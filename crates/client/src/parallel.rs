@@ -33,6 +33,19 @@ pub(crate) fn window() -> usize {
     2 * workers()
 }
 
+/// Most ciphertext bytes an opener holds in flight: the segment size of a
+/// blob is the server's to choose (4 KiB to 16 MiB, unauthenticated until
+/// the blob's hash is checked at the end), so the window shrinks for large
+/// segments rather than hold `window()` of them. 1 MiB segments keep the
+/// whole window on up to 15 cores.
+const OPEN_BUDGET: usize = 32 << 20;
+
+/// The opener's window for units of `unit` bytes: [`window`], at most
+/// [`OPEN_BUDGET`] bytes of them, at least one.
+fn open_window(unit: usize) -> usize {
+    window().min(OPEN_BUDGET / unit.max(1)).max(1)
+}
+
 /// What is worth a thread: a record of one segment is sealed where it is,
 /// since there is nothing to overlap it with.
 pub(crate) fn worth_it(len: u64, seg: u64) -> bool {
@@ -44,11 +57,14 @@ pub(crate) fn worth_it(len: u64, seg: u64) -> bool {
 pub(crate) trait SealAt: Sync {
     /// Bytes sealing adds to a segment.
     const OVERHEAD: usize;
+    /// What is sealed, for errors: "record" or "blob".
+    const WHAT: &'static str;
     fn seal_at(&self, index: u32, last: bool, buf: &mut Vec<u8>) -> crypto::Result<()>;
 }
 
 impl SealAt for RecordSegmentSealer {
     const OVERHEAD: usize = crypto::record::SEGMENT_OVERHEAD;
+    const WHAT: &'static str = "record";
     fn seal_at(&self, index: u32, last: bool, buf: &mut Vec<u8>) -> crypto::Result<()> {
         RecordSegmentSealer::seal_at(self, index, last, buf)
     }
@@ -56,6 +72,7 @@ impl SealAt for RecordSegmentSealer {
 
 impl SealAt for SegmentCipher {
     const OVERHEAD: usize = crypto::stream::TAG_LEN;
+    const WHAT: &'static str = "blob";
     fn seal_at(&self, index: u32, last: bool, buf: &mut Vec<u8>) -> crypto::Result<()> {
         SegmentCipher::seal_at(self, index, last, buf)
     }
@@ -86,10 +103,8 @@ impl OpenAt for SegmentCipher {
     }
 }
 
-fn too_many_segments() -> ClientError {
-    ClientError::Crypto(crypto::Error::InvalidParameter(
-        "record has too many segments",
-    ))
+fn too_many_segments<S: SealAt>() -> ClientError {
+    ClientError::Invalid(format!("{} has too many segments", S::WHAT))
 }
 
 /// [`crate::upload::seal_segments`] on [`workers`] threads: reads exactly
@@ -107,7 +122,7 @@ pub(crate) fn seal_segments<S: SealAt>(
     let count = len.div_ceil(seg).max(1);
     // The last segment may be at index u32::MAX, no later.
     if count > u64::from(u32::MAX) + 1 {
-        return Err(too_many_segments());
+        return Err(too_many_segments::<S>());
     }
     let window = window() as u64;
     let room = S::OVERHEAD;
@@ -234,13 +249,14 @@ pub(crate) fn write_err(e: std::io::Error) -> ClientError {
 
 impl<O: OpenAt> ParallelOpener<O> {
     pub(crate) fn new(opener: O) -> Self {
-        let units = Units::new(opener.unit());
+        let opener_unit = opener.unit();
+        let units = Units::new(opener_unit);
         Self {
             opener: Arc::new(opener),
             units,
             in_flight: VecDeque::new(),
             next: 0,
-            window: window(),
+            window: open_window(opener_unit),
         }
     }
 
@@ -345,7 +361,7 @@ fn chunk_of(msg: proto::GetRecordResponse) -> Result<Bytes, ClientError> {
 
 /// Opens the rest of a record's ciphertext with `opener`: `leading` (bytes
 /// of it already taken off the stream), then every chunk that arrives,
-/// each shown to `seen` first (a hash, the progress). Segments are written
+/// each shown to `seen` once pushed (a hash, the progress). Segments are written
 /// as soon as they and every one before them verified, also while the next
 /// message is awaited; at the end what is left is opened as the last
 /// segment. A segment already received that fails is reported before
@@ -377,8 +393,8 @@ pub(crate) async fn open_stream<O: OpenAt>(
                 return Err(e);
             }
         };
-        seen(&chunk);
         opener.push(&chunk, out).await?;
+        seen(&chunk);
     }
     opener.finish(out).await?;
     out.flush().map_err(write_err)

@@ -276,8 +276,8 @@ impl From<Duration> for ChannelTimeouts {
 }
 
 /// HTTP/2 receive window of each stream a mesh client opens. Records and
-/// blobs come down in 1 MiB + 16 B messages; hyper's default (2 MiB) lets
-/// the sender get barely two ahead before it waits for a window update.
+/// blobs come down in 1 MiB messages; hyper's default (2 MiB) lets the
+/// sender get barely two ahead before it waits for a window update.
 /// Measured with `scripts/bench.sh` (docs/BENCHMARKS.md, "HTTP/2 windows
 /// and frames"): a 1 GiB download +25 %, uploads unchanged.
 pub const CLIENT_STREAM_WINDOW: u32 = 8 << 20;

@@ -32,6 +32,8 @@ fn device_key(user_id: &str, device: &str) -> Vec<u8> {
     k
 }
 
+pub use sesphr_identity::MAX_DEVICE_NAME_LEN;
+
 /// A device name as the deny list keys it: the mesh's one rule
 /// ([`sesphr_identity::validate_device_name`]), checked by every backend
 /// here.
