@@ -637,4 +637,56 @@ mod tests {
         assert_eq!(u.fill(rest), b"");
         assert_eq!(u.buf, b"ij");
     }
+
+    /// A blob's segments opened on every core: the blob's bytes back
+    /// whole; a flipped byte stops the output after the segments before
+    /// it, with the sequential opener's error kind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blob_opens_on_every_core_and_stops_at_a_bad_segment() {
+        use sesphr_dedup::convergent::{self, BLOB_HEADER_LEN, BlobOpener, MIN_BLOB_SEGMENT_SIZE};
+        let seg = MIN_BLOB_SEGMENT_SIZE as usize;
+        let key = convergent::content_key(&[5; 32]);
+        let plain = data(9 * seg + 33);
+        let blob = convergent::seal_blob_with_segment_size(&key, &plain, seg as u32).unwrap();
+        let open = async |blob: &[u8]| {
+            let mut head = BlobOpener::new(&key);
+            head.push(&blob[..BLOB_HEADER_LEN]).unwrap();
+            let (_, cipher) = head.into_parallel().unwrap();
+            let mut opener = ParallelOpener::new(cipher);
+            let mut out = Vec::new();
+            for piece in blob[BLOB_HEADER_LEN..].chunks(1000) {
+                if let Err(e) = opener.push(piece, &mut out).await {
+                    return (out, Err(e));
+                }
+            }
+            let res = opener.finish(&mut out).await;
+            (out, res)
+        };
+        let (out, res) = open(&blob).await;
+        res.unwrap();
+        assert_eq!(out, plain);
+        let mut flipped = blob.clone();
+        flipped[BLOB_HEADER_LEN + 4 * (seg + 16) + 7] ^= 1;
+        let (out, res) = open(&flipped).await;
+        assert!(
+            matches!(
+                res,
+                Err(ClientError::Crypto(crypto::Error::DecryptionFailed))
+            ),
+            "{res:?}"
+        );
+        assert_eq!(out, plain[..4 * seg]);
+    }
+
+    /// However large the segments the server declares, the opener's
+    /// window stays within its byte budget, and 1 MiB segments keep it.
+    #[test]
+    fn the_open_window_is_bounded_in_bytes() {
+        let largest = 16 << 20;
+        assert!(open_window(largest + 16) * (largest + 16) <= OPEN_BUDGET.max(largest + 16));
+        assert_eq!(open_window(usize::MAX), 1);
+        if workers() <= 15 {
+            assert_eq!(open_window((1 << 20) + SEGMENT_OVERHEAD), window());
+        }
+    }
 }
