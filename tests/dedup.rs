@@ -406,5 +406,19 @@ async fn an_input_of_another_size_than_declared_is_refused() {
         );
     }
     assert_eq!(blob_files(&s), 0, "nothing was stored");
+    // A plain record's upload makes the same check once it sealed `len`.
+    let err = p
+        .upload(
+            "imaging",
+            std::io::Cursor::new(data.clone()),
+            99_999,
+            client::no_progress(),
+        )
+        .await
+        .expect_err("longer");
+    assert!(
+        matches!(&err, client::ClientError::Invalid(m) if m.contains("longer")),
+        "{err}"
+    );
     s.shutdown().await;
 }

@@ -104,11 +104,7 @@ fn digest<R: Read + Seek>(
             "input has {done} bytes, fewer than its declared size {len} (did the file shrink?)"
         )));
     }
-    if input.read(&mut [0u8; 1]).map_err(read_err)? != 0 {
-        return Err(ClientError::Invalid(
-            "input is longer than its declared size (did the file grow?)".into(),
-        ));
-    }
+    upload::ensure_ended(input)?;
     Ok(h.finalize())
 }
 

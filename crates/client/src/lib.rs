@@ -1129,13 +1129,7 @@ fn seal_stream(
     let all_sent = upload::seal_all(&mut reader, len, seg, sealer, emit)?;
     // Not all sent: the upload call ended early, and its error is reported.
     if all_sent {
-        // The input must end where it said it would.
-        let mut probe = [0u8; 1];
-        if reader.read(&mut probe).map_err(upload::read_err)? != 0 {
-            return Err(ClientError::Invalid(
-                "input is longer than its declared size (did the file grow?)".into(),
-            ));
-        }
+        upload::ensure_ended(&mut reader)?;
     }
     Ok(())
 }

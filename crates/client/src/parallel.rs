@@ -1,9 +1,9 @@
 //! Sealing and opening a record's (or a deduplicated blob's) segments on
 //! every core. Segment `i` of a STREAM depends only on the key, the nonce
 //! prefix, `i` and the last flag, so the segments are sealed (or opened and
-//! verified) by several
-//! threads at once and put back in order: the bytes on the wire and the
-//! plaintext written out are those of the sequential sealer and opener.
+//! verified) by several threads at once and put back in order: the bytes on
+//! the wire and the plaintext written out are those of the sequential
+//! sealer and opener.
 //!
 //! Memory stays bounded whatever the record size: at most [`window`]
 //! segments are being read, sealed or opened, or waiting for their turn.
@@ -361,10 +361,10 @@ fn chunk_of(msg: proto::GetRecordResponse) -> Result<Bytes, ClientError> {
 
 /// Opens the rest of a record's ciphertext with `opener`: `leading` (bytes
 /// of it already taken off the stream), then every chunk that arrives,
-/// each shown to `seen` once pushed (a hash, the progress). Segments are written
-/// as soon as they and every one before them verified, also while the next
-/// message is awaited; at the end what is left is opened as the last
-/// segment. A segment already received that fails is reported before
+/// each shown to `seen` once pushed (a hash, the progress). Segments are
+/// written as soon as they and every one before them verified, also while
+/// the next message is awaited; at the end what is left is opened as the
+/// last segment. A segment already received that fails is reported before
 /// whatever the transport did next, as when opening one by one.
 pub(crate) async fn open_stream<O: OpenAt>(
     mut opener: ParallelOpener<O>,
@@ -381,13 +381,12 @@ pub(crate) async fn open_stream<O: OpenAt>(
                 plain = opener.oldest() => out.write_all(&plain?).map_err(write_err)?,
             }
         };
-        let chunk = match next.map_err(crate::rpc("CloudStorage")) {
-            Ok(None) => break,
-            Ok(Some(msg)) => chunk_of(msg),
-            Err(e) => Err(e),
-        };
+        let chunk = next
+            .map_err(crate::rpc("CloudStorage"))
+            .and_then(|msg| msg.map(chunk_of).transpose());
         let chunk = match chunk {
-            Ok(chunk) => chunk,
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
             Err(e) => {
                 opener.drain(out).await?;
                 return Err(e);

@@ -89,6 +89,17 @@ pub(crate) fn read_err(e: std::io::Error) -> ClientError {
     }
 }
 
+/// Refuses an input that goes on after the `len` bytes it declared and
+/// that were read: it must end where it said it would.
+pub(crate) fn ensure_ended(input: &mut impl Read) -> Result<(), ClientError> {
+    if input.read(&mut [0u8; 1]).map_err(read_err)? != 0 {
+        return Err(ClientError::Invalid(
+            "input is longer than its declared size (did the file grow?)".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads exactly `len` bytes from `input` in segments of `seg` bytes, seals
 /// each and hands it to `emit` (false: stop early). Returns whether every
 /// segment was emitted. An empty input is one empty last segment.

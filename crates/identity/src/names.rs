@@ -1,5 +1,6 @@
-//! Syntax of user ids, record ids, partition names and device names: each is written here
-//! once, and every service and client checks it through these functions.
+//! Syntax of user ids, record ids, partition names and device names: each
+//! is written here once, and every service and client checks it through
+//! these functions.
 //!
 //! Both end up in certificate SANs, sled keys and file names, so they are
 //! restricted to a small lowercase ASCII alphabet with no separators that any
